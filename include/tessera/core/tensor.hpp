@@ -1,0 +1,79 @@
+#pragma once
+// Tensor: a labelled, contiguous, row-major Kokkos view plus its shape. The storage lives in the
+// default execution space's memory (host memory in the Serial/OpenMP builds, device memory in a
+// CUDA build of Kokkos). Copies of a Tensor share storage, like Kokkos views; clone() copies data.
+#include <Kokkos_Core.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tessera {
+
+using Index = std::int64_t;
+/// A tensor's extents, outermost first: (N, C, H, W) for a batch of images.
+using Shape = std::vector<Index>;
+
+/// Number of elements of `shape` (1 for a rank-0 shape).
+Index numel(const Shape& shape);
+/// "(128, 32, 14, 14)".
+std::string to_string(const Shape& shape);
+
+/// Element type. Only f32 has storage today; bf16 will join with its own view type, and every
+/// kernel checks the dtype it is given.
+enum class DType { f32 };
+const char* dtype_name(DType dtype);
+
+using ExecSpace = Kokkos::DefaultExecutionSpace;
+using MemSpace = ExecSpace::memory_space;
+using FloatView = Kokkos::View<float*, MemSpace>;
+using IntView = Kokkos::View<std::int32_t*, MemSpace>;
+
+class Tensor {
+ public:
+  /// An undefined tensor (no storage, rank 0, numel 0). defined() is false.
+  Tensor() = default;
+  /// A zero-filled tensor of `shape`; `label` names the Kokkos allocation ("Conv2d::weight").
+  Tensor(const std::string& label, Shape shape, DType dtype = DType::f32);
+  /// A tensor holding `values` (row-major); values.size() must equal numel(shape).
+  static Tensor from_host(const std::string& label, Shape shape, const std::vector<float>& values);
+
+  bool defined() const { return m_defined; }
+  const std::string& label() const { return m_label; }
+  const Shape& shape() const { return m_shape; }
+  int rank() const { return static_cast<int>(m_shape.size()); }
+  /// Extent of dimension `d`; negative `d` counts from the end (-1 is the last dimension).
+  Index dim(int d) const;
+  Index numel() const { return m_numel; }
+  DType dtype() const { return m_dtype; }
+
+  /// The flat storage (numel() elements, row-major).
+  const FloatView& view() const { return m_view; }
+  float* data() const { return m_view.data(); }
+
+  /// A tensor sharing this one's storage with another shape of the same numel.
+  Tensor reshaped(Shape shape) const;
+  /// A deep copy under a new label.
+  Tensor clone(const std::string& label) const;
+
+  void fill(float value) const;
+  void zero() const { fill(0.0F); }
+  std::vector<float> to_host() const;
+  void copy_from_host(const std::vector<float>& values) const;
+  /// Copies `other`'s values (same numel) into this tensor's storage.
+  void copy_from(const Tensor& other) const;
+
+ private:
+  std::string m_label;
+  Shape m_shape;
+  Index m_numel = 0;
+  DType m_dtype = DType::f32;
+  bool m_defined = false;
+  FloatView m_view;
+};
+
+/// Throws tessera::Error unless `t` has exactly `expected` shape; `what` names the caller
+/// ("Linear 'fc1' input") so the message says which layer and which shapes.
+void check_shape(const Tensor& t, const Shape& expected, const std::string& what);
+
+}  // namespace tessera

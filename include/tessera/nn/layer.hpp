@@ -1,0 +1,95 @@
+#pragma once
+// The layer interface. A layer maps a batch (N, ...) to a batch (N, ...). forward() returns the
+// output together with a Context holding exactly what backward() needs (tiny-cuda-nn's pattern:
+// what is saved is explicit, nothing hides in members between the two calls), and backward()
+// consumes that context. Parameter gradients accumulate (+=) so that several micro-batches can be
+// summed before one optimizer step; zero_grad() clears them.
+#include "tessera/core/init.hpp"
+#include "tessera/core/layout.hpp"
+#include "tessera/core/tensor.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tessera::nn {
+
+/// A trainable tensor (or a non-trainable buffer such as BatchNorm's running mean).
+struct Parameter {
+  std::string name;   ///< "conv1.weight": unique in a model, keys the RNG and the checkpoint path
+  Tensor value;       ///< this rank's block of the tensor (layout.local_shape(place))
+  Tensor grad;        ///< same shape as value; undefined for buffers
+  Layout layout;      ///< global shape and decomposition
+  InitSpec init;      ///< how initialize() fills it
+  bool decay = true;  ///< whether weight decay applies (off for biases and norm scales)
+};
+
+/// Settings of one forward call.
+struct ForwardOptions {
+  bool training = true;
+  std::uint64_t seed = 0;   ///< run seed (dropout masks)
+  std::uint64_t step = 0;   ///< optimizer step: a new dropout mask every step
+  Index sample_offset = 0;  ///< global index of this rank's first sample in the global batch
+};
+
+/// What a forward pass keeps for its backward pass. Each layer documents what `saved` holds.
+struct Context {
+  std::vector<Tensor> saved;
+  Shape input_shape;
+};
+
+struct ForwardResult {
+  Tensor output;
+  Context ctx;
+};
+
+class Layer {
+ public:
+  explicit Layer(std::string name) : m_name(std::move(name)) {}
+  virtual ~Layer() = default;
+  Layer(const Layer&) = delete;
+  Layer& operator=(const Layer&) = delete;
+
+  /// Unique name in the model ("conv1"); parameters are named "<name>.<param>".
+  const std::string& name() const { return m_name; }
+  /// The deck's name of the layer type ("conv2d").
+  virtual const char* kind() const = 0;
+  /// Output shape of one sample for an input sample of `input` (batch dimension excluded).
+  /// Throws tessera::Error naming the layer and both shapes when the input does not fit.
+  virtual Shape output_shape(const Shape& input) const = 0;
+  /// x: (N, input...). Returns (N, output...) and the context for backward().
+  virtual ForwardResult forward(const Tensor& x, const ForwardOptions& options) = 0;
+  /// dy: (N, output...). Accumulates parameter gradients, returns dL/dx of shape (N, input...).
+  virtual Tensor backward(const Tensor& dy, Context&& ctx) = 0;
+
+  std::vector<Parameter>& parameters() { return m_parameters; }
+  const std::vector<Parameter>& parameters() const { return m_parameters; }
+  std::vector<Parameter>& buffers() { return m_buffers; }
+  const std::vector<Parameter>& buffers() const { return m_buffers; }
+
+  /// Fills every parameter and buffer from (seed, its name, global element index).
+  virtual void initialize(std::uint64_t seed, const GridPlace& place = GridPlace::single());
+  /// Sets every parameter gradient to zero.
+  virtual void zero_grad();
+
+ protected:
+  /// Adds a replicated trainable parameter "<name>.<suffix>" of `shape`. The returned reference
+  /// is valid until the next add_*; afterwards reach parameters through parameters()[i].
+  Parameter& add_parameter(const std::string& suffix, const Shape& shape, InitSpec init,
+                           bool decay = true);
+  /// Adds a replicated non-trainable buffer "<name>.<suffix>" of `shape`.
+  Parameter& add_buffer(const std::string& suffix, const Shape& shape, InitSpec init);
+  /// Throws unless x is (N, expected...) for some N >= 1; `what` is "input" or "output grad".
+  void check_batch(const Tensor& x, const Shape& expected, const char* what) const;
+
+ private:
+  std::string m_name;
+  std::vector<Parameter> m_parameters;
+  std::vector<Parameter> m_buffers;
+};
+
+/// (N, sample...) from N and a sample shape.
+Shape batch_shape(Index n, const Shape& sample);
+
+}  // namespace tessera::nn

@@ -1,0 +1,64 @@
+#include "tessera/core/init.hpp"
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/rng.hpp"
+
+namespace tessera {
+namespace {
+constexpr int kMaxRank = 8;
+}
+
+void init_shard(const Tensor& local, const Layout& layout, const GridPlace& place,
+                std::uint64_t seed, const std::string& name, const InitSpec& spec) {
+  const Shape local_shape = layout.local_shape(place);
+  check_shape(local, local_shape,
+              fmt::format("init of parameter '{}' ({})", name, layout.to_string()));
+  const int rank = layout.rank();
+  TESSERA_CHECK(rank <= kMaxRank, "parameter '{}': rank {} exceeds {}", name, rank, kMaxRank);
+
+  // Per dimension: local extent, global offset and global row-major stride.
+  struct Geometry {
+    Index extent[kMaxRank];
+    Index offset[kMaxRank];
+    Index stride[kMaxRank];
+  } g{};
+  const Shape offset = layout.local_offset(place);
+  Index stride = 1;
+  for (int d = rank - 1; d >= 0; --d) {
+    const auto du = static_cast<size_t>(d);
+    g.extent[d] = local_shape[du];
+    g.offset[d] = offset[du];
+    g.stride[d] = stride;
+    stride *= layout.global_shape()[du];
+  }
+
+  const rng::CounterRng gen(seed, rng::hash_name(name));
+  const FloatView out = local.view();
+  const InitSpec s = spec;
+  Kokkos::parallel_for(
+      "tessera::init_shard", Kokkos::RangePolicy<ExecSpace>(0, local.numel()),
+      KOKKOS_LAMBDA(const Index i) {
+        Index rest = i;
+        Index global = 0;
+        for (int d = rank - 1; d >= 0; --d) {
+          const Index local_i = rest % g.extent[d];
+          rest /= g.extent[d];
+          global += (local_i + g.offset[d]) * g.stride[d];
+        }
+        const auto counter = static_cast<std::uint64_t>(global);
+        switch (s.kind) {
+          case InitKind::constant:
+            out(i) = s.a;
+            break;
+          case InitKind::uniform:
+            out(i) = s.a + (s.b - s.a) * gen.uniform(counter);
+            break;
+          case InitKind::normal:
+            out(i) = s.a + s.b * gen.normal(counter);
+            break;
+        }
+      });
+  Kokkos::fence();
+}
+
+}  // namespace tessera

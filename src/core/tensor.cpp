@@ -1,0 +1,107 @@
+#include "tessera/core/tensor.hpp"
+
+#include "tessera/core/error.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace tessera {
+
+Index numel(const Shape& shape) {
+  Index n = 1;
+  for (Index d : shape) {
+    n *= d;
+  }
+  return n;
+}
+
+std::string to_string(const Shape& shape) {
+  if (shape.size() == 1) {
+    return fmt::format("({},)", shape[0]);
+  }
+  return fmt::format("({})", fmt::join(shape, ", "));
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::f32:
+      return "float32";
+  }
+  return "unknown";
+}
+
+Tensor::Tensor(const std::string& label, Shape shape, DType dtype)
+    : m_label(label),
+      m_shape(std::move(shape)),
+      m_numel(tessera::numel(m_shape)),
+      m_dtype(dtype),
+      m_defined(true) {
+  for (Index d : m_shape) {
+    TESSERA_CHECK(d >= 0, "tensor '{}': negative extent in shape {}", label, to_string(m_shape));
+  }
+  m_view = FloatView(label, static_cast<std::size_t>(m_numel));
+}
+
+Tensor Tensor::from_host(const std::string& label, Shape shape, const std::vector<float>& values) {
+  Tensor t(label, std::move(shape));
+  t.copy_from_host(values);
+  return t;
+}
+
+Index Tensor::dim(int d) const {
+  const int r = rank();
+  const int i = d < 0 ? d + r : d;
+  TESSERA_CHECK(i >= 0 && i < r, "tensor '{}' of shape {} has no dimension {}", m_label,
+                to_string(m_shape), d);
+  return m_shape[static_cast<std::size_t>(i)];
+}
+
+Tensor Tensor::reshaped(Shape shape) const {
+  TESSERA_CHECK(tessera::numel(shape) == m_numel, "tensor '{}': cannot reshape {} to {}", m_label,
+                to_string(m_shape), to_string(shape));
+  Tensor t = *this;
+  t.m_shape = std::move(shape);
+  return t;
+}
+
+Tensor Tensor::clone(const std::string& label) const {
+  Tensor t(label, m_shape, m_dtype);
+  Kokkos::deep_copy(t.m_view, m_view);
+  return t;
+}
+
+void Tensor::fill(float value) const {
+  Kokkos::deep_copy(m_view, value);
+}
+
+std::vector<float> Tensor::to_host() const {
+  std::vector<float> out(static_cast<std::size_t>(m_numel));
+  Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> host(out.data(),
+                                                                                        out.size());
+  Kokkos::deep_copy(host, m_view);
+  return out;
+}
+
+void Tensor::copy_from_host(const std::vector<float>& values) const {
+  TESSERA_CHECK(static_cast<Index>(values.size()) == m_numel,
+                "tensor '{}' of shape {}: {} values given, {} expected", m_label,
+                to_string(m_shape), values.size(), m_numel);
+  Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> host(
+      values.data(), values.size());
+  Kokkos::deep_copy(m_view, host);
+}
+
+void Tensor::copy_from(const Tensor& other) const {
+  TESSERA_CHECK(other.numel() == m_numel, "copy into tensor '{}' {} from '{}' {}: sizes differ",
+                m_label, to_string(m_shape), other.label(), to_string(other.shape()));
+  Kokkos::deep_copy(m_view, other.view());
+}
+
+void check_shape(const Tensor& t, const Shape& expected, const std::string& what) {
+  if (t.shape() != expected) {
+    throw Error(fmt::format("{}: expected shape {}, got {}", what, to_string(expected),
+                            to_string(t.shape())));
+  }
+}
+
+}  // namespace tessera

@@ -1,0 +1,55 @@
+#include "tessera/nn/layer.hpp"
+
+#include "tessera/core/error.hpp"
+
+#include <fmt/ranges.h>
+
+namespace tessera::nn {
+
+Shape batch_shape(Index n, const Shape& sample) {
+  Shape s;
+  s.reserve(sample.size() + 1);
+  s.push_back(n);
+  s.insert(s.end(), sample.begin(), sample.end());
+  return s;
+}
+
+void Layer::initialize(std::uint64_t seed, const GridPlace& place) {
+  for (auto* list : {&m_parameters, &m_buffers}) {
+    for (Parameter& p : *list) {
+      init_shard(p.value, p.layout, place, seed, p.name, p.init);
+    }
+  }
+}
+
+void Layer::zero_grad() {
+  for (Parameter& p : m_parameters) {
+    p.grad.zero();
+  }
+}
+
+Parameter& Layer::add_parameter(const std::string& suffix, const Shape& shape, InitSpec init,
+                                bool decay) {
+  const std::string full = m_name + "." + suffix;
+  m_parameters.push_back(Parameter{full, Tensor(full, shape), Tensor(full + ".grad", shape),
+                                   Layout::replicated(shape), init, decay});
+  return m_parameters.back();
+}
+
+Parameter& Layer::add_buffer(const std::string& suffix, const Shape& shape, InitSpec init) {
+  const std::string full = m_name + "." + suffix;
+  m_buffers.push_back(
+      Parameter{full, Tensor(full, shape), Tensor(), Layout::replicated(shape), init, false});
+  return m_buffers.back();
+}
+
+void Layer::check_batch(const Tensor& x, const Shape& expected, const char* what) const {
+  const bool ok = x.rank() == static_cast<int>(expected.size()) + 1 && x.dim(0) >= 1 &&
+                  Shape(x.shape().begin() + 1, x.shape().end()) == expected;
+  if (!ok) {
+    throw Error(fmt::format("{} '{}': {} has shape {}, expected (N, {}) with N >= 1", kind(),
+                            m_name, what, to_string(x.shape()), fmt::join(expected, ", ")));
+  }
+}
+
+}  // namespace tessera::nn
