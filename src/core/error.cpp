@@ -1,21 +1,28 @@
 #include "tessera/core/error.hpp"
 
+#include "tessera/core/check.hpp"
+
+#if TESSERA_HAVE_MPI
 #include <mpi.h>
+#endif
 
 namespace tessera {
 namespace {
 
+// The world rank for the message, or -1. The CUDA-only build (TESSERA_GPU_ONLY) has no MPI.
 int world_rank_or_minus_one() {
+#if TESSERA_HAVE_MPI
   int initialized = 0;
   int finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
-  if (!initialized || finalized) {
-    return -1;
+  if (initialized && !finalized) {
+    int rank = -1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    return rank;
   }
-  int rank = -1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  return rank;
+#endif
+  return -1;
 }
 
 std::string with_location(const std::string& message, const DeckLocation& where) {
@@ -23,9 +30,9 @@ std::string with_location(const std::string& message, const DeckLocation& where)
     return message;
   }
   if (where.line > 0) {
-    return fmt::format("{}:{}: {}", where.file, where.line, message);
+    return where.file + ":" + std::to_string(where.line) + ": " + message;
   }
-  return fmt::format("{}: {}", where.file.empty() ? where.key : where.file, message);
+  return (where.file.empty() ? where.key : where.file) + ": " + message;
 }
 
 }  // namespace
@@ -39,7 +46,8 @@ Error::Error(const std::string& message, DeckLocation where)
 namespace detail {
 void throw_check_failure(const char* file, int line, const char* condition,
                          const std::string& message) {
-  throw Error(fmt::format("{} [check '{}' failed at {}:{}]", message, condition, file, line));
+  throw Error(message + " [check '" + condition + "' failed at " + file + ":" +
+              std::to_string(line) + "]");
 }
 }  // namespace detail
 

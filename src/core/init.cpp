@@ -1,6 +1,6 @@
 #include "tessera/core/init.hpp"
 
-#include "tessera/core/error.hpp"
+#include "tessera/core/check.hpp"
 #include "tessera/core/rng.hpp"
 
 namespace tessera {

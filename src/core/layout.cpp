@@ -1,6 +1,6 @@
 #include "tessera/core/layout.hpp"
 
-#include "tessera/core/error.hpp"
+#include "tessera/core/check.hpp"
 
 #include <fmt/format.h>
 

@@ -1,6 +1,6 @@
 #include "tessera/kernels/gemm.hpp"
 
-#include "tessera/core/error.hpp"
+#include "tessera/core/check.hpp"
 
 #include <cblas.h>
 

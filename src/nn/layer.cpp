@@ -1,6 +1,6 @@
 #include "tessera/nn/layer.hpp"
 
-#include "tessera/core/error.hpp"
+#include "tessera/core/check.hpp"
 
 #include <fmt/ranges.h>
 

@@ -2,8 +2,6 @@
 // The one exception type of Tessera (STYLE.md, "Errors"): what went wrong, on which rank, and —
 // when it came from an input deck — the deck file, line and key. Library code throws; main()
 // decides how to report and which exit code to use.
-#include <fmt/format.h>
-
 #include <stdexcept>
 #include <string>
 
@@ -36,22 +34,4 @@ class Error : public std::runtime_error {
   int m_rank = -1;
 };
 
-namespace detail {
-[[noreturn]] void throw_check_failure(const char* file, int line, const char* condition,
-                                      const std::string& message);
-}  // namespace detail
-
 }  // namespace tessera
-
-/// TESSERA_CHECK(cond, "fmt {}", args...): throw tessera::Error with the formatted message when
-/// `cond` is false. The message is for the user; file:line and the condition are appended for us.
-#define TESSERA_CHECK(cond, ...)                                          \
-  do {                                                                    \
-    if (!(cond)) {                                                        \
-      ::tessera::detail::throw_check_failure(__FILE__, __LINE__, #cond,   \
-                                             ::fmt::format(__VA_ARGS__)); \
-    }                                                                     \
-  } while (false)
-
-/// TESSERA_THROW("fmt {}", args...): throw tessera::Error with the formatted message.
-#define TESSERA_THROW(...) throw ::tessera::Error(::fmt::format(__VA_ARGS__))

@@ -1,0 +1,90 @@
+#include "tessera/kernels/reduce.hpp"
+
+#include "tessera/core/check.hpp"
+#include "tessera/core/math.hpp"
+
+namespace tessera::kernels {
+namespace {
+using Policy = Kokkos::RangePolicy<ExecSpace>;
+
+void check_same_size(const Tensor& x, const Tensor& y, const char* op) {
+  TESSERA_CHECK(x.numel() == y.numel(), "{}: '{}' {} and '{}' {} differ in size", op, x.label(),
+                to_string(x.shape()), y.label(), to_string(y.shape()));
+}
+}  // namespace
+
+double sum(const Tensor& x) {
+  const FloatView v = x.view();
+  double s = 0.0;
+  Kokkos::parallel_reduce(
+      "kernels::sum", Policy(0, x.numel()),
+      KOKKOS_LAMBDA(const Index i, double& acc) { acc += static_cast<double>(v(i)); }, s);
+  return s;
+}
+
+double dot(const Tensor& x, const Tensor& y) {
+  check_same_size(x, y, "dot");
+  const FloatView a = x.view();
+  const FloatView b = y.view();
+  double s = 0.0;
+  Kokkos::parallel_reduce(
+      "kernels::dot", Policy(0, x.numel()),
+      KOKKOS_LAMBDA(const Index i, double& acc) {
+        acc += static_cast<double>(a(i)) * static_cast<double>(b(i));
+      },
+      s);
+  return s;
+}
+
+double sum_squares(const Tensor& x) {
+  const FloatView v = x.view();
+  double s = 0.0;
+  Kokkos::parallel_reduce(
+      "kernels::sum_squares", Policy(0, x.numel()),
+      KOKKOS_LAMBDA(const Index i, double& acc) {
+        const auto d = static_cast<double>(v(i));
+        acc += d * d;
+      },
+      s);
+  return s;
+}
+
+double max_abs(const Tensor& x) {
+  const FloatView v = x.view();
+  double m = 0.0;
+  Kokkos::parallel_reduce(
+      "kernels::max_abs", Policy(0, x.numel()),
+      KOKKOS_LAMBDA(const Index i, double& acc) {
+        const double a = math::fabs(static_cast<double>(v(i)));
+        acc = a > acc ? a : acc;
+      },
+      Kokkos::Max<double>(m));
+  return x.numel() == 0 ? 0.0 : m;
+}
+
+void axpy(float alpha, const Tensor& x, const Tensor& y) {
+  check_same_size(x, y, "axpy");
+  const FloatView a = x.view();
+  const FloatView b = y.view();
+  Kokkos::parallel_for(
+      "kernels::axpy", Policy(0, x.numel()),
+      KOKKOS_LAMBDA(const Index i) { b(i) += alpha * a(i); });
+}
+
+void scale(float alpha, const Tensor& x) {
+  const FloatView a = x.view();
+  Kokkos::parallel_for(
+      "kernels::scale", Policy(0, x.numel()), KOKKOS_LAMBDA(const Index i) { a(i) *= alpha; });
+}
+
+void add(const Tensor& a, const Tensor& b, const Tensor& out) {
+  check_same_size(a, b, "add");
+  check_same_size(a, out, "add");
+  const FloatView x = a.view();
+  const FloatView y = b.view();
+  const FloatView z = out.view();
+  Kokkos::parallel_for(
+      "kernels::add", Policy(0, a.numel()), KOKKOS_LAMBDA(const Index i) { z(i) = x(i) + y(i); });
+}
+
+}  // namespace tessera::kernels
