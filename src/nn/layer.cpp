@@ -14,17 +14,41 @@ Shape batch_shape(Index n, const Shape& sample) {
   return s;
 }
 
+std::vector<Parameter*> Layer::all_parameters() {
+  std::vector<Parameter*> out;
+  for (Parameter& p : m_parameters) {
+    out.push_back(&p);
+  }
+  for (Layer* child : children()) {
+    const std::vector<Parameter*> sub = child->all_parameters();
+    out.insert(out.end(), sub.begin(), sub.end());
+  }
+  return out;
+}
+
+std::vector<Parameter*> Layer::all_buffers() {
+  std::vector<Parameter*> out;
+  for (Parameter& p : m_buffers) {
+    out.push_back(&p);
+  }
+  for (Layer* child : children()) {
+    const std::vector<Parameter*> sub = child->all_buffers();
+    out.insert(out.end(), sub.begin(), sub.end());
+  }
+  return out;
+}
+
 void Layer::initialize(std::uint64_t seed, const GridPlace& place) {
-  for (auto* list : {&m_parameters, &m_buffers}) {
-    for (Parameter& p : *list) {
-      init_shard(p.value, p.layout, place, seed, p.name, p.init);
+  for (const auto& list : {all_parameters(), all_buffers()}) {
+    for (Parameter* p : list) {
+      init_shard(p->value, p->layout, place, seed, p->name, p->init);
     }
   }
 }
 
 void Layer::zero_grad() {
-  for (Parameter& p : m_parameters) {
-    p.grad.zero();
+  for (Parameter* p : all_parameters()) {
+    p->grad.zero();
   }
 }
 

@@ -103,7 +103,8 @@ inline int gradcheck(nn::Layer& layer, const Tensor& x, const GradCheckOptions& 
     }
   }
   // Parameters.
-  for (nn::Parameter& p : layer.parameters()) {
+  for (nn::Parameter* param : layer.all_parameters()) {
+    nn::Parameter& p = *param;
     std::vector<float> pv = p.value.to_host();
     const std::vector<float> gv = p.grad.to_host();
     for (Index i : detail::sample_indices(p.value.numel(), o.max_checks)) {

@@ -4,6 +4,7 @@
 #include "tessera/core/init.hpp"
 #include "tessera/core/layout.hpp"
 #include "tessera/core/rng.hpp"
+#include "tessera/core/strings.hpp"
 #include "tessera/core/tensor.hpp"
 
 #include <gtest/gtest.h>
@@ -221,4 +222,15 @@ TEST(Init, DistributionsAndNames) {
                  "init of parameter 'fc.weight' ((10,) dim 0 over tensor): expected shape (5,), "
                  "got (3,)");
   }
+}
+
+TEST(Strings, ClosestMatchForMisspellings) {
+  EXPECT_EQ(tessera::edit_distance("kitten", "sitting"), 3U);
+  EXPECT_EQ(tessera::edit_distance("", "abc"), 3U);
+  const std::vector<std::string> keys{"kernel", "stride", "pad", "out", "bias"};
+  EXPECT_EQ(closest_match("kernal", keys), "kernel");
+  EXPECT_EQ(closest_match("strides", keys), "stride");
+  EXPECT_EQ(closest_match("padding", keys), "");  // too far from "pad"
+  EXPECT_EQ(closest_match("xyz", keys), "");
+  EXPECT_EQ(join({"a", "b", "c"}), "a, b, c");
 }

@@ -37,6 +37,7 @@ struct ForwardOptions {
 struct Context {
   std::vector<Tensor> saved;
   Shape input_shape;
+  std::vector<Context> children;  ///< composite layers: one context per child, in order
 };
 
 struct ForwardResult {
@@ -63,15 +64,23 @@ class Layer {
   /// dy: (N, output...). Accumulates parameter gradients, returns dL/dx of shape (N, input...).
   virtual Tensor backward(const Tensor& dy, Context&& ctx) = 0;
 
+  /// This layer's own parameters (a composite layer's live in its children()).
   std::vector<Parameter>& parameters() { return m_parameters; }
   const std::vector<Parameter>& parameters() const { return m_parameters; }
   std::vector<Parameter>& buffers() { return m_buffers; }
   const std::vector<Parameter>& buffers() const { return m_buffers; }
 
-  /// Fills every parameter and buffer from (seed, its name, global element index).
-  virtual void initialize(std::uint64_t seed, const GridPlace& place = GridPlace::single());
-  /// Sets every parameter gradient to zero.
-  virtual void zero_grad();
+  /// The layers a composite layer (Sequential, Residual) is made of; empty for a plain layer.
+  virtual std::vector<Layer*> children() { return {}; }
+  /// Every trainable parameter of this layer and its children, depth first, in model order.
+  std::vector<Parameter*> all_parameters();
+  /// Every buffer of this layer and its children, depth first.
+  std::vector<Parameter*> all_buffers();
+
+  /// Fills every parameter and buffer (children's too) from (seed, its name, global index).
+  void initialize(std::uint64_t seed, const GridPlace& place = GridPlace::single());
+  /// Sets every parameter gradient (children's too) to zero.
+  void zero_grad();
 
  protected:
   /// Adds a replicated trainable parameter "<name>.<suffix>" of `shape`. The returned reference

@@ -1,0 +1,16 @@
+#pragma once
+// Small string helpers for messages users read.
+#include <string>
+#include <vector>
+
+namespace tessera {
+
+/// Levenshtein distance between a and b.
+std::size_t edit_distance(const std::string& a, const std::string& b);
+/// The entry of `known` closest to `word` if it is a plausible misspelling (distance at most 2,
+/// and less than the word's length), else "".
+std::string closest_match(const std::string& word, const std::vector<std::string>& known);
+/// "a, b, c".
+std::string join(const std::vector<std::string>& items, const std::string& separator = ", ");
+
+}  // namespace tessera

@@ -1,0 +1,64 @@
+#pragma once
+// Composite layers: Sequential (a chain) and Residual (y = x + body(x)). Both are Layers, so blocks
+// nest: a ResNet or transformer block is a Residual around a Sequential, and a model is a
+// Sequential of blocks.
+#include "tessera/nn/layer.hpp"
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace tessera::nn {
+
+class Sequential final : public Layer {
+ public:
+  /// An empty chain taking samples of shape `input`.
+  Sequential(std::string name, Shape input);
+
+  /// Appends `layer`, whose input must be the chain's current output shape. Returns it.
+  Layer& add(std::unique_ptr<Layer> layer);
+  /// Constructs L(name, <current output shape>, args...) at the end of the chain.
+  template <class L, class... Args>
+  L& emplace(std::string layer_name, Args&&... args) {
+    auto layer = std::make_unique<L>(std::move(layer_name), m_output, std::forward<Args>(args)...);
+    L& ref = *layer;
+    add(std::move(layer));
+    return ref;
+  }
+
+  const char* kind() const override { return "sequential"; }
+  Shape output_shape(const Shape& input) const override;
+  const Shape& input_shape() const { return m_input; }
+  const Shape& output_shape() const { return m_output; }
+  std::size_t size() const { return m_layers.size(); }
+  Layer& operator[](std::size_t i) { return *m_layers.at(i); }
+
+  /// Context: one child context per layer.
+  ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
+  Tensor backward(const Tensor& dy, Context&& ctx) override;
+  std::vector<Layer*> children() override;
+
+ private:
+  Shape m_input;
+  Shape m_output;
+  std::vector<std::unique_ptr<Layer>> m_layers;
+};
+
+class Residual final : public Layer {
+ public:
+  /// y = x + body(x); body must map `input` to `input`.
+  Residual(std::string name, const Shape& input, std::unique_ptr<Layer> body);
+
+  const char* kind() const override { return "residual"; }
+  Shape output_shape(const Shape& input) const override;
+  /// Context: the body's context as the only child.
+  ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
+  Tensor backward(const Tensor& dy, Context&& ctx) override;
+  std::vector<Layer*> children() override { return {m_body.get()}; }
+
+ private:
+  Shape m_input;
+  std::unique_ptr<Layer> m_body;
+};
+
+}  // namespace tessera::nn

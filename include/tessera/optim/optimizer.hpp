@@ -1,0 +1,79 @@
+#pragma once
+// Optimizers: SGD (momentum, Nesterov, weight decay) and AdamW, with PyTorch's update rules so
+// that results can be compared with it. An optimizer updates the parameters it is given in one
+// fused Kokkos kernel per tensor; its state (momentum, Adam moments) is keyed by parameter name, so
+// that it can be checkpointed at global shape and, later, sharded over the data axis (ZeRO-1).
+#include "tessera/nn/layer.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tessera::optim {
+
+struct SgdOptions {
+  float momentum = 0.0F;
+  bool nesterov = false;      ///< needs momentum > 0
+  float weight_decay = 0.0F;  ///< L2 penalty added to the gradient (parameters with decay only)
+};
+
+struct AdamWOptions {
+  float beta1 = 0.9F;
+  float beta2 = 0.999F;
+  float eps = 1e-8F;
+  float weight_decay = 0.01F;  ///< decoupled: p -= lr * wd * p (parameters with decay only)
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  /// "sgd" or "adamw".
+  virtual const char* kind() const = 0;
+  /// One update of every parameter from its gradient, with learning rate `lr`.
+  virtual void step(const std::vector<nn::Parameter*>& params, double lr) = 0;
+  /// Number of step() calls so far (Adam's bias correction uses it).
+  std::int64_t steps() const { return m_steps; }
+  /// The state tensors, keyed "<parameter name>.<state>" ("fc1.weight.momentum"); empty until the
+  /// first step.
+  const std::map<std::string, Tensor>& state() const { return m_state; }
+
+ protected:
+  /// The state tensor `suffix` of `p`, created zero-filled at p's shape on first use.
+  const Tensor& state_for(const nn::Parameter& p, const char* suffix);
+  std::int64_t m_steps = 0;
+
+ private:
+  std::map<std::string, Tensor> m_state;
+};
+
+class Sgd final : public Optimizer {
+ public:
+  explicit Sgd(const SgdOptions& options);
+  const char* kind() const override { return "sgd"; }
+  void step(const std::vector<nn::Parameter*>& params, double lr) override;
+
+ private:
+  SgdOptions m_options;
+};
+
+class AdamW final : public Optimizer {
+ public:
+  explicit AdamW(const AdamWOptions& options);
+  const char* kind() const override { return "adamw"; }
+  void step(const std::vector<nn::Parameter*>& params, double lr) override;
+
+ private:
+  AdamWOptions m_options;
+};
+
+/// Scales every gradient so that their global L2 norm is at most `max_norm` (PyTorch's
+/// clip_grad_norm_: factor max_norm / (norm + 1e-6) when norm > max_norm). `reduce_sum` turns the
+/// local sum of squares into the global one (an allreduce over the ranks that hold distinct
+/// shards); by default the local sum is the global one. Returns the norm before clipping.
+double clip_grad_norm(const std::vector<nn::Parameter*>& params, double max_norm,
+                      const std::function<double(double)>& reduce_sum = {});
+
+}  // namespace tessera::optim

@@ -1,0 +1,89 @@
+#include "tessera/nn/sequential.hpp"
+
+#include "tessera/core/check.hpp"
+#include "tessera/kernels/reduce.hpp"
+
+namespace tessera::nn {
+
+Sequential::Sequential(std::string name, Shape input)
+    : Layer(std::move(name)), m_input(input), m_output(std::move(input)) {}
+
+Layer& Sequential::add(std::unique_ptr<Layer> layer) {
+  TESSERA_CHECK(layer != nullptr, "sequential '{}': null layer", name());
+  m_output = layer->output_shape(m_output);  // throws, naming the layer, if it does not fit
+  m_layers.push_back(std::move(layer));
+  return *m_layers.back();
+}
+
+Shape Sequential::output_shape(const Shape& input) const {
+  TESSERA_CHECK(input == m_input, "sequential '{}': input {} given, built for {}", name(),
+                to_string(input), to_string(m_input));
+  return m_output;
+}
+
+ForwardResult Sequential::forward(const Tensor& x, const ForwardOptions& options) {
+  check_batch(x, m_input, "input");
+  ForwardResult result{x, Context{{}, x.shape(), {}}};
+  result.ctx.children.reserve(m_layers.size());
+  for (auto& layer : m_layers) {
+    ForwardResult step = layer->forward(result.output, options);
+    result.output = step.output;
+    result.ctx.children.push_back(std::move(step.ctx));
+  }
+  return result;
+}
+
+Tensor Sequential::backward(const Tensor& dy, Context&& ctx) {
+  check_batch(dy, m_output, "output gradient");
+  TESSERA_CHECK(ctx.children.size() == m_layers.size(),
+                "sequential '{}': backward given {} contexts for {} layers", name(),
+                ctx.children.size(), m_layers.size());
+  Tensor grad = dy;
+  for (std::size_t i = m_layers.size(); i-- > 0;) {
+    grad = m_layers[i]->backward(grad, std::move(ctx.children[i]));
+  }
+  return grad;
+}
+
+std::vector<Layer*> Sequential::children() {
+  std::vector<Layer*> out;
+  for (auto& l : m_layers) {
+    out.push_back(l.get());
+  }
+  return out;
+}
+
+Residual::Residual(std::string name, const Shape& input, std::unique_ptr<Layer> body)
+    : Layer(std::move(name)), m_input(input), m_body(std::move(body)) {
+  TESSERA_CHECK(m_body != nullptr, "residual '{}': null body", this->name());
+  const Shape out = m_body->output_shape(input);
+  TESSERA_CHECK(out == input,
+                "residual '{}': body {} '{}' maps {} to {}; a residual needs equal shapes",
+                this->name(), m_body->kind(), m_body->name(), to_string(input), to_string(out));
+}
+
+Shape Residual::output_shape(const Shape& input) const {
+  TESSERA_CHECK(input == m_input, "residual '{}': input {} given, built for {}", name(),
+                to_string(input), to_string(m_input));
+  return m_input;
+}
+
+ForwardResult Residual::forward(const Tensor& x, const ForwardOptions& options) {
+  check_batch(x, m_input, "input");
+  ForwardResult body = m_body->forward(x, options);
+  const Tensor y(name() + "::output", x.shape());
+  kernels::add(x, body.output, y);
+  Context ctx{{}, x.shape(), {}};
+  ctx.children.push_back(std::move(body.ctx));
+  return {y, std::move(ctx)};
+}
+
+Tensor Residual::backward(const Tensor& dy, Context&& ctx) {
+  check_batch(dy, m_input, "output gradient");
+  const Tensor dbody = m_body->backward(dy, std::move(ctx.children.at(0)));
+  const Tensor dx(name() + "::dx", dy.shape());
+  kernels::add(dy, dbody, dx);
+  return dx;
+}
+
+}  // namespace tessera::nn

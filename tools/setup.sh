@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# tools/setup.sh — install what Tessera needs on Debian 12, then configure and build into build/.
+#
+#   tools/setup.sh                 install missing packages, configure, build (Release)
+#   BUILD_DIR=build-asan CMAKE_ARGS="-DTESSERA_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=Debug" \
+#     tools/setup.sh               another configuration in another folder
+#   SETUP_SKIP_BUILD=1 tools/setup.sh   packages only
+#
+# Safe to re-run: packages already installed are not touched, and the build is incremental.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian package names (DESIGN.md, "Dependencies"). MPICH is named explicitly.
+packages=(
+  build-essential cmake ninja-build pkg-config
+  mpich libmpich-dev
+  libhdf5-mpich-dev hdf5-tools
+  libtrilinos-kokkos-dev
+  libopenblas-dev
+  libtoml11-dev libcli11-dev libfmt-dev
+  libgtest-dev googletest libbenchmark-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${#missing[@]} Debian packages: ${missing[*]}"
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install packages" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup: all ${#packages[@]} Debian packages present"
+fi
+
+# Other packages (python3-h5py-mpi, mpi4py) can pull OpenMPI in and flip the generic mpicc/mpiexec
+# alternatives to it; pin them to MPICH so that every tool agrees on one MPI.
+if [[ -x /usr/bin/mpicc.mpich ]] && update-alternatives --query mpi >/dev/null 2>&1; then
+  if [[ $(readlink -f /etc/alternatives/mpi) != /usr/bin/mpicc.mpich ]]; then
+    ${sudo:-} update-alternatives --set mpi /usr/bin/mpicc.mpich >/dev/null
+    ${sudo:-} update-alternatives --set mpirun /usr/bin/mpirun.mpich >/dev/null 2>&1 || true
+    echo "setup: MPI alternatives pinned to MPICH"
+  fi
+fi
+
+[[ -n ${SETUP_SKIP_BUILD:-} ]] && exit 0
+
+build_dir=${BUILD_DIR:-build}
+jobs=${JOBS:-$(nproc)}
+# shellcheck disable=SC2086  # CMAKE_ARGS is a list of arguments
+cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-Release} ${CMAKE_ARGS:-} \
+  >"$build_dir.configure.log" 2>&1 || { cat "$build_dir.configure.log"; exit 1; }
+echo "setup: configured $build_dir ($(grep -m1 '^-- Tessera' "$build_dir.configure.log" | cut -c4-))"
+cmake --build "$build_dir" -j "$jobs" ${BUILD_TARGETS:+--target $BUILD_TARGETS}
+echo "setup: built $build_dir"

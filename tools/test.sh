@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# tools/test.sh — the test command: set-up (packages, configure, build) plus the whole test suite.
+#
+#   tools/test.sh                 host build in build/, all tests; then the CUDA configuration is
+#                                 compiled and linked in build-cuda/ where nvcc exists (its GPU
+#                                 tests run, and skip when no GPU is present)
+#   TESSERA_SANITIZE=address,undefined tools/test.sh
+#                                 the same suite under ASan/UBSan, in build-asan/
+#   TESSERA_SKIP_CUDA=1 tools/test.sh   host only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+
+if [[ -n ${TESSERA_SANITIZE:-} ]]; then
+  export BUILD_DIR=${BUILD_DIR:-build-asan} BUILD_TYPE=Debug
+  export CMAKE_ARGS="${CMAKE_ARGS:-} -DTESSERA_SANITIZE=$TESSERA_SANITIZE -DTESSERA_BUILD_BENCH=OFF"
+  # MPICH keeps some allocations until exit; the suite checks our leaks, not the library's.
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+fi
+build_dir=${BUILD_DIR:-build}
+
+tools/setup.sh
+echo "test: running the suite in $build_dir"
+(cd "$build_dir" && ctest --output-on-failure -j "${JOBS:-2}" --timeout 600)
+
+if [[ -z ${TESSERA_SKIP_CUDA:-} && -z ${TESSERA_SANITIZE:-} ]]; then
+  nvcc=$(command -v nvcc || true)
+  [[ -z $nvcc && -x /usr/local/cuda/bin/nvcc ]] && nvcc=/usr/local/cuda/bin/nvcc
+  if [[ -n $nvcc ]]; then
+    echo "test: compiling the CUDA configuration in build-cuda ($nvcc)"
+    BUILD_DIR=build-cuda BUILD_TARGETS="tessera_cuda gpu_gemm gpu_conv" \
+      CMAKE_ARGS="-DTESSERA_ENABLE_CUDA=ON -DTESSERA_BUILD_BENCH=OFF -DCMAKE_CUDA_COMPILER=$nvcc" \
+      tools/setup.sh
+    (cd build-cuda && ctest --output-on-failure -L gpu)
+  else
+    echo "test: no CUDA toolkit (nvcc) on this machine: the CUDA configuration is not built"
+  fi
+fi
+echo "test: done in $((SECONDS - start)) s"
