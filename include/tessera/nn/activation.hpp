@@ -1,0 +1,43 @@
+#pragma once
+// Element-wise activation layers: ReLU, LeakyReLU, GELU (exact erf form), Tanh, Sigmoid. Any
+// sample shape; the output has the input's shape; no parameters.
+#include "tessera/kernels/elementwise.hpp"
+#include "tessera/nn/layer.hpp"
+
+#include <string>
+
+namespace tessera::nn {
+
+using kernels::ActivationKind;
+
+struct ActivationOptions {
+  ActivationKind kind = ActivationKind::relu;
+  float negative_slope = 0.01F;  ///< LeakyReLU only: f(x) = negative_slope · x for x <= 0
+};
+
+class Activation : public Layer {
+ public:
+  /// `input`: one sample's shape (batch excluded), every extent >= 1. negative_slope must be
+  /// finite.
+  Activation(std::string name, const Shape& input, const ActivationOptions& options);
+
+  /// "relu", "leaky_relu", "gelu", "tanh" or "sigmoid".
+  const char* kind() const override;
+  /// The input shape: activations map any shape to itself.
+  Shape output_shape(const Shape& input) const override;
+  /// x: (N, input...) -> (N, input...). ctx.saved = {y} for ReLU, Tanh, Sigmoid and LeakyReLU
+  /// with negative_slope >= 0; {x} for GELU and LeakyReLU with a negative slope
+  /// (kernels::activation_saved).
+  ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
+  /// dy: (N, input...) -> dx of the same shape.
+  Tensor backward(const Tensor& dy, Context&& ctx) override;
+
+  ActivationKind activation() const { return m_options.kind; }
+  float negative_slope() const { return m_options.negative_slope; }
+
+ private:
+  Shape m_input;  // one sample
+  ActivationOptions m_options;
+};
+
+}  // namespace tessera::nn

@@ -1,0 +1,45 @@
+#pragma once
+// Inverted dropout: in training each element is kept with probability 1 - p and scaled by
+// 1 / (1 - p), so evaluation (and p == 0) is the identity. The mask is a pure function of
+// (run seed, layer name, optimizer step, GLOBAL element index), so it does not depend on how the
+// batch is split over data-parallel ranks: element j of local sample n is kept iff
+//   CounterRng(options.seed, dropout_stream(name, options.step))
+//       .uniform((options.sample_offset + n) * sample_numel + j) >= p.
+#include "tessera/nn/layer.hpp"
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace tessera::nn {
+
+struct DropoutOptions {
+  float p = 0.5F;  ///< probability of dropping an element, 0 <= p < 1
+};
+
+/// The random stream of layer `name` at optimizer step `step`: rng::hash_name(name) XOR the
+/// SplitMix64 finalizer of `step`, so every step of every layer draws a fresh mask.
+std::uint64_t dropout_stream(std::string_view name, std::uint64_t step);
+
+class Dropout : public Layer {
+ public:
+  /// `input`: one sample's shape (batch excluded), every extent >= 1.
+  Dropout(std::string name, const Shape& input, const DropoutOptions& options);
+
+  const char* kind() const override { return "dropout"; }
+  /// The input shape.
+  Shape output_shape(const Shape& input) const override;
+  /// x: (N, input...) -> (N, input...). Training with p > 0: ctx.saved = {mask}, mask_i being
+  /// 0 or 1 / (1 - p) (so dx = dy · mask). Evaluation or p == 0: a copy of x, ctx.saved = {}.
+  ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
+  /// dy: (N, input...) -> dx = dy · mask (a copy of dy when forward was the identity).
+  Tensor backward(const Tensor& dy, Context&& ctx) override;
+
+  float p() const { return m_options.p; }
+
+ private:
+  Shape m_input;  // one sample
+  DropoutOptions m_options;
+};
+
+}  // namespace tessera::nn

@@ -1,0 +1,86 @@
+#pragma once
+// Normalisation layers: batch normalisation over 2 or 3 spatial dimensions (one implementation,
+// BatchNormNd, for both) and layer normalisation over the last dimension. Statistics accumulate in
+// double. Conventions follow PyTorch: normalisation uses the biased batch variance, the running
+// variance is updated with the unbiased one, running = (1 - momentum) · running + momentum · batch.
+#include "tessera/nn/layer.hpp"
+
+namespace tessera::nn {
+
+struct BatchNormOptions {
+  float momentum = 0.1F;  ///< weight of the batch statistics in the running estimates, in [0, 1]
+  float eps = 1e-5F;      ///< added to the variance, > 0
+};
+
+/// y = weight · (x - mean) / sqrt(var + eps) + bias per channel, the statistics taken over the
+/// batch and the spatial dimensions in training and from the running estimates in eval mode.
+/// Parameters "weight" (C) = 1 and "bias" (C) = 0, no weight decay; buffers "running_mean" (C) = 0
+/// and "running_var" (C) = 1. These constant initial values are also set by the constructor.
+class BatchNormNd : public Layer {
+ public:
+  const char* kind() const override { return m_kind; }
+  Shape output_shape(const Shape& input) const override;
+  /// options.training: normalise with the batch statistics and update the running estimates
+  /// (needs more than one value per channel); otherwise use the running estimates.
+  /// ctx.saved = {x_hat (N, C, spatial...), inv_std (C,), batch_stats (1,)}: the normalised
+  /// input, 1 / sqrt(var + eps) of the statistics used, and 1 if those were the batch's, else 0.
+  ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
+  Tensor backward(const Tensor& dy, Context&& ctx) override;
+
+  int spatial_dims() const { return m_spatial_dims; }
+  const BatchNormOptions& options() const { return m_options; }
+  const Parameter& weight() const { return parameters()[0]; }
+  const Parameter& bias() const { return parameters()[1]; }
+  const Parameter& running_mean() const { return buffers()[0]; }
+  const Parameter& running_var() const { return buffers()[1]; }
+
+ protected:
+  BatchNormNd(std::string name, const Shape& input, const BatchNormOptions& options,
+              const char* kind, int spatial_dims);
+
+ private:
+  const char* m_kind;
+  int m_spatial_dims;
+  BatchNormOptions m_options;
+  Shape m_input;  // (C, spatial...)
+};
+
+/// (N, C, H, W) -> (N, C, H, W).
+class BatchNorm2d final : public BatchNormNd {
+ public:
+  BatchNorm2d(std::string name, const Shape& input, const BatchNormOptions& options = {});
+};
+/// (N, C, D, H, W) -> (N, C, D, H, W).
+class BatchNorm3d final : public BatchNormNd {
+ public:
+  BatchNorm3d(std::string name, const Shape& input, const BatchNormOptions& options = {});
+};
+
+struct LayerNormOptions {
+  float eps = 1e-5F;  ///< added to the variance, > 0
+};
+
+/// Normalises every row of the sample's LAST dimension: a (T, C) sample gives T rows of C, a (C,)
+/// sample one row. y = weight · (x - mean) / sqrt(var + eps) + bias with the biased variance of
+/// the row; the same in training and eval. Parameters "weight" (C) = 1 and "bias" (C) = 0, no
+/// weight decay (also set by the constructor).
+class LayerNorm final : public Layer {
+ public:
+  LayerNorm(std::string name, const Shape& input, const LayerNormOptions& options = {});
+
+  const char* kind() const override { return "layernorm"; }
+  Shape output_shape(const Shape& input) const override;
+  /// ctx.saved = {x_hat (N, ..., C), inv_std (rows,)}, rows = N · (sample numel / C).
+  ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
+  Tensor backward(const Tensor& dy, Context&& ctx) override;
+
+  const LayerNormOptions& options() const { return m_options; }
+  const Parameter& weight() const { return parameters()[0]; }
+  const Parameter& bias() const { return parameters()[1]; }
+
+ private:
+  LayerNormOptions m_options;
+  Shape m_input;  // (..., C)
+};
+
+}  // namespace tessera::nn

@@ -1,0 +1,189 @@
+#include "tessera/kernels/elementwise.hpp"
+
+#include "tessera/core/check.hpp"
+#include "tessera/core/rng.hpp"
+
+namespace tessera::kernels {
+namespace {
+using Policy = Kokkos::RangePolicy<ExecSpace>;
+
+void check_same_size(const Tensor& x, const Tensor& y, const char* op) {
+  TESSERA_CHECK(x.numel() == y.numel(), "{}: '{}' {} and '{}' {} differ in size", op, x.label(),
+                to_string(x.shape()), y.label(), to_string(y.shape()));
+}
+
+// Functors over one element, so that one loop launches every activation.
+struct ReluForward {
+  KOKKOS_INLINE_FUNCTION float operator()(float x) const { return act::relu(x); }
+};
+struct LeakyReluForward {
+  float slope;
+  KOKKOS_INLINE_FUNCTION float operator()(float x) const { return act::leaky_relu(x, slope); }
+};
+struct GeluForward {
+  KOKKOS_INLINE_FUNCTION float operator()(float x) const { return act::gelu(x); }
+};
+struct TanhForward {
+  KOKKOS_INLINE_FUNCTION float operator()(float x) const { return act::tanh(x); }
+};
+struct SigmoidForward {
+  KOKKOS_INLINE_FUNCTION float operator()(float x) const { return act::sigmoid(x); }
+};
+
+struct ReluBackward {
+  KOKKOS_INLINE_FUNCTION float operator()(float s, float dy) const { return act::relu_grad(s, dy); }
+};
+struct LeakyReluBackward {
+  float slope;
+  KOKKOS_INLINE_FUNCTION float operator()(float s, float dy) const {
+    return act::leaky_relu_grad(s, dy, slope);
+  }
+};
+struct GeluBackward {
+  KOKKOS_INLINE_FUNCTION float operator()(float x, float dy) const { return act::gelu_grad(x, dy); }
+};
+struct TanhBackward {
+  KOKKOS_INLINE_FUNCTION float operator()(float y, float dy) const { return act::tanh_grad(y, dy); }
+};
+struct SigmoidBackward {
+  KOKKOS_INLINE_FUNCTION float operator()(float y, float dy) const {
+    return act::sigmoid_grad(y, dy);
+  }
+};
+
+// y_i = f(x_i).
+template <class F>
+void map_unary(const char* label, const Tensor& x, const Tensor& y, F f) {
+  const FloatView a = x.view();
+  const FloatView b = y.view();
+  Kokkos::parallel_for(
+      label, Policy(0, x.numel()), KOKKOS_LAMBDA(const Index i) { b(i) = f(a(i)); });
+}
+
+// out_i = f(s_i, dy_i).
+template <class F>
+void map_binary(const char* label, const Tensor& s, const Tensor& dy, const Tensor& out, F f) {
+  const FloatView a = s.view();
+  const FloatView b = dy.view();
+  const FloatView c = out.view();
+  Kokkos::parallel_for(
+      label, Policy(0, s.numel()), KOKKOS_LAMBDA(const Index i) { c(i) = f(a(i), b(i)); });
+}
+}  // namespace
+
+const char* activation_name(ActivationKind kind) {
+  switch (kind) {
+    case ActivationKind::relu:
+      return "relu";
+    case ActivationKind::leaky_relu:
+      return "leaky_relu";
+    case ActivationKind::gelu:
+      return "gelu";
+    case ActivationKind::tanh:
+      return "tanh";
+    case ActivationKind::sigmoid:
+      return "sigmoid";
+  }
+  return "unknown";
+}
+
+std::optional<ActivationKind> activation_from_name(std::string_view name) {
+  for (ActivationKind k : {ActivationKind::relu, ActivationKind::leaky_relu, ActivationKind::gelu,
+                           ActivationKind::tanh, ActivationKind::sigmoid}) {
+    if (name == activation_name(k)) {
+      return k;
+    }
+  }
+  return std::nullopt;
+}
+
+ActivationSaved activation_saved(ActivationKind kind, float negative_slope) {
+  switch (kind) {
+    case ActivationKind::relu:
+    case ActivationKind::tanh:
+    case ActivationKind::sigmoid:
+      return ActivationSaved::output;
+    case ActivationKind::leaky_relu:
+      return negative_slope >= 0.0F ? ActivationSaved::output : ActivationSaved::input;
+    case ActivationKind::gelu:
+      return ActivationSaved::input;
+  }
+  return ActivationSaved::input;
+}
+
+void activation_forward(ActivationKind kind, const Tensor& x, const Tensor& y,
+                        float negative_slope) {
+  check_same_size(x, y, "activation_forward");
+  switch (kind) {
+    case ActivationKind::relu:
+      map_unary("kernels::relu_forward", x, y, ReluForward{});
+      return;
+    case ActivationKind::leaky_relu:
+      map_unary("kernels::leaky_relu_forward", x, y, LeakyReluForward{negative_slope});
+      return;
+    case ActivationKind::gelu:
+      map_unary("kernels::gelu_forward", x, y, GeluForward{});
+      return;
+    case ActivationKind::tanh:
+      map_unary("kernels::tanh_forward", x, y, TanhForward{});
+      return;
+    case ActivationKind::sigmoid:
+      map_unary("kernels::sigmoid_forward", x, y, SigmoidForward{});
+      return;
+  }
+}
+
+void activation_backward(ActivationKind kind, const Tensor& saved, const Tensor& dy,
+                         const Tensor& dx, float negative_slope) {
+  check_same_size(saved, dy, "activation_backward");
+  check_same_size(saved, dx, "activation_backward");
+  switch (kind) {
+    case ActivationKind::relu:
+      map_binary("kernels::relu_backward", saved, dy, dx, ReluBackward{});
+      return;
+    case ActivationKind::leaky_relu:
+      map_binary("kernels::leaky_relu_backward", saved, dy, dx, LeakyReluBackward{negative_slope});
+      return;
+    case ActivationKind::gelu:
+      map_binary("kernels::gelu_backward", saved, dy, dx, GeluBackward{});
+      return;
+    case ActivationKind::tanh:
+      map_binary("kernels::tanh_backward", saved, dy, dx, TanhBackward{});
+      return;
+    case ActivationKind::sigmoid:
+      map_binary("kernels::sigmoid_backward", saved, dy, dx, SigmoidBackward{});
+      return;
+  }
+}
+
+void multiply(const Tensor& a, const Tensor& b, const Tensor& out) {
+  check_same_size(a, b, "multiply");
+  check_same_size(a, out, "multiply");
+  const FloatView x = a.view();
+  const FloatView y = b.view();
+  const FloatView z = out.view();
+  Kokkos::parallel_for(
+      "kernels::multiply", Policy(0, a.numel()),
+      KOKKOS_LAMBDA(const Index i) { z(i) = x(i) * y(i); });
+}
+
+void dropout_forward(const Tensor& x, const Tensor& y, const Tensor& mask, float p,
+                     std::uint64_t seed, std::uint64_t stream, std::uint64_t first_counter) {
+  check_same_size(x, y, "dropout_forward");
+  check_same_size(x, mask, "dropout_forward");
+  TESSERA_CHECK(p >= 0.0F && p < 1.0F, "dropout_forward: p = {} must be in [0, 1)", p);
+  const FloatView in = x.view();
+  const FloatView out = y.view();
+  const FloatView m = mask.view();
+  const rng::CounterRng gen(seed, stream);
+  const float keep_scale = 1.0F / (1.0F - p);
+  Kokkos::parallel_for(
+      "kernels::dropout_forward", Policy(0, x.numel()), KOKKOS_LAMBDA(const Index i) {
+        const float u = gen.uniform(first_counter + static_cast<std::uint64_t>(i));
+        const float s = act::dropout_keep(u, p) ? keep_scale : 0.0F;
+        m(i) = s;
+        out(i) = in(i)*s;
+      });
+}
+
+}  // namespace tessera::kernels

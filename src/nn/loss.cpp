@@ -1,0 +1,145 @@
+#include "tessera/nn/loss.hpp"
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/math.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <limits>
+
+namespace tessera::nn {
+namespace {
+using Policy = Kokkos::RangePolicy<ExecSpace>;
+
+void check_global_batch(const char* loss, Index global_batch, Index n) {
+  if (global_batch < n) {
+    throw Error(fmt::format("{}: global_batch = {} is smaller than the local batch N = {}", loss,
+                            global_batch, n));
+  }
+}
+
+// Cross-entropy of one row starting at flat index `base`: writes the row's gradient (scaled by
+// `scale`) into g, returns the per-sample loss and sets `hit` to whether the first argmax is the
+// label.
+KOKKOS_INLINE_FUNCTION double cross_entropy_row(const FloatView& x, const FloatView& g, Index base,
+                                                Index classes, Index label, float scale,
+                                                bool& hit) {
+  float m = x(base);
+  Index arg = 0;
+  for (Index j = 1; j < classes; ++j) {
+    if (x(base + j) > m) {
+      m = x(base + j);
+      arg = j;
+    }
+  }
+  double s = 0.0;
+  for (Index j = 0; j < classes; ++j) {
+    s += static_cast<double>(math::exp(x(base + j) - m));
+  }
+  const double log_s = math::log(s);
+  const auto log_s_f = static_cast<float>(log_s);
+  for (Index j = 0; j < classes; ++j) {
+    const float p = math::exp(x(base + j) - m - log_s_f);
+    g(base + j) = (j == label ? p - 1.0F : p) * scale;
+  }
+  hit = arg == label;
+  return static_cast<double>(m) + log_s - static_cast<double>(x(base + label));
+}
+}  // namespace
+
+LossOutput softmax_cross_entropy(const Tensor& logits, const IntView& labels, Index global_batch) {
+  if (logits.rank() != 2 || logits.dim(0) < 1 || logits.dim(1) < 1) {
+    throw Error(
+        fmt::format("softmax_cross_entropy: logits have shape {}, expected (N, classes) "
+                    "with N >= 1 and classes >= 1",
+                    to_string(logits.shape())));
+  }
+  const Index n = logits.dim(0);
+  const Index classes = logits.dim(1);
+  const auto n_labels = static_cast<Index>(labels.extent(0));
+  if (n_labels != n) {
+    throw Error(fmt::format("softmax_cross_entropy: {} labels for logits of shape {}, expected {}",
+                            n_labels, to_string(logits.shape()), n));
+  }
+  check_global_batch("softmax_cross_entropy", global_batch, n);
+
+  // The first sample whose label is out of range, if any.
+  Index first_bad = std::numeric_limits<Index>::max();
+  Kokkos::parallel_reduce(
+      "softmax_cross_entropy::check_labels", Policy(0, n),
+      KOKKOS_LAMBDA(const Index i, Index& acc) {
+        const Index c = labels(i);
+        if ((c < 0 || c >= classes) && i < acc) {
+          acc = i;
+        }
+      },
+      Kokkos::Min<Index>(first_bad));
+  if (first_bad < n) {
+    std::int32_t value = 0;
+    Kokkos::deep_copy(value, Kokkos::subview(labels, first_bad));
+    throw Error(
+        fmt::format("softmax_cross_entropy: sample {} has label {}, expected a class in [0, {})",
+                    first_bad, value, classes));
+  }
+
+  LossOutput out;
+  out.grad = Tensor("softmax_cross_entropy::grad", logits.shape());
+  const FloatView x = logits.view();
+  const FloatView g = out.grad.view();
+  const IntView hits("softmax_cross_entropy::hits", static_cast<std::size_t>(n));
+  const auto scale = static_cast<float>(1.0 / static_cast<double>(global_batch));
+  double total = 0.0;
+  Kokkos::parallel_reduce(
+      "softmax_cross_entropy::rows", Policy(0, n),
+      KOKKOS_LAMBDA(const Index r, double& acc) {
+        bool hit = false;
+        acc += cross_entropy_row(x, g, r * classes, classes, labels(r), scale, hit);
+        hits(r) = hit ? 1 : 0;
+      },
+      total);
+  Index correct = 0;
+  Kokkos::parallel_reduce(
+      "softmax_cross_entropy::correct", Policy(0, n),
+      KOKKOS_LAMBDA(const Index r, Index& acc) { acc += hits(r); }, correct);
+  out.loss = total / static_cast<double>(global_batch);
+  out.correct = correct;
+  return out;
+}
+
+LossOutput mean_squared_error(const Tensor& prediction, const Tensor& target, Index global_batch) {
+  if (prediction.rank() < 1 || prediction.dim(0) < 1 || prediction.numel() < prediction.dim(0)) {
+    throw Error(
+        fmt::format("mean_squared_error: prediction has shape {}, expected (N, F...) with "
+                    "N >= 1 and at least one element per sample",
+                    to_string(prediction.shape())));
+  }
+  if (target.shape() != prediction.shape()) {
+    throw Error(fmt::format("mean_squared_error: prediction has shape {} but target has shape {}",
+                            to_string(prediction.shape()), to_string(target.shape())));
+  }
+  const Index n = prediction.dim(0);
+  check_global_batch("mean_squared_error", global_batch, n);
+
+  const Index per_sample = prediction.numel() / n;
+  const double denom = static_cast<double>(per_sample) * static_cast<double>(global_batch);
+  const auto grad_scale = static_cast<float>(2.0 / denom);
+  LossOutput out;
+  out.grad = Tensor("mean_squared_error::grad", prediction.shape());
+  const FloatView p = prediction.view();
+  const FloatView t = target.view();
+  const FloatView g = out.grad.view();
+  double total = 0.0;
+  Kokkos::parallel_reduce(
+      "mean_squared_error::elements", Policy(0, prediction.numel()),
+      KOKKOS_LAMBDA(const Index i, double& acc) {
+        const float d = p(i) - t(i);
+        g(i) = grad_scale * d;
+        acc += static_cast<double>(d) * static_cast<double>(d);
+      },
+      total);
+  out.loss = total / denom;
+  return out;
+}
+
+}  // namespace tessera::nn

@@ -1,0 +1,333 @@
+#include "tessera/nn/norm.hpp"
+
+#include "tessera/core/check.hpp"
+#include "tessera/core/math.hpp"
+
+#include <algorithm>
+
+namespace tessera::nn {
+namespace {
+using Policy = Kokkos::RangePolicy<ExecSpace>;
+using DoubleView = Kokkos::View<double*, MemSpace>;
+
+bool all_positive(const Shape& shape) {
+  return std::all_of(shape.begin(), shape.end(), [](Index e) { return e >= 1; });
+}
+
+// Throws unless dy and ctx come from a forward pass of `layer` on a batch of sample `input`.
+void check_context(const Layer& layer, const Tensor& dy, const Context& ctx, const Shape& input,
+                   size_t saved) {
+  if (ctx.input_shape != batch_shape(dy.dim(0), input) || ctx.saved.size() != saved) {
+    TESSERA_THROW(
+        "{} '{}': output grad of shape {} does not match the context of the forward pass (input "
+        "{})",
+        layer.kind(), layer.name(), to_string(dy.shape()), to_string(ctx.input_shape));
+  }
+}
+
+void check_eps(const Layer& layer, float eps) {
+  if (!(eps > 0.0F)) {
+    TESSERA_THROW("{} '{}': option eps = {} must be > 0", layer.kind(), layer.name(), eps);
+  }
+}
+
+// --- batch normalisation kernels; x is viewed as (N, C, S), S the spatial volume ---------------
+
+struct ChannelGeometry {
+  Index n = 0;  // batch
+  Index c = 0;  // channels
+  Index s = 0;  // spatial volume
+};
+
+// Batch mean and 1 / sqrt(biased var + eps) per channel (two passes, in double), and the running
+// estimates moved towards the batch with the unbiased variance.
+void batch_statistics(const FloatView& x, ChannelGeometry g, float momentum, float eps,
+                      const FloatView& mean, const FloatView& inv_std, const FloatView& run_mean,
+                      const FloatView& run_var) {
+  const auto m = static_cast<double>(g.n * g.s);
+  const auto mom = static_cast<double>(momentum);
+  const auto e = static_cast<double>(eps);
+  Kokkos::parallel_for(
+      "BatchNorm::batch_statistics", Policy(0, g.c), KOKKOS_LAMBDA(const Index c) {
+        double sum = 0.0;
+        for (Index n = 0; n < g.n; ++n) {
+          for (Index s = 0; s < g.s; ++s) {
+            sum += static_cast<double>(x((n * g.c + c) * g.s + s));
+          }
+        }
+        const double mu = sum / m;
+        double sq = 0.0;
+        for (Index n = 0; n < g.n; ++n) {
+          for (Index s = 0; s < g.s; ++s) {
+            const double d = static_cast<double>(x((n * g.c + c) * g.s + s)) - mu;
+            sq += d * d;
+          }
+        }
+        const double var = sq / m;
+        mean(c) = static_cast<float>(mu);
+        inv_std(c) = static_cast<float>(1.0 / math::sqrt(var + e));
+        run_mean(c) = static_cast<float>((1.0 - mom) * static_cast<double>(run_mean(c)) + mom * mu);
+        run_var(c) = static_cast<float>((1.0 - mom) * static_cast<double>(run_var(c)) +
+                                        mom * var * m / (m - 1.0));
+      });
+}
+
+// Mean and 1 / sqrt(var + eps) per channel from the running estimates (eval mode).
+void running_statistics(const FloatView& run_mean, const FloatView& run_var, Index channels,
+                        float eps, const FloatView& mean, const FloatView& inv_std) {
+  const auto e = static_cast<double>(eps);
+  Kokkos::parallel_for(
+      "BatchNorm::running_statistics", Policy(0, channels), KOKKOS_LAMBDA(const Index c) {
+        mean(c) = run_mean(c);
+        inv_std(c) = static_cast<float>(1.0 / math::sqrt(static_cast<double>(run_var(c)) + e));
+      });
+}
+
+// x_hat = (x - mean) · inv_std, y = weight · x_hat + bias.
+void batch_normalize(const FloatView& x, ChannelGeometry g, const FloatView& mean,
+                     const FloatView& inv_std, const FloatView& weight, const FloatView& bias,
+                     const FloatView& x_hat, const FloatView& y) {
+  Kokkos::parallel_for(
+      "BatchNorm::normalize", Policy(0, g.n * g.c * g.s), KOKKOS_LAMBDA(const Index i) {
+        const Index c = (i / g.s) % g.c;
+        const float xh = (x(i) - mean(c)) * inv_std(c);
+        x_hat(i) = xh;
+        y(i) = weight(c) * xh + bias(c);
+      });
+}
+
+// dweight += Σ dy · x_hat, dbias += Σ dy per channel; then
+// dx = weight · inv_std · (dy - f · mean(dy) - f · x_hat · mean(dy · x_hat)), f = 1 when the
+// statistics came from the batch (their derivative enters), 0 in eval mode.
+void batch_norm_backward(const FloatView& dy, const FloatView& x_hat, const FloatView& inv_std,
+                         ChannelGeometry g, bool batch_stats, const FloatView& weight,
+                         const FloatView& dweight, const FloatView& dbias, const FloatView& dx) {
+  const DoubleView mean_dy("BatchNorm::mean_dy", static_cast<size_t>(g.c));
+  const DoubleView mean_dy_xhat("BatchNorm::mean_dy_xhat", static_cast<size_t>(g.c));
+  const double f = batch_stats ? 1.0 / static_cast<double>(g.n * g.s) : 0.0;
+  Kokkos::parallel_for(
+      "BatchNorm::reduce_grads", Policy(0, g.c), KOKKOS_LAMBDA(const Index c) {
+        double sum_dy = 0.0;
+        double sum_dy_xhat = 0.0;
+        for (Index n = 0; n < g.n; ++n) {
+          for (Index s = 0; s < g.s; ++s) {
+            const Index i = (n * g.c + c) * g.s + s;
+            sum_dy += static_cast<double>(dy(i));
+            sum_dy_xhat += static_cast<double>(dy(i)) * static_cast<double>(x_hat(i));
+          }
+        }
+        dweight(c) += static_cast<float>(sum_dy_xhat);
+        dbias(c) += static_cast<float>(sum_dy);
+        mean_dy(c) = f * sum_dy;
+        mean_dy_xhat(c) = f * sum_dy_xhat;
+      });
+  Kokkos::parallel_for(
+      "BatchNorm::input_grad", Policy(0, g.n * g.c * g.s), KOKKOS_LAMBDA(const Index i) {
+        const Index c = (i / g.s) % g.c;
+        const double inner = static_cast<double>(dy(i)) - mean_dy(c) -
+                             static_cast<double>(x_hat(i)) * mean_dy_xhat(c);
+        dx(i) = static_cast<float>(static_cast<double>(weight(c) * inv_std(c)) * inner);
+      });
+}
+
+// --- layer normalisation kernels; x is viewed as (R, C) rows -------------------------------------
+
+void layer_normalize(const FloatView& x, Index rows, Index width, float eps,
+                     const FloatView& weight, const FloatView& bias, const FloatView& x_hat,
+                     const FloatView& inv_std, const FloatView& y) {
+  const auto e = static_cast<double>(eps);
+  const auto inv_width = 1.0 / static_cast<double>(width);
+  Kokkos::parallel_for(
+      "LayerNorm::normalize", Policy(0, rows), KOKKOS_LAMBDA(const Index r) {
+        const Index base = r * width;
+        double sum = 0.0;
+        for (Index j = 0; j < width; ++j) {
+          sum += static_cast<double>(x(base + j));
+        }
+        const double mu = sum * inv_width;
+        double sq = 0.0;
+        for (Index j = 0; j < width; ++j) {
+          const double d = static_cast<double>(x(base + j)) - mu;
+          sq += d * d;
+        }
+        const double inv = 1.0 / math::sqrt(sq * inv_width + e);
+        inv_std(r) = static_cast<float>(inv);
+        for (Index j = 0; j < width; ++j) {
+          const auto xh = static_cast<float>((static_cast<double>(x(base + j)) - mu) * inv);
+          x_hat(base + j) = xh;
+          y(base + j) = weight(j) * xh + bias(j);
+        }
+      });
+}
+
+// dweight += Σ_rows dy · x_hat, dbias += Σ_rows dy; per row, with g = dy · weight,
+// dx = inv_std · (g - mean(g) - x_hat · mean(g · x_hat)).
+void layer_norm_backward(const FloatView& dy, const FloatView& x_hat, const FloatView& inv_std,
+                         Index rows, Index width, const FloatView& weight, const FloatView& dweight,
+                         const FloatView& dbias, const FloatView& dx) {
+  const auto inv_width = 1.0 / static_cast<double>(width);
+  Kokkos::parallel_for(
+      "LayerNorm::input_grad", Policy(0, rows), KOKKOS_LAMBDA(const Index r) {
+        const Index base = r * width;
+        double sum_g = 0.0;
+        double sum_g_xhat = 0.0;
+        for (Index j = 0; j < width; ++j) {
+          const double gj = static_cast<double>(dy(base + j)) * static_cast<double>(weight(j));
+          sum_g += gj;
+          sum_g_xhat += gj * static_cast<double>(x_hat(base + j));
+        }
+        const double mean_g = sum_g * inv_width;
+        const double mean_g_xhat = sum_g_xhat * inv_width;
+        const auto inv = static_cast<double>(inv_std(r));
+        for (Index j = 0; j < width; ++j) {
+          const double gj = static_cast<double>(dy(base + j)) * static_cast<double>(weight(j));
+          dx(base + j) = static_cast<float>(
+              inv * (gj - mean_g - static_cast<double>(x_hat(base + j)) * mean_g_xhat));
+        }
+      });
+  Kokkos::parallel_for(
+      "LayerNorm::param_grads", Policy(0, width), KOKKOS_LAMBDA(const Index j) {
+        double sum_dy = 0.0;
+        double sum_dy_xhat = 0.0;
+        for (Index r = 0; r < rows; ++r) {
+          const auto d = static_cast<double>(dy(r * width + j));
+          sum_dy += d;
+          sum_dy_xhat += d * static_cast<double>(x_hat(r * width + j));
+        }
+        dweight(j) += static_cast<float>(sum_dy_xhat);
+        dbias(j) += static_cast<float>(sum_dy);
+      });
+}
+
+}  // namespace
+
+// --- BatchNormNd -------------------------------------------------------------------------------
+
+BatchNormNd::BatchNormNd(std::string name, const Shape& input, const BatchNormOptions& options,
+                         const char* kind, int spatial_dims)
+    : Layer(std::move(name)),
+      m_kind(kind),
+      m_spatial_dims(spatial_dims),
+      m_options(options),
+      m_input(input) {
+  if (!(options.momentum >= 0.0F && options.momentum <= 1.0F)) {
+    TESSERA_THROW("{} '{}': option momentum = {} must be in [0, 1]", kind, this->name(),
+                  options.momentum);
+  }
+  check_eps(*this, options.eps);
+  (void)output_shape(input);
+  const Shape channels{input[0]};
+  add_parameter("weight", channels, InitSpec::constant(1.0F), /*decay=*/false).value.fill(1.0F);
+  add_parameter("bias", channels, InitSpec::constant(0.0F), /*decay=*/false);
+  add_buffer("running_mean", channels, InitSpec::constant(0.0F));
+  add_buffer("running_var", channels, InitSpec::constant(1.0F)).value.fill(1.0F);
+}
+
+Shape BatchNormNd::output_shape(const Shape& input) const {
+  if (input.size() != static_cast<size_t>(m_spatial_dims) + 1 || !all_positive(input)) {
+    TESSERA_THROW("{} '{}': input sample shape {} must be {} with every extent >= 1", kind(),
+                  name(), to_string(input), m_spatial_dims == 2 ? "(C, H, W)" : "(C, D, H, W)");
+  }
+  return input;
+}
+
+// Context: saved = {x_hat (N, C, spatial...), inv_std (C,), batch_stats (1,)}: the normalised
+// input, 1 / sqrt(var + eps) of the statistics used, and 1 when those were the batch's (training)
+// or 0 when they were the running estimates (eval).
+ForwardResult BatchNormNd::forward(const Tensor& x, const ForwardOptions& options) {
+  check_batch(x, m_input, "input");
+  const Index channels = m_input[0];
+  const ChannelGeometry g{x.dim(0), channels, numel(m_input) / channels};
+  if (options.training && g.n * g.s < 2) {
+    TESSERA_THROW(
+        "{} '{}': training needs more than one value per channel to take batch statistics, got "
+        "input of shape {}",
+        kind(), name(), to_string(x.shape()));
+  }
+  Tensor y(name() + ".output", x.shape());     // (N, C, spatial...)
+  Tensor x_hat(name() + ".x_hat", x.shape());  // (N, C, spatial...)
+  Tensor inv_std(name() + ".inv_std", {channels});
+  const FloatView mean("BatchNorm::mean", static_cast<size_t>(channels));
+  if (options.training) {
+    batch_statistics(x.view(), g, m_options.momentum, m_options.eps, mean, inv_std.view(),
+                     running_mean().value.view(), running_var().value.view());
+  } else {
+    running_statistics(running_mean().value.view(), running_var().value.view(), channels,
+                       m_options.eps, mean, inv_std.view());
+  }
+  batch_normalize(x.view(), g, mean, inv_std.view(), weight().value.view(), bias().value.view(),
+                  x_hat.view(), y.view());
+  Context ctx;
+  ctx.input_shape = x.shape();
+  ctx.saved = {x_hat, inv_std,
+               Tensor::from_host(name() + ".batch_stats", {1}, {options.training ? 1.0F : 0.0F})};
+  return {y, std::move(ctx)};
+}
+
+Tensor BatchNormNd::backward(const Tensor& dy, Context&& ctx) {
+  check_batch(dy, m_input, "output grad");
+  check_context(*this, dy, ctx, m_input, 3);
+  const Index channels = m_input[0];
+  const ChannelGeometry g{dy.dim(0), channels, numel(m_input) / channels};
+  const bool batch_stats = ctx.saved[2].to_host()[0] != 0.0F;
+  Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, C, spatial...)
+  batch_norm_backward(dy.view(), ctx.saved[0].view(), ctx.saved[1].view(), g, batch_stats,
+                      weight().value.view(), parameters()[0].grad.view(),
+                      parameters()[1].grad.view(), dx.view());
+  return dx;
+}
+
+BatchNorm2d::BatchNorm2d(std::string name, const Shape& input, const BatchNormOptions& options)
+    : BatchNormNd(std::move(name), input, options, "batchnorm2d", 2) {}
+BatchNorm3d::BatchNorm3d(std::string name, const Shape& input, const BatchNormOptions& options)
+    : BatchNormNd(std::move(name), input, options, "batchnorm3d", 3) {}
+
+// --- LayerNorm ---------------------------------------------------------------------------------
+
+LayerNorm::LayerNorm(std::string name, const Shape& input, const LayerNormOptions& options)
+    : Layer(std::move(name)), m_options(options), m_input(input) {
+  check_eps(*this, options.eps);
+  (void)output_shape(input);
+  const Shape width{input.back()};
+  add_parameter("weight", width, InitSpec::constant(1.0F), /*decay=*/false).value.fill(1.0F);
+  add_parameter("bias", width, InitSpec::constant(0.0F), /*decay=*/false);
+}
+
+Shape LayerNorm::output_shape(const Shape& input) const {
+  if (input.empty() || !all_positive(input)) {
+    TESSERA_THROW("{} '{}': input sample shape {} must be (..., C) with every extent >= 1", kind(),
+                  name(), to_string(input));
+  }
+  return input;
+}
+
+// Context: saved = {x_hat (N, ..., C), inv_std (rows,)}: the normalised input and
+// 1 / sqrt(var + eps) of every row, rows = N · (sample numel / C).
+ForwardResult LayerNorm::forward(const Tensor& x, const ForwardOptions& /*options*/) {
+  check_batch(x, m_input, "input");
+  const Index width = m_input.back();
+  const Index rows = x.numel() / width;
+  Tensor y(name() + ".output", x.shape());     // (N, ..., C)
+  Tensor x_hat(name() + ".x_hat", x.shape());  // (N, ..., C)
+  Tensor inv_std(name() + ".inv_std", {rows});
+  layer_normalize(x.view(), rows, width, m_options.eps, weight().value.view(), bias().value.view(),
+                  x_hat.view(), inv_std.view(), y.view());
+  Context ctx;
+  ctx.input_shape = x.shape();
+  ctx.saved = {x_hat, inv_std};
+  return {y, std::move(ctx)};
+}
+
+Tensor LayerNorm::backward(const Tensor& dy, Context&& ctx) {
+  check_batch(dy, m_input, "output grad");
+  check_context(*this, dy, ctx, m_input, 2);
+  const Index width = m_input.back();
+  const Index rows = dy.numel() / width;
+  Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, ..., C)
+  layer_norm_backward(dy.view(), ctx.saved[0].view(), ctx.saved[1].view(), rows, width,
+                      weight().value.view(), parameters()[0].grad.view(),
+                      parameters()[1].grad.view(), dx.view());
+  return dx;
+}
+
+}  // namespace tessera::nn

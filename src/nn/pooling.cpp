@@ -1,0 +1,207 @@
+#include "tessera/nn/pooling.hpp"
+
+#include "tessera/core/check.hpp"
+
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
+namespace tessera::nn {
+namespace {
+
+// "[2, 2]": an option as the deck writes it.
+std::string list_string(const std::vector<Index>& values) {
+  return fmt::format("[{}]", fmt::join(values, ", "));
+}
+
+// The sample form a pooling layer of `spatial_dims` dimensions expects.
+const char* sample_form(int spatial_dims) {
+  return spatial_dims == 2 ? "(C, H, W)" : "(C, D, H, W)";
+}
+
+bool all_positive(const Shape& shape) {
+  return std::all_of(shape.begin(), shape.end(), [](Index e) { return e >= 1; });
+}
+
+// Option `option` expanded to one value per spatial dimension; `fallback` when it is empty and a
+// fallback is allowed (non-empty).
+std::vector<Index> expand_option(const Layer& layer, const char* option,
+                                 const std::vector<Index>& values, int spatial_dims,
+                                 const std::vector<Index>& fallback) {
+  if (values.empty() && !fallback.empty()) {
+    return fallback;
+  }
+  const auto dims = static_cast<size_t>(spatial_dims);
+  if (values.size() == 1) {
+    return std::vector<Index>(dims, values[0]);
+  }
+  if (values.size() != dims) {
+    TESSERA_THROW("{} '{}': option {} = {} must hold 1 or {} values (one per spatial dim)",
+                  layer.kind(), layer.name(), option, list_string(values), spatial_dims);
+  }
+  return values;
+}
+
+// (d, h, w) from the last 2 or 3 values of `v`; a 2-D pooling gets `depth` in depth.
+kernels::Dims3 to_dims(const std::vector<Index>& v, int spatial_dims, Index depth) {
+  Index e[3] = {depth, depth, depth};
+  for (int i = 0; i < spatial_dims; ++i) {
+    e[3 - spatial_dims + i] = v[v.size() - static_cast<size_t>(spatial_dims - i)];
+  }
+  return {e[0], e[1], e[2]};
+}
+
+// Throws unless dy and ctx come from a forward pass of `layer` on a batch of sample `input`.
+void check_context(const Layer& layer, const Tensor& dy, const Context& ctx, const Shape& input,
+                   size_t saved) {
+  if (ctx.input_shape != batch_shape(dy.dim(0), input) || ctx.saved.size() != saved) {
+    TESSERA_THROW(
+        "{} '{}': output grad of shape {} does not match the context of the forward pass (input "
+        "{})",
+        layer.kind(), layer.name(), to_string(dy.shape()), to_string(ctx.input_shape));
+  }
+}
+
+}  // namespace
+
+// --- PoolNd ------------------------------------------------------------------------------------
+
+PoolNd::PoolNd(std::string name, const Shape& input, const PoolOptions& options, const char* kind,
+               int spatial_dims, Mode mode)
+    : Layer(std::move(name)),
+      m_kind(kind),
+      m_spatial_dims(spatial_dims),
+      m_mode(mode),
+      m_input(input) {
+  m_kernel = expand_option(*this, "kernel", options.kernel, spatial_dims, {});
+  m_stride = expand_option(*this, "stride", options.stride, spatial_dims, m_kernel);
+  m_pad = expand_option(*this, "pad", options.pad, spatial_dims,
+                        std::vector<Index>(static_cast<size_t>(spatial_dims), 0));
+  // Messages quote the options as written.
+  if (!all_positive(m_kernel)) {
+    TESSERA_THROW("{} '{}': option kernel = {} must be >= 1 in every spatial dim", kind,
+                  this->name(), list_string(options.kernel));
+  }
+  if (!all_positive(m_stride)) {
+    TESSERA_THROW("{} '{}': option stride = {} must be >= 1 in every spatial dim", kind,
+                  this->name(), list_string(options.stride));
+  }
+  for (size_t i = 0; i < m_pad.size(); ++i) {
+    if (m_pad[i] < 0 || m_pad[i] >= m_kernel[i]) {
+      TESSERA_THROW("{} '{}': option pad = {} must be >= 0 and < kernel = {} in every spatial dim",
+                    kind, this->name(), list_string(options.pad), list_string(options.kernel));
+    }
+  }
+  m_output = output_shape(input);
+}
+
+Shape PoolNd::output_shape(const Shape& input) const {
+  if (input.size() != static_cast<size_t>(m_spatial_dims) + 1 || !all_positive(input)) {
+    TESSERA_THROW("{} '{}': input sample shape {} must be {} with every extent >= 1", kind(),
+                  name(), to_string(input), sample_form(m_spatial_dims));
+  }
+  Shape out{input[0]};
+  for (size_t i = 0; i < m_kernel.size(); ++i) {
+    out.push_back(kernels::pool_output_extent(input[i + 1], m_kernel[i], m_stride[i], m_pad[i]));
+  }
+  if (!all_positive(out)) {
+    TESSERA_THROW(
+        "{} '{}': input sample shape {} with kernel = {}, stride = {}, pad = {} gives output {}; "
+        "every output extent must be >= 1",
+        kind(), name(), to_string(input), list_string(m_kernel), list_string(m_stride),
+        list_string(m_pad), to_string(out));
+  }
+  return out;
+}
+
+kernels::PoolGeometry PoolNd::geometry(Index n) const {
+  kernels::PoolGeometry g;
+  g.planes = n * m_input[0];
+  g.in = to_dims(m_input, m_spatial_dims, 1);
+  g.out = to_dims(m_output, m_spatial_dims, 1);
+  g.kernel = to_dims(m_kernel, m_spatial_dims, 1);
+  g.stride = to_dims(m_stride, m_spatial_dims, 1);
+  g.pad = to_dims(m_pad, m_spatial_dims, 0);
+  return g;
+}
+
+// Context: max pooling saves {argmax} (N, C, spatial_out...), the position of each window's
+// maximum within the window (kernels::max_pool_forward); average pooling saves nothing.
+ForwardResult PoolNd::forward(const Tensor& x, const ForwardOptions& /*options*/) {
+  check_batch(x, m_input, "input");
+  const Index n = x.dim(0);
+  const kernels::PoolGeometry g = geometry(n);
+  Tensor y(name() + ".output", batch_shape(n, m_output));  // (N, C, spatial_out...)
+  Context ctx;
+  ctx.input_shape = x.shape();
+  if (m_mode == Mode::max) {
+    Tensor argmax(name() + ".argmax", y.shape());  // (N, C, spatial_out...)
+    kernels::max_pool_forward(x, y, argmax, g);
+    ctx.saved.push_back(argmax);
+  } else {
+    kernels::avg_pool_forward(x, y, g);
+  }
+  return {y, std::move(ctx)};
+}
+
+Tensor PoolNd::backward(const Tensor& dy, Context&& ctx) {
+  check_batch(dy, m_output, "output grad");
+  check_context(*this, dy, ctx, m_input, m_mode == Mode::max ? 1 : 0);
+  const kernels::PoolGeometry g = geometry(dy.dim(0));
+  Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, C, spatial...)
+  if (m_mode == Mode::max) {
+    kernels::max_pool_backward(dy, ctx.saved[0], dx, g);
+  } else {
+    kernels::avg_pool_backward(dy, dx, g);
+  }
+  return dx;
+}
+
+MaxPool2d::MaxPool2d(std::string name, const Shape& input, const PoolOptions& options)
+    : PoolNd(std::move(name), input, options, "maxpool2d", 2, Mode::max) {}
+MaxPool3d::MaxPool3d(std::string name, const Shape& input, const PoolOptions& options)
+    : PoolNd(std::move(name), input, options, "maxpool3d", 3, Mode::max) {}
+AvgPool2d::AvgPool2d(std::string name, const Shape& input, const PoolOptions& options)
+    : PoolNd(std::move(name), input, options, "avgpool2d", 2, Mode::average) {}
+AvgPool3d::AvgPool3d(std::string name, const Shape& input, const PoolOptions& options)
+    : PoolNd(std::move(name), input, options, "avgpool3d", 3, Mode::average) {}
+
+// --- GlobalAvgPool -----------------------------------------------------------------------------
+
+GlobalAvgPool::GlobalAvgPool(std::string name, const Shape& input,
+                             const GlobalAvgPoolOptions& /*options*/)
+    : Layer(std::move(name)), m_input(input) {
+  (void)output_shape(input);
+}
+
+Shape GlobalAvgPool::output_shape(const Shape& input) const {
+  if ((input.size() != 3 && input.size() != 4) || !all_positive(input)) {
+    TESSERA_THROW(
+        "{} '{}': input sample shape {} must be (C, H, W) or (C, D, H, W) with every extent >= 1",
+        kind(), name(), to_string(input));
+  }
+  return {input[0]};
+}
+
+// Context: saves nothing; the input shape is enough.
+ForwardResult GlobalAvgPool::forward(const Tensor& x, const ForwardOptions& /*options*/) {
+  check_batch(x, m_input, "input");
+  const Index n = x.dim(0);
+  const Index channels = m_input[0];
+  Tensor y(name() + ".output", {n, channels});  // (N, C)
+  kernels::global_avg_pool_forward(x, y, n * channels, numel(m_input) / channels);
+  Context ctx;
+  ctx.input_shape = x.shape();
+  return {y, std::move(ctx)};
+}
+
+Tensor GlobalAvgPool::backward(const Tensor& dy, Context&& ctx) {
+  const Index channels = m_input[0];
+  check_batch(dy, {channels}, "output grad");
+  check_context(*this, dy, ctx, m_input, 0);
+  Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, C, spatial...)
+  kernels::global_avg_pool_backward(dy, dx, dy.dim(0) * channels, numel(m_input) / channels);
+  return dx;
+}
+
+}  // namespace tessera::nn
