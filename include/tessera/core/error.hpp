@@ -28,10 +28,33 @@ class Error : public std::runtime_error {
   int rank() const { return m_rank; }
   const DeckLocation& where() const { return m_where; }
 
+  /// Exit code main() should use: 2 for bad input (a deck, a dataset, a checkpoint, a command
+  /// line), 1 for everything else.
+  int exit_code() const { return m_exit_code; }
+  Error& with_exit_code(int code) {
+    m_exit_code = code;
+    return *this;
+  }
+  /// True when every rank of the job holds this same error (comm::agree made sure), so rank 0
+  /// alone reports it and all ranks leave together; false when only this rank may have hit it, and
+  /// main() must abort the job so that no other rank waits forever.
+  bool on_all_ranks() const { return m_on_all_ranks; }
+  Error& mark_on_all_ranks() {
+    m_on_all_ranks = true;
+    return *this;
+  }
+
  private:
   std::string m_message;
   DeckLocation m_where;
   int m_rank = -1;
+  int m_exit_code = 1;
+  bool m_on_all_ranks = false;
 };
+
+/// An Error about bad input (exit code 2).
+inline Error input_error(const std::string& message, DeckLocation where = {}) {
+  return Error(message, std::move(where)).with_exit_code(2);
+}
 
 }  // namespace tessera

@@ -1,0 +1,154 @@
+#pragma once
+// Tessera's dataset format (docs/dataset-format.md) and the sharded, shuffled, prefetching reader.
+//
+// One HDF5 file; a group per split ("/train", "/test") holding
+//   x  (N, C, H, W) or (N, C, D, H, W)   uint8 | float16 | float32, chunked one sample per chunk
+//   y  (N,) int32 class labels, or (N, T) float32 regression targets
+// with attributes on the split group for the task, class names, normalisation, source, licence.
+//
+// Every epoch is one global permutation drawn from (seed, epoch), whatever the rank count. Global
+// batch b is positions [b·B, (b+1)·B) of that permutation — the same set of samples at every
+// data-parallel size — and data rank r reads only its block of it, with the selected samples
+// coalesced into contiguous runs for HDF5. Batches are read ahead by a background thread.
+#include "tessera/core/tensor.hpp"
+#include "tessera/io/hdf5.hpp"
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace tessera::io {
+
+inline constexpr const char* kDatasetFormat = "tessera-dataset";
+inline constexpr std::int64_t kDatasetVersion = 1;
+
+enum class Task { classification, regression };
+const char* task_name(Task task);
+
+/// What a split holds, read from its attributes and dataset shapes.
+struct SplitInfo {
+  std::string file;
+  std::string split;  ///< group path, "/train"
+  Task task = Task::classification;
+  Index samples = 0;
+  Shape sample_shape;  ///< (C, H, W) or (C, D, H, W)
+  ElementType x_type = ElementType::u8;
+  Index targets = 1;  ///< regression: T; classification: 1
+  std::vector<std::string> classes;
+  double scale = 1.0;             ///< x_float = (x · scale − mean[c]) / std[c]
+  std::vector<double> mean, std;  ///< per channel
+};
+
+/// Opens and validates `file`'s split `split`: format attribute and version, x and y present, x of
+/// rank 4 or 5 in a known type, y matching x's length and the task. Throws tessera::Error (exit
+/// code 2) naming the file and dataset.
+SplitInfo inspect_split(const std::string& file, const std::string& split);
+
+/// A global batch position: epoch and batch index within it.
+struct Cursor {
+  std::int64_t epoch = 0;
+  std::int64_t batch = 0;
+  bool operator==(const Cursor& o) const { return epoch == o.epoch && batch == o.batch; }
+};
+
+/// A spatial sub-box of every sample: offset and extent per spatial dimension.
+struct SubBox {
+  std::vector<Index> offset;
+  std::vector<Index> extent;
+};
+
+struct ReaderOptions {
+  Index batch = 128;  ///< global batch size
+  std::uint64_t seed = 0;
+  bool shuffle = true;        ///< false: dataset order every epoch
+  bool drop_last = false;     ///< drop the last, smaller batch of an epoch
+  bool cache = false;         ///< read the whole split (this rank's box of it) at open
+  int prefetch = 2;           ///< batches read ahead in the background (0: read in next())
+  std::optional<SubBox> box;  ///< read only this spatial sub-box of each sample
+  int data_rank = 0;          ///< this rank's place on the data axis
+  int data_size = 1;
+};
+
+/// One rank's share of one global batch.
+struct Batch {
+  Cursor cursor;
+  Index global_size = 0;          ///< samples in the whole global batch
+  Index offset = 0;               ///< position of this rank's first sample within the global batch
+  std::vector<std::int64_t> ids;  ///< dataset indices of this rank's samples, in batch order
+  Tensor x;                       ///< (n, C, ...) float32, normalised
+  IntView labels;                 ///< (n) classification
+  Tensor targets;                 ///< (n, T) regression
+};
+
+/// The permutation of [0, n) used in `epoch` (identity when !shuffle).
+std::vector<std::int64_t> epoch_permutation(Index n, std::uint64_t seed, std::int64_t epoch,
+                                            bool shuffle);
+
+class DatasetReader {
+ public:
+  /// `spec` is "file.h5:/split". Validates as inspect_split() does, plus the options.
+  DatasetReader(const std::string& spec, const ReaderOptions& options);
+  ~DatasetReader();
+  DatasetReader(const DatasetReader&) = delete;
+  DatasetReader& operator=(const DatasetReader&) = delete;
+
+  const SplitInfo& info() const { return m_info; }
+  /// Shape of one sample as delivered (the sub-box when one is set).
+  const Shape& sample_shape() const { return m_sample_shape; }
+  std::int64_t batches_per_epoch() const;
+  /// Where next() continues.
+  Cursor cursor() const { return m_next; }
+  /// Continue from `cursor` (as saved in a checkpoint).
+  void seek(const Cursor& cursor);
+  /// The next batch (waits for the prefetcher), advancing the cursor across epochs.
+  Batch next();
+  /// Seconds next() spent waiting for data so far.
+  double wait_seconds() const { return m_wait_seconds; }
+
+ private:
+  // A batch as the worker thread produces it: plain host vectors (Kokkos views are made only on the
+  // calling thread).
+  struct RawBatch {
+    Cursor cursor;
+    Index global_size = 0;
+    Index offset = 0;
+    std::vector<std::int64_t> ids;
+    std::vector<float> x;
+    std::vector<float> y;
+  };
+  RawBatch read_batch(const Cursor& c);
+  const std::vector<std::int64_t>& permutation(std::int64_t epoch);
+  void worker();
+  void start_worker();
+  void stop_worker();
+  Cursor advance(Cursor c) const;
+
+  SplitInfo m_info;
+  ReaderOptions m_options;
+  Shape m_sample_shape;
+  std::unique_ptr<File> m_file;
+  std::unique_ptr<Dataset> m_x, m_y;
+  std::vector<float> m_cache_x;  // (N, sample) float32 when cached
+  std::vector<float> m_cache_y;
+  std::int64_t m_perm_epoch = -1;
+  std::vector<std::int64_t> m_perm;
+  Cursor m_next;
+  double m_wait_seconds = 0.0;
+
+  // Prefetch: the worker reads batches from m_fetch on and queues them.
+  std::thread m_thread;
+  std::mutex m_mutex;
+  std::condition_variable m_cv;
+  std::deque<RawBatch> m_queue;
+  Cursor m_fetch;
+  bool m_stop = false;
+  std::exception_ptr m_error;
+};
+
+}  // namespace tessera::io

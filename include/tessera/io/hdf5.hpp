@@ -1,0 +1,191 @@
+#pragma once
+// RAII wrappers over the HDF5 C API: one owner per hid_t, closed with the right H5*close, and every
+// failing call turned into a tessera::Error that names the call, the file and HDF5's own reason.
+// Files are opened either collectively through MPI-IO (parallel writes) or independently with the
+// POSIX driver (each rank reading its own samples: no MPI traffic, safe from a prefetch thread).
+#include "tessera/core/tensor.hpp"
+
+#include <hdf5.h>
+#include <mpi.h>
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tessera::io {
+
+/// The HDF5 library (as Debian builds it, parallel) is not thread-safe. Code that calls HDF5 while
+/// another thread may (the dataset reader's prefetch thread) holds this lock.
+std::mutex& hdf5_mutex();
+
+namespace detail {
+/// The innermost message of HDF5's error stack ("unable to open file"), or "".
+std::string hdf5_reason();
+[[noreturn]] void throw_hdf5(const char* call, const std::string& context);
+}  // namespace detail
+
+/// Owns one HDF5 identifier and closes it with the matching function.
+class Handle {
+ public:
+  using Closer = herr_t (*)(hid_t);
+  Handle() = default;
+  Handle(hid_t id, Closer closer) : m_id(id), m_closer(closer) {}
+  ~Handle() { reset(); }
+  Handle(Handle&& other) noexcept { *this = std::move(other); }
+  Handle& operator=(Handle&& other) noexcept;
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+
+  hid_t id() const { return m_id; }
+  bool valid() const { return m_id >= 0; }
+  /// Closes the identifier (errors ignored: destructors cannot report them).
+  void reset();
+  /// Gives up ownership without closing; returns the identifier.
+  hid_t release() {
+    const hid_t id = m_id;
+    m_id = -1;
+    return id;
+  }
+
+ private:
+  hid_t m_id = -1;
+  Closer m_closer = nullptr;
+};
+
+/// Element types Tessera stores. f16 is IEEE half precision (h5py reads it as float16).
+enum class ElementType { u8, i32, i64, f16, f32, f64 };
+const char* element_type_name(ElementType t);
+/// The HDF5 file type for `t` (caller does not close predefined types; f16 is a cached copy).
+hid_t file_type(ElementType t);
+/// The matching in-memory type.
+hid_t memory_type(ElementType t);
+/// The ElementType of an HDF5 type, if it is one Tessera knows.
+std::optional<ElementType> element_type_of(hid_t type);
+
+/// A box of a dataset: offset and count per dimension.
+struct Box {
+  std::vector<hsize_t> offset;
+  std::vector<hsize_t> count;
+};
+
+class Dataset;
+class Group;
+
+/// Attributes on a file, group or dataset.
+class Attributes {
+ public:
+  explicit Attributes(hid_t object, std::string context)
+      : m_obj(object), m_context(std::move(context)) {}
+  bool has(const std::string& name) const;
+  void set(const std::string& name, const std::string& value) const;
+  void set(const std::string& name, std::int64_t value) const;
+  void set(const std::string& name, double value) const;
+  void set(const std::string& name, const std::vector<std::string>& values) const;
+  void set(const std::string& name, const std::vector<double>& values) const;
+  void set(const std::string& name, const std::vector<std::int64_t>& values) const;
+  std::string get_string(const std::string& name) const;
+  std::int64_t get_int(const std::string& name) const;
+  double get_double(const std::string& name) const;
+  std::vector<std::string> get_strings(const std::string& name) const;
+  std::vector<double> get_doubles(const std::string& name) const;
+  std::vector<std::int64_t> get_ints(const std::string& name) const;
+  /// Names of every attribute, in creation order where tracked.
+  std::vector<std::string> names() const;
+
+ private:
+  Handle open(const std::string& name) const;
+  void write_raw(const std::string& name, hid_t type, const std::vector<hsize_t>& dims,
+                 const void* data) const;
+  hid_t m_obj;
+  std::string m_context;
+};
+
+class Dataset {
+ public:
+  Dataset(Handle handle, std::string file, std::string path)
+      : m_handle(std::move(handle)), m_file(std::move(file)), m_path(std::move(path)) {}
+  /// Path inside the file ("/train/x").
+  const std::string& path() const { return m_path; }
+  /// "file.h5:/train/x", for messages.
+  std::string context() const { return m_file + ":" + m_path; }
+  hid_t id() const { return m_handle.id(); }
+  std::vector<hsize_t> shape() const;
+  /// Element type as stored, if Tessera knows it.
+  std::optional<ElementType> element_type() const;
+  Attributes attributes() const { return Attributes(id(), context()); }
+
+  /// Writes `data` (row-major, box.count elements, of type `t`) into `box`. collective: every rank
+  /// of the file's communicator calls (a rank with nothing to write passes an empty box).
+  void write(const Box& box, ElementType t, const void* data, bool collective) const;
+  /// Reads `box` into `out` converting to `t`.
+  void read(const Box& box, ElementType t, void* out) const;
+  /// Reads the union of `boxes` (disjoint, in the given order) into `out`, contiguous in that
+  /// order — one HDF5 call for many coalesced runs.
+  void read_boxes(const std::vector<Box>& boxes, ElementType t, void* out) const;
+  /// Reads everything.
+  void read_all(ElementType t, void* out) const;
+
+ private:
+  Handle m_handle;
+  std::string m_file;
+  std::string m_path;
+};
+
+class Group {
+ public:
+  Group(Handle handle, std::string file, std::string path)
+      : m_handle(std::move(handle)), m_file(std::move(file)), m_path(std::move(path)) {}
+  const std::string& path() const { return m_path; }
+  std::string context() const { return m_file + ":" + m_path; }
+  hid_t id() const { return m_handle.id(); }
+  Attributes attributes() const { return Attributes(id(), context()); }
+  bool has(const std::string& name) const;
+  Group open_group(const std::string& name) const;
+  Group create_group(const std::string& name) const;
+  Dataset open_dataset(const std::string& name) const;
+  /// Creates a dataset of `shape`; `chunk` empty means contiguous. Storage is allocated at
+  /// creation and no times are recorded, so the same content gives the same bytes.
+  Dataset create_dataset(const std::string& name, ElementType t, const std::vector<hsize_t>& shape,
+                         const std::vector<hsize_t>& chunk = {}) const;
+  /// Names of the members (groups and datasets), sorted.
+  std::vector<std::string> members() const;
+  bool is_group(const std::string& name) const;
+
+ private:
+  Handle m_handle;
+  std::string m_file;
+  std::string m_path;
+};
+
+class File {
+ public:
+  /// Creates (truncates) `path` collectively over `comm` with MPI-IO.
+  static File create(const std::string& path, MPI_Comm comm);
+  /// Opens `path` read-only collectively over `comm` with MPI-IO.
+  static File open_parallel(const std::string& path, MPI_Comm comm);
+  /// Opens `path` read-only on this rank alone (POSIX driver; no MPI).
+  static File open_serial(const std::string& path);
+  /// Opens `path` read-write on this rank alone.
+  static File open_serial_rw(const std::string& path);
+
+  const std::string& path() const { return m_path; }
+  hid_t id() const { return m_handle.id(); }
+  Group root() const;
+  bool collective() const { return m_collective; }
+  /// Flushes and closes (also done by the destructor, which cannot report errors).
+  void close();
+
+ private:
+  File(Handle handle, std::string path, bool collective)
+      : m_handle(std::move(handle)), m_path(std::move(path)), m_collective(collective) {}
+  Handle m_handle;
+  std::string m_path;
+  bool m_collective = false;
+};
+
+/// "path:/group" → {"path", "/group"}; a spec without ':' names the root group.
+std::pair<std::string, std::string> split_file_spec(const std::string& spec);
+
+}  // namespace tessera::io

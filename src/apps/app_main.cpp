@@ -1,0 +1,56 @@
+#include "app_main.hpp"
+
+#include "tessera/core/error.hpp"
+
+#include <mpi.h>
+#include <unistd.h>
+#include <Kokkos_Core.hpp>
+
+#include <cstdio>
+#include <exception>
+#include <string>
+
+namespace tessera::apps {
+
+int world_rank() {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+
+namespace {
+[[noreturn]] void abort_job(const std::string& what, int code) {
+  char host[256] = "unknown";
+  gethostname(host, sizeof host - 1);
+  std::fprintf(stderr, "rank %d on %s: error: %s\n", world_rank(), host, what.c_str());
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+}  // namespace
+
+int run_main(int argc, char** argv, const std::function<int(int, char**)>& body) {
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  int code = 0;
+  {
+    Kokkos::ScopeGuard kokkos(argc, argv);
+    try {
+      code = body(argc, argv);
+    } catch (const Error& e) {
+      if (!e.on_all_ranks()) {
+        abort_job(e.what(), e.exit_code());
+      }
+      if (world_rank() == 0) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+      }
+      code = e.exit_code();
+    } catch (const std::exception& e) {
+      abort_job(e.what(), 1);
+    }
+  }
+  MPI_Finalize();
+  return code;
+}
+
+}  // namespace tessera::apps

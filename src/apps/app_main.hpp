@@ -1,0 +1,18 @@
+#pragma once
+// main() for Tessera's MPI programs (tessera, tessera-data, tessera-ckpt): MPI and Kokkos set up
+// and torn down in order, and the two kinds of error of STYLE.md reported:
+//  - an Error every rank holds (comm::agree made sure): rank 0 prints it, every rank returns its
+//    exit code together (2 for bad input);
+//  - anything else, which only this rank may have hit: it prints "rank N on HOST: ..." and aborts
+//    the job, so that no other rank waits forever in a collective.
+#include <functional>
+
+namespace tessera::apps {
+
+/// Runs `body` (which returns the exit code) inside MPI_Init/Kokkos::initialize.
+int run_main(int argc, char** argv, const std::function<int(int, char**)>& body);
+
+/// This process's rank in MPI_COMM_WORLD.
+int world_rank();
+
+}  // namespace tessera::apps

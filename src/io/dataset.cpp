@@ -1,0 +1,407 @@
+#include "tessera/io/dataset.hpp"
+
+#include "tessera/core/check.hpp"
+#include "tessera/core/layout.hpp"
+#include "tessera/core/rng.hpp"
+#include "tessera/core/timer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace tessera::io {
+
+const char* task_name(Task task) {
+  return task == Task::classification ? "classification" : "regression";
+}
+
+SplitInfo inspect_split(const std::string& file, const std::string& split) {
+  auto fail = [&](const std::string& what) -> Error {
+    return input_error(fmt::format("{}:{}: {}", file, split, what));
+  };
+  SplitInfo info;
+  info.file = file;
+  info.split = split;
+  File f = [&] {
+    try {
+      return File::open_serial(file);
+    } catch (const Error& e) {
+      throw input_error(e.message());
+    }
+  }();
+  const Group root = f.root();
+  if (!root.attributes().has("format") ||
+      root.attributes().get_string("format") != kDatasetFormat) {
+    throw input_error(
+        fmt::format("{}: not a Tessera dataset (root attribute format = \"{}\" missing)", file,
+                    kDatasetFormat));
+  }
+  const std::int64_t version = root.attributes().get_int("format_version");
+  if (version != kDatasetVersion) {
+    throw input_error(
+        fmt::format("{}: dataset format version {} is not supported (this Tessera "
+                    "reads version {})",
+                    file, version, kDatasetVersion));
+  }
+  const std::string group = split.empty() || split == "/" ? "" : split.substr(split[0] == '/');
+  if (group.empty() || !root.has(group) || !root.is_group(group)) {
+    throw fail("split not found (the file holds: " + [&] {
+      std::string names;
+      for (const auto& m : root.members()) {
+        names += (names.empty() ? "/" : ", /") + m;
+      }
+      return names.empty() ? std::string("nothing") : names;
+    }() + ")");
+  }
+  const Group g = root.open_group(group);
+  for (const char* name : {"x", "y"}) {
+    if (!g.has(name)) {
+      throw fail(fmt::format("dataset '{}' is missing", name));
+    }
+  }
+  const Dataset x = g.open_dataset("x");
+  const Dataset y = g.open_dataset("y");
+  const std::vector<hsize_t> xs = x.shape();
+  const std::vector<hsize_t> ys = y.shape();
+  if (xs.size() != 4 && xs.size() != 5) {
+    throw fail(fmt::format("x has rank {}, expected (N, C, H, W) or (N, C, D, H, W)", xs.size()));
+  }
+  const auto xt = x.element_type();
+  if (!xt || (*xt != ElementType::u8 && *xt != ElementType::f16 && *xt != ElementType::f32)) {
+    throw fail("x must be uint8, float16 or float32");
+  }
+  info.x_type = *xt;
+  info.samples = static_cast<Index>(xs[0]);
+  info.sample_shape.assign(xs.begin() + 1, xs.end());
+  if (ys.empty() || ys[0] != xs[0]) {
+    throw fail(fmt::format("x holds {} samples but y holds {}", xs[0], ys.empty() ? 0 : ys[0]));
+  }
+  const auto yt = y.element_type();
+  const Attributes attrs = g.attributes();
+  const std::string task = attrs.has("task") ? attrs.get_string("task") : "classification";
+  if (task == "classification") {
+    info.task = Task::classification;
+    if (ys.size() != 1 || yt != ElementType::i32) {
+      throw fail("a classification split needs y as (N,) int32 labels");
+    }
+    if (attrs.has("classes")) {
+      info.classes = attrs.get_strings("classes");
+    }
+  } else if (task == "regression") {
+    info.task = Task::regression;
+    if (ys.size() != 2 || yt != ElementType::f32) {
+      throw fail("a regression split needs y as (N, T) float32 targets");
+    }
+    info.targets = static_cast<Index>(ys[1]);
+  } else {
+    throw fail(fmt::format("task = \"{}\" is not classification or regression", task));
+  }
+  const auto channels = static_cast<size_t>(xs[1]);
+  info.scale = attrs.has("scale") ? attrs.get_double("scale") : 1.0;
+  info.mean = attrs.has("mean") ? attrs.get_doubles("mean") : std::vector<double>(channels, 0.0);
+  info.std = attrs.has("std") ? attrs.get_doubles("std") : std::vector<double>(channels, 1.0);
+  if (info.mean.size() != channels || info.std.size() != channels) {
+    throw fail(fmt::format("attributes mean/std hold {}/{} values for {} channels",
+                           info.mean.size(), info.std.size(), channels));
+  }
+  for (double s : info.std) {
+    if (!(s > 0.0)) {
+      throw fail("attribute std holds a value that is not > 0");
+    }
+  }
+  return info;
+}
+
+std::vector<std::int64_t> epoch_permutation(Index n, std::uint64_t seed, std::int64_t epoch,
+                                            bool shuffle) {
+  std::vector<std::int64_t> perm(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), std::int64_t{0});
+  if (!shuffle) {
+    return perm;
+  }
+  // Fisher–Yates driven by the counter-based generator: the same permutation on every rank.
+  const rng::CounterRng gen(seed, rng::hash_name("epoch") + static_cast<std::uint64_t>(epoch));
+  for (Index i = n - 1; i > 0; --i) {
+    const rng::Philox4x32 r = gen.bits(static_cast<std::uint64_t>(i));
+    const std::uint64_t bits = (static_cast<std::uint64_t>(r.v[0]) << 32) | r.v[1];
+    const auto j = static_cast<Index>(bits % static_cast<std::uint64_t>(i + 1));
+    std::swap(perm[static_cast<size_t>(i)], perm[static_cast<size_t>(j)]);
+  }
+  return perm;
+}
+
+DatasetReader::DatasetReader(const std::string& spec, const ReaderOptions& options)
+    : m_options(options) {
+  const auto [file, split] = split_file_spec(spec);
+  m_info = inspect_split(file, split);
+  auto bad = [&](const std::string& what) {
+    return input_error(fmt::format("{}:{}: {}", file, split, what));
+  };
+  if (options.batch < 1) {
+    throw bad(fmt::format("batch = {} must be >= 1", options.batch));
+  }
+  if (options.data_size < 1 || options.data_rank < 0 || options.data_rank >= options.data_size) {
+    throw bad(fmt::format("data rank {} of {} is not a place on the data axis", options.data_rank,
+                          options.data_size));
+  }
+  m_sample_shape = m_info.sample_shape;
+  if (options.box) {
+    const size_t spatial = m_info.sample_shape.size() - 1;
+    const SubBox& b = *options.box;
+    if (b.offset.size() != spatial || b.extent.size() != spatial) {
+      throw bad(fmt::format("sub-box of {} dimensions for samples of {} spatial dimensions",
+                            b.offset.size(), spatial));
+    }
+    for (size_t d = 0; d < spatial; ++d) {
+      if (b.offset[d] < 0 || b.extent[d] < 1 ||
+          b.offset[d] + b.extent[d] > m_info.sample_shape[d + 1]) {
+        throw bad(fmt::format("sub-box dimension {} [{}, {}) outside the sample's extent {}", d,
+                              b.offset[d], b.offset[d] + b.extent[d], m_info.sample_shape[d + 1]));
+      }
+      m_sample_shape[d + 1] = b.extent[d];
+    }
+  }
+  m_file = std::make_unique<File>(File::open_serial(file));
+  const Group g = m_file->root().open_group(split.substr(1));
+  m_x = std::make_unique<Dataset>(g.open_dataset("x"));
+  m_y = std::make_unique<Dataset>(g.open_dataset("y"));
+  if (options.cache) {
+    // Keep the whole split (this sub-box of it) in memory as float32.
+    const Index per = numel(m_sample_shape);
+    m_cache_x.resize(static_cast<size_t>(m_info.samples * per));
+    m_cache_y.resize(static_cast<size_t>(m_info.samples * m_info.targets));
+    std::vector<hsize_t> off(m_info.sample_shape.size() + 1, 0);
+    std::vector<hsize_t> cnt{static_cast<hsize_t>(m_info.samples)};
+    for (Index e : m_sample_shape) {
+      cnt.push_back(static_cast<hsize_t>(e));
+    }
+    if (options.box) {
+      for (size_t d = 0; d < options.box->offset.size(); ++d) {
+        off[d + 2] = static_cast<hsize_t>(options.box->offset[d]);
+      }
+    }
+    m_x->read({off, cnt}, ElementType::f32, m_cache_x.data());
+    m_y->read_all(ElementType::f32, m_cache_y.data());
+  }
+  start_worker();
+}
+
+DatasetReader::~DatasetReader() {
+  stop_worker();
+}
+
+std::int64_t DatasetReader::batches_per_epoch() const {
+  const Index n = m_info.samples;
+  const Index b = m_options.batch;
+  return m_options.drop_last ? n / b : (n + b - 1) / b;
+}
+
+Cursor DatasetReader::advance(Cursor c) const {
+  if (++c.batch >= batches_per_epoch()) {
+    c.batch = 0;
+    ++c.epoch;
+  }
+  return c;
+}
+
+const std::vector<std::int64_t>& DatasetReader::permutation(std::int64_t epoch) {
+  if (epoch != m_perm_epoch) {
+    m_perm = epoch_permutation(m_info.samples, m_options.seed, epoch, m_options.shuffle);
+    m_perm_epoch = epoch;
+  }
+  return m_perm;
+}
+
+DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c) {
+  const std::vector<std::int64_t>& perm = permutation(c.epoch);
+  const Index first = c.batch * m_options.batch;
+  const Index global = std::min(m_options.batch, m_info.samples - first);
+  const Range mine = block_range(global, m_options.data_size, m_options.data_rank);
+  RawBatch out;
+  out.cursor = c;
+  out.global_size = global;
+  out.offset = mine.offset;
+  out.ids.assign(perm.begin() + first + mine.offset,
+                 perm.begin() + first + mine.offset + mine.count);
+
+  const Index per = numel(m_sample_shape);
+  const Index targets = m_info.targets;
+  out.x.resize(static_cast<size_t>(mine.count * per));
+  out.y.resize(static_cast<size_t>(mine.count * targets));
+  // Read in dataset order, coalescing consecutive indices into runs, then place in batch order.
+  std::vector<size_t> order(out.ids.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return out.ids[a] < out.ids[b]; });
+  std::vector<float> xs(out.x.size());
+  std::vector<float> ys(out.y.size());
+  if (!m_cache_x.empty()) {
+    for (size_t k = 0; k < order.size(); ++k) {
+      const auto id = static_cast<size_t>(out.ids[order[k]]);
+      std::copy_n(m_cache_x.begin() + static_cast<std::ptrdiff_t>(id * static_cast<size_t>(per)),
+                  per, xs.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(per)));
+      std::copy_n(
+          m_cache_y.begin() + static_cast<std::ptrdiff_t>(id * static_cast<size_t>(targets)),
+          targets, ys.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(targets)));
+    }
+  } else if (!order.empty()) {
+    std::vector<Box> xboxes;
+    std::vector<Box> yboxes;
+    const size_t rank = m_sample_shape.size() + 1;
+    size_t k = 0;
+    while (k < order.size()) {
+      size_t run = 1;
+      while (k + run < order.size() &&
+             out.ids[order[k + run]] == out.ids[order[k]] + static_cast<std::int64_t>(run)) {
+        ++run;
+      }
+      Box xb{std::vector<hsize_t>(rank, 0), {static_cast<hsize_t>(run)}};
+      for (Index e : m_sample_shape) {
+        xb.count.push_back(static_cast<hsize_t>(e));
+      }
+      xb.offset[0] = static_cast<hsize_t>(out.ids[order[k]]);
+      if (m_options.box) {
+        for (size_t d = 0; d < m_options.box->offset.size(); ++d) {
+          xb.offset[d + 2] = static_cast<hsize_t>(m_options.box->offset[d]);
+        }
+      }
+      xboxes.push_back(xb);
+      Box yb{{xb.offset[0]}, {static_cast<hsize_t>(run)}};
+      if (m_info.task == Task::regression) {
+        yb.offset.push_back(0);
+        yb.count.push_back(static_cast<hsize_t>(targets));
+      }
+      yboxes.push_back(yb);
+      k += run;
+    }
+    const std::lock_guard<std::mutex> lock(hdf5_mutex());
+    m_x->read_boxes(xboxes, ElementType::f32, xs.data());
+    m_y->read_boxes(yboxes, ElementType::f32, ys.data());
+  }
+  // Normalise while scattering into batch order.
+  const Index channels = m_sample_shape[0];
+  const Index per_channel = per / channels;
+  for (size_t k = 0; k < order.size(); ++k) {
+    const size_t dst = order[k];
+    for (Index ch = 0; ch < channels; ++ch) {
+      const auto cu = static_cast<size_t>(ch);
+      const auto scale = static_cast<float>(m_info.scale / m_info.std[cu]);
+      const auto shift = static_cast<float>(m_info.mean[cu] / m_info.std[cu]);
+      const float* src =
+          xs.data() + k * static_cast<size_t>(per) + cu * static_cast<size_t>(per_channel);
+      float* to =
+          out.x.data() + dst * static_cast<size_t>(per) + cu * static_cast<size_t>(per_channel);
+      for (Index i = 0; i < per_channel; ++i) {
+        to[i] = src[i] * scale - shift;
+      }
+    }
+    std::copy_n(ys.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(targets)), targets,
+                out.y.begin() + static_cast<std::ptrdiff_t>(dst * static_cast<size_t>(targets)));
+  }
+  return out;
+}
+
+void DatasetReader::worker() {
+  try {
+    for (;;) {
+      Cursor c;
+      {
+        std::unique_lock<std::mutex> lock(m_mutex);
+        m_cv.wait(lock,
+                  [&] { return m_stop || static_cast<int>(m_queue.size()) < m_options.prefetch; });
+        if (m_stop) {
+          return;
+        }
+        c = m_fetch;
+        m_fetch = advance(m_fetch);
+      }
+      RawBatch b = read_batch(c);
+      {
+        std::lock_guard<std::mutex> lock(m_mutex);
+        if (m_stop) {
+          return;
+        }
+        m_queue.push_back(std::move(b));
+      }
+      m_cv.notify_all();
+    }
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(m_mutex);
+    m_error = std::current_exception();
+    m_cv.notify_all();
+  }
+}
+
+void DatasetReader::start_worker() {
+  m_fetch = m_next;
+  m_stop = false;
+  m_queue.clear();
+  if (m_options.prefetch > 0) {
+    m_thread = std::thread([this] { worker(); });
+  }
+}
+
+void DatasetReader::stop_worker() {
+  {
+    std::lock_guard<std::mutex> lock(m_mutex);
+    m_stop = true;
+  }
+  m_cv.notify_all();
+  if (m_thread.joinable()) {
+    m_thread.join();
+  }
+}
+
+void DatasetReader::seek(const Cursor& cursor) {
+  TESSERA_CHECK(cursor.epoch >= 0 && cursor.batch >= 0 && cursor.batch < batches_per_epoch(),
+                "{}:{}: cursor (epoch {}, batch {}) outside an epoch of {} batches", m_info.file,
+                m_info.split, cursor.epoch, cursor.batch, batches_per_epoch());
+  stop_worker();
+  m_next = cursor;
+  start_worker();
+}
+
+Batch DatasetReader::next() {
+  RawBatch raw;
+  if (m_options.prefetch > 0) {
+    const Stopwatch wait;
+    std::unique_lock<std::mutex> lock(m_mutex);
+    m_cv.wait(lock, [&] { return !m_queue.empty() || m_error; });
+    m_wait_seconds += wait.seconds();
+    if (m_queue.empty() && m_error) {
+      std::rethrow_exception(m_error);
+    }
+    raw = std::move(m_queue.front());
+    m_queue.pop_front();
+    lock.unlock();
+    m_cv.notify_all();
+  } else {
+    const Stopwatch wait;
+    raw = read_batch(m_next);
+    m_wait_seconds += wait.seconds();
+  }
+  m_next = advance(raw.cursor);
+
+  Batch b;
+  b.cursor = raw.cursor;
+  b.global_size = raw.global_size;
+  b.offset = raw.offset;
+  b.ids = std::move(raw.ids);
+  const auto n = static_cast<Index>(b.ids.size());
+  Shape xs{n};
+  xs.insert(xs.end(), m_sample_shape.begin(), m_sample_shape.end());
+  b.x = Tensor::from_host("Batch::x", xs, raw.x);
+  if (m_info.task == Task::classification) {
+    b.labels = IntView("Batch::labels", static_cast<size_t>(n));
+    const auto host = Kokkos::create_mirror_view(b.labels);
+    for (Index i = 0; i < n; ++i) {
+      host(static_cast<size_t>(i)) = static_cast<std::int32_t>(raw.y[static_cast<size_t>(i)]);
+    }
+    Kokkos::deep_copy(b.labels, host);
+  } else {
+    b.targets = Tensor::from_host("Batch::targets", {n, m_info.targets}, raw.y);
+  }
+  return b;
+}
+
+}  // namespace tessera::io

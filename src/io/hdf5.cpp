@@ -1,0 +1,615 @@
+#include "tessera/io/hdf5.hpp"
+
+#include "tessera/core/check.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+
+namespace tessera::io {
+
+std::mutex& hdf5_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+namespace detail {
+namespace {
+herr_t innermost(unsigned n, const H5E_error2_t* err, void* data) {
+  auto* out = static_cast<std::string*>(data);
+  if (n == 0 && err->desc != nullptr) {
+    *out = err->desc;  // the first entry is the innermost failure
+  }
+  return 0;
+}
+}  // namespace
+
+std::string hdf5_reason() {
+  std::string reason;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, innermost, &reason);
+  H5Eclear2(H5E_DEFAULT);
+  return reason;
+}
+
+void throw_hdf5(const char* call, const std::string& context) {
+  const std::string reason = hdf5_reason();
+  throw Error(fmt::format("{}: {} failed{}", context, call,
+                          reason.empty() ? "" : fmt::format(" ({})", reason)));
+}
+}  // namespace detail
+
+namespace {
+// HDF5 prints its error stack to stderr by default; Tessera reports errors itself.
+struct SilenceHdf5 {
+  SilenceHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+};
+const SilenceHdf5 kSilence;
+
+#define TESSERA_H5(call, context)           \
+  [&]() {                                   \
+    auto _r = (call);                       \
+    if (_r < 0) {                           \
+      detail::throw_hdf5(#call, (context)); \
+    }                                       \
+    return _r;                              \
+  }()
+
+Handle plist(hid_t cls) {
+  return Handle(TESSERA_H5(H5Pcreate(cls), "HDF5"), H5Pclose);
+}
+
+Handle dataspace(const std::vector<hsize_t>& dims) {
+  if (dims.empty()) {
+    return Handle(TESSERA_H5(H5Screate(H5S_SCALAR), "HDF5"), H5Sclose);
+  }
+  return Handle(
+      TESSERA_H5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), "HDF5"),
+      H5Sclose);
+}
+
+hsize_t product(const std::vector<hsize_t>& v) {
+  hsize_t n = 1;
+  for (hsize_t d : v) {
+    n *= d;
+  }
+  return n;
+}
+}  // namespace
+
+Handle& Handle::operator=(Handle&& other) noexcept {
+  if (this != &other) {
+    reset();
+    m_id = other.m_id;
+    m_closer = other.m_closer;
+    other.m_id = -1;
+  }
+  return *this;
+}
+
+void Handle::reset() {
+  if (m_id >= 0 && m_closer != nullptr) {
+    m_closer(m_id);
+  }
+  m_id = -1;
+}
+
+const char* element_type_name(ElementType t) {
+  switch (t) {
+    case ElementType::u8:
+      return "uint8";
+    case ElementType::i32:
+      return "int32";
+    case ElementType::i64:
+      return "int64";
+    case ElementType::f16:
+      return "float16";
+    case ElementType::f32:
+      return "float32";
+    case ElementType::f64:
+      return "float64";
+  }
+  return "unknown";
+}
+
+namespace {
+// IEEE 754 binary16, little endian: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
+hid_t half_type() {
+  static const hid_t type = [] {
+    const hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+    H5Tset_fields(t, 15, 10, 5, 0, 10);
+    H5Tset_size(t, 2);
+    H5Tset_ebias(t, 15);
+    H5Tlock(t);
+    return t;
+  }();
+  return type;
+}
+}  // namespace
+
+hid_t file_type(ElementType t) {
+  switch (t) {
+    case ElementType::u8:
+      return H5T_STD_U8LE;
+    case ElementType::i32:
+      return H5T_STD_I32LE;
+    case ElementType::i64:
+      return H5T_STD_I64LE;
+    case ElementType::f16:
+      return half_type();
+    case ElementType::f32:
+      return H5T_IEEE_F32LE;
+    case ElementType::f64:
+      return H5T_IEEE_F64LE;
+  }
+  return H5T_IEEE_F32LE;
+}
+
+hid_t memory_type(ElementType t) {
+  switch (t) {
+    case ElementType::u8:
+      return H5T_NATIVE_UINT8;
+    case ElementType::i32:
+      return H5T_NATIVE_INT32;
+    case ElementType::i64:
+      return H5T_NATIVE_INT64;
+    case ElementType::f16:
+      return half_type();
+    case ElementType::f32:
+      return H5T_NATIVE_FLOAT;
+    case ElementType::f64:
+      return H5T_NATIVE_DOUBLE;
+  }
+  return H5T_NATIVE_FLOAT;
+}
+
+std::optional<ElementType> element_type_of(hid_t type) {
+  const H5T_class_t cls = H5Tget_class(type);
+  const size_t size = H5Tget_size(type);
+  if (cls == H5T_INTEGER) {
+    const H5T_sign_t sign = H5Tget_sign(type);
+    if (size == 1 && sign == H5T_SGN_NONE) {
+      return ElementType::u8;
+    }
+    if (size == 4 && sign == H5T_SGN_2) {
+      return ElementType::i32;
+    }
+    if (size == 8 && sign == H5T_SGN_2) {
+      return ElementType::i64;
+    }
+  } else if (cls == H5T_FLOAT) {
+    if (size == 2) {
+      return ElementType::f16;
+    }
+    if (size == 4) {
+      return ElementType::f32;
+    }
+    if (size == 8) {
+      return ElementType::f64;
+    }
+  }
+  return std::nullopt;
+}
+
+std::pair<std::string, std::string> split_file_spec(const std::string& spec) {
+  const auto colon = spec.rfind(':');
+  if (colon == std::string::npos) {
+    return {spec, "/"};
+  }
+  std::string group = spec.substr(colon + 1);
+  if (group.empty() || group[0] != '/') {
+    group = "/" + group;
+  }
+  return {spec.substr(0, colon), group};
+}
+
+// --- Attributes ------------------------------------------------------------------------------
+
+bool Attributes::has(const std::string& name) const {
+  return TESSERA_H5(H5Aexists(m_obj, name.c_str()), m_context) > 0;
+}
+
+Handle Attributes::open(const std::string& name) const {
+  if (!has(name)) {
+    throw Error(fmt::format("{}: attribute '{}' is missing", m_context, name));
+  }
+  return Handle(TESSERA_H5(H5Aopen(m_obj, name.c_str(), H5P_DEFAULT), m_context), H5Aclose);
+}
+
+void Attributes::write_raw(const std::string& name, hid_t type, const std::vector<hsize_t>& dims,
+                           const void* data) const {
+  if (has(name)) {
+    TESSERA_H5(H5Adelete(m_obj, name.c_str()), m_context);
+  }
+  const Handle space = dataspace(dims);
+  const Handle attr(
+      TESSERA_H5(H5Acreate2(m_obj, name.c_str(), type, space.id(), H5P_DEFAULT, H5P_DEFAULT),
+                 m_context),
+      H5Aclose);
+  TESSERA_H5(H5Awrite(attr.id(), type, data), m_context);
+}
+
+void Attributes::set(const std::string& name, const std::string& value) const {
+  // A single string is stored as a scalar, which h5py returns as a plain str.
+  const Handle type(TESSERA_H5(H5Tcopy(H5T_C_S1), m_context), H5Tclose);
+  TESSERA_H5(H5Tset_size(type.id(), std::max<size_t>(1, value.size())), m_context);
+  TESSERA_H5(H5Tset_cset(type.id(), H5T_CSET_UTF8), m_context);
+  write_raw(name, type.id(), {}, value.empty() ? "" : value.data());
+}
+
+void Attributes::set(const std::string& name, std::int64_t value) const {
+  write_raw(name, H5T_NATIVE_INT64, {}, &value);
+}
+
+void Attributes::set(const std::string& name, double value) const {
+  write_raw(name, H5T_NATIVE_DOUBLE, {}, &value);
+}
+
+void Attributes::set(const std::string& name, const std::vector<std::string>& values) const {
+  const Handle type(TESSERA_H5(H5Tcopy(H5T_C_S1), m_context), H5Tclose);
+  TESSERA_H5(H5Tset_size(type.id(), H5T_VARIABLE), m_context);
+  TESSERA_H5(H5Tset_cset(type.id(), H5T_CSET_UTF8), m_context);
+  std::vector<const char*> ptrs;
+  for (const auto& v : values) {
+    ptrs.push_back(v.c_str());
+  }
+  write_raw(name, type.id(), {values.size()}, ptrs.data());
+}
+
+void Attributes::set(const std::string& name, const std::vector<double>& values) const {
+  write_raw(name, H5T_NATIVE_DOUBLE, {values.size()}, values.data());
+}
+
+void Attributes::set(const std::string& name, const std::vector<std::int64_t>& values) const {
+  write_raw(name, H5T_NATIVE_INT64, {values.size()}, values.data());
+}
+
+namespace {
+hssize_t attribute_points(hid_t attr, const std::string& context) {
+  const Handle space(TESSERA_H5(H5Aget_space(attr), context), H5Sclose);
+  return TESSERA_H5(H5Sget_simple_extent_npoints(space.id()), context);
+}
+}  // namespace
+
+std::vector<std::string> Attributes::get_strings(const std::string& name) const {
+  const Handle attr = open(name);
+  const std::string ctx = m_context + " attribute '" + name + "'";
+  const Handle type(TESSERA_H5(H5Aget_type(attr.id()), ctx), H5Tclose);
+  if (H5Tget_class(type.id()) != H5T_STRING) {
+    throw Error(fmt::format("{}: not a string", ctx));
+  }
+  const auto n = static_cast<size_t>(attribute_points(attr.id(), ctx));
+  std::vector<std::string> out;
+  if (H5Tis_variable_str(type.id()) > 0) {
+    const Handle mem(TESSERA_H5(H5Tcopy(H5T_C_S1), ctx), H5Tclose);
+    TESSERA_H5(H5Tset_size(mem.id(), H5T_VARIABLE), ctx);
+    TESSERA_H5(H5Tset_cset(mem.id(), H5Tget_cset(type.id())), ctx);
+    std::vector<char*> ptrs(n, nullptr);
+    TESSERA_H5(H5Aread(attr.id(), mem.id(), ptrs.data()), ctx);
+    for (char* p : ptrs) {
+      out.emplace_back(p != nullptr ? p : "");
+    }
+    const Handle space(TESSERA_H5(H5Aget_space(attr.id()), ctx), H5Sclose);
+    H5Dvlen_reclaim(mem.id(), space.id(), H5P_DEFAULT, ptrs.data());
+  } else {
+    const size_t width = H5Tget_size(type.id());
+    std::vector<char> buf(n * width);
+    TESSERA_H5(H5Aread(attr.id(), type.id(), buf.data()), ctx);
+    for (size_t i = 0; i < n; ++i) {
+      const char* s = buf.data() + i * width;
+      out.emplace_back(s, strnlen(s, width));
+    }
+  }
+  return out;
+}
+
+std::string Attributes::get_string(const std::string& name) const {
+  const std::vector<std::string> v = get_strings(name);
+  if (v.size() != 1) {
+    throw Error(fmt::format("{}: attribute '{}' holds {} strings, expected one", m_context, name,
+                            v.size()));
+  }
+  return v[0];
+}
+
+std::vector<double> Attributes::get_doubles(const std::string& name) const {
+  const Handle attr = open(name);
+  const std::string ctx = m_context + " attribute '" + name + "'";
+  std::vector<double> out(static_cast<size_t>(attribute_points(attr.id(), ctx)));
+  TESSERA_H5(H5Aread(attr.id(), H5T_NATIVE_DOUBLE, out.data()), ctx);
+  return out;
+}
+
+std::vector<std::int64_t> Attributes::get_ints(const std::string& name) const {
+  const Handle attr = open(name);
+  const std::string ctx = m_context + " attribute '" + name + "'";
+  std::vector<std::int64_t> out(static_cast<size_t>(attribute_points(attr.id(), ctx)));
+  TESSERA_H5(H5Aread(attr.id(), H5T_NATIVE_INT64, out.data()), ctx);
+  return out;
+}
+
+std::int64_t Attributes::get_int(const std::string& name) const {
+  const std::vector<std::int64_t> v = get_ints(name);
+  if (v.size() != 1) {
+    throw Error(
+        fmt::format("{}: attribute '{}' holds {} values, expected one", m_context, name, v.size()));
+  }
+  return v[0];
+}
+
+double Attributes::get_double(const std::string& name) const {
+  const std::vector<double> v = get_doubles(name);
+  if (v.size() != 1) {
+    throw Error(
+        fmt::format("{}: attribute '{}' holds {} values, expected one", m_context, name, v.size()));
+  }
+  return v[0];
+}
+
+std::vector<std::string> Attributes::names() const {
+  std::vector<std::string> out;
+  H5O_info_t info;
+  TESSERA_H5(H5Oget_info2(m_obj, &info, H5O_INFO_NUM_ATTRS), m_context);
+  for (hsize_t i = 0; i < info.num_attrs; ++i) {
+    const ssize_t len = TESSERA_H5(
+        H5Aget_name_by_idx(m_obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT),
+        m_context);
+    std::string name(static_cast<size_t>(len) + 1, '\0');
+    H5Aget_name_by_idx(m_obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(),
+                       H5P_DEFAULT);
+    name.resize(static_cast<size_t>(len));
+    out.push_back(name);
+  }
+  return out;
+}
+
+// --- Dataset ---------------------------------------------------------------------------------
+
+std::vector<hsize_t> Dataset::shape() const {
+  const Handle space(TESSERA_H5(H5Dget_space(id()), context()), H5Sclose);
+  const int rank = TESSERA_H5(H5Sget_simple_extent_ndims(space.id()), context());
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  TESSERA_H5(H5Sget_simple_extent_dims(space.id(), dims.data(), nullptr), context());
+  return dims;
+}
+
+std::optional<ElementType> Dataset::element_type() const {
+  const Handle type(TESSERA_H5(H5Dget_type(id()), context()), H5Tclose);
+  return element_type_of(type.id());
+}
+
+namespace {
+void check_box(const Box& box, const std::vector<hsize_t>& shape, const std::string& path) {
+  bool ok = box.offset.size() == shape.size() && box.count.size() == shape.size();
+  for (size_t d = 0; ok && d < shape.size(); ++d) {
+    ok = box.offset[d] + box.count[d] <= shape[d];
+  }
+  TESSERA_CHECK(ok, "{}: selection outside the dataset's shape", path);
+}
+}  // namespace
+
+void Dataset::write(const Box& box, ElementType t, const void* data, bool collective) const {
+  const std::vector<hsize_t> dims = shape();
+  check_box(box, dims, context());
+  const Handle file_space(TESSERA_H5(H5Dget_space(id()), context()), H5Sclose);
+  const hsize_t n = product(box.count);
+  Handle mem_space = dataspace({std::max<hsize_t>(n, 1)});
+  if (n == 0) {
+    TESSERA_H5(H5Sselect_none(file_space.id()), context());
+    TESSERA_H5(H5Sselect_none(mem_space.id()), context());
+  } else {
+    TESSERA_H5(H5Sselect_hyperslab(file_space.id(), H5S_SELECT_SET, box.offset.data(), nullptr,
+                                   box.count.data(), nullptr),
+               context());
+  }
+  const Handle xfer = plist(H5P_DATASET_XFER);
+  if (collective) {
+    TESSERA_H5(H5Pset_dxpl_mpio(xfer.id(), H5FD_MPIO_COLLECTIVE), context());
+  }
+  TESSERA_H5(H5Dwrite(id(), memory_type(t), mem_space.id(), file_space.id(), xfer.id(), data),
+             context());
+}
+
+void Dataset::read(const Box& box, ElementType t, void* out) const {
+  read_boxes({box}, t, out);
+}
+
+void Dataset::read_boxes(const std::vector<Box>& boxes, ElementType t, void* out) const {
+  const std::vector<hsize_t> dims = shape();
+  const Handle file_space(TESSERA_H5(H5Dget_space(id()), context()), H5Sclose);
+  TESSERA_H5(H5Sselect_none(file_space.id()), context());
+  hsize_t n = 0;
+  for (const Box& b : boxes) {
+    check_box(b, dims, context());
+    if (product(b.count) == 0) {
+      continue;
+    }
+    TESSERA_H5(H5Sselect_hyperslab(file_space.id(), H5S_SELECT_OR, b.offset.data(), nullptr,
+                                   b.count.data(), nullptr),
+               context());
+    n += product(b.count);
+  }
+  if (n == 0) {
+    return;
+  }
+  // HDF5 returns a union of hyperslabs in file order; callers pass disjoint boxes sorted by offset.
+  const Handle mem_space = dataspace({n});
+  TESSERA_H5(H5Dread(id(), memory_type(t), mem_space.id(), file_space.id(), H5P_DEFAULT, out),
+             context());
+}
+
+void Dataset::read_all(ElementType t, void* out) const {
+  const std::vector<hsize_t> dims = shape();
+  read({std::vector<hsize_t>(dims.size(), 0), dims}, t, out);
+}
+
+// --- Group -----------------------------------------------------------------------------------
+
+namespace {
+std::string child_path(const std::string& parent, const std::string& name) {
+  return parent == "/" ? "/" + name : parent + "/" + name;
+}
+}  // namespace
+
+bool Group::has(const std::string& name) const {
+  // H5Lexists needs every intermediate link to exist; walk the path one component at a time.
+  std::string prefix;
+  size_t start = 0;
+  while (start <= name.size()) {
+    const size_t slash = name.find('/', start);
+    prefix = name.substr(0, slash);
+    if (!prefix.empty() &&
+        TESSERA_H5(H5Lexists(id(), prefix.c_str(), H5P_DEFAULT), context()) <= 0) {
+      return false;
+    }
+    if (slash == std::string::npos) {
+      break;
+    }
+    start = slash + 1;
+  }
+  return true;
+}
+
+Group Group::open_group(const std::string& name) const {
+  const std::string path = child_path(m_path, name);
+  if (!has(name)) {
+    throw Error(fmt::format("{}:{}: group not found", m_file, path));
+  }
+  return Group(
+      Handle(TESSERA_H5(H5Gopen2(id(), name.c_str(), H5P_DEFAULT), m_file + ":" + path), H5Gclose),
+      m_file, path);
+}
+
+Group Group::create_group(const std::string& name) const {
+  const std::string path = child_path(m_path, name);
+  const Handle lcpl = plist(H5P_LINK_CREATE);
+  TESSERA_H5(H5Pset_create_intermediate_group(lcpl.id(), 1), path);
+  const Handle gcpl = plist(H5P_GROUP_CREATE);
+  TESSERA_H5(H5Pset_obj_track_times(gcpl.id(), 0), path);
+  return Group(Handle(TESSERA_H5(H5Gcreate2(id(), name.c_str(), lcpl.id(), gcpl.id(), H5P_DEFAULT),
+                                 m_file + ":" + path),
+                      H5Gclose),
+               m_file, path);
+}
+
+Dataset Group::open_dataset(const std::string& name) const {
+  const std::string path = child_path(m_path, name);
+  if (!has(name)) {
+    throw Error(fmt::format("{}:{}: dataset not found", m_file, path));
+  }
+  return Dataset(
+      Handle(TESSERA_H5(H5Dopen2(id(), name.c_str(), H5P_DEFAULT), m_file + ":" + path), H5Dclose),
+      m_file, path);
+}
+
+Dataset Group::create_dataset(const std::string& name, ElementType t,
+                              const std::vector<hsize_t>& shape,
+                              const std::vector<hsize_t>& chunk) const {
+  const std::string path = child_path(m_path, name);
+  const Handle space = dataspace(shape);
+  const Handle dcpl = plist(H5P_DATASET_CREATE);
+  TESSERA_H5(H5Pset_obj_track_times(dcpl.id(), 0), path);
+  if (!chunk.empty()) {
+    TESSERA_H5(H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()), path);
+  }
+  TESSERA_H5(H5Pset_alloc_time(dcpl.id(), H5D_ALLOC_TIME_EARLY), path);
+  TESSERA_H5(H5Pset_fill_time(dcpl.id(), H5D_FILL_TIME_NEVER), path);
+  const Handle lcpl = plist(H5P_LINK_CREATE);
+  TESSERA_H5(H5Pset_create_intermediate_group(lcpl.id(), 1), path);
+  return Dataset(Handle(TESSERA_H5(H5Dcreate2(id(), name.c_str(), file_type(t), space.id(),
+                                              lcpl.id(), dcpl.id(), H5P_DEFAULT),
+                                   m_file + ":" + path),
+                        H5Dclose),
+                 m_file, path);
+}
+
+namespace {
+herr_t collect_name(hid_t /*group*/, const char* name, const H5L_info_t* /*info*/, void* data) {
+  static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+  return 0;
+}
+}  // namespace
+
+std::vector<std::string> Group::members() const {
+  std::vector<std::string> names;
+  TESSERA_H5(H5Literate(id(), H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_name, &names),
+             context());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+bool Group::is_group(const std::string& name) const {
+  H5O_info_t info;
+  TESSERA_H5(H5Oget_info_by_name2(id(), name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT),
+             child_path(m_path, name));
+  return info.type == H5O_TYPE_GROUP;
+}
+
+// --- File ------------------------------------------------------------------------------------
+
+File File::create(const std::string& path, MPI_Comm comm) {
+  const Handle fapl = plist(H5P_FILE_ACCESS);
+  TESSERA_H5(H5Pset_fapl_mpio(fapl.id(), comm, MPI_INFO_NULL), path);
+  // No object times anywhere, the root group included: the same content gives the same bytes.
+  const Handle fcpl = plist(H5P_FILE_CREATE);
+  TESSERA_H5(H5Pset_obj_track_times(fcpl.id(), 0), path);
+  const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.id(), fapl.id());
+  if (id < 0) {
+    throw Error(fmt::format("{}: cannot create the file ({})", path, detail::hdf5_reason()));
+  }
+  return File(Handle(id, H5Fclose), path, true);
+}
+
+namespace {
+Handle open_with(const std::string& path, hid_t fapl, unsigned flags) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    throw Error(fmt::format("{}: no such file", path));
+  }
+  if (H5Fis_hdf5(path.c_str()) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    throw Error(fmt::format("{}: not an HDF5 file (or truncated)", path));
+  }
+  const hid_t id = H5Fopen(path.c_str(), flags, fapl);
+  if (id < 0) {
+    const std::string reason = detail::hdf5_reason();
+    throw Error(fmt::format("{}: cannot open as HDF5 ({})", path,
+                            reason.empty() ? "unknown reason" : reason));
+  }
+  return Handle(id, H5Fclose);
+}
+}  // namespace
+
+File File::open_parallel(const std::string& path, MPI_Comm comm) {
+  const Handle fapl = plist(H5P_FILE_ACCESS);
+  TESSERA_H5(H5Pset_fapl_mpio(fapl.id(), comm, MPI_INFO_NULL), path);
+  return File(open_with(path, fapl.id(), H5F_ACC_RDONLY), path, true);
+}
+
+File File::open_serial(const std::string& path) {
+  return File(open_with(path, H5P_DEFAULT, H5F_ACC_RDONLY), path, false);
+}
+
+File File::open_serial_rw(const std::string& path) {
+  return File(open_with(path, H5P_DEFAULT, H5F_ACC_RDWR), path, false);
+}
+
+Group File::root() const {
+  return Group(Handle(TESSERA_H5(H5Gopen2(id(), "/", H5P_DEFAULT), m_path), H5Gclose), m_path, "/");
+}
+
+void File::close() {
+  if (!m_handle.valid()) {
+    return;
+  }
+  // With the MPI-IO driver H5Fclose leaves the file open while a group or dataset of it is; the
+  // caller must close those first (let them go out of scope).
+  const ssize_t open_objects = H5Fget_obj_count(m_handle.id(), H5F_OBJ_ALL | H5F_OBJ_LOCAL);
+  TESSERA_CHECK(open_objects <= 1, "{}: closing with {} groups/datasets still open", m_path,
+                open_objects - 1);
+  TESSERA_H5(H5Fflush(m_handle.id(), H5F_SCOPE_GLOBAL), m_path);
+  const hid_t id = m_handle.release();  // a failed close must not be retried by the destructor
+  TESSERA_H5(H5Fclose(id), m_path);
+}
+
+}  // namespace tessera::io
