@@ -1,5 +1,5 @@
 # tessera_add_test(NAME <name> SOURCES <src...> [LIBS <lib...>] [LABELS <label...>]
-#                  [MPI [RANKS <n...>]] [MAIN kokkos|gtest])
+#                  [MPI [RANKS <n...>]] [MAIN kokkos|mpi|gtest])
 #
 # Registers one GoogleTest executable. Serial tests run once; MPI tests run under
 # ${MPIEXEC_EXECUTABLE} once per rank count (default 1 2 4, as the Cabana test harness does), and
@@ -14,6 +14,8 @@ function(tessera_add_test)
   target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest tessera_warnings)
   if(T_MAIN STREQUAL "kokkos")
     target_link_libraries(${T_NAME} PRIVATE tessera_test_main)
+  elseif(T_MAIN STREQUAL "mpi")
+    target_link_libraries(${T_NAME} PRIVATE tessera_test_mpi_main)
   else()
     target_link_libraries(${T_NAME} PRIVATE GTest::gtest_main)
   endif()

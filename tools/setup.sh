@@ -19,6 +19,8 @@ packages=(
   libopenblas-dev
   libtoml11-dev libcli11-dev libfmt-dev
   libgtest-dev googletest libbenchmark-dev
+  zlib1g-dev
+  dataset-fashion-mnist   # the real dataset the tests import and the decks train on
 )
 
 missing=()

@@ -29,85 +29,90 @@ SplitInfo inspect_split(const std::string& file, const std::string& split) {
       throw input_error(e.message());
     }
   }();
-  const Group root = f.root();
-  if (!root.attributes().has("format") ||
-      root.attributes().get_string("format") != kDatasetFormat) {
-    throw input_error(
-        fmt::format("{}: not a Tessera dataset (root attribute format = \"{}\" missing)", file,
-                    kDatasetFormat));
-  }
-  const std::int64_t version = root.attributes().get_int("format_version");
-  if (version != kDatasetVersion) {
-    throw input_error(
-        fmt::format("{}: dataset format version {} is not supported (this Tessera "
-                    "reads version {})",
-                    file, version, kDatasetVersion));
-  }
-  const std::string group = split.empty() || split == "/" ? "" : split.substr(split[0] == '/');
-  if (group.empty() || !root.has(group) || !root.is_group(group)) {
-    throw fail("split not found (the file holds: " + [&] {
-      std::string names;
-      for (const auto& m : root.members()) {
-        names += (names.empty() ? "/" : ", /") + m;
+  // Every HDF5 failure below is about this file's content: bad input.
+  try {
+    const Group root = f.root();
+    if (!root.attributes().has("format") ||
+        root.attributes().get_string("format") != kDatasetFormat) {
+      throw input_error(
+          fmt::format("{}: not a Tessera dataset (root attribute format = \"{}\" missing)", file,
+                      kDatasetFormat));
+    }
+    const std::int64_t version = root.attributes().get_int("format_version");
+    if (version != kDatasetVersion) {
+      throw input_error(
+          fmt::format("{}: dataset format version {} is not supported (this Tessera "
+                      "reads version {})",
+                      file, version, kDatasetVersion));
+    }
+    const std::string group = split.empty() || split == "/" ? "" : split.substr(split[0] == '/');
+    if (group.empty() || !root.has(group) || !root.is_group(group)) {
+      throw fail("split not found (the file holds: " + [&] {
+        std::string names;
+        for (const auto& m : root.members()) {
+          names += (names.empty() ? "/" : ", /") + m;
+        }
+        return names.empty() ? std::string("nothing") : names;
+      }() + ")");
+    }
+    const Group g = root.open_group(group);
+    for (const char* name : {"x", "y"}) {
+      if (!g.has(name)) {
+        throw fail(fmt::format("dataset '{}' is missing", name));
       }
-      return names.empty() ? std::string("nothing") : names;
-    }() + ")");
-  }
-  const Group g = root.open_group(group);
-  for (const char* name : {"x", "y"}) {
-    if (!g.has(name)) {
-      throw fail(fmt::format("dataset '{}' is missing", name));
     }
-  }
-  const Dataset x = g.open_dataset("x");
-  const Dataset y = g.open_dataset("y");
-  const std::vector<hsize_t> xs = x.shape();
-  const std::vector<hsize_t> ys = y.shape();
-  if (xs.size() != 4 && xs.size() != 5) {
-    throw fail(fmt::format("x has rank {}, expected (N, C, H, W) or (N, C, D, H, W)", xs.size()));
-  }
-  const auto xt = x.element_type();
-  if (!xt || (*xt != ElementType::u8 && *xt != ElementType::f16 && *xt != ElementType::f32)) {
-    throw fail("x must be uint8, float16 or float32");
-  }
-  info.x_type = *xt;
-  info.samples = static_cast<Index>(xs[0]);
-  info.sample_shape.assign(xs.begin() + 1, xs.end());
-  if (ys.empty() || ys[0] != xs[0]) {
-    throw fail(fmt::format("x holds {} samples but y holds {}", xs[0], ys.empty() ? 0 : ys[0]));
-  }
-  const auto yt = y.element_type();
-  const Attributes attrs = g.attributes();
-  const std::string task = attrs.has("task") ? attrs.get_string("task") : "classification";
-  if (task == "classification") {
-    info.task = Task::classification;
-    if (ys.size() != 1 || yt != ElementType::i32) {
-      throw fail("a classification split needs y as (N,) int32 labels");
+    const Dataset x = g.open_dataset("x");
+    const Dataset y = g.open_dataset("y");
+    const std::vector<hsize_t> xs = x.shape();
+    const std::vector<hsize_t> ys = y.shape();
+    if (xs.size() != 4 && xs.size() != 5) {
+      throw fail(fmt::format("x has rank {}, expected (N, C, H, W) or (N, C, D, H, W)", xs.size()));
     }
-    if (attrs.has("classes")) {
-      info.classes = attrs.get_strings("classes");
+    const auto xt = x.element_type();
+    if (!xt || (*xt != ElementType::u8 && *xt != ElementType::f16 && *xt != ElementType::f32)) {
+      throw fail("x must be uint8, float16 or float32");
     }
-  } else if (task == "regression") {
-    info.task = Task::regression;
-    if (ys.size() != 2 || yt != ElementType::f32) {
-      throw fail("a regression split needs y as (N, T) float32 targets");
+    info.x_type = *xt;
+    info.samples = static_cast<Index>(xs[0]);
+    info.sample_shape.assign(xs.begin() + 1, xs.end());
+    if (ys.empty() || ys[0] != xs[0]) {
+      throw fail(fmt::format("x holds {} samples but y holds {}", xs[0], ys.empty() ? 0 : ys[0]));
     }
-    info.targets = static_cast<Index>(ys[1]);
-  } else {
-    throw fail(fmt::format("task = \"{}\" is not classification or regression", task));
-  }
-  const auto channels = static_cast<size_t>(xs[1]);
-  info.scale = attrs.has("scale") ? attrs.get_double("scale") : 1.0;
-  info.mean = attrs.has("mean") ? attrs.get_doubles("mean") : std::vector<double>(channels, 0.0);
-  info.std = attrs.has("std") ? attrs.get_doubles("std") : std::vector<double>(channels, 1.0);
-  if (info.mean.size() != channels || info.std.size() != channels) {
-    throw fail(fmt::format("attributes mean/std hold {}/{} values for {} channels",
-                           info.mean.size(), info.std.size(), channels));
-  }
-  for (double s : info.std) {
-    if (!(s > 0.0)) {
-      throw fail("attribute std holds a value that is not > 0");
+    const auto yt = y.element_type();
+    const Attributes attrs = g.attributes();
+    const std::string task = attrs.has("task") ? attrs.get_string("task") : "classification";
+    if (task == "classification") {
+      info.task = Task::classification;
+      if (ys.size() != 1 || yt != ElementType::i32) {
+        throw fail("a classification split needs y as (N,) int32 labels");
+      }
+      if (attrs.has("classes")) {
+        info.classes = attrs.get_strings("classes");
+      }
+    } else if (task == "regression") {
+      info.task = Task::regression;
+      if (ys.size() != 2 || yt != ElementType::f32) {
+        throw fail("a regression split needs y as (N, T) float32 targets");
+      }
+      info.targets = static_cast<Index>(ys[1]);
+    } else {
+      throw fail(fmt::format("task = \"{}\" is not classification or regression", task));
     }
+    const auto channels = static_cast<size_t>(xs[1]);
+    info.scale = attrs.has("scale") ? attrs.get_double("scale") : 1.0;
+    info.mean = attrs.has("mean") ? attrs.get_doubles("mean") : std::vector<double>(channels, 0.0);
+    info.std = attrs.has("std") ? attrs.get_doubles("std") : std::vector<double>(channels, 1.0);
+    if (info.mean.size() != channels || info.std.size() != channels) {
+      throw fail(fmt::format("attributes mean/std hold {}/{} values for {} channels",
+                             info.mean.size(), info.std.size(), channels));
+    }
+    for (double s : info.std) {
+      if (!(s > 0.0)) {
+        throw fail("attribute std holds a value that is not > 0");
+      }
+    }
+  } catch (const Error& e) {
+    throw input_error(e.message());
   }
   return info;
 }
@@ -160,6 +165,10 @@ DatasetReader::DatasetReader(const std::string& spec, const ReaderOptions& optio
       }
       m_sample_shape[d + 1] = b.extent[d];
     }
+  }
+  if (options.expect_sample_shape && *options.expect_sample_shape != m_sample_shape) {
+    throw bad(fmt::format("samples are {} but the model takes {}", to_string(m_sample_shape),
+                          to_string(*options.expect_sample_shape)));
   }
   m_file = std::make_unique<File>(File::open_serial(file));
   const Group g = m_file->root().open_group(split.substr(1));
@@ -274,7 +283,6 @@ DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c) {
       yboxes.push_back(yb);
       k += run;
     }
-    const std::lock_guard<std::mutex> lock(hdf5_mutex());
     m_x->read_boxes(xboxes, ElementType::f32, xs.data());
     m_y->read_boxes(yboxes, ElementType::f32, ys.data());
   }

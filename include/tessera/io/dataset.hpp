@@ -71,6 +71,7 @@ struct ReaderOptions {
   bool cache = false;         ///< read the whole split (this rank's box of it) at open
   int prefetch = 2;           ///< batches read ahead in the background (0: read in next())
   std::optional<SubBox> box;  ///< read only this spatial sub-box of each sample
+  std::optional<Shape> expect_sample_shape;  ///< the model's input: an error if samples differ
   int data_rank = 0;          ///< this rank's place on the data axis
   int data_size = 1;
 };

@@ -16,9 +16,10 @@
 
 namespace tessera::io {
 
-/// The HDF5 library (as Debian builds it, parallel) is not thread-safe. Code that calls HDF5 while
-/// another thread may (the dataset reader's prefetch thread) holds this lock.
-std::mutex& hdf5_mutex();
+/// The HDF5 library (as Debian builds it, parallel) is not thread-safe; the dataset reader reads in
+/// a prefetch thread. Every HDF5 call in these wrappers holds this lock (what HDF5's thread-safe
+/// build does internally); code calling HDF5 directly must hold it too.
+std::recursive_mutex& hdf5_mutex();
 
 namespace detail {
 /// The innermost message of HDF5's error stack ("unable to open file"), or "".

@@ -1,0 +1,35 @@
+#pragma once
+// Shared by the gpu tests: the fixture that skips where no CUDA device exists, and random data.
+#include "tessera/kernels/cuda/device.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <random>
+#include <vector>
+
+namespace tessera::testing {
+
+/// Skips every test of the fixture, with the runtime's reason, when cudaGetDeviceCount fails or
+/// finds no device.
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (kernels::cuda::device_count() == 0) {
+      GTEST_SKIP() << "no CUDA device: " << kernels::cuda::no_device_reason();
+    }
+  }
+};
+
+/// `count` values uniform in [-1, 1), reproducible from `seed`.
+inline std::vector<float> random_values(std::size_t count, unsigned int seed) {
+  std::mt19937 engine(seed);
+  std::uniform_real_distribution<float> uniform(-1.0F, 1.0F);
+  std::vector<float> values(count);
+  for (float& v : values) {
+    v = uniform(engine);
+  }
+  return values;
+}
+
+}  // namespace tessera::testing
