@@ -28,7 +28,7 @@ if [[ -z ${TESSERA_SKIP_CUDA:-} && -z ${TESSERA_SANITIZE:-} ]]; then
   [[ -z $nvcc && -x /usr/local/cuda/bin/nvcc ]] && nvcc=/usr/local/cuda/bin/nvcc
   if [[ -n $nvcc ]]; then
     echo "test: compiling the CUDA configuration in build-cuda ($nvcc)"
-    BUILD_DIR=build-cuda BUILD_TARGETS="tessera_cuda gpu_gemm gpu_conv" \
+    BUILD_DIR=build-cuda BUILD_TARGETS="tessera_cuda gpu_check gpu_gemm gpu_conv" \
       CMAKE_ARGS="-DTESSERA_ENABLE_CUDA=ON -DTESSERA_BUILD_BENCH=OFF -DCMAKE_CUDA_COMPILER=$nvcc" \
       tools/setup.sh
     (cd build-cuda && ctest --output-on-failure -L gpu)

@@ -1,7 +1,5 @@
 #include "tessera/core/error.hpp"
 
-#include "tessera/core/check.hpp"
-
 #if TESSERA_HAVE_MPI
 #include <mpi.h>
 #endif

@@ -6,11 +6,6 @@
 
 #include <string>
 
-namespace tessera::detail {
-[[noreturn]] void throw_check_failure(const char* file, int line, const char* condition,
-                                      const std::string& message);
-}  // namespace tessera::detail
-
 /// TESSERA_CHECK(cond, "fmt {}", args...): throw tessera::Error with the formatted message when
 /// `cond` is false. The message is for the user; file:line and the condition are appended for us.
 #define TESSERA_CHECK(cond, ...)                                          \

@@ -4,6 +4,7 @@
 // decides how to report and which exit code to use.
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace tessera {
 
@@ -51,6 +52,12 @@ class Error : public std::runtime_error {
   int m_exit_code = 1;
   bool m_on_all_ranks = false;
 };
+
+namespace detail {
+/// Throws Error("<message> [check '<condition>' failed at <file>:<line>]"); see check.hpp.
+[[noreturn]] void throw_check_failure(const char* file, int line, const char* condition,
+                                      const std::string& message);
+}  // namespace detail
 
 /// An Error about bad input (exit code 2).
 inline Error input_error(const std::string& message, DeckLocation where = {}) {
