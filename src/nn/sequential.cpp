@@ -16,8 +16,10 @@ Layer& Sequential::add(std::unique_ptr<Layer> layer) {
 }
 
 Shape Sequential::output_shape(const Shape& input) const {
-  TESSERA_CHECK(input == m_input, "sequential '{}': input {} given, built for {}", name(),
-                to_string(input), to_string(m_input));
+  if (input != m_input) {
+    throw Error(fmt::format("sequential '{}': input {} given, built for {}", name(),
+                            to_string(input), to_string(m_input)));
+  }
   return m_output;
 }
 
@@ -57,14 +59,18 @@ Residual::Residual(std::string name, const Shape& input, std::unique_ptr<Layer> 
     : Layer(std::move(name)), m_input(input), m_body(std::move(body)) {
   TESSERA_CHECK(m_body != nullptr, "residual '{}': null body", this->name());
   const Shape out = m_body->output_shape(input);
-  TESSERA_CHECK(out == input,
-                "residual '{}': body {} '{}' maps {} to {}; a residual needs equal shapes",
-                this->name(), m_body->kind(), m_body->name(), to_string(input), to_string(out));
+  if (out != input) {
+    throw Error(fmt::format(
+        "residual '{}': body {} '{}' maps {} to {}; a residual needs equal shapes", this->name(),
+        m_body->kind(), m_body->name(), to_string(input), to_string(out)));
+  }
 }
 
 Shape Residual::output_shape(const Shape& input) const {
-  TESSERA_CHECK(input == m_input, "residual '{}': input {} given, built for {}", name(),
-                to_string(input), to_string(m_input));
+  if (input != m_input) {
+    throw Error(fmt::format("residual '{}': input {} given, built for {}", name(), to_string(input),
+                            to_string(m_input)));
+  }
   return m_input;
 }
 

@@ -1,0 +1,37 @@
+#pragma once
+// Layers built from their deck description: a type name and a table of options, as the deck writes
+// `{ conv2d = { out = 32, kernel = 3, pad = 1 } }`. Every mistake — an unknown type or option, an
+// option of the wrong type, a value out of range, an input shape the layer cannot take — is a
+// tessera::Error (exit code 2) carrying the deck location and naming the layer and the shapes.
+#include "tessera/core/error.hpp"
+#include "tessera/nn/layer.hpp"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace tessera::nn {
+
+/// One option value as a deck can write it.
+using OptionValue =
+    std::variant<bool, std::int64_t, double, std::string, std::vector<std::int64_t>>;
+
+struct LayerSpec {
+  std::string kind;                            ///< "conv2d"
+  std::map<std::string, OptionValue> options;  ///< {"out": 32, "kernel": 3}
+  DeckLocation where;                          ///< deck file, line, key ("model.layers[3]")
+};
+
+/// Builds the layer `spec` describes, named `name`, for samples of shape `input`.
+std::unique_ptr<Layer> make_layer(const LayerSpec& spec, const std::string& name,
+                                  const Shape& input);
+
+/// Every layer type a deck may name.
+std::vector<std::string> layer_kinds();
+/// The options `kind` accepts (empty for an unknown kind).
+std::vector<std::string> layer_options(const std::string& kind);
+
+}  // namespace tessera::nn

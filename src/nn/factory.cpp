@@ -1,0 +1,277 @@
+#include "tessera/nn/factory.hpp"
+
+#include "tessera/core/strings.hpp"
+#include "tessera/nn/activation.hpp"
+#include "tessera/nn/conv.hpp"
+#include "tessera/nn/dropout.hpp"
+#include "tessera/nn/flatten.hpp"
+#include "tessera/nn/linear.hpp"
+#include "tessera/nn/norm.hpp"
+#include "tessera/nn/pooling.hpp"
+
+#include <fmt/format.h>
+
+#include <functional>
+#include <optional>
+#include <set>
+
+namespace tessera::nn {
+namespace {
+
+// Reads typed options out of a spec, remembering which were read so that the rest are reported
+// as unknown.
+class Options {
+ public:
+  Options(const LayerSpec& spec, std::string layer) : m_spec(spec), m_layer(std::move(layer)) {}
+
+  Error error(const std::string& what) const {
+    return input_error(m_layer + ": " + what, m_spec.where);
+  }
+
+  std::int64_t integer(const std::string& key, std::optional<std::int64_t> fallback = {}) {
+    const OptionValue* v = find(key);
+    if (v == nullptr) {
+      return required(key, fallback);
+    }
+    if (const auto* i = std::get_if<std::int64_t>(v)) {
+      return *i;
+    }
+    throw error(fmt::format("option '{}' must be an integer, got {}", key, describe(*v)));
+  }
+
+  std::vector<Index> integers(const std::string& key, std::vector<Index> fallback = {}) {
+    const OptionValue* v = find(key);
+    if (v == nullptr) {
+      return fallback;
+    }
+    if (const auto* i = std::get_if<std::int64_t>(v)) {
+      return {*i};
+    }
+    if (const auto* list = std::get_if<std::vector<std::int64_t>>(v)) {
+      return {list->begin(), list->end()};
+    }
+    throw error(fmt::format("option '{}' must be an integer or a list of integers, got {}", key,
+                            describe(*v)));
+  }
+
+  double real(const std::string& key, double fallback) {
+    const OptionValue* v = find(key);
+    if (v == nullptr) {
+      return fallback;
+    }
+    if (const auto* d = std::get_if<double>(v)) {
+      return *d;
+    }
+    if (const auto* i = std::get_if<std::int64_t>(v)) {
+      return static_cast<double>(*i);
+    }
+    throw error(fmt::format("option '{}' must be a number, got {}", key, describe(*v)));
+  }
+
+  bool boolean(const std::string& key, bool fallback) {
+    const OptionValue* v = find(key);
+    if (v == nullptr) {
+      return fallback;
+    }
+    if (const auto* b = std::get_if<bool>(v)) {
+      return *b;
+    }
+    throw error(fmt::format("option '{}' must be true or false, got {}", key, describe(*v)));
+  }
+
+  /// After the builder has read what it knows: any option left is unknown.
+  void reject_unread(const std::vector<std::string>& accepted) const {
+    for (const auto& [key, value] : m_spec.options) {
+      if (m_read.count(key) == 0) {
+        const std::string near = closest_match(key, accepted);
+        throw error(fmt::format("unknown option '{}'{}; {} takes {}", key,
+                                near.empty() ? "" : " (did you mean '" + near + "'?)", m_spec.kind,
+                                accepted.empty() ? "no options" : join(accepted)));
+      }
+    }
+  }
+
+ private:
+  const OptionValue* find(const std::string& key) {
+    m_read.insert(key);
+    const auto it = m_spec.options.find(key);
+    return it == m_spec.options.end() ? nullptr : &it->second;
+  }
+  std::int64_t required(const std::string& key, std::optional<std::int64_t> fallback) const {
+    if (!fallback) {
+      throw error(fmt::format("option '{}' is required", key));
+    }
+    return *fallback;
+  }
+  static std::string describe(const OptionValue& v) {
+    return std::visit(
+        [](const auto& x) -> std::string {
+          using T = std::decay_t<decltype(x)>;
+          if constexpr (std::is_same_v<T, bool>) {
+            return x ? "true" : "false";
+          } else if constexpr (std::is_same_v<T, std::string>) {
+            return "\"" + x + "\"";
+          } else if constexpr (std::is_same_v<T, std::vector<std::int64_t>>) {
+            return "a list";
+          } else {
+            return fmt::format("{}", x);
+          }
+        },
+        v);
+  }
+
+  const LayerSpec& m_spec;
+  std::string m_layer;
+  std::set<std::string> m_read;
+};
+
+struct Kind {
+  std::vector<std::string> options;
+  std::function<std::unique_ptr<Layer>(Options&, const std::string&, const Shape&)> build;
+};
+
+ConvOptions conv_options(Options& o) {
+  ConvOptions c;
+  c.out = o.integer("out");
+  c.kernel = o.integers("kernel");
+  if (c.kernel.empty()) {
+    throw o.error("option 'kernel' is required");
+  }
+  c.stride = o.integers("stride");
+  c.pad = o.integers("pad");
+  c.bias = o.boolean("bias", true);
+  return c;
+}
+
+PoolOptions pool_options(Options& o) {
+  PoolOptions p;
+  p.kernel = o.integers("kernel");
+  if (p.kernel.empty()) {
+    throw o.error("option 'kernel' is required");
+  }
+  p.stride = o.integers("stride");
+  p.pad = o.integers("pad");
+  return p;
+}
+
+template <class L>
+Kind pool(std::vector<std::string> opts = {"kernel", "stride", "pad"}) {
+  return {std::move(opts), [](Options& o, const std::string& name, const Shape& in) {
+            return std::make_unique<L>(name, in, pool_options(o));
+          }};
+}
+
+template <class L>
+Kind conv() {
+  return {{"out", "kernel", "stride", "pad", "bias"},
+          [](Options& o, const std::string& name, const Shape& in) {
+            return std::make_unique<L>(name, in, conv_options(o));
+          }};
+}
+
+Kind activation(kernels::ActivationKind kind, bool slope) {
+  return {slope ? std::vector<std::string>{"negative_slope"} : std::vector<std::string>{},
+          [kind, slope](Options& o, const std::string& name, const Shape& in) {
+            ActivationOptions a;
+            a.kind = kind;
+            if (slope) {
+              a.negative_slope = static_cast<float>(o.real("negative_slope", 0.01));
+            }
+            return std::make_unique<Activation>(name, in, a);
+          }};
+}
+
+template <class L>
+Kind batchnorm() {
+  return {{"momentum", "eps"}, [](Options& o, const std::string& name, const Shape& in) {
+            BatchNormOptions b;
+            b.momentum = static_cast<float>(o.real("momentum", 0.1));
+            b.eps = static_cast<float>(o.real("eps", 1e-5));
+            return std::make_unique<L>(name, in, b);
+          }};
+}
+
+const std::map<std::string, Kind>& kinds() {
+  static const std::map<std::string, Kind> table = [] {
+    std::map<std::string, Kind> t;
+    t["linear"] = {{"out", "bias"}, [](Options& o, const std::string& name, const Shape& in) {
+                     LinearOptions l;
+                     l.out = o.integer("out");
+                     l.bias = o.boolean("bias", true);
+                     return std::make_unique<Linear>(name, in, l);
+                   }};
+    t["conv2d"] = conv<Conv2d>();
+    t["conv3d"] = conv<Conv3d>();
+    t["maxpool2d"] = pool<MaxPool2d>();
+    t["maxpool3d"] = pool<MaxPool3d>();
+    t["avgpool2d"] = pool<AvgPool2d>();
+    t["avgpool3d"] = pool<AvgPool3d>();
+    t["global_avgpool"] = {{}, [](Options&, const std::string& name, const Shape& in) {
+                             return std::make_unique<GlobalAvgPool>(name, in);
+                           }};
+    t["batchnorm2d"] = batchnorm<BatchNorm2d>();
+    t["batchnorm3d"] = batchnorm<BatchNorm3d>();
+    t["layernorm"] = {{"eps"}, [](Options& o, const std::string& name, const Shape& in) {
+                        LayerNormOptions l;
+                        l.eps = static_cast<float>(o.real("eps", 1e-5));
+                        return std::make_unique<LayerNorm>(name, in, l);
+                      }};
+    t["relu"] = activation(kernels::ActivationKind::relu, false);
+    t["leaky_relu"] = activation(kernels::ActivationKind::leaky_relu, true);
+    t["gelu"] = activation(kernels::ActivationKind::gelu, false);
+    t["tanh"] = activation(kernels::ActivationKind::tanh, false);
+    t["sigmoid"] = activation(kernels::ActivationKind::sigmoid, false);
+    t["dropout"] = {{"p"}, [](Options& o, const std::string& name, const Shape& in) {
+                      DropoutOptions d;
+                      d.p = static_cast<float>(o.real("p", 0.5));
+                      return std::make_unique<Dropout>(name, in, d);
+                    }};
+    t["flatten"] = {{}, [](Options&, const std::string& name, const Shape& in) {
+                      return std::make_unique<Flatten>(name, in);
+                    }};
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace
+
+std::vector<std::string> layer_kinds() {
+  std::vector<std::string> out;
+  for (const auto& [name, kind] : kinds()) {
+    out.push_back(name);
+  }
+  return out;
+}
+
+std::vector<std::string> layer_options(const std::string& kind) {
+  const auto it = kinds().find(kind);
+  return it == kinds().end() ? std::vector<std::string>{} : it->second.options;
+}
+
+std::unique_ptr<Layer> make_layer(const LayerSpec& spec, const std::string& name,
+                                  const Shape& input) {
+  const auto it = kinds().find(spec.kind);
+  if (it == kinds().end()) {
+    const std::string near = closest_match(spec.kind, layer_kinds());
+    throw input_error(
+        fmt::format("unknown layer type '{}'{}; known types: {}", spec.kind,
+                    near.empty() ? "" : " (did you mean '" + near + "'?)", join(layer_kinds())),
+        spec.where);
+  }
+  Options options(spec, fmt::format("{} '{}'", spec.kind, name));
+  std::unique_ptr<Layer> layer;
+  try {
+    layer = it->second.build(options, name, input);
+  } catch (const Error& e) {
+    if (!e.where().empty()) {
+      throw;
+    }
+    // The layer's own validation (shapes, ranges): attach where in the deck it came from.
+    throw input_error(e.message(), spec.where);
+  }
+  options.reject_unread(it->second.options);
+  return layer;
+}
+
+}  // namespace tessera::nn

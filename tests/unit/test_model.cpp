@@ -1,0 +1,184 @@
+// Models built from layer descriptions: the factory's errors (exact messages with the deck
+// location), Sequential chaining and its gradient, Residual blocks, and a tiny model that learns.
+#include "support/gradcheck.hpp"
+#include "tessera/core/check.hpp"
+#include "tessera/nn/factory.hpp"
+#include "tessera/nn/linear.hpp"
+#include "tessera/nn/loss.hpp"
+#include "tessera/nn/sequential.hpp"
+#include "tessera/optim/optimizer.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace tessera;
+using nn::LayerSpec;
+using tessera::testing::gradcheck;
+using tessera::testing::random_tensor;
+
+namespace {
+LayerSpec spec(const std::string& kind, std::map<std::string, nn::OptionValue> options = {}) {
+  return LayerSpec{kind, std::move(options),
+                   DeckLocation{"inputs/cnn.toml", 14, "model.layers[3]"}};
+}
+
+std::string error_of(const LayerSpec& s, const Shape& input) {
+  try {
+    (void)nn::make_layer(s, "l3", input);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), 2);
+    EXPECT_EQ(e.where().key, "model.layers[3]");
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(Factory, BuildsEveryKind) {
+  const Shape image{3, 8, 8};
+  const Shape volume{2, 4, 4, 4};
+  struct Case {
+    LayerSpec s;
+    Shape in, out;
+  };
+  const std::vector<Case> cases{
+      {spec("linear", {{"out", std::int64_t{5}}}), {7}, {5}},
+      {spec("conv2d",
+            {{"out", std::int64_t{4}}, {"kernel", std::int64_t{3}}, {"pad", std::int64_t{1}}}),
+       image,
+       {4, 8, 8}},
+      {spec("conv3d", {{"out", std::int64_t{4}}, {"kernel", std::vector<std::int64_t>{3, 3, 1}}}),
+       volume,
+       {4, 2, 2, 4}},
+      {spec("maxpool2d", {{"kernel", std::int64_t{2}}}), image, {3, 4, 4}},
+      {spec("avgpool3d", {{"kernel", std::int64_t{2}}}), volume, {2, 2, 2, 2}},
+      {spec("global_avgpool"), image, {3}},
+      {spec("batchnorm2d", {{"momentum", 0.2}}), image, image},
+      {spec("layernorm"), {4, 6}, {4, 6}},
+      {spec("leaky_relu", {{"negative_slope", 0.1}}), image, image},
+      {spec("gelu"), image, image},
+      {spec("dropout", {{"p", 0.25}}), image, image},
+      {spec("flatten"), image, {192}},
+  };
+  for (const Case& c : cases) {
+    const auto layer = nn::make_layer(c.s, "l", c.in);
+    EXPECT_EQ(layer->kind(), c.s.kind);
+    EXPECT_EQ(layer->output_shape(c.in), c.out) << c.s.kind;
+  }
+  EXPECT_EQ(nn::layer_kinds().size(), 18U);
+}
+
+TEST(Factory, MistakesNameTheLayerTheOptionAndTheDeckLine) {
+  EXPECT_EQ(error_of(spec("conv2"), {1, 28, 28}),
+            "inputs/cnn.toml:14: unknown layer type 'conv2' (did you mean 'conv2d'?); known types: "
+            "avgpool2d, avgpool3d, batchnorm2d, batchnorm3d, conv2d, conv3d, dropout, flatten, "
+            "gelu, global_avgpool, layernorm, leaky_relu, linear, maxpool2d, maxpool3d, relu, "
+            "sigmoid, tanh");
+  EXPECT_EQ(error_of(spec("conv2d", {{"out", std::int64_t{8}}, {"kernal", std::int64_t{3}}}),
+                     {1, 28, 28}),
+            "inputs/cnn.toml:14: conv2d 'l3': option 'kernel' is required");
+  EXPECT_EQ(error_of(spec("conv2d", {{"out", std::int64_t{8}},
+                                     {"kernel", std::int64_t{3}},
+                                     {"strides", std::int64_t{2}}}),
+                     {1, 28, 28}),
+            "inputs/cnn.toml:14: conv2d 'l3': unknown option 'strides' (did you mean 'stride'?); "
+            "conv2d takes out, kernel, stride, pad, bias");
+  EXPECT_EQ(error_of(spec("linear", {{"out", std::string("ten")}}), {784}),
+            "inputs/cnn.toml:14: linear 'l3': option 'out' must be an integer, got \"ten\"");
+  EXPECT_EQ(error_of(spec("linear"), {784}),
+            "inputs/cnn.toml:14: linear 'l3': option 'out' is required");
+  EXPECT_EQ(error_of(spec("relu", {{"slope", 0.1}}), {10}),
+            "inputs/cnn.toml:14: relu 'l3': unknown option 'slope'; relu takes no options");
+  // The layer's own shape check, located in the deck.
+  const std::string shape_error =
+      error_of(spec("linear", {{"out", std::int64_t{10}}}), {1, 28, 28});
+  EXPECT_EQ(shape_error.rfind("inputs/cnn.toml:14: linear 'l3': ", 0), 0U) << shape_error;
+  EXPECT_NE(shape_error.find("(1, 28, 28)"), std::string::npos) << shape_error;
+}
+
+TEST(Sequential, ChainsShapesAndChecksEachLayer) {
+  nn::Sequential model("model", {1, 6, 6});
+  model.add(nn::make_layer(spec("conv2d", {{"out", std::int64_t{2}}, {"kernel", std::int64_t{3}}}),
+                           "conv", {1, 6, 6}));
+  // tanh, not relu: perturbing a conv weight moves every output of its channel, and a relu kink
+  // crossed by the finite difference would spoil the check.
+  model.add(nn::make_layer(spec("tanh"), "act", model.output_shape()));
+  model.add(nn::make_layer(spec("flatten"), "flat", model.output_shape()));
+  model.emplace<nn::Linear>("fc", nn::LinearOptions{3, true});
+  EXPECT_EQ(model.output_shape(), (Shape{3}));
+  EXPECT_EQ(model.all_parameters().size(), 4U);  // conv weight, bias; fc weight, bias
+  EXPECT_EQ(model.all_parameters()[2]->name, "fc.weight");
+  // A layer that does not take the current output shape is refused, naming it.
+  try {
+    model.add(nn::make_layer(
+        spec("conv2d", {{"out", std::int64_t{2}}, {"kernel", std::int64_t{3}}}), "bad", {1, 6, 6}));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("conv2d 'bad'"), std::string::npos) << e.what();
+  }
+  model.initialize(42);
+  const Tensor x = random_tensor("x", {4, 1, 6, 6}, 3);
+  EXPECT_EQ(gradcheck(model, x), 0);
+}
+
+TEST(Residual, AddsTheInputAndPassesGradientBothWays) {
+  auto body = std::make_unique<nn::Sequential>("body", Shape{5});
+  body->emplace<nn::Linear>("fc1", nn::LinearOptions{5, true});
+  body->add(nn::make_layer(spec("tanh"), "act", {5}));
+  nn::Residual block("block", {5}, std::move(body));
+  block.initialize(7);
+  const Tensor x = random_tensor("x", {3, 5}, 4);
+  // Forward: y = x + tanh(W x + b), checked against the parts computed separately.
+  nn::Layer& inner = *block.children()[0];
+  const std::vector<float> inner_y = inner.forward(x, {}).output.to_host();
+  const std::vector<float> y = block.forward(x, {}).output.to_host();
+  const std::vector<float> xv = x.to_host();
+  for (size_t i = 0; i < y.size(); ++i) {
+    EXPECT_FLOAT_EQ(y[i], xv[i] + inner_y[i]);
+  }
+  EXPECT_EQ(gradcheck(block, x), 0);
+  try {
+    auto wrong = std::make_unique<nn::Linear>("fc", Shape{5}, nn::LinearOptions{4, true});
+    nn::Residual bad("bad", {5}, std::move(wrong));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(),
+                 "residual 'bad': body linear 'fc' maps (5,) to (4,); a residual needs "
+                 "equal shapes");
+  }
+}
+
+TEST(Model, LearnsASeparableProblem) {
+  // Two Gaussian blobs in 4-D; an MLP trained with SGD must classify the training set well.
+  const Index n = 64;
+  std::vector<float> xs = tessera::testing::random_values(n * 4, 9, -1.0F, 1.0F);
+  std::vector<float> labels_h(static_cast<size_t>(n));
+  IntView labels("labels", static_cast<size_t>(n));
+  auto lh = Kokkos::create_mirror_view(labels);
+  for (Index i = 0; i < n; ++i) {
+    const int c = static_cast<int>(i % 2);
+    lh(static_cast<size_t>(i)) = c;
+    xs[static_cast<size_t>(i * 4)] += c == 0 ? -1.5F : 1.5F;
+  }
+  Kokkos::deep_copy(labels, lh);
+  const Tensor x = Tensor::from_host("x", {n, 4}, xs);
+  nn::Sequential model("mlp", {4});
+  model.emplace<nn::Linear>("fc1", nn::LinearOptions{16, true});
+  model.add(nn::make_layer(spec("relu"), "act", {16}));
+  model.emplace<nn::Linear>("fc2", nn::LinearOptions{2, true});
+  model.initialize(1);
+  optim::Sgd sgd({0.9F, false, 0.0F});
+  double first = 0.0;
+  nn::LossOutput out;
+  for (int step = 0; step < 100; ++step) {
+    model.zero_grad();
+    nn::ForwardResult f = model.forward(x, {});
+    out = nn::softmax_cross_entropy(f.output, labels, n);
+    if (step == 0) {
+      first = out.loss;
+    }
+    model.backward(out.grad, std::move(f.ctx));
+    sgd.step(model.all_parameters(), 0.05);
+  }
+  EXPECT_LT(out.loss, 0.1 * first);
+  EXPECT_GE(out.correct, n - 2);
+}
