@@ -1,0 +1,100 @@
+#pragma once
+// Input decks: TOML (toml11) in, a typed and validated configuration out (docs/deck-reference.md).
+//
+// The schema knows every key. An unknown key (with the key meant, for a misspelling), a value of
+// the wrong type or out of range, or an impossible combination is a tessera::Error with exit code 2
+// whose location names the deck file, the line and the dotted key. `key=value` arguments after the
+// deck override it, as AMReX's ParmParse does; an error in one names "command line" and the key.
+#include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/nn/factory.hpp"
+#include "tessera/optim/schedule.hpp"
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace tessera::deck {
+
+struct RunConfig {
+  std::string name;  ///< default: the deck file's stem
+  std::uint64_t seed = 0;
+  std::int64_t epochs = 1;      ///< training length in epochs, unless steps is set
+  std::int64_t steps = 0;       ///< training length in optimizer steps (0: from epochs)
+  std::int64_t log_every = 50;  ///< progress line every N steps (and at the last)
+  std::int64_t eval_every = 0;  ///< evaluate every N steps (0: only at the end)
+  std::string output;           ///< run folder; default "runs/<name>"
+  int blas_threads = 1;         ///< BLAS threads per rank
+};
+
+struct ParallelConfig {
+  int trainers = 1;  ///< independent models (population training; later)
+  int data = 0;      ///< data-parallel ranks; 0 = every rank of the trainer
+  int tensor = 1;
+  int pipeline = 1;
+  std::vector<int> spatial{1, 1};
+};
+
+struct DataConfig {
+  std::string train;  ///< "file.h5:/split"
+  std::string test;   ///< optional
+  Index batch = 0;    ///< global batch, split over the data axis
+  bool shuffle = true;
+  bool drop_last = false;
+  bool cache = false;
+  int prefetch = 2;
+};
+
+enum class LossKind { softmax_cross_entropy, mse };
+const char* loss_name(LossKind loss);
+
+struct ModelConfig {
+  Shape input;                        ///< one sample, (C, H, W) or (features,)
+  std::vector<nn::LayerSpec> layers;  ///< in order; where = the layer's line and key
+  LossKind loss = LossKind::softmax_cross_entropy;
+};
+
+enum class OptimizerKind { sgd, adamw };
+
+struct OptimizerConfig {
+  OptimizerKind type = OptimizerKind::sgd;
+  double lr = 0.0;
+  double momentum = 0.0;            ///< sgd
+  bool nesterov = false;            ///< sgd
+  double weight_decay = 0.0;        ///< sgd: L2; adamw: decoupled (default 0.01)
+  double beta1 = 0.9;               ///< adamw
+  double beta2 = 0.999;             ///< adamw
+  double eps = 1e-8;                ///< adamw
+  double clip_grad_norm = 0.0;      ///< 0: no clipping
+  optim::ScheduleOptions schedule;  ///< base_lr = lr; total_steps filled in by the trainer
+};
+
+struct Deck {
+  std::string file;  ///< as given on the command line
+  RunConfig run;
+  ParallelConfig parallel;
+  DataConfig data;
+  ModelConfig model;
+  OptimizerConfig optimizer;
+  /// Where each dotted key was written ("run.epochs" → file:line), for later, cross-checking
+  /// errors (a dataset that does not fit the model names model.input).
+  std::map<std::string, DeckLocation> locations;
+
+  DeckLocation where(const std::string& key) const;
+};
+
+/// Parses deck `text` (read from `file`) with `overrides` ("optimizer.lr=0.1") applied, and
+/// validates everything that does not need the data or the world (layer shapes chain, options are
+/// known and in range). Throws tessera::Error (exit code 2) with the location.
+Deck parse(const std::string& text, const std::string& file,
+           const std::vector<std::string>& overrides = {});
+
+/// Reads `file` and parses it (see parse()).
+Deck load(const std::string& file, const std::vector<std::string>& overrides = {});
+
+/// The fully resolved deck (defaults included) as TOML: echoed at the start of a run, saved in
+/// the run folder, and a valid deck itself.
+std::string to_toml(const Deck& deck);
+
+}  // namespace tessera::deck

@@ -1,0 +1,88 @@
+#pragma once
+// The trainer: a deck in, a trained model and its metrics out. The loop in Trainer::run() reads top
+// to bottom (llm.c's habit): each step reads its share of the global batch, runs forward and
+// backward, reduces gradients over the data axis, steps the optimizer; logging and evaluation are
+// guarded by `step % every == 0 || last`. It runs over the process grid from the start: with one
+// data rank the reduction is a no-op, with P it is an allreduce.
+#include "tessera/deck/deck.hpp"
+#include "tessera/io/dataset.hpp"
+#include "tessera/nn/sequential.hpp"
+#include "tessera/optim/optimizer.hpp"
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace tessera::train {
+
+/// Exit code of a run stopped early by SIGINT, SIGTERM or SIGUSR1 (EX_TEMPFAIL): job scripts
+/// resubmit on it.
+inline constexpr int kExitStopped = 75;
+
+struct Evaluation {
+  std::string split;
+  Index samples = 0;
+  double loss = 0.0;
+  double metric = 0.0;  ///< accuracy (classification) or MAE (regression)
+};
+
+struct RunSummary {
+  std::int64_t steps = 0;        ///< optimizer steps taken in total
+  std::int64_t total_steps = 0;  ///< steps the deck asks for
+  bool stopped = false;          ///< stopped by a signal before total_steps
+  int signal = 0;
+  double seconds = 0.0;
+  std::optional<Evaluation> final_eval;
+};
+
+/// Installs the SIGINT/SIGTERM/SIGUSR1 handlers that ask the trainer to stop at the next step
+/// boundary (every rank agrees on the step).
+void install_stop_handlers();
+
+class Trainer {
+ public:
+  /// Validates what needs the data and the world (grid size, dataset vs model) under comm::agree,
+  /// builds the model and opens the readers. `world` is every rank of this trainer.
+  Trainer(const deck::Deck& deck, MPI_Comm world);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  /// Trains to the end (or to a stop signal) and evaluates.
+  RunSummary run();
+  /// Evaluates the model on `spec` ("file:/split"), sharded over the data ranks.
+  Evaluation evaluate(const std::string& spec);
+
+  nn::Sequential& model() { return *m_model; }
+  std::int64_t total_steps() const { return m_total_steps; }
+
+ private:
+  void reduce_gradients();
+  bool stop_requested();
+  void log_line(const std::string& json) const;
+
+  const deck::Deck& m_deck;
+  MPI_Comm m_comm = MPI_COMM_NULL;  // the data axis (the whole trainer for now)
+  int m_rank = 0;
+  int m_size = 1;
+  std::unique_ptr<nn::Sequential> m_model;
+  std::unique_ptr<optim::Optimizer> m_optimizer;
+  std::unique_ptr<io::DatasetReader> m_train;
+  io::SplitInfo m_train_info;
+  optim::ScheduleOptions m_schedule;
+  std::int64_t m_total_steps = 0;
+  std::string m_metrics_path;
+};
+
+/// Checks that the deck's datasets exist and fit its model and loss (shapes, task, classes),
+/// reading only their headers. Throws tessera::Error (exit code 2) naming deck keys and files.
+void check_data(const deck::Deck& deck);
+
+/// What `tessera check` prints: the grid, a per-layer summary (output shape, parameters), the
+/// parameter count and the estimated memory per rank. Needs the world size, not the data.
+std::string describe(const deck::Deck& deck, int world_size);
+
+}  // namespace tessera::train

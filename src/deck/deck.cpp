@@ -1,0 +1,679 @@
+#include "tessera/deck/deck.hpp"
+
+#include "tessera/core/strings.hpp"
+#include "tessera/nn/sequential.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <toml.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <sstream>
+
+namespace tessera::deck {
+
+const char* loss_name(LossKind loss) {
+  return loss == LossKind::mse ? "mse" : "softmax_cross_entropy";
+}
+
+DeckLocation Deck::where(const std::string& key) const {
+  const auto it = locations.find(key);
+  return it != locations.end() ? it->second : DeckLocation{file, 0, key};
+}
+
+namespace {
+
+const char* type_of(const toml::value& v) {
+  switch (v.type()) {
+    case toml::value_t::boolean:
+      return "a boolean";
+    case toml::value_t::integer:
+      return "an integer";
+    case toml::value_t::floating:
+      return "a number";
+    case toml::value_t::string:
+      return "a string";
+    case toml::value_t::array:
+      return "a list";
+    case toml::value_t::table:
+      return "a table";
+    default:
+      return "a date or time";
+  }
+}
+
+std::string show(const toml::value& v) {
+  if (v.is_string()) {
+    return "\"" + v.as_string().str + "\"";
+  }
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+// Everything the checks need about where values came from.
+struct Source {
+  std::string file;
+  std::set<std::string> overridden;  // dotted keys set on the command line
+  std::map<std::string, DeckLocation>* locations;
+
+  DeckLocation at(const std::string& key, const toml::value* v) const {
+    if (overridden.count(key) != 0) {
+      return {"command line", 0, key};
+    }
+    const int line = v != nullptr ? static_cast<int>(v->location().line()) : 0;
+    return {file, line, key};
+  }
+};
+
+// One TOML table of the deck, read key by key; finish() reports the keys nobody asked for.
+class Section {
+ public:
+  Section(const toml::value* table, std::string path, const Source& src)
+      : m_table(table), m_path(std::move(path)), m_src(src) {}
+
+  const std::string& path() const { return m_path; }
+  std::string key(const std::string& k) const { return m_path.empty() ? k : m_path + "." + k; }
+
+  const toml::value* find(const std::string& k) {
+    m_known.insert(k);
+    if (m_table == nullptr || !m_table->contains(k)) {
+      return nullptr;
+    }
+    const toml::value* v = &m_table->at(k);
+    (*m_src.locations)[key(k)] = m_src.at(key(k), v);
+    return v;
+  }
+  bool has(const std::string& k) const { return m_table != nullptr && m_table->contains(k); }
+
+  Error error(const std::string& k, const toml::value* v, const std::string& what) const {
+    return input_error(what, m_src.at(key(k), v));
+  }
+  Error missing(const std::string& k) const {
+    return input_error(key(k) + " is required", {m_src.file, 0, key(k)});
+  }
+
+  std::int64_t integer(const std::string& k, std::optional<std::int64_t> fallback, std::int64_t lo,
+                       std::int64_t hi = std::numeric_limits<std::int64_t>::max()) {
+    const toml::value* v = find(k);
+    if (v == nullptr) {
+      if (!fallback) {
+        throw missing(k);
+      }
+      return *fallback;
+    }
+    if (!v->is_integer()) {
+      throw error(k, v,
+                  fmt::format("{} must be an integer, got {} ({})", key(k), type_of(*v), show(*v)));
+    }
+    const std::int64_t x = v->as_integer();
+    if (x < lo || x > hi) {
+      throw error(k, v,
+                  hi == std::numeric_limits<std::int64_t>::max()
+                      ? fmt::format("{} = {} must be >= {}", key(k), x, lo)
+                      : fmt::format("{} = {} must be in [{}, {}]", key(k), x, lo, hi));
+    }
+    return x;
+  }
+
+  // A number in [lo, hi] (or (lo, hi] when open_lo).
+  double number(const std::string& k, std::optional<double> fallback, double lo, double hi,
+                bool open_lo = false, bool open_hi = false) {
+    const toml::value* v = find(k);
+    if (v == nullptr) {
+      if (!fallback) {
+        throw missing(k);
+      }
+      return *fallback;
+    }
+    double x = 0.0;
+    if (v->is_floating()) {
+      x = v->as_floating();
+    } else if (v->is_integer()) {
+      x = static_cast<double>(v->as_integer());
+    } else {
+      throw error(k, v,
+                  fmt::format("{} must be a number, got {} ({})", key(k), type_of(*v), show(*v)));
+    }
+    const bool ok =
+        std::isfinite(x) && (open_lo ? x > lo : x >= lo) && (open_hi ? x < hi : x <= hi);
+    if (!ok) {
+      std::string range;
+      if (std::isinf(hi)) {
+        range = fmt::format("{} {}", open_lo ? ">" : ">=", lo);
+      } else {
+        range = fmt::format("in {}{}, {}{}", open_lo ? "(" : "[", lo, hi, open_hi ? ")" : "]");
+      }
+      throw error(k, v, fmt::format("{} = {} must be {}", key(k), show(*v), range));
+    }
+    return x;
+  }
+
+  bool boolean(const std::string& k, bool fallback) {
+    const toml::value* v = find(k);
+    if (v == nullptr) {
+      return fallback;
+    }
+    if (!v->is_boolean()) {
+      throw error(
+          k, v,
+          fmt::format("{} must be true or false, got {} ({})", key(k), type_of(*v), show(*v)));
+    }
+    return v->as_boolean();
+  }
+
+  std::string string(const std::string& k, std::optional<std::string> fallback) {
+    const toml::value* v = find(k);
+    if (v == nullptr) {
+      if (!fallback) {
+        throw missing(k);
+      }
+      return *fallback;
+    }
+    if (!v->is_string()) {
+      throw error(k, v,
+                  fmt::format("{} must be a string, got {} ({})", key(k), type_of(*v), show(*v)));
+    }
+    return v->as_string().str;
+  }
+
+  // One of `choices`.
+  std::string choice(const std::string& k, std::optional<std::string> fallback,
+                     const std::vector<std::string>& choices) {
+    const std::string s = string(k, fallback);
+    if (std::find(choices.begin(), choices.end(), s) == choices.end()) {
+      const std::string near = closest_match(s, choices);
+      throw error(k, find(k),
+                  fmt::format("{} = \"{}\" is not one of {}{}", key(k), s, join(choices),
+                              near.empty() ? "" : " (did you mean \"" + near + "\"?)"));
+    }
+    return s;
+  }
+
+  std::vector<std::int64_t> integers(const std::string& k,
+                                     std::optional<std::vector<std::int64_t>> fallback,
+                                     std::int64_t lo) {
+    const toml::value* v = find(k);
+    if (v == nullptr) {
+      if (!fallback) {
+        throw missing(k);
+      }
+      return *fallback;
+    }
+    if (!v->is_array() || v->as_array().empty()) {
+      throw error(k, v,
+                  fmt::format("{} must be a non-empty list of integers, got {} ({})", key(k),
+                              type_of(*v), show(*v)));
+    }
+    std::vector<std::int64_t> out;
+    for (const toml::value& e : v->as_array()) {
+      if (!e.is_integer() || e.as_integer() < lo) {
+        throw error(k, v, fmt::format("{} = {} must hold integers >= {}", key(k), show(*v), lo));
+      }
+      out.push_back(e.as_integer());
+    }
+    return out;
+  }
+
+  // A sub-table (absent: an empty section).
+  Section table(const std::string& k) {
+    const toml::value* v = find(k);
+    if (v != nullptr && !v->is_table()) {
+      throw error(k, v,
+                  fmt::format("{} must be a table, got {} ({})", key(k), type_of(*v), show(*v)));
+    }
+    return Section(v, key(k), m_src);
+  }
+
+  void finish() const {
+    if (m_table == nullptr) {
+      return;
+    }
+    const std::vector<std::string> known(m_known.begin(), m_known.end());
+    for (const auto& [k, v] : m_table->as_table()) {
+      if (m_known.count(k) == 0) {
+        const std::string near = closest_match(k, known);
+        const bool is_section = m_path.empty();
+        throw error(k, &v,
+                    fmt::format("unknown {} {}{}", is_section ? "section" : "key",
+                                is_section ? "[" + k + "]" : key(k),
+                                near.empty() ? ""
+                                : is_section ? " (did you mean [" + near + "]?)"
+                                             : " (did you mean " + key(near) + "?)"));
+      }
+    }
+  }
+
+ private:
+  const toml::value* m_table;
+  std::string m_path;
+  const Source& m_src;
+  std::set<std::string> m_known;
+};
+
+// "a.b[2].c" → {"a", "b", "[2]", "c"}.
+std::vector<std::string> split_key(const std::string& key) {
+  std::vector<std::string> parts;
+  std::string cur;
+  for (size_t i = 0; i < key.size(); ++i) {
+    const char c = key[i];
+    if (c == '.') {
+      if (!cur.empty()) {
+        parts.push_back(cur);
+      }
+      cur.clear();
+    } else if (c == '[') {
+      if (!cur.empty()) {
+        parts.push_back(cur);
+      }
+      const size_t close = key.find(']', i);
+      if (close == std::string::npos) {
+        throw input_error(fmt::format("command line: override key '{}' has an unclosed '['", key));
+      }
+      parts.push_back(key.substr(i, close - i + 1));
+      cur.clear();
+      i = close;
+    } else {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) {
+    parts.push_back(cur);
+  }
+  return parts;
+}
+
+void apply_override(toml::value& root, const std::string& arg, std::set<std::string>& keys) {
+  const size_t eq = arg.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    throw input_error(
+        fmt::format("command line: '{}' is not key=value (e.g. optimizer.lr=0.1)", arg));
+  }
+  const std::string key = arg.substr(0, eq);
+  const std::string text = arg.substr(eq + 1);
+  toml::value value;
+  try {
+    std::istringstream in("v = " + text);
+    value = toml::parse(in, "command line").at("v");
+  } catch (const std::exception&) {
+    value = toml::value(text);  // a bare word is a string: optimizer.type=adamw
+  }
+  const std::vector<std::string> parts = split_key(key);
+  toml::value* node = &root;
+  std::string path;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const std::string& p = parts[i];
+    const bool last = i + 1 == parts.size();
+    if (p[0] == '[') {
+      const long index = std::strtol(p.c_str() + 1, nullptr, 10);
+      if (!node->is_array() || index < 0 || static_cast<size_t>(index) >= node->as_array().size()) {
+        throw input_error(fmt::format("command line: {} has no element {} to override", path, p));
+      }
+      node = &node->as_array()[static_cast<size_t>(index)];
+      path += p;
+    } else {
+      if (!node->is_table()) {
+        throw input_error(fmt::format("command line: cannot set {}: {} is not a table", key, path));
+      }
+      path += (path.empty() ? "" : ".") + p;
+      if (last) {
+        node->as_table()[p] = value;
+        break;
+      }
+      if (!node->contains(p)) {
+        node->as_table()[p] = toml::table{};
+      }
+      node = &node->as_table()[p];
+    }
+  }
+  keys.insert(key);
+}
+
+nn::OptionValue option_value(const toml::value& v, const std::string& key, const DeckLocation& at) {
+  switch (v.type()) {
+    case toml::value_t::boolean:
+      return v.as_boolean();
+    case toml::value_t::integer:
+      return v.as_integer();
+    case toml::value_t::floating:
+      return v.as_floating();
+    case toml::value_t::string:
+      return v.as_string().str;
+    case toml::value_t::array: {
+      std::vector<std::int64_t> list;
+      for (const toml::value& e : v.as_array()) {
+        if (!e.is_integer()) {
+          throw input_error(fmt::format("{} = {}: a list option holds integers only", key, show(v)),
+                            at);
+        }
+        list.push_back(e.as_integer());
+      }
+      return list;
+    }
+    default:
+      throw input_error(
+          fmt::format("{} must be a number, a boolean, a string or a list of integers, "
+                      "got {}",
+                      key, type_of(v)),
+          at);
+  }
+}
+
+void parse_model(Section& s, Deck& d, const Source& src) {
+  const std::vector<std::int64_t> input = s.integers("input", std::nullopt, 1);
+  d.model.input.assign(input.begin(), input.end());
+  const toml::value* layers = s.find("layers");
+  if (layers == nullptr) {
+    throw s.missing("layers");
+  }
+  if (!layers->is_array() || layers->as_array().empty()) {
+    throw s.error(
+        "layers", layers,
+        "model.layers must be a non-empty list of layers, e.g. [ { linear = { out = 10 } } ]");
+  }
+  const auto& list = layers->as_array();
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string key = fmt::format("model.layers[{}]", i);
+    const toml::value& e = list[i];
+    DeckLocation at = src.overridden.count(key)
+                          ? DeckLocation{"command line", 0, key}
+                          : DeckLocation{src.file, static_cast<int>(e.location().line()), key};
+    if (!e.is_table() || e.as_table().size() != 1) {
+      throw input_error(
+          fmt::format("{} must be a table with one layer type, e.g. {{ relu = {{}} }}, "
+                      "got {}",
+                      key, show(e)),
+          at);
+    }
+    const auto& [kind, options] = *e.as_table().begin();
+    if (!options.is_table()) {
+      throw input_error(fmt::format("{}.{} must be a table of options, e.g. {{ out = 10 }}, got {}",
+                                    key, kind, show(options)),
+                        at);
+    }
+    nn::LayerSpec spec{kind, {}, at};
+    for (const auto& [k, v] : options.as_table()) {
+      spec.options[k] = option_value(v, key + "." + kind + "." + k, at);
+    }
+    d.model.layers.push_back(std::move(spec));
+    (*src.locations)[key] = at;
+  }
+  const std::string loss = s.choice("loss", std::nullopt, {"softmax_cross_entropy", "mse"});
+  d.model.loss = loss == "mse" ? LossKind::mse : LossKind::softmax_cross_entropy;
+  // Build the chain once: every layer's options and shapes are checked, each error located.
+  nn::Sequential chain("model", d.model.input);
+  for (size_t i = 0; i < d.model.layers.size(); ++i) {
+    chain.add(nn::make_layer(d.model.layers[i], fmt::format("layers.{}", i), chain.output_shape()));
+  }
+}
+
+void parse_optimizer(Section& s, Deck& d) {
+  OptimizerConfig& o = d.optimizer;
+  const std::string type = s.choice("type", std::nullopt, {"sgd", "adamw"});
+  o.type = type == "sgd" ? OptimizerKind::sgd : OptimizerKind::adamw;
+  o.lr = s.number("lr", std::nullopt, 0.0, INFINITY, true);
+  const auto only_for = [&](const char* key, const char* kind) {
+    if (s.has(key) && type != kind) {
+      throw s.error(
+          key, s.find(key),
+          fmt::format("{} applies to type = \"{}\" only (this is \"{}\")", s.key(key), kind, type));
+    }
+  };
+  only_for("momentum", "sgd");
+  only_for("nesterov", "sgd");
+  for (const char* k : {"beta1", "beta2", "eps"}) {
+    only_for(k, "adamw");
+  }
+  if (o.type == OptimizerKind::sgd) {
+    o.momentum = s.number("momentum", 0.0, 0.0, 1.0, false, true);
+    o.nesterov = s.boolean("nesterov", false);
+    if (o.nesterov && o.momentum == 0.0) {
+      throw s.error("nesterov", s.find("nesterov"),
+                    "optimizer.nesterov = true needs optimizer.momentum > 0");
+    }
+    o.weight_decay = s.number("weight_decay", 0.0, 0.0, INFINITY);
+  } else {
+    o.beta1 = s.number("beta1", 0.9, 0.0, 1.0, false, true);
+    o.beta2 = s.number("beta2", 0.999, 0.0, 1.0, false, true);
+    o.eps = s.number("eps", 1e-8, 0.0, INFINITY, true);
+    o.weight_decay = s.number("weight_decay", 0.01, 0.0, INFINITY);
+  }
+  o.clip_grad_norm = s.number("clip_grad_norm", 0.0, 0.0, INFINITY);
+  o.schedule.base_lr = o.lr;
+  if (s.has("schedule") && s.find("schedule")->is_string()) {
+    o.schedule.kind = optim::parse_schedule_kind(
+        s.choice("schedule", std::nullopt, {"constant", "step", "cosine"}));
+  } else {
+    Section sch = s.table("schedule");
+    o.schedule.kind = optim::parse_schedule_kind(
+        sch.choice("type", std::string("constant"), {"constant", "step", "cosine"}));
+    o.schedule.warmup_steps = sch.integer("warmup_steps", 0, 0);
+    if (o.schedule.kind == optim::ScheduleKind::step) {
+      o.schedule.step_size = sch.integer("step_size", std::nullopt, 1);
+      o.schedule.gamma = sch.number("gamma", 0.1, 0.0, 1.0, true);
+    }
+    if (o.schedule.kind == optim::ScheduleKind::cosine) {
+      o.schedule.min_lr = sch.number("min_lr", 0.0, 0.0, o.lr);
+    }
+    sch.finish();
+  }
+}
+
+}  // namespace
+
+Deck parse(const std::string& text, const std::string& file,
+           const std::vector<std::string>& overrides) {
+  Deck d;
+  d.file = file;
+  toml::value root;
+  try {
+    std::istringstream in(text);
+    root = toml::parse(in, file);
+  } catch (const toml::syntax_error& e) {
+    // toml11's message is several lines; the first says what, the location says where.
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    const std::string prefix = "[error] ";
+    if (what.rfind(prefix, 0) == 0) {
+      what = what.substr(prefix.size());
+    }
+    throw input_error("TOML syntax error: " + what,
+                      {file, static_cast<int>(e.location().line()), ""});
+  }
+  Source src{file, {}, &d.locations};
+  for (const std::string& o : overrides) {
+    apply_override(root, o, src.overridden);
+  }
+
+  Section top(&root, "", src);
+  Section run = top.table("run");
+  const std::string stem = std::filesystem::path(file).stem().string();
+  d.run.name = run.string("name", stem);
+  d.run.seed = static_cast<std::uint64_t>(run.integer("seed", 0, 0));
+  d.run.epochs = run.integer("epochs", 1, 1);
+  d.run.steps = run.integer("steps", 0, 0);
+  if (run.has("epochs") && run.has("steps")) {
+    throw run.error("steps", run.find("steps"), "run.epochs and run.steps both given: set one");
+  }
+  d.run.log_every = run.integer("log_every", 50, 1);
+  d.run.eval_every = run.integer("eval_every", 0, 0);
+  d.run.output = run.string("output", "runs/" + d.run.name);
+  d.run.blas_threads = static_cast<int>(run.integer("blas_threads", 1, 1, 256));
+  run.finish();
+
+  Section par = top.table("parallel");
+  d.parallel.trainers = static_cast<int>(par.integer("trainers", 1, 1));
+  d.parallel.data = static_cast<int>(par.integer("data", 0, 0));
+  d.parallel.tensor = static_cast<int>(par.integer("tensor", 1, 1));
+  d.parallel.pipeline = static_cast<int>(par.integer("pipeline", 1, 1));
+  const std::vector<std::int64_t> spatial =
+      par.integers("spatial", std::vector<std::int64_t>{1, 1}, 1);
+  d.parallel.spatial.assign(spatial.begin(), spatial.end());
+  if (spatial.size() != 2 && spatial.size() != 3) {
+    throw par.error(
+        "spatial", par.find("spatial"),
+        fmt::format("parallel.spatial = [{}] must have 2 or 3 entries", fmt::join(spatial, ", ")));
+  }
+  // Axes the later issues bring: refuse clearly rather than ignore.
+  for (const char* axis : {"trainers", "tensor", "pipeline"}) {
+    if (par.integer(axis, 1, 1) != 1) {
+      throw par.error(
+          axis, par.find(axis),
+          fmt::format("parallel.{} = {}: only data parallelism is available in this version "
+                      "(set it to 1)",
+                      axis, par.integer(axis, 1, 1)));
+    }
+  }
+  for (std::int64_t s : spatial) {
+    if (s != 1) {
+      throw par.error(
+          "spatial", par.find("spatial"),
+          fmt::format("parallel.spatial = [{}]: spatial decomposition is not available in this "
+                      "version (set every entry to 1)",
+                      fmt::join(spatial, ", ")));
+    }
+  }
+  par.finish();
+
+  Section data = top.table("data");
+  d.data.train = data.string("train", std::nullopt);
+  d.data.test = data.string("test", std::string());
+  d.data.batch = data.integer("batch", std::nullopt, 1);
+  d.data.shuffle = data.boolean("shuffle", true);
+  d.data.drop_last = data.boolean("drop_last", false);
+  d.data.cache = data.boolean("cache", false);
+  d.data.prefetch = static_cast<int>(data.integer("prefetch", 2, 0, 64));
+  for (const char* k : {"train", "test"}) {
+    const std::string spec = data.string(k, std::string());
+    if (!spec.empty() && spec.find(':') == std::string::npos) {
+      throw data.error(k, data.find(k),
+                       fmt::format("data.{} = \"{}\" must be \"file.h5:/split\"", k, spec));
+    }
+  }
+  data.finish();
+
+  Section model = top.table("model");
+  if (!top.has("model")) {
+    throw input_error("section [model] is required", {file, 0, "model"});
+  }
+  parse_model(model, d, src);
+  model.finish();
+
+  Section opt = top.table("optimizer");
+  if (!top.has("optimizer")) {
+    throw input_error("section [optimizer] is required", {file, 0, "optimizer"});
+  }
+  parse_optimizer(opt, d);
+  opt.finish();
+  top.finish();
+  return d;
+}
+
+Deck load(const std::string& file, const std::vector<std::string>& overrides) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    throw input_error(fmt::format("{}: cannot read the deck (no such file?)", file));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse(text.str(), file, overrides);
+}
+
+namespace {
+std::string toml_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+    }
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string option_toml(const nn::OptionValue& v) {
+  return std::visit(
+      [](const auto& x) -> std::string {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, bool>) {
+          return x ? "true" : "false";
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          return toml_string(x);
+        } else if constexpr (std::is_same_v<T, std::vector<std::int64_t>>) {
+          return fmt::format("[{}]", fmt::join(x, ", "));
+        } else if constexpr (std::is_same_v<T, double>) {
+          std::string s = fmt::format("{}", x);
+          return s.find_first_of(".eEn") == std::string::npos ? s + ".0" : s;
+        } else {
+          return fmt::format("{}", x);
+        }
+      },
+      v);
+}
+
+std::string real(double x) {
+  std::string s = fmt::format("{}", x);
+  return s.find_first_of(".eEn") == std::string::npos ? s + ".0" : s;
+}
+}  // namespace
+
+std::string to_toml(const Deck& d) {
+  std::string o;
+  o += fmt::format("# Resolved from {} (defaults and command-line overrides applied).\n", d.file);
+  o += fmt::format("[run]\nname = {}\nseed = {}\n", toml_string(d.run.name), d.run.seed);
+  if (d.run.steps > 0) {
+    o += fmt::format("steps = {}\n", d.run.steps);
+  } else {
+    o += fmt::format("epochs = {}\n", d.run.epochs);
+  }
+  o +=
+      fmt::format("log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\n\n",
+                  d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads);
+  o += fmt::format(
+      "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n\n",
+      d.parallel.trainers, d.parallel.data, d.parallel.tensor, d.parallel.pipeline,
+      fmt::join(d.parallel.spatial, ", "));
+  o += fmt::format("[data]\ntrain = {}\n", toml_string(d.data.train));
+  if (!d.data.test.empty()) {
+    o += fmt::format("test = {}\n", toml_string(d.data.test));
+  }
+  o += fmt::format("batch = {}\nshuffle = {}\ndrop_last = {}\ncache = {}\nprefetch = {}\n\n",
+                   d.data.batch, d.data.shuffle, d.data.drop_last, d.data.cache, d.data.prefetch);
+  o += fmt::format("[model]\ninput = [{}]\nlayers = [\n", fmt::join(d.model.input, ", "));
+  for (const nn::LayerSpec& l : d.model.layers) {
+    std::vector<std::string> opts;
+    for (const auto& [k, v] : l.options) {
+      opts.push_back(k + " = " + option_toml(v));
+    }
+    o += fmt::format("  {{ {} = {{{}{}{}}} }},\n", l.kind, opts.empty() ? "" : " ", join(opts),
+                     opts.empty() ? "" : " ");
+  }
+  o += fmt::format("]\nloss = \"{}\"\n\n", loss_name(d.model.loss));
+  const OptimizerConfig& p = d.optimizer;
+  o += fmt::format("[optimizer]\ntype = \"{}\"\nlr = {}\n",
+                   p.type == OptimizerKind::sgd ? "sgd" : "adamw", real(p.lr));
+  if (p.type == OptimizerKind::sgd) {
+    o += fmt::format("momentum = {}\nnesterov = {}\n", real(p.momentum), p.nesterov);
+  } else {
+    o += fmt::format("beta1 = {}\nbeta2 = {}\neps = {}\n", real(p.beta1), real(p.beta2),
+                     real(p.eps));
+  }
+  o += fmt::format("weight_decay = {}\nclip_grad_norm = {}\n", real(p.weight_decay),
+                   real(p.clip_grad_norm));
+  o += fmt::format("schedule = {{ type = \"{}\", warmup_steps = {}",
+                   optim::schedule_name(p.schedule.kind), p.schedule.warmup_steps);
+  if (p.schedule.kind == optim::ScheduleKind::step) {
+    o += fmt::format(", step_size = {}, gamma = {}", p.schedule.step_size, real(p.schedule.gamma));
+  }
+  if (p.schedule.kind == optim::ScheduleKind::cosine) {
+    o += fmt::format(", min_lr = {}", real(p.schedule.min_lr));
+  }
+  o += " }\n";
+  return o;
+}
+
+}  // namespace tessera::deck

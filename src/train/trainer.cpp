@@ -1,0 +1,495 @@
+#include "tessera/train/trainer.hpp"
+
+#include "tessera/comm/agree.hpp"
+#include "tessera/core/timer.hpp"
+#include "tessera/kernels/gemm.hpp"
+#include "tessera/nn/loss.hpp"
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+namespace tessera::train {
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal = sig;
+}
+
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGINT:
+      return "SIGINT";
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGUSR1:
+      return "SIGUSR1";
+    default:
+      return "a signal";
+  }
+}
+
+// "1h02m", "3m12s", "45s".
+std::string duration(double seconds) {
+  const auto s = static_cast<long>(std::max(0.0, seconds) + 0.5);
+  if (s >= 3600) {
+    return fmt::format("{}h{:02d}m", s / 3600, (s % 3600) / 60);
+  }
+  if (s >= 60) {
+    return fmt::format("{}m{:02d}s", s / 60, s % 60);
+  }
+  return fmt::format("{}s", s);
+}
+
+std::string rate(double samples_per_s) {
+  return samples_per_s >= 1e4 ? fmt::format("{:.1f}k", samples_per_s / 1e3)
+                              : fmt::format("{:.0f}", samples_per_s);
+}
+
+std::unique_ptr<optim::Optimizer> make_optimizer(const deck::OptimizerConfig& o) {
+  if (o.type == deck::OptimizerKind::sgd) {
+    return std::make_unique<optim::Sgd>(optim::SgdOptions{
+        static_cast<float>(o.momentum), o.nesterov, static_cast<float>(o.weight_decay)});
+  }
+  return std::make_unique<optim::AdamW>(
+      optim::AdamWOptions{static_cast<float>(o.beta1), static_cast<float>(o.beta2),
+                          static_cast<float>(o.eps), static_cast<float>(o.weight_decay)});
+}
+
+std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d) {
+  auto model = std::make_unique<nn::Sequential>("model", d.model.input);
+  for (size_t i = 0; i < d.model.layers.size(); ++i) {
+    const nn::LayerSpec& spec = d.model.layers[i];
+    model->add(nn::make_layer(spec, fmt::format("{}{}", spec.kind, i), model->output_shape()));
+  }
+  return model;
+}
+
+// The data axis: every rank of the trainer (tensor, pipeline and spatial are 1 in this version).
+int data_size(const deck::Deck& d, int world) {
+  return d.parallel.data == 0 ? world : d.parallel.data;
+}
+
+// Loss and metric of one batch: for classification the metric counts correct samples, for
+// regression it sums absolute errors.
+struct BatchLoss {
+  nn::LossOutput out;
+  double metric_sum = 0.0;
+};
+
+BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Batch& b) {
+  BatchLoss r;
+  if (kind == deck::LossKind::softmax_cross_entropy) {
+    r.out = nn::softmax_cross_entropy(prediction, b.labels, b.global_size);
+    r.metric_sum = static_cast<double>(r.out.correct);
+  } else {
+    r.out = nn::mean_squared_error(prediction, b.targets, b.global_size);
+    const std::vector<float> p = prediction.to_host();
+    const std::vector<float> t = b.targets.to_host();
+    const double per_sample =
+        static_cast<double>(b.targets.numel() / std::max<Index>(1, b.targets.dim(0)));
+    for (size_t i = 0; i < p.size(); ++i) {
+      r.metric_sum += std::fabs(static_cast<double>(p[i]) - static_cast<double>(t[i])) / per_sample;
+    }
+  }
+  return r;
+}
+
+const char* metric_name(deck::LossKind kind) {
+  return kind == deck::LossKind::softmax_cross_entropy ? "accuracy" : "mae";
+}
+
+// Checks that a split fits the deck's model and loss; errors name the deck keys.
+void check_split(const deck::Deck& d, const io::SplitInfo& info, const std::string& key,
+                 const Shape& output) {
+  const bool classify = d.model.loss == deck::LossKind::softmax_cross_entropy;
+  if (classify && info.task != io::Task::classification) {
+    throw input_error(fmt::format("model.loss = \"softmax_cross_entropy\" needs a classification "
+                                  "dataset, but {} = \"{}:{}\" is a {} split",
+                                  key, info.file, info.split, io::task_name(info.task)),
+                      d.where("model.loss"));
+  }
+  if (!classify && info.task != io::Task::regression) {
+    throw input_error(
+        fmt::format("model.loss = \"mse\" needs a regression dataset, but {} = \"{}:{}\" "
+                    "is a {} split",
+                    key, info.file, info.split, io::task_name(info.task)),
+        d.where("model.loss"));
+  }
+  if (info.sample_shape != d.model.input) {
+    throw input_error(fmt::format("model.input = {} but {} holds samples of {}",
+                                  to_string(d.model.input), key, to_string(info.sample_shape)),
+                      d.where("model.input"));
+  }
+  const Index outputs = numel(output);
+  if (classify && !info.classes.empty() && outputs != static_cast<Index>(info.classes.size())) {
+    throw input_error(fmt::format("the model ends in {} outputs but {} has {} classes", outputs,
+                                  key, info.classes.size()),
+                      d.where(fmt::format("model.layers[{}]", d.model.layers.size() - 1)));
+  }
+  if (!classify && outputs != info.targets) {
+    throw input_error(fmt::format("the model ends in {} outputs but {} has {} regression targets",
+                                  outputs, key, info.targets),
+                      d.where(fmt::format("model.layers[{}]", d.model.layers.size() - 1)));
+  }
+}
+
+}  // namespace
+
+void check_data(const deck::Deck& d) {
+  const auto model = build_model(d);
+  for (const auto& [key, spec] : {std::pair<std::string, std::string>{"data.train", d.data.train},
+                                  std::pair<std::string, std::string>{"data.test", d.data.test}}) {
+    if (spec.empty()) {
+      continue;
+    }
+    const auto [file, split] = io::split_file_spec(spec);
+    io::SplitInfo info;
+    try {
+      info = io::inspect_split(file, split);
+    } catch (const Error& e) {
+      throw input_error(e.message(), d.where(key));
+    }
+    check_split(d, info, key, model->output_shape());
+  }
+}
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGUSR1}) {
+    sigaction(sig, &sa, nullptr);
+  }
+}
+
+Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
+  int world_size = 1;
+  MPI_Comm_size(world, &world_size);
+  comm::agree(world, [&] {
+    const int data = data_size(deck, world_size);
+    const int per_trainer = data * deck.parallel.tensor * deck.parallel.pipeline;
+    if (per_trainer != world_size) {
+      throw input_error(fmt::format("parallel.data = {} does not match the {} ranks of the job "
+                                    "(data × tensor × pipeline × spatial must equal the ranks per "
+                                    "trainer; 0 takes them all)",
+                                    deck.parallel.data, world_size),
+                        deck.where("parallel.data"));
+    }
+    if (deck.data.batch < data) {
+      throw input_error(fmt::format("data.batch = {} is smaller than the {} data-parallel ranks",
+                                    deck.data.batch, data),
+                        deck.where("data.batch"));
+    }
+  });
+  TESSERA_MPI_CHECK(MPI_Comm_dup(world, &m_comm));
+  MPI_Comm_rank(m_comm, &m_rank);
+  MPI_Comm_size(m_comm, &m_size);
+  kernels::set_blas_threads(deck.run.blas_threads);
+
+  comm::agree(m_comm, [&] {
+    check_data(deck);
+    m_model = build_model(deck);
+    m_train_info = io::inspect_split(io::split_file_spec(deck.data.train).first,
+                                     io::split_file_spec(deck.data.train).second);
+    io::ReaderOptions ro;
+    ro.batch = deck.data.batch;
+    ro.seed = deck.run.seed;
+    ro.shuffle = deck.data.shuffle;
+    ro.drop_last = deck.data.drop_last;
+    ro.cache = deck.data.cache;
+    ro.prefetch = deck.data.prefetch;
+    ro.data_rank = m_rank;
+    ro.data_size = m_size;
+    ro.expect_sample_shape = deck.model.input;
+    m_train = std::make_unique<io::DatasetReader>(deck.data.train, ro);
+    if (m_train->batches_per_epoch() == 0) {
+      throw input_error(
+          fmt::format("data.batch = {} with drop_last leaves no batch of the {} samples",
+                      deck.data.batch, m_train_info.samples),
+          deck.where("data.batch"));
+    }
+    m_total_steps =
+        deck.run.steps > 0 ? deck.run.steps : deck.run.epochs * m_train->batches_per_epoch();
+    m_schedule = deck.optimizer.schedule;
+    m_schedule.total_steps = m_total_steps;
+    if (m_schedule.kind == optim::ScheduleKind::cosine &&
+        m_schedule.warmup_steps >= m_total_steps) {
+      throw input_error(
+          fmt::format("optimizer.schedule.warmup_steps = {} is not below the run's {} steps",
+                      m_schedule.warmup_steps, m_total_steps),
+          deck.where("optimizer.schedule"));
+    }
+    optim::validate(m_schedule);
+    if (m_rank == 0) {
+      std::filesystem::create_directories(deck.run.output);
+      std::ofstream(deck.run.output + "/deck.toml") << deck::to_toml(deck);
+      m_metrics_path = deck.run.output + "/metrics.jsonl";
+      std::ofstream(m_metrics_path, std::ios::trunc);
+    }
+  });
+  m_model->initialize(deck.run.seed);
+  m_optimizer = make_optimizer(deck.optimizer);
+}
+
+Trainer::~Trainer() {
+  m_train.reset();
+  if (m_comm != MPI_COMM_NULL) {
+    MPI_Comm_free(&m_comm);
+  }
+}
+
+void Trainer::log_line(const std::string& json) const {
+  if (m_rank == 0 && !m_metrics_path.empty()) {
+    std::ofstream(m_metrics_path, std::ios::app) << json << '\n';
+  }
+}
+
+void Trainer::reduce_gradients() {
+  if (m_size == 1) {
+    return;
+  }
+  // Each rank's loss is Σ(local losses) / global batch, so the sum of the gradients is the
+  // gradient of the mean over the global batch.
+  for (nn::Parameter* p : m_model->all_parameters()) {
+    TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p->grad.data(), static_cast<int>(p->grad.numel()),
+                                    MPI_FLOAT, MPI_SUM, m_comm));
+  }
+}
+
+bool Trainer::stop_requested() {
+  // Signals reach the ranks at slightly different times: agree on the step.
+  int mine = g_stop_signal;
+  int any = 0;
+  TESSERA_MPI_CHECK(MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, m_comm));
+  if (any != 0) {
+    g_stop_signal = any;
+  }
+  return any != 0;
+}
+
+Evaluation Trainer::evaluate(const std::string& spec) {
+  io::ReaderOptions ro;
+  ro.batch = std::max<Index>(m_deck.data.batch, 256);
+  ro.shuffle = false;
+  ro.prefetch = 2;
+  ro.data_rank = m_rank;
+  ro.data_size = m_size;
+  ro.expect_sample_shape = m_deck.model.input;
+  std::unique_ptr<io::DatasetReader> reader;
+  comm::agree(m_comm, [&] { reader = std::make_unique<io::DatasetReader>(spec, ro); });
+  double sums[3] = {0.0, 0.0, 0.0};  // loss · global batch, metric sum, samples
+  nn::ForwardOptions fo;
+  fo.training = false;
+  for (std::int64_t b = 0; b < reader->batches_per_epoch(); ++b) {
+    const io::Batch batch = reader->next();
+    fo.sample_offset = batch.offset;
+    const nn::ForwardResult f = m_model->forward(batch.x, fo);
+    const BatchLoss l = batch_loss(m_deck.model.loss, f.output, batch);
+    sums[0] += l.out.loss * static_cast<double>(batch.global_size);
+    sums[1] += l.metric_sum;
+    sums[2] += static_cast<double>(batch.ids.size());
+  }
+  TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, m_comm));
+  Evaluation e;
+  e.split = spec;
+  e.samples = static_cast<Index>(sums[2]);
+  e.loss = sums[0] / sums[2];
+  e.metric = sums[1] / sums[2];
+  return e;
+}
+
+RunSummary Trainer::run() {
+  const deck::Deck& d = m_deck;
+  const bool classify = d.model.loss == deck::LossKind::softmax_cross_entropy;
+  const std::int64_t per_epoch = m_train->batches_per_epoch();
+  RunSummary summary;
+  summary.total_steps = m_total_steps;
+  std::vector<nn::Parameter*> params = m_model->all_parameters();
+
+  // Log window: local sums, reduced only when a line is printed.
+  double window[4] = {0.0, 0.0, 0.0, 0.0};  // loss, metric sum, samples, steps
+  double compute_s = 0.0;
+  double comm_s = 0.0;
+  double data_s = 0.0;
+  Stopwatch window_clock;
+  const Stopwatch run_clock;
+  auto eval_and_log = [&](std::int64_t step) {
+    if (d.data.test.empty()) {
+      return std::optional<Evaluation>();
+    }
+    const Evaluation e = evaluate(d.data.test);
+    if (m_rank == 0) {
+      std::printf("eval  step %lld: %s loss %.4f, %s %s (%lld samples)\n",
+                  static_cast<long long>(step), d.data.test.c_str(), e.loss,
+                  metric_name(d.model.loss),
+                  classify ? fmt::format("{:.2f}%", 100.0 * e.metric).c_str()
+                           : fmt::format("{:.4g}", e.metric).c_str(),
+                  static_cast<long long>(e.samples));
+      std::fflush(stdout);
+    }
+    log_line(fmt::format(
+        R"({{"kind": "eval", "step": {}, "split": "{}", "loss": {:.6g}, "{}": {:.6g}, "samples": {}, "time": {:.3f}}})",
+        step, d.data.test, e.loss, metric_name(d.model.loss), e.metric, e.samples,
+        run_clock.seconds()));
+    return std::optional<Evaluation>(e);
+  };
+
+  std::int64_t step = 0;
+  for (; step < m_total_steps; ++step) {
+    const bool last = step + 1 == m_total_steps;
+    // --- data ---------------------------------------------------------------------------
+    const double waited_before = m_train->wait_seconds();
+    const io::Batch batch = m_train->next();
+    data_s += m_train->wait_seconds() - waited_before;
+
+    // --- forward, loss, backward ----------------------------------------------------------
+    const Stopwatch compute_clock;
+    nn::ForwardOptions fo;
+    fo.training = true;
+    fo.seed = d.run.seed;
+    fo.step = static_cast<std::uint64_t>(step);
+    fo.sample_offset = batch.offset;
+    m_model->zero_grad();
+    nn::ForwardResult f = m_model->forward(batch.x, fo);
+    const BatchLoss l = batch_loss(d.model.loss, f.output, batch);
+    m_model->backward(l.out.grad, std::move(f.ctx));
+    compute_s += compute_clock.seconds();
+
+    // --- gradient reduction over the data axis --------------------------------------------
+    const Stopwatch comm_clock;
+    reduce_gradients();
+    comm_s += comm_clock.seconds();
+
+    // --- update ---------------------------------------------------------------------------
+    const Stopwatch update_clock;
+    if (d.optimizer.clip_grad_norm > 0.0) {
+      optim::clip_grad_norm(params, d.optimizer.clip_grad_norm);  // grads are already global
+    }
+    const double lr = optim::learning_rate(m_schedule, step);
+    m_optimizer->step(params, lr);
+    compute_s += update_clock.seconds();
+
+    window[0] += l.out.loss;
+    window[1] += l.metric_sum;
+    window[2] += static_cast<double>(batch.ids.size());
+    window[3] += 1.0;
+
+    // --- progress line and metrics --------------------------------------------------------
+    if ((step + 1) % d.run.log_every == 0 || last || step == 0) {
+      double sums[4];
+      TESSERA_MPI_CHECK(MPI_Allreduce(window, sums, 4, MPI_DOUBLE, MPI_SUM, m_comm));
+      const double elapsed = window_clock.seconds();
+      const double steps = window[3];
+      const double loss = sums[0] / steps;
+      const double metric = sums[1] / sums[2];
+      const double samples_s = sums[2] / elapsed;
+      const double busy = std::max(1e-12, compute_s + comm_s + data_s);
+      const double eta = run_clock.seconds() / static_cast<double>(step + 1) *
+                         static_cast<double>(m_total_steps - step - 1);
+      if (m_rank == 0) {
+        std::printf(
+            "step %6lld/%lld  epoch %lld  loss %.4f  %s %s  %s samples/s  compute %2.0f%% comm "
+            "%2.0f%% "
+            "data %2.0f%%  lr %.3g  ETA %s\n",
+            static_cast<long long>(step + 1), static_cast<long long>(m_total_steps),
+            static_cast<long long>(batch.cursor.epoch + 1), loss, classify ? "acc" : "mae",
+            classify ? fmt::format("{:5.1f}%", 100.0 * metric).c_str()
+                     : fmt::format("{:.4g}", metric).c_str(),
+            rate(samples_s).c_str(), 100.0 * compute_s / busy, 100.0 * comm_s / busy,
+            100.0 * data_s / busy, lr, duration(eta).c_str());
+        std::fflush(stdout);
+      }
+      log_line(fmt::format(
+          R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {:.6g}, "{}": {:.6g}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
+          step + 1, static_cast<double>(step + 1) / static_cast<double>(per_epoch), loss,
+          metric_name(d.model.loss), metric, samples_s, lr, compute_s, comm_s, data_s,
+          run_clock.seconds()));
+      std::fill(std::begin(window), std::end(window), 0.0);
+      compute_s = comm_s = data_s = 0.0;
+      window_clock.restart();
+    }
+    if (!last && d.run.eval_every > 0 && (step + 1) % d.run.eval_every == 0) {
+      eval_and_log(step + 1);
+    }
+    if (!last && stop_requested()) {
+      summary.stopped = true;
+      summary.signal = g_stop_signal;
+      ++step;
+      if (m_rank == 0) {
+        std::printf("stopped by %s at step %lld of %lld (a step boundary on every rank)\n",
+                    signal_name(summary.signal), static_cast<long long>(step),
+                    static_cast<long long>(m_total_steps));
+      }
+      log_line(fmt::format(R"({{"kind": "stop", "step": {}, "signal": "{}", "time": {:.3f}}})",
+                           step, signal_name(summary.signal), run_clock.seconds()));
+      break;
+    }
+  }
+  if (!summary.stopped) {
+    summary.final_eval = eval_and_log(step);
+  }
+  summary.steps = step;
+  summary.seconds = run_clock.seconds();
+  return summary;
+}
+
+std::string describe(const deck::Deck& d, int world_size) {
+  std::string out;
+  const int data = data_size(d, world_size);
+  const Index local_batch = (d.data.batch + data - 1) / data;
+  out += fmt::format(
+      "grid: {} ranks = trainers {} × data {} × pipeline {} × tensor {} × spatial [{}]\n",
+      world_size, d.parallel.trainers, data, d.parallel.pipeline, d.parallel.tensor,
+      fmt::format("{}", fmt::join(d.parallel.spatial, ", ")));
+  out += fmt::format("batch: global {}, per data rank {}\n\n", d.data.batch, local_batch);
+  out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}\n", "#", "layer", "type", "output",
+                     "parameters");
+  const auto model = build_model(d);
+  Index params = 0;
+  Index activations = 0;
+  out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}\n", "", "input", "",
+                     to_string(d.model.input), "");
+  for (size_t i = 0; i < model->size(); ++i) {
+    nn::Layer& l = (*model)[i];
+    Index n = 0;
+    for (const nn::Parameter* p : l.all_parameters()) {
+      n += numel(p->layout.global_shape());
+    }
+    params += n;
+    Shape in = d.model.input;
+    for (size_t j = 0; j < i; ++j) {
+      in = (*model)[j].output_shape(in);
+    }
+    const Shape shape = l.output_shape(in);
+    activations += numel(shape);
+    out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}\n", i, l.name(), l.kind(),
+                       to_string(shape), n);
+  }
+  const double mib = 1.0 / (1024.0 * 1024.0);
+  const double weights = static_cast<double>(params) * 4.0;
+  const int states =
+      d.optimizer.type == deck::OptimizerKind::adamw ? 2 : (d.optimizer.momentum > 0.0 ? 1 : 0);
+  // Every layer's output and its gradient for the local batch, plus the input batches in flight.
+  const double acts =
+      2.0 * static_cast<double>(activations) * static_cast<double>(local_batch) * 4.0;
+  const double batches = static_cast<double>(d.data.prefetch + 1) *
+                         static_cast<double>(numel(d.model.input)) *
+                         static_cast<double>(local_batch) * 4.0;
+  out += fmt::format("\nparameters: {} ({:.2f} MiB as float32)\n", params, weights * mib);
+  out += fmt::format(
+      "memory per rank (estimate): {:.1f} MiB = parameters {:.1f} + gradients {:.1f} + optimizer "
+      "state {:.1f} + activations {:.1f} + input batches {:.1f}\n",
+      (weights * (2 + states) + acts + batches) * mib, weights * mib, weights * mib,
+      weights * states * mib, acts * mib, batches * mib);
+  return out;
+}
+
+}  // namespace tessera::train
