@@ -488,6 +488,17 @@ Deck parse(const std::string& text, const std::string& file,
   for (const std::string& o : overrides) {
     apply_override(root, o, src.overridden);
   }
+  // run.epochs and run.steps are two ways to say one thing: overriding one replaces the other.
+  if (root.contains("run") && root.at("run").is_table()) {
+    auto& run_table = root.as_table()["run"].as_table();
+    for (const auto& [given, other] :
+         {std::pair<std::string, std::string>{"run.steps", "epochs"},
+          std::pair<std::string, std::string>{"run.epochs", "steps"}}) {
+      if (src.overridden.count(given) != 0 && src.overridden.count("run." + other) == 0) {
+        run_table.erase(other);
+      }
+    }
+  }
 
   Section top(&root, "", src);
   Section run = top.table("run");
