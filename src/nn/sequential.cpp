@@ -12,7 +12,21 @@ Layer& Sequential::add(std::unique_ptr<Layer> layer) {
   TESSERA_CHECK(layer != nullptr, "sequential '{}': null layer", name());
   m_output = layer->output_shape(m_output);  // throws, naming the layer, if it does not fit
   m_layers.push_back(std::move(layer));
+  update_input_grad_flags();
   return *m_layers.back();
+}
+
+void Sequential::set_needs_input_grad(bool needed) {
+  Layer::set_needs_input_grad(needed);
+  update_input_grad_flags();
+}
+
+void Sequential::update_input_grad_flags() {
+  bool needed = needs_input_grad();
+  for (auto& layer : m_layers) {
+    layer->set_needs_input_grad(needed);
+    needed = needed || !layer->all_parameters().empty();
+  }
 }
 
 Shape Sequential::output_shape(const Shape& input) const {
@@ -43,6 +57,9 @@ Tensor Sequential::backward(const Tensor& dy, Context&& ctx) {
   Tensor grad = dy;
   for (std::size_t i = m_layers.size(); i-- > 0;) {
     grad = m_layers[i]->backward(grad, std::move(ctx.children[i]));
+    if (!m_layers[i]->needs_input_grad()) {
+      return Tensor();  // the layers before this one have no parameters and the input is data
+    }
   }
   return grad;
 }
@@ -84,9 +101,17 @@ ForwardResult Residual::forward(const Tensor& x, const ForwardOptions& options) 
   return {y, std::move(ctx)};
 }
 
+void Residual::set_needs_input_grad(bool needed) {
+  Layer::set_needs_input_grad(needed);
+  m_body->set_needs_input_grad(needed);
+}
+
 Tensor Residual::backward(const Tensor& dy, Context&& ctx) {
   check_batch(dy, m_input, "output gradient");
   const Tensor dbody = m_body->backward(dy, std::move(ctx.children.at(0)));
+  if (!needs_input_grad()) {
+    return Tensor();
+  }
   const Tensor dx(name() + "::dx", dy.shape());
   kernels::add(dy, dbody, dx);
   return dx;

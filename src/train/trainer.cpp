@@ -77,6 +77,24 @@ int data_size(const deck::Deck& d, int world) {
   return d.parallel.data == 0 ? world : d.parallel.data;
 }
 
+// The grid the deck asks for fits the job's ranks, and the global batch the data axis.
+void check_grid(const deck::Deck& d, int world_size) {
+  const int data = data_size(d, world_size);
+  const int per_trainer = data * d.parallel.tensor * d.parallel.pipeline;
+  if (per_trainer != world_size) {
+    throw input_error(fmt::format("parallel.data = {} does not match the {} ranks of the job "
+                                  "(data × tensor × pipeline × spatial must equal the ranks per "
+                                  "trainer; 0 takes them all)",
+                                  d.parallel.data, world_size),
+                      d.where("parallel.data"));
+  }
+  if (d.data.batch < data) {
+    throw input_error(fmt::format("data.batch = {} is smaller than the {} data-parallel ranks",
+                                  d.data.batch, data),
+                      d.where("data.batch"));
+  }
+}
+
 // Loss and metric of one batch: for classification the metric counts correct samples, for
 // regression it sums absolute errors.
 struct BatchLoss {
@@ -155,7 +173,7 @@ void check_data(const deck::Deck& d) {
     try {
       info = io::inspect_split(file, split);
     } catch (const Error& e) {
-      throw input_error(e.message(), d.where(key));
+      throw input_error(fmt::format("{}: {}", key, e.message()), d.where(key));
     }
     check_split(d, info, key, model->output_shape());
   }
@@ -173,22 +191,7 @@ void install_stop_handlers() {
 Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
   int world_size = 1;
   MPI_Comm_size(world, &world_size);
-  comm::agree(world, [&] {
-    const int data = data_size(deck, world_size);
-    const int per_trainer = data * deck.parallel.tensor * deck.parallel.pipeline;
-    if (per_trainer != world_size) {
-      throw input_error(fmt::format("parallel.data = {} does not match the {} ranks of the job "
-                                    "(data × tensor × pipeline × spatial must equal the ranks per "
-                                    "trainer; 0 takes them all)",
-                                    deck.parallel.data, world_size),
-                        deck.where("parallel.data"));
-    }
-    if (deck.data.batch < data) {
-      throw input_error(fmt::format("data.batch = {} is smaller than the {} data-parallel ranks",
-                                    deck.data.batch, data),
-                        deck.where("data.batch"));
-    }
-  });
+  comm::agree(world, [&] { check_grid(deck, world_size); });
   TESSERA_MPI_CHECK(MPI_Comm_dup(world, &m_comm));
   MPI_Comm_rank(m_comm, &m_rank);
   MPI_Comm_size(m_comm, &m_size);
@@ -236,6 +239,7 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
     }
   });
   m_model->initialize(deck.run.seed);
+  m_model->set_needs_input_grad(false);  // the input is data
   m_optimizer = make_optimizer(deck.optimizer);
 }
 
@@ -442,6 +446,7 @@ RunSummary Trainer::run() {
 }
 
 std::string describe(const deck::Deck& d, int world_size) {
+  check_grid(d, world_size);  // `tessera check` at N ranks refuses what `tessera run` would
   std::string out;
   const int data = data_size(d, world_size);
   const Index local_batch = (d.data.batch + data - 1) / data;

@@ -182,3 +182,35 @@ TEST(Model, LearnsASeparableProblem) {
   EXPECT_LT(out.loss, 0.1 * first);
   EXPECT_GE(out.correct, n - 2);
 }
+
+TEST(Sequential, SkipsTheInputGradientOfADataInput) {
+  // flatten (no parameters) -> linear -> tanh -> linear: with a data input, neither flatten nor the
+  // first linear layer needs dL/dx; the parameter gradients are unchanged.
+  auto build = [] {
+    auto m = std::make_unique<nn::Sequential>("m", Shape{2, 3});
+    m->add(nn::make_layer(spec("flatten"), "flat", {2, 3}));
+    m->emplace<nn::Linear>("fc1", nn::LinearOptions{4, true});
+    m->add(nn::make_layer(spec("tanh"), "act", {4}));
+    m->emplace<nn::Linear>("fc2", nn::LinearOptions{2, true});
+    m->initialize(3);
+    return m;
+  };
+  auto full = build();
+  auto data = build();
+  data->set_needs_input_grad(false);
+  EXPECT_FALSE((*data)[0].needs_input_grad());
+  EXPECT_FALSE((*data)[1].needs_input_grad());
+  EXPECT_TRUE((*data)[2].needs_input_grad());
+  EXPECT_TRUE((*data)[3].needs_input_grad());
+  const Tensor x = random_tensor("x", {5, 2, 3}, 8);
+  const Tensor dy = random_tensor("dy", {5, 2}, 9);
+  nn::ForwardResult a = full->forward(x, {});
+  nn::ForwardResult b = data->forward(x, {});
+  EXPECT_TRUE(full->backward(dy, std::move(a.ctx)).defined());
+  EXPECT_FALSE(data->backward(dy, std::move(b.ctx)).defined());
+  const auto pa = full->all_parameters();
+  const auto pb = data->all_parameters();
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_EQ(pa[i]->grad.to_host(), pb[i]->grad.to_host()) << pa[i]->name;
+  }
+}

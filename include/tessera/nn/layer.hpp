@@ -70,6 +70,12 @@ class Layer {
   std::vector<Parameter>& buffers() { return m_buffers; }
   const std::vector<Parameter>& buffers() const { return m_buffers; }
 
+  /// Whether backward() must return dL/dx. The first layers of a model (those before any
+  /// parameter) need not: their input is data. A layer may then skip that work and return an
+  /// undefined Tensor. Sequential sets it for the layers of a model.
+  bool needs_input_grad() const { return m_needs_input_grad; }
+  virtual void set_needs_input_grad(bool needed) { m_needs_input_grad = needed; }
+
   /// The layers a composite layer (Sequential, Residual) is made of; empty for a plain layer.
   virtual std::vector<Layer*> children() { return {}; }
   /// Every trainable parameter of this layer and its children, depth first, in model order.
@@ -94,6 +100,7 @@ class Layer {
 
  private:
   std::string m_name;
+  bool m_needs_input_grad = true;
   std::vector<Parameter> m_parameters;
   std::vector<Parameter> m_buffers;
 };

@@ -37,8 +37,12 @@ class Sequential final : public Layer {
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
   Tensor backward(const Tensor& dy, Context&& ctx) override;
   std::vector<Layer*> children() override;
+  /// A chain whose input needs no gradient passes that on to its first layers, up to and including
+  /// the first one with parameters; backward() stops there.
+  void set_needs_input_grad(bool needed) override;
 
  private:
+  void update_input_grad_flags();
   Shape m_input;
   Shape m_output;
   std::vector<std::unique_ptr<Layer>> m_layers;
@@ -55,6 +59,7 @@ class Residual final : public Layer {
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
   Tensor backward(const Tensor& dy, Context&& ctx) override;
   std::vector<Layer*> children() override { return {m_body.get()}; }
+  void set_needs_input_grad(bool needed) override;
 
  private:
   Shape m_input;
