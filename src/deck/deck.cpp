@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 #include <toml.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -46,9 +47,35 @@ const char* type_of(const toml::value& v) {
   }
 }
 
+// A value as one line of TOML for a message (toml11 prints lists and tables over several lines,
+// and tables in hash order).
 std::string show(const toml::value& v) {
   if (v.is_string()) {
     return "\"" + v.as_string().str + "\"";
+  }
+  if (v.is_array()) {
+    std::vector<std::string> items;
+    for (const toml::value& e : v.as_array()) {
+      items.push_back(show(e));
+    }
+    return "[" + join(items) + "]";
+  }
+  if (v.is_table()) {
+    if (v.as_table().empty()) {
+      return "{}";
+    }
+    const std::map<std::string, const toml::value*> sorted = [&] {
+      std::map<std::string, const toml::value*> m;
+      for (const auto& [k, e] : v.as_table()) {
+        m[k] = &e;
+      }
+      return m;
+    }();
+    std::vector<std::string> items;
+    for (const auto& [k, e] : sorted) {
+      items.push_back(k + " = " + show(*e));
+    }
+    return "{ " + join(items) + " }";
   }
   std::ostringstream s;
   s << v;
@@ -62,7 +89,8 @@ struct Source {
   std::map<std::string, DeckLocation>* locations;
 
   DeckLocation at(const std::string& key, const toml::value* v) const {
-    if (overridden.count(key) != 0) {
+    // Set by an override, or a table an override made (runn.epochs=3 makes [runn]).
+    if (overridden.count(key) != 0 || (v != nullptr && v->location().file_name() != file)) {
       return {"command line", 0, key};
     }
     const int line = v != nullptr ? static_cast<int>(v->location().line()) : 0;
@@ -94,7 +122,23 @@ class Section {
     return input_error(what, m_src.at(key(k), v));
   }
   Error missing(const std::string& k) const {
+    // A required key written misspelled ("trian") is reported as the misspelling it is.
+    if (m_table != nullptr) {
+      for (const auto& [written, v] : m_table->as_table()) {
+        if (m_known.count(written) == 0 && closest_match(written, {k}) == k) {
+          return error(written, &v,
+                       fmt::format("unknown key {} (did you mean {}?)", key(written), key(k)));
+        }
+      }
+    }
     return input_error(key(k) + " is required", {m_src.file, 0, key(k)});
+  }
+
+  /// Declares every key this table may hold and reports any other now, before a key that was
+  /// meant (a misspelt section) is reported missing.
+  void expect_keys(const std::vector<std::string>& keys) {
+    m_known.insert(keys.begin(), keys.end());
+    finish();
   }
 
   std::int64_t integer(const std::string& k, std::optional<std::int64_t> fallback, std::int64_t lo,
@@ -233,19 +277,39 @@ class Section {
     if (m_table == nullptr) {
       return;
     }
-    const std::vector<std::string> known(m_known.begin(), m_known.end());
-    for (const auto& [k, v] : m_table->as_table()) {
-      if (m_known.count(k) == 0) {
-        const std::string near = closest_match(k, known);
-        const bool is_section = m_path.empty();
-        throw error(k, &v,
-                    fmt::format("unknown {} {}{}", is_section ? "section" : "key",
-                                is_section ? "[" + k + "]" : key(k),
-                                near.empty() ? ""
-                                : is_section ? " (did you mean [" + near + "]?)"
-                                             : " (did you mean " + key(near) + "?)"));
+    // Report the first unknown key in the file (the table itself is in hash order).
+    const toml::value* v = nullptr;
+    std::string k;
+    for (const auto& [name, value] : m_table->as_table()) {
+      if (m_known.count(name) == 0 &&
+          (v == nullptr || value.location().line() < v->location().line())) {
+        v = &value;
+        k = name;
       }
     }
+    if (v == nullptr) {
+      return;
+    }
+    const std::vector<std::string> known(m_known.begin(), m_known.end());
+    if (!m_path.empty()) {
+      const std::string near = closest_match(k, known);
+      throw error(k, v,
+                  fmt::format("unknown key {}{}", key(k),
+                              near.empty() ? "" : " (did you mean " + key(near) + "?)"));
+    }
+    std::vector<std::string> sections;
+    for (const std::string& s : known) {
+      sections.push_back("[" + s + "]");
+    }
+    if (!v->is_table()) {
+      throw error(
+          k, v,
+          fmt::format("unknown top-level key {}: keys go in a section ({})", k, join(sections)));
+    }
+    const std::string near = closest_match(k, known);
+    throw error(k, v,
+                fmt::format("unknown section [{}]{}", k,
+                            near.empty() ? "" : " (did you mean [" + near + "]?)"));
   }
 
  private:
@@ -379,7 +443,12 @@ void parse_model(Section& s, Deck& d, const Source& src) {
   for (size_t i = 0; i < list.size(); ++i) {
     const std::string key = fmt::format("model.layers[{}]", i);
     const toml::value& e = list[i];
-    DeckLocation at = src.overridden.count(key)
+    // From the command line when an override set the list, this layer or one of its options.
+    const bool overridden =
+        std::any_of(src.overridden.begin(), src.overridden.end(), [&](const std::string& o) {
+          return o == "model.layers" || o == key || o.rfind(key + ".", 0) == 0;
+        });
+    DeckLocation at = overridden
                           ? DeckLocation{"command line", 0, key}
                           : DeckLocation{src.file, static_cast<int>(e.location().line()), key};
     if (!e.is_table() || e.as_table().size() != 1) {
@@ -404,10 +473,12 @@ void parse_model(Section& s, Deck& d, const Source& src) {
   }
   const std::string loss = s.choice("loss", std::nullopt, {"softmax_cross_entropy", "mse"});
   d.model.loss = loss == "mse" ? LossKind::mse : LossKind::softmax_cross_entropy;
-  // Build the chain once: every layer's options and shapes are checked, each error located.
+  // Build the chain once: every layer's options and shapes are checked, each error located and
+  // naming the layer by its key (model.layers[i]).
   nn::Sequential chain("model", d.model.input);
   for (size_t i = 0; i < d.model.layers.size(); ++i) {
-    chain.add(nn::make_layer(d.model.layers[i], fmt::format("layers.{}", i), chain.output_shape()));
+    chain.add(nn::make_layer(d.model.layers[i], fmt::format("model.layers[{}]", i),
+                             chain.output_shape()));
   }
 }
 
@@ -481,6 +552,10 @@ Deck parse(const std::string& text, const std::string& file,
     if (what.rfind(prefix, 0) == 0) {
       what = what.substr(prefix.size());
     }
+    // ... and names toml11's parsing function ("toml::parse_key_value_pair: "): not for users.
+    if (what.rfind("toml::", 0) == 0 && what.find(": ") != std::string::npos) {
+      what = what.substr(what.find(": ") + 2);
+    }
     throw input_error("TOML syntax error: " + what,
                       {file, static_cast<int>(e.location().line()), ""});
   }
@@ -501,6 +576,7 @@ Deck parse(const std::string& text, const std::string& file,
   }
 
   Section top(&root, "", src);
+  top.expect_keys({"run", "parallel", "data", "model", "optimizer"});
   Section run = top.table("run");
   const std::string stem = std::filesystem::path(file).stem().string();
   d.run.name = run.string("name", stem);

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Every malformed deck in tests/decks/ is refused the same way at 1 and at 2 ranks: exit code 2 and
+# exactly one line "error: <message>" (from rank 0 only), with no rank left hanging (timeout 60).
+#
+# A deck's leading comment lines say what to run and expect (paths are relative to the repository
+# root, where this script runs):
+#   # expect: <the exact text after "error: ">
+#   # args: key=value ...        overrides appended to the command line (optional)
+#   # command: run               `tessera run` instead of `tessera check` (optional)
+#   # ranks: 2                   rank counts to try instead of "1 2" (optional)
+# In expect and args, $TMP is the folder holding the datasets made below (gs.h5: a Gray-Scott
+# regression split /train of 4 samples (1, 16, 16) with 2 targets; fashion.h5: Fashion-MNIST) and
+# $NP the number of ranks.
+set -uo pipefail
+bin=${TESSERA_BIN:?}
+mpiexec=${MPIEXEC:-mpiexec.mpich}
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+"$mpiexec" -n 1 "$bin/tessera-data" gen -q -o "$tmp/gs.h5" --samples 4 --size 16 --dims 2 \
+  --steps 5 --seed 1
+have_fashion=1
+if ! "$bin/tessera-data" import fashion-mnist --output "$tmp/fashion.h5" >"$tmp/import.log" 2>&1; then
+  have_fashion=0
+  echo "note: tessera-data import fashion-mnist failed, decks that need it are skipped:"
+  sed 's/^/  /' "$tmp/import.log"
+fi
+
+passed=0
+failed=0
+skipped=0
+failures=()
+
+header() {  # args: deck, name → the value of "# name: value" among the deck's leading comments
+  awk -v key="# $2: " '!/^#/ { exit } index($0, key) == 1 { print substr($0, length(key) + 1); exit }' "$1"
+}
+
+# Checks one finished case; prints nothing and returns 0 when it behaved, else prints why.
+verdict() {  # args: label, exit code, output, expected message
+  local label=$1 code=$2 out=$3 expect=$4 lines
+  lines=$(grep -c '^error: ' <<<"$out")
+  if [[ $code -eq 2 && $lines -eq 1 ]] && grep -qxF "error: $expect" <<<"$out"; then
+    return 0
+  fi
+  if [[ $code -eq 124 || $code -eq 137 ]]; then
+    echo "    $label: timed out after 60 s (a rank hangs?)"
+  elif [[ $code -ne 2 || $lines -ne 1 ]]; then
+    echo "    $label: exit $code (want 2), $lines line(s) starting with 'error: ' (want 1)"
+  else
+    echo "    $label: another message"
+  fi
+  echo "    want: error: $expect"
+  sed 's/^/    got:  /' <<<"$out" | tail -n 12
+  return 1
+}
+
+run_case() {  # args: n, command, deck, expected message, overrides...
+  local n=$1 command=$2 deck=$3 expect=$4
+  shift 4
+  local out code
+  out=$(timeout -k 10 60 "$mpiexec" -n "$n" "$bin/tessera" "$command" "$deck" "$@" 2>&1 </dev/null)
+  code=$?
+  verdict "at $n ranks" "$code" "$out" "$expect"
+}
+
+one_off() {  # args: label, result of the checks (0: all behaved)
+  if [[ $2 -eq 0 ]]; then
+    printf 'ok   %-42s\n' "($1)"
+    passed=$((passed + 1))
+  else
+    printf 'FAIL %-42s\n' "($1)"
+    failures+=("($1)")
+    failed=$((failed + 1))
+  fi
+}
+
+check_deck() {  # args: deck
+  local deck=$1 name expect command ranks args n result=ok log=""
+  name=$(basename "$deck")
+  expect=$(header "$deck" expect)
+  command=$(header "$deck" command)
+  ranks=$(header "$deck" ranks)
+  args=$(header "$deck" args)
+  command=${command:-check}
+  ranks=${ranks:-1 2}
+  if [[ -z "$expect" ]]; then
+    echo "FAIL $name: no '# expect:' header"
+    failures+=("$name")
+    failed=$((failed + 1))
+    return
+  fi
+  # shellcheck disable=SC2016  # a literal $TMP: the placeholder
+  if [[ $have_fashion -eq 0 && "$expect $args" == *'$TMP/fashion.h5'* ]]; then
+    echo "skip $name (needs Fashion-MNIST)"
+    skipped=$((skipped + 1))
+    return
+  fi
+  for n in $ranks; do
+    local want=${expect//\$TMP/$tmp}
+    want=${want//\$NP/$n}
+    local -a overrides=()
+    local a
+    for a in $args; do
+      a=${a//\$TMP/$tmp}
+      overrides+=("${a//\$NP/$n}")
+    done
+    if [[ $command == run ]]; then
+      overrides+=("run.output=$tmp/runs/${name%.toml}")  # never write into the source tree
+    fi
+    if ! log+=$(run_case "$n" "$command" "$deck" "$want" "${overrides[@]}"); then
+      result=FAIL
+    fi
+    log+=$'\n'
+  done
+  if [[ $result == ok ]]; then
+    printf 'ok   %-42s %s at %s ranks\n' "$name" "$command" "${ranks// /, }"
+    passed=$((passed + 1))
+  else
+    printf 'FAIL %-42s %s\n' "$name" "$command"
+    printf '%s' "$log" | sed '/^$/d'
+    failures+=("$name")
+    failed=$((failed + 1))
+  fi
+}
+
+start=$SECONDS
+decks=(tests/decks/*.toml)
+for deck in "${decks[@]}"; do
+  check_deck "$deck"
+done
+
+# A deck that is not there at all.
+result=0
+for n in 1 2; do
+  run_case "$n" check tests/decks/no-such-deck.toml \
+    "tests/decks/no-such-deck.toml: cannot read the deck (no such file?)" || result=1
+done
+one_off "missing deck file, check at 1, 2 ranks" $result
+
+# An override given to one rank only: the ranks' decks differ, and they say so together.
+out=$(timeout -k 10 60 "$mpiexec" -n 1 "$bin/tessera" check inputs/fashion_mlp.toml : \
+  -n 1 "$bin/tessera" check inputs/fashion_mlp.toml optimizer.lr=0.2 2>&1 </dev/null)
+code=$?
+verdict "at 2 ranks" "$code" "$out" "the ranks disagree on the deck: this rank's resolved deck \
+differs from another rank's (were key=value overrides given to some ranks only?)"
+one_off "override on rank 1 only, check at 2 ranks" $?
+
+echo "bad decks: $passed passed, $failed failed, $skipped skipped ($((SECONDS - start)) s)"
+if [[ ${#decks[@]} -lt 30 ]]; then
+  echo "FAIL: only ${#decks[@]} decks in tests/decks (expected at least 30)"
+  exit 1
+fi
+if [[ $failed -ne 0 ]]; then
+  echo "failed: ${failures[*]}"
+  exit 1
+fi
