@@ -86,11 +86,12 @@ std::string show(const toml::value& v) {
 struct Source {
   std::string file;
   std::set<std::string> overridden;  // dotted keys set on the command line
+  std::set<std::string> created;     // tables that only an override made
   std::map<std::string, DeckLocation>* locations;
 
   DeckLocation at(const std::string& key, const toml::value* v) const {
     // Set by an override, or a table an override made (runn.epochs=3 makes [runn]).
-    if (overridden.count(key) != 0 || (v != nullptr && v->location().file_name() != file)) {
+    if (overridden.count(key) != 0 || created.count(key) != 0) {
       return {"command line", 0, key};
     }
     const int line = v != nullptr ? static_cast<int>(v->location().line()) : 0;
@@ -351,7 +352,8 @@ std::vector<std::string> split_key(const std::string& key) {
   return parts;
 }
 
-void apply_override(toml::value& root, const std::string& arg, std::set<std::string>& keys) {
+void apply_override(toml::value& root, const std::string& arg, std::set<std::string>& keys,
+                    std::set<std::string>& created) {
   const size_t eq = arg.find('=');
   if (eq == std::string::npos || eq == 0) {
     throw input_error(
@@ -390,6 +392,7 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
       }
       if (!node->contains(p)) {
         node->as_table()[p] = toml::table{};
+        created.insert(path);
       }
       node = &node->as_table()[p];
     }
@@ -559,9 +562,9 @@ Deck parse(const std::string& text, const std::string& file,
     throw input_error("TOML syntax error: " + what,
                       {file, static_cast<int>(e.location().line()), ""});
   }
-  Source src{file, {}, &d.locations};
+  Source src{file, {}, {}, &d.locations};
   for (const std::string& o : overrides) {
-    apply_override(root, o, src.overridden);
+    apply_override(root, o, src.overridden, src.created);
   }
   // run.epochs and run.steps are two ways to say one thing: overriding one replaces the other.
   if (root.contains("run") && root.at("run").is_table()) {

@@ -24,6 +24,16 @@ class Options {
  public:
   Options(const LayerSpec& spec, std::string layer) : m_spec(spec), m_layer(std::move(layer)) {}
 
+  /// A required option absent: a misspelling of it written instead is reported as such.
+  Error missing(const std::string& key) const {
+    for (const auto& [written, value] : m_spec.options) {
+      if (m_read.count(written) == 0 && closest_match(written, {key}) == key) {
+        return error(fmt::format("unknown option '{}' (did you mean '{}'?)", written, key));
+      }
+    }
+    return error(fmt::format("option '{}' is required", key));
+  }
+
   Error error(const std::string& what) const {
     return input_error(m_layer + ": " + what, m_spec.where);
   }
@@ -99,7 +109,7 @@ class Options {
   }
   std::int64_t required(const std::string& key, std::optional<std::int64_t> fallback) const {
     if (!fallback) {
-      throw error(fmt::format("option '{}' is required", key));
+      throw missing(key);
     }
     return *fallback;
   }
@@ -135,7 +145,7 @@ ConvOptions conv_options(Options& o) {
   c.out = o.integer("out");
   c.kernel = o.integers("kernel");
   if (c.kernel.empty()) {
-    throw o.error("option 'kernel' is required");
+    throw o.missing("kernel");
   }
   c.stride = o.integers("stride");
   c.pad = o.integers("pad");
@@ -147,7 +157,7 @@ PoolOptions pool_options(Options& o) {
   PoolOptions p;
   p.kernel = o.integers("kernel");
   if (p.kernel.empty()) {
-    throw o.error("option 'kernel' is required");
+    throw o.missing("kernel");
   }
   p.stride = o.integers("stride");
   p.pad = o.integers("pad");

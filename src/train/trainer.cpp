@@ -82,14 +82,14 @@ void check_grid(const deck::Deck& d, int world_size) {
   const int data = data_size(d, world_size);
   const int per_trainer = data * d.parallel.tensor * d.parallel.pipeline;
   if (per_trainer != world_size) {
-    throw input_error(fmt::format("parallel.data = {} does not match the {} ranks of the job "
+    throw input_error(fmt::format("parallel.data = {} does not match the {} rank(s) of the job "
                                   "(data × tensor × pipeline × spatial must equal the ranks per "
                                   "trainer; 0 takes them all)",
                                   d.parallel.data, world_size),
                       d.where("parallel.data"));
   }
   if (d.data.batch < data) {
-    throw input_error(fmt::format("data.batch = {} is smaller than the {} data-parallel ranks",
+    throw input_error(fmt::format("data.batch = {} is smaller than the {} data-parallel rank(s)",
                                   d.data.batch, data),
                       d.where("data.batch"));
   }

@@ -75,7 +75,7 @@ TEST(Factory, MistakesNameTheLayerTheOptionAndTheDeckLine) {
             "sigmoid, tanh");
   EXPECT_EQ(error_of(spec("conv2d", {{"out", std::int64_t{8}}, {"kernal", std::int64_t{3}}}),
                      {1, 28, 28}),
-            "inputs/cnn.toml:14: conv2d 'l3': option 'kernel' is required");
+            "inputs/cnn.toml:14: conv2d 'l3': unknown option 'kernal' (did you mean 'kernel'?)");
   EXPECT_EQ(error_of(spec("conv2d", {{"out", std::int64_t{8}},
                                      {"kernel", std::int64_t{3}},
                                      {"strides", std::int64_t{2}}}),
