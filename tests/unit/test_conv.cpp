@@ -231,6 +231,27 @@ TEST(Conv2d, BatchSpansSeveralChunks) {
   EXPECT_NE(19 % conv.chunk(), 0);
 }
 
+TEST(ConvNd, LargeSamplesAreTiledByOutputRows) {
+  // One sample's columns exceed the cache budget: blocks become bands of output rows of one
+  // sample, including a band that ends inside an output plane (3-D) and strided rows (non-flat).
+  {
+    Conv2d conv("big", {8, 48, 48}, ConvOptions{3, {3}, {1}, {1}});
+    EXPECT_EQ(conv.chunk(), 1);
+    EXPECT_LT(conv.tile_rows(), 48);
+    EXPECT_NE(48 % conv.tile_rows(), 0);
+  }
+  {
+    Conv3d conv("big3", {4, 12, 12, 12}, ConvOptions{3, {3}, {1}, {1}});
+    EXPECT_EQ(conv.chunk(), 1);
+    EXPECT_LT(conv.tile_rows(), 144);
+    EXPECT_NE(conv.tile_rows() % 12, 0);
+  }
+  expect_matches_direct(Direct(2, 8, 3, {1, 48, 48}, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}), true, true);
+  expect_matches_direct(Direct(2, 8, 3, {1, 97, 97}, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}), true, true);
+  expect_matches_direct(Direct(2, 4, 3, {12, 12, 12}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}), false,
+                        true);
+}
+
 TEST(Conv3d, MatchesDirectConvolution) {
   expect_matches_direct(Direct(2, 2, 3, {4, 5, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}), false, true);
   expect_matches_direct(Direct(3, 3, 2, {5, 6, 7}, {2, 3, 2}, {2, 1, 3}, {1, 0, 1}), false, true);

@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <string>
 #include <vector>
@@ -20,37 +21,41 @@ namespace {
 
 using A3 = std::array<Index, 3>;
 
-// col(r, b·P + p) by the definition, for samples [first, first + count) of x (N, C, D, H, W).
+// col(r, b·R + (t - t0)·Wo + ow) by the definition, for samples [first, first + count) of x
+// (N, C, D, H, W) and output rows t = od·Ho + oh in [t0, t1) (all rows when t1 < 0).
 std::vector<float> naive_im2col(const std::vector<float>& x, const ConvGeometry& g, Index first,
-                                Index count) {
+                                Index count, Index t0 = 0, Index t1 = -1) {
   const Index kd = g.kernel[0], kh = g.kernel[1], kw = g.kernel[2];
   const Index dd = g.output[0], hh = g.output[1], ww = g.output[2];
-  const Index p_total = dd * hh * ww;
+  if (t1 < 0) {
+    t1 = dd * hh;
+  }
+  const Index per_sample = (t1 - t0) * ww;
   const Index rows = g.channels * kd * kh * kw;
-  std::vector<float> col(static_cast<size_t>(rows * count * p_total), -99.0F);
+  std::vector<float> col(static_cast<size_t>(rows * count * per_sample), -99.0F);
   for (Index b = 0; b < count; ++b) {
     for (Index c = 0; c < g.channels; ++c) {
       for (Index i = 0; i < kd; ++i) {
         for (Index j = 0; j < kh; ++j) {
           for (Index l = 0; l < kw; ++l) {
             const Index r = ((c * kd + i) * kh + j) * kw + l;
-            for (Index od = 0; od < dd; ++od) {
-              for (Index oh = 0; oh < hh; ++oh) {
-                for (Index ow = 0; ow < ww; ++ow) {
-                  const Index z = od * g.stride[0] - g.pad[0] + i;
-                  const Index y = oh * g.stride[1] - g.pad[1] + j;
-                  const Index v = ow * g.stride[2] - g.pad[2] + l;
-                  float value = 0.0F;
-                  if (z >= 0 && z < g.input[0] && y >= 0 && y < g.input[1] && v >= 0 &&
-                      v < g.input[2]) {
-                    value = x[static_cast<size_t>(
-                        ((((first + b) * g.channels + c) * g.input[0] + z) * g.input[1] + y) *
-                            g.input[2] +
-                        v)];
-                  }
-                  const Index p = (od * hh + oh) * ww + ow;
-                  col[static_cast<size_t>(r * count * p_total + b * p_total + p)] = value;
+            for (Index t = t0; t < t1; ++t) {
+              const Index od = t / hh;
+              const Index oh = t % hh;
+              for (Index ow = 0; ow < ww; ++ow) {
+                const Index z = od * g.stride[0] - g.pad[0] + i;
+                const Index y = oh * g.stride[1] - g.pad[1] + j;
+                const Index v = ow * g.stride[2] - g.pad[2] + l;
+                float value = 0.0F;
+                if (z >= 0 && z < g.input[0] && y >= 0 && y < g.input[1] && v >= 0 &&
+                    v < g.input[2]) {
+                  value = x[static_cast<size_t>(
+                      ((((first + b) * g.channels + c) * g.input[0] + z) * g.input[1] + y) *
+                          g.input[2] +
+                      v)];
                 }
+                col[static_cast<size_t>(r * count * per_sample + b * per_sample + (t - t0) * ww +
+                                        ow)] = value;
               }
             }
           }
@@ -76,6 +81,7 @@ const Case kCases[] = {
     {2, {1, 6, 6}, {1, 3, 3}, {1, 2, 1}, {0, 1, 1}},  // stride 2 in H only
     {2, {4, 5, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},  // 3-D
     {3, {5, 6, 7}, {2, 3, 2}, {2, 1, 3}, {1, 0, 1}},  // 3-D, mixed
+    {2, {5, 4, 4}, {3, 3, 3}, {2, 1, 1}, {1, 1, 1}},  // 3-D, stride 2 in depth only
 };
 
 }  // namespace
@@ -140,35 +146,61 @@ TEST(Im2col, MatchesDefinitionIn2dAnd3d) {
   }
 }
 
+TEST(Im2col, OutputRowRangesMatchDefinition) {
+  for (const Case& cs : kCases) {
+    const ConvGeometry g = ConvGeometry::make(cs.c, cs.in, cs.k, cs.s, cs.p);
+    const Index n = 3;
+    const Index total = g.output_rows();
+    const Tensor x = tt::random_tensor("x", {n, g.sample_size()}, 12);
+    const std::vector<float> xv = x.to_host();
+    // First row only, a middle block crossing output planes (3-D), the last row, everything.
+    const Index mid = std::max<Index>(total / 3 + 1, total - total / 4);
+    const kernels::OutputRows ranges[] = {{0, 1}, {total / 3, mid}, {total - 1, total}, {0, total}};
+    for (const kernels::OutputRows& rows : ranges) {
+      const Index used = g.col_rows() * 2 * rows.size() * g.output[2];
+      const Tensor col("col", {used});
+      kernels::im2col(x, g, 1, 2, rows, col);
+      EXPECT_EQ(col.to_host(), naive_im2col(xv, g, 1, 2, rows.begin, rows.end))
+          << "C " << cs.c << " in " << cs.in[0] << "x" << cs.in[1] << "x" << cs.in[2] << " rows ["
+          << rows.begin << ", " << rows.end << ")";
+    }
+  }
+}
+
 TEST(Col2im, IsTheAdjointAndAccumulates) {
   for (const Case& cs : kCases) {
     const ConvGeometry g = ConvGeometry::make(cs.c, cs.in, cs.k, cs.s, cs.p);
-    const Index n = 4, first = 1, count = 2;
-    const Index used = g.col_rows() * count * g.output_volume();
-    const Tensor c = tt::random_tensor("c", {used}, 21);
-    const std::vector<float> cv = c.to_host();
+    const Index total = g.output_rows();
+    for (const kernels::OutputRows rows :
+         {kernels::OutputRows{0, total}, kernels::OutputRows{total / 2, total}}) {
+      const Index n = 4, first = 1, count = 2;
+      const Index used = g.col_rows() * count * rows.size() * g.output[2];
+      const Tensor c = tt::random_tensor("c", {used}, 21);
+      const std::vector<float> cv = c.to_host();
 
-    // Expected: start value plus the scatter of every column entry onto the input element it was
-    // gathered from. Scatter through the definition: im2col of the one-hot basis of x.
-    const Tensor dx = tt::random_tensor("dx", {n, g.sample_size()}, 22);
-    std::vector<double> expected(static_cast<size_t>(dx.numel()));
-    const std::vector<float> start = dx.to_host();
-    for (size_t i = 0; i < expected.size(); ++i) {
-      expected[i] = static_cast<double>(start[i]);
-    }
-    std::vector<float> basis(static_cast<size_t>(dx.numel()), 0.0F);
-    for (size_t e = 0; e < basis.size(); ++e) {
-      basis[e] = 1.0F;
-      const std::vector<float> col_e = naive_im2col(basis, g, first, count);
-      for (size_t q = 0; q < col_e.size(); ++q) {
-        expected[e] += static_cast<double>(col_e[q]) * static_cast<double>(cv[q]);
+      // Expected: the start value plus, for every column entry, its value added onto the input
+      // element it was gathered from — found by unfolding the one-hot basis of x.
+      const Tensor dx = tt::random_tensor("dx", {n, g.sample_size()}, 22);
+      std::vector<double> expected(static_cast<size_t>(dx.numel()));
+      const std::vector<float> start = dx.to_host();
+      for (size_t i = 0; i < expected.size(); ++i) {
+        expected[i] = static_cast<double>(start[i]);
       }
-      basis[e] = 0.0F;
-    }
-    kernels::col2im(c, g, first, count, dx);
-    const std::vector<float> got = dx.to_host();
-    for (size_t i = 0; i < got.size(); ++i) {
-      ASSERT_NEAR(static_cast<double>(got[i]), expected[i], 1e-5) << "element " << i;
+      std::vector<float> basis(static_cast<size_t>(dx.numel()), 0.0F);
+      for (size_t e = 0; e < basis.size(); ++e) {
+        basis[e] = 1.0F;
+        const std::vector<float> col_e = naive_im2col(basis, g, first, count, rows.begin, rows.end);
+        for (size_t q = 0; q < col_e.size(); ++q) {
+          expected[e] += static_cast<double>(col_e[q]) * static_cast<double>(cv[q]);
+        }
+        basis[e] = 0.0F;
+      }
+      kernels::col2im(c, g, first, count, rows, dx);
+      const std::vector<float> got = dx.to_host();
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_NEAR(static_cast<double>(got[i]), expected[i], 1e-5)
+            << "element " << i << ", rows [" << rows.begin << ", " << rows.end << ")";
+      }
     }
   }
 }
@@ -197,6 +229,22 @@ TEST(Im2col, BadArgumentsThrow) {
               0u)
         << e.what();
   }
+}
+
+TEST(Im2col, BadRowRangeThrows) {
+  const ConvGeometry g = ConvGeometry::make(2, {1, 4, 4}, {1, 3, 3}, {1, 1, 1}, {0, 1, 1});
+  const Tensor x("x", {2, 2, 4, 4});
+  const Tensor col("col", {18, 64});
+  try {
+    kernels::im2col(x, g, 0, 1, kernels::OutputRows{2, 5}, col);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind(
+                  "im2col: output rows [2, 5) are not a non-empty part of the 4 = 1·4 rows", 0),
+              0u)
+        << e.what();
+  }
+  EXPECT_THROW(kernels::col2im(col, g, 0, 1, kernels::OutputRows{3, 3}, x), Error);
 }
 
 TEST(Bias, AddMatchesLoopsForImagesAndRows) {

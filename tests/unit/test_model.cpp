@@ -214,3 +214,29 @@ TEST(Sequential, SkipsTheInputGradientOfADataInput) {
     EXPECT_EQ(pa[i]->grad.to_host(), pb[i]->grad.to_host()) << pa[i]->name;
   }
 }
+
+TEST(Layers, SkipTheInputGradientWhenNotNeeded) {
+  // Linear and Conv2d return no dL/dx when told it is not needed, with the same parameter grads.
+  for (const LayerSpec& s :
+       {spec("linear", {{"out", std::int64_t{3}}}),
+        spec("conv2d",
+             {{"out", std::int64_t{2}}, {"kernel", std::int64_t{3}}, {"pad", std::int64_t{1}}})}) {
+    const Shape in = s.kind == "linear" ? Shape{5} : Shape{2, 4, 4};
+    auto a = nn::make_layer(s, "a", in);
+    auto b = nn::make_layer(s, "a", in);
+    a->initialize(1);
+    b->initialize(1);
+    b->set_needs_input_grad(false);
+    Shape xs{3};
+    xs.insert(xs.end(), in.begin(), in.end());
+    const Tensor x = random_tensor("x", xs, 2);
+    nn::ForwardResult fa = a->forward(x, {});
+    nn::ForwardResult fb = b->forward(x, {});
+    const Tensor dy = random_tensor("dy", fa.output.shape(), 3);
+    EXPECT_TRUE(a->backward(dy, std::move(fa.ctx)).defined());
+    EXPECT_FALSE(b->backward(dy, std::move(fb.ctx)).defined());
+    for (size_t i = 0; i < a->parameters().size(); ++i) {
+      EXPECT_EQ(a->parameters()[i].grad.to_host(), b->parameters()[i].grad.to_host()) << s.kind;
+    }
+  }
+}

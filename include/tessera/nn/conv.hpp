@@ -1,0 +1,90 @@
+#pragma once
+// Convolution layers, Conv2d and Conv3d, on the host path of DESIGN.md: im2col + GEMM (OpenBLAS).
+// Both are one implementation, ConvNd, over three spatial dimensions (a 2-D convolution has
+// depth 1). Cross-correlation, like torch.nn.Conv2d / Conv3d: no kernel flip.
+//
+// How the work is laid out (for speed on one core):
+//  - samples are processed in blocks whose column matrix (C·k^d, block·Do·Ho·Wo) fits in the
+//    core's L2 cache, so im2col writes it and the GEMMs read it while it is still there; when one
+//    sample's columns alone exceed that (large 3-D volumes), a block is one sample's band of output
+//    rows instead, so the buffer stays bounded whatever the volume;
+//  - per sample, y_n (Cout, Do·Ho·Wo) = W (Cout, C·k^d) · col_n lands directly in NCDHW;
+//    backward uses the same orientation: dW += dy_n · col_nᵀ, dcol_n = Wᵀ · dy_n, then col2im;
+//  - the column buffer is a member, allocated once at construction, so calls do not allocate
+//    scratch (one layer object is therefore not safe to call from two threads at once).
+#include "tessera/kernels/im2col.hpp"
+#include "tessera/nn/layer.hpp"
+
+#include <vector>
+
+namespace tessera::nn {
+
+struct ConvOptions {
+  Index out = 0;                ///< output channels (>= 1)
+  std::vector<Index> kernel{};  ///< 1 value (every spatial dimension) or one per dimension
+  std::vector<Index> stride{};  ///< likewise; empty means 1
+  std::vector<Index> pad{};     ///< zero padding on both sides, likewise; empty means 0
+  bool bias = true;             ///< add a learned per-channel bias
+};
+
+/// The shared implementation of Conv2d and Conv3d (`ndims` = 2 or 3 spatial dimensions).
+/// x: (N, C, [D,] H, W) → y: (N, out, [Do,] Ho, Wo). Parameters "<name>.weight"
+/// (out, C, [kd,] kh, kw) and "<name>.bias" (out,), initialised U(-1/√fan_in, 1/√fan_in) with
+/// fan_in = C·k^d; weight decay on the weight only.
+class ConvNd : public Layer {
+ public:
+  const char* kind() const override { return m_kind; }
+  Shape output_shape(const Shape& input) const override;
+  /// ctx.saved = {x (N, C, [D,] H, W)}: backward recomputes the columns from x block by block
+  /// instead of keeping the whole (C·k^d, N·Do·Ho·Wo) matrix alive between the two passes.
+  ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
+  Tensor backward(const Tensor& dy, Context&& ctx) override;
+
+  int spatial_dims() const { return m_ndims; }
+  bool has_bias() const { return m_bias; }
+  /// Extents as a 3-D convolution (a 2-D one has depth 1).
+  const kernels::ConvGeometry& geometry() const { return m_geom; }
+  /// Samples per im2col block.
+  Index chunk() const { return m_chunk; }
+  /// Output rows (of the Do·Ho grid) per im2col block: all of them unless one sample's columns
+  /// exceed the cache budget, in which case chunk() is 1.
+  Index tile_rows() const { return m_tile_rows; }
+  Parameter& weight() { return parameters()[0]; }
+  /// Only when has_bias().
+  Parameter& bias() { return parameters()[1]; }
+
+ protected:
+  /// `kind` is "conv2d" or "conv3d"; `input` is one sample, (C, H, W) or (C, D, H, W).
+  ConvNd(std::string name, const Shape& input, const ConvOptions& options, int ndims,
+         const char* kind);
+
+ private:
+  const char* m_kind;
+  int m_ndims;
+  bool m_bias;
+  Index m_out;
+  Shape m_input;   // (C, [D,] H, W)
+  Shape m_output;  // (out, [Do,] Ho, Wo)
+  kernels::ConvGeometry m_geom;
+  Index m_chunk = 1;
+  Index m_tile_rows = 1;
+  Tensor m_col;  // scratch (C·k^d, m_chunk·m_tile_rows·Wo)
+
+  /// Calls f(first, count, rows) for every block of samples × output rows, in order.
+  template <class F>
+  void for_each_block(Index n, F&& f) const;
+};
+
+/// 2-D convolution: input (C, H, W), weight (out, C, kh, kw).
+class Conv2d final : public ConvNd {
+ public:
+  Conv2d(std::string name, const Shape& input, const ConvOptions& options);
+};
+
+/// 3-D convolution: input (C, D, H, W), weight (out, C, kd, kh, kw).
+class Conv3d final : public ConvNd {
+ public:
+  Conv3d(std::string name, const Shape& input, const ConvOptions& options);
+};
+
+}  // namespace tessera::nn
