@@ -26,6 +26,7 @@ herr_t innermost(unsigned n, const H5E_error2_t* err, void* data) {
 }  // namespace
 
 std::string hdf5_reason() {
+  const std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
   std::string reason;
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, innermost, &reason);
   H5Eclear2(H5E_DEFAULT);
@@ -436,18 +437,27 @@ void Dataset::read_boxes(const std::vector<Box>& boxes, ElementType t, void* out
   // boxes against a flat buffer goes element by element (~70 ns each) and over every chunk of the
   // union's bounding box, many times slower than the reads themselves.
   const Handle file_space(TESSERA_H5(H5Dget_space(id()), context()), H5Sclose);
-  const size_t element = H5Tget_size(memory_type(t));
+  const Handle xfer = plist(H5P_DATASET_XFER);
+  const size_t element = [&] {
+    TESSERA_H5_LOCK;
+    return H5Tget_size(memory_type(t));
+  }();
   auto* at = static_cast<unsigned char*>(out);
   for (const Box& b : boxes) {
     const hsize_t n = product(b.count);
     if (n == 0) {
       continue;
     }
+    // HDF5 callocs its type-conversion buffer (default 1 MiB) on every H5Dread: size it to the box
+    // (8 bytes: the widest element type) so that small reads do not clear a megabyte each.
+    TESSERA_H5(
+        H5Pset_buffer(xfer.id(), std::min<hsize_t>(n * 8, hsize_t{1} << 20), nullptr, nullptr),
+        context());
     TESSERA_H5(H5Sselect_hyperslab(file_space.id(), H5S_SELECT_SET, b.offset.data(), nullptr,
                                    b.count.data(), nullptr),
                context());
     const Handle mem_space = dataspace(b.count);
-    TESSERA_H5(H5Dread(id(), memory_type(t), mem_space.id(), file_space.id(), H5P_DEFAULT, at),
+    TESSERA_H5(H5Dread(id(), memory_type(t), mem_space.id(), file_space.id(), xfer.id(), at),
                context());
     at += n * element;
   }
