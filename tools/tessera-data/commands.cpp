@@ -9,8 +9,8 @@
 #include "tessera/io/dataset.hpp"
 #include "tessera/io/hdf5.hpp"
 
-#include <fmt/ranges.h>
 #include <fcntl.h>
+#include <fmt/ranges.h>
 #include <mpi.h>
 #include <unistd.h>
 

@@ -122,8 +122,9 @@ class Dataset {
   void write(const Box& box, ElementType t, const void* data, bool collective) const;
   /// Reads `box` into `out` converting to `t`.
   void read(const Box& box, ElementType t, void* out) const;
-  /// Reads the union of `boxes` (disjoint, in the given order) into `out`, contiguous in that
-  /// order — one HDF5 call for many coalesced runs.
+  /// Reads `boxes` one after another into `out`, contiguous in the given order: one H5Dread per
+  /// box, each into a memory space of the box's own shape, which HDF5 1.10 copies chunk by chunk
+  /// (a flat memory space makes it go element by element, many times slower).
   void read_boxes(const std::vector<Box>& boxes, ElementType t, void* out) const;
   /// Reads everything.
   void read_all(ElementType t, void* out) const;
