@@ -34,7 +34,9 @@ for n in 1 2; do
   "$bin/tessera" check "$dir/mlp$n/deck.toml" >/dev/null
 done
 
-# SIGTERM to the launcher reaches every rank; they stop together at a step boundary, exit 75.
+# SIGTERM to every rank (as srun --signal or a scheduler delivers it) stops them together at a step
+# boundary; they exit 75 and mpiexec passes that on. (Hydra's own handling of a SIGTERM sent to
+# mpiexec races with the ranks' exit status, so the signal goes to the ranks.)
 set +e
 "$mpiexec" -n 2 "$bin/tessera" run "$root/inputs/fashion_mlp.toml" run.epochs=50 run.log_every=20 \
   run.output="$dir/stop" $data >"$dir/stop.log" 2>&1 &
@@ -43,7 +45,7 @@ for _ in $(seq 1 100); do
   grep -q '^step ' "$dir/stop.log" 2>/dev/null && break
   sleep 0.2
 done
-kill -TERM $pid
+pkill -TERM -f "^$bin/tessera run .*$dir/stop" || true  # the ranks, not mpiexec
 wait $pid
 code=$?
 set -e
