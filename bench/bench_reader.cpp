@@ -262,13 +262,8 @@ int main(int argc, char** argv) {
     int size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    try {
-      app.parse(ac, av);
-    } catch (const CLI::ParseError& e) {
-      if (rank == 0) {
-        app.exit(e);
-      }
-      return e.get_exit_code() == 0 ? 0 : 2;
+    if (const auto code = tessera::apps::parse_command_line(app, ac, av)) {
+      return *code;
     }
     std::vector<Config> configs;
     for (const Config& c : kConfigs) {

@@ -114,6 +114,10 @@ echo "compare: $cores cores; load average at start: $(cut -d' ' -f1-3 /proc/load
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")
 echo "compare: $TESSERA linked $(date -r "$TESSERA" '+%F %T'), source at commit $commit;" \
   "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+# OpenBLAS picks its kernels from the CPU unless OPENBLAS_CORETYPE forces a set (Haswell = AVX2
+# only, even on an AVX-512 CPU); both peers' dense layers use OpenBLAS, PyTorch's convolutions
+# use oneDNN, which ignores it. Say which applies.
+echo "compare: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset: OpenBLAS detects the CPU)}"
 
 failed=0
 for ((round = 1; round <= ROUNDS; ++round)); do

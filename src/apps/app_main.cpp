@@ -18,6 +18,18 @@ int world_rank() {
   return rank;
 }
 
+std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (world_rank() == 0) {
+      app.exit(e);
+    }
+    return e.get_exit_code() == 0 ? 0 : 2;
+  }
+  return std::nullopt;
+}
+
 namespace {
 [[noreturn]] void abort_job(const std::string& what, int code) {
   char host[256] = "unknown";

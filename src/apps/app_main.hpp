@@ -5,12 +5,20 @@
 //    exit code together (2 for bad input);
 //  - anything else, which only this rank may have hit: it prints "rank N on HOST: ..." and aborts
 //    the job, so that no other rank waits forever in a collective.
+#include <CLI/CLI.hpp>
+
 #include <functional>
+#include <optional>
 
 namespace tessera::apps {
 
 /// Runs `body` (which returns the exit code) inside MPI_Init/Kokkos::initialize.
 int run_main(int argc, char** argv, const std::function<int(int, char**)>& body);
+
+/// Parses the command line on every rank (all ranks see the same one). On a mistake, or --help,
+/// rank 0 prints CLI11's message and every rank gets the exit code to return (2 for a mistake,
+/// 0 for --help); std::nullopt when parsing succeeded.
+std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv);
 
 /// This process's rank in MPI_COMM_WORLD.
 int world_rank();

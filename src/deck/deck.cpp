@@ -675,39 +675,10 @@ Deck load(const std::string& file, const std::vector<std::string>& overrides) {
 
 namespace {
 std::string toml_string(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-    }
-    out += c;
-  }
-  return out + "\"";
+  return nn::to_toml(nn::OptionValue(s));
 }
-
-std::string option_toml(const nn::OptionValue& v) {
-  return std::visit(
-      [](const auto& x) -> std::string {
-        using T = std::decay_t<decltype(x)>;
-        if constexpr (std::is_same_v<T, bool>) {
-          return x ? "true" : "false";
-        } else if constexpr (std::is_same_v<T, std::string>) {
-          return toml_string(x);
-        } else if constexpr (std::is_same_v<T, std::vector<std::int64_t>>) {
-          return fmt::format("[{}]", fmt::join(x, ", "));
-        } else if constexpr (std::is_same_v<T, double>) {
-          std::string s = fmt::format("{}", x);
-          return s.find_first_of(".eEn") == std::string::npos ? s + ".0" : s;
-        } else {
-          return fmt::format("{}", x);
-        }
-      },
-      v);
-}
-
 std::string real(double x) {
-  std::string s = fmt::format("{}", x);
-  return s.find_first_of(".eEn") == std::string::npos ? s + ".0" : s;
+  return nn::to_toml(nn::OptionValue(x));
 }
 }  // namespace
 
@@ -737,7 +708,7 @@ std::string to_toml(const Deck& d) {
   for (const nn::LayerSpec& l : d.model.layers) {
     std::vector<std::string> opts;
     for (const auto& [k, v] : l.options) {
-      opts.push_back(k + " = " + option_toml(v));
+      opts.push_back(k + " = " + nn::to_toml(v));
     }
     o += fmt::format("  {{ {} = {{{}{}{}}} }},\n", l.kind, opts.empty() ? "" : " ", join(opts),
                      opts.empty() ? "" : " ");

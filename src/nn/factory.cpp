@@ -10,6 +10,7 @@
 #include "tessera/nn/pooling.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <functional>
 #include <optional>
@@ -113,22 +114,7 @@ class Options {
     }
     return *fallback;
   }
-  static std::string describe(const OptionValue& v) {
-    return std::visit(
-        [](const auto& x) -> std::string {
-          using T = std::decay_t<decltype(x)>;
-          if constexpr (std::is_same_v<T, bool>) {
-            return x ? "true" : "false";
-          } else if constexpr (std::is_same_v<T, std::string>) {
-            return "\"" + x + "\"";
-          } else if constexpr (std::is_same_v<T, std::vector<std::int64_t>>) {
-            return "a list";
-          } else {
-            return fmt::format("{}", x);
-          }
-        },
-        v);
-  }
+  static std::string describe(const OptionValue& v) { return to_toml(v); }
 
   const LayerSpec& m_spec;
   std::string m_layer;
@@ -245,6 +231,33 @@ const std::map<std::string, Kind>& kinds() {
 }
 
 }  // namespace
+
+std::string to_toml(const OptionValue& v) {
+  return std::visit(
+      [](const auto& x) -> std::string {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, bool>) {
+          return x ? "true" : "false";
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          std::string out = "\"";
+          for (char c : x) {
+            if (c == '"' || c == '\\') {
+              out += '\\';
+            }
+            out += c;
+          }
+          return out + "\"";
+        } else if constexpr (std::is_same_v<T, std::vector<std::int64_t>>) {
+          return fmt::format("[{}]", fmt::join(x, ", "));
+        } else if constexpr (std::is_same_v<T, double>) {
+          const std::string text = fmt::format("{}", x);
+          return text.find_first_of(".eEn") == std::string::npos ? text + ".0" : text;
+        } else {
+          return fmt::format("{}", x);
+        }
+      },
+      v);
+}
 
 std::vector<std::string> layer_kinds() {
   std::vector<std::string> out;

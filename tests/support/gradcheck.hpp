@@ -3,6 +3,7 @@
 // L(x, θ) = Σ_i r_i · y_i(x, θ) for a fixed random r, so dL/dy = r is what backward() receives.
 // Every input element (up to max_checks of them, spread evenly) and every parameter element
 // (likewise) is perturbed by ±eps and the central difference compared with the analytic gradient.
+#include "tessera/core/error.hpp"
 #include "tessera/core/rng.hpp"
 #include "tessera/nn/layer.hpp"
 
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -122,6 +124,16 @@ inline int gradcheck(nn::Layer& layer, const Tensor& x, const GradCheckOptions& 
     }
   }
   return failures;
+}
+
+/// The message of the tessera::Error `f` throws, or "no error".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
 }
 
 /// Expects `actual` to equal `expected` within `tol` element-wise, with the first differences

@@ -16,6 +16,7 @@
 
 using namespace tessera;
 using kernels::ActivationKind;
+using tessera::testing::error_of;
 namespace tt = tessera::testing;
 
 namespace {
@@ -73,15 +74,6 @@ std::vector<float> away_from_zero(Index n, std::uint64_t seed) {
     }
   }
   return v;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 }  // namespace

@@ -18,18 +18,10 @@
 #include <vector>
 
 using namespace tessera;
+using tessera::testing::error_of;
 namespace tt = tessera::testing;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 // Rows [first, first + count) of a (N, ...) tensor, as a new tensor.
 Tensor rows_of(const Tensor& t, Index first, Index count) {

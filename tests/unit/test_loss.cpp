@@ -14,6 +14,7 @@
 #include <vector>
 
 using namespace tessera;
+using tessera::testing::error_of;
 namespace tt = tessera::testing;
 using nn::LossOutput;
 
@@ -26,15 +27,6 @@ IntView make_labels(const std::vector<std::int32_t>& v) {
       host(v.data(), v.size());
   Kokkos::deep_copy(labels, host);
   return labels;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 struct Reference {

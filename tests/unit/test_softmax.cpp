@@ -14,6 +14,7 @@
 #include <vector>
 
 using namespace tessera;
+using tessera::testing::error_of;
 namespace tt = tessera::testing;
 
 namespace {
@@ -33,15 +34,6 @@ std::vector<double> ref_log_softmax(const std::vector<float>& x, Index rows, Ind
     }
   }
   return y;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 using Kernel = void (*)(const Tensor&, const Tensor&);

@@ -48,14 +48,8 @@ int main(int argc, char** argv) {
 
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    try {
-      app.parse(ac, av);
-    } catch (const CLI::ParseError& e) {
-      // Every rank parses the same command line, so every rank leaves here together.
-      if (rank == 0) {
-        app.exit(e);
-      }
-      return e.get_exit_code() == 0 ? 0 : 2;
+    if (const auto code = tessera::apps::parse_command_line(app, ac, av)) {
+      return *code;
     }
     if (*import) {
       tessera::data::import_fashion_mnist(io);

@@ -25,6 +25,9 @@ struct LayerSpec {
   DeckLocation where;                          ///< deck file, line, key ("model.layers[3]")
 };
 
+/// `v` as TOML writes it: 3, 0.5 (a float always with a point), true, "relu", [3, 3].
+std::string to_toml(const OptionValue& v);
+
 /// Builds the layer `spec` describes, named `name`, for samples of shape `input`.
 std::unique_ptr<Layer> make_layer(const LayerSpec& spec, const std::string& name,
                                   const Shape& input);
