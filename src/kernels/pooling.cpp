@@ -31,21 +31,6 @@ void check_geometry(const Tensor& in, const Tensor& out, const PoolGeometry& g, 
                 to_string(out.shape()), g.planes, dims_string(g.out));
 }
 
-// Splits a flat row-major index over (planes, e.d, e.h, e.w).
-KOKKOS_INLINE_FUNCTION void unflatten(Index i, const Dims3& e, Index& plane, Index& d, Index& h,
-                                      Index& w) {
-  w = i % e.w;
-  i /= e.w;
-  h = i % e.h;
-  i /= e.h;
-  d = i % e.d;
-  plane = i / e.d;
-}
-
-KOKKOS_INLINE_FUNCTION Index flat(Index plane, Index d, Index h, Index w, const Dims3& e) {
-  return ((plane * e.d + d) * e.h + h) * e.w + w;
-}
-
 // The part [lo, hi) of a window of `kernel` starting at input position `start` that lies inside
 // [0, extent), as offsets within the window.
 KOKKOS_INLINE_FUNCTION void window_inside(Index start, Index kernel, Index extent, Index& lo,
@@ -54,12 +39,6 @@ KOKKOS_INLINE_FUNCTION void window_inside(Index start, Index kernel, Index exten
   hi = extent - start < kernel ? extent - start : kernel;
 }
 
-// The outputs [lo, hi] (inclusive; empty when lo > hi) whose windows cover padded position p.
-KOKKOS_INLINE_FUNCTION void covering_windows(Index p, Index kernel, Index stride, Index out,
-                                             Index& lo, Index& hi) {
-  lo = p < kernel ? 0 : (p - kernel + stride) / stride;  // ceil((p - kernel + 1) / stride)
-  hi = p / stride < out - 1 ? p / stride : out - 1;
-}
 }  // namespace
 
 Index pool_output_extent(Index in, Index kernel, Index stride, Index pad) {
@@ -69,47 +48,61 @@ Index pool_output_extent(Index in, Index kernel, Index stride, Index pad) {
   return (in + 2 * pad - kernel) / stride + 1;
 }
 
+// The forward kernels run one output row (plane, od, oh) per iteration: the index arithmetic
+// (divisions) happens once per row, and the innermost loop walks the row contiguously.
 void max_pool_forward(const Tensor& x, const Tensor& y, const Tensor& argmax,
                       const PoolGeometry& g) {
   check_geometry(x, y, g, "max_pool_forward");
   TESSERA_CHECK(argmax.numel() == y.numel(),
                 "max_pool_forward: argmax '{}' of shape {} does not match output {}",
                 argmax.label(), to_string(argmax.shape()), to_string(y.shape()));
-  TESSERA_CHECK(g.kernel.volume() < (Index{1} << 24),
-                "max_pool_forward: kernel {} has more than 2^24 elements", dims_string(g.kernel));
+  TESSERA_CHECK(g.in.volume() < (Index{1} << 24),
+                "max_pool_forward: input plane {} has more than 2^24 elements", dims_string(g.in));
   const FloatView xv = x.view();
   const FloatView yv = y.view();
   const FloatView av = argmax.view();
   const PoolGeometry geo = g;
   Kokkos::parallel_for(
-      "kernels::max_pool_forward", Policy(0, y.numel()), KOKKOS_LAMBDA(const Index i) {
-        Index plane = 0, od = 0, oh = 0, ow = 0;
-        unflatten(i, geo.out, plane, od, oh, ow);
+      "kernels::max_pool_forward", Policy(0, g.planes * g.out.d * g.out.h),
+      KOKKOS_LAMBDA(const Index row) {
+        const Index oh = row % geo.out.h;
+        const Index od = (row / geo.out.h) % geo.out.d;
+        const Index plane = row / (geo.out.h * geo.out.d);
         const Index d0 = od * geo.stride.d - geo.pad.d;
         const Index h0 = oh * geo.stride.h - geo.pad.h;
-        const Index w0 = ow * geo.stride.w - geo.pad.w;
-        Index kd_lo = 0, kd_hi = 0, kh_lo = 0, kh_hi = 0, kw_lo = 0, kw_hi = 0;
+        Index kd_lo = 0, kd_hi = 0, kh_lo = 0, kh_hi = 0;
         window_inside(d0, geo.kernel.d, geo.in.d, kd_lo, kd_hi);
         window_inside(h0, geo.kernel.h, geo.in.h, kh_lo, kh_hi);
-        window_inside(w0, geo.kernel.w, geo.in.w, kw_lo, kw_hi);
-        float best = 0.0F;
-        Index best_at = -1;
-        for (Index kd = kd_lo; kd < kd_hi; ++kd) {
-          for (Index kh = kh_lo; kh < kh_hi; ++kh) {
-            for (Index kw = kw_lo; kw < kw_hi; ++kw) {
-              const float v = xv(flat(plane, d0 + kd, h0 + kh, w0 + kw, geo.in));
-              if (best_at < 0 || v > best || v != v) {  // v != v: NaN propagates
-                best = v;
-                best_at = (kd * geo.kernel.h + kh) * geo.kernel.w + kw;
+        const Index in_plane = plane * geo.in.volume();
+        const Index out_row = row * geo.out.w;
+        for (Index ow = 0; ow < geo.out.w; ++ow) {
+          const Index w0 = ow * geo.stride.w - geo.pad.w;
+          Index kw_lo = 0, kw_hi = 0;
+          window_inside(w0, geo.kernel.w, geo.in.w, kw_lo, kw_hi);
+          // Start from the window's first element, then select without branches (random data
+          // makes a branch on "v > best" mispredict half the time).
+          Index best_at = ((d0 + kd_lo) * geo.in.h + (h0 + kh_lo)) * geo.in.w + w0 + kw_lo;
+          float best = xv(in_plane + best_at);
+          for (Index kd = kd_lo; kd < kd_hi; ++kd) {
+            for (Index kh = kh_lo; kh < kh_hi; ++kh) {
+              const Index line = ((d0 + kd) * geo.in.h + (h0 + kh)) * geo.in.w + w0;
+              for (Index kw = kw_lo; kw < kw_hi; ++kw) {
+                const float v = xv(in_plane + line + kw);
+                const bool take = (v > best) | ((v != v) & (best == best));  // a NaN wins, once
+                best = take ? v : best;
+                best_at = take ? line + kw : best_at;
               }
             }
           }
+          yv(out_row + ow) = best;
+          av(out_row + ow) = static_cast<float>(best_at);
         }
-        yv(i) = best;
-        av(i) = static_cast<float>(best_at);
       });
 }
 
+// The backward kernels run one plane per iteration and, within it, visit the outputs in order,
+// adding each one's gradient into its window: the scatter-add of dy, with no two iterations
+// touching the same element (no atomics) and a fixed order of additions (bitwise reproducible).
 void max_pool_backward(const Tensor& dy, const Tensor& argmax, const Tensor& dx,
                        const PoolGeometry& g) {
   check_geometry(dx, dy, g, "max_pool_backward");
@@ -119,34 +112,18 @@ void max_pool_backward(const Tensor& dy, const Tensor& argmax, const Tensor& dx,
   const FloatView dyv = dy.view();
   const FloatView av = argmax.view();
   const FloatView dxv = dx.view();
-  const PoolGeometry geo = g;
+  const Index in_volume = g.in.volume();
+  const Index out_volume = g.out.volume();
   Kokkos::parallel_for(
-      "kernels::max_pool_backward", Policy(0, dx.numel()), KOKKOS_LAMBDA(const Index i) {
-        Index plane = 0, id = 0, ih = 0, iw = 0;
-        unflatten(i, geo.in, plane, id, ih, iw);
-        const Index pd = id + geo.pad.d;
-        const Index ph = ih + geo.pad.h;
-        const Index pw = iw + geo.pad.w;
-        Index od_lo = 0, od_hi = 0, oh_lo = 0, oh_hi = 0, ow_lo = 0, ow_hi = 0;
-        covering_windows(pd, geo.kernel.d, geo.stride.d, geo.out.d, od_lo, od_hi);
-        covering_windows(ph, geo.kernel.h, geo.stride.h, geo.out.h, oh_lo, oh_hi);
-        covering_windows(pw, geo.kernel.w, geo.stride.w, geo.out.w, ow_lo, ow_hi);
-        float acc = 0.0F;
-        for (Index od = od_lo; od <= od_hi; ++od) {
-          for (Index oh = oh_lo; oh <= oh_hi; ++oh) {
-            for (Index ow = ow_lo; ow <= ow_hi; ++ow) {
-              const Index o = flat(plane, od, oh, ow, geo.out);
-              const Index at =
-                  ((pd - od * geo.stride.d) * geo.kernel.h + (ph - oh * geo.stride.h)) *
-                      geo.kernel.w +
-                  (pw - ow * geo.stride.w);
-              if (static_cast<Index>(av(o)) == at) {
-                acc += dyv(o);
-              }
-            }
-          }
+      "kernels::max_pool_backward", Policy(0, g.planes), KOKKOS_LAMBDA(const Index plane) {
+        const Index in0 = plane * in_volume;
+        const Index out0 = plane * out_volume;
+        for (Index j = 0; j < in_volume; ++j) {
+          dxv(in0 + j) = 0.0F;
         }
-        dxv(i) = acc;
+        for (Index o = 0; o < out_volume; ++o) {
+          dxv(in0 + static_cast<Index>(av(out0 + o))) += dyv(out0 + o);
+        }
       });
 }
 
@@ -157,25 +134,32 @@ void avg_pool_forward(const Tensor& x, const Tensor& y, const PoolGeometry& g) {
   const PoolGeometry geo = g;
   const double inv_volume = 1.0 / static_cast<double>(g.kernel.volume());
   Kokkos::parallel_for(
-      "kernels::avg_pool_forward", Policy(0, y.numel()), KOKKOS_LAMBDA(const Index i) {
-        Index plane = 0, od = 0, oh = 0, ow = 0;
-        unflatten(i, geo.out, plane, od, oh, ow);
+      "kernels::avg_pool_forward", Policy(0, g.planes * g.out.d * g.out.h),
+      KOKKOS_LAMBDA(const Index row) {
+        const Index oh = row % geo.out.h;
+        const Index od = (row / geo.out.h) % geo.out.d;
+        const Index plane = row / (geo.out.h * geo.out.d);
         const Index d0 = od * geo.stride.d - geo.pad.d;
         const Index h0 = oh * geo.stride.h - geo.pad.h;
-        const Index w0 = ow * geo.stride.w - geo.pad.w;
-        Index kd_lo = 0, kd_hi = 0, kh_lo = 0, kh_hi = 0, kw_lo = 0, kw_hi = 0;
+        Index kd_lo = 0, kd_hi = 0, kh_lo = 0, kh_hi = 0;
         window_inside(d0, geo.kernel.d, geo.in.d, kd_lo, kd_hi);
         window_inside(h0, geo.kernel.h, geo.in.h, kh_lo, kh_hi);
-        window_inside(w0, geo.kernel.w, geo.in.w, kw_lo, kw_hi);
-        double acc = 0.0;
-        for (Index kd = kd_lo; kd < kd_hi; ++kd) {
-          for (Index kh = kh_lo; kh < kh_hi; ++kh) {
-            for (Index kw = kw_lo; kw < kw_hi; ++kw) {
-              acc += static_cast<double>(xv(flat(plane, d0 + kd, h0 + kh, w0 + kw, geo.in)));
+        const Index in_plane = plane * geo.in.volume();
+        for (Index ow = 0; ow < geo.out.w; ++ow) {
+          const Index w0 = ow * geo.stride.w - geo.pad.w;
+          Index kw_lo = 0, kw_hi = 0;
+          window_inside(w0, geo.kernel.w, geo.in.w, kw_lo, kw_hi);
+          double acc = 0.0;
+          for (Index kd = kd_lo; kd < kd_hi; ++kd) {
+            for (Index kh = kh_lo; kh < kh_hi; ++kh) {
+              const Index line = in_plane + ((d0 + kd) * geo.in.h + (h0 + kh)) * geo.in.w + w0;
+              for (Index kw = kw_lo; kw < kw_hi; ++kw) {
+                acc += static_cast<double>(xv(line + kw));
+              }
             }
           }
+          yv(row * geo.out.w + ow) = static_cast<float>(acc * inv_volume);
         }
-        yv(i) = static_cast<float>(acc * inv_volume);
       });
 }
 
@@ -184,24 +168,38 @@ void avg_pool_backward(const Tensor& dy, const Tensor& dx, const PoolGeometry& g
   const FloatView dyv = dy.view();
   const FloatView dxv = dx.view();
   const PoolGeometry geo = g;
-  const double inv_volume = 1.0 / static_cast<double>(g.kernel.volume());
+  const auto inv_volume = static_cast<float>(1.0 / static_cast<double>(g.kernel.volume()));
   Kokkos::parallel_for(
-      "kernels::avg_pool_backward", Policy(0, dx.numel()), KOKKOS_LAMBDA(const Index i) {
-        Index plane = 0, id = 0, ih = 0, iw = 0;
-        unflatten(i, geo.in, plane, id, ih, iw);
-        Index od_lo = 0, od_hi = 0, oh_lo = 0, oh_hi = 0, ow_lo = 0, ow_hi = 0;
-        covering_windows(id + geo.pad.d, geo.kernel.d, geo.stride.d, geo.out.d, od_lo, od_hi);
-        covering_windows(ih + geo.pad.h, geo.kernel.h, geo.stride.h, geo.out.h, oh_lo, oh_hi);
-        covering_windows(iw + geo.pad.w, geo.kernel.w, geo.stride.w, geo.out.w, ow_lo, ow_hi);
-        double acc = 0.0;
-        for (Index od = od_lo; od <= od_hi; ++od) {
-          for (Index oh = oh_lo; oh <= oh_hi; ++oh) {
-            for (Index ow = ow_lo; ow <= ow_hi; ++ow) {
-              acc += static_cast<double>(dyv(flat(plane, od, oh, ow, geo.out)));
+      "kernels::avg_pool_backward", Policy(0, g.planes), KOKKOS_LAMBDA(const Index plane) {
+        const Index in0 = plane * geo.in.volume();
+        const Index out0 = plane * geo.out.volume();
+        for (Index j = 0; j < geo.in.volume(); ++j) {
+          dxv(in0 + j) = 0.0F;
+        }
+        for (Index od = 0; od < geo.out.d; ++od) {
+          const Index d0 = od * geo.stride.d - geo.pad.d;
+          Index kd_lo = 0, kd_hi = 0;
+          window_inside(d0, geo.kernel.d, geo.in.d, kd_lo, kd_hi);
+          for (Index oh = 0; oh < geo.out.h; ++oh) {
+            const Index h0 = oh * geo.stride.h - geo.pad.h;
+            Index kh_lo = 0, kh_hi = 0;
+            window_inside(h0, geo.kernel.h, geo.in.h, kh_lo, kh_hi);
+            for (Index ow = 0; ow < geo.out.w; ++ow) {
+              const Index w0 = ow * geo.stride.w - geo.pad.w;
+              Index kw_lo = 0, kw_hi = 0;
+              window_inside(w0, geo.kernel.w, geo.in.w, kw_lo, kw_hi);
+              const float share = dyv(out0 + (od * geo.out.h + oh) * geo.out.w + ow) * inv_volume;
+              for (Index kd = kd_lo; kd < kd_hi; ++kd) {
+                for (Index kh = kh_lo; kh < kh_hi; ++kh) {
+                  const Index line = in0 + ((d0 + kd) * geo.in.h + (h0 + kh)) * geo.in.w + w0;
+                  for (Index kw = kw_lo; kw < kw_hi; ++kw) {
+                    dxv(line + kw) += share;
+                  }
+                }
+              }
             }
           }
         }
-        dxv(i) = static_cast<float>(acc * inv_volume);
       });
 }
 

@@ -8,10 +8,9 @@
 // pooling counts them as zeros (count_include_pad = true, PyTorch's default), so every window
 // divides by the full kernel volume kD·kH·kW.
 //
-// The backward kernels gather rather than scatter: each input element sums the output gradients
-// of the windows that cover it (for max pooling, of those windows whose argmax it is). The result
-// is the scatter-add of dy into dx, computed without atomics and in a fixed order, so it is
-// bitwise reproducible on every backend.
+// The backward kernels scatter-add dy into dx one plane per parallel iteration, visiting the
+// outputs in order: no atomics, and a fixed order of additions, so the result is bitwise
+// reproducible on every backend.
 #include "tessera/core/tensor.hpp"
 
 namespace tessera::kernels {
@@ -40,9 +39,9 @@ struct PoolGeometry {
 Index pool_output_extent(Index in, Index kernel, Index stride, Index pad);
 
 /// y = max over each window of x; argmax receives, per output element, the position of the
-/// maximum inside its window as a float: (kd·kH + kh)·kW + kw, counted in the unclipped window
-/// (exact in float since the kernel volume is below 2^24). Ties keep the first maximum in that
-/// order; a NaN in a window wins, as in PyTorch.
+/// maximum in its input plane as a float: (d·in.h + h)·in.w + w (exact in float since the plane
+/// holds fewer than 2^24 elements). Ties keep the first maximum in row-major order; a NaN in a
+/// window wins, as in PyTorch.
 /// x: (planes, in.d, in.h, in.w); y and argmax: (planes, out.d, out.h, out.w), any shapes of
 /// those sizes.
 void max_pool_forward(const Tensor& x, const Tensor& y, const Tensor& argmax,
