@@ -120,6 +120,20 @@ BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Ba
   return r;
 }
 
+// JSON has no NaN or infinity: a diverged loss is written as null, so every line stays JSON.
+std::string json_number(double x) { return std::isfinite(x) ? fmt::format("{:.6g}", x) : "null"; }
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+    }
+    out += c;
+  }
+  return out + "\"";
+}
+
 const char* metric_name(deck::LossKind kind) {
   return kind == deck::LossKind::softmax_cross_entropy ? "accuracy" : "mae";
 }
@@ -340,8 +354,9 @@ RunSummary Trainer::run() {
       std::fflush(stdout);
     }
     log_line(fmt::format(
-        R"({{"kind": "eval", "step": {}, "split": "{}", "loss": {:.6g}, "{}": {:.6g}, "samples": {}, "time": {:.3f}}})",
-        step, d.data.test, e.loss, metric_name(d.model.loss), e.metric, e.samples,
+        R"({{"kind": "eval", "step": {}, "split": {}, "loss": {}, "{}": {}, "samples": {}, "time": {:.3f}}})",
+        step, json_string(d.data.test), json_number(e.loss), metric_name(d.model.loss),
+        json_number(e.metric), e.samples,
         run_clock.seconds()));
     return std::optional<Evaluation>(e);
   };
@@ -412,9 +427,9 @@ RunSummary Trainer::run() {
         std::fflush(stdout);
       }
       log_line(fmt::format(
-          R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {:.6g}, "{}": {:.6g}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
-          step + 1, static_cast<double>(step + 1) / static_cast<double>(per_epoch), loss,
-          metric_name(d.model.loss), metric, samples_s, lr, compute_s, comm_s, data_s,
+          R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
+          step + 1, static_cast<double>(step + 1) / static_cast<double>(per_epoch),
+          json_number(loss), metric_name(d.model.loss), json_number(metric), samples_s, lr, compute_s, comm_s, data_s,
           run_clock.seconds()));
       std::fill(std::begin(window), std::end(window), 0.0);
       compute_s = comm_s = data_s = 0.0;
