@@ -29,7 +29,9 @@ for n in 1 2; do
   # metrics.jsonl: 4 train records and 1 eval record, each a JSON object.
   [[ $(grep -c '"kind": "train"' "$dir/mlp$n/metrics.jsonl") -eq 4 ]]
   [[ $(grep -c '"kind": "eval"' "$dir/mlp$n/metrics.jsonl") -eq 1 ]]
-  /usr/bin/python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$dir/mlp$n/metrics.jsonl"
+  if [[ -x /usr/bin/python3 ]]; then  # every line parses as JSON
+    /usr/bin/python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$dir/mlp$n/metrics.jsonl"
+  fi
   # The saved, resolved deck is a deck that checks.
   "$bin/tessera" check "$dir/mlp$n/deck.toml" >/dev/null
 done
