@@ -20,8 +20,10 @@ fi
 build_dir=${BUILD_DIR:-build}
 
 tools/setup.sh
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 echo "test: running the suite in $build_dir"
-(cd "$build_dir" && ctest --output-on-failure -j "${JOBS:-2}" --timeout 600)
+(cd "$build_dir" && ctest --output-on-failure -j "${JOBS:-2}" --timeout 600) | tee "$logs/host.log"
 
 if [[ -z ${TESSERA_SKIP_CUDA:-} && -z ${TESSERA_SANITIZE:-} ]]; then
   nvcc=$(command -v nvcc || true)
@@ -31,9 +33,18 @@ if [[ -z ${TESSERA_SKIP_CUDA:-} && -z ${TESSERA_SANITIZE:-} ]]; then
     BUILD_DIR=build-cuda BUILD_TARGETS="tessera_cuda gpu_check gpu_gemm gpu_conv" \
       CMAKE_ARGS="-DTESSERA_ENABLE_CUDA=ON -DTESSERA_BUILD_BENCH=OFF -DCMAKE_CUDA_COMPILER=$nvcc" \
       tools/setup.sh
-    (cd build-cuda && ctest --output-on-failure -L gpu)
+    (cd build-cuda && ctest --output-on-failure -L gpu) | tee "$logs/gpu.log"
   else
     echo "test: no CUDA toolkit (nvcc) on this machine: the CUDA configuration is not built"
   fi
 fi
+# One closing line over every ctest run: "N passed, N failed, N skipped".
+total=0 failed=0 skipped=0
+for log in "$logs"/*.log; do
+  line=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+' "$log" | tail -n 1)
+  total=$((total + $(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$line")))
+  failed=$((failed + $(sed -E 's/.*passed, ([0-9]+) tests failed.*/\1/' <<<"$line")))
+  skipped=$((skipped + $(grep -cE '^\s*[0-9]+/[0-9]+ Test +#[0-9]+: .*\*\*\*Skipped' "$log" || true)))
+done
 echo "test: done in $((SECONDS - start)) s"
+echo "tests: $((total - failed - skipped)) passed, $failed failed, $skipped skipped"
