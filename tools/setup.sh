@@ -57,9 +57,11 @@ fi
 
 build_dir=${BUILD_DIR:-build}
 jobs=${JOBS:-$(nproc)}
+mkdir -p "$build_dir"
+log="$build_dir/configure.log"
 # shellcheck disable=SC2086  # CMAKE_ARGS is a list of arguments
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-Release} ${CMAKE_ARGS:-} \
-  >"$build_dir.configure.log" 2>&1 || { cat "$build_dir.configure.log"; exit 1; }
-echo "setup: configured $build_dir ($(grep -m1 '^-- Tessera' "$build_dir.configure.log" | cut -c4-))"
+  >"$log" 2>&1 || { cat "$log"; exit 1; }
+echo "setup: configured $build_dir ($(grep -m1 '^-- Tessera' "$log" | cut -c4-))"
 cmake --build "$build_dir" -j "$jobs" ${BUILD_TARGETS:+--target $BUILD_TARGETS}
 echo "setup: built $build_dir"

@@ -1,0 +1,217 @@
+#pragma once
+// Communicator: the collectives of one group of ranks — one axis of the process grid, a trainer,
+// the world — in the shape of PyTorch c10d's Backend (STYLE.md): one method per collective, an
+// options struct per collective (adding a field changes no signature), and an asynchronous Work
+// handle returned by every call. `comm.allreduce(buffer)->wait()` is the blocking form; start
+// several operations, compute, then wait (in any order) to overlap communication with computation.
+//
+// Every rank of the group calls the same collectives in the same order (MPI's rule for
+// non-blocking collectives); they may complete them in any order. A buffer must stay alive and
+// untouched until its Work has completed.
+//
+// Backends:
+// - MpiCommunicator (below): host memory, MPI's non-blocking collectives (MPI_Iallreduce, ...).
+// - NCCL (later, src/comm/nccl_communicator.cpp, built with TESSERA_ENABLE_CUDA): device memory.
+//   It will implement the same private do_* hooks with ncclAllReduce, ncclReduceScatter,
+//   ncclAllGather, ncclBroadcast, ncclSend/ncclRecv (inside ncclGroupStart/End) and, for barrier,
+//   a one-element allreduce; it is created from an MpiCommunicator of the same group (rank 0 makes
+//   the ncclUniqueId and broadcasts it over MPI), which also stays its mpi_comm(). Its Work records
+//   a cudaEvent on the communicator's stream: test() is cudaEventQuery, wait() makes the caller's
+//   stream wait for the event (and the host too where the caller asks). It maps DType to
+//   ncclDataType_t and ReduceOp to ncclRedOp_t (ncclAvg exists there; MPI has no average). NCCL's
+//   tags do not exist: send/recv of one peer pair are matched in order.
+// Validation (counts, roots, peers, overlaps, memory kind) lives in this base class, so every
+// backend gives the same messages.
+#include "tessera/core/tensor.hpp"
+
+#include <mpi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tessera::comm {
+
+/// The reduction of allreduce and reduce_scatter.
+enum class ReduceOp { sum, product, min, max };
+const char* reduce_op_name(ReduceOp op);
+
+/// Where a buffer's memory lives. A backend works on one kind (Communicator::memory()).
+enum class Memory { host, device };
+const char* memory_name(Memory memory);
+
+/// A contiguous buffer a collective reads and writes: pointer, element count, element type and
+/// memory. Made implicitly from (pointer, count), a std::vector or a Tensor (host or device memory,
+/// as Kokkos placed its storage), so each collective is one method whatever holds the data.
+struct Buffer {
+  void* data = nullptr;
+  Index count = 0;
+  DType dtype = DType::f32;
+  Memory memory = Memory::host;
+
+  Buffer(float* values, Index count, Memory memory = Memory::host);
+  Buffer(std::vector<float>& values);
+  Buffer(const Tensor& tensor);
+};
+
+/// A contiguous buffer a collective only reads (send, the input of reduce_scatter and allgather).
+struct ConstBuffer {
+  const void* data = nullptr;
+  Index count = 0;
+  DType dtype = DType::f32;
+  Memory memory = Memory::host;
+
+  ConstBuffer(const float* values, Index count, Memory memory = Memory::host);
+  ConstBuffer(const std::vector<float>& values);
+  ConstBuffer(const Tensor& tensor);
+  ConstBuffer(const Buffer& buffer);
+};
+
+struct AllreduceOptions {
+  ReduceOp op = ReduceOp::sum;
+};
+struct ReduceScatterOptions {
+  ReduceOp op = ReduceOp::sum;
+};
+struct AllgatherOptions {};
+struct BroadcastOptions {
+  int root = 0;  ///< rank (in this communicator) whose buffer everyone receives
+};
+struct SendOptions {
+  int peer = -1;  ///< destination rank in this communicator (required)
+  int tag = 0;    ///< >= 0; a recv matches the same peer and tag, messages in order
+};
+struct RecvOptions {
+  int peer = -1;  ///< source rank in this communicator (required)
+  int tag = 0;
+};
+struct BarrierOptions {};
+
+/// The handle of one started operation. Its buffers belong to the operation until it completes.
+/// Destroying a Work that has not completed waits for it (MPI forbids abandoning a pending
+/// collective, and the buffers must outlive it) — except while an exception unwinds the stack: the
+/// error may be on this rank alone, the other ranks may never join, and main() aborts the job.
+class Work {
+ public:
+  virtual ~Work() = default;
+  Work(const Work&) = delete;
+  Work& operator=(const Work&) = delete;
+
+  /// Blocks until the operation has completed; throws tessera::Error if it failed. Returns at once
+  /// when it has already completed.
+  virtual void wait() = 0;
+  /// Progresses the operation without blocking; true once it has completed.
+  virtual bool test() = 0;
+  /// True once wait() or test() has seen the operation complete (makes no progress itself).
+  virtual bool is_completed() const = 0;
+
+ protected:
+  Work() = default;
+};
+
+/// One group of ranks and its collectives. Buffers are given in this communicator's memory kind;
+/// counts are elements. Arguments are checked before anything is started, with a tessera::Error
+/// that names the operation, the communicator and the counts.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  /// "world", "trainer", or the grid axis ("data", "tensor", ...): for messages.
+  const std::string& name() const { return m_name; }
+  int rank() const { return m_rank; }
+  int size() const { return m_size; }
+  /// "mpi" or "nccl".
+  virtual const char* backend() const = 0;
+  /// The memory kind this backend's buffers live in.
+  virtual Memory memory() const = 0;
+  /// An MPI communicator over the same group, in the same rank order (every backend has one: NCCL
+  /// bootstraps from it), for comm::agree, MPI-IO and HDF5; collectives go through the methods
+  /// below.
+  virtual MPI_Comm mpi_comm() const = 0;
+
+  /// In place: every rank's `buffer` becomes the reduction of all ranks' buffers.
+  std::unique_ptr<Work> allreduce(Buffer buffer, const AllreduceOptions& options = {});
+  /// `input` holds size() blocks of output.count elements; rank r receives in `output` the
+  /// reduction of block r over all ranks. Input and output must not overlap.
+  std::unique_ptr<Work> reduce_scatter(ConstBuffer input, Buffer output,
+                                       const ReduceScatterOptions& options = {});
+  /// Rank r's `input` becomes block r (of input.count elements) of every rank's `output` (size()
+  /// blocks). In place when `input` is exactly this rank's block of `output` (NCCL's convention);
+  /// otherwise they must not overlap.
+  std::unique_ptr<Work> allgather(ConstBuffer input, Buffer output,
+                                  const AllgatherOptions& options = {});
+  /// Every rank's `buffer` becomes the root's.
+  std::unique_ptr<Work> broadcast(Buffer buffer, const BroadcastOptions& options = {});
+  /// Sends `buffer` to options.peer; matched by a recv of the same count, peer and tag.
+  std::unique_ptr<Work> send(ConstBuffer buffer, const SendOptions& options);
+  /// Receives exactly buffer.count elements from options.peer: a shorter message is an error when
+  /// the Work completes, a longer one MPI's truncation error (MPICH aborts the job on it).
+  std::unique_ptr<Work> recv(Buffer buffer, const RecvOptions& options);
+  /// Completes once every rank has started it.
+  std::unique_ptr<Work> barrier(const BarrierOptions& options = {});
+
+ protected:
+  Communicator(std::string name, int rank, int size);
+  /// "allreduce on communicator 'data' (rank 1 of 2)": the start of every error message.
+  std::string context(const char* op) const;
+
+ private:
+  // The backend's operations, called with arguments already checked.
+  virtual std::unique_ptr<Work> do_allreduce(const Buffer& buffer,
+                                             const AllreduceOptions& options) = 0;
+  virtual std::unique_ptr<Work> do_reduce_scatter(const ConstBuffer& input, const Buffer& output,
+                                                  const ReduceScatterOptions& options) = 0;
+  virtual std::unique_ptr<Work> do_allgather(const ConstBuffer& input, const Buffer& output,
+                                             const AllgatherOptions& options) = 0;
+  virtual std::unique_ptr<Work> do_broadcast(const Buffer& buffer,
+                                             const BroadcastOptions& options) = 0;
+  virtual std::unique_ptr<Work> do_send(const ConstBuffer& buffer, const SendOptions& options) = 0;
+  virtual std::unique_ptr<Work> do_recv(const Buffer& buffer, const RecvOptions& options) = 0;
+  virtual std::unique_ptr<Work> do_barrier(const BarrierOptions& options) = 0;
+
+  template <class B>
+  void check_buffer(const char* op, const char* role, const B& buffer) const;
+  void check_rank(const char* op, const char* role, int rank) const;
+
+  std::string m_name;
+  int m_rank = 0;
+  int m_size = 1;
+};
+
+/// The MPI backend: host memory. Owns a duplicate of the given communicator (so its messages never
+/// match anyone else's), with MPI_ERRORS_RETURN so that failures throw tessera::Error, and frees it
+/// when destroyed. Counts above 2^31 - 1 elements per call are refused (MPI's int counts).
+class MpiCommunicator final : public Communicator {
+ public:
+  /// Collective over `comm` (MPI_Comm_dup). `comm` stays the caller's.
+  MpiCommunicator(MPI_Comm comm, std::string name);
+  ~MpiCommunicator() override;
+
+  const char* backend() const override { return "mpi"; }
+  Memory memory() const override { return Memory::host; }
+  MPI_Comm mpi_comm() const override { return m_comm; }
+
+ private:
+  std::unique_ptr<Work> do_allreduce(const Buffer& buffer,
+                                     const AllreduceOptions& options) override;
+  std::unique_ptr<Work> do_reduce_scatter(const ConstBuffer& input, const Buffer& output,
+                                          const ReduceScatterOptions& options) override;
+  std::unique_ptr<Work> do_allgather(const ConstBuffer& input, const Buffer& output,
+                                     const AllgatherOptions& options) override;
+  std::unique_ptr<Work> do_broadcast(const Buffer& buffer,
+                                     const BroadcastOptions& options) override;
+  std::unique_ptr<Work> do_send(const ConstBuffer& buffer, const SendOptions& options) override;
+  std::unique_ptr<Work> do_recv(const Buffer& buffer, const RecvOptions& options) override;
+  std::unique_ptr<Work> do_barrier(const BarrierOptions& options) override;
+
+  // The element count as MPI's int, or an error naming `op`.
+  int mpi_count(const char* op, Index count) const;
+  void check_tag(const char* op, int tag) const;
+
+  MPI_Comm m_comm = MPI_COMM_NULL;
+  int m_tag_ub = 32767;  // MPI_TAG_UB of this communicator (MPI guarantees at least 32767)
+};
+
+}  // namespace tessera::comm

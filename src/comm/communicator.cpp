@@ -1,0 +1,181 @@
+#include "tessera/comm/communicator.hpp"
+
+#include "tessera/core/check.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <utility>
+
+namespace tessera::comm {
+
+const char* reduce_op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum:
+      return "sum";
+    case ReduceOp::product:
+      return "product";
+    case ReduceOp::min:
+      return "min";
+    case ReduceOp::max:
+      return "max";
+  }
+  return "unknown";
+}
+
+const char* memory_name(Memory memory) {
+  return memory == Memory::host ? "host" : "device";
+}
+
+namespace {
+
+constexpr Memory tensor_memory() {
+  return Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible ? Memory::host
+                                                                             : Memory::device;
+}
+
+std::size_t dtype_bytes(DType dtype) {
+  switch (dtype) {
+    case DType::f32:
+      return sizeof(float);
+  }
+  return 1;
+}
+
+// [begin, end) of a buffer's bytes, as integers (pointers of unrelated arrays do not compare).
+template <class B>
+std::pair<std::uintptr_t, std::uintptr_t> byte_range(const B& b) {
+  const auto begin = reinterpret_cast<std::uintptr_t>(b.data);
+  return {begin, begin + static_cast<std::uintptr_t>(b.count) * dtype_bytes(b.dtype)};
+}
+
+template <class A, class B>
+bool overlap(const A& a, const B& b) {
+  const auto [a0, a1] = byte_range(a);
+  const auto [b0, b1] = byte_range(b);
+  return a0 < b1 && b0 < a1;
+}
+
+}  // namespace
+
+Buffer::Buffer(float* values, Index n, Memory where) : data(values), count(n), memory(where) {}
+Buffer::Buffer(std::vector<float>& values)
+    : data(values.data()), count(static_cast<Index>(values.size())) {}
+Buffer::Buffer(const Tensor& tensor)
+    : data(tensor.data()), count(tensor.numel()), dtype(tensor.dtype()), memory(tensor_memory()) {}
+
+ConstBuffer::ConstBuffer(const float* values, Index n, Memory where)
+    : data(values), count(n), memory(where) {}
+ConstBuffer::ConstBuffer(const std::vector<float>& values)
+    : data(values.data()), count(static_cast<Index>(values.size())) {}
+ConstBuffer::ConstBuffer(const Tensor& tensor)
+    : data(tensor.data()), count(tensor.numel()), dtype(tensor.dtype()), memory(tensor_memory()) {}
+ConstBuffer::ConstBuffer(const Buffer& buffer)
+    : data(buffer.data), count(buffer.count), dtype(buffer.dtype), memory(buffer.memory) {}
+
+Communicator::Communicator(std::string name, int rank, int size)
+    : m_name(std::move(name)), m_rank(rank), m_size(size) {}
+
+std::string Communicator::context(const char* op) const {
+  return fmt::format("{} on communicator '{}' (rank {} of {})", op, m_name, m_rank, m_size);
+}
+
+template <class B>
+void Communicator::check_buffer(const char* op, const char* role, const B& buffer) const {
+  if (buffer.count < 0) {
+    TESSERA_THROW("{}: {} buffer has a negative count ({})", context(op), role, buffer.count);
+  }
+  if (buffer.data == nullptr && buffer.count > 0) {
+    TESSERA_THROW("{}: {} buffer is null but has {} elements", context(op), role, buffer.count);
+  }
+  if (buffer.memory != memory()) {
+    TESSERA_THROW("{}: {} buffer is in {} memory, but the {} backend takes {} memory", context(op),
+                  role, memory_name(buffer.memory), backend(), memory_name(memory()));
+  }
+}
+
+void Communicator::check_rank(const char* op, const char* role, int rank) const {
+  if (rank < 0 || rank >= m_size) {
+    TESSERA_THROW("{}: {} {} is not a rank of this communicator (0 to {})", context(op), role, rank,
+                  m_size - 1);
+  }
+}
+
+std::unique_ptr<Work> Communicator::allreduce(Buffer buffer, const AllreduceOptions& options) {
+  check_buffer("allreduce", "the", buffer);
+  return do_allreduce(buffer, options);
+}
+
+std::unique_ptr<Work> Communicator::reduce_scatter(ConstBuffer input, Buffer output,
+                                                   const ReduceScatterOptions& options) {
+  const char* op = "reduce_scatter";
+  check_buffer(op, "the input", input);
+  check_buffer(op, "the output", output);
+  if (input.dtype != output.dtype) {
+    TESSERA_THROW("{}: input is {} but output is {}", context(op), dtype_name(input.dtype),
+                  dtype_name(output.dtype));
+  }
+  if (input.count != m_size * output.count) {
+    TESSERA_THROW("{}: input has {} elements, expected size × output = {} × {} = {}", context(op),
+                  input.count, m_size, output.count, m_size * output.count);
+  }
+  if (overlap(input, output)) {
+    TESSERA_THROW("{}: input and output overlap", context(op));
+  }
+  return do_reduce_scatter(input, output, options);
+}
+
+std::unique_ptr<Work> Communicator::allgather(ConstBuffer input, Buffer output,
+                                              const AllgatherOptions& options) {
+  const char* op = "allgather";
+  check_buffer(op, "the input", input);
+  check_buffer(op, "the output", output);
+  if (input.dtype != output.dtype) {
+    TESSERA_THROW("{}: input is {} but output is {}", context(op), dtype_name(input.dtype),
+                  dtype_name(output.dtype));
+  }
+  if (output.count != m_size * input.count) {
+    TESSERA_THROW("{}: output has {} elements, expected size × input = {} × {} = {}", context(op),
+                  output.count, m_size, input.count, m_size * input.count);
+  }
+  const auto in_place =
+      byte_range(output).first +
+      static_cast<std::uintptr_t>(m_rank * input.count) * dtype_bytes(input.dtype);
+  if (overlap(input, output) && byte_range(input).first != in_place) {
+    TESSERA_THROW(
+        "{}: input overlaps output but is not this rank's block of it (in place needs "
+        "input = output + rank × count)",
+        context(op));
+  }
+  return do_allgather(input, output, options);
+}
+
+std::unique_ptr<Work> Communicator::broadcast(Buffer buffer, const BroadcastOptions& options) {
+  check_buffer("broadcast", "the", buffer);
+  check_rank("broadcast", "root", options.root);
+  return do_broadcast(buffer, options);
+}
+
+std::unique_ptr<Work> Communicator::send(ConstBuffer buffer, const SendOptions& options) {
+  check_buffer("send", "the", buffer);
+  check_rank("send", "peer", options.peer);
+  if (options.tag < 0) {
+    TESSERA_THROW("{}: tag {} is negative", context("send"), options.tag);
+  }
+  return do_send(buffer, options);
+}
+
+std::unique_ptr<Work> Communicator::recv(Buffer buffer, const RecvOptions& options) {
+  check_buffer("recv", "the", buffer);
+  check_rank("recv", "peer", options.peer);
+  if (options.tag < 0) {
+    TESSERA_THROW("{}: tag {} is negative", context("recv"), options.tag);
+  }
+  return do_recv(buffer, options);
+}
+
+std::unique_ptr<Work> Communicator::barrier(const BarrierOptions& options) {
+  return do_barrier(options);
+}
+
+}  // namespace tessera::comm
