@@ -1,5 +1,6 @@
 #include "tessera/kernels/reduce.hpp"
 
+#include "checks.hpp"
 #include "tessera/core/check.hpp"
 #include "tessera/core/math.hpp"
 
@@ -7,10 +8,7 @@ namespace tessera::kernels {
 namespace {
 using Policy = Kokkos::RangePolicy<ExecSpace>;
 
-void check_same_size(const Tensor& x, const Tensor& y, const char* op) {
-  TESSERA_CHECK(x.numel() == y.numel(), "{}: '{}' {} and '{}' {} differ in size", op, x.label(),
-                to_string(x.shape()), y.label(), to_string(y.shape()));
-}
+using detail::check_same_size;
 }  // namespace
 
 double sum(const Tensor& x) {

@@ -76,4 +76,14 @@ void Layer::check_batch(const Tensor& x, const Shape& expected, const char* what
   }
 }
 
+void Layer::check_context(const Tensor& dy, const Context& ctx, const Shape& input,
+                          size_t saved) const {
+  if (ctx.input_shape != batch_shape(dy.dim(0), input) || ctx.saved.size() != saved) {
+    throw Error(
+        fmt::format("{} '{}': output grad of shape {} does not match the context of the "
+                    "forward pass (input {})",
+                    kind(), m_name, to_string(dy.shape()), to_string(ctx.input_shape)));
+  }
+}
+
 }  // namespace tessera::nn

@@ -51,17 +51,6 @@ kernels::Dims3 to_dims(const std::vector<Index>& v, int spatial_dims, Index dept
   return {e[0], e[1], e[2]};
 }
 
-// Throws unless dy and ctx come from a forward pass of `layer` on a batch of sample `input`.
-void check_context(const Layer& layer, const Tensor& dy, const Context& ctx, const Shape& input,
-                   size_t saved) {
-  if (ctx.input_shape != batch_shape(dy.dim(0), input) || ctx.saved.size() != saved) {
-    TESSERA_THROW(
-        "{} '{}': output grad of shape {} does not match the context of the forward pass (input "
-        "{})",
-        layer.kind(), layer.name(), to_string(dy.shape()), to_string(ctx.input_shape));
-  }
-}
-
 }  // namespace
 
 // --- PoolNd ------------------------------------------------------------------------------------
@@ -146,7 +135,7 @@ ForwardResult PoolNd::forward(const Tensor& x, const ForwardOptions& /*options*/
 
 Tensor PoolNd::backward(const Tensor& dy, Context&& ctx) {
   check_batch(dy, m_output, "output grad");
-  check_context(*this, dy, ctx, m_input, m_mode == Mode::max ? 1 : 0);
+  check_context(dy, ctx, m_input, m_mode == Mode::max ? 1 : 0);
   const kernels::PoolGeometry g = geometry(dy.dim(0));
   Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, C, spatial...)
   if (m_mode == Mode::max) {
@@ -198,7 +187,7 @@ ForwardResult GlobalAvgPool::forward(const Tensor& x, const ForwardOptions& /*op
 Tensor GlobalAvgPool::backward(const Tensor& dy, Context&& ctx) {
   const Index channels = m_input[0];
   check_batch(dy, {channels}, "output grad");
-  check_context(*this, dy, ctx, m_input, 0);
+  check_context(dy, ctx, m_input, 0);
   Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, C, spatial...)
   kernels::global_avg_pool_backward(dy, dx, dy.dim(0) * channels, numel(m_input) / channels);
   return dx;

@@ -6,6 +6,8 @@
 #include "tessera/io/dataset.hpp"
 #include "tessera/io/hdf5.hpp"
 
+#include "support/mpi.hpp"
+
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <unistd.h>
@@ -19,17 +21,8 @@
 using namespace tessera;
 
 namespace {
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int s = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
+using tessera::testing::world_rank;
+using tessera::testing::world_size;
 
 // A folder shared by the ranks of this run (rank 0's pid names it), removed at the end.
 class TempDir {

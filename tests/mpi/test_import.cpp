@@ -4,6 +4,8 @@
 #include "commands.hpp"
 #include "tessera/core/error.hpp"
 
+#include "support/mpi.hpp"
+
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <mpi.h>
@@ -15,14 +17,10 @@
 #include <vector>
 
 namespace {
+using tessera::testing::world_rank;
+using tessera::testing::world_size;
 
 const std::string kSource = "/usr/share/datasets/fashion-mnist";
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
 
 std::vector<unsigned char> gunzip(const std::string& path) {
   std::vector<unsigned char> out;

@@ -8,6 +8,8 @@
 #include "tessera/core/error.hpp"
 #include "tessera/core/layout.hpp"
 
+#include "support/mpi.hpp"
+
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -19,17 +21,8 @@ using namespace tessera;
 using namespace tessera::comm;
 
 namespace {
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int s = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
+using tessera::testing::world_rank;
+using tessera::testing::world_size;
 
 constexpr std::array<GridAxis, kNumGridAxes> kAxes{GridAxis::data,     GridAxis::pipeline,
                                                    GridAxis::tensor,   GridAxis::spatial0,

@@ -136,6 +136,17 @@ inline std::string error_of(const std::function<void()>& f) {
   return "no error";
 }
 
+/// Expects `f` to throw a tessera::Error whose what() is exactly `message`.
+template <class F>
+void expect_error(F&& f, const std::string& message) {
+  try {
+    f();
+    ADD_FAILURE() << "expected tessera::Error: " << message;
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), message);
+  }
+}
+
 /// Expects `actual` to equal `expected` within `tol` element-wise, with the first differences
 /// reported.
 inline void expect_near(const std::vector<float>& actual, const std::vector<float>& expected,

@@ -14,22 +14,13 @@
 #include <vector>
 
 using namespace tessera;
+using tessera::testing::expect_error;
 using tessera::testing::expect_near;
 using tessera::testing::gradcheck;
 using tessera::testing::random_tensor;
 using tessera::testing::random_values;
 
 namespace {
-
-template <class F>
-void expect_error(F&& f, const std::string& message) {
-  try {
-    f();
-    ADD_FAILURE() << "expected tessera::Error: " << message;
-  } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()), message);
-  }
-}
 
 // Per-channel batch statistics of x viewed as (N, C, S): mean and biased variance, in double.
 struct ChannelStats {

@@ -17,22 +17,13 @@
 #include <vector>
 
 using namespace tessera;
+using tessera::testing::expect_error;
 using tessera::testing::expect_near;
 using tessera::testing::gradcheck;
 using tessera::testing::random_tensor;
 using tessera::testing::random_values;
 
 namespace {
-
-template <class F>
-void expect_error(F&& f, const std::string& message) {
-  try {
-    f();
-    ADD_FAILURE() << "expected tessera::Error: " << message;
-  } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()), message);
-  }
-}
 
 // Values 0.05 · (k - n/2) for k a fixed permutation of 0..n-1. Neighbouring values are 0.05
 // apart, so a gradient check perturbing one element by eps = 1e-2 never changes which element of

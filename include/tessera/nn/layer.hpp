@@ -97,6 +97,9 @@ class Layer {
   Parameter& add_buffer(const std::string& suffix, const Shape& shape, InitSpec init);
   /// Throws unless x is (N, expected...) for some N >= 1; `what` is "input" or "output grad".
   void check_batch(const Tensor& x, const Shape& expected, const char* what) const;
+  /// Throws unless `dy` and `ctx` come from one forward pass of this layer on a batch of samples
+  /// `input` whose context saved `saved` tensors.
+  void check_context(const Tensor& dy, const Context& ctx, const Shape& input, size_t saved) const;
 
  private:
   std::string m_name;
