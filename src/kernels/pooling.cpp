@@ -39,6 +39,22 @@ KOKKOS_INLINE_FUNCTION void window_inside(Index start, Index kernel, Index exten
   hi = extent - start < kernel ? extent - start : kernel;
 }
 
+// The windows of one output row (plane, od, oh) of a pooling: where they start in depth and
+// height, the part of the kernel inside the input there, and the plane's first input element.
+struct RowWindows {
+  Index d0, h0, kd_lo, kd_hi, kh_lo, kh_hi, in_plane;
+};
+
+KOKKOS_INLINE_FUNCTION RowWindows row_windows(Index row, const PoolGeometry& g) {
+  const Index oh = row % g.out.h;
+  const Index od = (row / g.out.h) % g.out.d;
+  const Index plane = row / (g.out.h * g.out.d);
+  RowWindows r{od * g.stride.d - g.pad.d, oh * g.stride.h - g.pad.h, 0, 0, 0, 0,
+               plane * g.in.volume()};
+  window_inside(r.d0, g.kernel.d, g.in.d, r.kd_lo, r.kd_hi);
+  window_inside(r.h0, g.kernel.h, g.in.h, r.kh_lo, r.kh_hi);
+  return r;
+}
 }  // namespace
 
 Index pool_output_extent(Index in, Index kernel, Index stride, Index pad) {
@@ -65,15 +81,9 @@ void max_pool_forward(const Tensor& x, const Tensor& y, const Tensor& argmax,
   Kokkos::parallel_for(
       "kernels::max_pool_forward", Policy(0, g.planes * g.out.d * g.out.h),
       KOKKOS_LAMBDA(const Index row) {
-        const Index oh = row % geo.out.h;
-        const Index od = (row / geo.out.h) % geo.out.d;
-        const Index plane = row / (geo.out.h * geo.out.d);
-        const Index d0 = od * geo.stride.d - geo.pad.d;
-        const Index h0 = oh * geo.stride.h - geo.pad.h;
-        Index kd_lo = 0, kd_hi = 0, kh_lo = 0, kh_hi = 0;
-        window_inside(d0, geo.kernel.d, geo.in.d, kd_lo, kd_hi);
-        window_inside(h0, geo.kernel.h, geo.in.h, kh_lo, kh_hi);
-        const Index in_plane = plane * geo.in.volume();
+        const RowWindows rw = row_windows(row, geo);
+        const Index d0 = rw.d0, h0 = rw.h0, in_plane = rw.in_plane;
+        const Index kd_lo = rw.kd_lo, kd_hi = rw.kd_hi, kh_lo = rw.kh_lo, kh_hi = rw.kh_hi;
         const Index out_row = row * geo.out.w;
         for (Index ow = 0; ow < geo.out.w; ++ow) {
           const Index w0 = ow * geo.stride.w - geo.pad.w;
@@ -136,15 +146,9 @@ void avg_pool_forward(const Tensor& x, const Tensor& y, const PoolGeometry& g) {
   Kokkos::parallel_for(
       "kernels::avg_pool_forward", Policy(0, g.planes * g.out.d * g.out.h),
       KOKKOS_LAMBDA(const Index row) {
-        const Index oh = row % geo.out.h;
-        const Index od = (row / geo.out.h) % geo.out.d;
-        const Index plane = row / (geo.out.h * geo.out.d);
-        const Index d0 = od * geo.stride.d - geo.pad.d;
-        const Index h0 = oh * geo.stride.h - geo.pad.h;
-        Index kd_lo = 0, kd_hi = 0, kh_lo = 0, kh_hi = 0;
-        window_inside(d0, geo.kernel.d, geo.in.d, kd_lo, kd_hi);
-        window_inside(h0, geo.kernel.h, geo.in.h, kh_lo, kh_hi);
-        const Index in_plane = plane * geo.in.volume();
+        const RowWindows rw = row_windows(row, geo);
+        const Index d0 = rw.d0, h0 = rw.h0, in_plane = rw.in_plane;
+        const Index kd_lo = rw.kd_lo, kd_hi = rw.kd_hi, kh_lo = rw.kh_lo, kh_hi = rw.kh_hi;
         for (Index ow = 0; ow < geo.out.w; ++ow) {
           const Index w0 = ow * geo.stride.w - geo.pad.w;
           Index kw_lo = 0, kw_hi = 0;

@@ -60,8 +60,11 @@ KOKKOS_INLINE_FUNCTION double row_sum(const FloatView& a, Index base, Index cols
 }
 }  // namespace
 
-void softmax(const Tensor& x, const Tensor& y) {
-  check_rows("softmax", x, {&y});
+namespace {
+// Row-wise softmax (kLog = false) or log-softmax (kLog = true), max-subtracted.
+template <bool kLog>
+void softmax_rows(const char* op, const char* label, const Tensor& x, const Tensor& y) {
+  check_rows(op, x, {&y});
   const Index rows = x.dim(0);
   const Index cols = x.dim(1);
   if (cols == 0) {
@@ -70,34 +73,28 @@ void softmax(const Tensor& x, const Tensor& y) {
   const FloatView in = x.view();
   const FloatView out = y.view();
   Kokkos::parallel_for(
-      "kernels::softmax", Policy(0, rows), KOKKOS_LAMBDA(const Index r) {
+      label, Policy(0, rows), KOKKOS_LAMBDA(const Index r) {
         const Index base = r * cols;
         const float m = row_max(in, base, cols);
         const auto shift = static_cast<float>(row_log_sum_exp_shifted(in, base, cols, m));
         for (Index j = 0; j < cols; ++j) {
-          out(base + j) = math::exp(in(base + j) - m - shift);
+          const float logp = in(base + j) - m - shift;
+          if constexpr (kLog) {
+            out(base + j) = logp;
+          } else {
+            out(base + j) = math::exp(logp);
+          }
         }
       });
 }
+}  // namespace
+
+void softmax(const Tensor& x, const Tensor& y) {
+  softmax_rows<false>("softmax", "kernels::softmax", x, y);
+}
 
 void log_softmax(const Tensor& x, const Tensor& y) {
-  check_rows("log_softmax", x, {&y});
-  const Index rows = x.dim(0);
-  const Index cols = x.dim(1);
-  if (cols == 0) {
-    return;
-  }
-  const FloatView in = x.view();
-  const FloatView out = y.view();
-  Kokkos::parallel_for(
-      "kernels::log_softmax", Policy(0, rows), KOKKOS_LAMBDA(const Index r) {
-        const Index base = r * cols;
-        const float m = row_max(in, base, cols);
-        const auto shift = static_cast<float>(row_log_sum_exp_shifted(in, base, cols, m));
-        for (Index j = 0; j < cols; ++j) {
-          out(base + j) = in(base + j) - m - shift;
-        }
-      });
+  softmax_rows<true>("log_softmax", "kernels::log_softmax", x, y);
 }
 
 void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
