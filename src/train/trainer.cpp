@@ -1,6 +1,7 @@
 #include "tessera/train/trainer.hpp"
 
 #include "tessera/comm/agree.hpp"
+#include "tessera/comm/communicator.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/kernels/gemm.hpp"
 #include "tessera/nn/loss.hpp"
@@ -121,7 +122,9 @@ BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Ba
 }
 
 // JSON has no NaN or infinity: a diverged loss is written as null, so every line stays JSON.
-std::string json_number(double x) { return std::isfinite(x) ? fmt::format("{:.6g}", x) : "null"; }
+std::string json_number(double x) {
+  return std::isfinite(x) ? fmt::format("{:.6g}", x) : "null";
+}
 
 std::string json_string(const std::string& s) {
   std::string out = "\"";
@@ -205,10 +208,18 @@ void install_stop_handlers() {
 Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
   int world_size = 1;
   MPI_Comm_size(world, &world_size);
-  comm::agree(world, [&] { check_grid(deck, world_size); });
-  TESSERA_MPI_CHECK(MPI_Comm_dup(world, &m_comm));
-  MPI_Comm_rank(m_comm, &m_rank);
-  MPI_Comm_size(m_comm, &m_size);
+  comm::agree(world, [&] { check_grid(deck, world_size); });  // errors located in the deck
+  comm::GridSpec spec;
+  spec.trainers = deck.parallel.trainers;
+  spec.data = deck.parallel.data;
+  spec.pipeline = deck.parallel.pipeline;
+  spec.tensor = deck.parallel.tensor;
+  spec.spatial = deck.parallel.spatial;
+  m_grid = std::make_unique<comm::ProcessGrid>(world, spec);
+  comm::Communicator& data = m_grid->axis(GridAxis::data);
+  m_comm = data.mpi_comm();
+  m_rank = data.rank();
+  m_size = data.size();
   kernels::set_blas_threads(deck.run.blas_threads);
 
   comm::agree(m_comm, [&] {
@@ -259,9 +270,6 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
 
 Trainer::~Trainer() {
   m_train.reset();
-  if (m_comm != MPI_COMM_NULL) {
-    MPI_Comm_free(&m_comm);
-  }
 }
 
 void Trainer::log_line(const std::string& json) const {
@@ -275,10 +283,15 @@ void Trainer::reduce_gradients() {
     return;
   }
   // Each rank's loss is Σ(local losses) / global batch, so the sum of the gradients is the
-  // gradient of the mean over the global batch.
+  // gradient of the mean over the global batch. Every reduction is started before the first is
+  // waited for; bucketing them and overlapping them with backward is the data-parallel issue's.
+  comm::Communicator& data = m_grid->axis(GridAxis::data);
+  std::vector<std::unique_ptr<comm::Work>> pending;
   for (nn::Parameter* p : m_model->all_parameters()) {
-    TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p->grad.data(), static_cast<int>(p->grad.numel()),
-                                    MPI_FLOAT, MPI_SUM, m_comm));
+    pending.push_back(data.allreduce(p->grad));
+  }
+  for (auto& work : pending) {
+    work->wait();
   }
 }
 
@@ -356,8 +369,7 @@ RunSummary Trainer::run() {
     log_line(fmt::format(
         R"({{"kind": "eval", "step": {}, "split": {}, "loss": {}, "{}": {}, "samples": {}, "time": {:.3f}}})",
         step, json_string(d.data.test), json_number(e.loss), metric_name(d.model.loss),
-        json_number(e.metric), e.samples,
-        run_clock.seconds()));
+        json_number(e.metric), e.samples, run_clock.seconds()));
     return std::optional<Evaluation>(e);
   };
 
@@ -429,8 +441,8 @@ RunSummary Trainer::run() {
       log_line(fmt::format(
           R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
           step + 1, static_cast<double>(step + 1) / static_cast<double>(per_epoch),
-          json_number(loss), metric_name(d.model.loss), json_number(metric), samples_s, lr, compute_s, comm_s, data_s,
-          run_clock.seconds()));
+          json_number(loss), metric_name(d.model.loss), json_number(metric), samples_s, lr,
+          compute_s, comm_s, data_s, run_clock.seconds()));
       std::fill(std::begin(window), std::end(window), 0.0);
       compute_s = comm_s = data_s = 0.0;
       window_clock.restart();

@@ -4,6 +4,7 @@
 // backward, reduces gradients over the data axis, steps the optimizer; logging and evaluation are
 // guarded by `step % every == 0 || last`. It runs over the process grid from the start: with one
 // data rank the reduction is a no-op, with P it is an allreduce.
+#include "tessera/comm/process_grid.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/io/dataset.hpp"
 #include "tessera/nn/sequential.hpp"
@@ -65,7 +66,8 @@ class Trainer {
   void log_line(const std::string& json) const;
 
   const deck::Deck& m_deck;
-  MPI_Comm m_comm = MPI_COMM_NULL;  // the data axis (the whole trainer for now)
+  std::unique_ptr<comm::ProcessGrid> m_grid;
+  MPI_Comm m_comm = MPI_COMM_NULL;  // the data axis's MPI communicator (owned by m_grid)
   int m_rank = 0;
   int m_size = 1;
   std::unique_ptr<nn::Sequential> m_model;
