@@ -57,6 +57,9 @@ Tensor Sequential::backward(const Tensor& dy, Context&& ctx) {
   Tensor grad = dy;
   for (std::size_t i = m_layers.size(); i-- > 0;) {
     grad = m_layers[i]->backward(grad, std::move(ctx.children[i]));
+    if (m_backward_hook) {
+      m_backward_hook(*m_layers[i]);
+    }
     if (!m_layers[i]->needs_input_grad()) {
       return Tensor();  // the layers before this one have no parameters and the input is data
     }

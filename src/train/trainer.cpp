@@ -265,6 +265,7 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
   });
   m_model->initialize(deck.run.seed);
   m_model->set_needs_input_grad(false);  // the input is data
+  m_model->set_backward_hook([this](nn::Layer& layer) { start_gradient_reduction(layer); });
   m_optimizer = make_optimizer(deck.optimizer);
 }
 
@@ -278,21 +279,26 @@ void Trainer::log_line(const std::string& json) const {
   }
 }
 
-void Trainer::reduce_gradients() {
+void Trainer::start_gradient_reduction(nn::Layer& layer) {
+  // Each rank's loss is Σ(local losses) / global batch, so the sum of the gradients is the
+  // gradient of the mean over the global batch. A layer's reductions start as soon as backward
+  // has finished its gradients, while the layers before it still compute; every rank starts them
+  // in the same order (the same model, backward in the same order). Bucketing small tensors
+  // together is the data-parallel issue's next step.
   if (m_size == 1) {
     return;
   }
-  // Each rank's loss is Σ(local losses) / global batch, so the sum of the gradients is the
-  // gradient of the mean over the global batch. Every reduction is started before the first is
-  // waited for; bucketing them and overlapping them with backward is the data-parallel issue's.
   comm::Communicator& data = m_grid->axis(GridAxis::data);
-  std::vector<std::unique_ptr<comm::Work>> pending;
-  for (nn::Parameter* p : m_model->all_parameters()) {
-    pending.push_back(data.allreduce(p->grad));
+  for (nn::Parameter* p : layer.all_parameters()) {
+    m_pending.push_back(data.allreduce(p->grad));
   }
-  for (auto& work : pending) {
+}
+
+void Trainer::finish_gradient_reduction() {
+  for (auto& work : m_pending) {
     work->wait();
   }
+  m_pending.clear();
 }
 
 bool Trainer::stop_requested() {
@@ -395,8 +401,9 @@ RunSummary Trainer::run() {
     compute_s += compute_clock.seconds();
 
     // --- gradient reduction over the data axis --------------------------------------------
+    // (started during backward; what is left to wait for here is the exposed communication)
     const Stopwatch comm_clock;
-    reduce_gradients();
+    finish_gradient_reduction();
     comm_s += comm_clock.seconds();
 
     // --- update ---------------------------------------------------------------------------

@@ -240,3 +240,29 @@ TEST(Layers, SkipTheInputGradientWhenNotNeeded) {
     }
   }
 }
+
+TEST(Sequential, BackwardHookSeesEachLayerOnceItsGradientsAreFinal) {
+  // The hook runs after each layer's backward, last layer first; at that moment the layer's
+  // parameter gradients already equal their final values (what the data-parallel reduction needs).
+  nn::Sequential m("m", {4});
+  m.emplace<nn::Linear>("fc1", nn::LinearOptions{3, true});
+  m.add(nn::make_layer(spec("tanh"), "act", {3}));
+  m.emplace<nn::Linear>("fc2", nn::LinearOptions{2, true});
+  m.initialize(5);
+  m.set_needs_input_grad(false);
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<float>> at_hook;
+  m.set_backward_hook([&](nn::Layer& layer) {
+    order.push_back(layer.name());
+    for (const nn::Parameter* p : layer.all_parameters()) {
+      at_hook[p->name] = p->grad.to_host();
+    }
+  });
+  const Tensor x = random_tensor("x", {3, 4}, 1);
+  nn::ForwardResult f = m.forward(x, {});
+  (void)m.backward(random_tensor("dy", {3, 2}, 2), std::move(f.ctx));
+  EXPECT_EQ(order, (std::vector<std::string>{"fc2", "act", "fc1"}));
+  for (const nn::Parameter* p : m.all_parameters()) {
+    EXPECT_EQ(at_hook.at(p->name), p->grad.to_host()) << p->name;
+  }
+}

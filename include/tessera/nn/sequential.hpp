@@ -4,6 +4,7 @@
 // Sequential of blocks.
 #include "tessera/nn/layer.hpp"
 
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -33,6 +34,11 @@ class Sequential final : public Layer {
   std::size_t size() const { return m_layers.size(); }
   Layer& operator[](std::size_t i) { return *m_layers.at(i); }
 
+  /// Called during backward() as soon as a layer's gradients are final (last layer first), so
+  /// that their reduction can start while the earlier layers still compute (data parallelism).
+  using BackwardHook = std::function<void(Layer&)>;
+  void set_backward_hook(BackwardHook hook) { m_backward_hook = std::move(hook); }
+
   /// Context: one child context per layer.
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
   Tensor backward(const Tensor& dy, Context&& ctx) override;
@@ -46,6 +52,7 @@ class Sequential final : public Layer {
   Shape m_input;
   Shape m_output;
   std::vector<std::unique_ptr<Layer>> m_layers;
+  BackwardHook m_backward_hook;
 };
 
 class Residual final : public Layer {

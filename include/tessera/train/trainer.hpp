@@ -4,6 +4,7 @@
 // backward, reduces gradients over the data axis, steps the optimizer; logging and evaluation are
 // guarded by `step % every == 0 || last`. It runs over the process grid from the start: with one
 // data rank the reduction is a no-op, with P it is an allreduce.
+#include "tessera/comm/communicator.hpp"
 #include "tessera/comm/process_grid.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/io/dataset.hpp"
@@ -61,7 +62,8 @@ class Trainer {
   std::int64_t total_steps() const { return m_total_steps; }
 
  private:
-  void reduce_gradients();
+  void start_gradient_reduction(nn::Layer& layer);
+  void finish_gradient_reduction();
   bool stop_requested();
   void log_line(const std::string& json) const;
 
@@ -77,6 +79,7 @@ class Trainer {
   optim::ScheduleOptions m_schedule;
   std::int64_t m_total_steps = 0;
   std::string m_metrics_path;
+  std::vector<std::unique_ptr<comm::Work>> m_pending;  // gradient reductions in flight
 };
 
 /// Checks that the deck's datasets exist and fit its model and loss (shapes, task, classes),
