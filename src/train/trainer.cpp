@@ -178,6 +178,27 @@ void check_split(const deck::Deck& d, const io::SplitInfo& info, const std::stri
 
 }  // namespace
 
+optim::ScheduleOptions run_schedule(const deck::Deck& d, Index train_samples) {
+  const Index b = d.data.batch;
+  const Index per_epoch = d.data.drop_last ? train_samples / b : (train_samples + b - 1) / b;
+  if (per_epoch == 0) {
+    throw input_error(
+        fmt::format("data.batch = {} with drop_last leaves no batch of the {} samples", b,
+                    train_samples),
+        d.where("data.batch"));
+  }
+  optim::ScheduleOptions s = d.optimizer.schedule;
+  s.total_steps = d.run.steps > 0 ? d.run.steps : d.run.epochs * per_epoch;
+  if (s.kind == optim::ScheduleKind::cosine && s.warmup_steps >= s.total_steps) {
+    throw input_error(
+        fmt::format("optimizer.schedule.warmup_steps = {} is not below the run's {} steps",
+                    s.warmup_steps, s.total_steps),
+        d.where("optimizer.schedule"));
+  }
+  optim::validate(s);
+  return s;
+}
+
 void check_data(const deck::Deck& d) {
   const auto model = build_model(d);
   for (const auto& [key, spec] : {std::pair<std::string, std::string>{"data.train", d.data.train},
@@ -193,6 +214,9 @@ void check_data(const deck::Deck& d) {
       throw input_error(fmt::format("{}: {}", key, e.message()), d.where(key));
     }
     check_split(d, info, key, model->output_shape());
+    if (key == "data.train") {
+      (void)run_schedule(d, info.samples);  // the run's length fits its schedule
+    }
   }
 }
 
@@ -238,24 +262,8 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
     ro.data_size = m_size;
     ro.expect_sample_shape = deck.model.input;
     m_train = std::make_unique<io::DatasetReader>(deck.data.train, ro);
-    if (m_train->batches_per_epoch() == 0) {
-      throw input_error(
-          fmt::format("data.batch = {} with drop_last leaves no batch of the {} samples",
-                      deck.data.batch, m_train_info.samples),
-          deck.where("data.batch"));
-    }
-    m_total_steps =
-        deck.run.steps > 0 ? deck.run.steps : deck.run.epochs * m_train->batches_per_epoch();
-    m_schedule = deck.optimizer.schedule;
-    m_schedule.total_steps = m_total_steps;
-    if (m_schedule.kind == optim::ScheduleKind::cosine &&
-        m_schedule.warmup_steps >= m_total_steps) {
-      throw input_error(
-          fmt::format("optimizer.schedule.warmup_steps = {} is not below the run's {} steps",
-                      m_schedule.warmup_steps, m_total_steps),
-          deck.where("optimizer.schedule"));
-    }
-    optim::validate(m_schedule);
+    m_schedule = run_schedule(deck, m_train_info.samples);
+    m_total_steps = m_schedule.total_steps;
     if (m_rank == 0) {
       std::filesystem::create_directories(deck.run.output);
       std::ofstream(deck.run.output + "/deck.toml") << deck::to_toml(deck);

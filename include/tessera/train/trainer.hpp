@@ -82,8 +82,14 @@ class Trainer {
   std::vector<std::unique_ptr<comm::Work>> m_pending;  // gradient reductions in flight
 };
 
+/// The run's schedule: its length in optimizer steps (run.steps, or run.epochs over a training
+/// split of `train_samples`) and the deck's schedule validated against it. Throws tessera::Error
+/// (exit code 2) located in the deck.
+optim::ScheduleOptions run_schedule(const deck::Deck& deck, Index train_samples);
+
 /// Checks that the deck's datasets exist and fit its model and loss (shapes, task, classes),
-/// reading only their headers. Throws tessera::Error (exit code 2) naming deck keys and files.
+/// reading only their headers, and that the run's length fits the schedule. Throws tessera::Error
+/// (exit code 2) naming deck keys and files.
 void check_data(const deck::Deck& deck);
 
 /// What `tessera check` prints: the grid, a per-layer summary (output shape, parameters), the
