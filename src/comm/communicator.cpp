@@ -101,6 +101,16 @@ void Communicator::check_rank(const char* op, const char* role, int rank) const 
   }
 }
 
+void Communicator::check_pair(const char* op, const ConstBuffer& input,
+                              const Buffer& output) const {
+  check_buffer(op, "the input", input);
+  check_buffer(op, "the output", output);
+  if (input.dtype != output.dtype) {
+    TESSERA_THROW("{}: input is {} but output is {}", context(op), dtype_name(input.dtype),
+                  dtype_name(output.dtype));
+  }
+}
+
 std::unique_ptr<Work> Communicator::allreduce(Buffer buffer, const AllreduceOptions& options) {
   check_buffer("allreduce", "the", buffer);
   return do_allreduce(buffer, options);
@@ -109,12 +119,7 @@ std::unique_ptr<Work> Communicator::allreduce(Buffer buffer, const AllreduceOpti
 std::unique_ptr<Work> Communicator::reduce_scatter(ConstBuffer input, Buffer output,
                                                    const ReduceScatterOptions& options) {
   const char* op = "reduce_scatter";
-  check_buffer(op, "the input", input);
-  check_buffer(op, "the output", output);
-  if (input.dtype != output.dtype) {
-    TESSERA_THROW("{}: input is {} but output is {}", context(op), dtype_name(input.dtype),
-                  dtype_name(output.dtype));
-  }
+  check_pair(op, input, output);
   if (input.count != m_size * output.count) {
     TESSERA_THROW("{}: input has {} elements, expected size × output = {} × {} = {}", context(op),
                   input.count, m_size, output.count, m_size * output.count);
@@ -128,12 +133,7 @@ std::unique_ptr<Work> Communicator::reduce_scatter(ConstBuffer input, Buffer out
 std::unique_ptr<Work> Communicator::allgather(ConstBuffer input, Buffer output,
                                               const AllgatherOptions& options) {
   const char* op = "allgather";
-  check_buffer(op, "the input", input);
-  check_buffer(op, "the output", output);
-  if (input.dtype != output.dtype) {
-    TESSERA_THROW("{}: input is {} but output is {}", context(op), dtype_name(input.dtype),
-                  dtype_name(output.dtype));
-  }
+  check_pair(op, input, output);
   if (output.count != m_size * input.count) {
     TESSERA_THROW("{}: output has {} elements, expected size × input = {} × {} = {}", context(op),
                   output.count, m_size, input.count, m_size * input.count);

@@ -199,8 +199,11 @@ optim::ScheduleOptions run_schedule(const deck::Deck& d, Index train_samples) {
   return s;
 }
 
-void check_data(const deck::Deck& d) {
-  const auto model = build_model(d);
+namespace {
+// Inspects the deck's splits against a model with `output` outputs (see check_data) and returns
+// what the training split holds.
+io::SplitInfo check_splits(const deck::Deck& d, const Shape& output) {
+  io::SplitInfo train;
   for (const auto& [key, spec] : {std::pair<std::string, std::string>{"data.train", d.data.train},
                                   std::pair<std::string, std::string>{"data.test", d.data.test}}) {
     if (spec.empty()) {
@@ -213,11 +216,18 @@ void check_data(const deck::Deck& d) {
     } catch (const Error& e) {
       throw input_error(fmt::format("{}: {}", key, e.message()), d.where(key));
     }
-    check_split(d, info, key, model->output_shape());
+    check_split(d, info, key, output);
     if (key == "data.train") {
       (void)run_schedule(d, info.samples);  // the run's length fits its schedule
+      train = info;
     }
   }
+  return train;
+}
+}  // namespace
+
+void check_data(const deck::Deck& d) {
+  (void)check_splits(d, build_model(d)->output_shape());
 }
 
 void install_stop_handlers() {
@@ -247,10 +257,8 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
   kernels::set_blas_threads(deck.run.blas_threads);
 
   comm::agree(m_comm, [&] {
-    check_data(deck);
     m_model = build_model(deck);
-    m_train_info = io::inspect_split(io::split_file_spec(deck.data.train).first,
-                                     io::split_file_spec(deck.data.train).second);
+    m_train_info = check_splits(deck, m_model->output_shape());
     io::ReaderOptions ro;
     ro.batch = deck.data.batch;
     ro.seed = deck.run.seed;

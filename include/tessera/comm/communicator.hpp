@@ -173,6 +173,8 @@ class Communicator {
 
   template <class B>
   void check_buffer(const char* op, const char* role, const B& buffer) const;
+  /// Both buffers of a two-buffer collective checked, and of one element type.
+  void check_pair(const char* op, const ConstBuffer& input, const Buffer& output) const;
   void check_rank(const char* op, const char* role, int rank) const;
 
   std::string m_name;
