@@ -28,6 +28,11 @@ function(tessera_add_test)
                COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${n} $<TARGET_FILE:${T_NAME}>)
       set_tests_properties(${T_NAME}.np${n} PROPERTIES LABELS "mpi;${T_LABELS}" PROCESSORS ${n}
                            TIMEOUT 300)
+      if("gpu" IN_LIST T_LABELS)
+        # As below: the GPU tests skip together (on every rank) where the devices are missing.
+        set_tests_properties(${T_NAME}.np${n}
+                             PROPERTIES SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]")
+      endif()
     endforeach()
   else()
     add_test(NAME ${T_NAME} COMMAND ${T_NAME})

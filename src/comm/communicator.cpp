@@ -1,3 +1,6 @@
+// The backend-independent part of Communicator: buffers and argument validation. Needs no Kokkos
+// (the GPU-only build compiles it for the NCCL backend); the Tensor constructors of the buffers are
+// in tensor_buffer.cpp.
 #include "tessera/comm/communicator.hpp"
 
 #include "tessera/core/check.hpp"
@@ -29,11 +32,6 @@ const char* memory_name(Memory memory) {
 
 namespace {
 
-constexpr Memory tensor_memory() {
-  return Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible ? Memory::host
-                                                                             : Memory::device;
-}
-
 std::size_t dtype_bytes(DType dtype) {
   switch (dtype) {
     case DType::f32:
@@ -61,15 +59,11 @@ bool overlap(const A& a, const B& b) {
 Buffer::Buffer(float* values, Index n, Memory where) : data(values), count(n), memory(where) {}
 Buffer::Buffer(std::vector<float>& values)
     : data(values.data()), count(static_cast<Index>(values.size())) {}
-Buffer::Buffer(const Tensor& tensor)
-    : data(tensor.data()), count(tensor.numel()), dtype(tensor.dtype()), memory(tensor_memory()) {}
 
 ConstBuffer::ConstBuffer(const float* values, Index n, Memory where)
     : data(values), count(n), memory(where) {}
 ConstBuffer::ConstBuffer(const std::vector<float>& values)
     : data(values.data()), count(static_cast<Index>(values.size())) {}
-ConstBuffer::ConstBuffer(const Tensor& tensor)
-    : data(tensor.data()), count(tensor.numel()), dtype(tensor.dtype()), memory(tensor_memory()) {}
 ConstBuffer::ConstBuffer(const Buffer& buffer)
     : data(buffer.data), count(buffer.count), dtype(buffer.dtype), memory(buffer.memory) {}
 
@@ -116,37 +110,34 @@ std::unique_ptr<Work> Communicator::allreduce(Buffer buffer, const AllreduceOpti
   return do_allreduce(buffer, options);
 }
 
+void Communicator::check_blocks(const char* op, const ConstBuffer& whole, const char* whole_name,
+                                const ConstBuffer& block, const char* block_name) const {
+  if (whole.count != m_size * block.count) {
+    TESSERA_THROW("{}: {} has {} elements, expected size × {} = {} × {} = {}", context(op),
+                  whole_name, whole.count, block_name, m_size, block.count, m_size * block.count);
+  }
+  const auto in_place =
+      byte_range(whole).first +
+      static_cast<std::uintptr_t>(m_rank * block.count) * dtype_bytes(block.dtype);
+  if (overlap(whole, block) && byte_range(block).first != in_place) {
+    TESSERA_THROW(
+        "{}: {} overlaps {} but is not this rank's block of it (in place needs {} = {} + "
+        "rank × count)",
+        context(op), block_name, whole_name, block_name, whole_name);
+  }
+}
+
 std::unique_ptr<Work> Communicator::reduce_scatter(ConstBuffer input, Buffer output,
                                                    const ReduceScatterOptions& options) {
-  const char* op = "reduce_scatter";
-  check_pair(op, input, output);
-  if (input.count != m_size * output.count) {
-    TESSERA_THROW("{}: input has {} elements, expected size × output = {} × {} = {}", context(op),
-                  input.count, m_size, output.count, m_size * output.count);
-  }
-  if (overlap(input, output)) {
-    TESSERA_THROW("{}: input and output overlap", context(op));
-  }
+  check_pair("reduce_scatter", input, output);
+  check_blocks("reduce_scatter", input, "input", output, "output");
   return do_reduce_scatter(input, output, options);
 }
 
 std::unique_ptr<Work> Communicator::allgather(ConstBuffer input, Buffer output,
                                               const AllgatherOptions& options) {
-  const char* op = "allgather";
-  check_pair(op, input, output);
-  if (output.count != m_size * input.count) {
-    TESSERA_THROW("{}: output has {} elements, expected size × input = {} × {} = {}", context(op),
-                  output.count, m_size, input.count, m_size * input.count);
-  }
-  const auto in_place =
-      byte_range(output).first +
-      static_cast<std::uintptr_t>(m_rank * input.count) * dtype_bytes(input.dtype);
-  if (overlap(input, output) && byte_range(input).first != in_place) {
-    TESSERA_THROW(
-        "{}: input overlaps output but is not this rank's block of it (in place needs "
-        "input = output + rank × count)",
-        context(op));
-  }
+  check_pair("allgather", input, output);
+  check_blocks("allgather", output, "output", input, "input");
   return do_allgather(input, output, options);
 }
 

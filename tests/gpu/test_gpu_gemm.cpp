@@ -148,11 +148,12 @@ TEST_F(CudaGemm, BadLeadingDimensionThrowsBeforeCublas) {
                  "trans_a = no); op(A) 5x3, op(B) 3x7, C 5x7");
   }
   try {
-    gemm(handle, Trans::no, Trans::yes, 5, 7, 3, 1.0F, a.data(), 3, b.data(), 7, 0.0F, c.data(), 7);
+    // op(B) = Bᵀ is 3x7, so B is stored 7x3: its row stride must be at least 3.
+    gemm(handle, Trans::no, Trans::yes, 5, 7, 3, 1.0F, a.data(), 3, b.data(), 2, 0.0F, c.data(), 7);
     FAIL() << "no exception";
   } catch (const Error& e) {
     EXPECT_STREQ(e.what(),
-                 "cuda::gemm: ldb = 7 is smaller than 3, the columns of B as stored (7x3, "
+                 "cuda::gemm: ldb = 2 is smaller than 3, the columns of B as stored (7x3, "
                  "trans_b = yes); op(A) 5x3, op(B) 3x7, C 5x7");
   }
 }

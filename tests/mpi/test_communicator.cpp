@@ -3,6 +3,7 @@
 // messages for bad arguments. Few collectives per test: ranks beyond the cores are oversubscribed.
 #include "tessera/comm/communicator.hpp"
 #include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
 
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -113,6 +114,20 @@ TEST_F(CommunicatorTest, ReduceScatterGivesEachRankItsBlock) {
     EXPECT_EQ(sum[static_cast<size_t>(k)],
               static_cast<float>(1000 * size * (size - 1) / 2 + size * j));
     EXPECT_EQ(max[static_cast<size_t>(k)], static_cast<float>(1000 * (size - 1) + j));
+  }
+}
+
+TEST_F(CommunicatorTest, ReduceScatterInPlaceLeavesTheResultInThisRanksBlock) {
+  constexpr int count = 3;
+  std::vector<float> buffer(static_cast<size_t>(size * count));
+  for (int j = 0; j < size * count; ++j) {
+    buffer[static_cast<size_t>(j)] = static_cast<float>(1000 * rank + j);
+  }
+  comm.reduce_scatter(buffer, {buffer.data() + rank * count, count})->wait();
+  for (int k = 0; k < count; ++k) {
+    const int j = rank * count + k;
+    EXPECT_EQ(buffer[static_cast<size_t>(j)],
+              static_cast<float>(1000 * size * (size - 1) / 2 + size * j));
   }
 }
 
@@ -270,9 +285,11 @@ TEST_F(CommunicatorTest, BadArgumentsAreRefusedBeforeAnythingStarts) {
                 " × 2 = " + std::to_string(2 * size));
   std::vector<float> blocks(static_cast<size_t>(2 * size));
   EXPECT_EQ(error_of([&] {
-              comm.reduce_scatter(blocks, {blocks.data(), 2});
+              comm.reduce_scatter(blocks, {blocks.data() + 1, 2});
             }),
-            "reduce_scatter" + at + ": input and output overlap");
+            "reduce_scatter" + at +
+                ": output overlaps input but is not this rank's block of it (in place needs "
+                "output = input + rank × count)");
   if (size > 1) {
     EXPECT_EQ(error_of([&] {
                 comm.allgather({blocks.data() + 1, 2}, blocks);

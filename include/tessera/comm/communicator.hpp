@@ -11,24 +11,31 @@
 //
 // Backends:
 // - MpiCommunicator (below): host memory, MPI's non-blocking collectives (MPI_Iallreduce, ...).
-// - NCCL (later, src/comm/nccl_communicator.cpp, built with TESSERA_ENABLE_CUDA): device memory.
-//   It will implement the same private do_* hooks with ncclAllReduce, ncclReduceScatter,
-//   ncclAllGather, ncclBroadcast, ncclSend/ncclRecv (inside ncclGroupStart/End) and, for barrier,
-//   a one-element allreduce; it is created from an MpiCommunicator of the same group (rank 0 makes
-//   the ncclUniqueId and broadcasts it over MPI), which also stays its mpi_comm(). Its Work records
-//   a cudaEvent on the communicator's stream: test() is cudaEventQuery, wait() makes the caller's
-//   stream wait for the event (and the host too where the caller asks). It maps DType to
-//   ncclDataType_t and ReduceOp to ncclRedOp_t (ncclAvg exists there; MPI has no average). NCCL's
-//   tags do not exist: send/recv of one peer pair are matched in order.
+// - NcclCommunicator (comm/nccl_communicator.hpp, library tessera_comm_nccl, built with
+//   TESSERA_ENABLE_CUDA where NCCL is found): device memory. It implements the same private do_*
+//   hooks with ncclAllReduce, ncclReduceScatter, ncclAllGather, ncclBroadcast, ncclSend/ncclRecv
+//   (inside ncclGroupStart/End) and, for barrier, a one-element allreduce; it is created from a
+//   communicator of the same group (rank 0 makes the ncclUniqueId and broadcasts it over MPI),
+//   whose duplicate stays its mpi_comm(). Its Work records a cudaEvent on the communicator's
+//   stream: test() is cudaEventQuery, wait() blocks the calling host thread until the event has
+//   completed (so later work on any stream sees the result). It maps DType to ncclDataType_t and
+//   ReduceOp to ncclRedOp_t. Sends and receives are queued and launched together (one group) at
+//   the next wait() or test() of one of them or before the next collective, so a ring that posts
+//   its recv first cannot deadlock. NCCL's tags do not exist: send/recv of one peer pair are
+//   matched in order, and the count of a recv must equal the send's (NCCL cannot check it).
 // Validation (counts, roots, peers, overlaps, memory kind) lives in this base class, so every
 // backend gives the same messages.
-#include "tessera/core/tensor.hpp"
+#include "tessera/core/dtype.hpp"
 
 #include <mpi.h>
 
 #include <memory>
 #include <string>
 #include <vector>
+
+namespace tessera {
+class Tensor;  // core/tensor.hpp; this header needs no Kokkos (the GPU-only build compiles it)
+}  // namespace tessera
 
 namespace tessera::comm {
 
@@ -42,7 +49,8 @@ const char* memory_name(Memory memory);
 
 /// A contiguous buffer a collective reads and writes: pointer, element count, element type and
 /// memory. Made implicitly from (pointer, count), a std::vector or a Tensor (host or device memory,
-/// as Kokkos placed its storage), so each collective is one method whatever holds the data.
+/// as Kokkos placed its storage; defined in comm/tensor_buffer.cpp, the one file here that needs
+/// Kokkos), so each collective is one method whatever holds the data.
 struct Buffer {
   void* data = nullptr;
   Index count = 0;
@@ -134,7 +142,9 @@ class Communicator {
   /// In place: every rank's `buffer` becomes the reduction of all ranks' buffers.
   std::unique_ptr<Work> allreduce(Buffer buffer, const AllreduceOptions& options = {});
   /// `input` holds size() blocks of output.count elements; rank r receives in `output` the
-  /// reduction of block r over all ranks. Input and output must not overlap.
+  /// reduction of block r over all ranks. In place when `output` is exactly this rank's block of
+  /// `input` (NCCL's convention; the rest of `input` is then overwritten); otherwise they must not
+  /// overlap.
   std::unique_ptr<Work> reduce_scatter(ConstBuffer input, Buffer output,
                                        const ReduceScatterOptions& options = {});
   /// Rank r's `input` becomes block r (of input.count elements) of every rank's `output` (size()
@@ -176,6 +186,10 @@ class Communicator {
   /// Both buffers of a two-buffer collective checked, and of one element type.
   void check_pair(const char* op, const ConstBuffer& input, const Buffer& output) const;
   void check_rank(const char* op, const char* role, int rank) const;
+  /// `whole` holds size() blocks of block.count elements, and `block` overlaps it only as this
+  /// rank's block (the in-place form of reduce_scatter and allgather).
+  void check_blocks(const char* op, const ConstBuffer& whole, const char* whole_name,
+                    const ConstBuffer& block, const char* block_name) const;
 
   std::string m_name;
   int m_rank = 0;

@@ -2,6 +2,8 @@
 // Tensor: a labelled, contiguous, row-major Kokkos view plus its shape. The storage lives in the
 // default execution space's memory (host memory in the Serial/OpenMP builds, device memory in a
 // CUDA build of Kokkos). Copies of a Tensor share storage, like Kokkos views; clone() copies data.
+#include "tessera/core/dtype.hpp"
+
 #include <Kokkos_Core.hpp>
 
 #include <cstdint>
@@ -10,7 +12,6 @@
 
 namespace tessera {
 
-using Index = std::int64_t;
 /// A tensor's extents, outermost first: (N, C, H, W) for a batch of images.
 using Shape = std::vector<Index>;
 
@@ -18,11 +19,6 @@ using Shape = std::vector<Index>;
 Index numel(const Shape& shape);
 /// "(128, 32, 14, 14)".
 std::string to_string(const Shape& shape);
-
-/// Element type. Only f32 has storage today; bf16 will join with its own view type, and every
-/// kernel checks the dtype it is given.
-enum class DType { f32 };
-const char* dtype_name(DType dtype);
 
 using ExecSpace = Kokkos::DefaultExecutionSpace;
 using MemSpace = ExecSpace::memory_space;
@@ -37,6 +33,9 @@ class Tensor {
   Tensor(const std::string& label, Shape shape, DType dtype = DType::f32);
   /// A tensor holding `values` (row-major); values.size() must equal numel(shape).
   static Tensor from_host(const std::string& label, Shape shape, const std::vector<float>& values);
+  /// A tensor of `shape` whose storage is NOT initialised (no zero fill): for outputs that a kernel
+  /// overwrites entirely. Reading an element before writing it gives an unspecified value.
+  static Tensor uninitialized(const std::string& label, Shape shape, DType dtype = DType::f32);
 
   bool defined() const { return m_defined; }
   const std::string& label() const { return m_label; }
@@ -51,6 +50,10 @@ class Tensor {
   const FloatView& view() const { return m_view; }
   float* data() const { return m_view.data(); }
 
+  /// A tensor of `shape` over elements [offset, offset + numel(shape)) of `storage`, shared, not
+  /// copied: how parameters and gradients live in one contiguous arena (parallel::DataParallel).
+  static Tensor alias(const std::string& label, const FloatView& storage, Index offset,
+                      Shape shape);
   /// A tensor sharing this one's storage with another shape of the same numel.
   Tensor reshaped(Shape shape) const;
   /// A deep copy under a new label.
@@ -64,6 +67,8 @@ class Tensor {
   void copy_from(const Tensor& other) const;
 
  private:
+  Tensor(const std::string& label, Shape shape, DType dtype, bool zero_fill);
+
   std::string m_label;
   Shape m_shape;
   Index m_numel = 0;
