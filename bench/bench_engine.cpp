@@ -2,6 +2,15 @@
 //
 //   tessera-bench-engine --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //
+// The convolution layers run with each host backend the build has: `im2col` (im2col + OpenBLAS)
+// and `dnnl` (oneDNN, when built with it), named by the last part of the benchmark's name; the
+// `dnnl_format/` rows time the oneDNN kernel alone with each format strategy and algorithm choice
+// (kernels::DnnlOptions): the default (`automatic`: oneDNN's blocked formats but plain ones for a
+// few-channel input, oneDNN's choice of algorithm), the same with direct convolution only
+// (`automatic_direct`), oneDNN's formats throughout (`any_direct`, reordered from and to the
+// plain tensors) and the plain layouts throughout (`plain_direct`). The primitives oneDNN chose
+// are printed in the context (dnnl_...) at the top.
+//
 // Everything runs on one core (OpenBLAS set to 1 thread, Kokkos Serial), as one MPI rank would.
 // Before the benchmarks, the program measures OpenBLAS's own SGEMM rate on a 1024³ problem
 // (median of 9 runs) in the same process; every benchmark then reports
@@ -17,6 +26,7 @@
 #include "tessera/core/rng.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/timer.hpp"
+#include "tessera/kernels/conv_dnnl.hpp"
 #include "tessera/kernels/gemm.hpp"
 #include "tessera/nn/conv.hpp"
 #include "tessera/nn/linear.hpp"
@@ -142,25 +152,87 @@ void bm_linear(benchmark::State& state, Index n, Index in, Index out, bool backw
   });
 }
 
+/// What a convolution benchmark runs: the forward pass, forward + backward with the input
+/// gradient, or forward + backward without it (a first layer, whose input is data).
+enum class Pass { fwd, fwd_bwd, fwd_bwd_no_dx };
+
+const char* pass_name(Pass pass) {
+  return pass == Pass::fwd ? "fwd" : pass == Pass::fwd_bwd ? "fwd+bwd" : "fwd+bwd_nodx";
+}
+
+/// Nominal FLOPs of one pass: the forward 2·N·Cout·Ho·Wo·Cin·k², each backward GEMM as much.
+double conv_flops(Pass pass, double forward) {
+  return pass == Pass::fwd ? forward : pass == Pass::fwd_bwd ? 3.0 * forward : 2.0 * forward;
+}
+
 /// Conv2d forward (+ backward: input, weight and bias gradients) at batch n, cin → cout on
-/// h×w, k×k kernel, stride 1, padding pad.
+/// h×w, k×k kernel, stride 1, padding pad, with the given host backend.
 void bm_conv2d(benchmark::State& state, Index n, Index cin, Index cout, Index hw, Index k,
-               Index pad, bool backward) {
+               Index pad, Pass pass, tessera::nn::ConvBackend backend) {
   tessera::nn::Conv2d conv("conv", {cin, hw, hw},
-                           tessera::nn::ConvOptions{cout, {k}, {1}, {pad}, true});
+                           tessera::nn::ConvOptions{cout, {k}, {1}, {pad}, true, backend});
   conv.initialize(1);
+  conv.set_needs_input_grad(pass != Pass::fwd_bwd_no_dx);
   const Shape out = conv.output_shape({cin, hw, hw});
   const Tensor x = random_tensor("x", {n, cin, hw, hw}, 3);
   const Tensor dy = random_tensor("dy", tessera::nn::batch_shape(n, out), 4);
   const double fwd = 2.0 * static_cast<double>(n * cout * out[1] * out[2] * cin * k * k);
-  state.counters["chunk"] = static_cast<double>(conv.chunk());
-  run_timed(state, backward ? 3.0 * fwd : fwd, [&] {
+  if (backend == tessera::nn::ConvBackend::im2col) {
+    state.counters["chunk"] = static_cast<double>(conv.chunk());
+  }
+  run_timed(state, conv_flops(pass, fwd), [&] {
     tessera::nn::ForwardResult r = conv.forward(x, {});
-    if (backward) {
+    if (pass != Pass::fwd) {
       const Tensor dx = conv.backward(dy, std::move(r.ctx));
       benchmark::DoNotOptimize(dx.data());
     }
     benchmark::DoNotOptimize(r.output.data());
+  });
+}
+
+/// Conv3d forward + backward (input, weight and bias gradients) at batch n, cin → cout on d³,
+/// k³ kernel, stride 1, padding pad, with the given host backend.
+void bm_conv3d(benchmark::State& state, Index n, Index cin, Index cout, Index d, Index k, Index pad,
+               tessera::nn::ConvBackend backend) {
+  tessera::nn::Conv3d conv("conv", {cin, d, d, d},
+                           tessera::nn::ConvOptions{cout, {k}, {1}, {pad}, true, backend});
+  conv.initialize(1);
+  const Shape out = conv.output_shape({cin, d, d, d});
+  const Tensor x = random_tensor("x", {n, cin, d, d, d}, 3);
+  const Tensor dy = random_tensor("dy", tessera::nn::batch_shape(n, out), 4);
+  const double fwd =
+      2.0 * static_cast<double>(n * cout * out[1] * out[2] * out[3] * cin * k * k * k);
+  run_timed(state, 3.0 * fwd, [&] {
+    tessera::nn::ForwardResult r = conv.forward(x, {});
+    const Tensor dx = conv.backward(dy, std::move(r.ctx));
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::DoNotOptimize(r.output.data());
+  });
+}
+
+/// The oneDNN kernel alone (no layer: no output or gradient allocation per call) with the given
+/// options, forward + backward (with or without the input gradient).
+void bm_dnnl_format(benchmark::State& state, Index n, Index cin, Index cout, Index hw, Index k,
+                    Index pad, Pass pass, tessera::kernels::DnnlOptions options) {
+  const auto g =
+      tessera::kernels::ConvGeometry::make(cin, {1, hw, hw}, {1, k, k}, {1, 1, 1}, {0, pad, pad});
+  tessera::kernels::DnnlConv conv("bench", g, cout, 2, true, options);
+  const Shape out{n, cout, g.output[1], g.output[2]};
+  const Tensor x = random_tensor("x", {n, cin, hw, hw}, 3);
+  const Tensor w = random_tensor("w", {cout, cin, k, k}, 5);
+  const Tensor b = random_tensor("b", {cout}, 6);
+  const Tensor y("y", out);
+  const Tensor dy = random_tensor("dy", out, 4);
+  const Tensor dx = pass == Pass::fwd_bwd ? Tensor("dx", x.shape()) : Tensor();
+  const Tensor dw("dw", w.shape());
+  const Tensor db("db", b.shape());
+  const double fwd = 2.0 * static_cast<double>(n * cout * out[2] * out[3] * cin * k * k);
+  run_timed(state, conv_flops(pass, fwd), [&] {
+    conv.forward(x, w, b, y);
+    if (pass != Pass::fwd) {
+      conv.backward(x, w, dy, dx, dw, db);
+    }
+    benchmark::DoNotOptimize(y.data());
   });
 }
 
@@ -209,17 +281,74 @@ void register_all() {
   }
 
   // (c) Conv2d at batch 128: a small Fashion-MNIST CNN's second conv (32 → 64, 14×14) and its
-  // first (1 → 32, 28×28), 3×3 kernels, padding 1.
+  // first (1 → 32, 28×28), 3×3 kernels, padding 1, with each backend; the first conv also without
+  // the input gradient, as in the network.
+  std::vector<tessera::nn::ConvBackend> backends{tessera::nn::ConvBackend::im2col};
+  if (tessera::kernels::dnnl_available()) {
+    backends.push_back(tessera::nn::ConvBackend::dnnl);
+  }
   for (const Conv& c : {Conv{32, 64, 14, 3}, Conv{1, 32, 28, 3}}) {
-    for (const bool bwd : {false, true}) {
-      const std::string name = fmt::format("conv2d/{}/N=128/{}->{}/{}x{}/k={}/pad=1",
-                                           bwd ? "fwd+bwd" : "fwd", c.cin, c.cout, c.hw, c.hw, c.k);
-      benchmark::RegisterBenchmark(name.c_str(), bm_conv2d, 128, c.cin, c.cout, c.hw, c.k, 1, bwd)
+    for (const tessera::nn::ConvBackend backend : backends) {
+      for (const Pass pass : {Pass::fwd, Pass::fwd_bwd, Pass::fwd_bwd_no_dx}) {
+        if (pass == Pass::fwd_bwd_no_dx && c.cin != 1) {
+          continue;
+        }
+        const std::string name =
+            fmt::format("conv2d/{}/N=128/{}->{}/{}x{}/k={}/pad=1/{}", pass_name(pass), c.cin,
+                        c.cout, c.hw, c.hw, c.k, tessera::nn::backend_name(backend));
+        benchmark::RegisterBenchmark(name.c_str(), bm_conv2d, 128, c.cin, c.cout, c.hw, c.k, 1,
+                                     pass, backend)
+            ->Unit(benchmark::kMillisecond);
+      }
+    }
+  }
 
-          ->Unit(benchmark::kMillisecond);
+  // Conv3d at batch 8: 16 → 32 channels on 16³, 3×3×3, padding 1.
+  for (const tessera::nn::ConvBackend backend : backends) {
+    const std::string name = fmt::format("conv3d/fwd+bwd/N=8/16->32/16^3/k=3/pad=1/{}",
+                                         tessera::nn::backend_name(backend));
+    benchmark::RegisterBenchmark(name.c_str(), bm_conv3d, 8, 16, 32, 16, 3, 1, backend)
+        ->Unit(benchmark::kMillisecond);
+  }
+
+  // (d) The oneDNN kernel alone with each format strategy (kernels::DnnlFormat) and algorithm
+  // choice (DnnlOptions::auto_algorithm); the first conv both without the input gradient (as in
+  // the network) and with it.
+  if (tessera::kernels::dnnl_available()) {
+    using tessera::kernels::DnnlFormat;
+    using tessera::kernels::DnnlOptions;
+    struct Variant {
+      const char* name;
+      DnnlOptions options;
+    };
+    const Variant variants[] = {{"automatic", {DnnlFormat::automatic, true}},
+                                {"automatic_direct", {DnnlFormat::automatic, false}},
+                                {"any_direct", {DnnlFormat::any, false}},
+                                {"plain_direct", {DnnlFormat::plain, false}}};
+    for (const Conv& c : {Conv{32, 64, 14, 3}, Conv{1, 32, 28, 3}}) {
+      for (const Variant& v : variants) {
+        for (const Pass pass : {Pass::fwd_bwd, Pass::fwd_bwd_no_dx}) {
+          if (pass == Pass::fwd_bwd_no_dx && c.cin != 1) {
+            continue;
+          }
+          const std::string name =
+              fmt::format("dnnl_format/{}/N=128/{}->{}/{}x{}/k={}/pad=1/{}", pass_name(pass), c.cin,
+                          c.cout, c.hw, c.hw, c.k, v.name);
+          benchmark::RegisterBenchmark(name.c_str(), bm_dnnl_format, 128, c.cin, c.cout, c.hw, c.k,
+                                       1, pass, v.options)
+              ->Unit(benchmark::kMillisecond);
+        }
+        const auto g = tessera::kernels::ConvGeometry::make(c.cin, {1, c.hw, c.hw}, {1, c.k, c.k},
+                                                            {1, 1, 1}, {0, 1, 1});
+        tessera::kernels::DnnlConv conv("describe", g, c.cout, 2, true, v.options);
+        std::string text = conv.describe(128);
+        std::replace(text.begin(), text.end(), '\n', ';');
+        benchmark::AddCustomContext(fmt::format("dnnl_{}->{}_{}", c.cin, c.cout, v.name), text);
+      }
     }
   }
 }
+
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -7,8 +7,10 @@ namespace {
 using Policy = Kokkos::RangePolicy<ExecSpace>;
 
 /// Features per work item of the dense (S = 1) gradient: each item owns a block of columns and
-/// walks the rows, so the inner loop is contiguous and vectorises.
-constexpr Index kFeatureBlock = 64;
+/// walks the rows, so the inner loop is contiguous and vectorises; the block is small enough for
+/// its double accumulators to stay in registers (a block of 64 kept them on the stack: one load
+/// and one store per element).
+constexpr Index kFeatureBlock = 16;
 /// Independent partial sums of a row sum: a plain float reduction is latency-bound and the
 /// compiler may not reorder it; kLanes separate accumulators vectorise without reassociation.
 constexpr Index kLanes = 16;
@@ -29,6 +31,36 @@ KOKKOS_INLINE_FUNCTION double sum_contiguous(const float* p, Index n) {
     total += static_cast<double>(lane[k]);
   }
   return total;
+}
+
+/// out[k] += Σ_n g[n · stride + k] for k < width, summed in double.
+template <Index kWidth>
+KOKKOS_INLINE_FUNCTION void sum_columns(const float* g, Index rows, Index stride, float* out) {
+  double acc[kWidth] = {};
+  for (Index n = 0; n < rows; ++n) {
+    const float* r = g + n * stride;
+    for (Index k = 0; k < kWidth; ++k) {
+      acc[k] += static_cast<double>(r[k]);
+    }
+  }
+  for (Index k = 0; k < kWidth; ++k) {
+    out[k] += static_cast<float>(acc[k]);
+  }
+}
+
+/// The same for a block narrower than kFeatureBlock (the last one).
+KOKKOS_INLINE_FUNCTION void sum_columns_tail(const float* g, Index rows, Index stride, Index width,
+                                             float* out) {
+  double acc[kFeatureBlock] = {};
+  for (Index n = 0; n < rows; ++n) {
+    const float* r = g + n * stride;
+    for (Index k = 0; k < width; ++k) {
+      acc[k] += static_cast<double>(r[k]);
+    }
+  }
+  for (Index k = 0; k < width; ++k) {
+    out[k] += static_cast<float>(acc[k]);
+  }
 }
 
 /// Channels C and the per-channel run length S of (N, C, S...), after checking bias is (C,) and
@@ -84,6 +116,33 @@ void add_bias(const Tensor& y, const Tensor& bias, Index first, Index count) {
       });
 }
 
+void broadcast_bias(const Tensor& y, const Tensor& bias) {
+  const Index count = y.rank() >= 1 ? y.dim(0) : 0;
+  const Extents e = check(y, bias, 0, count, "broadcast_bias", "output", "bias");
+  const Index channels = e.channels;
+  const Index spatial = e.spatial;
+  float* out = y.data();
+  const float* b = bias.data();
+  if (spatial == 1) {
+    Kokkos::parallel_for(
+        "kernels::broadcast_bias_rows", Policy(0, count), KOKKOS_LAMBDA(const Index n) {
+          float* r = out + n * channels;
+          for (Index c = 0; c < channels; ++c) {
+            r[c] = b[c];
+          }
+        });
+    return;
+  }
+  Kokkos::parallel_for(
+      "kernels::broadcast_bias_planes", Policy(0, count * channels), KOKKOS_LAMBDA(const Index nc) {
+        const float v = b[nc % channels];
+        float* p = out + nc * spatial;
+        for (Index s = 0; s < spatial; ++s) {
+          p[s] = v;
+        }
+      });
+}
+
 void bias_grad(const Tensor& dy, const Tensor& db) {
   bias_grad(dy, db, 0, dy.rank() >= 1 ? dy.dim(0) : 0);
 }
@@ -101,15 +160,10 @@ void bias_grad(const Tensor& dy, const Tensor& db, Index first, Index count) {
         "kernels::bias_grad_rows", Policy(0, blocks), KOKKOS_LAMBDA(const Index blk) {
           const Index c0 = blk * kFeatureBlock;
           const Index len = channels - c0 < kFeatureBlock ? channels - c0 : kFeatureBlock;
-          double acc[kFeatureBlock] = {};
-          for (Index n = 0; n < count; ++n) {
-            const float* r = g + n * channels + c0;
-            for (Index k = 0; k < len; ++k) {
-              acc[k] += static_cast<double>(r[k]);
-            }
-          }
-          for (Index k = 0; k < len; ++k) {
-            out[c0 + k] += static_cast<float>(acc[k]);
+          if (len == kFeatureBlock) {
+            sum_columns<kFeatureBlock>(g + c0, count, channels, out + c0);
+          } else {
+            sum_columns_tail(g + c0, count, channels, len, out + c0);
           }
         });
     return;

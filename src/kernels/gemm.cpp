@@ -1,6 +1,7 @@
 #include "tessera/kernels/gemm.hpp"
 
 #include "tessera/core/check.hpp"
+#include "tessera/kernels/conv_dnnl.hpp"
 
 #include <cblas.h>
 
@@ -45,6 +46,7 @@ void matmul(const Tensor& a, Trans trans_a, const Tensor& b, Trans trans_b, cons
 
 void set_blas_threads(int threads) {
   openblas_set_num_threads(threads);
+  set_dnnl_threads(threads);  // oneDNN's convolutions (OpenMP); nothing without oneDNN
 }
 
 }  // namespace tessera::kernels

@@ -2,6 +2,10 @@
 
 #include "tessera/core/check.hpp"
 
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
 namespace tessera::kernels {
 namespace {
 using Policy = Kokkos::RangePolicy<ExecSpace>;
@@ -66,6 +70,61 @@ Index pool_output_extent(Index in, Index kernel, Index stride, Index pad) {
 
 // The forward kernels run one output row (plane, od, oh) per iteration: the index arithmetic
 // (divisions) happens once per row, and the innermost loop walks the row contiguously.
+//
+// Max pooling splits each row into its interior outputs, whose windows lie inside the input in w
+// (the window's d/h extent is the row's, the same for all of them), and the few at the edges. The
+// interior is swept window element by window element, each sweep a loop over the outputs that
+// compares one input element per output against the running maximum held in y and argmax: the
+// select is one compare-and-blend per output, with no branch for random data to mispredict (a
+// loop over each window's elements, innermost, compiled to branches that cost half the step of
+// the Fashion-MNIST CNN). The elements are visited in row-major window order in both parts, so
+// ties keep the first maximum.
+namespace {
+/// Whether a window's element v replaces the running maximum: when larger, or a NaN over a number
+/// (a NaN wins, once). Written as "best is a number and v is not <= best", a form GCC vectorises.
+KOKKOS_INLINE_FUNCTION bool takes(float v, float best) {
+  return best == best && !(v <= best);
+}
+
+/// take ? a : b as a bitwise blend. Written as a conditional, GCC 12 compiles it (and the compare
+/// feeding it) to a branch, which random data mispredicts half the time.
+KOKKOS_INLINE_FUNCTION float blend(bool take, float a, float b) {
+  std::uint32_t ua = 0, ub = 0;
+  std::memcpy(&ua, &a, sizeof(float));
+  std::memcpy(&ub, &b, sizeof(float));
+  const std::uint32_t mask = 0U - static_cast<std::uint32_t>(take);
+  const std::uint32_t r = (ua & mask) | (ub & ~mask);
+  float out = 0.0F;
+  std::memcpy(&out, &r, sizeof(float));
+  return out;
+}
+
+/// One output row of a 2×2, stride-2, unpadded max pooling (CNNs' usual pooling): input rows r0
+/// and r1, output y and argmax a (positions in the input plane, r0[0] being at `base`; `w` is the
+/// input row length). A loop the compiler vectorises: the 2×2 windows are two pairs of adjacent
+/// elements, the selects are blends, the positions 32-bit integers (exactly converted: < 2^24).
+KOKKOS_INLINE_FUNCTION void max_pool_row_2x2(const float* __restrict r0, const float* __restrict r1,
+                                             float* __restrict y, float* __restrict a,
+                                             std::int32_t wo, std::int32_t w, std::int32_t base) {
+  for (std::int32_t ow = 0; ow < wo; ++ow) {
+    const float v0 = r0[2 * ow], v1 = r0[2 * ow + 1], v2 = r1[2 * ow], v3 = r1[2 * ow + 1];
+    float best = v0;
+    std::int32_t at = 0;
+    bool take = takes(v1, best);
+    best = take ? v1 : best;
+    at = take ? 1 : at;
+    take = takes(v2, best);
+    best = take ? v2 : best;
+    at = take ? w : at;
+    take = takes(v3, best);
+    best = take ? v3 : best;
+    at = take ? w + 1 : at;
+    y[ow] = best;
+    a[ow] = static_cast<float>(base + 2 * ow + at);
+  }
+}
+}  // namespace
+
 void max_pool_forward(const Tensor& x, const Tensor& y, const Tensor& argmax,
                       const PoolGeometry& g) {
   check_geometry(x, y, g, "max_pool_forward");
@@ -74,38 +133,86 @@ void max_pool_forward(const Tensor& x, const Tensor& y, const Tensor& argmax,
                 argmax.label(), to_string(argmax.shape()), to_string(y.shape()));
   TESSERA_CHECK(g.in.volume() < (Index{1} << 24),
                 "max_pool_forward: input plane {} has more than 2^24 elements", dims_string(g.in));
-  const FloatView xv = x.view();
-  const FloatView yv = y.view();
-  const FloatView av = argmax.view();
+  const float* xp = x.data();
+  float* yp = y.data();
+  float* ap = argmax.data();
   const PoolGeometry geo = g;
+  if (g.kernel.d == 1 && g.stride.d == 1 && g.pad.d == 0 && g.kernel.h == 2 && g.kernel.w == 2 &&
+      g.stride.h == 2 && g.stride.w == 2 && g.pad.h == 0 && g.pad.w == 0) {
+    Kokkos::parallel_for(
+        "kernels::max_pool_forward_2x2", Policy(0, g.planes * g.out.d * g.out.h),
+        KOKKOS_LAMBDA(const Index row) {
+          const RowWindows rw = row_windows(row, geo);
+          const Index at = (rw.d0 * geo.in.h + rw.h0) * geo.in.w;  // window row 0, in the plane
+          const float* r0 = xp + rw.in_plane + at;
+          max_pool_row_2x2(r0, r0 + geo.in.w, yp + row * geo.out.w, ap + row * geo.out.w,
+                           static_cast<std::int32_t>(geo.out.w),
+                           static_cast<std::int32_t>(geo.in.w), static_cast<std::int32_t>(at));
+        });
+    return;
+  }
+  // Interior outputs [iw_lo, iw_hi): ow·sw - pw >= 0 and ow·sw - pw + kw <= W.
+  const Index iw_lo = std::min(g.out.w, (g.pad.w + g.stride.w - 1) / g.stride.w);
+  const Index reach = g.in.w - g.kernel.w + g.pad.w;  // largest ow·sw with the window inside
+  const Index iw_hi =
+      reach < 0 ? iw_lo : std::max(iw_lo, std::min(g.out.w, reach / g.stride.w + 1));
   Kokkos::parallel_for(
       "kernels::max_pool_forward", Policy(0, g.planes * g.out.d * g.out.h),
       KOKKOS_LAMBDA(const Index row) {
         const RowWindows rw = row_windows(row, geo);
-        const Index d0 = rw.d0, h0 = rw.h0, in_plane = rw.in_plane;
+        const Index d0 = rw.d0, h0 = rw.h0;
         const Index kd_lo = rw.kd_lo, kd_hi = rw.kd_hi, kh_lo = rw.kh_lo, kh_hi = rw.kh_hi;
-        const Index out_row = row * geo.out.w;
-        for (Index ow = 0; ow < geo.out.w; ++ow) {
-          const Index w0 = ow * geo.stride.w - geo.pad.w;
+        const float* xs = xp + rw.in_plane;
+        float* yr = yp + row * geo.out.w;
+        float* ar = ap + row * geo.out.w;
+        const Index sw = geo.stride.w;
+        // Edges: one window at a time, its part inside the input.
+        auto edge = [&](Index ow) {
+          const Index w0 = ow * sw - geo.pad.w;
           Index kw_lo = 0, kw_hi = 0;
           window_inside(w0, geo.kernel.w, geo.in.w, kw_lo, kw_hi);
-          // Start from the window's first element, then select without branches (random data
-          // makes a branch on "v > best" mispredict half the time).
           Index best_at = ((d0 + kd_lo) * geo.in.h + (h0 + kh_lo)) * geo.in.w + w0 + kw_lo;
-          float best = xv(in_plane + best_at);
+          float best = xs[best_at];
           for (Index kd = kd_lo; kd < kd_hi; ++kd) {
             for (Index kh = kh_lo; kh < kh_hi; ++kh) {
               const Index line = ((d0 + kd) * geo.in.h + (h0 + kh)) * geo.in.w + w0;
               for (Index kw = kw_lo; kw < kw_hi; ++kw) {
-                const float v = xv(in_plane + line + kw);
-                const bool take = (v > best) | ((v != v) & (best == best));  // a NaN wins, once
+                const float v = xs[line + kw];
+                const bool take = takes(v, best);
                 best = take ? v : best;
                 best_at = take ? line + kw : best_at;
               }
             }
           }
-          yv(out_row + ow) = best;
-          av(out_row + ow) = static_cast<float>(best_at);
+          yr[ow] = best;
+          ar[ow] = static_cast<float>(best_at);
+        };
+        for (Index ow = 0; ow < iw_lo; ++ow) {
+          edge(ow);
+        }
+        // Interior: start from each window's first element, then sweep the others.
+        const Index first = ((d0 + kd_lo) * geo.in.h + (h0 + kh_lo)) * geo.in.w - geo.pad.w;
+        for (Index ow = iw_lo; ow < iw_hi; ++ow) {
+          yr[ow] = xs[first + ow * sw];
+          ar[ow] = static_cast<float>(first + ow * sw);
+        }
+        for (Index kd = kd_lo; kd < kd_hi; ++kd) {
+          for (Index kh = kh_lo; kh < kh_hi; ++kh) {
+            const Index line = ((d0 + kd) * geo.in.h + (h0 + kh)) * geo.in.w - geo.pad.w;
+            for (Index kw = 0; kw < geo.kernel.w; ++kw) {
+              for (Index ow = iw_lo; ow < iw_hi; ++ow) {
+                const Index at = line + kw + ow * sw;
+                const float v = xs[at];
+                const float best = yr[ow];
+                const bool take = takes(v, best);
+                yr[ow] = blend(take, v, best);
+                ar[ow] = blend(take, static_cast<float>(at), ar[ow]);
+              }
+            }
+          }
+        }
+        for (Index ow = iw_hi; ow < geo.out.w; ++ow) {
+          edge(ow);
         }
       });
 }
@@ -113,6 +220,9 @@ void max_pool_forward(const Tensor& x, const Tensor& y, const Tensor& argmax,
 // The backward kernels run one plane per iteration and, within it, visit the outputs in order,
 // adding each one's gradient into its window: the scatter-add of dy, with no two iterations
 // touching the same element (no atomics) and a fixed order of additions (bitwise reproducible).
+// (For non-overlapping windows, writing dx in one pass — dy at the argmax, 0 elsewhere — measured
+// 4× slower than this zero-fill and scatter: 2.3 against 0.55 ms for the Fashion-MNIST CNN's
+// first pooling.)
 void max_pool_backward(const Tensor& dy, const Tensor& argmax, const Tensor& dx,
                        const PoolGeometry& g) {
   check_geometry(dx, dy, g, "max_pool_backward");

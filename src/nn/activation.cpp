@@ -37,7 +37,7 @@ Shape Activation::output_shape(const Shape& input) const {
 
 ForwardResult Activation::forward(const Tensor& x, const ForwardOptions& /*options*/) {
   check_batch(x, m_input, "input");
-  Tensor y(name() + ".output", x.shape());
+  Tensor y = m_output.get(name() + ".output", x.shape());  // every element written below
   kernels::activation_forward(m_options.kind, x, y, m_options.negative_slope);
   Context ctx;
   ctx.input_shape = x.shape();
@@ -55,7 +55,7 @@ Tensor Activation::backward(const Tensor& dy, Context&& ctx) {
         "input {} ({} saved tensors, expected 1)",
         kind(), name(), to_string(dy.shape()), to_string(ctx.input_shape), ctx.saved.size()));
   }
-  Tensor dx(name() + ".input_grad", dy.shape());
+  Tensor dx = m_input_grad.get(name() + ".input_grad", dy.shape());  // every element written
   kernels::activation_backward(m_options.kind, ctx.saved[0], dy, dx, m_options.negative_slope);
   return dx;
 }

@@ -119,7 +119,29 @@ ConvNd::ConvNd(std::string name, const Shape& input, const ConvOptions& options,
     m_chunk = 1;
     m_tile_rows = std::max<Index>(1, kColumnBytes / row_bytes);
   }
-  m_col = Tensor(me + ".columns", {m_geom.col_rows(), m_chunk * m_tile_rows * m_geom.output[2]});
+  ConvBackend backend = options.backend;
+  if (backend == ConvBackend::automatic) {
+    backend = kernels::dnnl_available() ? ConvBackend::dnnl : ConvBackend::im2col;
+  }
+  m_backend = backend;
+  if (backend == ConvBackend::dnnl) {
+    m_dnnl = std::make_unique<kernels::DnnlConv>(fmt::format("{} '{}'", kind, me), m_geom, m_out,
+                                                 ndims, m_bias);
+  } else {
+    m_col = Tensor(me + ".columns", {m_geom.col_rows(), m_chunk * m_tile_rows * m_geom.output[2]});
+  }
+}
+
+const char* backend_name(ConvBackend backend) {
+  switch (backend) {
+    case ConvBackend::automatic:
+      return "automatic";
+    case ConvBackend::im2col:
+      return "im2col";
+    case ConvBackend::dnnl:
+      return "dnnl";
+  }
+  return "?";
 }
 
 template <class F>
@@ -142,12 +164,27 @@ Shape ConvNd::output_shape(const Shape& input) const {
 
 ForwardResult ConvNd::forward(const Tensor& x, const ForwardOptions& /*options*/) {
   check_batch(x, m_input, "input");
+  const Shape y_shape = batch_shape(x.dim(0), m_output);  // (N, out, [Do,] Ho, Wo)
+  // oneDNN overwrites y: reused storage; im2col accumulates onto a zero y.
+  const Tensor y =
+      m_dnnl ? m_output_pool.get(name() + ".output", y_shape) : Tensor(name() + ".output", y_shape);
+  if (m_dnnl) {
+    m_dnnl->forward(x, weight().value, m_bias ? bias().value : Tensor(), y);
+  } else {
+    forward_im2col(x, y);
+  }
+  Context ctx;
+  ctx.saved = {x};  // (N, C, [D,] H, W)
+  ctx.input_shape = x.shape();
+  return {y, std::move(ctx)};
+}
+
+void ConvNd::forward_im2col(const Tensor& x, const Tensor& y) {
   const Index n = x.dim(0);
   const Index k = m_geom.col_rows();       // K = C·k^d
   const Index p = m_geom.output_volume();  // P = Do·Ho·Wo
   const Index wo = m_geom.output[2];
-  const Tensor y(name() + ".output", batch_shape(n, m_output));  // (N, out, [Do,] Ho, Wo)
-  const float* w = parameters()[0].value.data();                 // (out, K)
+  const float* w = parameters()[0].value.data();  // (out, K)
   for_each_block(n, [&](Index n0, Index count, kernels::OutputRows rows) {
     const Index r = rows.size() * wo;                    // columns per sample in this block
     kernels::im2col(x, m_geom, n0, count, rows, m_col);  // (K, count·r)
@@ -162,10 +199,6 @@ ForwardResult ConvNd::forward(const Tensor& x, const ForwardOptions& /*options*/
                     m_bias ? 1.0F : 0.0F, y.data() + (n0 + b) * m_out * p + rows.begin * wo, p);
     }
   });
-  Context ctx;
-  ctx.saved = {x};  // (N, C, [D,] H, W)
-  ctx.input_shape = x.shape();
-  return {y, std::move(ctx)};
 }
 
 Tensor ConvNd::backward(const Tensor& dy, Context&& ctx) {
@@ -176,12 +209,28 @@ Tensor ConvNd::backward(const Tensor& dy, Context&& ctx) {
                 "with the context of the forward call that produced it)",
                 m_kind, name(), to_string(dy.shape()));
   const Tensor& x = ctx.saved[0];  // (N, C, [D,] H, W)
+  // No input gradient for a first layer on data: the backends skip that work.
+  // oneDNN overwrites dx: reused storage; col2im accumulates onto a zero dx.
+  Tensor dx;
+  if (needs_input_grad()) {
+    dx = m_dnnl ? m_input_grad_pool.get(name() + ".input_grad", x.shape())
+                : Tensor(name() + ".input_grad", x.shape());
+  }
+  if (m_dnnl) {
+    m_dnnl->backward(x, weight().value, dy, dx, weight().grad, m_bias ? bias().grad : Tensor());
+  } else {
+    backward_im2col(x, dy, dx);
+  }
+  return dx;
+}
+
+void ConvNd::backward_im2col(const Tensor& x, const Tensor& dy, const Tensor& dx) {
+  const Index n = dy.dim(0);
   const Index k = m_geom.col_rows();
   const Index p = m_geom.output_volume();
   const Index wo = m_geom.output[2];
-  Parameter& w = parameters()[0];              // (out, K)
-  const bool input_grad = needs_input_grad();  // false for a first layer on data
-  const Tensor dx = input_grad ? Tensor(name() + ".input_grad", x.shape()) : Tensor();
+  Parameter& w = parameters()[0];  // (out, K)
+  const bool input_grad = dx.defined();
   for_each_block(n, [&](Index n0, Index count, kernels::OutputRows rows) {
     const Index r = rows.size() * wo;
     const Index ld = count * r;
@@ -206,7 +255,6 @@ Tensor ConvNd::backward(const Tensor& dy, Context&& ctx) {
       kernels::col2im(m_col, m_geom, n0, count, rows, dx);  // dx += fold(dcol)
     }
   });
-  return dx;
 }
 
 Conv2d::Conv2d(std::string name, const Shape& input, const ConvOptions& options)

@@ -14,6 +14,30 @@ Shape batch_shape(Index n, const Shape& sample) {
   return s;
 }
 
+Tensor BufferPool::get(const std::string& label, const Shape& shape) {
+  for (Index d : shape) {
+    TESSERA_CHECK(d >= 0, "tensor '{}': negative extent in shape {}", label, to_string(shape));
+  }
+  const Index n = numel(shape);
+  // use_count() == 1: only this pool refers to the allocation.
+  for (const FloatView& s : m_storage) {
+    if (s.use_count() == 1 && static_cast<Index>(s.extent(0)) >= n) {
+      return Tensor::alias(label, s, 0, shape);
+    }
+  }
+  const Tensor t = Tensor::uninitialized(label, shape);
+  for (FloatView& s : m_storage) {
+    if (s.use_count() == 1) {
+      s = t.view();  // a free allocation too small for this shape: replace it
+      return t;
+    }
+  }
+  if (m_storage.size() < kMaxHeld) {
+    m_storage.push_back(t.view());
+  }
+  return t;
+}
+
 std::vector<Parameter*> Layer::all_parameters() {
   std::vector<Parameter*> out;
   for (Parameter& p : m_parameters) {

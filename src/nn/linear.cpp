@@ -37,11 +37,12 @@ Shape Linear::output_shape(const Shape& input) const {
 ForwardResult Linear::forward(const Tensor& x, const ForwardOptions& /*options*/) {
   check_batch(x, {m_in}, "input");
   const Index n = x.dim(0);
-  const Tensor y(name() + ".output", {n, m_out});  // (N, out)
-  // y = b + x · Wᵀ: (N, in) · (in, out). y starts at zero, so add_bias writes the bias and the
-  // GEMM accumulates onto it (beta = 1): the bias costs what zeroing C would.
+  const Tensor y = m_output.get(name() + ".output", {n, m_out});  // (N, out), uninitialised
+  // y = b + x · Wᵀ: (N, in) · (in, out). broadcast_bias writes the bias into every row and the
+  // GEMM accumulates onto it (beta = 1): the bias costs what the GEMM's own zeroing of C (beta =
+  // 0, no bias) would.
   if (m_bias) {
-    kernels::add_bias(y, parameters()[1].value);
+    kernels::broadcast_bias(y, parameters()[1].value);
   }
   kernels::gemm(Trans::no, Trans::yes, n, m_out, m_in, 1.0F, x.data(), m_in,
                 parameters()[0].value.data(), m_in, m_bias ? 1.0F : 0.0F, y.data(), m_out);
@@ -70,7 +71,7 @@ Tensor Linear::backward(const Tensor& dy, Context&& ctx) {
     return Tensor();  // a first layer on data: nobody needs dL/dx
   }
   // dx = dy · W: (N, out) · (out, in).
-  const Tensor dx(name() + ".input_grad", {n, m_in});  // (N, in)
+  const Tensor dx = m_input_grad.get(name() + ".input_grad", {n, m_in});  // (N, in); beta = 0
   kernels::gemm(Trans::no, Trans::no, n, m_in, m_out, 1.0F, dy.data(), m_out, w.value.data(), m_in,
                 0.0F, dx.data(), m_in);
   return dx;

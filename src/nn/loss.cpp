@@ -21,7 +21,7 @@ void check_global_batch(const char* loss, Index global_batch, Index n) {
 
 // Cross-entropy of one row starting at flat index `base`: writes the row's gradient (scaled by
 // `scale`) into g, returns the per-sample loss and sets `hit` to whether the first argmax is the
-// label.
+// label. One exp per element: g holds exp(x - max) until the row sum is known.
 KOKKOS_INLINE_FUNCTION double cross_entropy_row(const FloatView& x, const FloatView& g, Index base,
                                                 Index classes, Index label, float scale,
                                                 bool& hit) {
@@ -35,17 +35,59 @@ KOKKOS_INLINE_FUNCTION double cross_entropy_row(const FloatView& x, const FloatV
   }
   double s = 0.0;
   for (Index j = 0; j < classes; ++j) {
-    s += static_cast<double>(math::exp(x(base + j) - m));
+    const float e = math::exp(x(base + j) - m);
+    g(base + j) = e;
+    s += static_cast<double>(e);
   }
-  const double log_s = math::log(s);
-  const auto log_s_f = static_cast<float>(log_s);
+  const auto inv_s = static_cast<float>(1.0 / s);
   for (Index j = 0; j < classes; ++j) {
-    const float p = math::exp(x(base + j) - m - log_s_f);
+    const float p = g(base + j) * inv_s;
     g(base + j) = (j == label ? p - 1.0F : p) * scale;
   }
   hit = arg == label;
-  return static_cast<double>(m) + log_s - static_cast<double>(x(base + label));
+  return static_cast<double>(m) + math::log(s) - static_cast<double>(x(base + label));
 }
+
+// Throws naming the first sample whose label is outside [0, classes) (the rare error path).
+[[noreturn]] void throw_first_bad_label(const IntView& labels, Index n, Index classes) {
+  Index first_bad = std::numeric_limits<Index>::max();
+  Kokkos::parallel_reduce(
+      "softmax_cross_entropy::check_labels", Policy(0, n),
+      KOKKOS_LAMBDA(const Index i, Index& acc) {
+        const Index c = labels(i);
+        if ((c < 0 || c >= classes) && i < acc) {
+          acc = i;
+        }
+      },
+      Kokkos::Min<Index>(first_bad));
+  std::int32_t value = 0;
+  Kokkos::deep_copy(value, Kokkos::subview(labels, first_bad));
+  throw Error(
+      fmt::format("softmax_cross_entropy: sample {} has label {}, expected a class in [0, {})",
+                  first_bad, value, classes));
+}
+
+// Every row in one pass: sums {loss, correct, labels out of range} (an array reduction).
+struct CrossEntropyRows {
+  using value_type = double[];
+  unsigned value_count = 3;
+  FloatView x;
+  FloatView g;
+  IntView labels;
+  Index classes;
+  float scale;
+
+  KOKKOS_INLINE_FUNCTION void operator()(const Index r, value_type acc) const {
+    const Index label = labels(r);
+    if (label < 0 || label >= classes) {
+      acc[2] += 1.0;  // reported (with the first such sample) after the pass
+      return;
+    }
+    bool hit = false;
+    acc[0] += cross_entropy_row(x, g, r * classes, classes, label, scale, hit);
+    acc[1] += hit ? 1.0 : 0.0;
+  }
+};
 }  // namespace
 
 LossOutput softmax_cross_entropy(const Tensor& logits, const IntView& labels, Index global_batch) {
@@ -64,46 +106,19 @@ LossOutput softmax_cross_entropy(const Tensor& logits, const IntView& labels, In
   }
   check_global_batch("softmax_cross_entropy", global_batch, n);
 
-  // The first sample whose label is out of range, if any.
-  Index first_bad = std::numeric_limits<Index>::max();
-  Kokkos::parallel_reduce(
-      "softmax_cross_entropy::check_labels", Policy(0, n),
-      KOKKOS_LAMBDA(const Index i, Index& acc) {
-        const Index c = labels(i);
-        if ((c < 0 || c >= classes) && i < acc) {
-          acc = i;
-        }
-      },
-      Kokkos::Min<Index>(first_bad));
-  if (first_bad < n) {
-    std::int32_t value = 0;
-    Kokkos::deep_copy(value, Kokkos::subview(labels, first_bad));
-    throw Error(
-        fmt::format("softmax_cross_entropy: sample {} has label {}, expected a class in [0, {})",
-                    first_bad, value, classes));
-  }
-
   LossOutput out;
-  out.grad = Tensor("softmax_cross_entropy::grad", logits.shape());
-  const FloatView x = logits.view();
-  const FloatView g = out.grad.view();
-  const IntView hits("softmax_cross_entropy::hits", static_cast<std::size_t>(n));
+  out.grad = Tensor::uninitialized("softmax_cross_entropy::grad", logits.shape());  // all written
   const auto scale = static_cast<float>(1.0 / static_cast<double>(global_batch));
-  double total = 0.0;
+  double totals[3] = {0.0, 0.0, 0.0};  // loss sum, correct, bad labels
   Kokkos::parallel_reduce(
       "softmax_cross_entropy::rows", Policy(0, n),
-      KOKKOS_LAMBDA(const Index r, double& acc) {
-        bool hit = false;
-        acc += cross_entropy_row(x, g, r * classes, classes, labels(r), scale, hit);
-        hits(r) = hit ? 1 : 0;
-      },
-      total);
-  Index correct = 0;
-  Kokkos::parallel_reduce(
-      "softmax_cross_entropy::correct", Policy(0, n),
-      KOKKOS_LAMBDA(const Index r, Index& acc) { acc += hits(r); }, correct);
-  out.loss = total / static_cast<double>(global_batch);
-  out.correct = correct;
+      CrossEntropyRows{3, logits.view(), out.grad.view(), labels, classes, scale},
+      Kokkos::View<double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(totals, 3));
+  if (totals[2] > 0.0) {
+    throw_first_bad_label(labels, n, classes);
+  }
+  out.loss = totals[0] / static_cast<double>(global_batch);
+  out.correct = static_cast<Index>(totals[1]);
   return out;
 }
 
@@ -125,7 +140,7 @@ LossOutput mean_squared_error(const Tensor& prediction, const Tensor& target, In
   const double denom = static_cast<double>(per_sample) * static_cast<double>(global_batch);
   const auto grad_scale = static_cast<float>(2.0 / denom);
   LossOutput out;
-  out.grad = Tensor("mean_squared_error::grad", prediction.shape());
+  out.grad = Tensor::uninitialized("mean_squared_error::grad", prediction.shape());  // all written
   const FloatView p = prediction.view();
   const FloatView t = target.view();
   const FloatView g = out.grad.view();

@@ -120,11 +120,12 @@ ForwardResult PoolNd::forward(const Tensor& x, const ForwardOptions& /*options*/
   check_batch(x, m_input, "input");
   const Index n = x.dim(0);
   const kernels::PoolGeometry g = geometry(n);
-  Tensor y(name() + ".output", batch_shape(n, m_output));  // (N, C, spatial_out...)
+  // The kernels write every element of y, argmax and dx: uninitialised storage.
+  const Tensor y = Tensor::uninitialized(name() + ".output", batch_shape(n, m_output));
   Context ctx;
   ctx.input_shape = x.shape();
   if (m_mode == Mode::max) {
-    Tensor argmax(name() + ".argmax", y.shape());  // (N, C, spatial_out...)
+    const Tensor argmax = Tensor::uninitialized(name() + ".argmax", y.shape());
     kernels::max_pool_forward(x, y, argmax, g);
     ctx.saved.push_back(argmax);
   } else {
@@ -137,7 +138,7 @@ Tensor PoolNd::backward(const Tensor& dy, Context&& ctx) {
   check_batch(dy, m_output, "output grad");
   check_context(dy, ctx, m_input, m_mode == Mode::max ? 1 : 0);
   const kernels::PoolGeometry g = geometry(dy.dim(0));
-  Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, C, spatial...)
+  const Tensor dx = Tensor::uninitialized(name() + ".input_grad", ctx.input_shape);
   if (m_mode == Mode::max) {
     kernels::max_pool_backward(dy, ctx.saved[0], dx, g);
   } else {
@@ -188,7 +189,7 @@ Tensor GlobalAvgPool::backward(const Tensor& dy, Context&& ctx) {
   const Index channels = m_input[0];
   check_batch(dy, {channels}, "output grad");
   check_context(dy, ctx, m_input, 0);
-  Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, C, spatial...)
+  const Tensor dx = Tensor::uninitialized(name() + ".input_grad", ctx.input_shape);
   kernels::global_avg_pool_backward(dy, dx, dy.dim(0) * channels, numel(m_input) / channels);
   return dx;
 }

@@ -1,9 +1,12 @@
 // Conv2d and Conv3d: forward and backward against direct convolution loops written here (in
 // double), small cases computed by hand, batches that span several im2col chunks, accumulation of
 // the parameter gradients, finite-difference gradient checks of input, weight and bias (strides,
-// padding, per-dimension options), and exact error messages for bad options and shapes.
+// padding, per-dimension options), and exact error messages for bad options and shapes. The
+// comparisons with the direct loops and the gradient checks run with every host backend the build
+// has (im2col; oneDNN when built with it); test_conv_dnnl.cpp compares the two backends.
 #include "support/gradcheck.hpp"
 #include "tessera/core/error.hpp"
+#include "tessera/kernels/conv_dnnl.hpp"
 #include "tessera/nn/conv.hpp"
 
 #include <gtest/gtest.h>
@@ -24,6 +27,21 @@ namespace tt = tessera::testing;
 namespace {
 
 using A3 = std::array<Index, 3>;
+
+/// The host backends of this build: im2col, and oneDNN when available.
+std::vector<nn::ConvBackend> backends() {
+  std::vector<nn::ConvBackend> b{nn::ConvBackend::im2col};
+  if (kernels::dnnl_available()) {
+    b.push_back(nn::ConvBackend::dnnl);
+  }
+  return b;
+}
+
+/// Options with the given backend.
+ConvOptions with(ConvOptions o, nn::ConvBackend backend) {
+  o.backend = backend;
+  return o;
+}
 
 std::string message_of(const std::function<void()>& f) {
   try {
@@ -118,11 +136,20 @@ struct Direct {
 };
 
 /// Builds the layer for `d` (2-D when d.in[0] == 1 and d.k[0] == 1 and `two_d`), runs forward and
-/// backward on random data and compares with the direct loops.
+/// backward on random data and compares with the direct loops, with each backend.
+void expect_matches_direct(const Direct& d, bool two_d, bool bias, nn::ConvBackend backend);
 void expect_matches_direct(const Direct& d, bool two_d, bool bias) {
+  for (const nn::ConvBackend backend : backends()) {
+    SCOPED_TRACE(std::string("backend ") + nn::backend_name(backend));
+    expect_matches_direct(d, two_d, bias, backend);
+  }
+}
+
+void expect_matches_direct(const Direct& d, bool two_d, bool bias, nn::ConvBackend backend) {
   ConvOptions opt;
   opt.out = d.o;
   opt.bias = bias;
+  opt.backend = backend;
   std::unique_ptr<nn::ConvNd> layer;
   Shape sample;
   if (two_d) {
@@ -138,6 +165,7 @@ void expect_matches_direct(const Direct& d, bool two_d, bool bias) {
     sample = {d.c, d.in[0], d.in[1], d.in[2]};
     layer = std::make_unique<Conv3d>("conv", sample, opt);
   }
+  ASSERT_EQ(layer->backend(), backend);
   layer->initialize(17);
   Shape xs = nn::batch_shape(d.n, sample);
   const Tensor x = tt::random_tensor("x", xs, 31);
@@ -167,39 +195,45 @@ void expect_matches_direct(const Direct& d, bool two_d, bool bias) {
 }  // namespace
 
 TEST(Conv2d, HandComputedTwoByTwoKernel) {
-  // x: 1×1×3×3 = [[1,2,3],[4,5,6],[7,8,9]], kernel [[1,2],[3,4]], bias 0.5.
-  const Tensor x = Tensor::from_host("x", {1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9});
-  Conv2d conv("c", {1, 3, 3}, ConvOptions{1, {2}, {}, {}, true});
-  conv.weight().value.copy_from_host({1, 2, 3, 4});
-  conv.bias().value.copy_from_host({0.5F});
-  nn::ForwardResult r = conv.forward(x, {});
-  ASSERT_EQ(r.output.shape(), (Shape{1, 1, 2, 2}));
-  // 1+4+12+20, 2+6+15+24, 4+10+21+32, 5+12+24+36, each + 0.5.
-  EXPECT_EQ(r.output.to_host(), (std::vector<float>{37.5F, 47.5F, 67.5F, 77.5F}));
+  for (const nn::ConvBackend backend : backends()) {
+    SCOPED_TRACE(std::string("backend ") + nn::backend_name(backend));
+    // x: 1×1×3×3 = [[1,2,3],[4,5,6],[7,8,9]], kernel [[1,2],[3,4]], bias 0.5.
+    const Tensor x = Tensor::from_host("x", {1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9});
+    Conv2d conv("c", {1, 3, 3}, ConvOptions{1, {2}, {}, {}, true, backend});
+    conv.weight().value.copy_from_host({1, 2, 3, 4});
+    conv.bias().value.copy_from_host({0.5F});
+    nn::ForwardResult r = conv.forward(x, {});
+    ASSERT_EQ(r.output.shape(), (Shape{1, 1, 2, 2}));
+    // 1+4+12+20, 2+6+15+24, 4+10+21+32, 5+12+24+36, each + 0.5.
+    EXPECT_EQ(r.output.to_host(), (std::vector<float>{37.5F, 47.5F, 67.5F, 77.5F}));
 
-  // Backward with dy = [[1, 0], [0, 1]]: dx is the kernel pasted at (0,0) and at (1,1);
-  // dW(i, j) = x(i, j) + x(i+1, j+1); db = 2.
-  const Tensor dy = Tensor::from_host("dy", {1, 1, 2, 2}, {1, 0, 0, 1});
-  const Tensor dx = conv.backward(dy, std::move(r.ctx));
-  EXPECT_EQ(dx.to_host(), (std::vector<float>{1, 2, 0, 3, 4 + 1, 2, 0, 3, 4}));
-  EXPECT_EQ(conv.weight().grad.to_host(), (std::vector<float>{1 + 5, 2 + 6, 4 + 8, 5 + 9}));
-  EXPECT_EQ(conv.bias().grad.to_host(), (std::vector<float>{2}));
+    // Backward with dy = [[1, 0], [0, 1]]: dx is the kernel pasted at (0,0) and at (1,1);
+    // dW(i, j) = x(i, j) + x(i+1, j+1); db = 2.
+    const Tensor dy = Tensor::from_host("dy", {1, 1, 2, 2}, {1, 0, 0, 1});
+    const Tensor dx = conv.backward(dy, std::move(r.ctx));
+    EXPECT_EQ(dx.to_host(), (std::vector<float>{1, 2, 0, 3, 4 + 1, 2, 0, 3, 4}));
+    EXPECT_EQ(conv.weight().grad.to_host(), (std::vector<float>{1 + 5, 2 + 6, 4 + 8, 5 + 9}));
+    EXPECT_EQ(conv.bias().grad.to_host(), (std::vector<float>{2}));
 
-  // Padding 1, stride 2: outputs at padded corners (0,0), (0,2), (2,0), (2,2):
-  // 4·1; 3·2 + 4·3; 2·4 + 4·7; 1·5 + 2·6 + 3·8 + 4·9. No bias.
-  Conv2d strided("s", {1, 3, 3}, ConvOptions{1, {2}, {2}, {1}, false});
-  strided.weight().value.copy_from_host({1, 2, 3, 4});
-  EXPECT_EQ(strided.forward(x, {}).output.to_host(), (std::vector<float>{4, 18, 36, 77}));
+    // Padding 1, stride 2: outputs at padded corners (0,0), (0,2), (2,0), (2,2):
+    // 4·1; 3·2 + 4·3; 2·4 + 4·7; 1·5 + 2·6 + 3·8 + 4·9. No bias.
+    Conv2d strided("s", {1, 3, 3}, ConvOptions{1, {2}, {2}, {1}, false, backend});
+    strided.weight().value.copy_from_host({1, 2, 3, 4});
+    EXPECT_EQ(strided.forward(x, {}).output.to_host(), (std::vector<float>{4, 18, 36, 77}));
+  }
 }
 
 TEST(Conv3d, HandComputedDepthTwo) {
-  // x: 1×1×2×2×2 = 1..8, a 2×1×1 kernel [1, 10]: y(0, h, w) = x(0, h, w) + 10·x(1, h, w).
-  const Tensor x = Tensor::from_host("x", {1, 1, 2, 2, 2}, {1, 2, 3, 4, 5, 6, 7, 8});
-  Conv3d conv("c", {1, 2, 2, 2}, ConvOptions{1, {2, 1, 1}, {}, {}, false});
-  conv.weight().value.copy_from_host({1, 10});
-  nn::ForwardResult r = conv.forward(x, {});
-  ASSERT_EQ(r.output.shape(), (Shape{1, 1, 1, 2, 2}));
-  EXPECT_EQ(r.output.to_host(), (std::vector<float>{51, 62, 73, 84}));
+  for (const nn::ConvBackend backend : backends()) {
+    SCOPED_TRACE(std::string("backend ") + nn::backend_name(backend));
+    // x: 1×1×2×2×2 = 1..8, a 2×1×1 kernel [1, 10]: y(0, h, w) = x(0, h, w) + 10·x(1, h, w).
+    const Tensor x = Tensor::from_host("x", {1, 1, 2, 2, 2}, {1, 2, 3, 4, 5, 6, 7, 8});
+    Conv3d conv("c", {1, 2, 2, 2}, ConvOptions{1, {2, 1, 1}, {}, {}, false, backend});
+    conv.weight().value.copy_from_host({1, 10});
+    nn::ForwardResult r = conv.forward(x, {});
+    ASSERT_EQ(r.output.shape(), (Shape{1, 1, 1, 2, 2}));
+    EXPECT_EQ(r.output.to_host(), (std::vector<float>{51, 62, 73, 84}));
+  }
 }
 
 TEST(Conv2d, MatchesDirectConvolution) {
@@ -225,7 +259,7 @@ TEST(Conv2d, MatchesDirectConvolution) {
 }
 
 TEST(Conv2d, BatchSpansSeveralChunks) {
-  Conv2d conv("c", {8, 16, 16}, ConvOptions{6, {3}, {}, {1}});
+  Conv2d conv("c", {8, 16, 16}, ConvOptions{6, {3}, {}, {1}, true, nn::ConvBackend::im2col});
   EXPECT_GT(conv.chunk(), 1);
   EXPECT_LT(conv.chunk(), 19);
   EXPECT_NE(19 % conv.chunk(), 0);
@@ -235,13 +269,14 @@ TEST(ConvNd, LargeSamplesAreTiledByOutputRows) {
   // One sample's columns exceed the cache budget: blocks become bands of output rows of one
   // sample, including a band that ends inside an output plane (3-D) and strided rows (non-flat).
   {
-    Conv2d conv("big", {8, 48, 48}, ConvOptions{3, {3}, {1}, {1}});
+    Conv2d conv("big", {8, 48, 48}, ConvOptions{3, {3}, {1}, {1}, true, nn::ConvBackend::im2col});
     EXPECT_EQ(conv.chunk(), 1);
     EXPECT_LT(conv.tile_rows(), 48);
     EXPECT_NE(48 % conv.tile_rows(), 0);
   }
   {
-    Conv3d conv("big3", {4, 12, 12, 12}, ConvOptions{3, {3}, {1}, {1}});
+    Conv3d conv("big3", {4, 12, 12, 12},
+                ConvOptions{3, {3}, {1}, {1}, true, nn::ConvBackend::im2col});
     EXPECT_EQ(conv.chunk(), 1);
     EXPECT_LT(conv.tile_rows(), 144);
     EXPECT_NE(conv.tile_rows() % 12, 0);
@@ -285,38 +320,44 @@ TEST(Conv2d, ParametersAndInitialisation) {
 }
 
 TEST(Conv2d, GradCheck) {
-  {
-    Conv2d conv("plain", {2, 5, 5}, ConvOptions{3, {3}});
-    conv.initialize(1);
-    EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 2, 5, 5}, 1)), 0);
-  }
-  {
-    Conv2d conv("stride2", {2, 7, 7}, ConvOptions{3, {3}, {2}});
-    conv.initialize(2);
-    EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 2, 7, 7}, 2)), 0);
-  }
-  {
-    Conv2d conv("pad1", {2, 5, 5}, ConvOptions{3, {3}, {1}, {1}});
-    conv.initialize(3);
-    EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 2, 5, 5}, 3)), 0);
-  }
-  {
-    Conv2d conv("stride2pad1", {3, 8, 6}, ConvOptions{2, {3, 2}, {2, 1}, {1, 0}});
-    conv.initialize(4);
-    EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 3, 8, 6}, 4)), 0);
+  for (const nn::ConvBackend b : backends()) {
+    SCOPED_TRACE(std::string("backend ") + nn::backend_name(b));
+    {
+      Conv2d conv("plain", {2, 5, 5}, with(ConvOptions{3, {3}}, b));
+      conv.initialize(1);
+      EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 2, 5, 5}, 1)), 0);
+    }
+    {
+      Conv2d conv("stride2", {2, 7, 7}, with(ConvOptions{3, {3}, {2}}, b));
+      conv.initialize(2);
+      EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 2, 7, 7}, 2)), 0);
+    }
+    {
+      Conv2d conv("pad1", {2, 5, 5}, with(ConvOptions{3, {3}, {1}, {1}}, b));
+      conv.initialize(3);
+      EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 2, 5, 5}, 3)), 0);
+    }
+    {
+      Conv2d conv("stride2pad1", {3, 8, 6}, with(ConvOptions{2, {3, 2}, {2, 1}, {1, 0}}, b));
+      conv.initialize(4);
+      EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 3, 8, 6}, 4)), 0);
+    }
   }
 }
 
 TEST(Conv3d, GradCheck) {
-  {
-    Conv3d conv("c3", {2, 4, 4, 4}, ConvOptions{2, {3}, {1}, {1}});
-    conv.initialize(5);
-    EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 2, 4, 4, 4}, 5)), 0);
-  }
-  {
-    Conv3d conv("c3s", {2, 5, 5, 4}, ConvOptions{2, {3, 3, 2}, {2}, {1, 1, 0}});
-    conv.initialize(6);
-    EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 2, 5, 5, 4}, 6)), 0);
+  for (const nn::ConvBackend b : backends()) {
+    SCOPED_TRACE(std::string("backend ") + nn::backend_name(b));
+    {
+      Conv3d conv("c3", {2, 4, 4, 4}, with(ConvOptions{2, {3}, {1}, {1}}, b));
+      conv.initialize(5);
+      EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 2, 4, 4, 4}, 5)), 0);
+    }
+    {
+      Conv3d conv("c3s", {2, 5, 5, 4}, with(ConvOptions{2, {3, 3, 2}, {2}, {1, 1, 0}}, b));
+      conv.initialize(6);
+      EXPECT_EQ(tt::gradcheck(conv, tt::random_tensor("x", {2, 2, 5, 5, 4}, 6)), 0);
+    }
   }
 }
 

@@ -19,7 +19,8 @@ void gemm(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, 
 void matmul(const Tensor& a, Trans trans_a, const Tensor& b, Trans trans_b, const Tensor& c,
             float alpha = 1.0F, float beta = 0.0F, const std::string& what = "matmul");
 
-/// Sets the BLAS library's thread count (OpenBLAS); 1 for one thread per MPI rank.
+/// Sets the BLAS library's thread count (OpenBLAS) and, in a build with oneDNN, the thread count
+/// of oneDNN's host convolutions (its OpenMP runtime); 1 for one thread per MPI rank.
 void set_blas_threads(int threads);
 
 }  // namespace tessera::kernels

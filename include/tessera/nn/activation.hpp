@@ -38,6 +38,8 @@ class Activation : public Layer {
  private:
   Shape m_input;  // one sample
   ActivationOptions m_options;
+  BufferPool m_output;      // y, reused from step to step
+  BufferPool m_input_grad;  // dx
 };
 
 }  // namespace tessera::nn

@@ -1,9 +1,16 @@
 #pragma once
-// Convolution layers, Conv2d and Conv3d, on the host path of DESIGN.md: im2col + GEMM (OpenBLAS).
-// Both are one implementation, ConvNd, over three spatial dimensions (a 2-D convolution has
-// depth 1). Cross-correlation, like torch.nn.Conv2d / Conv3d: no kernel flip.
+// Convolution layers, Conv2d and Conv3d. Both are one implementation, ConvNd, over three spatial
+// dimensions (a 2-D convolution has depth 1). Cross-correlation, like torch.nn.Conv2d / Conv3d: no
+// kernel flip.
 //
-// How the work is laid out (for speed on one core):
+// Two host backends (DESIGN.md: "a host path (im2col + GEMM, or oneDNN)"), picked per layer at
+// construction (ConvOptions::backend):
+//  - oneDNN (kernels::DnnlConv), used whenever the build has it (TESSERA_WITH_DNNL, Debian's
+//    libdnnl-dev): its JIT kernels use the CPU's widest vector instructions (AVX-512 where
+//    present), which OpenBLAS may not (OPENBLAS_CORETYPE);
+//  - im2col + GEMM (OpenBLAS), the fallback, described below.
+//
+// How the im2col path lays out the work (for speed on one core):
 //  - samples are processed in blocks whose column matrix (C·k^d, block·Do·Ho·Wo) fits in the
 //    core's L2 cache, so im2col writes it and the GEMMs read it while it is still there; when one
 //    sample's columns alone exceed that (large 3-D volumes), a block is one sample's band of output
@@ -12,12 +19,23 @@
 //    backward uses the same orientation: dW += dy_n · col_nᵀ, dcol_n = Wᵀ · dy_n, then col2im;
 //  - the column buffer is a member, allocated once at construction, so calls do not allocate
 //    scratch (one layer object is therefore not safe to call from two threads at once).
+#include "tessera/kernels/conv_dnnl.hpp"
 #include "tessera/kernels/im2col.hpp"
 #include "tessera/nn/layer.hpp"
 
+#include <memory>
 #include <vector>
 
 namespace tessera::nn {
+
+/// Which host implementation a convolution layer runs.
+enum class ConvBackend {
+  automatic,  ///< oneDNN when the build has it (kernels::dnnl_available()), else im2col
+  im2col,     ///< im2col + GEMM (OpenBLAS)
+  dnnl,       ///< oneDNN; the constructor throws in a build without it
+};
+/// "automatic", "im2col", "dnnl".
+const char* backend_name(ConvBackend backend);
 
 struct ConvOptions {
   Index out = 0;                ///< output channels (>= 1)
@@ -25,6 +43,7 @@ struct ConvOptions {
   std::vector<Index> stride{};  ///< likewise; empty means 1
   std::vector<Index> pad{};     ///< zero padding on both sides, likewise; empty means 0
   bool bias = true;             ///< add a learned per-channel bias
+  ConvBackend backend = ConvBackend::automatic;  ///< host implementation
 };
 
 /// The shared implementation of Conv2d and Conv3d (`ndims` = 2 or 3 spatial dimensions).
@@ -36,15 +55,18 @@ class ConvNd : public Layer {
   const char* kind() const override { return m_kind; }
   Shape output_shape(const Shape& input) const override;
   /// ctx.saved = {x (N, C, [D,] H, W)}: backward recomputes the columns from x block by block
-  /// instead of keeping the whole (C·k^d, N·Do·Ho·Wo) matrix alive between the two passes.
+  /// instead of keeping the whole (C·k^d, N·Do·Ho·Wo) matrix alive between the two passes (im2col;
+  /// oneDNN's backward primitives read x directly).
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
   Tensor backward(const Tensor& dy, Context&& ctx) override;
 
   int spatial_dims() const { return m_ndims; }
+  /// The backend this layer runs: ConvBackend::im2col or ConvBackend::dnnl (never automatic).
+  ConvBackend backend() const { return m_backend; }
   bool has_bias() const { return m_bias; }
   /// Extents as a 3-D convolution (a 2-D one has depth 1).
   const kernels::ConvGeometry& geometry() const { return m_geom; }
-  /// Samples per im2col block.
+  /// Samples per im2col block (im2col backend).
   Index chunk() const { return m_chunk; }
   /// Output rows (of the Do·Ho grid) per im2col block: all of them unless one sample's columns
   /// exceed the cache budget, in which case chunk() is 1.
@@ -68,11 +90,19 @@ class ConvNd : public Layer {
   kernels::ConvGeometry m_geom;
   Index m_chunk = 1;
   Index m_tile_rows = 1;
-  Tensor m_col;  // scratch (C·k^d, m_chunk·m_tile_rows·Wo)
+  ConvBackend m_backend = ConvBackend::im2col;
+  Tensor m_col;  // im2col scratch (C·k^d, m_chunk·m_tile_rows·Wo); undefined with oneDNN
+  std::unique_ptr<kernels::DnnlConv> m_dnnl;  // oneDNN backend only
+  BufferPool m_output_pool;                   // y, reused from step to step (oneDNN backend)
+  BufferPool m_input_grad_pool;               // dx (oneDNN backend)
 
   /// Calls f(first, count, rows) for every block of samples × output rows, in order.
   template <class F>
   void for_each_block(Index n, F&& f) const;
+  /// The im2col backend: y (zero on entry) = conv(x) + bias; dx (undefined: skipped) = the input
+  /// gradient, and the parameter gradients accumulate.
+  void forward_im2col(const Tensor& x, const Tensor& y);
+  void backward_im2col(const Tensor& x, const Tensor& dy, const Tensor& dx);
 };
 
 /// 2-D convolution: input (C, H, W), weight (out, C, kh, kw).

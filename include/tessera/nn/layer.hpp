@@ -25,6 +25,30 @@ struct Parameter {
   bool decay = true;  ///< whether weight decay applies (off for biases and norm scales)
 };
 
+/// Storage that a layer reuses from one call to the next for a tensor it hands out (an output, an
+/// input gradient), instead of allocating and zero-filling a new tensor every step. get() returns
+/// a tensor over held storage that nothing else refers to any more (the tensors and contexts of
+/// earlier calls are gone) and that is large enough; otherwise it allocates new, uninitialised
+/// storage and holds it too, up to kMaxHeld allocations (several micro-batches in flight each keep
+/// their own). Storage still referred to elsewhere is never handed out again, so a tensor that a
+/// caller keeps is never overwritten. The contents are unspecified: the caller writes every
+/// element. The price: a layer holds its largest output and input gradient between steps (memory
+/// that a step needs anyway at its peak, except the input gradients, which a fresh allocation
+/// frees as backward moves on). Not thread-safe, like a layer's other scratch.
+class BufferPool {
+ public:
+  static constexpr std::size_t kMaxHeld = 4;
+  /// A tensor of `shape` named `label`, over storage that no other live tensor shares.
+  Tensor get(const std::string& label, const Shape& shape);
+  /// Allocations held (for tests).
+  std::size_t held() const { return m_storage.size(); }
+  /// Drops every held allocation (tensors handed out keep theirs alive).
+  void clear() { m_storage.clear(); }
+
+ private:
+  std::vector<FloatView> m_storage;
+};
+
 /// Settings of one forward call.
 struct ForwardOptions {
   bool training = true;

@@ -33,6 +33,8 @@ class Linear : public Layer {
   Index m_in = 0;
   Index m_out = 0;
   bool m_bias = true;
+  BufferPool m_output;      // y (N, out), reused from step to step
+  BufferPool m_input_grad;  // dx (N, in)
 };
 
 }  // namespace tessera::nn
