@@ -72,6 +72,8 @@ tessera::deck::Deck load_deck(const std::string& path, const std::vector<std::st
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before MPI_Init: a job script's early SIGUSR1 then stops the run instead of killing it.
+  tessera::train::install_stop_handlers();
   return tessera::apps::run_main(argc, argv, [](int ac, char** av) {
     CLI::App app{"tessera: MPI-first SPMD training of neural networks from an input deck"};
     app.require_subcommand(1);
@@ -107,7 +109,6 @@ int main(int argc, char** argv) {
       return 0;
     }
 
-    tessera::train::install_stop_handlers();
     if (rank == 0) {
       std::printf("tessera: %s on %d rank%s, output in %s/\n%s\n", deck.run.name.c_str(), size,
                   size == 1 ? "" : "s", deck.run.output.c_str(),

@@ -579,7 +579,7 @@ Deck parse(const std::string& text, const std::string& file,
   }
 
   Section top(&root, "", src);
-  top.expect_keys({"run", "parallel", "data", "model", "optimizer"});
+  top.expect_keys({"run", "parallel", "data", "model", "optimizer", "checkpoint"});
   Section run = top.table("run");
   const std::string stem = std::filesystem::path(file).stem().string();
   d.run.name = run.string("name", stem);
@@ -627,6 +627,20 @@ Deck parse(const std::string& text, const std::string& file,
                       fmt::join(spatial, ", ")));
     }
   }
+  d.parallel.bucket_mb = par.number("bucket_mb", 4.0, 0.0, 1024.0, true);
+  d.parallel.zero = static_cast<int>(par.integer("zero", 0, 0, 1));
+  d.parallel.deterministic = par.boolean("deterministic", false);
+  d.parallel.sample_groups = static_cast<int>(par.integer("sample_groups", 0, 0));
+  if (d.parallel.deterministic && d.parallel.sample_groups == 0) {
+    throw par.error("deterministic", par.find("deterministic"),
+                    "parallel.deterministic = true needs parallel.sample_groups, the fixed number "
+                    "of groups the global batch is cut into (a multiple of every data-parallel "
+                    "size to reproduce on)");
+  }
+  if (!d.parallel.deterministic && d.parallel.sample_groups != 0) {
+    throw par.error("sample_groups", par.find("sample_groups"),
+                    "parallel.sample_groups is used only with parallel.deterministic = true");
+  }
   par.finish();
 
   Section data = top.table("data");
@@ -637,6 +651,20 @@ Deck parse(const std::string& text, const std::string& file,
   d.data.drop_last = data.boolean("drop_last", false);
   d.data.cache = data.boolean("cache", false);
   d.data.prefetch = static_cast<int>(data.integer("prefetch", 2, 0, 64));
+  d.data.micro_batches = static_cast<int>(data.integer("micro_batches", 1, 1));
+  if (d.parallel.deterministic && d.data.micro_batches != 1) {
+    throw data.error("micro_batches", data.find("micro_batches"),
+                     fmt::format("data.micro_batches = {} with parallel.deterministic = true: "
+                                 "deterministic mode accumulates parallel.sample_groups groups "
+                                 "already (leave micro_batches at 1)",
+                                 d.data.micro_batches));
+  }
+  if (d.parallel.deterministic && d.data.batch % d.parallel.sample_groups != 0) {
+    throw data.error("batch", data.find("batch"),
+                     fmt::format("data.batch = {} is not a multiple of parallel.sample_groups = "
+                                 "{} (deterministic mode cuts the global batch into equal groups)",
+                                 d.data.batch, d.parallel.sample_groups));
+  }
   for (const char* k : {"train", "test"}) {
     const std::string spec = data.string(k, std::string());
     if (!spec.empty() && spec.find(':') == std::string::npos) {
@@ -659,6 +687,19 @@ Deck parse(const std::string& text, const std::string& file,
   }
   parse_optimizer(opt, d);
   opt.finish();
+
+  Section ck = top.table("checkpoint");
+  d.checkpoint.enabled = top.has("checkpoint");
+  d.checkpoint.dir = ck.string("dir", d.run.output + "/ckpt");
+  d.checkpoint.every_steps = ck.integer("every_steps", 0, 0);
+  d.checkpoint.every_seconds = ck.number("every_seconds", 0.0, 0.0, INFINITY);
+  d.checkpoint.keep = static_cast<int>(ck.integer("keep", 3, 1, 1000000));
+  d.checkpoint.at_end = ck.boolean("at_end", true);
+  d.checkpoint.restart = ck.string("restart", std::string());
+  if (d.checkpoint.dir.empty()) {
+    throw ck.error("dir", ck.find("dir"), "checkpoint.dir must not be empty");
+  }
+  ck.finish();
   top.finish();
   return d;
 }
@@ -695,15 +736,23 @@ std::string to_toml(const Deck& d) {
       fmt::format("log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\n\n",
                   d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads);
   o += fmt::format(
-      "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n\n",
+      "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n"
+      "bucket_mb = {}\nzero = {}\ndeterministic = {}\n",
       d.parallel.trainers, d.parallel.data, d.parallel.tensor, d.parallel.pipeline,
-      fmt::join(d.parallel.spatial, ", "));
+      fmt::join(d.parallel.spatial, ", "), real(d.parallel.bucket_mb), d.parallel.zero,
+      d.parallel.deterministic);
+  if (d.parallel.deterministic) {
+    o += fmt::format("sample_groups = {}\n", d.parallel.sample_groups);
+  }
+  o += "\n";
   o += fmt::format("[data]\ntrain = {}\n", toml_string(d.data.train));
   if (!d.data.test.empty()) {
     o += fmt::format("test = {}\n", toml_string(d.data.test));
   }
-  o += fmt::format("batch = {}\nshuffle = {}\ndrop_last = {}\ncache = {}\nprefetch = {}\n\n",
-                   d.data.batch, d.data.shuffle, d.data.drop_last, d.data.cache, d.data.prefetch);
+  o += fmt::format(
+      "batch = {}\nshuffle = {}\ndrop_last = {}\ncache = {}\nprefetch = {}\nmicro_batches = {}\n\n",
+      d.data.batch, d.data.shuffle, d.data.drop_last, d.data.cache, d.data.prefetch,
+      d.data.micro_batches);
   o += fmt::format("[model]\ninput = [{}]\nlayers = [\n", fmt::join(d.model.input, ", "));
   for (const nn::LayerSpec& l : d.model.layers) {
     std::vector<std::string> opts;
@@ -734,6 +783,14 @@ std::string to_toml(const Deck& d) {
     o += fmt::format(", min_lr = {}", real(p.schedule.min_lr));
   }
   o += " }\n";
+  if (d.checkpoint.enabled) {
+    const CheckpointConfig& c = d.checkpoint;
+    o += fmt::format(
+        "\n[checkpoint]\ndir = {}\nevery_steps = {}\nevery_seconds = {}\nkeep = {}\nat_end = {}\n"
+        "restart = {}\n",
+        toml_string(c.dir), c.every_steps, real(c.every_seconds), c.keep, c.at_end,
+        toml_string(c.restart));
+  }
   return o;
 }
 

@@ -423,6 +423,26 @@ void Dataset::write(const Box& box, ElementType t, const void* data, bool collec
              context());
 }
 
+void Dataset::write_range(hsize_t offset, hsize_t count, ElementType t, const void* data,
+                          bool collective) const {
+  const std::vector<hsize_t> dims = shape();
+  const std::vector<Box> boxes = flat_range_boxes(dims, offset, count);
+  const size_t element = [&] {
+    TESSERA_H5_LOCK;
+    return H5Tget_size(memory_type(t));
+  }();
+  const size_t calls = collective ? std::max<size_t>(1, 2 * dims.size() - 1) : boxes.size();
+  Box empty;  // a rank with fewer boxes writes nothing in the remaining collective calls
+  empty.offset.assign(dims.size(), 0);
+  empty.count.assign(dims.size(), 0);
+  const auto* at = static_cast<const unsigned char*>(data);
+  for (size_t k = 0; k < calls; ++k) {
+    const Box& b = k < boxes.size() ? boxes[k] : empty;
+    write(b, t, at, collective);
+    at += product(b.count) * element;
+  }
+}
+
 void Dataset::read(const Box& box, ElementType t, void* out) const {
   read_boxes({box}, t, out);
 }
@@ -466,6 +486,50 @@ void Dataset::read_boxes(const std::vector<Box>& boxes, ElementType t, void* out
 void Dataset::read_all(ElementType t, void* out) const {
   const std::vector<hsize_t> dims = shape();
   read({std::vector<hsize_t>(dims.size(), 0), dims}, t, out);
+}
+
+std::vector<Box> flat_range_boxes(const std::vector<hsize_t>& shape, hsize_t offset,
+                                  hsize_t count) {
+  std::vector<Box> out;
+  if (count == 0) {
+    return out;
+  }
+  if (shape.size() <= 1) {
+    out.push_back({{offset}, {count}});
+    return out;
+  }
+  const std::vector<hsize_t> inner_shape(shape.begin() + 1, shape.end());
+  const hsize_t inner = product(inner_shape);
+  const hsize_t end = offset + count;
+  // Boxes of row `row`'s elements [a, b), with the row as the outermost coordinate.
+  auto in_row = [&](hsize_t row, hsize_t a, hsize_t b) {
+    for (Box box : flat_range_boxes(inner_shape, a, b - a)) {
+      box.offset.insert(box.offset.begin(), row);
+      box.count.insert(box.count.begin(), 1);
+      out.push_back(std::move(box));
+    }
+  };
+  hsize_t first_row = offset / inner;
+  const hsize_t last_row = (end - 1) / inner;
+  if (first_row == last_row) {
+    in_row(first_row, offset % inner, end - first_row * inner);
+    return out;
+  }
+  if (offset % inner != 0) {  // the partial first row
+    in_row(first_row, offset % inner, inner);
+    ++first_row;
+  }
+  const hsize_t whole_end = end / inner;  // rows [first_row, whole_end) are whole
+  if (whole_end > first_row) {
+    Box box{std::vector<hsize_t>(shape.size(), 0), shape};
+    box.offset[0] = first_row;
+    box.count[0] = whole_end - first_row;
+    out.push_back(std::move(box));
+  }
+  if (end % inner != 0) {  // the partial last row
+    in_row(whole_end, 0, end % inner);
+  }
+  return out;
 }
 
 // --- Group -----------------------------------------------------------------------------------

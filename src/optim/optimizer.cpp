@@ -17,7 +17,7 @@ void check_parameter(const nn::Parameter& p, const char* kind) {
 }
 }  // namespace
 
-const Tensor& Optimizer::state_for(const nn::Parameter& p, const char* suffix) {
+const Tensor& Optimizer::state_for(const nn::Parameter& p, const std::string& suffix) {
   const std::string key = p.name + "." + suffix;
   auto it = m_state.find(key);
   if (it == m_state.end()) {
@@ -36,6 +36,13 @@ Sgd::Sgd(const SgdOptions& options) : m_options(options) {
                 options.weight_decay);
   TESSERA_CHECK(!options.nesterov || options.momentum > 0.0F,
                 "sgd: nesterov = true needs momentum > 0");
+}
+
+std::vector<std::string> Sgd::state_names() const {
+  if (m_options.momentum > 0.0F) {
+    return {"momentum"};
+  }
+  return {};
 }
 
 void Sgd::step(const std::vector<nn::Parameter*>& params, double lr) {

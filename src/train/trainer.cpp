@@ -3,6 +3,7 @@
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/core/timer.hpp"
+#include "tessera/io/checkpoint.hpp"
 #include "tessera/kernels/gemm.hpp"
 #include "tessera/nn/loss.hpp"
 
@@ -94,6 +95,41 @@ void check_grid(const deck::Deck& d, int world_size) {
                                   d.data.batch, data),
                       d.where("data.batch"));
   }
+  if (d.parallel.deterministic && d.parallel.sample_groups % data != 0) {
+    throw input_error(fmt::format("parallel.sample_groups = {} is not a multiple of the {} "
+                                  "data-parallel rank(s): each rank computes whole groups",
+                                  d.parallel.sample_groups, data),
+                      d.where("parallel.sample_groups"));
+  }
+  if (d.data.micro_batches > d.data.batch / data) {
+    throw input_error(fmt::format("data.micro_batches = {} is more than the {} sample(s) of each "
+                                  "data-parallel rank's share of data.batch = {}",
+                                  d.data.micro_batches, d.data.batch / data, d.data.batch),
+                      d.where("data.micro_batches"));
+  }
+}
+
+// Samples `r` of this rank's part of `b`, as a batch of its own (a micro-batch; no copy).
+io::Batch micro_batch(const io::Batch& b, const Range& r) {
+  io::Batch part;
+  part.cursor = b.cursor;
+  part.global_size = b.global_size;
+  part.offset = b.offset + r.offset;
+  part.ids.assign(b.ids.begin() + r.offset, b.ids.begin() + r.offset + r.count);
+  const auto rows = [&r](const Tensor& t) {
+    Shape s = t.shape();
+    const Index per_sample = t.numel() / s[0];
+    s[0] = r.count;
+    return Tensor::alias(t.label(), t.view(), r.offset * per_sample, std::move(s));
+  };
+  part.x = rows(b.x);
+  if (b.labels.extent(0) > 0) {
+    part.labels = Kokkos::subview(b.labels, std::make_pair(r.offset, r.offset + r.count));
+  }
+  if (b.targets.defined()) {
+    part.targets = rows(b.targets);
+  }
+  return part;
 }
 
 // Loss and metric of one batch: for classification the metric counts correct samples, for
@@ -217,6 +253,16 @@ io::SplitInfo check_splits(const deck::Deck& d, const Shape& output) {
       throw input_error(fmt::format("{}: {}", key, e.message()), d.where(key));
     }
     check_split(d, info, key, output);
+    if (key == "data.train" && d.parallel.deterministic && !d.data.drop_last &&
+        info.samples % d.data.batch != 0) {
+      throw input_error(
+          fmt::format("parallel.deterministic = true needs whole global batches, but the {} "
+                      "samples of {} leave a last batch of {}: set data.drop_last = true or a "
+                      "data.batch that divides {}",
+                      info.samples, spec, info.samples % d.data.batch, info.samples),
+          d.where(d.locations.count("data.drop_last") != 0 ? "data.drop_last"
+                                                           : "parallel.deterministic"));
+    }
     if (key == "data.train") {
       (void)run_schedule(d, info.samples);  // the run's length fits its schedule
       train = info;
@@ -276,13 +322,29 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
       std::filesystem::create_directories(deck.run.output);
       std::ofstream(deck.run.output + "/deck.toml") << deck::to_toml(deck);
       m_metrics_path = deck.run.output + "/metrics.jsonl";
-      std::ofstream(m_metrics_path, std::ios::trunc);
     }
   });
   m_model->initialize(deck.run.seed);
   m_model->set_needs_input_grad(false);  // the input is data
-  m_model->set_backward_hook([this](nn::Layer& layer) { start_gradient_reduction(layer); });
+  parallel::DataParallelOptions dpo;
+  dpo.bucket_mb = deck.parallel.bucket_mb;
+  dpo.zero = deck.parallel.zero == 1;
+  dpo.groups_per_rank = deck.parallel.deterministic ? deck.parallel.sample_groups / m_size : 0;
+  m_micro_batches = deck.parallel.deterministic ? dpo.groups_per_rank : deck.data.micro_batches;
+  comm::agree(m_comm, [&] {  // also checks that every rank built the same model
+    m_dp = std::make_unique<parallel::DataParallel>(*m_model, data, dpo);
+  });
+  m_model->set_backward_hook([this](nn::Layer& layer) { m_dp->on_backward(layer); });
   m_optimizer = make_optimizer(deck.optimizer);
+  if (deck.checkpoint.enabled && !deck.checkpoint.restart.empty()) {
+    restart();
+  }
+  if (m_rank == 0 && m_start_step == 0) {
+    std::ofstream(m_metrics_path, std::ios::trunc);  // a restarted run appends to its metrics
+  }
+  if (m_start_step > 0) {
+    log_line(fmt::format(R"({{"kind": "restart", "step": {}}})", m_start_step));
+  }
 }
 
 Trainer::~Trainer() {
@@ -295,40 +357,80 @@ void Trainer::log_line(const std::string& json) const {
   }
 }
 
-void Trainer::start_gradient_reduction(nn::Layer& layer) {
-  // Each rank's loss is Σ(local losses) / global batch, so the sum of the gradients is the
-  // gradient of the mean over the global batch. A layer's reductions start as soon as backward
-  // has finished its gradients, while the layers before it still compute; every rank starts them
-  // in the same order (the same model, backward in the same order). Bucketing small tensors
-  // together is the data-parallel issue's next step.
-  if (m_size == 1) {
+Trainer::StepAgreement Trainer::agree_on_step(bool save_due) {
+  // Signals reach the ranks at slightly different times, and rank 0's clock decides the timed
+  // checkpoints: one allreduce agrees on both at the step boundary.
+  int mine[2] = {g_stop_signal, m_rank == 0 && save_due ? 1 : 0};
+  int any[2] = {0, 0};
+  TESSERA_MPI_CHECK(MPI_Allreduce(mine, any, 2, MPI_INT, MPI_MAX, m_comm));
+  if (any[0] != 0) {
+    g_stop_signal = any[0];
+  }
+  return {any[0], any[1] != 0};
+}
+
+void Trainer::restart() {
+  const deck::CheckpointConfig& c = m_deck.checkpoint;
+  std::string file;
+  comm::agree(m_comm, [&] { file = io::resolve_restart(c.restart, c.dir); });
+  if (file.empty()) {
+    if (m_rank == 0) {
+      std::printf("restart: no checkpoint in %s yet: starting from step 0\n", c.dir.c_str());
+    }
     return;
   }
-  comm::Communicator& data = m_grid->axis(GridAxis::data);
-  for (nn::Parameter* p : layer.all_parameters()) {
-    m_pending.push_back(data.allreduce(p->grad));
+  io::CheckpointInfo info;
+  comm::agree(m_comm, [&] {
+    try {
+      info = io::load_checkpoint(file, *m_dp, *m_optimizer, m_comm);
+    } catch (const Error& e) {  // name the deck key that led here
+      throw input_error(e.message(), m_deck.where("checkpoint.restart"));
+    }
+  });
+  m_start_step = info.step;
+  m_train->seek(info.cursor);
+  if (m_rank == 0) {
+    std::printf("restart: from %s at step %lld (saved on %d rank%s, data %d, zero %d)%s\n",
+                file.c_str(), static_cast<long long>(info.step), info.ranks,
+                info.ranks == 1 ? "" : "s", info.data_size, info.zero,
+                info.step >= m_total_steps
+                    ? fmt::format("; the run has {} steps: nothing is left to train (another "
+                                  "run.output or checkpoint.restart=\"\" starts afresh)",
+                                  m_total_steps)
+                          .c_str()
+                    : "");
+    std::fflush(stdout);
   }
 }
 
-void Trainer::finish_gradient_reduction() {
-  for (auto& work : m_pending) {
-    work->wait();
+void Trainer::save(std::int64_t steps_done, const char* why) {
+  const deck::CheckpointConfig& c = m_deck.checkpoint;
+  io::CheckpointInfo info;
+  info.step = steps_done;
+  info.total_steps = m_total_steps;
+  info.cursor = m_train->cursor();
+  info.seed = m_deck.run.seed;
+  info.deck = deck::to_toml(m_deck);
+  info.grid = fmt::format("trainers {} × data {} × pipeline {} × tensor {} × spatial [{}]",
+                          m_deck.parallel.trainers, m_size, m_deck.parallel.pipeline,
+                          m_deck.parallel.tensor, fmt::join(m_deck.parallel.spatial, ", "));
+  info.ranks = m_size;
+  info.data_size = m_size;
+  info.zero = m_deck.parallel.zero;
+  const io::SaveReport r = io::save_checkpoint(c.dir, info, *m_dp, *m_optimizer, m_comm, c.keep);
+  if (m_rank == 0) {
+    std::printf("checkpoint: step %lld -> %s (%.1f MiB in %.2f s, %.0f MB/s; %s)\n",
+                static_cast<long long>(steps_done), r.file.c_str(), r.bytes / 1048576.0, r.seconds,
+                r.bytes / std::max(r.seconds, 1e-9) / 1e6, why);
+    std::fflush(stdout);
   }
-  m_pending.clear();
-}
-
-bool Trainer::stop_requested() {
-  // Signals reach the ranks at slightly different times: agree on the step.
-  int mine = g_stop_signal;
-  int any = 0;
-  TESSERA_MPI_CHECK(MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, m_comm));
-  if (any != 0) {
-    g_stop_signal = any;
-  }
-  return any != 0;
+  log_line(fmt::format(
+      R"({{"kind": "checkpoint", "step": {}, "file": {}, "bytes": {:.0f}, "seconds": {:.4f}, "why": "{}"}})",
+      steps_done, json_string(r.file), r.bytes, r.seconds, why));
 }
 
 Evaluation Trainer::evaluate(const std::string& spec) {
+  m_dp->sync_parameters();
   io::ReaderOptions ro;
   ro.batch = std::max<Index>(m_deck.data.batch, 256);
   ro.shuffle = false;
@@ -365,7 +467,6 @@ RunSummary Trainer::run() {
   const std::int64_t per_epoch = m_train->batches_per_epoch();
   RunSummary summary;
   summary.total_steps = m_total_steps;
-  std::vector<nn::Parameter*> params = m_model->all_parameters();
 
   // Log window: local sums, reduced only when a line is printed.
   double window[4] = {0.0, 0.0, 0.0, 0.0};  // loss, metric sum, samples, steps
@@ -395,7 +496,11 @@ RunSummary Trainer::run() {
     return std::optional<Evaluation>(e);
   };
 
-  std::int64_t step = 0;
+  const deck::CheckpointConfig& ck = d.checkpoint;
+  Stopwatch since_save;
+  double window_paused = 0.0;  // checkpoint time inside the log window, not counted in samples/s
+  std::int64_t step = m_start_step;
+  std::int64_t saved_at = -1;
   for (; step < m_total_steps; ++step) {
     const bool last = step + 1 == m_total_steps;
     // --- data ---------------------------------------------------------------------------
@@ -404,35 +509,53 @@ RunSummary Trainer::run() {
     data_s += m_train->wait_seconds() - waited_before;
 
     // --- forward, loss, backward ----------------------------------------------------------
+    // Micro-batches (or the deterministic mode's sample groups) accumulate their gradients; the
+    // last one's backward starts the reduction over the data axis, bucket by bucket.
+    const Stopwatch sync_clock;
+    m_dp->begin_step();  // waits for the previous update's parameters, zeroes the gradients
+    comm_s += sync_clock.seconds();
     const Stopwatch compute_clock;
     nn::ForwardOptions fo;
     fo.training = true;
     fo.seed = d.run.seed;
     fo.step = static_cast<std::uint64_t>(step);
-    fo.sample_offset = batch.offset;
-    m_model->zero_grad();
-    nn::ForwardResult f = m_model->forward(batch.x, fo);
-    const BatchLoss l = batch_loss(d.model.loss, f.output, batch);
-    m_model->backward(l.out.grad, std::move(f.ctx));
+    double step_loss = 0.0;
+    double step_metric = 0.0;
+    for (int m = 0; m < m_micro_batches; ++m) {
+      const Range r = block_range(static_cast<Index>(batch.ids.size()), m_micro_batches, m);
+      m_dp->set_last_micro_batch(m + 1 == m_micro_batches);
+      if (r.count > 0) {
+        const io::Batch part = m_micro_batches == 1 ? batch : micro_batch(batch, r);
+        fo.sample_offset = part.offset;
+        nn::ForwardResult f = m_model->forward(part.x, fo);
+        const BatchLoss l = batch_loss(d.model.loss, f.output, part);
+        m_model->backward(l.out.grad, std::move(f.ctx));
+        step_loss += l.out.loss;
+        step_metric += l.metric_sum;
+      }
+      if (d.parallel.deterministic) {
+        m_dp->end_group(m);
+      }
+    }
     compute_s += compute_clock.seconds();
 
     // --- gradient reduction over the data axis --------------------------------------------
     // (started during backward; what is left to wait for here is the exposed communication)
     const Stopwatch comm_clock;
-    finish_gradient_reduction();
+    m_dp->finish_reduction();
     comm_s += comm_clock.seconds();
 
     // --- update ---------------------------------------------------------------------------
     const Stopwatch update_clock;
     if (d.optimizer.clip_grad_norm > 0.0) {
-      optim::clip_grad_norm(params, d.optimizer.clip_grad_norm);  // grads are already global
+      m_dp->clip_grad_norm(d.optimizer.clip_grad_norm);
     }
     const double lr = optim::learning_rate(m_schedule, step);
-    m_optimizer->step(params, lr);
+    m_dp->step(*m_optimizer, lr);
     compute_s += update_clock.seconds();
 
-    window[0] += l.out.loss;
-    window[1] += l.metric_sum;
+    window[0] += step_loss;
+    window[1] += step_metric;
     window[2] += static_cast<double>(batch.ids.size());
     window[3] += 1.0;
 
@@ -440,13 +563,13 @@ RunSummary Trainer::run() {
     if ((step + 1) % d.run.log_every == 0 || last || step == 0) {
       double sums[4];
       TESSERA_MPI_CHECK(MPI_Allreduce(window, sums, 4, MPI_DOUBLE, MPI_SUM, m_comm));
-      const double elapsed = window_clock.seconds();
+      const double elapsed = std::max(1e-9, window_clock.seconds() - window_paused);
       const double steps = window[3];
       const double loss = sums[0] / steps;
       const double metric = sums[1] / sums[2];
       const double samples_s = sums[2] / elapsed;
       const double busy = std::max(1e-12, compute_s + comm_s + data_s);
-      const double eta = run_clock.seconds() / static_cast<double>(step + 1) *
+      const double eta = run_clock.seconds() / static_cast<double>(step + 1 - m_start_step) *
                          static_cast<double>(m_total_steps - step - 1);
       if (m_rank == 0) {
         std::printf(
@@ -467,26 +590,43 @@ RunSummary Trainer::run() {
           json_number(loss), metric_name(d.model.loss), json_number(metric), samples_s, lr,
           compute_s, comm_s, data_s, run_clock.seconds()));
       std::fill(std::begin(window), std::end(window), 0.0);
-      compute_s = comm_s = data_s = 0.0;
+      compute_s = comm_s = data_s = window_paused = 0.0;
       window_clock.restart();
     }
     if (!last && d.run.eval_every > 0 && (step + 1) % d.run.eval_every == 0) {
       eval_and_log(step + 1);
     }
-    if (!last && stop_requested()) {
+    // --- checkpoints and stop signals, agreed at this step boundary ----------------------
+    const bool timed =
+        ck.enabled && ck.every_seconds > 0.0 && since_save.seconds() >= ck.every_seconds;
+    const StepAgreement agreed = last ? StepAgreement{0, false} : agree_on_step(timed);
+    const bool periodic = ck.enabled && ck.every_steps > 0 && (step + 1) % ck.every_steps == 0;
+    if (ck.enabled && (periodic || agreed.save_due || agreed.signal != 0 || (last && ck.at_end))) {
+      const Stopwatch save_clock;
+      save(step + 1, agreed.signal != 0 ? signal_name(agreed.signal)
+                     : periodic         ? "checkpoint.every_steps"
+                     : agreed.save_due  ? "checkpoint.every_seconds"
+                                        : "end of run");
+      saved_at = step + 1;
+      since_save.restart();
+      window_paused += save_clock.seconds();
+    }
+    if (agreed.signal != 0) {
       summary.stopped = true;
-      summary.signal = g_stop_signal;
+      summary.signal = agreed.signal;
       ++step;
       if (m_rank == 0) {
-        std::printf("stopped by %s at step %lld of %lld (a step boundary on every rank)\n",
+        std::printf("stopped by %s at step %lld of %lld (a step boundary on every rank)%s\n",
                     signal_name(summary.signal), static_cast<long long>(step),
-                    static_cast<long long>(m_total_steps));
+                    static_cast<long long>(m_total_steps),
+                    saved_at == step ? "; restart with checkpoint.restart = \"auto\"" : "");
       }
       log_line(fmt::format(R"({{"kind": "stop", "step": {}, "signal": "{}", "time": {:.3f}}})",
                            step, signal_name(summary.signal), run_clock.seconds()));
       break;
     }
   }
+  m_dp->sync_parameters();
   if (!summary.stopped) {
     summary.final_eval = eval_and_log(step);
   }
@@ -504,7 +644,15 @@ std::string describe(const deck::Deck& d, int world_size) {
       "grid: {} ranks = trainers {} × data {} × pipeline {} × tensor {} × spatial [{}]\n",
       world_size, d.parallel.trainers, data, d.parallel.pipeline, d.parallel.tensor,
       fmt::format("{}", fmt::join(d.parallel.spatial, ", ")));
-  out += fmt::format("batch: global {}, per data rank {}\n\n", d.data.batch, local_batch);
+  const Index parts = d.parallel.deterministic ? d.parallel.sample_groups / data
+                                               : static_cast<Index>(d.data.micro_batches);
+  const Index micro_batch = (local_batch + parts - 1) / parts;
+  out += fmt::format("batch: global {}, per data rank {}", d.data.batch, local_batch);
+  if (parts > 1) {
+    out += fmt::format(", {} {} of {} accumulated per step", parts,
+                       d.parallel.deterministic ? "sample groups" : "micro-batches", micro_batch);
+  }
+  out += "\n\n";
   out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}\n", "#", "layer", "type", "output",
                      "parameters");
   const auto model = build_model(d);
@@ -532,18 +680,36 @@ std::string describe(const deck::Deck& d, int world_size) {
   const double weights = static_cast<double>(params) * 4.0;
   const int states =
       d.optimizer.type == deck::OptimizerKind::adamw ? 2 : (d.optimizer.momentum > 0.0 ? 1 : 0);
-  // Every layer's output and its gradient for the local batch, plus the input batches in flight.
+  // Every layer's output and its gradient for a micro-batch, plus the input batches in flight.
   const double acts =
-      2.0 * static_cast<double>(activations) * static_cast<double>(local_batch) * 4.0;
+      2.0 * static_cast<double>(activations) * static_cast<double>(micro_batch) * 4.0;
   const double batches = static_cast<double>(d.data.prefetch + 1) *
                          static_cast<double>(numel(d.model.input)) *
                          static_cast<double>(local_batch) * 4.0;
   out += fmt::format("\nparameters: {} ({:.2f} MiB as float32)\n", params, weights * mib);
-  out += fmt::format(
-      "memory per rank (estimate): {:.1f} MiB = parameters {:.1f} + gradients {:.1f} + optimizer "
-      "state {:.1f} + activations {:.1f} + input batches {:.1f}\n",
-      (weights * (2 + states) + acts + batches) * mib, weights * mib, weights * mib,
-      weights * states * mib, acts * mib, batches * mib);
+  // Deterministic mode keeps each of its groups' gradients, and every group's while summing.
+  double groups = 0.0;
+  if (d.parallel.deterministic) {
+    groups = weights * static_cast<double>(d.parallel.sample_groups / data +
+                                           (data > 1 ? d.parallel.sample_groups : 0));
+  }
+  auto estimate = [&](int zero) {
+    const double state = weights * states / (zero == 1 ? data : 1);
+    const double total = weights * 2 + state + groups + acts + batches;
+    std::string line =
+        fmt::format("{:.1f} MiB = parameters {:.1f} + gradients {:.1f} + optimizer state {:.1f}",
+                    total * mib, weights * mib, weights * mib, state * mib);
+    if (groups > 0.0) {
+      line += fmt::format(" + group gradients {:.1f}", groups * mib);
+    }
+    return line +
+           fmt::format(" + activations {:.1f} + input batches {:.1f}", acts * mib, batches * mib);
+  };
+  const int zero = d.parallel.zero;
+  out += fmt::format("memory per rank (estimate), parallel.zero = {} (this deck): {}\n", zero,
+                     estimate(zero));
+  out += fmt::format("memory per rank (estimate), parallel.zero = {}: {}\n", 1 - zero,
+                     estimate(1 - zero));
   return out;
 }
 

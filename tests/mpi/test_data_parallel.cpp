@@ -1,7 +1,10 @@
 // Data parallelism does not change the math (DESIGN.md, idea 3): k steps of the trainer on every
 // rank of the world equal, parameter for parameter, k steps of the same deck on one rank, within
-// 1e-5 relative (the gradient sums are reassociated, nothing else differs).
+// 1e-5 relative (the gradient sums are reassociated, nothing else differs) — with buckets small
+// enough to cut the model into several, with ZeRO-1, with gradient accumulation, and both; in
+// deterministic mode they are equal bit for bit.
 #include "support/mpi.hpp"
+#include "support/tiny_training.hpp"
 #include "tessera/core/rng.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/io/dataset.hpp"
@@ -14,121 +17,147 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <map>
 
 using namespace tessera;
 using tessera::testing::world_rank;
 using tessera::testing::world_size;
+using namespace tessera::testing;
 
 namespace {
 
-// A classification split of 40 random 1×4×4 samples in 3 classes, written by rank 0.
-void write_dataset(const std::string& path) {
-  if (world_rank() == 0) {
-    const hsize_t n = 40;
-    std::vector<float> x(n * 16);
-    std::vector<std::int32_t> y(n);
-    const rng::CounterRng gen(5, 6);
-    for (size_t i = 0; i < x.size(); ++i) {
-      x[i] = gen.uniform(i) - 0.5F;
-    }
-    for (hsize_t i = 0; i < n; ++i) {
-      y[i] = static_cast<std::int32_t>(i % 3);
-      x[i * 16] += 0.5F * static_cast<float>(y[i]);  // make it learnable
-    }
-    io::File f = io::File::create(path, MPI_COMM_SELF);
-    {
-      const io::Group root = f.root();
-      root.attributes().set("format", std::string(io::kDatasetFormat));
-      root.attributes().set("format_version", io::kDatasetVersion);
-      const io::Group g = root.create_group("train");
-      g.attributes().set("task", std::string("classification"));
-      g.create_dataset("x", io::ElementType::f32, {n, 1, 4, 4})
-          .write({{0, 0, 0, 0}, {n, 1, 4, 4}}, io::ElementType::f32, x.data(), false);
-      g.create_dataset("y", io::ElementType::i32, {n})
-          .write({{0}, {n}}, io::ElementType::i32, y.data(), false);
-    }
-    f.close();
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-}
+// Each test trains on the tiny dataset, in a folder the ranks share.
+class DataParallelTest : public ::testing::Test {
+ protected:
+  void SetUp() override { write_tiny_dataset(m_dir.path() + "/ds.h5"); }
 
-const char* kDeck = R"(
-[run]
-seed = 7
-steps = 6
-log_every = 100
-[data]
-batch = 12
-[model]
-input = [1, 4, 4]
-layers = [
-  { conv2d = { out = 3, kernel = 3, pad = 1 } }, { tanh = {} }, { maxpool2d = { kernel = 2 } },
-  { flatten = {} }, { linear = { out = 8 } }, { gelu = {} }, { dropout = { p = 0.25 } },
-  { linear = { out = 3 } },
-]
-loss = "softmax_cross_entropy"
-[optimizer]
-type = "sgd"
-lr = 0.1
-momentum = 0.9
-clip_grad_norm = 5.0
-)";
+  struct Runs {
+    std::vector<std::vector<float>> parallel;  // every parameter after the run on every rank
+    std::vector<std::vector<float>> single;    // the same deck on this rank alone
+    std::vector<std::string> names;
+    std::vector<parallel::Shard> shards;  // ZeRO-1: this rank's pieces in the parallel run
+  };
 
-}  // namespace
-
-TEST(DataParallel, RanksMatchOneRankAfterKSteps) {
-  long pid = static_cast<long>(getpid());
-  MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-  const std::string dir =
-      (std::filesystem::temp_directory_path() / ("tessera-dp-test-" + std::to_string(pid)))
-          .string();
-  if (world_rank() == 0) {
-    std::filesystem::create_directories(dir);
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-  write_dataset(dir + "/ds.h5");
-
-  for (const std::string optimizer : {"sgd", "adamw"}) {
-    std::string deck_text = kDeck;
+  // Trains the deck (with `optimizer` and `overrides`) on every rank and on this rank alone.
+  Runs run(const std::string& optimizer, const std::vector<std::string>& overrides) {
+    std::string deck_text = kTinyDeck;
     if (optimizer == "adamw") {  // momentum is an sgd key
       deck_text.replace(deck_text.find("momentum = 0.9\n"), 15, "");
     }
-    const std::vector<std::string> common{"data.train=" + dir + "/ds.h5:/train",
-                                          "optimizer.type=" + optimizer};
+    std::vector<std::string> common{"data.train=" + m_dir.path() + "/ds.h5:/train",
+                                    "optimizer.type=" + optimizer};
+    common.insert(common.end(), overrides.begin(), overrides.end());
     std::vector<std::string> par = common;
-    par.push_back("run.output=" + dir + "/par");
+    par.push_back("run.output=" + m_dir.path() + "/par");
     std::vector<std::string> one = common;
-    one.push_back("run.output=" + dir + "/one" + std::to_string(world_rank()));
-    // The data-parallel run on every rank, and the same deck on this rank alone.
+    one.push_back("run.output=" + m_dir.path() + "/one" + std::to_string(world_rank()));
     const deck::Deck parallel_deck = deck::parse(deck_text, "dp.toml", par);
     const deck::Deck single_deck = deck::parse(deck_text, "dp.toml", one);
 
+    Runs r;
     train::Trainer parallel(parallel_deck, MPI_COMM_WORLD);
-    const train::RunSummary ps = parallel.run();
+    EXPECT_EQ(parallel.run().steps, 6);
     train::Trainer single(single_deck, MPI_COMM_SELF);
-    const train::RunSummary ss = single.run();
-    EXPECT_EQ(ps.steps, 6);
-    EXPECT_EQ(ss.steps, 6);
+    EXPECT_EQ(single.run().steps, 6);
+    for (const nn::Parameter* p : parallel.model().all_parameters()) {
+      r.parallel.push_back(p->value.to_host());
+      r.names.push_back(p->name);
+    }
+    for (const nn::Parameter* p : single.model().all_parameters()) {
+      r.single.push_back(p->value.to_host());
+    }
+    r.shards = parallel.data_parallel().shards();
+    return r;
+  }
 
-    const auto a = parallel.model().all_parameters();
-    const auto b = single.model().all_parameters();
-    ASSERT_EQ(a.size(), b.size());
-    for (size_t i = 0; i < a.size(); ++i) {
-      const std::vector<float> pa = a[i]->value.to_host();
-      const std::vector<float> pb = b[i]->value.to_host();
-      double scale = 1e-12;
-      double diff = 0.0;
-      for (size_t j = 0; j < pa.size(); ++j) {
-        scale = std::max(scale, std::fabs(static_cast<double>(pb[j])));
-        diff = std::max(diff, std::fabs(static_cast<double>(pa[j]) - static_cast<double>(pb[j])));
+  SharedTempDir m_dir{"tessera-dp-test"};
+};
+
+}  // namespace
+
+TEST_F(DataParallelTest, RanksMatchOneRankAfterKSteps) {
+  // bucket_mb = 0.0005 (131 floats) puts the model's 8 parameters into several buckets.
+  const std::vector<std::pair<std::string, std::vector<std::string>>> variants{
+      {"one bucket", {}},
+      {"small buckets", {"parallel.bucket_mb=0.0005"}},
+      {"zero-1", {"parallel.zero=1", "parallel.bucket_mb=0.0005"}},
+      {"accumulation", {"data.micro_batches=3"}},
+      {"zero-1 + accumulation", {"parallel.zero=1", "data.micro_batches=3"}},
+  };
+  for (const std::string optimizer : {"sgd", "adamw"}) {
+    for (const auto& [what, overrides] : variants) {
+      const Runs r = run(optimizer, overrides);
+      ASSERT_EQ(r.parallel.size(), r.single.size());
+      for (size_t i = 0; i < r.parallel.size(); ++i) {
+        ASSERT_EQ(r.parallel[i].size(), r.single[i].size());
+        EXPECT_LE(relative_difference(r.parallel[i], r.single[i]), 1e-5)
+            << optimizer << ", " << what << ": " << r.names[i] << " at " << world_size()
+            << " ranks";
       }
-      EXPECT_LE(diff / scale, 1e-5)
-          << optimizer << " " << a[i]->name << " at " << world_size() << " ranks";
     }
   }
-  MPI_Barrier(MPI_COMM_WORLD);
-  if (world_rank() == 0) {
-    std::filesystem::remove_all(dir);
+}
+
+TEST_F(DataParallelTest, ZeroShardsCoverEveryParameterOnce) {
+  const Runs r = run("adamw", {"parallel.zero=1", "parallel.bucket_mb=0.0005"});
+  // Every rank's pieces, gathered: each parameter's elements covered exactly once.
+  std::map<std::string, std::vector<int>> covered;
+  for (size_t i = 0; i < r.names.size(); ++i) {
+    covered[r.names[i]].assign(r.parallel[i].size(), 0);
+  }
+  for (int rank = 0; rank < world_size(); ++rank) {
+    long n = static_cast<long>(r.shards.size());
+    MPI_Bcast(&n, 1, MPI_LONG, rank, MPI_COMM_WORLD);
+    for (long k = 0; k < n; ++k) {
+      char name[64] = {};
+      long range[2] = {0, 0};
+      if (world_rank() == rank) {
+        std::snprintf(name, sizeof(name), "%s", r.shards[static_cast<size_t>(k)].name.c_str());
+        range[0] = static_cast<long>(r.shards[static_cast<size_t>(k)].offset);
+        range[1] = static_cast<long>(r.shards[static_cast<size_t>(k)].count);
+      }
+      MPI_Bcast(name, sizeof(name), MPI_CHAR, rank, MPI_COMM_WORLD);
+      MPI_Bcast(range, 2, MPI_LONG, rank, MPI_COMM_WORLD);
+      ASSERT_EQ(covered.count(name), 1U) << name;
+      for (long e = range[0]; e < range[0] + range[1]; ++e) {
+        ++covered[name].at(static_cast<size_t>(e));
+      }
+    }
+  }
+  for (const auto& [name, counts] : covered) {
+    EXPECT_EQ(std::count(counts.begin(), counts.end(), 1), static_cast<long>(counts.size()))
+        << name << " at " << world_size() << " ranks";
+  }
+}
+
+TEST_F(DataParallelTest, DeterministicModeIsBitIdenticalToOneRank) {
+  // 12 groups of one sample: every rank count of the test (1, 2, 3, 4) divides them.
+  for (const std::string optimizer : {"sgd", "adamw"}) {
+    for (const std::string zero : {"0", "1"}) {
+      const Runs r = run(optimizer, {"parallel.deterministic=true", "parallel.sample_groups=12",
+                                     "data.drop_last=true", "parallel.zero=" + zero});
+      for (size_t i = 0; i < r.parallel.size(); ++i) {
+        ASSERT_EQ(r.parallel[i].size(), r.single[i].size());
+        EXPECT_EQ(std::memcmp(r.parallel[i].data(), r.single[i].data(),
+                              r.single[i].size() * sizeof(float)),
+                  0)
+            << optimizer << ", zero = " << zero << ": " << r.names[i] << " differs at "
+            << world_size() << " ranks (max relative "
+            << relative_difference(r.parallel[i], r.single[i]) << ")";
+      }
+    }
+  }
+}
+
+TEST_F(DataParallelTest, DeterministicModeComputesTheSameGradient) {
+  // Same steps as plain data parallelism, only summed in another order.
+  const Runs det = run(
+      "sgd", {"parallel.deterministic=true", "parallel.sample_groups=12", "data.drop_last=true"});
+  const Runs plain = run("sgd", {"data.drop_last=true"});
+  for (size_t i = 0; i < det.parallel.size(); ++i) {
+    EXPECT_LE(relative_difference(det.parallel[i], plain.single[i]), 1e-5) << det.names[i];
   }
 }

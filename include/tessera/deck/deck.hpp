@@ -34,6 +34,10 @@ struct ParallelConfig {
   int tensor = 1;
   int pipeline = 1;
   std::vector<int> spatial{1, 1};
+  double bucket_mb = 4.0;      ///< gradient bucket size (MiB) of the data-parallel reduction
+  int zero = 0;                ///< ZeRO stage: 0 off, 1 optimizer state sharded over the data axis
+  bool deterministic = false;  ///< parameters bit-identical for every data size dividing groups
+  int sample_groups = 0;       ///< deterministic mode: the global batch's fixed groups
 };
 
 struct DataConfig {
@@ -44,6 +48,7 @@ struct DataConfig {
   bool drop_last = false;
   bool cache = false;
   int prefetch = 2;
+  int micro_batches = 1;  ///< gradient accumulation: micro-batches per rank per optimizer step
 };
 
 enum class LossKind { softmax_cross_entropy, mse };
@@ -70,6 +75,17 @@ struct OptimizerConfig {
   optim::ScheduleOptions schedule;  ///< base_lr = lr; total_steps filled in by the trainer
 };
 
+/// [checkpoint]: absent, the run writes no checkpoints (not even on a stop signal).
+struct CheckpointConfig {
+  bool enabled = false;          ///< the deck has a [checkpoint] section
+  std::string dir;               ///< default "<run.output>/ckpt"
+  std::int64_t every_steps = 0;  ///< 0: no step trigger
+  double every_seconds = 0.0;    ///< 0: no time trigger (wall time since the last save)
+  int keep = 3;                  ///< complete checkpoints kept in dir
+  bool at_end = true;            ///< save after the last step
+  std::string restart;           ///< "": start fresh; "auto": from dir/latest if any; or a file
+};
+
 struct Deck {
   std::string file;  ///< as given on the command line
   RunConfig run;
@@ -77,6 +93,7 @@ struct Deck {
   DataConfig data;
   ModelConfig model;
   OptimizerConfig optimizer;
+  CheckpointConfig checkpoint;
   /// Where each dotted key was written ("run.epochs" → file:line), for later, cross-checking
   /// errors (a dataset that does not fit the model names model.input).
   std::map<std::string, DeckLocation> locations;

@@ -120,6 +120,11 @@ class Dataset {
   /// Writes `data` (row-major, box.count elements, of type `t`) into `box`. collective: every rank
   /// of the file's communicator calls (a rank with nothing to write passes an empty box).
   void write(const Box& box, ElementType t, const void* data, bool collective) const;
+  /// Writes elements [offset, offset + count) of the dataset in row-major order from `data`: the
+  /// range cut into boxes (flat_range_boxes), one write per box. collective: every rank calls, and
+  /// every call makes the same number of writes (2 × rank - 1, empty boxes where a rank has fewer).
+  void write_range(hsize_t offset, hsize_t count, ElementType t, const void* data,
+                   bool collective) const;
   /// Reads `box` into `out` converting to `t`.
   void read(const Box& box, ElementType t, void* out) const;
   /// Reads `boxes` one after another into `out`, contiguous in the given order: one H5Dread per
@@ -186,6 +191,11 @@ class File {
   std::string m_path;
   bool m_collective = false;
 };
+
+/// The boxes, in row-major order, that make up elements [offset, offset + count) of a dataset of
+/// `shape` in row-major order: at most 2 × rank - 1 of them (a partial first row, whole rows, a
+/// partial last row, recursively). Empty for count 0.
+std::vector<Box> flat_range_boxes(const std::vector<hsize_t>& shape, hsize_t offset, hsize_t count);
 
 /// "path:/group" → {"path", "/group"}; a spec without ':' names the root group.
 std::pair<std::string, std::string> split_file_spec(const std::string& spec);

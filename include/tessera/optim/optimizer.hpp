@@ -36,13 +36,19 @@ class Optimizer {
   virtual void step(const std::vector<nn::Parameter*>& params, double lr) = 0;
   /// Number of step() calls so far (Adam's bias correction uses it).
   std::int64_t steps() const { return m_steps; }
+  /// Sets the step count (a restart from a checkpoint).
+  void set_steps(std::int64_t steps) { m_steps = steps; }
   /// The state tensors, keyed "<parameter name>.<state>" ("fc1.weight.momentum"); empty until the
   /// first step.
   const std::map<std::string, Tensor>& state() const { return m_state; }
+  /// The names of the state tensors this optimizer keeps per parameter ("momentum"; "exp_avg",
+  /// "exp_avg_sq"), in a fixed order: what a checkpoint stores.
+  virtual std::vector<std::string> state_names() const = 0;
+  /// The state tensor `suffix` of `p`, created zero-filled at p's shape on first use (a zero state
+  /// is what the first step would start from).
+  const Tensor& state_for(const nn::Parameter& p, const std::string& suffix);
 
  protected:
-  /// The state tensor `suffix` of `p`, created zero-filled at p's shape on first use.
-  const Tensor& state_for(const nn::Parameter& p, const char* suffix);
   std::int64_t m_steps = 0;
 
  private:
@@ -53,6 +59,7 @@ class Sgd final : public Optimizer {
  public:
   explicit Sgd(const SgdOptions& options);
   const char* kind() const override { return "sgd"; }
+  std::vector<std::string> state_names() const override;
   void step(const std::vector<nn::Parameter*>& params, double lr) override;
 
  private:
@@ -63,6 +70,7 @@ class AdamW final : public Optimizer {
  public:
   explicit AdamW(const AdamWOptions& options);
   const char* kind() const override { return "adamw"; }
+  std::vector<std::string> state_names() const override { return {"exp_avg", "exp_avg_sq"}; }
   void step(const std::vector<nn::Parameter*>& params, double lr) override;
 
  private:

@@ -3,13 +3,14 @@
 // to bottom (llm.c's habit): each step reads its share of the global batch, runs forward and
 // backward, reduces gradients over the data axis, steps the optimizer; logging and evaluation are
 // guarded by `step % every == 0 || last`. It runs over the process grid from the start: with one
-// data rank the reduction is a no-op, with P it is an allreduce.
+// data rank the reduction is a no-op, with P it is parallel::DataParallel's bucketed reduction.
 #include "tessera/comm/communicator.hpp"
 #include "tessera/comm/process_grid.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/io/dataset.hpp"
 #include "tessera/nn/sequential.hpp"
 #include "tessera/optim/optimizer.hpp"
+#include "tessera/parallel/data_parallel.hpp"
 
 #include <mpi.h>
 
@@ -59,15 +60,20 @@ class Trainer {
   Evaluation evaluate(const std::string& spec);
 
   nn::Sequential& model() { return *m_model; }
+  parallel::DataParallel& data_parallel() { return *m_dp; }
   std::int64_t total_steps() const { return m_total_steps; }
 
  private:
-  void start_gradient_reduction(nn::Layer& layer);
-  void finish_gradient_reduction();
-  bool stop_requested();
+  struct StepAgreement {
+    int signal = 0;         // a stop signal reached some rank
+    bool save_due = false;  // rank 0's clock says a timed checkpoint is due
+  };
+  StepAgreement agree_on_step(bool save_due);
+  void restart();
+  void save(std::int64_t steps_done, const char* why);
   void log_line(const std::string& json) const;
 
-  const deck::Deck& m_deck;
+  const deck::Deck m_deck;  // a copy: the trainer outlives any temporary deck it is given
   std::unique_ptr<comm::ProcessGrid> m_grid;
   MPI_Comm m_comm = MPI_COMM_NULL;  // the data axis's MPI communicator (owned by m_grid)
   int m_rank = 0;
@@ -78,8 +84,10 @@ class Trainer {
   io::SplitInfo m_train_info;
   optim::ScheduleOptions m_schedule;
   std::int64_t m_total_steps = 0;
+  std::int64_t m_start_step = 0;  // > 0 after a restart from a checkpoint
   std::string m_metrics_path;
-  std::vector<std::unique_ptr<comm::Work>> m_pending;  // gradient reductions in flight
+  std::unique_ptr<parallel::DataParallel> m_dp;  // gradient reduction, ZeRO-1, determinism
+  int m_micro_batches = 1;  // per rank per step: data.micro_batches, or the deterministic groups
 };
 
 /// The run's schedule: its length in optimizer steps (run.steps, or run.epochs over a training

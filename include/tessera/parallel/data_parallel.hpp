@@ -1,0 +1,138 @@
+#pragma once
+// Data parallelism: every rank of the data axis holds the whole model and computes the gradient of
+// its slice of the global batch; the gradients are summed over the axis before the optimizer steps.
+//
+// How (PyTorch DDP's reducer and ZeRO, on our Communicator):
+// - Arena. Every parameter's value and gradient are re-homed into two contiguous arenas, laid out
+//   in the order backward produces the gradients (last layer first). A bucket is a contiguous
+//   range of the arena holding whole parameters, about `bucket_mb` MiB; reducing it is one
+//   collective on a slice of the arena, with no packing copy.
+// - Overlap. The backward hook reports each layer as its gradients are complete; as soon as every
+//   parameter of the next bucket is complete its non-blocking allreduce starts, while backward
+//   goes on through the layers before it. Buckets start in arena order on every rank. The hook
+//   also tests the collectives in flight, which is when MPI progresses them.
+// - Accumulation. Gradients add up over the micro-batches of a step (layers accumulate); only the
+//   last micro-batch's backward starts reductions, so a step communicates once.
+// - ZeRO-1. Each bucket is padded to a multiple of the data size P and cut into P chunks; an
+//   in-place reduce-scatter leaves on rank r the summed gradient of chunk r, the optimizer updates
+//   only the parameters' pieces inside rank r's chunks (its state exists only for those), and an
+//   allgather of the values puts the updated parameters back on every rank before the next forward.
+// - Deterministic mode. The global batch is cut into G fixed sample groups, G/P per rank; each
+//   group's gradient is computed whole on one rank and stashed; at the end of the step every rank
+//   gathers all G group gradients and sums them in group order 0, 1, ..., G-1. The result depends
+//   on G, never on P: parameters are bit-identical for every P that divides G.
+//
+// Losses are sums over the local samples divided by the global batch size, so the sum over the
+// ranks is the gradient of the mean over the global batch.
+#include "tessera/comm/communicator.hpp"
+#include "tessera/nn/layer.hpp"
+#include "tessera/optim/optimizer.hpp"
+
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace tessera::parallel {
+
+struct DataParallelOptions {
+  double bucket_mb = 4.0;   ///< target bucket size in MiB (a bucket holds at least one parameter)
+  bool zero = false;        ///< ZeRO-1: optimizer state sharded over the data axis
+  int groups_per_rank = 0;  ///< deterministic mode: sample groups per rank (0: off)
+};
+
+/// One rank's piece of a parameter under ZeRO-1: elements [offset, offset + count) of the
+/// flattened parameter `name`. A checkpoint writes its optimizer state at that place.
+struct Shard {
+  std::string name;
+  Index offset = 0;
+  Index count = 0;
+};
+
+class DataParallel {
+ public:
+  /// Collective over `data`: re-homes the parameters of `model` (already initialised, identical
+  /// on every rank) into the arenas and checks that every rank built the same model (same names
+  /// and shapes in the same order), else throws tessera::Error on every rank.
+  DataParallel(nn::Layer& model, comm::Communicator& data, const DataParallelOptions& options);
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  /// Starts a step: waits for the parameters of the previous update (ZeRO's allgather) and zeroes
+  /// every gradient.
+  void begin_step();
+  /// Whether the coming backward pass completes the step's gradients (its last micro-batch): only
+  /// then does the backward hook start reductions.
+  void set_last_micro_batch(bool last);
+  /// The model's backward hook: `layer` has finished accumulating its parameters' gradients.
+  void on_backward(nn::Layer& layer);
+  /// Deterministic mode: the gradient of this rank's group `group` (0 .. groups_per_rank - 1) is
+  /// complete; stashes it and zeroes the gradients for the next group.
+  void end_group(int group);
+  /// Completes the reduction (starting what the hook has not started): afterwards every gradient
+  /// is the sum over the data axis, or under ZeRO-1 every piece this rank owns is.
+  void finish_reduction();
+  /// Clips the summed gradients to a global L2 norm of `max_norm` (see optim::clip_grad_norm);
+  /// under ZeRO-1 the norm is summed over the pieces of every rank. Returns the norm.
+  double clip_grad_norm(double max_norm);
+  /// Updates the parameters with `optimizer` at learning rate `lr` (under ZeRO-1, this rank's
+  /// pieces, then starts the allgather of the values), and averages the buffers (BatchNorm's
+  /// running statistics) over the data axis.
+  void step(optim::Optimizer& optimizer, double lr);
+  /// Waits until every rank holds the updated parameters (before evaluation or reading them).
+  void sync_parameters();
+
+  /// The model's parameters, in model order (values and gradients now live in the arenas).
+  const std::vector<nn::Parameter*>& parameters() const { return m_params; }
+  /// The model's buffers (BatchNorm's running statistics).
+  const std::vector<nn::Parameter*>& buffers() const { return m_buffers; }
+  bool zero() const { return m_options.zero; }
+  /// ZeRO-1: the pieces this rank updates (empty without ZeRO-1).
+  const std::vector<Shard>& shards() const { return m_shards; }
+  /// ZeRO-1: the same pieces as the parameters the optimizer steps (its state is keyed by them).
+  const std::vector<nn::Parameter*>& pieces() const { return m_piece_ptrs; }
+  int bucket_count() const { return static_cast<int>(m_buckets.size()); }
+  /// Elements of the arena (parameters plus ZeRO's padding).
+  Index arena_size() const { return m_arena_size; }
+
+ private:
+  struct Bucket {
+    Index begin = 0;  // first element in the arenas
+    Index count = 0;  // elements, a multiple of the data size under ZeRO-1
+    std::vector<nn::Parameter*> params;
+    std::vector<Index> offsets;  // each parameter's first element in the arenas
+    size_t ready = 0;            // parameters whose gradient is complete this step
+    std::unique_ptr<comm::Work> work;
+  };
+
+  void build_buckets(double bucket_mb);
+  void check_same_model() const;
+  void start_bucket(Bucket& bucket);
+  void start_ready_buckets();
+  void make_shards();
+  bool reducing() const;
+
+  comm::Communicator& m_comm;
+  DataParallelOptions m_options;
+  int m_rank = 0;
+  int m_size = 1;
+  std::vector<nn::Parameter*> m_params;   // model order
+  std::vector<nn::Parameter*> m_buffers;  // BatchNorm's running statistics
+  std::unordered_map<const nn::Parameter*, size_t> m_bucket_of;
+  std::vector<Bucket> m_buckets;  // arena order
+  size_t m_next_bucket = 0;       // the next bucket to start this step
+  bool m_last_micro_batch = true;
+  bool m_scatter = false;  // ZeRO-1 reduce-scatters (more than one rank, not deterministic)
+  Index m_arena_size = 0;
+  FloatView m_values;       // (arena) parameters
+  FloatView m_grads;        // (arena) gradients
+  FloatView m_group_grads;  // (groups_per_rank, arena) deterministic mode: stashed gradients
+  FloatView m_all_groups;   // (P · groups_per_rank, arena) deterministic mode: every group
+  std::vector<nn::Parameter> m_pieces;  // ZeRO-1: this rank's pieces as parameters
+  std::vector<nn::Parameter*> m_piece_ptrs;
+  std::vector<Shard> m_shards;
+  std::vector<std::unique_ptr<comm::Work>> m_gathers;  // ZeRO-1: allgathers in flight
+};
+
+}  // namespace tessera::parallel

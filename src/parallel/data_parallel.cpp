@@ -1,0 +1,309 @@
+#include "tessera/parallel/data_parallel.hpp"
+
+#include "tessera/comm/agree.hpp"
+#include "tessera/core/check.hpp"
+#include "tessera/kernels/reduce.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace tessera::parallel {
+namespace {
+using Policy = Kokkos::RangePolicy<ExecSpace>;
+
+// FNV-1a over the model's parameter names and shapes: equal on every rank that built the same
+// model.
+std::uint64_t model_signature(const std::vector<nn::Parameter*>& params) {
+  std::uint64_t h = 1469598103934665603ULL;
+  auto mix = [&h](const std::string& s) {
+    for (unsigned char c : s) {
+      h = (h ^ c) * 1099511628211ULL;
+    }
+  };
+  for (const nn::Parameter* p : params) {
+    mix(p->name);
+    mix(to_string(p->layout.global_shape()));
+  }
+  return h;
+}
+
+Index round_up(Index n, Index multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
+}  // namespace
+
+DataParallel::DataParallel(nn::Layer& model, comm::Communicator& data,
+                           const DataParallelOptions& options)
+    : m_comm(data),
+      m_options(options),
+      m_rank(data.rank()),
+      m_size(data.size()),
+      m_params(model.all_parameters()),
+      m_buffers(model.all_buffers()) {
+  TESSERA_CHECK(options.bucket_mb > 0.0, "data parallel: bucket size {} MiB must be > 0",
+                options.bucket_mb);
+  TESSERA_CHECK(options.groups_per_rank >= 0, "data parallel: {} sample groups per rank",
+                options.groups_per_rank);
+  check_same_model();
+  build_buckets(options.bucket_mb);
+  if (options.zero) {
+    make_shards();
+  }
+}
+
+DataParallel::~DataParallel() {
+  // Collectives in flight wait for completion in their Work's destructor (not while unwinding).
+  m_gathers.clear();
+  for (Bucket& b : m_buckets) {
+    b.work.reset();
+  }
+}
+
+void DataParallel::check_same_model() const {
+  // Every rank learns the same verdict: the minimum and maximum of the signatures and counts.
+  const std::uint64_t mine[2] = {model_signature(m_params), m_params.size()};
+  std::uint64_t lo[2];
+  std::uint64_t hi[2];
+  const MPI_Comm c = m_comm.mpi_comm();
+  TESSERA_MPI_CHECK(MPI_Allreduce(mine, lo, 2, MPI_UINT64_T, MPI_MIN, c));
+  TESSERA_MPI_CHECK(MPI_Allreduce(mine, hi, 2, MPI_UINT64_T, MPI_MAX, c));
+  if (lo[0] != hi[0] || lo[1] != hi[1]) {
+    throw input_error(fmt::format(
+        "data parallel: the {} ranks of communicator '{}' built different models (between {} and "
+        "{} parameters, or other names or shapes); every rank must run the same deck and "
+        "overrides",
+        m_size, m_comm.name(), lo[1], hi[1]));
+  }
+}
+
+void DataParallel::build_buckets(double bucket_mb) {
+  // Arena order = the order backward completes gradients: the model's parameters reversed.
+  const auto bucket_elements = static_cast<Index>(bucket_mb * 1024.0 * 1024.0 / sizeof(float));
+  const Index pad = m_options.zero ? m_size : 1;
+  Index at = 0;
+  Bucket current;
+  auto close = [&] {
+    const Index used = at - current.begin;
+    current.count = round_up(used, pad);
+    at = current.begin + current.count;
+    m_buckets.push_back(std::move(current));
+    current = Bucket();
+    current.begin = at;
+  };
+  for (auto it = m_params.rbegin(); it != m_params.rend(); ++it) {
+    current.params.push_back(*it);
+    current.offsets.push_back(at);
+    m_bucket_of[*it] = m_buckets.size();
+    at += (*it)->value.numel();
+    if (at - current.begin >= bucket_elements) {
+      close();
+    }
+  }
+  if (!current.params.empty()) {
+    close();
+  }
+  m_arena_size = at;
+
+  // Move every parameter into the arenas: values copied, gradients zero.
+  m_values = FloatView("DataParallel::values", static_cast<size_t>(m_arena_size));
+  m_grads = FloatView("DataParallel::grads", static_cast<size_t>(m_arena_size));
+  for (const Bucket& b : m_buckets) {
+    for (size_t i = 0; i < b.params.size(); ++i) {
+      nn::Parameter& p = *b.params[i];
+      const Tensor value = Tensor::alias(p.name, m_values, b.offsets[i], p.value.shape());
+      value.copy_from(p.value);
+      p.value = value;
+      p.grad = Tensor::alias(p.name + ".grad", m_grads, b.offsets[i], p.value.shape());
+    }
+  }
+  m_scatter = m_options.zero && m_size > 1 && m_options.groups_per_rank == 0;
+  if (m_options.groups_per_rank > 0) {
+    const auto groups = static_cast<size_t>(m_options.groups_per_rank);
+    m_group_grads =
+        FloatView("DataParallel::group_grads", groups * static_cast<size_t>(m_arena_size));
+    if (m_size > 1) {
+      m_all_groups = FloatView("DataParallel::all_groups", static_cast<size_t>(m_size) * groups *
+                                                               static_cast<size_t>(m_arena_size));
+    }
+  }
+}
+
+void DataParallel::make_shards() {
+  // Rank r owns chunk r of every bucket; a piece is a parameter's part inside it. Its summed
+  // gradient is in place in the arena: the in-place reduce-scatter leaves chunk r there on rank r
+  // (and without one, one rank or the deterministic mode's sums, the arena holds every sum).
+  for (const Bucket& b : m_buckets) {
+    const Index chunk = b.count / m_size;
+    const Index mine_begin = b.begin + m_rank * chunk;
+    const Index mine_end = mine_begin + chunk;
+    for (size_t i = 0; i < b.params.size(); ++i) {
+      const nn::Parameter& p = *b.params[i];
+      const Index lo = std::max(b.offsets[i], mine_begin);
+      const Index hi = std::min(b.offsets[i] + p.value.numel(), mine_end);
+      if (lo >= hi) {
+        continue;
+      }
+      nn::Parameter piece;
+      piece.name = p.name;
+      piece.layout = Layout::replicated({hi - lo});
+      piece.decay = p.decay;
+      piece.value = Tensor::alias(p.name, m_values, lo, {hi - lo});
+      piece.grad = Tensor::alias(p.name + ".grad", m_grads, lo, {hi - lo});
+      m_pieces.push_back(std::move(piece));
+      m_shards.push_back({p.name, lo - b.offsets[i], hi - lo});
+    }
+  }
+  for (nn::Parameter& piece : m_pieces) {
+    m_piece_ptrs.push_back(&piece);
+  }
+}
+
+bool DataParallel::reducing() const {
+  return m_size > 1 && m_last_micro_batch && m_options.groups_per_rank == 0;
+}
+
+void DataParallel::begin_step() {
+  sync_parameters();
+  Kokkos::deep_copy(m_grads, 0.0F);
+  for (Bucket& b : m_buckets) {
+    b.ready = 0;
+  }
+  m_next_bucket = 0;
+  m_last_micro_batch = true;
+}
+
+void DataParallel::set_last_micro_batch(bool last) {
+  m_last_micro_batch = last;
+}
+
+void DataParallel::start_bucket(Bucket& b) {
+  const Tensor grads = Tensor::alias("DataParallel::bucket", m_grads, b.begin, {b.count});
+  if (m_scatter) {
+    const Index chunk = b.count / m_size;
+    const Tensor mine =
+        Tensor::alias("DataParallel::chunk", m_grads, b.begin + m_rank * chunk, {chunk});
+    b.work = m_comm.reduce_scatter(grads, mine);  // in place
+  } else {
+    b.work = m_comm.allreduce(grads);
+  }
+}
+
+void DataParallel::start_ready_buckets() {
+  while (m_next_bucket < m_buckets.size() &&
+         m_buckets[m_next_bucket].ready == m_buckets[m_next_bucket].params.size()) {
+    start_bucket(m_buckets[m_next_bucket++]);
+  }
+}
+
+void DataParallel::on_backward(nn::Layer& layer) {
+  if (!reducing()) {
+    return;
+  }
+  for (const nn::Parameter* p : layer.all_parameters()) {
+    const auto it = m_bucket_of.find(p);
+    if (it != m_bucket_of.end()) {
+      ++m_buckets[it->second].ready;
+    }
+  }
+  start_ready_buckets();
+  // MPI progresses non-blocking collectives inside MPI calls: give those in flight a turn.
+  for (size_t i = 0; i < m_next_bucket; ++i) {
+    if (!m_buckets[i].work->is_completed()) {
+      m_buckets[i].work->test();
+    }
+  }
+}
+
+void DataParallel::end_group(int group) {
+  TESSERA_CHECK(group >= 0 && group < m_options.groups_per_rank,
+                "data parallel: sample group {} of {} on this rank", group,
+                m_options.groups_per_rank);
+  const auto n = static_cast<size_t>(m_arena_size);
+  const auto g = static_cast<size_t>(group);
+  Kokkos::deep_copy(Kokkos::subview(m_group_grads, std::make_pair(g * n, (g + 1) * n)), m_grads);
+  Kokkos::deep_copy(m_grads, 0.0F);
+}
+
+void DataParallel::finish_reduction() {
+  if (m_options.groups_per_rank > 0) {
+    // Every group's gradient on every rank, then one sum in group order: ((g0 + g1) + g2) + ...
+    FloatView all = m_group_grads;
+    if (m_size > 1) {
+      m_comm
+          .allgather(Tensor::alias("DataParallel::groups", m_group_grads, 0,
+                                   {static_cast<Index>(m_group_grads.extent(0))}),
+                     Tensor::alias("DataParallel::all_groups", m_all_groups, 0,
+                                   {static_cast<Index>(m_all_groups.extent(0))}))
+          ->wait();
+      all = m_all_groups;
+    }
+    const Index n = m_arena_size;
+    const Index groups = static_cast<Index>(all.extent(0)) / std::max<Index>(1, n);
+    const FloatView grads = m_grads;
+    Kokkos::parallel_for(
+        "DataParallel::sum_groups", Policy(0, n), KOKKOS_LAMBDA(const Index i) {
+          float s = all(i);
+          for (Index g = 1; g < groups; ++g) {
+            s += all(g * n + i);
+          }
+          grads(i) = s;
+        });
+    return;
+  }
+  if (m_size == 1) {
+    return;
+  }
+  while (m_next_bucket < m_buckets.size()) {  // buckets whose parameters got no gradient
+    start_bucket(m_buckets[m_next_bucket++]);
+  }
+  for (Bucket& b : m_buckets) {
+    b.work->wait();
+  }
+}
+
+double DataParallel::clip_grad_norm(double max_norm) {
+  if (m_scatter) {
+    const MPI_Comm c = m_comm.mpi_comm();
+    return optim::clip_grad_norm(m_piece_ptrs, max_norm, [c](double local) {
+      double global = 0.0;
+      TESSERA_MPI_CHECK(MPI_Allreduce(&local, &global, 1, MPI_DOUBLE, MPI_SUM, c));
+      return global;
+    });
+  }
+  return optim::clip_grad_norm(m_params, max_norm);  // every rank holds the whole sum
+}
+
+void DataParallel::step(optim::Optimizer& optimizer, double lr) {
+  if (!m_options.zero) {
+    optimizer.step(m_params, lr);
+  } else {
+    optimizer.step(m_piece_ptrs, lr);
+    if (m_size > 1) {
+      for (const Bucket& b : m_buckets) {
+        const Index chunk = b.count / m_size;
+        const Tensor mine =
+            Tensor::alias("DataParallel::chunk", m_values, b.begin + m_rank * chunk, {chunk});
+        const Tensor whole = Tensor::alias("DataParallel::bucket", m_values, b.begin, {b.count});
+        m_gathers.push_back(m_comm.allgather(mine, whole));
+      }
+    }
+  }
+  if (m_size > 1) {
+    // Running statistics are averaged over the data axis (each rank saw its own samples).
+    for (const nn::Parameter* b : m_buffers) {
+      m_comm.allreduce(b->value)->wait();
+      kernels::scale(1.0F / static_cast<float>(m_size), b->value);
+    }
+  }
+}
+
+void DataParallel::sync_parameters() {
+  for (auto& w : m_gathers) {
+    w->wait();
+  }
+  m_gathers.clear();
+}
+
+}  // namespace tessera::parallel

@@ -1,0 +1,121 @@
+#pragma once
+// What the MPI training tests share: a folder every rank sees, a tiny learnable classification
+// dataset, and a small deck that exercises every kind of layer state (conv, pooling, dense,
+// dropout) in a few steps.
+#include "support/mpi.hpp"
+#include "tessera/core/rng.hpp"
+#include "tessera/io/dataset.hpp"
+#include "tessera/io/hdf5.hpp"
+#include "tessera/nn/layer.hpp"
+
+#include <mpi.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace tessera::testing {
+
+/// A temporary folder named by rank 0's pid, created by rank 0 and removed at the end.
+class SharedTempDir {
+ public:
+  explicit SharedTempDir(const std::string& stem) {
+    long pid = static_cast<long>(getpid());
+    MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+    m_path = (std::filesystem::temp_directory_path() / (stem + "-" + std::to_string(pid))).string();
+    if (world_rank() == 0) {
+      std::filesystem::create_directories(m_path);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
+  ~SharedTempDir() {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (world_rank() == 0) {
+      std::filesystem::remove_all(m_path);
+    }
+  }
+  SharedTempDir(const SharedTempDir&) = delete;
+  SharedTempDir& operator=(const SharedTempDir&) = delete;
+  const std::string& path() const { return m_path; }
+
+ private:
+  std::string m_path;
+};
+
+/// A classification split /train of 40 random 1×4×4 samples in 3 classes, written by rank 0.
+inline void write_tiny_dataset(const std::string& path) {
+  if (world_rank() == 0) {
+    const hsize_t n = 40;
+    std::vector<float> x(n * 16);
+    std::vector<std::int32_t> y(n);
+    const rng::CounterRng gen(5, 6);
+    for (size_t i = 0; i < x.size(); ++i) {
+      x[i] = gen.uniform(i) - 0.5F;
+    }
+    for (hsize_t i = 0; i < n; ++i) {
+      y[i] = static_cast<std::int32_t>(i % 3);
+      x[i * 16] += 0.5F * static_cast<float>(y[i]);  // make it learnable
+    }
+    io::File f = io::File::create(path, MPI_COMM_SELF);
+    {
+      const io::Group root = f.root();
+      root.attributes().set("format", std::string(io::kDatasetFormat));
+      root.attributes().set("format_version", io::kDatasetVersion);
+      const io::Group g = root.create_group("train");
+      g.attributes().set("task", std::string("classification"));
+      g.create_dataset("x", io::ElementType::f32, {n, 1, 4, 4})
+          .write({{0, 0, 0, 0}, {n, 1, 4, 4}}, io::ElementType::f32, x.data(), false);
+      g.create_dataset("y", io::ElementType::i32, {n})
+          .write({{0}, {n}}, io::ElementType::i32, y.data(), false);
+    }
+    f.close();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+/// 6 steps of batch 12 on write_tiny_dataset's split (given as data.train by the test).
+inline const char* kTinyDeck = R"(
+[run]
+seed = 7
+steps = 6
+log_every = 100
+[data]
+batch = 12
+[model]
+input = [1, 4, 4]
+layers = [
+  { conv2d = { out = 3, kernel = 3, pad = 1 } }, { tanh = {} }, { maxpool2d = { kernel = 2 } },
+  { flatten = {} }, { linear = { out = 8 } }, { gelu = {} }, { dropout = { p = 0.25 } },
+  { linear = { out = 3 } },
+]
+loss = "softmax_cross_entropy"
+[optimizer]
+type = "sgd"
+lr = 0.1
+momentum = 0.9
+clip_grad_norm = 5.0
+)";
+
+/// The values of every parameter of a model, in model order.
+inline std::vector<std::vector<float>> parameter_values(nn::Layer& model) {
+  std::vector<std::vector<float>> out;
+  for (const nn::Parameter* p : model.all_parameters()) {
+    out.push_back(p->value.to_host());
+  }
+  return out;
+}
+
+/// Largest |a - b| / max|b| over the elements of one tensor.
+inline double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  double scale = 1e-12;
+  double diff = 0.0;
+  for (size_t j = 0; j < a.size() && j < b.size(); ++j) {
+    scale = std::max(scale, std::fabs(static_cast<double>(b[j])));
+    diff = std::max(diff, std::fabs(static_cast<double>(a[j]) - static_cast<double>(b[j])));
+  }
+  return diff / scale;
+}
+
+}  // namespace tessera::testing
