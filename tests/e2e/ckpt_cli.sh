@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# tessera-ckpt as a user runs it, at 1, 2 and 3 ranks, on the checkpoints tests/e2e/ckpt_fixture
+# writes: exit codes 0 (OK / equal), 1 (verification failed / files differ) and 2 (bad input, with
+# exactly one "error: " line from rank 0), and the messages. Where Debian's python3-numpy is
+# installed, numpy loads the exported .npz and its arrays' checksums (the formula of
+# docs/checkpoint-format.md, computed in numpy) equal those the checkpoint stores.
+set -uo pipefail
+bin=${TESSERA_BIN:?}/tessera-ckpt
+fixture=${CKPT_FIXTURE:?path of the ckpt_fixture program}
+mpiexec=${MPIEXEC:-mpiexec.mpich}
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+cd "$dir" || exit 1
+"$fixture" "$dir" || { echo "FAIL: ckpt_fixture $dir"; exit 1; }
+
+failed=0
+passed=0
+out=""
+code=0
+run() {  # args: ranks, tessera-ckpt arguments... → $out (stdout and stderr), $code
+  local n=$1
+  shift
+  out=$(timeout -k 10 60 "$mpiexec" -n "$n" "$bin" "$@" 2>&1 </dev/null)
+  code=$?
+}
+# expect LABEL CODE PATTERN: the last run exited with CODE and a line of its output matches the
+# extended regular expression PATTERN (whole line).
+expect() {
+  local label=$1 want=$2 pattern=$3
+  if [[ $code -eq $want ]] && grep -qxE -- "$pattern" <<<"$out"; then
+    passed=$((passed + 1))
+    return 0
+  fi
+  echo "FAIL $label: exit $code (want $want); no line matching: $pattern"
+  sed 's/^/    got: /' <<<"$out" | tail -n 20
+  failed=$((failed + 1))
+  return 1
+}
+# expect_error LABEL MESSAGE: exit 2 and exactly one line, "error: MESSAGE".
+expect_error() {
+  local label=$1 message=$2
+  if [[ $code -eq 2 && "$out" == "error: $message" ]]; then
+    passed=$((passed + 1))
+    return 0
+  fi
+  echo "FAIL $label: exit $code (want 2), want exactly one line: error: $message"
+  sed 's/^/    got: /' <<<"$out" | tail -n 20
+  failed=$((failed + 1))
+  return 1
+}
+
+head -c 5000 good.h5 >truncated.h5
+echo "not a checkpoint" >text.h5
+size=$(stat -c %s good.h5)
+hex='0x[0-9a-f]{16}'
+
+for n in 1 2 3; do
+  # verify: 0, 1, 2.
+  run "$n" verify good.h5
+  expect "verify good at $n" 0 "good.h5: OK \(9 tensors, 224 B, checksums match\)"
+  run "$n" verify damaged.h5 good.h5
+  expect "verify damaged at $n" 1 \
+    "damaged.h5: /model/linear1/weight: checksum $hex does not match the stored $hex"
+  expect "verify damaged summary at $n" 1 "damaged.h5: FAILED \(1 problem\)"
+  run "$n" verify v2.h5
+  expect "verify v2 at $n" 1 "v2.h5: format_version 2 is not one this tessera-ckpt knows \(it \
+reads version 1\); a newer Tessera wrote it\?"
+  run "$n" verify missing.h5
+  expect_error "verify missing at $n" "missing.h5: no such file"
+  run "$n" verify text.h5
+  expect_error "verify not HDF5 at $n" "text.h5: not an HDF5 file"
+  run "$n" verify truncated.h5
+  expect_error "verify truncated at $n" \
+    "truncated.h5: truncated: the file has 5000 bytes, its HDF5 superblock says $size"
+
+  # diff: 0, 1, 2.
+  run "$n" diff good.h5 same.h5
+  expect "diff same at $n" 0 "verdict: equal: 9 tensors, bit for bit"
+  expect "diff same metadata at $n" 0 '  created: "2026-11-27T14:02:11Z" \| "2026-11-28T09:00:00Z"'
+  run "$n" diff good.h5 other.h5
+  expect "diff other at $n" 1 "verdict: different: 9 of 9 tensors differ \(9 beyond tolerance\)"
+  run "$n" diff good.h5 other.h5 --tolerance 0.5
+  expect "diff other within 0.5 at $n" 0 \
+    "verdict: equal within relative tolerance 0.5: 9 tensors \(9 not bit for bit\)"
+  run "$n" diff good.h5 missing.h5
+  expect_error "diff missing at $n" "missing.h5: no such file"
+  run "$n" diff good.h5 v2.h5
+  expect_error "diff v2 at $n" "v2.h5: format_version 2 is not one this tessera-ckpt knows (it \
+reads version 1); a newer Tessera wrote it?"
+
+  # average: the mean verifies and is the same whatever the rank count.
+  run "$n" average good.h5 other.h5 -o "avg/avg$n.h5"
+  expect "average at $n" 0 "averaged 2 checkpoints into avg/avg$n.h5: 5 model tensors averaged, \
+4 optimizer tensors copied from good.h5 \(224 B\)"
+  run "$n" verify "avg/avg$n.h5"
+  expect "verify average at $n" 0 "avg/avg$n.h5: OK \(9 tensors, 224 B, checksums match\)"
+  run "$n" diff avg/avg1.h5 "avg/avg$n.h5"
+  expect "average at 1 and $n ranks equal" 0 "verdict: equal: 9 tensors, bit for bit"
+  run "$n" average good.h5 v2.h5 -o avg/bad.h5
+  expect_error "average v2 at $n" "v2.h5: format_version 2 is not one this tessera-ckpt knows (it \
+reads version 1); a newer Tessera wrote it?"
+
+  # ls, deck, export: rank 0 does the work, every rank leaves together.
+  run "$n" ls good.h5
+  expect "ls file at $n" 0 "  deck: 15 lines \(tessera-ckpt deck good.h5\)"
+  run "$n" ls run/ckpt
+  expect "ls folder at $n" 0 "run/ckpt: 2 checkpoints, 1 incomplete; latest names ckpt-00000200.h5"
+  expect "ls folder latest at $n" 0 " 200  ckpt-00000200.h5 .*<- latest"
+  run "$n" ls nowhere
+  expect_error "ls missing at $n" "nowhere: no such file or folder"
+  run "$n" export good.h5 -o w.pt
+  expect_error "export extension at $n" "export: w.pt: the output must end in .h5 (HDF5) or .npz \
+(numpy)"
+  run "$n" export damaged.h5 -o "damaged$n.npz"
+  expect "export damaged at $n" 2 "error: damaged.h5: /model/linear1/weight: checksum $hex does \
+not match the stored $hex: the checkpoint is damaged, nothing exported \(tessera-ckpt verify \
+damaged.h5\)"
+  if [[ -e "damaged$n.npz" || -e ".damaged$n.npz.partial" ]]; then
+    echo "FAIL export damaged at $n: left a file behind"
+    failed=$((failed + 1))
+  fi
+  run "$n"
+  if [[ $code -ne 2 ]]; then
+    echo "FAIL no subcommand at $n: exit $code (want 2)"
+    failed=$((failed + 1))
+  fi
+done
+
+# deck: what it prints runs again (here: equals the deck the fixture embedded).
+"$bin" deck good.h5 >again.toml
+code=$?
+if [[ $code -ne 0 ]] || ! diff -u - again.toml <<'EOF'; then
+# fixture deck
+[run]
+name = "fixture"
+seed = 7
+
+[model]
+input = [3]
+layers = [
+  { linear = { out = 4 } }, { relu = {} }, { linear = { out = 2 } },
+]
+
+[optimizer]
+type = "sgd"
+lr = 0.1
+momentum = 0.900000
+EOF
+  echo "FAIL deck: exit $code or another text"
+  failed=$((failed + 1))
+else
+  passed=$((passed + 1))
+fi
+
+# export: .h5 holds the parameters under their names; .npz loads in numpy.
+run 1 export good.h5 -o w.h5
+expect "export h5" 0 "exported 5 tensors \(120 B\) of good.h5 \(step 100\) to w.h5"
+if h5dump -H w.h5 | grep -q 'DATASET "linear1.weight"'; then
+  passed=$((passed + 1))
+else
+  echo "FAIL export h5: no dataset linear1.weight"
+  failed=$((failed + 1))
+fi
+run 2 export good.h5 -o w.npz
+expect "export npz" 0 "exported 5 tensors \(120 B\) of good.h5 \(step 100\) to w.npz"
+if /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
+  "$bin" ls good.h5 >ls.txt
+  if /usr/bin/python3 - w.npz ls.txt <<'EOF'; then
+import re, sys
+import numpy as np
+
+def checksum(x):  # docs/checkpoint-format.md
+    z = (np.arange(x.size, dtype=np.uint64) << np.uint64(32)) | \
+        x.astype(np.float32).ravel().view(np.uint32).astype(np.uint64)
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return "0x%016x" % int(z.sum(dtype=np.uint64))
+
+npz = np.load(sys.argv[1])
+assert sorted(npz.files) == ["linear1.bias", "linear1.weight", "linear2.bias", "linear2.weight",
+                             "norm.running_mean"], npz.files
+assert npz["linear1.weight"].shape == (4, 3) and npz["linear1.bias"].shape == (4,)
+# The checksums `tessera-ckpt ls` lists for the model's tensors, in tree order.
+listed = re.findall(r"^\s+\S+\s+\([0-9, ]+\)\s+float32\s+\d+\s+(0x[0-9a-f]{16})\s+(?:parameter|buffer)$",
+                    open(sys.argv[2]).read(), re.M)
+names = ["linear1.bias", "linear1.weight", "linear2.bias", "linear2.weight", "norm.running_mean"]
+assert len(listed) == 5, listed
+for name, stored in zip(names, listed):
+    assert npz[name].dtype == np.float32, name
+    assert checksum(npz[name]) == stored, (name, checksum(npz[name]), stored)
+print("numpy: w.npz loads; the checksums of its 5 arrays equal the checkpoint's")
+EOF
+    passed=$((passed + 1))
+  else
+    echo "FAIL export npz: numpy check"
+    failed=$((failed + 1))
+  fi
+else
+  echo "note: /usr/bin/python3 has no numpy (Debian's python3-numpy), the numpy check is skipped"
+fi
+
+echo "tessera-ckpt CLI: $passed checks passed, $failed failed"
+[[ $failed -eq 0 ]]

@@ -1,0 +1,1293 @@
+#include "ckpt_commands.hpp"
+
+#include "ckpt_file.hpp"
+#include "npz.hpp"
+#include "tessera/comm/agree.hpp"
+#include "tessera/io/checkpoint_format.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <sys/stat.h>
+#include <toml.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <set>
+#include <sstream>
+
+namespace tessera::ckpt {
+namespace {
+
+namespace fs = std::filesystem;
+
+int rank_of(MPI_Comm comm) {
+  int r = 0;
+  MPI_Comm_rank(comm, &r);
+  return r;
+}
+
+int size_of(MPI_Comm comm) {
+  int s = 1;
+  MPI_Comm_size(comm, &s);
+  return s;
+}
+
+// --- the format's rules ------------------------------------------------------------------------
+
+struct RequiredAttribute {
+  const char* name;
+  AttrType type;
+};
+// docs/checkpoint-format.md, "Root attributes", in its order.
+const RequiredAttribute kRootAttributes[] = {{"format", AttrType::string},
+                                             {"format_version", AttrType::int64},
+                                             {"tessera_version", AttrType::string},
+                                             {"created", AttrType::string},
+                                             {"step", AttrType::int64},
+                                             {"total_steps", AttrType::int64},
+                                             {"cursor_epoch", AttrType::int64},
+                                             {"cursor_batch", AttrType::int64},
+                                             {"rng_seed", AttrType::int64},
+                                             {"optimizer", AttrType::string},
+                                             {"optimizer_steps", AttrType::int64},
+                                             {"deck", AttrType::string},
+                                             {"grid", AttrType::string},
+                                             {"ranks", AttrType::int64},
+                                             {"data_size", AttrType::int64},
+                                             {"zero", AttrType::int64},
+                                             {"tensors", AttrType::int64}};
+
+constexpr const char* kModelPrefix = "/model/";
+constexpr const char* kOptimizerPrefix = "/optimizer/";
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+bool is_model(const TensorEntry& e) {
+  return starts_with(e.path, kModelPrefix);
+}
+
+// A tensor dataset of the format: under /model or /optimizer.
+bool is_tensor(const TensorEntry& e) {
+  return is_model(e) || starts_with(e.path, kOptimizerPrefix);
+}
+
+std::vector<TensorEntry> tensors_of(const io::File& f) {
+  std::vector<TensorEntry> all = list_tensors(f);
+  std::vector<TensorEntry> out;
+  std::copy_if(all.begin(), all.end(), std::back_inserter(out), is_tensor);
+  return out;
+}
+
+// "0x" followed by 16 hexadecimal digits, or nullopt.
+std::optional<std::uint64_t> parse_checksum(const std::string& s) {
+  static const std::regex pattern("0x[0-9a-fA-F]{16}");
+  if (!std::regex_match(s, pattern)) {
+    return std::nullopt;
+  }
+  return std::stoull(s.substr(2), nullptr, 16);
+}
+
+// The root attribute as a string, or `fallback` when it is missing or not one string.
+std::string root_string(const io::Group& root, const std::string& name,
+                        const std::string& fallback = "?") {
+  const AttrInfo info = attribute_info(root.id(), name);
+  if (info.type != AttrType::string || info.values != 1) {
+    return fallback;
+  }
+  return root.attributes().get_string(name);
+}
+
+std::optional<std::int64_t> root_int(const io::Group& root, const std::string& name) {
+  const AttrInfo info = attribute_info(root.id(), name);
+  if ((info.type != AttrType::int64 && info.type != AttrType::other_integer) || info.values != 1) {
+    return std::nullopt;
+  }
+  return root.attributes().get_int(name);
+}
+
+std::string root_int_text(const io::Group& root, const std::string& name) {
+  const auto v = root_int(root, name);
+  return v ? std::to_string(*v) : "?";
+}
+
+// The optimizer states every parameter needs, and why (for messages).
+struct StateRule {
+  std::vector<std::string> states;
+  std::string why;
+};
+
+StateRule state_rule(const std::string& optimizer, const std::string& deck_text) {
+  if (optimizer == "adamw") {
+    return {{"exp_avg", "exp_avg_sq"}, "adamw"};
+  }
+  if (optimizer != "sgd") {
+    return {};
+  }
+  // SGD keeps momentum only when the deck's optimizer.momentum > 0 (default 0). A deck that does
+  // not parse leaves it open: momentum is then neither required nor refused.
+  double momentum = 0.0;
+  try {
+    std::istringstream in(deck_text);
+    const toml::value deck = toml::parse(in, "deck");
+    if (deck.is_table() && deck.contains("optimizer")) {
+      const toml::value& o = deck.at("optimizer");
+      if (o.is_table() && o.contains("momentum")) {
+        const toml::value& m = o.at("momentum");
+        if (m.is_floating()) {
+          momentum = m.as_floating();
+        } else if (m.is_integer()) {
+          momentum = static_cast<double>(m.as_integer());
+        }
+      }
+    }
+  } catch (const std::exception&) {
+    return {};
+  }
+  if (momentum > 0.0) {
+    return {{"momentum"}, fmt::format("sgd with momentum {:g}", momentum)};
+  }
+  return {};
+}
+
+std::int64_t line_count(const std::string& text) {
+  std::int64_t n = std::count(text.begin(), text.end(), '\n');
+  if (!text.empty() && text.back() != '\n') {
+    ++n;
+  }
+  return n;
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string modified_utc(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    return "?";
+  }
+  std::tm tm{};
+  gmtime_r(&st.st_mtime, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// Rows of cells, aligned in columns two spaces apart; a row may have fewer cells than the widest.
+std::string table(const std::vector<std::vector<std::string>>& rows,
+                  const std::vector<bool>& right = {}) {
+  std::vector<std::size_t> width;
+  for (const auto& row : rows) {
+    if (row.size() < 2) {
+      continue;  // a heading row takes no part in the widths
+    }
+    width.resize(std::max(width.size(), row.size()), 0);
+    for (std::size_t c = 0; c < row.size(); ++c) {
+      width[c] = std::max(width[c], row[c].size());
+    }
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (std::size_t c = 0; c < row.size(); ++c) {
+      const bool last = c + 1 == row.size();
+      const std::size_t pad = row.size() < 2 ? 0 : width[c] - row[c].size();
+      if (c < right.size() && right[c]) {
+        line += std::string(pad, ' ') + row[c];
+      } else {
+        line += row[c] + (last ? "" : std::string(pad, ' '));
+      }
+      if (!last) {
+        line += "  ";
+      }
+    }
+    while (!line.empty() && line.back() == ' ') {
+      line.pop_back();
+    }
+    out += line + "\n";
+  }
+  return out;
+}
+
+// Copies every attribute of `from` (strings, integers, floats; scalars and arrays) to `to`,
+// except those named in `skip`.
+void copy_attributes(hid_t from_id, const io::Attributes& from, const io::Attributes& to,
+                     const std::set<std::string>& skip) {
+  for (const std::string& name : from.names()) {
+    if (skip.count(name) != 0) {
+      continue;
+    }
+    switch (attribute_info(from_id, name).type) {
+      case AttrType::string: {
+        const auto v = from.get_strings(name);
+        if (v.size() == 1) {
+          to.set(name, v[0]);
+        } else {
+          to.set(name, v);
+        }
+        break;
+      }
+      case AttrType::int64:
+      case AttrType::other_integer: {
+        const auto v = from.get_ints(name);
+        if (v.size() == 1) {
+          to.set(name, v[0]);
+        } else {
+          to.set(name, v);
+        }
+        break;
+      }
+      case AttrType::floating: {
+        const auto v = from.get_doubles(name);
+        if (v.size() == 1) {
+          to.set(name, v[0]);
+        } else {
+          to.set(name, v);
+        }
+        break;
+      }
+      case AttrType::missing:
+      case AttrType::other:
+        break;
+    }
+  }
+}
+
+// Opens `path` on every rank of `comm` (comm::agree: an unreadable file is an error every rank
+// holds, exit code 2) and checks that it is a checkpoint this tool reads.
+io::File open_on_all(MPI_Comm comm, const std::string& path) {
+  std::optional<io::File> f;
+  comm::agree(comm, [&] {
+    f.emplace(open_checkpoint(path));
+    require_checkpoint(*f);
+  });
+  return std::move(*f);
+}
+
+// "ckpt.h5" → "<dir>/.ckpt.h5.partial": where a file is written before it is renamed into place.
+std::string partial_path(const std::string& out) {
+  const fs::path p(out);
+  return (p.parent_path() / ("." + p.filename().string() + ".partial")).string();
+}
+
+// Checks, on rank 0 inside an agree phase, that `out` can be written: not a folder, and its
+// folder exists (made when missing).
+void prepare_output(const std::string& out) {
+  std::error_code ec;
+  if (fs::is_directory(out, ec)) {
+    throw input_error(fmt::format("{}: is a folder; -o takes a file name", out));
+  }
+  const fs::path parent = fs::path(out).parent_path();
+  if (!parent.empty() && !fs::exists(parent, ec)) {
+    fs::create_directories(parent, ec);
+    if (ec) {
+      throw input_error(
+          fmt::format("{}: cannot create the folder {} ({})", out, parent.string(), ec.message()));
+    }
+  }
+}
+
+// --- ls ----------------------------------------------------------------------------------------
+
+std::string list_folder(const std::string& dir) {
+  struct Item {
+    std::int64_t step;
+    std::string name;
+    bool partial;
+  };
+  static const std::regex partial_pattern("\\.ckpt-([0-9]{8,})\\.h5\\.partial");
+  std::vector<Item> items;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    std::smatch m;
+    if (const std::int64_t step = io::checkpoint_step(name); step >= 0) {
+      items.push_back({step, name, false});
+    } else if (std::regex_match(name, m, partial_pattern)) {
+      items.push_back({std::stoll(m[1].str()), name, true});
+    }
+  }
+  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+    return a.step != b.step ? a.step < b.step : a.partial < b.partial;
+  });
+  std::string latest;
+  const fs::path latest_path = fs::path(dir) / io::kLatestMarker;
+  bool have_latest = false;
+  if (std::ifstream in(latest_path); in) {
+    have_latest = true;
+    std::getline(in, latest);
+    while (!latest.empty() && std::isspace(static_cast<unsigned char>(latest.back())) != 0) {
+      latest.pop_back();
+    }
+  }
+  const auto complete =
+      std::count_if(items.begin(), items.end(), [](const Item& i) { return !i.partial; });
+  const auto incomplete = static_cast<std::int64_t>(items.size()) - complete;
+  std::string out = fmt::format("{}: {} checkpoint{}", dir, complete, complete == 1 ? "" : "s");
+  if (incomplete > 0) {
+    out += fmt::format(", {} incomplete", incomplete);
+  }
+  out += have_latest ? fmt::format("; latest names {}\n", latest.empty() ? "nothing" : latest)
+                     : "; no 'latest' file\n";
+  if (items.empty()) {
+    return out;
+  }
+  std::vector<std::vector<std::string>> rows{{"step", "file", "size", "time", ""}};
+  bool latest_found = false;
+  for (const Item& item : items) {
+    const std::string path = (fs::path(dir) / item.name).string();
+    std::error_code ec;
+    const auto bytes = static_cast<std::int64_t>(fs::file_size(path, ec));
+    std::string time;
+    std::string note;
+    if (item.partial) {
+      time = modified_utc(path);
+      note = "incomplete (being written, or left by a crash): never read";
+    } else {
+      try {
+        const io::File f = open_checkpoint(path);
+        time = root_string(f.root(), "created");
+      } catch (const Error& e) {
+        time = "?";
+        note = "unreadable: " + e.message();
+      }
+      if (item.name == latest) {
+        latest_found = true;
+        note = note.empty() ? "<- latest" : "<- latest, " + note;
+      }
+    }
+    rows.push_back(
+        {std::to_string(item.step), item.name, ec ? "?" : human_bytes(bytes), time, note});
+  }
+  out += table(rows, {true, false, true, false, false});
+  if (have_latest && !latest.empty() && !latest_found) {
+    out += fmt::format("warning: 'latest' names {}, which is not a checkpoint of this folder\n",
+                       latest);
+  }
+  return out;
+}
+
+std::string list_file(const std::string& path) {
+  const io::File f = open_checkpoint(path);
+  const io::Group root = f.root();
+  const AttrInfo format = attribute_info(root.id(), "format");
+  const std::string problem = format_problem(f);
+  if (format.type != AttrType::string || root_string(root, "format") != io::kCheckpointFormat) {
+    throw input_error(fmt::format("{}: {}", path, problem));
+  }
+  std::string out = fmt::format("{}: {} version {}, written by Tessera {} at {}\n", path,
+                                io::kCheckpointFormat, root_int_text(root, "format_version"),
+                                root_string(root, "tessera_version"), root_string(root, "created"));
+  if (!problem.empty()) {
+    out += "  note: " + problem + "\n";
+  }
+  out += fmt::format("  step {} of {}; data cursor at epoch {}, batch {}; rng_seed {}\n",
+                     root_int_text(root, "step"), root_int_text(root, "total_steps"),
+                     root_int_text(root, "cursor_epoch"), root_int_text(root, "cursor_batch"),
+                     root_int_text(root, "rng_seed"));
+  out += fmt::format("  optimizer {}, {} optimizer steps\n", root_string(root, "optimizer"),
+                     root_int_text(root, "optimizer_steps"));
+  out += fmt::format("  grid: {} (ranks {}, data_size {}, zero {})\n", root_string(root, "grid"),
+                     root_int_text(root, "ranks"), root_int_text(root, "data_size"),
+                     root_int_text(root, "zero"));
+  const std::string deck_text = root_string(root, "deck", "");
+  if (attribute_info(root.id(), "deck").type == AttrType::string) {
+    out += fmt::format("  deck: {} lines (tessera-ckpt deck {})\n", line_count(deck_text), path);
+  } else {
+    out += "  deck: missing\n";
+  }
+  out += fmt::format("  tensors attribute: {}\n", root_int_text(root, "tensors"));
+  std::set<std::string> known;
+  for (const auto& a : kRootAttributes) {
+    known.insert(a.name);
+  }
+  for (const std::string& name : root.attributes().names()) {
+    if (known.count(name) == 0) {
+      out += fmt::format("  {}: {}\n", name, attribute_text(root.attributes(), root.id(), name));
+    }
+  }
+
+  const std::vector<TensorEntry> all = list_tensors(f);
+  std::vector<std::vector<std::string>> rows{
+      {"tensor", "shape", "dtype", "bytes", "checksum", "kind"}};
+  std::vector<std::string> open;  // the groups of the previous row
+  struct Total {
+    std::int64_t tensors = 0;
+    std::int64_t bytes = 0;
+  };
+  Total model;
+  Total optimizer;
+  Total other;
+  std::int64_t elements = 0;
+  for (const TensorEntry& e : all) {
+    std::vector<std::string> parts;
+    std::stringstream ss(e.path.substr(1));
+    for (std::string part; std::getline(ss, part, '/');) {
+      parts.push_back(part);
+    }
+    std::size_t common = 0;
+    while (common < open.size() && common + 1 < parts.size() && open[common] == parts[common]) {
+      ++common;
+    }
+    for (std::size_t level = common; level + 1 < parts.size(); ++level) {
+      rows.push_back({std::string(2 * level, ' ') + parts[level] + "/"});
+    }
+    open.assign(parts.begin(), parts.end() - 1);
+    const std::string name = std::string(2 * (parts.size() - 1), ' ') + parts.back();
+    if (!e.error.empty()) {
+      rows.push_back({name, "(cannot be read: " + e.error + ")"});
+      continue;
+    }
+    rows.push_back({name, shape_text(e.shape), e.type ? io::element_type_name(*e.type) : "other",
+                    std::to_string(e.storage_bytes),
+                    e.checksum ? *e.checksum : (e.checksum_attribute ? "(not a string)" : "(none)"),
+                    e.kind});
+    Total& t = is_model(e) ? model : (is_tensor(e) ? optimizer : other);
+    ++t.tensors;
+    t.bytes += e.storage_bytes;
+    elements += e.elements;
+  }
+  out += fmt::format("tensors:\n");
+  std::string tree = table(rows, {false, false, false, true, false, false});
+  std::stringstream lines(tree);
+  for (std::string line; std::getline(lines, line);) {
+    out += "  " + line + "\n";
+  }
+  const std::int64_t count = model.tensors + optimizer.tensors + other.tensors;
+  out += fmt::format(
+      "total: {} tensors, {} elements, {} (model: {} tensors, {}; optimizer: {} tensors, {}{})\n",
+      count, elements, human_bytes(model.bytes + optimizer.bytes + other.bytes), model.tensors,
+      human_bytes(model.bytes), optimizer.tensors, human_bytes(optimizer.bytes),
+      other.tensors > 0
+          ? fmt::format("; elsewhere: {} datasets, {}", other.tensors, human_bytes(other.bytes))
+          : "");
+  return out;
+}
+
+// --- verify's checks ---------------------------------------------------------------------------
+
+// What verify learns from a checkpoint's metadata.
+struct Survey {
+  bool known_format = false;                         // format and version are ones this tool reads
+  std::vector<std::string> root_problems;            // the root attributes' problems
+  std::vector<TensorEntry> tensors;                  // under /model and /optimizer, by path
+  std::vector<std::vector<std::string>> problems;    // each tensor's problems
+  std::vector<std::optional<std::uint64_t>> stored;  // each tensor's checksum attribute, parsed
+};
+
+void check_root_attributes(const io::Group& root, std::vector<std::string>& problems) {
+  for (const RequiredAttribute& a : kRootAttributes) {
+    const AttrInfo info = attribute_info(root.id(), a.name);
+    if (info.type == AttrType::missing) {
+      problems.push_back(fmt::format("root attribute '{}' is missing", a.name));
+    } else if (info.type != a.type) {
+      problems.push_back(fmt::format("root attribute '{}' is {}, expected {}", a.name,
+                                     attr_type_name(info.type), attr_type_name(a.type)));
+    } else if (info.values != 1) {
+      problems.push_back(
+          fmt::format("root attribute '{}' holds {} values, expected one", a.name, info.values));
+    }
+  }
+  const std::string optimizer = root_string(root, "optimizer", "");
+  if (attribute_info(root.id(), "optimizer").type == AttrType::string && optimizer != "sgd" &&
+      optimizer != "adamw") {
+    problems.push_back(
+        fmt::format("root attribute optimizer = \"{}\" is not \"sgd\" or \"adamw\"", optimizer));
+  }
+}
+
+// The problems of one tensor's metadata; `stored` receives its parsed checksum attribute.
+std::vector<std::string> check_tensor(const TensorEntry& e, const StateRule& rule,
+                                      const std::map<std::string, const TensorEntry*>& by_path,
+                                      std::optional<std::uint64_t>& stored) {
+  std::vector<std::string> p;
+  if (!e.error.empty()) {
+    p.push_back(fmt::format("{}: cannot be read ({})", e.path, e.error));
+    return p;
+  }
+  if (e.type != io::ElementType::f32) {
+    p.push_back(fmt::format("{}: dtype {}, expected float32", e.path,
+                            e.type ? io::element_type_name(*e.type) : "other"));
+  }
+  stored = e.checksum ? parse_checksum(*e.checksum) : std::nullopt;
+  if (!e.checksum_attribute) {
+    p.push_back(fmt::format("{}: no checksum attribute", e.path));
+  } else if (!stored) {
+    p.push_back(fmt::format("{}: checksum attribute {} is not \"0x\" and 16 hexadecimal digits",
+                            e.path, e.checksum ? "\"" + *e.checksum + "\"" : "(not a string)"));
+  }
+  if (!is_model(e)) {
+    return p;
+  }
+  if (e.kind.empty()) {
+    p.push_back(fmt::format(
+        "{}: attribute 'kind' is missing or not a string (\"parameter\" or \"buffer\")", e.path));
+  } else if (e.kind != "parameter" && e.kind != "buffer") {
+    p.push_back(fmt::format("{}: kind \"{}\" is not \"parameter\" or \"buffer\"", e.path, e.kind));
+  }
+  if (e.kind != "parameter") {
+    return p;
+  }
+  for (const std::string& state : rule.states) {
+    const std::string sp = io::optimizer_path(e.parameter_name(), state);
+    const auto it = by_path.find(sp);
+    if (it == by_path.end()) {
+      p.push_back(fmt::format("{}: optimizer state {} is missing ({})", e.path, sp, rule.why));
+    } else if (it->second->error.empty() && it->second->shape != e.shape) {
+      p.push_back(fmt::format("{}: shape {} differs from its parameter's {} ({})", sp,
+                              shape_text(it->second->shape), shape_text(e.shape), e.path));
+    }
+  }
+  return p;
+}
+
+Survey survey_checkpoint(const io::File& f) {
+  Survey s;
+  if (const std::string p = format_problem(f); !p.empty()) {
+    s.root_problems.push_back(p);
+    return s;
+  }
+  s.known_format = true;
+  const io::Group root = f.root();
+  check_root_attributes(root, s.root_problems);
+  s.tensors = tensors_of(f);
+  if (attribute_info(root.id(), "tensors").type == AttrType::int64) {
+    const std::int64_t declared = root.attributes().get_int("tensors");
+    if (declared != static_cast<std::int64_t>(s.tensors.size())) {
+      s.root_problems.push_back(
+          fmt::format("root attribute tensors = {}, but the file holds {} tensor datasets (under "
+                      "/model and /optimizer)",
+                      declared, s.tensors.size()));
+    }
+  }
+  if (std::none_of(s.tensors.begin(), s.tensors.end(), is_model)) {
+    s.root_problems.push_back("no tensors under /model");
+  }
+  const StateRule rule =
+      state_rule(root_string(root, "optimizer", ""), root_string(root, "deck", ""));
+  std::map<std::string, const TensorEntry*> by_path;
+  for (const TensorEntry& e : s.tensors) {
+    by_path[e.path] = &e;
+  }
+  s.stored.resize(s.tensors.size());
+  for (std::size_t t = 0; t < s.tensors.size(); ++t) {
+    s.problems.push_back(check_tensor(s.tensors[t], rule, by_path, s.stored[t]));
+  }
+  return s;
+}
+
+// Recomputes the checksum of every float32 tensor with a readable checksum attribute, each rank
+// summing its element ranges, and adds mismatches and read failures to the tensors' problems.
+void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
+  std::vector<std::size_t> check;  // the tensors whose data is read
+  std::vector<std::int64_t> sizes;
+  for (std::size_t t = 0; t < s.tensors.size(); ++t) {
+    if (s.tensors[t].error.empty() && s.tensors[t].type == io::ElementType::f32 && s.stored[t]) {
+      check.push_back(t);
+      sizes.push_back(s.tensors[t].elements);
+    }
+  }
+  const int rank = rank_of(comm);
+  const int ranks = size_of(comm);
+  std::vector<std::uint64_t> sums(check.size(), 0);
+  std::vector<int> failed(check.size(), ranks);  // the lowest rank that could not read, or ranks
+  std::vector<std::string> why(check.size());
+  std::vector<float> buffer;
+  const io::Group root = f.root();
+  for (const Piece& piece : split_elements(sizes, rank, ranks)) {
+    const TensorEntry& e = s.tensors[check[piece.tensor]];
+    try {
+      const io::Dataset d = root.open_dataset(e.path.substr(1));
+      for (std::int64_t at = piece.first; at < piece.first + piece.count; at += kBlockElements) {
+        const std::int64_t n = std::min(kBlockElements, piece.first + piece.count - at);
+        buffer.resize(static_cast<std::size_t>(n));
+        read_range(d, e.shape, at, n, buffer.data());
+        sums[piece.tensor] += io::checksum_partial(buffer.data(), at, n);
+      }
+    } catch (const Error& err) {
+      failed[piece.tensor] = rank;
+      why[piece.tensor] = err.message();
+    }
+  }
+  MPI_Allreduce(MPI_IN_PLACE, sums.data(), static_cast<int>(sums.size()), MPI_UINT64_T, MPI_SUM,
+                comm);
+  MPI_Allreduce(MPI_IN_PLACE, failed.data(), static_cast<int>(failed.size()), MPI_INT, MPI_MIN,
+                comm);
+  for (std::size_t k = 0; k < check.size(); ++k) {
+    const TensorEntry& e = s.tensors[check[k]];
+    const std::uint64_t stored = *s.stored[check[k]];
+    if (failed[k] < ranks) {
+      why[k] = broadcast_string(comm, why[k], failed[k]);
+      s.problems[check[k]].push_back(fmt::format("{}: cannot read the data ({})", e.path, why[k]));
+    } else if (sums[k] != stored) {
+      s.problems[check[k]].push_back(fmt::format("{}: checksum {} does not match the stored {}",
+                                                 e.path, io::checksum_string(sums[k]),
+                                                 io::checksum_string(stored)));
+    }
+  }
+}
+
+// --- diff --------------------------------------------------------------------------------------
+
+std::string status_text(const TensorDiff& d, const std::string& a, const std::string& b) {
+  switch (d.status) {
+    case TensorDiff::Status::equal:
+      return "equal";
+    case TensorDiff::Status::within:
+      return "within tolerance";
+    case TensorDiff::Status::differs:
+      return "DIFFERS";
+    case TensorDiff::Status::only_a:
+      return "only in " + a;
+    case TensorDiff::Status::only_b:
+      return "only in " + b;
+    case TensorDiff::Status::shape:
+      return "SHAPES DIFFER";
+  }
+  return "";
+}
+
+std::string number(double v) {
+  if (std::isinf(v)) {
+    return "inf";
+  }
+  return fmt::format("{:.3g}", v);
+}
+
+}  // namespace
+
+// --- ls, deck ----------------------------------------------------------------------------------
+
+Outcome ls(MPI_Comm comm, const std::string& path) {
+  Outcome o;
+  comm::agree(comm, [&] {
+    if (rank_of(comm) != 0) {
+      return;
+    }
+    std::error_code ec;
+    if (!fs::exists(path, ec)) {
+      throw input_error(fmt::format("{}: no such file or folder", path));
+    }
+    o.out = fs::is_directory(path, ec) ? list_folder(path) : list_file(path);
+  });
+  return o;
+}
+
+Outcome deck(MPI_Comm comm, const std::string& file) {
+  Outcome o;
+  comm::agree(comm, [&] {
+    if (rank_of(comm) != 0) {
+      return;
+    }
+    const io::File f = open_checkpoint(file);
+    require_checkpoint(f);
+    const io::Group root = f.root();
+    const AttrInfo info = attribute_info(root.id(), "deck");
+    if (info.type != AttrType::string || info.values != 1) {
+      throw input_error(fmt::format("{}: root attribute 'deck' is {}", file,
+                                    info.type == AttrType::missing ? "missing" : "not a string"));
+    }
+    o.out = root.attributes().get_string("deck");
+    if (!o.out.empty() && o.out.back() != '\n') {
+      o.out += '\n';
+    }
+  });
+  return o;
+}
+
+// --- verify ------------------------------------------------------------------------------------
+
+FileVerdict verify_file(MPI_Comm comm, const std::string& file) {
+  FileVerdict v;
+  v.file = file;
+  std::optional<io::File> f;
+  try {
+    comm::agree(comm, [&] { f.emplace(open_checkpoint(file)); });
+  } catch (const Error& e) {
+    v.unreadable = e.message();
+    return v;
+  }
+  // 1. The metadata (every rank reads the same file and finds the same problems).
+  Survey survey;
+  try {
+    comm::agree(comm, [&] { survey = survey_checkpoint(*f); });
+  } catch (const Error& e) {
+    v.problems.push_back(e.message());
+    return v;
+  }
+  v.tensors = static_cast<std::int64_t>(survey.tensors.size());
+  for (const TensorEntry& e : survey.tensors) {
+    v.bytes += e.elements * 4;
+  }
+  v.problems = survey.root_problems;
+  if (!survey.known_format) {
+    return v;  // the rest would be measured against the wrong rules
+  }
+  // 2. The data: every checksum recomputed, the elements spread over the ranks.
+  check_data(comm, *f, survey);
+  for (const auto& p : survey.problems) {
+    v.problems.insert(v.problems.end(), p.begin(), p.end());
+  }
+  return v;
+}
+
+Outcome verify(MPI_Comm comm, const std::vector<std::string>& files) {
+  Outcome o;
+  const bool root = rank_of(comm) == 0;
+  for (const std::string& file : files) {
+    const FileVerdict v = verify_file(comm, file);
+    if (!v.unreadable.empty()) {
+      o.exit_code = std::max(o.exit_code, kExitBadInput);
+      if (root) {
+        o.err += "error: " + v.unreadable + "\n";
+      }
+    } else if (!v.problems.empty()) {
+      o.exit_code = std::max(o.exit_code, kExitFailed);
+      if (root) {
+        for (const std::string& p : v.problems) {
+          o.out += file + ": " + p + "\n";
+        }
+        o.out += fmt::format("{}: FAILED ({} problem{})\n", file, v.problems.size(),
+                             v.problems.size() == 1 ? "" : "s");
+      }
+    } else if (root) {
+      o.out += fmt::format("{}: OK ({} tensors, {}, checksums match)\n", file, v.tensors,
+                           human_bytes(v.bytes));
+    }
+  }
+  return o;
+}
+
+// --- diff --------------------------------------------------------------------------------------
+
+DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance) {
+  comm::agree(comm, [&] {
+    if (!(tolerance >= 0.0)) {
+      throw input_error(fmt::format("diff: --tolerance {} must be >= 0", tolerance));
+    }
+  });
+  const io::File fa = open_on_all(comm, a);
+  const io::File fb = open_on_all(comm, b);
+  DiffResult r;
+  std::vector<TensorEntry> ta;
+  std::vector<TensorEntry> tb;
+  comm::agree(comm, [&] {
+    const io::Group ra = fa.root();
+    const io::Group rb = fb.root();
+    std::set<std::string> names;
+    for (const std::string& n : ra.attributes().names()) {
+      names.insert(n);
+    }
+    for (const std::string& n : rb.attributes().names()) {
+      names.insert(n);
+    }
+    for (const std::string& n : names) {
+      const std::string va = attribute_text(ra.attributes(), ra.id(), n);
+      const std::string vb = attribute_text(rb.attributes(), rb.id(), n);
+      if (va == vb) {
+        continue;
+      }
+      if (n == "deck") {
+        r.metadata.push_back(fmt::format("deck: differs ({} | {} lines)",
+                                         line_count(root_string(ra, "deck", "")),
+                                         line_count(root_string(rb, "deck", ""))));
+      } else {
+        r.metadata.push_back(fmt::format("{}: {} | {}", n, va, vb));
+      }
+    }
+    ta = tensors_of(fa);
+    tb = tensors_of(fb);
+    for (const auto* side : {&ta, &tb}) {
+      for (const TensorEntry& e : *side) {
+        if (!e.error.empty()) {
+          throw input_error(
+              fmt::format("{}: {}: cannot be read ({})", side == &ta ? a : b, e.path, e.error));
+        }
+      }
+    }
+  });
+
+  // Merge by path; the tensors both hold with the same shape are compared element by element.
+  std::vector<std::pair<const TensorEntry*, const TensorEntry*>> compared;
+  std::vector<std::size_t> compared_as;  // r.tensors index of each compared pair
+  std::size_t i = 0;
+  std::size_t j = 0;
+  while (i < ta.size() || j < tb.size()) {
+    TensorDiff d;
+    if (j == tb.size() || (i < ta.size() && ta[i].path < tb[j].path)) {
+      d.path = ta[i].path;
+      d.shape_a = ta[i++].shape;
+      d.status = TensorDiff::Status::only_a;
+    } else if (i == ta.size() || tb[j].path < ta[i].path) {
+      d.path = tb[j].path;
+      d.shape_b = tb[j++].shape;
+      d.status = TensorDiff::Status::only_b;
+    } else {
+      d.path = ta[i].path;
+      d.shape_a = ta[i].shape;
+      d.shape_b = tb[j].shape;
+      if (d.shape_a != d.shape_b) {
+        d.status = TensorDiff::Status::shape;
+      } else {
+        compared.emplace_back(&ta[i], &tb[j]);
+        compared_as.push_back(r.tensors.size());
+      }
+      ++i;
+      ++j;
+    }
+    r.tensors.push_back(std::move(d));
+  }
+  std::vector<std::int64_t> sizes;
+  for (const auto& c : compared) {
+    sizes.push_back(c.first->elements);
+  }
+  const std::size_t n = compared.size();
+  std::vector<double> max_abs(n, 0.0);
+  std::vector<double> max_b(n, 0.0);
+  std::vector<std::int64_t> differing(n, 0);
+  comm::agree(comm, [&] {
+    std::vector<float> va;
+    std::vector<float> vb;
+    const io::Group ra = fa.root();
+    const io::Group rb = fb.root();
+    for (const Piece& piece : split_elements(sizes, rank_of(comm), size_of(comm))) {
+      const TensorEntry& ea = *compared[piece.tensor].first;
+      const io::Dataset da = ra.open_dataset(ea.path.substr(1));
+      const io::Dataset db = rb.open_dataset(ea.path.substr(1));
+      double& mabs = max_abs[piece.tensor];
+      double& mb = max_b[piece.tensor];
+      std::int64_t& diffs = differing[piece.tensor];
+      for (std::int64_t at = piece.first; at < piece.first + piece.count; at += kBlockElements) {
+        const std::int64_t count = std::min(kBlockElements, piece.first + piece.count - at);
+        va.resize(static_cast<std::size_t>(count));
+        vb.resize(static_cast<std::size_t>(count));
+        read_range(da, ea.shape, at, count, va.data());
+        read_range(db, ea.shape, at, count, vb.data());
+        for (std::size_t k = 0; k < va.size(); ++k) {
+          const auto x = static_cast<double>(va[k]);
+          const auto y = static_cast<double>(vb[k]);
+          if (!std::isnan(y)) {
+            mb = std::max(mb, std::abs(y));
+          }
+          if (std::memcmp(&va[k], &vb[k], sizeof(float)) == 0) {
+            continue;
+          }
+          ++diffs;
+          const double delta = std::isnan(x) || std::isnan(y)
+                                   ? std::numeric_limits<double>::infinity()
+                                   : std::abs(x - y);
+          mabs = std::max(mabs, delta);
+        }
+      }
+    }
+  });
+  MPI_Allreduce(MPI_IN_PLACE, max_abs.data(), static_cast<int>(n), MPI_DOUBLE, MPI_MAX, comm);
+  MPI_Allreduce(MPI_IN_PLACE, max_b.data(), static_cast<int>(n), MPI_DOUBLE, MPI_MAX, comm);
+  MPI_Allreduce(MPI_IN_PLACE, differing.data(), static_cast<int>(n), MPI_INT64_T, MPI_SUM, comm);
+  for (std::size_t k = 0; k < n; ++k) {
+    TensorDiff& d = r.tensors[compared_as[k]];
+    d.max_abs = max_abs[k];
+    d.differing = differing[k];
+    d.max_rel = max_b[k] > 0.0 ? d.max_abs / max_b[k]
+                               : (d.max_abs == 0.0 ? 0.0 : std::numeric_limits<double>::infinity());
+    if (d.differing == 0) {
+      d.status = TensorDiff::Status::equal;
+    } else if (tolerance > 0.0 && d.max_rel <= tolerance) {
+      d.status = TensorDiff::Status::within;
+    } else {
+      d.status = TensorDiff::Status::differs;
+    }
+  }
+  for (const TensorDiff& d : r.tensors) {
+    if (d.status != TensorDiff::Status::equal && d.status != TensorDiff::Status::within) {
+      r.equal = false;
+    }
+  }
+  return r;
+}
+
+Outcome diff(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance) {
+  const DiffResult r = diff_files(comm, a, b, tolerance);
+  Outcome o;
+  o.exit_code = r.equal ? kExitOk : kExitFailed;
+  if (rank_of(comm) != 0) {
+    return o;
+  }
+  const std::string rule = tolerance > 0.0
+                               ? fmt::format("relative tolerance {:g} of max |B|", tolerance)
+                               : std::string("bit for bit");
+  o.out = fmt::format("diff A = {}, B = {} ({})\n", a, b, rule);
+  if (!r.metadata.empty()) {
+    o.out += "metadata that differs (A | B; not part of the verdict):\n";
+    for (const std::string& m : r.metadata) {
+      o.out += "  " + m + "\n";
+    }
+  }
+  std::vector<std::vector<std::string>> rows{
+      {"tensor", "shape", "max |A-B|", "max rel", "differing", "result"}};
+  std::int64_t beyond = 0;
+  std::int64_t within = 0;
+  std::int64_t only_a = 0;
+  std::int64_t only_b = 0;
+  std::int64_t shapes = 0;
+  for (const TensorDiff& d : r.tensors) {
+    using S = TensorDiff::Status;
+    const bool measured = d.status == S::equal || d.status == S::within || d.status == S::differs;
+    std::string shape;
+    if (d.status == S::shape) {
+      shape = shape_text(d.shape_a) + " | " + shape_text(d.shape_b);
+    } else {
+      shape = shape_text(d.status == S::only_b ? d.shape_b : d.shape_a);
+    }
+    std::int64_t elements = 1;
+    for (hsize_t e : d.shape_a) {
+      elements *= static_cast<std::int64_t>(e);
+    }
+    rows.push_back({d.path, shape, measured ? number(d.max_abs) : "-",
+                    measured ? number(d.max_rel) : "-",
+                    measured ? fmt::format("{} of {}", d.differing, elements) : "-",
+                    status_text(d, "A", "B")});
+    beyond += d.status == S::differs ? 1 : 0;
+    within += d.status == S::within ? 1 : 0;
+    only_a += d.status == S::only_a ? 1 : 0;
+    only_b += d.status == S::only_b ? 1 : 0;
+    shapes += d.status == S::shape ? 1 : 0;
+  }
+  o.out += table(rows, {false, false, true, true, true, false});
+  const std::size_t total = r.tensors.size();
+  if (r.equal) {
+    o.out += tolerance > 0.0
+                 ? fmt::format(
+                       "verdict: equal within relative tolerance {:g}: {} tensors ({} not "
+                       "bit for bit)\n",
+                       tolerance, total, within)
+                 : fmt::format("verdict: equal: {} tensors, bit for bit\n", total);
+  } else {
+    std::vector<std::string> why;
+    if (beyond > 0) {
+      why.push_back(fmt::format("{} beyond tolerance", beyond));
+    }
+    if (only_a > 0) {
+      why.push_back(fmt::format("{} only in A", only_a));
+    }
+    if (only_b > 0) {
+      why.push_back(fmt::format("{} only in B", only_b));
+    }
+    if (shapes > 0) {
+      why.push_back(fmt::format("{} with another shape", shapes));
+    }
+    o.out += fmt::format("verdict: different: {} of {} tensors differ ({})\n",
+                         beyond + only_a + only_b + shapes, total, fmt::join(why, ", "));
+  }
+  return o;
+}
+
+// --- export ------------------------------------------------------------------------------------
+
+Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& out,
+                     bool force_zip64) {
+  Outcome o;
+  comm::agree(comm, [&] {
+    if (rank_of(comm) != 0) {
+      return;
+    }
+    const std::string ext = fs::path(out).extension().string();
+    const bool npz = ext == ".npz";
+    if (!npz && ext != ".h5" && ext != ".hdf5") {
+      throw input_error(
+          fmt::format("export: {}: the output must end in .h5 (HDF5) or .npz (numpy)", out));
+    }
+    const io::File f = open_checkpoint(file);
+    require_checkpoint(f);
+    std::vector<TensorEntry> model;
+    for (TensorEntry& e : tensors_of(f)) {
+      if (is_model(e)) {
+        if (!e.error.empty()) {
+          throw input_error(fmt::format("{}: {}: cannot be read ({})", file, e.path, e.error));
+        }
+        model.push_back(std::move(e));
+      }
+    }
+    if (model.empty()) {
+      throw input_error(fmt::format("{}: no tensors under /model", file));
+    }
+    const io::Group src = f.root();
+    const auto step = root_int(src, "step");
+    prepare_output(out);
+    const std::string tmp = partial_path(out);
+    try {
+      std::optional<io::File> h5;
+      std::optional<ZipWriter> zip;
+      if (npz) {
+        zip.emplace(tmp, force_zip64);
+      } else {
+        h5.emplace(io::File::create(tmp, MPI_COMM_SELF));
+        const io::Group root = h5->root();
+        const io::Attributes a = root.attributes();
+        a.set("source", file);
+        if (step) {
+          a.set("step", *step);
+        }
+        a.set("tessera_version", root_string(src, "tessera_version"));
+        a.set("exported_by", std::string("tessera-ckpt export"));
+      }
+      std::vector<float> values;
+      std::int64_t bytes = 0;
+      for (const TensorEntry& e : model) {
+        values.resize(static_cast<std::size_t>(e.elements));
+        read_range(src.open_dataset(e.path.substr(1)), e.shape, 0, e.elements, values.data());
+        const std::uint64_t sum = io::checksum_partial(values.data(), 0, e.elements);
+        const auto expected = e.checksum ? parse_checksum(*e.checksum) : std::nullopt;
+        if (expected && *expected != sum) {
+          throw input_error(fmt::format(
+              "{}: {}: checksum {} does not match the stored {}: the checkpoint is damaged, "
+              "nothing exported (tessera-ckpt verify {})",
+              file, e.path, io::checksum_string(sum), io::checksum_string(*expected), file));
+        }
+        const std::string name = e.parameter_name();
+        if (zip) {
+          zip->add(name + ".npy", npy_header(e.shape), values.data(), values.size() * 4);
+        } else {
+          const io::Dataset d = h5->root().create_dataset(name, io::ElementType::f32, e.shape);
+          d.write({std::vector<hsize_t>(e.shape.size(), 0), e.shape}, io::ElementType::f32,
+                  values.data(), false);
+          if (!e.kind.empty()) {
+            d.attributes().set("kind", e.kind);
+          }
+          d.attributes().set("checksum", io::checksum_string(sum));
+        }
+        bytes += e.elements * 4;
+      }
+      if (zip) {
+        zip->finish();
+      } else {
+        h5->close();
+      }
+      fs::rename(tmp, out);
+      o.out =
+          fmt::format("exported {} tensors ({}) of {}{} to {}\n", model.size(), human_bytes(bytes),
+                      file, step ? fmt::format(" (step {})", *step) : std::string(), out);
+    } catch (...) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw;
+    }
+  });
+  return o;
+}
+
+// --- average -----------------------------------------------------------------------------------
+
+Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std::string& out) {
+  const int rank = rank_of(comm);
+  const std::size_t k_inputs = inputs.size();
+  std::vector<std::optional<io::File>> files(k_inputs);
+  std::vector<std::vector<TensorEntry>> model(k_inputs);
+  std::vector<TensorEntry> optimizer;  // of the first input, copied
+  comm::agree(comm, [&] {
+    if (k_inputs < 2) {
+      throw input_error(fmt::format("average: needs two checkpoints or more, {} given", k_inputs));
+    }
+    for (std::size_t i = 0; i < k_inputs; ++i) {
+      files[i].emplace(open_checkpoint(inputs[i]));
+      require_checkpoint(*files[i]);
+      for (TensorEntry& e : tensors_of(*files[i])) {
+        if (!e.error.empty()) {
+          throw input_error(fmt::format("{}: {}: cannot be read ({})", inputs[i], e.path, e.error));
+        }
+        if (e.type != io::ElementType::f32) {
+          throw input_error(fmt::format("{}: {}: dtype {}, expected float32", inputs[i], e.path,
+                                        e.type ? io::element_type_name(*e.type) : "other"));
+        }
+        if (is_model(e)) {
+          model[i].push_back(std::move(e));
+        } else if (i == 0) {
+          optimizer.push_back(std::move(e));
+        }
+      }
+    }
+    if (model[0].empty()) {
+      throw input_error(fmt::format("{}: no tensors under /model", inputs[0]));
+    }
+    for (std::size_t i = 1; i < k_inputs; ++i) {
+      std::map<std::string, const TensorEntry*> theirs;
+      for (const TensorEntry& e : model[i]) {
+        theirs[e.path] = &e;
+      }
+      for (const TensorEntry& e : model[0]) {
+        const auto it = theirs.find(e.path);
+        if (it == theirs.end()) {
+          throw input_error(fmt::format(
+              "average: {} has no {}, which {} has: the checkpoints must hold the same tensors",
+              inputs[i], e.path, inputs[0]));
+        }
+        if (it->second->shape != e.shape) {
+          throw input_error(fmt::format("average: {} is {} in {} but {} in {}", e.path,
+                                        shape_text(e.shape), inputs[0],
+                                        shape_text(it->second->shape), inputs[i]));
+        }
+        theirs.erase(it);
+      }
+      if (!theirs.empty()) {
+        throw input_error(fmt::format(
+            "average: {} has {}, which {} has not: the checkpoints must hold the same tensors",
+            inputs[i], theirs.begin()->first, inputs[0]));
+      }
+    }
+    if (rank == 0) {
+      prepare_output(out);
+    }
+  });
+
+  const std::string tmp = partial_path(out);
+  const std::string created = broadcast_string(comm, rank == 0 ? utc_now() : std::string());
+  std::vector<TensorEntry> outputs = model[0];
+  outputs.insert(outputs.end(), optimizer.begin(), optimizer.end());
+  const std::size_t n_model = model[0].size();
+  std::vector<std::int64_t> sizes;
+  std::int64_t bytes = 0;
+  for (const TensorEntry& e : outputs) {
+    sizes.push_back(e.elements);
+    bytes += e.elements * 4;
+  }
+
+  // The output file is written collectively (MPI-IO): every rank creates the same groups,
+  // datasets and attributes, and writes its element ranges independently.
+  std::unique_ptr<io::File> dst;
+  comm::agree(comm, [&] {
+    try {
+      dst = std::make_unique<io::File>(io::File::create(tmp, comm));
+    } catch (const Error& e) {
+      throw input_error(e.message());
+    }
+  });
+  auto datasets = std::make_unique<std::vector<io::Dataset>>();
+  try {
+    {
+      const io::Group src_root = files[0]->root();
+      const io::Group root = dst->root();
+      copy_attributes(src_root.id(), src_root.attributes(), root.attributes(),
+                      {"tensors", "created", "averaged_from"});
+      root.attributes().set("created", created);
+      root.attributes().set("tensors", static_cast<std::int64_t>(outputs.size()));
+      root.attributes().set("averaged_from", inputs);
+      for (const TensorEntry& e : outputs) {
+        datasets->push_back(root.create_dataset(e.path.substr(1), io::ElementType::f32, e.shape));
+        const io::Dataset src = src_root.open_dataset(e.path.substr(1));
+        copy_attributes(src.id(), src.attributes(), datasets->back().attributes(), {"checksum"});
+      }
+    }
+    // Each rank averages (or copies) its element ranges and writes them, summing the checksums
+    // of what it read and of what it wrote.
+    std::vector<std::uint64_t> written(outputs.size(), 0);
+    std::vector<std::uint64_t> read(outputs.size() * k_inputs, 0);
+    comm::agree(comm, [&] {
+      std::vector<float> in;
+      std::vector<float> result;
+      std::vector<double> sum;
+      for (const Piece& piece : split_elements(sizes, rank, size_of(comm))) {
+        const TensorEntry& e = outputs[piece.tensor];
+        const bool averaged = piece.tensor < n_model;
+        std::vector<io::Dataset> sources;
+        for (std::size_t i = 0; i < (averaged ? k_inputs : 1); ++i) {
+          sources.push_back(files[i]->root().open_dataset(e.path.substr(1)));
+        }
+        for (std::int64_t at = piece.first; at < piece.first + piece.count; at += kBlockElements) {
+          const std::int64_t n = std::min(kBlockElements, piece.first + piece.count - at);
+          const auto un = static_cast<std::size_t>(n);
+          in.resize(un);
+          result.resize(un);
+          sum.assign(un, 0.0);
+          for (std::size_t i = 0; i < sources.size(); ++i) {
+            read_range(sources[i], e.shape, at, n, in.data());
+            read[piece.tensor * k_inputs + i] += io::checksum_partial(in.data(), at, n);
+            for (std::size_t x = 0; x < un; ++x) {
+              sum[x] += static_cast<double>(in[x]);
+            }
+          }
+          for (std::size_t x = 0; x < un; ++x) {
+            result[x] = static_cast<float>(sum[x] / static_cast<double>(sources.size()));
+          }
+          write_range((*datasets)[piece.tensor], e.shape, at, n, result.data());
+          written[piece.tensor] += io::checksum_partial(result.data(), at, n);
+        }
+      }
+    });
+    MPI_Allreduce(MPI_IN_PLACE, written.data(), static_cast<int>(written.size()), MPI_UINT64_T,
+                  MPI_SUM, comm);
+    MPI_Allreduce(MPI_IN_PLACE, read.data(), static_cast<int>(read.size()), MPI_UINT64_T, MPI_SUM,
+                  comm);
+    // Damaged inputs are refused: every rank holds the same sums, so all throw together.
+    comm::agree(comm, [&] {
+      for (std::size_t t = 0; t < outputs.size(); ++t) {
+        for (std::size_t i = 0; i < (t < n_model ? k_inputs : 1); ++i) {
+          const TensorEntry& e = i == 0 ? outputs[t] : model[i][t];
+          const auto expected = e.checksum ? parse_checksum(*e.checksum) : std::nullopt;
+          const std::uint64_t got = read[t * k_inputs + i];
+          if (expected && *expected != got) {
+            throw input_error(fmt::format(
+                "{}: {}: checksum {} does not match the stored {}: the checkpoint is damaged, "
+                "nothing written (tessera-ckpt verify {})",
+                inputs[i], e.path, io::checksum_string(got), io::checksum_string(*expected),
+                inputs[i]));
+          }
+        }
+      }
+    });
+    for (std::size_t t = 0; t < outputs.size(); ++t) {
+      (*datasets)[t].attributes().set("checksum", io::checksum_string(written[t]));
+    }
+    datasets.reset();
+    dst->close();
+    dst.reset();
+  } catch (const Error& e) {
+    if (!e.on_all_ranks()) {
+      // This rank alone: closing the file is collective and would wait for the others forever.
+      // Leave the handles open; main() aborts the job.
+      static_cast<void>(datasets.release());
+      static_cast<void>(dst.release());
+      throw;
+    }
+    datasets.reset();
+    dst.reset();
+    if (rank == 0) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+    }
+    throw;
+  } catch (...) {
+    static_cast<void>(datasets.release());
+    static_cast<void>(dst.release());
+    throw;
+  }
+  comm::agree(comm, [&] {
+    if (rank == 0) {
+      fs::rename(tmp, out);
+    }
+  });
+  Outcome o;
+  if (rank == 0) {
+    o.out = fmt::format(
+        "averaged {} checkpoints into {}: {} model tensors averaged, {} optimizer tensors copied "
+        "from {} ({})\n",
+        k_inputs, out, n_model, optimizer.size(), inputs[0], human_bytes(bytes));
+  }
+  return o;
+}
+
+}  // namespace tessera::ckpt
