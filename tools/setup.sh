@@ -5,10 +5,26 @@
 #   BUILD_DIR=build-asan CMAKE_ARGS="-DTESSERA_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=Debug" \
 #     tools/setup.sh               another configuration in another folder
 #   SETUP_SKIP_BUILD=1 tools/setup.sh   packages only
+#   tools/setup.sh --slurm         also Slurm and munge (slurm-wlm, munge), for the tests of the job
+#                                  scripts under a local one-node Slurm (tools/slurm_local.sh);
+#                                  TESSERA_SLURM_TESTS=1 does the same. Not installed otherwise:
+#                                  those tests then skip.
 #
 # Safe to re-run: packages already installed are not touched, and the build is incremental.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+slurm=0
+[[ ${TESSERA_SLURM_TESTS:-} == 1 ]] && slurm=1
+for arg in "$@"; do
+  case $arg in
+    --slurm) slurm=1 ;;
+    *)
+      echo "usage: tools/setup.sh [--slurm]" >&2
+      exit 1
+      ;;
+  esac
+done
 
 # Debian package names (DESIGN.md, "Dependencies"). MPICH is named explicitly.
 packages=(
@@ -17,11 +33,19 @@ packages=(
   libhdf5-mpich-dev hdf5-tools
   libtrilinos-kokkos-dev
   libopenblas-dev
+  libdnnl-dev             # oneDNN: the host convolutions (optional for CMake, installed here)
   libtoml11-dev libcli11-dev libfmt-dev
   libgtest-dev googletest libbenchmark-dev
   zlib1g-dev
   dataset-fashion-mnist   # the real dataset the tests import and the decks train on
 )
+# Opt-in: the Slurm daemons and client commands and munge, which tools/slurm_local.sh runs as
+# the current user from a temporary folder (nothing is configured system-wide; where systemd runs,
+# Debian starts munge's own service on installation, and slurmd/slurmctld's fail for want of
+# /etc/slurm/slurm.conf, which is harmless).
+if ((slurm)); then
+  packages+=(slurm-wlm munge)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -10,7 +10,9 @@
 # missing packages and builds incrementally, and the dataset is imported only if
 # data/fashion-mnist.h5 is missing. Ends with the run's final test-accuracy line, e.g.
 #   final: 4690 steps in 4.3 s; test loss 0.2997, test accuracy 89.71%
-# Output: runs/fashion-mlp/ (metrics.jsonl, deck.toml); log: runs/fashion-mlp.quickstart.log.
+# Output: runs/fashion-mlp/ (metrics.jsonl, deck.toml, ckpt/); log: runs/fashion-mlp.quickstart.log.
+# Every run trains afresh. To continue a run stopped by Ctrl-C from its checkpoint instead:
+# jobs/local/quickstart.sh checkpoint.restart=auto
 # Exit code: tessera's (0 done, 2 bad input, 75 stopped by a signal), or setup's on failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

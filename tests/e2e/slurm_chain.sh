@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The checkpoint-restart chain of jobs/slurm/fashion_mlp.sbatch under a real Slurm
+# (tools/slurm_local.sh), on 2 ranks, the MLP deck with 3 epochs (1407 steps):
+#
+# 1. Slurm's own warning: a batch shell with --time=1 --signal=B:USR1@60 gets SIGUSR1 from
+#    slurmctld before its time limit.
+# 2. A reference run, uninterrupted, through the same script.
+# 3. The chain: the job is signalled three times; each time tessera checkpoints and exits 75, the
+#    script resubmits itself (dependency afterany on itself, the same log file appended to) and
+#    the next link resumes from `latest`; the fourth link finishes and exits 0, and nothing more is
+#    submitted. The final checkpoint equals the reference's bit for bit (tessera-ckpt diff; same
+#    deck, same rank count) and so do the final test loss and accuracy.
+# 4. The cap: with TESSERA_MAX_LINKS=1 the signalled job does not resubmit and exits 75.
+# 5. A job cancelled by hand (scancel: SIGTERM) is not resubmitted.
+#
+# How the signal is delivered: `scancel --batch --signal=USR1 JOB`, at moments the test chooses —
+# what --signal=B:USR1@120 makes slurmctld do before the time limit (SIGUSR1 to the batch shell
+# only). Real time limits would make this test slow and its timing random: --time counts in
+# minutes, and slurmctld sends the warning at its periodic time-limit check (every 30 s), so each
+# link would take up to a minute and stop at an unknown step. Step 1 checks the real warning once,
+# with a sleeping job. Each link is signalled once its "restart:" line is in the log: by then every
+# rank has installed its signal handlers (the line follows collective calls), and the link still
+# has most of its steps ahead (at about 1000 steps/s on an idle machine, the 0.1-0.3 s until the
+# signal lands cost 100-300 of the 1407 steps per link).
+#
+# Skips with a message where Slurm is not installed (see slurm_common.bash).
+# shellcheck source=tests/e2e/slurm_common.bash
+source "$(dirname "$0")/slurm_common.bash"
+
+script=$root/jobs/slurm/fashion_mlp.sbatch
+overrides=(run.epochs=3 run.log_every=100 run.eval_every=0)
+total=1407
+
+# --- 1. the time-limit warning from slurmctld itself -----------------------------------------
+cat >"$work/warn.sh" <<'EOF'
+#!/bin/bash
+trap 'echo "USR1 after $SECONDS s"; kill "$pid"' USR1
+sleep 90 &
+pid=$!
+wait "$pid"
+EOF
+t0=$(date +%s.%N)
+sbatch --quiet --time=1 --signal=B:USR1@60 --output="$work/warn.out" "$work/warn.sh"
+wait_for 80 "SIGUSR1 from Slurm's time-limit warning" grep -q '^USR1 after' "$work/warn.out"
+echo "--signal=B:USR1@60 with --time=1: $(cat "$work/warn.out") (seen after $(since "$t0") s)"
+wait_for 20 "end of the warned job" no_jobs_left
+
+# --- 2. the reference: one uninterrupted run -------------------------------------------------
+t0=$(date +%s.%N)
+set +e
+run_bg timeout 600 sbatch --parsable --wait "$script" "${overrides[@]}" run.output=runs/ref \
+  >"$work/jid"
+code=$?
+set -e
+jid=$(cat "$work/jid")
+ref_log=fashion-mlp.$jid.out
+[[ $code -eq 0 ]] || { echo "FAIL: reference run exit $code"; cat "$ref_log"; exit 1; }
+ref_final=$(grep '^final: ' "$ref_log")
+echo "reference (job $jid, $(since "$t0") s): $ref_final"
+
+# --- 3. the chain ------------------------------------------------------------------------------
+# The number of "restart:" lines in a log: one per link that has started training.
+restarts() {
+  local n
+  n=$(grep -c '^restart: ' "$1" 2>/dev/null) || true
+  echo "${n:-0}"
+}
+at_least_restarts() { (($(restarts "$1") >= $2)); }
+# The job id of link $2 in log $1.
+link_job() { sed -nE "s/^fashion_mlp.sbatch: job ([0-9]+), link $2 of at most $3, .*/\1/p" "$1"; }
+
+t0=$(date +%s.%N)
+jid=$(sbatch --parsable --export=ALL,TESSERA_MAX_LINKS=5 "$script" "${overrides[@]}" \
+  run.output=runs/chain)
+log=fashion-mlp.$jid.out
+for k in 1 2 3; do
+  wait_for 300 "link $k training" at_least_restarts "$log" "$k" || { cat "$log"; exit 1; }
+  id=$(link_job "$log" "$k" 5)
+  [[ -n $id ]] || { echo "FAIL: no job line for link $k"; cat "$log"; exit 1; }
+  scancel --batch --signal=USR1 "$id"
+  echo "link $k (job $id): SIGUSR1 to the batch shell at $(since "$t0") s"
+done
+wait_for 600 "end of the chain" no_jobs_left || { cat "$log"; exit 1; }
+echo "chain done in $(since "$t0") s; its log:"
+grep -E '^(fashion_mlp.sbatch|restart:|stopped|checkpoint:|final)' "$log"
+
+fail() {
+  echo "FAIL: $*"
+  cat "$log"
+  exit 1
+}
+[[ $(grep -c '^fashion_mlp.sbatch: job [0-9]*, link [1-4] of at most 5, ' "$log") -eq 4 ]] ||
+  fail "expected 4 links in one log"
+[[ $(grep -c '^fashion_mlp.sbatch: resubmitted as job [0-9]* (link [2-4] of at most 5)' "$log") -eq 3 ]] ||
+  fail "expected 3 resubmissions"
+[[ $(grep -c '^stopped by SIGUSR1 at step [0-9]* of 1407' "$log") -eq 3 ]] ||
+  fail "expected 3 stops by SIGUSR1"
+codes=$(sed -nE 's/^fashion_mlp.sbatch: tessera exited with code ([0-9]+) .*/\1/p' "$log" | tr '\n' ' ')
+[[ $codes == "75 75 75 0 " ]] || fail "exit codes of the links: $codes, expected 75 75 75 0"
+# Every link after the first resumes exactly where the previous one stopped.
+stops=$(sed -nE 's/^stopped by SIGUSR1 at step ([0-9]+) of .*/\1/p' "$log" | tr '\n' ' ')
+resumes=$(sed -nE 's|^restart: from runs/chain/ckpt/ckpt-[0-9]+\.h5 at step ([0-9]+) .*|\1|p' "$log" |
+  tr '\n' ' ')
+[[ -n $stops && $stops == "$resumes" ]] || fail "stopped at steps $stops, resumed at $resumes"
+grep -q '^restart: no checkpoint in runs/chain/ckpt yet: starting from step 0' "$log" ||
+  fail "link 1 did not start afresh"
+final=$(grep '^final: ' "$log") || fail "no final line"
+[[ $final == "final: $total steps in "* ]] || fail "$final"
+# The same model: tensors bit for bit, and so the same test loss and accuracy.
+[[ ${final#*;} == "${ref_final#*;}" ]] || fail "final evaluation ${final#*;} != reference ${ref_final#*;}"
+ckpt=$(printf 'ckpt-%08d.h5' "$total")
+[[ $(cat runs/chain/ckpt/latest) == "$ckpt" ]] || fail "latest is not $ckpt"
+run_bg "$bin/tessera-ckpt" diff "runs/ref/ckpt/$ckpt" "runs/chain/ckpt/$ckpt" >"$work/diff.txt" 2>&1 ||
+  { cat "$work/diff.txt"; fail "the chain's final checkpoint differs from the reference's"; }
+grep -E '^verdict' "$work/diff.txt" || true
+echo "chain: 4 links, 3 resubmissions, final model equal to the uninterrupted run's"
+
+# --- 4. the cap ------------------------------------------------------------------------------
+jid=$(sbatch --parsable --export=ALL,TESSERA_MAX_LINKS=1 "$script" "${overrides[@]}" run.output=runs/cap)
+log=fashion-mlp.$jid.out
+wait_for 300 "the capped job training" at_least_restarts "$log" 1 || fail "no restart line"
+scancel --batch --signal=USR1 "$jid"
+wait_for 120 "end of the capped job" no_jobs_left || fail "capped job still there"
+cap_line='^fashion_mlp.sbatch: link 1 is the last the cap allows \(TESSERA_MAX_LINKS=1\): not resub'
+grep -qE "$cap_line" "$log" || fail "no cap message"
+grep -q '^fashion_mlp.sbatch: tessera exited with code 75' "$log" || fail "capped job did not exit 75"
+if grep -q 'resubmitted' "$log"; then fail "the capped job resubmitted"; fi
+[[ -f runs/cap/ckpt/latest ]] || fail "the capped job left no checkpoint"
+echo "cap: TESSERA_MAX_LINKS=1 stops the chain after one link (exit 75, checkpoint kept)"
+
+# --- 5. cancelled by hand --------------------------------------------------------------------
+jid=$(sbatch --parsable "$script" "${overrides[@]}" run.output=runs/cancel)
+log=fashion-mlp.$jid.out
+wait_for 300 "the job to cancel training" at_least_restarts "$log" 1 || fail "no restart line"
+scancel "$jid"
+wait_for 120 "end of the cancelled job" no_jobs_left || fail "cancelled job still there"
+if grep -q 'resubmitted' "$log"; then fail "a cancelled job resubmitted"; fi
+echo "scancel: the job ended without resubmitting"
+echo "OK"
