@@ -30,6 +30,8 @@
 # Exit: 0 all runs done (targets missed or not); 1 a run failed; 2 bad set-up.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=bench/peers/lib.sh
+source bench/peers/lib.sh
 
 TESSERA=${TESSERA:-build/bin/tessera}
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -68,56 +70,13 @@ mkdir -p "$OUT"
 cores=$(nproc)  # before OMP_NUM_THREADS=1, which nproc obeys
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-# Steady-state samples/s of a Tessera metrics.jsonl: drop the records of the first window, then
-# total samples / total time over the remaining windows (each window's samples / its rate).
-tessera_rate() {
-  "$PYTHON" - "$1" "$LOG_EVERY" <<'EOF'
-import json, sys
-path, first = sys.argv[1], int(sys.argv[2])
-records = [r for r in map(json.loads, filter(str.strip, open(path))) if r.get("kind") == "train"]
-samples = seconds = 0.0
-previous = 0
-for r in records:
-    n = (r["step"] - previous) * 128  # batch 128 (the short last batch of an epoch is ignored)
-    previous = r["step"]
-    if r["step"] <= first or r["samples_per_s"] <= 0:
-        continue
-    samples += n
-    seconds += n / r["samples_per_s"]
-if seconds <= 0:
-    sys.exit(f"{path}: no train records after step {first}")
-print(f"{samples / seconds:.1f}")
-EOF
-}
-
-# Test accuracy (%) from a Tessera metrics.jsonl ("-" without an eval record).
-tessera_accuracy() {
-  "$PYTHON" -c '
-import json, sys
-ev = [r for r in map(json.loads, filter(str.strip, open(sys.argv[1]))) if r.get("kind") == "eval"]
-print("%.2f" % (100 * ev[-1]["accuracy"]) if ev else "-")' "$1"
-}
-
-load() { cut -d' ' -f1 /proc/loadavg; }
-seconds_since() {  # seconds since a `date +%s%N` stamp, with one decimal
-  local ds=$((($(date +%s%N) - $1) / 100000000))
-  echo "$((ds / 10)).$((ds % 10))"
-}
-
 csv=$OUT/results.csv
 echo "round,model,peer,steps,samples_per_s,test_accuracy_pct,load_before,load_after,seconds" >"$csv"
 torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__)')
 echo "compare: Tessera ($TESSERA) vs PyTorch $torch_version ($PYTHON), 1 rank, 1 thread," \
   "data.prefetch=$PREFETCH; $ROUNDS rounds; models: $MODELS; output in $OUT"
 echo "compare: $cores cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-# Which build: the commit checked out (read-only git query) and when the binary was linked.
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")
-echo "compare: $TESSERA linked $(date -r "$TESSERA" '+%F %T'), source at commit $commit;" \
-  "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-# OpenBLAS picks its kernels from the CPU unless OPENBLAS_CORETYPE forces a set (Haswell = AVX2
-# only, even on an AVX-512 CPU); both peers' dense layers use OpenBLAS, PyTorch's convolutions
-# use oneDNN, which ignores it. Say which applies.
-echo "compare: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset: OpenBLAS detects the CPU)}"
+peers_describe_build compare "$TESSERA"
 
 failed=0
 for ((round = 1; round <= ROUNDS; ++round)); do
@@ -128,38 +87,35 @@ for ((round = 1; round <= ROUNDS; ++round)); do
     dir=$OUT/tessera-$m-r$round
     test_override=()
     ((EVAL)) || test_override=(data.test=)
-    before=$(load)
+    before=$(peers_load)
     t0=$(date +%s%N)
     if "$MPIEXEC" -n 1 "$TESSERA" run "inputs/fashion_$m.toml" run.steps="$steps" \
       run.log_every="$LOG_EVERY" run.eval_every=0 run.blas_threads=1 data.prefetch="$PREFETCH" \
       run.output="$dir" "${test_override[@]}" >"$dir.log" 2>&1; then
-      rate=$(tessera_rate "$dir/metrics.jsonl") || { rate=nan; failed=1; }
-      acc=$(tessera_accuracy "$dir/metrics.jsonl") || acc=-
+      # 128: the decks' data.batch
+      rate=$(peers_tessera_rate "$dir/metrics.jsonl" 128 "$LOG_EVERY") || { rate=nan; failed=1; }
+      acc=$(peers_tessera_accuracy "$dir/metrics.jsonl") || acc=-
     else
       echo "compare: tessera $m round $round failed (exit $?); see $dir.log" >&2
       tail -5 "$dir.log" >&2
       failed=1
       rate=nan acc=-
     fi
-    secs=$(seconds_since "$t0")
+    secs=$(peers_seconds_since "$t0")
     printf 'round %d  %-3s  tessera  %9s samples/s  test acc %6s%%  (%5.1f s, load %s -> %s)\n' \
-      "$round" "$m" "$rate" "$acc" "$secs" "$before" "$(load)"
-    echo "$round,$m,tessera,$steps,$rate,$acc,$before,$(load),$secs" >>"$csv"
+      "$round" "$m" "$rate" "$acc" "$secs" "$before" "$(peers_load)"
+    echo "$round,$m,tessera,$steps,$rate,$acc,$before,$(peers_load),$secs" >>"$csv"
 
     # --- PyTorch ------------------------------------------------------------------------------
     log=$OUT/torch-$m-r$round.log
     eval_flag=()
     ((EVAL)) || eval_flag=(--no-eval)
-    before=$(load)
+    before=$(peers_load)
     t0=$(date +%s%N)
     if "$PYTHON" bench/peers/fashion_torch.py --model "$m" --steps "$steps" --threads 1 \
       --skip "$LOG_EVERY" --log-every "$LOG_EVERY" --output "$OUT/torch-$m-r$round" \
       "${eval_flag[@]}" >"$log" 2>&1; then
-      read -r rate acc < <("$PYTHON" -c '
-import json, sys
-s = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
-acc = s.get("test_accuracy")
-print("%.1f" % s["samples_per_s"], "-" if acc is None else "%.2f" % (100 * acc))' "$log") ||
+      read -r rate acc < <(peers_torch_summary "$log") ||
         { rate=nan acc=-; failed=1; }
     else
       echo "compare: pytorch $m round $round failed (exit $?); see $log" >&2
@@ -167,10 +123,10 @@ print("%.1f" % s["samples_per_s"], "-" if acc is None else "%.2f" % (100 * acc))
       failed=1
       rate=nan acc=-
     fi
-    secs=$(seconds_since "$t0")
+    secs=$(peers_seconds_since "$t0")
     printf 'round %d  %-3s  pytorch  %9s samples/s  test acc %6s%%  (%5.1f s, load %s -> %s)\n' \
-      "$round" "$m" "$rate" "$acc" "$secs" "$before" "$(load)"
-    echo "$round,$m,pytorch,$steps,$rate,$acc,$before,$(load),$secs" >>"$csv"
+      "$round" "$m" "$rate" "$acc" "$secs" "$before" "$(peers_load)"
+    echo "$round,$m,pytorch,$steps,$rate,$acc,$before,$(peers_load),$secs" >>"$csv"
   done
 done
 

@@ -3,6 +3,7 @@
 
     /usr/bin/python3 bench/peers/fashion_torch.py --model mlp              # one epoch, then test
     /usr/bin/python3 bench/peers/fashion_torch.py --model cnn --steps 600 --no-eval
+    /usr/bin/python3 bench/peers/fashion_torch.py --model mlp --world 2 --batch 256   # DDP, gloo
 
 Trains the decks' models the way `tessera run` does: batch 128 (the last batch of an epoch is
 short, as with data.drop_last = false), a fresh random order every epoch, inputs normalised with
@@ -17,6 +18,20 @@ update) as Tessera's samples_per_s does; evaluation is not timed. The last line 
 ("kind": "summary") for scripts. --output DIR also writes DIR/metrics.jsonl in Tessera's format,
 so that tools/plot_metrics.py can overlay the two.
 
+--world N (N > 1) trains data-parallel with DistributedDataParallel over gloo, as Tessera does
+with N ranks: the script starts N worker processes itself (re-executing itself with RANK,
+WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT in the environment; no torchrun), each
+with --threads threads. Every worker draws the same permutation and takes its contiguous block of
+each global batch of --batch samples (rank r: [r*B/N, (r+1)*B/N), the first B mod N ranks one
+more, as Tessera's block_range), so the N workers together see exactly the samples one process
+sees. A worker's loss is its local cross-entropy sum x N / B (the local mean when the blocks are
+equal); DDP averages the gradients over the N workers, so the update is the global batch's mean,
+as in Tessera. Only rank 0 prints, writes --output, evaluates (its own copy of the model, with no
+communication) and writes the summary, whose samples/s count the global samples. The progress
+lines' loss and accuracy are reduced over the workers at each line (inside the timing, as in
+Tessera). The parent exits non-zero with a message when a worker fails (and stops the others);
+Ctrl-C or SIGTERM to the parent stops the workers, and a worker exits when its parent dies.
+
 Data: data/fashion-mnist.h5 (from `tessera-data import fashion-mnist`) read with h5py (Debian's
 python3-h5py, the serial build); without h5py, or with --idx DIR, Debian's IDX files
 (/usr/share/datasets/fashion-mnist, package dataset-fashion-mnist) normalised with the same
@@ -24,7 +39,8 @@ constants the importer stores, computed from the training images.
 
 Needs Debian's PyTorch (apt-get install python3-torch), i.e. /usr/bin/python3; started by another
 python3 (pyenv) it re-executes itself under /usr/bin/python3.
-Exit codes: 0 done; 2 bad input (arguments, data file); 1 other errors.
+Exit codes: 0 done; 2 bad input (arguments, data file); 1 other errors (with --world: a worker
+failed or was killed); 130/143 stopped by SIGINT/SIGTERM.
 """
 
 import argparse
@@ -32,7 +48,10 @@ import gzip
 import json
 import math
 import os
+import signal
+import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -48,7 +67,7 @@ DECKS = {
 
 
 def fail(message, code=2):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
@@ -64,6 +83,7 @@ try:
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
+    import torch.distributed as dist
 except ImportError as e:
     # `python3` may be a pyenv interpreter without Debian's packages: retry under Debian's.
     if (os.path.realpath(sys.executable) != os.path.realpath(SYSTEM_PYTHON)
@@ -197,6 +217,114 @@ def evaluate(model, split, batch=256):
     return loss_sum / len(split), correct / len(split)
 
 
+# --- data-parallel workers (--world N) ---------------------------------------------------------
+
+WORKER_ENV = "FASHION_TORCH_PARENT"  # set in the workers' environment: the launcher's pid
+
+
+class Stop(Exception):
+    """SIGTERM or SIGHUP reached the launcher."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def describe_exit(code):
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def stop_workers(procs, grace=5.0):
+    """SIGTERM to the workers still running, SIGKILL to those left after `grace` seconds."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def launch(argv, world):
+    """Runs this script as `world` worker processes and waits for them; returns the exit code."""
+    port = free_port()
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               WORLD_SIZE=str(world), **{WORKER_ENV: str(os.getpid())})
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the loopback device for 127.0.0.1
+
+    def on_signal(signum, _frame):
+        raise Stop(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    procs = []
+    try:
+        for rank in range(world):
+            # Own session: a Ctrl-C at the terminal reaches the launcher only, which stops the
+            # workers (no tracebacks from each); they die with it otherwise (PR_SET_PDEATHSIG).
+            procs.append(subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__)] + list(argv),
+                env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)), start_new_session=True))
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
+            if failed:
+                # Every worker that has failed so far: a killed worker makes its peers fail too
+                # (a broken gloo connection), and the message names them all.
+                others = None in codes
+                stop_workers(procs)
+                print(f"{PROG}: error: " +
+                      "; ".join(f"worker rank {rank} of {world} {describe_exit(code)}"
+                                for rank, code in failed) +
+                      ("; stopped the other workers" if others else ""),
+                      file=sys.stderr, flush=True)
+                return 2 if all(code == 2 for _, code in failed) else 1
+            if None not in codes:
+                return 0
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stop_workers(procs)
+        print(f"{PROG}: interrupted; stopped the workers", file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
+    except Stop as e:
+        stop_workers(procs)
+        print(f"{PROG}: {signal.Signals(e.signum).name}; stopped the workers", file=sys.stderr,
+              flush=True)
+        return 128 + e.signum
+
+
+def die_with_parent(parent):
+    """A worker: ask for SIGTERM when the launcher dies; exit now if it already has."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        sys.exit(1)
+
+
+def block(n, parts, part):
+    """Tessera's block_range: (offset, count) of block `part` of `n` items in `parts` blocks."""
+    base, extra = divmod(n, parts)
+    return part * base + min(part, extra), base + (1 if part < extra else 0)
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def main(argv):
@@ -207,7 +335,10 @@ def main(argv):
     ap.add_argument("--steps", type=int, default=0,
                     help="optimizer steps (default: --epochs epochs)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs when --steps is not given")
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=128,
+                    help="global batch, split over the --world workers (default 128)")
+    ap.add_argument("--world", type=int, default=1,
+                    help="data-parallel worker processes (DDP over gloo; default 1: none)")
     ap.add_argument("--lr", type=float, default=None, help="base learning rate (deck: 0.05)")
     ap.add_argument("--skip", type=int, default=20,
                     help="steps left out of the steady-state samples/s (default 20)")
@@ -223,18 +354,34 @@ def main(argv):
     ap.add_argument("--output", metavar="DIR", default=None,
                     help="write DIR/metrics.jsonl in Tessera's format")
     args = ap.parse_args(argv)
-    for name in ("epochs", "batch", "threads", "log_every"):
+    for name in ("epochs", "batch", "threads", "log_every", "world"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.steps < 0 or args.skip < 0:
         fail("--steps and --skip must be >= 0")
+    if args.batch < args.world:
+        fail(f"--batch {args.batch} is smaller than --world {args.world}: "
+             "every worker needs a sample")
+
+    global PROG
+    rank, world = 0, args.world
+    if world > 1:
+        parent = os.environ.get(WORKER_ENV)
+        if parent is None:
+            return launch(argv, world)
+        rank = int(os.environ["RANK"])
+        if int(os.environ["WORLD_SIZE"]) != world:
+            fail(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but --world {world}")
+        PROG = f"fashion_torch (rank {rank})"
+        die_with_parent(int(parent))
+    lead = rank == 0
 
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial parameters on every worker
 
     source = args.idx
     splits = None
@@ -271,7 +418,11 @@ def main(argv):
     if args.skip >= total:
         fail(f"--skip {args.skip} leaves no steady-state steps of {total}")
 
-    model = make_model(args.model)
+    if world > 1:
+        # After the data are read, so that a bad file fails fast on every worker.
+        dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world)
+    net = make_model(args.model)  # the module; `model` is what trains (DDP wrapping it)
+    model = net if world == 1 else nn.parallel.DistributedDataParallel(net)
     decay = [p for p in model.parameters() if p.dim() > 1]  # weights; biases are not decayed
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": deck["weight_decay"]},
@@ -279,12 +430,15 @@ def main(argv):
                           lr=base_lr, momentum=deck["momentum"])
     n_params = sum(p.numel() for p in model.parameters())
     onednn = torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
-    print(f"pytorch {torch.__version__}: {args.model}, {n_params} parameters, {total} steps of "
-          f"{args.batch}, {torch.get_num_threads()} thread(s), oneDNN "
-          f"{'on' if onednn else 'off'}, data {source}", flush=True)
+    parallel = (f", {world} workers (DDP, gloo), {torch.get_num_threads()} thread(s) each"
+                if world > 1 else f", {torch.get_num_threads()} thread(s)")
+    if lead:
+        print(f"pytorch {torch.__version__}: {args.model}, {n_params} parameters, {total} steps "
+              f"of {args.batch}{parallel}, oneDNN {'on' if onednn else 'off'}, data {source}",
+              flush=True)
 
     metrics = None
-    if args.output:
+    if args.output and lead:
         os.makedirs(args.output, exist_ok=True)
         metrics = open(os.path.join(args.output, "metrics.jsonl"), "w", encoding="utf-8")
 
@@ -300,31 +454,47 @@ def main(argv):
         epoch, b = divmod(step, per_epoch)
         if b == 0:
             perm = torch.randperm(len(train), generator=gen)
-        x, y = train.batch(perm[b * args.batch:(b + 1) * args.batch])
+        ids = perm[b * args.batch:(b + 1) * args.batch]
+        n = ids.shape[0]  # the global batch (short at the end of an epoch)
+        if world > 1:
+            first, count = block(n, world, rank)
+            ids = ids[first:first + count]
+        x, y = train.batch(ids)
         lr = learning_rate(step, base_lr, deck["warmup"], total)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
         out = model(x)
-        loss = F.cross_entropy(out, y)
+        if world == 1:
+            loss = F.cross_entropy(out, y)
+        else:
+            # Local sum / global batch x world: DDP's average over the workers then makes the
+            # gradient of the global batch's mean loss, whatever the blocks' sizes.
+            loss = F.cross_entropy(out, y, reduction="sum") * (world / n)
         loss.backward()
         opt.step()
 
-        window[0] += loss.item()
+        window[0] += loss.item() / world  # this worker's part of the step's mean loss
         window[1] += (out.argmax(1) == y).sum().item()
         window[2] += y.shape[0]
         window[3] += 1
+        log_line = (step + 1) % args.log_every == 0 or step + 1 == total or step == 0
+        if log_line and world > 1:
+            sums = torch.tensor(window[:3], dtype=torch.float64)
+            dist.all_reduce(sums)  # loss, correct and samples of the window over the workers
+            window[:3] = sums.tolist()
         now = time.perf_counter()
         if steady_start is not None:
-            steady_samples += y.shape[0]
+            steady_samples += n
         if step + 1 == args.skip:
             steady_start = now
             cpu_start = time.process_time()
-        if (step + 1) % args.log_every == 0 or step + 1 == total or step == 0:
+        if log_line:
             rate = window[2] / max(now - window_start, 1e-12)
             loss_mean, acc = window[0] / window[3], window[1] / window[2]
-            print(f"step {step + 1:6d}/{total}  epoch {epoch + 1}  loss {loss_mean:.4f}  "
-                  f"acc {100 * acc:5.1f}%  {rate:.0f} samples/s  lr {lr:.3g}", flush=True)
+            if lead:
+                print(f"step {step + 1:6d}/{total}  epoch {epoch + 1}  loss {loss_mean:.4f}  "
+                      f"acc {100 * acc:5.1f}%  {rate:.0f} samples/s  lr {lr:.3g}", flush=True)
             if metrics:
                 metrics.write(json.dumps({
                     "kind": "train", "step": step + 1, "epoch": (step + 1) / per_epoch,
@@ -338,11 +508,20 @@ def main(argv):
     steady_seconds = time.perf_counter() - steady_start
     samples_per_s = steady_samples / steady_seconds
     # CPU time of the process over the same steps (printing included): on a busy machine,
-    # samples per CPU-second stay near the unloaded samples/s while wall-time rates drop.
-    cpu_samples_per_s = steady_samples / max(time.process_time() - cpu_start, 1e-9)
+    # samples per CPU-second stay near the unloaded samples/s while wall-time rates drop. With
+    # --world, the CPU time of all the workers.
+    cpu_seconds = time.process_time() - cpu_start
+    if world > 1:
+        cpu = torch.tensor([cpu_seconds], dtype=torch.float64)
+        dist.all_reduce(cpu)
+        cpu_seconds = cpu.item()
+        if not lead:
+            dist.destroy_process_group()
+            return 0
+    cpu_samples_per_s = steady_samples / max(cpu_seconds, 1e-9)
 
     summary = {"kind": "summary", "peer": "pytorch", "torch": torch.__version__,
-               "model": args.model, "steps": total, "batch": args.batch,
+               "model": args.model, "steps": total, "batch": args.batch, "world": world,
                "threads": torch.get_num_threads(), "skip": args.skip,
                "samples_per_s": round(samples_per_s, 1),
                "cpu_samples_per_s": round(cpu_samples_per_s, 1), "train_s": round(train_seconds, 3)}
@@ -350,7 +529,7 @@ def main(argv):
           f"({steady_samples} samples in {steady_seconds:.2f} s; "
           f"{cpu_samples_per_s:.0f} per CPU-second)")
     if not args.no_eval:
-        test_loss, test_acc = evaluate(model, test)
+        test_loss, test_acc = evaluate(net, test)  # rank 0 alone: the module, not DDP
         summary.update(test_loss=round(test_loss, 5), test_accuracy=round(test_acc, 5))
         print(f"final: {total} steps in {train_seconds:.1f} s; test loss {test_loss:.4f}, "
               f"test accuracy {100 * test_acc:.2f}%")
@@ -362,6 +541,8 @@ def main(argv):
     if metrics:
         metrics.close()
     print(json.dumps(summary), flush=True)
+    if world > 1:
+        dist.destroy_process_group()
     return 0
 
 
