@@ -23,9 +23,11 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <numeric>
 #include <optional>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -137,6 +139,22 @@ bool dnnl_available() {
 
 void set_dnnl_threads(int threads) {
   omp_set_num_threads(std::max(1, threads));
+}
+
+bool dnnl_gemm(bool trans_a, bool trans_b, Index m, Index n, Index k, float alpha, const float* a,
+               Index lda, const float* b, Index ldb, float beta, float* c, Index ldc) {
+  static const bool use = [] {
+    const char* choice = std::getenv("TESSERA_HOST_GEMM");
+    return choice == nullptr || std::string(choice) != "openblas";
+  }();
+  if (!use) {
+    return false;
+  }
+  const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha,
+                                          a, lda, b, ldb, beta, c, ldc);
+  TESSERA_CHECK(status == dnnl_success, "dnnl_sgemm failed with status {} (m {}, n {}, k {})",
+                static_cast<int>(status), m, n, k);
+  return true;
 }
 
 struct DnnlConv::Impl {

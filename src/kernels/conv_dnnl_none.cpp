@@ -12,6 +12,12 @@ bool dnnl_available() {
 
 void set_dnnl_threads(int /*threads*/) {}
 
+bool dnnl_gemm(bool /*trans_a*/, bool /*trans_b*/, Index /*m*/, Index /*n*/, Index /*k*/,
+               float /*alpha*/, const float* /*a*/, Index /*lda*/, const float* /*b*/,
+               Index /*ldb*/, float /*beta*/, float* /*c*/, Index /*ldc*/) {
+  return false;
+}
+
 struct DnnlConv::Impl {};
 
 DnnlConv::DnnlConv(std::string what, const ConvGeometry& /*g*/, Index /*out_channels*/,

@@ -23,6 +23,12 @@ void gemm(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, 
   if (m == 0 || n == 0) {
     return;
   }
+  // oneDNN's sgemm where the build has it (AVX-512 here), else OpenBLAS
+  // (src/kernels/conv_dnnl*.cpp).
+  if (dnnl_gemm(trans_a == Trans::yes, trans_b == Trans::yes, m, n, k, alpha, a, lda, b, ldb, beta,
+                c, ldc)) {
+    return;
+  }
   cblas_sgemm(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), static_cast<int>(m),
               static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
               static_cast<int>(ldb), beta, c, static_cast<int>(ldc));

@@ -29,6 +29,13 @@ bool dnnl_available();
 /// thread); without oneDNN, does nothing.
 void set_dnnl_threads(int threads);
 
+/// Row-major C = alpha·op(A)·op(B) + beta·C through oneDNN's sgemm (its JIT kernels use the widest
+/// vector unit of the CPU: AVX-512 where OpenBLAS is held to AVX2 by OPENBLAS_CORETYPE). Returns
+/// false, doing nothing, in a build without oneDNN or when the environment sets
+/// TESSERA_HOST_GEMM=openblas; kernels::gemm then calls OpenBLAS.
+bool dnnl_gemm(bool trans_a, bool trans_b, Index m, Index n, Index k, float alpha, const float* a,
+               Index lda, const float* b, Index ldb, float beta, float* c, Index ldc);
+
 /// Memory formats of the primitives.
 enum class DnnlFormat {
   /// oneDNN's choice (format_tag::any; blocked, e.g. nChw16c, for most shapes), with Tessera
