@@ -342,11 +342,18 @@ CheckpointInfo load_checkpoint(const std::string& file, parallel::DataParallel& 
       partial_sums.push_back(0);
       continue;
     }
-    std::vector<float> values(static_cast<size_t>(s.count));
+    // Straight into the tensor's storage where it is host memory (no copy: reading back is no
+    // slower than writing); through a host vector in a device build.
+    std::vector<float> values;
+    float* into = s.local.data();
+    if (!kHostStorage) {
+      values.resize(static_cast<size_t>(s.count));
+      into = values.data();
+    }
     ds.read_boxes(
         flat_range_boxes(want, static_cast<hsize_t>(s.offset), static_cast<hsize_t>(s.count)),
-        ElementType::f32, values.data());
-    const std::uint64_t sum = checksum_partial(values.data(), s.offset, s.count);
+        ElementType::f32, into);
+    const std::uint64_t sum = checksum_partial(into, s.offset, s.count);
     if (!ds.attributes().has("checksum")) {
       problems.push_back(fmt::format("{} has no checksum attribute", s.path));
     } else if (s.whole_on_every_rank &&
@@ -357,7 +364,9 @@ CheckpointInfo load_checkpoint(const std::string& file, parallel::DataParallel& 
                       s.path, checksum_string(sum), ds.attributes().get_string("checksum")));
     }
     partial_sums.push_back(s.whole_on_every_rank ? 0 : sum);
-    loaded.emplace_back(&s, std::move(values));
+    if (!kHostStorage) {
+      loaded.emplace_back(&s, std::move(values));
+    }
   }
   // Pieces (ZeRO-1): the ranks' partial sums add up to each tensor's checksum.
   std::vector<std::uint64_t> sums(partial_sums.size());

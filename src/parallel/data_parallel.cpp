@@ -93,6 +93,11 @@ void DataParallel::build_buckets(double bucket_mb) {
     current.begin = at;
   };
   for (auto it = m_params.rbegin(); it != m_params.rend(); ++it) {
+    // A parameter that would overflow a non-empty bucket starts the next one, so that small
+    // gradients completed early are not held back by a large one completed later.
+    if (!current.params.empty() && at - current.begin + (*it)->value.numel() > bucket_elements) {
+      close();
+    }
     current.params.push_back(*it);
     current.offsets.push_back(at);
     m_bucket_of[*it] = m_buckets.size();

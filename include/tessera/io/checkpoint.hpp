@@ -52,7 +52,8 @@ std::string resolve_restart(const std::string& restart, const std::string& dir);
 
 /// Loads `file` into `dp`'s parameters and buffers and `optimizer`'s state (the slices this rank
 /// owns), verifying format, version, every tensor's presence, shape and checksum. Collective over
-/// `comm`. Throws tessera::Error (exit code 2) listing every problem found, on every rank.
+/// `comm`. Throws tessera::Error (exit code 2) listing every problem found, on every rank; the
+/// tensors' values are then unspecified (a run abandons them). Reads straight into host storage.
 CheckpointInfo load_checkpoint(const std::string& file, parallel::DataParallel& dp,
                                optim::Optimizer& optimizer, MPI_Comm comm);
 
