@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The job scripts under a real Slurm (tools/slurm_local.sh: one node, started and stopped here):
 # a trivial `sbatch --wait` completes; jobs/slurm/fashion_mlp.sbatch, submitted unchanged as a user
-# submits it (from a folder laid out like the repository root), trains the MLP for one epoch on a
-# world of 2 ranks (srun --mpi=pmi2 wires MPICH's ranks into one MPI_COMM_WORLD: "on 2 ranks") and
-# `sbatch --wait` returns its exit code 0 with the final test accuracy in the job log (86.0% after
-# one epoch here; 84% is the floor); jobs/slurm/fashion_cnn.sbatch runs a short CNN job on 2 ranks.
+# submits it (from a folder laid out like the repository root), trains the deck as shipped (10
+# epochs) on a world of 2 ranks (srun --mpi=pmi2 wires MPICH's ranks into one MPI_COMM_WORLD: "on
+# 2 ranks") and `sbatch --wait` returns its exit code 0 with the final test accuracy in the job log
+# (89.7% here; the issue's 88.5% is the floor); jobs/slurm/fashion_cnn.sbatch runs a short CNN job on 2 ranks.
 # Skips with a message where Slurm is not installed (see slurm_common.bash).
 # shellcheck source=tests/e2e/slurm_common.bash
 source "$(dirname "$0")/slurm_common.bash"
@@ -15,28 +15,27 @@ run_bg timeout 60 sbatch --wait --quiet --output="$work/hostname.out" --wrap hos
 [[ $(cat "$work/hostname.out") == "$(hostname)" ]] || { echo "FAIL: hostname job"; exit 1; }
 echo "sbatch --wait --wrap hostname: $(since "$t0") s"
 
-# The MLP job as shipped, shortened to one epoch by a deck override (469 steps of 128).
+# The MLP job as shipped: 10 epochs, 4690 steps of 128.
 t0=$(date +%s.%N)
 set +e
-run_bg timeout 600 sbatch --parsable --wait "$root/jobs/slurm/fashion_mlp.sbatch" run.epochs=1 \
-  >"$work/jid"
+run_bg timeout 600 sbatch --parsable --wait "$root/jobs/slurm/fashion_mlp.sbatch" >"$work/jid"
 code=$?
 set -e
 jid=$(cat "$work/jid")
 log=fashion-mlp.$jid.out
-echo "fashion_mlp.sbatch run.epochs=1: job $jid, exit $code, $(since "$t0") s"
+echo "fashion_mlp.sbatch: job $jid, exit $code, $(since "$t0") s"
 [[ $code -eq 0 && -f $log ]] || { echo "FAIL: exit code $code"; cat "$log" 2>/dev/null; exit 1; }
 grep -q '^tessera: fashion-mlp on 2 ranks' "$log" ||
   { echo "FAIL: not one world of 2 ranks"; cat "$log"; exit 1; }
 grep -q '^fashion_mlp.sbatch: job [0-9]*, link 1 of at most 10, on' "$log"
 final=$(grep '^final: ' "$log") || { echo "FAIL: no final line"; cat "$log"; exit 1; }
 echo "$final"
-[[ $final == "final: 469 steps in "* ]] || { echo "FAIL: expected 469 steps"; exit 1; }
+[[ $final == "final: 4690 steps in "* ]] || { echo "FAIL: expected 4690 steps"; exit 1; }
 acc=$(sed -E 's/.*test accuracy ([0-9.]+)%.*/\1/' <<<"$final")
-awk -v a="$acc" 'BEGIN { exit !(a >= 84.0) }' || { echo "FAIL: accuracy $acc% < 84%"; exit 1; }
+awk -v a="$acc" 'BEGIN { exit !(a >= 88.5) }' || { echo "FAIL: accuracy $acc% < 88.5%"; exit 1; }
 grep -q '^fashion_mlp.sbatch: tessera exited with code 0' "$log"
 if grep -q 'resubmitted' "$log"; then echo "FAIL: a finished run resubmitted"; exit 1; fi
-[[ -f runs/fashion-mlp/ckpt/ckpt-00000469.h5 && $(cat runs/fashion-mlp/ckpt/latest) == ckpt-00000469.h5 ]] ||
+[[ -f runs/fashion-mlp/ckpt/ckpt-00004690.h5 && $(cat runs/fashion-mlp/ckpt/latest) == ckpt-00004690.h5 ]] ||
   { echo "FAIL: no final checkpoint"; ls -R runs; exit 1; }
 
 # The CNN job (4 ranks as shipped; 2 here, the cores of this node), a few steps, no evaluation.
