@@ -200,6 +200,22 @@ TEST_F(CheckpointTest, DeterministicRestartOnAnotherRankCountIsBitForBit) {
                  reference, "deterministic, restarted on 1 rank");
 }
 
+TEST_F(CheckpointTest, SavingDoesNotChangeTheTraining) {
+  // Saves after every step (ZeRO-1: the save also waits for the parameters' allgather) against
+  // the same deck without a [checkpoint] section.
+  for (const std::string zero : {"0", "1"}) {
+    const auto saving =
+        train(deck(dir("saving" + zero), {"checkpoint.every_steps=1", "parallel.zero=" + zero}),
+              MPI_COMM_WORLD);
+    const deck::Deck plain =
+        deck::parse(kTinyDeck, "plain.toml",
+                    {"data.train=" + dir("ds.h5") + ":/train",
+                     "run.output=" + dir("plain-run" + zero), "parallel.zero=" + zero});
+    ASSERT_FALSE(plain.checkpoint.enabled);
+    expect_bitwise(saving, train(plain, MPI_COMM_WORLD), "zero " + zero + ", saving every step");
+  }
+}
+
 TEST_F(CheckpointTest, CommitKeepsTheNewestAndLatestNamesTheLast) {
   train(deck(dir("keep"), {"checkpoint.every_steps=1", "checkpoint.keep=2"}), MPI_COMM_WORLD);
   std::set<std::string> names;
