@@ -46,25 +46,9 @@ MPIEXEC=${MPIEXEC:-mpiexec.mpich}
 OUT=${OUT:-$(mktemp -d /tmp/tessera-peers.XXXXXX)}
 DATA=data/fashion-mnist.h5
 
-die() { echo "compare: $*" >&2; exit 2; }
-[[ -x $TESSERA ]] || die "$TESSERA not found: build Tessera first (tools/setup.sh), or set TESSERA="
-command -v "$MPIEXEC" >/dev/null || die "$MPIEXEC not found (apt-get install mpich)"
-[[ -f $DATA ]] || die "$DATA missing: run $(dirname "$TESSERA")/tessera-data import fashion-mnist"
-"$PYTHON" -c 'import torch' 2>/dev/null ||
-  die "$PYTHON cannot import torch: apt-get install python3-torch (Debian's, for /usr/bin/python3)"
-for n in ROUNDS MLP_STEPS CNN_STEPS LOG_EVERY PREFETCH; do
-  [[ ${!n} =~ ^[0-9]+$ ]] || die "$n=${!n} is not a non-negative integer"
-done
-((ROUNDS >= 1)) || die "ROUNDS must be >= 1"
-((LOG_EVERY >= 1)) || die "LOG_EVERY must be >= 1"
-for m in $MODELS; do
-  [[ $m == mlp || $m == cnn ]] || die "MODELS holds '$m'; known: mlp cnn"
-  steps_var=${m^^}_STEPS
-  # The cosine schedule needs more steps than its 200 warm-up steps; the steady state needs
-  # at least two log windows after the first.
-  ((${!steps_var} > 200 && ${!steps_var} >= 3 * LOG_EVERY)) ||
-    die "$steps_var=${!steps_var}: need > 200 (warm-up) and >= 3 x LOG_EVERY"
-done
+peers_check_setup compare 'import torch' \
+  "cannot import torch: apt-get install python3-torch (Debian's, for /usr/bin/python3)" \
+  ROUNDS MLP_STEPS CNN_STEPS LOG_EVERY PREFETCH
 mkdir -p "$OUT"
 
 cores=$(nproc)  # before OMP_NUM_THREADS=1, which nproc obeys

@@ -96,3 +96,34 @@ peers_describe_build() {
   # use oneDNN, which ignores it. Say which applies.
   echo "$name: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset: OpenBLAS detects the CPU)}"
 }
+
+_peers_fail() { echo "$1: $2" >&2; exit 2; }
+
+# peers_check_setup PROG TORCH_CHECK TORCH_HINT INTEGER_VAR...
+# The set-up both comparisons need, from the caller's TESSERA, MPIEXEC, DATA, PYTHON, ROUNDS,
+# LOG_EVERY, MODELS and <MODEL>_STEPS: the programs and the data exist, "$PYTHON" -c TORCH_CHECK
+# succeeds (else TORCH_HINT), each INTEGER_VAR is a non-negative integer, and every model's steps
+# exceed the schedule's 200 warm-up steps and span three log windows. Exits 2 with "PROG: ..." on
+# the first problem.
+# shellcheck disable=SC2153  # TESSERA, MPIEXEC, DATA, ... are the caller's settings
+peers_check_setup() {
+  local prog=$1 torch_check=$2 torch_hint=$3 n m steps_var
+  shift 3
+  [[ -x $TESSERA ]] || _peers_fail "$prog" "$TESSERA not found: build Tessera first (tools/setup.sh), or set TESSERA="
+  command -v "$MPIEXEC" >/dev/null || _peers_fail "$prog" "$MPIEXEC not found (apt-get install mpich)"
+  [[ -f $DATA ]] || _peers_fail "$prog" "$DATA missing: run $(dirname "$TESSERA")/tessera-data import fashion-mnist"
+  "$PYTHON" -c "$torch_check" 2>/dev/null || _peers_fail "$prog" "$PYTHON $torch_hint"
+  for n in "$@"; do
+    [[ ${!n} =~ ^[0-9]+$ ]] || _peers_fail "$prog" "$n=${!n} is not a non-negative integer"
+  done
+  ((ROUNDS >= 1)) || _peers_fail "$prog" "ROUNDS must be >= 1"
+  ((LOG_EVERY >= 1)) || _peers_fail "$prog" "LOG_EVERY must be >= 1"
+  for m in $MODELS; do
+    [[ $m == mlp || $m == cnn ]] || _peers_fail "$prog" "MODELS holds '$m'; known: mlp cnn"
+    steps_var=${m^^}_STEPS
+    # The cosine schedule needs more steps than its 200 warm-up steps; the steady state needs
+    # at least two log windows after the first.
+    ((${!steps_var} > 200 && ${!steps_var} >= 3 * LOG_EVERY)) ||
+      _peers_fail "$prog" "$steps_var=${!steps_var}: need > 200 (warm-up) and >= 3 x LOG_EVERY"
+  done
+}

@@ -53,25 +53,10 @@ DATA=data/fashion-mnist.h5
 TARGET=1.6  # acceptance: Tessera on 2 ranks >= 1.6x its samples/s on 1 rank
 
 die() { echo "scaling: $*" >&2; exit 2; }
-[[ -x $TESSERA ]] || die "$TESSERA not found: build Tessera first (tools/setup.sh), or set TESSERA="
-command -v "$MPIEXEC" >/dev/null || die "$MPIEXEC not found (apt-get install mpich)"
-[[ -f $DATA ]] || die "$DATA missing: run $(dirname "$TESSERA")/tessera-data import fashion-mnist"
-"$PYTHON" -c 'import torch, torch.distributed as d; assert d.is_gloo_available()' 2>/dev/null ||
-  die "$PYTHON cannot import torch with gloo: apt-get install python3-torch (for /usr/bin/python3)"
-for n in ROUNDS MLP_STEPS CNN_STEPS BATCH LOG_EVERY EVAL; do
-  [[ ${!n} =~ ^[0-9]+$ ]] || die "$n=${!n} is not a non-negative integer"
-done
-((ROUNDS >= 1)) || die "ROUNDS must be >= 1"
-((LOG_EVERY >= 1)) || die "LOG_EVERY must be >= 1"
+peers_check_setup scaling 'import torch, torch.distributed as d; assert d.is_gloo_available()' \
+  "cannot import torch with gloo: apt-get install python3-torch (for /usr/bin/python3)" \
+  ROUNDS MLP_STEPS CNN_STEPS BATCH LOG_EVERY EVAL
 ((BATCH >= 2)) || die "BATCH must be >= 2 (one sample per rank at least)"
-for m in $MODELS; do
-  [[ $m == mlp || $m == cnn ]] || die "MODELS holds '$m'; known: mlp cnn"
-  steps_var=${m^^}_STEPS
-  # The cosine schedule needs more steps than its 200 warm-up steps; the steady state needs
-  # at least two log windows after the first.
-  ((${!steps_var} > 200 && ${!steps_var} >= 3 * LOG_EVERY)) ||
-    die "$steps_var=${!steps_var}: need > 200 (warm-up) and >= 3 x LOG_EVERY"
-done
 mkdir -p "$OUT"
 
 cores=$(nproc)  # before OMP_NUM_THREADS=1, which nproc obeys
