@@ -327,6 +327,16 @@ CheckpointInfo load_checkpoint(const std::string& file, parallel::DataParallel& 
   }
   std::vector<std::pair<const Slice*, std::vector<float>>> loaded;
   std::vector<std::uint64_t> partial_sums;
+  std::vector<std::string> stored(all.size());  // pieces' stored checksums, checked once summed
+  const auto check_sum = [&problems](const std::string& path, std::uint64_t sum,
+                                     const std::string& expected) {
+    if (checksum_string(sum) != expected) {
+      problems.push_back(
+          fmt::format("{}: checksum {} does not match the stored {} (the data is "
+                      "corrupt)",
+                      path, checksum_string(sum), expected));
+    }
+  };
   for (const Slice& s : all) {
     if (!root.has(s.path.substr(1))) {
       problems.push_back(fmt::format("{} is missing", s.path));
@@ -356,12 +366,10 @@ CheckpointInfo load_checkpoint(const std::string& file, parallel::DataParallel& 
     const std::uint64_t sum = checksum_partial(into, s.offset, s.count);
     if (!ds.attributes().has("checksum")) {
       problems.push_back(fmt::format("{} has no checksum attribute", s.path));
-    } else if (s.whole_on_every_rank &&
-               checksum_string(sum) != ds.attributes().get_string("checksum")) {
-      problems.push_back(
-          fmt::format("{}: checksum {} does not match the stored {} (the data is "
-                      "corrupt)",
-                      s.path, checksum_string(sum), ds.attributes().get_string("checksum")));
+    } else if (s.whole_on_every_rank) {
+      check_sum(s.path, sum, ds.attributes().get_string("checksum"));
+    } else {
+      stored[&s - all.data()] = ds.attributes().get_string("checksum");
     }
     partial_sums.push_back(s.whole_on_every_rank ? 0 : sum);
     if (!kHostStorage) {
@@ -373,15 +381,8 @@ CheckpointInfo load_checkpoint(const std::string& file, parallel::DataParallel& 
   TESSERA_MPI_CHECK(MPI_Allreduce(partial_sums.data(), sums.data(), static_cast<int>(sums.size()),
                                   MPI_UINT64_T, MPI_SUM, comm));
   for (size_t i = 0; i < all.size(); ++i) {
-    if (!all[i].whole_on_every_rank && root.has(all[i].path.substr(1))) {
-      const Dataset ds = root.open_dataset(all[i].path.substr(1));
-      if (ds.attributes().has("checksum") &&
-          checksum_string(sums[i]) != ds.attributes().get_string("checksum")) {
-        problems.push_back(fmt::format(
-            "{}: checksum {} does not match the stored {} (the data is "
-            "corrupt)",
-            all[i].path, checksum_string(sums[i]), ds.attributes().get_string("checksum")));
-      }
+    if (!stored[i].empty()) {
+      check_sum(all[i].path, sums[i], stored[i]);
     }
   }
   if (!problems.empty()) {
