@@ -525,7 +525,11 @@ RunSummary Trainer::run() {
       const Range r = block_range(static_cast<Index>(batch.ids.size()), m_micro_batches, m);
       m_dp->set_last_micro_batch(m + 1 == m_micro_batches);
       if (r.count > 0) {
-        const io::Batch part = m_micro_batches == 1 ? batch : micro_batch(batch, r);
+        io::Batch slice;  // a micro-batch's view; the whole batch needs no copy
+        if (m_micro_batches > 1) {
+          slice = micro_batch(batch, r);
+        }
+        const io::Batch& part = m_micro_batches == 1 ? batch : slice;
         fo.sample_offset = part.offset;
         nn::ForwardResult f = m_model->forward(part.x, fo);
         const BatchLoss l = batch_loss(d.model.loss, f.output, part);
