@@ -628,6 +628,7 @@ Deck parse(const std::string& text, const std::string& file,
     }
   }
   d.parallel.bucket_mb = par.number("bucket_mb", 4.0, 0.0, 1024.0, true);
+  d.parallel.reduce = par.choice("reduce", std::string("auto"), {"auto", "mpi", "shared"});
   d.parallel.zero = static_cast<int>(par.integer("zero", 0, 0, 1));
   d.parallel.deterministic = par.boolean("deterministic", false);
   d.parallel.sample_groups = static_cast<int>(par.integer("sample_groups", 0, 0));
@@ -737,10 +738,10 @@ std::string to_toml(const Deck& d) {
                   d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads);
   o += fmt::format(
       "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n"
-      "bucket_mb = {}\nzero = {}\ndeterministic = {}\n",
+      "bucket_mb = {}\nreduce = {}\nzero = {}\ndeterministic = {}\n",
       d.parallel.trainers, d.parallel.data, d.parallel.tensor, d.parallel.pipeline,
-      fmt::join(d.parallel.spatial, ", "), real(d.parallel.bucket_mb), d.parallel.zero,
-      d.parallel.deterministic);
+      fmt::join(d.parallel.spatial, ", "), real(d.parallel.bucket_mb),
+      toml_string(d.parallel.reduce), d.parallel.zero, d.parallel.deterministic);
   if (d.parallel.deterministic) {
     o += fmt::format("sample_groups = {}\n", d.parallel.sample_groups);
   }

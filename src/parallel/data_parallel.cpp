@@ -8,6 +8,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <exception>
+#include <type_traits>
 
 namespace tessera::parallel {
 namespace {
@@ -32,7 +35,21 @@ std::uint64_t model_signature(const std::vector<nn::Parameter*>& params) {
 Index round_up(Index n, Index multiple) {
   return (n + multiple - 1) / multiple * multiple;
 }
+
+constexpr bool kHostArenas = std::is_same_v<MemSpace, Kokkos::HostSpace>;
 }  // namespace
+
+const char* reduce_name(Reduce reduce) {
+  switch (reduce) {
+    case Reduce::automatic:
+      return "auto";
+    case Reduce::mpi:
+      return "mpi";
+    case Reduce::shared:
+      return "shared";
+  }
+  return "?";
+}
 
 DataParallel::DataParallel(nn::Layer& model, comm::Communicator& data,
                            const DataParallelOptions& options)
@@ -58,6 +75,18 @@ DataParallel::~DataParallel() {
   m_gathers.clear();
   for (Bucket& b : m_buckets) {
     b.work.reset();
+  }
+  if (m_shared) {
+    if (std::uncaught_exceptions() == 0) {
+      m_shared->gather_values();
+    }
+    // The parameters outlive the shared window: give them storage of their own again.
+    for (nn::Parameter* p : m_params) {
+      Tensor value(p->name, p->value.shape());
+      value.copy_from(p->value);
+      p->value = value;
+      p->grad = Tensor(p->name + ".grad", p->value.shape());
+    }
   }
 }
 
@@ -110,10 +139,9 @@ void DataParallel::build_buckets(double bucket_mb) {
     close();
   }
   m_arena_size = at;
+  allocate_arenas();
 
   // Move every parameter into the arenas: values copied, gradients zero.
-  m_values = FloatView("DataParallel::values", static_cast<size_t>(m_arena_size));
-  m_grads = FloatView("DataParallel::grads", static_cast<size_t>(m_arena_size));
   for (const Bucket& b : m_buckets) {
     for (size_t i = 0; i < b.params.size(); ++i) {
       nn::Parameter& p = *b.params[i];
@@ -123,7 +151,6 @@ void DataParallel::build_buckets(double bucket_mb) {
       p.grad = Tensor::alias(p.name + ".grad", m_grads, b.offsets[i], p.value.shape());
     }
   }
-  m_scatter = m_options.zero && m_size > 1 && m_options.groups_per_rank == 0;
   if (m_options.groups_per_rank > 0) {
     const auto groups = static_cast<size_t>(m_options.groups_per_rank);
     m_group_grads =
@@ -133,6 +160,41 @@ void DataParallel::build_buckets(double bucket_mb) {
                                                                static_cast<size_t>(m_arena_size));
     }
   }
+}
+
+bool DataParallel::use_shared_reduction() const {
+  // Deterministic mode sums stashed group gradients in group order instead (finish_reduction).
+  if (m_options.reduce == Reduce::mpi || m_size == 1 || m_options.groups_per_rank > 0) {
+    return false;
+  }
+  const bool one_node = comm::on_one_node(m_comm.mpi_comm());  // collective
+  if (m_options.reduce == Reduce::shared && (!one_node || !kHostArenas)) {
+    throw input_error(fmt::format(
+        "data parallel: parallel.reduce = \"shared\" needs {}; use \"auto\" or \"mpi\"",
+        kHostArenas ? fmt::format("every one of the {} ranks of communicator '{}' on one node",
+                                  m_size, m_comm.name())
+                    : std::string("parameters in host memory (this build keeps them on the GPU)")));
+  }
+  return one_node && kHostArenas;
+}
+
+void DataParallel::allocate_arenas() {
+  m_scatter = m_options.zero && m_size > 1 && m_options.groups_per_rank == 0;
+  const auto n = static_cast<size_t>(m_arena_size);
+  if (use_shared_reduction()) {
+    std::vector<Range> segments;
+    for (const Bucket& b : m_buckets) {
+      segments.push_back({b.begin, b.count});
+    }
+    m_shared = std::make_unique<comm::SharedReduction>(m_comm.mpi_comm(), m_arena_size,
+                                                       std::move(segments), m_scatter);
+    // Unmanaged views of the window (it lives as long as m_shared).
+    m_values = FloatView(m_shared->values(), n);
+    m_grads = FloatView(m_shared->grads(), n);
+    return;
+  }
+  m_values = FloatView("DataParallel::values", n);
+  m_grads = FloatView("DataParallel::grads", n);
 }
 
 void DataParallel::make_shards() {
@@ -171,7 +233,10 @@ bool DataParallel::reducing() const {
 
 void DataParallel::begin_step() {
   sync_parameters();
-  Kokkos::deep_copy(m_grads, 0.0F);
+  if (m_shared) {
+    m_shared->begin_round();  // every rank has finished reading this rank's gradients
+  }
+  zero_grads();
   for (Bucket& b : m_buckets) {
     b.ready = 0;
   }
@@ -183,7 +248,19 @@ void DataParallel::set_last_micro_batch(bool last) {
   m_last_micro_batch = last;
 }
 
+void DataParallel::zero_grads() {
+  if constexpr (kHostArenas) {
+    std::memset(m_grads.data(), 0, m_grads.extent(0) * sizeof(float));
+  } else {
+    Kokkos::deep_copy(m_grads, 0.0F);
+  }
+}
+
 void DataParallel::start_bucket(Bucket& b) {
+  if (m_shared) {
+    m_shared->ready(static_cast<size_t>(&b - m_buckets.data()));
+    return;
+  }
   const Tensor grads = Tensor::alias("DataParallel::bucket", m_grads, b.begin, {b.count});
   if (m_scatter) {
     const Index chunk = b.count / m_size;
@@ -213,6 +290,10 @@ void DataParallel::on_backward(nn::Layer& layer) {
     }
   }
   start_ready_buckets();
+  if (m_shared) {
+    m_shared->progress();  // sums the chunks every rank has reported
+    return;
+  }
   // MPI progresses non-blocking collectives inside MPI calls: give those in flight a turn.
   for (size_t i = 0; i < m_next_bucket; ++i) {
     if (!m_buckets[i].work->is_completed()) {
@@ -228,7 +309,7 @@ void DataParallel::end_group(int group) {
   const auto n = static_cast<size_t>(m_arena_size);
   const auto g = static_cast<size_t>(group);
   Kokkos::deep_copy(Kokkos::subview(m_group_grads, std::make_pair(g * n, (g + 1) * n)), m_grads);
-  Kokkos::deep_copy(m_grads, 0.0F);
+  zero_grads();
 }
 
 void DataParallel::finish_reduction() {
@@ -260,6 +341,11 @@ void DataParallel::finish_reduction() {
   if (m_size == 1) {
     return;
   }
+  if (m_shared) {
+    m_shared->finish_reduce();  // also reports buckets whose parameters got no gradient
+    m_next_bucket = m_buckets.size();
+    return;
+  }
   while (m_next_bucket < m_buckets.size()) {  // buckets whose parameters got no gradient
     start_bucket(m_buckets[m_next_bucket++]);
   }
@@ -284,8 +370,14 @@ void DataParallel::step(optim::Optimizer& optimizer, double lr) {
   if (!m_options.zero) {
     optimizer.step(m_params, lr);
   } else {
-    optimizer.step(m_piece_ptrs, lr);
-    if (m_size > 1) {
+    if (m_shared) {
+      m_shared->begin_update();  // every rank has copied this rank's previous update
+      optimizer.step(m_piece_ptrs, lr);
+      m_shared->updated();  // the others copy it in their next sync_parameters()
+    } else {
+      optimizer.step(m_piece_ptrs, lr);
+    }
+    if (m_size > 1 && !m_shared) {
       for (const Bucket& b : m_buckets) {
         const Index chunk = b.count / m_size;
         const Tensor mine =
@@ -305,6 +397,9 @@ void DataParallel::step(optim::Optimizer& optimizer, double lr) {
 }
 
 void DataParallel::sync_parameters() {
+  if (m_shared) {
+    m_shared->gather_values();  // ZeRO-1: the other ranks' updated chunks
+  }
   for (auto& w : m_gathers) {
     w->wait();
   }

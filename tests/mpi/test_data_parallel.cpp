@@ -39,6 +39,7 @@ class DataParallelTest : public ::testing::Test {
     std::vector<std::vector<float>> single;    // the same deck on this rank alone
     std::vector<std::string> names;
     std::vector<parallel::Shard> shards;  // ZeRO-1: this rank's pieces in the parallel run
+    bool shared = false;                  // the parallel run reduced through shared memory
   };
 
   // Trains the deck (with `optimizer` and `overrides`) on every rank and on this rank alone.
@@ -70,6 +71,7 @@ class DataParallelTest : public ::testing::Test {
       r.single.push_back(p->value.to_host());
     }
     r.shards = parallel.data_parallel().shards();
+    r.shared = parallel.data_parallel().shared_reduction();
     return r;
   }
 
@@ -79,17 +81,24 @@ class DataParallelTest : public ::testing::Test {
 }  // namespace
 
 TEST_F(DataParallelTest, RanksMatchOneRankAfterKSteps) {
-  // bucket_mb = 0.0005 (131 floats) puts the model's 8 parameters into several buckets.
+  // bucket_mb = 0.0005 (131 floats) puts the model's 8 parameters into several buckets. The
+  // ranks of the test share one node, so the default reduction is through shared memory;
+  // parallel.reduce = "mpi" takes MPI's non-blocking collectives instead.
   const std::vector<std::pair<std::string, std::vector<std::string>>> variants{
       {"one bucket", {}},
       {"small buckets", {"parallel.bucket_mb=0.0005"}},
       {"zero-1", {"parallel.zero=1", "parallel.bucket_mb=0.0005"}},
       {"accumulation", {"data.micro_batches=3"}},
       {"zero-1 + accumulation", {"parallel.zero=1", "data.micro_batches=3"}},
+      {"mpi, small buckets", {"parallel.reduce=mpi", "parallel.bucket_mb=0.0005"}},
+      {"mpi, zero-1", {"parallel.reduce=mpi", "parallel.zero=1", "parallel.bucket_mb=0.0005"}},
+      {"mpi, zero-1 + accumulation",
+       {"parallel.reduce=mpi", "parallel.zero=1", "data.micro_batches=3"}},
   };
   for (const std::string optimizer : {"sgd", "adamw"}) {
     for (const auto& [what, overrides] : variants) {
       const Runs r = run(optimizer, overrides);
+      EXPECT_EQ(r.shared, world_size() > 1 && what.rfind("mpi", 0) != 0) << what;
       ASSERT_EQ(r.parallel.size(), r.single.size());
       for (size_t i = 0; i < r.parallel.size(); ++i) {
         ASSERT_EQ(r.parallel[i].size(), r.single[i].size());

@@ -34,10 +34,11 @@ struct ParallelConfig {
   int tensor = 1;
   int pipeline = 1;
   std::vector<int> spatial{1, 1};
-  double bucket_mb = 4.0;      ///< gradient bucket size (MiB) of the data-parallel reduction
-  int zero = 0;                ///< ZeRO stage: 0 off, 1 optimizer state sharded over the data axis
-  bool deterministic = false;  ///< parameters bit-identical for every data size dividing groups
-  int sample_groups = 0;       ///< deterministic mode: the global batch's fixed groups
+  double bucket_mb = 4.0;       ///< gradient bucket size (MiB) of the data-parallel reduction
+  std::string reduce = "auto";  ///< "auto", "mpi" or "shared" (parallel::Reduce)
+  int zero = 0;                 ///< ZeRO stage: 0 off, 1 optimizer state sharded over the data axis
+  bool deterministic = false;   ///< parameters bit-identical for every data size dividing groups
+  int sample_groups = 0;        ///< deterministic mode: the global batch's fixed groups
 };
 
 struct DataConfig {

@@ -17,6 +17,14 @@
 //   in-place reduce-scatter leaves on rank r the summed gradient of chunk r, the optimizer updates
 //   only the parameters' pieces inside rank r's chunks (its state exists only for those), and an
 //   allgather of the values puts the updated parameters back on every rank before the next forward.
+// - Node-local reduction. When every rank of the data axis is on one node (and the arenas are host
+//   memory) the arenas live in an MPI-3 shared-memory window and a bucket is reduced through it
+//   (comm::SharedReduction: each rank sums its chunk reading the others' arrays directly, then
+//   copies the others' sums) instead of MPI_Iallreduce — one pass over memory, ~5× faster on the
+//   gradients of a small model. The same places start and finish it: the hook reports a complete
+//   bucket and sums what every rank has reported; finish_reduction() completes it. Under ZeRO-1 the
+//   reduce-scatter is the sum of this rank's chunks, and the allgather of the values is the copy of
+//   the others' updated chunks. `reduce` chooses it (automatic: whenever it applies).
 // - Deterministic mode. The global batch is cut into G fixed sample groups, G/P per rank; each
 //   group's gradient is computed whole on one rank and stashed; at the end of the step every rank
 //   gathers all G group gradients and sums them in group order 0, 1, ..., G-1. The result depends
@@ -25,6 +33,7 @@
 // Losses are sums over the local samples divided by the global batch size, so the sum over the
 // ranks is the gradient of the mean over the global batch.
 #include "tessera/comm/communicator.hpp"
+#include "tessera/comm/shared_reduction.hpp"
 #include "tessera/nn/layer.hpp"
 #include "tessera/optim/optimizer.hpp"
 
@@ -35,8 +44,17 @@
 
 namespace tessera::parallel {
 
+/// How the gradients are summed over the data axis.
+enum class Reduce {
+  automatic,  ///< shared memory when every data rank is on one node and the arenas are host memory
+  mpi,        ///< the communicator's non-blocking collectives (MPI_Iallreduce, ...)
+  shared,     ///< shared memory (comm::SharedReduction); an error if it does not apply
+};
+const char* reduce_name(Reduce reduce);
+
 struct DataParallelOptions {
-  double bucket_mb = 4.0;   ///< target bucket size in MiB (a bucket holds at least one parameter)
+  double bucket_mb = 4.0;  ///< target bucket size in MiB (a bucket holds at least one parameter)
+  Reduce reduce = Reduce::automatic;
   bool zero = false;        ///< ZeRO-1: optimizer state sharded over the data axis
   int groups_per_rank = 0;  ///< deterministic mode: sample groups per rank (0: off)
 };
@@ -93,6 +111,8 @@ class DataParallel {
   /// ZeRO-1: the same pieces as the parameters the optimizer steps (its state is keyed by them).
   const std::vector<nn::Parameter*>& pieces() const { return m_piece_ptrs; }
   int bucket_count() const { return static_cast<int>(m_buckets.size()); }
+  /// Whether the gradients are summed through shared memory (else by the communicator).
+  bool shared_reduction() const { return m_shared != nullptr; }
   /// Elements of the arena (parameters plus ZeRO's padding).
   Index arena_size() const { return m_arena_size; }
 
@@ -107,8 +127,11 @@ class DataParallel {
   };
 
   void build_buckets(double bucket_mb);
+  bool use_shared_reduction() const;
+  void allocate_arenas();
   void check_same_model() const;
   void start_bucket(Bucket& bucket);
+  void zero_grads();
   void start_ready_buckets();
   void make_shards();
   bool reducing() const;
@@ -133,6 +156,7 @@ class DataParallel {
   std::vector<nn::Parameter*> m_piece_ptrs;
   std::vector<Shard> m_shards;
   std::vector<std::unique_ptr<comm::Work>> m_gathers;  // ZeRO-1: allgathers in flight
+  std::unique_ptr<comm::SharedReduction> m_shared;     // the arenas' window, when node-local
 };
 
 }  // namespace tessera::parallel
