@@ -5,11 +5,39 @@
 #include "tessera/core/rng.hpp"
 #include "tessera/core/timer.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 
 namespace tessera::io {
+namespace {
+// to[i] = from[i] · scale − shift. Cloned for AVX-512 with a baseline fallback, chosen at load
+// time: converting a batch's bytes to floats is a visible part of a small model's step (36 µs for
+// 128 Fashion-MNIST samples with SSE2, 22 µs with AVX-512, on this machine).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TESSERA_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define TESSERA_CLONES
+#endif
+TESSERA_CLONES
+void scale_shift(const std::uint8_t* __restrict from, float* __restrict to, size_t n, float scale,
+                 float shift) {
+  for (size_t i = 0; i < n; ++i) {
+    to[i] = static_cast<float>(from[i]) * scale - shift;
+  }
+}
+TESSERA_CLONES
+void scale_shift(const float* __restrict from, float* __restrict to, size_t n, float scale,
+                 float shift) {
+  for (size_t i = 0; i < n; ++i) {
+    to[i] = from[i] * scale - shift;
+  }
+}
+#undef TESSERA_CLONES
+}  // namespace
 
 const char* task_name(Task task) {
   return task == Task::classification ? "classification" : "regression";
@@ -175,9 +203,12 @@ DatasetReader::DatasetReader(const std::string& spec, const ReaderOptions& optio
   m_x = std::make_unique<Dataset>(g.open_dataset("x"));
   m_y = std::make_unique<Dataset>(g.open_dataset("y"));
   if (options.cache) {
-    // Keep the whole split (this sub-box of it) in memory as float32.
+    // Keep the whole split (this sub-box of it) in memory: bytes as they are stored (a quarter of
+    // the memory, and of what a batch reads from it), any other type as float32.
     const Index per = numel(m_sample_shape);
-    m_cache_x.resize(static_cast<size_t>(m_info.samples * per));
+    const auto x_elements = static_cast<size_t>(m_info.samples * per);
+    const bool bytes = m_info.x_type == ElementType::u8;
+    m_cache = std::make_unique<CacheMemory>(x_elements * (bytes ? 1 : sizeof(float)));
     m_cache_y.resize(static_cast<size_t>(m_info.samples * m_info.targets));
     std::vector<hsize_t> off(m_info.sample_shape.size() + 1, 0);
     std::vector<hsize_t> cnt{static_cast<hsize_t>(m_info.samples)};
@@ -189,10 +220,31 @@ DatasetReader::DatasetReader(const std::string& spec, const ReaderOptions& optio
         off[d + 2] = static_cast<hsize_t>(options.box->offset[d]);
       }
     }
-    m_x->read({off, cnt}, ElementType::f32, m_cache_x.data());
+    m_x->read({off, cnt}, bytes ? ElementType::u8 : ElementType::f32, m_cache->data);
     m_y->read_all(ElementType::f32, m_cache_y.data());
   }
   start_worker();
+}
+
+DatasetReader::CacheMemory::CacheMemory(size_t size) : bytes(std::max<size_t>(size, 1)) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  if (bytes >= kHuge) {
+    bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+    data = std::aligned_alloc(kHuge, bytes);
+    if (data != nullptr) {
+      madvise(data, bytes, MADV_HUGEPAGE);  // a hint: without huge pages it is plain memory
+    }
+  } else {
+    data = std::malloc(bytes);
+  }
+  if (data == nullptr) {
+    throw Error(fmt::format("data.cache: cannot allocate {} MiB for the split",
+                            static_cast<double>(bytes) / (1 << 20)));
+  }
+}
+
+DatasetReader::CacheMemory::~CacheMemory() {
+  std::free(data);
 }
 
 DatasetReader::~DatasetReader() {
@@ -237,6 +289,15 @@ DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c) {
   const Index targets = m_info.targets;
   out.x.resize(static_cast<size_t>(mine.count * per));
   out.y.resize(static_cast<size_t>(mine.count * targets));
+  if (m_options.cache) {
+    // From memory: normalised straight into batch order.
+    if (m_info.x_type == ElementType::u8) {
+      gather_normalised(static_cast<const std::uint8_t*>(m_cache->data), out);
+    } else {
+      gather_normalised(static_cast<const float*>(m_cache->data), out);
+    }
+    return out;
+  }
   // Read in dataset order, coalescing consecutive indices into runs, then place in batch order.
   std::vector<size_t> order(out.ids.size());
   std::iota(order.begin(), order.end(), size_t{0});
@@ -244,16 +305,7 @@ DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c) {
             [&](size_t a, size_t b) { return out.ids[a] < out.ids[b]; });
   std::vector<float> xs(out.x.size());
   std::vector<float> ys(out.y.size());
-  if (!m_cache_x.empty()) {
-    for (size_t k = 0; k < order.size(); ++k) {
-      const auto id = static_cast<size_t>(out.ids[order[k]]);
-      std::copy_n(m_cache_x.begin() + static_cast<std::ptrdiff_t>(id * static_cast<size_t>(per)),
-                  per, xs.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(per)));
-      std::copy_n(
-          m_cache_y.begin() + static_cast<std::ptrdiff_t>(id * static_cast<size_t>(targets)),
-          targets, ys.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(targets)));
-    }
-  } else if (!order.empty()) {
+  if (!order.empty()) {
     std::vector<Box> xboxes;
     std::vector<Box> yboxes;
     const size_t rank = m_sample_shape.size() + 1;
@@ -287,26 +339,53 @@ DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c) {
     m_y->read_boxes(yboxes, ElementType::f32, ys.data());
   }
   // Normalise while scattering into batch order.
-  const Index channels = m_sample_shape[0];
-  const Index per_channel = per / channels;
   for (size_t k = 0; k < order.size(); ++k) {
     const size_t dst = order[k];
-    for (Index ch = 0; ch < channels; ++ch) {
-      const auto cu = static_cast<size_t>(ch);
-      const auto scale = static_cast<float>(m_info.scale / m_info.std[cu]);
-      const auto shift = static_cast<float>(m_info.mean[cu] / m_info.std[cu]);
-      const float* src =
-          xs.data() + k * static_cast<size_t>(per) + cu * static_cast<size_t>(per_channel);
-      float* to =
-          out.x.data() + dst * static_cast<size_t>(per) + cu * static_cast<size_t>(per_channel);
-      for (Index i = 0; i < per_channel; ++i) {
-        to[i] = src[i] * scale - shift;
-      }
-    }
+    normalise(xs.data() + k * static_cast<size_t>(per),
+              out.x.data() + dst * static_cast<size_t>(per));
     std::copy_n(ys.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(targets)), targets,
                 out.y.begin() + static_cast<std::ptrdiff_t>(dst * static_cast<size_t>(targets)));
   }
   return out;
+}
+
+template <typename T>
+void DatasetReader::normalise(const T* sample, float* to) const {
+  // x_float = (x · scale − mean[c]) / std[c], as x · (scale / std[c]) − mean[c] / std[c].
+  const Index channels = m_sample_shape[0];
+  const auto per_channel = static_cast<size_t>(numel(m_sample_shape) / channels);
+  for (Index ch = 0; ch < channels; ++ch) {
+    const auto cu = static_cast<size_t>(ch);
+    scale_shift(sample + cu * per_channel, to + cu * per_channel, per_channel,
+                static_cast<float>(m_info.scale / m_info.std[cu]),
+                static_cast<float>(m_info.mean[cu] / m_info.std[cu]));
+  }
+}
+
+template <typename T>
+void DatasetReader::gather_normalised(const T* cache, RawBatch& out) const {
+  const auto per = static_cast<size_t>(numel(m_sample_shape));
+  const auto targets = static_cast<size_t>(m_info.targets);
+  // Samples are scattered over the cache: ask for the lines of the samples two ahead while this
+  // one is converted (the hardware prefetcher alone stalls on every sample, 3× slower here).
+  constexpr size_t kAhead = 2;
+  auto prefetch = [&](size_t k) {
+    if (k < out.ids.size()) {
+      const auto* p = reinterpret_cast<const char*>(cache + static_cast<size_t>(out.ids[k]) * per);
+      for (size_t b = 0; b < per * sizeof(T); b += 64) {
+        __builtin_prefetch(p + b);
+      }
+    }
+  };
+  for (size_t k = 0; k < kAhead; ++k) {
+    prefetch(k);
+  }
+  for (size_t k = 0; k < out.ids.size(); ++k) {
+    prefetch(k + kAhead);
+    const auto id = static_cast<size_t>(out.ids[k]);
+    normalise(cache + id * per, out.x.data() + k * per);
+    std::copy_n(m_cache_y.data() + id * targets, targets, out.y.data() + k * targets);
+  }
 }
 
 void DatasetReader::worker() {

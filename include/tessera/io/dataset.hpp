@@ -72,7 +72,7 @@ struct ReaderOptions {
   int prefetch = 2;           ///< batches read ahead in the background (0: read in next())
   std::optional<SubBox> box;  ///< read only this spatial sub-box of each sample
   std::optional<Shape> expect_sample_shape;  ///< the model's input: an error if samples differ
-  int data_rank = 0;          ///< this rank's place on the data axis
+  int data_rank = 0;                         ///< this rank's place on the data axis
   int data_size = 1;
 };
 
@@ -124,6 +124,12 @@ class DatasetReader {
     std::vector<float> y;
   };
   RawBatch read_batch(const Cursor& c);
+  // One sample (m_sample_shape, stored type T) normalised into `to`.
+  template <typename T>
+  void normalise(const T* sample, float* to) const;
+  // The samples of out.ids from the cache into out.x and out.y, in batch order.
+  template <typename T>
+  void gather_normalised(const T* cache, RawBatch& out) const;
   const std::vector<std::int64_t>& permutation(std::int64_t epoch);
   void worker();
   void start_worker();
@@ -135,7 +141,17 @@ class DatasetReader {
   Shape m_sample_shape;
   std::unique_ptr<File> m_file;
   std::unique_ptr<Dataset> m_x, m_y;
-  std::vector<float> m_cache_x;  // (N, sample) float32 when cached
+  // Memory for the cache on huge pages where the kernel offers them (madvise): a batch reads
+  // samples scattered over tens of MiB, and with 4 KiB pages each one is a TLB miss.
+  struct CacheMemory {
+    void* data = nullptr;
+    size_t bytes = 0;
+    explicit CacheMemory(size_t size);
+    ~CacheMemory();
+    CacheMemory(const CacheMemory&) = delete;
+    CacheMemory& operator=(const CacheMemory&) = delete;
+  };
+  std::unique_ptr<CacheMemory> m_cache;  // (N, sample): bytes when stored as bytes, else float32
   std::vector<float> m_cache_y;
   std::int64_t m_perm_epoch = -1;
   std::vector<std::int64_t> m_perm;
