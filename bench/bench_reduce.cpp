@@ -3,15 +3,17 @@
 // one run.
 //
 //   mpiexec.mpich -n 2 build/bench/tessera-bench-reduce [--models mlp,cnn,big] [--bucket-mb 4]
-//                                                       [--reps 30] [--zero]
+//                                                       [--reduce mpi,shared] [--reps 30] [--zero]
 //
 // For each model (the gradient tensors of inputs/fashion_mlp.toml, inputs/fashion_cnn.toml, or
 // "big": 24 tensors of 2^20 floats, 96 MiB) and each bucket size, one repetition is: a barrier,
 // the backward hook called for every layer in backward order then finish_reduction() (bucketed),
 // and, alternating with it, a barrier and one in-place MPI_Allreduce of the whole gradient (raw).
 // Reported: the median time of each over the repetitions (rank 0's clock, after the barrier), the
-// bytes per second of each and their ratio. --zero reduces with ZeRO-1's reduce-scatter (its
-// allgather of parameters comes after the optimizer and is not included).
+// bytes per second of each and their ratio. --reduce lists DataParallel's reductions to measure
+// (parallel.reduce: "mpi", MPI's non-blocking collectives; "shared", the node's shared memory).
+// --zero reduces with ZeRO-1's reduce-scatter (its allgather of parameters comes after the
+// optimizer and is not included).
 #include "tessera/comm/process_grid.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/nn/sequential.hpp"
@@ -67,6 +69,31 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
+// Every (bucket size, reduction) pair, bucket sizes outermost.
+std::vector<std::pair<std::string, std::string>> grid(const std::vector<std::string>& buckets,
+                                                      const std::vector<std::string>& reductions) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const std::string& b : buckets) {
+    for (const std::string& r : reductions) {
+      out.emplace_back(b, r);
+    }
+  }
+  return out;
+}
+
+parallel::Reduce reduce_kind(const std::string& name) {
+  if (name == "mpi") {
+    return parallel::Reduce::mpi;
+  }
+  if (name == "shared") {
+    return parallel::Reduce::shared;
+  }
+  if (name == "auto") {
+    return parallel::Reduce::automatic;
+  }
+  throw Error(fmt::format("--reduce: unknown reduction '{}' (known: mpi, shared, auto)", name));
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -85,6 +112,7 @@ int main(int argc, char** argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     std::string models = "mlp,cnn,big";
     std::string buckets = "4";
+    std::string reductions = "mpi,shared";
     int reps = 30;
     bool zero = false;
     for (int i = 1; i < argc; ++i) {
@@ -93,6 +121,8 @@ int main(int argc, char** argv) {
         models = argv[++i];
       } else if (a == "--bucket-mb" && i + 1 < argc) {
         buckets = argv[++i];
+      } else if (a == "--reduce" && i + 1 < argc) {
+        reductions = argv[++i];
       } else if (a == "--reps" && i + 1 < argc) {
         reps = std::max(1, std::atoi(argv[++i]));
       } else if (a == "--zero") {
@@ -101,7 +131,7 @@ int main(int argc, char** argv) {
         if (rank == 0) {
           std::fprintf(stderr,
                        "usage: tessera-bench-reduce [--models mlp,cnn,big] [--bucket-mb 1,4,16] "
-                       "[--reps N] [--zero]\n");
+                       "[--reduce mpi,shared] [--reps N] [--zero]\n");
         }
         code = 2;
         break;
@@ -112,11 +142,12 @@ int main(int argc, char** argv) {
       if (code == 0 && rank == 0) {
         std::printf("# %d ranks, %d repetitions, %s; medians\n", size, reps,
                     zero ? "ZeRO-1 reduce-scatter" : "allreduce");
-        std::printf("%-5s %9s %9s %7s %11s %11s %10s %10s %7s\n", "model", "MiB", "bucket_mb",
-                    "buckets", "bucketed_ms", "raw_ms", "bucket_GB/s", "raw_GB/s", "ratio");
+        std::printf("%-5s %9s %9s %7s %7s %11s %11s %10s %10s %7s\n", "model", "MiB", "bucket_mb",
+                    "buckets", "reduce", "bucketed_ms", "raw_ms", "bucket_GB/s", "raw_GB/s",
+                    "ratio");
       }
       for (const std::string& m : code == 0 ? split_list(models) : std::vector<std::string>{}) {
-        for (const std::string& b : split_list(buckets)) {
+        for (const auto& [b, how] : grid(split_list(buckets), split_list(reductions))) {
           nn::Sequential model("model", {1});
           const std::vector<Index> tensors = model_tensors(m);
           for (size_t t = 0; t < tensors.size(); ++t) {
@@ -125,6 +156,7 @@ int main(int argc, char** argv) {
           parallel::DataParallelOptions o;
           o.bucket_mb = std::stod(b);
           o.zero = zero;
+          o.reduce = reduce_kind(how);
           parallel::DataParallel dp(model, data, o);
           Index total = 0;
           for (Index n : tensors) {
@@ -156,8 +188,9 @@ int main(int argc, char** argv) {
           const double tb = median(t_bucketed);
           const double tr = median(t_raw);
           if (rank == 0) {
-            std::printf("%-5s %9.2f %9s %7d %11.3f %11.3f %10.2f %10.2f %7.3f\n", m.c_str(),
-                        bytes / 1048576.0, b.c_str(), dp.bucket_count(), tb * 1e3, tr * 1e3,
+            std::printf("%-5s %9.2f %9s %7d %7s %11.3f %11.3f %10.2f %10.2f %7.3f\n", m.c_str(),
+                        bytes / 1048576.0, b.c_str(), dp.bucket_count(),
+                        dp.shared_reduction() ? "shared" : "mpi", tb * 1e3, tr * 1e3,
                         bytes / tb / 1e9, bytes / tr / 1e9, tr / tb);
             std::fflush(stdout);
           }

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
+#include <type_traits>
 
 namespace tessera::io {
 namespace {
@@ -273,28 +274,36 @@ const std::vector<std::int64_t>& DatasetReader::permutation(std::int64_t epoch) 
   return m_perm;
 }
 
-DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c) {
-  const std::vector<std::int64_t>& perm = permutation(c.epoch);
+Range DatasetReader::rank_block(const Cursor& c) const {
   const Index first = c.batch * m_options.batch;
   const Index global = std::min(m_options.batch, m_info.samples - first);
-  const Range mine = block_range(global, m_options.data_size, m_options.data_rank);
+  return block_range(global, m_options.data_size, m_options.data_rank);
+}
+
+DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c, float* x) {
+  const std::vector<std::int64_t>& perm = permutation(c.epoch);
+  const Index first = c.batch * m_options.batch;
+  const Range mine = rank_block(c);
   RawBatch out;
   out.cursor = c;
-  out.global_size = global;
+  out.global_size = std::min(m_options.batch, m_info.samples - first);
   out.offset = mine.offset;
   out.ids.assign(perm.begin() + first + mine.offset,
                  perm.begin() + first + mine.offset + mine.count);
 
   const Index per = numel(m_sample_shape);
   const Index targets = m_info.targets;
-  out.x.resize(static_cast<size_t>(mine.count * per));
+  if (x == nullptr) {
+    out.x.reset(new float[static_cast<size_t>(mine.count * per)]);  // every element written below
+    x = out.x.get();
+  }
   out.y.resize(static_cast<size_t>(mine.count * targets));
   if (m_options.cache) {
     // From memory: normalised straight into batch order.
     if (m_info.x_type == ElementType::u8) {
-      gather_normalised(static_cast<const std::uint8_t*>(m_cache->data), out);
+      gather_normalised(static_cast<const std::uint8_t*>(m_cache->data), out, x);
     } else {
-      gather_normalised(static_cast<const float*>(m_cache->data), out);
+      gather_normalised(static_cast<const float*>(m_cache->data), out, x);
     }
     return out;
   }
@@ -303,7 +312,7 @@ DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c) {
   std::iota(order.begin(), order.end(), size_t{0});
   std::sort(order.begin(), order.end(),
             [&](size_t a, size_t b) { return out.ids[a] < out.ids[b]; });
-  std::vector<float> xs(out.x.size());
+  std::vector<float> xs(static_cast<size_t>(mine.count * per));
   std::vector<float> ys(out.y.size());
   if (!order.empty()) {
     std::vector<Box> xboxes;
@@ -341,8 +350,7 @@ DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c) {
   // Normalise while scattering into batch order.
   for (size_t k = 0; k < order.size(); ++k) {
     const size_t dst = order[k];
-    normalise(xs.data() + k * static_cast<size_t>(per),
-              out.x.data() + dst * static_cast<size_t>(per));
+    normalise(xs.data() + k * static_cast<size_t>(per), x + dst * static_cast<size_t>(per));
     std::copy_n(ys.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(targets)), targets,
                 out.y.begin() + static_cast<std::ptrdiff_t>(dst * static_cast<size_t>(targets)));
   }
@@ -363,7 +371,7 @@ void DatasetReader::normalise(const T* sample, float* to) const {
 }
 
 template <typename T>
-void DatasetReader::gather_normalised(const T* cache, RawBatch& out) const {
+void DatasetReader::gather_normalised(const T* cache, RawBatch& out, float* x) const {
   const auto per = static_cast<size_t>(numel(m_sample_shape));
   const auto targets = static_cast<size_t>(m_info.targets);
   // Samples are scattered over the cache: ask for the lines of the samples two ahead while this
@@ -383,7 +391,7 @@ void DatasetReader::gather_normalised(const T* cache, RawBatch& out) const {
   for (size_t k = 0; k < out.ids.size(); ++k) {
     prefetch(k + kAhead);
     const auto id = static_cast<size_t>(out.ids[k]);
-    normalise(cache + id * per, out.x.data() + k * per);
+    normalise(cache + id * per, x + k * per);
     std::copy_n(m_cache_y.data() + id * targets, targets, out.y.data() + k * targets);
   }
 }
@@ -462,22 +470,40 @@ Batch DatasetReader::next() {
     m_queue.pop_front();
     lock.unlock();
     m_cv.notify_all();
+  }
+  auto shape = [&](Index n) {
+    Shape s{n};
+    s.insert(s.end(), m_sample_shape.begin(), m_sample_shape.end());
+    return s;
+  };
+  auto copy_in = [&] {  // raw.x into a new tensor
+    Tensor x = Tensor::uninitialized("Batch::x", shape(static_cast<Index>(raw.ids.size())));
+    const Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>
+        host(raw.x.get(), static_cast<size_t>(x.numel()));
+    Kokkos::deep_copy(x.view(), host);
+    return x;
+  };
+  Batch b;
+  if (m_options.prefetch > 0) {
+    b.x = copy_in();
   } else {
     const Stopwatch wait;
-    raw = read_batch(m_next);
+    if constexpr (std::is_same_v<MemSpace, Kokkos::HostSpace>) {
+      b.x = Tensor::uninitialized("Batch::x", shape(rank_block(m_next).count));
+      raw = read_batch(m_next, b.x.data());  // straight into the tensor
+    } else {
+      raw = read_batch(m_next);
+      b.x = copy_in();
+    }
     m_wait_seconds += wait.seconds();
   }
   m_next = advance(raw.cursor);
 
-  Batch b;
   b.cursor = raw.cursor;
   b.global_size = raw.global_size;
   b.offset = raw.offset;
   b.ids = std::move(raw.ids);
   const auto n = static_cast<Index>(b.ids.size());
-  Shape xs{n};
-  xs.insert(xs.end(), m_sample_shape.begin(), m_sample_shape.end());
-  b.x = Tensor::from_host("Batch::x", xs, raw.x);
   if (m_info.task == Task::classification) {
     b.labels = IntView("Batch::labels", static_cast<size_t>(n));
     const auto host = Kokkos::create_mirror_view(b.labels);

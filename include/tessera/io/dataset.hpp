@@ -10,6 +10,7 @@
 // batch b is positions [b·B, (b+1)·B) of that permutation — the same set of samples at every
 // data-parallel size — and data rank r reads only its block of it, with the selected samples
 // coalesced into contiguous runs for HDF5. Batches are read ahead by a background thread.
+#include "tessera/core/layout.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/io/hdf5.hpp"
 
@@ -113,23 +114,27 @@ class DatasetReader {
   double wait_seconds() const { return m_wait_seconds; }
 
  private:
-  // A batch as the worker thread produces it: plain host vectors (Kokkos views are made only on the
+  // A batch as the worker thread produces it: plain host memory (Kokkos views are made only on the
   // calling thread).
   struct RawBatch {
     Cursor cursor;
     Index global_size = 0;
     Index offset = 0;
     std::vector<std::int64_t> ids;
-    std::vector<float> x;
+    std::unique_ptr<float[]> x;  // (ids, sample), unless read_batch() was given where to put it
     std::vector<float> y;
   };
-  RawBatch read_batch(const Cursor& c);
+  // This rank's samples of batch `c`: the normalised samples go to `x` (room for all of them) or,
+  // without one, to a new RawBatch::x.
+  RawBatch read_batch(const Cursor& c, float* x = nullptr);
+  // This rank's block of batch `c` (offset in the global batch, count).
+  Range rank_block(const Cursor& c) const;
   // One sample (m_sample_shape, stored type T) normalised into `to`.
   template <typename T>
   void normalise(const T* sample, float* to) const;
-  // The samples of out.ids from the cache into out.x and out.y, in batch order.
+  // The samples of out.ids from the cache into `x` and out.y, in batch order.
   template <typename T>
-  void gather_normalised(const T* cache, RawBatch& out) const;
+  void gather_normalised(const T* cache, RawBatch& out, float* x) const;
   const std::vector<std::int64_t>& permutation(std::int64_t epoch);
   void worker();
   void start_worker();
