@@ -39,18 +39,6 @@ Index round_up(Index n, Index multiple) {
 constexpr bool kHostArenas = std::is_same_v<MemSpace, Kokkos::HostSpace>;
 }  // namespace
 
-const char* reduce_name(Reduce reduce) {
-  switch (reduce) {
-    case Reduce::automatic:
-      return "auto";
-    case Reduce::mpi:
-      return "mpi";
-    case Reduce::shared:
-      return "shared";
-  }
-  return "?";
-}
-
 DataParallel::DataParallel(nn::Layer& model, comm::Communicator& data,
                            const DataParallelOptions& options)
     : m_comm(data),

@@ -337,6 +337,15 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
   comm::agree(m_comm, [&] {  // also checks that every rank built the same model
     m_dp = std::make_unique<parallel::DataParallel>(*m_model, data, dpo);
   });
+  if (m_rank == 0 && m_size > 1) {
+    std::printf("data parallel: %d ranks, %d gradient bucket%s, summed %s%s\n", m_size,
+                m_dp->bucket_count(), m_dp->bucket_count() == 1 ? "" : "s",
+                deck.parallel.deterministic ? "in sample-group order (deterministic)"
+                : m_dp->shared_reduction()  ? "through shared memory (one node)"
+                                            : "with MPI's non-blocking allreduce",
+                dpo.zero ? ", ZeRO-1" : "");
+    std::fflush(stdout);
+  }
   m_model->set_backward_hook([this](nn::Layer& layer) { m_dp->on_backward(layer); });
   m_optimizer = make_optimizer(deck.optimizer);
   if (deck.checkpoint.enabled && !deck.checkpoint.restart.empty()) {

@@ -50,7 +50,6 @@ enum class Reduce {
   mpi,        ///< the communicator's non-blocking collectives (MPI_Iallreduce, ...)
   shared,     ///< shared memory (comm::SharedReduction); an error if it does not apply
 };
-const char* reduce_name(Reduce reduce);
 
 struct DataParallelOptions {
   double bucket_mb = 4.0;  ///< target bucket size in MiB (a bucket holds at least one parameter)
