@@ -374,25 +374,25 @@ template <typename T>
 void DatasetReader::gather_normalised(const T* cache, RawBatch& out, float* x) const {
   const auto per = static_cast<size_t>(numel(m_sample_shape));
   const auto targets = static_cast<size_t>(m_info.targets);
-  // Samples are scattered over the cache: ask for the lines of the samples two ahead while this
+  // Samples are scattered over the cache: ask for the lines of the sample four ahead while this
   // one is converted (the hardware prefetcher alone stalls on every sample, 3× slower here).
-  constexpr size_t kAhead = 2;
-  auto prefetch = [&](size_t k) {
-    if (k < out.ids.size()) {
+  // Written as one loop running kAhead ahead: GCC 12 drops __builtin_prefetch from a lambda form.
+  constexpr size_t kAhead = 4;
+  const size_t n = out.ids.size();
+  const size_t bytes = per * sizeof(T);
+  for (size_t k = 0; k < n + kAhead; ++k) {
+    if (k < n) {
       const auto* p = reinterpret_cast<const char*>(cache + static_cast<size_t>(out.ids[k]) * per);
-      for (size_t b = 0; b < per * sizeof(T); b += 64) {
+      for (size_t b = 0; b < bytes; b += 64) {
         __builtin_prefetch(p + b);
       }
     }
-  };
-  for (size_t k = 0; k < kAhead; ++k) {
-    prefetch(k);
-  }
-  for (size_t k = 0; k < out.ids.size(); ++k) {
-    prefetch(k + kAhead);
-    const auto id = static_cast<size_t>(out.ids[k]);
-    normalise(cache + id * per, x + k * per);
-    std::copy_n(m_cache_y.data() + id * targets, targets, out.y.data() + k * targets);
+    if (k >= kAhead) {
+      const size_t j = k - kAhead;
+      const auto id = static_cast<size_t>(out.ids[j]);
+      normalise(cache + id * per, x + j * per);
+      std::copy_n(m_cache_y.data() + id * targets, targets, out.y.data() + j * targets);
+    }
   }
 }
 
@@ -456,6 +456,20 @@ void DatasetReader::seek(const Cursor& cursor) {
   start_worker();
 }
 
+Tensor DatasetReader::batch_tensor(Shape shape) {
+  constexpr size_t kPool = 4;  // more than the batches alive at once: next, current, evaluation
+  for (const Tensor& t : m_x_pool) {
+    if (t.shape() == shape && t.view().use_count() == 1) {  // held by the pool alone
+      return t;
+    }
+  }
+  Tensor t = Tensor::uninitialized("Batch::x", std::move(shape));
+  if (m_x_pool.size() < kPool) {
+    m_x_pool.push_back(t);
+  }
+  return t;
+}
+
 Batch DatasetReader::next() {
   RawBatch raw;
   if (m_options.prefetch > 0) {
@@ -476,8 +490,8 @@ Batch DatasetReader::next() {
     s.insert(s.end(), m_sample_shape.begin(), m_sample_shape.end());
     return s;
   };
-  auto copy_in = [&] {  // raw.x into a new tensor
-    Tensor x = Tensor::uninitialized("Batch::x", shape(static_cast<Index>(raw.ids.size())));
+  auto copy_in = [&] {  // raw.x into a tensor
+    Tensor x = batch_tensor(shape(static_cast<Index>(raw.ids.size())));
     const Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>
         host(raw.x.get(), static_cast<size_t>(x.numel()));
     Kokkos::deep_copy(x.view(), host);
@@ -489,7 +503,7 @@ Batch DatasetReader::next() {
   } else {
     const Stopwatch wait;
     if constexpr (std::is_same_v<MemSpace, Kokkos::HostSpace>) {
-      b.x = Tensor::uninitialized("Batch::x", shape(rank_block(m_next).count));
+      b.x = batch_tensor(shape(rank_block(m_next).count));
       raw = read_batch(m_next, b.x.data());  // straight into the tensor
     } else {
       raw = read_batch(m_next);

@@ -129,6 +129,10 @@ class DatasetReader {
   RawBatch read_batch(const Cursor& c, float* x = nullptr);
   // This rank's block of batch `c` (offset in the global batch, count).
   Range rank_block(const Cursor& c) const;
+  // An uninitialised tensor for a batch's samples: one of the last few handed out when nobody
+  // holds it any more (the previous step's batch, released after its backward), so a batch is
+  // written into memory the cache still holds rather than into a fresh 400 KB allocation.
+  Tensor batch_tensor(Shape shape);
   // One sample (m_sample_shape, stored type T) normalised into `to`.
   template <typename T>
   void normalise(const T* sample, float* to) const;
@@ -158,6 +162,7 @@ class DatasetReader {
   };
   std::unique_ptr<CacheMemory> m_cache;  // (N, sample): bytes when stored as bytes, else float32
   std::vector<float> m_cache_y;
+  std::vector<Tensor> m_x_pool;  // batch tensors for reuse (batch_tensor())
   std::int64_t m_perm_epoch = -1;
   std::vector<std::int64_t> m_perm;
   Cursor m_next;
