@@ -4,10 +4,12 @@
 #include "tessera/core/check.hpp"
 
 #include <sched.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <limits>
 
 namespace tessera::comm {
 namespace {
@@ -35,6 +37,27 @@ bool on_one_node(MPI_Comm comm) {
   int all = node_size == size ? 1 : 0;
   TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, comm));
   return all == 1;
+}
+
+size_t shared_memory_free() {
+  struct statvfs fs {};
+  if (statvfs("/dev/shm", &fs) != 0) {
+    return std::numeric_limits<size_t>::max();
+  }
+  return static_cast<size_t>(fs.f_bavail) * static_cast<size_t>(fs.f_frsize);
+}
+
+namespace {
+size_t flag_bytes(size_t segments) {
+  return round_up((2 * segments + 3) * kLine, kLine);
+}
+size_t array_bytes(Index elements) {
+  return round_up(static_cast<size_t>(elements) * sizeof(float), kLine);
+}
+}  // namespace
+
+size_t SharedReduction::window_bytes(Index elements, size_t segments) {
+  return flag_bytes(segments) + 2 * array_bytes(elements) + kLine;  // + slack to align the start
 }
 
 SharedReduction::SharedReduction(MPI_Comm comm, Index elements, std::vector<Range> segments,
@@ -66,10 +89,9 @@ SharedReduction::SharedReduction(MPI_Comm comm, Index elements, std::vector<Rang
   // This rank's part of the window: flags, then gradients, then parameters; each rank's part is
   // allocated near its own cores (alloc_shared_noncontig) and found by the others with
   // MPI_Win_shared_query.
-  const size_t slots = 2 * m_segments.size() + 3;
-  const size_t flag_bytes = round_up(slots * kLine, kLine);
-  const size_t array_bytes = round_up(static_cast<size_t>(elements) * sizeof(float), kLine);
-  const size_t bytes = flag_bytes + 2 * array_bytes + kLine;  // + slack to align the start
+  const size_t flags = flag_bytes(m_segments.size());
+  const size_t array = array_bytes(elements);
+  const size_t bytes = window_bytes(elements, m_segments.size());
   MPI_Info info = MPI_INFO_NULL;
   TESSERA_MPI_CHECK(MPI_Info_create(&info));
   TESSERA_MPI_CHECK(MPI_Info_set(info, "alloc_shared_noncontig", "true"));
@@ -87,10 +109,10 @@ SharedReduction::SharedReduction(MPI_Comm comm, Index elements, std::vector<Rang
     address = (address + kLine - 1) / kLine * kLine;
     auto* start = reinterpret_cast<unsigned char*>(address);
     m_flags.push_back(start);
-    m_grads.push_back(reinterpret_cast<float*>(start + flag_bytes));
-    m_values.push_back(reinterpret_cast<float*>(start + flag_bytes + array_bytes));
+    m_grads.push_back(reinterpret_cast<float*>(start + flags));
+    m_values.push_back(reinterpret_cast<float*>(start + flags + array));
   }
-  std::memset(m_flags[static_cast<size_t>(m_rank)], 0, flag_bytes + 2 * array_bytes);
+  std::memset(m_flags[static_cast<size_t>(m_rank)], 0, flags + 2 * array);
   // Every rank's memory is zeroed before any rank reads a flag.
   TESSERA_MPI_CHECK(MPI_Win_fence(0, m_window));
   TESSERA_MPI_CHECK(MPI_Barrier(m_comm));

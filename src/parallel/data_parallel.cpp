@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <type_traits>
@@ -156,14 +157,41 @@ bool DataParallel::use_shared_reduction() const {
     return false;
   }
   const bool one_node = comm::on_one_node(m_comm.mpi_comm());  // collective
-  if (m_options.reduce == Reduce::shared && (!one_node || !kHostArenas)) {
+  // The window of every rank of the node, with a tenth to spare, must fit in /dev/shm; every rank
+  // learns the smallest free space any of them sees.
+  const double need =
+      1.1 * static_cast<double>(m_size) *
+      static_cast<double>(comm::SharedReduction::window_bytes(m_arena_size, m_buckets.size()));
+  double free = static_cast<double>(m_options.shared_memory_free > 0 ? m_options.shared_memory_free
+                                                                     : comm::shared_memory_free());
+  TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &free, 1, MPI_DOUBLE, MPI_MIN, m_comm.mpi_comm()));
+  const bool fits = free >= need;
+  auto size = [](double bytes) {
+    return bytes < 1024.0 * 1024.0 ? fmt::format("{:.1f} KiB", bytes / 1024.0)
+                                   : fmt::format("{:.1f} MiB", bytes / (1024.0 * 1024.0));
+  };
+  if (m_options.reduce == Reduce::shared && (!one_node || !kHostArenas || !fits)) {
+    std::string why;
+    if (!kHostArenas) {
+      why = "parameters in host memory (this build keeps them on the GPU)";
+    } else if (!one_node) {
+      why = fmt::format("every one of the {} ranks of communicator '{}' on one node", m_size,
+                        m_comm.name());
+    } else {
+      why = fmt::format("{} of shared memory (/dev/shm) and {} are free", size(need), size(free));
+    }
     throw input_error(fmt::format(
-        "data parallel: parallel.reduce = \"shared\" needs {}; use \"auto\" or \"mpi\"",
-        kHostArenas ? fmt::format("every one of the {} ranks of communicator '{}' on one node",
-                                  m_size, m_comm.name())
-                    : std::string("parameters in host memory (this build keeps them on the GPU)")));
+        "data parallel: parallel.reduce = \"shared\" needs {}; use \"auto\" or \"mpi\"", why));
   }
-  return one_node && kHostArenas;
+  if (one_node && kHostArenas && !fits && m_rank == 0) {
+    std::fprintf(stderr, "%s\n",
+                 fmt::format("data parallel: warning: the shared-memory reduction needs {} of "
+                             "/dev/shm, {} are free: summing with MPI instead (enlarge /dev/shm, "
+                             "e.g. docker --shm-size)",
+                             size(need), size(free))
+                     .c_str());
+  }
+  return one_node && kHostArenas && fits;
 }
 
 void DataParallel::allocate_arenas() {

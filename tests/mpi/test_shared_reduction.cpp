@@ -9,10 +9,16 @@
 #include "support/mpi.hpp"
 #include "tessera/comm/shared_reduction.hpp"
 #include "tessera/core/error.hpp"
+#include "tessera/nn/linear.hpp"
+#include "tessera/nn/sequential.hpp"
+#include "tessera/parallel/data_parallel.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <memory>
+#include <string>
 #include <vector>
 
 using namespace tessera;
@@ -146,5 +152,65 @@ TEST(SharedReduction, RejectsSegmentsThatDoNotCutTheArray) {
                   "shared reduction: segments must cut [0, 10) in order; one is [5, 10)"),
               std::string::npos)
         << e.what();
+  }
+}
+
+TEST(SharedReduction, WindowSizeAndFreeSharedMemory) {
+  // Flags (2 per segment + 3, a cache line each), two arrays of 64-byte-rounded floats, 64 of
+  // slack.
+  EXPECT_EQ(comm::SharedReduction::window_bytes(100, 2), 7 * 64 + 2 * 448 + 64);
+  EXPECT_GT(comm::shared_memory_free(), size_t{0});
+}
+
+namespace {
+// A two-layer model whose ranks each compute their own gradient, for DataParallel directly.
+std::unique_ptr<nn::Sequential> small_model() {
+  auto m = std::make_unique<nn::Sequential>("model", Shape{6});
+  m->add(std::make_unique<nn::Linear>("fc0", Shape{6}, nn::LinearOptions{5, true}));
+  m->add(std::make_unique<nn::Linear>("fc1", Shape{5}, nn::LinearOptions{3, true}));
+  m->initialize(7);
+  return m;
+}
+}  // namespace
+
+TEST(SharedReduction, DataParallelFallsBackToMpiWhenSharedMemoryIsShort) {
+  // 1 KiB of /dev/shm cannot hold the windows: "auto" sums with MPI (and says so on rank 0's
+  // stderr); "shared" is an error on every rank. One rank never needs either.
+  comm::MpiCommunicator data(MPI_COMM_WORLD, "data");
+  {
+    auto model = small_model();
+    parallel::DataParallelOptions o;
+    o.shared_memory_free = 1024;
+    parallel::DataParallel dp(*model, data, o);
+    EXPECT_FALSE(dp.shared_reduction());
+  }
+  {
+    auto model = small_model();
+    parallel::DataParallelOptions o;
+    parallel::DataParallel dp(*model, data, o);  // this machine's /dev/shm is large enough
+    EXPECT_EQ(dp.shared_reduction(), world_size() > 1);
+  }
+  auto model = small_model();
+  parallel::DataParallelOptions o;
+  o.reduce = parallel::Reduce::shared;
+  o.shared_memory_free = 1024;
+  if (world_size() == 1) {
+    parallel::DataParallel dp(*model, data, o);
+    EXPECT_FALSE(dp.shared_reduction());
+    return;
+  }
+  try {
+    parallel::DataParallel dp(*model, data, o);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    // 53 floats in one bucket: a window of 896 bytes a rank, with a tenth to spare.
+    const double need = 1.1 * world_size() * comm::SharedReduction::window_bytes(53, 1);
+    EXPECT_EQ(comm::SharedReduction::window_bytes(53, 1), 896U);
+    const std::string expected = fmt::format(
+        "data parallel: parallel.reduce = \"shared\" needs {:.1f} KiB of shared memory "
+        "(/dev/shm) and 1.0 KiB are free; use \"auto\" or \"mpi\"",
+        need / 1024.0);
+    EXPECT_NE(m.find(expected), std::string::npos) << m << "\nexpected: " << expected;
   }
 }

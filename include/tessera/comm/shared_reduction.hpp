@@ -39,6 +39,11 @@ namespace tessera::comm {
 /// every rank).
 bool on_one_node(MPI_Comm comm);
 
+/// Free bytes of /dev/shm, where MPICH and Open MPI back shared-memory windows on Linux (a
+/// container often mounts only 64 MiB there, and a window larger than that would fault when
+/// touched); the largest size_t where it cannot be told.
+size_t shared_memory_free();
+
 class SharedReduction {
  public:
   /// Collective over `comm`, whose ranks must all be on one node. Allocates this rank's gradient
@@ -52,6 +57,9 @@ class SharedReduction {
   ~SharedReduction();
   SharedReduction(const SharedReduction&) = delete;
   SharedReduction& operator=(const SharedReduction&) = delete;
+
+  /// Bytes of shared memory one rank's part of the window takes.
+  static size_t window_bytes(Index elements, size_t segments);
 
   int rank() const { return m_rank; }
   int size() const { return m_size; }

@@ -54,6 +54,8 @@ enum class Reduce {
 struct DataParallelOptions {
   double bucket_mb = 4.0;  ///< target bucket size in MiB (a bucket holds at least one parameter)
   Reduce reduce = Reduce::automatic;
+  /// Free shared memory (bytes) to assume instead of measuring /dev/shm (0: measure); for tests.
+  size_t shared_memory_free = 0;
   bool zero = false;        ///< ZeRO-1: optimizer state sharded over the data axis
   int groups_per_rank = 0;  ///< deterministic mode: sample groups per rank (0: off)
 };
