@@ -1,13 +1,19 @@
 // main() of the MPI tests (run under mpiexec at several rank counts). Only rank 0 prints the usual
 // GoogleTest output; every other rank prints its failures prefixed with its rank, so that a failure
 // on any rank shows in ctest's log, and all ranks return the same exit code.
+//
+// The GPU-only build (TESSERA_GPU_ONLY, tests/gpu/CMakeLists.txt) has no Kokkos and no BLAS: it
+// compiles this file with TESSERA_TEST_WITHOUT_KOKKOS.
 #include <gtest/gtest.h>
 #include <mpi.h>
-#include <Kokkos_Core.hpp>
 
 #include <cstdio>
 
+#ifndef TESSERA_TEST_WITHOUT_KOKKOS
+#include <Kokkos_Core.hpp>
+
 #include "tessera/kernels/gemm.hpp"
+#endif
 
 namespace {
 class RankFailurePrinter : public ::testing::EmptyTestEventListener {
@@ -32,8 +38,10 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   int result = 0;
   {
+#ifndef TESSERA_TEST_WITHOUT_KOKKOS
     Kokkos::ScopeGuard kokkos(argc, argv);
     tessera::kernels::set_blas_threads(1);
+#endif
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     if (rank != 0) {
       delete listeners.Release(listeners.default_result_printer());
