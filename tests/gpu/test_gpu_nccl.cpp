@@ -3,6 +3,7 @@
 // tests/mpi/test_communicator.cpp does for the MPI backend), a send/recv ring posted recv-first,
 // non-blocking test()/wait(), ordering after the compute stream, and the base class's messages.
 // Skipped on every rank, with the reason, where a rank has no CUDA device of its own.
+#include "support/collective_values.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/comm/nccl_communicator.hpp"
 #include "tessera/core/error.hpp"
@@ -20,6 +21,7 @@
 using namespace tessera;
 using namespace tessera::comm;
 using tessera::kernels::cuda::DeviceBuffer;
+using namespace tessera::testing::collectives;
 
 namespace {
 
@@ -147,13 +149,11 @@ TEST_F(NcclTest, AllreduceEveryOpMatchesTheClosedForm) {
   constexpr int n = 5;
   const int r = rank();
   const int s = size();
-  // Rank r holds 10 r + i: the sum is 10 × S(S - 1)/2 + S i.
-  DeviceBuffer<float> sum(values(n, [&](int i) { return 10 * r + i; }));
-  // Rank r holds (r + 1) + i: the product over ranks is Π (r + 1 + i).
-  DeviceBuffer<float> product(values(n, [&](int i) { return r + 1 + i; }));
-  // Rank r holds i - r: the minimum is i - (S - 1), the maximum i.
-  DeviceBuffer<float> low(values(n, [&](int i) { return i - r; }));
-  DeviceBuffer<float> high(values(n, [&](int i) { return i - r; }));
+  // tests/support/collective_values.hpp: each rank's terms and the results.
+  DeviceBuffer<float> sum(values(n, [&](int i) { return sum_term(r, i); }));
+  DeviceBuffer<float> product(values(n, [&](int i) { return product_term(r, i); }));
+  DeviceBuffer<float> low(values(n, [&](int i) { return min_max_term(r, i); }));
+  DeviceBuffer<float> high(values(n, [&](int i) { return min_max_term(r, i); }));
   comm().allreduce(on_device(sum))->wait();
   comm().allreduce(on_device(product), {ReduceOp::product})->wait();
   comm().allreduce(on_device(low), {ReduceOp::min})->wait();
@@ -164,14 +164,10 @@ TEST_F(NcclTest, AllreduceEveryOpMatchesTheClosedForm) {
   const auto high_h = high.to_host();
   for (int i = 0; i < n; ++i) {
     const auto k = static_cast<std::size_t>(i);
-    EXPECT_EQ(sum_h[k], static_cast<float>(10 * s * (s - 1) / 2 + s * i)) << i;
-    long long expected_product = 1;
-    for (int q = 0; q < s; ++q) {
-      expected_product *= q + 1 + i;
-    }
-    EXPECT_EQ(product_h[k], static_cast<float>(expected_product)) << i;
-    EXPECT_EQ(low_h[k], static_cast<float>(i - (s - 1))) << i;
-    EXPECT_EQ(high_h[k], static_cast<float>(i)) << i;
+    EXPECT_EQ(sum_h[k], allreduce_sum(s, i)) << i;
+    EXPECT_EQ(product_h[k], allreduce_product(s, i)) << i;
+    EXPECT_EQ(low_h[k], allreduce_min(s, i)) << i;
+    EXPECT_EQ(high_h[k], allreduce_max(s, i)) << i;
   }
 }
 
@@ -186,8 +182,8 @@ TEST_F(NcclTest, ReduceScatterGivesEachRankItsBlock) {
   constexpr int count = 3;
   const int r = rank();
   const int s = size();
-  // Rank r's input element j (of S × count) is 1000 r + j; block b, element k is j = b count + k.
-  DeviceBuffer<float> input(values(s * count, [&](int j) { return 1000 * r + j; }));
+  // Block b, element k of the output is input element j = b count + k over the ranks.
+  DeviceBuffer<float> input(values(s * count, [&](int j) { return scatter_term(r, j); }));
   DeviceBuffer<float> sum(std::vector<float>(count, -1.0F));
   DeviceBuffer<float> max(std::vector<float>(count, -1.0F));
   comm().reduce_scatter(on_device(input), on_device(sum))->wait();
@@ -196,9 +192,8 @@ TEST_F(NcclTest, ReduceScatterGivesEachRankItsBlock) {
   const auto max_h = max.to_host();
   for (int k = 0; k < count; ++k) {
     const int j = r * count + k;
-    EXPECT_EQ(sum_h[static_cast<std::size_t>(k)],
-              static_cast<float>(1000 * s * (s - 1) / 2 + s * j));
-    EXPECT_EQ(max_h[static_cast<std::size_t>(k)], static_cast<float>(1000 * (s - 1) + j));
+    EXPECT_EQ(sum_h[static_cast<std::size_t>(k)], scatter_sum(s, j));
+    EXPECT_EQ(max_h[static_cast<std::size_t>(k)], scatter_max(s, j));
   }
 }
 

@@ -1,6 +1,7 @@
 // The MPI Communicator at any rank count: every collective's result against a closed form computed
 // here from the ranks' inputs, non-blocking progress and out-of-order completion, and the exact
 // messages for bad arguments. Few collectives per test: ranks beyond the cores are oversubscribed.
+#include "support/collective_values.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
@@ -13,6 +14,7 @@
 
 using namespace tessera;
 using namespace tessera::comm;
+using namespace tessera::testing::collectives;
 
 namespace {
 
@@ -61,27 +63,21 @@ TEST_F(CommunicatorTest, AllreduceEveryOpMatchesTheClosedForm) {
     }
     return v;
   };
-  // Rank r holds 10 r + i: the sum is 10 × S(S - 1)/2 + S i.
-  std::vector<float> sum = values([](int r, int i) { return 10 * r + i; });
+  // tests/support/collective_values.hpp: each rank's terms and the results.
+  std::vector<float> sum = values(sum_term);
   comm.allreduce(sum)->wait();
-  // Rank r holds (r + 1) + i: the product over ranks is Π (r + 1 + i).
-  std::vector<float> product = values([](int r, int i) { return r + 1 + i; });
+  std::vector<float> product = values(product_term);
   comm.allreduce(product, {ReduceOp::product})->wait();
-  // Rank r holds i - r: the minimum is i - (S - 1), the maximum i.
-  std::vector<float> low = values([](int r, int i) { return i - r; });
+  std::vector<float> low = values(min_max_term);
   std::vector<float> high = low;
   comm.allreduce(low, {ReduceOp::min})->wait();
   comm.allreduce(high, {ReduceOp::max})->wait();
   for (int i = 0; i < n; ++i) {
     const auto k = static_cast<size_t>(i);
-    EXPECT_EQ(sum[k], static_cast<float>(10 * size * (size - 1) / 2 + size * i)) << i;
-    long long expected_product = 1;
-    for (int r = 0; r < size; ++r) {
-      expected_product *= r + 1 + i;
-    }
-    EXPECT_EQ(product[k], static_cast<float>(expected_product)) << i;
-    EXPECT_EQ(low[k], static_cast<float>(i - (size - 1))) << i;
-    EXPECT_EQ(high[k], static_cast<float>(i)) << i;
+    EXPECT_EQ(sum[k], allreduce_sum(size, i)) << i;
+    EXPECT_EQ(product[k], allreduce_product(size, i)) << i;
+    EXPECT_EQ(low[k], allreduce_min(size, i)) << i;
+    EXPECT_EQ(high[k], allreduce_max(size, i)) << i;
   }
 }
 
@@ -100,10 +96,10 @@ TEST_F(CommunicatorTest, AllreduceOfATensorAndOfAPointer) {
 
 TEST_F(CommunicatorTest, ReduceScatterGivesEachRankItsBlock) {
   constexpr int count = 3;
-  // Rank r's input element j (of S × count) is 1000 r + j; block b, element k is j = b count + k.
+  // Block b, element k of the output is input element j = b count + k over the ranks.
   std::vector<float> input(static_cast<size_t>(size * count));
   for (int j = 0; j < size * count; ++j) {
-    input[static_cast<size_t>(j)] = static_cast<float>(1000 * rank + j);
+    input[static_cast<size_t>(j)] = scatter_term(rank, j);
   }
   std::vector<float> sum(count, -1.0F);
   std::vector<float> max(count, -1.0F);
@@ -111,9 +107,8 @@ TEST_F(CommunicatorTest, ReduceScatterGivesEachRankItsBlock) {
   comm.reduce_scatter(input, max, {ReduceOp::max})->wait();
   for (int k = 0; k < count; ++k) {
     const int j = rank * count + k;
-    EXPECT_EQ(sum[static_cast<size_t>(k)],
-              static_cast<float>(1000 * size * (size - 1) / 2 + size * j));
-    EXPECT_EQ(max[static_cast<size_t>(k)], static_cast<float>(1000 * (size - 1) + j));
+    EXPECT_EQ(sum[static_cast<size_t>(k)], scatter_sum(size, j));
+    EXPECT_EQ(max[static_cast<size_t>(k)], scatter_max(size, j));
   }
 }
 
@@ -121,13 +116,12 @@ TEST_F(CommunicatorTest, ReduceScatterInPlaceLeavesTheResultInThisRanksBlock) {
   constexpr int count = 3;
   std::vector<float> buffer(static_cast<size_t>(size * count));
   for (int j = 0; j < size * count; ++j) {
-    buffer[static_cast<size_t>(j)] = static_cast<float>(1000 * rank + j);
+    buffer[static_cast<size_t>(j)] = scatter_term(rank, j);
   }
   comm.reduce_scatter(buffer, {buffer.data() + rank * count, count})->wait();
   for (int k = 0; k < count; ++k) {
     const int j = rank * count + k;
-    EXPECT_EQ(buffer[static_cast<size_t>(j)],
-              static_cast<float>(1000 * size * (size - 1) / 2 + size * j));
+    EXPECT_EQ(buffer[static_cast<size_t>(j)], scatter_sum(size, j));
   }
 }
 
