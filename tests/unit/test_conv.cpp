@@ -43,15 +43,6 @@ ConvOptions with(ConvOptions o, nn::ConvBackend backend) {
   return o;
 }
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no exception)";
-}
-
 /// A direct 3-D convolution (2-D: depth 1) and its gradients, summing in double.
 struct Direct {
   Index n, c, o;
@@ -362,7 +353,9 @@ TEST(Conv3d, GradCheck) {
 }
 
 TEST(Conv2d, BadOptionsThrowExactMessages) {
-  auto make2 = [](Shape in, ConvOptions o) { return message_of([&] { Conv2d("conv1", in, o); }); };
+  auto make2 = [](Shape in, ConvOptions o) {
+    return tt::error_of([&] { Conv2d("conv1", in, o); });
+  };
   EXPECT_EQ(make2({28, 28}, {32, {3}}),
             "conv2d 'conv1': input shape (28, 28) must be (C, H, W) with every extent >= 1");
   EXPECT_EQ(make2({1, 0, 28}, {32, {3}}),
@@ -383,15 +376,15 @@ TEST(Conv2d, BadOptionsThrowExactMessages) {
   EXPECT_EQ(make2({1, 2, 28}, {32, {3}}),
             "conv2d 'conv1': input (1, 2, 28) with kernel [3, 3], stride [1, 1], pad [0, 0] gives "
             "output extents (0, 26); every extent must be >= 1");
-  EXPECT_EQ(message_of([] {
+  EXPECT_EQ(tt::error_of([] {
               Conv3d("c3", {1, 28, 28}, ConvOptions{8, {3}});
             }),
             "conv3d 'c3': input shape (1, 28, 28) must be (C, D, H, W) with every extent >= 1");
-  EXPECT_EQ(message_of([] {
+  EXPECT_EQ(tt::error_of([] {
               Conv3d("c3", {1, 4, 8, 8}, ConvOptions{8, {3, 3}});
             }),
             "conv3d 'c3': option kernel has 2 values [3, 3], expected 1 or 3");
-  EXPECT_EQ(message_of([] {
+  EXPECT_EQ(tt::error_of([] {
               Conv3d("c3", {1, 2, 8, 8}, ConvOptions{8, {3}, {1}, {0, 1, 1}});
             }),
             "conv3d 'c3': input (1, 2, 8, 8) with kernel [3, 3, 3], stride [1, 1, 1], pad [0, 1, "
@@ -400,26 +393,26 @@ TEST(Conv2d, BadOptionsThrowExactMessages) {
 
 TEST(Conv2d, BadShapesThrowExactMessages) {
   Conv2d conv("conv1", {1, 28, 28}, ConvOptions{32, {3}, {}, {1}});
-  EXPECT_EQ(message_of([&] {
+  EXPECT_EQ(tt::error_of([&] {
               (void)conv.forward(Tensor("x", {8, 3, 28, 28}), {});
             }),
             "conv2d 'conv1': input has shape (8, 3, 28, 28), expected (N, 1, 28, 28) with N >= 1");
-  EXPECT_EQ(message_of([&] {
+  EXPECT_EQ(tt::error_of([&] {
               (void)conv.forward(Tensor("x", {1, 28, 28}), {});
             }),
             "conv2d 'conv1': input has shape (1, 28, 28), expected (N, 1, 28, 28) with N >= 1");
-  EXPECT_EQ(message_of([&] {
+  EXPECT_EQ(tt::error_of([&] {
               (void)conv.output_shape({3, 28, 28});
             }),
             "conv2d 'conv1': input sample shape (3, 28, 28) does not fit, expected (1, 28, 28)");
   nn::ForwardResult r = conv.forward(Tensor("x", {2, 1, 28, 28}), {});
   EXPECT_EQ(
-      message_of([&] {
+      tt::error_of([&] {
         (void)conv.backward(Tensor("dy", {2, 32, 27, 28}), nn::Context(r.ctx));
       }),
       "conv2d 'conv1': output grad has shape (2, 32, 27, 28), expected (N, 32, 28, 28) with N >= "
       "1");
-  EXPECT_NE(message_of([&] {
+  EXPECT_NE(tt::error_of([&] {
               (void)conv.backward(Tensor("dy", {3, 32, 28, 28}), nn::Context(r.ctx));
             }).find("conv2d 'conv1': backward context does not match output grad (3, 32, 28, 28)"),
             std::string::npos);

@@ -27,18 +27,9 @@ namespace tt = tessera::testing;
 
 namespace {
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no exception)";
-}
-
 /// The message of a TESSERA_CHECK failure without the location it appends: " [check ...".
 std::string check_message(const std::function<void()>& f) {
-  const std::string m = message_of(f);
+  const std::string m = tt::error_of(f);
   return m.substr(0, m.find(" [check "));
 }
 
@@ -130,7 +121,7 @@ TEST(ConvDnnl, DefaultBackendFollowsTheBuild) {
   if (!kernels::dnnl_available()) {
     ConvOptions o = opts(32, {3});
     o.backend = ConvBackend::dnnl;
-    EXPECT_EQ(message_of([&] {
+    EXPECT_EQ(tt::error_of([&] {
                 nn::Conv2d("conv1", {1, 28, 28}, o);
               }),
               "conv2d 'conv1': the oneDNN convolution backend is not in this build (install "

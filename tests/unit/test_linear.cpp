@@ -8,7 +8,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,17 +15,6 @@ using namespace tessera;
 using nn::Linear;
 using nn::LinearOptions;
 namespace tt = tessera::testing;
-
-namespace {
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no exception)";
-}
-}  // namespace
 
 TEST(Linear, HandComputed) {
   Linear fc("fc", {2}, LinearOptions{2});
@@ -154,36 +142,36 @@ TEST(Linear, ParametersAndInitialisation) {
 }
 
 TEST(Linear, BadArgumentsThrowExactMessages) {
-  EXPECT_EQ(message_of([] { Linear("fc1", {}, LinearOptions{4}); }),
+  EXPECT_EQ(tt::error_of([] { Linear("fc1", {}, LinearOptions{4}); }),
             "linear 'fc1': input shape () must be (in,) with in >= 1 (flatten first)");
-  EXPECT_EQ(message_of([] {
+  EXPECT_EQ(tt::error_of([] {
               Linear("fc1", {3, 4}, LinearOptions{4});
             }),
             "linear 'fc1': input shape (3, 4) must be (in,) with in >= 1 (flatten first)");
-  EXPECT_EQ(message_of([] { Linear("fc1", {0}, LinearOptions{4}); }),
+  EXPECT_EQ(tt::error_of([] { Linear("fc1", {0}, LinearOptions{4}); }),
             "linear 'fc1': input shape (0,) must be (in,) with in >= 1 (flatten first)");
-  EXPECT_EQ(message_of([] { Linear("fc1", {8}, LinearOptions{0}); }),
+  EXPECT_EQ(tt::error_of([] { Linear("fc1", {8}, LinearOptions{0}); }),
             "linear 'fc1': option out = 0 must be >= 1");
 
   Linear fc("fc1", {784}, LinearOptions{10});
-  EXPECT_EQ(message_of([&] {
+  EXPECT_EQ(tt::error_of([&] {
               (void)fc.output_shape({28, 28});
             }),
             "linear 'fc1': input sample shape (28, 28) does not fit, expected (784,)");
-  EXPECT_EQ(message_of([&] {
+  EXPECT_EQ(tt::error_of([&] {
               (void)fc.forward(Tensor("x", {4, 5}), {});
             }),
             "linear 'fc1': input has shape (4, 5), expected (N, 784) with N >= 1");
-  EXPECT_EQ(message_of([&] {
+  EXPECT_EQ(tt::error_of([&] {
               (void)fc.forward(Tensor("x", {0, 784}), {});
             }),
             "linear 'fc1': input has shape (0, 784), expected (N, 784) with N >= 1");
   nn::ForwardResult r = fc.forward(Tensor("x", {4, 784}), {});
-  EXPECT_EQ(message_of([&] {
+  EXPECT_EQ(tt::error_of([&] {
               (void)fc.backward(Tensor("dy", {4, 11}), nn::Context(r.ctx));
             }),
             "linear 'fc1': output grad has shape (4, 11), expected (N, 10) with N >= 1");
-  EXPECT_NE(message_of([&] {
+  EXPECT_NE(tt::error_of([&] {
               (void)fc.backward(Tensor("dy", {3, 10}), nn::Context(r.ctx));
             }).find("linear 'fc1': backward context does not match output grad (3, 10)"),
             std::string::npos);
