@@ -1,11 +1,14 @@
 #pragma once
-// Shared by the gpu tests: the fixture that skips where no CUDA device exists, and random data.
+// Shared by the gpu tests: the fixture that skips where no CUDA device exists, random data, and the
+// message of an expected error.
+#include "tessera/core/error.hpp"
 #include "tessera/kernels/cuda/device.hpp"
 
 #include <gtest/gtest.h>
 
 #include <cstddef>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace tessera::testing {
@@ -30,6 +33,17 @@ inline std::vector<float> random_values(std::size_t count, unsigned int seed) {
     v = uniform(engine);
   }
   return values;
+}
+
+/// The what() of the tessera::Error that `f` throws ("" when it throws none).
+template <class F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 }  // namespace tessera::testing

@@ -1,5 +1,6 @@
 // The host-only parts of the CUDA backend, which run with or without a device: the check macros
 // (calls that fail the same way everywhere), device_count() and the convolution geometry checks.
+#include "gpu_test.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/kernels/cuda/check.hpp"
 #include "tessera/kernels/cuda/conv.hpp"
@@ -12,21 +13,7 @@
 
 using namespace tessera;
 using namespace tessera::kernels::cuda;
-
-namespace {
-
-// The message of the tessera::Error that `f` throws ("" when it throws none).
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-}  // namespace
+using tessera::testing::error_message;
 
 TEST(CudaCheck, FailingRuntimeCallThrowsWithCallStatusAndLine) {
   // An invalid ordinal fails with or without a device (the status differs: no driver here).

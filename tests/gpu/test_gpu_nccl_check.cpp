@@ -1,5 +1,6 @@
 // NCCL's check macro, which needs no device (a null communicator is refused before any device
 // work): part of gpu_check where the NCCL communicator is built.
+#include "gpu_test.hpp"
 #include "tessera/comm/nccl_communicator.hpp"
 #include "tessera/core/error.hpp"
 
@@ -9,26 +10,12 @@
 #include <string>
 
 using namespace tessera;
-
-namespace {
-
-// The what() of the tessera::Error that `f` throws ("" when it throws none).
-template <class F>
-std::string nccl_error_message(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-}  // namespace
+using tessera::testing::error_message;
 
 TEST(NcclCheck, FailingCallThrowsWithCallStatusAndLine) {
   int count = -1;
   int line = 0;
-  const std::string message = nccl_error_message([&] {
+  const std::string message = error_message([&] {
     line = __LINE__ + 1;
     TESSERA_NCCL_CHECK(ncclCommCount(nullptr, &count));
   });
