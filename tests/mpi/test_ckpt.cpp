@@ -131,6 +131,15 @@ std::string read_bytes(const std::string& p) {
   return bytes;
 }
 
+// The root attribute "step" of an open checkpoint file.
+std::int64_t step_attribute(hid_t file) {
+  std::int64_t step = 0;
+  const hid_t a = H5Aopen(file, "step", H5P_DEFAULT);
+  H5Aread(a, H5T_NATIVE_INT64, &step);
+  H5Aclose(a);
+  return step;
+}
+
 }  // namespace
 
 // --- the checksum and the element split ---------------------------------------------------------
@@ -813,11 +822,7 @@ TEST_F(CkptTest, ExportWritesTheModelTensorsAsH5AndNpz) {
       H5Dclose(d);
     }
     EXPECT_LT(H5Oexists_by_name(file, "optimizer", H5P_DEFAULT), 1);
-    std::int64_t step = 0;
-    const hid_t a = H5Aopen(file, "step", H5P_DEFAULT);
-    H5Aread(a, H5T_NATIVE_INT64, &step);
-    H5Aclose(a);
-    EXPECT_EQ(step, 100);
+    EXPECT_EQ(step_attribute(file), 100);
     H5Fclose(file);
   }
   EXPECT_EQ(input_error_of([&] { ckpt::export_model(MPI_COMM_WORLD, f, path("w.pt")); }),
@@ -890,11 +895,7 @@ TEST_F(CkptTest, AverageWritesTheMeanAsAVerifiedCheckpoint) {
     H5Tclose(type);
     H5Aclose(a);
     EXPECT_EQ(listed, inputs);
-    std::int64_t step = 0;
-    const hid_t s = H5Aopen(f, "step", H5P_DEFAULT);
-    H5Aread(s, H5T_NATIVE_INT64, &step);
-    H5Aclose(s);
-    EXPECT_EQ(step, 100);
+    EXPECT_EQ(step_attribute(f), 100);
     H5Fclose(f);
   }
 
