@@ -319,6 +319,14 @@ struct DnnlConv::Impl {
                   "{}: oneDNN convolution: {} has shape {}, expected {}", what, name,
                   to_string(t.shape()), to_string(expected));
   }
+  // Checks the input and the weight of a pass; returns the batch size.
+  Index check_input_and_weight(const Tensor& x, const Tensor& w) const {
+    TESSERA_CHECK(x.defined() && x.rank() >= 1, "{}: oneDNN convolution: input is undefined", what);
+    const Index n = x.dim(0);
+    check(x, "input", input_shape(n));
+    check(w, "weight", weight_shape());
+    return n;
+  }
   Shape input_shape(Index n) const { return batch(n, g.channels, g.input); }
   Shape output_shape(Index n) const { return batch(n, out, g.output); }
   Shape weight_shape() const { return batch(out, g.channels, g.kernel); }
@@ -366,10 +374,7 @@ DnnlConv& DnnlConv::operator=(DnnlConv&&) noexcept = default;
 
 void DnnlConv::forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
   Impl& m = *m_impl;
-  TESSERA_CHECK(x.defined() && x.rank() >= 1, "{}: oneDNN convolution: input is undefined", m.what);
-  const Index n = x.dim(0);
-  m.check(x, "input", m.input_shape(n));
-  m.check(w, "weight", m.weight_shape());
+  const Index n = m.check_input_and_weight(x, w);
   m.check(y, "output", m.output_shape(n));
   if (m.bias) {
     m.check(bias, "bias", {m.out});
@@ -403,10 +408,7 @@ void DnnlConv::forward(const Tensor& x, const Tensor& w, const Tensor& bias, con
 void DnnlConv::backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx,
                         const Tensor& dw, const Tensor& db) {
   Impl& m = *m_impl;
-  TESSERA_CHECK(x.defined() && x.rank() >= 1, "{}: oneDNN convolution: input is undefined", m.what);
-  const Index n = x.dim(0);
-  m.check(x, "input", m.input_shape(n));
-  m.check(w, "weight", m.weight_shape());
+  const Index n = m.check_input_and_weight(x, w);
   m.check(dy, "output grad", m.output_shape(n));
   m.check(dw, "weight grad", m.weight_shape());
   if (dx.defined()) {
