@@ -229,39 +229,29 @@ std::string table(const std::vector<std::vector<std::string>>& rows,
 // except those named in `skip`.
 void copy_attributes(hid_t from_id, const io::Attributes& from, const io::Attributes& to,
                      const std::set<std::string>& skip) {
+  // One value stays a scalar attribute, several a list.
+  auto put = [&to](const std::string& name, const auto& values) {
+    if (values.size() == 1) {
+      to.set(name, values[0]);
+    } else {
+      to.set(name, values);
+    }
+  };
   for (const std::string& name : from.names()) {
     if (skip.count(name) != 0) {
       continue;
     }
     switch (attribute_info(from_id, name).type) {
-      case AttrType::string: {
-        const auto v = from.get_strings(name);
-        if (v.size() == 1) {
-          to.set(name, v[0]);
-        } else {
-          to.set(name, v);
-        }
+      case AttrType::string:
+        put(name, from.get_strings(name));
         break;
-      }
       case AttrType::int64:
-      case AttrType::other_integer: {
-        const auto v = from.get_ints(name);
-        if (v.size() == 1) {
-          to.set(name, v[0]);
-        } else {
-          to.set(name, v);
-        }
+      case AttrType::other_integer:
+        put(name, from.get_ints(name));
         break;
-      }
-      case AttrType::floating: {
-        const auto v = from.get_doubles(name);
-        if (v.size() == 1) {
-          to.set(name, v[0]);
-        } else {
-          to.set(name, v);
-        }
+      case AttrType::floating:
+        put(name, from.get_doubles(name));
         break;
-      }
       case AttrType::missing:
       case AttrType::other:
         break;
