@@ -81,19 +81,6 @@ std::vector<std::pair<std::string, std::string>> grid(const std::vector<std::str
   return out;
 }
 
-parallel::Reduce reduce_kind(const std::string& name) {
-  if (name == "mpi") {
-    return parallel::Reduce::mpi;
-  }
-  if (name == "shared") {
-    return parallel::Reduce::shared;
-  }
-  if (name == "auto") {
-    return parallel::Reduce::automatic;
-  }
-  throw Error(fmt::format("--reduce: unknown reduction '{}' (known: mpi, shared, auto)", name));
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -156,7 +143,7 @@ int main(int argc, char** argv) {
           parallel::DataParallelOptions o;
           o.bucket_mb = std::stod(b);
           o.zero = zero;
-          o.reduce = reduce_kind(how);
+          o.reduce = parallel::reduce_from_name(how);
           parallel::DataParallel dp(model, data, o);
           Index total = 0;
           for (Index n : tensors) {

@@ -40,6 +40,19 @@ Index round_up(Index n, Index multiple) {
 constexpr bool kHostArenas = std::is_same_v<MemSpace, Kokkos::HostSpace>;
 }  // namespace
 
+Reduce reduce_from_name(const std::string& name) {
+  if (name == "auto") {
+    return Reduce::automatic;
+  }
+  if (name == "mpi") {
+    return Reduce::mpi;
+  }
+  if (name == "shared") {
+    return Reduce::shared;
+  }
+  throw Error(fmt::format("unknown gradient reduction '{}' (known: auto, mpi, shared)", name));
+}
+
 DataParallel::DataParallel(nn::Layer& model, comm::Communicator& data,
                            const DataParallelOptions& options)
     : m_comm(data),

@@ -328,9 +328,7 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
   m_model->set_needs_input_grad(false);  // the input is data
   parallel::DataParallelOptions dpo;
   dpo.bucket_mb = deck.parallel.bucket_mb;
-  dpo.reduce = deck.parallel.reduce == "mpi"      ? parallel::Reduce::mpi
-               : deck.parallel.reduce == "shared" ? parallel::Reduce::shared
-                                                  : parallel::Reduce::automatic;
+  dpo.reduce = parallel::reduce_from_name(deck.parallel.reduce);
   dpo.zero = deck.parallel.zero == 1;
   dpo.groups_per_rank = deck.parallel.deterministic ? deck.parallel.sample_groups / m_size : 0;
   m_micro_batches = deck.parallel.deterministic ? dpo.groups_per_rank : deck.data.micro_batches;

@@ -51,6 +51,9 @@ enum class Reduce {
   shared,     ///< shared memory (comm::SharedReduction); an error if it does not apply
 };
 
+/// "auto", "mpi" or "shared" (the deck's parallel.reduce); throws tessera::Error on another name.
+Reduce reduce_from_name(const std::string& name);
+
 struct DataParallelOptions {
   double bucket_mb = 4.0;  ///< target bucket size in MiB (a bucket holds at least one parameter)
   Reduce reduce = Reduce::automatic;
