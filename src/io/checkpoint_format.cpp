@@ -1,5 +1,7 @@
 #include "tessera/io/checkpoint_format.hpp"
 
+#include "tessera/core/clones.hpp"
+
 #include <fmt/format.h>
 
 #include <cstring>
@@ -52,9 +54,7 @@ std::string optimizer_path(const std::string& parameter, const std::string& stat
 
 // Cloned for AVX-512 (64-bit multiplies in vector registers) with a baseline fallback, chosen at
 // load time: the checksum of a checkpoint runs at memory speed where the CPU allows.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "default")))
-#endif
+TESSERA_CLONES_AVX512
 std::uint64_t checksum_partial(const float* values, std::int64_t first, std::int64_t count) {
   std::uint64_t sum = 0;
   for (std::int64_t k = 0; k < count; ++k) {
