@@ -250,12 +250,17 @@ void SharedReduction::finish_reduce() {
         continue;
       }
       wait(k, summed_slot(s), m_round);
-      const Range c = chunk(s, k);
-      std::memcpy(grads() + c.offset, m_grads[static_cast<size_t>(k)] + c.offset,
-                  static_cast<size_t>(c.count) * sizeof(float));
+      copy_chunk(m_grads, s, k);
     }
   }
   post(copied_slot(), m_round);
+}
+
+void SharedReduction::copy_chunk(const std::vector<float*>& arrays, size_t segment, int rank) {
+  const Range c = chunk(segment, rank);
+  std::memcpy(arrays[static_cast<size_t>(m_rank)] + c.offset,
+              arrays[static_cast<size_t>(rank)] + c.offset,
+              static_cast<size_t>(c.count) * sizeof(float));
 }
 
 void SharedReduction::begin_update() {
@@ -283,9 +288,7 @@ void SharedReduction::gather_values() {
     }
     wait(k, updated_slot(), m_values_round);
     for (size_t s = 0; s < m_segments.size(); ++s) {
-      const Range c = chunk(s, k);
-      std::memcpy(values() + c.offset, m_values[static_cast<size_t>(k)] + c.offset,
-                  static_cast<size_t>(c.count) * sizeof(float));
+      copy_chunk(m_values, s, k);
     }
   }
   post(values_copied_slot(), m_values_round);

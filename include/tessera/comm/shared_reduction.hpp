@@ -99,6 +99,8 @@ class SharedReduction {
   void wait(int rank, size_t slot, std::uint64_t value) const;
   bool reached(int rank, size_t slot, std::uint64_t value) const;
   void sum_chunk(size_t segment);
+  // Chunk (segment, rank) of rank `rank`'s array into this rank's (arrays: m_grads or m_values).
+  void copy_chunk(const std::vector<float*>& arrays, size_t segment, int rank);
   size_t ready_slot(size_t segment) const { return segment; }
   size_t summed_slot(size_t segment) const { return m_segments.size() + segment; }
   size_t copied_slot() const { return 2 * m_segments.size(); }
