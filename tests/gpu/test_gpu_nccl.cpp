@@ -3,7 +3,7 @@
 // tests/mpi/test_communicator.cpp does for the MPI backend), a send/recv ring posted recv-first,
 // non-blocking test()/wait(), ordering after the compute stream, and the base class's messages.
 // Skipped on every rank, with the reason, where a rank has no CUDA device of its own.
-#include "support/collective_values.hpp"
+#include "support/communicator_test.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/comm/nccl_communicator.hpp"
 #include "tessera/core/error.hpp"
@@ -24,17 +24,6 @@ using tessera::kernels::cuda::DeviceBuffer;
 using namespace tessera::testing::collectives;
 
 namespace {
-
-// The message of the tessera::Error that `f` throws ("" if none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.message();
-  }
-  return "";
-}
 
 // A device buffer as a collective's argument.
 Buffer on_device(DeviceBuffer<float>& b) {
@@ -149,7 +138,7 @@ TEST_F(NcclTest, AllreduceEveryOpMatchesTheClosedForm) {
   constexpr int n = 5;
   const int r = rank();
   const int s = size();
-  // tests/support/collective_values.hpp: each rank's terms and the results.
+  // tests/support/communicator_test.hpp: each rank's terms and the results.
   DeviceBuffer<float> sum(values(n, [&](int i) { return sum_term(r, i); }));
   DeviceBuffer<float> product(values(n, [&](int i) { return product_term(r, i); }));
   DeviceBuffer<float> low(values(n, [&](int i) { return min_max_term(r, i); }));

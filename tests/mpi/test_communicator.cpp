@@ -1,7 +1,7 @@
 // The MPI Communicator at any rank count: every collective's result against a closed form computed
 // here from the ranks' inputs, non-blocking progress and out-of-order completion, and the exact
 // messages for bad arguments. Few collectives per test: ranks beyond the cores are oversubscribed.
-#include "support/collective_values.hpp"
+#include "support/communicator_test.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
@@ -17,17 +17,6 @@ using namespace tessera::comm;
 using namespace tessera::testing::collectives;
 
 namespace {
-
-// The message of the tessera::Error that `f` throws ("" if none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.message();
-  }
-  return "";
-}
 
 class CommunicatorTest : public ::testing::Test {
  protected:
@@ -63,7 +52,7 @@ TEST_F(CommunicatorTest, AllreduceEveryOpMatchesTheClosedForm) {
     }
     return v;
   };
-  // tests/support/collective_values.hpp: each rank's terms and the results.
+  // tests/support/communicator_test.hpp: each rank's terms and the results.
   std::vector<float> sum = values(sum_term);
   comm.allreduce(sum)->wait();
   std::vector<float> product = values(product_term);

@@ -1,11 +1,25 @@
 #pragma once
-// The values the communicator tests give each rank and what the collectives must return, computed
-// from the communicator size alone: one definition for the MPI backend's test
-// (tests/mpi/test_communicator.cpp) and the NCCL backend's (tests/gpu/test_gpu_nccl.cpp). Plain
-// C++: the GPU-only build, which has no Kokkos, includes it too. Every value is a small integer,
-// exact in float, so the tests compare with EXPECT_EQ.
+// What the MPI backend's communicator test (tests/mpi/test_communicator.cpp) and the NCCL
+// backend's (tests/gpu/test_gpu_nccl.cpp) share: the values they give each rank and what the
+// collectives must return, computed from the communicator size alone (small integers, exact in
+// float, compared with EXPECT_EQ), and the message of an expected error. Kokkos-free: the GPU-only
+// build includes it too.
+#include "tessera/core/error.hpp"
+
+#include <string>
 
 namespace tessera::testing::collectives {
+
+/// The message (without its location) of the tessera::Error that `f` throws ("" if none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.message();
+  }
+  return "";
+}
 
 // allreduce: rank r's element i for each reduction.
 inline float sum_term(int rank, int i) {
