@@ -377,9 +377,7 @@ TEST_F(CkptTest, VerifyNamesEachProblemExactly) {
   c.remove("/optimizer/linear1/weight/exp_avg_sq");
   c.root.erase("rng_seed");
   auto& w = c.tensor("/model/linear2/weight");
-  w.checksum = fixture_checksum(w.values);  // the checksum of the values as saved...
-  const std::string stored = *w.checksum;
-  w.values[3] = -w.values[3];  // ...then one element changed on the way to the disk
+  const std::string stored = corrupt(w, 3, -w.values[3]);  // one element changed on the way
   const std::string recomputed = fixture_checksum(w.values);
   auto& mean = c.tensor("/model/norm/running_mean");
   mean.type = tessera::io::ElementType::f64;
@@ -829,9 +827,7 @@ TEST_F(CkptTest, ExportWritesTheModelTensorsAsH5AndNpz) {
             "export: " + path("w.pt") + ": the output must end in .h5 (HDF5) or .npz (numpy)");
   FixtureCheckpoint bad = make_fixture(4);
   auto& w = bad.tensor("/model/linear2/weight");
-  w.checksum = fixture_checksum(w.values);
-  const std::string stored = *w.checksum;
-  w.values[0] = 7.0F;
+  const std::string stored = corrupt(w, 0, 7.0F);
   const std::string g = write("bad.h5", bad);
   EXPECT_EQ(input_error_of([&] { ckpt::export_model(MPI_COMM_WORLD, g, path("bad.npz")); }),
             g + ": /model/linear2/weight: checksum " + fixture_checksum(w.values) +
@@ -914,9 +910,7 @@ TEST_F(CkptTest, AverageWritesTheMeanAsAVerifiedCheckpoint) {
                           tessera::io::ElementType::f32});
   FixtureCheckpoint damaged = make_fixture(2);
   auto& w = damaged.tensor("/model/linear1/bias");
-  w.checksum = fixture_checksum(w.values);
-  const std::string stored = *w.checksum;
-  w.values[1] = 0.5F;
+  const std::string stored = corrupt(w, 1, 0.5F);
   const std::string fs_ = write("shaped.h5", shaped);
   const std::string ff = write("fewer.h5", fewer);
   const std::string fm = write("more.h5", more);

@@ -143,6 +143,14 @@ inline std::string fixture_checksum(const std::vector<float>& values) {
 }
 
 /// Writes `c` to `path` from this rank alone (contiguous datasets, as the format says).
+/// Damages `t` as a bad disk would: its stored checksum stays that of the values as saved, then
+/// element `index` becomes `value`. Returns the stored checksum.
+inline std::string corrupt(FixtureTensor& t, std::size_t index, float value) {
+  t.checksum = fixture_checksum(t.values);
+  t.values[index] = value;
+  return *t.checksum;
+}
+
 inline void write_fixture(const std::string& path, const FixtureCheckpoint& c) {
   io::File f = io::File::create(path, MPI_COMM_SELF);
   {
