@@ -69,10 +69,12 @@ int main(int argc, char** argv) {
         io::CheckpointInfo info;
         info.step = r;
         info.total_steps = rounds;
-        const io::SaveReport w = io::save_checkpoint(dir, info, dp, sgd, MPI_COMM_WORLD, 1);
+        info.optimizer = sgd.kind();
+        info.optimizer_steps = sgd.steps();
+        const io::SaveReport w = io::save_checkpoint(dir, info, dp.registry(sgd), data, 1);
         MPI_Barrier(MPI_COMM_WORLD);
         const Stopwatch clock;
-        io::load_checkpoint(w.file, dp, sgd, MPI_COMM_WORLD);
+        io::load_checkpoint(w.file, dp.registry(sgd), sgd.kind(), data);
         MPI_Barrier(MPI_COMM_WORLD);
         const double read_s = clock.seconds();
         const double bytes = static_cast<double>(std::filesystem::file_size(w.file));

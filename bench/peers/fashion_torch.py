@@ -199,7 +199,8 @@ def learning_rate(step, base, warmup, total, min_lr=0.0):
     """src/optim/schedule.cpp, cosine."""
     if step < warmup:
         return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / (total - warmup))
+    span = total - 1 - warmup  # min_lr at the run's last step
+    progress = min(1.0, (step - warmup) / span) if span > 0 else 1.0
     return min_lr + 0.5 * (base - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 

@@ -7,15 +7,17 @@
 // or SIGUSR1 (job scripts resubmit); 1 anything else.
 #include "app_main.hpp"
 #include "tessera/comm/agree.hpp"
+#include "tessera/comm/communicator.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/deck/deck.hpp"
+#include "tessera/train/reporter.hpp"
 #include "tessera/train/trainer.hpp"
 
 #include <fmt/format.h>
 #include <mpi.h>
 #include <CLI/CLI.hpp>
 
-#include <cstdio>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 
@@ -24,12 +26,10 @@ namespace {
 using tessera::Error;
 
 // Rank 0 reads the deck file and broadcasts its text: one file system access, one verdict.
-std::string read_deck(const std::string& path) {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+std::string read_deck(tessera::comm::Communicator& world, const std::string& path) {
   std::string text;
-  tessera::comm::agree(MPI_COMM_WORLD, [&] {
-    if (rank != 0) {
+  tessera::comm::agree(world, [&] {
+    if (world.rank() != 0) {
       return;
     }
     std::ifstream in(path, std::ios::binary);
@@ -40,26 +40,27 @@ std::string read_deck(const std::string& path) {
     s << in.rdbuf();
     text = s.str();
   });
-  long long size = static_cast<long long>(text.size());
-  MPI_Bcast(&size, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
+  std::int64_t size = static_cast<std::int64_t>(text.size());
+  world.broadcast(tessera::comm::Buffer(&size, 1))->wait();
   text.resize(static_cast<size_t>(size));
-  MPI_Bcast(text.data(), static_cast<int>(size), MPI_CHAR, 0, MPI_COMM_WORLD);
+  world.broadcast(tessera::comm::Buffer(text.data(), size))->wait();
   return text;
 }
 
 // Every rank parses the same text with its own command-line overrides; then the ranks compare
 // what they got, so a deck override given to some ranks only is an error, not a silent split.
-tessera::deck::Deck load_deck(const std::string& path, const std::vector<std::string>& overrides) {
-  const std::string text = read_deck(path);
+tessera::deck::Deck load_deck(tessera::comm::Communicator& world, const std::string& path,
+                              const std::vector<std::string>& overrides) {
+  const std::string text = read_deck(world, path);
   tessera::deck::Deck deck;
-  tessera::comm::agree(MPI_COMM_WORLD, [&] { deck = tessera::deck::parse(text, path, overrides); });
+  tessera::comm::agree(world, [&] { deck = tessera::deck::parse(text, path, overrides); });
   const std::string resolved = tessera::deck::to_toml(deck);
-  const auto hash = static_cast<unsigned long long>(std::hash<std::string>{}(resolved));
-  unsigned long long lo = 0;
-  unsigned long long hi = 0;
-  MPI_Allreduce(&hash, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
-  MPI_Allreduce(&hash, &hi, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
-  tessera::comm::agree(MPI_COMM_WORLD, [&] {
+  const auto hash = static_cast<std::uint64_t>(std::hash<std::string>{}(resolved));
+  std::uint64_t lo = hash;
+  std::uint64_t hi = hash;
+  world.allreduce(tessera::comm::Buffer(&lo, 1), {tessera::comm::ReduceOp::min})->wait();
+  world.allreduce(tessera::comm::Buffer(&hi, 1), {tessera::comm::ReduceOp::max})->wait();
+  tessera::comm::agree(world, [&] {
     if (lo != hi && hash != lo) {
       throw tessera::input_error(
           "the ranks disagree on the deck: this rank's resolved deck differs from another rank's "
@@ -87,49 +88,41 @@ int main(int argc, char** argv) {
       sub->add_option("deck", deck_path, "input deck (TOML)")->required();
       sub->add_option("overrides", overrides, "key=value overrides of the deck (optimizer.lr=0.1)");
     }
-    int rank = 0;
-    int size = 1;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
     if (const auto code = tessera::apps::parse_command_line(app, ac, av)) {
       return *code;
     }
+    tessera::comm::MpiCommunicator world(MPI_COMM_WORLD, "world");
+    tessera::train::ConsoleReporter console;
+    tessera::train::SilentReporter silent;
+    tessera::train::Reporter& out =
+        world.rank() == 0 ? static_cast<tessera::train::Reporter&>(console) : silent;
 
-    const tessera::deck::Deck deck = load_deck(deck_path, overrides);
+    const tessera::deck::Deck deck = load_deck(world, deck_path, overrides);
     if (*check) {
       std::string report;
-      tessera::comm::agree(MPI_COMM_WORLD, [&] {
+      tessera::comm::agree(world, [&] {
         tessera::train::check_data(deck);
-        report = tessera::train::describe(deck, size);
+        report = tessera::train::describe(deck, world.size());
       });
-      if (rank == 0) {
-        std::printf("%s\n%s", tessera::deck::to_toml(deck).c_str(), report.c_str());
-        std::printf("deck OK: %s\n", deck_path.c_str());
-      }
+      out.info(tessera::deck::to_toml(deck) + "\n" + report + "deck OK: " + deck_path);
       return 0;
     }
 
-    if (rank == 0) {
-      std::printf("tessera: %s on %d rank%s, output in %s/\n%s\n", deck.run.name.c_str(), size,
-                  size == 1 ? "" : "s", deck.run.output.c_str(),
-                  tessera::deck::to_toml(deck).c_str());
-      std::fflush(stdout);
-    }
-    tessera::train::Trainer trainer(deck, MPI_COMM_WORLD);
+    out.info(fmt::format("tessera: {} on {} rank{}, output in {}/\n{}", deck.run.name, world.size(),
+                         world.size() == 1 ? "" : "s", deck.run.output,
+                         tessera::deck::to_toml(deck)));
+    tessera::train::Trainer trainer(deck, MPI_COMM_WORLD, &console);
     const tessera::train::RunSummary s = trainer.run();
-    if (rank == 0) {
-      if (s.final_eval) {
-        const auto& e = *s.final_eval;
-        const bool classify = deck.model.loss == tessera::deck::LossKind::softmax_cross_entropy;
-        std::printf("final: %lld steps in %.1f s; test loss %.4f, test %s %s\n",
-                    static_cast<long long>(s.steps), s.seconds, e.loss,
-                    classify ? "accuracy" : "MAE",
-                    classify ? fmt::format("{:.2f}%", 100.0 * e.metric).c_str()
-                             : fmt::format("{:.4g}", e.metric).c_str());
-      } else if (!s.stopped) {
-        std::printf("final: %lld steps in %.1f s (no data.test to evaluate)\n",
-                    static_cast<long long>(s.steps), s.seconds);
-      }
+    if (s.final_eval) {
+      const auto& e = *s.final_eval;
+      const bool classify = deck.model.loss == tessera::deck::LossKind::softmax_cross_entropy;
+      out.info(fmt::format(
+          "final: {} steps in {:.1f} s; test loss {:.4f}, test {} {}", s.steps, s.seconds, e.loss,
+          classify ? "accuracy" : "MAE",
+          classify ? fmt::format("{:.2f}%", 100.0 * e.metric) : fmt::format("{:.4g}", e.metric)));
+    } else if (!s.stopped) {
+      out.info(fmt::format("final: {} steps in {:.1f} s (no data.test to evaluate)", s.steps,
+                           s.seconds));
     }
     return s.stopped ? tessera::train::kExitStopped : 0;
   });

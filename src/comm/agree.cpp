@@ -1,5 +1,7 @@
 #include "tessera/comm/agree.hpp"
 
+#include "tessera/comm/communicator.hpp"
+
 #include <string>
 #include <vector>
 
@@ -59,6 +61,10 @@ void agree(MPI_Comm comm, const std::function<void()>& phase) {
   Error agreed(parts[0], DeckLocation{parts[1], static_cast<int>(ints[1]), parts[2]});
   agreed.with_exit_code(static_cast<int>(ints[0])).mark_on_all_ranks();
   throw agreed;
+}
+
+void agree(const Communicator& comm, const std::function<void()>& phase) {
+  agree(comm.mpi_comm(), phase);
 }
 
 }  // namespace tessera::comm

@@ -32,14 +32,6 @@ const char* memory_name(Memory memory) {
 
 namespace {
 
-std::size_t dtype_bytes(DType dtype) {
-  switch (dtype) {
-    case DType::f32:
-      return sizeof(float);
-  }
-  return 1;
-}
-
 // [begin, end) of a buffer's bytes, as integers (pointers of unrelated arrays do not compare).
 template <class B>
 std::pair<std::uintptr_t, std::uintptr_t> byte_range(const B& b) {
@@ -56,14 +48,6 @@ bool overlap(const A& a, const B& b) {
 
 }  // namespace
 
-Buffer::Buffer(float* values, Index n, Memory where) : data(values), count(n), memory(where) {}
-Buffer::Buffer(std::vector<float>& values)
-    : data(values.data()), count(static_cast<Index>(values.size())) {}
-
-ConstBuffer::ConstBuffer(const float* values, Index n, Memory where)
-    : data(values), count(n), memory(where) {}
-ConstBuffer::ConstBuffer(const std::vector<float>& values)
-    : data(values.data()), count(static_cast<Index>(values.size())) {}
 ConstBuffer::ConstBuffer(const Buffer& buffer)
     : data(buffer.data), count(buffer.count), dtype(buffer.dtype), memory(buffer.memory) {}
 

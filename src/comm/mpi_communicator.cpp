@@ -19,6 +19,16 @@ MPI_Datatype mpi_datatype(DType dtype) {
   switch (dtype) {
     case DType::f32:
       return MPI_FLOAT;
+    case DType::f64:
+      return MPI_DOUBLE;
+    case DType::i32:
+      return MPI_INT32_T;
+    case DType::i64:
+      return MPI_INT64_T;
+    case DType::u64:
+      return MPI_UINT64_T;
+    case DType::u8:
+      return MPI_UNSIGNED_CHAR;
   }
   TESSERA_THROW("MPI backend: no MPI datatype for {}", dtype_name(dtype));
 }

@@ -37,8 +37,9 @@ long long times(long long a, long long b) {
   return a > LLONG_MAX / b ? LLONG_MAX : a * b;
 }
 
-// Checks every size and resolves data = 0 against `world` ranks; throws input errors.
-GridSpec resolve(GridSpec spec, int world) {
+}  // namespace
+
+GridSpec resolve_grid(GridSpec spec, int world) {
   for (const auto& [name, value] : {std::pair<const char*, int>{"trainers", spec.trainers},
                                     {"pipeline", spec.pipeline},
                                     {"tensor", spec.tensor}}) {
@@ -79,6 +80,30 @@ GridSpec resolve(GridSpec spec, int world) {
   return spec;
 }
 
+namespace {
+// The size of every Cartesian dimension of `spec`, in kCartOrder.
+std::array<int, kNumGridAxes> cart_dims(const GridSpec& spec) {
+  std::array<int, kNumGridAxes> dims{};
+  for (int d = 0; d < kNumGridAxes; ++d) {
+    const GridAxis axis = kCartOrder[static_cast<size_t>(d)];
+    const size_t spatial = static_cast<size_t>(axis) - static_cast<size_t>(GridAxis::spatial0);
+    switch (axis) {
+      case GridAxis::data:
+        dims[static_cast<size_t>(d)] = spec.data;
+        break;
+      case GridAxis::pipeline:
+        dims[static_cast<size_t>(d)] = spec.pipeline;
+        break;
+      case GridAxis::tensor:
+        dims[static_cast<size_t>(d)] = spec.tensor;
+        break;
+      default:
+        dims[static_cast<size_t>(d)] = spatial < spec.spatial.size() ? spec.spatial[spatial] : 1;
+    }
+  }
+  return dims;
+}
+
 // The spec as integers, to compare ranks' specs: trainers, data, pipeline, tensor, the number of
 // spatial entries, the spatial sizes (0 for missing entries).
 constexpr int kEncoded = 5 + kMaxSpatial;
@@ -97,6 +122,18 @@ GridSpec decode(const std::array<int, kEncoded>& e) {
 
 }  // namespace
 
+GridPlace grid_place(const GridSpec& spec, int rank) {
+  const std::array<int, kNumGridAxes> dims = cart_dims(spec);
+  GridPlace place;
+  int rest = rank;
+  for (int d = kNumGridAxes - 1; d >= 0; --d) {  // row-major: the last dimension varies fastest
+    const int size = dims[static_cast<size_t>(d)];
+    place = place.with(kCartOrder[static_cast<size_t>(d)], size, rest % size);
+    rest /= size;
+  }
+  return place;
+}
+
 std::string to_string(const GridSpec& spec) {
   return fmt::format("trainers {} × data {} × pipeline {} × tensor {} × spatial [{}]",
                      spec.trainers, spec.data, spec.pipeline, spec.tensor,
@@ -108,7 +145,7 @@ ProcessGrid::ProcessGrid(MPI_Comm world, const GridSpec& spec) {
   int world_size = 1;
   TESSERA_MPI_CHECK(MPI_Comm_rank(world, &world_rank));
   TESSERA_MPI_CHECK(MPI_Comm_size(world, &world_size));
-  agree(world, [&] { m_spec = resolve(spec, world_size); });
+  agree(world, [&] { m_spec = resolve_grid(spec, world_size); });
   // Every rank builds the same grid: rank 0's.
   const std::array<int, kEncoded> mine = encode(m_spec);
   std::array<int, kEncoded> first = mine;
@@ -129,25 +166,7 @@ ProcessGrid::ProcessGrid(MPI_Comm world, const GridSpec& spec) {
   TESSERA_MPI_CHECK(MPI_Comm_split(world, m_trainer_index, world_rank, &trainer_ranks.comm));
 
   // The trainer's Cartesian grid, without reordering.
-  std::array<int, kNumGridAxes> dims{};
-  for (int d = 0; d < kNumGridAxes; ++d) {
-    const GridAxis axis = kCartOrder[static_cast<size_t>(d)];
-    const size_t spatial = static_cast<size_t>(axis) - static_cast<size_t>(GridAxis::spatial0);
-    switch (axis) {
-      case GridAxis::data:
-        dims[static_cast<size_t>(d)] = m_spec.data;
-        break;
-      case GridAxis::pipeline:
-        dims[static_cast<size_t>(d)] = m_spec.pipeline;
-        break;
-      case GridAxis::tensor:
-        dims[static_cast<size_t>(d)] = m_spec.tensor;
-        break;
-      default:
-        dims[static_cast<size_t>(d)] =
-            spatial < m_spec.spatial.size() ? m_spec.spatial[spatial] : 1;
-    }
-  }
+  const std::array<int, kNumGridAxes> dims = cart_dims(m_spec);
   const std::array<int, kNumGridAxes> periods{};
   OwnedComm cart;
   TESSERA_MPI_CHECK(MPI_Cart_create(trainer_ranks.comm, kNumGridAxes, dims.data(), periods.data(),
@@ -156,15 +175,35 @@ ProcessGrid::ProcessGrid(MPI_Comm world, const GridSpec& spec) {
 
   std::array<int, kNumGridAxes> coords{};
   TESSERA_MPI_CHECK(MPI_Cart_coords(cart.comm, m_trainer->rank(), kNumGridAxes, coords.data()));
+  // The sub-grid keeping the axes of `keep`, as a communicator named `name`.
+  auto sub = [&](AxisSet keep, const std::string& name) {
+    std::array<int, kNumGridAxes> remain{};
+    for (int d = 0; d < kNumGridAxes; ++d) {
+      remain[static_cast<size_t>(d)] = keep.contains(kCartOrder[static_cast<size_t>(d)]) ? 1 : 0;
+    }
+    OwnedComm part;
+    TESSERA_MPI_CHECK(MPI_Cart_sub(cart.comm, remain.data(), &part.comm));
+    return std::make_unique<MpiCommunicator>(part.comm, name);
+  };
   for (int d = 0; d < kNumGridAxes; ++d) {
     const GridAxis axis = kCartOrder[static_cast<size_t>(d)];
     m_place = m_place.with(axis, dims[static_cast<size_t>(d)], coords[static_cast<size_t>(d)]);
-    std::array<int, kNumGridAxes> remain{};
-    remain[static_cast<size_t>(d)] = 1;
-    OwnedComm line;
-    TESSERA_MPI_CHECK(MPI_Cart_sub(cart.comm, remain.data(), &line.comm));
-    m_axes[static_cast<size_t>(axis)] =
-        std::make_unique<MpiCommunicator>(line.comm, axis_name(axis));
+    m_axes[static_cast<size_t>(axis)] = sub(AxisSet{axis}, axis_name(axis));
+  }
+  m_self = std::make_unique<MpiCommunicator>(MPI_COMM_SELF, "self");
+  // Every group of two or more axes of size > 1, short of all of them (the trainer). Axes are in
+  // grid order so that every rank creates the same communicators in the same order.
+  const unsigned nontrivial = m_place.nontrivial().bits();
+  for (unsigned bits = 1; bits < nontrivial; ++bits) {
+    const AxisSet group = AxisSet::from_bits(bits);
+    if ((bits & ~nontrivial) != 0 || group.axes().size() < 2) {
+      continue;
+    }
+    std::string name;
+    for (GridAxis a : group.axes()) {
+      name += (name.empty() ? "" : "×") + std::string(axis_name(a));
+    }
+    m_groups[bits] = sub(group, name);
   }
 }
 
@@ -172,6 +211,21 @@ ProcessGrid::~ProcessGrid() = default;
 
 Communicator& ProcessGrid::axis(GridAxis axis) const {
   return *m_axes.at(static_cast<size_t>(axis));
+}
+
+Communicator& ProcessGrid::axes(AxisSet axes) const {
+  const AxisSet group = axes & m_place.nontrivial();
+  const std::vector<GridAxis> list = group.axes();
+  if (list.empty()) {
+    return *m_self;
+  }
+  if (list.size() == 1) {
+    return axis(list.front());
+  }
+  if (group == m_place.nontrivial()) {
+    return *m_trainer;
+  }
+  return *m_groups.at(group.bits());
 }
 
 }  // namespace tessera::comm

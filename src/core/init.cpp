@@ -16,18 +16,25 @@ void init_shard(const Tensor& local, const Layout& layout, const GridPlace& plac
   const int rank = layout.rank();
   TESSERA_CHECK(rank <= kMaxRank, "parameter '{}': rank {} exceeds {}", name, rank, kMaxRank);
 
-  // Per dimension: local extent, global offset and global row-major stride.
+  // Per dimension: local extent of one segment, segment length and this rank's offset inside a
+  // segment (one segment unless the dimension is split with a stride), and the global row-major
+  // stride. Local index j of a dimension is global (j / extent) · segment + offset + j % extent.
   struct Geometry {
+    Index local[kMaxRank];
     Index extent[kMaxRank];
+    Index segment[kMaxRank];
     Index offset[kMaxRank];
     Index stride[kMaxRank];
   } g{};
-  const Shape offset = layout.local_offset(place);
+  const std::vector<Block> blocks = layout.blocks(place);
   Index stride = 1;
   for (int d = rank - 1; d >= 0; --d) {
     const auto du = static_cast<size_t>(d);
-    g.extent[d] = local_shape[du];
-    g.offset[d] = offset[du];
+    g.local[d] = local_shape[du];
+    g.extent[d] = blocks.front().count[du];
+    g.offset[d] = blocks.front().global_offset[du];
+    // The second segment's block, if any, starts one segment further on.
+    g.segment[d] = layout.global_shape()[du] / layout.placement(d).stride;
     g.stride[d] = stride;
     stride *= layout.global_shape()[du];
   }
@@ -41,9 +48,11 @@ void init_shard(const Tensor& local, const Layout& layout, const GridPlace& plac
         Index rest = i;
         Index global = 0;
         for (int d = rank - 1; d >= 0; --d) {
-          const Index local_i = rest % g.extent[d];
-          rest /= g.extent[d];
-          global += (local_i + g.offset[d]) * g.stride[d];
+          const Index local_i = rest % g.local[d];
+          rest /= g.local[d];
+          const Index seg = g.extent[d] > 0 ? local_i / g.extent[d] : 0;
+          const Index in_seg = g.extent[d] > 0 ? local_i % g.extent[d] : 0;
+          global += (seg * g.segment[d] + g.offset[d] + in_seg) * g.stride[d];
         }
         const auto counter = static_cast<std::uint64_t>(global);
         switch (s.kind) {

@@ -37,6 +37,8 @@ Tensor::Tensor(const std::string& label, Shape shape, DType dtype, bool zero_fil
   for (Index d : m_shape) {
     TESSERA_CHECK(d >= 0, "tensor '{}': negative extent in shape {}", label, to_string(m_shape));
   }
+  TESSERA_CHECK(dtype == DType::f32, "tensor '{}': {} storage does not exist (float32 only)", label,
+                dtype_name(dtype));
   const auto n = static_cast<std::size_t>(m_numel);
   m_view = zero_fill ? FloatView(label, n)
                      : FloatView(Kokkos::view_alloc(label, Kokkos::WithoutInitializing), n);

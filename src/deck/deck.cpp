@@ -609,12 +609,12 @@ Deck parse(const std::string& text, const std::string& file,
         fmt::format("parallel.spatial = [{}] must have 2 or 3 entries", fmt::join(spatial, ", ")));
   }
   // Axes the later issues bring: refuse clearly rather than ignore.
-  for (const char* axis : {"trainers", "tensor", "pipeline"}) {
+  for (const char* axis : {"trainers", "pipeline"}) {
     if (par.integer(axis, 1, 1) != 1) {
       throw par.error(
           axis, par.find(axis),
-          fmt::format("parallel.{} = {}: only data parallelism is available in this version "
-                      "(set it to 1)",
+          fmt::format("parallel.{} = {}: only data and tensor parallelism are available in this "
+                      "version (set it to 1)",
                       axis, par.integer(axis, 1, 1)));
     }
   }
@@ -696,6 +696,7 @@ Deck parse(const std::string& text, const std::string& file,
   d.checkpoint.every_seconds = ck.number("every_seconds", 0.0, 0.0, INFINITY);
   d.checkpoint.keep = static_cast<int>(ck.integer("keep", 3, 1, 1000000));
   d.checkpoint.at_end = ck.boolean("at_end", true);
+  d.checkpoint.at_start = ck.boolean("at_start", false);
   d.checkpoint.restart = ck.string("restart", std::string());
   if (d.checkpoint.dir.empty()) {
     throw ck.error("dir", ck.find("dir"), "checkpoint.dir must not be empty");
@@ -788,8 +789,8 @@ std::string to_toml(const Deck& d) {
     const CheckpointConfig& c = d.checkpoint;
     o += fmt::format(
         "\n[checkpoint]\ndir = {}\nevery_steps = {}\nevery_seconds = {}\nkeep = {}\nat_end = {}\n"
-        "restart = {}\n",
-        toml_string(c.dir), c.every_steps, real(c.every_seconds), c.keep, c.at_end,
+        "at_start = {}\nrestart = {}\n",
+        toml_string(c.dir), c.every_steps, real(c.every_seconds), c.keep, c.at_end, c.at_start,
         toml_string(c.restart));
   }
   return o;

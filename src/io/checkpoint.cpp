@@ -2,6 +2,7 @@
 
 #include "tessera/comm/agree.hpp"
 #include "tessera/core/timer.hpp"
+#include "tessera/io/checkpoint_reader.hpp"
 #include "tessera/io/hdf5.hpp"
 
 #include <fcntl.h>
@@ -16,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 
 namespace fs = std::filesystem;
 
@@ -29,14 +31,6 @@ std::string utc_now() {
   char text[32];
   std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return text;
-}
-
-std::vector<hsize_t> dims_of(const Shape& shape) {
-  std::vector<hsize_t> d;
-  for (Index e : shape) {
-    d.push_back(static_cast<hsize_t>(e));
-  }
-  return d;
 }
 
 // Opens (creating the missing ones) the groups of `path`'s parent and returns the last of them.
@@ -66,67 +60,122 @@ void sync_path(const std::string& path) {
   }
 }
 
-// One tensor of the checkpoint as this rank writes or reads it: the elements [offset, offset +
-// count) of the flattened global tensor, held in `local` (count elements).
-struct Slice {
-  std::string path;
-  std::string kind;  // "parameter", "buffer", "state"
-  Shape shape;       // global
-  Tensor local;
-  Index offset = 0;
-  Index count = 0;
-  bool whole_on_every_rank = false;  // every rank reads it whole (checksum checked locally)
-};
-
-// Every tensor of the checkpoint, in a fixed order (the same on every rank), with this rank's
-// part: parameters and buffers are written by data rank 0 and read whole by every rank; optimizer
-// state likewise without ZeRO-1, and under it each rank's pieces.
-std::vector<Slice> slices(parallel::DataParallel& dp, optim::Optimizer& optimizer, int rank) {
-  std::vector<Slice> out;
-  for (const auto& [list, kind] :
-       {std::pair<const std::vector<nn::Parameter*>*, const char*>{&dp.parameters(), "parameter"},
-        {&dp.buffers(), "buffer"}}) {
-    for (nn::Parameter* p : *list) {
-      const Index n = p->value.numel();
-      out.push_back({model_path(p->name), kind, p->layout.global_shape(), p->value, 0,
-                     rank == 0 ? n : 0, true});
-    }
-  }
-  std::map<std::string, std::pair<nn::Parameter*, parallel::Shard>> pieces;
-  for (size_t i = 0; i < dp.shards().size(); ++i) {
-    pieces[dp.shards()[i].name] = {dp.pieces()[i], dp.shards()[i]};
-  }
-  for (nn::Parameter* p : dp.parameters()) {
-    for (const std::string& state : optimizer.state_names()) {
-      Slice s{optimizer_path(p->name, state),
-              "state",
-              p->layout.global_shape(),
-              Tensor(),
-              0,
-              0,
-              !dp.zero()};
-      if (!dp.zero()) {
-        s.local = optimizer.state_for(*p, state);
-        s.count = rank == 0 ? p->value.numel() : 0;
-      } else if (const auto it = pieces.find(p->name); it != pieces.end()) {
-        s.local = optimizer.state_for(*it->second.first, state);
-        s.offset = it->second.second.offset;
-        s.count = it->second.second.count;
-      }
-      out.push_back(std::move(s));
-    }
-  }
-  return out;
+// Where a registry entry lives in the file.
+std::string dataset_path(const parallel::StateEntry& e) {
+  return e.state.empty() ? model_path(e.name) : optimizer_path(e.name, e.state);
 }
 
 // Whether tensors live in host memory (a Serial or OpenMP build of Kokkos), so that HDF5 can write
 // their storage in place.
 constexpr bool kHostStorage = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 
-std::uint64_t sum_over(MPI_Comm comm, std::uint64_t mine) {
-  std::uint64_t total = 0;
-  TESSERA_MPI_CHECK(MPI_Allreduce(&mine, &total, 1, MPI_UINT64_T, MPI_SUM, comm));
-  return total;
+Box file_box(const Block& b) {
+  return {std::vector<hsize_t>(b.global_offset.begin(), b.global_offset.end()),
+          std::vector<hsize_t>(b.count.begin(), b.count.end())};
+}
+
+// Row-major flat index of `index` in a tensor of `shape`.
+Index flat_index(const Shape& index, const Shape& shape) {
+  Index flat = 0;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    flat = flat * shape[d] + index[d];
+  }
+  return flat;
+}
+
+// Elements of one row (the innermost dimension's run) of block `b`.
+Index row_length(const Block& b) {
+  return b.count.empty() ? 1 : b.count.back();
+}
+
+// Calls f(local_flat, global_flat, box_flat) for the first element of every row of block `b` of an
+// entry whose local block has shape `local` and whose global tensor has shape `global`.
+template <class F>
+void for_each_row(const Block& b, const Shape& local, const Shape& global, F&& f) {
+  const size_t nd = b.count.size();
+  const Index row = row_length(b);
+  Index rows = 1;
+  for (size_t d = 0; d + 1 < nd; ++d) {
+    rows *= b.count[d];
+  }
+  Shape at_local = b.local_offset;
+  Shape at_global = b.global_offset;
+  for (Index r = 0; r < rows && row > 0; ++r) {
+    Index rest = r;
+    for (size_t d = nd - 1; d-- > 0;) {  // the row's index in every dimension but the last
+      at_local[d] = b.local_offset[d] + rest % b.count[d];
+      at_global[d] = b.global_offset[d] + rest % b.count[d];
+      rest /= b.count[d];
+    }
+    f(flat_index(at_local, local), flat_index(at_global, global), r * row);
+  }
+}
+
+// Whether block `b` is one contiguous run of the local block of shape `local` (every dimension
+// after the first partial one whole, every one before it of extent 1), so that HDF5 reads and
+// writes it in place.
+bool contiguous(const Block& b, const Shape& local) {
+  bool inner_whole = true;  // every dimension after d is whole
+  for (size_t d = b.count.size(); d-- > 0;) {
+    if (!inner_whole && b.count[d] != 1) {
+      return false;
+    }
+    inner_whole = inner_whole && b.count[d] == local[d];
+  }
+  return true;
+}
+
+// An entry's values in host memory: its own storage, or a host copy in a device build.
+struct HostValues {
+  std::vector<float> copy;
+  float* data = nullptr;
+};
+HostValues host_values(const parallel::StateEntry& e, bool fill) {
+  HostValues h;
+  if (!e.local.defined()) {
+    return h;
+  }
+  if (kHostStorage) {
+    h.data = e.local.data();
+  } else {
+    h.copy = fill ? e.local.to_host() : std::vector<float>(static_cast<size_t>(e.local.numel()));
+    h.data = h.copy.data();
+  }
+  return h;
+}
+
+// Block `b` of entry `e` in box order: a pointer into `values` (the entry's elements [e.first,
+// ...) of its local block) where the block is contiguous there, else gathered into `scratch`.
+const float* block_values(const parallel::StateEntry& e, const Shape& local, const Block& b,
+                          const float* values, std::vector<float>& scratch) {
+  if (contiguous(b, local)) {
+    return values + (flat_index(b.local_offset, local) - e.first);
+  }
+  scratch.resize(static_cast<size_t>(numel(b.count)));
+  const auto bytes = static_cast<size_t>(row_length(b)) * sizeof(float);
+  for_each_row(b, local, e.layout.global_shape(), [&](Index l, Index, Index at) {
+    std::memcpy(scratch.data() + at, values + (l - e.first), bytes);
+  });
+  return scratch.data();
+}
+
+// Puts block `b`, read in box order into `box`, where it belongs in `values`.
+void scatter_block(const parallel::StateEntry& e, const Shape& local, const Block& b,
+                   const float* box, float* values) {
+  const auto bytes = static_cast<size_t>(row_length(b)) * sizeof(float);
+  for_each_row(b, local, e.layout.global_shape(), [&](Index l, Index, Index at) {
+    std::memcpy(values + (l - e.first), box + at, bytes);
+  });
+}
+
+// The checksum terms of block `b` (its values in box order).
+std::uint64_t block_checksum(const parallel::StateEntry& e, const Shape& local, const Block& b,
+                             const float* box) {
+  std::uint64_t sum = 0;
+  const Index row = row_length(b);
+  for_each_row(b, local, e.layout.global_shape(),
+               [&](Index, Index g, Index at) { sum += checksum_partial(box + at, g, row); });
+  return sum;
 }
 
 // The newest `keep` complete checkpoints stay (and always the one `latest` names); older ones and
@@ -153,12 +202,10 @@ void prune(const std::string& dir, int keep, const std::string& latest) {
 }  // namespace
 
 SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
-                           parallel::DataParallel& dp, optim::Optimizer& optimizer, MPI_Comm comm,
+                           const parallel::StateRegistry& state, comm::Communicator& comm,
                            int keep) {
   const Stopwatch clock;
-  dp.sync_parameters();
-  int rank = 0;
-  TESSERA_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  const int rank = comm.rank();
   const std::string name = checkpoint_file_name(info.step);
   const std::string partial = dir + "/" + partial_file_name(info.step);
   comm::agree(comm, [&] {
@@ -171,11 +218,11 @@ SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
       }
     }
   });
-  const std::vector<Slice> all = slices(dp, optimizer, rank);
+  const std::vector<parallel::StateEntry>& all = state.entries();
   SaveReport report;
   report.file = dir + "/" + name;
   comm::agree(comm, [&] {
-    File f = File::create(partial, comm);
+    File f = File::create(partial, comm.mpi_comm());  // the HDF5 file over the trainer's ranks
     {
       const Group root = f.root();
       const Attributes a = root.attributes();
@@ -188,32 +235,37 @@ SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
       a.set("cursor_epoch", info.cursor.epoch);
       a.set("cursor_batch", info.cursor.batch);
       a.set("rng_seed", static_cast<std::int64_t>(info.seed));
-      a.set("optimizer", std::string(optimizer.kind()));
-      a.set("optimizer_steps", optimizer.steps());
+      a.set("optimizer", info.optimizer);
+      a.set("optimizer_steps", info.optimizer_steps);
       a.set("deck", info.deck);
       a.set("grid", info.grid);
       a.set("ranks", static_cast<std::int64_t>(info.ranks));
       a.set("data_size", static_cast<std::int64_t>(info.data_size));
       a.set("zero", static_cast<std::int64_t>(info.zero));
       a.set("tensors", static_cast<std::int64_t>(all.size()));
-      for (const Slice& s : all) {
+      std::vector<float> scratch;
+      for (const parallel::StateEntry& e : all) {
+        // Every rank creates every dataset (HDF5 metadata is collective); the owners of its
+        // elements write them, each block independently, from where the rank's layout holds them.
         std::string leaf;
-        const Group parent = parent_group(root, s.path, &leaf);
-        const Dataset ds = parent.create_dataset(leaf, ElementType::f32, dims_of(s.shape));
-        // The tensor's own storage where it is host memory, a host copy in a device build;
-        // written independently (each rank its own range, no two-phase aggregation).
-        std::vector<float> copy;
-        const float* values = s.local.defined() ? s.local.data() : nullptr;
-        if (s.count > 0 && !kHostStorage) {
-          copy = s.local.to_host();
-          values = copy.data();
+        const Group parent = parent_group(root, dataset_path(e), &leaf);
+        const Shape& shape = e.layout.global_shape();
+        const Dataset ds = parent.create_dataset(leaf, ElementType::f32,
+                                                 std::vector<hsize_t>(shape.begin(), shape.end()));
+        std::uint64_t sum = 0;
+        if (e.owner && !e.blocks.empty()) {
+          const Shape local = e.layout.local_shape(state.place());
+          const HostValues values = host_values(e, true);
+          for (const Block& b : e.blocks) {
+            const float* box = block_values(e, local, b, values.data, scratch);
+            ds.write(file_box(b), ElementType::f32, box, false);
+            sum += block_checksum(e, local, b, box);
+          }
         }
-        ds.write_range(static_cast<hsize_t>(s.offset), static_cast<hsize_t>(s.count),
-                       ElementType::f32, values, false);
-        const std::uint64_t sum = sum_over(comm, checksum_partial(values, s.offset, s.count));
+        comm.allreduce(comm::Buffer(&sum, 1))->wait();
         ds.attributes().set("checksum", checksum_string(sum));
-        ds.attributes().set("kind", s.kind);
-        report.bytes += static_cast<double>(numel(s.shape)) * 4.0;
+        ds.attributes().set("kind", std::string(parallel::state_kind_name(e.kind)));
+        report.bytes += static_cast<double>(numel(shape)) * 4.0;
       }
     }  // every group and dataset closed before the file
     f.close();
@@ -270,36 +322,15 @@ std::string resolve_restart(const std::string& restart, const std::string& dir) 
   return file;
 }
 
-CheckpointInfo load_checkpoint(const std::string& file, parallel::DataParallel& dp,
-                               optim::Optimizer& optimizer, MPI_Comm comm) {
-  int rank = 0;
-  TESSERA_MPI_CHECK(MPI_Comm_rank(comm, &rank));
-  CheckpointInfo info;
-  if (!fs::exists(file)) {
-    throw input_error(fmt::format("checkpoint: {}: no such file", file));
-  }
-  File f = [&] {
-    try {
-      return File::open_parallel(file, comm);
-    } catch (const Error& e) {
-      throw input_error("checkpoint: " + e.message());
-    }
-  }();
+namespace {
+
+// The problems of a checkpoint's metadata and tensor list against `state` and `optimizer`, the
+// same on every rank (they read the same file). Fills `info` from the root attributes.
+std::vector<std::string> check_contents(const File& f, const parallel::StateRegistry& state,
+                                        const std::string& optimizer, CheckpointInfo& info) {
+  std::vector<std::string> problems;
   const Group root = f.root();
   const Attributes a = root.attributes();
-  std::vector<std::string> problems;
-  if (!a.has("format") || a.get_string("format") != kCheckpointFormat) {
-    throw input_error(
-        fmt::format("checkpoint: {}: not a Tessera checkpoint (its root attribute "
-                    "format is not \"{}\")",
-                    file, kCheckpointFormat));
-  }
-  if (!a.has("format_version") || a.get_int("format_version") != kCheckpointVersion) {
-    throw input_error(fmt::format(
-        "checkpoint: {}: format_version {} is not one this Tessera reads (it reads {})", file,
-        a.has("format_version") ? fmt::format("{}", a.get_int("format_version")) : "(missing)",
-        kCheckpointVersion));
-  }
   for (const char* key : {"step", "total_steps", "cursor_epoch", "cursor_batch", "rng_seed",
                           "optimizer_steps", "ranks", "data_size", "zero"}) {
     if (!a.has(key)) {
@@ -311,92 +342,9 @@ CheckpointInfo load_checkpoint(const std::string& file, parallel::DataParallel& 
       problems.push_back(fmt::format("root attribute {} is missing", key));
     }
   }
-  if (problems.empty() && a.get_string("optimizer") != optimizer.kind()) {
-    problems.push_back(
-        fmt::format("it holds the state of optimizer \"{}\", the deck asks for "
-                    "\"{}\"",
-                    a.get_string("optimizer"), optimizer.kind()));
-  }
-  std::vector<Slice> all = slices(dp, optimizer, rank);
-  // Every rank reads what it owns: whole tensors, or under ZeRO-1 its pieces' ranges.
-  for (Slice& s : all) {
-    if (s.whole_on_every_rank) {
-      s.offset = 0;
-      s.count = s.local.numel();
-    }
-  }
-  std::vector<std::pair<const Slice*, std::vector<float>>> loaded;
-  std::vector<std::uint64_t> partial_sums;
-  std::vector<std::string> stored(all.size());  // pieces' stored checksums, checked once summed
-  const auto check_sum = [&problems](const std::string& path, std::uint64_t sum,
-                                     const std::string& expected) {
-    if (checksum_string(sum) != expected) {
-      problems.push_back(
-          fmt::format("{}: checksum {} does not match the stored {} (the data is "
-                      "corrupt)",
-                      path, checksum_string(sum), expected));
-    }
-  };
-  for (const Slice& s : all) {
-    if (!root.has(s.path.substr(1))) {
-      problems.push_back(fmt::format("{} is missing", s.path));
-      partial_sums.push_back(0);
-      continue;
-    }
-    const Dataset ds = root.open_dataset(s.path.substr(1));
-    const std::vector<hsize_t> want = dims_of(s.shape);
-    if (ds.shape() != want) {
-      const std::vector<hsize_t> has = ds.shape();
-      problems.push_back(fmt::format("{} has shape {}, the model's is {}", s.path,
-                                     to_string(Shape(has.begin(), has.end())), to_string(s.shape)));
-      partial_sums.push_back(0);
-      continue;
-    }
-    // Straight into the tensor's storage where it is host memory (no copy: reading back is no
-    // slower than writing); through a host vector in a device build.
-    std::vector<float> values;
-    float* into = s.local.data();
-    if (!kHostStorage) {
-      values.resize(static_cast<size_t>(s.count));
-      into = values.data();
-    }
-    ds.read_boxes(
-        flat_range_boxes(want, static_cast<hsize_t>(s.offset), static_cast<hsize_t>(s.count)),
-        ElementType::f32, into);
-    const std::uint64_t sum = checksum_partial(into, s.offset, s.count);
-    if (!ds.attributes().has("checksum")) {
-      problems.push_back(fmt::format("{} has no checksum attribute", s.path));
-    } else if (s.whole_on_every_rank) {
-      check_sum(s.path, sum, ds.attributes().get_string("checksum"));
-    } else {
-      stored[&s - all.data()] = ds.attributes().get_string("checksum");
-    }
-    partial_sums.push_back(s.whole_on_every_rank ? 0 : sum);
-    if (!kHostStorage) {
-      loaded.emplace_back(&s, std::move(values));
-    }
-  }
-  // Pieces (ZeRO-1): the ranks' partial sums add up to each tensor's checksum.
-  std::vector<std::uint64_t> sums(partial_sums.size());
-  TESSERA_MPI_CHECK(MPI_Allreduce(partial_sums.data(), sums.data(), static_cast<int>(sums.size()),
-                                  MPI_UINT64_T, MPI_SUM, comm));
-  for (size_t i = 0; i < all.size(); ++i) {
-    if (!stored[i].empty()) {
-      check_sum(all[i].path, sums[i], stored[i]);
-    }
-  }
   if (!problems.empty()) {
-    std::string list;
-    for (const std::string& p : problems) {
-      list += "\n  " + p;
-    }
-    throw input_error(fmt::format("checkpoint: {} does not fit this run ({} problem{}):{}", file,
-                                  problems.size(), problems.size() == 1 ? "" : "s", list));
+    return problems;
   }
-  for (const auto& [s, values] : loaded) {
-    s->local.copy_from_host(values);
-  }
-  optimizer.set_steps(a.get_int("optimizer_steps"));
   info.step = a.get_int("step");
   info.total_steps = a.get_int("total_steps");
   info.cursor = {a.get_int("cursor_epoch"), a.get_int("cursor_batch")};
@@ -406,6 +354,128 @@ CheckpointInfo load_checkpoint(const std::string& file, parallel::DataParallel& 
   info.ranks = static_cast<int>(a.get_int("ranks"));
   info.data_size = static_cast<int>(a.get_int("data_size"));
   info.zero = static_cast<int>(a.get_int("zero"));
+  info.optimizer = a.get_string("optimizer");
+  info.optimizer_steps = a.get_int("optimizer_steps");
+  if (info.optimizer != optimizer) {
+    problems.push_back(
+        fmt::format("it holds the state of optimizer \"{}\", the deck asks for "
+                    "\"{}\"",
+                    info.optimizer, optimizer));
+  }
+  std::map<std::string, TensorEntry> stored;
+  for (TensorEntry& t : list_tensors(f)) {
+    stored[t.path] = std::move(t);
+  }
+  for (const parallel::StateEntry& e : state.entries()) {
+    const std::string path = dataset_path(e);
+    const auto it = stored.find(path);
+    if (it == stored.end()) {
+      problems.push_back(fmt::format("{} is missing", path));
+      continue;
+    }
+    const TensorEntry& t = it->second;
+    const Shape& want = e.layout.global_shape();
+    if (!t.error.empty()) {
+      problems.push_back(fmt::format("{}: {}", path, t.error));
+    } else if (Shape(t.shape.begin(), t.shape.end()) != want) {
+      problems.push_back(fmt::format("{} has shape {}, the model's is {}", path,
+                                     to_string(Shape(t.shape.begin(), t.shape.end())),
+                                     to_string(want)));
+    } else if (t.type != ElementType::f32) {
+      problems.push_back(fmt::format("{} holds {}, not float32", path,
+                                     t.type ? element_type_name(*t.type) : "an unknown type"));
+    } else if (!t.checksum) {
+      problems.push_back(fmt::format("{} has no checksum attribute", path));
+    }
+    stored.erase(it);
+  }
+  for (const auto& [path, t] : stored) {
+    problems.push_back(fmt::format("{} is not a tensor of this run's model or optimizer", path));
+  }
+  return problems;
+}
+
+[[noreturn]] void throw_problems(const std::string& file,
+                                 const std::vector<std::string>& problems) {
+  std::string list;
+  for (const std::string& p : problems) {
+    list += "\n  " + p;
+  }
+  throw input_error(fmt::format("checkpoint: {} does not fit this run ({} problem{}):{}", file,
+                                problems.size(), problems.size() == 1 ? "" : "s", list));
+}
+
+}  // namespace
+
+CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateRegistry& state,
+                               const std::string& optimizer, comm::Communicator& comm) {
+  CheckpointInfo info;
+  std::unique_ptr<File> f;
+  // The file, its format and its tensors against the run's: every rank reads them, and they agree.
+  comm::agree(comm, [&] {
+    try {
+      f = std::make_unique<File>(open_checkpoint(file));
+    } catch (const Error& e) {
+      throw input_error("checkpoint: " + e.message());
+    }
+    if (const std::string problem = format_problem(*f); !problem.empty()) {
+      throw input_error(fmt::format("checkpoint: {}: {}", file, problem));
+    }
+    const std::vector<std::string> problems = check_contents(*f, state, optimizer, info);
+    if (!problems.empty()) {
+      throw_problems(file, problems);
+    }
+  });
+  // Every rank reads the boxes its layout holds; the owners' checksum terms add up, over the
+  // trainer, to each tensor's stored checksum.
+  const std::vector<parallel::StateEntry>& all = state.entries();
+  std::vector<std::uint64_t> sums(all.size(), 0);
+  std::vector<std::string> stored(all.size());
+  comm::agree(comm, [&] {
+    const Group root = f->root();
+    std::vector<float> scratch;
+    for (size_t i = 0; i < all.size(); ++i) {
+      const parallel::StateEntry& e = all[i];
+      const Dataset ds = root.open_dataset(dataset_path(e).substr(1));
+      stored[i] = ds.attributes().get_string("checksum");
+      if (e.blocks.empty()) {
+        continue;
+      }
+      const Shape local = e.layout.local_shape(state.place());
+      HostValues values = host_values(e, false);
+      for (const Block& b : e.blocks) {
+        // In place where the block is contiguous in the rank's storage, else through `scratch`.
+        const bool direct = contiguous(b, local);
+        float* box = direct ? values.data + (flat_index(b.local_offset, local) - e.first)
+                            : (scratch.resize(static_cast<size_t>(numel(b.count))), scratch.data());
+        ds.read(file_box(b), ElementType::f32, box);
+        if (e.owner) {
+          sums[i] += block_checksum(e, local, b, box);
+        }
+        if (!direct) {
+          scatter_block(e, local, b, box, values.data);
+        }
+      }
+      if (!kHostStorage) {
+        e.local.copy_from_host(values.copy);
+      }
+    }
+  });
+  comm.allreduce(comm::Buffer(sums))->wait();
+  comm::agree(comm, [&] {
+    std::vector<std::string> problems;
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (checksum_string(sums[i]) != stored[i]) {
+        problems.push_back(
+            fmt::format("{}: checksum {} does not match the stored {} (the data "
+                        "is corrupt)",
+                        dataset_path(all[i]), checksum_string(sums[i]), stored[i]));
+      }
+    }
+    if (!problems.empty()) {
+      throw_problems(file, problems);
+    }
+  });
   return info;
 }
 

@@ -1,6 +1,7 @@
 #include "tessera/io/hdf5.hpp"
 
 #include "tessera/core/check.hpp"
+#include "tessera/core/layout.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -431,7 +432,7 @@ void Dataset::write_range(hsize_t offset, hsize_t count, ElementType t, const vo
     TESSERA_H5_LOCK;
     return H5Tget_size(memory_type(t));
   }();
-  const size_t calls = collective ? std::max<size_t>(1, 2 * dims.size() - 1) : boxes.size();
+  const size_t calls = !collective ? boxes.size() : dims.empty() ? 1 : 2 * dims.size() - 1;
   Box empty;  // a rank with fewer boxes writes nothing in the remaining collective calls
   empty.offset.assign(dims.size(), 0);
   empty.count.assign(dims.size(), 0);
@@ -490,44 +491,12 @@ void Dataset::read_all(ElementType t, void* out) const {
 
 std::vector<Box> flat_range_boxes(const std::vector<hsize_t>& shape, hsize_t offset,
                                   hsize_t count) {
+  const Shape dims(shape.begin(), shape.end());
   std::vector<Box> out;
-  if (count == 0) {
-    return out;
-  }
-  if (shape.size() <= 1) {
-    out.push_back({{offset}, {count}});
-    return out;
-  }
-  const std::vector<hsize_t> inner_shape(shape.begin() + 1, shape.end());
-  const hsize_t inner = product(inner_shape);
-  const hsize_t end = offset + count;
-  // Boxes of row `row`'s elements [a, b), with the row as the outermost coordinate.
-  auto in_row = [&](hsize_t row, hsize_t a, hsize_t b) {
-    for (Box box : flat_range_boxes(inner_shape, a, b - a)) {
-      box.offset.insert(box.offset.begin(), row);
-      box.count.insert(box.count.begin(), 1);
-      out.push_back(std::move(box));
-    }
-  };
-  hsize_t first_row = offset / inner;
-  const hsize_t last_row = (end - 1) / inner;
-  if (first_row == last_row) {
-    in_row(first_row, offset % inner, end - first_row * inner);
-    return out;
-  }
-  if (offset % inner != 0) {  // the partial first row
-    in_row(first_row, offset % inner, inner);
-    ++first_row;
-  }
-  const hsize_t whole_end = end / inner;  // rows [first_row, whole_end) are whole
-  if (whole_end > first_row) {
-    Box box{std::vector<hsize_t>(shape.size(), 0), shape};
-    box.offset[0] = first_row;
-    box.count[0] = whole_end - first_row;
-    out.push_back(std::move(box));
-  }
-  if (end % inner != 0) {  // the partial last row
-    in_row(whole_end, 0, end % inner);
+  for (const tessera::Box& b :
+       range_boxes(dims, static_cast<Index>(offset), static_cast<Index>(count))) {
+    out.push_back({std::vector<hsize_t>(b.offset.begin(), b.offset.end()),
+                   std::vector<hsize_t>(b.count.begin(), b.count.end())});
   }
   return out;
 }

@@ -9,8 +9,9 @@
 
 namespace tessera::nn {
 
-Activation::Activation(std::string name, const Shape& input, const ActivationOptions& options)
-    : Layer(std::move(name)), m_input(input), m_options(options) {
+Activation::Activation(std::string name, const Shape& input, const ActivationOptions& options,
+                       BuildContext context)
+    : Layer(std::move(name), std::move(context)), m_input(input), m_options(options) {
   if (!kernels::activation_from_name(kernels::activation_name(options.kind))) {
     throw Error(fmt::format("activation '{}': unknown activation kind {}", this->name(),
                             static_cast<int>(options.kind)));
@@ -32,6 +33,15 @@ const char* Activation::kind() const {
 }
 
 Shape Activation::output_shape(const Shape& input) const {
+  return input;
+}
+
+Layout Activation::place_input(const Layout& input) {
+  if (!input.partial_axes().empty()) {  // f(a) + f(b) is not f(a + b)
+    throw Error(fmt::format("{} '{}': its input {} is partial; sum it first", kind(), name(),
+                            input.to_string()));
+  }
+  m_input = input.local_shape(context().place());
   return input;
 }
 

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <functional>
 #include <optional>
 #include <set>
@@ -79,6 +80,25 @@ class Options {
     throw error(fmt::format("option '{}' must be a number, got {}", key, describe(*v)));
   }
 
+  /// One of `choices` (the first is the default).
+  std::string choice(const std::string& key, const std::vector<std::string>& choices) {
+    const OptionValue* v = find(key);
+    if (v == nullptr) {
+      return choices.front();
+    }
+    const auto* text = std::get_if<std::string>(v);
+    if (text == nullptr) {
+      throw error(
+          fmt::format("option '{}' must be one of {}, got {}", key, join(choices), describe(*v)));
+    }
+    if (std::find(choices.begin(), choices.end(), *text) == choices.end()) {
+      const std::string near = closest_match(*text, choices);
+      throw error(fmt::format("option {} = \"{}\" is not one of {}{}", key, *text, join(choices),
+                              near.empty() ? "" : " (did you mean \"" + near + "\"?)"));
+    }
+    return *text;
+  }
+
   bool boolean(const std::string& key, bool fallback) {
     const OptionValue* v = find(key);
     if (v == nullptr) {
@@ -121,9 +141,11 @@ class Options {
   std::set<std::string> m_read;
 };
 
+using Builder = std::function<std::unique_ptr<Layer>(Options&, const std::string&, const Shape&,
+                                                     const BuildContext&)>;
 struct Kind {
   std::vector<std::string> options;
-  std::function<std::unique_ptr<Layer>(Options&, const std::string&, const Shape&)> build;
+  Builder build;
 };
 
 ConvOptions conv_options(Options& o) {
@@ -152,7 +174,8 @@ PoolOptions pool_options(Options& o) {
 
 template <class L>
 Kind pool(std::vector<std::string> opts = {"kernel", "stride", "pad"}) {
-  return {std::move(opts), [](Options& o, const std::string& name, const Shape& in) {
+  return {std::move(opts),
+          [](Options& o, const std::string& name, const Shape& in, const BuildContext&) {
             return std::make_unique<L>(name, in, pool_options(o));
           }};
 }
@@ -160,26 +183,28 @@ Kind pool(std::vector<std::string> opts = {"kernel", "stride", "pad"}) {
 template <class L>
 Kind conv() {
   return {{"out", "kernel", "stride", "pad", "bias"},
-          [](Options& o, const std::string& name, const Shape& in) {
+          [](Options& o, const std::string& name, const Shape& in, const BuildContext&) {
             return std::make_unique<L>(name, in, conv_options(o));
           }};
 }
 
 Kind activation(kernels::ActivationKind kind, bool slope) {
-  return {slope ? std::vector<std::string>{"negative_slope"} : std::vector<std::string>{},
-          [kind, slope](Options& o, const std::string& name, const Shape& in) {
-            ActivationOptions a;
-            a.kind = kind;
-            if (slope) {
-              a.negative_slope = static_cast<float>(o.real("negative_slope", 0.01));
-            }
-            return std::make_unique<Activation>(name, in, a);
-          }};
+  return {
+      slope ? std::vector<std::string>{"negative_slope"} : std::vector<std::string>{},
+      [kind, slope](Options& o, const std::string& name, const Shape& in, const BuildContext& ctx) {
+        ActivationOptions a;
+        a.kind = kind;
+        if (slope) {
+          a.negative_slope = static_cast<float>(o.real("negative_slope", 0.01));
+        }
+        return std::make_unique<Activation>(name, in, a, ctx);
+      }};
 }
 
 template <class L>
 Kind batchnorm() {
-  return {{"momentum", "eps"}, [](Options& o, const std::string& name, const Shape& in) {
+  return {{"momentum", "eps"},
+          [](Options& o, const std::string& name, const Shape& in, const BuildContext&) {
             BatchNormOptions b;
             b.momentum = static_cast<float>(o.real("momentum", 0.1));
             b.eps = static_cast<float>(o.real("eps", 1e-5));
@@ -190,39 +215,49 @@ Kind batchnorm() {
 const std::map<std::string, Kind>& kinds() {
   static const std::map<std::string, Kind> table = [] {
     std::map<std::string, Kind> t;
-    t["linear"] = {{"out", "bias"}, [](Options& o, const std::string& name, const Shape& in) {
-                     LinearOptions l;
-                     l.out = o.integer("out");
-                     l.bias = o.boolean("bias", true);
-                     return std::make_unique<Linear>(name, in, l);
-                   }};
+    t["linear"] = {
+        {"out", "bias", "split"},
+        [](Options& o, const std::string& name, const Shape& in, const BuildContext& ctx) {
+          LinearOptions l;
+          l.out = o.integer("out");
+          l.bias = o.boolean("bias", true);
+          const std::string split = o.choice("split", {"none", "output", "input"});
+          l.split = split == "output"  ? LinearSplit::output
+                    : split == "input" ? LinearSplit::input
+                                       : LinearSplit::none;
+          return std::make_unique<Linear>(name, in, l, ctx);
+        }};
     t["conv2d"] = conv<Conv2d>();
     t["conv3d"] = conv<Conv3d>();
     t["maxpool2d"] = pool<MaxPool2d>();
     t["maxpool3d"] = pool<MaxPool3d>();
     t["avgpool2d"] = pool<AvgPool2d>();
     t["avgpool3d"] = pool<AvgPool3d>();
-    t["global_avgpool"] = {{}, [](Options&, const std::string& name, const Shape& in) {
-                             return std::make_unique<GlobalAvgPool>(name, in);
-                           }};
+    t["global_avgpool"] = {
+        {}, [](Options&, const std::string& name, const Shape& in, const BuildContext&) {
+          return std::make_unique<GlobalAvgPool>(name, in);
+        }};
     t["batchnorm2d"] = batchnorm<BatchNorm2d>();
     t["batchnorm3d"] = batchnorm<BatchNorm3d>();
-    t["layernorm"] = {{"eps"}, [](Options& o, const std::string& name, const Shape& in) {
-                        LayerNormOptions l;
-                        l.eps = static_cast<float>(o.real("eps", 1e-5));
-                        return std::make_unique<LayerNorm>(name, in, l);
-                      }};
+    t["layernorm"] = {
+        {"eps"}, [](Options& o, const std::string& name, const Shape& in, const BuildContext&) {
+          LayerNormOptions l;
+          l.eps = static_cast<float>(o.real("eps", 1e-5));
+          return std::make_unique<LayerNorm>(name, in, l);
+        }};
     t["relu"] = activation(kernels::ActivationKind::relu, false);
     t["leaky_relu"] = activation(kernels::ActivationKind::leaky_relu, true);
     t["gelu"] = activation(kernels::ActivationKind::gelu, false);
     t["tanh"] = activation(kernels::ActivationKind::tanh, false);
     t["sigmoid"] = activation(kernels::ActivationKind::sigmoid, false);
-    t["dropout"] = {{"p"}, [](Options& o, const std::string& name, const Shape& in) {
+    t["dropout"] = {{"p"},
+                    [](Options& o, const std::string& name, const Shape& in, const BuildContext&) {
                       DropoutOptions d;
                       d.p = static_cast<float>(o.real("p", 0.5));
                       return std::make_unique<Dropout>(name, in, d);
                     }};
-    t["flatten"] = {{}, [](Options&, const std::string& name, const Shape& in) {
+    t["flatten"] = {{},
+                    [](Options&, const std::string& name, const Shape& in, const BuildContext&) {
                       return std::make_unique<Flatten>(name, in);
                     }};
     return t;
@@ -273,7 +308,7 @@ std::vector<std::string> layer_options(const std::string& kind) {
 }
 
 std::unique_ptr<Layer> make_layer(const LayerSpec& spec, const std::string& name,
-                                  const Shape& input) {
+                                  const Shape& input, const BuildContext& context) {
   const auto it = kinds().find(spec.kind);
   if (it == kinds().end()) {
     const std::string near = closest_match(spec.kind, layer_kinds());
@@ -285,7 +320,7 @@ std::unique_ptr<Layer> make_layer(const LayerSpec& spec, const std::string& name
   Options options(spec, fmt::format("{} '{}'", spec.kind, name));
   std::unique_ptr<Layer> layer;
   try {
-    layer = it->second.build(options, name, input);
+    layer = it->second.build(options, name, input, context);
   } catch (const Error& e) {
     if (!e.where().empty()) {
       throw;

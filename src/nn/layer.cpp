@@ -62,11 +62,29 @@ std::vector<Parameter*> Layer::all_buffers() {
   return out;
 }
 
-void Layer::initialize(std::uint64_t seed, const GridPlace& place) {
-  for (const auto& list : {all_parameters(), all_buffers()}) {
-    for (Parameter* p : list) {
-      init_shard(p->value, p->layout, place, seed, p->name, p->init);
+void Layer::initialize(std::uint64_t seed) {
+  for (const auto* list : {&m_parameters, &m_buffers}) {
+    for (const Parameter& p : *list) {
+      init_shard(p.value, p.layout, m_context.place(), seed, p.name, p.init);
     }
+  }
+  for (Layer* child : children()) {
+    child->initialize(seed);
+  }
+}
+
+Layout Layer::place_input(const Layout& input) {
+  require_whole(input);
+  return Layout::replicated(output_shape(input.global_shape()));
+}
+
+void Layer::require_whole(const Layout& input) const {
+  if (!input.is_replicated()) {
+    throw Error(
+        fmt::format("{} '{}' needs whole samples, but its input is {}; end the split "
+                    "before it (a linear with split = \"input\" joins the tensor axis's "
+                    "blocks)",
+                    kind(), m_name, input.to_string()));
   }
 }
 
@@ -76,12 +94,20 @@ void Layer::zero_grad() {
   }
 }
 
+Parameter& Layer::add_parameter(const std::string& suffix, const Layout& layout, InitSpec init,
+                                bool decay) {
+  TESSERA_CHECK(layout.partial_axes().empty(), "parameter '{}.{}': a value cannot be partial ({})",
+                m_name, suffix, layout.to_string());
+  const std::string full = m_name + "." + suffix;
+  const Shape local = layout.local_shape(m_context.place());
+  m_parameters.push_back(
+      Parameter{full, Tensor(full, local), Tensor(full + ".grad", local), layout, init, decay});
+  return m_parameters.back();
+}
+
 Parameter& Layer::add_parameter(const std::string& suffix, const Shape& shape, InitSpec init,
                                 bool decay) {
-  const std::string full = m_name + "." + suffix;
-  m_parameters.push_back(Parameter{full, Tensor(full, shape), Tensor(full + ".grad", shape),
-                                   Layout::replicated(shape), init, decay});
-  return m_parameters.back();
+  return add_parameter(suffix, Layout::replicated(shape), init, decay);
 }
 
 Parameter& Layer::add_buffer(const std::string& suffix, const Shape& shape, InitSpec init) {

@@ -9,8 +9,25 @@
 namespace tessera::nn {
 using kernels::Trans;
 
-Linear::Linear(std::string name, const Shape& input, const LinearOptions& options)
-    : Layer(std::move(name)), m_out(options.out), m_bias(options.bias) {
+const char* linear_split_name(LinearSplit split) {
+  switch (split) {
+    case LinearSplit::none:
+      return "none";
+    case LinearSplit::output:
+      return "output";
+    case LinearSplit::input:
+      return "input";
+  }
+  return "unknown";
+}
+
+Linear::Linear(std::string name, const Shape& input, const LinearOptions& options,
+               BuildContext context)
+    : Layer(std::move(name), std::move(context)),
+      m_out(options.out),
+      m_bias(options.bias),
+      m_split(options.split),
+      m_region(this->context()) {
   if (input.size() != 1 || input[0] < 1) {
     TESSERA_THROW("linear '{}': input shape {} must be (in,) with in >= 1 (flatten first)",
                   this->name(), to_string(input));
@@ -19,10 +36,30 @@ Linear::Linear(std::string name, const Shape& input, const LinearOptions& option
     TESSERA_THROW("linear '{}': option out = {} must be >= 1", this->name(), options.out);
   }
   m_in = input[0];
+  const int tensor = m_region.size();
+  const Index split_extent = m_split == LinearSplit::output ? m_out : m_in;
+  if (m_split != LinearSplit::none && split_extent < tensor) {
+    TESSERA_THROW(
+        "linear '{}': split = \"{}\" cuts its {} {} features over {} tensor ranks; "
+        "every rank needs at least one",
+        this->name(), linear_split_name(m_split), split_extent,
+        m_split == LinearSplit::output ? "output" : "input", tensor);
+  }
   const float bound = 1.0F / std::sqrt(static_cast<float>(m_in));
-  add_parameter("weight", {m_out, m_in}, InitSpec::uniform(-bound, bound));  // (out, in)
+  const InitSpec init = InitSpec::uniform(-bound, bound);
+  Layout weight = Layout::replicated({m_out, m_in});  // (out, in)
+  Layout bias = Layout::replicated({m_out});          // (out,)
+  if (m_split == LinearSplit::output) {
+    weight.and_split(0, GridAxis::tensor);
+    bias.and_split(0, GridAxis::tensor);
+  } else if (m_split == LinearSplit::input) {
+    weight.and_split(1, GridAxis::tensor);
+  }
+  const Parameter& w = add_parameter("weight", weight, init);
+  m_local_out = w.value.dim(0);
+  m_local_in = w.value.dim(1);
   if (m_bias) {
-    add_parameter("bias", {m_out}, InitSpec::uniform(-bound, bound), /*decay=*/false);  // (out,)
+    add_parameter("bias", bias, init, /*decay=*/false);
   }
 }
 
@@ -34,27 +71,50 @@ Shape Linear::output_shape(const Shape& input) const {
   return {m_out};
 }
 
+Layout Linear::place_input(const Layout& input) {
+  (void)output_shape(input.global_shape());
+  if (m_split != LinearSplit::input) {
+    require_whole(input);
+    return m_split == LinearSplit::output ? Layout::split({m_out}, 0, GridAxis::tensor)
+                                          : Layout::replicated({m_out});
+  }
+  if (input != Layout::split({m_in}, 0, GridAxis::tensor)) {
+    TESSERA_THROW(
+        "linear '{}' (split = \"input\") takes its input features split over the tensor "
+        "axis, as a split = \"output\" layer before it leaves them, but its input is {}",
+        name(), input.to_string());
+  }
+  return Layout::replicated({m_out});
+}
+
 ForwardResult Linear::forward(const Tensor& x, const ForwardOptions& /*options*/) {
-  check_batch(x, {m_in}, "input");
+  check_batch(x, {m_local_in}, "input");
   const Index n = x.dim(0);
-  const Tensor y = m_output.get(name() + ".output", {n, m_out});  // (N, out), uninitialised
+  const Tensor y = m_output.get(name() + ".output", {n, m_local_out});  // uninitialised
   // y = b + x · Wᵀ: (N, in) · (in, out). broadcast_bias writes the bias into every row and the
   // GEMM accumulates onto it (beta = 1): the bias costs what the GEMM's own zeroing of C (beta =
-  // 0, no bias) would.
-  if (m_bias) {
+  // 0, no bias) would. Split by input, only tensor rank 0 starts from the bias: the sum over the
+  // tensor axis then adds it once.
+  const bool add_bias = m_bias && (m_split != LinearSplit::input ||
+                                   context().place().coord_of(GridAxis::tensor) == 0);
+  if (add_bias) {
     kernels::broadcast_bias(y, parameters()[1].value);
   }
-  kernels::gemm(Trans::no, Trans::yes, n, m_out, m_in, 1.0F, x.data(), m_in,
-                parameters()[0].value.data(), m_in, m_bias ? 1.0F : 0.0F, y.data(), m_out);
+  kernels::gemm(Trans::no, Trans::yes, n, m_local_out, m_local_in, 1.0F, x.data(), m_local_in,
+                parameters()[0].value.data(), m_local_in, add_bias ? 1.0F : 0.0F, y.data(),
+                m_local_out);
+  if (m_split == LinearSplit::input) {
+    m_region.reduce_from_forward(y);  // partial over tensor → the sum
+  }
   Context ctx;
-  ctx.saved = {x};  // (N, in)
+  ctx.saved = {x};  // (N, local in)
   ctx.input_shape = x.shape();
   return {y, std::move(ctx)};
 }
 
 Tensor Linear::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, {m_out}, "output grad");
-  TESSERA_CHECK(ctx.saved.size() == 1 && ctx.saved[0].shape() == (Shape{dy.dim(0), m_in}),
+  check_batch(dy, {m_local_out}, "output grad");
+  TESSERA_CHECK(ctx.saved.size() == 1 && ctx.saved[0].shape() == (Shape{dy.dim(0), m_local_in}),
                 "linear '{}': backward context does not match output grad {} (call backward once "
                 "with the context of the forward call that produced it)",
                 name(), to_string(dy.shape()));
@@ -62,8 +122,8 @@ Tensor Linear::backward(const Tensor& dy, Context&& ctx) {
   const Index n = dy.dim(0);
   Parameter& w = parameters()[0];
   // dW += dyᵀ · x: (out, N) · (N, in).
-  kernels::gemm(Trans::yes, Trans::no, m_out, m_in, n, 1.0F, dy.data(), m_out, x.data(), m_in, 1.0F,
-                w.grad.data(), m_in);
+  kernels::gemm(Trans::yes, Trans::no, m_local_out, m_local_in, n, 1.0F, dy.data(), m_local_out,
+                x.data(), m_local_in, 1.0F, w.grad.data(), m_local_in);
   if (m_bias) {
     kernels::bias_grad(dy, parameters()[1].grad);  // db += Σ_n dy
   }
@@ -71,9 +131,12 @@ Tensor Linear::backward(const Tensor& dy, Context&& ctx) {
     return Tensor();  // a first layer on data: nobody needs dL/dx
   }
   // dx = dy · W: (N, out) · (out, in).
-  const Tensor dx = m_input_grad.get(name() + ".input_grad", {n, m_in});  // (N, in); beta = 0
-  kernels::gemm(Trans::no, Trans::no, n, m_in, m_out, 1.0F, dy.data(), m_out, w.value.data(), m_in,
-                0.0F, dx.data(), m_in);
+  const Tensor dx = m_input_grad.get(name() + ".input_grad", {n, m_local_in});  // beta = 0
+  kernels::gemm(Trans::no, Trans::no, n, m_local_in, m_local_out, 1.0F, dy.data(), m_local_out,
+                w.value.data(), m_local_in, 0.0F, dx.data(), m_local_in);
+  if (m_split == LinearSplit::output) {
+    m_region.copy_to_backward(dx);  // each rank's part of dx → the sum
+  }
   return dx;
 }
 

@@ -5,12 +5,20 @@
 
 namespace tessera::nn {
 
-Sequential::Sequential(std::string name, Shape input)
-    : Layer(std::move(name)), m_input(input), m_output(std::move(input)) {}
+Sequential::Sequential(std::string name, Shape input, BuildContext context)
+    : Layer(std::move(name), std::move(context)),
+      m_input(input),
+      m_output(input),
+      m_input_layout(Layout::replicated(input)),
+      m_output_layout(Layout::replicated(input)),
+      m_local_input(input),
+      m_local_output(std::move(input)) {}
 
 Layer& Sequential::add(std::unique_ptr<Layer> layer) {
   TESSERA_CHECK(layer != nullptr, "sequential '{}': null layer", name());
   m_output = layer->output_shape(m_output);  // throws, naming the layer, if it does not fit
+  m_output_layout = layer->place_input(m_output_layout);  // or if it cannot take the placement
+  m_local_output = m_output_layout.local_shape(context().place());
   m_layers.push_back(std::move(layer));
   update_input_grad_flags();
   return *m_layers.back();
@@ -37,8 +45,24 @@ Shape Sequential::output_shape(const Shape& input) const {
   return m_output;
 }
 
+Layout Sequential::place_input(const Layout& input) {
+  if (input.global_shape() != m_input) {
+    throw Error(fmt::format("sequential '{}': input {} given, built for {}", name(),
+                            to_string(input.global_shape()), to_string(m_input)));
+  }
+  m_input_layout = input;
+  Layout at = input;
+  for (auto& layer : m_layers) {
+    at = layer->place_input(at);
+  }
+  m_output_layout = at;
+  m_local_input = m_input_layout.local_shape(context().place());
+  m_local_output = m_output_layout.local_shape(context().place());
+  return at;
+}
+
 ForwardResult Sequential::forward(const Tensor& x, const ForwardOptions& options) {
-  check_batch(x, m_input, "input");
+  check_batch(x, m_local_input, "input");
   ForwardResult result{x, Context{{}, x.shape(), {}}};
   result.ctx.children.reserve(m_layers.size());
   for (auto& layer : m_layers) {
@@ -50,7 +74,7 @@ ForwardResult Sequential::forward(const Tensor& x, const ForwardOptions& options
 }
 
 Tensor Sequential::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, m_output, "output gradient");
+  check_batch(dy, m_local_output, "output gradient");
   TESSERA_CHECK(ctx.children.size() == m_layers.size(),
                 "sequential '{}': backward given {} contexts for {} layers", name(),
                 ctx.children.size(), m_layers.size());
@@ -75,8 +99,12 @@ std::vector<Layer*> Sequential::children() {
   return out;
 }
 
-Residual::Residual(std::string name, const Shape& input, std::unique_ptr<Layer> body)
-    : Layer(std::move(name)), m_input(input), m_body(std::move(body)) {
+Residual::Residual(std::string name, const Shape& input, std::unique_ptr<Layer> body,
+                   BuildContext context)
+    : Layer(std::move(name), std::move(context)),
+      m_input(input),
+      m_local_input(input),
+      m_body(std::move(body)) {
   TESSERA_CHECK(m_body != nullptr, "residual '{}': null body", this->name());
   const Shape out = m_body->output_shape(input);
   if (out != input) {
@@ -94,8 +122,20 @@ Shape Residual::output_shape(const Shape& input) const {
   return m_input;
 }
 
+Layout Residual::place_input(const Layout& input) {
+  const Layout out = m_body->place_input(input);
+  if (out != input) {
+    throw Error(
+        fmt::format("residual '{}': body {} '{}' takes {} and gives {}; a residual needs "
+                    "equal placements",
+                    name(), m_body->kind(), m_body->name(), input.to_string(), out.to_string()));
+  }
+  m_local_input = input.local_shape(context().place());
+  return input;
+}
+
 ForwardResult Residual::forward(const Tensor& x, const ForwardOptions& options) {
-  check_batch(x, m_input, "input");
+  check_batch(x, m_local_input, "input");
   ForwardResult body = m_body->forward(x, options);
   const Tensor y(name() + "::output", x.shape());
   kernels::add(x, body.output, y);
@@ -110,7 +150,7 @@ void Residual::set_needs_input_grad(bool needed) {
 }
 
 Tensor Residual::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, m_input, "output gradient");
+  check_batch(dy, m_local_input, "output gradient");
   const Tensor dbody = m_body->backward(dy, std::move(ctx.children.at(0)));
   if (!needs_input_grad()) {
     return Tensor();

@@ -73,28 +73,30 @@ void Sgd::step(const std::vector<nn::Parameter*>& params, double lr) {
 }
 
 AdamW::AdamW(const AdamWOptions& options) : m_options(options) {
-  TESSERA_CHECK(options.beta1 >= 0.0F && options.beta1 < 1.0F,
-                "adamw: beta1 = {} must be in [0, 1)", options.beta1);
-  TESSERA_CHECK(options.beta2 >= 0.0F && options.beta2 < 1.0F,
-                "adamw: beta2 = {} must be in [0, 1)", options.beta2);
-  TESSERA_CHECK(options.eps > 0.0F, "adamw: eps = {} must be > 0", options.eps);
-  TESSERA_CHECK(options.weight_decay >= 0.0F, "adamw: weight_decay = {} must be >= 0",
+  TESSERA_CHECK(options.beta1 >= 0.0 && options.beta1 < 1.0, "adamw: beta1 = {} must be in [0, 1)",
+                options.beta1);
+  TESSERA_CHECK(options.beta2 >= 0.0 && options.beta2 < 1.0, "adamw: beta2 = {} must be in [0, 1)",
+                options.beta2);
+  TESSERA_CHECK(options.eps > 0.0, "adamw: eps = {} must be > 0", options.eps);
+  TESSERA_CHECK(options.weight_decay >= 0.0, "adamw: weight_decay = {} must be >= 0",
                 options.weight_decay);
 }
 
 void AdamW::step(const std::vector<nn::Parameter*>& params, double lr) {
   ++m_steps;
   const double t = static_cast<double>(m_steps);
-  const float b1 = m_options.beta1;
-  const float b2 = m_options.beta2;
-  const float eps = m_options.eps;
+  // Every constant in double, rounded to float once (PyTorch's scalars are doubles).
+  const auto b1 = static_cast<float>(m_options.beta1);
+  const auto b2 = static_cast<float>(m_options.beta2);
+  const auto c1 = static_cast<float>(1.0 - m_options.beta1);
+  const auto c2 = static_cast<float>(1.0 - m_options.beta2);
+  const auto eps = static_cast<float>(m_options.eps);
   // Bias corrections folded into the step size and the denominator, as PyTorch does.
-  const auto step_size = static_cast<float>(lr / (1.0 - std::pow(static_cast<double>(b1), t)));
-  const auto sqrt_c2 = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(b2), t)));
+  const auto step_size = static_cast<float>(lr / (1.0 - std::pow(m_options.beta1, t)));
+  const auto sqrt_c2 = static_cast<float>(std::sqrt(1.0 - std::pow(m_options.beta2, t)));
   for (nn::Parameter* p : params) {
     check_parameter(*p, "adamw");
-    const auto decay =
-        static_cast<float>(p->decay ? lr * static_cast<double>(m_options.weight_decay) : 0.0);
+    const auto decay = static_cast<float>(p->decay ? lr * m_options.weight_decay : 0.0);
     const FloatView w = p->value.view();
     const FloatView g = p->grad.view();
     const FloatView m = state_for(*p, "exp_avg").view();
@@ -102,8 +104,8 @@ void AdamW::step(const std::vector<nn::Parameter*>& params, double lr) {
     Kokkos::parallel_for(
         "AdamW::step", Policy(0, p->value.numel()), KOKKOS_LAMBDA(const Index i) {
           const float gi = g(i);
-          const float mi = b1 * m(i) + (1.0F - b1) * gi;
-          const float vi = b2 * v(i) + (1.0F - b2) * gi * gi;
+          const float mi = b1 * m(i) + c1 * gi;
+          const float vi = b2 * v(i) + c2 * gi * gi;
           m(i) = mi;
           v(i) = vi;
           const float wi = w(i) * (1.0F - decay);
@@ -120,13 +122,17 @@ double clip_grad_norm(const std::vector<nn::Parameter*>& params, double max_norm
     local += kernels::sum_squares(p->grad);
   }
   const double norm = std::sqrt(reduce_sum ? reduce_sum(local) : local);
+  scale_to_norm(params, norm, max_norm);
+  return norm;
+}
+
+void scale_to_norm(const std::vector<nn::Parameter*>& params, double norm, double max_norm) {
   if (norm > max_norm) {
     const auto factor = static_cast<float>(max_norm / (norm + 1e-6));
     for (const nn::Parameter* p : params) {
       kernels::scale(factor, p->grad);
     }
   }
-  return norm;
 }
 
 }  // namespace tessera::optim

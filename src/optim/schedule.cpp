@@ -55,8 +55,10 @@ double learning_rate(const ScheduleOptions& o, std::int64_t step) {
     case ScheduleKind::step:
       return o.base_lr * std::pow(o.gamma, static_cast<double>(after / o.step_size));
     case ScheduleKind::cosine: {
-      const auto span = static_cast<double>(o.total_steps - o.warmup_steps);
-      const double progress = std::min(1.0, static_cast<double>(after) / span);
+      // min_lr at the run's last step, total_steps - 1 (a run of one step past the warm-up takes
+      // it at once).
+      const auto span = static_cast<double>(o.total_steps - 1 - o.warmup_steps);
+      const double progress = span > 0.0 ? std::min(1.0, static_cast<double>(after) / span) : 1.0;
       constexpr double kPi = 3.14159265358979323846;
       return o.min_lr + 0.5 * (o.base_lr - o.min_lr) * (1.0 + std::cos(kPi * progress));
     }

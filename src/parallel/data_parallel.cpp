@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -53,23 +54,74 @@ Reduce reduce_from_name(const std::string& name) {
   throw Error(fmt::format("unknown gradient reduction '{}' (known: auto, mpi, shared)", name));
 }
 
+DataParallel::DataParallel(nn::Layer& model, const comm::ProcessGrid& grid,
+                           const DataParallelOptions& options)
+    : m_comm(grid.axis(GridAxis::data)),
+      m_grid(&grid),
+      m_place(grid.place()),
+      m_options(options),
+      m_rank(m_comm.rank()),
+      m_size(m_comm.size()),
+      m_params(model.all_parameters()),
+      m_buffers(model.all_buffers()) {
+  init(options);
+}
+
 DataParallel::DataParallel(nn::Layer& model, comm::Communicator& data,
                            const DataParallelOptions& options)
     : m_comm(data),
+      m_self(std::make_unique<comm::MpiCommunicator>(MPI_COMM_SELF, "self")),
+      m_place(GridPlace::single().with(GridAxis::data, data.size(), data.rank())),
       m_options(options),
       m_rank(data.rank()),
       m_size(data.size()),
       m_params(model.all_parameters()),
       m_buffers(model.all_buffers()) {
+  init(options);
+}
+
+void DataParallel::init(const DataParallelOptions& options) {
   TESSERA_CHECK(options.bucket_mb > 0.0, "data parallel: bucket size {} MiB must be > 0",
                 options.bucket_mb);
   TESSERA_CHECK(options.groups_per_rank >= 0, "data parallel: {} sample groups per rank",
                 options.groups_per_rank);
+  for (const auto* list : {&m_params, &m_buffers}) {
+    for (const nn::Parameter* p : *list) {
+      TESSERA_CHECK(p->partial.contains(GridAxis::data),
+                    "data parallel: '{}' is partial over {}, which lacks the data axis", p->name,
+                    p->partial.to_string());
+      TESSERA_CHECK(m_grid != nullptr || extra_axes(*p).empty(),
+                    "data parallel: '{}' is partial over {}, but there is no grid beyond the data "
+                    "axis",
+                    p->name, p->partial.to_string());
+    }
+  }
   check_same_model();
   build_buckets(options.bucket_mb);
   if (options.zero) {
     make_shards();
   }
+  // The norm sums squares over every axis where the ranks hold different gradient elements: those
+  // that split a parameter, and data where ZeRO-1 leaves each rank its own pieces.
+  const AxisSet nontrivial = m_place.nontrivial();
+  for (const nn::Parameter* p : m_params) {
+    m_norm_axes = m_norm_axes | (nontrivial - copy_axes(p->layout));
+  }
+  m_norm_axes = m_norm_axes - AxisSet{GridAxis::data};
+  if (m_scatter) {
+    m_norm_axes = m_norm_axes | AxisSet{GridAxis::data};
+  }
+}
+
+comm::Communicator& DataParallel::over(AxisSet axes) const {
+  if (m_grid != nullptr) {
+    return m_grid->axes(axes);
+  }
+  return (axes & m_place.nontrivial()).empty() ? *m_self : m_comm;
+}
+
+AxisSet DataParallel::extra_axes(const nn::Parameter& p) const {
+  return (p.partial - AxisSet{GridAxis::data}) & m_place.nontrivial();
 }
 
 DataParallel::~DataParallel() {
@@ -93,19 +145,19 @@ DataParallel::~DataParallel() {
 }
 
 void DataParallel::check_same_model() const {
-  // Every rank learns the same verdict: the minimum and maximum of the signatures and counts.
-  const std::uint64_t mine[2] = {model_signature(m_params), m_params.size()};
-  std::uint64_t lo[2];
-  std::uint64_t hi[2];
-  const MPI_Comm c = m_comm.mpi_comm();
-  TESSERA_MPI_CHECK(MPI_Allreduce(mine, lo, 2, MPI_UINT64_T, MPI_MIN, c));
-  TESSERA_MPI_CHECK(MPI_Allreduce(mine, hi, 2, MPI_UINT64_T, MPI_MAX, c));
+  // Every rank of the trainer learns the same verdict: the minimum and maximum of the signatures
+  // and counts (names and global shapes: the same on every rank, whatever its blocks).
+  comm::Communicator& all = over(AxisSet::all());
+  std::uint64_t lo[2] = {model_signature(m_params), m_params.size()};
+  std::uint64_t hi[2] = {lo[0], lo[1]};
+  all.allreduce(comm::Buffer(lo, 2), {comm::ReduceOp::min})->wait();
+  all.allreduce(comm::Buffer(hi, 2), {comm::ReduceOp::max})->wait();
   if (lo[0] != hi[0] || lo[1] != hi[1]) {
     throw input_error(fmt::format(
         "data parallel: the {} ranks of communicator '{}' built different models (between {} and "
         "{} parameters, or other names or shapes); every rank must run the same deck and "
         "overrides",
-        m_size, m_comm.name(), lo[1], hi[1]));
+        all.size(), all.name(), lo[1], hi[1]));
   }
 }
 
@@ -125,10 +177,14 @@ void DataParallel::build_buckets(double bucket_mb) {
   };
   for (auto it = m_params.rbegin(); it != m_params.rend(); ++it) {
     // A parameter that would overflow a non-empty bucket starts the next one, so that small
-    // gradients completed early are not held back by a large one completed later.
-    if (!current.params.empty() && at - current.begin + (*it)->value.numel() > bucket_elements) {
+    // gradients completed early are not held back by a large one completed later; so does one
+    // whose gradient is partial over other axes.
+    const AxisSet extra = extra_axes(**it);
+    if (!current.params.empty() &&
+        (at - current.begin + (*it)->value.numel() > bucket_elements || extra != current.extra)) {
       close();
     }
+    current.extra = extra;
     current.params.push_back(*it);
     current.offsets.push_back(at);
     m_bucket_of[*it] = m_buckets.size();
@@ -164,7 +220,7 @@ void DataParallel::build_buckets(double bucket_mb) {
   }
 }
 
-bool DataParallel::use_shared_reduction() const {
+bool DataParallel::use_shared_reduction() {
   // Deterministic mode sums stashed group gradients in group order instead (finish_reduction).
   if (m_options.reduce == Reduce::mpi || m_size == 1 || m_options.groups_per_rank > 0) {
     return false;
@@ -177,7 +233,7 @@ bool DataParallel::use_shared_reduction() const {
       static_cast<double>(comm::SharedReduction::window_bytes(m_arena_size, m_buckets.size()));
   double free = static_cast<double>(m_options.shared_memory_free > 0 ? m_options.shared_memory_free
                                                                      : comm::shared_memory_free());
-  TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &free, 1, MPI_DOUBLE, MPI_MIN, m_comm.mpi_comm()));
+  m_comm.allreduce(comm::Buffer(&free, 1), {comm::ReduceOp::min})->wait();
   const bool fits = free >= need;
   auto size = [](double bytes) {
     return bytes < 1024.0 * 1024.0 ? fmt::format("{:.1f} KiB", bytes / 1024.0)
@@ -196,13 +252,11 @@ bool DataParallel::use_shared_reduction() const {
     throw input_error(fmt::format(
         "data parallel: parallel.reduce = \"shared\" needs {}; use \"auto\" or \"mpi\"", why));
   }
-  if (one_node && kHostArenas && !fits && m_rank == 0) {
-    std::fprintf(stderr, "%s\n",
-                 fmt::format("data parallel: warning: the shared-memory reduction needs {} of "
-                             "/dev/shm, {} are free: summing with MPI instead (enlarge /dev/shm, "
-                             "e.g. docker --shm-size)",
-                             size(need), size(free))
-                     .c_str());
+  if (one_node && kHostArenas && !fits) {
+    m_warnings.push_back(
+        fmt::format("data parallel: warning: the shared-memory reduction needs {} of /dev/shm, {} "
+                    "are free: summing with MPI instead (enlarge /dev/shm, e.g. docker --shm-size)",
+                    size(need), size(free)));
   }
   return one_node && kHostArenas && fits;
 }
@@ -365,34 +419,59 @@ void DataParallel::finish_reduction() {
           }
           grads(i) = s;
         });
+    reduce_extra_axes();
     return;
   }
-  if (m_size == 1) {
-    return;
-  }
-  if (m_shared) {
+  if (m_size > 1 && m_shared) {
     m_shared->finish_reduce();  // also reports buckets whose parameters got no gradient
     m_next_bucket = m_buckets.size();
-    return;
+  } else if (m_size > 1) {
+    while (m_next_bucket < m_buckets.size()) {  // buckets whose parameters got no gradient
+      start_bucket(m_buckets[m_next_bucket++]);
+    }
+    for (Bucket& b : m_buckets) {
+      b.work->wait();
+    }
   }
-  while (m_next_bucket < m_buckets.size()) {  // buckets whose parameters got no gradient
-    start_bucket(m_buckets[m_next_bucket++]);
+  reduce_extra_axes();
+}
+
+void DataParallel::reduce_extra_axes() {
+  // Gradients partial over more axes than data: their data-axis sums (under ZeRO-1, this rank's
+  // chunk of them) summed over the others.
+  std::vector<std::unique_ptr<comm::Work>> works;
+  for (const Bucket& b : m_buckets) {
+    if (b.extra.empty()) {
+      continue;
+    }
+    const Index chunk = m_scatter ? b.count / m_size : b.count;
+    const Index begin = m_scatter ? b.begin + m_rank * chunk : b.begin;
+    works.push_back(
+        over(b.extra).allreduce(Tensor::alias("DataParallel::extra", m_grads, begin, {chunk})));
   }
-  for (Bucket& b : m_buckets) {
-    b.work->wait();
+  for (auto& w : works) {
+    w->wait();
   }
 }
 
 double DataParallel::clip_grad_norm(double max_norm) {
-  if (m_scatter) {
-    const MPI_Comm c = m_comm.mpi_comm();
-    return optim::clip_grad_norm(m_piece_ptrs, max_norm, [c](double local) {
-      double global = 0.0;
-      TESSERA_MPI_CHECK(MPI_Allreduce(&local, &global, 1, MPI_DOUBLE, MPI_SUM, c));
-      return global;
-    });
+  TESSERA_CHECK(max_norm > 0.0, "gradient clipping: max_norm = {} must be > 0", max_norm);
+  // This rank's share of the sum of squares: the elements it owns among the ranks of the norm's
+  // axes that hold copies of them (a gradient replicated over tensor is counted on tensor rank 0).
+  const std::vector<nn::Parameter*>& mine = m_scatter ? m_piece_ptrs : m_params;
+  double sum = 0.0;
+  for (const nn::Parameter* p : mine) {
+    if (m_place.first_on(copy_axes(p->layout) & m_norm_axes)) {
+      sum += kernels::sum_squares(p->grad);
+    }
   }
-  return optim::clip_grad_norm(m_params, max_norm);  // every rank holds the whole sum
+  comm::Communicator& axes = over(m_norm_axes);
+  if (axes.size() > 1) {
+    axes.allreduce(comm::Buffer(&sum, 1))->wait();
+  }
+  const double norm = std::sqrt(sum);
+  optim::scale_to_norm(mine, norm, max_norm);
+  return norm;
 }
 
 void DataParallel::step(optim::Optimizer& optimizer, double lr) {
@@ -416,13 +495,49 @@ void DataParallel::step(optim::Optimizer& optimizer, double lr) {
       }
     }
   }
-  if (m_size > 1) {
-    // Running statistics are averaged over the data axis (each rank saw its own samples).
-    for (const nn::Parameter* b : m_buffers) {
-      m_comm.allreduce(b->value)->wait();
-      kernels::scale(1.0F / static_cast<float>(m_size), b->value);
+  // Running statistics are averaged over their partial axes (each data rank saw its own samples).
+  for (const nn::Parameter* b : m_buffers) {
+    comm::Communicator& axes = over(b->partial);
+    if (axes.size() > 1) {
+      axes.allreduce(b->value)->wait();
+      kernels::scale(1.0F / static_cast<float>(axes.size()), b->value);
     }
   }
+}
+
+StateRegistry DataParallel::registry(optim::Optimizer& optimizer) {
+  sync_parameters();
+  StateRegistry r(m_place);
+  for (const nn::Parameter* p : m_params) {
+    r.add(p->name, "", StateKind::parameter, p->layout, p->value, copy_axes(p->layout));
+  }
+  for (const nn::Parameter* b : m_buffers) {
+    r.add(b->name, "", StateKind::buffer, b->layout, b->value, copy_axes(b->layout));
+  }
+  // Optimizer state: per parameter in model order, its whole block or this rank's pieces of it.
+  std::unordered_map<std::string, std::vector<size_t>> pieces_of;
+  for (size_t i = 0; i < m_shards.size(); ++i) {
+    pieces_of[m_shards[i].name].push_back(i);
+  }
+  for (const nn::Parameter* p : m_params) {
+    for (const std::string& state : optimizer.state_names()) {
+      if (!m_options.zero) {
+        r.add(p->name, state, StateKind::optimizer_state, p->layout, optimizer.state_for(*p, state),
+              copy_axes(p->layout));
+        continue;
+      }
+      for (size_t i : pieces_of[p->name]) {
+        r.add(p->name, state, StateKind::optimizer_state, p->layout,
+              optimizer.state_for(*m_piece_ptrs[i], state),
+              copy_axes(p->layout) - AxisSet{GridAxis::data}, m_shards[i].offset);
+      }
+      if (pieces_of[p->name].empty()) {  // no piece here: registered, holding nothing
+        r.add(p->name, state, StateKind::optimizer_state, p->layout, Tensor(),
+              copy_axes(p->layout) - AxisSet{GridAxis::data});
+      }
+    }
+  }
+  return r;
 }
 
 void DataParallel::sync_parameters() {

@@ -61,52 +61,42 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const deck::OptimizerConfig& o)
         static_cast<float>(o.momentum), o.nesterov, static_cast<float>(o.weight_decay)});
   }
   return std::make_unique<optim::AdamW>(
-      optim::AdamWOptions{static_cast<float>(o.beta1), static_cast<float>(o.beta2),
-                          static_cast<float>(o.eps), static_cast<float>(o.weight_decay)});
+      optim::AdamWOptions{o.beta1, o.beta2, o.eps, o.weight_decay});
 }
 
-std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d) {
-  auto model = std::make_unique<nn::Sequential>("model", d.model.input);
+// The deck's model at `context`'s place (each rank allocates and later initialises its blocks).
+// Errors name the layer's deck location: a layer that cannot take its input's placement too.
+std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d,
+                                            const nn::BuildContext& context = {}) {
+  auto model = std::make_unique<nn::Sequential>("model", d.model.input, context);
   for (size_t i = 0; i < d.model.layers.size(); ++i) {
     const nn::LayerSpec& spec = d.model.layers[i];
-    model->add(nn::make_layer(spec, fmt::format("{}{}", spec.kind, i), model->output_shape()));
+    auto layer =
+        nn::make_layer(spec, fmt::format("{}{}", spec.kind, i), model->output_shape(), context);
+    try {
+      model->add(std::move(layer));
+    } catch (const Error& e) {
+      throw input_error(e.message(), spec.where);
+    }
+  }
+  if (!model->output_layout().is_replicated()) {
+    throw input_error(
+        fmt::format("the model's output is {}: the loss needs it whole (end the split with a "
+                    "linear with split = \"input\")",
+                    model->output_layout().to_string()),
+        d.where(fmt::format("model.layers[{}]", d.model.layers.size() - 1)));
   }
   return model;
 }
 
-// The data axis: every rank of the trainer (tensor, pipeline and spatial are 1 in this version).
-int data_size(const deck::Deck& d, int world) {
-  return d.parallel.data == 0 ? world : d.parallel.data;
-}
-
-// The grid the deck asks for fits the job's ranks, and the global batch the data axis.
-void check_grid(const deck::Deck& d, int world_size) {
-  const int data = data_size(d, world_size);
-  const int per_trainer = data * d.parallel.tensor * d.parallel.pipeline;
-  if (per_trainer != world_size) {
-    throw input_error(fmt::format("parallel.data = {} does not match the {} rank(s) of the job "
-                                  "(data × tensor × pipeline × spatial must equal the ranks per "
-                                  "trainer; 0 takes them all)",
-                                  d.parallel.data, world_size),
-                      d.where("parallel.data"));
-  }
-  if (d.data.batch < data) {
-    throw input_error(fmt::format("data.batch = {} is smaller than the {} data-parallel rank(s)",
-                                  d.data.batch, data),
-                      d.where("data.batch"));
-  }
-  if (d.parallel.deterministic && d.parallel.sample_groups % data != 0) {
-    throw input_error(fmt::format("parallel.sample_groups = {} is not a multiple of the {} "
-                                  "data-parallel rank(s): each rank computes whole groups",
-                                  d.parallel.sample_groups, data),
-                      d.where("parallel.sample_groups"));
-  }
-  if (d.data.micro_batches > d.data.batch / data) {
-    throw input_error(fmt::format("data.micro_batches = {} is more than the {} sample(s) of each "
-                                  "data-parallel rank's share of data.batch = {}",
-                                  d.data.micro_batches, d.data.batch / data, d.data.batch),
-                      d.where("data.micro_batches"));
-  }
+comm::GridSpec grid_spec(const deck::Deck& d) {
+  comm::GridSpec spec;
+  spec.trainers = d.parallel.trainers;
+  spec.data = d.parallel.data;
+  spec.pipeline = d.parallel.pipeline;
+  spec.tensor = d.parallel.tensor;
+  spec.spatial = d.parallel.spatial;
+  return spec;
 }
 
 // Samples `r` of this rank's part of `b`, as a batch of its own (a micro-batch; no copy).
@@ -273,7 +263,12 @@ io::SplitInfo check_splits(const deck::Deck& d, const Shape& output) {
 }  // namespace
 
 void check_data(const deck::Deck& d) {
-  (void)check_splits(d, build_model(d)->output_shape());
+  // The model at tensor rank 0's place of a one-data-rank grid: shapes and splits as any rank's.
+  comm::GridSpec spec = grid_spec(d);
+  spec.data = 1;
+  spec.trainers = 1;
+  (void)check_splits(d,
+                     build_model(d, nn::BuildContext(comm::grid_place(spec, 0)))->output_shape());
 }
 
 void install_stop_handlers() {
@@ -285,25 +280,59 @@ void install_stop_handlers() {
   }
 }
 
-Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
+comm::GridSpec resolve_grid(const deck::Deck& d, int world_size) {
+  comm::GridSpec spec;
+  try {
+    spec = comm::resolve_grid(grid_spec(d), world_size);
+  } catch (const Error& e) {  // located at the deck's first grid key that is set
+    std::string key = "parallel";
+    for (const char* k : {"parallel.data", "parallel.tensor", "parallel.pipeline",
+                          "parallel.spatial", "parallel.trainers"}) {
+      if (d.locations.count(k) != 0) {
+        key = k;
+        break;
+      }
+    }
+    throw input_error(e.message(), d.where(key));
+  }
+  const int data = spec.data;
+  if (d.data.batch < data) {
+    throw input_error(fmt::format("data.batch = {} is smaller than the {} data-parallel rank(s)",
+                                  d.data.batch, data),
+                      d.where("data.batch"));
+  }
+  if (d.parallel.deterministic && d.parallel.sample_groups % data != 0) {
+    throw input_error(fmt::format("parallel.sample_groups = {} is not a multiple of the {} "
+                                  "data-parallel rank(s): each rank computes whole groups",
+                                  d.parallel.sample_groups, data),
+                      d.where("parallel.sample_groups"));
+  }
+  if (d.data.micro_batches > d.data.batch / data) {
+    throw input_error(fmt::format("data.micro_batches = {} is more than the {} sample(s) of each "
+                                  "data-parallel rank's share of data.batch = {}",
+                                  d.data.micro_batches, d.data.batch / data, d.data.batch),
+                      d.where("data.micro_batches"));
+  }
+  return spec;
+}
+
+Trainer::Trainer(const deck::Deck& deck, MPI_Comm world, Reporter* reporter)
+    : m_deck(deck), m_reporter(reporter != nullptr ? reporter : &m_silent) {
   int world_size = 1;
   MPI_Comm_size(world, &world_size);
-  comm::agree(world, [&] { check_grid(deck, world_size); });  // errors located in the deck
   comm::GridSpec spec;
-  spec.trainers = deck.parallel.trainers;
-  spec.data = deck.parallel.data;
-  spec.pipeline = deck.parallel.pipeline;
-  spec.tensor = deck.parallel.tensor;
-  spec.spatial = deck.parallel.spatial;
+  comm::agree(world, [&] { spec = resolve_grid(deck, world_size); });  // located in the deck
   m_grid = std::make_unique<comm::ProcessGrid>(world, spec);
-  comm::Communicator& data = m_grid->axis(GridAxis::data);
-  m_comm = data.mpi_comm();
-  m_rank = data.rank();
-  m_size = data.size();
+  m_trainer = &m_grid->trainer();
+  m_data = &m_grid->axis(GridAxis::data);
   kernels::set_blas_threads(deck.run.blas_threads);
+  build(spec);
+}
 
-  comm::agree(m_comm, [&] {
-    m_model = build_model(deck);
+void Trainer::build(const comm::GridSpec& spec) {
+  const deck::Deck& deck = m_deck;
+  comm::agree(*m_trainer, [&] {
+    m_model = build_model(deck, nn::BuildContext(*m_grid));
     m_train_info = check_splits(deck, m_model->output_shape());
     io::ReaderOptions ro;
     ro.batch = deck.data.batch;
@@ -312,13 +341,13 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
     ro.drop_last = deck.data.drop_last;
     ro.cache = deck.data.cache;
     ro.prefetch = deck.data.prefetch;
-    ro.data_rank = m_rank;
-    ro.data_size = m_size;
+    ro.data_rank = m_data->rank();  // the ranks of one data coordinate read the same samples
+    ro.data_size = m_data->size();
     ro.expect_sample_shape = deck.model.input;
     m_train = std::make_unique<io::DatasetReader>(deck.data.train, ro);
     m_schedule = run_schedule(deck, m_train_info.samples);
     m_total_steps = m_schedule.total_steps;
-    if (m_rank == 0) {
+    if (leader()) {
       std::filesystem::create_directories(deck.run.output);
       std::ofstream(deck.run.output + "/deck.toml") << deck::to_toml(deck);
       m_metrics_path = deck.run.output + "/metrics.jsonl";
@@ -330,26 +359,33 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world) : m_deck(deck) {
   dpo.bucket_mb = deck.parallel.bucket_mb;
   dpo.reduce = parallel::reduce_from_name(deck.parallel.reduce);
   dpo.zero = deck.parallel.zero == 1;
-  dpo.groups_per_rank = deck.parallel.deterministic ? deck.parallel.sample_groups / m_size : 0;
+  dpo.groups_per_rank = deck.parallel.deterministic ? deck.parallel.sample_groups / spec.data : 0;
   m_micro_batches = deck.parallel.deterministic ? dpo.groups_per_rank : deck.data.micro_batches;
-  comm::agree(m_comm, [&] {  // also checks that every rank built the same model
-    m_dp = std::make_unique<parallel::DataParallel>(*m_model, data, dpo);
+  comm::agree(*m_trainer, [&] {  // also checks that every rank built the same model
+    m_dp = std::make_unique<parallel::DataParallel>(*m_model, *m_grid, dpo);
   });
-  if (m_rank == 0 && m_size > 1) {
-    std::printf("data parallel: %d ranks, %d gradient bucket%s, summed %s%s\n", m_size,
-                m_dp->bucket_count(), m_dp->bucket_count() == 1 ? "" : "s",
-                deck.parallel.deterministic ? "in sample-group order (deterministic)"
-                : m_dp->shared_reduction()  ? "through shared memory (one node)"
-                                            : "with MPI's non-blocking allreduce",
-                dpo.zero ? ", ZeRO-1" : "");
-    std::fflush(stdout);
+  if (leader()) {
+    for (const std::string& w : m_dp->warnings()) {
+      m_reporter->warning(w);
+    }
+  }
+  if (m_trainer->size() > 1) {
+    say(fmt::format("grid: {} ranks = {}", m_trainer->size(), comm::to_string(spec)));
+  }
+  if (m_data->size() > 1) {
+    say(fmt::format("data parallel: {} ranks, {} gradient bucket{}, summed {}{}", m_data->size(),
+                    m_dp->bucket_count(), m_dp->bucket_count() == 1 ? "" : "s",
+                    deck.parallel.deterministic ? "in sample-group order (deterministic)"
+                    : m_dp->shared_reduction()  ? "through shared memory (one node)"
+                                                : "with MPI's non-blocking allreduce",
+                    dpo.zero ? ", ZeRO-1" : ""));
   }
   m_model->set_backward_hook([this](nn::Layer& layer) { m_dp->on_backward(layer); });
   m_optimizer = make_optimizer(deck.optimizer);
   if (deck.checkpoint.enabled && !deck.checkpoint.restart.empty()) {
     restart();
   }
-  if (m_rank == 0 && m_start_step == 0) {
+  if (leader() && m_start_step == 0) {
     std::ofstream(m_metrics_path, std::ios::trunc);  // a restarted run appends to its metrics
   }
   if (m_start_step > 0) {
@@ -361,56 +397,56 @@ Trainer::~Trainer() {
   m_train.reset();
 }
 
+void Trainer::say(const std::string& line) const {
+  if (leader()) {
+    m_reporter->info(line);
+  }
+}
+
 void Trainer::log_line(const std::string& json) const {
-  if (m_rank == 0 && !m_metrics_path.empty()) {
+  if (leader() && !m_metrics_path.empty()) {
     std::ofstream(m_metrics_path, std::ios::app) << json << '\n';
   }
 }
 
 Trainer::StepAgreement Trainer::agree_on_step(bool save_due) {
   // Signals reach the ranks at slightly different times, and rank 0's clock decides the timed
-  // checkpoints: one allreduce agrees on both at the step boundary.
-  int mine[2] = {g_stop_signal, m_rank == 0 && save_due ? 1 : 0};
-  int any[2] = {0, 0};
-  TESSERA_MPI_CHECK(MPI_Allreduce(mine, any, 2, MPI_INT, MPI_MAX, m_comm));
-  if (any[0] != 0) {
-    g_stop_signal = any[0];
+  // checkpoints: one allreduce over the whole trainer agrees on both at the step boundary.
+  int flags[2] = {g_stop_signal, leader() && save_due ? 1 : 0};
+  m_trainer->allreduce(comm::Buffer(flags, 2), {comm::ReduceOp::max})->wait();
+  if (flags[0] != 0) {
+    g_stop_signal = flags[0];
   }
-  return {any[0], any[1] != 0};
+  return {flags[0], flags[1] != 0};
 }
 
 void Trainer::restart() {
   const deck::CheckpointConfig& c = m_deck.checkpoint;
   std::string file;
-  comm::agree(m_comm, [&] { file = io::resolve_restart(c.restart, c.dir); });
+  comm::agree(*m_trainer, [&] { file = io::resolve_restart(c.restart, c.dir); });
   if (file.empty()) {
-    if (m_rank == 0) {
-      std::printf("restart: no checkpoint in %s yet: starting from step 0\n", c.dir.c_str());
-    }
+    say(fmt::format("restart: no checkpoint in {} yet: starting from step 0", c.dir));
     return;
   }
   io::CheckpointInfo info;
-  comm::agree(m_comm, [&] {
+  comm::agree(*m_trainer, [&] {
     try {
-      info = io::load_checkpoint(file, *m_dp, *m_optimizer, m_comm);
+      info =
+          io::load_checkpoint(file, m_dp->registry(*m_optimizer), m_optimizer->kind(), *m_trainer);
     } catch (const Error& e) {  // name the deck key that led here
       throw input_error(e.message(), m_deck.where("checkpoint.restart"));
     }
   });
+  m_optimizer->set_steps(info.optimizer_steps);
   m_start_step = info.step;
   m_train->seek(info.cursor);
-  if (m_rank == 0) {
-    std::printf("restart: from %s at step %lld (saved on %d rank%s, data %d, zero %d)%s\n",
-                file.c_str(), static_cast<long long>(info.step), info.ranks,
-                info.ranks == 1 ? "" : "s", info.data_size, info.zero,
-                info.step >= m_total_steps
-                    ? fmt::format("; the run has {} steps: nothing is left to train (another "
-                                  "run.output or checkpoint.restart=\"\" starts afresh)",
-                                  m_total_steps)
-                          .c_str()
-                    : "");
-    std::fflush(stdout);
-  }
+  say(fmt::format("restart: from {} at step {} (saved on {} rank{}, data {}, zero {}){}", file,
+                  info.step, info.ranks, info.ranks == 1 ? "" : "s", info.data_size, info.zero,
+                  info.step >= m_total_steps
+                      ? fmt::format("; the run has {} steps: nothing is left to train (another "
+                                    "run.output or checkpoint.restart=\"\" starts afresh)",
+                                    m_total_steps)
+                      : ""));
 }
 
 void Trainer::save(std::int64_t steps_done, const char* why) {
@@ -421,19 +457,17 @@ void Trainer::save(std::int64_t steps_done, const char* why) {
   info.cursor = m_train->cursor();
   info.seed = m_deck.run.seed;
   info.deck = deck::to_toml(m_deck);
-  info.grid = fmt::format("trainers {} × data {} × pipeline {} × tensor {} × spatial [{}]",
-                          m_deck.parallel.trainers, m_size, m_deck.parallel.pipeline,
-                          m_deck.parallel.tensor, fmt::join(m_deck.parallel.spatial, ", "));
-  info.ranks = m_size;
-  info.data_size = m_size;
+  info.grid = comm::to_string(m_grid->spec());
+  info.ranks = m_trainer->size();
+  info.data_size = m_data->size();
   info.zero = m_deck.parallel.zero;
-  const io::SaveReport r = io::save_checkpoint(c.dir, info, *m_dp, *m_optimizer, m_comm, c.keep);
-  if (m_rank == 0) {
-    std::printf("checkpoint: step %lld -> %s (%.1f MiB in %.2f s, %.0f MB/s; %s)\n",
-                static_cast<long long>(steps_done), r.file.c_str(), r.bytes / 1048576.0, r.seconds,
-                r.bytes / std::max(r.seconds, 1e-9) / 1e6, why);
-    std::fflush(stdout);
-  }
+  info.optimizer = m_optimizer->kind();
+  info.optimizer_steps = m_optimizer->steps();
+  const io::SaveReport r =
+      io::save_checkpoint(c.dir, info, m_dp->registry(*m_optimizer), *m_trainer, c.keep);
+  say(fmt::format("checkpoint: step {} -> {} ({:.1f} MiB in {:.2f} s, {:.0f} MB/s; {})", steps_done,
+                  r.file, r.bytes / 1048576.0, r.seconds, r.bytes / std::max(r.seconds, 1e-9) / 1e6,
+                  why));
   log_line(fmt::format(
       R"({{"kind": "checkpoint", "step": {}, "file": {}, "bytes": {:.0f}, "seconds": {:.4f}, "why": "{}"}})",
       steps_done, json_string(r.file), r.bytes, r.seconds, why));
@@ -445,11 +479,11 @@ Evaluation Trainer::evaluate(const std::string& spec) {
   ro.batch = std::max<Index>(m_deck.data.batch, 256);
   ro.shuffle = false;
   ro.prefetch = 2;
-  ro.data_rank = m_rank;
-  ro.data_size = m_size;
+  ro.data_rank = m_data->rank();
+  ro.data_size = m_data->size();
   ro.expect_sample_shape = m_deck.model.input;
   std::unique_ptr<io::DatasetReader> reader;
-  comm::agree(m_comm, [&] { reader = std::make_unique<io::DatasetReader>(spec, ro); });
+  comm::agree(*m_trainer, [&] { reader = std::make_unique<io::DatasetReader>(spec, ro); });
   double sums[3] = {0.0, 0.0, 0.0};  // loss · global batch, metric sum, samples
   nn::ForwardOptions fo;
   fo.training = false;
@@ -462,7 +496,8 @@ Evaluation Trainer::evaluate(const std::string& spec) {
     sums[1] += l.metric_sum;
     sums[2] += static_cast<double>(batch.ids.size());
   }
-  TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, m_comm));
+  // Over the data axis: the ranks of one data coordinate computed the same samples.
+  m_data->allreduce(comm::Buffer(sums, 3))->wait();
   Evaluation e;
   e.split = spec;
   e.samples = static_cast<Index>(sums[2]);
@@ -471,146 +506,142 @@ Evaluation Trainer::evaluate(const std::string& spec) {
   return e;
 }
 
-RunSummary Trainer::run() {
+std::optional<Evaluation> Trainer::eval_and_log(std::int64_t step, double run_seconds) {
+  const deck::Deck& d = m_deck;
+  if (d.data.test.empty()) {
+    return std::nullopt;
+  }
+  const Evaluation e = evaluate(d.data.test);
+  const bool classify = d.model.loss == deck::LossKind::softmax_cross_entropy;
+  say(fmt::format(
+      "eval  step {}: {} loss {:.4f}, {} {} ({} samples)", step, d.data.test, e.loss,
+      metric_name(d.model.loss),
+      classify ? fmt::format("{:.2f}%", 100.0 * e.metric) : fmt::format("{:.4g}", e.metric),
+      e.samples));
+  log_line(fmt::format(
+      R"({{"kind": "eval", "step": {}, "split": {}, "loss": {}, "{}": {}, "samples": {}, "time": {:.3f}}})",
+      step, json_string(d.data.test), json_number(e.loss), metric_name(d.model.loss),
+      json_number(e.metric), e.samples, run_seconds));
+  return e;
+}
+
+double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w) {
+  const deck::Deck& d = m_deck;
+  // --- forward, loss, backward ------------------------------------------------------------
+  // Micro-batches (or the deterministic mode's sample groups) accumulate their gradients; the
+  // last one's backward starts the reduction over the data axis, bucket by bucket.
+  const Stopwatch sync_clock;
+  m_dp->begin_step();  // waits for the previous update's parameters, zeroes the gradients
+  w.comm_s += sync_clock.seconds();
+  const Stopwatch compute_clock;
+  nn::ForwardOptions fo;
+  fo.training = true;
+  fo.seed = d.run.seed;
+  fo.step = static_cast<std::uint64_t>(step);
+  for (int m = 0; m < m_micro_batches; ++m) {
+    const Range r = block_range(static_cast<Index>(batch.ids.size()), m_micro_batches, m);
+    m_dp->set_last_micro_batch(m + 1 == m_micro_batches);
+    if (r.count > 0) {
+      io::Batch slice;  // a micro-batch's view; the whole batch needs no copy
+      if (m_micro_batches > 1) {
+        slice = micro_batch(batch, r);
+      }
+      const io::Batch& part = m_micro_batches == 1 ? batch : slice;
+      fo.sample_offset = part.offset;
+      nn::ForwardResult f = m_model->forward(part.x, fo);
+      const BatchLoss l = batch_loss(d.model.loss, f.output, part);
+      m_model->backward(l.out.grad, std::move(f.ctx));
+      w.loss += l.out.loss;
+      w.metric += l.metric_sum;
+    }
+    if (d.parallel.deterministic) {
+      m_dp->end_group(m);
+    }
+  }
+  w.compute_s += compute_clock.seconds();
+
+  // --- gradient reduction (started during backward: what is left is exposed) ---------------
+  const Stopwatch comm_clock;
+  m_dp->finish_reduction();
+  w.comm_s += comm_clock.seconds();
+
+  // --- update -----------------------------------------------------------------------------
+  const Stopwatch update_clock;
+  if (d.optimizer.clip_grad_norm > 0.0) {
+    m_dp->clip_grad_norm(d.optimizer.clip_grad_norm);
+  }
+  const double lr = optim::learning_rate(m_schedule, step);
+  m_dp->step(*m_optimizer, lr);
+  w.compute_s += update_clock.seconds();
+  w.samples += static_cast<double>(batch.ids.size());
+  w.steps += 1.0;
+  return lr;
+}
+
+void Trainer::report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& w,
+                              double window_seconds, double run_seconds) {
   const deck::Deck& d = m_deck;
   const bool classify = d.model.loss == deck::LossKind::softmax_cross_entropy;
-  const std::int64_t per_epoch = m_train->batches_per_epoch();
+  // Losses and samples summed over the data axis (the tensor ranks of one data coordinate
+  // computed the same ones).
+  double sums[3] = {w.loss, w.metric, w.samples};
+  m_data->allreduce(comm::Buffer(sums, 3))->wait();
+  const double elapsed = std::max(1e-9, window_seconds - w.paused_s);
+  const double loss = sums[0] / w.steps;
+  const double metric = sums[1] / sums[2];
+  const double samples_s = sums[2] / elapsed;
+  const double busy = std::max(1e-12, w.compute_s + w.comm_s + w.data_s);
+  const double eta = run_seconds / static_cast<double>(step + 1 - m_start_step) *
+                     static_cast<double>(m_total_steps - step - 1);
+  say(fmt::format(
+      "step {:6d}/{}  epoch {}  loss {:.4f}  {} {}  {} samples/s  compute {:2.0f}% "
+      "comm {:2.0f}% data {:2.0f}%  lr {:.3g}  ETA {}",
+      step + 1, m_total_steps, batch.cursor.epoch + 1, loss, classify ? "acc" : "mae",
+      classify ? fmt::format("{:5.1f}%", 100.0 * metric) : fmt::format("{:.4g}", metric),
+      rate(samples_s), 100.0 * w.compute_s / busy, 100.0 * w.comm_s / busy, 100.0 * w.data_s / busy,
+      lr, duration(eta)));
+  const auto per_epoch = static_cast<double>(m_train->batches_per_epoch());
+  log_line(fmt::format(
+      R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
+      step + 1, static_cast<double>(step + 1) / per_epoch, json_number(loss),
+      metric_name(d.model.loss), json_number(metric), samples_s, lr, w.compute_s, w.comm_s,
+      w.data_s, run_seconds));
+  w = Window();
+}
+
+RunSummary Trainer::run() {
+  const deck::Deck& d = m_deck;
+  const deck::CheckpointConfig& ck = d.checkpoint;
   RunSummary summary;
   summary.total_steps = m_total_steps;
-
-  // Log window: local sums, reduced only when a line is printed.
-  double window[4] = {0.0, 0.0, 0.0, 0.0};  // loss, metric sum, samples, steps
-  double compute_s = 0.0;
-  double comm_s = 0.0;
-  double data_s = 0.0;
+  Window window;
   Stopwatch window_clock;
   const Stopwatch run_clock;
-  auto eval_and_log = [&](std::int64_t step) {
-    if (d.data.test.empty()) {
-      return std::optional<Evaluation>();
-    }
-    const Evaluation e = evaluate(d.data.test);
-    if (m_rank == 0) {
-      std::printf("eval  step %lld: %s loss %.4f, %s %s (%lld samples)\n",
-                  static_cast<long long>(step), d.data.test.c_str(), e.loss,
-                  metric_name(d.model.loss),
-                  classify ? fmt::format("{:.2f}%", 100.0 * e.metric).c_str()
-                           : fmt::format("{:.4g}", e.metric).c_str(),
-                  static_cast<long long>(e.samples));
-      std::fflush(stdout);
-    }
-    log_line(fmt::format(
-        R"({{"kind": "eval", "step": {}, "split": {}, "loss": {}, "{}": {}, "samples": {}, "time": {:.3f}}})",
-        step, json_string(d.data.test), json_number(e.loss), metric_name(d.model.loss),
-        json_number(e.metric), e.samples, run_clock.seconds()));
-    return std::optional<Evaluation>(e);
-  };
-
-  const deck::CheckpointConfig& ck = d.checkpoint;
   Stopwatch since_save;
-  double window_paused = 0.0;  // checkpoint time inside the log window, not counted in samples/s
   std::int64_t step = m_start_step;
   std::int64_t saved_at = -1;
+  if (ck.enabled && ck.at_start && step == 0 && m_total_steps > 0) {
+    save(0, "checkpoint.at_start");  // the initial weights, for post-processing and oracles
+    since_save.restart();
+    window_clock.restart();
+  }
   for (; step < m_total_steps; ++step) {
     const bool last = step + 1 == m_total_steps;
-    // --- data ---------------------------------------------------------------------------
+    // --- data, then one optimizer step ------------------------------------------------------
     const double waited_before = m_train->wait_seconds();
     const io::Batch batch = m_train->next();
-    data_s += m_train->wait_seconds() - waited_before;
+    window.data_s += m_train->wait_seconds() - waited_before;
+    const double lr = train_step(step, batch, window);
 
-    // --- forward, loss, backward ----------------------------------------------------------
-    // Micro-batches (or the deterministic mode's sample groups) accumulate their gradients; the
-    // last one's backward starts the reduction over the data axis, bucket by bucket.
-    const Stopwatch sync_clock;
-    m_dp->begin_step();  // waits for the previous update's parameters, zeroes the gradients
-    comm_s += sync_clock.seconds();
-    const Stopwatch compute_clock;
-    nn::ForwardOptions fo;
-    fo.training = true;
-    fo.seed = d.run.seed;
-    fo.step = static_cast<std::uint64_t>(step);
-    double step_loss = 0.0;
-    double step_metric = 0.0;
-    for (int m = 0; m < m_micro_batches; ++m) {
-      const Range r = block_range(static_cast<Index>(batch.ids.size()), m_micro_batches, m);
-      m_dp->set_last_micro_batch(m + 1 == m_micro_batches);
-      if (r.count > 0) {
-        io::Batch slice;  // a micro-batch's view; the whole batch needs no copy
-        if (m_micro_batches > 1) {
-          slice = micro_batch(batch, r);
-        }
-        const io::Batch& part = m_micro_batches == 1 ? batch : slice;
-        fo.sample_offset = part.offset;
-        nn::ForwardResult f = m_model->forward(part.x, fo);
-        const BatchLoss l = batch_loss(d.model.loss, f.output, part);
-        m_model->backward(l.out.grad, std::move(f.ctx));
-        step_loss += l.out.loss;
-        step_metric += l.metric_sum;
-      }
-      if (d.parallel.deterministic) {
-        m_dp->end_group(m);
-      }
-    }
-    compute_s += compute_clock.seconds();
-
-    // --- gradient reduction over the data axis --------------------------------------------
-    // (started during backward; what is left to wait for here is the exposed communication)
-    const Stopwatch comm_clock;
-    m_dp->finish_reduction();
-    comm_s += comm_clock.seconds();
-
-    // --- update ---------------------------------------------------------------------------
-    const Stopwatch update_clock;
-    if (d.optimizer.clip_grad_norm > 0.0) {
-      m_dp->clip_grad_norm(d.optimizer.clip_grad_norm);
-    }
-    const double lr = optim::learning_rate(m_schedule, step);
-    m_dp->step(*m_optimizer, lr);
-    compute_s += update_clock.seconds();
-
-    window[0] += step_loss;
-    window[1] += step_metric;
-    window[2] += static_cast<double>(batch.ids.size());
-    window[3] += 1.0;
-
-    // --- progress line and metrics --------------------------------------------------------
+    // --- progress line, metrics and evaluation ------------------------------------------------
     if ((step + 1) % d.run.log_every == 0 || last || step == 0) {
-      double sums[4];
-      TESSERA_MPI_CHECK(MPI_Allreduce(window, sums, 4, MPI_DOUBLE, MPI_SUM, m_comm));
-      const double elapsed = std::max(1e-9, window_clock.seconds() - window_paused);
-      const double steps = window[3];
-      const double loss = sums[0] / steps;
-      const double metric = sums[1] / sums[2];
-      const double samples_s = sums[2] / elapsed;
-      const double busy = std::max(1e-12, compute_s + comm_s + data_s);
-      const double eta = run_clock.seconds() / static_cast<double>(step + 1 - m_start_step) *
-                         static_cast<double>(m_total_steps - step - 1);
-      if (m_rank == 0) {
-        std::printf(
-            "step %6lld/%lld  epoch %lld  loss %.4f  %s %s  %s samples/s  compute %2.0f%% comm "
-            "%2.0f%% "
-            "data %2.0f%%  lr %.3g  ETA %s\n",
-            static_cast<long long>(step + 1), static_cast<long long>(m_total_steps),
-            static_cast<long long>(batch.cursor.epoch + 1), loss, classify ? "acc" : "mae",
-            classify ? fmt::format("{:5.1f}%", 100.0 * metric).c_str()
-                     : fmt::format("{:.4g}", metric).c_str(),
-            rate(samples_s).c_str(), 100.0 * compute_s / busy, 100.0 * comm_s / busy,
-            100.0 * data_s / busy, lr, duration(eta).c_str());
-        std::fflush(stdout);
-      }
-      log_line(fmt::format(
-          R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
-          step + 1, static_cast<double>(step + 1) / static_cast<double>(per_epoch),
-          json_number(loss), metric_name(d.model.loss), json_number(metric), samples_s, lr,
-          compute_s, comm_s, data_s, run_clock.seconds()));
-      std::fill(std::begin(window), std::end(window), 0.0);
-      compute_s = comm_s = data_s = window_paused = 0.0;
+      report_progress(step, batch, lr, window, window_clock.seconds(), run_clock.seconds());
       window_clock.restart();
     }
     if (!last && d.run.eval_every > 0 && (step + 1) % d.run.eval_every == 0) {
-      eval_and_log(step + 1);
+      eval_and_log(step + 1, run_clock.seconds());
     }
-    // --- checkpoints and stop signals, agreed at this step boundary ----------------------
+    // --- checkpoints and stop signals, agreed at this step boundary ------------------------
     const bool timed =
         ck.enabled && ck.every_seconds > 0.0 && since_save.seconds() >= ck.every_seconds;
     const StepAgreement agreed = last ? StepAgreement{0, false} : agree_on_step(timed);
@@ -623,18 +654,15 @@ RunSummary Trainer::run() {
                                         : "end of run");
       saved_at = step + 1;
       since_save.restart();
-      window_paused += save_clock.seconds();
+      window.paused_s += save_clock.seconds();
     }
     if (agreed.signal != 0) {
       summary.stopped = true;
       summary.signal = agreed.signal;
       ++step;
-      if (m_rank == 0) {
-        std::printf("stopped by %s at step %lld of %lld (a step boundary on every rank)%s\n",
-                    signal_name(summary.signal), static_cast<long long>(step),
-                    static_cast<long long>(m_total_steps),
-                    saved_at == step ? "; restart with checkpoint.restart = \"auto\"" : "");
-      }
+      say(fmt::format("stopped by {} at step {} of {} (a step boundary on every rank){}",
+                      signal_name(summary.signal), step, m_total_steps,
+                      saved_at == step ? "; restart with checkpoint.restart = \"auto\"" : ""));
       log_line(fmt::format(R"({{"kind": "stop", "step": {}, "signal": "{}", "time": {:.3f}}})",
                            step, signal_name(summary.signal), run_clock.seconds()));
       break;
@@ -642,7 +670,7 @@ RunSummary Trainer::run() {
   }
   m_dp->sync_parameters();
   if (!summary.stopped) {
-    summary.final_eval = eval_and_log(step);
+    summary.final_eval = eval_and_log(step, run_clock.seconds());
   }
   summary.steps = step;
   summary.seconds = run_clock.seconds();
@@ -650,14 +678,12 @@ RunSummary Trainer::run() {
 }
 
 std::string describe(const deck::Deck& d, int world_size) {
-  check_grid(d, world_size);  // `tessera check` at N ranks refuses what `tessera run` would
+  // `tessera check` at N ranks refuses what `tessera run` would.
+  const comm::GridSpec spec = resolve_grid(d, world_size);
   std::string out;
-  const int data = data_size(d, world_size);
+  const int data = spec.data;
   const Index local_batch = (d.data.batch + data - 1) / data;
-  out += fmt::format(
-      "grid: {} ranks = trainers {} × data {} × pipeline {} × tensor {} × spatial [{}]\n",
-      world_size, d.parallel.trainers, data, d.parallel.pipeline, d.parallel.tensor,
-      fmt::format("{}", fmt::join(d.parallel.spatial, ", ")));
+  out += fmt::format("grid: {} ranks = {}\n", world_size, comm::to_string(spec));
   const Index parts = d.parallel.deterministic ? d.parallel.sample_groups / data
                                                : static_cast<Index>(d.data.micro_batches);
   const Index micro_batch = (local_batch + parts - 1) / parts;
@@ -667,31 +693,36 @@ std::string describe(const deck::Deck& d, int world_size) {
                        d.parallel.deterministic ? "sample groups" : "micro-batches", micro_batch);
   }
   out += "\n\n";
-  out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}\n", "#", "layer", "type", "output",
-                     "parameters");
-  const auto model = build_model(d);
+  // The model as the trainer's rank 0 holds it (the first blocks of an uneven split are the
+  // largest): its parameters and activations per rank.
+  const GridPlace place = comm::grid_place(spec, 0);
+  const bool split = spec.tensor > 1;
+  out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}{}\n", "#", "layer", "type", "output",
+                     "parameters", split ? fmt::format(" {:>14}", "on rank 0") : "");
+  const auto model = build_model(d, nn::BuildContext(place));
   Index params = 0;
+  Index local_params = 0;
   Index activations = 0;
   out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}\n", "", "input", "",
                      to_string(d.model.input), "");
+  Layout at = Layout::replicated(d.model.input);
   for (size_t i = 0; i < model->size(); ++i) {
     nn::Layer& l = (*model)[i];
     Index n = 0;
+    Index local = 0;
     for (const nn::Parameter* p : l.all_parameters()) {
       n += numel(p->layout.global_shape());
+      local += p->value.numel();
     }
     params += n;
-    Shape in = d.model.input;
-    for (size_t j = 0; j < i; ++j) {
-      in = (*model)[j].output_shape(in);
-    }
-    const Shape shape = l.output_shape(in);
-    activations += numel(shape);
-    out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}\n", i, l.name(), l.kind(),
-                       to_string(shape), n);
+    local_params += local;
+    at = l.place_input(at);
+    activations += numel(at.local_shape(place));
+    out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}{}\n", i, l.name(), l.kind(),
+                       to_string(at.global_shape()), n, split ? fmt::format(" {:>14}", local) : "");
   }
   const double mib = 1.0 / (1024.0 * 1024.0);
-  const double weights = static_cast<double>(params) * 4.0;
+  const double weights = static_cast<double>(local_params) * 4.0;
   const int states =
       d.optimizer.type == deck::OptimizerKind::adamw ? 2 : (d.optimizer.momentum > 0.0 ? 1 : 0);
   // Every layer's output and its gradient for a micro-batch, plus the input batches in flight.
@@ -700,7 +731,10 @@ std::string describe(const deck::Deck& d, int world_size) {
   const double batches = static_cast<double>(d.data.prefetch + 1) *
                          static_cast<double>(numel(d.model.input)) *
                          static_cast<double>(local_batch) * 4.0;
-  out += fmt::format("\nparameters: {} ({:.2f} MiB as float32)\n", params, weights * mib);
+  out += fmt::format("\nparameters: {} ({:.2f} MiB as float32)", params,
+                     static_cast<double>(params) * 4.0 * mib);
+  out += split ? fmt::format("; on tensor rank 0: {} ({:.2f} MiB)\n", local_params, weights * mib)
+               : "\n";
   // Deterministic mode keeps each of its groups' gradients, and every group's while summing.
   double groups = 0.0;
   if (d.parallel.deterministic) {

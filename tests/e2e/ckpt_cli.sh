@@ -63,8 +63,8 @@ for n in 1 2 3; do
     "damaged.h5: /model/linear1/weight: checksum $hex does not match the stored $hex"
   expect "verify damaged summary at $n" 1 "damaged.h5: FAILED \(1 problem\)"
   run "$n" verify v2.h5
-  expect "verify v2 at $n" 1 "v2.h5: format_version 2 is not one this tessera-ckpt knows \(it \
-reads version 1\); a newer Tessera wrote it\?"
+  expect "verify v2 at $n" 1 "v2.h5: format_version 2 is not one this Tessera reads \(it reads \
+1\); a newer Tessera wrote it\?"
   run "$n" verify missing.h5
   expect_error "verify missing at $n" "missing.h5: no such file"
   run "$n" verify text.h5
@@ -85,8 +85,8 @@ reads version 1\); a newer Tessera wrote it\?"
   run "$n" diff good.h5 missing.h5
   expect_error "diff missing at $n" "missing.h5: no such file"
   run "$n" diff good.h5 v2.h5
-  expect_error "diff v2 at $n" "v2.h5: format_version 2 is not one this tessera-ckpt knows (it \
-reads version 1); a newer Tessera wrote it?"
+  expect_error "diff v2 at $n" "v2.h5: format_version 2 is not one this Tessera reads (it reads \
+1); a newer Tessera wrote it?"
 
   # average: the mean verifies and is the same whatever the rank count.
   run "$n" average good.h5 other.h5 -o "avg/avg$n.h5"
@@ -97,8 +97,8 @@ reads version 1); a newer Tessera wrote it?"
   run "$n" diff avg/avg1.h5 "avg/avg$n.h5"
   expect "average at 1 and $n ranks equal" 0 "verdict: equal: 9 tensors, bit for bit"
   run "$n" average good.h5 v2.h5 -o avg/bad.h5
-  expect_error "average v2 at $n" "v2.h5: format_version 2 is not one this tessera-ckpt knows (it \
-reads version 1); a newer Tessera wrote it?"
+  expect_error "average v2 at $n" "v2.h5: format_version 2 is not one this Tessera reads (it reads \
+1); a newer Tessera wrote it?"
 
   # ls, deck, export: rank 0 does the work, every rank leaves together.
   run "$n" ls good.h5

@@ -305,7 +305,9 @@ TEST_F(CheckpointTest, BadCheckpointsAreRefusedOnEveryRankWithEveryProblem) {
   }
   MPI_Barrier(MPI_COMM_WORLD);
   EXPECT_EQ(restart_error(bad, {}),
-            "checkpoint: " + bad + ": format_version 2 is not one this Tessera reads (it reads 1)");
+            "checkpoint: " + bad +
+                ": format_version 2 is not one this Tessera reads (it reads 1); a newer Tessera "
+                "wrote it?");
 
   // Another model: linear4 has 9 outputs instead of 8 (its weight and bias, the next layer's
   // weight, and their momentum).

@@ -308,8 +308,7 @@ TEST_F(CkptTest, VerifyNamesEachProblemExactly) {
   const std::vector<Case> cases{
       {"version",
        [](FixtureCheckpoint& c) { c.root["format_version"] = std::int64_t{2}; },
-       {"format_version 2 is not one this tessera-ckpt knows (it reads version 1); a newer "
-        "Tessera wrote it?"}},
+       {"format_version 2 is not one this Tessera reads (it reads 1); a newer Tessera wrote it?"}},
       {"format",
        [](FixtureCheckpoint& c) { c.root["format"] = std::string("tessera-dataset"); },
        {"not a Tessera checkpoint (format is \"tessera-dataset\", expected "
@@ -571,8 +570,8 @@ TEST_F(CkptTest, DeckPrintsTheEmbeddedDeck) {
   v2.root["format_version"] = std::int64_t{2};
   const std::string h = write("v2.h5", v2);
   EXPECT_EQ(input_error_of([&] { ckpt::deck(MPI_COMM_WORLD, h); }),
-            h + ": format_version 2 is not one this tessera-ckpt knows (it reads version 1); a "
-                "newer Tessera wrote it?");
+            h + ": format_version 2 is not one this Tessera reads (it reads 1); a newer Tessera "
+                "wrote it?");
 }
 
 // --- diff --------------------------------------------------------------------------------------

@@ -136,6 +136,19 @@ TEST(AdamW, HandComputedFirstStep) {
   EXPECT_NEAR(p.value.to_host()[0], 2.0F, 1e-6);
 }
 
+TEST(AdamW, ConstantsInDoubleAsPyTorch) {
+  // PyTorch computes 1 - beta2 in double (0.001 for beta2 = 0.999) and rounds it to float once;
+  // in float, 1 - 0.999F is 0.00099998713. After one step from zero with g = 1, exp_avg_sq holds
+  // exactly float(1 - 0.999) and exp_avg float(1 - 0.9).
+  nn::Parameter p = make_param("w", {2.0F}, {1.0F});
+  optim::AdamW adam({0.9, 0.999, 1e-8, 0.0});
+  std::vector<nn::Parameter*> params{&p};
+  adam.step(params, 0.1);
+  EXPECT_EQ(adam.state().at("w.exp_avg_sq").to_host()[0], static_cast<float>(1.0 - 0.999));
+  EXPECT_EQ(adam.state().at("w.exp_avg").to_host()[0], static_cast<float>(1.0 - 0.9));
+  EXPECT_NE(static_cast<float>(1.0 - 0.999), 1.0F - 0.999F);  // the difference this pins
+}
+
 TEST(AdamW, MatchesReference) {
   for (bool decay : {true, false}) {
     optim::AdamW adam({0.9F, 0.999F, 1e-8F, 0.01F});
@@ -209,15 +222,21 @@ TEST(Schedule, ValuesAtChosenSteps) {
   EXPECT_DOUBLE_EQ(optim::learning_rate(s, 10), 0.5);
   EXPECT_DOUBLE_EQ(optim::learning_rate(s, 25), 0.25);
 
-  // Cosine with warm-up 10 to step 110, from 1.0 to 0.1: half-way (step 60) is 0.55.
-  optim::ScheduleOptions cos{optim::ScheduleKind::cosine, 1.0, 10, 110, 1, 0.1, 0.1};
+  // Cosine with warm-up 10 in a run of 111 steps, from 1.0 to 0.1 at the last step (110):
+  // half-way (step 60) is 0.55.
+  optim::ScheduleOptions cos{optim::ScheduleKind::cosine, 1.0, 10, 111, 1, 0.1, 0.1};
   optim::validate(cos);
   EXPECT_DOUBLE_EQ(optim::learning_rate(cos, 4), 0.5);
   EXPECT_DOUBLE_EQ(optim::learning_rate(cos, 10), 1.0);
   EXPECT_NEAR(optim::learning_rate(cos, 60), 0.55, 1e-12);
   EXPECT_NEAR(optim::learning_rate(cos, 35), 0.1 + 0.45 * (1 + std::cos(M_PI / 4)), 1e-12);
-  EXPECT_DOUBLE_EQ(optim::learning_rate(cos, 110), 0.1);
+  EXPECT_DOUBLE_EQ(optim::learning_rate(cos, 110), 0.1);  // the run's last step: min_lr
+  EXPECT_GT(optim::learning_rate(cos, 109), 0.1);
   EXPECT_DOUBLE_EQ(optim::learning_rate(cos, 500), 0.1);  // stays at the floor
+  // One step after the warm-up is the last: it takes min_lr.
+  optim::ScheduleOptions one{optim::ScheduleKind::cosine, 1.0, 3, 4, 1, 0.1, 0.2};
+  EXPECT_DOUBLE_EQ(optim::learning_rate(one, 2), 1.0);
+  EXPECT_DOUBLE_EQ(optim::learning_rate(one, 3), 0.2);
 }
 
 TEST(Schedule, BadOptionsThrow) {

@@ -1213,7 +1213,8 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
           for (std::size_t x = 0; x < un; ++x) {
             result[x] = static_cast<float>(sum[x] / static_cast<double>(sources.size()));
           }
-          write_range((*datasets)[piece.tensor], e.shape, at, n, result.data());
+          (*datasets)[piece.tensor].write_range(static_cast<hsize_t>(at), static_cast<hsize_t>(n),
+                                                io::ElementType::f32, result.data(), false);
           written[piece.tensor] += io::checksum_partial(result.data(), at, n);
         }
       }

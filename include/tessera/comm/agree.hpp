@@ -12,9 +12,13 @@
 
 namespace tessera::comm {
 
+class Communicator;
+
 /// Runs `phase` on every rank of `comm` and agrees on its outcome (see above). Must be called by
 /// every rank of `comm`.
 void agree(MPI_Comm comm, const std::function<void()>& phase);
+/// The same over the ranks of `comm` (whatever its backend: the agreement uses its MPI group).
+void agree(const Communicator& comm, const std::function<void()>& phase);
 
 /// Checks an MPI return code; throws tessera::Error naming the call.
 void check_mpi(int code, const char* call, const char* file, int line);

@@ -29,6 +29,7 @@
 
 #include <mpi.h>
 
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <vector>
@@ -57,8 +58,15 @@ struct Buffer {
   DType dtype = DType::f32;
   Memory memory = Memory::host;
 
-  Buffer(float* values, Index count, Memory memory = Memory::host);
-  Buffer(std::vector<float>& values);
+  /// `count` elements of type T (float, double, int32, int64, uint64, bytes) at `values`.
+  template <class T>
+  Buffer(T* values, Index n, Memory where = Memory::host)
+      : data(values), count(n), dtype(dtype_of<T>()), memory(where) {}
+  /// A null float buffer (which the collectives refuse unless its count is 0).
+  Buffer(std::nullptr_t, Index n, Memory where = Memory::host) : count(n), memory(where) {}
+  template <class T>
+  Buffer(std::vector<T>& values)
+      : data(values.data()), count(static_cast<Index>(values.size())), dtype(dtype_of<T>()) {}
   Buffer(const Tensor& tensor);
 };
 
@@ -69,8 +77,13 @@ struct ConstBuffer {
   DType dtype = DType::f32;
   Memory memory = Memory::host;
 
-  ConstBuffer(const float* values, Index count, Memory memory = Memory::host);
-  ConstBuffer(const std::vector<float>& values);
+  template <class T>
+  ConstBuffer(const T* values, Index n, Memory where = Memory::host)
+      : data(values), count(n), dtype(dtype_of<T>()), memory(where) {}
+  ConstBuffer(std::nullptr_t, Index n, Memory where = Memory::host) : count(n), memory(where) {}
+  template <class T>
+  ConstBuffer(const std::vector<T>& values)
+      : data(values.data()), count(static_cast<Index>(values.size())), dtype(dtype_of<T>()) {}
   ConstBuffer(const Tensor& tensor);
   ConstBuffer(const Buffer& buffer);
 };

@@ -21,6 +21,7 @@
 #include <mpi.h>
 
 #include <array>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +39,15 @@ struct GridSpec {
 
 /// "trainers 1 × data 2 × pipeline 1 × tensor 2 × spatial [1, 1]".
 std::string to_string(const GridSpec& spec);
+
+/// Checks every size of `spec` and resolves data = 0 against a job of `world` ranks: the one grid
+/// resolution, which the constructor below runs first and the deck checks (`tessera check`, the
+/// trainer) run without communicating. Throws tessera::Error (exit code 2): "parallel: trainers 1
+/// × data 3 × pipeline 1 × tensor 1 × spatial [1, 1] = 3 ranks, but the job has 2".
+GridSpec resolve_grid(GridSpec spec, int world);
+/// Where trainer rank `rank` sits in the grid of the resolved `spec` (the constructor's placement,
+/// without MPI).
+GridPlace grid_place(const GridSpec& spec, int rank);
 
 class ProcessGrid {
  public:
@@ -64,6 +74,12 @@ class ProcessGrid {
   /// coordinate on `axis` (so axis(a).rank() == place().coord_of(a)). An axis of size 1 is this
   /// rank alone. Communicating does not change the grid, hence const.
   Communicator& axis(GridAxis axis) const;
+  /// The ranks of this trainer that share every coordinate but those of `axes`: one communicator
+  /// per group of axes (a gradient partial over data and a spatial axis is summed over both at
+  /// once; a norm is summed over every axis a tensor is split over). Axes of size 1 change nothing
+  /// (axes({data, tensor}) is axis(data) when the tensor axis has one rank); no axis of size > 1
+  /// is this rank alone, every one of them the trainer. Ranked in the trainer's order.
+  Communicator& axes(AxisSet axes) const;
   /// Size and this rank's coordinate on every axis, for core::Layout.
   const GridPlace& place() const { return m_place; }
 
@@ -72,7 +88,10 @@ class ProcessGrid {
   int m_trainer_index = 0;
   GridPlace m_place;
   std::unique_ptr<MpiCommunicator> m_trainer;
+  std::unique_ptr<MpiCommunicator> m_self;  // axes() of no axis of size > 1
   std::array<std::unique_ptr<MpiCommunicator>, kNumGridAxes> m_axes;
+  // axes() of two or more axes of size > 1 that are not all of them, by AxisSet::bits().
+  std::map<unsigned, std::unique_ptr<MpiCommunicator>> m_groups;
 };
 
 }  // namespace tessera::comm

@@ -30,8 +30,8 @@ struct RunConfig {
 
 struct ParallelConfig {
   int trainers = 1;  ///< independent models (population training; later)
-  int data = 0;      ///< data-parallel ranks; 0 = every rank of the trainer
-  int tensor = 1;
+  int data = 0;      ///< data-parallel ranks; 0 = the rest of the trainer's ranks
+  int tensor = 1;    ///< tensor-parallel ranks (layers with `split` are cut over them)
   int pipeline = 1;
   std::vector<int> spatial{1, 1};
   double bucket_mb = 4.0;       ///< gradient bucket size (MiB) of the data-parallel reduction
@@ -84,6 +84,7 @@ struct CheckpointConfig {
   double every_seconds = 0.0;    ///< 0: no time trigger (wall time since the last save)
   int keep = 3;                  ///< complete checkpoints kept in dir
   bool at_end = true;            ///< save after the last step
+  bool at_start = false;         ///< save the initial state (step 0) before the first step
   std::string restart;           ///< "": start fresh; "auto": from dir/latest if any; or a file
 };
 

@@ -1,15 +1,19 @@
 #pragma once
 // Checkpoints (docs/checkpoint-format.md): one HDF5 file per save, written collectively with
-// parallel HDF5, every tensor once at its global shape; a commit protocol (write under a partial
-// name, rename, move the `latest` marker atomically) so that a crash never loses the previous
-// checkpoint and a partial file is never resumed. A restart reads the slices its own layout owns,
-// whatever the rank count, data-parallel size or ZeRO setting at save time.
+// parallel HDF5 over the trainer's ranks, every tensor once at its global shape; a commit protocol
+// (write under a partial name, rename, move the `latest` marker atomically) so that a crash never
+// loses the previous checkpoint and a partial file is never resumed.
+//
+// What is written and read comes from the trainer's state registry (parallel/registry.hpp): each
+// element is written by its owner, from wherever the rank's layout put it (a block of a
+// tensor-split weight, a ZeRO-1 piece of an optimizer state), and a restart reads into each rank
+// exactly the boxes its own layout holds, whatever the rank count, grid or ZeRO setting at save.
+// Per-tensor checksums are sums of per-element terms keyed by the global index, so the owners'
+// partial sums add up to the same value whatever the decomposition.
+#include "tessera/comm/communicator.hpp"
 #include "tessera/io/checkpoint_format.hpp"
 #include "tessera/io/dataset.hpp"
-#include "tessera/optim/optimizer.hpp"
-#include "tessera/parallel/data_parallel.hpp"
-
-#include <mpi.h>
+#include "tessera/parallel/registry.hpp"
 
 #include <cstdint>
 #include <string>
@@ -24,9 +28,11 @@ struct CheckpointInfo {
   std::uint64_t seed = 0;        ///< run.seed (with step, the whole RNG state)
   std::string deck;              ///< the resolved deck (TOML)
   std::string grid;              ///< "trainers 1 × data 2 × ..."
-  int ranks = 1;
+  int ranks = 1;                 ///< ranks of the trainer that wrote it
   int data_size = 1;
   int zero = 0;
+  std::string optimizer;             ///< "sgd", "adamw"
+  std::int64_t optimizer_steps = 0;  ///< the optimizer's step count (Adam's bias correction)
 };
 
 /// What a save did, for the progress output.
@@ -36,13 +42,12 @@ struct SaveReport {
   double seconds = 0.0;  ///< from the start of the save to the marker's move
 };
 
-/// Saves a checkpoint of the data-parallel model `dp` and `optimizer` into `dir` (created when
-/// missing) as dir/ckpt-<step>.h5, moves dir/latest to it and keeps the newest `keep`
-/// checkpoints. Collective over `comm`, the data axis (every rank holds the same model; under
-/// ZeRO-1 each writes its pieces of the optimizer state). Waits for `dp`'s parameters first.
+/// Saves every tensor of `state` into `dir` (created when missing) as dir/ckpt-<step>.h5, moves
+/// dir/latest to it and keeps the newest `keep` checkpoints. Collective over `comm`, the trainer
+/// (every rank that holds a part of `state`; each registers the same tensors in the same order).
 /// Throws tessera::Error on every rank when the save fails; the previous checkpoint is then intact.
 SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
-                           parallel::DataParallel& dp, optim::Optimizer& optimizer, MPI_Comm comm,
+                           const parallel::StateRegistry& state, comm::Communicator& comm,
                            int keep);
 
 /// The checkpoint `restart` names: "auto" → the one dir/latest names, or "" when there is none
@@ -50,11 +55,12 @@ SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
 /// code 2) when dir/latest exists but names a file that does not.
 std::string resolve_restart(const std::string& restart, const std::string& dir);
 
-/// Loads `file` into `dp`'s parameters and buffers and `optimizer`'s state (the slices this rank
-/// owns), verifying format, version, every tensor's presence, shape and checksum. Collective over
-/// `comm`. Throws tessera::Error (exit code 2) listing every problem found, on every rank; the
-/// tensors' values are then unspecified (a run abandons them). Reads straight into host storage.
-CheckpointInfo load_checkpoint(const std::string& file, parallel::DataParallel& dp,
-                               optim::Optimizer& optimizer, MPI_Comm comm);
+/// Loads `file` into the tensors of `state` (the boxes this rank holds), verifying the format, that
+/// it holds the optimizer `optimizer` and exactly the tensors of `state`, their shapes, element
+/// types and checksums. Collective over `comm` (the trainer). Throws tessera::Error (exit code 2)
+/// listing every problem found, on every rank together; the tensors' values are then unspecified
+/// (a run abandons them). Returns the root attributes.
+CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateRegistry& state,
+                               const std::string& optimizer, comm::Communicator& comm);
 
 }  // namespace tessera::io

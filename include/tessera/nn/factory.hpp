@@ -28,9 +28,10 @@ struct LayerSpec {
 /// `v` as TOML writes it: 3, 0.5 (a float always with a point), true, "relu", [3, 3].
 std::string to_toml(const OptionValue& v);
 
-/// Builds the layer `spec` describes, named `name`, for samples of shape `input`.
+/// Builds the layer `spec` describes, named `name`, for samples of (global) shape `input`, at the
+/// grid place of `context` (one rank by default).
 std::unique_ptr<Layer> make_layer(const LayerSpec& spec, const std::string& name,
-                                  const Shape& input);
+                                  const Shape& input, const BuildContext& context = {});
 
 /// Every layer type a deck may name.
 std::vector<std::string> layer_kinds();

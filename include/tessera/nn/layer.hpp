@@ -7,6 +7,7 @@
 #include "tessera/core/init.hpp"
 #include "tessera/core/layout.hpp"
 #include "tessera/core/tensor.hpp"
+#include "tessera/nn/build_context.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -20,9 +21,15 @@ struct Parameter {
   std::string name;   ///< "conv1.weight": unique in a model, keys the RNG and the checkpoint path
   Tensor value;       ///< this rank's block of the tensor (layout.local_shape(place))
   Tensor grad;        ///< same shape as value; undefined for buffers
-  Layout layout;      ///< global shape and decomposition
+  Layout layout;      ///< global shape and placements of the value (never partial)
   InitSpec init;      ///< how initialize() fills it
   bool decay = true;  ///< whether weight decay applies (off for biases and norm scales)
+  /// The axes over which this rank's gradient is partial, before its reduction: the data axis
+  /// (each data rank saw its own samples), and any axis whose ranks computed it from their own
+  /// part of the activations (a spatial tile, a sequence slice). The reducer sums the gradient
+  /// over exactly these axes; over the others the ranks already hold equal gradients. For a buffer
+  /// (running statistics), the axes over which the ranks' estimates are averaged.
+  AxisSet partial{GridAxis::data};
 };
 
 /// Storage that a layer reuses from one call to the next for a tensor it hands out (an output, an
@@ -71,7 +78,9 @@ struct ForwardResult {
 
 class Layer {
  public:
-  explicit Layer(std::string name) : m_name(std::move(name)) {}
+  /// `context`: the grid place and communicators a split layer needs (none: one rank).
+  explicit Layer(std::string name, BuildContext context = {})
+      : m_name(std::move(name)), m_context(std::move(context)) {}
   virtual ~Layer() = default;
   Layer(const Layer&) = delete;
   Layer& operator=(const Layer&) = delete;
@@ -80,9 +89,17 @@ class Layer {
   const std::string& name() const { return m_name; }
   /// The deck's name of the layer type ("conv2d").
   virtual const char* kind() const = 0;
-  /// Output shape of one sample for an input sample of `input` (batch dimension excluded).
-  /// Throws tessera::Error naming the layer and both shapes when the input does not fit.
+  /// Output shape of one sample for an input sample of `input` (batch dimension excluded), both
+  /// global shapes. Throws tessera::Error naming the layer and both shapes when the input does not
+  /// fit.
   virtual Shape output_shape(const Shape& input) const = 0;
+  /// Places the layer on input samples laid out as `input` (a layout of one sample's global shape:
+  /// which dimensions are split over which grid axis) and returns its output's layout; forward()
+  /// then takes and returns the local blocks. The chain a layer joins calls it once (Sequential::
+  /// add). By default a layer needs its input whole and gives a whole output; element-wise layers
+  /// pass a split through, and split layers (Linear with `split`) say what they take and give.
+  /// Throws tessera::Error naming the layer when it cannot take `input`.
+  virtual Layout place_input(const Layout& input);
   /// x: (N, input...). Returns (N, output...) and the context for backward().
   virtual ForwardResult forward(const Tensor& x, const ForwardOptions& options) = 0;
   /// dy: (N, output...). Accumulates parameter gradients, returns dL/dx of shape (N, input...).
@@ -107,18 +124,28 @@ class Layer {
   /// Every buffer of this layer and its children, depth first.
   std::vector<Parameter*> all_buffers();
 
-  /// Fills every parameter and buffer (children's too) from (seed, its name, global index).
-  void initialize(std::uint64_t seed, const GridPlace& place = GridPlace::single());
+  /// Fills every parameter and buffer (children's too) from (seed, its name, global index): each
+  /// rank its block, equal bit for bit to the same block of the whole tensor.
+  void initialize(std::uint64_t seed);
+  /// The grid place and communicators the layer was built with.
+  const BuildContext& context() const { return m_context; }
   /// Sets every parameter gradient (children's too) to zero.
   void zero_grad();
 
  protected:
-  /// Adds a replicated trainable parameter "<name>.<suffix>" of `shape`. The returned reference
+  /// Adds a trainable parameter "<name>.<suffix>" of global shape and placements `layout`,
+  /// allocating this rank's block (layout.local_shape(context().place())). The returned reference
   /// is valid until the next add_*; afterwards reach parameters through parameters()[i].
+  Parameter& add_parameter(const std::string& suffix, const Layout& layout, InitSpec init,
+                           bool decay = true);
+  /// Adds a replicated trainable parameter (whole on every rank) of `shape`.
   Parameter& add_parameter(const std::string& suffix, const Shape& shape, InitSpec init,
                            bool decay = true);
   /// Adds a replicated non-trainable buffer "<name>.<suffix>" of `shape`.
   Parameter& add_buffer(const std::string& suffix, const Shape& shape, InitSpec init);
+  /// Throws unless `input` is whole (no dimension split): the default place_input's check, for
+  /// layers that compute on whole samples.
+  void require_whole(const Layout& input) const;
   /// Throws unless x is (N, expected...) for some N >= 1; `what` is "input" or "output grad".
   void check_batch(const Tensor& x, const Shape& expected, const char* what) const;
   /// Throws unless `dy` and `ctx` come from one forward pass of this layer on a batch of samples
@@ -127,6 +154,7 @@ class Layer {
 
  private:
   std::string m_name;
+  BuildContext m_context;
   bool m_needs_input_grad = true;
   std::vector<Parameter> m_parameters;
   std::vector<Parameter> m_buffers;

@@ -1,38 +1,71 @@
 #pragma once
-// Linear (dense, fully connected) layer: y = x · Wᵀ + b, like torch.nn.Linear.
+// Linear (dense, fully connected) layer: y = x · Wᵀ + b, like torch.nn.Linear — whole on every
+// rank, or split over the tensor axis as Megatron-LM's ColumnParallelLinear / RowParallelLinear.
 #include "tessera/nn/layer.hpp"
+#include "tessera/nn/tensor_parallel.hpp"
 
 namespace tessera::nn {
+
+/// How a Linear is split over the tensor axis (the deck's `split`).
+enum class LinearSplit {
+  none,    ///< whole on every rank
+  output,  ///< W's rows (output features) and b split: whole input in, split output out
+  input,   ///< W's columns (input features) split: split input in, whole output out (allreduce)
+};
+/// "none", "output", "input".
+const char* linear_split_name(LinearSplit split);
 
 struct LinearOptions {
   Index out = 0;     ///< output features (>= 1)
   bool bias = true;  ///< add a learned bias
+  LinearSplit split = LinearSplit::none;
 };
 
 /// x: (N, in) → y: (N, out). Parameters "<name>.weight" (out, in) and "<name>.bias" (out,), both
-/// initialised U(-1/√in, 1/√in); weight decay on the weight only.
+/// initialised U(-1/√in, 1/√in) (each rank its block, equal to the same block of the whole
+/// tensor); weight decay on the weight only.
+///
+/// Split over the tensor axis of T ranks (uneven blocks allowed; every rank needs at least one
+/// row or column), as Megatron-LM does it:
+/// - split = output: W (out, in) dim 0 and b dim 0 over tensor. Forward y_t = x · W_tᵀ + b_t, no
+///   communication (copy_to); the output is split over tensor on its feature dimension. Backward
+///   dx = Σ_t dy_t · W_t: one allreduce over tensor (copy_to's backward), only where dx is needed.
+/// - split = input: W dim 1 over tensor, b whole. Takes an input split over tensor on its feature
+///   dimension (from a split = output layer, possibly through element-wise layers); forward
+///   y = Σ_t x_t · W_tᵀ + b: one allreduce over tensor (reduce_from), the bias added once (by
+///   tensor rank 0, before the sum). Backward: no communication; the bias gradient is the same on
+///   every tensor rank.
+/// At T = 1 both are the whole layer.
 class Linear : public Layer {
  public:
-  /// `input` is one sample's shape, (in,).
-  Linear(std::string name, const Shape& input, const LinearOptions& options);
+  /// `input` is one sample's shape, (in,); `context` the grid place and tensor communicator.
+  Linear(std::string name, const Shape& input, const LinearOptions& options,
+         BuildContext context = {});
 
   const char* kind() const override { return "linear"; }
   Shape output_shape(const Shape& input) const override;
-  /// ctx.saved = {x (N, in)}: the weight gradient needs the input.
+  /// none: whole in, whole out; output: whole in, split out; input: split in, whole out.
+  Layout place_input(const Layout& input) override;
+  /// ctx.saved = {x (N, in)}: the weight gradient needs the input (this rank's block of it).
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
   Tensor backward(const Tensor& dy, Context&& ctx) override;
 
   Index in_features() const { return m_in; }
   Index out_features() const { return m_out; }
   bool has_bias() const { return m_bias; }
+  LinearSplit split() const { return m_split; }
   Parameter& weight() { return parameters()[0]; }
   /// Only when has_bias().
   Parameter& bias() { return parameters()[1]; }
 
  private:
-  Index m_in = 0;
-  Index m_out = 0;
+  Index m_in = 0;         // global
+  Index m_out = 0;        // global
+  Index m_local_in = 0;   // this rank's input features
+  Index m_local_out = 0;  // this rank's output features
   bool m_bias = true;
+  LinearSplit m_split = LinearSplit::none;
+  TensorRegion m_region;
   BufferPool m_output;      // y (N, out), reused from step to step
   BufferPool m_input_grad;  // dx (N, in)
 };

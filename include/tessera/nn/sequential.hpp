@@ -13,8 +13,9 @@ namespace tessera::nn {
 
 class Sequential final : public Layer {
  public:
-  /// An empty chain taking samples of shape `input`.
-  Sequential(std::string name, Shape input);
+  /// An empty chain taking whole samples of shape `input`; `context` gives the place that turns
+  /// its layers' layouts into the local shapes forward() checks.
+  Sequential(std::string name, Shape input, BuildContext context = {});
 
   /// Appends `layer`, whose input must be the chain's current output shape. Returns it.
   Layer& add(std::unique_ptr<Layer> layer);
@@ -29,8 +30,12 @@ class Sequential final : public Layer {
 
   const char* kind() const override { return "sequential"; }
   Shape output_shape(const Shape& input) const override;
+  /// Places every layer in turn (they were placed on a whole input when added).
+  Layout place_input(const Layout& input) override;
   const Shape& input_shape() const { return m_input; }
   const Shape& output_shape() const { return m_output; }
+  /// How the chain's output samples are placed on the grid (whole unless its last layer splits).
+  const Layout& output_layout() const { return m_output_layout; }
   std::size_t size() const { return m_layers.size(); }
   Layer& operator[](std::size_t i) { return *m_layers.at(i); }
 
@@ -51,6 +56,10 @@ class Sequential final : public Layer {
   void update_input_grad_flags();
   Shape m_input;
   Shape m_output;
+  Layout m_input_layout;
+  Layout m_output_layout;
+  Shape m_local_input;   // this rank's block of an input sample
+  Shape m_local_output;  // and of an output sample
   std::vector<std::unique_ptr<Layer>> m_layers;
   BackwardHook m_backward_hook;
 };
@@ -58,10 +67,13 @@ class Sequential final : public Layer {
 class Residual final : public Layer {
  public:
   /// y = x + body(x); body must map `input` to `input`.
-  Residual(std::string name, const Shape& input, std::unique_ptr<Layer> body);
+  Residual(std::string name, const Shape& input, std::unique_ptr<Layer> body,
+           BuildContext context = {});
 
   const char* kind() const override { return "residual"; }
   Shape output_shape(const Shape& input) const override;
+  /// The body must give back the layout it takes.
+  Layout place_input(const Layout& input) override;
   /// Context: the body's context as the only child.
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
   Tensor backward(const Tensor& dy, Context&& ctx) override;
@@ -70,6 +82,7 @@ class Residual final : public Layer {
 
  private:
   Shape m_input;
+  Shape m_local_input;  // this rank's block of a sample
   std::unique_ptr<Layer> m_body;
 };
 

@@ -20,11 +20,15 @@ struct SgdOptions {
   float weight_decay = 0.0F;  ///< L2 penalty added to the gradient (parameters with decay only)
 };
 
+/// Kept in double, as PyTorch keeps them (Python floats): the update's constants (1 - β1, 1 - β2,
+/// the bias corrections) are computed in double and rounded to float once, so the moments match
+/// PyTorch's bit for bit where the float update does (1 - β2 computed in float would be
+/// 0.99998713× PyTorch's for β2 = 0.999).
 struct AdamWOptions {
-  float beta1 = 0.9F;
-  float beta2 = 0.999F;
-  float eps = 1e-8F;
-  float weight_decay = 0.01F;  ///< decoupled: p -= lr * wd * p (parameters with decay only)
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.01;  ///< decoupled: p -= lr * wd * p (parameters with decay only)
 };
 
 class Optimizer {
@@ -83,5 +87,8 @@ class AdamW final : public Optimizer {
 /// shards); by default the local sum is the global one. Returns the norm before clipping.
 double clip_grad_norm(const std::vector<nn::Parameter*>& params, double max_norm,
                       const std::function<double(double)>& reduce_sum = {});
+/// The scaling half of clip_grad_norm: given the global norm `norm`, scales every gradient of
+/// `params` by max_norm / (norm + 1e-6) when norm > max_norm.
+void scale_to_norm(const std::vector<nn::Parameter*>& params, double norm, double max_norm);
 
 }  // namespace tessera::optim

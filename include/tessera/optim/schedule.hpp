@@ -12,7 +12,7 @@ struct ScheduleOptions {
   ScheduleKind kind = ScheduleKind::constant;
   double base_lr = 0.1;
   std::int64_t warmup_steps = 0;  ///< linear ramp from base_lr / warmup_steps to base_lr
-  std::int64_t total_steps = 0;   ///< cosine: the step at which min_lr is reached
+  std::int64_t total_steps = 0;   ///< the run's length: cosine reaches min_lr at total_steps - 1
   std::int64_t step_size = 1;     ///< step: multiply by gamma every step_size steps after warm-up
   double gamma = 0.1;
   double min_lr = 0.0;  ///< cosine floor

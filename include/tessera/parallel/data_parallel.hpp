@@ -32,10 +32,20 @@
 //
 // Losses are sums over the local samples divided by the global batch size, so the sum over the
 // ranks is the gradient of the mean over the global batch.
+//
+// On a grid with more axes (tensor, later spatial and pipeline) every parameter is this rank's
+// block of a distributed tensor (its Layout) and says over which axes its gradient is partial
+// (nn::Parameter::partial): always the data axis, and e.g. a spatial axis when each rank computed
+// it from its own tile. Buckets never mix parameters of different axis sets; a bucket's data-axis
+// reduction is the one above, and its other axes are summed after it (an allreduce over the grid's
+// communicator of those axes). Everything else that depends on where the pieces of a tensor live —
+// which elements a norm counts, what a checkpoint writes — comes from registry().
 #include "tessera/comm/communicator.hpp"
+#include "tessera/comm/process_grid.hpp"
 #include "tessera/comm/shared_reduction.hpp"
 #include "tessera/nn/layer.hpp"
 #include "tessera/optim/optimizer.hpp"
+#include "tessera/parallel/registry.hpp"
 
 #include <memory>
 #include <string>
@@ -63,8 +73,8 @@ struct DataParallelOptions {
   int groups_per_rank = 0;  ///< deterministic mode: sample groups per rank (0: off)
 };
 
-/// One rank's piece of a parameter under ZeRO-1: elements [offset, offset + count) of the
-/// flattened parameter `name`. A checkpoint writes its optimizer state at that place.
+/// One rank's piece of a parameter under ZeRO-1: elements [offset, offset + count) of this rank's
+/// block of parameter `name`, flattened (registry() says where they lie in the global tensor).
 struct Shard {
   std::string name;
   Index offset = 0;
@@ -73,9 +83,12 @@ struct Shard {
 
 class DataParallel {
  public:
-  /// Collective over `data`: re-homes the parameters of `model` (already initialised, identical
-  /// on every rank) into the arenas and checks that every rank built the same model (same names
-  /// and shapes in the same order), else throws tessera::Error on every rank.
+  /// Collective over the trainer of `grid` (which outlives this object): re-homes the parameters
+  /// of `model` (already initialised; each rank its blocks, equal over the data axis) into the
+  /// arenas and checks that every rank built the same model (same names and global shapes in the
+  /// same order), else throws tessera::Error on every rank.
+  DataParallel(nn::Layer& model, const comm::ProcessGrid& grid, const DataParallelOptions& options);
+  /// The same on a grid of one axis, `data` (every parameter whole on every rank).
   DataParallel(nn::Layer& model, comm::Communicator& data, const DataParallelOptions& options);
   ~DataParallel();
   DataParallel(const DataParallel&) = delete;
@@ -95,8 +108,10 @@ class DataParallel {
   /// Completes the reduction (starting what the hook has not started): afterwards every gradient
   /// is the sum over the data axis, or under ZeRO-1 every piece this rank owns is.
   void finish_reduction();
-  /// Clips the summed gradients to a global L2 norm of `max_norm` (see optim::clip_grad_norm);
-  /// under ZeRO-1 the norm is summed over the pieces of every rank. Returns the norm.
+  /// Clips the summed gradients to a global L2 norm of `max_norm` (see optim::clip_grad_norm):
+  /// every element of every distributed gradient counted once, by its owner (the registry's rule),
+  /// and the squares summed over the axes where the ranks hold different elements (none on a pure
+  /// data-parallel grid without ZeRO). Returns the norm.
   double clip_grad_norm(double max_norm);
   /// Updates the parameters with `optimizer` at learning rate `lr` (under ZeRO-1, this rank's
   /// pieces, then starts the allgather of the values), and averages the buffers (BatchNorm's
@@ -104,6 +119,12 @@ class DataParallel {
   void step(optim::Optimizer& optimizer, double lr);
   /// Waits until every rank holds the updated parameters (before evaluation or reading them).
   void sync_parameters();
+  /// Every parameter, buffer and state tensor of `optimizer` (created where missing, zero-filled)
+  /// as this rank holds it: whole local blocks, or under ZeRO-1 this rank's pieces of the state.
+  /// Waits for the parameters first.
+  StateRegistry registry(optim::Optimizer& optimizer);
+  /// Where this rank sits in the grid.
+  const GridPlace& place() const { return m_place; }
 
   /// The model's parameters, in model order (values and gradients now live in the arenas).
   const std::vector<nn::Parameter*>& parameters() const { return m_params; }
@@ -119,28 +140,42 @@ class DataParallel {
   bool shared_reduction() const { return m_shared != nullptr; }
   /// Elements of the arena (parameters plus ZeRO's padding).
   Index arena_size() const { return m_arena_size; }
+  /// What the constructor found worth telling the user (a fallback it took), for the program to
+  /// print: library code does not print.
+  const std::vector<std::string>& warnings() const { return m_warnings; }
 
  private:
   struct Bucket {
     Index begin = 0;  // first element in the arenas
     Index count = 0;  // elements, a multiple of the data size under ZeRO-1
+    AxisSet extra;    // the axes besides data its gradients are partial over (size > 1)
     std::vector<nn::Parameter*> params;
     std::vector<Index> offsets;  // each parameter's first element in the arenas
     size_t ready = 0;            // parameters whose gradient is complete this step
     std::unique_ptr<comm::Work> work;
   };
 
+  void init(const DataParallelOptions& options);
+  /// The communicator of `axes` (its axes of one rank ignored).
+  comm::Communicator& over(AxisSet axes) const;
+  /// A parameter's partial axes beyond data, of more than one rank.
+  AxisSet extra_axes(const nn::Parameter& p) const;
   void build_buckets(double bucket_mb);
-  bool use_shared_reduction() const;
+  bool use_shared_reduction();
   void allocate_arenas();
   void check_same_model() const;
   void start_bucket(Bucket& bucket);
   void zero_grads();
   void start_ready_buckets();
+  void reduce_extra_axes();
   void make_shards();
   bool reducing() const;
 
-  comm::Communicator& m_comm;
+  comm::Communicator& m_comm;  // the data axis
+  const comm::ProcessGrid* m_grid = nullptr;
+  std::unique_ptr<comm::MpiCommunicator> m_self;  // without a grid: axes of one rank
+  GridPlace m_place;
+  AxisSet m_norm_axes;  // where the ranks hold different elements of the (reduced) gradients
   DataParallelOptions m_options;
   int m_rank = 0;
   int m_size = 1;
@@ -161,6 +196,7 @@ class DataParallel {
   std::vector<Shard> m_shards;
   std::vector<std::unique_ptr<comm::Work>> m_gathers;  // ZeRO-1: allgathers in flight
   std::unique_ptr<comm::SharedReduction> m_shared;     // the arenas' window, when node-local
+  std::vector<std::string> m_warnings;
 };
 
 }  // namespace tessera::parallel

@@ -1,9 +1,14 @@
 #pragma once
 // The trainer: a deck in, a trained model and its metrics out. The loop in Trainer::run() reads top
 // to bottom (llm.c's habit): each step reads its share of the global batch, runs forward and
-// backward, reduces gradients over the data axis, steps the optimizer; logging and evaluation are
-// guarded by `step % every == 0 || last`. It runs over the process grid from the start: with one
-// data rank the reduction is a no-op, with P it is parallel::DataParallel's bucketed reduction.
+// backward, reduces gradients, steps the optimizer; logging and evaluation are guarded by
+// `step % every == 0 || last`.
+//
+// The trainer is the unit of identity (DESIGN.md): it spans every rank of its process grid (data ×
+// tensor × ...). Its rank 0 alone reports progress (through the program's Reporter), writes the
+// metrics file and the resolved deck; errors are agreed, stop signals and timed checkpoints
+// decided, and checkpoints created and committed over all of its ranks. The data axis only decides
+// which samples a rank reads and over which ranks the losses and gradients are summed.
 #include "tessera/comm/communicator.hpp"
 #include "tessera/comm/process_grid.hpp"
 #include "tessera/deck/deck.hpp"
@@ -11,6 +16,7 @@
 #include "tessera/nn/sequential.hpp"
 #include "tessera/optim/optimizer.hpp"
 #include "tessera/parallel/data_parallel.hpp"
+#include "tessera/train/reporter.hpp"
 
 #include <mpi.h>
 
@@ -48,8 +54,10 @@ void install_stop_handlers();
 class Trainer {
  public:
   /// Validates what needs the data and the world (grid size, dataset vs model) under comm::agree,
-  /// builds the model and opens the readers. `world` is every rank of this trainer.
-  Trainer(const deck::Deck& deck, MPI_Comm world);
+  /// builds the process grid over `world` (every rank of this trainer), the model (each rank its
+  /// blocks) and the readers. `reporter` receives the progress lines on the trainer's rank 0 (none:
+  /// silent); it must outlive the trainer.
+  Trainer(const deck::Deck& deck, MPI_Comm world, Reporter* reporter = nullptr);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -61,6 +69,7 @@ class Trainer {
 
   nn::Sequential& model() { return *m_model; }
   parallel::DataParallel& data_parallel() { return *m_dp; }
+  const comm::ProcessGrid& grid() const { return *m_grid; }
   std::int64_t total_steps() const { return m_total_steps; }
 
  private:
@@ -68,16 +77,37 @@ class Trainer {
     int signal = 0;         // a stop signal reached some rank
     bool save_due = false;  // rank 0's clock says a timed checkpoint is due
   };
+  // Sums since the last progress line; reduced over the data axis only when a line is printed.
+  struct Window {
+    double loss = 0.0;
+    double metric = 0.0;
+    double samples = 0.0;
+    double steps = 0.0;
+    double compute_s = 0.0;
+    double comm_s = 0.0;
+    double data_s = 0.0;
+    double paused_s = 0.0;  // checkpoint time inside the window, not counted in samples/s
+  };
+  void build(const comm::GridSpec& spec);
+  /// One optimizer step on `batch`; adds its sums and times to `window`. Returns the rate used.
+  double train_step(std::int64_t step, const io::Batch& batch, Window& window);
+  void report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& window,
+                       double window_seconds, double run_seconds);
+  std::optional<Evaluation> eval_and_log(std::int64_t step, double run_seconds);
   StepAgreement agree_on_step(bool save_due);
   void restart();
   void save(std::int64_t steps_done, const char* why);
   void log_line(const std::string& json) const;
+  /// The trainer's rank 0: the one that reports, writes metrics and speaks for the trainer.
+  bool leader() const { return m_trainer->rank() == 0; }
+  void say(const std::string& line) const;
 
   const deck::Deck m_deck;  // a copy: the trainer outlives any temporary deck it is given
+  SilentReporter m_silent;
+  Reporter* m_reporter = nullptr;
   std::unique_ptr<comm::ProcessGrid> m_grid;
-  MPI_Comm m_comm = MPI_COMM_NULL;  // the data axis's MPI communicator (owned by m_grid)
-  int m_rank = 0;
-  int m_size = 1;
+  comm::Communicator* m_trainer = nullptr;  // every rank of the trainer (owned by m_grid)
+  comm::Communicator* m_data = nullptr;     // the data axis (owned by m_grid)
   std::unique_ptr<nn::Sequential> m_model;
   std::unique_ptr<optim::Optimizer> m_optimizer;
   std::unique_ptr<io::DatasetReader> m_train;
@@ -99,6 +129,10 @@ optim::ScheduleOptions run_schedule(const deck::Deck& deck, Index train_samples)
 /// reading only their headers, and that the run's length fits the schedule. Throws tessera::Error
 /// (exit code 2) naming deck keys and files.
 void check_data(const deck::Deck& deck);
+
+/// The grid the deck asks for on a job of `world_size` ranks, resolved (comm::resolve_grid) and
+/// checked against the batch; throws tessera::Error (exit code 2) located at the deck key.
+comm::GridSpec resolve_grid(const deck::Deck& deck, int world_size);
 
 /// What `tessera check` prints: the grid, a per-layer summary (output shape, parameters), the
 /// parameter count and the estimated memory per rank. Needs the world size, not the data.

@@ -281,6 +281,16 @@ ncclDataType_t nccl_type(DType dtype) {
   switch (dtype) {
     case DType::f32:
       return ncclFloat32;
+    case DType::f64:
+      return ncclFloat64;
+    case DType::i32:
+      return ncclInt32;
+    case DType::i64:
+      return ncclInt64;
+    case DType::u64:
+      return ncclUint64;
+    case DType::u8:
+      return ncclUint8;
   }
   TESSERA_THROW("NCCL backend: no ncclDataType_t for {}", dtype_name(dtype));
 }

@@ -1,0 +1,303 @@
+#include "tessera/io/checkpoint_reader.hpp"
+
+#include "tessera/core/error.hpp"
+#include "tessera/io/checkpoint_format.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <regex>
+
+namespace tessera::io {
+namespace {
+
+using Lock = std::lock_guard<std::recursive_mutex>;
+
+// Every description on HDF5's error stack, outermost first; clears the stack.
+std::vector<std::string> hdf5_error_stack() {
+  std::vector<std::string> out;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_DOWNWARD,
+      [](unsigned /*n*/, const H5E_error2_t* err, void* data) -> herr_t {
+        if (err->desc != nullptr) {
+          static_cast<std::vector<std::string>*>(data)->emplace_back(err->desc);
+        }
+        return 0;
+      },
+      &out);
+  H5Eclear2(H5E_DEFAULT);
+  return out;
+}
+
+enum class ObjectType { group, dataset, other };
+
+ObjectType object_type(const Group& group, const std::string& name) {
+  const Lock lock(hdf5_mutex());
+  H5O_info_t info;
+  if (H5Oget_info_by_name2(group.id(), name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0) {
+    H5Eclear2(H5E_DEFAULT);
+    return ObjectType::other;
+  }
+  if (info.type == H5O_TYPE_GROUP) {
+    return ObjectType::group;
+  }
+  return info.type == H5O_TYPE_DATASET ? ObjectType::dataset : ObjectType::other;
+}
+
+std::string child(const std::string& parent, const std::string& name) {
+  return parent == "/" ? "/" + name : parent + "/" + name;
+}
+
+TensorEntry inspect(const Group& group, const std::string& name) {
+  TensorEntry e;
+  e.path = child(group.path(), name);
+  try {
+    const Dataset d = group.open_dataset(name);
+    e.shape = d.shape();
+    e.type = d.element_type();
+    e.elements = 1;
+    for (hsize_t n : e.shape) {
+      e.elements *= static_cast<std::int64_t>(n);
+    }
+    {
+      const Lock lock(hdf5_mutex());
+      e.storage_bytes = static_cast<std::int64_t>(H5Dget_storage_size(d.id()));
+    }
+    const Attributes a = d.attributes();
+    if (attribute_info(d.id(), "kind").type == AttrType::string) {
+      e.kind = a.get_string("kind");
+    }
+    const AttrInfo checksum = attribute_info(d.id(), "checksum");
+    e.checksum_attribute = checksum.type != AttrType::missing;
+    if (checksum.type == AttrType::string && checksum.values == 1) {
+      e.checksum = a.get_string("checksum");
+    }
+  } catch (const Error& err) {
+    e.error = err.message();
+  }
+  return e;
+}
+
+void collect(const Group& group, std::vector<TensorEntry>& out) {
+  for (const std::string& m : group.members()) {
+    switch (object_type(group, m)) {
+      case ObjectType::group:
+        collect(group.open_group(m), out);
+        break;
+      case ObjectType::dataset:
+        out.push_back(inspect(group, m));
+        break;
+      case ObjectType::other:
+        break;
+    }
+  }
+}
+
+}  // namespace
+
+const char* attr_type_name(AttrType t) {
+  switch (t) {
+    case AttrType::missing:
+      return "missing";
+    case AttrType::string:
+      return "a string";
+    case AttrType::int64:
+      return "int64";
+    case AttrType::other_integer:
+      return "an integer of another width";
+    case AttrType::floating:
+      return "a float";
+    case AttrType::other:
+      return "another type";
+  }
+  return "another type";
+}
+
+AttrInfo attribute_info(hid_t object, const std::string& name) {
+  const Lock lock(hdf5_mutex());
+  AttrInfo info;
+  if (H5Aexists(object, name.c_str()) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    return info;
+  }
+  const Handle attr(H5Aopen(object, name.c_str(), H5P_DEFAULT), H5Aclose);
+  const Handle type(H5Aget_type(attr.id()), H5Tclose);
+  const Handle space(H5Aget_space(attr.id()), H5Sclose);
+  if (!attr.valid() || !type.valid() || !space.valid()) {
+    H5Eclear2(H5E_DEFAULT);
+    info.type = AttrType::other;
+    return info;
+  }
+  info.values = static_cast<std::int64_t>(H5Sget_simple_extent_npoints(space.id()));
+  switch (H5Tget_class(type.id())) {
+    case H5T_STRING:
+      info.type = AttrType::string;
+      break;
+    case H5T_INTEGER:
+      info.type = H5Tget_size(type.id()) == 8 && H5Tget_sign(type.id()) == H5T_SGN_2
+                      ? AttrType::int64
+                      : AttrType::other_integer;
+      break;
+    case H5T_FLOAT:
+      info.type = AttrType::floating;
+      break;
+    default:
+      info.type = AttrType::other;
+      break;
+  }
+  return info;
+}
+
+std::string attribute_text(const Attributes& attributes, hid_t object, const std::string& name) {
+  const AttrInfo info = attribute_info(object, name);
+  auto listed = [&](const auto& values, const char* element) {
+    return values.size() == 1 ? fmt::format(element, values[0])
+                              : fmt::format("[{}]", fmt::join(values, ", "));
+  };
+  try {
+    switch (info.type) {
+      case AttrType::missing:
+        return "(missing)";
+      case AttrType::string: {
+        const auto v = attributes.get_strings(name);
+        return v.size() == 1 ? "\"" + v[0] + "\"" : fmt::format("[{}]", fmt::join(v, ", "));
+      }
+      case AttrType::int64:
+      case AttrType::other_integer:
+        return listed(attributes.get_ints(name), "{}");
+      case AttrType::floating:
+        return listed(attributes.get_doubles(name), "{:g}");
+      case AttrType::other:
+        break;
+    }
+  } catch (const Error&) {
+  }
+  return "(unreadable)";
+}
+
+std::string TensorEntry::parameter_name() const {
+  std::string name = path;
+  const std::string prefix = "/model/";
+  if (name.compare(0, prefix.size(), prefix) == 0) {
+    name = name.substr(prefix.size());
+  } else if (!name.empty() && name[0] == '/') {
+    name = name.substr(1);
+  }
+  std::replace(name.begin(), name.end(), '/', '.');
+  return name;
+}
+
+File open_checkpoint(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (!fs::exists(status)) {
+    throw input_error(fmt::format("{}: no such file", path));
+  }
+  if (fs::is_directory(status)) {
+    throw input_error(fmt::format("{}: is a folder, not a checkpoint file", path));
+  }
+  {
+    std::ifstream probe(path, std::ios::binary);
+    if (!probe) {
+      throw input_error(fmt::format("{}: cannot read ({})", path, std::strerror(errno)));
+    }
+  }
+  {
+    const Lock lock(hdf5_mutex());
+    if (H5Fis_hdf5(path.c_str()) <= 0) {
+      H5Eclear2(H5E_DEFAULT);
+      throw input_error(fmt::format("{}: not an HDF5 file", path));
+    }
+    const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (id < 0) {
+      const std::vector<std::string> stack = hdf5_error_stack();
+      static const std::regex truncated("truncated file: eof = ([0-9]+),.*stored_eof = ([0-9]+)");
+      for (const std::string& desc : stack) {
+        std::smatch m;
+        if (std::regex_search(desc, m, truncated)) {
+          throw input_error(
+              fmt::format("{}: truncated: the file has {} bytes, its HDF5 "
+                          "superblock says {}",
+                          path, m[1].str(), m[2].str()));
+        }
+      }
+      throw input_error(fmt::format("{}: truncated or damaged: HDF5 cannot read it ({})", path,
+                                    stack.empty() ? "no reason given" : stack.back()));
+    }
+    H5Fclose(id);
+  }
+  try {
+    return File::open_serial(path);
+  } catch (const Error& e) {
+    throw input_error(e.message());
+  }
+}
+
+std::vector<TensorEntry> list_tensors(const File& file) {
+  std::vector<TensorEntry> out;
+  collect(file.root(), out);
+  std::sort(out.begin(), out.end(),
+            [](const TensorEntry& a, const TensorEntry& b) { return a.path < b.path; });
+  return out;
+}
+
+std::string format_problem(const File& file) {
+  const Group root = file.root();
+  const AttrInfo format = attribute_info(root.id(), "format");
+  if (format.type == AttrType::missing) {
+    return "not a Tessera checkpoint (no root attribute 'format')";
+  }
+  const std::string name = format.type == AttrType::string && format.values == 1
+                               ? root.attributes().get_string("format")
+                               : attribute_text(root.attributes(), root.id(), "format");
+  if (name != kCheckpointFormat) {
+    return fmt::format("not a Tessera checkpoint (format is \"{}\", expected \"{}\")", name,
+                       kCheckpointFormat);
+  }
+  const AttrInfo version = attribute_info(root.id(), "format_version");
+  if (version.type == AttrType::missing) {
+    return "root attribute 'format_version' is missing";
+  }
+  if ((version.type != AttrType::int64 && version.type != AttrType::other_integer) ||
+      version.values != 1) {
+    return fmt::format("root attribute 'format_version' is {}, expected int64",
+                       version.values == 1 ? attr_type_name(version.type) : "not one value");
+  }
+  const std::int64_t v = root.attributes().get_int("format_version");
+  if (v != kCheckpointVersion) {
+    return fmt::format("format_version {} is not one this Tessera reads (it reads {}){}", v,
+                       kCheckpointVersion,
+                       v > kCheckpointVersion ? "; a newer Tessera wrote it?" : "");
+  }
+  return "";
+}
+
+void require_checkpoint(const File& file) {
+  const std::string problem = format_problem(file);
+  if (!problem.empty()) {
+    throw input_error(file.path() + ": " + problem);
+  }
+}
+
+void read_range(const Dataset& dataset, const std::vector<hsize_t>& shape, std::int64_t first,
+                std::int64_t count, float* out) {
+  if (count <= 0) {
+    return;
+  }
+  if (shape.empty()) {
+    dataset.read_all(ElementType::f32, out);
+    return;
+  }
+  dataset.read_boxes(
+      flat_range_boxes(shape, static_cast<hsize_t>(first), static_cast<hsize_t>(count)),
+      ElementType::f32, out);
+}
+
+}  // namespace tessera::io
