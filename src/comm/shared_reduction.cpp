@@ -256,6 +256,15 @@ void SharedReduction::finish_reduce() {
   post(copied_slot(), m_round);
 }
 
+void SharedReduction::wait_copied() {
+  TESSERA_CHECK(!m_scatter_only, "shared reduction: wait_copied() under ZeRO-1 (nothing is copied)");
+  for (int k = 0; k < m_size; ++k) {
+    if (k != m_rank) {
+      wait(k, copied_slot(), m_round);
+    }
+  }
+}
+
 void SharedReduction::copy_chunk(const std::vector<float*>& arrays, size_t segment, int rank) {
   const Range c = chunk(segment, rank);
   std::memcpy(arrays[static_cast<size_t>(m_rank)] + c.offset,

@@ -478,10 +478,17 @@ void parse_model(Section& s, Deck& d, const Source& src) {
   d.model.loss = loss == "mse" ? LossKind::mse : LossKind::softmax_cross_entropy;
   // Build the chain once: every layer's options and shapes are checked, each error located and
   // naming the layer by its key (model.layers[i]).
+  // Their placements too: a layer that cannot take what the one before it gives (a whole layer
+  // after a split one) is refused here, whatever the tensor size.
   nn::Sequential chain("model", d.model.input);
   for (size_t i = 0; i < d.model.layers.size(); ++i) {
-    chain.add(nn::make_layer(d.model.layers[i], fmt::format("model.layers[{}]", i),
-                             chain.output_shape()));
+    auto layer = nn::make_layer(d.model.layers[i], fmt::format("model.layers[{}]", i),
+                                chain.output_shape());
+    try {
+      chain.add(std::move(layer));
+    } catch (const Error& e) {
+      throw input_error(e.message(), d.model.layers[i].where);
+    }
   }
 }
 

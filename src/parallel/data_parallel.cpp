@@ -297,7 +297,7 @@ void DataParallel::make_shards() {
       }
       nn::Parameter piece;
       piece.name = p.name;
-      piece.layout = Layout::replicated({hi - lo});
+      piece.layout = p.layout;  // of the whole parameter (its value is a flat piece of the block)
       piece.decay = p.decay;
       piece.value = Tensor::alias(p.name, m_values, lo, {hi - lo});
       piece.grad = Tensor::alias(p.name + ".grad", m_grads, lo, {hi - lo});
@@ -436,13 +436,23 @@ void DataParallel::finish_reduction() {
   reduce_extra_axes();
 }
 
+void DataParallel::settle_shared_grads() {
+  // The other ranks of the node may still be copying sums out of this rank's gradient array.
+  if (m_shared && !m_scatter) {
+    m_shared->wait_copied();
+  }
+}
+
 void DataParallel::reduce_extra_axes() {
   // Gradients partial over more axes than data: their data-axis sums (under ZeRO-1, this rank's
-  // chunk of them) summed over the others.
+  // chunk of them) summed over the others, in place.
   std::vector<std::unique_ptr<comm::Work>> works;
   for (const Bucket& b : m_buckets) {
     if (b.extra.empty()) {
       continue;
+    }
+    if (works.empty()) {
+      settle_shared_grads();
     }
     const Index chunk = m_scatter ? b.count / m_size : b.count;
     const Index begin = m_scatter ? b.begin + m_rank * chunk : b.begin;
@@ -459,9 +469,10 @@ double DataParallel::clip_grad_norm(double max_norm) {
   // This rank's share of the sum of squares: the elements it owns among the ranks of the norm's
   // axes that hold copies of them (a gradient replicated over tensor is counted on tensor rank 0).
   const std::vector<nn::Parameter*>& mine = m_scatter ? m_piece_ptrs : m_params;
+  const AxisSet distinct = m_scatter ? AxisSet{GridAxis::data} : AxisSet{};  // pieces: own
   double sum = 0.0;
   for (const nn::Parameter* p : mine) {
-    if (m_place.first_on(copy_axes(p->layout) & m_norm_axes)) {
+    if (m_place.first_on((copy_axes(p->layout) - distinct) & m_norm_axes)) {
       sum += kernels::sum_squares(p->grad);
     }
   }
@@ -470,6 +481,9 @@ double DataParallel::clip_grad_norm(double max_norm) {
     axes.allreduce(comm::Buffer(&sum, 1))->wait();
   }
   const double norm = std::sqrt(sum);
+  if (norm > max_norm) {
+    settle_shared_grads();  // scaled in place
+  }
   optim::scale_to_norm(mine, norm, max_norm);
   return norm;
 }

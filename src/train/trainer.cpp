@@ -568,7 +568,7 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   // --- update -----------------------------------------------------------------------------
   const Stopwatch update_clock;
   if (d.optimizer.clip_grad_norm > 0.0) {
-    m_dp->clip_grad_norm(d.optimizer.clip_grad_norm);
+    w.grad_norm = m_dp->clip_grad_norm(d.optimizer.clip_grad_norm);
   }
   const double lr = optim::learning_rate(m_schedule, step);
   m_dp->step(*m_optimizer, lr);
@@ -578,8 +578,8 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   return lr;
 }
 
-void Trainer::report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& w,
-                              double window_seconds, double run_seconds) {
+double Trainer::report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& w,
+                                double window_seconds, double run_seconds) {
   const deck::Deck& d = m_deck;
   const bool classify = d.model.loss == deck::LossKind::softmax_cross_entropy;
   // Losses and samples summed over the data axis (the tensor ranks of one data coordinate
@@ -601,12 +601,17 @@ void Trainer::report_progress(std::int64_t step, const io::Batch& batch, double 
       rate(samples_s), 100.0 * w.compute_s / busy, 100.0 * w.comm_s / busy, 100.0 * w.data_s / busy,
       lr, duration(eta)));
   const auto per_epoch = static_cast<double>(m_train->batches_per_epoch());
+  const std::string norm =
+      d.optimizer.clip_grad_norm > 0.0
+          ? fmt::format(R"(, "grad_norm": {})", json_number(w.grad_norm))
+          : "";
   log_line(fmt::format(
-      R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
+      R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}{}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
       step + 1, static_cast<double>(step + 1) / per_epoch, json_number(loss),
-      metric_name(d.model.loss), json_number(metric), samples_s, lr, w.compute_s, w.comm_s,
+      metric_name(d.model.loss), json_number(metric), norm, samples_s, lr, w.compute_s, w.comm_s,
       w.data_s, run_seconds));
   w = Window();
+  return loss;
 }
 
 RunSummary Trainer::run() {
@@ -614,6 +619,7 @@ RunSummary Trainer::run() {
   const deck::CheckpointConfig& ck = d.checkpoint;
   RunSummary summary;
   summary.total_steps = m_total_steps;
+  summary.loss = std::nan("");
   Window window;
   Stopwatch window_clock;
   const Stopwatch run_clock;
@@ -632,10 +638,12 @@ RunSummary Trainer::run() {
     const io::Batch batch = m_train->next();
     window.data_s += m_train->wait_seconds() - waited_before;
     const double lr = train_step(step, batch, window);
+    summary.grad_norm = window.grad_norm;
 
     // --- progress line, metrics and evaluation ------------------------------------------------
     if ((step + 1) % d.run.log_every == 0 || last || step == 0) {
-      report_progress(step, batch, lr, window, window_clock.seconds(), run_clock.seconds());
+      summary.loss =
+          report_progress(step, batch, lr, window, window_clock.seconds(), run_clock.seconds());
       window_clock.restart();
     }
     if (!last && d.run.eval_every > 0 && (step + 1) % d.run.eval_every == 0) {

@@ -94,6 +94,11 @@ TEST_F(DataParallelTest, RanksMatchOneRankAfterKSteps) {
       {"mpi, zero-1", {"parallel.reduce=mpi", "parallel.zero=1", "parallel.bucket_mb=0.0005"}},
       {"mpi, zero-1 + accumulation",
        {"parallel.reduce=mpi", "parallel.zero=1", "data.micro_batches=3"}},
+      // Clipping that bites every step writes the summed gradients in place: through shared
+      // memory, only once every rank has copied its sums out of this rank's array.
+      {"clipping", {"optimizer.clip_grad_norm=0.05"}},
+      {"clipping, small buckets", {"optimizer.clip_grad_norm=0.05", "parallel.bucket_mb=0.0005"}},
+      {"zero-1, clipping", {"optimizer.clip_grad_norm=0.05", "parallel.zero=1"}},
   };
   for (const std::string optimizer : {"sgd", "adamw"}) {
     for (const auto& [what, overrides] : variants) {

@@ -82,6 +82,10 @@ class SharedReduction {
   /// chunks (waiting for the others' gradients), and — unless scatter_only — copies the other
   /// chunks' sums, so this rank's gradient array holds the whole sum.
   void finish_reduce();
+  /// After finish_reduce() (not scatter_only): waits until every rank has copied its sums out of
+  /// this rank's gradient array, so the caller may write it in place this round (clip it, sum it
+  /// over another axis) without another rank copying half-written values.
+  void wait_copied();
 
   /// ZeRO-1, before the optimizer writes this rank's chunks of its parameter array: waits until
   /// every rank has copied them after the previous round.

@@ -168,6 +168,8 @@ class DataParallel {
   void zero_grads();
   void start_ready_buckets();
   void reduce_extra_axes();
+  /// Before writing the reduced gradients in place: the shared reduction's copies are done.
+  void settle_shared_grads();
   void make_shards();
   bool reducing() const;
 

@@ -44,6 +44,12 @@ struct RunSummary {
   bool stopped = false;          ///< stopped by a signal before total_steps
   int signal = 0;
   double seconds = 0.0;
+  /// The mean training loss over the global batches of the last progress window (the last
+  /// progress line's loss); NaN when no step ran.
+  double loss = 0.0;
+  /// The gradient's global L2 norm before clipping at the last step (optimizer.clip_grad_norm
+  /// > 0 only; else 0).
+  double grad_norm = 0.0;
   std::optional<Evaluation> final_eval;
 };
 
@@ -69,6 +75,7 @@ class Trainer {
 
   nn::Sequential& model() { return *m_model; }
   parallel::DataParallel& data_parallel() { return *m_dp; }
+  optim::Optimizer& optimizer() { return *m_optimizer; }
   const comm::ProcessGrid& grid() const { return *m_grid; }
   std::int64_t total_steps() const { return m_total_steps; }
 
@@ -87,12 +94,14 @@ class Trainer {
     double comm_s = 0.0;
     double data_s = 0.0;
     double paused_s = 0.0;  // checkpoint time inside the window, not counted in samples/s
+    double grad_norm = 0.0;  // the last step's, when clipping
   };
   void build(const comm::GridSpec& spec);
   /// One optimizer step on `batch`; adds its sums and times to `window`. Returns the rate used.
   double train_step(std::int64_t step, const io::Batch& batch, Window& window);
-  void report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& window,
-                       double window_seconds, double run_seconds);
+  /// Prints and logs the window's progress line; returns its mean loss.
+  double report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& window,
+                         double window_seconds, double run_seconds);
   std::optional<Evaluation> eval_and_log(std::int64_t step, double run_seconds);
   StepAgreement agree_on_step(bool save_due);
   void restart();
