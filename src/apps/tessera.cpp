@@ -40,11 +40,7 @@ std::string read_deck(tessera::comm::Communicator& world, const std::string& pat
     s << in.rdbuf();
     text = s.str();
   });
-  std::int64_t size = static_cast<std::int64_t>(text.size());
-  world.broadcast(tessera::comm::Buffer(&size, 1))->wait();
-  text.resize(static_cast<size_t>(size));
-  world.broadcast(tessera::comm::Buffer(text.data(), size))->wait();
-  return text;
+  return tessera::comm::broadcast_string(world, text);
 }
 
 // Every rank parses the same text with its own command-line overrides; then the ranks compare

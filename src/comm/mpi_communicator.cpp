@@ -47,18 +47,6 @@ MPI_Op mpi_op(ReduceOp op) {
   TESSERA_THROW("MPI backend: no MPI_Op for reduction {}", static_cast<int>(op));
 }
 
-int rank_in(MPI_Comm comm) {
-  int rank = 0;
-  TESSERA_MPI_CHECK(MPI_Comm_rank(comm, &rank));
-  return rank;
-}
-
-int size_of(MPI_Comm comm) {
-  int size = 1;
-  TESSERA_MPI_CHECK(MPI_Comm_size(comm, &size));
-  return size;
-}
-
 class MpiWork final : public Work {
  public:
   /// `what` names the operation for errors ("allreduce on communicator 'data' (rank 0 of 2)").
@@ -136,7 +124,7 @@ class MpiWork final : public Work {
 }  // namespace
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name)
-    : Communicator(std::move(name), rank_in(comm), size_of(comm)) {
+    : Communicator(std::move(name), rank_of(comm), size_of(comm)) {
   TESSERA_MPI_CHECK(MPI_Comm_dup(comm, &m_comm));
   // Failures come back as codes, which TESSERA_MPI_CHECK turns into tessera::Error.
   MPI_Comm_set_errhandler(m_comm, MPI_ERRORS_RETURN);
@@ -262,6 +250,26 @@ std::unique_ptr<Work> MpiCommunicator::do_barrier(const BarrierOptions& /*option
   MPI_Request request = MPI_REQUEST_NULL;
   TESSERA_MPI_CHECK(MPI_Ibarrier(m_comm, &request));
   return std::make_unique<MpiWork>(request, context("barrier"));
+}
+
+int rank_of(MPI_Comm comm) {
+  int rank = 0;
+  TESSERA_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  return rank;
+}
+
+int size_of(MPI_Comm comm) {
+  int size = 1;
+  TESSERA_MPI_CHECK(MPI_Comm_size(comm, &size));
+  return size;
+}
+
+std::string broadcast_string(Communicator& comm, std::string text, int root) {
+  auto n = static_cast<std::int64_t>(text.size());
+  comm.broadcast(Buffer(&n, 1), {root})->wait();
+  text.resize(static_cast<size_t>(n));
+  comm.broadcast(Buffer(text.data(), n), {root})->wait();
+  return text;
 }
 
 }  // namespace tessera::comm

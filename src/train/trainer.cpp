@@ -280,21 +280,31 @@ void install_stop_handlers() {
   }
 }
 
-comm::GridSpec resolve_grid(const deck::Deck& d, int world_size) {
-  comm::GridSpec spec;
-  try {
-    spec = comm::resolve_grid(grid_spec(d), world_size);
-  } catch (const Error& e) {  // located at the deck's first grid key that is set
-    std::string key = "parallel";
-    for (const char* k : {"parallel.data", "parallel.tensor", "parallel.pipeline",
-                          "parallel.spatial", "parallel.trainers"}) {
-      if (d.locations.count(k) != 0) {
-        key = k;
-        break;
-      }
+namespace {
+
+// The deck key a grid that does not fit is blamed on: the first grid size the deck sets.
+std::string grid_key(const deck::Deck& d) {
+  for (const char* k : {"parallel.data", "parallel.tensor", "parallel.pipeline", "parallel.spatial",
+                        "parallel.trainers"}) {
+    if (d.locations.count(k) != 0) {
+      return k;
     }
-    throw input_error(e.message(), d.where(key));
   }
+  return "parallel";
+}
+
+// The grid's error (comm::resolve_grid's words), located in the deck.
+Error located_grid_error(const deck::Deck& d, const Error& e) {
+  Error located = input_error(e.message(), d.where(grid_key(d)));
+  located.with_exit_code(e.exit_code());
+  if (e.on_all_ranks()) {
+    located.mark_on_all_ranks();
+  }
+  return located;
+}
+
+// The global batch against the resolved grid's data axis.
+void check_batch(const deck::Deck& d, const comm::GridSpec& spec) {
   const int data = spec.data;
   if (d.data.batch < data) {
     throw input_error(fmt::format("data.batch = {} is smaller than the {} data-parallel rank(s)",
@@ -313,20 +323,36 @@ comm::GridSpec resolve_grid(const deck::Deck& d, int world_size) {
                                   d.data.micro_batches, d.data.batch / data, d.data.batch),
                       d.where("data.micro_batches"));
   }
+}
+
+}  // namespace
+
+comm::GridSpec resolve_grid(const deck::Deck& d, int world_size) {
+  comm::GridSpec spec;
+  try {
+    spec = comm::resolve_grid(grid_spec(d), world_size);
+  } catch (const Error& e) {
+    throw located_grid_error(d, e);
+  }
+  check_batch(d, spec);
   return spec;
 }
 
 Trainer::Trainer(const deck::Deck& deck, MPI_Comm world, Reporter* reporter)
     : m_deck(deck), m_reporter(reporter != nullptr ? reporter : &m_silent) {
-  int world_size = 1;
-  MPI_Comm_size(world, &world_size);
-  comm::GridSpec spec;
-  comm::agree(world, [&] { spec = resolve_grid(deck, world_size); });  // located in the deck
-  m_grid = std::make_unique<comm::ProcessGrid>(world, spec);
+  try {
+    m_grid = std::make_unique<comm::ProcessGrid>(world, grid_spec(deck));
+  } catch (const Error& e) {
+    if (!e.on_all_ranks()) {
+      throw;  // this rank's own failure: main() aborts the job
+    }
+    throw located_grid_error(deck, e);  // agreed by every rank: located in the deck
+  }
   m_trainer = &m_grid->trainer();
   m_data = &m_grid->axis(GridAxis::data);
+  comm::agree(*m_trainer, [&] { check_batch(deck, m_grid->spec()); });
   kernels::set_blas_threads(deck.run.blas_threads);
-  build(spec);
+  build(m_grid->spec());
 }
 
 void Trainer::build(const comm::GridSpec& spec) {
@@ -601,10 +627,9 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
       rate(samples_s), 100.0 * w.compute_s / busy, 100.0 * w.comm_s / busy, 100.0 * w.data_s / busy,
       lr, duration(eta)));
   const auto per_epoch = static_cast<double>(m_train->batches_per_epoch());
-  const std::string norm =
-      d.optimizer.clip_grad_norm > 0.0
-          ? fmt::format(R"(, "grad_norm": {})", json_number(w.grad_norm))
-          : "";
+  const std::string norm = d.optimizer.clip_grad_norm > 0.0
+                               ? fmt::format(R"(, "grad_norm": {})", json_number(w.grad_norm))
+                               : "";
   log_line(fmt::format(
       R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}{}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
       step + 1, static_cast<double>(step + 1) / per_epoch, json_number(loss),

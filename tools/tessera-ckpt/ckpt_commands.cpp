@@ -3,6 +3,7 @@
 #include "ckpt_file.hpp"
 #include "npz.hpp"
 #include "tessera/comm/agree.hpp"
+#include "tessera/comm/communicator.hpp"
 #include "tessera/io/checkpoint_format.hpp"
 
 #include <fmt/format.h>
@@ -29,16 +30,19 @@ namespace {
 
 namespace fs = std::filesystem;
 
-int rank_of(MPI_Comm comm) {
-  int r = 0;
-  MPI_Comm_rank(comm, &r);
-  return r;
+using comm::rank_of;
+using comm::size_of;
+
+// The command's ranks as a Communicator (MPI's group of `comm`, duplicated) for one collective.
+template <class T>
+void reduce_all(MPI_Comm mpi, std::vector<T>& values, comm::ReduceOp op) {
+  comm::MpiCommunicator c(mpi, "tessera-ckpt");
+  c.allreduce(comm::Buffer(values), {op})->wait();
 }
 
-int size_of(MPI_Comm comm) {
-  int s = 1;
-  MPI_Comm_size(comm, &s);
-  return s;
+std::string broadcast_string(MPI_Comm mpi, const std::string& text, int root = 0) {
+  comm::MpiCommunicator c(mpi, "tessera-ckpt");
+  return comm::broadcast_string(c, text, root);
 }
 
 // --- the format's rules ------------------------------------------------------------------------
@@ -614,10 +618,8 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
       why[piece.tensor] = err.message();
     }
   }
-  MPI_Allreduce(MPI_IN_PLACE, sums.data(), static_cast<int>(sums.size()), MPI_UINT64_T, MPI_SUM,
-                comm);
-  MPI_Allreduce(MPI_IN_PLACE, failed.data(), static_cast<int>(failed.size()), MPI_INT, MPI_MIN,
-                comm);
+  reduce_all(comm, sums, comm::ReduceOp::sum);
+  reduce_all(comm, failed, comm::ReduceOp::min);
   for (std::size_t k = 0; k < check.size(); ++k) {
     const TensorEntry& e = s.tensors[check[k]];
     const std::uint64_t stored = *s.stored[check[k]];
@@ -886,9 +888,9 @@ DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b,
       }
     }
   });
-  MPI_Allreduce(MPI_IN_PLACE, max_abs.data(), static_cast<int>(n), MPI_DOUBLE, MPI_MAX, comm);
-  MPI_Allreduce(MPI_IN_PLACE, max_b.data(), static_cast<int>(n), MPI_DOUBLE, MPI_MAX, comm);
-  MPI_Allreduce(MPI_IN_PLACE, differing.data(), static_cast<int>(n), MPI_INT64_T, MPI_SUM, comm);
+  reduce_all(comm, max_abs, comm::ReduceOp::max);
+  reduce_all(comm, max_b, comm::ReduceOp::max);
+  reduce_all(comm, differing, comm::ReduceOp::sum);
   for (std::size_t k = 0; k < n; ++k) {
     TensorDiff& d = r.tensors[compared_as[k]];
     d.max_abs = max_abs[k];
@@ -1219,10 +1221,8 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
         }
       }
     });
-    MPI_Allreduce(MPI_IN_PLACE, written.data(), static_cast<int>(written.size()), MPI_UINT64_T,
-                  MPI_SUM, comm);
-    MPI_Allreduce(MPI_IN_PLACE, read.data(), static_cast<int>(read.size()), MPI_UINT64_T, MPI_SUM,
-                  comm);
+    reduce_all(comm, written, comm::ReduceOp::sum);
+    reduce_all(comm, read, comm::ReduceOp::sum);
     // Damaged inputs are refused: every rank holds the same sums, so all throw together.
     comm::agree(comm, [&] {
       for (std::size_t t = 0; t < outputs.size(); ++t) {

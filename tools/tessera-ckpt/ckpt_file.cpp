@@ -33,14 +33,6 @@ std::vector<Piece> split_elements(const std::vector<std::int64_t>& sizes, int ra
   return out;
 }
 
-std::string broadcast_string(MPI_Comm comm, std::string text, int root) {
-  long long n = static_cast<long long>(text.size());
-  MPI_Bcast(&n, 1, MPI_LONG_LONG, root, comm);
-  text.resize(static_cast<std::size_t>(n));
-  MPI_Bcast(text.data(), static_cast<int>(n), MPI_CHAR, root, comm);
-  return text;
-}
-
 std::string human_bytes(std::int64_t bytes) {
   const auto b = static_cast<double>(bytes);
   if (bytes < 1024) {

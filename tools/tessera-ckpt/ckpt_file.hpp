@@ -47,9 +47,6 @@ struct Piece {
 /// equal length: the pieces of range `rank`, in order. Every element lies in exactly one range.
 std::vector<Piece> split_elements(const std::vector<std::int64_t>& sizes, int rank, int ranks);
 
-/// `text` from `root` to every rank of `comm`.
-std::string broadcast_string(MPI_Comm comm, std::string text, int root = 0);
-
 /// "48 B", "1.5 KiB", "3.25 MiB", "1.00 GiB".
 std::string human_bytes(std::int64_t bytes);
 /// "(4, 3)".

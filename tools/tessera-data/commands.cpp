@@ -4,6 +4,7 @@
 #include "idx.hpp"
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/cartesian.hpp"
+#include "tessera/comm/communicator.hpp"
 #include "tessera/core/check.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/io/dataset.hpp"
@@ -23,11 +24,7 @@
 namespace tessera::data {
 namespace {
 
-int rank_of(MPI_Comm comm) {
-  int r = 0;
-  MPI_Comm_rank(comm, &r);
-  return r;
-}
+using comm::rank_of;
 
 void make_parent_dir(const std::string& path) {
   const auto parent = std::filesystem::path(path).parent_path();
@@ -141,7 +138,8 @@ void import_fashion_mnist(const ImportOptions& o) {
 }
 
 double generate_gray_scott(const GenOptions& o) {
-  const int rank = rank_of(MPI_COMM_WORLD);
+  comm::MpiCommunicator world(MPI_COMM_WORLD, "world");
+  const int rank = world.rank();
   io::ElementType type = io::ElementType::f32;
   std::vector<Index> extent;
   comm::agree(MPI_COMM_WORLD, [&] {
@@ -235,9 +233,9 @@ double generate_gray_scott(const GenOptions& o) {
         ::close(fd);
       }
     }
-    MPI_Barrier(MPI_COMM_WORLD);
+    world.barrier()->wait();
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  world.barrier()->wait();
   if (rank == 0) {
     std::filesystem::rename(tmp, o.output);
     if (!o.quiet) {
@@ -247,7 +245,7 @@ double generate_gray_scott(const GenOptions& o) {
                   fmt::format("{}", fmt::join(grid.dims(), "x")).c_str());
     }
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  world.barrier()->wait();
   return write_seconds;
 }
 

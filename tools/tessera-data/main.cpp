@@ -6,6 +6,7 @@
 //   tessera-data ls FILE [--no-stats]
 #include "app_main.hpp"
 #include "commands.hpp"
+#include "tessera/comm/communicator.hpp"
 #include "tessera/core/error.hpp"
 
 #include <mpi.h>
@@ -46,8 +47,7 @@ int main(int argc, char** argv) {
     ls->add_option("file", file, "HDF5 file")->required();
     ls->add_flag("--no-stats", no_stats, "skip the per-split statistics");
 
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    const int rank = tessera::comm::rank_of(MPI_COMM_WORLD);
     if (const auto code = tessera::apps::parse_command_line(app, ac, av)) {
       return *code;
     }

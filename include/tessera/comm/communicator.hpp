@@ -243,4 +243,11 @@ class MpiCommunicator final : public Communicator {
   int m_tag_ub = 32767;  // MPI_TAG_UB of this communicator (MPI guarantees at least 32767)
 };
 
+/// The rank and size of an MPI communicator a program was handed (MPI_COMM_WORLD at start-up).
+int rank_of(MPI_Comm comm);
+int size_of(MPI_Comm comm);
+
+/// `text` of rank `root` on every rank of `comm` (its length, then its bytes).
+std::string broadcast_string(Communicator& comm, std::string text, int root = 0);
+
 }  // namespace tessera::comm

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The source rules of tools/check_sources.sh hold for the repository, and the check finds a
+# violation of each rule when one is planted in a copy of the sources.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+"$root/tools/check_sources.sh" "$root" || exit 1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp -r "$root/src" "$root/tools" "$tmp/"
+echo 'void f(MPI_Comm c, double* x) { MPI_Allreduce(MPI_IN_PLACE, x, 1, MPI_DOUBLE, MPI_SUM, c); }' \
+  >>"$tmp/src/nn/linear.cpp"
+echo 'void g() { std::printf("hello\n"); }' >>"$tmp/src/parallel/data_parallel.cpp"
+out=$("$root/tools/check_sources.sh" "$tmp")
+code=$?
+[[ $code -eq 1 ]] || { echo "FAIL: planted violations: exit $code, want 1"; exit 1; }
+grep -q '^  src/nn/linear.cpp:[0-9]*:void f(MPI_Comm' <<<"$out" || { echo "FAIL: MPI call not found"; echo "$out"; exit 1; }
+grep -q '^  src/parallel/data_parallel.cpp:[0-9]*:void g()' <<<"$out" || { echo "FAIL: printf not found"; echo "$out"; exit 1; }
+echo "check_sources: finds planted violations"
