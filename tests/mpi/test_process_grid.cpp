@@ -14,6 +14,7 @@
 #include <mpi.h>
 
 #include <array>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -150,6 +151,41 @@ void check_grid(const GridSpec& spec, const GridSpec& resolved) {
       }
     }
   }
+
+  // Several axes at once (ProcessGrid::axes): the ranks of this trainer that share every other
+  // coordinate, whatever the group — each member adds its bit, and the sum is the expected set.
+  const AxisSet nontrivial = place.nontrivial();
+  for (unsigned bits = 0; bits < (1U << kNumGridAxes); ++bits) {
+    const AxisSet group = AxisSet::from_bits(bits);
+    if ((group - nontrivial) != AxisSet()) {
+      // Axes of one rank change nothing: the same communicator as without them.
+      EXPECT_EQ(&grid.axes(group), &grid.axes(group & nontrivial)) << group.to_string();
+      continue;
+    }
+    Communicator& c = grid.axes(group);
+    std::uint64_t members = std::uint64_t{1} << w;
+    c.allreduce(Buffer(&members, 1))->wait();
+    std::uint64_t expected = 0;
+    int size = 1;
+    for (GridAxis a : group.axes()) {
+      size *= e.size[at(a)];
+    }
+    for (int r = 0; r < n; ++r) {
+      const Expected o = expected_place(resolved, r, n);
+      bool same = o.trainer == e.trainer;
+      for (GridAxis a : kAxes) {
+        same = same && (group.contains(a) || o.coord[at(a)] == e.coord[at(a)]);
+      }
+      expected |= same ? std::uint64_t{1} << r : 0;
+    }
+    EXPECT_EQ(members, expected) << group.to_string();
+    EXPECT_EQ(c.size(), size) << group.to_string();
+  }
+  EXPECT_EQ(grid.axes(AxisSet::all()).size(), grid.trainer().size());
+  // grid_place computes the same placement without MPI.
+  const GridPlace computed = grid_place(resolved, e.local);
+  EXPECT_EQ(computed.size, place.size);
+  EXPECT_EQ(computed.coord, place.coord);
 
   // The place drives Layout: dimension 0 of (10, 7) over data, dimension 1 over tensor.
   const Layout layout = Layout::split({10, 7}, 0, GridAxis::data).and_split(1, GridAxis::tensor);

@@ -138,16 +138,17 @@ TEST_F(TensorParallelTest, SplitLinearPairMatchesOneRankAfterTenSteps) {
   int k = 0;
   for (const std::vector<std::string>& grid : grids()) {
     for (const std::vector<std::string>& variant :
-         {std::vector<std::string>{}, {"parallel.zero=1", "parallel.bucket_mb=0.0002"},
-          {"optimizer.type=adamw"}, {"optimizer.type=adamw", "parallel.zero=1"}}) {
+         {std::vector<std::string>{},
+          {"parallel.zero=1", "parallel.bucket_mb=0.0002"},
+          {"optimizer.type=adamw"},
+          {"optimizer.type=adamw", "parallel.zero=1"}}) {
       std::vector<std::string> o = grid;
       o.insert(o.end(), variant.begin(), variant.end());
       const std::string what = joined(o);
       const std::string tag = std::to_string(k++);
       const Trained p = train_and_gather(deck(o, "par" + tag), MPI_COMM_WORLD);
-      const Trained s =
-          train_and_gather(deck(variant, "one" + tag + "-" + std::to_string(world_rank())),
-                           MPI_COMM_SELF);
+      const Trained s = train_and_gather(
+          deck(variant, "one" + tag + "-" + std::to_string(world_rank())), MPI_COMM_SELF);
       EXPECT_EQ(p.summary.steps, 10) << what;
       EXPECT_TRUE(std::isfinite(p.summary.loss)) << what;
       EXPECT_LE(std::fabs(p.summary.loss - s.summary.loss), 1e-5 * std::fabs(s.summary.loss))
@@ -179,8 +180,7 @@ TEST_F(TensorParallelTest, ClippingOverSplitParametersMatchesOneRank) {
       const Trained s = train_and_gather(
           deck(one, "clip-one" + tag + "-" + std::to_string(world_rank())), MPI_COMM_SELF);
       EXPECT_GT(s.summary.grad_norm, 0.1) << what << ": the clipping must bite";
-      EXPECT_LE(std::fabs(p.summary.grad_norm - s.summary.grad_norm),
-                1e-6 * s.summary.grad_norm)
+      EXPECT_LE(std::fabs(p.summary.grad_norm - s.summary.grad_norm), 1e-6 * s.summary.grad_norm)
           << what << ": norm " << p.summary.grad_norm << " vs one rank's " << s.summary.grad_norm;
       expect_close(p, s, 1e-6, what);
     }
@@ -288,6 +288,92 @@ TEST_F(TensorParallelTest, CheckpointAtTensorTwoRestartsOnAnyGridBitForBit) {
           after.parameters = gather_all(reg, parallel::StateKind::parameter, t.grid().trainer());
           after.names = reference.names;
           expect_close(after, reference, 1e-5, what);
+        }
+      }
+    }
+  }
+}
+
+namespace {
+
+// A layer whose first parameter's gradient is partial over the data and tensor axes (each rank
+// computed its own part, as from a spatial tile or a sequence slice) and whose second is partial
+// over data only: y = x, and backward adds (trainer rank + 1) · (i + 1) to element i of each.
+class PartialGradients final : public nn::Layer {
+ public:
+  PartialGradients(const nn::BuildContext& context, int trainer_rank)
+      : Layer("partial", context), m_rank(trainer_rank) {
+    add_parameter("w", Shape{7}, InitSpec::constant(1.0F)).partial =
+        AxisSet{GridAxis::data, GridAxis::tensor};
+    add_parameter("v", Shape{5}, InitSpec::constant(1.0F));
+  }
+  const char* kind() const override { return "partial"; }
+  Shape output_shape(const Shape& input) const override { return input; }
+  nn::ForwardResult forward(const Tensor& x, const nn::ForwardOptions&) override {
+    return {x, nn::Context{}};
+  }
+  Tensor backward(const Tensor& dy, nn::Context&&) override {
+    for (nn::Parameter& p : parameters()) {
+      std::vector<float> g = p.grad.to_host();
+      for (size_t i = 0; i < g.size(); ++i) {
+        g[i] += static_cast<float>((m_rank + 1) * (static_cast<int>(i) + 1));
+      }
+      p.grad.copy_from_host(g);
+    }
+    return dy;
+  }
+
+ private:
+  int m_rank;
+};
+
+}  // namespace
+
+TEST(DataParallelOnAGrid, GradientsAreSummedOverTheirPartialAxes) {
+  const int n = world_size();
+  for (const int tensor : {1, 2, n}) {
+    if (n % tensor != 0) {
+      continue;
+    }
+    for (const std::string mode : {"auto", "mpi", "zero"}) {
+      const comm::ProcessGrid grid(MPI_COMM_WORLD, {1, 0, 1, tensor, {1, 1}});
+      const int rank = grid.trainer().rank();
+      PartialGradients layer(nn::BuildContext(grid), rank);
+      parallel::DataParallelOptions o;
+      o.bucket_mb = 1e-5;  // a bucket per parameter
+      o.reduce = mode == "mpi" ? parallel::Reduce::mpi : parallel::Reduce::automatic;
+      o.zero = mode == "zero";
+      parallel::DataParallel dp(layer, grid, o);
+      for (int step = 0; step < 2; ++step) {  // twice: the second round reuses everything
+        dp.begin_step();
+        (void)layer.backward(Tensor("dy", {1, 1}), nn::Context{});
+        dp.on_backward(layer);
+        dp.finish_reduction();
+        // w: over every rank of the trainer, Σ_r (r + 1) = n(n + 1)/2. v: over the data ranks of
+        // this tensor coordinate, whose trainer ranks are d · tensor + t.
+        const int t = grid.place().coord_of(GridAxis::tensor);
+        double v_ranks = 0.0;
+        for (int d = 0; d < n / tensor; ++d) {
+          v_ranks += d * tensor + t + 1;
+        }
+        const std::vector<double> per_rank{n * (n + 1) / 2.0, v_ranks};
+        const auto check = [&](const nn::Parameter& p, Index offset, size_t which) {
+          const std::vector<float> g = p.grad.to_host();
+          for (size_t i = 0; i < g.size(); ++i) {
+            EXPECT_EQ(g[i],
+                      per_rank[which] * static_cast<double>(offset + static_cast<Index>(i) + 1))
+                << p.name << "[" << offset + static_cast<Index>(i) << "], tensor " << tensor << ", "
+                << mode << ", step " << step;
+          }
+        };
+        if (mode != "zero" || n / tensor == 1) {
+          check(layer.parameters()[0], 0, 0);
+          check(layer.parameters()[1], 0, 1);
+        } else {
+          for (size_t k = 0; k < dp.shards().size(); ++k) {  // this rank's pieces only
+            check(*dp.pieces()[k], dp.shards()[k].offset,
+                  dp.shards()[k].name == "partial.w" ? 0 : 1);
+          }
         }
       }
     }

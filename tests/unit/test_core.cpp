@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -93,6 +94,110 @@ TEST(Layout, LocalShapeAndOffset) {
   EXPECT_THROW(Layout::replicated({4}).and_split(1, GridAxis::data), Error);
   EXPECT_EQ(Layout::replicated({4}).to_string(), "(4,) replicated");
   EXPECT_TRUE(Layout::replicated({4}).is_replicated());
+}
+
+TEST(Layout, StridedSplitHoldsItsBlockOfEverySegment) {
+  // A fused (12, 4) weight of 3 segments of 4 rows (QKV-style) over 2 tensor ranks: each rank
+  // holds rows 2 of every segment — rank 1 holds global rows 2-3, 6-7, 10-11, in that order.
+  const Layout l = Layout::split({12, 4}, 0, GridAxis::tensor, 3);
+  const GridPlace p = GridPlace::single().with(GridAxis::tensor, 2, 1);
+  EXPECT_EQ(l.local_shape(p), (Shape{6, 4}));
+  EXPECT_EQ(l.to_string(), "(12, 4) dim 0 over tensor/3");
+  const std::vector<Block> blocks = l.blocks(p);
+  ASSERT_EQ(blocks.size(), 3U);
+  for (size_t k = 0; k < 3; ++k) {
+    EXPECT_EQ(blocks[k].local_offset, (Shape{static_cast<Index>(2 * k), 0}));
+    EXPECT_EQ(blocks[k].global_offset, (Shape{static_cast<Index>(4 * k + 2), 0}));
+    EXPECT_EQ(blocks[k].count, (Shape{2, 4}));
+  }
+  std::vector<Index> rows;
+  const std::vector<Index> g = l.global_indices(p);
+  for (size_t i = 0; i < g.size(); i += 4) {
+    rows.push_back(g[i] / 4);
+  }
+  EXPECT_EQ(rows, (std::vector<Index>{2, 3, 6, 7, 10, 11}));
+  EXPECT_THROW(l.local_offset(p), Error);  // several blocks: no single offset
+  EXPECT_THROW(Layout::split({10, 4}, 0, GridAxis::tensor, 3), Error);  // 10 rows, 3 segments
+}
+
+TEST(Layout, EveryElementHasOneOwnerAcrossTheRanks) {
+  // Over every rank of a data × tensor grid, the blocks of a (7, 5) tensor split unevenly by
+  // columns over 3 tensor ranks (and replicated over 2 data ranks) cover each global element once
+  // per data coordinate.
+  const Layout l = Layout::split({7, 5}, 1, GridAxis::tensor);
+  EXPECT_EQ(l.split_axes(), AxisSet{GridAxis::tensor});
+  EXPECT_TRUE(l.replicated_axes().contains(GridAxis::data));
+  EXPECT_FALSE(l.replicated_axes().contains(GridAxis::tensor));
+  std::vector<int> covered(35, 0);
+  for (int t = 0; t < 3; ++t) {
+    const GridPlace p = GridPlace::single().with(GridAxis::tensor, 3, t);
+    for (Index g : l.global_indices(p)) {
+      ++covered[static_cast<size_t>(g)];
+    }
+  }
+  EXPECT_EQ(std::count(covered.begin(), covered.end(), 1), 35);
+  // Partial: the values are addends over an axis; that axis neither splits nor replicates.
+  Layout partial = Layout::replicated({3});
+  partial.and_partial(GridAxis::data);
+  EXPECT_EQ(partial.to_string(), "(3,) partial over data");
+  EXPECT_FALSE(partial.is_replicated());
+  EXPECT_FALSE(partial.replicated_axes().contains(GridAxis::data));
+  EXPECT_THROW(Layout::split({4}, 0, GridAxis::data).and_partial(GridAxis::data), Error);
+  // Axis sets.
+  const AxisSet dt{GridAxis::data, GridAxis::tensor};
+  EXPECT_EQ(dt.to_string(), "{data, tensor}");
+  EXPECT_EQ((dt - AxisSet{GridAxis::data}).to_string(), "{tensor}");
+  EXPECT_TRUE((AxisSet::all() - dt).contains(GridAxis::pipeline));
+  const GridPlace q = GridPlace::single().with(GridAxis::data, 2, 1).with(GridAxis::tensor, 2, 0);
+  EXPECT_EQ(q.nontrivial(), dt);
+  EXPECT_TRUE(q.first_on(AxisSet{GridAxis::tensor}));
+  EXPECT_FALSE(q.first_on(dt));
+}
+
+TEST(Layout, BlocksOfALocalRangeCoverItOnce) {
+  // Every range of the local block of a strided, uneven layout: its blocks hold exactly the
+  // range's elements, each once, at their global indices.
+  const Layout l = Layout::split({6, 5}, 1, GridAxis::tensor).and_split(0, GridAxis::data, 2);
+  const GridPlace p = GridPlace::single().with(GridAxis::tensor, 2, 0).with(GridAxis::data, 2, 1);
+  const Shape local = l.local_shape(p);
+  ASSERT_EQ(local, (Shape{2, 3}));
+  const std::vector<Index> global = l.global_indices(p);
+  const Index n = numel(local);
+  for (Index first = 0; first < n; ++first) {
+    for (Index count = 0; first + count <= n; ++count) {
+      std::vector<int> seen(static_cast<size_t>(n), 0);
+      for (const Block& b : l.blocks_of_range(p, first, count)) {
+        for (Index r = 0; r < b.count[0]; ++r) {
+          for (Index c = 0; c < b.count[1]; ++c) {
+            const Index li = (b.local_offset[0] + r) * local[1] + b.local_offset[1] + c;
+            const Index gi = (b.global_offset[0] + r) * 5 + b.global_offset[1] + c;
+            ++seen[static_cast<size_t>(li)];
+            EXPECT_EQ(global[static_cast<size_t>(li)], gi);
+          }
+        }
+      }
+      for (Index i = 0; i < n; ++i) {
+        EXPECT_EQ(seen[static_cast<size_t>(i)], i >= first && i < first + count ? 1 : 0)
+            << "range [" << first << ", " << first + count << "), element " << i;
+      }
+    }
+  }
+}
+
+TEST(Layout, RangeBoxesAreRowMajorRuns) {
+  // Elements [7, 23) of a (3, 4, 5) tensor: the rest of row (0, 1), whole rows to (1, 0), then
+  // the start of row (1, 0): at most 2 × rank - 1 boxes, in order.
+  const std::vector<Box> boxes = range_boxes({3, 4, 5}, 7, 16);
+  ASSERT_EQ(boxes.size(), 3U);
+  EXPECT_EQ(boxes[0].offset, (Shape{0, 1, 2}));
+  EXPECT_EQ(boxes[0].count, (Shape{1, 1, 3}));
+  EXPECT_EQ(boxes[1].offset, (Shape{0, 2, 0}));
+  EXPECT_EQ(boxes[1].count, (Shape{1, 2, 5}));
+  EXPECT_EQ(boxes[2].offset, (Shape{1, 0, 0}));
+  EXPECT_EQ(boxes[2].count, (Shape{1, 0 + 1, 3}));
+  EXPECT_EQ(range_boxes({3, 4}, 0, 12).size(), 1U);  // the whole tensor is one box
+  EXPECT_TRUE(range_boxes({3, 4}, 5, 0).empty());
+  EXPECT_EQ(range_boxes({}, 0, 1).size(), 1U);  // a scalar
 }
 
 TEST(Rng, PhiloxMatchesPublishedKnownAnswers) {
@@ -181,6 +286,26 @@ void expect_shards_equal_whole(const Shape& global, int dim, GridAxis axis, int 
   EXPECT_EQ(covered, numel(global));
 }
 }  // namespace
+
+TEST(Init, StridedShardsEqualWholeBitForBit) {
+  // A fused (3·8, 6) weight over 3 tensor ranks: each shard is its rows of every segment.
+  const Shape global{24, 6};
+  const InitSpec spec = InitSpec::uniform(-0.5F, 0.5F);
+  const Tensor whole("whole", global);
+  init_shard(whole, Layout::replicated(global), GridPlace::single(), 99, "qkv.weight", spec);
+  const std::vector<float> w = whole.to_host();
+  const Layout layout = Layout::split(global, 0, GridAxis::tensor, 3);
+  for (int part = 0; part < 3; ++part) {
+    const GridPlace place = GridPlace::single().with(GridAxis::tensor, 3, part);
+    const Tensor shard("shard", layout.local_shape(place));
+    init_shard(shard, layout, place, 99, "qkv.weight", spec);
+    const std::vector<float> s = shard.to_host();
+    const std::vector<Index> g = layout.global_indices(place);
+    for (size_t i = 0; i < s.size(); ++i) {
+      ASSERT_EQ(std::memcmp(&s[i], &w[static_cast<size_t>(g[i])], 4), 0) << "part " << part;
+    }
+  }
+}
 
 TEST(Init, ShardsEqualWholeBitForBit) {
   for (int parts : {2, 3}) {
