@@ -482,13 +482,20 @@ void parse_model(Section& s, Deck& d, const Source& src) {
   // after a split one) is refused here, whatever the tensor size.
   nn::Sequential chain("model", d.model.input);
   for (size_t i = 0; i < d.model.layers.size(); ++i) {
-    auto layer = nn::make_layer(d.model.layers[i], fmt::format("model.layers[{}]", i),
-                                chain.output_shape());
+    auto layer =
+        nn::make_layer(d.model.layers[i], fmt::format("model.layers[{}]", i), chain.output_shape());
     try {
       chain.add(std::move(layer));
     } catch (const Error& e) {
       throw input_error(e.message(), d.model.layers[i].where);
     }
+  }
+  if (!d.model.layers.empty() && !chain.output_layout().is_replicated()) {
+    throw input_error(
+        fmt::format("the model's output is {}: the loss needs it whole (end the split with a "
+                    "linear with split = \"input\")",
+                    chain.output_layout().to_string()),
+        d.model.layers.back().where);
   }
 }
 

@@ -229,6 +229,29 @@ TEST_F(CheckpointTest, CommitKeepsTheNewestAndLatestNamesTheLast) {
   EXPECT_EQ(line, "ckpt-00000006.h5");
 }
 
+TEST_F(CheckpointTest, AtStartSavesTheInitialWeights) {
+  // checkpoint.at_start writes step 0 before the first step: the model as initialised, the same
+  // as a fresh trainer's parameters, and a valid checkpoint to restart from.
+  train::Trainer fresh(deck(dir("fresh"), {}), MPI_COMM_WORLD);
+  const auto initial = parameter_values(fresh.model());
+  train(deck(dir("start"), {"checkpoint.at_start=true", "checkpoint.keep=5"}), MPI_COMM_WORLD);
+  const std::string file = dir("start") + "/ckpt-00000000.h5";
+  ASSERT_TRUE(fs::exists(file));
+  const io::File f = io::File::open_serial(file);
+  EXPECT_EQ(f.root().attributes().get_int("step"), 0);
+  size_t i = 0;
+  for (const nn::Parameter* p : fresh.model().all_parameters()) {
+    const io::Dataset ds = f.root().open_dataset(io::model_path(p->name).substr(1));
+    std::vector<float> stored(static_cast<size_t>(p->value.numel()));
+    ds.read_all(io::ElementType::f32, stored.data());
+    EXPECT_EQ(std::memcmp(stored.data(), initial[i].data(), stored.size() * 4), 0) << p->name;
+    ++i;
+  }
+  // Restarting from it and training 6 steps is the run that wrote it.
+  expect_bitwise(train(deck(dir("from-start"), {"checkpoint.restart=" + file}), MPI_COMM_WORLD),
+                 train(deck(dir("plain"), {}), MPI_COMM_WORLD), "restart from step 0");
+}
+
 TEST_F(CheckpointTest, AutoRestartStartsFreshThenResumesFromLatest) {
   const auto first = [&] {
     train::Trainer t(deck(dir("auto"), {"checkpoint.restart=auto"}), MPI_COMM_WORLD);
