@@ -1,6 +1,6 @@
 #pragma once
-// Whole tensors from their distributed pieces, for the MPI tests: every owner puts its blocks at
-// their global indices (core::Layout::blocks, the registry's owner rule) and a sum over the
+// Whole tensors from their distributed pieces, for the MPI tests: every owner puts its elements at
+// their global indices (core::Layout::global_indices, the registry's owner rule) and a sum over the
 // trainer's ranks assembles the tensor on every rank. The values travel as their bit patterns in
 // integers, so the assembly is exact (a float sum would turn -0 into +0).
 #include "tessera/comm/communicator.hpp"
@@ -15,31 +15,15 @@ namespace tessera::testing {
 /// The global tensor of registry entry `e` (row-major), on every rank of `trainer`.
 inline std::vector<float> gather_global(const parallel::StateEntry& e, const GridPlace& place,
                                         comm::Communicator& trainer) {
-  const Shape& global = e.layout.global_shape();
-  const Shape local = e.layout.local_shape(place);
-  std::vector<std::uint64_t> bits(static_cast<size_t>(numel(global)), 0);
+  std::vector<std::uint64_t> bits(static_cast<size_t>(numel(e.layout.global_shape())), 0);
   if (e.owner && e.local.defined()) {
+    // Element k of the entry is element first + k of the rank's local block.
+    const std::vector<Index> global = e.layout.global_indices(place);
     const std::vector<float> values = e.local.to_host();
-    for (const Block& b : e.blocks) {
-      const Index n = numel(b.count);
-      for (Index i = 0; i < n; ++i) {
-        Index rest = i;
-        Index l = 0;
-        Index g = 0;
-        Index ls = 1;
-        Index gs = 1;
-        for (size_t d = b.count.size(); d-- > 0;) {
-          const Index j = rest % b.count[d];
-          rest /= b.count[d];
-          l += (b.local_offset[d] + j) * ls;
-          g += (b.global_offset[d] + j) * gs;
-          ls *= local[d];
-          gs *= global[d];
-        }
-        std::uint32_t word = 0;
-        std::memcpy(&word, &values[static_cast<size_t>(l - e.first)], sizeof(word));
-        bits[static_cast<size_t>(g)] = word;
-      }
+    for (size_t k = 0; k < values.size(); ++k) {
+      std::uint32_t word = 0;
+      std::memcpy(&word, &values[k], sizeof(word));
+      bits[static_cast<size_t>(global[static_cast<size_t>(e.first) + k])] = word;
     }
   }
   trainer.allreduce(comm::Buffer(bits))->wait();
