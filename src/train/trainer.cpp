@@ -9,10 +9,8 @@
 
 #include <fmt/format.h>
 
-#include <atomic>
 #include <cmath>
 #include <csignal>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 

@@ -410,3 +410,36 @@ TEST_F(TensorParallelTest, DeterministicRestartOnTheSameGridIsBitForBit) {
     }
   }
 }
+
+TEST_F(TensorParallelTest, EveryElementOfTheStateHasExactlyOneOwner) {
+  // Over the trainer's ranks, the boxes the owners of each registered tensor hold add up to the
+  // whole tensor, once: on every grid of the world, with and without ZeRO-1 (the checkpoint
+  // writes exactly these boxes).
+  std::vector<std::vector<std::string>> all = grids();
+  all.push_back({});  // data only
+  int k = 0;
+  for (const std::vector<std::string>& grid : all) {
+    for (const std::string zero : {"0", "1"}) {
+      std::vector<std::string> o = grid;
+      o.insert(o.end(), {"parallel.zero=" + zero, "parallel.bucket_mb=0.0002", "run.steps=1"});
+      train::Trainer t(deck(o, "owners" + std::to_string(k++)), MPI_COMM_WORLD);
+      t.run();
+      const parallel::StateRegistry reg = t.data_parallel().registry(t.optimizer());
+      std::vector<std::int64_t> owned;
+      std::vector<std::int64_t> whole;
+      for (const parallel::StateEntry& e : reg.entries()) {
+        std::int64_t n = 0;
+        for (const Block& b : e.blocks) {
+          n += e.owner ? numel(b.count) : 0;
+        }
+        owned.push_back(n);
+        whole.push_back(numel(e.layout.global_shape()));
+      }
+      t.grid().trainer().allreduce(comm::Buffer(owned))->wait();
+      for (size_t i = 0; i < owned.size(); ++i) {
+        EXPECT_EQ(owned[i], whole[i]) << reg.entries()[i].name << " " << reg.entries()[i].state
+                                      << ": " << joined(o) << " at " << world_size() << " ranks";
+      }
+    }
+  }
+}
