@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
     if (*check) {
       std::string report;
       tessera::comm::agree(world, [&] {
+        (void)tessera::train::resolve_grid(deck, world.size());  // the grid first: no file needed
         tessera::train::check_data(deck);
         report = tessera::train::describe(deck, world.size());
       });
