@@ -4,6 +4,7 @@
 #include "tessera/kernels/bias.hpp"
 #include "tessera/kernels/gemm.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace tessera::nn {
@@ -28,14 +29,19 @@ Linear::Linear(std::string name, const Shape& input, const LinearOptions& option
       m_bias(options.bias),
       m_split(options.split),
       m_region(this->context()) {
-  if (input.size() != 1 || input[0] < 1) {
-    TESSERA_THROW("linear '{}': input shape {} must be (in,) with in >= 1 (flatten first)",
-                  this->name(), to_string(input));
+  const bool ok = (input.size() == 1 || input.size() == 2) &&
+                  std::all_of(input.begin(), input.end(), [](Index e) { return e >= 1; });
+  if (!ok) {
+    TESSERA_THROW(
+        "linear '{}': input shape {} must be (in,) or (tokens, in) with extents >= 1 (flatten "
+        "first)",
+        this->name(), to_string(input));
   }
   if (options.out < 1) {
     TESSERA_THROW("linear '{}': option out = {} must be >= 1", this->name(), options.out);
   }
-  m_in = input[0];
+  m_in = input.back();
+  m_lead = Shape(input.begin(), input.end() - 1);
   const int tensor = m_region.size();
   const Index split_extent = m_split == LinearSplit::output ? m_out : m_in;
   if (m_split != LinearSplit::none && split_extent < tensor) {
@@ -63,42 +69,51 @@ Linear::Linear(std::string name, const Shape& input, const LinearOptions& option
   }
 }
 
+Shape Linear::sample_shape(Index features) const {
+  Shape s = m_lead;
+  s.push_back(features);
+  return s;
+}
+
 Shape Linear::output_shape(const Shape& input) const {
-  if (input != Shape{m_in}) {
-    TESSERA_THROW("linear '{}': input sample shape {} does not fit, expected ({},)", name(),
-                  to_string(input), m_in);
+  if (input != sample_shape(m_in)) {
+    TESSERA_THROW("linear '{}': input sample shape {} does not fit, expected {}", name(),
+                  to_string(input), to_string(sample_shape(m_in)));
   }
-  return {m_out};
+  return sample_shape(m_out);
 }
 
 Layout Linear::place_input(const Layout& input) {
   (void)output_shape(input.global_shape());
+  const int features = static_cast<int>(m_lead.size());  // the last dimension
   if (m_split != LinearSplit::input) {
     require_whole(input);
-    return m_split == LinearSplit::output ? Layout::split({m_out}, 0, GridAxis::tensor)
-                                          : Layout::replicated({m_out});
+    return m_split == LinearSplit::output
+               ? Layout::split(sample_shape(m_out), features, GridAxis::tensor)
+               : Layout::replicated(sample_shape(m_out));
   }
-  if (input != Layout::split({m_in}, 0, GridAxis::tensor)) {
+  if (input != Layout::split(sample_shape(m_in), features, GridAxis::tensor)) {
     TESSERA_THROW(
         "linear '{}' (split = \"input\") takes its input features split over the tensor "
         "axis, as a split = \"output\" layer before it leaves them, but its input is {}",
         name(), input.to_string());
   }
-  return Layout::replicated({m_out});
+  return Layout::replicated(sample_shape(m_out));
 }
 
 ForwardResult Linear::forward(const Tensor& x, const ForwardOptions& /*options*/) {
-  check_batch(x, {m_local_in}, "input");
-  const Index n = x.dim(0);
-  const Tensor y = m_output.get(name() + ".output", {n, m_local_out});  // uninitialised
-  // y = b + x · Wᵀ: (N, in) · (in, out). broadcast_bias writes the bias into every row and the
+  check_batch(x, sample_shape(m_local_in), "input");
+  const Index n = x.numel() / m_local_in;  // GEMM rows: samples × tokens
+  const Tensor y = m_output.get(name() + ".output",
+                                batch_shape(x.dim(0), sample_shape(m_local_out)));  // uninitialised
+  // y = b + x · Wᵀ: (rows, in) · (in, out). broadcast_bias writes the bias into every row and the
   // GEMM accumulates onto it (beta = 1): the bias costs what the GEMM's own zeroing of C (beta =
   // 0, no bias) would. Split by input, only tensor rank 0 starts from the bias: the sum over the
   // tensor axis then adds it once.
   const bool add_bias = m_bias && (m_split != LinearSplit::input ||
                                    context().place().coord_of(GridAxis::tensor) == 0);
   if (add_bias) {
-    kernels::broadcast_bias(y, parameters()[1].value);
+    kernels::broadcast_bias(y.reshaped({n, m_local_out}), parameters()[1].value);
   }
   kernels::gemm(Trans::no, Trans::yes, n, m_local_out, m_local_in, 1.0F, x.data(), m_local_in,
                 parameters()[0].value.data(), m_local_in, add_bias ? 1.0F : 0.0F, y.data(),
@@ -107,31 +122,32 @@ ForwardResult Linear::forward(const Tensor& x, const ForwardOptions& /*options*/
     m_region.reduce_from_forward(y);  // partial over tensor → the sum
   }
   Context ctx;
-  ctx.saved = {x};  // (N, local in)
+  ctx.saved = {x};  // (N, [T,] local in)
   ctx.input_shape = x.shape();
   return {y, std::move(ctx)};
 }
 
 Tensor Linear::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, {m_local_out}, "output grad");
-  TESSERA_CHECK(ctx.saved.size() == 1 && ctx.saved[0].shape() == (Shape{dy.dim(0), m_local_in}),
+  check_batch(dy, sample_shape(m_local_out), "output grad");
+  TESSERA_CHECK(ctx.saved.size() == 1 &&
+                    ctx.saved[0].shape() == batch_shape(dy.dim(0), sample_shape(m_local_in)),
                 "linear '{}': backward context does not match output grad {} (call backward once "
                 "with the context of the forward call that produced it)",
                 name(), to_string(dy.shape()));
-  const Tensor& x = ctx.saved[0];  // (N, in)
-  const Index n = dy.dim(0);
+  const Tensor& x = ctx.saved[0];            // (N, [T,] in)
+  const Index n = dy.numel() / m_local_out;  // GEMM rows
   Parameter& w = parameters()[0];
   // dW += dyᵀ · x: (out, N) · (N, in).
   kernels::gemm(Trans::yes, Trans::no, m_local_out, m_local_in, n, 1.0F, dy.data(), m_local_out,
                 x.data(), m_local_in, 1.0F, w.grad.data(), m_local_in);
   if (m_bias) {
-    kernels::bias_grad(dy, parameters()[1].grad);  // db += Σ_n dy
+    kernels::bias_grad(dy.reshaped({n, m_local_out}), parameters()[1].grad);  // db += Σ_rows dy
   }
   if (!needs_input_grad()) {
     return Tensor();  // a first layer on data: nobody needs dL/dx
   }
   // dx = dy · W: (N, out) · (out, in).
-  const Tensor dx = m_input_grad.get(name() + ".input_grad", {n, m_local_in});  // beta = 0
+  const Tensor dx = m_input_grad.get(name() + ".input_grad", x.shape());  // beta = 0
   kernels::gemm(Trans::no, Trans::no, n, m_local_in, m_local_out, 1.0F, dy.data(), m_local_out,
                 w.value.data(), m_local_in, 0.0F, dx.data(), m_local_in);
   if (m_split == LinearSplit::output) {

@@ -114,6 +114,31 @@ TEST(Linear, GradCheck) {
   EXPECT_EQ(tt::gradcheck(nobias, tt::random_tensor("x", {2, 5}, 9)), 0);
 }
 
+TEST(Linear, PerTokenSamplesAreRowsOfOneGemm) {
+  // (N, T, in) samples: every token is a row, as the same layer applied to (N·T, in).
+  Linear tokens("fc", {5, 4}, LinearOptions{3});
+  Linear rows("fc", {4}, LinearOptions{3});
+  tokens.initialize(21);
+  rows.initialize(21);
+  EXPECT_EQ(tokens.output_shape({5, 4}), (Shape{5, 3}));
+  const Tensor x = tt::random_tensor("x", {2, 5, 4}, 22);
+  const Tensor dy = tt::random_tensor("dy", {2, 5, 3}, 23);
+  nn::ForwardResult a = tokens.forward(x, {});
+  nn::ForwardResult b = rows.forward(x.reshaped({10, 4}), {});
+  EXPECT_EQ(a.output.shape(), (Shape{2, 5, 3}));
+  EXPECT_EQ(a.output.to_host(), b.output.to_host());
+  const Tensor dxa = tokens.backward(dy, std::move(a.ctx));
+  const Tensor dxb = rows.backward(dy.reshaped({10, 3}), std::move(b.ctx));
+  EXPECT_EQ(dxa.shape(), (Shape{2, 5, 4}));
+  EXPECT_EQ(dxa.to_host(), dxb.to_host());
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(tokens.parameters()[i].grad.to_host(), rows.parameters()[i].grad.to_host());
+  }
+  Linear fresh("fc", {3, 6}, LinearOptions{4});
+  fresh.initialize(24);
+  EXPECT_EQ(tt::gradcheck(fresh, tt::random_tensor("x", {2, 3, 6}, 25)), 0);
+}
+
 TEST(Linear, ParametersAndInitialisation) {
   Linear fc("fc1", {784}, LinearOptions{256});
   ASSERT_EQ(fc.parameters().size(), 2u);
@@ -143,13 +168,16 @@ TEST(Linear, ParametersAndInitialisation) {
 
 TEST(Linear, BadArgumentsThrowExactMessages) {
   EXPECT_EQ(tt::error_of([] { Linear("fc1", {}, LinearOptions{4}); }),
-            "linear 'fc1': input shape () must be (in,) with in >= 1 (flatten first)");
+            "linear 'fc1': input shape () must be (in,) or (tokens, in) with extents >= 1 "
+            "(flatten first)");
   EXPECT_EQ(tt::error_of([] {
-              Linear("fc1", {3, 4}, LinearOptions{4});
+              Linear("fc1", {2, 3, 4}, LinearOptions{4});
             }),
-            "linear 'fc1': input shape (3, 4) must be (in,) with in >= 1 (flatten first)");
+            "linear 'fc1': input shape (2, 3, 4) must be (in,) or (tokens, in) with extents >= 1 "
+            "(flatten first)");
   EXPECT_EQ(tt::error_of([] { Linear("fc1", {0}, LinearOptions{4}); }),
-            "linear 'fc1': input shape (0,) must be (in,) with in >= 1 (flatten first)");
+            "linear 'fc1': input shape (0,) must be (in,) or (tokens, in) with extents >= 1 "
+            "(flatten first)");
   EXPECT_EQ(tt::error_of([] { Linear("fc1", {8}, LinearOptions{0}); }),
             "linear 'fc1': option out = 0 must be >= 1");
 

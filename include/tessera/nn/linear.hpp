@@ -21,7 +21,8 @@ struct LinearOptions {
   LinearSplit split = LinearSplit::none;
 };
 
-/// x: (N, in) → y: (N, out). Parameters "<name>.weight" (out, in) and "<name>.bias" (out,), both
+/// x: (N, in) → y: (N, out), or per token (N, T, in) → (N, T, out) (a transformer's layers: every
+/// token a row of the GEMM). Parameters "<name>.weight" (out, in) and "<name>.bias" (out,), both
 /// initialised U(-1/√in, 1/√in) (each rank its block, equal to the same block of the whole
 /// tensor); weight decay on the weight only.
 ///
@@ -38,7 +39,8 @@ struct LinearOptions {
 /// At T = 1 both are the whole layer.
 class Linear : public Layer {
  public:
-  /// `input` is one sample's shape, (in,); `context` the grid place and tensor communicator.
+  /// `input` is one sample's shape, (in,) or (tokens, in); `context` the grid place and tensor
+  /// communicator.
   Linear(std::string name, const Shape& input, const LinearOptions& options,
          BuildContext context = {});
 
@@ -46,7 +48,7 @@ class Linear : public Layer {
   Shape output_shape(const Shape& input) const override;
   /// none: whole in, whole out; output: whole in, split out; input: split in, whole out.
   Layout place_input(const Layout& input) override;
-  /// ctx.saved = {x (N, in)}: the weight gradient needs the input (this rank's block of it).
+  /// ctx.saved = {x (N, [T,] in)}: the weight gradient needs the input (this rank's block of it).
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
   Tensor backward(const Tensor& dy, Context&& ctx) override;
 
@@ -59,6 +61,10 @@ class Linear : public Layer {
   Parameter& bias() { return parameters()[1]; }
 
  private:
+  /// A sample of `features` features: (features,) or (tokens, features).
+  Shape sample_shape(Index features) const;
+
+  Shape m_lead;           // the sample's leading dimensions: () or (tokens,)
   Index m_in = 0;         // global
   Index m_out = 0;        // global
   Index m_local_in = 0;   // this rank's input features
