@@ -430,9 +430,63 @@ nn::OptionValue option_value(const toml::value& v, const std::string& key, const
   }
 }
 
+// One layer of a model's list at `key` ("model.layers[3]"; nested:
+// "model.layers[1].repeat.layers[0]"): a table with one layer type whose options are a table; a
+// composite type's option `layers` is itself a list of layers.
+nn::LayerSpec parse_layer(const toml::value& e, const std::string& key, const Source& src) {
+  // From the command line when an override set the list, this layer or one of its options.
+  const bool overridden = std::any_of(
+      src.overridden.begin(), src.overridden.end(),
+      [&](const std::string& o) { return key.rfind(o, 0) == 0 || o.rfind(key + ".", 0) == 0; });
+  const DeckLocation at = overridden
+                              ? DeckLocation{"command line", 0, key}
+                              : DeckLocation{src.file, static_cast<int>(e.location().line()), key};
+  if (!e.is_table() || e.as_table().size() != 1) {
+    throw input_error(
+        fmt::format("{} must be a table with one layer type, e.g. {{ relu = {{}} }}, got {}", key,
+                    show(e)),
+        at);
+  }
+  const auto& [kind, options] = *e.as_table().begin();
+  if (!options.is_table()) {
+    throw input_error(fmt::format("{}.{} must be a table of options, e.g. {{ out = 10 }}, got {}",
+                                  key, kind, show(options)),
+                      at);
+  }
+  nn::LayerSpec spec{kind, {}, at, {}};
+  for (const auto& [k, v] : options.as_table()) {
+    if (k == "layers" && v.is_array()) {  // a composite layer's children
+      const std::string list = key + "." + kind + ".layers";
+      if (v.as_array().empty()) {
+        throw input_error(fmt::format("{} must be a non-empty list of layers", list), at);
+      }
+      for (size_t j = 0; j < v.as_array().size(); ++j) {
+        spec.layers.push_back(parse_layer(v.as_array()[j], fmt::format("{}[{}]", list, j), src));
+      }
+      continue;
+    }
+    spec.options[k] = option_value(v, key + "." + kind + "." + k, at);
+  }
+  (*src.locations)[key] = at;
+  return spec;
+}
+
 void parse_model(Section& s, Deck& d, const Source& src) {
-  const std::vector<std::int64_t> input = s.integers("input", std::nullopt, 1);
-  d.model.input.assign(input.begin(), input.end());
+  const std::vector<std::int64_t> input = s.integers("input", std::vector<std::int64_t>{}, 1);
+  d.model.context = s.integer("context", 0, 0);
+  if (d.model.context > 0 && input.empty()) {
+    d.model.input = {d.model.context};  // a language model's sample: its context of tokens
+  } else if (input.empty()) {
+    throw s.missing("input");
+  } else {
+    d.model.input.assign(input.begin(), input.end());
+  }
+  if (d.model.context > 0 && d.model.input != Shape{d.model.context}) {
+    throw s.error("input", s.find("input"),
+                  fmt::format("model.input = [{}] but model.context = {}: a language model's "
+                              "sample is its context of tokens (leave input out)",
+                              fmt::join(d.model.input, ", "), d.model.context));
+  }
   const toml::value* layers = s.find("layers");
   if (layers == nullptr) {
     throw s.missing("layers");
@@ -444,35 +498,7 @@ void parse_model(Section& s, Deck& d, const Source& src) {
   }
   const auto& list = layers->as_array();
   for (size_t i = 0; i < list.size(); ++i) {
-    const std::string key = fmt::format("model.layers[{}]", i);
-    const toml::value& e = list[i];
-    // From the command line when an override set the list, this layer or one of its options.
-    const bool overridden =
-        std::any_of(src.overridden.begin(), src.overridden.end(), [&](const std::string& o) {
-          return o == "model.layers" || o == key || o.rfind(key + ".", 0) == 0;
-        });
-    DeckLocation at = overridden
-                          ? DeckLocation{"command line", 0, key}
-                          : DeckLocation{src.file, static_cast<int>(e.location().line()), key};
-    if (!e.is_table() || e.as_table().size() != 1) {
-      throw input_error(
-          fmt::format("{} must be a table with one layer type, e.g. {{ relu = {{}} }}, "
-                      "got {}",
-                      key, show(e)),
-          at);
-    }
-    const auto& [kind, options] = *e.as_table().begin();
-    if (!options.is_table()) {
-      throw input_error(fmt::format("{}.{} must be a table of options, e.g. {{ out = 10 }}, got {}",
-                                    key, kind, show(options)),
-                        at);
-    }
-    nn::LayerSpec spec{kind, {}, at};
-    for (const auto& [k, v] : options.as_table()) {
-      spec.options[k] = option_value(v, key + "." + kind + "." + k, at);
-    }
-    d.model.layers.push_back(std::move(spec));
-    (*src.locations)[key] = at;
+    d.model.layers.push_back(parse_layer(list[i], fmt::format("model.layers[{}]", i), src));
   }
   const std::string loss = s.choice("loss", std::nullopt, {"softmax_cross_entropy", "mse"});
   d.model.loss = loss == "mse" ? LossKind::mse : LossKind::softmax_cross_entropy;
@@ -737,6 +763,24 @@ std::string toml_string(const std::string& s) {
 std::string real(double x) {
   return nn::to_toml(nn::OptionValue(x));
 }
+
+// `{ kind = { options } }`, a composite's children on lines of their own under `indent`.
+std::string layer_toml(const nn::LayerSpec& l, const std::string& indent) {
+  std::vector<std::string> opts;
+  for (const auto& [k, v] : l.options) {
+    opts.push_back(k + " = " + nn::to_toml(v));
+  }
+  if (!l.layers.empty()) {
+    std::string list = "layers = [\n";
+    for (const nn::LayerSpec& c : l.layers) {
+      list += indent + "    " + layer_toml(c, indent + "    ") + ",\n";
+    }
+    opts.push_back(list + indent + "  ]");
+  }
+  return fmt::format("{{ {} = {{{}{}{}}} }}", l.kind, opts.empty() ? "" : " ", join(opts),
+                     opts.empty() ? "" : " ");
+}
+
 }  // namespace
 
 std::string to_toml(const Deck& d) {
@@ -769,14 +813,13 @@ std::string to_toml(const Deck& d) {
       "batch = {}\nshuffle = {}\ndrop_last = {}\ncache = {}\nprefetch = {}\nmicro_batches = {}\n\n",
       d.data.batch, d.data.shuffle, d.data.drop_last, d.data.cache, d.data.prefetch,
       d.data.micro_batches);
-  o += fmt::format("[model]\ninput = [{}]\nlayers = [\n", fmt::join(d.model.input, ", "));
+  o += fmt::format("[model]\ninput = [{}]\n", fmt::join(d.model.input, ", "));
+  if (d.model.context > 0) {
+    o += fmt::format("context = {}\n", d.model.context);
+  }
+  o += "layers = [\n";
   for (const nn::LayerSpec& l : d.model.layers) {
-    std::vector<std::string> opts;
-    for (const auto& [k, v] : l.options) {
-      opts.push_back(k + " = " + nn::to_toml(v));
-    }
-    o += fmt::format("  {{ {} = {{{}{}{}}} }},\n", l.kind, opts.empty() ? "" : " ", join(opts),
-                     opts.empty() ? "" : " ");
+    o += "  " + layer_toml(l, "  ") + ",\n";
   }
   o += fmt::format("]\nloss = \"{}\"\n\n", loss_name(d.model.loss));
   const OptimizerConfig& p = d.optimizer;

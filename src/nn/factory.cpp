@@ -8,6 +8,7 @@
 #include "tessera/nn/linear.hpp"
 #include "tessera/nn/norm.hpp"
 #include "tessera/nn/pooling.hpp"
+#include "tessera/nn/sequential.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -109,6 +110,9 @@ class Options {
     }
     throw error(fmt::format("option '{}' must be true or false, got {}", key, describe(*v)));
   }
+
+  /// The layer's spec (a composite's children are spec().layers).
+  const LayerSpec& spec() const { return m_spec; }
 
   /// After the builder has read what it knows: any option left is unknown.
   void reject_unread(const std::vector<std::string>& accepted) const {
@@ -212,6 +216,27 @@ Kind batchnorm() {
           }};
 }
 
+// The chain of a composite layer's children, named "<name>.<kind><j>", each built at the place
+// of `ctx` for the output of the one before it.
+std::unique_ptr<Sequential> chain_of(Options& o, const std::string& name, const Shape& in,
+                                     const BuildContext& ctx) {
+  const std::vector<LayerSpec>& children = o.spec().layers;
+  if (children.empty()) {
+    throw o.missing("layers");
+  }
+  auto chain = std::make_unique<Sequential>(name, in, ctx);
+  for (size_t j = 0; j < children.size(); ++j) {
+    const LayerSpec& c = children[j];
+    auto layer = make_layer(c, fmt::format("{}.{}{}", name, c.kind, j), chain->output_shape(), ctx);
+    try {
+      chain->add(std::move(layer));
+    } catch (const Error& e) {
+      throw input_error(e.message(), e.where().empty() ? c.where : e.where());
+    }
+  }
+  return chain;
+}
+
 const std::map<std::string, Kind>& kinds() {
   static const std::map<std::string, Kind> table = [] {
     std::map<std::string, Kind> t;
@@ -256,6 +281,27 @@ const std::map<std::string, Kind>& kinds() {
                       d.p = static_cast<float>(o.real("p", 0.5));
                       return std::make_unique<Dropout>(name, in, d);
                     }};
+    // Composites: y = x + body(x), and `times` copies of a chain one after the other (a
+    // transformer's blocks written once).
+    t["residual"] = {{"layers"},
+                     [](Options& o, const std::string& name, const Shape& in,
+                        const BuildContext& ctx) -> std::unique_ptr<Layer> {
+                       return std::make_unique<Residual>(name, in, chain_of(o, name, in, ctx), ctx);
+                     }};
+    t["repeat"] = {
+        {"times", "layers"},
+        [](Options& o, const std::string& name, const Shape& in,
+           const BuildContext& ctx) -> std::unique_ptr<Layer> {
+          const std::int64_t times = o.integer("times");
+          if (times < 1 || times > 100000) {
+            throw o.error(fmt::format("option times = {} must be in [1, 100000]", times));
+          }
+          auto all = std::make_unique<Sequential>(name, in, ctx, "repeat");
+          for (std::int64_t r = 0; r < times; ++r) {
+            all->add(chain_of(o, fmt::format("{}.{}", name, r), all->output_shape(), ctx));
+          }
+          return all;
+        }};
     t["flatten"] = {{},
                     [](Options&, const std::string& name, const Shape& in, const BuildContext&) {
                       return std::make_unique<Flatten>(name, in);

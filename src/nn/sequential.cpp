@@ -5,8 +5,9 @@
 
 namespace tessera::nn {
 
-Sequential::Sequential(std::string name, Shape input, BuildContext context)
+Sequential::Sequential(std::string name, Shape input, BuildContext context, const char* kind)
     : Layer(std::move(name), std::move(context)),
+      m_kind(kind),
       m_input(input),
       m_output(input),
       m_input_layout(Layout::replicated(input)),

@@ -17,8 +17,13 @@ using tessera::testing::random_tensor;
 
 namespace {
 LayerSpec spec(const std::string& kind, std::map<std::string, nn::OptionValue> options = {}) {
-  return LayerSpec{kind, std::move(options),
-                   DeckLocation{"inputs/cnn.toml", 14, "model.layers[3]"}};
+  return LayerSpec{
+      kind, std::move(options), DeckLocation{"inputs/cnn.toml", 14, "model.layers[3]"}, {}};
+}
+
+LayerSpec with_layers(LayerSpec s, std::vector<LayerSpec> children) {
+  s.layers = std::move(children);
+  return s;
 }
 
 std::string error_of(const LayerSpec& s, const Shape& input) {
@@ -58,13 +63,41 @@ TEST(Factory, BuildsEveryKind) {
       {spec("gelu"), image, image},
       {spec("dropout", {{"p", 0.25}}), image, image},
       {spec("flatten"), image, {192}},
+      {with_layers(spec("residual"), {spec("layernorm"), spec("gelu")}), {4, 6}, {4, 6}},
+      {with_layers(spec("repeat", {{"times", std::int64_t{3}}}),
+                   {spec("linear", {{"out", std::int64_t{6}}}), spec("tanh")}),
+       {4, 6},
+       {4, 6}},
   };
   for (const Case& c : cases) {
     const auto layer = nn::make_layer(c.s, "l", c.in);
     EXPECT_EQ(layer->kind(), c.s.kind);
     EXPECT_EQ(layer->output_shape(c.in), c.out) << c.s.kind;
   }
-  EXPECT_EQ(nn::layer_kinds().size(), 18U);
+  EXPECT_EQ(nn::layer_kinds().size(), 20U);
+}
+
+TEST(Factory, CompositesNameTheirChildrenAndRepeat) {
+  // repeat = { times = 2, layers = [ { residual = { layers = [ layernorm, linear ] } } ] }: two
+  // copies of the block, each a chain of its own, every parameter named along the path.
+  const LayerSpec block = with_layers(
+      spec("residual"), {spec("layernorm"), spec("linear", {{"out", std::int64_t{6}}})});
+  const auto layer = nn::make_layer(
+      with_layers(spec("repeat", {{"times", std::int64_t{2}}}), {block}), "repeat2", {4, 6});
+  std::vector<std::string> names;
+  for (const nn::Parameter* p : layer->all_parameters()) {
+    names.push_back(p->name);
+  }
+  EXPECT_EQ(names,
+            (std::vector<std::string>{
+                "repeat2.0.residual0.layernorm0.weight", "repeat2.0.residual0.layernorm0.bias",
+                "repeat2.0.residual0.linear1.weight", "repeat2.0.residual0.linear1.bias",
+                "repeat2.1.residual0.layernorm0.weight", "repeat2.1.residual0.layernorm0.bias",
+                "repeat2.1.residual0.linear1.weight", "repeat2.1.residual0.linear1.bias"}));
+  layer->initialize(5);
+  EXPECT_EQ(gradcheck(*layer, random_tensor("x", {2, 4, 6}, 6)), 0);
+  EXPECT_EQ(error_of(spec("residual"), {4, 6}),
+            "inputs/cnn.toml:14: residual 'l3': option 'layers' is required");
 }
 
 TEST(Factory, MistakesNameTheLayerTheOptionAndTheDeckLine) {
@@ -72,7 +105,7 @@ TEST(Factory, MistakesNameTheLayerTheOptionAndTheDeckLine) {
             "inputs/cnn.toml:14: unknown layer type 'conv2' (did you mean 'conv2d'?); known types: "
             "avgpool2d, avgpool3d, batchnorm2d, batchnorm3d, conv2d, conv3d, dropout, flatten, "
             "gelu, global_avgpool, layernorm, leaky_relu, linear, maxpool2d, maxpool3d, relu, "
-            "sigmoid, tanh");
+            "repeat, residual, sigmoid, tanh");
   EXPECT_EQ(error_of(spec("conv2d", {{"out", std::int64_t{8}}, {"kernal", std::int64_t{3}}}),
                      {1, 28, 28}),
             "inputs/cnn.toml:14: conv2d 'l3': unknown option 'kernal' (did you mean 'kernel'?)");

@@ -56,7 +56,8 @@ enum class LossKind { softmax_cross_entropy, mse };
 const char* loss_name(LossKind loss);
 
 struct ModelConfig {
-  Shape input;                        ///< one sample, (C, H, W) or (features,)
+  Shape input;                        ///< one sample, (C, H, W), (features,) or (context,)
+  Index context = 0;                  ///< language models: tokens per sample (0: not one)
   std::vector<nn::LayerSpec> layers;  ///< in order; where = the layer's line and key
   LossKind loss = LossKind::softmax_cross_entropy;
 };

@@ -23,6 +23,8 @@ struct LayerSpec {
   std::string kind;                            ///< "conv2d"
   std::map<std::string, OptionValue> options;  ///< {"out": 32, "kernel": 3}
   DeckLocation where;                          ///< deck file, line, key ("model.layers[3]")
+  /// A composite layer's children (`residual`, `repeat`): its option `layers`, in order.
+  std::vector<LayerSpec> layers;
 };
 
 /// `v` as TOML writes it: 3, 0.5 (a float always with a point), true, "relu", [3, 3].

@@ -15,7 +15,8 @@ class Sequential final : public Layer {
  public:
   /// An empty chain taking whole samples of shape `input`; `context` gives the place that turns
   /// its layers' layouts into the local shapes forward() checks.
-  Sequential(std::string name, Shape input, BuildContext context = {});
+  Sequential(std::string name, Shape input, BuildContext context = {},
+             const char* kind = "sequential");
 
   /// Appends `layer`, whose input must be the chain's current output shape. Returns it.
   Layer& add(std::unique_ptr<Layer> layer);
@@ -28,7 +29,8 @@ class Sequential final : public Layer {
     return ref;
   }
 
-  const char* kind() const override { return "sequential"; }
+  /// "sequential", or the deck's name of the composite it makes ("repeat").
+  const char* kind() const override { return m_kind; }
   Shape output_shape(const Shape& input) const override;
   /// Places every layer in turn (they were placed on a whole input when added).
   Layout place_input(const Layout& input) override;
@@ -54,6 +56,7 @@ class Sequential final : public Layer {
 
  private:
   void update_input_grad_flags();
+  const char* m_kind;
   Shape m_input;
   Shape m_output;
   Layout m_input_layout;
