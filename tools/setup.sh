@@ -38,6 +38,7 @@ packages=(
   libgtest-dev googletest libbenchmark-dev
   zlib1g-dev
   dataset-fashion-mnist   # the real dataset the tests import and the decks train on
+  bible-kjv               # the King James Bible as text (`bible`): tessera-data import kjv
 )
 # Opt-in: the Slurm daemons and client commands and munge, which tools/slurm_local.sh runs as
 # the current user from a temporary folder (nothing is configured system-wide; where systemd runs,

@@ -33,13 +33,125 @@ void scale_shift(const float* __restrict from, float* __restrict to, size_t n, f
     to[i] = from[i] * scale - shift;
   }
 }
-}  // namespace
 
-const char* task_name(Task task) {
-  return task == Task::classification ? "classification" : "regression";
+// One window of a token stream: inputs from[0, T) as floats, targets from[1, T + 1) as ids.
+template <typename T>
+void copy_window(const T* from, Index context, float* inputs, std::int32_t* targets) {
+  for (Index j = 0; j < context; ++j) {
+    inputs[j] = static_cast<float>(from[j]);
+    targets[j] = static_cast<std::int32_t>(from[j + 1]);
+  }
 }
 
-SplitInfo inspect_split(const std::string& file, const std::string& split) {
+// The token stream of a language-modeling split as stored: bytes (uint8) or ids (int32).
+struct TokenStream {
+  std::vector<std::uint8_t> bytes;
+  std::vector<std::int32_t> ids;
+};
+
+Error split_error(const SplitInfo& info, const std::string& what) {
+  return input_error(fmt::format("{}:{}: {}", info.file, info.split, what));
+}
+
+// The first token of `stream` outside [0, vocab), as (position, value), or position -1.
+template <typename T>
+std::pair<Index, std::int64_t> token_outside(const std::vector<T>& stream, Index vocab) {
+  for (size_t i = 0; i < stream.size(); ++i) {
+    const auto v = static_cast<std::int64_t>(stream[i]);
+    if (v < 0 || v >= vocab) {
+      return {static_cast<Index>(i), v};
+    }
+  }
+  return {-1, 0};
+}
+
+// Validates the token stream of language-modeling split `g` and fills info's token fields. The
+// stream is read (it is small) to check every id against @vocab, and kept in `keep` when given.
+void inspect_tokens(const Group& g, SplitInfo& info, TokenStream* keep) {
+  auto fail = [&](const std::string& what) { return split_error(info, what); };
+  info.task = Task::language_modeling;
+  if (!g.has("tokens")) {
+    throw fail("dataset 'tokens' is missing");
+  }
+  const Dataset tokens = g.open_dataset("tokens");
+  const std::vector<hsize_t> shape = tokens.shape();
+  if (shape.size() != 1) {
+    throw fail(fmt::format("tokens has rank {}, expected (N,) token ids", shape.size()));
+  }
+  const auto type = tokens.element_type();
+  if (!type || (*type != ElementType::u8 && *type != ElementType::i32)) {
+    throw fail("tokens must be uint8 or int32 token ids");
+  }
+  info.x_type = *type;
+  info.tokens = static_cast<Index>(shape[0]);
+  if (info.tokens < 2) {
+    throw fail(fmt::format("tokens holds {} token(s), a language_modeling split needs at least 2",
+                           info.tokens));
+  }
+  const Attributes attrs = g.attributes();
+  if (!attrs.has("vocab")) {
+    throw fail("attribute 'vocab' is missing (the vocabulary size: token ids are in [0, vocab))");
+  }
+  double vocab = 0.0;
+  try {
+    vocab = attrs.get_double("vocab");
+  } catch (const Error&) {
+    throw fail("attribute vocab must be one integer in [1, 2^31)");
+  }
+  if (!(vocab >= 1.0 && vocab < 2147483648.0 && vocab == std::floor(vocab))) {
+    throw fail(fmt::format("vocab = {} must be an integer in [1, 2^31)", vocab));
+  }
+  info.vocab = static_cast<Index>(vocab);
+  if (attrs.has("tokenizer")) {
+    info.tokenizer = attrs.get_string("tokenizer");
+  }
+  TokenStream local;
+  TokenStream& stream = keep != nullptr ? *keep : local;
+  std::pair<Index, std::int64_t> outside{-1, 0};
+  if (info.x_type == ElementType::u8) {
+    stream.bytes.resize(static_cast<size_t>(info.tokens));
+    tokens.read_all(ElementType::u8, stream.bytes.data());
+    if (info.vocab < 256) {
+      outside = token_outside(stream.bytes, info.vocab);
+    }
+  } else {
+    stream.ids.resize(static_cast<size_t>(info.tokens));
+    tokens.read_all(ElementType::i32, stream.ids.data());
+    outside = token_outside(stream.ids, info.vocab);
+  }
+  if (outside.first >= 0) {
+    throw fail(fmt::format("tokens[{}] = {} is outside [0, vocab = {})", outside.first,
+                           outside.second, info.vocab));
+  }
+}
+
+// The reader's options against a language-modeling split: a context that fits the stream.
+void check_context(const SplitInfo& info, const ReaderOptions& options) {
+  const Index context = options.context;
+  if (context < 1) {
+    throw split_error(
+        info,
+        fmt::format(
+            "a language_modeling split needs a context (input tokens per window) >= 1, got {}",
+            context));
+  }
+  if (info.tokens < context + 1) {
+    throw split_error(info, fmt::format("{} tokens are too few for context {} (a window is {} "
+                                        "tokens)",
+                                        info.tokens, context, context + 1));
+  }
+  if (options.box) {
+    throw split_error(info, "a spatial sub-box does not apply to a language_modeling split");
+  }
+  if (info.vocab > (Index{1} << 24)) {
+    throw split_error(info, fmt::format("vocab = {} is above 2^24: its token ids are not exact in "
+                                        "the float32 inputs",
+                                        info.vocab));
+  }
+}
+
+// inspect_split(), keeping a language-modeling split's token stream in `keep` when given.
+SplitInfo inspect(const std::string& file, const std::string& split, TokenStream* keep) {
   auto fail = [&](const std::string& what) -> Error {
     return input_error(fmt::format("{}:{}: {}", file, split, what));
   };
@@ -80,6 +192,16 @@ SplitInfo inspect_split(const std::string& file, const std::string& split) {
       }() + ")");
     }
     const Group g = root.open_group(group);
+    const Attributes attrs = g.attributes();
+    const std::string task = attrs.has("task") ? attrs.get_string("task") : "classification";
+    if (task == "language_modeling") {
+      inspect_tokens(g, info, keep);
+      return info;
+    }
+    if (task != "classification" && task != "regression") {
+      throw fail(fmt::format("task = \"{}\" is not classification, regression or language_modeling",
+                             task));
+    }
     for (const char* name : {"x", "y"}) {
       if (!g.has(name)) {
         throw fail(fmt::format("dataset '{}' is missing", name));
@@ -103,8 +225,6 @@ SplitInfo inspect_split(const std::string& file, const std::string& split) {
       throw fail(fmt::format("x holds {} samples but y holds {}", xs[0], ys.empty() ? 0 : ys[0]));
     }
     const auto yt = y.element_type();
-    const Attributes attrs = g.attributes();
-    const std::string task = attrs.has("task") ? attrs.get_string("task") : "classification";
     if (task == "classification") {
       info.task = Task::classification;
       if (ys.size() != 1 || yt != ElementType::i32) {
@@ -113,14 +233,12 @@ SplitInfo inspect_split(const std::string& file, const std::string& split) {
       if (attrs.has("classes")) {
         info.classes = attrs.get_strings("classes");
       }
-    } else if (task == "regression") {
+    } else {
       info.task = Task::regression;
       if (ys.size() != 2 || yt != ElementType::f32) {
         throw fail("a regression split needs y as (N, T) float32 targets");
       }
       info.targets = static_cast<Index>(ys[1]);
-    } else {
-      throw fail(fmt::format("task = \"{}\" is not classification or regression", task));
     }
     const auto channels = static_cast<size_t>(xs[1]);
     info.scale = attrs.has("scale") ? attrs.get_double("scale") : 1.0;
@@ -139,6 +257,23 @@ SplitInfo inspect_split(const std::string& file, const std::string& split) {
     throw input_error(e.message());
   }
   return info;
+}
+}  // namespace
+
+const char* task_name(Task task) {
+  switch (task) {
+    case Task::classification:
+      return "classification";
+    case Task::regression:
+      return "regression";
+    case Task::language_modeling:
+      return "language_modeling";
+  }
+  return "unknown";
+}
+
+SplitInfo inspect_split(const std::string& file, const std::string& split) {
+  return inspect(file, split, nullptr);
 }
 
 std::vector<std::int64_t> epoch_permutation(Index n, std::uint64_t seed, std::int64_t epoch,
@@ -159,10 +294,32 @@ std::vector<std::int64_t> epoch_permutation(Index n, std::uint64_t seed, std::in
   return perm;
 }
 
+Index token_windows(Index tokens, Index context) {
+  TESSERA_CHECK(context >= 1, "context = {} must be >= 1", context);
+  return tokens > 0 ? (tokens - 1) / context : 0;
+}
+
+std::int64_t window_start(Index tokens, Index context, std::uint64_t seed, std::int64_t epoch,
+                          std::int64_t window, bool shuffle) {
+  TESSERA_CHECK(context >= 1 && tokens > context, "no window of context {} in {} tokens", context,
+                tokens);
+  if (!shuffle) {
+    return window * context;  // the windows tile the stream in order
+  }
+  // An integer draw from 64 random bits, so that the starts of a long stream are uniform (the
+  // modulo's bias is below starts / 2^64).
+  const auto starts = static_cast<std::uint64_t>(tokens - context);  // 0 .. tokens − context − 1
+  const rng::CounterRng gen(seed, rng::hash_name("tokens") + static_cast<std::uint64_t>(epoch));
+  const rng::Philox4x32 r = gen.bits(static_cast<std::uint64_t>(window));
+  const std::uint64_t bits = (static_cast<std::uint64_t>(r.v[0]) << 32) | r.v[1];
+  return static_cast<std::int64_t>(bits % starts);
+}
+
 DatasetReader::DatasetReader(const std::string& spec, const ReaderOptions& options)
     : m_options(options) {
   const auto [file, split] = split_file_spec(spec);
-  m_info = inspect_split(file, split);
+  TokenStream stream;
+  m_info = inspect(file, split, &stream);
   auto bad = [&](const std::string& what) {
     return input_error(fmt::format("{}:{}: {}", file, split, what));
   };
@@ -172,6 +329,19 @@ DatasetReader::DatasetReader(const std::string& spec, const ReaderOptions& optio
   if (options.data_size < 1 || options.data_rank < 0 || options.data_rank >= options.data_size) {
     throw bad(fmt::format("data rank {} of {} is not a place on the data axis", options.data_rank,
                           options.data_size));
+  }
+  const bool tokens = m_info.task == Task::language_modeling;
+  if (tokens) {
+    // Windows of context + 1 tokens from the stream that inspect() read (it is small, and held in
+    // memory whole: `cache` changes nothing here).
+    check_context(m_info, options);
+    m_info.samples = token_windows(m_info.tokens, options.context);
+    m_info.sample_shape = {options.context};
+    m_token_bytes = std::move(stream.bytes);
+    m_token_ids = std::move(stream.ids);
+  } else if (options.context != 0) {
+    throw bad(fmt::format("context = {} is for language_modeling splits; this one is {}",
+                          options.context, task_name(m_info.task)));
   }
   m_sample_shape = m_info.sample_shape;
   if (options.box) {
@@ -191,35 +361,50 @@ DatasetReader::DatasetReader(const std::string& spec, const ReaderOptions& optio
     }
   }
   if (options.expect_sample_shape && *options.expect_sample_shape != m_sample_shape) {
-    throw bad(fmt::format("samples are {} but the model takes {}", to_string(m_sample_shape),
-                          to_string(*options.expect_sample_shape)));
+    throw bad(fmt::format(
+        "{} are {} but the model takes {}",
+        tokens ? fmt::format("windows of context {}", options.context) : std::string("samples"),
+        to_string(m_sample_shape), to_string(*options.expect_sample_shape)));
   }
+  if (batches_per_epoch() == 0) {
+    throw bad(m_info.samples == 0
+                  ? std::string("the split holds no samples")
+                  : fmt::format("batch = {} with drop_last leaves no batch of the {} {}",
+                                options.batch, m_info.samples, tokens ? "windows" : "samples"));
+  }
+  if (!tokens) {
+    open_samples(file, split);
+  }
+  start_worker();
+}
+
+void DatasetReader::open_samples(const std::string& file, const std::string& split) {
   m_file = std::make_unique<File>(File::open_serial(file));
   const Group g = m_file->root().open_group(split.substr(1));
   m_x = std::make_unique<Dataset>(g.open_dataset("x"));
   m_y = std::make_unique<Dataset>(g.open_dataset("y"));
-  if (options.cache) {
-    // Keep the whole split (this sub-box of it) in memory: bytes as they are stored (a quarter of
-    // the memory, and of what a batch reads from it), any other type as float32.
-    const Index per = numel(m_sample_shape);
-    const auto x_elements = static_cast<size_t>(m_info.samples * per);
-    const bool bytes = m_info.x_type == ElementType::u8;
-    m_cache = std::make_unique<CacheMemory>(x_elements * (bytes ? 1 : sizeof(float)));
-    m_cache_y.resize(static_cast<size_t>(m_info.samples * m_info.targets));
-    std::vector<hsize_t> off(m_info.sample_shape.size() + 1, 0);
-    std::vector<hsize_t> cnt{static_cast<hsize_t>(m_info.samples)};
-    for (Index e : m_sample_shape) {
-      cnt.push_back(static_cast<hsize_t>(e));
-    }
-    if (options.box) {
-      for (size_t d = 0; d < options.box->offset.size(); ++d) {
-        off[d + 2] = static_cast<hsize_t>(options.box->offset[d]);
-      }
-    }
-    m_x->read({off, cnt}, bytes ? ElementType::u8 : ElementType::f32, m_cache->data);
-    m_y->read_all(ElementType::f32, m_cache_y.data());
+  if (!m_options.cache) {
+    return;
   }
-  start_worker();
+  // Keep the whole split (this sub-box of it) in memory: bytes as they are stored (a quarter of
+  // the memory, and of what a batch reads from it), any other type as float32.
+  const Index per = numel(m_sample_shape);
+  const auto x_elements = static_cast<size_t>(m_info.samples * per);
+  const bool bytes = m_info.x_type == ElementType::u8;
+  m_cache = std::make_unique<CacheMemory>(x_elements * (bytes ? 1 : sizeof(float)));
+  m_cache_y.resize(static_cast<size_t>(m_info.samples * m_info.targets));
+  std::vector<hsize_t> off(m_info.sample_shape.size() + 1, 0);
+  std::vector<hsize_t> cnt{static_cast<hsize_t>(m_info.samples)};
+  for (Index e : m_sample_shape) {
+    cnt.push_back(static_cast<hsize_t>(e));
+  }
+  if (m_options.box) {
+    for (size_t d = 0; d < m_options.box->offset.size(); ++d) {
+      off[d + 2] = static_cast<hsize_t>(m_options.box->offset[d]);
+    }
+  }
+  m_x->read({off, cnt}, bytes ? ElementType::u8 : ElementType::f32, m_cache->data);
+  m_y->read_all(ElementType::f32, m_cache_y.data());
 }
 
 DatasetReader::CacheMemory::CacheMemory(size_t size) : bytes(std::max<size_t>(size, 1)) {
@@ -275,7 +460,38 @@ Range DatasetReader::rank_block(const Cursor& c) const {
   return block_range(global, m_options.data_size, m_options.data_rank);
 }
 
+DatasetReader::RawBatch DatasetReader::read_windows(const Cursor& c, float* x) {
+  const Index context = m_options.context;
+  const Index first = c.batch * m_options.batch;
+  const Range mine = rank_block(c);
+  RawBatch out;
+  out.cursor = c;
+  out.global_size = std::min(m_options.batch, m_info.samples - first);
+  out.offset = mine.offset;
+  out.ids.resize(static_cast<size_t>(mine.count));
+  std::iota(out.ids.begin(), out.ids.end(), first + mine.offset);
+  const auto per = static_cast<size_t>(context);
+  if (x == nullptr) {
+    out.x.reset(new float[out.ids.size() * per]);  // every element written below
+    x = out.x.get();
+  }
+  out.labels.resize(out.ids.size() * per);
+  for (size_t k = 0; k < out.ids.size(); ++k) {
+    const auto start = static_cast<size_t>(window_start(m_info.tokens, context, m_options.seed,
+                                                        c.epoch, out.ids[k], m_options.shuffle));
+    if (m_info.x_type == ElementType::u8) {
+      copy_window(m_token_bytes.data() + start, context, x + k * per, out.labels.data() + k * per);
+    } else {
+      copy_window(m_token_ids.data() + start, context, x + k * per, out.labels.data() + k * per);
+    }
+  }
+  return out;
+}
+
 DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c, float* x) {
+  if (m_info.task == Task::language_modeling) {
+    return read_windows(c, x);
+  }
   const std::vector<std::int64_t>& perm = permutation(c.epoch);
   const Index first = c.batch * m_options.batch;
   const Range mine = rank_block(c);
@@ -519,6 +735,11 @@ Batch DatasetReader::next() {
     for (Index i = 0; i < n; ++i) {
       host(static_cast<size_t>(i)) = static_cast<std::int32_t>(raw.y[static_cast<size_t>(i)]);
     }
+    Kokkos::deep_copy(b.labels, host);
+  } else if (m_info.task == Task::language_modeling) {
+    b.labels = IntView("Batch::labels", raw.labels.size());
+    const auto host = Kokkos::create_mirror_view(b.labels);
+    std::copy(raw.labels.begin(), raw.labels.end(), host.data());
     Kokkos::deep_copy(b.labels, host);
   } else {
     b.targets = Tensor::from_host("Batch::targets", {n, m_info.targets}, raw.y);

@@ -13,13 +13,20 @@
 #include <fcntl.h>
 #include <fmt/ranges.h>
 #include <mpi.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <limits>
+#include <memory>
+#include <set>
 
 namespace tessera::data {
 namespace {
@@ -135,6 +142,315 @@ void import_fashion_mnist(const ImportOptions& o) {
         "std %.4f)\n",
         o.output.c_str(), splits[0].x.dims[0], splits[1].x.dims[0], mean, stddev);
   });
+}
+
+namespace {
+
+// Chunks of the token datasets: 1 MiB (or the whole stream when it is shorter).
+constexpr hsize_t kTokenChunk = hsize_t{1} << 20;
+
+// A byte-level token stream's two splits.
+struct TokenSplits {
+  std::vector<std::uint8_t> train, validation;
+};
+
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+
+// The bytes of `files`, concatenated in order. `who` names the command in messages.
+std::vector<std::uint8_t> read_files(const std::vector<std::string>& files,
+                                     const std::string& who) {
+  std::vector<std::uint8_t> bytes;
+  for (const std::string& path : files) {
+    auto bad = [&](const std::string& what) {
+      return input_error(fmt::format("{}: {}: {}", who, path, what));
+    };
+    std::error_code ec;
+    const auto status = std::filesystem::status(path, ec);
+    if (status.type() == std::filesystem::file_type::not_found) {
+      throw bad("no such file");
+    }
+    if (ec) {
+      throw bad(fmt::format("cannot open ({})", ec.message()));
+    }
+    if (std::filesystem::is_directory(status)) {
+      throw bad("is a directory, not a text file");
+    }
+    const std::unique_ptr<std::FILE, FileCloser> f(std::fopen(path.c_str(), "rb"));
+    if (!f) {
+      throw bad(fmt::format("cannot open ({})", std::strerror(errno)));
+    }
+    std::vector<std::uint8_t> buffer(size_t{1} << 20);
+    size_t got = 0;
+    while ((got = std::fread(buffer.data(), 1, buffer.size(), f.get())) > 0) {
+      bytes.insert(bytes.end(), buffer.begin(), buffer.begin() + static_cast<std::ptrdiff_t>(got));
+    }
+    if (std::ferror(f.get()) != 0) {
+      throw bad(fmt::format("cannot read ({})", std::strerror(errno)));
+    }
+  }
+  return bytes;
+}
+
+// Block i of the text goes to validation iff floor((i+1)·f) > floor(i·f): every 1/f-th block,
+// spread over the text, the same for the same f.
+bool validation_block(std::uint64_t block, double fraction) {
+  const auto i = static_cast<double>(block);
+  return std::floor((i + 1.0) * fraction) > std::floor(i * fraction);
+}
+
+// The first block validation takes at fraction f > 0: about 1/f − 1, settled by the rule itself.
+double first_validation_block(double fraction) {
+  double block = std::max(0.0, std::ceil(1.0 / fraction) - 3.0);
+  while (block < 9e15 && !validation_block(static_cast<std::uint64_t>(block), fraction)) {
+    block += 1.0;
+  }
+  return block;
+}
+
+// Deals `text`'s blocks to the two splits and checks that each split written holds 2 tokens.
+TokenSplits split_blocks(const std::vector<std::uint8_t>& text, double fraction,
+                         const std::string& who) {
+  TokenSplits s;
+  const std::uint64_t blocks = (text.size() + kTextBlockBytes - 1) / kTextBlockBytes;
+  for (std::uint64_t b = 0; b < blocks; ++b) {
+    const auto begin = text.begin() + static_cast<std::ptrdiff_t>(b * kTextBlockBytes);
+    const auto end = text.begin() + static_cast<std::ptrdiff_t>(std::min<std::uint64_t>(
+                                        (b + 1) * kTextBlockBytes, text.size()));
+    std::vector<std::uint8_t>& to = validation_block(b, fraction) ? s.validation : s.train;
+    to.insert(to.end(), begin, end);
+  }
+  if (fraction > 0.0 && s.validation.empty()) {
+    throw input_error(fmt::format(
+        "{}: --validation {} leaves the validation split empty: its first block is block {:.15g} "
+        "(from byte {:.15g}), but the text has {} bytes; give more text or a larger --validation",
+        who, fraction, first_validation_block(fraction),
+        first_validation_block(fraction) * static_cast<double>(kTextBlockBytes), text.size()));
+  }
+  for (const auto& [name, tokens] :
+       {std::pair<const char*, const std::vector<std::uint8_t>*>{"train", &s.train},
+        {"validation", &s.validation}}) {
+    if ((!tokens->empty() || std::strcmp(name, "train") == 0) && tokens->size() < 2) {
+      throw input_error(
+          fmt::format("{}: the {} split would hold {} token(s), fewer than the 2 a split needs "
+                      "(text of {} byte(s), blocks of {}, --validation {})",
+                      who, name, tokens->size(), text.size(), kTextBlockBytes, fraction));
+    }
+  }
+  return s;
+}
+
+// Writes the splits (vocab 256, tokenizer "bytes") to `output` via its partial name.
+void write_token_file(const std::string& output, const TokenSplits& s, const std::string& source,
+                      const std::string& licence) {
+  make_parent_dir(output);
+  const std::string tmp = partial_name(output);
+  {
+    io::File f = io::File::create(tmp, MPI_COMM_SELF);
+    {
+      const io::Group r = f.root();
+      write_root_attributes(r, source, licence);
+      for (const auto& [name, tokens] :
+           {std::pair<const char*, const std::vector<std::uint8_t>*>{"train", &s.train},
+            {"validation", &s.validation}}) {
+        if (tokens->empty()) {
+          continue;  // no validation split (--validation 0)
+        }
+        const io::Group g = r.create_group(name);
+        const auto n = static_cast<hsize_t>(tokens->size());
+        const io::Dataset d =
+            g.create_dataset("tokens", io::ElementType::u8, {n}, {std::min(n, kTokenChunk)});
+        d.write({{0}, {n}}, io::ElementType::u8, tokens->data(), false);
+        const io::Attributes a = g.attributes();
+        a.set("task", std::string("language_modeling"));
+        a.set("vocab", std::int64_t{256});
+        a.set("tokenizer", std::string("bytes"));
+      }
+    }
+    f.close();
+  }
+  std::filesystem::rename(tmp, output);
+}
+
+// Checks --validation (every rank: it is the command line), then on rank 0 gets the text from
+// `read`, splits it, writes `output` and prints one line.
+void import_bytes(const std::string& who, double fraction, const std::string& output,
+                  const std::function<std::vector<std::uint8_t>()>& read,
+                  const std::function<std::string()>& source, const std::string& licence) {
+  TokenSplits s;
+  comm::agree(MPI_COMM_WORLD, [&] {
+    if (!(fraction >= 0.0 && fraction <= 0.5)) {
+      throw input_error(fmt::format("{}: --validation {} must be in [0, 0.5]", who, fraction));
+    }
+    if (rank_of(MPI_COMM_WORLD) != 0) {
+      return;
+    }
+    s = split_blocks(read(), fraction, who);
+    write_token_file(output, s, source(), licence);
+  });
+  if (rank_of(MPI_COMM_WORLD) == 0) {
+    if (s.validation.empty()) {
+      std::printf(
+          "tessera-data: wrote %s: train %zu tokens, no validation split (vocab 256, "
+          "bytes)\n",
+          output.c_str(), s.train.size());
+    } else {
+      std::printf("tessera-data: wrote %s: train %zu, validation %zu tokens (vocab 256, bytes)\n",
+                  output.c_str(), s.train.size(), s.validation.size());
+    }
+  }
+}
+
+// The path of executable `name` on PATH, or "" when there is none.
+std::string find_program(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::string dirs = path != nullptr ? path : "";
+  size_t begin = 0;
+  for (;;) {
+    const size_t end = dirs.find(':', begin);
+    std::string dir =
+        dirs.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+    const std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(candidate, ec) && ::access(candidate.c_str(), X_OK) == 0) {
+      return candidate;
+    }
+    if (end == std::string::npos) {
+      return "";
+    }
+    begin = end + 1;
+  }
+}
+
+// Runs `argv` (argv[0] a path) with stdin from /dev/null and COLUMNS=80 in its environment, and
+// returns what it writes to stdout. Throws naming `what` when it cannot run or fails.
+std::vector<std::uint8_t> program_output(const std::vector<std::string>& argv,
+                                         const std::string& what) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    throw Error(fmt::format("{}: pipe: {}", what, std::strerror(errno)));
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  std::vector<char*> args;
+  for (const std::string& a : argv) {
+    args.push_back(const_cast<char*>(a.c_str()));
+  }
+  args.push_back(nullptr);
+  // bible breaks lines at COLUMNS − 1: fix it, so the text does not depend on the terminal.
+  std::vector<std::string> env_strings{"COLUMNS=80"};
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "COLUMNS=", 8) != 0) {
+      env_strings.emplace_back(*e);
+    }
+  }
+  std::vector<char*> env;
+  for (std::string& e : env_strings) {
+    env.push_back(e.data());
+  }
+  env.push_back(nullptr);
+  pid_t pid = 0;
+  const int spawned =
+      posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, args.data(), env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(fds[1]);
+  std::vector<std::uint8_t> out;
+  if (spawned == 0) {
+    std::vector<std::uint8_t> buffer(size_t{1} << 16);
+    for (;;) {
+      const ssize_t n = ::read(fds[0], buffer.data(), buffer.size());
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n <= 0) {
+        break;
+      }
+      out.insert(out.end(), buffer.begin(), buffer.begin() + n);
+    }
+  }
+  ::close(fds[0]);
+  if (spawned != 0) {
+    throw Error(fmt::format("{}: cannot run {}: {}", what, argv[0], std::strerror(spawned)));
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    throw Error(fmt::format("{}: `{}` failed ({} {})", what, fmt::join(argv, " "),
+                            WIFEXITED(status) ? "exit status" : "signal",
+                            WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status)));
+  }
+  return out;
+}
+
+std::string joined(const std::vector<std::string>& v) {
+  return fmt::format("{}", fmt::join(v, ", "));
+}
+
+}  // namespace
+
+void import_text(const TextImportOptions& o) {
+  const std::string who = "tessera-data import text";
+  import_bytes(
+      who, o.validation, o.output,
+      [&] {
+        std::vector<std::uint8_t> text = read_files(o.files, who);
+        if (text.empty()) {
+          throw input_error(
+              fmt::format("{}: {}: the input is empty (0 bytes)", who, joined(o.files)));
+        }
+        return text;
+      },
+      [&] {
+        return fmt::format(
+            "text files {} (tessera-data import text: {}-byte blocks, validation "
+            "fraction {})",
+            joined(o.files), kTextBlockBytes, o.validation);
+      },
+      "unspecified (that of the text files)");
+}
+
+void import_kjv(const KjvImportOptions& o) {
+  const std::string who = "tessera-data import kjv";
+  const std::vector<std::string> args{"Gen1:1-Rev22:21"};
+  std::string version;
+  import_bytes(
+      who, o.validation, o.output,
+      [&] {
+        const std::string bible = find_program("bible");
+        if (bible.empty()) {
+          throw input_error(who +
+                            ": the `bible` program is not installed (apt-get install bible-kjv; "
+                            "tools/setup.sh installs it)");
+        }
+        std::vector<std::uint8_t> text = program_output({bible, args[0]}, who);
+        if (text.empty()) {
+          throw input_error(fmt::format("{}: `bible {}` printed nothing", who, args[0]));
+        }
+        // The package's version, for the record (none when bible did not come from Debian).
+        const std::string dpkg = find_program("dpkg-query");
+        if (!dpkg.empty()) {
+          try {
+            const auto v = program_output({dpkg, "-W", "-f=${Version}", "bible-kjv"}, who);
+            version.assign(v.begin(), v.end());
+          } catch (const Error&) {
+            version.clear();
+          }
+        }
+        return text;
+      },
+      [&] {
+        return fmt::format(
+            "King James Version of the Bible, from Debian's bible-kjv{}: the output of `bible {}` "
+            "(COLUMNS=80) as printed (tessera-data import kjv: {}-byte blocks, validation "
+            "fraction {})",
+            version.empty() ? std::string() : " " + version, args[0], kTextBlockBytes,
+            o.validation);
+      },
+      "public domain");
 }
 
 double generate_gray_scott(const GenOptions& o) {
@@ -331,6 +647,18 @@ void print_statistics(const io::Group& g, const std::string& file) {
   }
 }
 
+// A token split: how many tokens, of which vocabulary, and how many distinct ids occur.
+void print_token_statistics(const io::Group& g, const std::string& file) {
+  const io::SplitInfo info = io::inspect_split(file, g.path());
+  std::vector<std::int32_t> tokens(static_cast<size_t>(info.tokens));
+  g.open_dataset("tokens").read_all(io::ElementType::i32, tokens.data());
+  const std::set<std::int32_t> distinct(tokens.begin(), tokens.end());
+  const std::string tokenizer = info.tokenizer.empty() ? "" : " (" + info.tokenizer + ")";
+  std::printf("    tokens: %lld of vocab %lld%s, %zu distinct ids in [%d, %d]\n",
+              static_cast<long long>(info.tokens), static_cast<long long>(info.vocab),
+              tokenizer.c_str(), distinct.size(), *distinct.begin(), *distinct.rbegin());
+}
+
 void list_group(const io::Group& g, const std::string& file, bool statistics, int depth) {
   const std::string indent(static_cast<size_t>(2 * depth), ' ');
   print_attributes(g.attributes(), indent + "  ");
@@ -341,6 +669,8 @@ void list_group(const io::Group& g, const std::string& file, bool statistics, in
       list_group(child, file, false, depth + 1);
       if (statistics && child.has("x") && child.has("y")) {
         print_statistics(child, file);
+      } else if (statistics && child.has("tokens")) {
+        print_token_statistics(child, file);
       }
     } else {
       const io::Dataset d = g.open_dataset(m);

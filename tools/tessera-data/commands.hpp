@@ -1,7 +1,9 @@
 #pragma once
 // The sub-commands of tessera-data. Each is called on every rank of MPI_COMM_WORLD.
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tessera::data {
 
@@ -11,6 +13,27 @@ struct ImportOptions {
 };
 /// Fashion-MNIST IDX files → train/test splits. Rank 0 does the work; all ranks agree on errors.
 void import_fashion_mnist(const ImportOptions& options);
+
+/// Text is cut into blocks of this many bytes before the blocks are dealt to train and validation.
+inline constexpr std::size_t kTextBlockBytes = 65536;
+
+struct TextImportOptions {
+  std::vector<std::string> files;  ///< concatenated in this order
+  std::string output;
+  double validation = 0.05;  ///< fraction of the blocks held out, in [0, 0.5]
+};
+/// Text files → byte-level token streams (docs/dataset-format.md): the files' bytes concatenated,
+/// cut into blocks of kTextBlockBytes, block i to /validation iff floor((i+1)·f) > floor(i·f),
+/// else to /train (f = 0: no /validation). Rank 0 does the work; all ranks agree on errors.
+void import_text(const TextImportOptions& options);
+
+struct KjvImportOptions {
+  std::string output = "data/kjv.h5";
+  double validation = 0.05;
+};
+/// The King James Bible as Debian's bible-kjv prints it (`bible Gen1:1-Rev22:21`), imported as
+/// import_text() imports a file.
+void import_kjv(const KjvImportOptions& options);
 
 struct GenOptions {
   std::string output = "data/gray-scott.h5";

@@ -1,6 +1,8 @@
 // tessera-data — make and inspect Tessera datasets (docs/dataset-format.md).
 //
 //   tessera-data import fashion-mnist [--source DIR] [--output FILE]
+//   tessera-data import text FILE... --output FILE [--validation FRACTION]
+//   tessera-data import kjv [--output FILE] [--validation FRACTION]
 //   mpiexec -n 4 tessera-data gen --output FILE --samples N --size S --dims 2|3 [--steps T]
 //                                 [--seed K] [--dtype float32|float16] [--split NAME]
 //   tessera-data ls FILE [--no-stats]
@@ -19,15 +21,29 @@ int main(int argc, char** argv) {
     CLI::App app{"tessera-data: import, generate and list Tessera datasets (HDF5)"};
     app.require_subcommand(1);
 
-    auto* import = app.add_subcommand("import", "import a public dataset into HDF5");
+    auto* import = app.add_subcommand("import", "import a dataset into HDF5");
+    import->require_subcommand(1);
+    auto* fashion = import->add_subcommand(
+        "fashion-mnist", "Fashion-MNIST from the IDX files of Debian's dataset-fashion-mnist");
     tessera::data::ImportOptions io;
-    std::string which;
-    import->add_option("dataset", which, "dataset to import (fashion-mnist)")
-        ->required()
-        ->check(CLI::IsMember({"fashion-mnist"}));
-    import->add_option("--source", io.source, "folder holding the IDX files")
+    fashion->add_option("--source", io.source, "folder holding the IDX files")
         ->capture_default_str();
-    import->add_option("--output,-o", io.output, "HDF5 file to write")->capture_default_str();
+    fashion->add_option("--output,-o", io.output, "HDF5 file to write")->capture_default_str();
+    auto* text = import->add_subcommand(
+        "text", "text files as one byte-level token stream, split into train and validation");
+    tessera::data::TextImportOptions to;
+    text->add_option("files", to.files, "text files, concatenated in this order")->required();
+    text->add_option("--output,-o", to.output, "HDF5 file to write")->required();
+    text->add_option("--validation", to.validation,
+                     "fraction of the 64 KiB blocks held out for validation, in [0, 0.5]")
+        ->capture_default_str();
+    auto* kjv = import->add_subcommand(
+        "kjv", "the King James Bible (Debian's bible-kjv: `bible Gen1:1-Rev22:21`) as text");
+    tessera::data::KjvImportOptions ko;
+    kjv->add_option("--output,-o", ko.output, "HDF5 file to write")->capture_default_str();
+    kjv->add_option("--validation", ko.validation,
+                    "fraction of the 64 KiB blocks held out for validation, in [0, 0.5]")
+        ->capture_default_str();
 
     auto* gen = app.add_subcommand("gen", "simulate a Gray-Scott dataset in parallel (mpiexec)");
     tessera::data::GenOptions go;
@@ -51,8 +67,12 @@ int main(int argc, char** argv) {
     if (const auto code = tessera::apps::parse_command_line(app, ac, av)) {
       return *code;
     }
-    if (*import) {
+    if (*fashion) {
       tessera::data::import_fashion_mnist(io);
+    } else if (*text) {
+      tessera::data::import_text(to);
+    } else if (*kjv) {
+      tessera::data::import_kjv(ko);
     } else if (*gen) {
       const double write_s = tessera::data::generate_gray_scott(go);
       if (rank == 0 && !go.quiet) {

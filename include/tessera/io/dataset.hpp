@@ -1,15 +1,23 @@
 #pragma once
 // Tessera's dataset format (docs/dataset-format.md) and the sharded, shuffled, prefetching reader.
 //
-// One HDF5 file; a group per split ("/train", "/test") holding
+// One HDF5 file; a group per split ("/train", "/test") holding either samples
 //   x  (N, C, H, W) or (N, C, D, H, W)   uint8 | float16 | float32, chunked one sample per chunk
 //   y  (N,) int32 class labels, or (N, T) float32 regression targets
-// with attributes on the split group for the task, class names, normalisation, source, licence.
+// or, for a language model, one token stream
+//   tokens  (N,) uint8 (or int32) token ids in [0, vocab)
+// with attributes on the split group for the task, class names, vocabulary, normalisation, and
+// on the root for the format, source and licence.
 //
 // Every epoch is one global permutation drawn from (seed, epoch), whatever the rank count. Global
 // batch b is positions [b·B, (b+1)·B) of that permutation — the same set of samples at every
 // data-parallel size — and data rank r reads only its block of it, with the selected samples
 // coalesced into contiguous runs for HDF5. Batches are read ahead by a background thread.
+//
+// A token stream is cut into windows of context + 1 tokens instead (inputs [s, s + T), targets
+// [s + 1, s + T + 1)): window w of an epoch starts at a position drawn from (seed, epoch, w), or at
+// w·T without shuffle, and global batch b is windows [b·B, (b+1)·B), split over the data ranks as
+// samples are. The stream is read into memory at open.
 #include "tessera/core/layout.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/io/hdf5.hpp"
@@ -29,7 +37,8 @@ namespace tessera::io {
 inline constexpr const char* kDatasetFormat = "tessera-dataset";
 inline constexpr std::int64_t kDatasetVersion = 1;
 
-enum class Task { classification, regression };
+enum class Task { classification, regression, language_modeling };
+/// "classification", "regression", "language_modeling": the split's @task attribute.
 const char* task_name(Task task);
 
 /// What a split holds, read from its attributes and dataset shapes.
@@ -37,18 +46,27 @@ struct SplitInfo {
   std::string file;
   std::string split;  ///< group path, "/train"
   Task task = Task::classification;
+  /// Samples (x/y splits). A language-modeling split has none until a context cuts it into
+  /// windows: 0 from inspect_split(), the windows per epoch in DatasetReader::info().
   Index samples = 0;
-  Shape sample_shape;  ///< (C, H, W) or (C, D, H, W)
-  ElementType x_type = ElementType::u8;
-  Index targets = 1;  ///< regression: T; classification: 1
+  /// (C, H, W) or (C, D, H, W); a language-modeling split: empty from inspect_split(), (context)
+  /// in DatasetReader::info().
+  Shape sample_shape;
+  ElementType x_type = ElementType::u8;  ///< x as stored; language modeling: tokens as stored
+  Index targets = 1;                     ///< regression: T; classification: 1
   std::vector<std::string> classes;
   double scale = 1.0;             ///< x_float = (x · scale − mean[c]) / std[c]
   std::vector<double> mean, std;  ///< per channel
+  Index tokens = 0;               ///< language modeling: length of the token stream (>= 2)
+  Index vocab = 0;                ///< language modeling: token ids are in [0, vocab)
+  std::string tokenizer;          ///< language modeling: @tokenizer ("bytes"), "" if absent
 };
 
-/// Opens and validates `file`'s split `split`: format attribute and version, x and y present, x of
-/// rank 4 or 5 in a known type, y matching x's length and the task. Throws tessera::Error (exit
-/// code 2) naming the file and dataset.
+/// Opens and validates `file`'s split `split`: format attribute and version; for samples, x and y
+/// present, x of rank 4 or 5 in a known type, y matching x's length and the task; for a token
+/// stream, tokens of rank 1, uint8 or int32, at least 2 of them, @vocab an integer in [1, 2^31)
+/// and every token below it (the stream is read once). Throws tessera::Error (exit code 2) naming
+/// the file and dataset.
 SplitInfo inspect_split(const std::string& file, const std::string& split);
 
 /// A global batch position: epoch and batch index within it.
@@ -75,22 +93,37 @@ struct ReaderOptions {
   std::optional<Shape> expect_sample_shape;  ///< the model's input: an error if samples differ
   int data_rank = 0;                         ///< this rank's place on the data axis
   int data_size = 1;
+  /// Language modeling: input tokens per window (T). Required there (>= 1, and the stream must
+  /// hold at least T + 1 tokens); must stay 0 for x/y splits.
+  Index context = 0;
 };
 
-/// One rank's share of one global batch.
+/// One rank's share of one global batch. For a language-modeling split a "sample" is a window.
 struct Batch {
   Cursor cursor;
   Index global_size = 0;          ///< samples in the whole global batch
   Index offset = 0;               ///< position of this rank's first sample within the global batch
-  std::vector<std::int64_t> ids;  ///< dataset indices of this rank's samples, in batch order
-  Tensor x;                       ///< (n, C, ...) float32, normalised
-  IntView labels;                 ///< (n) classification
-  Tensor targets;                 ///< (n, T) regression
+  std::vector<std::int64_t> ids;  ///< dataset indices of this rank's samples (window indices
+                                  ///< within the epoch for language modeling), in batch order
+  Tensor x;        ///< (n, C, ...) float32, normalised; language modeling: (n, T) input token ids
+  IntView labels;  ///< (n) classification; language modeling: (n·T) target ids, row-major
+                   ///< (window, position)
+  Tensor targets;  ///< (n, T) regression
 };
 
 /// The permutation of [0, n) used in `epoch` (identity when !shuffle).
 std::vector<std::int64_t> epoch_permutation(Index n, std::uint64_t seed, std::int64_t epoch,
                                             bool shuffle);
+
+/// Windows per epoch of a stream of `tokens` tokens with `context` inputs per window:
+/// (tokens − 1) / context.
+Index token_windows(Index tokens, Index context);
+
+/// Where window `window` of `epoch` starts in a stream of `tokens` tokens, `context` inputs per
+/// window: with shuffle, uniform in [0, tokens − context − 1] from the counter-based generator
+/// keyed by (seed, "tokens" + epoch) at counter `window`; without, window · context.
+std::int64_t window_start(Index tokens, Index context, std::uint64_t seed, std::int64_t epoch,
+                          std::int64_t window, bool shuffle);
 
 class DatasetReader {
  public:
@@ -123,12 +156,17 @@ class DatasetReader {
     std::vector<std::int64_t> ids;
     std::unique_ptr<float[]> x;  // (ids, sample), unless read_batch() was given where to put it
     std::vector<float> y;
+    std::vector<std::int32_t> labels;  // language modeling: (ids, T) target ids
   };
   // This rank's samples of batch `c`: the normalised samples go to `x` (room for all of them) or,
   // without one, to a new RawBatch::x.
   RawBatch read_batch(const Cursor& c, float* x = nullptr);
+  // The same for a language-modeling split: this rank's windows of batch `c` from the stream.
+  RawBatch read_windows(const Cursor& c, float* x);
   // This rank's block of batch `c` (offset in the global batch, count).
   Range rank_block(const Cursor& c) const;
+  // Opens x and y of an x/y split and, with `cache`, reads them into memory.
+  void open_samples(const std::string& file, const std::string& split);
   // An uninitialised tensor for a batch's samples: one of the last few handed out when nobody
   // holds it any more (the previous step's batch, released after its backward), so a batch is
   // written into memory the cache still holds rather than into a fresh 400 KB allocation.
@@ -150,6 +188,9 @@ class DatasetReader {
   Shape m_sample_shape;
   std::unique_ptr<File> m_file;
   std::unique_ptr<Dataset> m_x, m_y;
+  // Language modeling: the whole token stream, as stored (one of the two is filled).
+  std::vector<std::uint8_t> m_token_bytes;
+  std::vector<std::int32_t> m_token_ids;
   // Memory for the cache on huge pages where the kernel offers them (madvise): a batch reads
   // samples scattered over tens of MiB, and with 4 KiB pages each one is a TLB miss.
   struct CacheMemory {
