@@ -516,12 +516,19 @@ void parse_model(Section& s, Deck& d, const Source& src) {
       throw input_error(e.message(), d.model.layers[i].where);
     }
   }
-  if (!d.model.layers.empty() && !chain.output_layout().is_replicated()) {
-    throw input_error(
-        fmt::format("the model's output is {}: the loss needs it whole (end the split with a "
-                    "linear with split = \"input\")",
-                    chain.output_layout().to_string()),
-        d.model.layers.back().where);
+  // The loss needs the output whole — except softmax_cross_entropy, which takes its classes split
+  // over the tensor axis (a vocabulary-parallel head: nn::vocab_parallel_cross_entropy).
+  const Layout& out = chain.output_layout();
+  const int last = out.rank() - 1;
+  const bool vocab_parallel = d.model.loss == LossKind::softmax_cross_entropy && last >= 0 &&
+                              out.split_axes() == AxisSet{GridAxis::tensor} &&
+                              out.dim_of(GridAxis::tensor) == last &&
+                              out.placement(last).stride == 1 && out.partial_axes().empty();
+  if (!out.is_replicated() && !vocab_parallel) {
+    throw input_error(fmt::format("the model's output is {}: {} needs it whole (end the split with "
+                                  "a linear with split = \"input\")",
+                                  out.to_string(), loss_name(d.model.loss)),
+                      d.model.layers.back().where);
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace tessera::nn {
 namespace {
@@ -118,6 +119,110 @@ LossOutput softmax_cross_entropy(const Tensor& logits, const IntView& labels, In
     throw_first_bad_label(labels, n, classes);
   }
   out.loss = totals[0] / static_cast<double>(global_batch);
+  out.correct = static_cast<Index>(totals[1]);
+  return out;
+}
+
+LossOutput vocab_parallel_cross_entropy(const Tensor& logits, const IntView& labels,
+                                        Index global_rows, Index offset, Index classes,
+                                        comm::Communicator& axis) {
+  const Index local = logits.rank() >= 1 ? logits.dim(-1) : 0;
+  if (logits.rank() < 2 || local < 1 || offset < 0 || offset + local > classes) {
+    throw Error(
+        fmt::format("vocab_parallel_cross_entropy: logits of shape {} for classes [{}, {}) "
+                    "of {}: expected (..., V_local) with V_local >= 1 inside the classes",
+                    to_string(logits.shape()), offset, offset + local, classes));
+  }
+  const Index n = logits.numel() / local;  // rows
+  if (static_cast<Index>(labels.extent(0)) != n) {
+    throw Error(fmt::format("vocab_parallel_cross_entropy: {} labels for {} rows of logits {}",
+                            labels.extent(0), n, to_string(logits.shape())));
+  }
+  check_global_batch("vocab_parallel_cross_entropy", global_rows, n);
+  const auto un = static_cast<size_t>(n);
+  const FloatView x = logits.view();
+  LossOutput out;
+  out.grad = Tensor::uninitialized("vocab_parallel_cross_entropy::grad", logits.shape());
+  const FloatView g = out.grad.view();
+
+  // 1. Each row's maximum over the whole vocabulary, and its first argmax.
+  Kokkos::View<double*, MemSpace> row_max("vocab_ce::max", un);
+  Kokkos::View<std::int64_t*, MemSpace> row_arg("vocab_ce::argmax", un);
+  Kokkos::parallel_for(
+      "vocab_ce::local_max", Policy(0, n), KOKKOS_LAMBDA(const Index r) {
+        float m = x(r * local);
+        Index arg = 0;
+        for (Index j = 1; j < local; ++j) {
+          if (x(r * local + j) > m) {
+            m = x(r * local + j);
+            arg = j;
+          }
+        }
+        row_max(r) = static_cast<double>(m);
+        row_arg(r) = offset + arg;
+      });
+  auto max_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), row_max);
+  std::vector<double> local_max(max_host.data(), max_host.data() + n);
+  axis.allreduce(comm::Buffer(max_host.data(), n), {comm::ReduceOp::max})->wait();
+  auto arg_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), row_arg);
+  for (size_t r = 0; r < un; ++r) {  // only the ranks holding the maximum propose their index
+    if (local_max[r] != max_host(r)) {
+      arg_host(r) = std::numeric_limits<std::int64_t>::max();
+    }
+  }
+  axis.allreduce(comm::Buffer(arg_host.data(), n), {comm::ReduceOp::min})->wait();
+  Kokkos::deep_copy(row_max, max_host);
+
+  // 2. Each row's sum of exp(x − max) and the label's logit (zero on the ranks without it).
+  Kokkos::View<double*, MemSpace> sums("vocab_ce::sums", 2 * un);  // [sum, label logit] per row
+  Index bad = 0;
+  Kokkos::parallel_reduce(
+      "vocab_ce::local_sums", Policy(0, n),
+      KOKKOS_LAMBDA(const Index r, Index& bad_rows) {
+        const Index label = labels(r);
+        if (label < 0 || label >= classes) {
+          ++bad_rows;
+        }
+        const auto m = static_cast<float>(row_max(r));
+        double s = 0.0;
+        for (Index j = 0; j < local; ++j) {
+          const float e = math::exp(x(r * local + j) - m);
+          g(r * local + j) = e;
+          s += static_cast<double>(e);
+        }
+        sums(2 * r) = s;
+        sums(2 * r + 1) = label >= offset && label < offset + local
+                              ? static_cast<double>(x(r * local + (label - offset)))
+                              : 0.0;
+      },
+      bad);
+  if (bad > 0) {
+    throw_first_bad_label(labels, n, classes);
+  }
+  auto sums_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sums);
+  axis.allreduce(comm::Buffer(sums_host.data(), 2 * n))->wait();
+  Kokkos::deep_copy(sums, sums_host);
+
+  // 3. Loss, hits and this rank's block of the gradient.
+  const auto scale = static_cast<float>(1.0 / static_cast<double>(global_rows));
+  Kokkos::View<std::int64_t*, MemSpace> argmax("vocab_ce::argmax_all", un);
+  Kokkos::deep_copy(argmax, arg_host);
+  double totals[2] = {0.0, 0.0};
+  Kokkos::parallel_reduce(
+      "vocab_ce::rows", Policy(0, n),
+      KOKKOS_LAMBDA(const Index r, double& loss, double& hits) {
+        const double s = sums(2 * r);
+        const auto inv_s = static_cast<float>(1.0 / s);
+        const Index label = labels(r);
+        for (Index j = 0; j < local; ++j) {
+          const float p = g(r * local + j) * inv_s;
+          g(r * local + j) = (offset + j == label ? p - 1.0F : p) * scale;
+        }
+        loss += row_max(r) + math::log(s) - sums(2 * r + 1);
+        hits += argmax(r) == label ? 1.0 : 0.0;
+      },
+      totals[0], totals[1]);
+  out.loss = totals[0] / static_cast<double>(global_rows);
   out.correct = static_cast<Index>(totals[1]);
   return out;
 }

@@ -104,8 +104,10 @@ io::Batch micro_batch(const io::Batch& b, const Range& r) {
     return Tensor::alias(t.label(), t.view(), r.offset * per_sample, std::move(s));
   };
   part.x = rows(b.x);
-  if (b.labels.extent(0) > 0) {
-    part.labels = Kokkos::subview(b.labels, std::make_pair(r.offset, r.offset + r.count));
+  if (b.labels.extent(0) > 0) {  // a label per sample, or per token of a window
+    const auto per = static_cast<Index>(b.labels.extent(0)) / static_cast<Index>(b.ids.size());
+    part.labels =
+        Kokkos::subview(b.labels, std::make_pair(r.offset * per, (r.offset + r.count) * per));
   }
   if (b.targets.defined()) {
     part.targets = rows(b.targets);
@@ -113,18 +115,35 @@ io::Batch micro_batch(const io::Batch& b, const Range& r) {
   return part;
 }
 
-// Loss and metric of one batch: for classification the metric counts correct samples, for
-// regression it sums absolute errors.
+// Loss and metric of one batch: for classification the metric counts correct samples (a language
+// model: the fraction of a sample's tokens predicted right), for regression it sums absolute
+// errors.
 struct BatchLoss {
   nn::LossOutput out;
   double metric_sum = 0.0;
 };
 
-BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Batch& b) {
+BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Batch& b,
+                     const LossPlacement& placement) {
   BatchLoss r;
   if (kind == deck::LossKind::softmax_cross_entropy) {
-    r.out = nn::softmax_cross_entropy(prediction, b.labels, b.global_size);
-    r.metric_sum = static_cast<double>(r.out.correct);
+    // Per token when the model's output is (N, T, V): every token a row of the cross entropy,
+    // averaged over the global batch's tokens.
+    const Index n = prediction.dim(0);
+    const Index tokens = prediction.rank() == 3 ? prediction.dim(1) : 1;
+    const Index classes = prediction.dim(-1);
+    if (placement.vocab_axis != nullptr) {
+      r.out = nn::vocab_parallel_cross_entropy(prediction, b.labels, b.global_size * tokens,
+                                               placement.offset, placement.classes,
+                                               *placement.vocab_axis);
+    } else {
+      r.out = nn::softmax_cross_entropy(prediction.reshaped({n * tokens, classes}), b.labels,
+                                        b.global_size * tokens);
+    }
+    r.metric_sum = static_cast<double>(r.out.correct) / static_cast<double>(tokens);
+    if (tokens > 1) {
+      r.out.grad = r.out.grad.reshaped(prediction.shape());
+    }
   } else {
     r.out = nn::mean_squared_error(prediction, b.targets, b.global_size);
     const std::vector<float> p = prediction.to_host();
@@ -162,11 +181,42 @@ const char* metric_name(deck::LossKind kind) {
 void check_split(const deck::Deck& d, const io::SplitInfo& info, const std::string& key,
                  const Shape& output) {
   const bool classify = d.model.loss == deck::LossKind::softmax_cross_entropy;
-  if (classify && info.task != io::Task::classification) {
+  const bool tokens = info.task == io::Task::language_modeling;
+  if (classify && info.task != io::Task::classification && !tokens) {
     throw input_error(fmt::format("model.loss = \"softmax_cross_entropy\" needs a classification "
-                                  "dataset, but {} = \"{}:{}\" is a {} split",
+                                  "or language-modeling dataset, but {} = \"{}:{}\" is a {} split",
                                   key, info.file, info.split, io::task_name(info.task)),
                       d.where("model.loss"));
+  }
+  if (tokens) {  // a token stream: the model takes context tokens and predicts each next one
+    if (d.model.context < 1) {
+      throw input_error(fmt::format("{} = \"{}:{}\" is a token stream: set model.context, the "
+                                    "tokens of a sample",
+                                    key, info.file, info.split),
+                        d.where(key));
+    }
+    if (d.model.context + 1 > info.tokens) {
+      throw input_error(fmt::format("model.context = {} needs {} tokens per window, but {} = "
+                                    "\"{}:{}\" holds {}",
+                                    d.model.context, d.model.context + 1, key, info.file,
+                                    info.split, info.tokens),
+                        d.where("model.context"));
+    }
+    if (output != Shape{d.model.context, info.vocab}) {
+      throw input_error(
+          fmt::format("the model ends in {} per sample, but a language model over "
+                      "{} = \"{}:{}\" must end in (context, vocab) = ({}, {})",
+                      to_string(output), key, info.file, info.split, d.model.context, info.vocab),
+          d.where(fmt::format("model.layers[{}]", d.model.layers.size() - 1)));
+    }
+    return;
+  }
+  if (d.model.context > 0) {
+    throw input_error(
+        fmt::format("model.context = {} is for token streams, but {} = \"{}:{}\" "
+                    "is a {} split",
+                    d.model.context, key, info.file, info.split, io::task_name(info.task)),
+        d.where("model.context"));
   }
   if (!classify && info.task != io::Task::regression) {
     throw input_error(
@@ -243,6 +293,9 @@ io::SplitInfo check_splits(const deck::Deck& d, const Shape& output) {
                       info.samples, spec, info.samples % d.data.batch, info.samples),
           d.where(d.locations.count("data.drop_last") != 0 ? "data.drop_last"
                                                            : "parallel.deterministic"));
+    }
+    if (info.task == io::Task::language_modeling) {
+      info.samples = io::token_windows(info.tokens, d.model.context);  // an epoch's windows
     }
     if (key == "data.train") {
       (void)run_schedule(d, info.samples);  // the run's length fits its schedule
@@ -360,6 +413,7 @@ void Trainer::build(const comm::GridSpec& spec) {
     ro.prefetch = deck.data.prefetch;
     ro.data_rank = m_data->rank();  // the ranks of one data coordinate read the same samples
     ro.data_size = m_data->size();
+    ro.context = deck.model.context;
     ro.expect_sample_shape = deck.model.input;
     m_train = std::make_unique<io::DatasetReader>(deck.data.train, ro);
     m_schedule = run_schedule(deck, m_train_info.samples);
@@ -372,6 +426,16 @@ void Trainer::build(const comm::GridSpec& spec) {
   });
   m_model->initialize(deck.run.seed);
   m_model->set_needs_input_grad(false);  // the input is data
+  // A model ending split over the tensor axis (a vocabulary-parallel head): its loss is summed
+  // over the tensor ranks, which never gather the logits.
+  const Layout& out = m_model->output_layout();
+  const int last = out.rank() - 1;
+  if (last >= 0 && out.axis_of(last) == GridAxis::tensor &&
+      m_grid->place().size_of(GridAxis::tensor) > 1) {
+    m_loss_placement.vocab_axis = &m_grid->axis(GridAxis::tensor);
+    m_loss_placement.offset = out.local_offset(m_grid->place())[static_cast<size_t>(last)];
+    m_loss_placement.classes = out.global_shape().back();
+  }
   parallel::DataParallelOptions dpo;
   dpo.bucket_mb = deck.parallel.bucket_mb;
   dpo.reduce = parallel::reduce_from_name(deck.parallel.reduce);
@@ -498,6 +562,7 @@ Evaluation Trainer::evaluate(const std::string& spec) {
   ro.prefetch = 2;
   ro.data_rank = m_data->rank();
   ro.data_size = m_data->size();
+  ro.context = m_deck.model.context;
   ro.expect_sample_shape = m_deck.model.input;
   std::unique_ptr<io::DatasetReader> reader;
   comm::agree(*m_trainer, [&] { reader = std::make_unique<io::DatasetReader>(spec, ro); });
@@ -508,7 +573,7 @@ Evaluation Trainer::evaluate(const std::string& spec) {
     const io::Batch batch = reader->next();
     fo.sample_offset = batch.offset;
     const nn::ForwardResult f = m_model->forward(batch.x, fo);
-    const BatchLoss l = batch_loss(m_deck.model.loss, f.output, batch);
+    const BatchLoss l = batch_loss(m_deck.model.loss, f.output, batch, m_loss_placement);
     sums[0] += l.out.loss * static_cast<double>(batch.global_size);
     sums[1] += l.metric_sum;
     sums[2] += static_cast<double>(batch.ids.size());
@@ -566,7 +631,7 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
       const io::Batch& part = m_micro_batches == 1 ? batch : slice;
       fo.sample_offset = part.offset;
       nn::ForwardResult f = m_model->forward(part.x, fo);
-      const BatchLoss l = batch_loss(d.model.loss, f.output, part);
+      const BatchLoss l = batch_loss(d.model.loss, f.output, part, m_loss_placement);
       m_model->backward(l.out.grad, std::move(f.ctx));
       w.loss += l.out.loss;
       w.metric += l.metric_sum;

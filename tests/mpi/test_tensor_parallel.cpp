@@ -7,6 +7,7 @@
 // Checkpoints written at tensor = 2 restart on any grid: every parameter and optimizer state as
 // the new layout holds it equals the file's, bit for bit. Expectations come from the world size.
 #include "support/distributed.hpp"
+#include "support/gradcheck.hpp"
 #include "support/mpi.hpp"
 #include "support/tiny_training.hpp"
 #include "tessera/comm/process_grid.hpp"
@@ -14,6 +15,7 @@
 #include "tessera/io/checkpoint_format.hpp"
 #include "tessera/io/checkpoint_reader.hpp"
 #include "tessera/nn/linear.hpp"
+#include "tessera/nn/loss.hpp"
 #include "tessera/parallel/data_parallel.hpp"
 #include "tessera/train/trainer.hpp"
 
@@ -442,4 +444,79 @@ TEST_F(TensorParallelTest, EveryElementOfTheStateHasExactlyOneOwner) {
       }
     }
   }
+}
+
+TEST(VocabParallelCrossEntropy, EqualsTheWholeRowsCrossEntropy) {
+  // Logits (2, 7, 10) (two samples of 7 tokens, 10 classes) split by class over every rank of
+  // the world (10 over 3 is 4, 3, 3): the loss, the correct count and each rank's block of the
+  // gradient equal the cross entropy of the whole rows on one rank. Row 0 has its maximum twice,
+  // at classes 2 and 9 (on different ranks): the first wins, as in the whole computation.
+  const int n = world_size();
+  const comm::ProcessGrid grid(MPI_COMM_WORLD, {1, 1, 1, n, {1, 1}});
+  const Index rows = 14;
+  const Index classes = 10;
+  std::vector<float> whole = tessera::testing::random_values(rows * classes, 31, -3.0F, 3.0F);
+  whole[2] = 9.0F;
+  whole[9] = 9.0F;
+  std::vector<std::int32_t> labels_host(static_cast<size_t>(rows));
+  for (Index r = 0; r < rows; ++r) {
+    labels_host[static_cast<size_t>(r)] = static_cast<std::int32_t>((r * 7 + 2) % classes);
+  }
+  labels_host[0] = 2;  // row 0: the label is the first of the tied maxima
+  IntView labels("labels", static_cast<size_t>(rows));
+  Kokkos::deep_copy(
+      labels,
+      Kokkos::View<std::int32_t*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
+          labels_host.data(), labels_host.size()));
+  const nn::LossOutput ref =
+      nn::softmax_cross_entropy(Tensor::from_host("w", {rows, classes}, whole), labels, 3 * rows);
+  const Range mine = block_range(classes, n, grid.place().coord_of(GridAxis::tensor));
+  std::vector<float> block;
+  for (Index r = 0; r < rows; ++r) {
+    for (Index c = mine.offset; c < mine.offset + mine.count; ++c) {
+      block.push_back(whole[static_cast<size_t>(r * classes + c)]);
+    }
+  }
+  const nn::LossOutput split =
+      nn::vocab_parallel_cross_entropy(Tensor::from_host("b", {2, 7, mine.count}, block), labels,
+                                       3 * rows, mine.offset, classes, grid.axis(GridAxis::tensor));
+  EXPECT_NEAR(split.loss, ref.loss, 1e-6 * ref.loss);
+  EXPECT_EQ(split.correct, ref.correct);
+  EXPECT_EQ(split.grad.shape(), (Shape{2, 7, mine.count}));
+  const std::vector<float> g = split.grad.to_host();
+  const std::vector<float> want = ref.grad.to_host();
+  for (Index r = 0; r < rows; ++r) {
+    for (Index c = 0; c < mine.count; ++c) {
+      EXPECT_NEAR(g[static_cast<size_t>(r * mine.count + c)],
+                  want[static_cast<size_t>(r * classes + mine.offset + c)], 1e-7)
+          << "row " << r << ", class " << mine.offset + c;
+    }
+  }
+  labels_host[5] = static_cast<std::int32_t>(classes);  // out of range: an error on every rank
+  Kokkos::deep_copy(
+      labels,
+      Kokkos::View<std::int32_t*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
+          labels_host.data(), labels_host.size()));
+  EXPECT_EQ(tessera::testing::error_of([&] {
+              (void)nn::vocab_parallel_cross_entropy(
+                  Tensor::from_host("b", {2, 7, mine.count}, block), labels, 3 * rows, mine.offset,
+                  classes, grid.axis(GridAxis::tensor));
+            }),
+            "softmax_cross_entropy: sample 5 has label 10, expected a class in [0, 10)");
+}
+
+TEST_F(TensorParallelTest, ClassesSplitOverTensorMatchOneRank) {
+  // The head split by output (classes) over tensor = 2 and 3: the loss is the vocabulary-parallel
+  // cross entropy; 10 steps equal one rank's.
+  const int n = world_size();
+  if (n != 2 && n != 3) {
+    GTEST_SKIP() << "3 classes split over 2 or 3 tensor ranks";
+  }
+  const std::string head = "model.layers[8].linear.split=output";
+  const Trained p = train_and_gather(deck({"parallel.tensor=" + std::to_string(n), head}, "vocab"),
+                                     MPI_COMM_WORLD);
+  const Trained s =
+      train_and_gather(deck({head}, "vocab-one" + std::to_string(world_rank())), MPI_COMM_SELF);
+  EXPECT_LE(std::fabs(p.summary.loss - s.summary.loss), 1e-5 * std::fabs(s.summary.loss));
+  expect_close(p, s, 1e-5, "classes split over tensor");
 }

@@ -31,6 +31,14 @@ namespace tessera::train {
 /// resubmit on it.
 inline constexpr int kExitStopped = 75;
 
+/// Where a classification loss's classes live: whole on every rank, or split over the tensor
+/// axis (a vocabulary-parallel LM head: this rank holds classes [offset, offset + local)).
+struct LossPlacement {
+  comm::Communicator* vocab_axis = nullptr;  ///< set when split over more than one rank
+  Index offset = 0;
+  Index classes = 0;
+};
+
 struct Evaluation {
   std::string split;
   Index samples = 0;
@@ -93,7 +101,7 @@ class Trainer {
     double compute_s = 0.0;
     double comm_s = 0.0;
     double data_s = 0.0;
-    double paused_s = 0.0;  // checkpoint time inside the window, not counted in samples/s
+    double paused_s = 0.0;   // checkpoint time inside the window, not counted in samples/s
     double grad_norm = 0.0;  // the last step's, when clipping
   };
   void build(const comm::GridSpec& spec);
@@ -126,6 +134,7 @@ class Trainer {
   std::int64_t m_start_step = 0;  // > 0 after a restart from a checkpoint
   std::string m_metrics_path;
   std::unique_ptr<parallel::DataParallel> m_dp;  // gradient reduction, ZeRO-1, determinism
+  LossPlacement m_loss_placement;
   int m_micro_batches = 1;  // per rank per step: data.micro_batches, or the deterministic groups
 };
 
