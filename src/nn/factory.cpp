@@ -2,8 +2,10 @@
 
 #include "tessera/core/strings.hpp"
 #include "tessera/nn/activation.hpp"
+#include "tessera/nn/attention.hpp"
 #include "tessera/nn/conv.hpp"
 #include "tessera/nn/dropout.hpp"
+#include "tessera/nn/embedding.hpp"
 #include "tessera/nn/flatten.hpp"
 #include "tessera/nn/linear.hpp"
 #include "tessera/nn/norm.hpp"
@@ -281,6 +283,27 @@ const std::map<std::string, Kind>& kinds() {
                       d.p = static_cast<float>(o.real("p", 0.5));
                       return std::make_unique<Dropout>(name, in, d);
                     }};
+    // A language model's layers: token + position embedding, causal multi-head self-attention;
+    // both split over the tensor axis with split = true (vocabulary rows; heads).
+    t["embedding"] = {{"vocab", "dim", "positions", "split"},
+                      [](Options& o, const std::string& name, const Shape& in,
+                         const BuildContext& ctx) -> std::unique_ptr<Layer> {
+                        EmbeddingOptions e;
+                        e.vocab = o.integer("vocab");
+                        e.dim = o.integer("dim");
+                        e.positions = o.integer("positions", in.empty() ? 0 : in[0]);
+                        e.split = o.boolean("split", false);
+                        return std::make_unique<Embedding>(name, in, e, ctx);
+                      }};
+    t["attention"] = {{"heads", "bias", "split"},
+                      [](Options& o, const std::string& name, const Shape& in,
+                         const BuildContext& ctx) -> std::unique_ptr<Layer> {
+                        AttentionOptions a;
+                        a.heads = o.integer("heads");
+                        a.bias = o.boolean("bias", true);
+                        a.split = o.boolean("split", false);
+                        return std::make_unique<CausalSelfAttention>(name, in, a, ctx);
+                      }};
     // Composites: y = x + body(x), and `times` copies of a chain one after the other (a
     // transformer's blocks written once).
     t["residual"] = {{"layers"},

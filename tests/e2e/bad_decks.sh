@@ -9,7 +9,8 @@
 #   # command: run               `tessera run` instead of `tessera check` (optional)
 #   # ranks: 2                   rank counts to try instead of "1 2" (optional)
 # In expect and args, $TMP is the folder holding the datasets made below (gs.h5: a Gray-Scott
-# regression split /train of 4 samples (1, 16, 16) with 2 targets; fashion.h5: Fashion-MNIST) and
+# regression split /train of 4 samples (1, 16, 16) with 2 targets; fashion.h5: Fashion-MNIST;
+# text.h5: a token stream /train) and
 # $NP the number of ranks.
 set -uo pipefail
 bin=${TESSERA_BIN:?}
@@ -20,6 +21,9 @@ trap 'rm -rf "$tmp"' EXIT
 
 "$mpiexec" -n 1 "$bin/tessera-data" gen -q -o "$tmp/gs.h5" --samples 4 --size 16 --dims 2 \
   --steps 5 --seed 1
+# text.h5: a byte-token split /train of a short sentence repeated to 128 KiB.
+yes "In the beginning God created the heaven and the earth." | head -c 131072 >"$tmp/text.txt"
+"$bin/tessera-data" import text "$tmp/text.txt" --output "$tmp/text.h5" --validation 0 >/dev/null
 have_fashion=1
 if ! "$bin/tessera-data" import fashion-mnist --output "$tmp/fashion.h5" >"$tmp/import.log" 2>&1; then
   have_fashion=0

@@ -63,6 +63,8 @@ TEST(Factory, BuildsEveryKind) {
       {spec("gelu"), image, image},
       {spec("dropout", {{"p", 0.25}}), image, image},
       {spec("flatten"), image, {192}},
+      {spec("embedding", {{"vocab", std::int64_t{50}}, {"dim", std::int64_t{6}}}), {4}, {4, 6}},
+      {spec("attention", {{"heads", std::int64_t{2}}}), {4, 6}, {4, 6}},
       {with_layers(spec("residual"), {spec("layernorm"), spec("gelu")}), {4, 6}, {4, 6}},
       {with_layers(spec("repeat", {{"times", std::int64_t{3}}}),
                    {spec("linear", {{"out", std::int64_t{6}}}), spec("tanh")}),
@@ -74,7 +76,7 @@ TEST(Factory, BuildsEveryKind) {
     EXPECT_EQ(layer->kind(), c.s.kind);
     EXPECT_EQ(layer->output_shape(c.in), c.out) << c.s.kind;
   }
-  EXPECT_EQ(nn::layer_kinds().size(), 20U);
+  EXPECT_EQ(nn::layer_kinds().size(), 22U);
 }
 
 TEST(Factory, CompositesNameTheirChildrenAndRepeat) {
@@ -103,7 +105,8 @@ TEST(Factory, CompositesNameTheirChildrenAndRepeat) {
 TEST(Factory, MistakesNameTheLayerTheOptionAndTheDeckLine) {
   EXPECT_EQ(error_of(spec("conv2"), {1, 28, 28}),
             "inputs/cnn.toml:14: unknown layer type 'conv2' (did you mean 'conv2d'?); known types: "
-            "avgpool2d, avgpool3d, batchnorm2d, batchnorm3d, conv2d, conv3d, dropout, flatten, "
+            "attention, avgpool2d, avgpool3d, batchnorm2d, batchnorm3d, conv2d, conv3d, dropout, "
+            "embedding, flatten, "
             "gelu, global_avgpool, layernorm, leaky_relu, linear, maxpool2d, maxpool3d, relu, "
             "repeat, residual, sigmoid, tanh");
   EXPECT_EQ(error_of(spec("conv2d", {{"out", std::int64_t{8}}, {"kernal", std::int64_t{3}}}),
