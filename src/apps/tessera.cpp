@@ -2,6 +2,7 @@
 //
 //   mpiexec -n 2 tessera run inputs/fashion_mlp.toml [key=value ...]
 //   tessera check inputs/fashion_cnn.toml [key=value ...]
+//   tessera generate runs/kjv-gpt/ckpt/ckpt-00003000.h5 --prompt "In the beginning" --tokens 200
 //
 // Exit codes: 0 done; 2 bad input (deck, data, command line); 75 stopped early by SIGINT, SIGTERM
 // or SIGUSR1 (job scripts resubmit); 1 anything else.
@@ -10,6 +11,7 @@
 #include "tessera/comm/communicator.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/deck/deck.hpp"
+#include "tessera/train/generate.hpp"
 #include "tessera/train/reporter.hpp"
 #include "tessera/train/trainer.hpp"
 
@@ -84,6 +86,20 @@ int main(int argc, char** argv) {
       sub->add_option("deck", deck_path, "input deck (TOML)")->required();
       sub->add_option("overrides", overrides, "key=value overrides of the deck (optimizer.lr=0.1)");
     }
+    auto* generate = app.add_subcommand(
+        "generate",
+        "continue a prompt with a trained language model (its checkpoint), on one "
+        "rank or on the tensor ranks it is split over");
+    std::string checkpoint;
+    tessera::train::GenerateOptions go;
+    generate->add_option("checkpoint", checkpoint, "a checkpoint of a language model")->required();
+    generate->add_option("--prompt", go.prompt, "the text to continue")->required();
+    generate->add_option("--tokens", go.tokens, "bytes to generate")->capture_default_str();
+    generate->add_option("--temperature", go.temperature, "0: always the most likely byte")
+        ->capture_default_str();
+    generate->add_option("--top-k", go.top_k, "sample among the k most likely bytes (0: all)")
+        ->capture_default_str();
+    generate->add_option("--seed", go.seed, "the sampling stream")->capture_default_str();
     if (const auto code = tessera::apps::parse_command_line(app, ac, av)) {
       return *code;
     }
@@ -92,6 +108,11 @@ int main(int argc, char** argv) {
     tessera::train::SilentReporter silent;
     tessera::train::Reporter& out =
         world.rank() == 0 ? static_cast<tessera::train::Reporter&>(console) : silent;
+    if (*generate) {
+      const std::string text = tessera::train::generate(checkpoint, go, MPI_COMM_WORLD);
+      out.info(go.prompt + text);
+      return 0;
+    }
 
     const tessera::deck::Deck deck = load_deck(world, deck_path, overrides);
     if (*check) {

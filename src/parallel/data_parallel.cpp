@@ -55,7 +55,8 @@ Reduce reduce_from_name(const std::string& name) {
 
 DataParallel::DataParallel(nn::Layer& model, const comm::ProcessGrid& grid,
                            const DataParallelOptions& options)
-    : m_comm(grid.axis(GridAxis::data)),
+    : m_model(model),
+      m_comm(grid.axis(GridAxis::data)),
       m_grid(&grid),
       m_place(grid.place()),
       m_options(options),
@@ -68,7 +69,8 @@ DataParallel::DataParallel(nn::Layer& model, const comm::ProcessGrid& grid,
 
 DataParallel::DataParallel(nn::Layer& model, comm::Communicator& data,
                            const DataParallelOptions& options)
-    : m_comm(data),
+    : m_model(model),
+      m_comm(data),
       m_self(std::make_unique<comm::MpiCommunicator>(MPI_COMM_SELF, "self")),
       m_place(GridPlace::single().with(GridAxis::data, data.size(), data.rank())),
       m_options(options),
@@ -520,13 +522,7 @@ void DataParallel::step(optim::Optimizer& optimizer, double lr) {
 
 StateRegistry DataParallel::registry(optim::Optimizer& optimizer) {
   sync_parameters();
-  StateRegistry r(m_place);
-  for (const nn::Parameter* p : m_params) {
-    r.add(p->name, "", StateKind::parameter, p->layout, p->value, copy_axes(p->layout));
-  }
-  for (const nn::Parameter* b : m_buffers) {
-    r.add(b->name, "", StateKind::buffer, b->layout, b->value, copy_axes(b->layout));
-  }
+  StateRegistry r = model_registry(m_model, m_place);  // the values live in the arenas now
   // Optimizer state: per parameter in model order, its whole block or this rank's pieces of it.
   std::unordered_map<std::string, std::vector<size_t>> pieces_of;
   for (size_t i = 0; i < m_shards.size(); ++i) {

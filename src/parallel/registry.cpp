@@ -44,4 +44,15 @@ void StateRegistry::add(std::string name, std::string state, StateKind kind, con
   m_entries.push_back(std::move(e));
 }
 
+StateRegistry model_registry(nn::Layer& model, const GridPlace& place) {
+  StateRegistry r(place);
+  for (const nn::Parameter* p : model.all_parameters()) {
+    r.add(p->name, "", StateKind::parameter, p->layout, p->value, copy_axes(p->layout));
+  }
+  for (const nn::Parameter* b : model.all_buffers()) {
+    r.add(b->name, "", StateKind::buffer, b->layout, b->value, copy_axes(b->layout));
+  }
+  return r;
+}
+
 }  // namespace tessera::parallel

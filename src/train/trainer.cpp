@@ -62,24 +62,6 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const deck::OptimizerConfig& o)
       optim::AdamWOptions{o.beta1, o.beta2, o.eps, o.weight_decay});
 }
 
-// The deck's model at `context`'s place (each rank allocates and later initialises its blocks).
-// Errors name the layer's deck location: a layer that cannot take its input's placement too.
-std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d,
-                                            const nn::BuildContext& context = {}) {
-  auto model = std::make_unique<nn::Sequential>("model", d.model.input, context);
-  for (size_t i = 0; i < d.model.layers.size(); ++i) {
-    const nn::LayerSpec& spec = d.model.layers[i];
-    auto layer =
-        nn::make_layer(spec, fmt::format("{}{}", spec.kind, i), model->output_shape(), context);
-    try {
-      model->add(std::move(layer));
-    } catch (const Error& e) {
-      throw input_error(e.message(), spec.where);
-    }
-  }
-  return model;  // the deck's parser checked that it ends whole (the loss's need)
-}
-
 comm::GridSpec grid_spec(const deck::Deck& d) {
   comm::GridSpec spec;
   spec.trainers = d.parallel.trainers;
@@ -244,6 +226,21 @@ void check_split(const deck::Deck& d, const io::SplitInfo& info, const std::stri
 }
 
 }  // namespace
+
+std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d, const nn::BuildContext& context) {
+  auto model = std::make_unique<nn::Sequential>("model", d.model.input, context);
+  for (size_t i = 0; i < d.model.layers.size(); ++i) {
+    const nn::LayerSpec& spec = d.model.layers[i];
+    auto layer =
+        nn::make_layer(spec, fmt::format("{}{}", spec.kind, i), model->output_shape(), context);
+    try {
+      model->add(std::move(layer));
+    } catch (const Error& e) {
+      throw input_error(e.message(), spec.where);
+    }
+  }
+  return model;  // the deck's parser checked that it ends whole (the loss's need)
+}
 
 optim::ScheduleOptions run_schedule(const deck::Deck& d, Index train_samples) {
   const Index b = d.data.batch;

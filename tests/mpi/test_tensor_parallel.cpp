@@ -19,6 +19,7 @@
 #include "tessera/parallel/data_parallel.hpp"
 #include "tessera/train/trainer.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -519,4 +520,87 @@ TEST_F(TensorParallelTest, ClassesSplitOverTensorMatchOneRank) {
       train_and_gather(deck({head}, "vocab-one" + std::to_string(world_rank())), MPI_COMM_SELF);
   EXPECT_LE(std::fabs(p.summary.loss - s.summary.loss), 1e-5 * std::fabs(s.summary.loss));
   expect_close(p, s, 1e-5, "classes split over tensor");
+}
+
+namespace {
+// A two-block GPT on a token stream of vocabulary `vocab`: everything Megatron-LM splits is split
+// (the embedding's and the head's vocabulary, the attention heads, the MLP's column/row pair).
+std::string gpt_deck(std::int64_t vocab) {
+  return fmt::format(R"(
+[run]
+seed = 3
+steps = 10
+log_every = 100
+[data]
+batch = 8
+[model]
+context = 16
+layers = [
+  {{ embedding = {{ vocab = {0}, dim = 24, positions = 16, split = true }} }},
+  {{ repeat = {{ times = 2, layers = [
+      {{ residual = {{ layers = [ {{ layernorm = {{}} }}, {{ attention = {{ heads = 12, split = true }} }} ] }} }},
+      {{ residual = {{ layers = [ {{ layernorm = {{}} }}, {{ linear = {{ out = 36, split = "output" }} }},
+                               {{ gelu = {{}} }}, {{ linear = {{ out = 24, split = "input" }} }} ] }} }},
+  ] }} }},
+  {{ layernorm = {{}} }},
+  {{ linear = {{ out = {0}, bias = false, split = "output" }} }},
+]
+loss = "softmax_cross_entropy"
+[optimizer]
+type = "sgd"
+lr = 0.3
+momentum = 0.9
+clip_grad_norm = 1.0
+)",
+                     vocab);
+}
+}  // namespace
+
+TEST_F(TensorParallelTest, TransformerMatchesOneRankAfterTenSteps) {
+  // A GPT on bytes, vocabulary 256 and one no tensor size here divides (251): on tensor = world
+  // and data × tensor, plain and ZeRO-1, the loss and every parameter after 10 steps equal one
+  // rank's within 1e-5 (heads 12 split over 2, 3 and 4 ranks).
+  if (world_size() == 1) {
+    GTEST_SKIP() << "needs two ranks or more";
+  }
+  for (const std::int64_t vocab : {256, 251}) {
+    const std::string data = path("tokens" + std::to_string(vocab) + ".h5");
+    write_tiny_tokens(data, 4096, vocab);
+    int k = 0;
+    for (const std::vector<std::string>& grid : grids()) {
+      for (const std::vector<std::string>& variant :
+           {std::vector<std::string>{},
+            {"parallel.zero=1"},
+            {"optimizer.type=adamw", "optimizer.lr=0.003"}}) {
+        const bool adamw = variant.size() == 2;
+        std::vector<std::string> common = variant;
+        common.push_back("data.train=" + data + ":/train");
+        std::vector<std::string> par = common;
+        par.insert(par.end(), grid.begin(), grid.end());
+        par.push_back("run.output=" +
+                      path("gpt" + std::to_string(vocab) + "-" + std::to_string(k)));
+        std::vector<std::string> one = common;
+        one.push_back("run.output=" + path("gpt-one" + std::to_string(vocab) + "-" +
+                                           std::to_string(k) + "-" + std::to_string(world_rank())));
+        ++k;
+        const std::string what = "vocab " + std::to_string(vocab) + ", " + joined(par);
+        std::string text = gpt_deck(vocab);
+        if (adamw) {
+          text.replace(text.find("momentum = 0.9\n"), 15, "");
+        }
+        const Trained p = train_and_gather(deck::parse(text, "gpt.toml", par), MPI_COMM_WORLD);
+        const Trained s = train_and_gather(deck::parse(text, "gpt.toml", one), MPI_COMM_SELF);
+        EXPECT_TRUE(std::isfinite(p.summary.loss)) << what;
+        EXPECT_LE(std::fabs(p.summary.loss - s.summary.loss), 1e-5 * std::fabs(s.summary.loss))
+            << what << ": loss " << p.summary.loss << " vs one rank's " << s.summary.loss;
+        // AdamW divides each update by the root of its squared-gradient average: an element whose
+        // gradient is at round-off level (the key bias's is zero in exact arithmetic: softmax does
+        // not see a constant added to a row's scores) moves by ~lr whatever its size, so the
+        // reassociation of the split sums shows in such parameters at ~1e-4 of the tensor's
+        // scale (measured up to 4e-5 on qkv.weight, 5e-4 on qkv.bias). The loss still agrees to
+        // 1e-5; with SGD every parameter does.
+        expect_close(p, s, adamw ? 1e-3 : 1e-5, what);
+      }
+    }
+  }
 }

@@ -75,6 +75,35 @@ inline void write_tiny_dataset(const std::string& path) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
+/// A language-modeling split /train (and /validation) of byte tokens, a short text repeated to
+/// `bytes` bytes, with vocabulary `vocab` (the text's bytes folded below it), written by rank 0.
+inline void write_tiny_tokens(const std::string& path, hsize_t bytes = 4096,
+                              std::int64_t vocab = 256) {
+  if (world_rank() == 0) {
+    const std::string text = "In the beginning was the Word, and the Word was with God. ";
+    std::vector<std::uint8_t> t(bytes);
+    for (hsize_t i = 0; i < bytes; ++i) {
+      t[i] = static_cast<std::uint8_t>(static_cast<unsigned char>(text[i % text.size()]) % vocab);
+    }
+    io::File f = io::File::create(path, MPI_COMM_SELF);
+    {
+      const io::Group root = f.root();
+      root.attributes().set("format", std::string(io::kDatasetFormat));
+      root.attributes().set("format_version", io::kDatasetVersion);
+      for (const char* split : {"train", "validation"}) {
+        const io::Group g = root.create_group(split);
+        g.attributes().set("task", std::string("language_modeling"));
+        g.attributes().set("vocab", vocab);
+        g.attributes().set("tokenizer", std::string("bytes"));
+        g.create_dataset("tokens", io::ElementType::u8, {bytes})
+            .write({{0}, {bytes}}, io::ElementType::u8, t.data(), false);
+      }
+    }
+    f.close();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
 /// 6 steps of batch 12 on write_tiny_dataset's split (given as data.train by the test).
 inline const char* kTinyDeck = R"(
 [run]

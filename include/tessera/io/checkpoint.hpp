@@ -57,7 +57,8 @@ std::string resolve_restart(const std::string& restart, const std::string& dir);
 
 /// Loads `file` into the tensors of `state` (the boxes this rank holds), verifying the format, that
 /// it holds the optimizer `optimizer` and exactly the tensors of `state`, their shapes, element
-/// types and checksums. Collective over `comm` (the trainer). Throws tessera::Error (exit code 2)
+/// types and checksums. An empty `optimizer` loads a model alone (`state` holds parameters and
+/// buffers; the file's optimizer state is not looked at: tessera generate). Collective over `comm` (the trainer). Throws tessera::Error (exit code 2)
 /// listing every problem found, on every rank together; the tensors' values are then unspecified
 /// (a run abandons them). Returns the root attributes.
 CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateRegistry& state,

@@ -173,6 +173,7 @@ class DataParallel {
   void make_shards();
   bool reducing() const;
 
+  nn::Layer& m_model;
   comm::Communicator& m_comm;  // the data axis
   const comm::ProcessGrid* m_grid = nullptr;
   std::unique_ptr<comm::MpiCommunicator> m_self;  // without a grid: axes of one rank

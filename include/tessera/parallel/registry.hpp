@@ -13,6 +13,7 @@
 // data.
 #include "tessera/core/layout.hpp"
 #include "tessera/core/tensor.hpp"
+#include "tessera/nn/layer.hpp"
 
 #include <string>
 #include <vector>
@@ -59,5 +60,9 @@ class StateRegistry {
   GridPlace m_place;
   std::vector<StateEntry> m_entries;
 };
+
+/// The parameters and buffers of `model` at `place` (their whole local blocks): the registry of a
+/// model without an optimizer (tessera generate loads one); DataParallel::registry adds the state.
+StateRegistry model_registry(nn::Layer& model, const GridPlace& place);
 
 }  // namespace tessera::parallel

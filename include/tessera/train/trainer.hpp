@@ -138,6 +138,11 @@ class Trainer {
   int m_micro_batches = 1;  // per rank per step: data.micro_batches, or the deterministic groups
 };
 
+/// The deck's model at `context`'s place (each rank allocates its blocks; initialise() fills them).
+/// Errors name the layer's deck location, a layer that cannot take its input's placement too.
+std::unique_ptr<nn::Sequential> build_model(const deck::Deck& deck,
+                                            const nn::BuildContext& context = {});
+
 /// The run's schedule: its length in optimizer steps (run.steps, or run.epochs over a training
 /// split of `train_samples`) and the deck's schedule validated against it. Throws tessera::Error
 /// (exit code 2) located in the deck.
