@@ -2,7 +2,12 @@
 
 #include "checks.hpp"
 #include "tessera/core/check.hpp"
+#include "tessera/core/clones.hpp"
 #include "tessera/core/rng.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
 
 namespace tessera::kernels {
 namespace {
@@ -48,6 +53,71 @@ struct SigmoidBackward {
     return act::sigmoid_grad(y, dy);
   }
 };
+
+// --- GELU on the host, vectorised -------------------------------------------------------------
+// A transformer's MLP applies GELU to 4C values per token; with libm's scalar erff and expf that
+// was 13% of a step. These forms have no library call, so the compiler vectorises the loops
+// (cloned for AVX-512): erf as Eigen's rational approximation (|error| <= 3.6e-7, 3 float ulp of 1,
+// on [-4, 4]; ±1 beyond), exp(-x²/2) by range reduction to 2^n · e^r with a degree-6 polynomial
+// on |r| <= ln2/2 (relative error ~2e-7). GELU and its derivative stay within 1e-6 of the
+// double-precision functions (unit_activation), libm's within 1.1e-7.
+
+inline float erf_poly(float x) {
+  x = x < -4.0F ? -4.0F : (x > 4.0F ? 4.0F : x);  // comparisons, not fminf: no library call
+  const float x2 = x * x;
+  float p = -2.72614225801306e-10F;
+  p = p * x2 + 2.77068142495902e-08F;
+  p = p * x2 - 2.10102402082508e-06F;
+  p = p * x2 - 5.69250639462346e-05F;
+  p = p * x2 - 7.34990630326855e-04F;
+  p = p * x2 - 2.95459980854025e-03F;
+  p = p * x2 - 1.60960333262415e-02F;
+  p = p * x;
+  float q = -1.45660718464996e-05F;
+  q = q * x2 - 2.13374055278905e-04F;
+  q = q * x2 - 1.68282697438203e-03F;
+  q = q * x2 - 7.37332916720468e-03F;
+  q = q * x2 - 1.42647390514189e-02F;
+  return p / q;
+}
+
+// e^y for y <= 0 (underflows to 0 below about -87).
+inline float exp_nonpositive(float y) {
+  y = y < -87.0F ? -87.0F : y;
+  // n = round(y / ln 2): adding 1.5 · 2^23 rounds to an integer in the last place (no libm call).
+  const float n = (y * 1.44269504088896341F + 12582912.0F) - 12582912.0F;
+  const float r = (y - n * 0.693145751953125F) - n * 1.42860682030941723e-06F;  // Cody-Waite
+  float e = 1.0F / 720.0F;
+  e = e * r + 1.0F / 120.0F;
+  e = e * r + 1.0F / 24.0F;
+  e = e * r + 1.0F / 6.0F;
+  e = e * r + 0.5F;
+  e = e * r + 1.0F;
+  e = e * r + 1.0F;
+  const auto bits = static_cast<std::int32_t>(n + 127.0F) << 23;  // 2^n, n in [-126, 0]
+  float scale = 0.0F;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return e * scale;
+}
+
+TESSERA_CLONES_AVX512
+void gelu_forward_host(const float* x, float* y, Index n) {
+  for (Index i = 0; i < n; ++i) {
+    y[i] = 0.5F * x[i] * (1.0F + erf_poly(x[i] * act::kInvSqrt2));
+  }
+}
+
+TESSERA_CLONES_AVX512
+void gelu_backward_host(const float* x, const float* dy, float* dx, Index n) {
+  for (Index i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float cdf = 0.5F * (1.0F + erf_poly(v * act::kInvSqrt2));
+    const float pdf = act::kInvSqrt2Pi * exp_nonpositive(-0.5F * v * v);
+    dx[i] = dy[i] * (cdf + v * pdf);
+  }
+}
+
+constexpr bool kHostTensors = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 
 // y_i = f(x_i).
 template <class F>
@@ -120,7 +190,11 @@ void activation_forward(ActivationKind kind, const Tensor& x, const Tensor& y,
       map_unary("kernels::leaky_relu_forward", x, y, LeakyReluForward{negative_slope});
       return;
     case ActivationKind::gelu:
-      map_unary("kernels::gelu_forward", x, y, GeluForward{});
+      if constexpr (kHostTensors) {
+        gelu_forward_host(x.data(), y.data(), x.numel());
+      } else {
+        map_unary("kernels::gelu_forward", x, y, GeluForward{});
+      }
       return;
     case ActivationKind::tanh:
       map_unary("kernels::tanh_forward", x, y, TanhForward{});
@@ -143,7 +217,11 @@ void activation_backward(ActivationKind kind, const Tensor& saved, const Tensor&
       map_binary("kernels::leaky_relu_backward", saved, dy, dx, LeakyReluBackward{negative_slope});
       return;
     case ActivationKind::gelu:
-      map_binary("kernels::gelu_backward", saved, dy, dx, GeluBackward{});
+      if constexpr (kHostTensors) {
+        gelu_backward_host(saved.data(), dy.data(), dx.data(), saved.numel());
+      } else {
+        map_binary("kernels::gelu_backward", saved, dy, dx, GeluBackward{});
+      }
       return;
     case ActivationKind::tanh:
       map_binary("kernels::tanh_backward", saved, dy, dx, TanhBackward{});
