@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# bench/peers/gpt_compare.sh — the byte-level GPT of inputs/kjv_gpt.toml: Tessera against PyTorch on
+# one rank and one thread (tokens per second), and Tessera's tensor parallelism on two ranks
+# against one (a wider model).
+#
+#   ROUNDS=5 bench/peers/gpt_compare.sh
+#
+# speed    for each round: Tessera (1 rank, run.blas_threads=1, data.prefetch=0) then PyTorch
+#          (bench/peers/gpt_torch.py --threads 1), STEPS steps of the deck's model, batch and
+#          optimizer; steady state after the first LOG_EVERY steps; tokens/s = samples/s · 128.
+# tensor   for each round: the deck widened to WIDE (dim 512, MLP 2048, 8 heads) on 2 ranks as
+#          tensor = 2 (data 1), then on 1 rank (tensor 1), TP_STEPS steps each; the progress line's
+#          comm share is the tensor-parallel allreduces' exposed time.
+# Prints every run, then medians and ratios. Environment: TESSERA (build/bin/tessera), PYTHON
+# (/usr/bin/python3 with python3-torch and python3-h5py), ROUNDS (5), STEPS (60), TP_STEPS (40),
+# LOG_EVERY (20), WHAT ("speed tensor"), OUT (a new folder under /tmp). Needs data/kjv.h5.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=bench/peers/lib.sh
+source bench/peers/lib.sh
+TESSERA=${TESSERA:-build/bin/tessera}
+PYTHON=${PYTHON:-/usr/bin/python3}
+ROUNDS=${ROUNDS:-5}
+STEPS=${STEPS:-60}
+TP_STEPS=${TP_STEPS:-40}
+LOG_EVERY=${LOG_EVERY:-20}
+WHAT=${WHAT:-"speed tensor"}
+MPIEXEC=${MPIEXEC:-mpiexec.mpich}
+OUT=${OUT:-$(mktemp -d /tmp/tessera-gpt.XXXXXX)}
+[[ -f data/kjv.h5 ]] || { echo "gpt_compare: data/kjv.h5 missing (tessera-data import kjv)" >&2; exit 2; }
+"$PYTHON" -c 'import torch, h5py' || { echo "gpt_compare: $PYTHON lacks torch or h5py" >&2; exit 2; }
+mkdir -p "$OUT"
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+csv=$OUT/results.csv
+echo "round,what,peer,tokens_per_s,comm_pct" >"$csv"
+common=(run.steps="$STEPS" run.log_every="$LOG_EVERY" run.eval_every=0 data.test= run.blas_threads=1
+  checkpoint.every_steps=0 checkpoint.at_end=false optimizer.schedule.warmup_steps=10)
+wide=("model.layers[0].embedding.dim=512" "model.layers[1].repeat.layers[0].residual.layers[1].attention.heads=8"
+  "model.layers[1].repeat.layers[1].residual.layers[1].linear.out=2048"
+  "model.layers[1].repeat.layers[1].residual.layers[3].linear.out=512")
+for ((round = 1; round <= ROUNDS; ++round)); do
+  if [[ $WHAT == *speed* ]]; then
+    dir=$OUT/tessera-r$round
+    "$MPIEXEC" -n 1 "$TESSERA" run inputs/kjv_gpt.toml "${common[@]}" data.prefetch=0 \
+      run.output="$dir" >"$dir.log" 2>&1
+    rate=$(peers_tessera_rate "$dir/metrics.jsonl" 32 "$LOG_EVERY")
+    tok=$("$PYTHON" -c "print(round($rate * 128, 1))")
+    echo "round $round  speed   tessera  $tok tokens/s"
+    echo "$round,speed,tessera,$tok," >>"$csv"
+    log=$OUT/torch-r$round.log
+    "$PYTHON" bench/peers/gpt_torch.py --steps "$STEPS" --threads 1 --skip "$LOG_EVERY" \
+      --log-every "$LOG_EVERY" --warmup 10 --no-eval >"$log" 2>&1
+    tok=$("$PYTHON" -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["tokens_per_s"], 1))' "$log")
+    echo "round $round  speed   pytorch  $tok tokens/s"
+    echo "$round,speed,pytorch,$tok," >>"$csv"
+  fi
+  if [[ $WHAT == *tensor* ]]; then
+    for n in 2 1; do
+      dir=$OUT/tp$n-r$round
+      "$MPIEXEC" -n "$n" "$TESSERA" run inputs/kjv_gpt.toml "${common[@]}" run.steps="$TP_STEPS" \
+        parallel.tensor="$n" parallel.data=1 "${wide[@]}" run.output="$dir" >"$dir.log" 2>&1
+      rate=$(peers_tessera_rate "$dir/metrics.jsonl" 32 "$LOG_EVERY")
+      tok=$("$PYTHON" -c "print(round($rate * 128, 1))")
+      split=$(peers_tessera_split "$dir/metrics.jsonl" "$LOG_EVERY")
+      echo "round $round  tensor  tensor=$n  $tok tokens/s  (compute comm data %: $split)"
+      echo "$round,tensor,tensor$n,$tok,$(cut -d' ' -f2 <<<"$split")" >>"$csv"
+    done
+  fi
+done
+"$PYTHON" - "$csv" <<'EOF' | tee "$OUT/summary.txt"
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+med = {}
+for r in rows:
+    med.setdefault((r["what"], r["peer"]), []).append(float(r["tokens_per_s"]))
+for k, v in med.items():
+    print(f"{k[0]:<7} {k[1]:<8} median {statistics.median(v):10.1f} tokens/s over {len(v)} rounds")
+if ("speed", "tessera") in med and ("speed", "pytorch") in med:
+    print("speed: Tessera / PyTorch = %.3f" % (statistics.median(med[("speed", "tessera")]) /
+                                              statistics.median(med[("speed", "pytorch")])))
+if ("tensor", "tensor2") in med and ("tensor", "tensor1") in med:
+    print("tensor: 2 ranks / 1 rank = %.3f" % (statistics.median(med[("tensor", "tensor2")]) /
+                                              statistics.median(med[("tensor", "tensor1")])))
+EOF
