@@ -506,10 +506,25 @@ void parse_model(Section& s, Deck& d, const Source& src) {
   // naming the layer by its key (model.layers[i]).
   // Their placements too: a layer that cannot take what the one before it gives (a whole layer
   // after a split one) is refused here, whatever the tensor size.
-  nn::Sequential chain("model", d.model.input);
+  if (d.parallel.sequence_parallel && d.model.context == 0) {
+    throw input_error(
+        "parallel.sequence_parallel = true cuts a language model's tokens over the "
+        "tensor axis, but this model has none (no model.context)",
+        d.where("parallel.sequence_parallel"));
+  }
+  if (d.parallel.sequence_parallel && d.model.context % d.parallel.tensor != 0) {
+    throw input_error(
+        fmt::format("parallel.sequence_parallel = true cuts the model.context = {} tokens into "
+                    "equal slices over parallel.tensor = {} ranks, which does not divide them",
+                    d.model.context, d.parallel.tensor),
+        d.where("parallel.sequence_parallel"));
+  }
+  nn::BuildContext context;
+  context.with_sequence_parallel(d.parallel.sequence_parallel);
+  nn::Sequential chain("model", d.model.input, context);
   for (size_t i = 0; i < d.model.layers.size(); ++i) {
-    auto layer =
-        nn::make_layer(d.model.layers[i], fmt::format("model.layers[{}]", i), chain.output_shape());
+    auto layer = nn::make_layer(d.model.layers[i], fmt::format("model.layers[{}]", i),
+                                chain.output_shape(), context);
     try {
       chain.add(std::move(layer));
     } catch (const Error& e) {
@@ -524,6 +539,14 @@ void parse_model(Section& s, Deck& d, const Source& src) {
                               out.split_axes() == AxisSet{GridAxis::tensor} &&
                               out.dim_of(GridAxis::tensor) == last &&
                               out.placement(last).stride == 1 && out.partial_axes().empty();
+  if (!vocab_parallel && out.rank() >= 2 && out.dim_of(GridAxis::tensor) == 0) {
+    throw input_error(
+        fmt::format("the model's output is {}: with parallel.sequence_parallel it ends on a token "
+                    "slice, and {} needs every token; end with a linear with split = \"output\" "
+                    "(a vocabulary-parallel head gathers the tokens)",
+                    out.to_string(), loss_name(d.model.loss)),
+        d.model.layers.back().where);
+  }
   if (!out.is_replicated() && !vocab_parallel) {
     throw input_error(fmt::format("the model's output is {}: {} needs it whole (end the split with "
                                   "a linear with split = \"input\")",
@@ -677,6 +700,7 @@ Deck parse(const std::string& text, const std::string& file,
   d.parallel.bucket_mb = par.number("bucket_mb", 4.0, 0.0, 1024.0, true);
   d.parallel.reduce = par.choice("reduce", std::string("auto"), {"auto", "mpi", "shared"});
   d.parallel.zero = static_cast<int>(par.integer("zero", 0, 0, 1));
+  d.parallel.sequence_parallel = par.boolean("sequence_parallel", false);
   d.parallel.deterministic = par.boolean("deterministic", false);
   d.parallel.sample_groups = static_cast<int>(par.integer("sample_groups", 0, 0));
   if (d.parallel.deterministic && d.parallel.sample_groups == 0) {
@@ -804,9 +828,9 @@ std::string to_toml(const Deck& d) {
                   d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads);
   o += fmt::format(
       "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n"
-      "bucket_mb = {}\nreduce = {}\nzero = {}\ndeterministic = {}\n",
+      "sequence_parallel = {}\nbucket_mb = {}\nreduce = {}\nzero = {}\ndeterministic = {}\n",
       d.parallel.trainers, d.parallel.data, d.parallel.tensor, d.parallel.pipeline,
-      fmt::join(d.parallel.spatial, ", "), real(d.parallel.bucket_mb),
+      fmt::join(d.parallel.spatial, ", "), d.parallel.sequence_parallel, real(d.parallel.bucket_mb),
       toml_string(d.parallel.reduce), d.parallel.zero, d.parallel.deterministic);
   if (d.parallel.deterministic) {
     o += fmt::format("sample_groups = {}\n", d.parallel.sample_groups);

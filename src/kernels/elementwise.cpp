@@ -5,6 +5,7 @@
 #include "tessera/core/clones.hpp"
 #include "tessera/core/rng.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -244,7 +245,8 @@ void multiply(const Tensor& a, const Tensor& b, const Tensor& out) {
 }
 
 void dropout_forward(const Tensor& x, const Tensor& y, const Tensor& mask, float p,
-                     std::uint64_t seed, std::uint64_t stream, std::uint64_t first_counter) {
+                     std::uint64_t seed, std::uint64_t stream, std::uint64_t first_counter,
+                     Index block, std::uint64_t block_stride) {
   check_same_size(x, y, "dropout_forward");
   check_same_size(x, mask, "dropout_forward");
   TESSERA_CHECK(p >= 0.0F && p < 1.0F, "dropout_forward: p = {} must be in [0, 1)", p);
@@ -253,9 +255,14 @@ void dropout_forward(const Tensor& x, const Tensor& y, const Tensor& mask, float
   const FloatView m = mask.view();
   const rng::CounterRng gen(seed, stream);
   const float keep_scale = 1.0F / (1.0F - p);
+  TESSERA_CHECK(block >= 0, "dropout_forward: block = {} must be >= 0", block);
+  const Index b = block > 0 ? block : std::max<Index>(1, x.numel());
+  const std::uint64_t stride = block > 0 ? block_stride : static_cast<std::uint64_t>(b);
   Kokkos::parallel_for(
       "kernels::dropout_forward", Policy(0, x.numel()), KOKKOS_LAMBDA(const Index i) {
-        const float u = gen.uniform(first_counter + static_cast<std::uint64_t>(i));
+        const std::uint64_t counter = first_counter + static_cast<std::uint64_t>(i / b) * stride +
+                                      static_cast<std::uint64_t>(i % b);
+        const float u = gen.uniform(counter);
         const float s = act::dropout_keep(u, p) ? keep_scale : 0.0F;
         m(i) = s;
         out(i) = in(i)*s;

@@ -17,7 +17,7 @@ CausalSelfAttention::CausalSelfAttention(std::string name, const Shape& input,
       m_heads(options.heads),
       m_bias(options.bias),
       m_split(options.split),
-      m_region(this->context()) {
+      m_region(this->context(), this->name()) {
   if (input.size() != 2 || input[0] < 1 || input[1] < 1) {
     TESSERA_THROW("attention '{}': input shape {} must be (tokens, features) with extents >= 1",
                   this->name(), to_string(input));
@@ -65,6 +65,8 @@ CausalSelfAttention::CausalSelfAttention(std::string name, const Shape& input,
                 "attention '{}': local blocks {} and {} do not hold {} heads of {} features",
                 this->name(), to_string(qkv_weight().value.shape()),
                 to_string(proj_weight().value.shape()), m_local_heads, head_dim());
+  m_local_x = input;
+  m_local_y = input;
 }
 
 Shape CausalSelfAttention::output_shape(const Shape& input) const {
@@ -75,20 +77,30 @@ Shape CausalSelfAttention::output_shape(const Shape& input) const {
   return input;
 }
 
+Layout CausalSelfAttention::place_input(const Layout& input) {
+  const Shape sample = output_shape(input.global_shape());
+  m_sliced = m_split && m_region.is_sliced(input);
+  if (!m_sliced) {
+    require_whole(input);
+  }
+  const Layout out = m_split ? m_region.outside(sample) : Layout::replicated(sample);
+  m_local_x = input.local_shape(context().place());
+  m_local_y = out.local_shape(context().place());
+  return out;
+}
+
 kernels::AttentionShape CausalSelfAttention::attention_shape(Index batch) const {
   return {batch, m_tokens, m_local_heads, head_dim()};
 }
 
-ForwardResult CausalSelfAttention::forward(const Tensor& x, const ForwardOptions& /*options*/) {
-  const Shape sample{m_tokens, m_features};
-  check_batch(x, sample, "input");
+ForwardResult CausalSelfAttention::forward(const Tensor& x_in, const ForwardOptions& /*options*/) {
+  check_batch(x_in, m_local_x, "input");
+  // Split, every rank takes the whole input: as it is (copy_to), or joined from the token slices.
+  const Tensor x = m_split ? m_region.enter_forward(x_in, m_sliced) : x_in;
   const Index n = x.dim(0);
   const Index rows = n * m_tokens;  // GEMM rows: every token of every sample
   const Index c = m_features;
   const Index c_r = m_local_features;
-  if (m_split) {
-    m_region.copy_to_forward(x);  // every rank holds the whole input: nothing moves
-  }
   // qkv (rows, 3·C_r) = bqkv + x (rows, C) · Wqkvᵀ (C, 3·C_r).
   const Tensor qkv = m_qkv.get(name() + ".qkv", {n, m_tokens, 3 * c_r});
   if (m_bias) {
@@ -111,19 +123,20 @@ ForwardResult CausalSelfAttention::forward(const Tensor& x, const ForwardOptions
   }
   kernels::gemm(Trans::no, Trans::yes, rows, c, c_r, 1.0F, heads.data(), c_r,
                 proj_weight().value.data(), c_r, add_bias ? 1.0F : 0.0F, out.data(), c);
-  if (m_split) {
-    m_region.reduce_from_forward(out);  // partial over tensor → the sum
-  }
   Context ctx;
   ctx.saved = {x, qkv, heads, lse};
-  ctx.input_shape = x.shape();
+  ctx.input_shape = x_in.shape();
+  if (m_split) {
+    return {m_region.leave_forward(out), std::move(ctx)};  // partial over tensor → the sum (slice)
+  }
   return {out, std::move(ctx)};
 }
 
-Tensor CausalSelfAttention::backward(const Tensor& dy, Context&& ctx) {
-  const Shape sample{m_tokens, m_features};
-  check_batch(dy, sample, "output grad");
-  check_context(dy, ctx, sample, 4);
+Tensor CausalSelfAttention::backward(const Tensor& dy_in, Context&& ctx) {
+  check_batch(dy_in, m_local_y, "output grad");
+  check_context(dy_in, ctx, m_local_x, 4);
+  // Split, dy of the whole tokens (joined from the slices with sequence parallelism).
+  const Tensor dy = m_split ? m_region.leave_backward(dy_in) : dy_in;
   const Tensor& x = ctx.saved[0];      // (N, T, C)
   const Tensor& qkv = ctx.saved[1];    // (N, T, 3·C_r)
   const Tensor& heads = ctx.saved[2];  // (N, T, C_r)
@@ -132,9 +145,6 @@ Tensor CausalSelfAttention::backward(const Tensor& dy, Context&& ctx) {
   const Index rows = n * m_tokens;
   const Index c = m_features;
   const Index c_r = m_local_features;
-  if (m_split) {
-    m_region.reduce_from_backward(dy);  // dy is whole on every rank: nothing moves
-  }
   // dWproj (C, C_r) += dyᵀ (C, rows) · heads (rows, C_r); dbproj += Σ_rows dy.
   kernels::gemm(Trans::yes, Trans::no, c, c_r, rows, 1.0F, dy.data(), c, heads.data(), c_r, 1.0F,
                 proj_weight().grad.data(), c_r);
@@ -163,7 +173,7 @@ Tensor CausalSelfAttention::backward(const Tensor& dy, Context&& ctx) {
   kernels::gemm(Trans::no, Trans::no, rows, c, 3 * c_r, 1.0F, dqkv.data(), 3 * c_r,
                 qkv_weight().value.data(), c, 0.0F, dx.data(), c);
   if (m_split) {
-    m_region.copy_to_backward(dx);  // each rank's heads' part of dx → the sum
+    return m_region.enter_backward(dx, m_sliced);  // each rank's heads' part of dx → the sum
   }
   return dx;
 }

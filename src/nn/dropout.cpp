@@ -23,8 +23,12 @@ std::uint64_t dropout_stream(std::string_view name, std::uint64_t step) {
   return rng::hash_name(name) ^ splitmix64(step);
 }
 
-Dropout::Dropout(std::string name, const Shape& input, const DropoutOptions& options)
-    : Layer(std::move(name)), m_input(input), m_options(options) {
+Dropout::Dropout(std::string name, const Shape& input, const DropoutOptions& options,
+                 BuildContext context)
+    : Layer(std::move(name), std::move(context)),
+      m_input(input),
+      m_local_input(input),
+      m_options(options) {
   if (!(options.p >= 0.0F && options.p < 1.0F)) {
     throw Error(fmt::format("dropout '{}': p = {} must be in [0, 1)", this->name(), options.p));
   }
@@ -40,8 +44,32 @@ Shape Dropout::output_shape(const Shape& input) const {
   return input;
 }
 
+Layout Dropout::place_input(const Layout& input) {
+  if (!input.partial_axes().empty()) {  // a mask of a sum is not the sum of masks
+    throw Error(fmt::format("{} '{}': its input {} is partial; sum it first", kind(), name(),
+                            input.to_string()));
+  }
+  for (int d = 1; d < input.rank(); ++d) {
+    if (input.axis_of(d).has_value()) {
+      throw Error(
+          fmt::format("{} '{}' takes samples split on their first dimension only, but its "
+                      "input is {}",
+                      kind(), name(), input.to_string()));
+    }
+  }
+  if (input.rank() >= 1 && input.placement(0).stride != 1) {
+    throw Error(fmt::format("{} '{}' cannot take the strided split of its input {}", kind(), name(),
+                            input.to_string()));
+  }
+  const GridPlace& place = context().place();
+  m_local_input = input.local_shape(place);
+  m_local_offset =
+      input.rank() >= 1 ? input.local_offset(place)[0] * (numel(m_input) / m_input[0]) : 0;
+  return input;
+}
+
 ForwardResult Dropout::forward(const Tensor& x, const ForwardOptions& options) {
-  check_batch(x, m_input, "input");
+  check_batch(x, m_local_input, "input");
   if (options.sample_offset < 0) {
     throw Error(fmt::format("dropout '{}': sample_offset = {} must be >= 0", name(),
                             options.sample_offset));
@@ -53,17 +81,20 @@ ForwardResult Dropout::forward(const Tensor& x, const ForwardOptions& options) {
   }
   Tensor y(name() + ".output", x.shape());
   Tensor mask(name() + ".mask", x.shape());
-  const Index sample_numel = numel(m_input);
-  const auto first =
-      static_cast<std::uint64_t>(options.sample_offset) * static_cast<std::uint64_t>(sample_numel);
+  // Each element draws the counter of its place in the whole batch: this rank's part of each
+  // sample is a block of the sample's counters.
+  const auto sample_numel = static_cast<std::uint64_t>(numel(m_input));
+  const auto first = static_cast<std::uint64_t>(options.sample_offset) * sample_numel +
+                     static_cast<std::uint64_t>(m_local_offset);
   kernels::dropout_forward(x, y, mask, m_options.p, options.seed,
-                           dropout_stream(name(), options.step), first);
+                           dropout_stream(name(), options.step), first, numel(m_local_input),
+                           sample_numel);
   ctx.saved.push_back(std::move(mask));
   return {std::move(y), std::move(ctx)};
 }
 
 Tensor Dropout::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, m_input, "output grad");
+  check_batch(dy, m_local_input, "output grad");
   if (ctx.saved.size() > 1 || dy.shape() != ctx.input_shape) {
     throw Error(
         fmt::format("dropout '{}': output grad has shape {}, but the forward context is "

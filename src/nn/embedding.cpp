@@ -33,7 +33,7 @@ Embedding::Embedding(std::string name, const Shape& input, const EmbeddingOption
       m_dim(options.dim),
       m_positions(options.positions),
       m_split(options.split),
-      m_region(this->context()) {
+      m_region(this->context(), this->name()) {
   if (input.size() != 1 || input[0] < 1) {
     TESSERA_THROW("embedding '{}': input shape {} must be (tokens,) with tokens >= 1", this->name(),
                   to_string(input));
@@ -71,6 +71,7 @@ Embedding::Embedding(std::string name, const Shape& input, const EmbeddingOption
   add_parameter("wpe", Layout::replicated({m_positions, m_dim}), init, /*decay=*/false);
   m_block = {wte.local_offset(this->context().place())[0],
              wte.local_shape(this->context().place())[0]};
+  m_local_y = {m_tokens, m_dim};
 }
 
 Shape Embedding::output_shape(const Shape& input) const {
@@ -79,6 +80,14 @@ Shape Embedding::output_shape(const Shape& input) const {
                   to_string(input), to_string(Shape{m_tokens}));
   }
   return {m_tokens, m_dim};
+}
+
+Layout Embedding::place_input(const Layout& input) {
+  require_whole(input);
+  const Shape out = output_shape(input.global_shape());
+  const Layout layout = m_split ? m_region.outside(out) : Layout::replicated(out);
+  m_local_y = layout.local_shape(context().place());
+  return layout;
 }
 
 void Embedding::check_ids(const Tensor& x) const {
@@ -128,19 +137,20 @@ ForwardResult Embedding::forward(const Tensor& x, const ForwardOptions& /*option
           out(i * dim + c) = add_positions ? token + wpe(t * dim + c) : token;
         }
       });
-  if (m_split) {
-    m_region.reduce_from_forward(y);  // each rank's rows → the sum
-  }
   Context ctx;
   ctx.saved = {x};
   ctx.input_shape = x.shape();
+  if (m_split) {  // each rank's rows → the sum (this rank's token slice of it)
+    return {m_region.leave_forward(y), std::move(ctx)};
+  }
   return {y, std::move(ctx)};
 }
 
-Tensor Embedding::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, {m_tokens, m_dim}, "output grad");
-  check_context(dy, ctx, {m_tokens}, 1);
-  const Tensor& x = ctx.saved[0];  // (N, T)
+Tensor Embedding::backward(const Tensor& dy_in, Context&& ctx) {
+  check_batch(dy_in, m_local_y, "output grad");
+  check_context(dy_in, ctx, {m_tokens}, 1);
+  const Tensor dy = m_split ? m_region.leave_backward(dy_in) : dy_in;  // whole tokens
+  const Tensor& x = ctx.saved[0];                                      // (N, T)
   const FloatView ids = x.view();
   const FloatView g = dy.view();                       // (N, T, C)
   const FloatView dwte = parameters()[0].grad.view();  // (V_r, C)

@@ -219,7 +219,7 @@ Kind batchnorm() {
 }
 
 // The chain of a composite layer's children, named "<name>.<kind><j>", each built at the place
-// of `ctx` for the output of the one before it.
+// of `ctx` for the output of the one before it; placed when the composite is.
 std::unique_ptr<Sequential> chain_of(Options& o, const std::string& name, const Shape& in,
                                      const BuildContext& ctx) {
   const std::vector<LayerSpec>& children = o.spec().layers;
@@ -231,7 +231,7 @@ std::unique_ptr<Sequential> chain_of(Options& o, const std::string& name, const 
     const LayerSpec& c = children[j];
     auto layer = make_layer(c, fmt::format("{}.{}{}", name, c.kind, j), chain->output_shape(), ctx);
     try {
-      chain->add(std::move(layer));
+      chain->append(std::move(layer));
     } catch (const Error& e) {
       throw input_error(e.message(), e.where().empty() ? c.where : e.where());
     }
@@ -267,22 +267,22 @@ const std::map<std::string, Kind>& kinds() {
     t["batchnorm2d"] = batchnorm<BatchNorm2d>();
     t["batchnorm3d"] = batchnorm<BatchNorm3d>();
     t["layernorm"] = {
-        {"eps"}, [](Options& o, const std::string& name, const Shape& in, const BuildContext&) {
+        {"eps"}, [](Options& o, const std::string& name, const Shape& in, const BuildContext& ctx) {
           LayerNormOptions l;
           l.eps = static_cast<float>(o.real("eps", 1e-5));
-          return std::make_unique<LayerNorm>(name, in, l);
+          return std::make_unique<LayerNorm>(name, in, l, ctx);
         }};
     t["relu"] = activation(kernels::ActivationKind::relu, false);
     t["leaky_relu"] = activation(kernels::ActivationKind::leaky_relu, true);
     t["gelu"] = activation(kernels::ActivationKind::gelu, false);
     t["tanh"] = activation(kernels::ActivationKind::tanh, false);
     t["sigmoid"] = activation(kernels::ActivationKind::sigmoid, false);
-    t["dropout"] = {{"p"},
-                    [](Options& o, const std::string& name, const Shape& in, const BuildContext&) {
-                      DropoutOptions d;
-                      d.p = static_cast<float>(o.real("p", 0.5));
-                      return std::make_unique<Dropout>(name, in, d);
-                    }};
+    t["dropout"] = {
+        {"p"}, [](Options& o, const std::string& name, const Shape& in, const BuildContext& ctx) {
+          DropoutOptions d;
+          d.p = static_cast<float>(o.real("p", 0.5));
+          return std::make_unique<Dropout>(name, in, d, ctx);
+        }};
     // A language model's layers: token + position embedding, causal multi-head self-attention;
     // both split over the tensor axis with split = true (vocabulary rows; heads).
     t["embedding"] = {{"vocab", "dim", "positions", "split"},
@@ -321,7 +321,7 @@ const std::map<std::string, Kind>& kinds() {
           }
           auto all = std::make_unique<Sequential>(name, in, ctx, "repeat");
           for (std::int64_t r = 0; r < times; ++r) {
-            all->add(chain_of(o, fmt::format("{}.{}", name, r), all->output_shape(), ctx));
+            all->append(chain_of(o, fmt::format("{}.{}", name, r), all->output_shape(), ctx));
           }
           return all;
         }};

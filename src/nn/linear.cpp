@@ -28,7 +28,7 @@ Linear::Linear(std::string name, const Shape& input, const LinearOptions& option
       m_out(options.out),
       m_bias(options.bias),
       m_split(options.split),
-      m_region(this->context()) {
+      m_region(this->context(), this->name()) {
   const bool ok = (input.size() == 1 || input.size() == 2) &&
                   std::all_of(input.begin(), input.end(), [](Index e) { return e >= 1; });
   if (!ok) {
@@ -67,6 +67,8 @@ Linear::Linear(std::string name, const Shape& input, const LinearOptions& option
   if (m_bias) {
     add_parameter("bias", bias, init, /*decay=*/false);
   }
+  m_local_x = sample_shape(m_split == LinearSplit::input ? m_local_in : m_in);
+  m_local_y = sample_shape(m_split == LinearSplit::output ? m_local_out : m_out);
 }
 
 Shape Linear::sample_shape(Index features) const {
@@ -86,26 +88,48 @@ Shape Linear::output_shape(const Shape& input) const {
 Layout Linear::place_input(const Layout& input) {
   (void)output_shape(input.global_shape());
   const int features = static_cast<int>(m_lead.size());  // the last dimension
-  if (m_split != LinearSplit::input) {
-    require_whole(input);
-    return m_split == LinearSplit::output
-               ? Layout::split(sample_shape(m_out), features, GridAxis::tensor)
-               : Layout::replicated(sample_shape(m_out));
+  const GridPlace& place = context().place();
+  m_sliced = m_split != LinearSplit::input && m_region.is_sliced(input);
+  Layout out;
+  if (m_split == LinearSplit::input) {
+    if (input != Layout::split(sample_shape(m_in), features, GridAxis::tensor)) {
+      TESSERA_THROW(
+          "linear '{}' (split = \"input\") takes its input features split over the tensor "
+          "axis, as a split = \"output\" layer before it leaves them, but its input is {}",
+          name(), input.to_string());
+    }
+    out = m_lead.empty() ? Layout::replicated(sample_shape(m_out))
+                         : m_region.outside(sample_shape(m_out));
+  } else if (m_split == LinearSplit::output) {
+    if (!m_sliced) {
+      require_whole(input);
+    }
+    out = Layout::split(sample_shape(m_out), features, GridAxis::tensor);
+  } else {
+    if (!m_sliced) {
+      require_whole(input);
+    }
+    out =
+        m_sliced ? m_region.outside(sample_shape(m_out)) : Layout::replicated(sample_shape(m_out));
+    // On a token slice the weight's gradient is this rank's tokens' part: summed over tensor too.
+    for (Parameter& p : parameters()) {
+      p.partial = m_sliced ? AxisSet{GridAxis::data, GridAxis::tensor} : AxisSet{GridAxis::data};
+    }
   }
-  if (input != Layout::split(sample_shape(m_in), features, GridAxis::tensor)) {
-    TESSERA_THROW(
-        "linear '{}' (split = \"input\") takes its input features split over the tensor "
-        "axis, as a split = \"output\" layer before it leaves them, but its input is {}",
-        name(), input.to_string());
-  }
-  return Layout::replicated(sample_shape(m_out));
+  m_local_x = input.local_shape(place);
+  m_local_y = out.local_shape(place);
+  return out;
 }
 
 ForwardResult Linear::forward(const Tensor& x, const ForwardOptions& /*options*/) {
-  check_batch(x, sample_shape(m_local_in), "input");
-  const Index n = x.numel() / m_local_in;  // GEMM rows: samples × tokens
-  const Tensor y = m_output.get(name() + ".output",
-                                batch_shape(x.dim(0), sample_shape(m_local_out)));  // uninitialised
+  check_batch(x, m_local_x, "input");
+  // Split by output, the input enters the region whole: gathered from the token slices with
+  // sequence parallelism, else as it is (copy_to).
+  const Tensor xin = m_split == LinearSplit::output ? m_region.enter_forward(x, m_sliced) : x;
+  const Index n = xin.numel() / m_local_in;  // GEMM rows: samples × tokens
+  Shape y_shape = xin.shape();
+  y_shape.back() = m_local_out;
+  const Tensor y = m_output.get(name() + ".output", y_shape);  // uninitialised
   // y = b + x · Wᵀ: (rows, in) · (in, out). broadcast_bias writes the bias into every row and the
   // GEMM accumulates onto it (beta = 1): the bias costs what the GEMM's own zeroing of C (beta =
   // 0, no bias) would. Split by input, only tensor rank 0 starts from the bias: the sum over the
@@ -115,27 +139,30 @@ ForwardResult Linear::forward(const Tensor& x, const ForwardOptions& /*options*/
   if (add_bias) {
     kernels::broadcast_bias(y.reshaped({n, m_local_out}), parameters()[1].value);
   }
-  kernels::gemm(Trans::no, Trans::yes, n, m_local_out, m_local_in, 1.0F, x.data(), m_local_in,
+  kernels::gemm(Trans::no, Trans::yes, n, m_local_out, m_local_in, 1.0F, xin.data(), m_local_in,
                 parameters()[0].value.data(), m_local_in, add_bias ? 1.0F : 0.0F, y.data(),
                 m_local_out);
-  if (m_split == LinearSplit::input) {
-    m_region.reduce_from_forward(y);  // partial over tensor → the sum
-  }
   Context ctx;
-  ctx.saved = {x};  // (N, [T,] local in)
+  ctx.saved = {xin};  // (N, [T,] local in): whole tokens when split by output
   ctx.input_shape = x.shape();
+  if (m_split == LinearSplit::input) {
+    return {m_region.leave_forward(y), std::move(ctx)};  // partial over tensor → the sum (slice)
+  }
   return {y, std::move(ctx)};
 }
 
-Tensor Linear::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, sample_shape(m_local_out), "output grad");
-  TESSERA_CHECK(ctx.saved.size() == 1 &&
-                    ctx.saved[0].shape() == batch_shape(dy.dim(0), sample_shape(m_local_in)),
+Tensor Linear::backward(const Tensor& dy_in, Context&& ctx) {
+  check_batch(dy_in, m_local_y, "output grad");
+  TESSERA_CHECK(ctx.saved.size() == 1 && ctx.input_shape == batch_shape(dy_in.dim(0), m_local_x),
                 "linear '{}': backward context does not match output grad {} (call backward once "
                 "with the context of the forward call that produced it)",
-                name(), to_string(dy.shape()));
+                name(), to_string(dy_in.shape()));
+  // Split by input, dy of the whole tokens (joined from the slices with sequence parallelism).
+  const Tensor dy = m_split == LinearSplit::input ? m_region.leave_backward(dy_in) : dy_in;
   const Tensor& x = ctx.saved[0];            // (N, [T,] in)
   const Index n = dy.numel() / m_local_out;  // GEMM rows
+  TESSERA_CHECK(x.numel() == n * m_local_in, "linear '{}': saved input {} does not fit dy {}",
+                name(), to_string(x.shape()), to_string(dy.shape()));
   Parameter& w = parameters()[0];
   // dW += dyᵀ · x: (out, N) · (N, in).
   kernels::gemm(Trans::yes, Trans::no, m_local_out, m_local_in, n, 1.0F, dy.data(), m_local_out,
@@ -151,7 +178,7 @@ Tensor Linear::backward(const Tensor& dy, Context&& ctx) {
   kernels::gemm(Trans::no, Trans::no, n, m_local_in, m_local_out, 1.0F, dy.data(), m_local_out,
                 w.value.data(), m_local_in, 0.0F, dx.data(), m_local_in);
   if (m_split == LinearSplit::output) {
-    m_region.copy_to_backward(dx);  // each rank's part of dx → the sum
+    return m_region.enter_backward(dx, m_sliced);  // each rank's part of dx → the sum (slice)
   }
   return dx;
 }

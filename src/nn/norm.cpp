@@ -273,8 +273,12 @@ BatchNorm3d::BatchNorm3d(std::string name, const Shape& input, const BatchNormOp
 
 // --- LayerNorm ---------------------------------------------------------------------------------
 
-LayerNorm::LayerNorm(std::string name, const Shape& input, const LayerNormOptions& options)
-    : Layer(std::move(name)), m_options(options), m_input(input) {
+LayerNorm::LayerNorm(std::string name, const Shape& input, const LayerNormOptions& options,
+                     BuildContext context)
+    : Layer(std::move(name), std::move(context)),
+      m_options(options),
+      m_input(input),
+      m_local_input(input) {
   check_eps(*this, options.eps);
   (void)output_shape(input);
   const Shape width{input.back()};
@@ -290,15 +294,32 @@ Shape LayerNorm::output_shape(const Shape& input) const {
   return input;
 }
 
+Layout LayerNorm::place_input(const Layout& input) {
+  (void)output_shape(input.global_shape());
+  const int features = input.rank() - 1;
+  if (!input.partial_axes().empty() || input.axis_of(features).has_value()) {
+    throw Error(fmt::format(
+        "{} '{}' normalises rows of {} whole features, but its input is {}; end the split "
+        "before it (a linear with split = \"input\" joins the tensor axis's blocks)",
+        kind(), name(), m_input.back(), input.to_string()));
+  }
+  for (Parameter& p : parameters()) {  // each rank saw its rows only: summed over their axes too
+    p.partial = AxisSet{GridAxis::data} | input.split_axes();
+  }
+  m_local_input = input.local_shape(context().place());
+  return input;
+}
+
 // Context: saved = {x_hat (N, ..., C), inv_std (rows,)}: the normalised input and
 // 1 / sqrt(var + eps) of every row, rows = N · (sample numel / C).
 ForwardResult LayerNorm::forward(const Tensor& x, const ForwardOptions& /*options*/) {
-  check_batch(x, m_input, "input");
+  check_batch(x, m_local_input, "input");
   const Index width = m_input.back();
   const Index rows = x.numel() / width;
-  Tensor y(name() + ".output", x.shape());     // (N, ..., C)
-  Tensor x_hat(name() + ".x_hat", x.shape());  // (N, ..., C)
-  Tensor inv_std(name() + ".inv_std", {rows});
+  // Every element of the three is written by layer_normalize.
+  const Tensor y = m_output.get(name() + ".output", x.shape());    // (N, ..., C)
+  const Tensor x_hat = m_x_hat.get(name() + ".x_hat", x.shape());  // (N, ..., C)
+  const Tensor inv_std = m_inv_std.get(name() + ".inv_std", {rows});
   layer_normalize(x.view(), rows, width, m_options.eps, weight().value.view(), bias().value.view(),
                   x_hat.view(), inv_std.view(), y.view());
   Context ctx;
@@ -308,11 +329,11 @@ ForwardResult LayerNorm::forward(const Tensor& x, const ForwardOptions& /*option
 }
 
 Tensor LayerNorm::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, m_input, "output grad");
-  check_context(dy, ctx, m_input, 2);
+  check_batch(dy, m_local_input, "output grad");
+  check_context(dy, ctx, m_local_input, 2);
   const Index width = m_input.back();
   const Index rows = dy.numel() / width;
-  Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, ..., C)
+  const Tensor dx = m_input_grad.get(name() + ".input_grad", ctx.input_shape);  // all written
   layer_norm_backward(dy.view(), ctx.saved[0].view(), ctx.saved[1].view(), rows, width,
                       weight().value.view(), parameters()[0].grad.view(),
                       parameters()[1].grad.view(), dx.view());

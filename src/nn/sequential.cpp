@@ -25,6 +25,14 @@ Layer& Sequential::add(std::unique_ptr<Layer> layer) {
   return *m_layers.back();
 }
 
+Layer& Sequential::append(std::unique_ptr<Layer> layer) {
+  TESSERA_CHECK(layer != nullptr, "sequential '{}': null layer", name());
+  m_output = layer->output_shape(m_output);  // throws, naming the layer, if it does not fit
+  m_layers.push_back(std::move(layer));
+  update_input_grad_flags();
+  return *m_layers.back();
+}
+
 void Sequential::set_needs_input_grad(bool needed) {
   Layer::set_needs_input_grad(needed);
   update_input_grad_flags();
@@ -125,6 +133,14 @@ Shape Residual::output_shape(const Shape& input) const {
 
 Layout Residual::place_input(const Layout& input) {
   const Layout out = m_body->place_input(input);
+  if (out != input && context().sequence_parallel() && input.is_replicated() &&
+      out.dim_of(GridAxis::tensor) == 0) {
+    throw Error(fmt::format(
+        "residual '{}': with parallel.sequence_parallel its body leaves the tokens split over the "
+        "tensor axis ({}), so its input must come split too, but it is whole: split the layers "
+        "before it (an embedding with split = true gives token slices)",
+        name(), out.to_string()));
+  }
   if (out != input) {
     throw Error(
         fmt::format("residual '{}': body {} '{}' takes {} and gives {}; a residual needs "

@@ -1,24 +1,127 @@
 #include "tessera/nn/tensor_parallel.hpp"
 
 #include "tessera/core/check.hpp"
+#include "tessera/core/timer.hpp"
+
+#include <cstring>
 
 namespace tessera::nn {
 
-TensorRegion::TensorRegion(const BuildContext& context) : m_size(context.size(GridAxis::tensor)) {
+TensorRegion::TensorRegion(const BuildContext& context, std::string name)
+    : m_clock(&context.tensor_clock()),
+      m_name(std::move(name)),
+      m_size(context.size(GridAxis::tensor)),
+      m_sequence_layout(context.sequence_parallel()),
+      m_sequence(context.sequence_parallel() && m_size > 1) {
   if (m_size > 1 && context.has_grid()) {
     m_comm = &context.axis(GridAxis::tensor);
   }
 }
 
-void TensorRegion::sum(const Tensor& t) const {
+Layout TensorRegion::outside(const Shape& shape) const {
+  if (!m_sequence_layout || shape.size() < 2) {
+    return Layout::replicated(shape);
+  }
+  if (shape[0] % m_size != 0) {
+    TESSERA_THROW(
+        "'{}': with parallel.sequence_parallel its {} tokens are cut into equal slices over the "
+        "{} tensor ranks, which do not divide them (model.context must be a multiple of "
+        "parallel.tensor)",
+        m_name, shape[0], m_size);
+  }
+  return Layout::split(shape, 0, GridAxis::tensor);
+}
+
+bool TensorRegion::is_sliced(const Layout& input) const {
+  return m_sequence_layout && input.rank() >= 2 && input == outside(input.global_shape());
+}
+
+comm::Communicator& TensorRegion::comm() const {
+  TESSERA_CHECK(m_comm != nullptr,
+                "'{}' is split over {} tensor ranks but was built without communicators (to be "
+                "described, not run)",
+                m_name, m_size);
+  return *m_comm;
+}
+
+void TensorRegion::sum(const Tensor& t) {
   if (m_size == 1) {
     return;
   }
-  TESSERA_CHECK(m_comm != nullptr,
-                "a layer split over {} tensor ranks was built without communicators (to be "
-                "described, not run)",
-                m_size);
-  m_comm->allreduce(t)->wait();
+  comm::Communicator& c = comm();
+  const Stopwatch clock;
+  c.allreduce(t)->wait();
+  m_clock->seconds += clock.seconds();
+  m_clock->calls += 1;
+}
+
+// A batch (N, T, ...) holds, per sample, the token slices of the ranks one after the other; MPI's
+// allgather and reduce-scatter want each rank's slices of every sample together (rank-major). With
+// N = 1 the two orders are the same and nothing is repacked.
+
+Tensor TensorRegion::gather_tokens_forward(const Tensor& x) {
+  if (!m_sequence) {
+    return x;
+  }
+  TESSERA_CHECK(x.rank() >= 2, "'{}': gather_tokens of {} needs (N, T, ...)", m_name,
+                to_string(x.shape()));
+  Shape whole = x.shape();
+  whole[1] *= m_size;
+  const Tensor out = m_gathered.get(m_name + ".gathered", whole);
+  const Index n = x.dim(0);
+  const Index slice = x.numel() / n;  // one sample's slice: T/size tokens
+  comm::Communicator& c = comm();
+  const Stopwatch clock;
+  if (n == 1) {
+    c.allgather(x, out)->wait();
+  } else {
+    m_pack.resize(static_cast<size_t>(x.numel() * m_size));
+    c.allgather(x, m_pack)->wait();
+    float* dst = out.data();
+    for (Index s = 0; s < n; ++s) {
+      for (int r = 0; r < m_size; ++r) {  // pack [r][s] → out [s][r]
+        std::memcpy(dst + (s * m_size + r) * slice,
+                    m_pack.data() + (static_cast<Index>(r) * n + s) * slice,
+                    static_cast<size_t>(slice) * sizeof(float));
+      }
+    }
+  }
+  m_clock->seconds += clock.seconds();
+  m_clock->calls += 1;
+  return out;
+}
+
+Tensor TensorRegion::reduce_scatter_tokens(const Tensor& t) {
+  if (!m_sequence) {
+    sum(t);
+    return t;
+  }
+  TESSERA_CHECK(t.rank() >= 2 && t.dim(1) % m_size == 0,
+                "'{}': reduce_scatter of {} needs (N, T, ...) with T a multiple of {}", m_name,
+                to_string(t.shape()), m_size);
+  Shape sliced = t.shape();
+  sliced[1] /= m_size;
+  const Tensor out = m_scattered.get(m_name + ".scattered", sliced);
+  const Index n = t.dim(0);
+  const Index slice = out.numel() / n;
+  comm::Communicator& c = comm();
+  const Stopwatch clock;
+  if (n == 1) {
+    c.reduce_scatter(t, out)->wait();
+  } else {
+    m_pack.resize(static_cast<size_t>(t.numel()));
+    const float* src = t.data();
+    for (Index s = 0; s < n; ++s) {
+      for (int r = 0; r < m_size; ++r) {  // t [s][r] → pack [r][s]
+        std::memcpy(m_pack.data() + (static_cast<Index>(r) * n + s) * slice,
+                    src + (s * m_size + r) * slice, static_cast<size_t>(slice) * sizeof(float));
+      }
+    }
+    c.reduce_scatter(comm::ConstBuffer(m_pack), out)->wait();
+  }
+  m_clock->seconds += clock.seconds();
+  m_clock->calls += 1;
+  return out;
 }
 
 }  // namespace tessera::nn

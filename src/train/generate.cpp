@@ -113,6 +113,9 @@ std::string generate(const std::string& file, const GenerateOptions& o, MPI_Comm
                       file, to_string(d.model.input)));
     }
   });
+  // Sequence parallelism saves activation memory in training; generation runs on any number of
+  // tensor ranks (which need not divide the context) without it: the parameters are the same.
+  d.parallel.sequence_parallel = false;
   kernels::set_blas_threads(d.run.blas_threads);  // as the run did: oneDNN's OpenMP threads too
   comm::ProcessGrid grid(world, {1, 1, 1, ranks, {1, 1}});
   std::unique_ptr<nn::Sequential> model;

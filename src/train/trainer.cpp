@@ -227,7 +227,10 @@ void check_split(const deck::Deck& d, const io::SplitInfo& info, const std::stri
 
 }  // namespace
 
-std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d, const nn::BuildContext& context) {
+std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d,
+                                            const nn::BuildContext& grid_context) {
+  nn::BuildContext context = grid_context;  // shares its tensor-communication clock
+  context.with_sequence_parallel(d.parallel.sequence_parallel);
   auto model = std::make_unique<nn::Sequential>("model", d.model.input, context);
   for (size_t i = 0; i < d.model.layers.size(); ++i) {
     const nn::LayerSpec& spec = d.model.layers[i];
@@ -613,6 +616,8 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   m_dp->begin_step();  // waits for the previous update's parameters, zeroes the gradients
   w.comm_s += sync_clock.seconds();
   const Stopwatch compute_clock;
+  const nn::TensorCommClock& tensor_clock = m_model->context().tensor_clock();
+  const double tensor_before = tensor_clock.seconds;
   nn::ForwardOptions fo;
   fo.training = true;
   fo.seed = d.run.seed;
@@ -637,7 +642,9 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
       m_dp->end_group(m);
     }
   }
-  w.compute_s += compute_clock.seconds();
+  const double tensor_s = tensor_clock.seconds - tensor_before;
+  w.tensor_s += tensor_s;
+  w.compute_s += compute_clock.seconds() - tensor_s;
 
   // --- gradient reduction (started during backward: what is left is exposed) ---------------
   const Stopwatch comm_clock;
@@ -669,25 +676,29 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
   const double loss = sums[0] / w.steps;
   const double metric = sums[1] / sums[2];
   const double samples_s = sums[2] / elapsed;
-  const double busy = std::max(1e-12, w.compute_s + w.comm_s + w.data_s);
+  const double busy = std::max(1e-12, w.compute_s + w.tensor_s + w.comm_s + w.data_s);
   const double eta = run_seconds / static_cast<double>(step + 1 - m_start_step) *
                      static_cast<double>(m_total_steps - step - 1);
+  // With tensor parallelism, the share of the split layers' own collectives ("tensor").
+  const std::string tensor = m_grid->place().size_of(GridAxis::tensor) > 1
+                                 ? fmt::format("tensor {:2.0f}% ", 100.0 * w.tensor_s / busy)
+                                 : std::string();
   say(fmt::format(
       "step {:6d}/{}  epoch {}  loss {:.4f}  {} {}  {} samples/s  compute {:2.0f}% "
-      "comm {:2.0f}% data {:2.0f}%  lr {:.3g}  ETA {}",
+      "{}comm {:2.0f}% data {:2.0f}%  lr {:.3g}  ETA {}",
       step + 1, m_total_steps, batch.cursor.epoch + 1, loss, classify ? "acc" : "mae",
       classify ? fmt::format("{:5.1f}%", 100.0 * metric) : fmt::format("{:.4g}", metric),
-      rate(samples_s), 100.0 * w.compute_s / busy, 100.0 * w.comm_s / busy, 100.0 * w.data_s / busy,
-      lr, duration(eta)));
+      rate(samples_s), 100.0 * w.compute_s / busy, tensor, 100.0 * w.comm_s / busy,
+      100.0 * w.data_s / busy, lr, duration(eta)));
   const auto per_epoch = static_cast<double>(m_train->batches_per_epoch());
   const std::string norm = d.optimizer.clip_grad_norm > 0.0
                                ? fmt::format(R"(, "grad_norm": {})", json_number(w.grad_norm))
                                : "";
   log_line(fmt::format(
-      R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}{}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
+      R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}{}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "tensor_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
       step + 1, static_cast<double>(step + 1) / per_epoch, json_number(loss),
-      metric_name(d.model.loss), json_number(metric), norm, samples_s, lr, w.compute_s, w.comm_s,
-      w.data_s, run_seconds));
+      metric_name(d.model.loss), json_number(metric), norm, samples_s, lr, w.compute_s, w.tensor_s,
+      w.comm_s, w.data_s, run_seconds));
   w = Window();
   return loss;
 }

@@ -34,6 +34,8 @@ struct ParallelConfig {
   int tensor = 1;    ///< tensor-parallel ranks (layers with `split` are cut over them)
   int pipeline = 1;
   std::vector<int> spatial{1, 1};
+  bool sequence_parallel =
+      false;                    ///< Megatron-LM's: activations between split regions cut by token
   double bucket_mb = 4.0;       ///< gradient bucket size (MiB) of the data-parallel reduction
   std::string reduce = "auto";  ///< "auto", "mpi" or "shared" (parallel::Reduce)
   int zero = 0;                 ///< ZeRO stage: 0 off, 1 optimizer state sharded over the data axis

@@ -45,8 +45,12 @@ void multiply(const Tensor& a, const Tensor& b, const Tensor& out);
 /// p; then mask_i = 1 / (1 - p) and y_i = x_i · mask_i, else mask_i = y_i = 0. Requires 0 <= p < 1.
 /// first_counter is the global counter of x's first element, so that a rank holding samples
 /// [offset, offset + n) of the global batch draws exactly their part of the whole batch's mask.
+/// With block > 0, x is blocks of `block` elements whose first elements are `block_stride`
+/// counters apart (a rank's slice of every sample): element i draws counter first_counter +
+/// (i / block) · block_stride + i % block.
 void dropout_forward(const Tensor& x, const Tensor& y, const Tensor& mask, float p,
-                     std::uint64_t seed, std::uint64_t stream, std::uint64_t first_counter);
+                     std::uint64_t seed, std::uint64_t stream, std::uint64_t first_counter,
+                     Index block = 0, std::uint64_t block_stride = 0);
 
 /// The per-element formulas. f(x) forward; *_grad(s, dy) backward, s the saved tensor's element.
 namespace act {

@@ -49,7 +49,9 @@ class CausalSelfAttention : public Layer {
   const char* kind() const override { return "attention"; }
   /// (T, C) → (T, C).
   Shape output_shape(const Shape& input) const override;
-  // place_input: the default, whole (T, C) in and whole (T, C) out, split or not.
+  /// Whole (T, C) in and out; split with sequence parallelism, a token slice in (gathered) and the
+  /// sum's token slice out (reduce-scatter).
+  Layout place_input(const Layout& input) override;
 
   /// ctx.saved = {x (N, T, C), qkv (N, T, 3·C_r), y (N, T, C_r), lse (N, H_r, T)}: the input (for
   /// dWqkv), this rank's q/k/v, its heads' output before the projection and each query row's
@@ -78,6 +80,9 @@ class CausalSelfAttention : public Layer {
   Index m_features = 0;  // C, whole
   Index m_heads = 0;     // H, whole
   Index m_local_heads = 0;
+  Shape m_local_x;             // this rank's input sample as place_input left it
+  Shape m_local_y;             // this rank's output sample
+  bool m_sliced = false;       // the input is a token slice (sequence parallelism)
   Index m_local_features = 0;  // C_r = H_r · D
   bool m_bias = true;
   bool m_split = false;

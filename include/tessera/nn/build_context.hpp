@@ -7,6 +7,9 @@
 #include "tessera/comm/process_grid.hpp"
 #include "tessera/core/layout.hpp"
 
+#include <cstdint>
+#include <memory>
+
 namespace tessera::nn {
 
 /// Where a layer's tensors live and its kernels run. The host build has one; a CUDA build of
@@ -16,6 +19,14 @@ const char* device_name(Device device);
 
 struct ExecContext {
   Device device = Device::host;
+};
+
+/// What the tensor-parallel layers built with one context spent in their collectives on the tensor
+/// axis (nn::TensorRegion): shared by every copy of the context, read by the trainer for its
+/// progress line. One thread (the training loop's) writes it.
+struct TensorCommClock {
+  double seconds = 0.0;
+  std::int64_t calls = 0;
 };
 
 class BuildContext {
@@ -40,10 +51,25 @@ class BuildContext {
   /// layer built without a grid has none): throws otherwise.
   comm::Communicator& axis(GridAxis axis) const;
 
+  /// Megatron-LM's sequence parallelism (the deck's parallel.sequence_parallel): the layers that
+  /// leave a tensor-parallel region (row-split) give their tokens split over the tensor axis
+  /// (reduce-scatter instead of allreduce), the layers between regions (LayerNorm, element-wise)
+  /// work on that slice, and the layers entering a region (column-split) gather the tokens
+  /// (allgather; reduce-scatter backward). Off: regions end in an allreduce, activations whole.
+  bool sequence_parallel() const { return m_sequence_parallel; }
+  BuildContext& with_sequence_parallel(bool on) {
+    m_sequence_parallel = on;
+    return *this;
+  }
+  /// The tensor-axis communication clock shared by the copies of this context.
+  TensorCommClock& tensor_clock() const { return *m_clock; }
+
  private:
   const comm::ProcessGrid* m_grid = nullptr;
   GridPlace m_place;
   ExecContext m_exec;
+  bool m_sequence_parallel = false;
+  std::shared_ptr<TensorCommClock> m_clock = std::make_shared<TensorCommClock>();
 };
 
 }  // namespace tessera::nn

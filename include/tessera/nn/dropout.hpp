@@ -24,11 +24,16 @@ std::uint64_t dropout_stream(std::string_view name, std::uint64_t step);
 class Dropout : public Layer {
  public:
   /// `input`: one sample's shape (batch excluded), every extent >= 1.
-  Dropout(std::string name, const Shape& input, const DropoutOptions& options);
+  Dropout(std::string name, const Shape& input, const DropoutOptions& options,
+          BuildContext context = {});
 
   const char* kind() const override { return "dropout"; }
   /// The input shape.
   Shape output_shape(const Shape& input) const override;
+  /// Passes a split of the sample's first dimension through (a token slice under sequence
+  /// parallelism): each element draws the mask of its global position, so the masks are the
+  /// whole batch's on any grid.
+  Layout place_input(const Layout& input) override;
   /// x: (N, input...) -> (N, input...). Training with p > 0: ctx.saved = {mask}, mask_i being
   /// 0 or 1 / (1 - p) (so dx = dy · mask). Evaluation or p == 0: a copy of x, ctx.saved = {}.
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
@@ -38,7 +43,9 @@ class Dropout : public Layer {
   float p() const { return m_options.p; }
 
  private:
-  Shape m_input;  // one sample
+  Shape m_input;             // one sample
+  Shape m_local_input;       // this rank's part of it
+  Index m_local_offset = 0;  // where that part starts in the sample (elements)
   DropoutOptions m_options;
 };
 

@@ -45,7 +45,9 @@ class Embedding : public Layer {
   const char* kind() const override { return "embedding"; }
   /// (T,) → (T, C).
   Shape output_shape(const Shape& input) const override;
-  // place_input: the default, whole (T,) in and whole (T, C) out, split or not.
+  /// Whole (T,) in; whole (T, C) out, or split with sequence parallelism this rank's token slice
+  /// of the sum (reduce-scatter instead of allreduce).
+  Layout place_input(const Layout& input) override;
 
   /// ctx.saved = {x (N, T)}: the ids, where backward scatters dy. Throws, naming the id, its
   /// sample and position, when an id is not an integer in [0, V) (on every rank of the tensor
@@ -74,7 +76,8 @@ class Embedding : public Layer {
   Index m_dim = 0;        // C
   Index m_positions = 0;  // P
   bool m_split = false;
-  Range m_block;  // this rank's rows of wte
+  Range m_block;    // this rank's rows of wte
+  Shape m_local_y;  // this rank's output sample: (T, C), or its token slice
   TensorRegion m_region;
   BufferPool m_output;      // (N, T, C)
   BufferPool m_input_grad;  // (N, T): zeros, only when asked for

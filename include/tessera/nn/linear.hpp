@@ -36,7 +36,11 @@ struct LinearOptions {
 ///   y = Σ_t x_t · W_tᵀ + b: one allreduce over tensor (reduce_from), the bias added once (by
 ///   tensor rank 0, before the sum). Backward: no communication; the bias gradient is the same on
 ///   every tensor rank.
-/// At T = 1 both are the whole layer.
+/// With sequence parallelism (BuildContext::sequence_parallel, per-token samples) the activations
+/// outside a split region are token slices: split = output gathers its input's slices (allgather;
+/// reduce-scatter of dx backward), split = input gives the sum's token slice (reduce-scatter;
+/// allgather of dy backward), and split = none on a token slice works on it (its gradients then
+/// partial over the tensor axis too). At T = 1 every split is the whole layer.
 class Linear : public Layer {
  public:
   /// `input` is one sample's shape, (in,) or (tokens, in); `context` the grid place and tensor
@@ -46,7 +50,8 @@ class Linear : public Layer {
 
   const char* kind() const override { return "linear"; }
   Shape output_shape(const Shape& input) const override;
-  /// none: whole in, whole out; output: whole in, split out; input: split in, whole out.
+  /// none: whole (or a token slice) in, the same out; output: whole or a token slice in, features
+  /// split out; input: features split in, whole (a token slice with sequence parallelism) out.
   Layout place_input(const Layout& input) override;
   /// ctx.saved = {x (N, [T,] in)}: the weight gradient needs the input (this rank's block of it).
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
@@ -69,6 +74,9 @@ class Linear : public Layer {
   Index m_out = 0;        // global
   Index m_local_in = 0;   // this rank's input features
   Index m_local_out = 0;  // this rank's output features
+  Shape m_local_x;        // this rank's input sample as place_input left it
+  Shape m_local_y;        // this rank's output sample
+  bool m_sliced = false;  // the input is a token slice (sequence parallelism)
   bool m_bias = true;
   LinearSplit m_split = LinearSplit::none;
   TensorRegion m_region;

@@ -63,13 +63,17 @@ struct LayerNormOptions {
 /// Normalises every row of the sample's LAST dimension: a (T, C) sample gives T rows of C, a (C,)
 /// sample one row. y = weight · (x - mean) / sqrt(var + eps) + bias with the biased variance of
 /// the row; the same in training and eval. Parameters "weight" (C) = 1 and "bias" (C) = 0, no
-/// weight decay (also set by the constructor).
+/// weight decay (also set by the constructor). Rows split over grid axes (a token slice under
+/// sequence parallelism) pass through: each rank normalises its rows, and its parameter gradients
+/// are then partial over those axes as well; the features must be whole.
 class LayerNorm final : public Layer {
  public:
-  LayerNorm(std::string name, const Shape& input, const LayerNormOptions& options = {});
+  LayerNorm(std::string name, const Shape& input, const LayerNormOptions& options = {},
+            BuildContext context = {});
 
   const char* kind() const override { return "layernorm"; }
   Shape output_shape(const Shape& input) const override;
+  Layout place_input(const Layout& input) override;
   /// ctx.saved = {x_hat (N, ..., C), inv_std (rows,)}, rows = N · (sample numel / C).
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
   Tensor backward(const Tensor& dy, Context&& ctx) override;
@@ -80,7 +84,13 @@ class LayerNorm final : public Layer {
 
  private:
   LayerNormOptions m_options;
-  Shape m_input;  // (..., C)
+  Shape m_input;        // (..., C)
+  Shape m_local_input;  // this rank's rows of it
+  // Reused from step to step (BufferPool).
+  BufferPool m_output;      // y (N, ..., C)
+  BufferPool m_x_hat;       // (N, ..., C)
+  BufferPool m_inv_std;     // (rows,)
+  BufferPool m_input_grad;  // dx (N, ..., C)
 };
 
 }  // namespace tessera::nn

@@ -18,8 +18,12 @@ class Sequential final : public Layer {
   Sequential(std::string name, Shape input, BuildContext context = {},
              const char* kind = "sequential");
 
-  /// Appends `layer`, whose input must be the chain's current output shape. Returns it.
+  /// Appends `layer`, whose input must be the chain's current output shape, and places it on the
+  /// chain's current output layout. Returns it.
   Layer& add(std::unique_ptr<Layer> layer);
+  /// Appends `layer` checking its shape only: the chain of a composite layer, whose placements are
+  /// known once the composite itself is placed (place_input places every layer then).
+  Layer& append(std::unique_ptr<Layer> layer);
   /// Constructs L(name, <current output shape>, args...) at the end of the chain.
   template <class L, class... Args>
   L& emplace(std::string layer_name, Args&&... args) {

@@ -100,6 +100,7 @@ class Trainer {
     double steps = 0.0;
     double compute_s = 0.0;
     double comm_s = 0.0;
+    double tensor_s = 0.0;  // the tensor-parallel layers' collectives, inside forward/backward
     double data_s = 0.0;
     double paused_s = 0.0;   // checkpoint time inside the window, not counted in samples/s
     double grad_norm = 0.0;  // the last step's, when clipping
