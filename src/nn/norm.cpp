@@ -174,17 +174,28 @@ void layer_norm_backward(const FloatView& dy, const FloatView& x_hat, const Floa
               inv * (gj - mean_g - static_cast<double>(x_hat(base + j)) * mean_g_xhat));
         }
       });
+  // Each work item owns a block of columns and walks the rows in order: contiguous loads that
+  // vectorise, and sums that do not depend on the threads.
+  constexpr Index kBlock = 32;
   Kokkos::parallel_for(
-      "LayerNorm::param_grads", Policy(0, width), KOKKOS_LAMBDA(const Index j) {
-        double sum_dy = 0.0;
-        double sum_dy_xhat = 0.0;
+      "LayerNorm::param_grads", Policy(0, (width + kBlock - 1) / kBlock),
+      KOKKOS_LAMBDA(const Index blk) {
+        const Index j0 = blk * kBlock;
+        const Index len = width - j0 < kBlock ? width - j0 : kBlock;
+        double sum_dy[kBlock] = {};
+        double sum_dy_xhat[kBlock] = {};
         for (Index r = 0; r < rows; ++r) {
-          const auto d = static_cast<double>(dy(r * width + j));
-          sum_dy += d;
-          sum_dy_xhat += d * static_cast<double>(x_hat(r * width + j));
+          const Index base = r * width + j0;
+          for (Index j = 0; j < len; ++j) {
+            const auto d = static_cast<double>(dy(base + j));
+            sum_dy[j] += d;
+            sum_dy_xhat[j] += d * static_cast<double>(x_hat(base + j));
+          }
         }
-        dweight(j) += static_cast<float>(sum_dy_xhat);
-        dbias(j) += static_cast<float>(sum_dy);
+        for (Index j = 0; j < len; ++j) {
+          dweight(j0 + j) += static_cast<float>(sum_dy_xhat[j]);
+          dbias(j0 + j) += static_cast<float>(sum_dy[j]);
+        }
       });
 }
 
