@@ -526,6 +526,7 @@ void parse_model(Section& s, Deck& d, const Source& src) {
     auto layer = nn::make_layer(d.model.layers[i], fmt::format("model.layers[{}]", i),
                                 chain.output_shape(), context);
     try {
+      nn::tie_to_model(*layer, chain);
       chain.add(std::move(layer));
     } catch (const Error& e) {
       throw input_error(e.message(), d.model.layers[i].where);

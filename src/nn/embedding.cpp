@@ -1,6 +1,7 @@
 #include "tessera/nn/embedding.hpp"
 
 #include "tessera/core/check.hpp"
+#include "tessera/kernels/gemm.hpp"
 
 #include <algorithm>
 
@@ -192,6 +193,99 @@ Tensor Embedding::backward(const Tensor& dy_in, Context&& ctx) {
   const Tensor dx = m_input_grad.get(name() + ".input_grad", x.shape());
   dx.zero();  // the output is piecewise constant in the ids
   return dx;
+}
+
+// --- TiedHead ----------------------------------------------------------------------------------
+
+TiedHead::TiedHead(std::string name, const Shape& input, BuildContext context)
+    : Layer(std::move(name), std::move(context)),
+      m_input(input),
+      m_local_x(input),
+      m_region(this->context(), this->name()) {
+  if (input.size() != 2 || input[0] < 1 || input[1] < 1) {
+    TESSERA_THROW("tied_head '{}': input shape {} must be (tokens, features) with extents >= 1",
+                  this->name(), to_string(input));
+  }
+}
+
+void TiedHead::bind(Embedding& embedding) {
+  if (embedding.dim() != m_input[1]) {
+    TESSERA_THROW(
+        "tied_head '{}': its input has {} features but embedding '{}' has dim = {}; a tied head "
+        "multiplies by the embedding's table, so they must be equal",
+        name(), m_input[1], embedding.name(), embedding.dim());
+  }
+  m_embedding = &embedding;
+  m_local_y = {m_input[0], embedding.wte().value.dim(0)};
+}
+
+Embedding& TiedHead::embedding() const {
+  TESSERA_CHECK(m_embedding != nullptr,
+                "tied_head '{}' is not tied to an embedding: the model needs an embedding before "
+                "it",
+                name());
+  return *m_embedding;
+}
+
+Shape TiedHead::output_shape(const Shape& input) const {
+  if (input != m_input) {
+    TESSERA_THROW("tied_head '{}': input sample shape {} does not fit, expected {}", name(),
+                  to_string(input), to_string(m_input));
+  }
+  return {m_input[0], embedding().vocab()};
+}
+
+Layout TiedHead::place_input(const Layout& input) {
+  const Shape out = output_shape(input.global_shape());
+  const bool split = embedding().split();
+  m_sliced = split && m_region.is_sliced(input);
+  if (!m_sliced) {
+    require_whole(input);
+  }
+  const Layout layout = split ? Layout::split(out, 1, GridAxis::tensor) : Layout::replicated(out);
+  m_local_x = input.local_shape(context().place());
+  m_local_y = layout.local_shape(context().place());
+  return layout;
+}
+
+ForwardResult TiedHead::forward(const Tensor& x_in, const ForwardOptions& /*options*/) {
+  check_batch(x_in, m_local_x, "input");
+  Embedding& e = embedding();
+  const Tensor x = e.split() ? m_region.enter_forward(x_in, m_sliced) : x_in;
+  const Tensor& wte = e.wte().value;  // (V_r, C)
+  const Index v = wte.dim(0);
+  const Index c = m_input[1];
+  const Index rows = x.numel() / c;
+  const Tensor y = m_output.get(name() + ".output", {x.dim(0), m_input[0], v});
+  // y (rows, V_r) = x (rows, C) · wteᵀ (C, V_r).
+  kernels::gemm(kernels::Trans::no, kernels::Trans::yes, rows, v, c, 1.0F, x.data(), c, wte.data(),
+                c, 0.0F, y.data(), v);
+  Context ctx;
+  ctx.saved = {x};
+  ctx.input_shape = x_in.shape();
+  return {y, std::move(ctx)};
+}
+
+Tensor TiedHead::backward(const Tensor& dy, Context&& ctx) {
+  check_batch(dy, m_local_y, "output grad");
+  check_context(dy, ctx, m_local_x, 1);
+  Embedding& e = embedding();
+  const Tensor& x = ctx.saved[0];  // (N, T, C), whole tokens
+  Parameter& wte = e.wte();
+  const Index v = wte.value.dim(0);
+  const Index c = m_input[1];
+  const Index rows = x.numel() / c;
+  // dwte (V_r, C) += dyᵀ (V_r, rows) · x (rows, C): the head's part of the tied gradient.
+  kernels::gemm(kernels::Trans::yes, kernels::Trans::no, v, c, rows, 1.0F, dy.data(), v, x.data(),
+                c, 1.0F, wte.grad.data(), c);
+  if (!needs_input_grad()) {
+    return Tensor();
+  }
+  // dx (rows, C) = dy (rows, V_r) · wte (V_r, C): partial over tensor when split.
+  const Tensor dx = m_input_grad.get(name() + ".input_grad", x.shape());
+  kernels::gemm(kernels::Trans::no, kernels::Trans::no, rows, c, v, 1.0F, dy.data(), v,
+                wte.value.data(), c, 0.0F, dx.data(), c);
+  return e.split() ? m_region.enter_backward(dx, m_sliced) : dx;
 }
 
 }  // namespace tessera::nn

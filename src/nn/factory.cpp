@@ -231,6 +231,7 @@ std::unique_ptr<Sequential> chain_of(Options& o, const std::string& name, const 
     const LayerSpec& c = children[j];
     auto layer = make_layer(c, fmt::format("{}.{}{}", name, c.kind, j), chain->output_shape(), ctx);
     try {
+      tie_to_model(*layer, *chain);
       chain->append(std::move(layer));
     } catch (const Error& e) {
       throw input_error(e.message(), e.where().empty() ? c.where : e.where());
@@ -294,6 +295,11 @@ const std::map<std::string, Kind>& kinds() {
                         e.positions = o.integer("positions", in.empty() ? 0 : in[0]);
                         e.split = o.boolean("split", false);
                         return std::make_unique<Embedding>(name, in, e, ctx);
+                      }};
+    t["tied_head"] = {{},
+                      [](Options&, const std::string& name, const Shape& in,
+                         const BuildContext& ctx) -> std::unique_ptr<Layer> {
+                        return std::make_unique<TiedHead>(name, in, ctx);
                       }};
     t["attention"] = {{"heads", "bias", "split"},
                       [](Options& o, const std::string& name, const Shape& in,
@@ -361,6 +367,35 @@ std::string to_toml(const OptionValue& v) {
         }
       },
       v);
+}
+
+namespace {
+Embedding* first_embedding(Layer& layer) {
+  if (auto* e = dynamic_cast<Embedding*>(&layer)) {
+    return e;
+  }
+  for (Layer* child : layer.children()) {
+    if (Embedding* e = first_embedding(*child)) {
+      return e;
+    }
+  }
+  return nullptr;
+}
+}  // namespace
+
+void tie_to_model(Layer& layer, Layer& model) {
+  auto* head = dynamic_cast<TiedHead*>(&layer);
+  if (head == nullptr) {
+    return;
+  }
+  Embedding* e = first_embedding(model);
+  if (e == nullptr) {
+    throw Error(
+        fmt::format("tied_head '{}' ties the head to the model's embedding, but there is "
+                    "no embedding before it",
+                    head->name()));
+  }
+  head->bind(*e);
 }
 
 std::vector<std::string> layer_kinds() {

@@ -237,6 +237,7 @@ std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d,
     auto layer =
         nn::make_layer(spec, fmt::format("{}{}", spec.kind, i), model->output_shape(), context);
     try {
+      nn::tie_to_model(*layer, *model);
       model->add(std::move(layer));
     } catch (const Error& e) {
       throw input_error(e.message(), spec.where);

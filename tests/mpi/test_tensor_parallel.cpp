@@ -646,8 +646,9 @@ clip_grad_norm = 1.0
 TEST_F(TensorParallelTest, TransformerMatchesOneRankAfterTenSteps) {
   // A GPT on bytes, vocabulary 256 and one no tensor size here divides (251): on tensor = world
   // and data × tensor, plain, ZeRO-1 and with sequence parallelism (LayerNorm, dropout and the
-  // residual stream on token slices), the loss and every parameter after 10 steps equal one
-  // rank's within 1e-5 (heads 12 split over 2, 3 and 4 ranks; the 16 tokens over 2 and 4).
+  // residual stream on token slices) and with the head tied to the embedding's table, the loss
+  // and every parameter after 10 steps equal one rank's within 1e-5 (heads 12 split over 2, 3 and 4
+  // ranks; the 16 tokens over 2 and 4).
   if (world_size() == 1) {
     GTEST_SKIP() << "needs two ranks or more";
   }
@@ -661,14 +662,21 @@ TEST_F(TensorParallelTest, TransformerMatchesOneRankAfterTenSteps) {
             {"parallel.zero=1"},
             {"optimizer.type=adamw", "optimizer.lr=0.003"},
             {"parallel.sequence_parallel=true"},
-            {"parallel.sequence_parallel=true", "parallel.zero=1"}}) {
+            {"parallel.sequence_parallel=true", "parallel.zero=1"},
+            {"tied"},
+            {"parallel.sequence_parallel=true", "tied"}}) {
         const bool adamw = variant.size() == 2 && variant[0] == "optimizer.type=adamw";
         const bool sequence = !variant.empty() && variant[0] == "parallel.sequence_parallel=true";
+        const bool tied =
+            !variant.empty() && variant.back() == "tied";  // the head tied to the embedding's table
         const int tensor = std::stoi(grid[0].substr(grid[0].find('=') + 1));
         if (sequence && 16 % tensor != 0) {
           continue;  // the 16 tokens do not cut into equal slices (a deck error, tested apart)
         }
         std::vector<std::string> common = variant;
+        if (tied) {
+          common.pop_back();
+        }
         common.push_back("data.train=" + data + ":/train");
         std::vector<std::string> par = common;
         par.insert(par.end(), grid.begin(), grid.end());
@@ -678,8 +686,14 @@ TEST_F(TensorParallelTest, TransformerMatchesOneRankAfterTenSteps) {
         one.push_back("run.output=" + path("gpt-one" + std::to_string(vocab) + "-" +
                                            std::to_string(k) + "-" + std::to_string(world_rank())));
         ++k;
-        const std::string what = "vocab " + std::to_string(vocab) + ", " + joined(par);
+        const std::string what =
+            "vocab " + std::to_string(vocab) + ", " + joined(par) + (tied ? " tied head" : "");
         std::string text = gpt_deck(vocab);
+        if (tied) {
+          const std::string head =
+              fmt::format("{{ linear = {{ out = {}, bias = false, split = \"output\" }} }}", vocab);
+          text.replace(text.find(head), head.size(), "{ tied_head = {} }");
+        }
         if (adamw) {
           text.replace(text.find("momentum = 0.9\n"), 15, "");
         }

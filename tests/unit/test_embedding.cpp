@@ -6,6 +6,8 @@
 #include "support/gradcheck.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/nn/embedding.hpp"
+#include "tessera/nn/factory.hpp"
+#include "tessera/nn/sequential.hpp"
 
 #include <gtest/gtest.h>
 
@@ -253,4 +255,70 @@ TEST(Embedding, BadArgumentsThrowExactMessages) {
             }),
             "embedding 'e0': output grad of shape (3, 4, 8) does not match the context of the "
             "forward pass (input (2, 4))");
+}
+
+TEST(TiedHead, GradientOfTheSharedTableHasBothUses) {
+  // embedding → tied_head: the token table is both looked up and multiplied by, and its gradient
+  // (the lookup's scatter plus the head's dyᵀ · x) matches central differences of L = Σ r ·
+  // logits, as does the position table's (L is quadratic in the tables: central differences are
+  // exact but for round-off). The logits equal x · wteᵀ computed here.
+  nn::Sequential model("m", {5});
+  Embedding& e = model.emplace<Embedding>("e", options(7, 8, 6));
+  auto head = std::make_unique<nn::TiedHead>("head", Shape{5, 8});
+  nn::tie_to_model(*head, model);
+  model.add(std::move(head));
+  EXPECT_EQ(model.output_shape(), (Shape{5, 7}));
+  EXPECT_EQ(model.all_parameters().size(), 2U);  // wte and wpe: nothing new
+  model.initialize(9);
+  const Tensor x = random_ids({2, 5}, 7, 10);
+  nn::ForwardResult f = model.forward(x, {});
+  // The logits by hand from the LayerNorm's output.
+  const std::vector<float> h = model[0].forward(x, {}).output.to_host();
+  const std::vector<float> wte = e.wte().value.to_host();
+  const std::vector<float> y = f.output.to_host();
+  for (Index row = 0; row < 10; ++row) {
+    for (Index v = 0; v < 7; ++v) {
+      double want = 0.0;
+      for (Index c = 0; c < 8; ++c) {
+        want += static_cast<double>(h[static_cast<size_t>(row * 8 + c)]) *
+                static_cast<double>(wte[static_cast<size_t>(v * 8 + c)]);
+      }
+      EXPECT_NEAR(y[static_cast<size_t>(row * 7 + v)], want, 1e-5) << row << ", " << v;
+    }
+  }
+  const std::vector<float> r = tt::random_values(f.output.numel(), 777);
+  model.zero_grad();
+  (void)model.backward(Tensor::from_host("dy", f.output.shape(), r), std::move(f.ctx));
+  const auto loss = [&] { return tt::detail::weighted_sum(model.forward(x, {}).output, r); };
+  const float eps = 1e-2F;
+  for (nn::Parameter* p : model.all_parameters()) {
+    std::vector<float> v = p->value.to_host();
+    const std::vector<float> grad = p->grad.to_host();
+    for (size_t i = 0; i < v.size(); ++i) {
+      const float orig = v[i];
+      v[i] = orig + eps;
+      p->value.copy_from_host(v);
+      const double plus = loss();
+      v[i] = orig - eps;
+      p->value.copy_from_host(v);
+      const double minus = loss();
+      v[i] = orig;
+      p->value.copy_from_host(v);
+      EXPECT_NEAR((plus - minus) / (2.0 * static_cast<double>(eps)), static_cast<double>(grad[i]),
+                  1e-3)
+          << p->name << "[" << i << "]";
+    }
+  }
+}
+
+TEST(TiedHead, BadModelsThrowExactMessages) {
+  nn::Sequential model("m", {5, 8});
+  auto head = std::make_unique<nn::TiedHead>("head", Shape{5, 8});
+  EXPECT_EQ(tt::error_of([&] { nn::tie_to_model(*head, model); }),
+            "tied_head 'head' ties the head to the model's embedding, but there is no embedding "
+            "before it");
+  Embedding e("e", {5}, options(7, 6, 6));
+  EXPECT_EQ(tt::error_of([&] { head->bind(e); }),
+            "tied_head 'head': its input has 8 features but embedding 'e' has dim = 6; a tied head "
+            "multiplies by the embedding's table, so they must be equal");
 }

@@ -76,7 +76,7 @@ TEST(Factory, BuildsEveryKind) {
     EXPECT_EQ(layer->kind(), c.s.kind);
     EXPECT_EQ(layer->output_shape(c.in), c.out) << c.s.kind;
   }
-  EXPECT_EQ(nn::layer_kinds().size(), 22U);
+  EXPECT_EQ(nn::layer_kinds().size(), 23U);
 }
 
 TEST(Factory, CompositesNameTheirChildrenAndRepeat) {
@@ -108,7 +108,7 @@ TEST(Factory, MistakesNameTheLayerTheOptionAndTheDeckLine) {
             "attention, avgpool2d, avgpool3d, batchnorm2d, batchnorm3d, conv2d, conv3d, dropout, "
             "embedding, flatten, "
             "gelu, global_avgpool, layernorm, leaky_relu, linear, maxpool2d, maxpool3d, relu, "
-            "repeat, residual, sigmoid, tanh");
+            "repeat, residual, sigmoid, tanh, tied_head");
   EXPECT_EQ(error_of(spec("conv2d", {{"out", std::int64_t{8}}, {"kernal", std::int64_t{3}}}),
                      {1, 28, 28}),
             "inputs/cnn.toml:14: conv2d 'l3': unknown option 'kernal' (did you mean 'kernel'?)");

@@ -83,4 +83,44 @@ class Embedding : public Layer {
   BufferPool m_input_grad;  // (N, T): zeros, only when asked for
 };
 
+/// The language-model head tied to an Embedding's token table (GPT-2's, "weight tying"): logits
+/// y = x · wteᵀ, (N, T, C) → (N, T, V), no bias and no parameters of its own — the gradient
+/// dyᵀ · x accumulates into the embedding's wte gradient (which is final, for the data-parallel
+/// reduction, once the embedding's own backward has run: the head comes after it in the model).
+/// Split like the embedding: with split = true it is Megatron-LM's vocabulary-parallel head, a
+/// column-split product over the rows of wte this rank holds, its output split over tensor on
+/// the vocabulary (the loss is then the vocabulary-parallel cross entropy); it enters the region
+/// with copy_to, or by gathering token slices under sequence parallelism. The deck's `tied_head`
+/// ties to the model's first embedding (bind(), before the head is placed).
+class TiedHead : public Layer {
+ public:
+  /// `input` is one sample's shape (T, C).
+  TiedHead(std::string name, const Shape& input, BuildContext context = {});
+
+  const char* kind() const override { return "tied_head"; }
+  /// Ties the head to `embedding`, whose dim must be the input's features.
+  void bind(Embedding& embedding);
+  bool bound() const { return m_embedding != nullptr; }
+  /// (T, C) → (T, V).
+  Shape output_shape(const Shape& input) const override;
+  /// Whole (or a token slice under sequence parallelism) in; out split on the vocabulary when the
+  /// embedding is split, else whole.
+  Layout place_input(const Layout& input) override;
+  /// ctx.saved = {x (N, T, C)}: the whole tokens' input.
+  ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
+  Tensor backward(const Tensor& dy, Context&& ctx) override;
+
+ private:
+  Embedding& embedding() const;
+
+  Shape m_input;  // (T, C)
+  Embedding* m_embedding = nullptr;
+  Shape m_local_x;
+  Shape m_local_y;
+  bool m_sliced = false;
+  TensorRegion m_region;
+  BufferPool m_output;      // (N, T, V_r)
+  BufferPool m_input_grad;  // (N, T, C)
+};
+
 }  // namespace tessera::nn

@@ -35,6 +35,11 @@ std::string to_toml(const OptionValue& v);
 std::unique_ptr<Layer> make_layer(const LayerSpec& spec, const std::string& name,
                                   const Shape& input, const BuildContext& context = {});
 
+/// Ties `layer`, when it is a `tied_head`, to the first embedding (depth first) among the layers
+/// already in `model`; does nothing to other layers. Throws, naming the head, when there is none.
+/// Called on each layer of a model before it is added.
+void tie_to_model(Layer& layer, Layer& model);
+
 /// Every layer type a deck may name.
 std::vector<std::string> layer_kinds();
 /// The options `kind` accepts (empty for an unknown kind).
