@@ -8,9 +8,10 @@
 # speed    for each round: Tessera (1 rank, run.blas_threads=1, data.prefetch=0) then PyTorch
 #          (bench/peers/gpt_torch.py --threads 1), STEPS steps of the deck's model, batch and
 #          optimizer; steady state after the first LOG_EVERY steps; tokens/s = samples/s · 128.
-# tensor   for each round: the deck widened to WIDE (dim 512, MLP 2048, 8 heads) on 2 ranks as
-#          tensor = 2 (data 1), then on 1 rank (tensor 1), TP_STEPS steps each; the progress line's
-#          comm share is the tensor-parallel allreduces' exposed time.
+# tensor   for each round: the deck widened (dim 512, MLP 2048, 8 heads) on 2 ranks as tensor = 2
+#          (data 1), then on 1 rank (tensor 1), TP_STEPS steps each; the share of the step the
+#          tensor-parallel collectives took (tensor_s in metrics.jsonl, "tensor NN%" in the
+#          progress line). SEQUENCE=true adds parallel.sequence_parallel to both.
 # Prints every run, then medians and ratios. Environment: TESSERA (build/bin/tessera), PYTHON
 # (/usr/bin/python3 with python3-torch and python3-h5py), ROUNDS (5), STEPS (60), TP_STEPS (40),
 # LOG_EVERY (20), WHAT ("speed tensor"), OUT (a new folder under /tmp). Needs data/kjv.h5.
@@ -25,6 +26,7 @@ STEPS=${STEPS:-60}
 TP_STEPS=${TP_STEPS:-40}
 LOG_EVERY=${LOG_EVERY:-20}
 WHAT=${WHAT:-"speed tensor"}
+SEQUENCE=${SEQUENCE:-false}
 MPIEXEC=${MPIEXEC:-mpiexec.mpich}
 OUT=${OUT:-$(mktemp -d /tmp/tessera-gpt.XXXXXX)}
 [[ -f data/kjv.h5 ]] || { echo "gpt_compare: data/kjv.h5 missing (tessera-data import kjv)" >&2; exit 2; }
@@ -32,7 +34,7 @@ OUT=${OUT:-$(mktemp -d /tmp/tessera-gpt.XXXXXX)}
 mkdir -p "$OUT"
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 csv=$OUT/results.csv
-echo "round,what,peer,tokens_per_s,comm_pct" >"$csv"
+echo "round,what,peer,tokens_per_s,tensor_pct" >"$csv"
 common=(run.steps="$STEPS" run.log_every="$LOG_EVERY" run.eval_every=0 data.test= run.blas_threads=1
   checkpoint.every_steps=0 checkpoint.at_end=false optimizer.schedule.warmup_steps=10)
 wide=("model.layers[0].embedding.dim=512" "model.layers[1].repeat.layers[0].residual.layers[1].attention.heads=8"
@@ -58,12 +60,13 @@ for ((round = 1; round <= ROUNDS; ++round)); do
     for n in 2 1; do
       dir=$OUT/tp$n-r$round
       "$MPIEXEC" -n "$n" "$TESSERA" run inputs/kjv_gpt.toml "${common[@]}" run.steps="$TP_STEPS" \
-        parallel.tensor="$n" parallel.data=1 "${wide[@]}" run.output="$dir" >"$dir.log" 2>&1
+        parallel.tensor="$n" parallel.data=1 parallel.sequence_parallel="$SEQUENCE" "${wide[@]}" \
+        run.output="$dir" >"$dir.log" 2>&1
       rate=$(peers_tessera_rate "$dir/metrics.jsonl" 32 "$LOG_EVERY")
       tok=$("$PYTHON" -c "print(round($rate * 128, 1))")
-      split=$(peers_tessera_split "$dir/metrics.jsonl" "$LOG_EVERY")
-      echo "round $round  tensor  tensor=$n  $tok tokens/s  (compute comm data %: $split)"
-      echo "$round,tensor,tensor$n,$tok,$(cut -d' ' -f2 <<<"$split")" >>"$csv"
+      share=$(peers_tessera_tensor_share "$dir/metrics.jsonl" "$LOG_EVERY")
+      echo "round $round  tensor  tensor=$n  $tok tokens/s  (tensor-parallel collectives: $share% of the step)"
+      echo "$round,tensor,tensor$n,$tok,$share" >>"$csv"
     done
   fi
 done

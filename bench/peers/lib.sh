@@ -54,6 +54,25 @@ print(" ".join("%.1f" % (100 * s / total) if total > 0 else "-" for s in sums))
 EOF
 }
 
+# peers_tessera_tensor_share METRICS FIRST
+# The share (%) of rank 0's step time after step FIRST that the tensor-parallel layers spent in
+# their collectives (tensor_s over compute_s + tensor_s + comm_s + data_s of the "train" records),
+# with one decimal; "-" when the records lack tensor_s.
+peers_tessera_tensor_share() {
+  "$PYTHON" - "$1" "$2" <<'EOF'
+import json, sys
+path, first = sys.argv[1], int(sys.argv[2])
+records = [r for r in map(json.loads, filter(str.strip, open(path)))
+           if r.get("kind") == "train" and r["step"] > first]
+keys = ("compute_s", "tensor_s", "comm_s", "data_s")
+if not records or any(k not in r for r in records for k in keys):
+    print("-")
+    sys.exit(0)
+sums = [sum(r[k] for r in records) for k in keys]
+print("%.1f" % (100 * sums[1] / sum(sums)) if sum(sums) > 0 else "-")
+EOF
+}
+
 # peers_tessera_accuracy METRICS
 # Test accuracy (%) of the last "eval" record of a Tessera metrics.jsonl ("-" without one).
 peers_tessera_accuracy() {
