@@ -108,11 +108,9 @@ struct Trained {
   train::RunSummary summary;
 };
 
-// Trains `d` on `comm` and gathers every parameter whole.
-Trained train_and_gather(const deck::Deck& d, MPI_Comm comm) {
-  train::Trainer t(d, comm);
+// Every parameter of `t` gathered whole, with its name.
+Trained gathered(train::Trainer& t) {
   Trained r;
-  r.summary = t.run();
   optim::Sgd unused({0.0F, false, 0.0F});  // parameters only: no state needed
   const parallel::StateRegistry reg = t.data_parallel().registry(unused);
   r.parameters = gather_all(reg, parallel::StateKind::parameter, t.grid().trainer());
@@ -121,6 +119,15 @@ Trained train_and_gather(const deck::Deck& d, MPI_Comm comm) {
       r.names.push_back(e.name);
     }
   }
+  return r;
+}
+
+// Trains `d` on `comm` and gathers every parameter whole.
+Trained train_and_gather(const deck::Deck& d, MPI_Comm comm) {
+  train::Trainer t(d, comm);
+  const train::RunSummary summary = t.run();
+  Trained r = gathered(t);
+  r.summary = summary;
   return r;
 }
 
@@ -286,12 +293,7 @@ TEST_F(TensorParallelTest, CheckpointAtTensorTwoRestartsOnAnyGridBitForBit) {
                 << what << ": " << loaded.paths[i] << " is not the file's";
           }
           t.run();
-          Trained after;
-          optim::Sgd unused({0.0F, false, 0.0F});
-          const parallel::StateRegistry reg = t.data_parallel().registry(unused);
-          after.parameters = gather_all(reg, parallel::StateKind::parameter, t.grid().trainer());
-          after.names = reference.names;
-          expect_close(after, reference, 1e-5, what);
+          expect_close(gathered(t), reference, 1e-5, what);
         }
       }
     }
@@ -774,11 +776,6 @@ TEST_F(TensorParallelTest, TransformerCheckpointAtTensorTwoRestartsAtOtherTensor
       }
     }
     (void)t.run();
-    Trained after;
-    optim::Sgd unused({0.0F, false, 0.0F});
-    const parallel::StateRegistry reg = t.data_parallel().registry(unused);
-    after.parameters = gather_all(reg, parallel::StateKind::parameter, t.grid().trainer());
-    after.names = reference.names;
-    expect_close(after, reference, 1e-3, what);
+    expect_close(gathered(t), reference, 1e-3, what);
   }
 }
