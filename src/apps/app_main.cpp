@@ -8,8 +8,10 @@
 #include <Kokkos_Core.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <string>
+#include <vector>
 
 namespace tessera::apps {
 
@@ -51,11 +53,21 @@ int run_main(int argc, char** argv, const std::function<int(int, char**)>& body)
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   int provided = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  // Kokkos reads its own --kokkos-* options, but also answers a bare --help with its own page:
+  // it sees only its options, the program the rest.
+  std::vector<char*> kokkos_args{argv[0]};
+  std::vector<char*> program_args{argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    (std::strncmp(argv[i], "--kokkos-", 9) == 0 ? kokkos_args : program_args).push_back(argv[i]);
+  }
+  int kokkos_argc = static_cast<int>(kokkos_args.size());
+  kokkos_args.push_back(nullptr);
+  program_args.push_back(nullptr);
   int code = 0;
   {
-    Kokkos::ScopeGuard kokkos(argc, argv);
+    Kokkos::ScopeGuard kokkos(kokkos_argc, kokkos_args.data());
     try {
-      code = body(argc, argv);
+      code = body(static_cast<int>(program_args.size()) - 1, program_args.data());
     } catch (const Error& e) {
       if (!e.on_all_ranks()) {
         abort_job(e.what(), e.exit_code());

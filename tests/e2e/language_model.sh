@@ -5,7 +5,8 @@
 # validation loss far below the uniform guess ln 256 = 5.55 nats per byte, one checkpoint holding
 # whole matrices (tessera-ckpt ls: qkv (96, 32), the vocabulary's 256 rows); `tessera generate`
 # prints the prompt and its continuation, byte for byte the same on 1 and 2 ranks; the tensor-2
-# checkpoint restarts on one rank; bad generate arguments exit 2 with one "error: " line.
+# checkpoint restarts on one rank; bad generate arguments exit 2 with one "error: " line; --help
+# is the program's page alone.
 set -euo pipefail
 bin=${TESSERA_BIN:?}
 mpiexec=${MPIEXEC:-mpiexec.mpich}
@@ -91,3 +92,10 @@ for n in 1 2; do
     fail "empty prompt at $n ranks: exit $code, '$out'"
 done
 echo "bad generate arguments: exit 2, one line"
+
+# --help is the program's page, not Kokkos's (Kokkos sees only its --kokkos-* options).
+help=$("$bin/tessera" --help 2>&1)
+[[ $(head -1 <<<"$help") == "tessera: MPI-first SPMD training of neural networks from an input deck" ]] ||
+  fail "tessera --help does not start with the program's own line"
+! grep -q "Kokkos command line arguments" <<<"$help" || fail "tessera --help prints Kokkos's help"
+echo "tessera --help: the program's page only"
