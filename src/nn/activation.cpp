@@ -37,10 +37,7 @@ Shape Activation::output_shape(const Shape& input) const {
 }
 
 Layout Activation::place_input(const Layout& input) {
-  if (!input.partial_axes().empty()) {  // f(a) + f(b) is not f(a + b)
-    throw Error(fmt::format("{} '{}': its input {} is partial; sum it first", kind(), name(),
-                            input.to_string()));
-  }
+  require_not_partial(input);  // f(a) + f(b) is not f(a + b)
   m_input = input.local_shape(context().place());
   return input;
 }

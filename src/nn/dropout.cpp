@@ -45,10 +45,7 @@ Shape Dropout::output_shape(const Shape& input) const {
 }
 
 Layout Dropout::place_input(const Layout& input) {
-  if (!input.partial_axes().empty()) {  // a mask of a sum is not the sum of masks
-    throw Error(fmt::format("{} '{}': its input {} is partial; sum it first", kind(), name(),
-                            input.to_string()));
-  }
+  require_not_partial(input);  // a mask of a sum is not the sum of masks
   for (int d = 1; d < input.rank(); ++d) {
     if (input.axis_of(d).has_value()) {
       throw Error(

@@ -88,6 +88,13 @@ void Layer::require_whole(const Layout& input) const {
   }
 }
 
+void Layer::require_not_partial(const Layout& input) const {
+  if (!input.partial_axes().empty()) {
+    throw Error(fmt::format("{} '{}': its input {} is partial; sum it first", kind(), m_name,
+                            input.to_string()));
+  }
+}
+
 void Layer::zero_grad() {
   for (Parameter* p : all_parameters()) {
     p->grad.zero();

@@ -98,8 +98,7 @@ Layout Linear::place_input(const Layout& input) {
           "axis, as a split = \"output\" layer before it leaves them, but its input is {}",
           name(), input.to_string());
     }
-    out = m_lead.empty() ? Layout::replicated(sample_shape(m_out))
-                         : m_region.outside(sample_shape(m_out));
+    out = m_region.outside(sample_shape(m_out));  // whole for (out,) samples
   } else if (m_split == LinearSplit::output) {
     if (!m_sliced) {
       require_whole(input);

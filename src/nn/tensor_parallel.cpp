@@ -1,7 +1,6 @@
 #include "tessera/nn/tensor_parallel.hpp"
 
 #include "tessera/core/check.hpp"
-#include "tessera/core/timer.hpp"
 
 #include <cstring>
 
@@ -49,10 +48,7 @@ void TensorRegion::sum(const Tensor& t) {
     return;
   }
   comm::Communicator& c = comm();
-  const Stopwatch clock;
-  c.allreduce(t)->wait();
-  m_clock->seconds += clock.seconds();
-  m_clock->calls += 1;
+  timed([&] { c.allreduce(t)->wait(); });
 }
 
 // A batch (N, T, ...) holds, per sample, the token slices of the ranks one after the other; MPI's
@@ -71,10 +67,11 @@ Tensor TensorRegion::gather_tokens_forward(const Tensor& x) {
   const Index n = x.dim(0);
   const Index slice = x.numel() / n;  // one sample's slice: T/size tokens
   comm::Communicator& c = comm();
-  const Stopwatch clock;
-  if (n == 1) {
-    c.allgather(x, out)->wait();
-  } else {
+  timed([&] {
+    if (n == 1) {
+      c.allgather(x, out)->wait();
+      return;
+    }
     m_pack.resize(static_cast<size_t>(x.numel() * m_size));
     c.allgather(x, m_pack)->wait();
     float* dst = out.data();
@@ -85,9 +82,7 @@ Tensor TensorRegion::gather_tokens_forward(const Tensor& x) {
                     static_cast<size_t>(slice) * sizeof(float));
       }
     }
-  }
-  m_clock->seconds += clock.seconds();
-  m_clock->calls += 1;
+  });
   return out;
 }
 
@@ -105,10 +100,11 @@ Tensor TensorRegion::reduce_scatter_tokens(const Tensor& t) {
   const Index n = t.dim(0);
   const Index slice = out.numel() / n;
   comm::Communicator& c = comm();
-  const Stopwatch clock;
-  if (n == 1) {
-    c.reduce_scatter(t, out)->wait();
-  } else {
+  timed([&] {
+    if (n == 1) {
+      c.reduce_scatter(t, out)->wait();
+      return;
+    }
     m_pack.resize(static_cast<size_t>(t.numel()));
     const float* src = t.data();
     for (Index s = 0; s < n; ++s) {
@@ -118,9 +114,7 @@ Tensor TensorRegion::reduce_scatter_tokens(const Tensor& t) {
       }
     }
     c.reduce_scatter(comm::ConstBuffer(m_pack), out)->wait();
-  }
-  m_clock->seconds += clock.seconds();
-  m_clock->calls += 1;
+  });
   return out;
 }
 

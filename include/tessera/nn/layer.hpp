@@ -146,6 +146,9 @@ class Layer {
   /// Throws unless `input` is whole (no dimension split): the default place_input's check, for
   /// layers that compute on whole samples.
   void require_whole(const Layout& input) const;
+  /// Throws unless `input` is partial over no axis: for layers that are not linear in their input
+  /// (f(a) + f(b) is not f(a + b)), which may take splits but not addends.
+  void require_not_partial(const Layout& input) const;
   /// Throws unless x is (N, expected...) for some N >= 1; `what` is "input" or "output grad".
   void check_batch(const Tensor& x, const Shape& expected, const char* what) const;
   /// Throws unless `dy` and `ctx` come from one forward pass of this layer on a batch of samples

@@ -11,13 +11,15 @@
 //
 // A column-split layer (output features split) enters the region with copy_to; a row-split layer
 // (input features split) leaves it with reduce_from; between the two, activations stay split and
-// nothing is communicated. With sequence parallelism (BuildContext::sequence_parallel) the
+// nothing is communicated. Layers call enter_forward/enter_backward and leave_forward/
+// leave_backward, which pick the operator. With sequence parallelism (BuildContext::sequence_parallel) the
 // activations outside the regions are split along their tokens (dimension 1 of a batch (N, T,
 // ...), in equal slices): a region is entered with gather_tokens and left with reduce_scatter,
 // which move the same bytes as the allreduce they replace, and the LayerNorms and element-wise
 // layers between regions work on 1/tensor of the tokens. Every operator does nothing on an axis
 // of one rank, and times its communication on the context's TensorCommClock.
 #include "tessera/core/tensor.hpp"
+#include "tessera/core/timer.hpp"
 #include "tessera/nn/build_context.hpp"
 #include "tessera/nn/layer.hpp"
 
@@ -40,13 +42,6 @@ class TensorRegion {
   /// Whether `input` is a token slice as outside() makes it (a column-split layer gathers it).
   bool is_sliced(const Layout& input) const;
 
-  void copy_to_forward(const Tensor& /*x*/) const {}
-  /// dx (partial over the axis: each rank's part of the input gradient) becomes the sum.
-  void copy_to_backward(const Tensor& dx) { sum(dx); }
-  /// y (partial over the axis) becomes the sum.
-  void reduce_from_forward(const Tensor& y) { sum(y); }
-  void reduce_from_backward(const Tensor& /*dy*/) const {}
-
   /// x: (N, T/size, ...) this rank's token slice → (N, T, ...) every rank's, in token order.
   Tensor gather_tokens_forward(const Tensor& x);
   /// dx: (N, T, ...) partial over the axis → (N, T/size, ...) the sum's slice of this rank.
@@ -65,7 +60,7 @@ class TensorRegion {
     if (sliced) {
       return gather_tokens_backward(dx);
     }
-    copy_to_backward(dx);
+    sum(dx);  // copy_to's backward
     return dx;
   }
   /// Leaving a row-split layer: y partial over the axis becomes the sum, or this rank's token
@@ -74,23 +69,33 @@ class TensorRegion {
     if (m_sequence) {
       return reduce_scatter_forward(y);
     }
-    reduce_from_forward(y);
+    sum(y);  // reduce_from
     return y;
   }
   Tensor leave_backward(const Tensor& dy) { return m_sequence ? reduce_scatter_backward(dy) : dy; }
 
  private:
+  /// In place: t becomes its sum over the axis (nothing on an axis of one rank).
   void sum(const Tensor& t);
   Tensor reduce_scatter_tokens(const Tensor& t);
+  /// Runs the communication `op`, adding its time to the context's TensorCommClock.
+  template <class Op>
+  void timed(Op&& op) {
+    const Stopwatch clock;
+    op();
+    m_clock->seconds += clock.seconds();
+    m_clock->calls += 1;
+  }
   comm::Communicator& comm() const;
 
   comm::Communicator* m_comm = nullptr;
   TensorCommClock* m_clock = nullptr;
   std::string m_name;
   int m_size = 1;
-  bool m_sequence_layout =
-      false;                  // the deck's sequence parallelism: activations outside are sliced
-  bool m_sequence = false;    // ... and there is more than one tensor rank to slice them over
+  // The deck's sequence parallelism: activations outside regions are token slices (the layouts)
+  // and, with more than one tensor rank, move (the communication).
+  bool m_sequence_layout = false;
+  bool m_sequence = false;
   BufferPool m_gathered;      // (N, T, ...) outputs of gather_tokens
   BufferPool m_scattered;     // (N, T/size, ...) outputs of reduce_scatter_tokens
   std::vector<float> m_pack;  // the rank-major order MPI's allgather and reduce-scatter use
