@@ -502,10 +502,6 @@ void parse_model(Section& s, Deck& d, const Source& src) {
   }
   const std::string loss = s.choice("loss", std::nullopt, {"softmax_cross_entropy", "mse"});
   d.model.loss = loss == "mse" ? LossKind::mse : LossKind::softmax_cross_entropy;
-  // Build the chain once: every layer's options and shapes are checked, each error located and
-  // naming the layer by its key (model.layers[i]).
-  // Their placements too: a layer that cannot take what the one before it gives (a whole layer
-  // after a split one) is refused here, whatever the tensor size.
   if (d.parallel.sequence_parallel && d.model.context == 0) {
     throw input_error(
         "parallel.sequence_parallel = true cuts a language model's tokens over the "
@@ -519,22 +515,17 @@ void parse_model(Section& s, Deck& d, const Source& src) {
                     d.model.context, d.parallel.tensor),
         d.where("parallel.sequence_parallel"));
   }
+  // Build the chain once: every layer's options and shapes are checked, each error located and
+  // naming the layer by its key (model.layers[i]).
+  // Their placements too: a layer that cannot take what the one before it gives (a whole layer
+  // after a split one) is refused here, whatever the tensor size.
   nn::BuildContext context;
   context.with_sequence_parallel(d.parallel.sequence_parallel);
-  nn::Sequential chain("model", d.model.input, context);
-  for (size_t i = 0; i < d.model.layers.size(); ++i) {
-    auto layer = nn::make_layer(d.model.layers[i], fmt::format("model.layers[{}]", i),
-                                chain.output_shape(), context);
-    try {
-      nn::tie_to_model(*layer, chain);
-      chain.add(std::move(layer));
-    } catch (const Error& e) {
-      throw input_error(e.message(), d.model.layers[i].where);
-    }
-  }
+  const auto chain = nn::make_model(d.model.layers, d.model.input, context,
+                                    [](size_t i) { return fmt::format("model.layers[{}]", i); });
   // The loss needs the output whole — except softmax_cross_entropy, which takes its classes split
   // over the tensor axis (a vocabulary-parallel head: nn::vocab_parallel_cross_entropy).
-  const Layout& out = chain.output_layout();
+  const Layout& out = chain->output_layout();
   const int last = out.rank() - 1;
   const bool vocab_parallel = d.model.loss == LossKind::softmax_cross_entropy && last >= 0 &&
                               out.split_axes() == AxisSet{GridAxis::tensor} &&

@@ -398,6 +398,22 @@ void tie_to_model(Layer& layer, Layer& model) {
   head->bind(*e);
 }
 
+std::unique_ptr<Sequential> make_model(const std::vector<LayerSpec>& layers, const Shape& input,
+                                       const BuildContext& context,
+                                       const std::function<std::string(size_t)>& name_of) {
+  auto model = std::make_unique<Sequential>("model", input, context);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    auto layer = make_layer(layers[i], name_of(i), model->output_shape(), context);
+    try {
+      tie_to_model(*layer, *model);
+      model->add(std::move(layer));
+    } catch (const Error& e) {
+      throw input_error(e.message(), layers[i].where);
+    }
+  }
+  return model;
+}
+
 std::vector<std::string> layer_kinds() {
   std::vector<std::string> out;
   for (const auto& [name, kind] : kinds()) {

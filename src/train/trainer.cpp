@@ -231,18 +231,9 @@ std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d,
                                             const nn::BuildContext& grid_context) {
   nn::BuildContext context = grid_context;  // shares its tensor-communication clock
   context.with_sequence_parallel(d.parallel.sequence_parallel);
-  auto model = std::make_unique<nn::Sequential>("model", d.model.input, context);
-  for (size_t i = 0; i < d.model.layers.size(); ++i) {
-    const nn::LayerSpec& spec = d.model.layers[i];
-    auto layer =
-        nn::make_layer(spec, fmt::format("{}{}", spec.kind, i), model->output_shape(), context);
-    try {
-      nn::tie_to_model(*layer, *model);
-      model->add(std::move(layer));
-    } catch (const Error& e) {
-      throw input_error(e.message(), spec.where);
-    }
-  }
+  auto model = nn::make_model(d.model.layers, d.model.input, context, [&](size_t i) {
+    return fmt::format("{}{}", d.model.layers[i].kind, i);
+  });
   return model;  // the deck's parser checked that it ends whole (the loss's need)
 }
 

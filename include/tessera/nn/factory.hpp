@@ -5,8 +5,10 @@
 // tessera::Error (exit code 2) carrying the deck location and naming the layer and the shapes.
 #include "tessera/core/error.hpp"
 #include "tessera/nn/layer.hpp"
+#include "tessera/nn/sequential.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -34,6 +36,13 @@ std::string to_toml(const OptionValue& v);
 /// grid place of `context` (one rank by default).
 std::unique_ptr<Layer> make_layer(const LayerSpec& spec, const std::string& name,
                                   const Shape& input, const BuildContext& context = {});
+
+/// A model: the chain of `layers` on samples of (global) shape `input` at the place of `context`,
+/// layer i named `name_of(i)`, each placed as it is added (a `tied_head` tied first). An error of
+/// a layer is thrown at its spec's location. The deck's parser and the trainer build through it.
+std::unique_ptr<Sequential> make_model(const std::vector<LayerSpec>& layers, const Shape& input,
+                                       const BuildContext& context,
+                                       const std::function<std::string(size_t)>& name_of);
 
 /// Ties `layer`, when it is a `tied_head`, to the first embedding (depth first) among the layers
 /// already in `model`; does nothing to other layers. Throws, naming the head, when there is none.
