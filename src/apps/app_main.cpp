@@ -1,6 +1,8 @@
 #include "app_main.hpp"
 
 #include "tessera/core/error.hpp"
+#include "tessera/core/signals.hpp"
+#include "tessera/io/hdf5.hpp"
 
 #include <malloc.h>
 #include <mpi.h>
@@ -51,8 +53,10 @@ int run_main(int argc, char** argv, const std::function<int(int, char**)>& body)
   // the heap: only blocks over 64 MiB are mapped, and freed memory is kept up to 1 GiB.
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  // MPI_THREAD_MULTIPLE: the watchdog's thread (comm/watchdog.hpp) exchanges its diagnosis while
+  // the main thread is blocked in a collective. Everything else calls MPI from the main thread.
   int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   // Kokkos reads its own --kokkos-* options, but also answers a bare --help with its own page:
   // it sees only its options, the program the rest.
   std::vector<char*> kokkos_args{argv[0]};
@@ -80,7 +84,9 @@ int run_main(int argc, char** argv, const std::function<int(int, char**)>& body)
       abort_job(e.what(), 1);
     }
   }
+  io::close_library();  // before MPI_Finalize: a file that failed to close still needs MPI-IO
   MPI_Finalize();
+  signals::relay_exit_status(code);
   return code;
 }
 

@@ -9,6 +9,7 @@
 #include "app_main.hpp"
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/communicator.hpp"
+#include "tessera/core/signals.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/train/generate.hpp"
@@ -22,6 +23,7 @@
 #include <cstdint>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 
 namespace {
 
@@ -71,8 +73,12 @@ tessera::deck::Deck load_deck(tessera::comm::Communicator& world, const std::str
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Before MPI_Init: a job script's early SIGUSR1 then stops the run instead of killing it.
-  tessera::train::install_stop_handlers();
+  // `run` takes SIGINT/SIGTERM/SIGUSR1 as a request to stop at the next step boundary. Before
+  // MPI_Init and before any thread exists, so that no thread ever runs a handler (core/signals.hpp)
+  // and a job script's early SIGUSR1 stops the run instead of killing it.
+  if (argc > 1 && std::string_view(argv[1]) == "run") {
+    tessera::signals::defer_stop_signals();
+  }
   return tessera::apps::run_main(argc, argv, [](int ac, char** av) {
     CLI::App app{"tessera: MPI-first SPMD training of neural networks from an input deck"};
     app.require_subcommand(1);

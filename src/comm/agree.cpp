@@ -1,6 +1,7 @@
 #include "tessera/comm/agree.hpp"
 
 #include "tessera/comm/communicator.hpp"
+#include "tessera/comm/watchdog.hpp"
 
 #include <string>
 #include <vector>
@@ -39,7 +40,10 @@ void agree(MPI_Comm comm, const std::function<void()>& phase) {
   // The lowest failing rank speaks for everyone.
   const int mine = message.empty() && code == 0 ? size : rank;
   int speaker = size;
-  TESSERA_MPI_CHECK(MPI_Allreduce(&mine, &speaker, 1, MPI_INT, MPI_MIN, comm));
+  {
+    watchdog::Blocked blocked(watchdog::record_start("agree (an error check)", "", 4));
+    TESSERA_MPI_CHECK(MPI_Allreduce(&mine, &speaker, 1, MPI_INT, MPI_MIN, comm));
+  }
   if (speaker == size) {
     return;
   }

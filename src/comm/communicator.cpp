@@ -3,12 +3,18 @@
 // in tensor_buffer.cpp.
 #include "tessera/comm/communicator.hpp"
 
+#include "tessera/comm/agree.hpp"
+
+#include "tessera/comm/watchdog.hpp"
 #include "tessera/core/check.hpp"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <utility>
+#include <vector>
 
 namespace tessera::comm {
 
@@ -91,6 +97,7 @@ void Communicator::check_pair(const char* op, const ConstBuffer& input,
 
 std::unique_ptr<Work> Communicator::allreduce(Buffer buffer, const AllreduceOptions& options) {
   check_buffer("allreduce", "the", buffer);
+  launch("allreduce", buffer.count, buffer.dtype);
   return do_allreduce(buffer, options);
 }
 
@@ -115,6 +122,7 @@ std::unique_ptr<Work> Communicator::reduce_scatter(ConstBuffer input, Buffer out
                                                    const ReduceScatterOptions& options) {
   check_pair("reduce_scatter", input, output);
   check_blocks("reduce_scatter", input, "input", output, "output");
+  launch("reduce_scatter", input.count, input.dtype);
   return do_reduce_scatter(input, output, options);
 }
 
@@ -122,12 +130,14 @@ std::unique_ptr<Work> Communicator::allgather(ConstBuffer input, Buffer output,
                                               const AllgatherOptions& options) {
   check_pair("allgather", input, output);
   check_blocks("allgather", output, "output", input, "input");
+  launch("allgather", output.count, input.dtype);
   return do_allgather(input, output, options);
 }
 
 std::unique_ptr<Work> Communicator::broadcast(Buffer buffer, const BroadcastOptions& options) {
   check_buffer("broadcast", "the", buffer);
   check_rank("broadcast", "root", options.root);
+  launch("broadcast", buffer.count, buffer.dtype, options.root);
   return do_broadcast(buffer, options);
 }
 
@@ -137,6 +147,7 @@ std::unique_ptr<Work> Communicator::send(ConstBuffer buffer, const SendOptions& 
   if (options.tag < 0) {
     TESSERA_THROW("{}: tag {} is negative", context("send"), options.tag);
   }
+  launch("send", buffer.count, buffer.dtype, options.peer, false);
   return do_send(buffer, options);
 }
 
@@ -146,11 +157,42 @@ std::unique_ptr<Work> Communicator::recv(Buffer buffer, const RecvOptions& optio
   if (options.tag < 0) {
     TESSERA_THROW("{}: tag {} is negative", context("recv"), options.tag);
   }
+  launch("recv", buffer.count, buffer.dtype, options.peer, false);
   return do_recv(buffer, options);
 }
 
 std::unique_ptr<Work> Communicator::barrier(const BarrierOptions& options) {
+  launch("barrier", 0, DType::f32);
   return do_barrier(options);
+}
+
+void Communicator::launch(const char* op, Index count, DType dtype, int root, bool collective) {
+  const std::uint64_t seq = watchdog::record_start(
+      op, m_name, static_cast<std::int64_t>(count) * static_cast<std::int64_t>(dtype_bytes(dtype)));
+  if (!collective || !watchdog::check_signatures() || m_size == 1) {
+    return;
+  }
+  // Every rank's description of the collective it is about to start, gathered over the group.
+  constexpr int kWidth = 96;
+  std::vector<char> mine(kWidth, '\0');
+  const std::string text = fmt::format("{}({} x {}{})", op, count, dtype_name(dtype),
+                                       root >= 0 ? fmt::format(", root {}", root) : std::string());
+  std::memcpy(mine.data(), text.data(), std::min<size_t>(text.size(), kWidth - 1));
+  std::vector<char> all(static_cast<size_t>(kWidth) * static_cast<size_t>(m_size));
+  {
+    watchdog::Blocked blocked(seq);
+    TESSERA_MPI_CHECK(
+        MPI_Allgather(mine.data(), kWidth, MPI_CHAR, all.data(), kWidth, MPI_CHAR, mpi_comm()));
+  }
+  for (int r = 0; r < m_size; ++r) {
+    const std::string theirs(&all[static_cast<size_t>(r) * kWidth]);
+    if (theirs != text) {
+      TESSERA_THROW(
+          "run.check_collectives: collective #{} on communicator '{}' differs across its ranks: "
+          "rank {} starts {}, rank {} starts {}",
+          seq, m_name, m_rank, text, r, theirs);
+    }
+  }
 }
 
 }  // namespace tessera::comm

@@ -2,11 +2,13 @@
 // the MPI_Request (MPI_Test / MPI_Wait).
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/communicator.hpp"
+#include "tessera/comm/watchdog.hpp"
 #include "tessera/core/check.hpp"
 
 #include <fmt/format.h>
 
 #include <climits>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -64,6 +66,7 @@ class MpiWork final : public Work {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (m_request != MPI_REQUEST_NULL && !finalized && std::uncaught_exceptions() <= m_unwinding) {
+      watchdog::Blocked blocked(m_seq);
       if (MPI_Wait(&m_request, MPI_STATUS_IGNORE) == MPI_SUCCESS && m_then) {
         m_then();
       }
@@ -75,7 +78,12 @@ class MpiWork final : public Work {
       return;
     }
     MPI_Status status;
-    finish(MPI_Wait(&m_request, &status), status);
+    int code = MPI_SUCCESS;
+    {
+      watchdog::Blocked blocked(m_seq);
+      code = MPI_Wait(&m_request, &status);
+    }
+    finish(code, status);
   }
 
   bool test() override {
@@ -118,7 +126,8 @@ class MpiWork final : public Work {
   int m_expected = -1;
   std::function<void()> m_then;
   bool m_done = false;
-  int m_unwinding = std::uncaught_exceptions();  // exceptions in flight when the Work was made
+  std::uint64_t m_seq = watchdog::last_started();  // launch() recorded it just before
+  int m_unwinding = std::uncaught_exceptions();    // exceptions in flight when the Work was made
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "tessera/comm/shared_reduction.hpp"
 
 #include "tessera/comm/agree.hpp"
+#include "tessera/comm/watchdog.hpp"
 #include "tessera/core/check.hpp"
 
 #include <sched.h>
@@ -148,6 +149,10 @@ bool SharedReduction::reached(int rank, size_t slot, std::uint64_t value) const 
 }
 
 void SharedReduction::wait(int rank, size_t slot, std::uint64_t value) const {
+  if (reached(rank, slot, value)) {
+    return;
+  }
+  watchdog::Blocked blocked;  // the reduction's last launch: a shared-memory spin is a collective
   // Spin a little (the other rank is usually about to post), then give the core away on every
   // try: with more ranks than cores a spinning rank would otherwise hold the one it waits for off.
   for (int spin = 0; !reached(rank, slot, value); ++spin) {
@@ -160,6 +165,7 @@ void SharedReduction::wait(int rank, size_t slot, std::uint64_t value) const {
 }
 
 void SharedReduction::begin_round() {
+  (void)watchdog::record_start("shared-memory reduction", "data (this node)", 0);
   if (m_round > 0) {
     for (int k = 0; k < m_size; ++k) {
       if (k == m_rank) {
@@ -257,7 +263,8 @@ void SharedReduction::finish_reduce() {
 }
 
 void SharedReduction::wait_copied() {
-  TESSERA_CHECK(!m_scatter_only, "shared reduction: wait_copied() under ZeRO-1 (nothing is copied)");
+  TESSERA_CHECK(!m_scatter_only,
+                "shared reduction: wait_copied() under ZeRO-1 (nothing is copied)");
   for (int k = 0; k < m_size; ++k) {
     if (k != m_rank) {
       wait(k, copied_slot(), m_round);

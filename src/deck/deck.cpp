@@ -655,6 +655,9 @@ Deck parse(const std::string& text, const std::string& file,
   d.run.eval_every = run.integer("eval_every", 0, 0);
   d.run.output = run.string("output", "runs/" + d.run.name);
   d.run.blas_threads = static_cast<int>(run.integer("blas_threads", 1, 1, 256));
+  d.run.watchdog_s = run.number("watchdog_s", 300.0, 0.0, 1e7, false);
+  d.run.check_collectives = run.boolean("check_collectives", false);
+  d.run.nonfinite = run.choice("nonfinite", "stop", {"stop", "skip"});
   run.finish();
 
   Section par = top.table("parallel");
@@ -815,9 +818,11 @@ std::string to_toml(const Deck& d) {
   } else {
     o += fmt::format("epochs = {}\n", d.run.epochs);
   }
-  o +=
-      fmt::format("log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\n\n",
-                  d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads);
+  o += fmt::format(
+      "log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\nwatchdog_s = {}\n"
+      "check_collectives = {}\nnonfinite = {}\n\n",
+      d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads,
+      real(d.run.watchdog_s), d.run.check_collectives, toml_string(d.run.nonfinite));
   o += fmt::format(
       "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n"
       "sequence_parallel = {}\nbucket_mb = {}\nreduce = {}\nzero = {}\ndeterministic = {}\n",

@@ -1,23 +1,27 @@
 #include "tessera/io/checkpoint.hpp"
 
 #include "tessera/comm/agree.hpp"
+#include "tessera/comm/watchdog.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/io/checkpoint_reader.hpp"
 #include "tessera/io/hdf5.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 
 namespace fs = std::filesystem;
 
@@ -201,6 +205,12 @@ void prune(const std::string& dir, int keep, const std::string& latest) {
 
 }  // namespace
 
+std::string describe_last_good(const std::string& dir) {
+  const std::string latest = dir + "/" + kLatestMarker;
+  return fs::exists(latest) ? latest + " still names the last good checkpoint"
+                            : "there is no earlier checkpoint";
+}
+
 SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                            const parallel::StateRegistry& state, comm::Communicator& comm,
                            int keep) {
@@ -221,57 +231,134 @@ SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
   const std::vector<parallel::StateEntry>& all = state.entries();
   SaveReport report;
   report.file = dir + "/" + name;
+  // Writing. A rank's failure (a full disk, an I/O error) is noted, not thrown: every rank goes on
+  // through HDF5's collective calls to the file's close — a rank that left early would leave the
+  // others waiting there forever. After each tensor the ranks learn whether any has failed and
+  // stop together; then the partial file goes, and the previous checkpoint and `latest` stay.
+  std::string failure;
+  const auto attempt = [&failure](const auto& work) {
+    if (!failure.empty()) {
+      return;
+    }
+    try {
+      work();
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  };
+  const auto any_failed = [&] {
+    int failed = failure.empty() ? 0 : 1;
+    comm.allreduce(comm::Buffer(&failed, 1), {comm::ReduceOp::max})->wait();
+    return failed != 0;
+  };
+  // Room for it first: the tensors' bytes and HDF5's metadata (a generous 1 MiB + 1%), on the
+  // file system rank 0 sees (one file: every rank writes into the same one).
+  double needed = 0;
+  for (const parallel::StateEntry& e : all) {
+    needed += static_cast<double>(numel(e.layout.global_shape())) * 4.0;
+  }
+  needed = needed * 1.01 + 1048576.0;
   comm::agree(comm, [&] {
-    File f = File::create(partial, comm.mpi_comm());  // the HDF5 file over the trainer's ranks
+    struct statvfs fs_info {};
+    // TESSERA_TEST_NO_SPACE_CHECK=1 (tests only) skips it, to meet a disk that fills mid-write.
+    if (rank == 0 && std::getenv("TESSERA_TEST_NO_SPACE_CHECK") == nullptr &&
+        statvfs(dir.c_str(), &fs_info) == 0) {
+      const double free_bytes =
+          static_cast<double>(fs_info.f_bavail) * static_cast<double>(fs_info.f_frsize);
+      if (free_bytes < needed) {
+        throw write_error(fmt::format(
+            "checkpoint: no space left on device for {}: {} has {:.1f} MiB free, the checkpoint "
+            "needs {:.1f} MiB; nothing was written, {}",
+            report.file, dir, free_bytes / 1048576.0, needed / 1048576.0, describe_last_good(dir)));
+      }
+    }
+  });
+  std::optional<File> f;
+  attempt([&] { f.emplace(File::create(partial, comm.mpi_comm())); });
+  if (!any_failed()) {  // H5Fcreate is collective: a rank's failure is every rank's
     {
-      const Group root = f.root();
-      const Attributes a = root.attributes();
-      a.set("format", std::string(kCheckpointFormat));
-      a.set("format_version", kCheckpointVersion);
-      a.set("tessera_version", std::string(TESSERA_VERSION));
-      a.set("created", utc_now());
-      a.set("step", info.step);
-      a.set("total_steps", info.total_steps);
-      a.set("cursor_epoch", info.cursor.epoch);
-      a.set("cursor_batch", info.cursor.batch);
-      a.set("rng_seed", static_cast<std::int64_t>(info.seed));
-      a.set("optimizer", info.optimizer);
-      a.set("optimizer_steps", info.optimizer_steps);
-      a.set("deck", info.deck);
-      a.set("grid", info.grid);
-      a.set("ranks", static_cast<std::int64_t>(info.ranks));
-      a.set("data_size", static_cast<std::int64_t>(info.data_size));
-      a.set("zero", static_cast<std::int64_t>(info.zero));
-      a.set("tensors", static_cast<std::int64_t>(all.size()));
+      const Group root = f->root();
+      attempt([&] {
+        const Attributes a = root.attributes();
+        a.set("format", std::string(kCheckpointFormat));
+        a.set("format_version", kCheckpointVersion);
+        a.set("tessera_version", std::string(TESSERA_VERSION));
+        a.set("created", utc_now());
+        a.set("step", info.step);
+        a.set("total_steps", info.total_steps);
+        a.set("cursor_epoch", info.cursor.epoch);
+        a.set("cursor_batch", info.cursor.batch);
+        a.set("rng_seed", static_cast<std::int64_t>(info.seed));
+        a.set("optimizer", info.optimizer);
+        a.set("optimizer_steps", info.optimizer_steps);
+        a.set("deck", info.deck);
+        a.set("grid", info.grid);
+        a.set("ranks", static_cast<std::int64_t>(info.ranks));
+        a.set("data_size", static_cast<std::int64_t>(info.data_size));
+        a.set("zero", static_cast<std::int64_t>(info.zero));
+        a.set("tensors", static_cast<std::int64_t>(all.size()));
+      });
       std::vector<float> scratch;
       for (const parallel::StateEntry& e : all) {
+        if (any_failed()) {
+          break;
+        }
         // Every rank creates every dataset (HDF5 metadata is collective); the owners of its
         // elements write them, each block independently, from where the rank's layout holds them.
-        std::string leaf;
-        const Group parent = parent_group(root, dataset_path(e), &leaf);
         const Shape& shape = e.layout.global_shape();
-        const Dataset ds = parent.create_dataset(leaf, ElementType::f32,
-                                                 std::vector<hsize_t>(shape.begin(), shape.end()));
         std::uint64_t sum = 0;
-        if (e.owner && !e.blocks.empty()) {
-          const Shape local = e.layout.local_shape(state.place());
-          const HostValues values = host_values(e, true);
-          for (const Block& b : e.blocks) {
-            const float* box = block_values(e, local, b, values.data, scratch);
-            ds.write(file_box(b), ElementType::f32, box, false);
-            sum += block_checksum(e, local, b, box);
+        std::optional<Dataset> ds;
+        attempt([&] {
+          std::string leaf;
+          const Group parent = parent_group(root, dataset_path(e), &leaf);
+          ds.emplace(parent.create_dataset(leaf, ElementType::f32,
+                                           std::vector<hsize_t>(shape.begin(), shape.end())));
+          if (e.owner && !e.blocks.empty()) {
+            const Shape local = e.layout.local_shape(state.place());
+            const HostValues values = host_values(e, true);
+            for (const Block& b : e.blocks) {
+              const float* box = block_values(e, local, b, values.data, scratch);
+              ds->write(file_box(b), ElementType::f32, box, false);
+              sum += block_checksum(e, local, b, box);
+            }
           }
-        }
+        });
         comm.allreduce(comm::Buffer(&sum, 1))->wait();
-        ds.attributes().set("checksum", checksum_string(sum));
-        ds.attributes().set("kind", std::string(parallel::state_kind_name(e.kind)));
+        attempt([&] {
+          ds->attributes().set("checksum", checksum_string(sum));
+          ds->attributes().set("kind", std::string(parallel::state_kind_name(e.kind)));
+        });
         report.bytes += static_cast<double>(numel(shape)) * 4.0;
       }
     }  // every group and dataset closed before the file
-    f.close();
+    // HDF5 flushes its metadata when the file closes, collectively, and does not survive a rank
+    // whose flush fails (the ranks part ways inside it). After a failed write the data is
+    // worthless: rank 0 empties the file first, so the flush finds room on a full disk.
+    if (any_failed() && rank == 0) {
+      (void)truncate(partial.c_str(), 0);
+    }
+    comm.barrier()->wait();
+    attempt([&] {
+      const comm::watchdog::Blocked blocked;  // a close that hangs all the same ends the job
+      f->close();
+    });
+    f.reset();  // a file whose close failed is let go (HDF5 keeps it until H5close)
     // The data reaches the disk before the rename makes it a checkpoint: every rank syncs what
     // its node wrote (one node: the first does the work, the others find nothing dirty).
-    sync_path(partial);
+    attempt([&] { sync_path(partial); });
+  }
+  const bool failed = any_failed();
+  if (failed && rank == 0) {
+    std::error_code ec;
+    fs::remove(partial, ec);  // nothing half-written stays behind
+  }
+  comm::agree(comm, [&] {
+    if (!failure.empty()) {
+      throw write_error(
+          fmt::format("checkpoint: cannot write {} ({}); the partial file is "
+                      "removed, {}",
+                      report.file, failure, describe_last_good(dir)));
+    }
   });
   // Commit: the complete file takes its name, then `latest` moves to it atomically.
   comm::agree(comm, [&] {
@@ -285,7 +372,12 @@ SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
       std::ofstream marker(tmp, std::ios::trunc);
       marker << name << '\n';
       if (!marker.flush()) {
-        throw Error(fmt::format("checkpoint: cannot write {}", tmp));
+        const int error = errno;
+        marker.close();
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        throw write_error(fmt::format("checkpoint: cannot write {} ({}); {}", tmp,
+                                      std::strerror(error), describe_last_good(dir)));
       }
     }
     sync_path(tmp);

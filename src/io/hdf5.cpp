@@ -4,6 +4,7 @@
 #include "tessera/core/layout.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -17,21 +18,51 @@ std::recursive_mutex& hdf5_mutex() {
 
 namespace detail {
 namespace {
-herr_t innermost(unsigned n, const H5E_error2_t* err, void* data) {
-  auto* out = static_cast<std::string*>(data);
-  if (n == 0 && err->desc != nullptr) {
-    *out = err->desc;  // the first entry is the innermost failure
-  }
+herr_t collect(unsigned, const H5E_error2_t* err, void* data) {
+  auto* out = static_cast<std::vector<std::string>*>(data);
+  out->emplace_back(err->desc != nullptr ? err->desc : "");
   return 0;
 }
+
+// What the operating system said, from the innermost entry of HDF5's stack: the sec2 driver's
+// "..., errno = 28, error message = 'No space left on device', ..." or the MPI-IO driver's
+// "MPI_File_write_at failed: MPI error string is '... error stack:\nADIOI_GEN_WRITECONTIG(80):
+// Other I/O error No space left on device'". Empty when there is nothing beyond HDF5's words.
+std::string root_cause(const std::string& innermost) {
+  const std::string tag = "error message = '";
+  if (const size_t at = innermost.find(tag); at != std::string::npos) {
+    const size_t from = at + tag.size();
+    return innermost.substr(from, innermost.find('\'', from) - from);
+  }
+  if (innermost.find("MPI error string") == std::string::npos) {
+    return "";
+  }
+  std::string last = innermost.substr(innermost.rfind('\n') + 1);  // the whole text if one line
+  if (const size_t colon = last.find("): "); colon != std::string::npos) {
+    last = last.substr(colon + 3);
+  }
+  while (!last.empty() && (last.back() == '\'' || last.back() == ' ')) {
+    last.pop_back();
+  }
+  const std::string other = "Other I/O error ";
+  if (last.rfind(other, 0) == 0 && last.size() > other.size()) {
+    last = last.substr(other.size());
+  }
+  return last;
+}
+
 }  // namespace
 
 std::string hdf5_reason() {
   const std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
-  std::string reason;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, innermost, &reason);
+  std::vector<std::string> stack;  // the API call's entry first, the innermost failure last
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &stack);
   H5Eclear2(H5E_DEFAULT);
-  return reason;
+  if (stack.empty()) {
+    return "";
+  }
+  const std::string cause = root_cause(stack.back());
+  return cause.empty() || cause == stack.front() ? stack.front() : stack.front() + ": " + cause;
 }
 
 void throw_hdf5(const char* call, const std::string& context) {
@@ -43,8 +74,14 @@ void throw_hdf5(const char* call, const std::string& context) {
 
 namespace {
 // HDF5 prints its error stack to stderr by default; Tessera reports errors itself.
+// And HDF5 does not close its files itself at exit: a file whose close failed (a full disk) makes
+// HDF5 1.10's clean-up crash in H5F__close_cb; close_library() does it when that is safe.
+std::atomic<bool> g_abandoned_file{false};
 struct SilenceHdf5 {
-  SilenceHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+  SilenceHdf5() {
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  }
 };
 const SilenceHdf5 kSilence;
 
@@ -96,8 +133,8 @@ Handle& Handle::operator=(Handle&& other) noexcept {
 
 void Handle::reset() {
   TESSERA_H5_LOCK;
-  if (m_id >= 0 && m_closer != nullptr) {
-    m_closer(m_id);
+  if (m_id >= 0 && m_closer != nullptr && m_closer(m_id) < 0 && m_closer == H5Fclose) {
+    g_abandoned_file = true;
   }
   m_id = -1;
 }
@@ -605,6 +642,13 @@ bool Group::is_group(const std::string& name) const {
 
 // --- File ------------------------------------------------------------------------------------
 
+void close_library() {
+  const std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
+  if (!g_abandoned_file) {
+    H5close();
+  }
+}
+
 File File::create(const std::string& path, MPI_Comm comm) {
   TESSERA_H5_LOCK;
   const Handle fapl = plist(H5P_FILE_ACCESS);
@@ -670,7 +714,10 @@ void File::close() {
                 open_objects - 1);
   TESSERA_H5(H5Fflush(m_handle.id(), H5F_SCOPE_GLOBAL), m_path);
   const hid_t id = m_handle.release();  // a failed close must not be retried by the destructor
-  TESSERA_H5(H5Fclose(id), m_path);
+  if (H5Fclose(id) < 0) {
+    g_abandoned_file = true;  // HDF5 keeps it half-closed: nothing may touch it again
+    detail::throw_hdf5("H5Fclose", m_path);
+  }
 }
 
 }  // namespace tessera::io

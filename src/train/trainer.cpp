@@ -2,6 +2,8 @@
 
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/communicator.hpp"
+#include "tessera/comm/watchdog.hpp"
+#include "tessera/core/signals.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/io/checkpoint.hpp"
 #include "tessera/kernels/gemm.hpp"
@@ -9,32 +11,14 @@
 
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <cmath>
-#include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 namespace tessera::train {
 namespace {
-
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-extern "C" void on_stop_signal(int sig) {
-  g_stop_signal = sig;
-}
-
-const char* signal_name(int sig) {
-  switch (sig) {
-    case SIGINT:
-      return "SIGINT";
-    case SIGTERM:
-      return "SIGTERM";
-    case SIGUSR1:
-      return "SIGUSR1";
-    default:
-      return "a signal";
-  }
-}
 
 // "1h02m", "3m12s", "45s".
 std::string duration(double seconds) {
@@ -142,6 +126,26 @@ BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Ba
 // JSON has no NaN or infinity: a diverged loss is written as null, so every line stays JSON.
 std::string json_number(double x) {
   return std::isfinite(x) ? fmt::format("{:.6g}", x) : "null";
+}
+
+// Writes `text` to `path` (truncating or appending) and reports a failure — a full disk, a folder
+// it may not write — as a write_error naming the file and the system's reason.
+void write_text(const std::string& path, const std::string& text, std::ios::openmode mode) {
+  errno = 0;
+  std::ofstream out(path, std::ios::binary | mode);
+  if (out) {
+    out << text;
+    out.flush();
+  }
+  if (!out) {
+    throw write_error(fmt::format("cannot write {} ({})", path,
+                                  errno != 0 ? std::strerror(errno) : "an I/O error"));
+  }
+  out.close();
+  if (!out) {
+    throw write_error(fmt::format("cannot write {} ({})", path,
+                                  errno != 0 ? std::strerror(errno) : "an I/O error"));
+  }
 }
 
 std::string json_string(const std::string& s) {
@@ -298,6 +302,45 @@ io::SplitInfo check_splits(const deck::Deck& d, const Shape& output) {
 }
 }  // namespace
 
+namespace {
+
+// The index of the first Inf or NaN of `t`, or -1. An exponent of all ones is Inf or NaN: an OR
+// over the bits vectorizes; only a tensor that has one is searched again.
+Index first_nonfinite(const Tensor& t) {
+  const auto* bits = reinterpret_cast<const std::uint32_t*>(t.data());
+  const Index n = t.numel();
+  std::uint32_t any = 0;
+  for (Index i = 0; i < n; ++i) {
+    any |= static_cast<std::uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+  }
+  if (any == 0) {
+    return -1;
+  }
+  Index i = 0;
+  while (std::isfinite(t.data()[i])) {
+    ++i;
+  }
+  return i;
+}
+
+// The first non-finite value among the loss and this rank's parameter gradients ("" when all are
+// finite).
+std::string first_nonfinite(double loss, nn::Sequential& model) {
+  if (!std::isfinite(loss)) {
+    return fmt::format("the loss ({})", loss);
+  }
+  for (const nn::Parameter* p : model.all_parameters()) {
+    if (p->grad.defined()) {
+      if (const Index i = first_nonfinite(p->grad); i >= 0) {
+        return fmt::format("the gradient of {} (element {}: {})", p->name, i, p->grad.data()[i]);
+      }
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
 void check_data(const deck::Deck& d) {
   // The model at tensor rank 0's place of a one-data-rank grid: shapes and splits as any rank's.
   comm::GridSpec spec = grid_spec(d);
@@ -305,15 +348,6 @@ void check_data(const deck::Deck& d) {
   spec.trainers = 1;
   (void)check_splits(d,
                      build_model(d, nn::BuildContext(comm::grid_place(spec, 0)))->output_shape());
-}
-
-void install_stop_handlers() {
-  struct sigaction sa {};
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  for (int sig : {SIGINT, SIGTERM, SIGUSR1}) {
-    sigaction(sig, &sa, nullptr);
-  }
 }
 
 namespace {
@@ -386,6 +420,8 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world, Reporter* reporter)
   }
   m_trainer = &m_grid->trainer();
   m_data = &m_grid->axis(GridAxis::data);
+  comm::watchdog::set_check_signatures(deck.run.check_collectives);
+  m_watchdog = std::make_unique<comm::watchdog::Scope>(m_trainer->mpi_comm(), deck.run.watchdog_s);
   comm::agree(*m_trainer, [&] { check_batch(deck, m_grid->spec()); });
   kernels::set_blas_threads(deck.run.blas_threads);
   build(m_grid->spec());
@@ -412,7 +448,12 @@ void Trainer::build(const comm::GridSpec& spec) {
     m_total_steps = m_schedule.total_steps;
     if (leader()) {
       std::filesystem::create_directories(deck.run.output);
-      std::ofstream(deck.run.output + "/deck.toml") << deck::to_toml(deck);
+      std::string note;
+      m_lock = std::make_unique<RunLock>(deck.run.output, &note);  // one run per folder
+      if (!note.empty()) {
+        m_reporter->warning(note);
+      }
+      write_text(deck.run.output + "/deck.toml", deck::to_toml(deck), std::ios::trunc);
       m_metrics_path = deck.run.output + "/metrics.jsonl";
     }
   });
@@ -459,7 +500,7 @@ void Trainer::build(const comm::GridSpec& spec) {
     restart();
   }
   if (leader() && m_start_step == 0) {
-    std::ofstream(m_metrics_path, std::ios::trunc);  // a restarted run appends to its metrics
+    write_text(m_metrics_path, "", std::ios::trunc);  // a restarted run appends to its metrics
   }
   if (m_start_step > 0) {
     log_line(fmt::format(R"({{"kind": "restart", "step": {}}})", m_start_step));
@@ -476,19 +517,40 @@ void Trainer::say(const std::string& line) const {
   }
 }
 
-void Trainer::log_line(const std::string& json) const {
-  if (leader() && !m_metrics_path.empty()) {
-    std::ofstream(m_metrics_path, std::ios::app) << json << '\n';
+void Trainer::log_line(const std::string& json) {
+  if (leader() && !m_metrics_path.empty() && m_write_failure.empty()) {
+    try {
+      write_text(m_metrics_path, json + "\n", std::ios::app);
+    } catch (const Error& e) {
+      m_write_failure = e.message();  // agreed at the next step boundary (agree_on_step)
+    }
   }
+}
+
+void Trainer::check_writes() {
+  comm::agree(*m_trainer, [&] {
+    if (!m_write_failure.empty()) {
+      throw write_error(m_write_failure +
+                        "; the run stops (resume it with checkpoint.restart = "
+                        "\"auto\" once there is room)");
+    }
+  });
 }
 
 Trainer::StepAgreement Trainer::agree_on_step(bool save_due) {
   // Signals reach the ranks at slightly different times, and rank 0's clock decides the timed
   // checkpoints: one allreduce over the whole trainer agrees on both at the step boundary.
-  int flags[2] = {g_stop_signal, leader() && save_due ? 1 : 0};
-  m_trainer->allreduce(comm::Buffer(flags, 2), {comm::ReduceOp::max})->wait();
+  if (m_lock) {
+    m_lock->heartbeat();
+  }
+  int flags[3] = {signals::stop_signal(), leader() && save_due ? 1 : 0,
+                  m_write_failure.empty() ? 0 : 1};
+  m_trainer->allreduce(comm::Buffer(flags, 3), {comm::ReduceOp::max})->wait();
+  if (flags[2] != 0) {
+    check_writes();  // the metrics could not be written: every rank stops with rank 0's words
+  }
   if (flags[0] != 0) {
-    g_stop_signal = flags[0];
+    signals::note_stop_signal(flags[0]);
   }
   return {flags[0], flags[1] != 0};
 }
@@ -524,6 +586,19 @@ void Trainer::restart() {
 
 void Trainer::save(std::int64_t steps_done, const char* why) {
   const deck::CheckpointConfig& c = m_deck.checkpoint;
+  // Never a checkpoint of non-finite weights marked good: refused before anything is written
+  // (the previous checkpoint and `latest` stay as they are).
+  comm::agree(*m_trainer, [&] {
+    for (const nn::Parameter* p : m_model->all_parameters()) {
+      if (const Index i = first_nonfinite(p->value); i >= 0) {
+        throw input_error(fmt::format(
+            "step {}: parameter {} holds a non-finite value (element {}: {}) on rank {}: the "
+            "checkpoint is not written, {}",
+            steps_done, p->name, i, p->value.data()[i], m_trainer->rank(),
+            io::describe_last_good(c.dir)));
+      }
+    }
+  });
   io::CheckpointInfo info;
   info.step = steps_done;
   info.total_steps = m_total_steps;
@@ -609,6 +684,7 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   w.comm_s += sync_clock.seconds();
   const Stopwatch compute_clock;
   const nn::TensorCommClock& tensor_clock = m_model->context().tensor_clock();
+  double step_loss = 0.0;
   const double tensor_before = tensor_clock.seconds;
   nn::ForwardOptions fo;
   fo.training = true;
@@ -627,7 +703,7 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
       nn::ForwardResult f = m_model->forward(part.x, fo);
       const BatchLoss l = batch_loss(d.model.loss, f.output, part, m_loss_placement);
       m_model->backward(l.out.grad, std::move(f.ctx));
-      w.loss += l.out.loss;
+      step_loss += l.out.loss;
       w.metric += l.metric_sum;
     }
     if (d.parallel.deterministic) {
@@ -642,18 +718,54 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   const Stopwatch comm_clock;
   m_dp->finish_reduction();
   w.comm_s += comm_clock.seconds();
+  const bool skip = nonfinite_step(step, step_loss);
+  if (!skip) {
+    w.loss += step_loss;
+  }
 
   // --- update -----------------------------------------------------------------------------
   const Stopwatch update_clock;
   if (d.optimizer.clip_grad_norm > 0.0) {
     w.grad_norm = m_dp->clip_grad_norm(d.optimizer.clip_grad_norm);
   }
-  const double lr = optim::learning_rate(m_schedule, step);
+  // A skipped step (run.nonfinite = "skip") applies no update: zero gradients at learning rate 0.
+  const double lr = skip ? 0.0 : optim::learning_rate(m_schedule, step);
+  if (skip) {
+    m_dp->zero_grads();
+  }
   m_dp->step(*m_optimizer, lr);
   w.compute_s += update_clock.seconds();
   w.samples += static_cast<double>(batch.ids.size());
-  w.steps += 1.0;
+  w.steps += skip ? 0.0 : 1.0;
   return lr;
+}
+
+bool Trainer::nonfinite_step(std::int64_t step, double loss) {
+  // The lowest rank that found a non-finite value speaks for all; the others learn its words.
+  const std::string found = first_nonfinite(loss, *m_model);
+  int speaker = found.empty() ? m_trainer->size() : m_trainer->rank();
+  m_trainer->allreduce(comm::Buffer(&speaker, 1), {comm::ReduceOp::min})->wait();
+  if (speaker == m_trainer->size()) {
+    return false;
+  }
+  const std::string what = fmt::format("step {}: {} on rank {} is not finite", step + 1,
+                                       comm::broadcast_string(*m_trainer, found, speaker), speaker);
+  if (m_deck.run.nonfinite == "skip") {
+    if (leader()) {
+      m_reporter->warning(what + ": the step is skipped (run.nonfinite = \"skip\")");
+    }
+    log_line(
+        fmt::format(R"({{"kind": "skip", "step": {}, "why": {}}})", step + 1, json_string(what)));
+    ++m_skipped;
+    return true;
+  }
+  comm::agree(*m_trainer, [&] {
+    throw input_error(what +
+                          "; the run stops before applying it (run.nonfinite = \"skip\" "
+                          "skips such steps; a lower optimizer.lr or gradient clipping may help)",
+                      m_deck.where("run.nonfinite"));
+  });
+  return true;
 }
 
 double Trainer::report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& w,
@@ -714,12 +826,16 @@ RunSummary Trainer::run() {
   }
   for (; step < m_total_steps; ++step) {
     const bool last = step + 1 == m_total_steps;
+    comm::watchdog::set_step(step);
     // --- data, then one optimizer step ------------------------------------------------------
     const double waited_before = m_train->wait_seconds();
     const io::Batch batch = m_train->next();
     window.data_s += m_train->wait_seconds() - waited_before;
     const double lr = train_step(step, batch, window);
     summary.grad_norm = window.grad_norm;
+    if (step == m_start_step) {
+      comm::watchdog::first_step_done();
+    }
 
     // --- progress line, metrics and evaluation ------------------------------------------------
     if ((step + 1) % d.run.log_every == 0 || last || step == 0) {
@@ -737,7 +853,7 @@ RunSummary Trainer::run() {
     const bool periodic = ck.enabled && ck.every_steps > 0 && (step + 1) % ck.every_steps == 0;
     if (ck.enabled && (periodic || agreed.save_due || agreed.signal != 0 || (last && ck.at_end))) {
       const Stopwatch save_clock;
-      save(step + 1, agreed.signal != 0 ? signal_name(agreed.signal)
+      save(step + 1, agreed.signal != 0 ? signals::name(agreed.signal)
                      : periodic         ? "checkpoint.every_steps"
                      : agreed.save_due  ? "checkpoint.every_seconds"
                                         : "end of run");
@@ -750,10 +866,10 @@ RunSummary Trainer::run() {
       summary.signal = agreed.signal;
       ++step;
       say(fmt::format("stopped by {} at step {} of {} (a step boundary on every rank){}",
-                      signal_name(summary.signal), step, m_total_steps,
+                      signals::name(summary.signal), step, m_total_steps,
                       saved_at == step ? "; restart with checkpoint.restart = \"auto\"" : ""));
       log_line(fmt::format(R"({{"kind": "stop", "step": {}, "signal": "{}", "time": {:.3f}}})",
-                           step, signal_name(summary.signal), run_clock.seconds()));
+                           step, signals::name(summary.signal), run_clock.seconds()));
       break;
     }
   }
@@ -761,6 +877,7 @@ RunSummary Trainer::run() {
   if (!summary.stopped) {
     summary.final_eval = eval_and_log(step, run_clock.seconds());
   }
+  check_writes();  // the last records too
   summary.steps = step;
   summary.seconds = run_clock.seconds();
   return summary;

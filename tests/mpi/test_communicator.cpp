@@ -3,6 +3,7 @@
 // messages for bad arguments. Few collectives per test: ranks beyond the cores are oversubscribed.
 #include "support/communicator_test.hpp"
 #include "tessera/comm/communicator.hpp"
+#include "tessera/comm/watchdog.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 
@@ -304,4 +305,31 @@ TEST_F(CommunicatorTest, BadArgumentsAreRefusedBeforeAnythingStarts) {
             "allreduce" + at +
                 ": 2147483648 elements exceed MPI's limit of 2147483647 per call; "
                 "split the buffer");
+}
+
+// run.check_collectives: a collective whose arguments differ across the ranks is named, with each
+// side's call, before it starts (MPI would hang or mix buffers); matching ones pass through.
+TEST_F(CommunicatorTest, CheckedCollectivesNameTheFirstMismatch) {
+  if (size < 2) {
+    GTEST_SKIP() << "a mismatch needs two ranks";
+  }
+  watchdog::set_check_signatures(true);
+  std::vector<float> values(8, 1.0F);
+  comm.allreduce({values.data(), 8})->wait();  // the same on every rank: no error
+  EXPECT_EQ(values[0], static_cast<float>(size));
+  const std::uint64_t next = watchdog::last_started() + 1;
+  const Index count = rank == 0 ? 4 : 5;  // rank 0 disagrees with everyone else
+  const std::string message = error_of([&] { comm.allreduce({values.data(), count}); });
+  watchdog::set_check_signatures(false);
+  const std::string theirs = rank == 0 ? "allreduce(5 x float32)" : "allreduce(4 x float32)";
+  const int other = rank == 0 ? 1 : 0;
+  EXPECT_EQ(message, "run.check_collectives: collective #" + std::to_string(next) +
+                         " on communicator 'world' differs across its ranks: rank " +
+                         std::to_string(rank) + " starts " +
+                         (rank == 0 ? "allreduce(4 x float32)" : "allreduce(5 x float32)") +
+                         ", rank " + std::to_string(other) + " starts " + theirs);
+  // The watchdog's record of it.
+  EXPECT_NE(watchdog::recent(1).find("#" + std::to_string(next) + " allreduce on 'world'"),
+            std::string::npos)
+      << watchdog::recent(1);
 }

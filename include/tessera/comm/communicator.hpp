@@ -194,6 +194,11 @@ class Communicator {
   virtual std::unique_ptr<Work> do_recv(const Buffer& buffer, const RecvOptions& options) = 0;
   virtual std::unique_ptr<Work> do_barrier(const BarrierOptions& options) = 0;
 
+  // Every operation goes through here before the backend starts it: recorded for the watchdog
+  // (comm/watchdog.hpp) and, in its debug mode, a collective's signature (op, count, type, root)
+  // compared across the ranks, naming the first mismatch.
+  void launch(const char* op, Index count, DType dtype, int root = -1, bool collective = true);
+
   template <class B>
   void check_buffer(const char* op, const char* role, const B& buffer) const;
   /// Both buffers of a two-buffer collective checked, and of one element type.

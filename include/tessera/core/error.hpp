@@ -64,4 +64,13 @@ inline Error input_error(const std::string& message, DeckLocation where = {}) {
   return Error(message, std::move(where)).with_exit_code(2);
 }
 
+/// Exit code of a run whose output could not be written (a full disk, a folder it may not write):
+/// EX_IOERR. Nothing half-written is left as if it were good; fix the disk and resume.
+inline constexpr int kExitWriteError = 74;
+
+/// An Error about output that could not be written (exit code 74).
+inline Error write_error(const std::string& message, DeckLocation where = {}) {
+  return Error(message, std::move(where)).with_exit_code(kExitWriteError);
+}
+
 }  // namespace tessera

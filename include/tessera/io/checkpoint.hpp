@@ -42,6 +42,10 @@ struct SaveReport {
   double seconds = 0.0;  ///< from the start of the save to the marker's move
 };
 
+/// The end of a failed save's message: "DIR/latest still names the last good checkpoint", or
+/// "there is no earlier checkpoint".
+std::string describe_last_good(const std::string& dir);
+
 /// Saves every tensor of `state` into `dir` (created when missing) as dir/ckpt-<step>.h5, moves
 /// dir/latest to it and keeps the newest `keep` checkpoints. Collective over `comm`, the trainer
 /// (every rank that holds a part of `state`; each registers the same tensors in the same order).
@@ -58,9 +62,10 @@ std::string resolve_restart(const std::string& restart, const std::string& dir);
 /// Loads `file` into the tensors of `state` (the boxes this rank holds), verifying the format, that
 /// it holds the optimizer `optimizer` and exactly the tensors of `state`, their shapes, element
 /// types and checksums. An empty `optimizer` loads a model alone (`state` holds parameters and
-/// buffers; the file's optimizer state is not looked at: tessera generate). Collective over `comm` (the trainer). Throws tessera::Error (exit code 2)
-/// listing every problem found, on every rank together; the tensors' values are then unspecified
-/// (a run abandons them). Returns the root attributes.
+/// buffers; the file's optimizer state is not looked at: tessera generate). Collective over `comm`
+/// (the trainer). Throws tessera::Error (exit code 2) listing every problem found, on every rank
+/// together; the tensors' values are then unspecified (a run abandons them). Returns the root
+/// attributes.
 CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateRegistry& state,
                                const std::string& optimizer, comm::Communicator& comm);
 

@@ -21,6 +21,11 @@ namespace tessera::io {
 /// build does internally); code calling HDF5 directly must hold it too.
 std::recursive_mutex& hdf5_mutex();
 
+/// Closes whatever HDF5 still holds (a file whose close failed on a full disk) while MPI runs:
+/// HDF5's own clean-up at exit would call MPI-IO after MPI_Finalize and crash. main() calls it
+/// before MPI_Finalize, on every rank.
+void close_library();
+
 namespace detail {
 /// The innermost message of HDF5's error stack ("unable to open file"), or "".
 std::string hdf5_reason();

@@ -113,6 +113,8 @@ class DataParallel {
   /// and the squares summed over the axes where the ranks hold different elements (none on a pure
   /// data-parallel grid without ZeRO). Returns the norm.
   double clip_grad_norm(double max_norm);
+  /// Zeroes every gradient (a step the trainer skips: its update is made of zeros).
+  void zero_grads();
   /// Updates the parameters with `optimizer` at learning rate `lr` (under ZeRO-1, this rank's
   /// pieces, then starts the allgather of the values), and averages the buffers (BatchNorm's
   /// running statistics) over the data axis.
@@ -165,7 +167,6 @@ class DataParallel {
   void allocate_arenas();
   void check_same_model() const;
   void start_bucket(Bucket& bucket);
-  void zero_grads();
   void start_ready_buckets();
   void reduce_extra_axes();
   /// Before writing the reduced gradients in place: the shared reduction's copies are done.

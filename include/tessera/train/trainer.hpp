@@ -11,12 +11,14 @@
 // which samples a rank reads and over which ranks the losses and gradients are summed.
 #include "tessera/comm/communicator.hpp"
 #include "tessera/comm/process_grid.hpp"
+#include "tessera/comm/watchdog.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/io/dataset.hpp"
 #include "tessera/nn/sequential.hpp"
 #include "tessera/optim/optimizer.hpp"
 #include "tessera/parallel/data_parallel.hpp"
 #include "tessera/train/reporter.hpp"
+#include "tessera/train/run_lock.hpp"
 
 #include <mpi.h>
 
@@ -61,10 +63,6 @@ struct RunSummary {
   std::optional<Evaluation> final_eval;
 };
 
-/// Installs the SIGINT/SIGTERM/SIGUSR1 handlers that ask the trainer to stop at the next step
-/// boundary (every rank agrees on the step).
-void install_stop_handlers();
-
 class Trainer {
  public:
   /// Validates what needs the data and the world (grid size, dataset vs model) under comm::agree,
@@ -108,6 +106,9 @@ class Trainer {
   void build(const comm::GridSpec& spec);
   /// One optimizer step on `batch`; adds its sums and times to `window`. Returns the rate used.
   double train_step(std::int64_t step, const io::Batch& batch, Window& window);
+  // After the gradients' reduction: a non-finite loss or gradient on any rank stops the run
+  // (every rank, naming the step, tensor and rank) or, with run.nonfinite = "skip", returns true.
+  bool nonfinite_step(std::int64_t step, double loss);
   /// Prints and logs the window's progress line; returns its mean loss.
   double report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& window,
                          double window_seconds, double run_seconds);
@@ -115,7 +116,10 @@ class Trainer {
   StepAgreement agree_on_step(bool save_due);
   void restart();
   void save(std::int64_t steps_done, const char* why);
-  void log_line(const std::string& json) const;
+  // One record of metrics.jsonl (rank 0). A failed write is kept and agreed at the next step
+  // boundary (check_writes): every rank stops with its message.
+  void log_line(const std::string& json);
+  void check_writes();
   /// The trainer's rank 0: the one that reports, writes metrics and speaks for the trainer.
   bool leader() const { return m_trainer->rank() == 0; }
   void say(const std::string& line) const;
@@ -134,6 +138,11 @@ class Trainer {
   std::int64_t m_total_steps = 0;
   std::int64_t m_start_step = 0;  // > 0 after a restart from a checkpoint
   std::string m_metrics_path;
+  std::int64_t m_skipped = 0;   // steps skipped for non-finite values
+  std::string m_write_failure;  // rank 0: the first write to run.output that failed
+  std::unique_ptr<comm::watchdog::Scope> m_watchdog;
+  std::unique_ptr<RunLock> m_lock;  // rank 0: run.output's lock (train/run_lock.hpp)  // this
+                                    // trainer's (comm/watchdog.hpp)
   std::unique_ptr<parallel::DataParallel> m_dp;  // gradient reduction, ZeRO-1, determinism
   LossPlacement m_loss_placement;
   int m_micro_batches = 1;  // per rank per step: data.micro_batches, or the deterministic groups

@@ -1,0 +1,34 @@
+#pragma once
+// The run folder's lock: one run at a time writes into a `run.output`. Two runs into one folder
+// used to interleave their metrics and die on each other's partial checkpoints.
+//
+// Rank 0 of the trainer creates RUN_OUTPUT/.lock (O_CREAT | O_EXCL) holding "pid host start", and
+// touches it every 10 s while the run lives (heartbeat); the destructor removes it. A lock that
+// exists is the first run's, and a second run is refused naming it — unless it is stale: its
+// process is gone (same host), or its heartbeat is older than kStaleSeconds (another host: a job
+// killed without a chance to remove it). A stale lock is taken over, with a note.
+#include <string>
+
+namespace tessera::train {
+
+class RunLock {
+ public:
+  /// A heartbeat older than this marks another host's lock stale.
+  static constexpr double kStaleSeconds = 60.0;
+
+  /// Takes the lock of `folder` (which exists) or throws input_error naming the run that holds it.
+  /// `note` receives a line when a stale lock was taken over.
+  RunLock(const std::string& folder, std::string* note);
+  ~RunLock();
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+
+  /// Touches the lock when the last touch is 10 s old or more (call it often: it is cheap).
+  void heartbeat();
+
+ private:
+  std::string m_path;
+  double m_last_touch = 0.0;
+};
+
+}  // namespace tessera::train

@@ -1,0 +1,120 @@
+#include "tessera/train/run_lock.hpp"
+
+#include "tessera/core/error.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+namespace tessera::train {
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string this_host() {
+  char host[256] = "unknown";
+  gethostname(host, sizeof host - 1);
+  return host;
+}
+
+struct Holder {
+  long pid = 0;
+  std::string host;
+  std::string since;
+  double age_s = 0.0;  // since the last heartbeat
+};
+
+bool read_holder(const std::string& path, Holder& h) {
+  std::ifstream in(path);
+  if (!in) {
+    return false;
+  }
+  std::string line;
+  std::getline(in, line);
+  std::istringstream fields(line);
+  fields >> h.pid >> h.host;
+  std::getline(fields >> std::ws, h.since);
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0) {
+    h.age_s = std::difftime(std::time(nullptr), st.st_mtime);
+  }
+  return true;
+}
+
+}  // namespace
+
+RunLock::RunLock(const std::string& folder, std::string* note) : m_path(folder + "/.lock") {
+  const std::string host = this_host();
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const int fd = open(m_path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd >= 0) {
+      char since[64] = "";
+      const std::time_t t = std::time(nullptr);
+      std::strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&t));
+      const std::string text = fmt::format("{} {} {}\n", getpid(), host, since);
+      const bool written = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+      close(fd);
+      if (!written) {
+        std::remove(m_path.c_str());
+        throw write_error(
+            fmt::format("cannot write the run's lock {} ({})", m_path, std::strerror(errno)));
+      }
+      m_last_touch = now_s();
+      return;
+    }
+    if (errno != EEXIST) {
+      throw write_error(
+          fmt::format("cannot create the run's lock {} ({})", m_path, std::strerror(errno)));
+    }
+    Holder h;
+    if (!read_holder(m_path, h)) {
+      continue;  // removed meanwhile: try again
+    }
+    const bool same_host = h.host == host;
+    const bool gone =
+        same_host && h.pid > 0 && kill(static_cast<pid_t>(h.pid), 0) != 0 && errno == ESRCH;
+    const bool stale = gone || (!same_host && h.age_s > kStaleSeconds);
+    if (!stale) {
+      throw input_error(fmt::format(
+          "run.output = \"{}\" is in use by another run (process {} on {}, since {}; lock {}); "
+          "give this run another run.output (or run.name), or wait for that one to end{}",
+          folder, h.pid, h.host, h.since, m_path,
+          same_host ? ""
+                    : " (a lock whose run died is taken over once its heartbeat is a minute old)"));
+    }
+    if (note != nullptr) {
+      *note = fmt::format(
+          "run.output: taking over the lock of a run that is gone (process {} on {}, "
+          "since {})",
+          h.pid, h.host, h.since);
+    }
+    std::remove(m_path.c_str());
+  }
+  throw input_error(fmt::format("run.output = \"{}\": cannot take its lock {}", folder, m_path));
+}
+
+RunLock::~RunLock() {
+  std::remove(m_path.c_str());
+}
+
+void RunLock::heartbeat() {
+  const double t = now_s();
+  if (t - m_last_touch >= 10.0) {
+    m_last_touch = t;
+    utimensat(AT_FDCWD, m_path.c_str(), nullptr, 0);
+  }
+}
+
+}  // namespace tessera::train

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Numerical health (issue 18). A learning rate of 1e30 makes the weights huge after the first
+# update, so the second step's loss overflows. At 1 and 2 ranks:
+#   - run.nonfinite = "stop" (the default): one message naming the step, the tensor and the rank,
+#     exit 2 on every rank, before the update; `latest` stays at the last good checkpoint (step 1);
+#   - "skip": every later step is skipped (a "skip" record each in metrics.jsonl, a warning each)
+#     and the run ends;
+#   - at lr = 3e38 the first update itself overflows the weights to infinity: the checkpoint due
+#     then is refused (exit 2) instead of being written and marked good.
+set -uo pipefail
+bin=${TESSERA_BIN:?}
+mpiexec=${MPIEXEC:-mpiexec.mpich}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failed=0
+fail() {
+  echo "FAIL: $*"
+  failed=1
+}
+
+"$mpiexec" -n 1 "$bin/tessera-data" gen -q -o "$tmp/gs.h5" --samples 64 --size 16 --dims 2 \
+  --steps 5 --seed 1 || exit 1
+printf '%s\n' '[run]' 'seed = 3' 'steps = 20' 'log_every = 5' \
+  '[data]' "train = \"$tmp/gs.h5:/train\"" 'batch = 8' \
+  '[model]' 'input = [1, 16, 16]' \
+  'layers = [ { flatten = {} }, { linear = { out = 32 } }, { relu = {} }, { linear = { out = 2 } } ]' \
+  'loss = "mse"' '[optimizer]' 'type = "adamw"' 'lr = 1e30' \
+  '[checkpoint]' 'every_steps = 1' 'keep = 2' >"$tmp/deck.toml"
+
+for np in 1 2; do
+  out=$tmp/run$np
+  # --- stop ---
+  "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/stop" >"$tmp/log" 2>&1
+  rc=$?
+  message=$(grep "^error:" "$tmp/log")
+  echo "$np rank(s), stop: exit $rc: $message"
+  ((rc == 2)) || fail "stop at $np ranks: exit $rc, expected 2"
+  [[ $(grep -c "^error:" "$tmp/log") == 1 ]] || fail "stop at $np ranks: not exactly one error line"
+  [[ $message =~ ^error:\ .*step\ 2:\ the\ (loss|gradient\ of\ [a-z0-9_.]+)\ .*on\ rank\ 0\ is\ not\ finite\;\ the\ run\ stops\ before\ applying\ it ]] ||
+    fail "stop at $np ranks: message"
+  [[ $(head -n 1 "$out/stop/ckpt/latest" 2>/dev/null) == ckpt-00000001.h5 ]] ||
+    fail "stop at $np ranks: latest is not the step-1 checkpoint"
+  [[ ! -e $out/stop/ckpt/ckpt-00000002.h5 ]] || fail "stop at $np ranks: step 2 was checkpointed"
+
+  # --- skip, no checkpoints: the run ends ---
+  "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/skip" \
+    run.nonfinite='"skip"' checkpoint.every_steps=0 checkpoint.at_end=false >"$tmp/log" 2>&1
+  rc=$?
+  skips=$(grep -c '"kind": "skip"' "$out/skip/metrics.jsonl")
+  warnings=$(grep -c "the step is skipped" "$tmp/log")
+  echo "$np rank(s), skip: exit $rc, $skips skip records, $warnings warnings"
+  ((rc == 0)) || fail "skip at $np ranks: exit $rc ($(grep error: "$tmp/log"))"
+  ((skips == 19 && warnings >= 1)) || fail "skip at $np ranks: expected steps 2-20 skipped"
+
+  # --- weights that overflow in the update: their checkpoint is refused ---
+  "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/skipck" \
+    optimizer.lr=3e38 run.nonfinite='"skip"' checkpoint.every_steps=0 >"$tmp/log" 2>&1
+  rc=$?
+  message=$(grep "^error:" "$tmp/log")
+  echo "$np rank(s), infinite weights: exit $rc: $message"
+  ((rc == 2)) || fail "infinite weights at $np ranks: exit $rc, expected 2"
+  [[ $message =~ ^error:\ step\ 20:\ parameter\ [a-z0-9_.]+\ holds\ a\ non-finite\ value\ .*the\ checkpoint\ is\ not\ written,\ there\ is\ no\ earlier\ checkpoint$ ]] ||
+    fail "infinite weights at $np ranks: message"
+  ls "$out/skipck/ckpt"/*.h5 >/dev/null 2>&1 && fail "infinite weights at $np ranks: a checkpoint was written"
+done
+((failed)) && echo "FAILED" || echo "non-finite values stop the run (or skip steps), never checkpointed"
+exit $failed

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Stop signals at awkward moments (issue 18): nothing aborts, the exit code is always 75, and a
+# chain of stopped runs ends bit for bit where an uninterrupted run ends.
+#
+# 1. SIGTERM to mpiexec (what a scheduler does), 2 ranks, at random moments, until the run is
+#    done: every stopped link exits 75 through MPICH's mpiexec (whose proxy used to report 0 for
+#    most of them), and the final checkpoint equals an uninterrupted run's bit for bit.
+# 2. A storm: STORM (default 200) SIGTERMs and as many SIGUSR1s, each to a one-rank run right after
+#    it starts (once it has set up its signal handling) or a random moment later — during the
+#    restart from the previous stop, the model's set-up, training, a checkpoint — in two streams
+#    side by side. Every one ends with exit 75 and a "stopped by" line, never with an abort, a
+#    crash or a heap-corruption message (the signals used to land on oneDNN's threads).
+set -uo pipefail
+bin=${TESSERA_BIN:?}
+mpiexec=${MPIEXEC:-mpiexec.mpich}
+storm=${STORM:-200}
+tmp=$(mktemp -d)
+trap 'pkill -9 -f "$tmp/" 2>/dev/null; rm -rf "$tmp"' EXIT
+failed=0
+fail() {
+  echo "FAIL: $*"
+  failed=1
+}
+
+"$mpiexec" -n 1 "$bin/tessera-data" gen -q -o "$tmp/gs.h5" --samples 64 --size 16 --dims 2 \
+  --steps 5 --seed 1 || exit 1
+deck() {  # deck FILE STEPS EVERY
+  cat >"$1" <<EOF
+[run]
+seed = 3
+steps = $2
+log_every = 50
+[data]
+train = "$tmp/gs.h5:/train"
+batch = 8
+[model]
+input = [1, 16, 16]
+layers = [ { flatten = {} }, { linear = { out = 256 } }, { relu = {} }, { linear = { out = 2 } } ]
+loss = "mse"
+[optimizer]
+type = "adamw"
+lr = 0.0001
+[checkpoint]
+every_steps = $3
+keep = 2
+restart = "auto"
+EOF
+}
+
+# --- 1. SIGTERM to mpiexec, a chain of stops, bit for bit --------------------------------------
+deck "$tmp/chain.toml" 4000 500
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/chain.toml" run.output="$tmp/whole" >"$tmp/whole.log" 2>&1 ||
+  fail "the uninterrupted run failed: $(tail -n 3 "$tmp/whole.log")"
+RANDOM=11
+stops=0
+for ((link = 1; link <= 20; ++link)); do
+  "$mpiexec" -n 2 "$bin/tessera" run "$tmp/chain.toml" run.output="$tmp/chain" \
+    >"$tmp/link.log" 2>&1 &
+  launcher=$!
+  ms=$((300 + RANDOM % 900))
+  sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
+  kill -TERM "$launcher" 2>/dev/null
+  wait "$launcher"
+  rc=$?
+  if ((rc == 0)); then
+    echo "link $link: done (exit 0)"
+    break
+  fi
+  ((++stops))
+  step=$(sed -nE 's/^stopped by SIGTERM at step ([0-9]+).*/\1/p' "$tmp/link.log")
+  echo "link $link: SIGTERM to mpiexec after ${ms} ms: exit $rc, stopped at step ${step:-?}"
+  ((rc == 75)) || fail "link $link: exit $rc instead of 75: $(grep -i error "$tmp/link.log" | head -n 3)"
+  [[ -n $step ]] || fail "link $link: no 'stopped by SIGTERM' line"
+done
+((stops >= 2)) || fail "only $stops stops: the chain did not test much"
+final=ckpt/ckpt-00004000.h5
+if [[ ! -f $tmp/chain/$final ]]; then
+  fail "the chain did not reach step 4000: $(ls "$tmp/chain" "$tmp/chain/ckpt")"
+elif ! "$mpiexec" -n 1 "$bin/tessera-ckpt" diff "$tmp/chain/$final" "$tmp/whole/$final" >"$tmp/diff.log" 2>&1; then
+  fail "the chain's final checkpoint differs from the uninterrupted run's: $(tail -n 3 "$tmp/diff.log")"
+else
+  echo "chain of $stops stops: the final checkpoint equals the uninterrupted run's bit for bit"
+fi
+
+# --- 2. the storm ------------------------------------------------------------------------------
+deck "$tmp/storm.toml" 100000000 25
+# Runs one trial: starts a one-rank run, waits until its signals are deferred (SIGINT, SIGTERM
+# and SIGUSR1 blocked: 0x4202 in /proc's SigBlk), waits 0 to 400 ms more, sends the signal.
+trial() {  # trial STREAM N SIGNAL
+  local dir=$tmp/storm$1 log=$tmp/storm$1/trial.log
+  mkdir -p "$dir"
+  "$bin/tessera" run "$tmp/storm.toml" run.output="$dir/run" >"$log" 2>&1 &
+  local pid=$! mask
+  for ((i = 0; i < 2000; ++i)); do
+    mask=$(awk '/^SigBlk/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+    [[ -n $mask ]] && (((16#$mask & 0x4202) == 0x4202)) && break
+    sleep 0.002
+  done
+  local ms=$((RANDOM % 400))
+  sleep "$(printf '0.%03d' "$ms")"
+  kill "-$3" "$pid" 2>/dev/null
+  wait "$pid"
+  local rc=$?
+  if ((rc != 75)) || ! grep -q "^stopped by SIG$3" "$log" ||
+    grep -Eqi 'corrupt|double free|abort|segmentation|sanitizer|core dumped|error' "$log"; then
+    echo "FAIL: stream $1 trial $2: $3 after ${ms} ms: exit $rc"
+    tail -n 5 "$log"
+    return 1
+  fi
+}
+stream() {  # stream ID: STORM/2 SIGTERMs and STORM/2 SIGUSR1s, alternating
+  local bad=0
+  RANDOM=$((100 + $1))
+  for ((n = 1; n <= storm; ++n)); do
+    trial "$1" "$n" "$( ((n % 2)) && echo TERM || echo USR1)" || bad=1
+  done
+  return $bad
+}
+start=$SECONDS
+stream 1 &
+first=$!
+stream 2 || fail "storm stream 2"
+wait "$first" || fail "storm stream 1"
+echo "storm: $storm SIGTERMs and $storm SIGUSR1s in $((SECONDS - start)) s:" \
+  "$( ((failed)) && echo "some FAILED" || echo "every one exit 75, no abort")"
+
+((failed)) && echo "FAILED" || echo "all signal tests passed"
+exit $failed
