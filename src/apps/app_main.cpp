@@ -1,5 +1,6 @@
 #include "app_main.hpp"
 
+#include "tessera/comm/communicator.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/signals.hpp"
 #include "tessera/io/hdf5.hpp"
@@ -40,9 +41,7 @@ namespace {
   char host[256] = "unknown";
   gethostname(host, sizeof host - 1);
   std::fprintf(stderr, "rank %d on %s: error: %s\n", world_rank(), host, what.c_str());
-  std::fflush(stderr);
-  MPI_Abort(MPI_COMM_WORLD, code);
-  std::_Exit(code);
+  comm::abort_job(code);
 }
 }  // namespace
 

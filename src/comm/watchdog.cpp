@@ -1,5 +1,7 @@
 #include "tessera/comm/watchdog.hpp"
 
+#include "tessera/comm/communicator.hpp"
+
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -153,8 +155,7 @@ class Watchdog {
     }
     print(fmt::format("rank {}: watchdog: {}ending the job (exit code {})", m_rank,
                       verdict.empty() ? "" : verdict + "; ", kExitWatchdog));
-    MPI_Abort(MPI_COMM_WORLD, kExitWatchdog);
-    std::_Exit(kExitWatchdog);
+    abort_job(kExitWatchdog);  // waits for the launcher to forward the lines above
   }
 
   // Asks every other rank where it is; returns the verdict (who did not answer, who is behind).

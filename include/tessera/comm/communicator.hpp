@@ -255,4 +255,9 @@ int size_of(MPI_Comm comm);
 /// `text` of rank `root` on every rank of `comm` (its length, then its bytes).
 std::string broadcast_string(Communicator& comm, std::string text, int root = 0);
 
+/// Ends the whole job with exit `code` (MPI_Abort on MPI_COMM_WORLD), after giving the launcher
+/// half a second to forward what this rank last printed: MPI_Abort makes it kill every process and
+/// stop reading their output, and a message still in the pipe to it would be lost.
+[[noreturn]] void abort_job(int code);
+
 }  // namespace tessera::comm
