@@ -36,13 +36,7 @@ std::string read_deck(tessera::comm::Communicator& world, const std::string& pat
     if (world.rank() != 0) {
       return;
     }
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-      throw tessera::input_error(fmt::format("{}: cannot read the deck (no such file?)", path));
-    }
-    std::ostringstream s;
-    s << in.rdbuf();
-    text = s.str();
+    text = tessera::deck::read_text(path);
   });
   return tessera::comm::broadcast_string(world, text);
 }

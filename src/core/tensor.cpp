@@ -5,17 +5,47 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
+#include <new>
 
 namespace tessera {
 
 Index numel(const Shape& shape) {
   Index n = 1;
   for (Index d : shape) {
-    n *= d;
+    if (__builtin_mul_overflow(n, d, &n)) {
+      throw Error(fmt::format("shape {} has more elements than a 64-bit count holds",
+                              fmt::join(shape, " × ")));
+    }
   }
   return n;
+}
+
+double physical_memory_bytes() {
+  static const double bytes =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  return bytes;
+}
+
+namespace {
+std::string gib(double bytes) {
+  return fmt::format("{:.1f} GiB", bytes / (1024.0 * 1024.0 * 1024.0));
+}
+
+thread_local int t_shape_only = 0;
+}  // namespace
+
+ShapeOnly::ShapeOnly() {
+  ++t_shape_only;
+}
+ShapeOnly::~ShapeOnly() {
+  --t_shape_only;
+}
+bool ShapeOnly::active() {
+  return t_shape_only > 0;
 }
 
 std::string to_string(const Shape& shape) {
@@ -40,8 +70,26 @@ Tensor::Tensor(const std::string& label, Shape shape, DType dtype, bool zero_fil
   TESSERA_CHECK(dtype == DType::f32, "tensor '{}': {} storage does not exist (float32 only)", label,
                 dtype_name(dtype));
   const auto n = static_cast<std::size_t>(m_numel);
-  m_view = zero_fill ? FloatView(label, n)
-                     : FloatView(Kokkos::view_alloc(label, Kokkos::WithoutInitializing), n);
+  // A size from a deck or a file that cannot be: one clear message (the deck's parser and
+  // `tessera check` locate it at the layer that asked) instead of Kokkos's allocation failure or
+  // the kernel's OOM killer.
+  const double bytes = 4.0 * static_cast<double>(n);
+  if (bytes > physical_memory_bytes()) {
+    throw Error(
+        fmt::format("tensor '{}' of shape {} needs {}, more than this machine's {} of "
+                    "memory",
+                    label, to_string(m_shape), gib(bytes), gib(physical_memory_bytes())));
+  }
+  if (ShapeOnly::active()) {
+    return;
+  }
+  try {
+    m_view = zero_fill ? FloatView(label, n)
+                       : FloatView(Kokkos::view_alloc(label, Kokkos::WithoutInitializing), n);
+  } catch (const std::bad_alloc&) {
+    throw Error(fmt::format("tensor '{}' of shape {}: cannot allocate {} (out of memory)", label,
+                            to_string(m_shape), gib(bytes)));
+  }
 }
 
 Tensor Tensor::uninitialized(const std::string& label, Shape shape, DType dtype) {
@@ -95,7 +143,7 @@ void Tensor::fill(float value) const {
   if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) {
     if (value == 0.0F && !std::signbit(value)) {
       // +0.0f is all zero bits: memset runs 2-3x faster than Kokkos's element-wise fill loop.
-      if (m_numel > 0) {
+      if (m_numel > 0 && data() != nullptr) {  // none in a ShapeOnly tensor
         std::memset(data(), 0, static_cast<std::size_t>(m_numel) * sizeof(float));
       }
       return;

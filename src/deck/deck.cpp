@@ -5,10 +5,15 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <unistd.h>
 #include <toml.hpp>
 
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -80,6 +85,147 @@ std::string show(const toml::value& v) {
   std::ostringstream s;
   s << v;
   return s.str();
+}
+
+// The deepest nesting of lists and inline tables a deck may hold. toml11 parses them recursively:
+// 100 000 levels overflow the stack. No deck needs more than a few.
+constexpr int kMaxNesting = 64;
+
+// Refuses text nested deeper than kMaxNesting, before toml11 parses it; counts brackets and braces
+// outside strings and comments.
+void check_nesting(const std::string& text, const std::string& file) {
+  int depth = 0;
+  int line = 1;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\n') {
+      ++line;
+    } else if (c == '#') {
+      while (i + 1 < text.size() && text[i + 1] != '\n') {
+        ++i;
+      }
+    } else if (c == '"' || c == '\'') {
+      const bool multi = text.compare(i, 3, std::string(3, c)) == 0;
+      const std::string close = multi ? std::string(3, c) : std::string(1, c);
+      i += close.size();
+      for (; i < text.size(); ++i) {
+        if (text[i] == '\n') {
+          if (!multi) {
+            break;  // an unterminated string: toml11 reports it
+          }
+          ++line;
+        } else if (c == '"' && text[i] == '\\') {
+          ++i;
+        } else if (text.compare(i, close.size(), close) == 0) {
+          i += close.size() - 1;
+          break;
+        }
+      }
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxNesting) {
+        throw input_error(fmt::format("lists and tables nested more than {} deep", kMaxNesting),
+                          {file, line, ""});
+      }
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+}
+
+// Refuses bytes that are not text: a NUL, and anything that is not UTF-8 (TOML is UTF-8).
+void check_text(const std::string& text, const std::string& file) {
+  int line = 1;
+  for (size_t i = 0; i < text.size();) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c == '\n') {
+      ++line;
+    }
+    if (c == 0) {
+      throw input_error("the deck holds a NUL byte: is it a text file?", {file, line, ""});
+    }
+    // The length of the UTF-8 sequence that c starts (0: c cannot start one).
+    const size_t n = c < 0x80           ? 1
+                     : (c >> 5) == 0x6  ? 2
+                     : (c >> 4) == 0xe  ? 3
+                     : (c >> 3) == 0x1e ? 4
+                                        : 0;
+    bool ok = n != 0 && i + n <= text.size();
+    for (size_t k = 1; ok && k < n; ++k) {
+      ok = (static_cast<unsigned char>(text[i + k]) & 0xc0) == 0x80;
+    }
+    if (!ok) {
+      throw input_error(fmt::format("the deck holds byte {:#04x}, which is not UTF-8 text (TOML "
+                                    "decks are UTF-8)",
+                                    c),
+                        {file, line, ""});
+    }
+    i += n;
+  }
+}
+
+// The text of a value as written (toml11 reads integers and floats through a stream that clamps
+// what does not fit: 99999999999999999999 becomes 2^63 - 1, 1e400 becomes 1.8e308).
+std::string written(const toml::value& v) {
+  const toml::source_location at = v.location();
+  const std::string& line = at.line_str();
+  const size_t begin = at.column() > 0 ? at.column() - 1 : 0;
+  return begin < line.size() ? line.substr(begin, at.region()) : std::string();
+}
+
+// A deck's key for one of its values: "run.seed", "model.layers[1].linear.out".
+std::string child_key(const std::string& parent, const std::string& k) {
+  return parent.empty() ? k : parent + "." + k;
+}
+
+// Refuses, anywhere in the deck, what toml11 accepts but would change silently: integers beyond
+// 64 bits, floats beyond a double's range, and strings with control characters (a NUL in a path).
+void check_values(const toml::value& v, const std::string& key, const std::string& file) {
+  const auto fail = [&](const std::string& what) {
+    const bool cli = v.location().file_name() == "command line";
+    throw input_error(
+        what, {cli ? "command line" : file, cli ? 0 : static_cast<int>(v.location().line()), key});
+  };
+  if (v.is_integer() || v.is_floating()) {
+    std::string text = written(v);
+    text.erase(std::remove(text.begin(), text.end(), '_'), text.end());
+    if (text.empty()) {
+      return;
+    }
+    errno = 0;
+    if (v.is_integer()) {
+      const bool prefixed = text.size() > 2 && text[0] == '0' && std::isalpha(text[1]) != 0;
+      const int base = !prefixed ? 10 : text[1] == 'x' ? 16 : text[1] == 'o' ? 8 : 2;
+      (void)std::strtoll(text.c_str() + (prefixed ? 2 : 0), nullptr, base);
+      if (errno == ERANGE) {
+        fail(fmt::format("{} = {} does not fit in a 64-bit integer (at most {})", key, text,
+                         std::numeric_limits<std::int64_t>::max()));
+      }
+    } else if (text.find("inf") == std::string::npos && text.find("nan") == std::string::npos) {
+      const double x = std::strtod(text.c_str(), nullptr);
+      if (errno == ERANGE && std::fabs(x) > 1.0) {
+        fail(fmt::format("{} = {} is beyond the range of a double (about 1.8e308)", key, text));
+      }
+    }
+  } else if (v.is_string()) {
+    const std::string& str = v.as_string().str;
+    for (const char c : str) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+        fail(
+            fmt::format("{} holds a control character (byte {:#04x}): not allowed in a deck's "
+                        "strings",
+                        key, static_cast<unsigned char>(c)));
+      }
+    }
+  } else if (v.is_array()) {
+    const auto& list = v.as_array();
+    for (size_t i = 0; i < list.size(); ++i) {
+      check_values(list[i], fmt::format("{}[{}]", key, i), file);
+    }
+  } else if (v.is_table()) {
+    for (const auto& [k, e] : v.as_table()) {
+      check_values(e, child_key(key, k), file);
+    }
+  }
 }
 
 // Everything the checks need about where values came from.
@@ -339,6 +485,12 @@ std::vector<std::string> split_key(const std::string& key) {
       if (close == std::string::npos) {
         throw input_error(fmt::format("command line: override key '{}' has an unclosed '['", key));
       }
+      const std::string index = key.substr(i + 1, close - i - 1);
+      if (index.empty() || index.size() > 9 ||
+          !std::all_of(index.begin(), index.end(), [](char d) { return d >= '0' && d <= '9'; })) {
+        throw input_error(fmt::format(
+            "command line: override key '{}': [{}] is not a list index (0, 1, ...)", key, index));
+      }
       parts.push_back(key.substr(i, close - i + 1));
       cur.clear();
       i = close;
@@ -361,6 +513,11 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
   }
   const std::string key = arg.substr(0, eq);
   const std::string text = arg.substr(eq + 1);
+  try {
+    check_nesting(text, "command line");
+  } catch (const Error& e) {
+    throw input_error(fmt::format("command line: {}: {}", key, e.message()));
+  }
   toml::value value;
   try {
     std::istringstream in("v = " + text);
@@ -381,6 +538,10 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
       }
       node = &node->as_array()[static_cast<size_t>(index)];
       path += p;
+      if (last) {
+        *node = value;  // model.layers[2]={ dropout = { p = 0.1 } } replaces the whole element
+        break;
+      }
     } else {
       if (!node->is_table()) {
         throw input_error(fmt::format("command line: cannot set {}: {} is not a table", key, path));
@@ -521,6 +682,7 @@ void parse_model(Section& s, Deck& d, const Source& src) {
   // after a split one) is refused here, whatever the tensor size.
   nn::BuildContext context;
   context.with_sequence_parallel(d.parallel.sequence_parallel);
+  const ShapeOnly shapes;  // the chain's shapes, not its storage
   const auto chain = nn::make_model(d.model.layers, d.model.input, context,
                                     [](size_t i) { return fmt::format("model.layers[{}]", i); });
   // The loss needs the output whole — except softmax_cross_entropy, which takes its classes split
@@ -605,6 +767,8 @@ Deck parse(const std::string& text, const std::string& file,
            const std::vector<std::string>& overrides) {
   Deck d;
   d.file = file;
+  check_text(text, file);
+  check_nesting(text, file);
   toml::value root;
   try {
     std::istringstream in(text);
@@ -628,6 +792,7 @@ Deck parse(const std::string& text, const std::string& file,
   for (const std::string& o : overrides) {
     apply_override(root, o, src.overridden, src.created);
   }
+  check_values(root, "", file);
   // run.epochs and run.steps are two ways to say one thing: overriding one replaces the other.
   if (root.contains("run") && root.at("run").is_table()) {
     auto& run_table = root.as_table()["run"].as_table();
@@ -645,6 +810,13 @@ Deck parse(const std::string& text, const std::string& file,
   Section run = top.table("run");
   const std::string stem = std::filesystem::path(file).stem().string();
   d.run.name = run.string("name", stem);
+  if (d.run.name.empty() || d.run.name == "." || d.run.name == ".." ||
+      d.run.name.find('/') != std::string::npos) {
+    throw run.error("name", run.find("name"),
+                    fmt::format("run.name = \"{}\" must be a plain name (not empty, no '/', not "
+                                "'.' or '..'): it names the run's folder, runs/<name> by default",
+                                d.run.name));
+  }
   d.run.seed = static_cast<std::uint64_t>(run.integer("seed", 0, 0));
   d.run.epochs = run.integer("epochs", 1, 1);
   d.run.steps = run.integer("steps", 0, 0);
@@ -654,6 +826,10 @@ Deck parse(const std::string& text, const std::string& file,
   d.run.log_every = run.integer("log_every", 50, 1);
   d.run.eval_every = run.integer("eval_every", 0, 0);
   d.run.output = run.string("output", "runs/" + d.run.name);
+  if (d.run.output.empty()) {
+    throw run.error("output", run.find("output"),
+                    "run.output must not be empty (leave it out for runs/<run.name>)");
+  }
   d.run.blas_threads = static_cast<int>(run.integer("blas_threads", 1, 1, 256));
   d.run.watchdog_s = run.number("watchdog_s", 300.0, 0.0, 1e7, false);
   d.run.check_collectives = run.boolean("check_collectives", false);
@@ -661,10 +837,10 @@ Deck parse(const std::string& text, const std::string& file,
   run.finish();
 
   Section par = top.table("parallel");
-  d.parallel.trainers = static_cast<int>(par.integer("trainers", 1, 1));
-  d.parallel.data = static_cast<int>(par.integer("data", 0, 0));
-  d.parallel.tensor = static_cast<int>(par.integer("tensor", 1, 1));
-  d.parallel.pipeline = static_cast<int>(par.integer("pipeline", 1, 1));
+  d.parallel.trainers = static_cast<int>(par.integer("trainers", 1, 1, INT_MAX));
+  d.parallel.data = static_cast<int>(par.integer("data", 0, 0, INT_MAX));
+  d.parallel.tensor = static_cast<int>(par.integer("tensor", 1, 1, INT_MAX));
+  d.parallel.pipeline = static_cast<int>(par.integer("pipeline", 1, 1, INT_MAX));
   const std::vector<std::int64_t> spatial =
       par.integers("spatial", std::vector<std::int64_t>{1, 1}, 1);
   d.parallel.spatial.assign(spatial.begin(), spatial.end());
@@ -697,7 +873,7 @@ Deck parse(const std::string& text, const std::string& file,
   d.parallel.zero = static_cast<int>(par.integer("zero", 0, 0, 1));
   d.parallel.sequence_parallel = par.boolean("sequence_parallel", false);
   d.parallel.deterministic = par.boolean("deterministic", false);
-  d.parallel.sample_groups = static_cast<int>(par.integer("sample_groups", 0, 0));
+  d.parallel.sample_groups = static_cast<int>(par.integer("sample_groups", 0, 0, INT_MAX));
   if (d.parallel.deterministic && d.parallel.sample_groups == 0) {
     throw par.error("deterministic", par.find("deterministic"),
                     "parallel.deterministic = true needs parallel.sample_groups, the fixed number "
@@ -713,12 +889,12 @@ Deck parse(const std::string& text, const std::string& file,
   Section data = top.table("data");
   d.data.train = data.string("train", std::nullopt);
   d.data.test = data.string("test", std::string());
-  d.data.batch = data.integer("batch", std::nullopt, 1);
+  d.data.batch = data.integer("batch", std::nullopt, 1, INT_MAX);
   d.data.shuffle = data.boolean("shuffle", true);
   d.data.drop_last = data.boolean("drop_last", false);
   d.data.cache = data.boolean("cache", false);
   d.data.prefetch = static_cast<int>(data.integer("prefetch", 2, 0, 64));
-  d.data.micro_batches = static_cast<int>(data.integer("micro_batches", 1, 1));
+  d.data.micro_batches = static_cast<int>(data.integer("micro_batches", 1, 1, INT_MAX));
   if (d.parallel.deterministic && d.data.micro_batches != 1) {
     throw data.error("micro_batches", data.find("micro_batches"),
                      fmt::format("data.micro_batches = {} with parallel.deterministic = true: "
@@ -734,9 +910,12 @@ Deck parse(const std::string& text, const std::string& file,
   }
   for (const char* k : {"train", "test"}) {
     const std::string spec = data.string(k, std::string());
-    if (!spec.empty() && spec.find(':') == std::string::npos) {
-      throw data.error(k, data.find(k),
-                       fmt::format("data.{} = \"{}\" must be \"file.h5:/split\"", k, spec));
+    const size_t colon = spec.rfind(':');
+    if (data.has(k) && (colon == std::string::npos || colon == 0 || colon + 1 == spec.size())) {
+      throw data.error(
+          k, data.find(k),
+          fmt::format("data.{} = \"{}\" must be \"file.h5:/split\"{}", k, spec,
+                      std::string(k) == "test" ? " (leave data.test out for none)" : ""));
     }
   }
   data.finish();
@@ -772,14 +951,77 @@ Deck parse(const std::string& text, const std::string& file,
   return d;
 }
 
-Deck load(const std::string& file, const std::vector<std::string>& overrides) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    throw input_error(fmt::format("{}: cannot read the deck (no such file?)", file));
+std::string read_text(const std::string& file) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(file, ec);
+  if (!std::filesystem::exists(status)) {
+    throw input_error(fmt::format("{}: cannot read the deck: no such file", file));
   }
+  if (std::filesystem::is_directory(status)) {
+    throw input_error(fmt::format("{}: cannot read the deck: it is a folder, not a file", file));
+  }
+  errno = 0;
+  std::ifstream in(file, std::ios::binary);
   std::ostringstream text;
-  text << in.rdbuf();
-  return parse(text.str(), file, overrides);
+  if (!in || !(text << in.rdbuf()) || in.bad()) {
+    throw input_error(
+        fmt::format("{}: cannot read the deck: {}", file, std::strerror(errno != 0 ? errno : EIO)));
+  }
+  return text.str();
+}
+
+namespace {
+// Refuses a folder the run writes into that it could not create or write: `key` = `path`.
+void check_folder(const Deck& d, const std::string& key, const std::string& path) {
+  namespace fs = std::filesystem;
+  const auto fail = [&](const std::string& why) {
+    throw input_error(fmt::format("{} = \"{}\" {}", key, path, why), d.where(key));
+  };
+  if (path.size() > PATH_MAX - 1) {
+    fail(fmt::format("is {} bytes long: paths are at most {}", path.size(), PATH_MAX - 1));
+  }
+  for (const fs::path& part : fs::path(path)) {
+    if (part.native().size() > NAME_MAX) {
+      fail(fmt::format("has a component of {} bytes: names are at most {}", part.native().size(),
+                       NAME_MAX));
+    }
+  }
+  // Walk down from the root: every existing part must be a folder; the deepest must be writable.
+  fs::path so_far;
+  fs::path deepest = ".";
+  bool whole = true;
+  for (const fs::path& part : fs::path(path)) {
+    so_far /= part;
+    std::error_code ec;
+    const fs::file_status status = fs::status(so_far, ec);
+    if (!fs::exists(status)) {
+      whole = false;
+      break;
+    }
+    if (!fs::is_directory(status)) {
+      fail(so_far == fs::path(path)
+               ? "exists and is not a folder"
+               : fmt::format("cannot be created: {} is a file, not a folder", so_far.string()));
+    }
+    deepest = so_far;
+  }
+  if (::access(deepest.c_str(), W_OK | X_OK) != 0) {
+    fail(whole
+             ? fmt::format("is not writable ({})", std::strerror(errno))
+             : fmt::format("cannot be created in {}: {}", deepest.string(), std::strerror(errno)));
+  }
+}
+}  // namespace
+
+void check_folders(const Deck& d) {
+  check_folder(d, "run.output", d.run.output);
+  if (d.checkpoint.enabled) {
+    check_folder(d, "checkpoint.dir", d.checkpoint.dir);
+  }
+}
+
+Deck load(const std::string& file, const std::vector<std::string>& overrides) {
+  return parse(read_text(file), file, overrides);
 }
 
 namespace {

@@ -16,6 +16,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <optional>
 #include <set>
@@ -75,6 +76,9 @@ class Options {
       return fallback;
     }
     if (const auto* d = std::get_if<double>(v)) {
+      if (!std::isfinite(*d)) {
+        throw error(fmt::format("option {} = {} must be a finite number", key, *d));
+      }
       return *d;
     }
     if (const auto* i = std::get_if<std::int64_t>(v)) {

@@ -251,7 +251,14 @@ optim::ScheduleOptions run_schedule(const deck::Deck& d, Index train_samples) {
         d.where("data.batch"));
   }
   optim::ScheduleOptions s = d.optimizer.schedule;
-  s.total_steps = d.run.steps > 0 ? d.run.steps : d.run.epochs * per_epoch;
+  if (d.run.steps > 0) {
+    s.total_steps = d.run.steps;
+  } else if (__builtin_mul_overflow(d.run.epochs, per_epoch, &s.total_steps)) {
+    throw input_error(fmt::format("run.epochs = {} of {} steps each is more steps than a 64-bit "
+                                  "count holds",
+                                  d.run.epochs, per_epoch),
+                      d.where("run.epochs"));
+  }
   if (s.kind == optim::ScheduleKind::cosine && s.warmup_steps >= s.total_steps) {
     throw input_error(
         fmt::format("optimizer.schedule.warmup_steps = {} is not below the run's {} steps",
@@ -342,10 +349,12 @@ std::string first_nonfinite(double loss, nn::Sequential& model) {
 }  // namespace
 
 void check_data(const deck::Deck& d) {
+  deck::check_folders(d);
   // The model at tensor rank 0's place of a one-data-rank grid: shapes and splits as any rank's.
   comm::GridSpec spec = grid_spec(d);
   spec.data = 1;
   spec.trainers = 1;
+  const ShapeOnly shapes;  // sizes only: a deck too large for this machine is refused, not built
   (void)check_splits(d,
                      build_model(d, nn::BuildContext(comm::grid_place(spec, 0)))->output_shape());
 }
@@ -422,7 +431,10 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world, Reporter* reporter)
   m_data = &m_grid->axis(GridAxis::data);
   comm::watchdog::set_check_signatures(deck.run.check_collectives);
   m_watchdog = std::make_unique<comm::watchdog::Scope>(m_trainer->mpi_comm(), deck.run.watchdog_s);
-  comm::agree(*m_trainer, [&] { check_batch(deck, m_grid->spec()); });
+  comm::agree(*m_trainer, [&] {
+    check_batch(deck, m_grid->spec());
+    (void)describe(deck, m_trainer->size());  // refuses a model too large for the machine
+  });
   kernels::set_blas_threads(deck.run.blas_threads);
   build(m_grid->spec());
 }
@@ -447,7 +459,14 @@ void Trainer::build(const comm::GridSpec& spec) {
     m_schedule = run_schedule(deck, m_train_info.samples);
     m_total_steps = m_schedule.total_steps;
     if (leader()) {
-      std::filesystem::create_directories(deck.run.output);
+      deck::check_folders(deck);
+      std::error_code ec;
+      std::filesystem::create_directories(deck.run.output, ec);
+      if (ec) {
+        throw write_error(
+            fmt::format("run.output = \"{}\" cannot be created: {}", deck.run.output, ec.message()),
+            deck.where("run.output"));
+      }
       std::string note;
       m_lock = std::make_unique<RunLock>(deck.run.output, &note);  // one run per folder
       if (!note.empty()) {
@@ -905,6 +924,7 @@ std::string describe(const deck::Deck& d, int world_size) {
   const bool split = spec.tensor > 1;
   out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}{}\n", "#", "layer", "type", "output",
                      "parameters", split ? fmt::format(" {:>14}", "on rank 0") : "");
+  const ShapeOnly shapes;  // sizes only: nothing is allocated
   const auto model = build_model(d, nn::BuildContext(place));
   Index params = 0;
   Index local_params = 0;
@@ -964,6 +984,19 @@ std::string describe(const deck::Deck& d, int world_size) {
                      estimate(zero));
   out += fmt::format("memory per rank (estimate), parallel.zero = {}: {}\n", 1 - zero,
                      estimate(1 - zero));
+  // A run that cannot fit in the whole machine would end in an allocation failure or the OOM
+  // killer: refuse it here, with the estimate.
+  const double total =
+      weights * 2 + weights * states / (zero == 1 ? data : 1) + groups + acts + batches;
+  const double machine = physical_memory_bytes();
+  if (total > machine) {
+    throw input_error(
+        fmt::format("the model needs about {:.1f} GiB per rank ({}), more than this machine's "
+                    "{:.1f} GiB of memory: a smaller model or batch, or more ranks to split it",
+                    total / (1024.0 * 1024.0 * 1024.0), estimate(zero),
+                    machine / (1024.0 * 1024.0 * 1024.0)),
+        d.model.layers.empty() ? DeckLocation{} : d.where("model.layers"));
+  }
   return out;
 }
 

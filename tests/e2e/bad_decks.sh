@@ -11,7 +11,7 @@
 # In expect and args, $TMP is the folder holding the datasets made below (gs.h5: a Gray-Scott
 # regression split /train of 4 samples (1, 16, 16) with 2 targets; fashion.h5: Fashion-MNIST;
 # text.h5: a token stream /train) and
-# $NP the number of ranks.
+# $NP the number of ranks, $MEM this machine's memory ("23.5 GiB").
 set -uo pipefail
 bin=${TESSERA_BIN:?}
 mpiexec=${MPIEXEC:-mpiexec.mpich}
@@ -30,6 +30,9 @@ if ! "$bin/tessera-data" import fashion-mnist --output "$tmp/fashion.h5" >"$tmp/
   echo "note: tessera-data import fashion-mnist failed, decks that need it are skipped:"
   sed 's/^/  /' "$tmp/import.log"
 fi
+
+# This machine's memory as Tessera prints it (sysconf's physical pages are /proc/meminfo's total).
+mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 
 passed=0
 failed=0
@@ -103,6 +106,7 @@ check_deck() {  # args: deck
   for n in $ranks; do
     local want=${expect//\$TMP/$tmp}
     want=${want//\$NP/$n}
+    want=${want//\$MEM/$mem}
     local -a overrides=()
     local a
     for a in $args; do
@@ -138,9 +142,32 @@ done
 result=0
 for n in 1 2; do
   run_case "$n" check tests/decks/no-such-deck.toml \
-    "tests/decks/no-such-deck.toml: cannot read the deck (no such file?)" || result=1
+    "tests/decks/no-such-deck.toml: cannot read the deck: no such file" || result=1
 done
 one_off "missing deck file, check at 1, 2 ranks" $result
+
+# A folder given as the deck (it used to be read as an empty deck).
+result=0
+for n in 1 2; do
+  run_case "$n" check tests/decks "tests/decks: cannot read the deck: it is a folder, not a file" ||
+    result=1
+done
+one_off "a folder as the deck, check at 1, 2 ranks" $result
+
+# Decks no text editor writes, made here: 100 000 nested lists (toml11's recursive parser used to
+# overflow the stack) and a NUL byte.
+odd=$(mktemp -d)
+python3 -c "print('x = ' + '[' * 100000 + ']' * 100000)" >"$odd/nested.toml"
+printf '[run]\nseed = 1\000\n' >"$odd/nul.toml"
+result=0
+for n in 1 2; do
+  run_case "$n" check "$odd/nested.toml" "$odd/nested.toml:1: lists and tables nested more than \
+64 deep" || result=1
+  run_case "$n" check "$odd/nul.toml" "$odd/nul.toml:2: the deck holds a NUL byte: is it a text \
+file?" || result=1
+done
+rm -rf "$odd"
+one_off "100 000 nested lists and a NUL byte, check at 1, 2 ranks" $result
 
 # An override given to one rank only: the ranks' decks differ, and they say so together.
 out=$(timeout -k 10 60 "$mpiexec" -n 1 "$bin/tessera" check inputs/fashion_mlp.toml : \

@@ -7,6 +7,7 @@
 #include "tessera/core/strings.hpp"
 #include "tessera/core/tensor.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -56,6 +57,42 @@ TEST(Tensor, BadArgumentsThrowWithShapes) {
   } catch (const Error& e) {
     EXPECT_STREQ(e.what(), "Linear 'fc1' weight: expected shape (3, 2), got (2, 3)");
   }
+}
+
+// A size no machine holds is refused by name before Kokkos tries it; a shape whose element count
+// overflows 64 bits too. Under ShapeOnly a tensor has its shape and no storage.
+TEST(Tensor, SizesBeyondTheMachineAreRefusedAndShapeOnlyAllocatesNothing) {
+  const double machine = physical_memory_bytes();
+  ASSERT_GT(machine, 1e8);
+  const auto rows = static_cast<Index>(machine / 4.0 / 1024.0) + 1;  // just over the machine
+  try {
+    Tensor t("fc.weight", {rows, 1024});
+    FAIL() << "a tensor larger than the machine must be refused";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(what.rfind(fmt::format("tensor 'fc.weight' of shape ({}, 1024) needs ", rows), 0), 0u)
+        << what;
+    EXPECT_NE(what.find("more than this machine's"), std::string::npos) << what;
+  }
+  try {
+    (void)numel({1 << 30, 1 << 30, 1 << 30});
+    FAIL() << "an element count beyond 64 bits must be refused";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(),
+                 "shape 1073741824 × 1073741824 × 1073741824 has more elements than a 64-bit "
+                 "count holds");
+  }
+  {
+    const ShapeOnly shapes;
+    EXPECT_TRUE(ShapeOnly::active());
+    Tensor big("big", {rows / 2, 1024});  // half the machine: allowed, and not allocated
+    EXPECT_EQ(big.numel(), rows / 2 * 1024);
+    EXPECT_EQ(big.data(), nullptr);
+    big.fill(0.0F);  // a no-op, not a write through null
+    big.fill(1.0F);
+  }
+  EXPECT_FALSE(ShapeOnly::active());
+  EXPECT_NE(Tensor("small", {4}).data(), nullptr);
 }
 
 TEST(Layout, BlockRangesCoverEveryElementOnce) {

@@ -25,6 +25,22 @@ using MemSpace = ExecSpace::memory_space;
 using FloatView = Kokkos::View<float*, MemSpace>;
 using IntView = Kokkos::View<std::int32_t*, MemSpace>;
 
+/// While one lives on a thread, the tensors it constructs hold a shape and no storage (data() is
+/// null): `tessera check` builds a model this way to see its shapes, sizes and memory without
+/// allocating it. Only shapes may be read from such tensors.
+class ShapeOnly {
+ public:
+  ShapeOnly();
+  ~ShapeOnly();
+  ShapeOnly(const ShapeOnly&) = delete;
+  ShapeOnly& operator=(const ShapeOnly&) = delete;
+  /// Whether one is alive on this thread.
+  static bool active();
+};
+
+/// This machine's physical memory in bytes (no tensor may be larger).
+double physical_memory_bytes();
+
 class Tensor {
  public:
   /// An undefined tensor (no storage, rank 0, numel 0). defined() is false.

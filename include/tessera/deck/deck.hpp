@@ -116,6 +116,14 @@ struct Deck {
 Deck parse(const std::string& text, const std::string& file,
            const std::vector<std::string>& overrides = {});
 
+/// Refuses run.output and checkpoint.dir where the run could not create or write them: a part of
+/// the path that is a file, a name too long, no permission (input errors naming the key). Reads
+/// the file system only; `tessera check` and `tessera run` call it before anything is written.
+void check_folders(const Deck& d);
+
+/// The text of the deck `file`; refuses a missing, unreadable or folder path (input errors).
+std::string read_text(const std::string& file);
+
 /// Reads `file` and parses it (see parse()).
 Deck load(const std::string& file, const std::vector<std::string>& overrides = {});
 

@@ -168,7 +168,9 @@ void check_data(const deck::Deck& deck);
 comm::GridSpec resolve_grid(const deck::Deck& deck, int world_size);
 
 /// What `tessera check` prints: the grid, a per-layer summary (output shape, parameters), the
-/// parameter count and the estimated memory per rank. Needs the world size, not the data.
+/// parameter count and the estimated memory per rank. Needs the world size, not the data; builds
+/// the model's shapes only (ShapeOnly). Refuses (exit code 2) a deck whose estimate exceeds the
+/// machine's physical memory.
 std::string describe(const deck::Deck& deck, int world_size);
 
 }  // namespace tessera::train
