@@ -653,6 +653,11 @@ File File::create(const std::string& path, MPI_Comm comm) {
   TESSERA_H5_LOCK;
   const Handle fapl = plist(H5P_FILE_ACCESS);
   TESSERA_H5(H5Pset_fapl_mpio(fapl.id(), comm, MPI_INFO_NULL), path);
+  // The 1.8 file format at least: its superblock, object headers and indexes carry checksums that
+  // HDF5 verifies on reading, so damaged metadata is an error ("incorrect metadata checksum")
+  // instead of a crash inside the library (the 1.0 format has none; Debian's HDF5 1.10 segfaults
+  // on some damaged ones). Readable by HDF5 1.8 and later (h5py, h5dump).
+  TESSERA_H5(H5Pset_libver_bounds(fapl.id(), H5F_LIBVER_V18, H5F_LIBVER_LATEST), path);
   // No object times anywhere, the root group included: the same content gives the same bytes.
   const Handle fcpl = plist(H5P_FILE_CREATE);
   TESSERA_H5(H5Pset_obj_track_times(fcpl.id(), 0), path);

@@ -620,16 +620,25 @@ void print_statistics(const io::Group& g, const std::string& file) {
   std::vector<float> targets(static_cast<size_t>(info.samples * info.targets));
   y.read_all(io::ElementType::f32, targets.data());
   if (info.task == io::Task::classification) {
-    std::vector<std::int64_t> counts(std::max<size_t>(info.classes.size(), 1), 0);
-    for (float t : targets) {
-      const auto c = static_cast<size_t>(t);
-      if (c >= counts.size()) {
-        counts.resize(c + 1, 0);
+    // Counted against the file's classes: a label outside them (a damaged file) is reported, not
+    // counted into a histogram as long as its value (2e9 made a 20 GB one).
+    std::vector<std::int64_t> counts(info.classes.size(), 0);
+    std::int64_t outside = 0;
+    std::string first_outside;
+    for (size_t i = 0; i < targets.size(); ++i) {
+      const float t = targets[i];
+      if (t >= 0.0F && t < static_cast<float>(counts.size()) && t == std::floor(t)) {
+        ++counts[static_cast<size_t>(t)];
+      } else if (outside++ == 0) {
+        first_outside = fmt::format("sample {}: {}", i, t);
       }
-      ++counts[c];
     }
     std::printf("    y: samples per class [%s]\n",
                 fmt::format("{}", fmt::join(counts, ", ")).c_str());
+    if (outside > 0) {
+      std::printf("    y: %lld labels outside the %zu classes (the first at %s)\n",
+                  static_cast<long long>(outside), counts.size(), first_outside.c_str());
+    }
   } else {
     for (Index t = 0; t < info.targets; ++t) {
       double tlo = std::numeric_limits<double>::infinity();
