@@ -8,6 +8,7 @@
 #include <sys/statvfs.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -27,17 +28,41 @@ inline void cpu_relax() {
 }
 }  // namespace
 
-bool on_one_node(MPI_Comm comm) {
+MPI_Comm split_by_node(MPI_Comm comm) {
   MPI_Comm node = MPI_COMM_NULL;
-  TESSERA_MPI_CHECK(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  const char* test_split = std::getenv("TESSERA_TEST_RANKS_PER_NODE");
+  const int per_node = test_split != nullptr ? std::atoi(test_split) : 0;
+  if (per_node > 0) {
+    int rank = 0;
+    TESSERA_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    TESSERA_MPI_CHECK(MPI_Comm_split(comm, rank / per_node, rank, &node));
+  } else {
+    TESSERA_MPI_CHECK(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  }
+  return node;
+}
+
+NodeLayout node_layout(MPI_Comm comm) {
+  MPI_Comm node = split_by_node(comm);
+  int node_rank = 0;
   int node_size = 0;
-  int size = 0;
+  TESSERA_MPI_CHECK(MPI_Comm_rank(node, &node_rank));
   TESSERA_MPI_CHECK(MPI_Comm_size(node, &node_size));
-  TESSERA_MPI_CHECK(MPI_Comm_size(comm, &size));
   TESSERA_MPI_CHECK(MPI_Comm_free(&node));
-  int all = node_size == size ? 1 : 0;
-  TESSERA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, comm));
-  return all == 1;
+  // {nodes, smallest node, -largest node}
+  int v[3] = {node_rank == 0 ? 1 : 0, node_size, -node_size};
+  int sum = 0;
+  TESSERA_MPI_CHECK(MPI_Allreduce(&v[0], &sum, 1, MPI_INT, MPI_SUM, comm));
+  int extremes[2] = {0, 0};
+  TESSERA_MPI_CHECK(MPI_Allreduce(&v[1], extremes, 2, MPI_INT, MPI_MIN, comm));
+  NodeLayout layout;
+  layout.nodes = sum;
+  layout.ranks_per_node = extremes[0] == -extremes[1] ? extremes[0] : 0;
+  return layout;
+}
+
+bool on_one_node(MPI_Comm comm) {
+  return node_layout(comm).nodes == 1;
 }
 
 size_t shared_memory_free() {
@@ -74,18 +99,25 @@ SharedReduction::SharedReduction(MPI_Comm comm, Index elements, std::vector<Rang
   }
   TESSERA_CHECK(at == elements, "shared reduction: the segments cover {} of {} elements", at,
                 elements);
-  TESSERA_MPI_CHECK(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &m_comm));
+  const NodeLayout layout = node_layout(comm);
+  TESSERA_CHECK(layout.ranks_per_node > 0,
+                "shared reduction: the nodes hold different numbers of the group's ranks");
+  TESSERA_CHECK(layout.nodes == 1 || !scatter_only,
+                "shared reduction: ZeRO-1 (scatter_only) on one node only, not across {} nodes",
+                layout.nodes);
+  m_nodes = layout.nodes;
+  m_comm = split_by_node(comm);
   TESSERA_MPI_CHECK(MPI_Comm_rank(m_comm, &m_rank));
   TESSERA_MPI_CHECK(MPI_Comm_size(m_comm, &m_size));
-  int group_size = 0;
-  TESSERA_MPI_CHECK(MPI_Comm_size(comm, &group_size));
-  TESSERA_CHECK(group_size == m_size,
-                "shared reduction: {} of the {} ranks share this node; all must (on_one_node())",
-                m_size, group_size);
   int group_rank = 0;
   TESSERA_MPI_CHECK(MPI_Comm_rank(comm, &group_rank));
-  TESSERA_CHECK(group_rank == m_rank, "shared reduction: rank {} is rank {} on its node",
-                group_rank, m_rank);
+  if (m_nodes > 1) {
+    TESSERA_MPI_CHECK(MPI_Comm_split(comm, m_rank, group_rank, &m_cross));
+  } else {
+    // ZeRO-1's chunks are the group's ranks': on one node the node rank must be the group rank.
+    TESSERA_CHECK(group_rank == m_rank, "shared reduction: rank {} is rank {} on its node",
+                  group_rank, m_rank);
+  }
 
   // This rank's part of the window: flags, then gradients, then parameters; each rank's part is
   // allocated near its own cores (alloc_shared_noncontig) and found by the others with
@@ -127,6 +159,9 @@ SharedReduction::~SharedReduction() {
   }
   MPI_Win_free(&m_window);
   MPI_Comm_free(&m_comm);
+  if (m_cross != MPI_COMM_NULL) {
+    MPI_Comm_free(&m_cross);
+  }
 }
 
 Range SharedReduction::chunk(size_t segment, int rank) const {
@@ -208,6 +243,15 @@ void SharedReduction::sum_chunk(size_t segment) {
       }
     }
     std::memcpy(out + at, block, m * sizeof(float));
+  }
+  if (m_cross != MPI_COMM_NULL && n > 0) {
+    // Hierarchical: the node's sum of this chunk, summed over the nodes by the ranks of this node
+    // rank (every node's chunk r has the same range), before the node's ranks may copy it.
+    const std::uint64_t seq = watchdog::record_start("allreduce", "data (between nodes)",
+                                                     static_cast<std::int64_t>(n * sizeof(float)));
+    watchdog::Blocked blocked(seq);
+    TESSERA_MPI_CHECK(
+        MPI_Allreduce(MPI_IN_PLACE, out, static_cast<int>(n), MPI_FLOAT, MPI_SUM, m_cross));
   }
   m_summed[segment] = 1;
   post(summed_slot(segment), m_round);

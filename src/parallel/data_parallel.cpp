@@ -221,16 +221,25 @@ void DataParallel::build_buckets(double bucket_mb) {
   }
 }
 
+int DataParallel::shared_nodes() const {
+  return m_shared ? m_shared->nodes() : 0;
+}
+
 bool DataParallel::use_shared_reduction() {
   // Deterministic mode sums stashed group gradients in group order instead (finish_reduction).
   if (m_options.reduce == Reduce::mpi || m_size == 1 || m_options.groups_per_rank > 0) {
     return false;
   }
-  const bool one_node = comm::on_one_node(m_comm.mpi_comm());  // collective
+  const comm::NodeLayout layout = comm::node_layout(m_comm.mpi_comm());  // collective
+  const bool one_node = layout.nodes == 1;
+  // Across nodes: hierarchical, when every node holds the same number of ranks, more than one
+  // (else there is nothing to share), and without ZeRO-1 (its chunks are per data rank).
+  const bool across = layout.nodes > 1 && layout.ranks_per_node > 1 && !m_scatter;
   // The window of every rank of the node, with a tenth to spare, must fit in /dev/shm; every rank
   // learns the smallest free space any of them sees.
+  const int on_node = one_node ? m_size : std::max(1, layout.ranks_per_node);
   const double need =
-      1.1 * static_cast<double>(m_size) *
+      1.1 * static_cast<double>(on_node) *
       static_cast<double>(comm::SharedReduction::window_bytes(m_arena_size, m_buckets.size()));
   double free = static_cast<double>(m_options.shared_memory_free > 0 ? m_options.shared_memory_free
                                                                      : comm::shared_memory_free());
@@ -240,26 +249,32 @@ bool DataParallel::use_shared_reduction() {
     return bytes < 1024.0 * 1024.0 ? fmt::format("{:.1f} KiB", bytes / 1024.0)
                                    : fmt::format("{:.1f} MiB", bytes / (1024.0 * 1024.0));
   };
-  if (m_options.reduce == Reduce::shared && (!one_node || !kHostArenas || !fits)) {
+  const bool placed = one_node || across;
+  if (m_options.reduce == Reduce::shared && (!placed || !kHostArenas || !fits)) {
     std::string why;
     if (!kHostArenas) {
       why = "parameters in host memory (this build keeps them on the GPU)";
-    } else if (!one_node) {
-      why = fmt::format("every one of the {} ranks of communicator '{}' on one node", m_size,
-                        m_comm.name());
+    } else if (!placed) {
+      why = fmt::format(
+          "the {} ranks of communicator '{}' on one node, or spread over nodes that hold the same "
+          "number of them (more than one) without ZeRO-1; they are on {} nodes{}",
+          m_size, m_comm.name(), layout.nodes,
+          layout.ranks_per_node == 0 ? " holding different numbers"
+          : m_scatter                ? " with parallel.zero = 1"
+                                     : " of one rank each");
     } else {
       why = fmt::format("{} of shared memory (/dev/shm) and {} are free", size(need), size(free));
     }
     throw input_error(fmt::format(
         "data parallel: parallel.reduce = \"shared\" needs {}; use \"auto\" or \"mpi\"", why));
   }
-  if (one_node && kHostArenas && !fits) {
+  if (placed && kHostArenas && !fits) {
     m_warnings.push_back(
         fmt::format("data parallel: warning: the shared-memory reduction needs {} of /dev/shm, {} "
                     "are free: summing with MPI instead (enlarge /dev/shm, e.g. docker --shm-size)",
                     size(need), size(free)));
   }
-  return one_node && kHostArenas && fits;
+  return placed && kHostArenas && fits;
 }
 
 void DataParallel::allocate_arenas() {

@@ -506,11 +506,18 @@ void Trainer::build(const comm::GridSpec& spec) {
     say(fmt::format("grid: {} ranks = {}", m_trainer->size(), comm::to_string(spec)));
   }
   if (m_data->size() > 1) {
+    std::string how = "with MPI's non-blocking allreduce";
+    if (deck.parallel.deterministic) {
+      how = "in sample-group order (deterministic)";
+    } else if (m_dp->shared_nodes() > 1) {
+      how = fmt::format(
+          "through shared memory within each of {} nodes and MPI between them (hierarchical)",
+          m_dp->shared_nodes());
+    } else if (m_dp->shared_reduction()) {
+      how = "through shared memory (one node)";
+    }
     say(fmt::format("data parallel: {} ranks, {} gradient bucket{}, summed {}{}", m_data->size(),
-                    m_dp->bucket_count(), m_dp->bucket_count() == 1 ? "" : "s",
-                    deck.parallel.deterministic ? "in sample-group order (deterministic)"
-                    : m_dp->shared_reduction()  ? "through shared memory (one node)"
-                                                : "with MPI's non-blocking allreduce",
+                    m_dp->bucket_count(), m_dp->bucket_count() == 1 ? "" : "s", how,
                     dpo.zero ? ", ZeRO-1" : ""));
   }
   m_model->set_backward_hook([this](nn::Layer& layer) { m_dp->on_backward(layer); });

@@ -22,7 +22,12 @@
 // of the previous round, begin_update() until every rank has copied this rank's previous
 // parameters.
 //
-// Every rank of the group must be on one node (on_one_node()), and the arrays are host memory.
+// Across nodes (hierarchical): when the group spans several nodes that hold the same number of
+// ranks, the window is per node, and the rank that sums chunk r of a segment on its node then sums
+// it over the nodes with MPI_Allreduce among the ranks of the same node rank (one per node) before
+// posting it: intra-node traffic through memory, inter-node traffic 1/ranks-per-node of the
+// gradients per rank, all ranks of a node sending at once. Not with ZeRO-1 (its chunks are per
+// data rank). The arrays are host memory.
 // Like MPI's collectives, every rank takes part in every round; a rank that stops taking part (an
 // error on one rank only) leaves the others waiting, as in MPI — the applications abort the job on
 // such errors (apps/app_main.cpp).
@@ -35,6 +40,19 @@
 
 namespace tessera::comm {
 
+/// The ranks of `comm` on this node (MPI_COMM_TYPE_SHARED), as a new communicator the caller
+/// frees. Test-only: the environment variable TESSERA_TEST_RANKS_PER_NODE = k makes each run of k
+/// consecutive ranks of `comm` a node of its own, so that one machine's ranks look like several
+/// nodes (tests of the hierarchical reduction).
+MPI_Comm split_by_node(MPI_Comm comm);
+
+/// How the ranks of `comm` spread over nodes (collective; the same on every rank).
+struct NodeLayout {
+  int nodes = 1;
+  int ranks_per_node = 1;  ///< 0 when the nodes hold different numbers of ranks
+};
+NodeLayout node_layout(MPI_Comm comm);
+
 /// Whether every rank of `comm` is on this node, sharing its memory (collective; the same answer on
 /// every rank).
 bool on_one_node(MPI_Comm comm);
@@ -46,7 +64,8 @@ size_t shared_memory_free();
 
 class SharedReduction {
  public:
-  /// Collective over `comm`, whose ranks must all be on one node. Allocates this rank's gradient
+  /// Collective over `comm`, whose ranks must all be on one node, or spread evenly over nodes (then
+  /// not scatter_only: hierarchical, see above). Allocates this rank's gradient
   /// and parameter arrays of `elements` floats each (zeroed) in a shared window. `segments` cut
   /// [0, elements) into the ranges reduced together, in the order they become ready; each is split
   /// into size() chunks by block_range. `scatter_only`: ZeRO-1 — finish_reduce() leaves on each
@@ -61,8 +80,11 @@ class SharedReduction {
   /// Bytes of shared memory one rank's part of the window takes.
   static size_t window_bytes(Index elements, size_t segments);
 
+  /// This rank's place and the number of ranks on its node.
   int rank() const { return m_rank; }
   int size() const { return m_size; }
+  /// The number of nodes the group spans (more than one: hierarchical).
+  int nodes() const { return m_nodes; }
   Index elements() const { return m_elements; }
   /// This rank's arrays (host memory, `elements()` floats, aligned to 64 bytes).
   float* grads() { return m_grads[static_cast<size_t>(m_rank)]; }
@@ -111,7 +133,9 @@ class SharedReduction {
   size_t updated_slot() const { return 2 * m_segments.size() + 1; }
   size_t values_copied_slot() const { return 2 * m_segments.size() + 2; }
 
-  MPI_Comm m_comm = MPI_COMM_NULL;  // a duplicate, for the window
+  MPI_Comm m_comm = MPI_COMM_NULL;   // the group's ranks on this node, for the window
+  MPI_Comm m_cross = MPI_COMM_NULL;  // hierarchical: the ranks of this node rank on every node
+  int m_nodes = 1;
   MPI_Win m_window = MPI_WIN_NULL;
   int m_rank = 0;
   int m_size = 1;

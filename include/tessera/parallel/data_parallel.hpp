@@ -140,6 +140,8 @@ class DataParallel {
   int bucket_count() const { return static_cast<int>(m_buckets.size()); }
   /// Whether the gradients are summed through shared memory (else by the communicator).
   bool shared_reduction() const { return m_shared != nullptr; }
+  /// The nodes the shared-memory reduction spans (more than one: hierarchical; 0: none).
+  int shared_nodes() const;
   /// Elements of the arena (parameters plus ZeRO's padding).
   Index arena_size() const { return m_arena_size; }
   /// What the constructor found worth telling the user (a fallback it took), for the program to
