@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -32,6 +33,8 @@ DeckLocation Deck::where(const std::string& key) const {
 }
 
 namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
 const char* type_of(const toml::value& v) {
   switch (v.type()) {
@@ -133,7 +136,7 @@ void check_nesting(const std::string& text, const std::string& file) {
 }
 
 // Refuses bytes that are not text: a NUL, and anything that is not UTF-8 (TOML is UTF-8).
-void check_text(const std::string& text, const std::string& file) {
+void check_text(const std::string& text, const std::string& file, const char* what = "the deck") {
   int line = 1;
   for (size_t i = 0; i < text.size();) {
     const auto c = static_cast<unsigned char>(text[i]);
@@ -141,22 +144,13 @@ void check_text(const std::string& text, const std::string& file) {
       ++line;
     }
     if (c == 0) {
-      throw input_error("the deck holds a NUL byte: is it a text file?", {file, line, ""});
+      throw input_error(fmt::format("{} holds a NUL byte: is it text?", what), {file, line, ""});
     }
-    // The length of the UTF-8 sequence that c starts (0: c cannot start one).
-    const size_t n = c < 0x80           ? 1
-                     : (c >> 5) == 0x6  ? 2
-                     : (c >> 4) == 0xe  ? 3
-                     : (c >> 3) == 0x1e ? 4
-                                        : 0;
-    bool ok = n != 0 && i + n <= text.size();
-    for (size_t k = 1; ok && k < n; ++k) {
-      ok = (static_cast<unsigned char>(text[i + k]) & 0xc0) == 0x80;
-    }
-    if (!ok) {
-      throw input_error(fmt::format("the deck holds byte {:#04x}, which is not UTF-8 text (TOML "
-                                    "decks are UTF-8)",
-                                    c),
+    const size_t n = utf8_length(text, i);
+    if (n == 0) {
+      throw input_error(fmt::format("{} holds byte {:#04x}, which is not UTF-8 text (TOML is "
+                                    "UTF-8)",
+                                    what, c),
                         {file, line, ""});
     }
     i += n;
@@ -514,9 +508,12 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
   const std::string key = arg.substr(0, eq);
   const std::string text = arg.substr(eq + 1);
   try {
+    // toml11 reads past the end of its buffer on some bytes that are not UTF-8 (found by fuzzing):
+    // the same checks as a deck's text, before it parses anything.
+    check_text(arg, "command line", "the argument");
     check_nesting(text, "command line");
   } catch (const Error& e) {
-    throw input_error(fmt::format("command line: {}: {}", key, e.message()));
+    throw input_error(fmt::format("command line: '{}': {}", printable(arg), e.message()));
   }
   toml::value value;
   try {
@@ -713,7 +710,7 @@ void parse_optimizer(Section& s, Deck& d) {
   OptimizerConfig& o = d.optimizer;
   const std::string type = s.choice("type", std::nullopt, {"sgd", "adamw"});
   o.type = type == "sgd" ? OptimizerKind::sgd : OptimizerKind::adamw;
-  o.lr = s.number("lr", std::nullopt, 0.0, INFINITY, true);
+  o.lr = s.number("lr", std::nullopt, 0.0, kInf, true);
   const auto only_for = [&](const char* key, const char* kind) {
     if (s.has(key) && type != kind) {
       throw s.error(
@@ -733,14 +730,14 @@ void parse_optimizer(Section& s, Deck& d) {
       throw s.error("nesterov", s.find("nesterov"),
                     "optimizer.nesterov = true needs optimizer.momentum > 0");
     }
-    o.weight_decay = s.number("weight_decay", 0.0, 0.0, INFINITY);
+    o.weight_decay = s.number("weight_decay", 0.0, 0.0, kInf);
   } else {
     o.beta1 = s.number("beta1", 0.9, 0.0, 1.0, false, true);
     o.beta2 = s.number("beta2", 0.999, 0.0, 1.0, false, true);
-    o.eps = s.number("eps", 1e-8, 0.0, INFINITY, true);
-    o.weight_decay = s.number("weight_decay", 0.01, 0.0, INFINITY);
+    o.eps = s.number("eps", 1e-8, 0.0, kInf, true);
+    o.weight_decay = s.number("weight_decay", 0.01, 0.0, kInf);
   }
-  o.clip_grad_norm = s.number("clip_grad_norm", 0.0, 0.0, INFINITY);
+  o.clip_grad_norm = s.number("clip_grad_norm", 0.0, 0.0, kInf);
   o.schedule.base_lr = o.lr;
   if (s.has("schedule") && s.find("schedule")->is_string()) {
     o.schedule.kind = optim::parse_schedule_kind(
@@ -938,7 +935,7 @@ Deck parse(const std::string& text, const std::string& file,
   d.checkpoint.enabled = top.has("checkpoint");
   d.checkpoint.dir = ck.string("dir", d.run.output + "/ckpt");
   d.checkpoint.every_steps = ck.integer("every_steps", 0, 0);
-  d.checkpoint.every_seconds = ck.number("every_seconds", 0.0, 0.0, INFINITY);
+  d.checkpoint.every_seconds = ck.number("every_seconds", 0.0, 0.0, kInf);
   d.checkpoint.keep = static_cast<int>(ck.integer("keep", 3, 1, 1000000));
   d.checkpoint.at_end = ck.boolean("at_end", true);
   d.checkpoint.at_start = ck.boolean("at_start", false);

@@ -163,11 +163,15 @@ result=0
 for n in 1 2; do
   run_case "$n" check "$odd/nested.toml" "$odd/nested.toml:1: lists and tables nested more than \
 64 deep" || result=1
-  run_case "$n" check "$odd/nul.toml" "$odd/nul.toml:2: the deck holds a NUL byte: is it a text \
-file?" || result=1
+  run_case "$n" check "$odd/nul.toml" "$odd/nul.toml:2: the deck holds a NUL byte: is it text?" ||
+    result=1
+  # An override with a byte that is not UTF-8 inside a literal string (toml11 read past its buffer).
+  run_case "$n" check inputs/fashion_mlp.toml "command line: 'run.name=' {} \\x93=' {}': the \
+argument holds byte 0x93, which is not UTF-8 text (TOML is UTF-8)" "$(printf "run.name=' {} \x93=' {}")" ||
+    result=1
 done
 rm -rf "$odd"
-one_off "100 000 nested lists and a NUL byte, check at 1, 2 ranks" $result
+one_off "100 000 nested lists, a NUL byte, a non-UTF-8 override, check at 1, 2 ranks" $result
 
 # An override given to one rank only: the ranks' decks differ, and they say so together.
 out=$(timeout -k 10 60 "$mpiexec" -n 1 "$bin/tessera" check inputs/fashion_mlp.toml : \

@@ -2,7 +2,9 @@
 // Fuzz targets (issue 18): each fuzz_*.cpp defines LLVMFuzzerTestOneInput (and
 // LLVMFuzzerInitialize). Built with TESSERA_FUZZ=ON (clang) they link libFuzzer: tools/fuzz.sh runs
 // them for as long as asked. Otherwise they link replay_main.cpp, which runs the committed corpus
-// (tests/fuzz/corpus/<target>/) and deterministic mutations of it: the short run CI makes.
+// (tests/fuzz/corpus/<target>/) and deterministic mutations of it: the short run CI makes. The
+// corpus keeps every input a fuzzer found a problem with as finding-<what> (make_corpus.sh keeps
+// them), so each stays a regression test.
 //
 // What a target may do with any input: return, or throw tessera::Error (bad input, refused with a
 // message). Anything else — another exception, a crash, a sanitizer report, a hang, a huge

@@ -13,4 +13,11 @@ std::string closest_match(const std::string& word, const std::vector<std::string
 /// "a, b, c".
 std::string join(const std::vector<std::string>& items, const std::string& separator = ", ");
 
+/// The length of the valid UTF-8 sequence that starts at `text[i]`, 0 if none does.
+std::size_t utf8_length(const std::string& text, std::size_t i);
+
+/// `text` safe to print in a message: control bytes and bytes that are not UTF-8 as \xNN (text read
+/// from a file or the command line must not drive the terminal).
+std::string printable(const std::string& text);
+
 }  // namespace tessera
