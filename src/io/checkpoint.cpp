@@ -1,5 +1,7 @@
 #include "tessera/io/checkpoint.hpp"
 
+#include "tessera/core/strings.hpp"
+
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/watchdog.hpp"
 #include "tessera/core/timer.hpp"
@@ -14,6 +16,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -389,14 +392,42 @@ SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
   return report;
 }
 
-std::string resolve_restart(const std::string& restart, const std::string& dir) {
+std::vector<std::string> checkpoints_in(const std::string& dir) {
+  std::vector<std::pair<std::int64_t, std::string>> found;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (const std::int64_t step = checkpoint_step(name); step >= 0) {
+      found.emplace_back(step, it->path().string());
+    }
+  }
+  std::sort(found.rbegin(), found.rend());
+  std::vector<std::string> files;
+  for (auto& [step, file] : found) {
+    files.push_back(std::move(file));
+  }
+  return files;
+}
+
+std::string resolve_restart(const std::string& restart, const std::string& dir, std::string* note) {
   if (restart != "auto") {
     return restart;
   }
   const std::string marker = dir + "/" + kLatestMarker;
   std::ifstream in(marker);
   if (!in) {
-    return "";
+    // latest lost (deleted, or a copy of the folder without it): starting afresh would overwrite
+    // the checkpoints there. The newest one instead.
+    const std::vector<std::string> files = checkpoints_in(dir);
+    if (files.empty()) {
+      return "";
+    }
+    if (note != nullptr) {
+      *note = fmt::format("{} is missing but {} checkpoint{} there: resuming from the newest, {}",
+                          marker, files.size(), files.size() == 1 ? " is" : "s are",
+                          fs::path(files.front()).filename().string());
+    }
+    return files.front();
   }
   std::string name;
   std::getline(in, name);
@@ -404,7 +435,7 @@ std::string resolve_restart(const std::string& restart, const std::string& dir) 
     throw input_error(
         fmt::format("checkpoint.restart = \"auto\": {} holds \"{}\", not the name of "
                     "a checkpoint file",
-                    marker, name));
+                    marker, printable(name)));
   }
   const std::string file = dir + "/" + name;
   if (!fs::exists(file)) {
@@ -420,20 +451,10 @@ namespace {
 // same on every rank (they read the same file). Fills `info` from the root attributes.
 std::vector<std::string> check_contents(const File& f, const parallel::StateRegistry& state,
                                         const std::string& optimizer, CheckpointInfo& info) {
-  std::vector<std::string> problems;
   const Group root = f.root();
   const Attributes a = root.attributes();
-  for (const char* key : {"step", "total_steps", "cursor_epoch", "cursor_batch", "rng_seed",
-                          "optimizer_steps", "ranks", "data_size", "zero"}) {
-    if (!a.has(key)) {
-      problems.push_back(fmt::format("root attribute {} is missing", key));
-    }
-  }
-  for (const char* key : {"optimizer", "deck", "grid"}) {
-    if (!a.has(key)) {
-      problems.push_back(fmt::format("root attribute {} is missing", key));
-    }
-  }
+  // Types and ranges first: every value read below is then one of the right kind.
+  std::vector<std::string> problems = root_attribute_problems(root);
   if (!problems.empty()) {
     return problems;
   }
@@ -525,6 +546,7 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
   // trainer, to each tensor's stored checksum.
   const std::vector<parallel::StateEntry>& all = state.entries();
   std::vector<std::uint64_t> sums(all.size(), 0);
+  std::vector<std::uint64_t> nonfinite(all.size(), 0);  // NaN or infinite elements (owners count)
   std::vector<std::string> stored(all.size());
   comm::agree(comm, [&] {
     const Group root = f->root();
@@ -546,6 +568,10 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
         ds.read(file_box(b), ElementType::f32, box);
         if (e.owner) {
           sums[i] += block_checksum(e, local, b, box);
+          const Index n = numel(b.count);
+          for (Index k = 0; k < n; ++k) {
+            nonfinite[i] += std::isfinite(box[k]) ? 0 : 1;
+          }
         }
         if (!direct) {
           scatter_block(e, local, b, box, values.data);
@@ -557,6 +583,7 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
     }
   });
   comm.allreduce(comm::Buffer(sums))->wait();
+  comm.allreduce(comm::Buffer(nonfinite))->wait();
   comm::agree(comm, [&] {
     std::vector<std::string> problems;
     for (size_t i = 0; i < all.size(); ++i) {
@@ -565,6 +592,12 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
             fmt::format("{}: checksum {} does not match the stored {} (the data "
                         "is corrupt)",
                         dataset_path(all[i]), checksum_string(sums[i]), stored[i]));
+      } else if (nonfinite[i] > 0) {
+        // Tessera never saves them (the trainer refuses a non-finite parameter): written by
+        // something else, or by a run that diverged before that check.
+        problems.push_back(fmt::format("{}: {} value{} not finite (NaN or infinite)",
+                                       dataset_path(all[i]), nonfinite[i],
+                                       nonfinite[i] == 1 ? " is" : "s are"));
       }
     }
     if (!problems.empty()) {

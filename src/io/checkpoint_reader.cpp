@@ -1,5 +1,7 @@
 #include "tessera/io/checkpoint_reader.hpp"
 
+#include "tessera/core/strings.hpp"
+
 #include "tessera/core/error.hpp"
 #include "tessera/io/checkpoint_format.hpp"
 
@@ -277,6 +279,62 @@ std::string format_problem(const File& file) {
                        v > kCheckpointVersion ? "; a newer Tessera wrote it?" : "");
   }
   return "";
+}
+
+const std::vector<RootAttribute>& root_attributes() {
+  constexpr std::int64_t kAny = std::numeric_limits<std::int64_t>::min();
+  static const std::vector<RootAttribute> all{{"format", AttrType::string},
+                                              {"format_version", AttrType::int64, 1},
+                                              {"tessera_version", AttrType::string},
+                                              {"created", AttrType::string},
+                                              {"step", AttrType::int64},
+                                              {"total_steps", AttrType::int64},
+                                              {"cursor_epoch", AttrType::int64},
+                                              {"cursor_batch", AttrType::int64},
+                                              {"rng_seed", AttrType::int64, kAny},
+                                              {"optimizer", AttrType::string},
+                                              {"optimizer_steps", AttrType::int64},
+                                              {"deck", AttrType::string},
+                                              {"grid", AttrType::string},
+                                              {"ranks", AttrType::int64, 1},
+                                              {"data_size", AttrType::int64, 1},
+                                              {"zero", AttrType::int64, 0, 1},
+                                              {"tensors", AttrType::int64}};
+  return all;
+}
+
+std::vector<std::string> root_attribute_problems(const Group& root) {
+  std::vector<std::string> problems;
+  const Attributes attributes = root.attributes();
+  for (const RootAttribute& a : root_attributes()) {
+    const AttrInfo info = attribute_info(root.id(), a.name);
+    if (info.type == AttrType::missing) {
+      problems.push_back(fmt::format("root attribute '{}' is missing", a.name));
+    } else if (info.type != a.type) {
+      problems.push_back(fmt::format("root attribute '{}' is {}, expected {}", a.name,
+                                     attr_type_name(info.type), attr_type_name(a.type)));
+    } else if (info.values != 1) {
+      problems.push_back(
+          fmt::format("root attribute '{}' holds {} values, expected one", a.name, info.values));
+    } else if (a.type == AttrType::int64) {
+      const std::int64_t v = attributes.get_int(a.name);
+      if (v < a.min || v > a.max) {
+        problems.push_back(
+            a.max == std::numeric_limits<std::int64_t>::max()
+                ? fmt::format("root attribute {} = {} must be >= {}", a.name, v, a.min)
+                : fmt::format("root attribute {} = {} must be in [{}, {}]", a.name, v, a.min,
+                              a.max));
+      }
+    }
+  }
+  if (attribute_info(root.id(), "optimizer").type == AttrType::string) {
+    const std::string optimizer = attributes.get_string("optimizer");
+    if (optimizer != "sgd" && optimizer != "adamw") {
+      problems.push_back(fmt::format(
+          "root attribute optimizer = \"{}\" is not \"sgd\" or \"adamw\"", printable(optimizer)));
+    }
+  }
+  return problems;
 }
 
 void require_checkpoint(const File& file) {

@@ -525,6 +525,9 @@ void Trainer::build(const comm::GridSpec& spec) {
   if (deck.checkpoint.enabled && !deck.checkpoint.restart.empty()) {
     restart();
   }
+  if (deck.checkpoint.enabled) {
+    refuse_foreign_checkpoints();
+  }
   if (leader() && m_start_step == 0) {
     write_text(m_metrics_path, "", std::ios::trunc);  // a restarted run appends to its metrics
   }
@@ -581,21 +584,82 @@ Trainer::StepAgreement Trainer::agree_on_step(bool save_due) {
   return {flags[0], flags[1] != 0};
 }
 
+void Trainer::refuse_foreign_checkpoints() {
+  // Saving into a folder that holds another run's checkpoints would overwrite them (same step
+  // numbers) and prune them (checkpoint.keep): refuse unless this run resumed from one of them.
+  const deck::CheckpointConfig& c = m_deck.checkpoint;
+  comm::agree(*m_trainer, [&] {
+    const std::vector<std::string> there = io::checkpoints_in(c.dir);
+    std::error_code ec;
+    const bool resumed_here =
+        !m_resumed_from.empty() &&
+        std::filesystem::equivalent(std::filesystem::path(m_resumed_from).parent_path(), c.dir, ec);
+    if (there.empty() || resumed_here) {
+      return;
+    }
+    throw input_error(
+        fmt::format("checkpoint.dir = \"{}\" holds {} checkpoint{} of an earlier run (the newest "
+                    "{}), which this run would overwrite: resume from {} with checkpoint.restart "
+                    "= \"auto\", or give this run another run.output or checkpoint.dir, or "
+                    "remove them",
+                    c.dir, there.size(), there.size() == 1 ? "" : "s",
+                    std::filesystem::path(there.front()).filename().string(),
+                    there.size() == 1 ? "it" : "them"),
+        m_deck.where(m_deck.locations.count("checkpoint.restart") != 0 ? "checkpoint.restart"
+                                                                       : "checkpoint.dir"));
+  });
+}
+
 void Trainer::restart() {
   const deck::CheckpointConfig& c = m_deck.checkpoint;
   std::string file;
-  comm::agree(*m_trainer, [&] { file = io::resolve_restart(c.restart, c.dir); });
+  std::string note;
+  comm::agree(*m_trainer, [&] { file = io::resolve_restart(c.restart, c.dir, &note); });
   if (file.empty()) {
     say(fmt::format("restart: no checkpoint in {} yet: starting from step 0", c.dir));
     return;
   }
+  // With `latest` lost, the newest checkpoint of the folder that loads; older ones in turn.
+  std::vector<std::string> candidates{file};
+  if (!note.empty()) {
+    if (leader()) {
+      m_reporter->warning("restart: " + note);
+    }
+    candidates = io::checkpoints_in(c.dir);
+  }
   io::CheckpointInfo info;
-  comm::agree(*m_trainer, [&] {
+  for (size_t k = 0; k < candidates.size(); ++k) {
+    file = candidates[k];
     try {
-      info =
-          io::load_checkpoint(file, m_dp->registry(*m_optimizer), m_optimizer->kind(), *m_trainer);
-    } catch (const Error& e) {  // name the deck key that led here
-      throw input_error(e.message(), m_deck.where("checkpoint.restart"));
+      comm::agree(*m_trainer, [&] {
+        try {
+          info = io::load_checkpoint(file, m_dp->registry(*m_optimizer), m_optimizer->kind(),
+                                     *m_trainer);
+        } catch (const Error& e) {  // name the deck key that led here
+          throw input_error(e.message(), m_deck.where("checkpoint.restart"));
+        }
+      });
+      break;
+    } catch (const Error& e) {
+      if (k + 1 == candidates.size() || !e.on_all_ranks()) {
+        throw;
+      }
+      if (leader()) {
+        m_reporter->warning(fmt::format("restart: {}; trying the next older checkpoint, {}",
+                                        e.message(), candidates[k + 1]));
+      }
+    }
+  }
+  m_resumed_from = file;
+  comm::agree(*m_trainer, [&] {
+    const std::int64_t batches = m_train->batches_per_epoch();
+    if (info.cursor.batch >= batches) {
+      throw input_error(
+          fmt::format("checkpoint: {}: its data cursor (epoch {}, batch {}) is outside an epoch of "
+                      "data.train, which has {} batches of {} (was it written with another "
+                      "dataset or batch?)",
+                      file, info.cursor.epoch, info.cursor.batch, batches, m_deck.data.batch),
+          m_deck.where("checkpoint.restart"));
     }
   });
   m_optimizer->set_steps(info.optimizer_steps);

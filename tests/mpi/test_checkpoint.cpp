@@ -8,6 +8,7 @@
 #include "tessera/core/error.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/io/checkpoint.hpp"
+#include "tessera/io/checkpoint_format.hpp"
 #include "tessera/io/hdf5.hpp"
 #include "tessera/train/trainer.hpp"
 
@@ -331,6 +332,60 @@ TEST_F(CheckpointTest, BadCheckpointsAreRefusedOnEveryRankWithEveryProblem) {
             "checkpoint: " + bad +
                 ": format_version 2 is not one this Tessera reads (it reads 1); a newer Tessera "
                 "wrote it?");
+
+  // Root attributes of the right type but out of range, or of another type: refused before
+  // anything is read into the model (a negative step used to train on with loss -nan).
+  const auto set_root = [&](const std::string& name, const auto& value) {
+    copy_good();
+    if (world_rank() == 0) {
+      io::File f = io::File::open_serial_rw(bad);
+      f.root().attributes().set(name, value);
+      f.close();
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  };
+  set_root("step", std::int64_t{-5});
+  EXPECT_EQ(restart_error(bad, {}), "checkpoint: " + bad +
+                                        " does not fit this run (1 problem):\n"
+                                        "  root attribute step = -5 must be >= 0");
+  set_root("format_version", std::string("1"));
+  EXPECT_EQ(restart_error(bad, {}),
+            "checkpoint: " + bad + ": root attribute 'format_version' is a string, expected int64");
+  set_root("cursor_batch", std::string("3"));
+  EXPECT_EQ(restart_error(bad, {}),
+            "checkpoint: " + bad +
+                " does not fit this run (1 problem):\n"
+                "  root attribute 'cursor_batch' is a string, expected int64");
+  // A cursor past the end of an epoch of data.train (the file is otherwise sound).
+  set_root("cursor_batch", std::int64_t{1000000});
+  const std::string cursor = restart_error(bad, {});
+  EXPECT_EQ(cursor.rfind("checkpoint: " + bad + ": its data cursor (epoch ", 0), 0U) << cursor;
+  EXPECT_NE(cursor.find("batch 1000000) is outside an epoch of data.train"), std::string::npos)
+      << cursor;
+
+  // NaN weights under a checksum computed over them (what a diverged run would have written
+  // without the trainer's check): the checksum matches, the values are refused.
+  copy_good();
+  if (world_rank() == 0) {
+    io::File f = io::File::open_serial_rw(bad);
+    {
+      const io::Dataset ds = f.root().open_dataset("model/linear4/weight");
+      std::vector<hsize_t> shape = ds.shape();
+      std::vector<float> w(static_cast<size_t>(shape[0] * shape[1]));
+      ds.read_all(io::ElementType::f32, w.data());
+      w[3] = std::nanf("");
+      w[7] = std::numeric_limits<float>::infinity();
+      ds.write_range(0, w.size(), io::ElementType::f32, w.data(), false);
+      ds.attributes().set("checksum", io::checksum_string(io::checksum_partial(
+                                          w.data(), 0, static_cast<std::int64_t>(w.size()))));
+    }
+    f.close();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT_EQ(restart_error(bad, {}), "checkpoint: " + bad +
+                                        " does not fit this run (1 problem):\n"
+                                        "  /model/linear4/weight: 2 values are not finite (NaN or "
+                                        "infinite)");
 
   // Another model: linear4 has 9 outputs instead of 8 (its weight and bias, the next layer's
   // weight, and their momentum).

@@ -354,6 +354,23 @@ TEST_F(CkptTest, VerifyNamesEachProblemExactly) {
        [](FixtureCheckpoint& c) { c.tensor("/model/linear2/bias").checksum = "0x12"; },
        {"/model/linear2/bias: checksum attribute \"0x12\" is not \"0x\" and 16 hexadecimal "
         "digits"}},
+      {"out-of-range",
+       [](FixtureCheckpoint& c) {
+         c.root["step"] = std::int64_t{-5};
+         c.root["zero"] = std::int64_t{2};
+         c.root["ranks"] = std::int64_t{0};
+       },
+       {"root attribute step = -5 must be >= 0", "root attribute ranks = 0 must be >= 1",
+        "root attribute zero = 2 must be in [0, 1]"}},
+      {"version-string",
+       [](FixtureCheckpoint& c) { c.root["format_version"] = std::string("1"); },
+       {"root attribute 'format_version' is a string, expected int64"}},
+      {"nan-under-a-valid-checksum",
+       [](FixtureCheckpoint& c) {
+         c.tensor("/model/linear1/weight").values[2] = std::nanf("");
+         c.tensor("/model/linear1/weight").values[5] = -std::numeric_limits<float>::infinity();
+       },
+       {"/model/linear1/weight: 2 values are not finite (NaN or infinite)"}},
       {"no-kind",
        [](FixtureCheckpoint& c) { c.tensor("/model/norm/running_mean").kind = ""; },
        {"/model/norm/running_mean: attribute 'kind' is missing or not a string (\"parameter\" "

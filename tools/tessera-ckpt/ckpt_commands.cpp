@@ -47,29 +47,6 @@ std::string broadcast_string(MPI_Comm mpi, const std::string& text, int root = 0
 
 // --- the format's rules ------------------------------------------------------------------------
 
-struct RequiredAttribute {
-  const char* name;
-  AttrType type;
-};
-// docs/checkpoint-format.md, "Root attributes", in its order.
-const RequiredAttribute kRootAttributes[] = {{"format", AttrType::string},
-                                             {"format_version", AttrType::int64},
-                                             {"tessera_version", AttrType::string},
-                                             {"created", AttrType::string},
-                                             {"step", AttrType::int64},
-                                             {"total_steps", AttrType::int64},
-                                             {"cursor_epoch", AttrType::int64},
-                                             {"cursor_batch", AttrType::int64},
-                                             {"rng_seed", AttrType::int64},
-                                             {"optimizer", AttrType::string},
-                                             {"optimizer_steps", AttrType::int64},
-                                             {"deck", AttrType::string},
-                                             {"grid", AttrType::string},
-                                             {"ranks", AttrType::int64},
-                                             {"data_size", AttrType::int64},
-                                             {"zero", AttrType::int64},
-                                             {"tensors", AttrType::int64}};
-
 constexpr const char* kModelPrefix = "/model/";
 constexpr const char* kOptimizerPrefix = "/optimizer/";
 
@@ -407,7 +384,7 @@ std::string list_file(const std::string& path) {
   }
   out += fmt::format("  tensors attribute: {}\n", root_int_text(root, "tensors"));
   std::set<std::string> known;
-  for (const auto& a : kRootAttributes) {
+  for (const io::RootAttribute& a : io::root_attributes()) {
     known.insert(a.name);
   }
   for (const std::string& name : root.attributes().names()) {
@@ -484,27 +461,6 @@ struct Survey {
   std::vector<std::optional<std::uint64_t>> stored;  // each tensor's checksum attribute, parsed
 };
 
-void check_root_attributes(const io::Group& root, std::vector<std::string>& problems) {
-  for (const RequiredAttribute& a : kRootAttributes) {
-    const AttrInfo info = attribute_info(root.id(), a.name);
-    if (info.type == AttrType::missing) {
-      problems.push_back(fmt::format("root attribute '{}' is missing", a.name));
-    } else if (info.type != a.type) {
-      problems.push_back(fmt::format("root attribute '{}' is {}, expected {}", a.name,
-                                     attr_type_name(info.type), attr_type_name(a.type)));
-    } else if (info.values != 1) {
-      problems.push_back(
-          fmt::format("root attribute '{}' holds {} values, expected one", a.name, info.values));
-    }
-  }
-  const std::string optimizer = root_string(root, "optimizer", "");
-  if (attribute_info(root.id(), "optimizer").type == AttrType::string && optimizer != "sgd" &&
-      optimizer != "adamw") {
-    problems.push_back(
-        fmt::format("root attribute optimizer = \"{}\" is not \"sgd\" or \"adamw\"", optimizer));
-  }
-}
-
 // The problems of one tensor's metadata; `stored` receives its parsed checksum attribute.
 std::vector<std::string> check_tensor(const TensorEntry& e, const StateRule& rule,
                                       const std::map<std::string, const TensorEntry*>& by_path,
@@ -558,7 +514,7 @@ Survey survey_checkpoint(const io::File& f) {
   }
   s.known_format = true;
   const io::Group root = f.root();
-  check_root_attributes(root, s.root_problems);
+  s.root_problems = io::root_attribute_problems(root);
   s.tensors = tensors_of(f);
   if (attribute_info(root.id(), "tensors").type == AttrType::int64) {
     const std::int64_t declared = root.attributes().get_int("tensors");
@@ -599,6 +555,7 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
   const int rank = rank_of(comm);
   const int ranks = size_of(comm);
   std::vector<std::uint64_t> sums(check.size(), 0);
+  std::vector<std::uint64_t> nonfinite(check.size(), 0);  // NaN or infinite elements
   std::vector<int> failed(check.size(), ranks);  // the lowest rank that could not read, or ranks
   std::vector<std::string> why(check.size());
   std::vector<float> buffer;
@@ -612,6 +569,9 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
         buffer.resize(static_cast<std::size_t>(n));
         read_range(d, e.shape, at, n, buffer.data());
         sums[piece.tensor] += io::checksum_partial(buffer.data(), at, n);
+        for (const float x : buffer) {
+          nonfinite[piece.tensor] += std::isfinite(x) ? 0 : 1;
+        }
       }
     } catch (const Error& err) {
       failed[piece.tensor] = rank;
@@ -619,6 +579,7 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
     }
   }
   reduce_all(comm, sums, comm::ReduceOp::sum);
+  reduce_all(comm, nonfinite, comm::ReduceOp::sum);
   reduce_all(comm, failed, comm::ReduceOp::min);
   for (std::size_t k = 0; k < check.size(); ++k) {
     const TensorEntry& e = s.tensors[check[k]];
@@ -630,6 +591,10 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
       s.problems[check[k]].push_back(fmt::format("{}: checksum {} does not match the stored {}",
                                                  e.path, io::checksum_string(sums[k]),
                                                  io::checksum_string(stored)));
+    } else if (nonfinite[k] > 0) {
+      s.problems[check[k]].push_back(fmt::format("{}: {} value{} not finite (NaN or infinite)",
+                                                 e.path, nonfinite[k],
+                                                 nonfinite[k] == 1 ? " is" : "s are"));
     }
   }
 }

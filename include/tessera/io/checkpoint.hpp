@@ -54,10 +54,17 @@ SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                            const parallel::StateRegistry& state, comm::Communicator& comm,
                            int keep);
 
-/// The checkpoint `restart` names: "auto" → the one dir/latest names, or "" when there is none
-/// yet (a fresh start); any other value is a file path, returned as is. Throws tessera::Error (exit
-/// code 2) when dir/latest exists but names a file that does not.
-std::string resolve_restart(const std::string& restart, const std::string& dir);
+/// The complete checkpoint files (ckpt-<step>.h5) in `dir`, newest first; none when `dir` does
+/// not exist.
+std::vector<std::string> checkpoints_in(const std::string& dir);
+
+/// The checkpoint `restart` names: "auto" → the one dir/latest names; when dir/latest is missing
+/// but checkpoints are there (latest lost), the newest of them, with `note` saying so; "" when
+/// there is none (a fresh start). Any other value is a file path, returned as is. Throws
+/// tessera::Error (exit code 2) when dir/latest names a file that does not exist or is not a
+/// checkpoint's name (printed escaped).
+std::string resolve_restart(const std::string& restart, const std::string& dir,
+                            std::string* note = nullptr);
 
 /// Loads `file` into the tensors of `state` (the boxes this rank holds), verifying the format, that
 /// it holds the optimizer `optimizer` and exactly the tensors of `state`, their shapes, element

@@ -6,6 +6,7 @@
 #include "tessera/io/hdf5.hpp"
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,6 +60,21 @@ std::vector<TensorEntry> list_tensors(const File& file);
 std::string format_problem(const File& file);
 /// Throws input_error("PATH: <format_problem>") when there is one.
 void require_checkpoint(const File& file);
+
+/// A root attribute of the checkpoint format (docs/checkpoint-format.md, "Root attributes").
+struct RootAttribute {
+  const char* name;
+  AttrType type;
+  std::int64_t min = 0;  ///< integers: the smallest valid value
+  std::int64_t max = std::numeric_limits<std::int64_t>::max();
+};
+/// Every root attribute of the format, in the documented order.
+const std::vector<RootAttribute>& root_attributes();
+
+/// The problems of a checkpoint's root attributes: each one missing, of another type, holding
+/// more than one value, or out of its range (a negative step, a zero of 2...), and an optimizer
+/// other than sgd or adamw. `tessera-ckpt verify` and a restart find the same, worded the same.
+std::vector<std::string> root_attribute_problems(const Group& root);
 
 /// Reads the row-major elements [first, first + count) of `dataset` (of `shape`) as float32 into
 /// `out`.

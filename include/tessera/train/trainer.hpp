@@ -115,6 +115,8 @@ class Trainer {
   std::optional<Evaluation> eval_and_log(std::int64_t step, double run_seconds);
   StepAgreement agree_on_step(bool save_due);
   void restart();
+  // Refuses a checkpoint.dir holding checkpoints this run did not resume from (exit code 2).
+  void refuse_foreign_checkpoints();
   void save(std::int64_t steps_done, const char* why);
   // One record of metrics.jsonl (rank 0). A failed write is kept and agreed at the next step
   // boundary (check_writes): every rank stops with its message.
@@ -137,6 +139,7 @@ class Trainer {
   optim::ScheduleOptions m_schedule;
   std::int64_t m_total_steps = 0;
   std::int64_t m_start_step = 0;  // > 0 after a restart from a checkpoint
+  std::string m_resumed_from;     // the checkpoint file this run resumed from ("": none)
   std::string m_metrics_path;
   std::int64_t m_skipped = 0;   // steps skipped for non-finite values
   std::string m_write_failure;  // rank 0: the first write to run.output that failed
