@@ -6,6 +6,7 @@
 #include "tessera/core/rng.hpp"
 #include "tessera/core/timer.hpp"
 
+#include <fmt/ranges.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <zlib.h>
@@ -343,6 +344,9 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
       throw fail("x must be uint8, float16 or float32");
     }
     info.x_type = *xt;
+    if (std::find(xs.begin() + 1, xs.end(), hsize_t{0}) != xs.end()) {
+      throw fail(fmt::format("x has shape ({}): a sample has no elements", fmt::join(xs, ", ")));
+    }
     info.samples = static_cast<Index>(xs[0]);
     info.sample_shape.assign(xs.begin() + 1, xs.end());
     if (ys.empty() || ys[0] != xs[0]) {
@@ -382,9 +386,17 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
       throw fail(fmt::format("attributes mean/std hold {}/{} values for {} channels",
                              info.mean.size(), info.std.size(), channels));
     }
-    for (double s : info.std) {
-      if (!(s > 0.0)) {
-        throw fail("attribute std holds a value that is not > 0");
+    // The normalisation turns every sample into (x · scale − mean[c]) / std[c]: a NaN or Inf
+    // here would make every sample one.
+    if (!std::isfinite(info.scale) || info.scale == 0.0) {
+      throw fail(fmt::format("attribute scale = {} must be finite and not 0", info.scale));
+    }
+    for (size_t c = 0; c < channels; ++c) {
+      if (!std::isfinite(info.mean[c])) {
+        throw fail(fmt::format("attribute mean[{}] = {} must be finite", c, info.mean[c]));
+      }
+      if (!(info.std[c] > 0.0) || !std::isfinite(info.std[c])) {
+        throw fail(fmt::format("attribute std[{}] = {} must be finite and > 0", c, info.std[c]));
       }
     }
   } catch (const Error& e) {
@@ -452,38 +464,46 @@ void with_split_group(const std::string& file, const std::string& split, bool wr
 }  // namespace
 
 void write_checksums(const std::string& path) {
-  std::vector<std::string> splits;
-  with_split_group(path, "/", false, [&](const Group& root) {
-    for (const std::string& m : root.members()) {
-      if (root.is_group(m)) {
-        splits.push_back("/" + m);
+  // Every split group's data sets as they are stored, whatever else the split holds (a split the
+  // reader would refuse, e.g. for its attributes, still gets checksums of its bytes).
+  with_split_group(path, "/", true, [&](const Group& root) {
+    for (const std::string& split : root.members()) {
+      if (!root.is_group(split)) {
+        continue;
       }
-    }
-  });
-  for (const std::string& split : splits) {
-    const SplitInfo info = inspect_split(path, split);
-    with_split_group(path, split, true, [&](const Group& g) {
-      for (const SplitData& sd : split_data(info)) {
-        const Dataset d = g.open_dataset(sd.name);
+      const Group g = root.open_group(split);
+      for (const char* name : {"x", "y", "tokens"}) {
+        if (!g.has(name)) {
+          continue;
+        }
+        const Dataset d = g.open_dataset(name);
+        const std::optional<ElementType> type = d.element_type();
         const std::vector<hsize_t> shape = d.shape();
+        if (!type || shape.empty()) {
+          continue;  // not a data set Tessera reads
+        }
+        d.check_stored(element_bytes(*type));
         const hsize_t rows = shape[0];
-        hsize_t row_bytes = element_bytes(sd.type);
+        hsize_t row_bytes = element_bytes(*type);
         for (size_t k = 1; k < shape.size(); ++k) {
           row_bytes *= shape[k];
+        }
+        if (rows == 0 || row_bytes == 0) {
+          continue;  // nothing stored (and refused as empty when read)
         }
         const hsize_t block = checksum_block_rows(rows, row_bytes);
         std::vector<unsigned char> buffer(static_cast<size_t>(std::min(block, rows) * row_bytes));
         std::vector<std::int64_t> crc;
         for (hsize_t first = 0; first < rows; first += block) {
           const hsize_t count = std::min(block, rows - first);
-          read_rows(d, sd.type, shape, first, count, buffer.data());
+          read_rows(d, *type, shape, first, count, buffer.data());
           crc.push_back(crc_of(buffer.data(), static_cast<size_t>(count * row_bytes)));
         }
         d.attributes().set(kChecksum, crc);
         d.attributes().set(kChecksumRows, static_cast<std::int64_t>(block));
       }
-    });
-  }
+    }
+  });
 }
 
 double verify_split(const SplitInfo& info, const VerifyOptions& o) {

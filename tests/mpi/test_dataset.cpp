@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <limits>
@@ -452,6 +453,33 @@ TEST(DatasetVerify, EmptySplitsAndImpossibleShapesAreRefusedBeforeAnyAllocation)
     return agreed_error([&] { io::DatasetReader r(s, options(4)); });
   };
   EXPECT_EQ(open(empty + ":/train"), empty + ":/train: the split is empty: x and y hold 0 samples");
+
+  const std::string hollow = dir.file("hollow.h5");
+  spec = {};
+  spec.sample = {2, 0, 4};
+  write_dataset(hollow, spec);
+  EXPECT_EQ(open(hollow + ":/train"),
+            hollow + ":/train: x has shape (37, 2, 0, 4): a sample has no elements");
+
+  // Normalisation attributes that would turn every sample into NaN or Inf.
+  const std::string norm = dir.file("norm.h5");
+  write_dataset(norm);
+  rewrite(norm, [](const io::Group& root) {
+    root.open_group("train").attributes().set(
+        "std", std::vector<double>{1.0, std::numeric_limits<double>::infinity()});
+  });
+  EXPECT_EQ(open(norm + ":/train"),
+            norm + ":/train: attribute std[1] = inf must be finite and > 0");
+  rewrite(norm, [](const io::Group& root) {
+    root.open_group("train").attributes().set("std", std::vector<double>{1.0, 1.0});
+    root.open_group("train").attributes().set("mean", std::vector<double>{0.0, std::nan("")});
+  });
+  EXPECT_EQ(open(norm + ":/train"), norm + ":/train: attribute mean[1] = nan must be finite");
+  rewrite(norm, [](const io::Group& root) {
+    root.open_group("train").attributes().set("mean", std::vector<double>{0.0, 0.0});
+    root.open_group("train").attributes().set("scale", 0.0);
+  });
+  EXPECT_EQ(open(norm + ":/train"), norm + ":/train: attribute scale = 0 must be finite and not 0");
 
   // A header that claims 2^40 tokens (as a damaged file may): refused, not allocated.
   const std::string huge = dir.file("huge.h5");
