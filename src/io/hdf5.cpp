@@ -442,8 +442,9 @@ std::vector<std::string> Attributes::names() const {
         H5Aget_name_by_idx(m_obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT),
         m_context);
     std::string name(static_cast<size_t>(len) + 1, '\0');
-    H5Aget_name_by_idx(m_obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(),
-                       H5P_DEFAULT);
+    TESSERA_H5(H5Aget_name_by_idx(m_obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(),
+                                  name.size(), H5P_DEFAULT),
+               m_context);
     name.resize(static_cast<size_t>(len));
     out.push_back(name);
   }
@@ -717,7 +718,7 @@ std::vector<std::string> Group::members() const {
 bool Group::is_group(const std::string& name) const {
   H5O_info_t info;
   TESSERA_H5(H5Oget_info_by_name2(id(), name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT),
-             child_path(m_path, name));
+             m_file + ":" + child_path(m_path, name));
   return info.type == H5O_TYPE_GROUP;
 }
 
