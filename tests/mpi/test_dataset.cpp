@@ -341,6 +341,7 @@ namespace {
 // Rank 0 changes `path` through `change` (its root group, the file open read-write); every rank
 // waits for it.
 void rewrite(const std::string& path, const std::function<void(const io::Group&)>& change) {
+  MPI_Barrier(MPI_COMM_WORLD);  // no rank holds it open (HDF5 locks a file open for writing)
   if (world_rank() == 0) {
     io::File f = io::File::open_serial_rw(path);
     change(f.root());
@@ -351,6 +352,7 @@ void rewrite(const std::string& path, const std::function<void(const io::Group&)
 
 // Rank 0 adds the checksums tessera-data writes; every rank waits.
 void add_checksums(const std::string& path) {
+  MPI_Barrier(MPI_COMM_WORLD);
   if (world_rank() == 0) {
     io::write_checksums(path);
   }
