@@ -117,11 +117,15 @@ int main(int argc, char** argv) {
     const tessera::deck::Deck deck = load_deck(world, deck_path, overrides);
     if (*check) {
       std::string report;
+      std::vector<std::string> notes;
       tessera::comm::agree(world, [&] {
         (void)tessera::train::resolve_grid(deck, world.size());  // the grid first: no file needed
-        tessera::train::check_data(deck);
+        notes = tessera::train::check_data(deck, world.rank(), world.size());
         report = tessera::train::describe(deck, world.size());
       });
+      for (const std::string& note : notes) {
+        out.warning(note);
+      }
       out.info(tessera::deck::to_toml(deck) + "\n" + report + "deck OK: " + deck_path);
       return 0;
     }

@@ -6,11 +6,16 @@
 #include "tessera/core/rng.hpp"
 #include "tessera/core/timer.hpp"
 
+#include <fmt/ranges.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <numeric>
 #include <type_traits>
 
@@ -53,6 +58,124 @@ Error split_error(const SplitInfo& info, const std::string& what) {
   return input_error(fmt::format("{}:{}: {}", info.file, info.split, what));
 }
 
+// "samples 4, 17, 40 and 2 more", for messages about a batch's reads.
+std::string samples_text(const std::vector<std::int64_t>& ids) {
+  std::vector<std::int64_t> sorted(ids);
+  std::sort(sorted.begin(), sorted.end());
+  constexpr size_t kShown = 8;
+  std::string out = sorted.size() == 1 ? "sample " : "samples ";
+  for (size_t i = 0; i < std::min(kShown, sorted.size()); ++i) {
+    out += (i == 0 ? "" : ", ") + std::to_string(sorted[i]);
+  }
+  if (sorted.size() > kShown) {
+    out += fmt::format(" and {} more", sorted.size() - kShown);
+  }
+  return out;
+}
+
+// --- checksums ---------------------------------------------------------------------------------
+
+// The rows (first-dimension entries) of one checksum block of a data set of `rows` rows of
+// `row_bytes` bytes: 1 MiB of data, or more when that would make over 4096 blocks (the checksums
+// stay one attribute below HDF5's 64 KiB limit).
+hsize_t checksum_block_rows(hsize_t rows, hsize_t row_bytes) {
+  const hsize_t by_bytes =
+      std::max<hsize_t>(1, (hsize_t{1} << 20) / std::max<hsize_t>(1, row_bytes));
+  return std::max(by_bytes, (rows + 4095) / 4096);
+}
+
+// A data set's stored checksums, validated against its rows.
+struct Checksums {
+  hsize_t rows = 0;  // rows per block
+  std::vector<std::int64_t> crc;
+};
+
+std::optional<Checksums> read_checksums(const Dataset& d, hsize_t rows) {
+  const Attributes a = d.attributes();
+  const bool has_crc = a.has(kChecksum);
+  const bool has_rows = a.has(kChecksumRows);
+  if (!has_crc && !has_rows) {
+    return std::nullopt;
+  }
+  auto bad = [&](const std::string& what) {
+    return input_error(fmt::format("{}: {}: the file is damaged", d.context(), what));
+  };
+  if (!has_crc || !has_rows) {
+    throw bad(fmt::format("attribute {} is missing beside {}", has_crc ? kChecksumRows : kChecksum,
+                          has_crc ? kChecksum : kChecksumRows));
+  }
+  Checksums c;
+  const std::int64_t per = a.get_int(kChecksumRows);
+  if (per < 1) {
+    throw bad(fmt::format("{} = {} is not a row count >= 1", kChecksumRows, per));
+  }
+  c.rows = static_cast<hsize_t>(per);
+  c.crc = a.get_ints(kChecksum);
+  const hsize_t blocks = rows / c.rows + (rows % c.rows != 0 ? 1 : 0);
+  if (c.crc.size() != blocks) {
+    throw bad(fmt::format("{} holds {} checksums for {} blocks of {} rows", kChecksum, c.crc.size(),
+                          blocks, c.rows));
+  }
+  return c;
+}
+
+// Rows [first, first + count) of `d` (of `shape`) as stored, into `out`.
+void read_rows(const Dataset& d, ElementType t, const std::vector<hsize_t>& shape, hsize_t first,
+               hsize_t count, void* out) {
+  Box box{std::vector<hsize_t>(shape.size(), 0), shape};
+  box.offset[0] = first;
+  box.count[0] = count;
+  d.read(box, t, out);
+}
+
+std::int64_t crc_of(const void* data, size_t bytes) {
+  return static_cast<std::int64_t>(
+      crc32_z(crc32_z(0, nullptr, 0), static_cast<const Bytef*>(data), bytes));
+}
+
+size_t element_bytes(ElementType t) {
+  switch (t) {
+    case ElementType::u8:
+      return 1;
+    case ElementType::f16:
+      return 2;
+    case ElementType::i32:
+    case ElementType::f32:
+      return 4;
+    case ElementType::i64:
+    case ElementType::f64:
+      return 8;
+  }
+  return 1;
+}
+
+// The first element of `n` float32 (or, f16, binary16) values that is NaN or Inf, as (index,
+// "NaN" | "Inf" | "-Inf"), or index -1. An exponent of all ones is Inf or NaN.
+std::pair<Index, const char*> first_nonfinite(const void* data, size_t n, bool half) {
+  auto name = [](bool nan, bool negative) { return nan ? "NaN" : negative ? "-Inf" : "Inf"; };
+  if (half) {
+    const auto* bits = static_cast<const std::uint16_t*>(data);
+    for (size_t i = 0; i < n; ++i) {
+      if ((bits[i] & 0x7c00u) == 0x7c00u) {
+        return {static_cast<Index>(i), name((bits[i] & 0x03ffu) != 0, (bits[i] & 0x8000u) != 0)};
+      }
+    }
+    return {-1, ""};
+  }
+  const auto* bits = static_cast<const std::uint32_t*>(data);
+  std::uint32_t any = 0;  // an OR over the bits vectorizes; only a block that has one is searched
+  for (size_t i = 0; i < n; ++i) {
+    any |= static_cast<std::uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+  }
+  for (size_t i = 0; any != 0 && i < n; ++i) {
+    if ((bits[i] & 0x7f800000u) == 0x7f800000u) {
+      return {static_cast<Index>(i),
+              name((bits[i] & 0x007fffffu) != 0, (bits[i] & 0x80000000u) != 0)};
+    }
+  }
+  return {-1, ""};
+}
+
 // The first token of `stream` outside [0, vocab), as (position, value), or position -1.
 template <typename T>
 std::pair<Index, std::int64_t> token_outside(const std::vector<T>& stream, Index vocab) {
@@ -83,11 +206,13 @@ void inspect_tokens(const Group& g, SplitInfo& info, TokenStream* keep) {
     throw fail("tokens must be uint8 or int32 token ids");
   }
   info.x_type = *type;
+  tokens.check_stored(*type == ElementType::u8 ? 1 : 4);  // before the stream is read whole
   info.tokens = static_cast<Index>(shape[0]);
   if (info.tokens < 2) {
     throw fail(fmt::format("tokens holds {} token(s), a language_modeling split needs at least 2",
                            info.tokens));
   }
+  info.checksummed = read_checksums(tokens, shape[0]).has_value();
   const Attributes attrs = g.attributes();
   if (!attrs.has("vocab")) {
     throw fail("attribute 'vocab' is missing (the vocabulary size: token ids are in [0, vocab))");
@@ -219,6 +344,9 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
       throw fail("x must be uint8, float16 or float32");
     }
     info.x_type = *xt;
+    if (std::find(xs.begin() + 1, xs.end(), hsize_t{0}) != xs.end()) {
+      throw fail(fmt::format("x has shape ({}): a sample has no elements", fmt::join(xs, ", ")));
+    }
     info.samples = static_cast<Index>(xs[0]);
     info.sample_shape.assign(xs.begin() + 1, xs.end());
     if (ys.empty() || ys[0] != xs[0]) {
@@ -240,6 +368,16 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
       }
       info.targets = static_cast<Index>(ys[1]);
     }
+    // Sizes come from the file: a damaged header may claim any, so before anything is allocated
+    // from them they must fit what the file stores.
+    x.check_stored(element_bytes(info.x_type));
+    y.check_stored(4);
+    if (info.samples == 0) {
+      throw fail("the split is empty: x and y hold 0 samples");
+    }
+    const bool x_sums = read_checksums(x, xs[0]).has_value();
+    const bool y_sums = read_checksums(y, ys[0]).has_value();
+    info.checksummed = x_sums && y_sums;
     const auto channels = static_cast<size_t>(xs[1]);
     info.scale = attrs.has("scale") ? attrs.get_double("scale") : 1.0;
     info.mean = attrs.has("mean") ? attrs.get_doubles("mean") : std::vector<double>(channels, 0.0);
@@ -248,9 +386,17 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
       throw fail(fmt::format("attributes mean/std hold {}/{} values for {} channels",
                              info.mean.size(), info.std.size(), channels));
     }
-    for (double s : info.std) {
-      if (!(s > 0.0)) {
-        throw fail("attribute std holds a value that is not > 0");
+    // The normalisation turns every sample into (x · scale − mean[c]) / std[c]: a NaN or Inf
+    // here would make every sample one.
+    if (!std::isfinite(info.scale) || info.scale == 0.0) {
+      throw fail(fmt::format("attribute scale = {} must be finite and not 0", info.scale));
+    }
+    for (size_t c = 0; c < channels; ++c) {
+      if (!std::isfinite(info.mean[c])) {
+        throw fail(fmt::format("attribute mean[{}] = {} must be finite", c, info.mean[c]));
+      }
+      if (!(info.std[c] > 0.0) || !std::isfinite(info.std[c])) {
+        throw fail(fmt::format("attribute std[{}] = {} must be finite and > 0", c, info.std[c]));
       }
     }
   } catch (const Error& e) {
@@ -274,6 +420,158 @@ const char* task_name(Task task) {
 
 SplitInfo inspect_split(const std::string& file, const std::string& split) {
   return inspect(file, split, nullptr);
+}
+
+namespace {
+// A data set of a split: its name and the type its elements are read as (the stored type).
+struct SplitData {
+  const char* name;
+  ElementType type;
+};
+
+std::vector<SplitData> split_data(const SplitInfo& info) {
+  if (info.task == Task::language_modeling) {
+    return {{"tokens", info.x_type}};
+  }
+  return {{"x", info.x_type},
+          {"y", info.task == Task::classification ? ElementType::i32 : ElementType::f32}};
+}
+
+// Runs `body` on the split's group of `file`, HDF5 failures turned into input errors.
+template <typename Body>
+void with_split_group(const std::string& file, const std::string& split, bool write, Body body) {
+  File f = [&] {
+    try {
+      return write ? File::open_serial_rw(file) : File::open_serial(file);
+    } catch (const Error& e) {
+      throw input_error(e.message());
+    }
+  }();
+  try {
+    const Group root = f.root();
+    const std::string group = split.empty() ? "" : split.substr(split[0] == '/');
+    body(group.empty() ? f.root() : root.open_group(group));
+  } catch (const Error& e) {
+    if (e.exit_code() == 2) {
+      throw;
+    }
+    throw input_error(e.message());
+  }
+  if (write) {
+    f.close();  // reports a failed flush (read-only, the destructor closes)
+  }
+}
+}  // namespace
+
+void write_checksums(const std::string& path) {
+  // Every split group's data sets as they are stored, whatever else the split holds (a split the
+  // reader would refuse, e.g. for its attributes, still gets checksums of its bytes).
+  with_split_group(path, "/", true, [&](const Group& root) {
+    for (const std::string& split : root.members()) {
+      if (!root.is_group(split)) {
+        continue;
+      }
+      const Group g = root.open_group(split);
+      for (const char* name : {"x", "y", "tokens"}) {
+        if (!g.has(name)) {
+          continue;
+        }
+        const Dataset d = g.open_dataset(name);
+        const std::optional<ElementType> type = d.element_type();
+        const std::vector<hsize_t> shape = d.shape();
+        if (!type || shape.empty()) {
+          continue;  // not a data set Tessera reads
+        }
+        d.check_stored(element_bytes(*type));
+        const hsize_t rows = shape[0];
+        hsize_t row_bytes = element_bytes(*type);
+        for (size_t k = 1; k < shape.size(); ++k) {
+          row_bytes *= shape[k];
+        }
+        if (rows == 0 || row_bytes == 0) {
+          continue;  // nothing stored (and refused as empty when read)
+        }
+        const hsize_t block = checksum_block_rows(rows, row_bytes);
+        std::vector<unsigned char> buffer(static_cast<size_t>(std::min(block, rows) * row_bytes));
+        std::vector<std::int64_t> crc;
+        for (hsize_t first = 0; first < rows; first += block) {
+          const hsize_t count = std::min(block, rows - first);
+          read_rows(d, *type, shape, first, count, buffer.data());
+          crc.push_back(crc_of(buffer.data(), static_cast<size_t>(count * row_bytes)));
+        }
+        d.attributes().set(kChecksum, crc);
+        d.attributes().set(kChecksumRows, static_cast<std::int64_t>(block));
+      }
+    }
+  });
+}
+
+double verify_split(const SplitInfo& info, const VerifyOptions& o) {
+  const Stopwatch clock;
+  const Index classes = o.classes > 0 ? o.classes : static_cast<Index>(info.classes.size());
+  with_split_group(info.file, info.split, false, [&](const Group& g) {
+    for (const SplitData& sd : split_data(info)) {
+      const std::string name = sd.name;
+      const Dataset d = g.open_dataset(name);
+      const std::vector<hsize_t> shape = d.shape();
+      d.check_stored(element_bytes(sd.type));  // it may have changed since inspect_split()
+      const hsize_t rows = shape[0];
+      hsize_t row = 1;  // elements per row
+      for (size_t k = 1; k < shape.size(); ++k) {
+        row *= shape[k];
+      }
+      const hsize_t row_bytes = row * element_bytes(sd.type);
+      const std::optional<Checksums> sums = read_checksums(d, rows);
+      const bool labels = name == "y" && info.task == Task::classification && classes > 0;
+      const bool finite = (name == "x" && sd.type != ElementType::u8) ||
+                          (name == "y" && info.task == Task::regression);
+      if (!sums && !labels && !finite) {
+        continue;  // uint8 samples without checksums: nothing to check in their bytes
+      }
+      const hsize_t block =
+          sums ? sums->rows
+               : std::max<hsize_t>(1, (hsize_t{4} << 20) / std::max<hsize_t>(1, row_bytes));
+      const hsize_t blocks = rows / block + (rows % block != 0 ? 1 : 0);
+      const Range mine = block_range(static_cast<Index>(blocks), o.shares, o.share);
+      std::vector<unsigned char> buffer(static_cast<size_t>(std::min(block, rows) * row_bytes));
+      for (Index b = mine.offset; b < mine.offset + mine.count; ++b) {
+        const hsize_t first = static_cast<hsize_t>(b) * block;
+        const hsize_t count = std::min(block, rows - first);
+        read_rows(d, sd.type, shape, first, count, buffer.data());
+        if (sums && crc_of(buffer.data(), static_cast<size_t>(count * row_bytes)) !=
+                        sums->crc[static_cast<size_t>(b)]) {
+          throw split_error(info, fmt::format("{} [{}, {}) do not match their checksum ({}): the "
+                                              "file is damaged or was changed after it was written",
+                                              name == "tokens" ? "tokens" : name + " of samples",
+                                              first, first + count, kChecksum));
+        }
+        if (labels) {
+          const auto* y = reinterpret_cast<const std::int32_t*>(buffer.data());
+          for (hsize_t i = 0; i < count; ++i) {
+            if (y[i] < 0 || y[i] >= classes) {
+              throw split_error(info, fmt::format("sample {} has label y[{}] = {}, outside the {} "
+                                                  "classes [0, {})",
+                                                  first + i, first + i, y[i], classes, classes));
+            }
+          }
+        }
+        if (finite) {
+          const auto bad = first_nonfinite(buffer.data(), static_cast<size_t>(count * row),
+                                           sd.type == ElementType::f16);
+          if (bad.first >= 0) {
+            const hsize_t at = static_cast<hsize_t>(bad.first);
+            throw split_error(
+                info,
+                fmt::format("sample {} of {} holds {} at {} {}: {} must be finite (NaN and "
+                            "Inf are refused)",
+                            first + at / row, name, bad.second, name == "x" ? "element" : "target",
+                            at % row, name == "x" ? "samples" : "regression targets"));
+          }
+        }
+      }
+    }
+  });
+  return clock.seconds();
 }
 
 std::vector<std::int64_t> epoch_permutation(Index n, std::uint64_t seed, std::int64_t epoch,
@@ -383,6 +681,7 @@ void DatasetReader::open_samples(const std::string& file, const std::string& spl
   const Group g = m_file->root().open_group(split.substr(1));
   m_x = std::make_unique<Dataset>(g.open_dataset("x"));
   m_y = std::make_unique<Dataset>(g.open_dataset("y"));
+  m_opened = file_state();
   if (!m_options.cache) {
     return;
   }
@@ -392,7 +691,9 @@ void DatasetReader::open_samples(const std::string& file, const std::string& spl
   const auto x_elements = static_cast<size_t>(m_info.samples * per);
   const bool bytes = m_info.x_type == ElementType::u8;
   m_cache = std::make_unique<CacheMemory>(x_elements * (bytes ? 1 : sizeof(float)));
-  m_cache_y.resize(static_cast<size_t>(m_info.samples * m_info.targets));
+  if (m_info.task != Task::classification) {
+    m_cache_y.resize(static_cast<size_t>(m_info.samples * m_info.targets));
+  }
   std::vector<hsize_t> off(m_info.sample_shape.size() + 1, 0);
   std::vector<hsize_t> cnt{static_cast<hsize_t>(m_info.samples)};
   for (Index e : m_sample_shape) {
@@ -403,8 +704,50 @@ void DatasetReader::open_samples(const std::string& file, const std::string& spl
       off[d + 2] = static_cast<hsize_t>(m_options.box->offset[d]);
     }
   }
-  m_x->read({off, cnt}, bytes ? ElementType::u8 : ElementType::f32, m_cache->data);
-  m_y->read_all(ElementType::f32, m_cache_y.data());
+  try {
+    m_x->read({off, cnt}, bytes ? ElementType::u8 : ElementType::f32, m_cache->data);
+    if (m_info.task == Task::classification) {
+      m_cache_labels.resize(static_cast<size_t>(m_info.samples));
+      m_y->read_all(ElementType::i32, m_cache_labels.data());
+    } else {
+      m_y->read_all(ElementType::f32, m_cache_y.data());
+    }
+  } catch (const Error& e) {
+    throw input_error(
+        fmt::format("{}:{}: cannot read the split into the cache: {}", file, split, e.message()));
+  }
+  check_unchanged("the split read into the cache");
+}
+
+DatasetReader::FileState DatasetReader::file_state() const {
+  FileState state;
+  const std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
+  void* handle = nullptr;
+  struct stat st {};
+  if (H5Fget_vfd_handle(m_file->id(), H5P_DEFAULT, &handle) >= 0 && handle != nullptr &&
+      ::fstat(*static_cast<int*>(handle), &st) == 0) {
+    state.known = true;
+    state.size = static_cast<std::int64_t>(st.st_size);
+    state.mtime_ns = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  } else {
+    H5Eclear2(H5E_DEFAULT);
+  }
+  return state;
+}
+
+void DatasetReader::check_unchanged(const std::string& what) const {
+  const FileState now = file_state();
+  if (!m_opened.known || !now.known) {
+    return;
+  }
+  if (now.size != m_opened.size || now.mtime_ns != m_opened.mtime_ns) {
+    // HDF5 reads the part of a truncated file that is gone as zeros: never train on those.
+    throw input_error(fmt::format(
+        "{}:{}: the file changed while it was being read ({}): it was {} bytes when opened and is "
+        "{} bytes now{}; was it overwritten or truncated?",
+        m_info.file, m_info.split, what, m_opened.size, now.size,
+        now.size == m_opened.size ? ", modified since" : ""));
+  }
 }
 
 DatasetReader::CacheMemory::CacheMemory(size_t size) : bytes(std::max<size_t>(size, 1)) {
@@ -508,7 +851,12 @@ DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c, float* x) {
     out.x.reset(new float[static_cast<size_t>(mine.count * per)]);  // every element written below
     x = out.x.get();
   }
-  out.y.resize(static_cast<size_t>(mine.count * targets));
+  const bool classify = m_info.task == Task::classification;
+  if (classify) {
+    out.labels.resize(static_cast<size_t>(mine.count));
+  } else {
+    out.y.resize(static_cast<size_t>(mine.count * targets));
+  }
   if (m_options.cache) {
     // From memory: normalised straight into batch order.
     if (m_info.x_type == ElementType::u8) {
@@ -525,6 +873,7 @@ DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c, float* x) {
             [&](size_t a, size_t b) { return out.ids[a] < out.ids[b]; });
   std::vector<float> xs(static_cast<size_t>(mine.count * per));
   std::vector<float> ys(out.y.size());
+  std::vector<std::int32_t> ls(out.labels.size());
   if (!order.empty()) {
     std::vector<Box> xboxes;
     std::vector<Box> yboxes;
@@ -555,15 +904,31 @@ DatasetReader::RawBatch DatasetReader::read_batch(const Cursor& c, float* x) {
       yboxes.push_back(yb);
       k += run;
     }
-    m_x->read_boxes(xboxes, ElementType::f32, xs.data());
-    m_y->read_boxes(yboxes, ElementType::f32, ys.data());
+    try {
+      m_x->read_boxes(xboxes, ElementType::f32, xs.data());
+      if (classify) {
+        m_y->read_boxes(yboxes, ElementType::i32, ls.data());
+      } else {
+        m_y->read_boxes(yboxes, ElementType::f32, ys.data());
+      }
+    } catch (const Error& e) {
+      throw input_error(fmt::format("{}:{}: cannot read {} (epoch {}, batch {}): {}", m_info.file,
+                                    m_info.split, samples_text(out.ids), c.epoch, c.batch,
+                                    e.message()));
+    }
+    check_unchanged(fmt::format("{}, epoch {}, batch {}", samples_text(out.ids), c.epoch, c.batch));
   }
   // Normalise while scattering into batch order.
   for (size_t k = 0; k < order.size(); ++k) {
     const size_t dst = order[k];
     normalise(xs.data() + k * static_cast<size_t>(per), x + dst * static_cast<size_t>(per));
-    std::copy_n(ys.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(targets)), targets,
-                out.y.begin() + static_cast<std::ptrdiff_t>(dst * static_cast<size_t>(targets)));
+    if (classify) {
+      out.labels[dst] = ls[k];
+    } else {
+      std::copy_n(ys.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(targets)),
+                  targets,
+                  out.y.begin() + static_cast<std::ptrdiff_t>(dst * static_cast<size_t>(targets)));
+    }
   }
   return out;
 }
@@ -602,7 +967,11 @@ void DatasetReader::gather_normalised(const T* cache, RawBatch& out, float* x) c
       const size_t j = k - kAhead;
       const auto id = static_cast<size_t>(out.ids[j]);
       normalise(cache + id * per, x + j * per);
-      std::copy_n(m_cache_y.data() + id * targets, targets, out.y.data() + j * targets);
+      if (out.labels.empty()) {
+        std::copy_n(m_cache_y.data() + id * targets, targets, out.y.data() + j * targets);
+      } else {
+        out.labels[j] = m_cache_labels[id];
+      }
     }
   }
 }
@@ -729,14 +1098,7 @@ Batch DatasetReader::next() {
   b.offset = raw.offset;
   b.ids = std::move(raw.ids);
   const auto n = static_cast<Index>(b.ids.size());
-  if (m_info.task == Task::classification) {
-    b.labels = IntView("Batch::labels", static_cast<size_t>(n));
-    const auto host = Kokkos::create_mirror_view(b.labels);
-    for (Index i = 0; i < n; ++i) {
-      host(static_cast<size_t>(i)) = static_cast<std::int32_t>(raw.y[static_cast<size_t>(i)]);
-    }
-    Kokkos::deep_copy(b.labels, host);
-  } else if (m_info.task == Task::language_modeling) {
+  if (m_info.task == Task::classification || m_info.task == Task::language_modeling) {
     b.labels = IntView("Batch::labels", raw.labels.size());
     const auto host = Kokkos::create_mirror_view(b.labels);
     std::copy(raw.labels.begin(), raw.labels.end(), host.data());

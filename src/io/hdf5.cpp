@@ -3,6 +3,8 @@
 #include "tessera/core/check.hpp"
 #include "tessera/core/layout.hpp"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -118,6 +120,33 @@ hsize_t product(const std::vector<hsize_t>& v) {
     n *= d;
   }
   return n;
+}
+
+// The size of the file holding HDF5 object `object`, or 0 when HDF5 cannot say.
+hsize_t file_size_of(hid_t object) {
+  TESSERA_H5_LOCK;
+  const hid_t file = H5Iget_file_id(object);
+  if (file < 0) {
+    H5Eclear2(H5E_DEFAULT);
+    return 0;
+  }
+  hsize_t size = 0;
+  if (H5Fget_filesize(file, &size) < 0) {
+    H5Eclear2(H5E_DEFAULT);
+    size = 0;
+  }
+  H5Fclose(file);
+  return size;
+}
+
+std::string byte_size(double bytes) {
+  const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (bytes >= 1024.0 && u < 6) {
+    bytes /= 1024.0;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{:.0f} bytes", bytes) : fmt::format("{:.1f} {}", bytes, units[u]);
 }
 }  // namespace
 
@@ -312,9 +341,18 @@ void Attributes::set(const std::string& name, const std::vector<std::int64_t>& v
 }
 
 namespace {
+// The attribute's element count, refused when a damaged header claims more than the file holds.
 hssize_t attribute_points(hid_t attr, const std::string& context) {
   const Handle space(TESSERA_H5(H5Aget_space(attr), context), H5Sclose);
-  return TESSERA_H5(H5Sget_simple_extent_npoints(space.id()), context);
+  const hssize_t points = TESSERA_H5(H5Sget_simple_extent_npoints(space.id()), context);
+  const hsize_t file = file_size_of(attr);
+  if (file > 0 && static_cast<hsize_t>(points) > file) {
+    throw Error(
+        fmt::format("{}: holds {} values, more than the file's {} bytes: the file is "
+                    "damaged",
+                    context, points, file));
+  }
+  return points;
 }
 }  // namespace
 
@@ -404,8 +442,9 @@ std::vector<std::string> Attributes::names() const {
         H5Aget_name_by_idx(m_obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT),
         m_context);
     std::string name(static_cast<size_t>(len) + 1, '\0');
-    H5Aget_name_by_idx(m_obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(),
-                       H5P_DEFAULT);
+    TESSERA_H5(H5Aget_name_by_idx(m_obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(),
+                                  name.size(), H5P_DEFAULT),
+               m_context);
     name.resize(static_cast<size_t>(len));
     out.push_back(name);
   }
@@ -425,6 +464,49 @@ std::vector<hsize_t> Dataset::shape() const {
 std::optional<ElementType> Dataset::element_type() const {
   const Handle type(TESSERA_H5(H5Dget_type(id()), context()), H5Tclose);
   return element_type_of(type.id());
+}
+
+hsize_t Dataset::storage_size() const {
+  TESSERA_H5_LOCK;
+  return H5Dget_storage_size(id());  // 0 also on error: nothing stored that can be read
+}
+
+bool Dataset::filtered() const {
+  const Handle dcpl(TESSERA_H5(H5Dget_create_plist(id()), context()), H5Pclose);
+  return TESSERA_H5(H5Pget_nfilters(dcpl.id()), context()) > 0;
+}
+
+void Dataset::check_stored(size_t element) const {
+  const std::vector<hsize_t> dims = shape();
+  hsize_t bytes = element;
+  bool overflow = false;
+  for (hsize_t d : dims) {
+    overflow = overflow || __builtin_mul_overflow(bytes, d, &bytes) || bytes > (hsize_t{1} << 63);
+  }
+  const std::string shape_text = fmt::format("({})", fmt::join(dims, ", "));
+  if (overflow) {
+    throw Error(fmt::format("{}: shape {} is more than 2^63 bytes: the file is damaged", context(),
+                            shape_text));
+  }
+  const hsize_t file = file_size_of(id());
+  if (filtered()) {
+    if (file > 0 && bytes / 1024 > file) {
+      throw Error(
+          fmt::format("{}: shape {} needs {}, over 1024 times the file's {}: the file is "
+                      "damaged",
+                      context(), shape_text, byte_size(static_cast<double>(bytes)),
+                      byte_size(static_cast<double>(file))));
+    }
+    return;
+  }
+  const hsize_t stored = std::min(storage_size(), file > 0 ? file : storage_size());
+  if (bytes > stored) {
+    throw Error(
+        fmt::format("{}: shape {} needs {} but the file stores {} of it: the file is "
+                    "damaged or incomplete",
+                    context(), shape_text, byte_size(static_cast<double>(bytes)),
+                    byte_size(static_cast<double>(stored))));
+  }
 }
 
 namespace {
@@ -636,7 +718,7 @@ std::vector<std::string> Group::members() const {
 bool Group::is_group(const std::string& name) const {
   H5O_info_t info;
   TESSERA_H5(H5Oget_info_by_name2(id(), name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT),
-             child_path(m_path, name));
+             m_file + ":" + child_path(m_path, name));
   return info.type == H5O_TYPE_GROUP;
 }
 

@@ -270,9 +270,12 @@ optim::ScheduleOptions run_schedule(const deck::Deck& d, Index train_samples) {
 }
 
 namespace {
-// Inspects the deck's splits against a model with `output` outputs (see check_data) and returns
-// what the training split holds.
-io::SplitInfo check_splits(const deck::Deck& d, const Shape& output) {
+// Inspects the deck's splits against a model with `output` outputs (see check_data), verifies
+// share `share` of `shares` of their data (io::verify_split: the caller agrees on the verdict),
+// adds a note to `notes` for each split without checksums, and returns what the training split
+// holds.
+io::SplitInfo check_splits(const deck::Deck& d, const Shape& output, int share, int shares,
+                           std::vector<std::string>& notes) {
   io::SplitInfo train;
   for (const auto& [key, spec] : {std::pair<std::string, std::string>{"data.train", d.data.train},
                                   std::pair<std::string, std::string>{"data.test", d.data.test}}) {
@@ -287,6 +290,18 @@ io::SplitInfo check_splits(const deck::Deck& d, const Shape& output) {
       throw input_error(fmt::format("{}: {}", key, e.message()), d.where(key));
     }
     check_split(d, info, key, output);
+    try {
+      const bool classify = info.task == io::Task::classification;
+      (void)io::verify_split(info, {classify ? numel(output) : 0, share, shares});
+    } catch (const Error& e) {
+      throw input_error(fmt::format("{}: {}", key, e.message()), d.where(key));
+    }
+    if (!info.checksummed) {
+      notes.push_back(
+          fmt::format("note: {} = \"{}\" has no checksums (written by an older tessera-data), "
+                      "so its bytes are not verified: `tessera-data checksum {}` adds them",
+                      key, spec, info.file));
+    }
     if (key == "data.train" && d.parallel.deterministic && !d.data.drop_last &&
         info.samples % d.data.batch != 0) {
       throw input_error(
@@ -348,15 +363,17 @@ std::string first_nonfinite(double loss, nn::Sequential& model) {
 
 }  // namespace
 
-void check_data(const deck::Deck& d) {
+std::vector<std::string> check_data(const deck::Deck& d, int share, int shares) {
   deck::check_folders(d);
   // The model at tensor rank 0's place of a one-data-rank grid: shapes and splits as any rank's.
   comm::GridSpec spec = grid_spec(d);
   spec.data = 1;
   spec.trainers = 1;
   const ShapeOnly shapes;  // sizes only: a deck too large for this machine is refused, not built
-  (void)check_splits(d,
-                     build_model(d, nn::BuildContext(comm::grid_place(spec, 0)))->output_shape());
+  std::vector<std::string> notes;
+  (void)check_splits(d, build_model(d, nn::BuildContext(comm::grid_place(spec, 0)))->output_shape(),
+                     share, shares, notes);
+  return notes;
 }
 
 namespace {
@@ -443,7 +460,12 @@ void Trainer::build(const comm::GridSpec& spec) {
   const deck::Deck& deck = m_deck;
   comm::agree(*m_trainer, [&] {
     m_model = build_model(deck, nn::BuildContext(*m_grid));
-    m_train_info = check_splits(deck, m_model->output_shape());
+    std::vector<std::string> notes;
+    m_train_info =
+        check_splits(deck, m_model->output_shape(), m_trainer->rank(), m_trainer->size(), notes);
+    for (size_t i = 0; leader() && i < notes.size(); ++i) {
+      m_reporter->warning(notes[i]);
+    }
     io::ReaderOptions ro;
     ro.batch = deck.data.batch;
     ro.seed = deck.run.seed;

@@ -10,7 +10,9 @@
 #   # ranks: 2                   rank counts to try instead of "1 2" (optional)
 # In expect and args, $TMP is the folder holding the datasets made below (gs.h5: a Gray-Scott
 # regression split /train of 4 samples (1, 16, 16) with 2 targets; fashion.h5: Fashion-MNIST;
-# text.h5: a token stream /train) and
+# text.h5: a token stream /train; damaged copies of them made by data_fixture, $DATA_FIXTURE:
+# gs-nan.h5, gs-inf.h5, empty.h5, fashion-label-train.h5, fashion-label-test.h5,
+# fashion-damaged.h5, each described where it is made) and
 # $NP the number of ranks, $MEM this machine's memory ("23.5 GiB").
 set -uo pipefail
 bin=${TESSERA_BIN:?}
@@ -29,6 +31,29 @@ if ! "$bin/tessera-data" import fashion-mnist --output "$tmp/fashion.h5" >"$tmp/
   have_fashion=0
   echo "note: tessera-data import fashion-mnist failed, decks that need it are skipped:"
   sed 's/^/  /' "$tmp/import.log"
+fi
+
+# Damaged datasets. Without checksums (a file from before them, read unverified), values that
+# must be refused when the data is opened: a NaN sample element, an Inf target, labels outside
+# the 10 classes in /train or /test; with its checksums, one changed byte of a sample; and a
+# split of no samples.
+fixture=${DATA_FIXTURE:?the path of the data_fixture program (ctest sets it)}
+damage() {  # args: from, to, data_fixture commands as "set DATASET INDEX VALUE" or "unsum"
+  local from=$1 to=$2 change
+  shift 2
+  cp "$tmp/$from" "$tmp/$to"
+  for change in "$@"; do
+    # shellcheck disable=SC2086  # each change is a list of arguments
+    "$fixture" ${change%% *} "$tmp/$to" $(cut -s -d' ' -f2- <<<"$change") || exit 1
+  done
+}
+damage gs.h5 gs-nan.h5 unsum "set /train/x 529 nan" # sample 2, element 17
+damage gs.h5 gs-inf.h5 unsum "set /train/y 3 inf"   # sample 1, target 1
+"$fixture" empty "$tmp/empty.h5" || exit 1
+if [[ $have_fashion -eq 1 ]]; then
+  damage fashion.h5 fashion-label-train.h5 unsum "set /train/y 123 10"
+  damage fashion.h5 fashion-label-test.h5 unsum "set /test/y 9999 2147483647"
+  damage fashion.h5 fashion-damaged.h5 "set /train/x 31360300 200" # sample 40000, was 0
 fi
 
 # This machine's memory as Tessera prints it (sysconf's physical pages are /proc/meminfo's total).
@@ -98,7 +123,7 @@ check_deck() {  # args: deck
     return
   fi
   # shellcheck disable=SC2016  # a literal $TMP: the placeholder
-  if [[ $have_fashion -eq 0 && "$expect $args" == *'$TMP/fashion.h5'* ]]; then
+  if [[ $have_fashion -eq 0 && "$expect $args" == *'$TMP/fashion'* ]]; then
     echo "skip $name (needs Fashion-MNIST)"
     skipped=$((skipped + 1))
     return

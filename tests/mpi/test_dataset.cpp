@@ -13,8 +13,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <set>
 
@@ -333,4 +335,201 @@ TEST(DatasetReader, BadFilesGiveOneClearErrorOnEveryRank) {
             good + ":/train: samples are (2, 3, 4) but the model takes (1, 28, 28)");
   EXPECT_EQ(agreed_error([&] { io::DatasetReader r(good + ":/train", options(0)); }),
             good + ":/train: batch = 0 must be >= 1");
+}
+
+namespace {
+// Rank 0 changes `path` through `change` (its root group, the file open read-write); every rank
+// waits for it.
+void rewrite(const std::string& path, const std::function<void(const io::Group&)>& change) {
+  MPI_Barrier(MPI_COMM_WORLD);  // no rank holds it open (HDF5 locks a file open for writing)
+  if (world_rank() == 0) {
+    io::File f = io::File::open_serial_rw(path);
+    change(f.root());
+    f.close();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// Rank 0 adds the checksums tessera-data writes; every rank waits.
+void add_checksums(const std::string& path) {
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (world_rank() == 0) {
+    io::write_checksums(path);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// verify_split() of `spec`'s split, each rank its share, under comm::agree: the agreed message.
+std::string verified(const std::string& file, const std::string& split, Index classes = 0) {
+  return agreed_error([&] {
+    (void)io::verify_split(io::inspect_split(file, split), {classes, world_rank(), world_size()});
+  });
+}
+
+// One float of x (sample n, element j) or one label, overwritten in place.
+void set_x(const std::string& path, Index n, Index j, float value) {
+  rewrite(path, [&](const io::Group& root) {
+    const io::Dataset x = root.open_dataset("train/x");
+    std::vector<float> sample(static_cast<size_t>(numel(kSample)));
+    const io::Box box{{static_cast<hsize_t>(n), 0, 0, 0}, {1, 2, 3, 4}};
+    x.read(box, io::ElementType::f32, sample.data());
+    sample[static_cast<size_t>(j)] = value;
+    x.write(box, io::ElementType::f32, sample.data(), false);
+  });
+}
+
+void set_label(const std::string& path, Index n, std::int32_t label) {
+  rewrite(path, [&](const io::Group& root) {
+    root.open_dataset("train/y").write({{static_cast<hsize_t>(n)}, {1}}, io::ElementType::i32,
+                                       &label, false);
+  });
+}
+}  // namespace
+
+TEST(DatasetVerify, ChecksumsFindDamageInAnyRanksShare) {
+  const TempDir dir;
+  const std::string plain = dir.file("plain.h5");
+  write_dataset(plain);
+  EXPECT_FALSE(io::inspect_split(plain, "/train").checksummed);  // accepted, unverified
+  EXPECT_EQ(verified(plain, "/train", 5), "");
+
+  const std::string summed = dir.file("summed.h5");
+  write_dataset(summed);
+  add_checksums(summed);
+  const io::SplitInfo info = io::inspect_split(summed, "/train");
+  EXPECT_TRUE(info.checksummed);
+  EXPECT_EQ(verified(summed, "/train", 5), "");
+  {
+    io::DatasetReader r(summed + ":/train", options(8));
+    expect_values(r.next());  // the attributes change nothing that is read
+  }
+  // One element of the last sample changed after the checksums were written (whichever rank
+  // verifies that block).
+  set_x(summed, kSamples - 1, 5, 1.5F);
+  EXPECT_EQ(verified(summed, "/train", 5),
+            summed +
+                ":/train: x of samples [0, 37) do not match their checksum (crc32): the file "
+                "is damaged or was changed after it was written");
+}
+
+TEST(DatasetVerify, LabelsOutsideTheClassesAreRefusedNamingTheSample) {
+  const TempDir dir;
+  const std::string path = dir.file("labels.h5");
+  write_dataset(path);  // labels n % 5
+  EXPECT_EQ(verified(path, "/train", 5), "");
+  EXPECT_EQ(verified(path, "/train", 4),
+            path + ":/train: sample 4 has label y[4] = 4, outside the 4 classes [0, 4)");
+  set_label(path, 33, 2147483647);
+  EXPECT_EQ(verified(path, "/train", 5),
+            path + ":/train: sample 33 has label y[33] = 2147483647, outside the 5 classes [0, 5)");
+  set_label(path, 33, -1);
+  EXPECT_EQ(verified(path, "/train", 5),
+            path + ":/train: sample 33 has label y[33] = -1, outside the 5 classes [0, 5)");
+}
+
+TEST(DatasetVerify, NonFiniteSamplesAreRefusedNamingSampleAndElement) {
+  const TempDir dir;
+  const std::string path = dir.file("nan.h5");
+  write_dataset(path);
+  set_x(path, 30, 17, std::numeric_limits<float>::quiet_NaN());
+  EXPECT_EQ(verified(path, "/train", 5),
+            path +
+                ":/train: sample 30 of x holds NaN at element 17: samples must be finite (NaN "
+                "and Inf are refused)");
+  set_x(path, 30, 17, 0.0F);
+  set_x(path, 2, 0, -std::numeric_limits<float>::infinity());
+  EXPECT_EQ(verified(path, "/train", 5),
+            path +
+                ":/train: sample 2 of x holds -Inf at element 0: samples must be finite (NaN "
+                "and Inf are refused)");
+}
+
+TEST(DatasetVerify, EmptySplitsAndImpossibleShapesAreRefusedBeforeAnyAllocation) {
+  const TempDir dir;
+  const std::string empty = dir.file("empty.h5");
+  FileSpec spec;
+  spec.samples = 0;
+  spec.labels = 0;
+  write_dataset(empty, spec);
+  const auto open = [&](const std::string& s) {
+    return agreed_error([&] { io::DatasetReader r(s, options(4)); });
+  };
+  EXPECT_EQ(open(empty + ":/train"), empty + ":/train: the split is empty: x and y hold 0 samples");
+
+  const std::string hollow = dir.file("hollow.h5");
+  spec = {};
+  spec.sample = {2, 0, 4};
+  write_dataset(hollow, spec);
+  EXPECT_EQ(open(hollow + ":/train"),
+            hollow + ":/train: x has shape (37, 2, 0, 4): a sample has no elements");
+
+  // Normalisation attributes that would turn every sample into NaN or Inf.
+  const std::string norm = dir.file("norm.h5");
+  write_dataset(norm);
+  rewrite(norm, [](const io::Group& root) {
+    root.open_group("train").attributes().set(
+        "std", std::vector<double>{1.0, std::numeric_limits<double>::infinity()});
+  });
+  EXPECT_EQ(open(norm + ":/train"),
+            norm + ":/train: attribute std[1] = inf must be finite and > 0");
+  rewrite(norm, [](const io::Group& root) {
+    root.open_group("train").attributes().set("std", std::vector<double>{1.0, 1.0});
+    root.open_group("train").attributes().set("mean", std::vector<double>{0.0, std::nan("")});
+  });
+  EXPECT_EQ(open(norm + ":/train"), norm + ":/train: attribute mean[1] = nan must be finite");
+  rewrite(norm, [](const io::Group& root) {
+    root.open_group("train").attributes().set("mean", std::vector<double>{0.0, 0.0});
+    root.open_group("train").attributes().set("scale", 0.0);
+  });
+  EXPECT_EQ(open(norm + ":/train"), norm + ":/train: attribute scale = 0 must be finite and not 0");
+
+  // A header that claims 2^40 tokens (as a damaged file may): refused, not allocated.
+  const std::string huge = dir.file("huge.h5");
+  write_dataset(huge);
+  rewrite(huge, [&](const io::Group& root) {
+    const io::Group g = root.create_group("lm");
+    g.attributes().set("task", std::string("language_modeling"));
+    g.attributes().set("vocab", std::int64_t{256});
+    const std::lock_guard<std::recursive_mutex> lock(io::hdf5_mutex());
+    const hsize_t dims[1] = {hsize_t{1} << 40};
+    const hsize_t chunk[1] = {1 << 20};
+    const hid_t space = H5Screate_simple(1, dims, nullptr);
+    const hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(dcpl, 1, chunk);  // chunks allocated when written: none is
+    const hid_t d =
+        H5Dcreate2(g.id(), "tokens", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Dclose(d);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+  });
+  io::ReaderOptions o = options(4);
+  o.context = 8;
+  EXPECT_EQ(agreed_error([&] { io::DatasetReader r(huge + ":/lm", o); }),
+            huge +
+                ":/lm/tokens: shape (1099511627776) needs 1.0 TiB but the file stores 0 bytes "
+                "of it: the file is damaged or incomplete");
+}
+
+TEST(DatasetReader, AFileTruncatedWhileReadIsAnErrorNotZeros) {
+  const TempDir dir;
+  const std::string path = dir.file("truncated.h5");
+  write_dataset(path);
+  io::DatasetReader r(path + ":/train", options(4, /*prefetch=*/0));
+  expect_values(r.next());
+  MPI_Barrier(MPI_COMM_WORLD);  // every rank has read before the file shrinks
+  if (world_rank() == 0) {
+    std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  try {
+    for (int b = 0; b < 9; ++b) {  // a whole epoch: every rank reads some samples
+      (void)r.next();
+    }
+    ADD_FAILURE() << "read a truncated file without an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), 2);
+    const std::string m = e.what();
+    EXPECT_EQ(m.rfind(path + ":/train: ", 0), 0U) << m;
+    EXPECT_NE(m.find("the file changed while it was being read (sample"), std::string::npos) << m;
+  }
 }

@@ -3,6 +3,7 @@
 // error on every rank.
 #include "commands.hpp"
 #include "tessera/core/error.hpp"
+#include "tessera/io/dataset.hpp"
 
 #include "support/mpi.hpp"
 
@@ -155,6 +156,41 @@ TEST(ImportFashionMnist, DamagedFilesGiveOneClearError) {
   EXPECT_EQ(import_error(), img +
                                 ": truncated: the data (2352 values) needs 2352 bytes, the file "
                                 "ends after 2252");
+
+  // Sizes from a damaged header: never allocated before the data is there.
+  std::vector<unsigned char> huge = images;
+  huge[4] = huge[5] = huge[6] = 0x7f;  // 2139062019 images of 28x28: 1.5 TiB
+  write_set(huge, labels);
+  EXPECT_EQ(import_error(), img +
+                                ": truncated: the data (1677024622896 values) needs 1677024622896 "
+                                "bytes, the file ends after 2352");
+  std::vector<unsigned char> overflow = images;
+  for (size_t k = 4; k < 16; ++k) {
+    overflow[k] = 0xff;
+  }
+  write_set(overflow, labels);
+  EXPECT_EQ(import_error(), img +
+                                ": the header's sizes 4294967295 x 4294967295 x 4294967295 make "
+                                "more than 2^64 values: the file is damaged");
+
+  // The imported file verifies: its checksums are there and match (each rank its share).
+  std::vector<unsigned char> varied = images;
+  varied[16] = 0;  // a standard deviation > 0, which the reader needs
+  write_set(varied, labels);
+  EXPECT_EQ(import_error(), "");
+  MPI_Barrier(MPI_COMM_WORLD);
+  try {
+    const tessera::io::SplitInfo info = tessera::io::inspect_split(dir + "/out.h5", "/train");
+    EXPECT_TRUE(info.checksummed);
+    EXPECT_EQ(info.samples, 3);
+    (void)tessera::io::verify_split(info, {10, world_rank(), world_size()});
+  } catch (const tessera::Error& e) {
+    ADD_FAILURE() << e.what();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (world_rank() == 0) {
+    std::filesystem::remove(dir + "/out.h5");
+  }
 
   std::vector<unsigned char> magic = images;
   magic[3] = 2;

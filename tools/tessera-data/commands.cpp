@@ -136,6 +136,7 @@ void import_fashion_mnist(const ImportOptions& o) {
       }
       f.close();
     }
+    io::write_checksums(tmp);
     std::filesystem::rename(tmp, o.output);
     std::printf(
         "tessera-data: wrote %s: train %u, test %u samples of 1x28x28 uint8 (mean %.4f, "
@@ -270,6 +271,7 @@ void write_token_file(const std::string& output, const TokenSplits& s, const std
     }
     f.close();
   }
+  io::write_checksums(tmp);
   std::filesystem::rename(tmp, output);
 }
 
@@ -551,7 +553,12 @@ double generate_gray_scott(const GenOptions& o) {
     }
     world.barrier()->wait();
   }
-  world.barrier()->wait();
+  // The checksums from what the file holds, by rank 0 alone (the file is closed everywhere).
+  comm::agree(MPI_COMM_WORLD, [&] {
+    if (rank == 0) {
+      io::write_checksums(tmp);
+    }
+  });
   if (rank == 0) {
     std::filesystem::rename(tmp, o.output);
     if (!o.quiet) {
@@ -579,6 +586,10 @@ void print_attributes(const io::Attributes& a, const std::string& indent) {
                                   : fmt::format("[{}]", fmt::join(strings, ", "));
     } catch (const Error&) {
       const auto v = a.get_doubles(name);
+      if (name == io::kChecksum) {  // one per block of rows: their count says enough
+        std::printf("%s@%s = [%zu CRC-32 values]\n", indent.c_str(), name.c_str(), v.size());
+        continue;
+      }
       value = v.size() == 1 ? fmt::format("{:g}", v[0]) : fmt::format("[{:g}]", fmt::join(v, ", "));
     }
     std::printf("%s@%s = %s\n", indent.c_str(), name.c_str(), value.c_str());
@@ -617,29 +628,32 @@ void print_statistics(const io::Group& g, const std::string& file) {
   const double mean = sum / n;
   std::printf("    x (as stored): mean %.6g, std %.6g, min %.6g, max %.6g\n", mean,
               std::sqrt(std::max(0.0, sum2 / n - mean * mean)), lo, hi);
-  std::vector<float> targets(static_cast<size_t>(info.samples * info.targets));
-  y.read_all(io::ElementType::f32, targets.data());
   if (info.task == io::Task::classification) {
-    // Counted against the file's classes: a label outside them (a damaged file) is reported, not
-    // counted into a histogram as long as its value (2e9 made a 20 GB one).
-    std::vector<std::int64_t> counts(info.classes.size(), 0);
+    // inspect_split() checked y's size against what the file stores. Labels outside the classes
+    // are counted apart (a label of 2^31 − 1 once grew the counts to 16 GiB).
+    std::vector<std::int32_t> labels(static_cast<size_t>(info.samples));
+    y.read_all(io::ElementType::i32, labels.data());
+    std::int32_t top = 0;
+    for (std::int32_t l : labels) {
+      top = std::max(top, l);
+    }
+    const size_t classes =
+        !info.classes.empty() ? info.classes.size() : static_cast<size_t>(std::min(top, 999)) + 1;
+    std::vector<std::int64_t> counts(classes, 0);
     std::int64_t outside = 0;
-    std::string first_outside;
-    for (size_t i = 0; i < targets.size(); ++i) {
-      const float t = targets[i];
-      if (t >= 0.0F && t < static_cast<float>(counts.size()) && t == std::floor(t)) {
-        ++counts[static_cast<size_t>(t)];
-      } else if (outside++ == 0) {
-        first_outside = fmt::format("sample {}: {}", i, t);
+    for (std::int32_t l : labels) {
+      if (l >= 0 && static_cast<size_t>(l) < classes) {
+        ++counts[static_cast<size_t>(l)];
+      } else {
+        ++outside;
       }
     }
-    std::printf("    y: samples per class [%s]\n",
-                fmt::format("{}", fmt::join(counts, ", ")).c_str());
-    if (outside > 0) {
-      std::printf("    y: %lld labels outside the %zu classes (the first at %s)\n",
-                  static_cast<long long>(outside), counts.size(), first_outside.c_str());
-    }
+    std::printf("    y: samples per class [%s]%s\n",
+                fmt::format("{}", fmt::join(counts, ", ")).c_str(),
+                outside == 0 ? "" : fmt::format(", {} outside [0, {})", outside, classes).c_str());
   } else {
+    std::vector<float> targets(static_cast<size_t>(info.samples * info.targets));
+    y.read_all(io::ElementType::f32, targets.data());
     for (Index t = 0; t < info.targets; ++t) {
       double tlo = std::numeric_limits<double>::infinity();
       double thi = -tlo;
@@ -681,6 +695,14 @@ void list_group(const io::Group& g, const std::string& file, bool statistics, in
       } else if (statistics && child.has("tokens")) {
         print_token_statistics(child, file);
       }
+      if (statistics && (child.has("tokens") || (child.has("x") && child.has("y")))) {
+        const io::SplitInfo info = io::inspect_split(file, child.path());
+        const double seconds = io::verify_split(info, {});
+        std::printf("    %s\n", info.checksummed
+                                    ? fmt::format("checksums: verified ({:.2f} s)", seconds).c_str()
+                                    : "checksums: none (a file from before tessera-data wrote "
+                                      "them): unverified");
+      }
     } else {
       const io::Dataset d = g.open_dataset(m);
       const auto t = d.element_type();
@@ -691,6 +713,39 @@ void list_group(const io::Group& g, const std::string& file, bool statistics, in
   }
 }
 }  // namespace
+
+void add_checksums(const std::string& path) {
+  comm::agree(MPI_COMM_WORLD, [&] {
+    if (rank_of(MPI_COMM_WORLD) != 0) {
+      return;
+    }
+    std::vector<std::string> splits;
+    {
+      const io::File f = [&] {
+        try {
+          return io::File::open_serial(path);
+        } catch (const Error& e) {
+          throw input_error(e.message());
+        }
+      }();
+      const io::Group root = f.root();
+      for (const std::string& m : root.members()) {
+        if (root.is_group(m)) {
+          splits.push_back("/" + m);
+        }
+      }
+    }
+    for (const std::string& split : splits) {  // what is there now must be good
+      (void)io::verify_split(io::inspect_split(path, split), {});
+    }
+    const std::string tmp = partial_name(path);
+    std::filesystem::copy_file(path, tmp, std::filesystem::copy_options::overwrite_existing);
+    io::write_checksums(tmp);
+    std::filesystem::rename(tmp, path);
+    std::printf("tessera-data: added checksums to %s (%zu split%s)\n", path.c_str(), splits.size(),
+                splits.size() == 1 ? "" : "s");
+  });
+}
 
 void list_file(const std::string& path, bool statistics) {
   comm::agree(MPI_COMM_WORLD, [&] {
@@ -705,7 +760,11 @@ void list_file(const std::string& path, bool statistics) {
       }
     }();
     std::printf("%s\n", path.c_str());
-    list_group(f.root(), path, statistics, 0);
+    try {
+      list_group(f.root(), path, statistics, 0);
+    } catch (const Error& e) {
+      throw input_error(e.message());  // about the file's content
+    }
   });
 }
 

@@ -50,6 +50,11 @@ struct GenOptions {
 /// collectively into one file. Returns the seconds spent writing (for benchmarks).
 double generate_gray_scott(const GenOptions& options);
 
+/// Adds checksums to a dataset file written before tessera-data wrote them (rank 0; all ranks
+/// agree on errors): every split is first verified as the trainer verifies it (existing checksums,
+/// labels against @classes, finite values), then a copy with checksums replaces the file.
+void add_checksums(const std::string& path);
+
 /// Prints groups, datasets, attributes and per-split statistics of a dataset file (rank 0).
 void list_file(const std::string& path, bool statistics);
 

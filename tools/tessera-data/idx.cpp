@@ -2,6 +2,7 @@
 
 #include "tessera/core/check.hpp"
 
+#include <fmt/ranges.h>
 #include <zlib.h>
 
 #include <filesystem>
@@ -29,7 +30,9 @@ IdxArray read_idx(const std::string& path, int expected_rank) {
     throw bad("cannot open");
   }
   // gzread returns fewer bytes than asked at the end of the data, -1 on a corrupt stream.
-  auto read = [&](void* buf, std::size_t n, const std::string& what) {
+  // `before`: bytes of `what` already read by earlier calls (for the message).
+  auto read = [&](void* buf, std::size_t n, const std::string& what, std::uint64_t need = 0,
+                  std::uint64_t before = 0) {
     std::size_t got = 0;
     while (got < n) {
       const auto chunk = static_cast<unsigned>(std::min<std::size_t>(n - got, 1U << 30));
@@ -40,8 +43,8 @@ IdxArray read_idx(const std::string& path, int expected_rank) {
                               gzerror(f.get(), &errnum)));
       }
       if (r == 0) {
-        throw bad(
-            fmt::format("truncated: {} needs {} bytes, the file ends after {}", what, n, got));
+        throw bad(fmt::format("truncated: {} needs {} bytes, the file ends after {}", what,
+                              need != 0 ? need : n, before + got));
       }
       got += static_cast<std::size_t>(r);
     }
@@ -57,14 +60,27 @@ IdxArray read_idx(const std::string& path, int expected_rank) {
   }
   IdxArray a;
   std::uint64_t total = 1;
+  bool overflow = false;
   for (int d = 0; d < expected_rank; ++d) {
     unsigned char b[4];
     read(b, 4, fmt::format("the size of dimension {}", d));
     a.dims.push_back(big_endian(b));
-    total *= a.dims.back();
+    overflow = overflow || __builtin_mul_overflow(total, std::uint64_t{a.dims.back()}, &total);
   }
-  a.values.resize(static_cast<std::size_t>(total));
-  read(a.values.data(), a.values.size(), fmt::format("the data ({} values)", total));
+  if (overflow) {
+    throw bad(fmt::format("the header's sizes {} make more than 2^64 values: the file is damaged",
+                          fmt::join(a.dims, " x ")));
+  }
+  // The sizes come from the header: memory grows with the data actually read (64 MiB at a time),
+  // so a damaged header that claims terabytes ends as "truncated", not as an allocation of them.
+  constexpr std::uint64_t kStep = std::uint64_t{64} << 20;
+  for (std::uint64_t done = 0; done < total;) {
+    const std::uint64_t n = std::min(kStep, total - done);
+    a.values.resize(static_cast<std::size_t>(done + n));
+    read(a.values.data() + done, static_cast<std::size_t>(n),
+         fmt::format("the data ({} values)", total), total, done);
+    done += n;
+  }
   char extra = 0;
   if (gzread(f.get(), &extra, 1) > 0) {
     throw bad(fmt::format("{} values expected, but more bytes follow", total));

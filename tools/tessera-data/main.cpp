@@ -6,6 +6,7 @@
 //   mpiexec -n 4 tessera-data gen --output FILE --samples N --size S --dims 2|3 [--steps T]
 //                                 [--seed K] [--dtype float32|float16] [--split NAME]
 //   tessera-data ls FILE [--no-stats]
+//   tessera-data checksum FILE
 #include "app_main.hpp"
 #include "commands.hpp"
 #include "tessera/comm/communicator.hpp"
@@ -63,6 +64,11 @@ int main(int argc, char** argv) {
     ls->add_option("file", file, "HDF5 file")->required();
     ls->add_flag("--no-stats", no_stats, "skip the per-split statistics");
 
+    auto* checksum = app.add_subcommand(
+        "checksum", "add checksums to a dataset written before tessera-data wrote them");
+    std::string checksum_file;
+    checksum->add_option("file", checksum_file, "HDF5 dataset file")->required();
+
     const int rank = tessera::comm::rank_of(MPI_COMM_WORLD);
     if (const auto code = tessera::apps::parse_command_line(app, ac, av)) {
       return *code;
@@ -80,6 +86,8 @@ int main(int argc, char** argv) {
       }
     } else if (*ls) {
       tessera::data::list_file(file, !no_stats);
+    } else if (*checksum) {
+      tessera::data::add_checksums(checksum_file);
     }
     return 0;
   });

@@ -60,6 +60,9 @@ struct SplitInfo {
   Index tokens = 0;               ///< language modeling: length of the token stream (>= 2)
   Index vocab = 0;                ///< language modeling: token ids are in [0, vocab)
   std::string tokenizer;          ///< language modeling: @tokenizer ("bytes"), "" if absent
+  /// Every data set of the split (x and y, or tokens) carries checksums (@crc32, @crc32_rows); a
+  /// file written before they were added has none and is read unverified.
+  bool checksummed = false;
 };
 
 /// Opens and validates `file`'s split `split`: format attribute and version; for samples, x and y
@@ -68,6 +71,34 @@ struct SplitInfo {
 /// and every token below it (the stream is read once). Throws tessera::Error (exit code 2) naming
 /// the file and dataset.
 SplitInfo inspect_split(const std::string& file, const std::string& split);
+
+/// Checksums of a data set (x, y or tokens; docs/dataset-format.md): the attribute kChecksum holds
+/// one CRC-32 (zlib's) per block of kChecksumRows rows (first-dimension entries; the last block
+/// holds the rest), over the elements' bytes as stored (little endian, row-major).
+inline constexpr const char* kChecksum = "crc32";
+inline constexpr const char* kChecksumRows = "crc32_rows";
+
+/// Adds checksums to every data set of every split of the dataset file `path` (read-write, this
+/// rank alone), computed from what the file holds: tessera-data calls it on each file it writes,
+/// before renaming it into place.
+void write_checksums(const std::string& path);
+
+/// What verify_split() checks beyond inspect_split().
+struct VerifyOptions {
+  /// Classification: every label must be in [0, classes) (the model's outputs). 0: the split's
+  /// @classes count, or no label check when it has none.
+  Index classes = 0;
+  /// This caller verifies share `share` of `shares` of every data set (blocks of rows), so that
+  /// the ranks of a job split the work; their verdicts are agreed by the caller (comm::agree).
+  int share = 0;
+  int shares = 1;
+};
+
+/// Reads this share of the split `info` describes and checks it: the rows against their checksums
+/// (when the split has them), labels in [0, classes), float samples (and regression targets)
+/// finite. Throws tessera::Error (exit code 2) naming the file, split, sample index and value.
+/// Returns the seconds it took.
+double verify_split(const SplitInfo& info, const VerifyOptions& options);
 
 /// A global batch position: epoch and batch index within it.
 struct Cursor {
@@ -155,8 +186,8 @@ class DatasetReader {
     Index offset = 0;
     std::vector<std::int64_t> ids;
     std::unique_ptr<float[]> x;  // (ids, sample), unless read_batch() was given where to put it
-    std::vector<float> y;
-    std::vector<std::int32_t> labels;  // language modeling: (ids, T) target ids
+    std::vector<float> y;        // regression: (ids, T) targets
+    std::vector<std::int32_t> labels;  // classification: (ids); language modeling: (ids, T)
   };
   // This rank's samples of batch `c`: the normalised samples go to `x` (room for all of them) or,
   // without one, to a new RawBatch::x.
@@ -167,6 +198,16 @@ class DatasetReader {
   Range rank_block(const Cursor& c) const;
   // Opens x and y of an x/y split and, with `cache`, reads them into memory.
   void open_samples(const std::string& file, const std::string& split);
+  // The open file's size and modification time (fstat), to notice a file truncated or
+  // overwritten under the reader: HDF5 would read what is gone as zeros.
+  struct FileState {
+    bool known = false;
+    std::int64_t size = 0;
+    std::int64_t mtime_ns = 0;
+  };
+  FileState file_state() const;
+  // Throws naming the file and `what` was read when the file is not as it was opened.
+  void check_unchanged(const std::string& what) const;
   // An uninitialised tensor for a batch's samples: one of the last few handed out when nobody
   // holds it any more (the previous step's batch, released after its backward), so a batch is
   // written into memory the cache still holds rather than into a fresh 400 KB allocation.
@@ -202,8 +243,10 @@ class DatasetReader {
     CacheMemory& operator=(const CacheMemory&) = delete;
   };
   std::unique_ptr<CacheMemory> m_cache;  // (N, sample): bytes when stored as bytes, else float32
-  std::vector<float> m_cache_y;
-  std::vector<Tensor> m_x_pool;  // batch tensors for reuse (batch_tensor())
+  std::vector<float> m_cache_y;          // regression targets
+  std::vector<std::int32_t> m_cache_labels;  // classification labels
+  FileState m_opened;                        // the file as open_samples() found it
+  std::vector<Tensor> m_x_pool;              // batch tensors for reuse (batch_tensor())
   std::int64_t m_perm_epoch = -1;
   std::vector<std::int64_t> m_perm;
   Cursor m_next;

@@ -120,6 +120,16 @@ class Dataset {
   std::vector<hsize_t> shape() const;
   /// Element type as stored, if Tessera knows it.
   std::optional<ElementType> element_type() const;
+  /// Bytes of the file the dataset's elements occupy (H5Dget_storage_size).
+  hsize_t storage_size() const;
+  /// Whether the dataset's chunks pass through filters (compression): then storage_size() may be
+  /// far below the elements' size.
+  bool filtered() const;
+  /// Refuses (tessera::Error naming the file and dataset) a shape whose elements of `element`
+  /// bytes the file cannot hold: more than 2^63 bytes, or — unfiltered — more than the dataset's
+  /// storage or the file's size; filtered, more than 1024 times the file's size. Call before
+  /// allocating memory for a size read from the file: a damaged header claims any size.
+  void check_stored(size_t element) const;
   Attributes attributes() const { return Attributes(id(), context()); }
 
   /// Writes `data` (row-major, box.count elements, of type `t`) into `box`. collective: every rank

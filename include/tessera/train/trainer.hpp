@@ -26,6 +26,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace tessera::train {
 
@@ -161,10 +162,12 @@ std::unique_ptr<nn::Sequential> build_model(const deck::Deck& deck,
 /// (exit code 2) located in the deck.
 optim::ScheduleOptions run_schedule(const deck::Deck& deck, Index train_samples);
 
-/// Checks that the deck's datasets exist and fit its model and loss (shapes, task, classes),
-/// reading only their headers, and that the run's length fits the schedule. Throws tessera::Error
-/// (exit code 2) naming deck keys and files.
-void check_data(const deck::Deck& deck);
+/// Checks that the deck's datasets exist and fit its model and loss (shapes, task, classes), that
+/// the run's length fits the schedule, and verifies share `share` of `shares` of their data
+/// (io::verify_split: checksums, labels, finite values; the caller agrees on the verdict). Throws
+/// tessera::Error (exit code 2) naming deck keys and files. Returns notes for the user: the splits
+/// that have no checksums.
+std::vector<std::string> check_data(const deck::Deck& deck, int share = 0, int shares = 1);
 
 /// The grid the deck asks for on a job of `world_size` ranks, resolved (comm::resolve_grid) and
 /// checked against the batch; throws tessera::Error (exit code 2) located at the deck key.
