@@ -615,7 +615,10 @@ std::int64_t window_start(Index tokens, Index context, std::uint64_t seed, std::
 
 DatasetReader::DatasetReader(const std::string& spec, const ReaderOptions& options)
     : m_options(options) {
-  const auto [file, split] = split_file_spec(spec);
+  // Named copies, not structured bindings: C++17 lambdas cannot capture those (clang refuses).
+  const std::pair<std::string, std::string> parts = split_file_spec(spec);
+  const std::string& file = parts.first;
+  const std::string& split = parts.second;
   TokenStream stream;
   m_info = inspect(file, split, &stream);
   auto bad = [&](const std::string& what) {

@@ -322,14 +322,23 @@ void Attributes::set(const std::string& name, double value) const {
 }
 
 void Attributes::set(const std::string& name, const std::vector<std::string>& values) const {
-  const Handle type(TESSERA_H5(H5Tcopy(H5T_C_S1), m_context), H5Tclose);
-  TESSERA_H5(H5Tset_size(type.id(), H5T_VARIABLE), m_context);
-  TESSERA_H5(H5Tset_cset(type.id(), H5T_CSET_UTF8), m_context);
-  std::vector<const char*> ptrs;
+  // Fixed-length strings, as wide as the longest, in the attribute itself: variable-length ones
+  // live in the file's global heap, which has no checksum, and HDF5 1.10 reads a damaged global
+  // heap reference out of bounds (a segfault found by fuzzing tessera-data ls).
+  size_t width = 1;
   for (const auto& v : values) {
-    ptrs.push_back(v.c_str());
+    width = std::max(width, v.size());
   }
-  write_raw(name, type.id(), {values.size()}, ptrs.data());
+  const Handle type(TESSERA_H5(H5Tcopy(H5T_C_S1), m_context), H5Tclose);
+  TESSERA_H5(H5Tset_size(type.id(), width), m_context);
+  TESSERA_H5(H5Tset_strpad(type.id(), H5T_STR_NULLPAD), m_context);
+  TESSERA_H5(H5Tset_cset(type.id(), H5T_CSET_UTF8), m_context);
+  std::vector<char> packed(values.size() * width, '\0');
+  for (size_t i = 0; i < values.size(); ++i) {
+    std::copy(values[i].begin(), values[i].end(),
+              packed.begin() + static_cast<std::ptrdiff_t>(i * width));
+  }
+  write_raw(name, type.id(), {values.size()}, packed.data());
 }
 
 void Attributes::set(const std::string& name, const std::vector<double>& values) const {
