@@ -42,17 +42,33 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
 }
 
 std::size_t utf8_length(const std::string& text, std::size_t i) {
-  const auto c = static_cast<unsigned char>(text[i]);
-  const std::size_t n = c < 0x80           ? 1
-                        : (c >> 5) == 0x6  ? 2
-                        : (c >> 4) == 0xe  ? 3
-                        : (c >> 3) == 0x1e ? 4
-                                           : 0;
-  if (n == 0 || i + n > text.size()) {
+  // RFC 3629: no overlong forms, no surrogates, nothing beyond U+10FFFF (toml11 mishandles those
+  // that a looser check lets through: a fuzzer found it reading past its buffer on F6 A4 90 96).
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(text[i + k]); };
+  const unsigned char c = byte(0);
+  std::size_t n = 0;
+  unsigned char lo = 0x80;  // the range of the second byte
+  unsigned char hi = 0xbf;
+  if (c < 0x80) {
+    return 1;
+  } else if (c >= 0xc2 && c <= 0xdf) {
+    n = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    lo = c == 0xe0 ? 0xa0 : 0x80;
+    hi = c == 0xed ? 0x9f : 0xbf;
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    lo = c == 0xf0 ? 0x90 : 0x80;
+    hi = c == 0xf4 ? 0x8f : 0xbf;
+  } else {
     return 0;
   }
-  for (std::size_t k = 1; k < n; ++k) {
-    if ((static_cast<unsigned char>(text[i + k]) & 0xc0) != 0x80) {
+  if (i + n > text.size() || byte(1) < lo || byte(1) > hi) {
+    return 0;
+  }
+  for (std::size_t k = 2; k < n; ++k) {
+    if ((byte(k) & 0xc0) != 0x80) {
       return 0;
     }
   }

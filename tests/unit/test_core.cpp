@@ -95,6 +95,22 @@ TEST(Tensor, SizesBeyondTheMachineAreRefusedAndShapeOnlyAllocatesNothing) {
   EXPECT_NE(Tensor("small", {4}).data(), nullptr);
 }
 
+// UTF-8 as RFC 3629 has it (no overlong forms, surrogates or code points beyond U+10FFFF), and
+// printable() escaping control bytes and everything that is not UTF-8.
+TEST(Strings, Utf8LengthIsStrictAndPrintableEscapes) {
+  EXPECT_EQ(utf8_length("a", 0), 1u);
+  EXPECT_EQ(utf8_length("\xc3\xa9", 0), 2u);          // é
+  EXPECT_EQ(utf8_length("\xe2\x82\xac", 0), 3u);      // €
+  EXPECT_EQ(utf8_length("\xf0\x9f\x98\x80", 0), 4u);  // U+1F600
+  EXPECT_EQ(utf8_length("\xc0\xaf", 0), 0u);          // overlong '/'
+  EXPECT_EQ(utf8_length("\xed\xa0\x80", 0), 0u);      // a surrogate
+  EXPECT_EQ(utf8_length("\xf4\x90\x80\x80", 0), 0u);  // beyond U+10FFFF
+  EXPECT_EQ(utf8_length("\xf6\xa4\x90\x96", 0), 0u);  // the fuzzer's: no such lead byte
+  EXPECT_EQ(utf8_length("\xe2\x82", 0), 0u);          // cut short
+  EXPECT_EQ(printable("ckpt-1.h5\x1b[31m\x07 caf\xc3\xa9 \xff"),
+            "ckpt-1.h5\\x1b[31m\\x07 caf\xc3\xa9 \\xff");
+}
+
 TEST(Layout, BlockRangesCoverEveryElementOnce) {
   for (Index n : {0, 1, 7, 10, 128}) {
     for (int parts : {1, 2, 3, 4, 5}) {
