@@ -547,8 +547,8 @@ void Trainer::build(const comm::GridSpec& spec) {
   if (deck.checkpoint.enabled && !deck.checkpoint.restart.empty()) {
     restart();
   }
-  if (deck.checkpoint.enabled) {
-    refuse_foreign_checkpoints();
+  if (deck.checkpoint.enabled && deck.checkpoint.restart.empty()) {
+    refuse_foreign_checkpoints();  // a fresh start only: a restart from a file chose its folder
   }
   if (leader() && m_start_step == 0) {
     write_text(m_metrics_path, "", std::ios::trunc);  // a restarted run appends to its metrics
