@@ -547,9 +547,6 @@ void Trainer::build(const comm::GridSpec& spec) {
   if (deck.checkpoint.enabled && !deck.checkpoint.restart.empty()) {
     restart();
   }
-  if (deck.checkpoint.enabled && deck.checkpoint.restart.empty()) {
-    refuse_foreign_checkpoints();  // a fresh start only: a restart from a file chose its folder
-  }
   if (leader() && m_start_step == 0) {
     write_text(m_metrics_path, "", std::ios::trunc);  // a restarted run appends to its metrics
   }
@@ -604,32 +601,6 @@ Trainer::StepAgreement Trainer::agree_on_step(bool save_due) {
     signals::note_stop_signal(flags[0]);
   }
   return {flags[0], flags[1] != 0};
-}
-
-void Trainer::refuse_foreign_checkpoints() {
-  // Saving into a folder that holds another run's checkpoints would overwrite them (same step
-  // numbers) and prune them (checkpoint.keep): refuse unless this run resumed from one of them.
-  const deck::CheckpointConfig& c = m_deck.checkpoint;
-  comm::agree(*m_trainer, [&] {
-    const std::vector<std::string> there = io::checkpoints_in(c.dir);
-    std::error_code ec;
-    const bool resumed_here =
-        !m_resumed_from.empty() &&
-        std::filesystem::equivalent(std::filesystem::path(m_resumed_from).parent_path(), c.dir, ec);
-    if (there.empty() || resumed_here) {
-      return;
-    }
-    throw input_error(
-        fmt::format("checkpoint.dir = \"{}\" holds {} checkpoint{} of an earlier run (the newest "
-                    "{}), which this run would overwrite: resume from {} with checkpoint.restart "
-                    "= \"auto\", or give this run another run.output or checkpoint.dir, or "
-                    "remove them",
-                    c.dir, there.size(), there.size() == 1 ? "" : "s",
-                    std::filesystem::path(there.front()).filename().string(),
-                    there.size() == 1 ? "it" : "them"),
-        m_deck.where(m_deck.locations.count("checkpoint.restart") != 0 ? "checkpoint.restart"
-                                                                       : "checkpoint.dir"));
-  });
 }
 
 void Trainer::restart() {

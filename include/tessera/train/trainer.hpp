@@ -116,8 +116,6 @@ class Trainer {
   std::optional<Evaluation> eval_and_log(std::int64_t step, double run_seconds);
   StepAgreement agree_on_step(bool save_due);
   void restart();
-  // Refuses a checkpoint.dir holding checkpoints this run did not resume from (exit code 2).
-  void refuse_foreign_checkpoints();
   void save(std::int64_t steps_done, const char* why);
   // One record of metrics.jsonl (rank 0). A failed write is kept and agreed at the next step
   // boundary (check_writes): every rank stops with its message.
