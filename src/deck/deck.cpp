@@ -515,6 +515,34 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
   } catch (const Error& e) {
     throw input_error(fmt::format("command line: '{}': {}", printable(arg), e.message()));
   }
+  const std::vector<std::string> parts = split_key(key);
+  if (text.empty()) {
+    // `key=` with nothing after it removes the key, as if the deck had left it out (data.test= for
+    // no evaluation); a key not there is nothing to remove.
+    toml::value* node = &root;
+    if (parts.back()[0] == '[') {
+      throw input_error(fmt::format(
+          "command line: '{}': a list element cannot be removed (override the whole list)", arg));
+    }
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const std::string& p = parts[i];
+      if (p[0] == '[') {
+        const size_t index = std::strtoul(p.c_str() + 1, nullptr, 10);
+        if (!node->is_array() || index >= node->as_array().size()) {
+          break;
+        }
+        node = &node->as_array()[index];
+      } else if (!node->is_table() || !node->contains(p)) {
+        break;
+      } else if (i + 1 == parts.size()) {
+        node->as_table().erase(p);
+      } else {
+        node = &node->as_table()[p];
+      }
+    }
+    keys.insert(key);
+    return;
+  }
   toml::value value;
   try {
     std::istringstream in("v = " + text);
@@ -522,7 +550,6 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
   } catch (const std::exception&) {
     value = toml::value(text);  // a bare word is a string: optimizer.type=adamw
   }
-  const std::vector<std::string> parts = split_key(key);
   toml::value* node = &root;
   std::string path;
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -912,7 +939,7 @@ Deck parse(const std::string& text, const std::string& file,
       throw data.error(
           k, data.find(k),
           fmt::format("data.{} = \"{}\" must be \"file.h5:/split\"{}", k, spec,
-                      std::string(k) == "test" ? " (leave data.test out for none)" : ""));
+                      std::string(k) == "test" ? " (leave data.test out, or give data.test= on the command line, for none)" : ""));
     }
   }
   data.finish();

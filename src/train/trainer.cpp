@@ -459,6 +459,9 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world, Reporter* reporter)
 void Trainer::build(const comm::GridSpec& spec) {
   const deck::Deck& deck = m_deck;
   comm::agree(*m_trainer, [&] {
+    if (leader()) {
+      deck::check_folders(deck);  // the deck's own mistakes before the data's
+    }
     m_model = build_model(deck, nn::BuildContext(*m_grid));
     std::vector<std::string> notes;
     m_train_info =
@@ -481,7 +484,6 @@ void Trainer::build(const comm::GridSpec& spec) {
     m_schedule = run_schedule(deck, m_train_info.samples);
     m_total_steps = m_schedule.total_steps;
     if (leader()) {
-      deck::check_folders(deck);
       std::error_code ec;
       std::filesystem::create_directories(deck.run.output, ec);
       if (ec) {
