@@ -267,6 +267,78 @@ TEST_F(CheckpointTest, AutoRestartStartsFreshThenResumesFromLatest) {
   expect_bitwise(parameter_values(again.model()), first, "resumed from latest");
 }
 
+// The message of the input error (exit code 2, on every rank) that building a trainer of `d`
+// throws, or "no error".
+std::string build_error(const deck::Deck& d) {
+  try {
+    train::Trainer t(d, MPI_COMM_WORLD);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), 2);
+    EXPECT_TRUE(e.on_all_ranks());
+    return e.message();
+  }
+  return "no error";
+}
+
+TEST_F(CheckpointTest, AutoRestartWithLatestLostResumesFromTheNewestThatLoads) {
+  // Checkpoints at steps 3 and 6, then `latest` lost: restart = "auto" resumes from step 6 (it
+  // used to start afresh over them); with step 6 damaged too, from step 3, and trains the same.
+  const std::string d = dir("lost");
+  const auto full =
+      train(deck(d, {"checkpoint.restart=auto", "checkpoint.keep=5"}), MPI_COMM_WORLD);
+  const auto lose_latest = [&] {
+    if (world_rank() == 0) {
+      fs::remove(d + "/latest");
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  };
+  lose_latest();
+  {
+    train::Trainer t(deck(d, {"checkpoint.restart=auto", "checkpoint.keep=5"}), MPI_COMM_WORLD);
+    EXPECT_EQ(t.run().steps, 6);  // resumed at step 6 of 6
+    expect_bitwise(parameter_values(t.model()), full, "resumed from the newest, latest lost");
+  }
+  lose_latest();
+  if (world_rank() == 0) {
+    fs::resize_file(d + "/ckpt-00000006.h5", fs::file_size(d + "/ckpt-00000006.h5") / 2);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  expect_bitwise(train(deck(d, {"checkpoint.restart=auto", "checkpoint.keep=5"}), MPI_COMM_WORLD),
+                 full, "resumed from step 3, step 6 damaged and latest lost");
+}
+
+TEST_F(CheckpointTest, ARunNeverSavesOverCheckpointsItDidNotResumeFrom) {
+  const std::string d = dir("earlier");
+  train(deck(d, {}), MPI_COMM_WORLD);
+  const auto before = fs::last_write_time(d + "/ckpt-00000006.h5");
+  const std::string refused =
+      "checkpoint.dir = \"" + d +
+      "\" holds 2 checkpoints of an earlier run (the newest ckpt-00000006.h5), which this run "
+      "would "
+      "overwrite: resume from them with checkpoint.restart = \"auto\", or give this run another "
+      "run.output or checkpoint.dir, or remove them";
+  // A fresh start (restart = "") into the folder of an earlier run.
+  EXPECT_EQ(build_error(deck(d, {})), refused);
+  // A restart from a checkpoint of another folder into it.
+  train(deck(dir("other"), {}), MPI_COMM_WORLD);
+  const std::string elsewhere =
+      build_error(deck(d, {"checkpoint.restart=" + dir("other") + "/ckpt-00000003.h5"}));
+  EXPECT_EQ(elsewhere, refused);
+  EXPECT_EQ(fs::last_write_time(d + "/ckpt-00000006.h5"), before);
+}
+
+TEST_F(CheckpointTest, LatestHoldingControlBytesIsPrintedEscaped) {
+  const std::string d = dir("red");
+  train(deck(d, {}), MPI_COMM_WORLD);
+  if (world_rank() == 0) {
+    std::ofstream(d + "/latest", std::ios::trunc) << "\x1b[31m\x07\n";
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT_EQ(build_error(deck(d, {"checkpoint.restart=auto"})),
+            "checkpoint.restart = \"auto\": " + d +
+                "/latest holds \"\\x1b[31m\\x07\", not the name of a checkpoint file");
+}
+
 TEST_F(CheckpointTest, BadCheckpointsAreRefusedOnEveryRankWithEveryProblem) {
   const std::string good_dir = dir("good");
   train(deck(good_dir, {}), MPI_COMM_WORLD);
