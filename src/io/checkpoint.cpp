@@ -475,8 +475,13 @@ std::vector<std::string> check_contents(const File& f, const parallel::StateRegi
                     "\"{}\"",
                     info.optimizer, optimizer));
   }
+  // The checks that need no model are the ones tessera-ckpt verify makes, worded the same.
+  std::vector<TensorEntry> tensors = checkpoint_tensors(f);
+  for (std::string& p : root_problems(root, tensors)) {
+    problems.push_back(std::move(p));  // the root attributes are sound: `tensors` disagrees
+  }
   std::map<std::string, TensorEntry> stored;
-  for (TensorEntry& t : list_tensors(f)) {
+  for (TensorEntry& t : tensors) {
     stored[t.path] = std::move(t);
   }
   for (const parallel::StateEntry& e : state.entries()) {
@@ -488,17 +493,13 @@ std::vector<std::string> check_contents(const File& f, const parallel::StateRegi
     }
     const TensorEntry& t = it->second;
     const Shape& want = e.layout.global_shape();
-    if (!t.error.empty()) {
-      problems.push_back(fmt::format("{}: {}", path, t.error));
-    } else if (Shape(t.shape.begin(), t.shape.end()) != want) {
+    std::optional<std::uint64_t> checksum;
+    const std::vector<std::string> own = tensor_problems(t, checksum);
+    problems.insert(problems.end(), own.begin(), own.end());
+    if (t.error.empty() && Shape(t.shape.begin(), t.shape.end()) != want) {
       problems.push_back(fmt::format("{} has shape {}, the model's is {}", path,
                                      to_string(Shape(t.shape.begin(), t.shape.end())),
                                      to_string(want)));
-    } else if (t.type != ElementType::f32) {
-      problems.push_back(fmt::format("{} holds {}, not float32", path,
-                                     t.type ? element_type_name(*t.type) : "an unknown type"));
-    } else if (!t.checksum) {
-      problems.push_back(fmt::format("{} has no checksum attribute", path));
     }
     stored.erase(it);
   }
@@ -506,7 +507,8 @@ std::vector<std::string> check_contents(const File& f, const parallel::StateRegi
     if (optimizer.empty() && path.rfind("/optimizer/", 0) == 0) {
       continue;  // the model alone is loaded
     }
-    problems.push_back(fmt::format("{} is not a tensor of this run's model or optimizer", path));
+    problems.push_back(
+        fmt::format("{} is not a tensor of this run's model or optimizer", printable(path)));
   }
   return problems;
 }
@@ -547,14 +549,15 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
   const std::vector<parallel::StateEntry>& all = state.entries();
   std::vector<std::uint64_t> sums(all.size(), 0);
   std::vector<std::uint64_t> nonfinite(all.size(), 0);  // NaN or infinite elements (owners count)
-  std::vector<std::string> stored(all.size());
+  std::vector<std::uint64_t> stored(all.size(), 0);
   comm::agree(comm, [&] {
     const Group root = f->root();
     std::vector<float> scratch;
     for (size_t i = 0; i < all.size(); ++i) {
       const parallel::StateEntry& e = all[i];
       const Dataset ds = root.open_dataset(dataset_path(e).substr(1));
-      stored[i] = ds.attributes().get_string("checksum");
+      // Well-formed: check_contents refused any other.
+      stored[i] = parse_checksum(ds.attributes().get_string("checksum")).value_or(0);
       if (e.blocks.empty()) {
         continue;
       }
@@ -587,17 +590,9 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
   comm::agree(comm, [&] {
     std::vector<std::string> problems;
     for (size_t i = 0; i < all.size(); ++i) {
-      if (checksum_string(sums[i]) != stored[i]) {
-        problems.push_back(
-            fmt::format("{}: checksum {} does not match the stored {} (the data "
-                        "is corrupt)",
-                        dataset_path(all[i]), checksum_string(sums[i]), stored[i]));
-      } else if (nonfinite[i] > 0) {
-        // Tessera never saves them (the trainer refuses a non-finite parameter): written by
-        // something else, or by a run that diverged before that check.
-        problems.push_back(fmt::format("{}: {} value{} not finite (NaN or infinite)",
-                                       dataset_path(all[i]), nonfinite[i],
-                                       nonfinite[i] == 1 ? " is" : "s are"));
+      if (std::string p = data_problem(dataset_path(all[i]), sums[i], stored[i], nonfinite[i]);
+          !p.empty()) {
+        problems.push_back(std::move(p));
       }
     }
     if (!problems.empty()) {

@@ -260,8 +260,8 @@ std::string format_problem(const File& file) {
                                ? root.attributes().get_string("format")
                                : attribute_text(root.attributes(), root.id(), "format");
   if (name != kCheckpointFormat) {
-    return fmt::format("not a Tessera checkpoint (format is \"{}\", expected \"{}\")", name,
-                       kCheckpointFormat);
+    return fmt::format("not a Tessera checkpoint (format is \"{}\", expected \"{}\")",
+                       printable(name), kCheckpointFormat);
   }
   const AttrInfo version = attribute_info(root.id(), "format_version");
   if (version.type == AttrType::missing) {
@@ -335,6 +335,91 @@ std::vector<std::string> root_attribute_problems(const Group& root) {
     }
   }
   return problems;
+}
+
+bool is_model_tensor(const TensorEntry& e) {
+  return e.path.rfind("/model/", 0) == 0;
+}
+
+std::vector<TensorEntry> checkpoint_tensors(const File& file) {
+  std::vector<TensorEntry> out;
+  for (TensorEntry& e : list_tensors(file)) {
+    if (is_model_tensor(e) || e.path.rfind("/optimizer/", 0) == 0) {
+      out.push_back(std::move(e));
+    }
+  }
+  return out;
+}
+
+std::optional<std::uint64_t> parse_checksum(const std::string& text) {
+  static const std::regex pattern("0x[0-9a-fA-F]{16}");
+  if (!std::regex_match(text, pattern)) {
+    return std::nullopt;
+  }
+  return std::stoull(text.substr(2), nullptr, 16);
+}
+
+std::vector<std::string> root_problems(const Group& root, const std::vector<TensorEntry>& tensors) {
+  std::vector<std::string> problems = root_attribute_problems(root);
+  const AttrInfo declared = attribute_info(root.id(), "tensors");
+  if (declared.type == AttrType::int64 && declared.values == 1) {
+    const std::int64_t n = root.attributes().get_int("tensors");
+    if (n != static_cast<std::int64_t>(tensors.size())) {
+      problems.push_back(
+          fmt::format("root attribute tensors = {}, but the file holds {} tensor datasets (under "
+                      "/model and /optimizer)",
+                      n, tensors.size()));
+    }
+  }
+  return problems;
+}
+
+std::vector<std::string> tensor_problems(const TensorEntry& e,
+                                         std::optional<std::uint64_t>& stored) {
+  std::vector<std::string> p;
+  const std::string path = printable(e.path);
+  stored = std::nullopt;
+  if (!e.error.empty()) {
+    p.push_back(fmt::format("{}: cannot be read ({})", path, printable(e.error)));
+    return p;
+  }
+  if (e.type != ElementType::f32) {
+    p.push_back(fmt::format("{}: dtype {}, expected float32", path,
+                            e.type ? element_type_name(*e.type) : "other"));
+  }
+  stored = e.checksum ? parse_checksum(*e.checksum) : std::nullopt;
+  if (!e.checksum_attribute) {
+    p.push_back(fmt::format("{}: no checksum attribute", path));
+  } else if (!stored) {
+    p.push_back(fmt::format("{}: checksum attribute {} is not \"0x\" and 16 hexadecimal digits",
+                            path,
+                            e.checksum ? "\"" + printable(*e.checksum) + "\"" : "(not a string)"));
+  }
+  if (is_model_tensor(e)) {
+    if (e.kind.empty()) {
+      p.push_back(fmt::format(
+          "{}: attribute 'kind' is missing or not a string (\"parameter\" or \"buffer\")", path));
+    } else if (e.kind != "parameter" && e.kind != "buffer") {
+      p.push_back(fmt::format("{}: kind \"{}\" is not \"parameter\" or \"buffer\"", path,
+                              printable(e.kind)));
+    }
+  }
+  return p;
+}
+
+std::string data_problem(const std::string& path, std::uint64_t computed, std::uint64_t stored,
+                         std::uint64_t nonfinite) {
+  if (computed != stored) {
+    return fmt::format("{}: checksum {} does not match the stored {}", printable(path),
+                       checksum_string(computed), checksum_string(stored));
+  }
+  if (nonfinite > 0) {
+    // Tessera never saves them (the trainer refuses a non-finite parameter): written by something
+    // else, or by a run that diverged before that check.
+    return fmt::format("{}: {} value{} not finite (NaN or infinite)", printable(path), nonfinite,
+                       nonfinite == 1 ? " is" : "s are");
+  }
+  return "";
 }
 
 void require_checkpoint(const File& file) {

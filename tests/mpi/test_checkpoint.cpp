@@ -13,6 +13,7 @@
 #include "tessera/train/trainer.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
 
 using namespace tessera;
@@ -265,6 +267,58 @@ TEST_F(CheckpointTest, AutoRestartStartsFreshThenResumesFromLatest) {
   expect_bitwise(parameter_values(again.model()), first, "resumed from latest");
 }
 
+// The message of the input error (exit code 2, on every rank) that building a trainer of `d`
+// throws, or "no error".
+std::string build_error(const deck::Deck& d) {
+  try {
+    train::Trainer t(d, MPI_COMM_WORLD);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), 2);
+    EXPECT_TRUE(e.on_all_ranks());
+    return e.message();
+  }
+  return "no error";
+}
+
+TEST_F(CheckpointTest, AutoRestartWithLatestLostResumesFromTheNewestThatLoads) {
+  // Checkpoints at steps 3 and 6, then `latest` lost: restart = "auto" resumes from step 6 (it
+  // used to start afresh over them); with step 6 damaged too, from step 3, and trains the same.
+  const std::string d = dir("lost");
+  const auto full =
+      train(deck(d, {"checkpoint.restart=auto", "checkpoint.keep=5"}), MPI_COMM_WORLD);
+  const auto lose_latest = [&] {
+    if (world_rank() == 0) {
+      fs::remove(d + "/latest");
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  };
+  lose_latest();
+  {
+    train::Trainer t(deck(d, {"checkpoint.restart=auto", "checkpoint.keep=5"}), MPI_COMM_WORLD);
+    EXPECT_EQ(t.run().steps, 6);  // resumed at step 6 of 6
+    expect_bitwise(parameter_values(t.model()), full, "resumed from the newest, latest lost");
+  }
+  lose_latest();
+  if (world_rank() == 0) {
+    fs::resize_file(d + "/ckpt-00000006.h5", fs::file_size(d + "/ckpt-00000006.h5") / 2);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  expect_bitwise(train(deck(d, {"checkpoint.restart=auto", "checkpoint.keep=5"}), MPI_COMM_WORLD),
+                 full, "resumed from step 3, step 6 damaged and latest lost");
+}
+
+TEST_F(CheckpointTest, LatestHoldingControlBytesIsPrintedEscaped) {
+  const std::string d = dir("red");
+  train(deck(d, {}), MPI_COMM_WORLD);
+  if (world_rank() == 0) {
+    std::ofstream(d + "/latest", std::ios::trunc) << "\x1b[31m\x07\n";
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT_EQ(build_error(deck(d, {"checkpoint.restart=auto"})),
+            "checkpoint.restart = \"auto\": " + d +
+                "/latest holds \"\\x1b[31m\\x07\", not the name of a checkpoint file");
+}
+
 TEST_F(CheckpointTest, BadCheckpointsAreRefusedOnEveryRankWithEveryProblem) {
   const std::string good_dir = dir("good");
   train(deck(good_dir, {}), MPI_COMM_WORLD);
@@ -386,6 +440,79 @@ TEST_F(CheckpointTest, BadCheckpointsAreRefusedOnEveryRankWithEveryProblem) {
                                         " does not fit this run (1 problem):\n"
                                         "  /model/linear4/weight: 2 values are not finite (NaN or "
                                         "infinite)");
+
+  // Tensors the model does not have, or not as the format has them: the checks tessera-ckpt
+  // verify makes too (io::tensor_problems, io::root_problems), worded the same, names escaped.
+  const auto edit = [&](const std::function<void(const io::Group&)>& change) {
+    copy_good();
+    if (world_rank() == 0) {
+      io::File f = io::File::open_serial_rw(bad);
+      change(f.root());
+      f.close();
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  };
+  const auto one_problem = [&](const std::string& problem) {
+    return "checkpoint: " + bad + " does not fit this run (1 problem):\n  " + problem;
+  };
+  // A dataset of the model's shape and checksum stored as float64 (read as float32, it passed).
+  const auto rewrite = [](const io::Group& root, const std::string& path, io::ElementType type,
+                          const std::string& kind) {
+    const io::Dataset old = root.open_dataset(path.substr(1));
+    const std::vector<hsize_t> shape = old.shape();
+    std::vector<float> w(static_cast<size_t>(old.shape()[0] * old.shape()[1]));
+    old.read_all(io::ElementType::f32, w.data());
+    const std::string checksum = old.attributes().get_string("checksum");
+    ASSERT_GE(H5Ldelete(root.id(), path.c_str(), H5P_DEFAULT), 0);
+    const io::Dataset ds = root.open_group("model/linear4")
+                               .create_dataset(path.substr(path.rfind('/') + 1), type, shape);
+    ds.write_range(0, w.size(), io::ElementType::f32, w.data(), false);
+    ds.attributes().set("checksum", checksum);
+    ds.attributes().set("kind", kind);
+  };
+  edit([&](const io::Group& root) {
+    rewrite(root, "/model/linear4/weight", io::ElementType::f64, "parameter");
+  });
+  EXPECT_EQ(restart_error(bad, {}),
+            one_problem("/model/linear4/weight: dtype float64, expected float32"));
+  // A kind that is not "parameter" or "buffer", holding an escape sequence (printed escaped).
+  edit([&](const io::Group& root) {
+    rewrite(root, "/model/linear4/weight", io::ElementType::f32, "\x1b[31m");
+  });
+  EXPECT_EQ(restart_error(bad, {}),
+            one_problem("/model/linear4/weight: kind \"\\x1b[31m\" is not \"parameter\" or "
+                        "\"buffer\""));
+  // An extra tensor, counted in `tensors` (a name with control bytes, printed escaped).
+  std::int64_t tensors = 0;
+  edit([&](const io::Group& root) {
+    tensors = root.attributes().get_int("tensors");
+    const io::Dataset ds = root.open_group("model")
+                               .create_group("linear4\a")
+                               .create_dataset("weight", io::ElementType::f32, {2});
+    const float w[2] = {1.0F, 2.0F};
+    ds.write_range(0, 2, io::ElementType::f32, w, false);
+    ds.attributes().set("checksum", io::checksum_string(io::checksum_partial(w, 0, 2)));
+    ds.attributes().set("kind", std::string("parameter"));
+    root.attributes().set("tensors", tensors + 1);
+  });
+  EXPECT_EQ(restart_error(bad, {}), one_problem("/model/linear4\\x07/weight is not a tensor of "
+                                                "this run's model or optimizer"));
+  // `tensors` that does not count the file's tensors.
+  MPI_Bcast(&tensors, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+  set_root("tensors", tensors + 3);
+  EXPECT_EQ(restart_error(bad, {}),
+            one_problem(fmt::format("root attribute tensors = {}, but the file holds {} tensor "
+                                    "datasets (under /model and /optimizer)",
+                                    tensors + 3, tensors)));
+  // Datasets outside /model and /optimizer are the format's to add (docs/checkpoint-format.md):
+  // not judged, the file restarts.
+  edit([&](const io::Group& root) {
+    const float w[1] = {1.0F};
+    root.create_group("notes")
+        .create_dataset("x", io::ElementType::f32, {1})
+        .write_range(0, 1, io::ElementType::f32, w, false);
+  });
+  EXPECT_EQ(restart_error(bad, {}), "no error");
 
   // Another model: linear4 has 9 outputs instead of 8 (its weight and bias, the next layer's
   // weight, and their momentum).

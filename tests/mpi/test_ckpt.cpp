@@ -371,6 +371,42 @@ TEST_F(CkptTest, VerifyNamesEachProblemExactly) {
          c.tensor("/model/linear1/weight").values[5] = -std::numeric_limits<float>::infinity();
        },
        {"/model/linear1/weight: 2 values are not finite (NaN or infinite)"}},
+      // Text from the file is printed escaped (a kind, a format, a tensor's name).
+      {"kind-escaped",
+       [](FixtureCheckpoint& c) { c.tensor("/model/norm/running_mean").kind = "\x1b[31m"; },
+       {"/model/norm/running_mean: kind \"\\x1b[31m\" is not \"parameter\" or \"buffer\""}},
+      {"format-escaped",
+       [](FixtureCheckpoint& c) { c.root["format"] = std::string("\x1b]0;x\x07"); },
+       {"not a Tessera checkpoint (format is \"\\x1b]0;x\\x07\", expected "
+        "\"tessera-checkpoint\")"}},
+      // Tensors the checkpoint's model cannot have: an optimizer state without its parameter
+      // (counted in `tensors`), a state the optimizer does not keep.
+      {"state-without-parameter",
+       [](FixtureCheckpoint& c) {
+         c.tensors.push_back({"/optimizer/linear9\x1b/weight/momentum",
+                              {2},
+                              {1.0F, 2.0F},
+                              "",
+                              std::nullopt,
+                              true,
+                              tessera::io::ElementType::f32});
+         c.root["tensors"] = std::int64_t{10};
+       },
+       {"/optimizer/linear9\\x1b/weight/momentum: an optimizer state without a parameter "
+        "/model/linear9\\x1b/weight in the file"}},
+      {"state-of-another-optimizer",
+       [](FixtureCheckpoint& c) {
+         c.tensors.push_back({"/optimizer/linear2/bias/exp_avg",
+                              {2},
+                              {1.0F, 2.0F},
+                              "",
+                              std::nullopt,
+                              true,
+                              tessera::io::ElementType::f32});
+         c.root["tensors"] = std::int64_t{10};
+       },
+       {"/optimizer/linear2/bias/exp_avg: state \"exp_avg\" is not one that sgd with momentum "
+        "0.9 keeps"}},
       {"no-kind",
        [](FixtureCheckpoint& c) { c.tensor("/model/norm/running_mean").kind = ""; },
        {"/model/norm/running_mean: attribute 'kind' is missing or not a string (\"parameter\" "
@@ -565,6 +601,16 @@ TEST_F(CkptTest, LsListsAFoldersCheckpoints) {
     EXPECT_EQ(lines[4].find(" 300  .ckpt-00000300.h5.partial  "), 0U);
     EXPECT_NE(lines[4].find("4 B"), std::string::npos);
     EXPECT_NE(lines[4].find("incomplete"), std::string::npos);
+  }
+  // A `latest` holding control bytes is printed escaped, never sent to the terminal as is.
+  on_root([&] { std::ofstream(dir + "/latest") << "\x1b[31mred\x07\n"; });
+  if (const ckpt::Outcome red = ckpt::ls(MPI_COMM_WORLD, dir); world_rank() == 0) {
+    const auto lines = lines_of(red.out);
+    ASSERT_EQ(lines.size(), 6U) << red.out;
+    EXPECT_EQ(lines[0], dir + ": 2 checkpoints, 1 incomplete; latest names \\x1b[31mred\\x07");
+    EXPECT_EQ(lines[5],
+              "warning: 'latest' names \\x1b[31mred\\x07, which is not a checkpoint of this "
+              "folder");
   }
   EXPECT_EQ(input_error_of([&] { ckpt::ls(MPI_COMM_WORLD, path("nowhere")); }),
             path("nowhere") + ": no such file or folder");

@@ -1,5 +1,7 @@
 #include "ckpt_commands.hpp"
 
+#include "tessera/core/strings.hpp"
+
 #include "ckpt_file.hpp"
 #include "npz.hpp"
 #include "tessera/comm/agree.hpp"
@@ -64,20 +66,10 @@ bool is_tensor(const TensorEntry& e) {
 }
 
 std::vector<TensorEntry> tensors_of(const io::File& f) {
-  std::vector<TensorEntry> all = list_tensors(f);
-  std::vector<TensorEntry> out;
-  std::copy_if(all.begin(), all.end(), std::back_inserter(out), is_tensor);
-  return out;
+  return io::checkpoint_tensors(f);
 }
 
-// "0x" followed by 16 hexadecimal digits, or nullopt.
-std::optional<std::uint64_t> parse_checksum(const std::string& s) {
-  static const std::regex pattern("0x[0-9a-fA-F]{16}");
-  if (!std::regex_match(s, pattern)) {
-    return std::nullopt;
-  }
-  return std::stoull(s.substr(2), nullptr, 16);
-}
+using io::parse_checksum;
 
 // The root attribute as a string, or `fallback` when it is missing or not one string.
 std::string root_string(const io::Group& root, const std::string& name,
@@ -106,11 +98,12 @@ std::string root_int_text(const io::Group& root, const std::string& name) {
 struct StateRule {
   std::vector<std::string> states;
   std::string why;
+  bool known = false;  // the optimizer and its settings are known (else nothing is required)
 };
 
 StateRule state_rule(const std::string& optimizer, const std::string& deck_text) {
   if (optimizer == "adamw") {
-    return {{"exp_avg", "exp_avg_sq"}, "adamw"};
+    return {{"exp_avg", "exp_avg_sq"}, "adamw", true};
   }
   if (optimizer != "sgd") {
     return {};
@@ -136,9 +129,9 @@ StateRule state_rule(const std::string& optimizer, const std::string& deck_text)
     return {};
   }
   if (momentum > 0.0) {
-    return {{"momentum"}, fmt::format("sgd with momentum {:g}", momentum)};
+    return {{"momentum"}, fmt::format("sgd with momentum {:g}", momentum), true};
   }
-  return {};
+  return {{}, "sgd without momentum", true};
 }
 
 std::int64_t line_count(const std::string& text) {
@@ -313,8 +306,10 @@ std::string list_folder(const std::string& dir) {
   if (incomplete > 0) {
     out += fmt::format(", {} incomplete", incomplete);
   }
-  out += have_latest ? fmt::format("; latest names {}\n", latest.empty() ? "nothing" : latest)
-                     : "; no 'latest' file\n";
+  // `latest` and every value below come from files: printed escaped (printable).
+  out += have_latest
+             ? fmt::format("; latest names {}\n", latest.empty() ? "nothing" : printable(latest))
+             : "; no 'latest' file\n";
   if (items.empty()) {
     return out;
   }
@@ -332,10 +327,10 @@ std::string list_folder(const std::string& dir) {
     } else {
       try {
         const io::File f = open_checkpoint(path);
-        time = root_string(f.root(), "created");
+        time = printable(root_string(f.root(), "created"));
       } catch (const Error& e) {
         time = "?";
-        note = "unreadable: " + e.message();
+        note = "unreadable: " + printable(e.message());
       }
       if (item.name == latest) {
         latest_found = true;
@@ -348,7 +343,7 @@ std::string list_folder(const std::string& dir) {
   out += table(rows, {true, false, true, false, false});
   if (have_latest && !latest.empty() && !latest_found) {
     out += fmt::format("warning: 'latest' names {}, which is not a checkpoint of this folder\n",
-                       latest);
+                       printable(latest));
   }
   return out;
 }
@@ -363,7 +358,8 @@ std::string list_file(const std::string& path) {
   }
   std::string out = fmt::format("{}: {} version {}, written by Tessera {} at {}\n", path,
                                 io::kCheckpointFormat, root_int_text(root, "format_version"),
-                                root_string(root, "tessera_version"), root_string(root, "created"));
+                                printable(root_string(root, "tessera_version")),
+                                printable(root_string(root, "created")));
   if (!problem.empty()) {
     out += "  note: " + problem + "\n";
   }
@@ -371,11 +367,12 @@ std::string list_file(const std::string& path) {
                      root_int_text(root, "step"), root_int_text(root, "total_steps"),
                      root_int_text(root, "cursor_epoch"), root_int_text(root, "cursor_batch"),
                      root_int_text(root, "rng_seed"));
-  out += fmt::format("  optimizer {}, {} optimizer steps\n", root_string(root, "optimizer"),
-                     root_int_text(root, "optimizer_steps"));
-  out += fmt::format("  grid: {} (ranks {}, data_size {}, zero {})\n", root_string(root, "grid"),
-                     root_int_text(root, "ranks"), root_int_text(root, "data_size"),
-                     root_int_text(root, "zero"));
+  out +=
+      fmt::format("  optimizer {}, {} optimizer steps\n", printable(root_string(root, "optimizer")),
+                  root_int_text(root, "optimizer_steps"));
+  out += fmt::format("  grid: {} (ranks {}, data_size {}, zero {})\n",
+                     printable(root_string(root, "grid")), root_int_text(root, "ranks"),
+                     root_int_text(root, "data_size"), root_int_text(root, "zero"));
   const std::string deck_text = root_string(root, "deck", "");
   if (attribute_info(root.id(), "deck").type == AttrType::string) {
     out += fmt::format("  deck: {} lines (tessera-ckpt deck {})\n", line_count(deck_text), path);
@@ -389,7 +386,8 @@ std::string list_file(const std::string& path) {
   }
   for (const std::string& name : root.attributes().names()) {
     if (known.count(name) == 0) {
-      out += fmt::format("  {}: {}\n", name, attribute_text(root.attributes(), root.id(), name));
+      out += fmt::format("  {}: {}\n", printable(name),
+                         printable(attribute_text(root.attributes(), root.id(), name)));
     }
   }
 
@@ -409,7 +407,7 @@ std::string list_file(const std::string& path) {
     std::vector<std::string> parts;
     std::stringstream ss(e.path.substr(1));
     for (std::string part; std::getline(ss, part, '/');) {
-      parts.push_back(part);
+      parts.push_back(printable(part));
     }
     std::size_t common = 0;
     while (common < open.size() && common + 1 < parts.size() && open[common] == parts[common]) {
@@ -421,13 +419,14 @@ std::string list_file(const std::string& path) {
     open.assign(parts.begin(), parts.end() - 1);
     const std::string name = std::string(2 * (parts.size() - 1), ' ') + parts.back();
     if (!e.error.empty()) {
-      rows.push_back({name, "(cannot be read: " + e.error + ")"});
+      rows.push_back({name, "(cannot be read: " + printable(e.error) + ")"});
       continue;
     }
-    rows.push_back({name, shape_text(e.shape), e.type ? io::element_type_name(*e.type) : "other",
-                    std::to_string(e.storage_bytes),
-                    e.checksum ? *e.checksum : (e.checksum_attribute ? "(not a string)" : "(none)"),
-                    e.kind});
+    rows.push_back(
+        {name, shape_text(e.shape), e.type ? io::element_type_name(*e.type) : "other",
+         std::to_string(e.storage_bytes),
+         e.checksum ? printable(*e.checksum) : (e.checksum_attribute ? "(not a string)" : "(none)"),
+         printable(e.kind)});
     Total& t = is_model(e) ? model : (is_tensor(e) ? optimizer : other);
     ++t.tensors;
     t.bytes += e.storage_bytes;
@@ -465,30 +464,28 @@ struct Survey {
 std::vector<std::string> check_tensor(const TensorEntry& e, const StateRule& rule,
                                       const std::map<std::string, const TensorEntry*>& by_path,
                                       std::optional<std::uint64_t>& stored) {
-  std::vector<std::string> p;
+  std::vector<std::string> p = io::tensor_problems(e, stored);
   if (!e.error.empty()) {
-    p.push_back(fmt::format("{}: cannot be read ({})", e.path, e.error));
     return p;
-  }
-  if (e.type != io::ElementType::f32) {
-    p.push_back(fmt::format("{}: dtype {}, expected float32", e.path,
-                            e.type ? io::element_type_name(*e.type) : "other"));
-  }
-  stored = e.checksum ? parse_checksum(*e.checksum) : std::nullopt;
-  if (!e.checksum_attribute) {
-    p.push_back(fmt::format("{}: no checksum attribute", e.path));
-  } else if (!stored) {
-    p.push_back(fmt::format("{}: checksum attribute {} is not \"0x\" and 16 hexadecimal digits",
-                            e.path, e.checksum ? "\"" + *e.checksum + "\"" : "(not a string)"));
   }
   if (!is_model(e)) {
+    // An optimizer state belongs to a parameter of the file and is one its optimizer keeps
+    // ("/optimizer/linear1/weight/momentum": linear1.weight, momentum).
+    const std::string rest = e.path.substr(std::string(kOptimizerPrefix).size());
+    const std::size_t slash = rest.rfind('/');
+    const std::string parameter =
+        slash == std::string::npos ? "" : std::string(kModelPrefix) + rest.substr(0, slash);
+    const std::string state = slash == std::string::npos ? rest : rest.substr(slash + 1);
+    const auto it = by_path.find(parameter);
+    if (it == by_path.end() || it->second->kind != "parameter") {
+      p.push_back(fmt::format("{}: an optimizer state without a parameter {} in the file",
+                              printable(e.path), printable(parameter)));
+    } else if (rule.known &&
+               std::find(rule.states.begin(), rule.states.end(), state) == rule.states.end()) {
+      p.push_back(fmt::format("{}: state \"{}\" is not one that {} keeps", printable(e.path),
+                              printable(state), rule.why));
+    }
     return p;
-  }
-  if (e.kind.empty()) {
-    p.push_back(fmt::format(
-        "{}: attribute 'kind' is missing or not a string (\"parameter\" or \"buffer\")", e.path));
-  } else if (e.kind != "parameter" && e.kind != "buffer") {
-    p.push_back(fmt::format("{}: kind \"{}\" is not \"parameter\" or \"buffer\"", e.path, e.kind));
   }
   if (e.kind != "parameter") {
     return p;
@@ -497,10 +494,12 @@ std::vector<std::string> check_tensor(const TensorEntry& e, const StateRule& rul
     const std::string sp = io::optimizer_path(e.parameter_name(), state);
     const auto it = by_path.find(sp);
     if (it == by_path.end()) {
-      p.push_back(fmt::format("{}: optimizer state {} is missing ({})", e.path, sp, rule.why));
+      p.push_back(fmt::format("{}: optimizer state {} is missing ({})", printable(e.path),
+                              printable(sp), rule.why));
     } else if (it->second->error.empty() && it->second->shape != e.shape) {
-      p.push_back(fmt::format("{}: shape {} differs from its parameter's {} ({})", sp,
-                              shape_text(it->second->shape), shape_text(e.shape), e.path));
+      p.push_back(fmt::format("{}: shape {} differs from its parameter's {} ({})", printable(sp),
+                              shape_text(it->second->shape), shape_text(e.shape),
+                              printable(e.path)));
     }
   }
   return p;
@@ -514,17 +513,8 @@ Survey survey_checkpoint(const io::File& f) {
   }
   s.known_format = true;
   const io::Group root = f.root();
-  s.root_problems = io::root_attribute_problems(root);
   s.tensors = tensors_of(f);
-  if (attribute_info(root.id(), "tensors").type == AttrType::int64) {
-    const std::int64_t declared = root.attributes().get_int("tensors");
-    if (declared != static_cast<std::int64_t>(s.tensors.size())) {
-      s.root_problems.push_back(
-          fmt::format("root attribute tensors = {}, but the file holds {} tensor datasets (under "
-                      "/model and /optimizer)",
-                      declared, s.tensors.size()));
-    }
-  }
+  s.root_problems = io::root_problems(root, s.tensors);
   if (std::none_of(s.tensors.begin(), s.tensors.end(), is_model)) {
     s.root_problems.push_back("no tensors under /model");
   }
@@ -586,15 +576,11 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
     const std::uint64_t stored = *s.stored[check[k]];
     if (failed[k] < ranks) {
       why[k] = broadcast_string(comm, why[k], failed[k]);
-      s.problems[check[k]].push_back(fmt::format("{}: cannot read the data ({})", e.path, why[k]));
-    } else if (sums[k] != stored) {
-      s.problems[check[k]].push_back(fmt::format("{}: checksum {} does not match the stored {}",
-                                                 e.path, io::checksum_string(sums[k]),
-                                                 io::checksum_string(stored)));
-    } else if (nonfinite[k] > 0) {
-      s.problems[check[k]].push_back(fmt::format("{}: {} value{} not finite (NaN or infinite)",
-                                                 e.path, nonfinite[k],
-                                                 nonfinite[k] == 1 ? " is" : "s are"));
+      s.problems[check[k]].push_back(
+          fmt::format("{}: cannot read the data ({})", printable(e.path), printable(why[k])));
+    } else if (std::string p = io::data_problem(e.path, sums[k], stored, nonfinite[k]);
+               !p.empty()) {
+      s.problems[check[k]].push_back(std::move(p));
     }
   }
 }
@@ -772,8 +758,8 @@ DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b,
     for (const auto* side : {&ta, &tb}) {
       for (const TensorEntry& e : *side) {
         if (!e.error.empty()) {
-          throw input_error(
-              fmt::format("{}: {}: cannot be read ({})", side == &ta ? a : b, e.path, e.error));
+          throw input_error(fmt::format("{}: {}: cannot be read ({})", side == &ta ? a : b,
+                                        printable(e.path), printable(e.error)));
         }
       }
     }
@@ -915,7 +901,7 @@ Outcome diff(MPI_Comm comm, const std::string& a, const std::string& b, double t
     for (hsize_t e : d.shape_a) {
       elements *= static_cast<std::int64_t>(e);
     }
-    rows.push_back({d.path, shape, measured ? number(d.max_abs) : "-",
+    rows.push_back({printable(d.path), shape, measured ? number(d.max_abs) : "-",
                     measured ? number(d.max_rel) : "-",
                     measured ? fmt::format("{} of {}", d.differing, elements) : "-",
                     status_text(d, "A", "B")});
@@ -975,7 +961,8 @@ Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& 
     for (TensorEntry& e : tensors_of(f)) {
       if (is_model(e)) {
         if (!e.error.empty()) {
-          throw input_error(fmt::format("{}: {}: cannot be read ({})", file, e.path, e.error));
+          throw input_error(fmt::format("{}: {}: cannot be read ({})", file, printable(e.path),
+                                        printable(e.error)));
         }
         model.push_back(std::move(e));
       }
@@ -1014,7 +1001,8 @@ Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& 
           throw input_error(fmt::format(
               "{}: {}: checksum {} does not match the stored {}: the checkpoint is damaged, "
               "nothing exported (tessera-ckpt verify {})",
-              file, e.path, io::checksum_string(sum), io::checksum_string(*expected), file));
+              file, printable(e.path), io::checksum_string(sum), io::checksum_string(*expected),
+              file));
         }
         const std::string name = e.parameter_name();
         if (zip) {
@@ -1065,10 +1053,12 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
       require_checkpoint(*files[i]);
       for (TensorEntry& e : tensors_of(*files[i])) {
         if (!e.error.empty()) {
-          throw input_error(fmt::format("{}: {}: cannot be read ({})", inputs[i], e.path, e.error));
+          throw input_error(fmt::format("{}: {}: cannot be read ({})", inputs[i], printable(e.path),
+                                        printable(e.error)));
         }
         if (e.type != io::ElementType::f32) {
-          throw input_error(fmt::format("{}: {}: dtype {}, expected float32", inputs[i], e.path,
+          throw input_error(fmt::format("{}: {}: dtype {}, expected float32", inputs[i],
+                                        printable(e.path),
                                         e.type ? io::element_type_name(*e.type) : "other"));
         }
         if (is_model(e)) {
@@ -1091,10 +1081,10 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
         if (it == theirs.end()) {
           throw input_error(fmt::format(
               "average: {} has no {}, which {} has: the checkpoints must hold the same tensors",
-              inputs[i], e.path, inputs[0]));
+              inputs[i], printable(e.path), inputs[0]));
         }
         if (it->second->shape != e.shape) {
-          throw input_error(fmt::format("average: {} is {} in {} but {} in {}", e.path,
+          throw input_error(fmt::format("average: {} is {} in {} but {} in {}", printable(e.path),
                                         shape_text(e.shape), inputs[0],
                                         shape_text(it->second->shape), inputs[i]));
         }
@@ -1199,8 +1189,8 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
             throw input_error(fmt::format(
                 "{}: {}: checksum {} does not match the stored {}: the checkpoint is damaged, "
                 "nothing written (tessera-ckpt verify {})",
-                inputs[i], e.path, io::checksum_string(got), io::checksum_string(*expected),
-                inputs[i]));
+                inputs[i], printable(e.path), io::checksum_string(got),
+                io::checksum_string(*expected), inputs[i]));
           }
         }
       }

@@ -76,6 +76,31 @@ const std::vector<RootAttribute>& root_attributes();
 /// other than sgd or adamw. `tessera-ckpt verify` and a restart find the same, worded the same.
 std::vector<std::string> root_attribute_problems(const Group& root);
 
+/// Whether `e` lies under /model (a parameter or a buffer).
+bool is_model_tensor(const TensorEntry& e);
+/// The format's tensor datasets: those under /model and /optimizer, sorted by path (datasets
+/// elsewhere are allowed and not judged).
+std::vector<TensorEntry> checkpoint_tensors(const File& file);
+/// "0x" and 16 hexadecimal digits, parsed; nullopt otherwise.
+std::optional<std::uint64_t> parse_checksum(const std::string& text);
+
+// The checks of a checkpoint that need no model, worded once: a restart (io/checkpoint.hpp) and
+// `tessera-ckpt verify` both use them, so that they refuse the same files with the same words.
+// Names read from the file are printed escaped (printable()).
+
+/// root_attribute_problems(), then the root attribute `tensors` against `tensors` (the file's
+/// checkpoint_tensors()).
+std::vector<std::string> root_problems(const Group& root, const std::vector<TensorEntry>& tensors);
+/// The problems of one tensor's metadata: it cannot be read, it is not float32, its checksum
+/// attribute is missing or not "0x" and 16 hexadecimal digits, and (under /model) its kind is not
+/// "parameter" or "buffer". `stored` receives the parsed checksum (nullopt when there is none).
+std::vector<std::string> tensor_problems(const TensorEntry& e,
+                                         std::optional<std::uint64_t>& stored);
+/// The problem of a tensor's data, "" when there is none: the checksum recomputed over it
+/// (`computed`) differs from the stored one, or it holds `nonfinite` NaN or infinite values.
+std::string data_problem(const std::string& path, std::uint64_t computed, std::uint64_t stored,
+                         std::uint64_t nonfinite);
+
 /// Reads the row-major elements [first, first + count) of `dataset` (of `shape`) as float32 into
 /// `out`.
 void read_range(const Dataset& dataset, const std::vector<hsize_t>& shape, std::int64_t first,
