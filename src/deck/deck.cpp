@@ -858,6 +858,7 @@ Deck parse(const std::string& text, const std::string& file,
   d.run.watchdog_s = run.number("watchdog_s", 300.0, 0.0, 1e7, false);
   d.run.check_collectives = run.boolean("check_collectives", false);
   d.run.nonfinite = run.choice("nonfinite", "stop", {"stop", "skip"});
+  d.run.check_replicas = run.integer("check_replicas", 0, 0);
   run.finish();
 
   Section par = top.table("parallel");
@@ -938,8 +939,11 @@ Deck parse(const std::string& text, const std::string& file,
     if (data.has(k) && (colon == std::string::npos || colon == 0 || colon + 1 == spec.size())) {
       throw data.error(
           k, data.find(k),
-          fmt::format("data.{} = \"{}\" must be \"file.h5:/split\"{}", k, spec,
-                      std::string(k) == "test" ? " (leave data.test out, or give data.test= on the command line, for none)" : ""));
+          fmt::format(
+              "data.{} = \"{}\" must be \"file.h5:/split\"{}", k, spec,
+              std::string(k) == "test"
+                  ? " (leave data.test out, or give data.test= on the command line, for none)"
+                  : ""));
     }
   }
   data.finish();
@@ -1086,9 +1090,10 @@ std::string to_toml(const Deck& d) {
   }
   o += fmt::format(
       "log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\nwatchdog_s = {}\n"
-      "check_collectives = {}\nnonfinite = {}\n\n",
+      "check_collectives = {}\nnonfinite = {}\ncheck_replicas = {}\n\n",
       d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads,
-      real(d.run.watchdog_s), d.run.check_collectives, toml_string(d.run.nonfinite));
+      real(d.run.watchdog_s), d.run.check_collectives, toml_string(d.run.nonfinite),
+      d.run.check_replicas);
   o += fmt::format(
       "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n"
       "sequence_parallel = {}\nbucket_mb = {}\nreduce = {}\nzero = {}\ndeterministic = {}\n",

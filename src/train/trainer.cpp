@@ -6,6 +6,7 @@
 #include "tessera/core/signals.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/io/checkpoint.hpp"
+#include "tessera/io/checkpoint_format.hpp"
 #include "tessera/kernels/gemm.hpp"
 #include "tessera/nn/loss.hpp"
 
@@ -671,6 +672,9 @@ void Trainer::restart() {
 
 void Trainer::save(std::int64_t steps_done, const char* why) {
   const deck::CheckpointConfig& c = m_deck.checkpoint;
+  if (m_deck.run.check_replicas > 0) {
+    check_replicas(steps_done);  // never a checkpoint of one replica among several that differ
+  }
   // Never a checkpoint of non-finite weights marked good: refused before anything is written
   // (the previous checkpoint and `latest` stay as they are).
   comm::agree(*m_trainer, [&] {
@@ -853,6 +857,64 @@ bool Trainer::nonfinite_step(std::int64_t step, double loss) {
   return true;
 }
 
+void Trainer::check_replicas(std::int64_t steps) {
+  comm::Communicator& data = *m_data;
+  if (data.size() == 1 || steps == m_replicas_checked) {
+    return;
+  }
+  m_replicas_checked = steps;
+  m_dp->sync_parameters();
+  const std::vector<nn::Parameter*> params = m_model->all_parameters();
+  std::vector<std::uint64_t> low(params.size()), high(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    low[i] = io::checksum_partial(params[i]->value.data(), 0, params[i]->value.numel());
+  }
+  high = low;
+  data.allreduce(comm::Buffer(low), {comm::ReduceOp::min})->wait();
+  data.allreduce(comm::Buffer(high), {comm::ReduceOp::max})->wait();
+  size_t bad = 0;
+  while (bad < params.size() && low[bad] == high[bad]) {
+    ++bad;
+  }
+  if (bad == params.size()) {
+    return;
+  }
+  // The first parameter that differs: which ranks hold another value than data rank 0's, and by
+  // how much (rank 0's copy broadcast over the data axis, compared element by element).
+  const Tensor& mine = params[bad]->value;
+  Tensor first = mine.clone("replica check");
+  data.broadcast(comm::Buffer(first), {0})->wait();
+  double largest = 0.0;
+  for (Index i = 0; i < mine.numel(); ++i) {
+    largest = std::max(largest, std::fabs(double(mine.data()[i]) - double(first.data()[i])));
+  }
+  data.allreduce(comm::Buffer(&largest, 1), {comm::ReduceOp::max})->wait();
+  const std::int64_t same =
+      std::memcmp(mine.data(), first.data(), sizeof(float) * static_cast<size_t>(mine.numel())) == 0
+          ? 1
+          : 0;
+  std::vector<std::int64_t> mark(static_cast<size_t>(data.size()));
+  const std::int64_t me = same ? -1 : m_trainer->rank();
+  data.allgather(comm::ConstBuffer(&me, 1), comm::Buffer(mark))->wait();
+  std::string others;
+  for (const std::int64_t r : mark) {
+    if (r >= 0) {
+      others += fmt::format("{}{}", others.empty() ? "" : ", ", r);
+    }
+  }
+  std::vector<std::int64_t> reference(1, m_trainer->rank());
+  data.broadcast(comm::Buffer(reference), {0})->wait();
+  comm::agree(*m_trainer, [&] {
+    throw input_error(
+        fmt::format("step {}: the data-parallel replicas' parameters differ: {} on rank{} {} is "
+                    "not rank {}'s (largest difference {:.3g}); they must be identical bit for "
+                    "bit (a fault of the machine or a bug: please report it)",
+                    steps, params[bad]->name, others.find(',') == std::string::npos ? "" : "s",
+                    others, reference[0], largest),
+        m_deck.where("run.check_replicas"));
+  });
+}
+
 double Trainer::report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& w,
                                 double window_seconds, double run_seconds) {
   const deck::Deck& d = m_deck;
@@ -932,6 +994,9 @@ RunSummary Trainer::run() {
       eval_and_log(step + 1, run_clock.seconds());
     }
     // --- checkpoints and stop signals, agreed at this step boundary ------------------------
+    if (d.run.check_replicas > 0 && (step + 1) % d.run.check_replicas == 0) {
+      check_replicas(step + 1);
+    }
     const bool timed =
         ck.enabled && ck.every_seconds > 0.0 && since_save.seconds() >= ck.every_seconds;
     const StepAgreement agreed = last ? StepAgreement{0, false} : agree_on_step(timed);

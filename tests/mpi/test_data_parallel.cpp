@@ -218,3 +218,43 @@ TEST_F(DataParallelTest, HierarchicalReductionOverSimulatedNodesMatchesOneRank) 
   }
   unsetenv("TESSERA_TEST_RANKS_PER_NODE");
 }
+
+// run.check_replicas: replicas that hold the same parameters pass the check, however the gradients
+// are summed (MPI, shared memory, ZeRO-1, whose parameters are gathered before the comparison);
+// one element changed on the last rank before training (MPI reduction, no ZeRO: every rank updates
+// its own copy, so the difference stays) is found at the first check, on every rank, naming the
+// step, the parameter, the rank and the difference.
+TEST_F(DataParallelTest, ReplicasThatDifferAreFoundAtTheNextCheck) {
+  const int n = world_size();
+  const auto overrides = [&](const std::string& reduce, const std::string& zero) {
+    return std::vector<std::string>{"data.train=" + m_dir.path() + "/ds.h5:/train",
+                                    "run.output=" + m_dir.path() + "/rc", "run.check_replicas=4",
+                                    "parallel.reduce=" + reduce, "parallel.zero=" + zero};
+  };
+  for (const auto& [reduce, zero] : std::vector<std::pair<std::string, std::string>>{
+           {"mpi", "0"}, {"mpi", "1"}, {"auto", "0"}, {"auto", "1"}}) {
+    train::Trainer same(deck::parse(kTinyDeck, "dp.toml", overrides(reduce, zero)), MPI_COMM_WORLD);
+    EXPECT_EQ(same.run().steps, 6) << reduce << ", zero " << zero;
+  }
+  train::Trainer t(deck::parse(kTinyDeck, "dp.toml", overrides("mpi", "0")), MPI_COMM_WORLD);
+  nn::Parameter* p = t.model().all_parameters()[2];  // the first linear layer's weight
+  if (world_rank() == n - 1 && n > 1) {
+    p->value.data()[5] += 0.25F;
+  }
+  std::string message = "no error";
+  try {
+    t.run();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), 2);
+    EXPECT_TRUE(e.on_all_ranks());
+    message = e.message();
+  }
+  if (n == 1) {
+    EXPECT_EQ(message, "no error") << "one rank has no replicas to compare";
+  } else {
+    EXPECT_EQ(message, "step 4: the data-parallel replicas' parameters differ: " + p->name +
+                           " on rank " + std::to_string(n - 1) +
+                           " is not rank 0's (largest difference 0.25); they must be identical "
+                           "bit for bit (a fault of the machine or a bug: please report it)");
+  }
+}

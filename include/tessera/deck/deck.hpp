@@ -30,6 +30,9 @@ struct RunConfig {
   bool check_collectives = false;  ///< debug: compare each collective's signature across ranks
   std::string nonfinite =
       "stop";  ///< a non-finite loss or gradient: "stop" the run or "skip" the step
+  /// Every N steps (and before each checkpoint) compare the data-parallel replicas' parameters,
+  /// which must be identical; 0: never.
+  std::int64_t check_replicas = 0;
 };
 
 struct ParallelConfig {

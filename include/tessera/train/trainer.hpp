@@ -110,6 +110,10 @@ class Trainer {
   // After the gradients' reduction: a non-finite loss or gradient on any rank stops the run
   // (every rank, naming the step, tensor and rank) or, with run.nonfinite = "skip", returns true.
   bool nonfinite_step(std::int64_t step, double loss);
+  // The data-parallel replicas' parameters after `steps` steps must be identical bit for bit:
+  // compares a hash of each parameter across the data axis and stops the run (every rank, naming
+  // the step, the first parameter that differs, the ranks and the largest difference) if not.
+  void check_replicas(std::int64_t steps);
   /// Prints and logs the window's progress line; returns its mean loss.
   double report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& window,
                          double window_seconds, double run_seconds);
@@ -140,8 +144,9 @@ class Trainer {
   std::int64_t m_start_step = 0;  // > 0 after a restart from a checkpoint
   std::string m_resumed_from;     // the checkpoint file this run resumed from ("": none)
   std::string m_metrics_path;
-  std::int64_t m_skipped = 0;   // steps skipped for non-finite values
-  std::string m_write_failure;  // rank 0: the first write to run.output that failed
+  std::int64_t m_skipped = 0;            // steps skipped for non-finite values
+  std::int64_t m_replicas_checked = -1;  // the step of the last replica check
+  std::string m_write_failure;           // rank 0: the first write to run.output that failed
   std::unique_ptr<comm::watchdog::Scope> m_watchdog;
   std::unique_ptr<RunLock> m_lock;  // rank 0: run.output's lock (train/run_lock.hpp)  // this
                                     // trainer's (comm/watchdog.hpp)
