@@ -15,6 +15,7 @@
 #include <fstream>
 #include <mutex>
 #include <regex>
+#include <set>
 
 namespace tessera::io {
 namespace {
@@ -86,11 +87,15 @@ TensorEntry inspect(const Group& group, const std::string& name) {
   return e;
 }
 
-void collect(const Group& group, std::vector<TensorEntry>& out) {
+// Every dataset under `group`, each group walked once (`seen`: their addresses): a damaged file
+// whose group links to its own ancestor would otherwise be walked without end.
+void collect(const Group& group, std::vector<TensorEntry>& out, std::set<std::uint64_t>& seen) {
   for (const std::string& m : group.members()) {
     switch (object_type(group, m)) {
       case ObjectType::group:
-        collect(group.open_group(m), out);
+        if (seen.insert(group.address_of(m)).second) {
+          collect(group.open_group(m), out, seen);
+        }
         break;
       case ObjectType::dataset:
         out.push_back(inspect(group, m));
@@ -244,7 +249,8 @@ File open_checkpoint(const std::string& path) {
 
 std::vector<TensorEntry> list_tensors(const File& file) {
   std::vector<TensorEntry> out;
-  collect(file.root(), out);
+  std::set<std::uint64_t> seen{file.root().address_of(".")};
+  collect(file.root(), out, seen);
   std::sort(out.begin(), out.end(),
             [](const TensorEntry& a, const TensorEntry& b) { return a.path < b.path; });
   return out;

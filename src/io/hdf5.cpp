@@ -731,6 +731,13 @@ bool Group::is_group(const std::string& name) const {
   return info.type == H5O_TYPE_GROUP;
 }
 
+std::uint64_t Group::address_of(const std::string& name) const {
+  H5O_info_t info;
+  TESSERA_H5(H5Oget_info_by_name2(id(), name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT),
+             m_file + ":" + child_path(m_path, name));
+  return static_cast<std::uint64_t>(info.addr);
+}
+
 // --- File ------------------------------------------------------------------------------------
 
 void close_library() {

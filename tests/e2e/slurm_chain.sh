@@ -12,6 +12,10 @@
 #    deck, same rank count) and so do the final test loss and accuracy.
 # 4. The cap: with TESSERA_MAX_LINKS=1 the signalled job does not resubmit and exits 75.
 # 5. A job cancelled by hand (scancel: SIGTERM) is not resubmitted.
+# 6. A SIGUSR1 while srun is starting the step (before tessera has set its handlers) stops the
+#    link and the chain goes on.
+# 7. Slurm's own time-limit warning, no scancel: the user's --signal (given as SBATCH_SIGNAL) is
+#    kept in every link — each is warned at the user's lead time, not the script's.
 #
 # How the signal is delivered: `scancel --batch --signal=USR1 JOB`, at moments the test chooses —
 # what --signal=B:USR1@120 makes slurmctld do before the time limit (SIGUSR1 to the batch shell
@@ -136,4 +140,53 @@ scancel "$jid"
 wait_for 120 "end of the cancelled job" no_jobs_left || fail "cancelled job still there"
 if grep -q 'resubmitted' "$log"; then fail "a cancelled job resubmitted"; fi
 echo "scancel: the job ended without resubmitting"
+
+cap2_line='^fashion_mlp.sbatch: link 2 is the last the cap allows \(TESSERA_MAX_LINKS=2\)'
+
+# --- 6. a signal while srun starts the step --------------------------------------------------
+# SIGUSR1 as soon as the link's first line is in its log: the shell has just started srun, whose
+# tasks have not set their handlers yet. The chain goes on: the step stops at its first step
+# boundary (or dies of the signal before tessera took it, which counts as stopped), and link 2,
+# signalled once training, resubmits nothing past the cap.
+jid=$(sbatch --parsable --export=ALL,TESSERA_MAX_LINKS=2 "$script" "${overrides[@]}" \
+  run.output=runs/startup)
+log=fashion-mlp.$jid.out
+wait_for 120 "link 1's first line" grep -q "^fashion_mlp.sbatch: job $jid, link 1" "$log" ||
+  fail "link 1 did not start"
+scancel --batch --signal=USR1 "$jid"
+wait_for 300 "link 2 training" at_least_restarts "$log" 2 || fail "no link 2"
+scancel --batch --signal=USR1 "$(link_job "$log" 2 2)"
+wait_for 120 "end of the start-up chain" no_jobs_left || fail "start-up chain still there"
+grep -q "^fashion_mlp.sbatch: resubmitted as job [0-9]* (link 2 of at most 2)" "$log" ||
+  fail "a USR1 during srun's start-up broke the chain"
+grep -qE "$cap2_line" "$log" || fail "link 2 did not stop at the cap"
+echo "USR1 during srun's start-up: $(grep -E '^(stopped by|fashion_mlp.sbatch: the step ended)' \
+  "$log" | head -1)"
+
+# --- 7. Slurm's own time limit drives the chain, with the user's --signal in every link -------
+# The user's --signal=B:USR1@40 through sbatch's environment (SBATCH_SIGNAL), --time=2: Slurm
+# sends the warning 40-100 s before the limit ("up to 60 s early"), 20-80 s after a link starts;
+# the script's own #SBATCH --signal=B:USR1@120 would send it at once. Both links must be warned by
+# Slurm itself (no scancel here) at least 15 s after they started, checkpoint, exit 75; link 1
+# resubmits, link 2 stops at the cap.
+t0=$(date +%s.%N)
+jid=$(SBATCH_SIGNAL=B:USR1@40 sbatch --parsable --time=2 --export=ALL,TESSERA_MAX_LINKS=2 \
+  "$script" run.epochs=1000 run.log_every=100000 run.eval_every=0 run.output=runs/timelimit)
+log=fashion-mlp.$jid.out
+wait_for 330 "end of the time-limit chain" no_jobs_left || fail "time-limit chain still there"
+[[ $(grep -c '^stopped by SIGUSR1 at step' "$log") -eq 2 ]] || fail "expected 2 stops by USR1"
+grep -q "^fashion_mlp.sbatch: resubmitted as job [0-9]* (link 2 of at most 2)" "$log" ||
+  fail "link 1 did not resubmit"
+grep -qE "$cap2_line" "$log" || fail "link 2 did not stop at the cap"
+starts=$(sed -nE 's/^fashion_mlp.sbatch: job [0-9]+, link [12] of .* started (.*)$/\1/p' "$log")
+warned=$(sed -nE 's/^fashion_mlp.sbatch: USR1 at (.*) \(time limit near\).*/\1/p' "$log")
+mapfile -t starts <<<"$starts"
+mapfile -t warned <<<"$warned"
+((${#starts[@]} == 2 && ${#warned[@]} == 2)) || fail "expected 2 links and 2 warnings"
+for k in 0 1; do
+  after=$(($(date -d "${warned[k]}" +%s) - $(date -d "${starts[k]}" +%s)))
+  echo "time limit: link $((k + 1)) warned by Slurm $after s after it started"
+  ((after >= 15)) || fail "link $((k + 1)) was warned after $after s: not the user's --signal"
+done
+echo "time-limit chain: 2 links in $(since "$t0") s"
 echo "OK"

@@ -2,7 +2,7 @@
 #
 # Starts a one-node Slurm cluster with tools/slurm_local.sh and a submit folder laid out like the
 # repository root, as the job scripts expect it: build/bin -> the build's bin/ under test,
-# inputs -> the repository's decks, data/fashion-mnist.h5 imported from Debian's
+# inputs -> the repository's decks, jobs -> its job scripts, data/fashion-mnist.h5 imported from Debian's
 # dataset-fashion-mnist. On exit — success, failure or a signal — the cluster is stopped (its jobs
 # cancelled, its daemons ended by PID) and every file removed.
 #
@@ -109,6 +109,7 @@ submit=$work/root
 mkdir -p "$submit/build" "$submit/data"
 ln -s "$bin" "$submit/build/bin"
 ln -s "$root/inputs" "$submit/inputs"
+ln -s "$root/jobs" "$submit/jobs"  # the scripts source jobs/slurm/chain.bash
 run_bg "$bin/tessera-data" import fashion-mnist --output "$submit/data/fashion-mnist.h5" >/dev/null
 cd "$submit"
 echo "cluster and submit folder ready in $(since "$t_start") s"

@@ -6,6 +6,7 @@
 #include "tessera/comm/cartesian.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/core/check.hpp"
+#include "tessera/core/strings.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/io/dataset.hpp"
 #include "tessera/io/hdf5.hpp"
@@ -682,14 +683,22 @@ void print_token_statistics(const io::Group& g, const std::string& file) {
               tokenizer.c_str(), distinct.size(), *distinct.begin(), *distinct.rbegin());
 }
 
-void list_group(const io::Group& g, const std::string& file, bool statistics, int depth) {
+// `seen`: the addresses of the groups listed so far, so that each is listed once (a damaged file
+// may link a group to its own ancestor: listed without end).
+void list_group(const io::Group& g, const std::string& file, bool statistics, int depth,
+                std::set<std::uint64_t>& seen) {
   const std::string indent(static_cast<size_t>(2 * depth), ' ');
   print_attributes(g.attributes(), indent + "  ");
   for (const std::string& m : g.members()) {
     if (g.is_group(m)) {
       const io::Group child = g.open_group(m);
+      if (!seen.insert(g.address_of(m)).second) {
+        std::printf("%s  %s/ (a second link to a group listed above)\n", indent.c_str(),
+                    printable(child.path()).c_str());
+        continue;
+      }
       std::printf("%s  %s/\n", indent.c_str(), child.path().c_str());
-      list_group(child, file, false, depth + 1);
+      list_group(child, file, false, depth + 1, seen);
       if (statistics && child.has("x") && child.has("y")) {
         print_statistics(child, file);
       } else if (statistics && child.has("tokens")) {
@@ -761,7 +770,8 @@ void list_file(const std::string& path, bool statistics) {
     }();
     std::printf("%s\n", path.c_str());
     try {
-      list_group(f.root(), path, statistics, 0);
+      std::set<std::uint64_t> seen{f.root().address_of(".")};
+      list_group(f.root(), path, statistics, 0, seen);
     } catch (const Error& e) {
       throw input_error(e.message());  // about the file's content
     }

@@ -174,6 +174,10 @@ class Group {
   /// Names of the members (groups and datasets), sorted.
   std::vector<std::string> members() const;
   bool is_group(const std::string& name) const;
+  /// The file address of the object that member `name` links to ("." for this group): two links
+  /// to one object give one address, so a walk of the file can visit each group once (a damaged
+  /// file may link a group to its own ancestor).
+  std::uint64_t address_of(const std::string& name) const;
 
  private:
   Handle m_handle;
