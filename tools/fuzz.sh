@@ -31,6 +31,6 @@ for t in "${targets[@]}"; do
   # -close_fd_mask=1: the targets' own stdout (tessera-data ls) is not the fuzzer's report.
   "$build/tests/fuzz/fuzz_$t" -runs="$runs" -close_fd_mask=1 -timeout=10 -rss_limit_mb=4096 \
     -malloc_limit_mb=2048 -artifact_prefix="$findings/" -print_final_stats=1 \
-    "$work" "tests/fuzz/corpus/$t" 2>&1 | grep -E "^(#[0-9]+.*(DONE|pulse)|stat::|==|SUMMARY|fuzz:|ERROR)" || true
+    "$work" "tests/fuzz/corpus/$t" 2>&1 | grep --line-buffered -E "^(#[0-9]+.*(DONE|pulse)|stat::|==|SUMMARY|fuzz:|ERROR)" || true
   echo "fuzz: $t done in $((SECONDS - start)) s; findings: $(ls "$findings" | wc -l)"
 done

@@ -840,6 +840,27 @@ bool Trainer::nonfinite_step(std::int64_t step, double loss) {
   const std::string what = fmt::format("step {}: {} on rank {} is not finite", step + 1,
                                        comm::broadcast_string(*m_trainer, found, speaker), speaker);
   if (m_deck.run.nonfinite == "skip") {
+    // Skipping mends nothing when an earlier update left the weights themselves non-finite: every
+    // later step would be skipped. The lowest rank holding one names it, and the run stops.
+    std::string weight;
+    for (const nn::Parameter* p : m_model->all_parameters()) {
+      if (const Index i = first_nonfinite(p->value); i >= 0 && weight.empty()) {
+        weight = fmt::format("parameter {} (element {}: {})", p->name, i, p->value.data()[i]);
+      }
+    }
+    int holder = weight.empty() ? m_trainer->size() : m_trainer->rank();
+    m_trainer->allreduce(comm::Buffer(&holder, 1), {comm::ReduceOp::min})->wait();
+    if (holder < m_trainer->size()) {
+      const std::string held = comm::broadcast_string(*m_trainer, weight, holder);
+      comm::agree(*m_trainer, [&] {
+        throw input_error(what + fmt::format("; {} on rank {} is not finite either, left so by "
+                                             "an earlier update: skipping steps cannot mend it, "
+                                             "the run stops (a lower optimizer.lr or gradient "
+                                             "clipping may help)",
+                                             held, holder),
+                          m_deck.where("run.nonfinite"));
+      });
+    }
     if (leader()) {
       m_reporter->warning(what + ": the step is skipped (run.nonfinite = \"skip\")");
     }

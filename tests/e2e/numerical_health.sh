@@ -5,8 +5,10 @@
 #     exit 2 on every rank, before the update; `latest` stays at the last good checkpoint (step 1);
 #   - "skip": every later step is skipped (a "skip" record each in metrics.jsonl, a warning each)
 #     and the run ends;
-#   - at lr = 3e38 the first update itself overflows the weights to infinity: the checkpoint due
-#     then is refused (exit 2) instead of being written and marked good.
+#   - at lr = 3e38 the first update itself overflows the weights to infinity: with "skip" the next
+#     step stops the run naming the weight (skipping would skip every later step), and a
+#     checkpoint due right after such an update is refused (exit 2) instead of being written and
+#     marked good.
 set -uo pipefail
 bin=${TESSERA_BIN:?}
 mpiexec=${MPIEXEC:-mpiexec.mpich}
@@ -52,16 +54,27 @@ for np in 1 2; do
   ((rc == 0)) || fail "skip at $np ranks: exit $rc ($(grep error: "$tmp/log"))"
   ((skips == 19 && warnings >= 1)) || fail "skip at $np ranks: expected steps 2-20 skipped"
 
-  # --- weights that overflow in the update: their checkpoint is refused ---
-  "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/skipck" \
+  # --- skip, but an update left the weights infinite: skipping cannot mend them, the run stops ---
+  "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/skipinf" \
     optimizer.lr=3e38 run.nonfinite='"skip"' checkpoint.every_steps=0 >"$tmp/log" 2>&1
   rc=$?
   message=$(grep "^error:" "$tmp/log")
-  echo "$np rank(s), infinite weights: exit $rc: $message"
+  echo "$np rank(s), skip with infinite weights: exit $rc: $message"
+  ((rc == 2)) || fail "skip with infinite weights at $np ranks: exit $rc, expected 2"
+  [[ $message =~ ^error:\ command\ line:\ step\ 2:\ the\ loss\ .*\ on\ rank\ 0\ is\ not\ finite\;\ parameter\ [a-z0-9_.]+\ \(element\ [0-9]+:\ -?inf\)\ on\ rank\ 0\ is\ not\ finite\ either,\ left\ so\ by\ an\ earlier\ update:\ skipping\ steps\ cannot\ mend\ it ]] ||
+    fail "skip with infinite weights at $np ranks: message"
+  ls "$out/skipinf/ckpt"/*.h5 >/dev/null 2>&1 && fail "skip with infinite weights at $np ranks: a checkpoint was written"
+
+  # --- the last update overflows the weights: the checkpoint at the end is refused ---
+  "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/lastinf" \
+    optimizer.lr=3e38 run.steps=1 checkpoint.every_steps=0 >"$tmp/log" 2>&1
+  rc=$?
+  message=$(grep "^error:" "$tmp/log")
+  echo "$np rank(s), infinite weights at the end: exit $rc: $message"
   ((rc == 2)) || fail "infinite weights at $np ranks: exit $rc, expected 2"
-  [[ $message =~ ^error:\ step\ 20:\ parameter\ [a-z0-9_.]+\ holds\ a\ non-finite\ value\ .*the\ checkpoint\ is\ not\ written,\ there\ is\ no\ earlier\ checkpoint$ ]] ||
+  [[ $message =~ ^error:\ step\ 1:\ parameter\ [a-z0-9_.]+\ holds\ a\ non-finite\ value\ .*the\ checkpoint\ is\ not\ written,\ there\ is\ no\ earlier\ checkpoint$ ]] ||
     fail "infinite weights at $np ranks: message"
-  ls "$out/skipck/ckpt"/*.h5 >/dev/null 2>&1 && fail "infinite weights at $np ranks: a checkpoint was written"
+  ls "$out/lastinf/ckpt"/*.h5 >/dev/null 2>&1 && fail "infinite weights at $np ranks: a checkpoint was written"
 done
 ((failed)) && echo "FAILED" || echo "non-finite values stop the run (or skip steps), never checkpointed"
 exit $failed
