@@ -105,6 +105,13 @@ bool has_line(const std::string& text, const std::string& line) {
   return std::find(lines.begin(), lines.end(), line) != lines.end();
 }
 
+// Adds an optimizer state of 2 values at `path`, counted in the root's `tensors` (9 before).
+void add_state(FixtureCheckpoint& c, const std::string& path) {
+  c.tensors.push_back(
+      {path, {2}, {1.0F, 2.0F}, "", std::nullopt, true, tessera::io::ElementType::f32});
+  c.root["tensors"] = std::int64_t{10};
+}
+
 std::int64_t count_elements(const FixtureCheckpoint& c) {
   std::int64_t n = 0;
   for (const auto& t : c.tensors) {
@@ -382,29 +389,11 @@ TEST_F(CkptTest, VerifyNamesEachProblemExactly) {
       // Tensors the checkpoint's model cannot have: an optimizer state without its parameter
       // (counted in `tensors`), a state the optimizer does not keep.
       {"state-without-parameter",
-       [](FixtureCheckpoint& c) {
-         c.tensors.push_back({"/optimizer/linear9\x1b/weight/momentum",
-                              {2},
-                              {1.0F, 2.0F},
-                              "",
-                              std::nullopt,
-                              true,
-                              tessera::io::ElementType::f32});
-         c.root["tensors"] = std::int64_t{10};
-       },
+       [](FixtureCheckpoint& c) { add_state(c, "/optimizer/linear9\x1b/weight/momentum"); },
        {"/optimizer/linear9\\x1b/weight/momentum: an optimizer state without a parameter "
         "/model/linear9\\x1b/weight in the file"}},
       {"state-of-another-optimizer",
-       [](FixtureCheckpoint& c) {
-         c.tensors.push_back({"/optimizer/linear2/bias/exp_avg",
-                              {2},
-                              {1.0F, 2.0F},
-                              "",
-                              std::nullopt,
-                              true,
-                              tessera::io::ElementType::f32});
-         c.root["tensors"] = std::int64_t{10};
-       },
+       [](FixtureCheckpoint& c) { add_state(c, "/optimizer/linear2/bias/exp_avg"); },
        {"/optimizer/linear2/bias/exp_avg: state \"exp_avg\" is not one that sgd with momentum "
         "0.9 keeps"}},
       {"no-kind",
