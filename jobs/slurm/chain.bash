@@ -23,6 +23,10 @@
 # sends SIGTERM; a crash) is not resubmitted. At most TESSERA_MAX_LINKS jobs (default 10) run in one
 # chain; TESSERA_LINK counts them (1 for the job you submit).
 #
+# Exit code: tessera's (0 done, 2 bad input, 75 stopped by a signal, 1 anything else), except that
+# a link that has resubmitted exits 0 (COMPLETED in Slurm's accounting: its successor carries the
+# run on); the last link the cap allows, or one whose resubmission failed, exits 75.
+#
 # A USR1 at any moment is taken: before the step has started it is passed on once the step runs;
 # srun passes a signal only to tasks it has started, and a task that gets it before tessera has set
 # its handlers (a fraction of a second after it starts) dies of it — so it is passed on again every
@@ -170,6 +174,8 @@ chain_run() {  # RESOURCES... -- OVERRIDES...
     exit "$code"
   }
   echo "$me: resubmitted as job ${next%%;*} (link $((link + 1)) of at most $max_links), to" \
-    "resume from the newest checkpoint once job $SLURM_JOB_ID has ended"
-  exit "$code"
+    "resume from the newest checkpoint once job $SLURM_JOB_ID has ended; this job exits 0"
+  # Handed over: this link did its share, so Slurm shows it COMPLETED, not FAILED (--mail-type=FAIL
+  # would mail for every link). The last link the cap allows, and a failed resubmission, exit 75.
+  exit 0
 }

@@ -9,19 +9,8 @@
 #     step stops the run naming the weight (skipping would skip every later step), and a
 #     checkpoint due right after such an update is refused (exit 2) instead of being written and
 #     marked good.
-set -uo pipefail
-bin=${TESSERA_BIN:?}
-mpiexec=${MPIEXEC:-mpiexec.mpich}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failed=0
-fail() {
-  echo "FAIL: $*"
-  failed=1
-}
-
-"$mpiexec" -n 1 "$bin/tessera-data" gen -q -o "$tmp/gs.h5" --samples 64 --size 16 --dims 2 \
-  --steps 5 --seed 1 || exit 1
+# shellcheck source=tests/e2e/fault_common.bash
+source "$(dirname "$0")/fault_common.bash"
 printf '%s\n' '[run]' 'seed = 3' 'steps = 20' 'log_every = 5' \
   '[data]' "train = \"$tmp/gs.h5:/train\"" 'batch = 8' \
   '[model]' 'input = [1, 16, 16]' \

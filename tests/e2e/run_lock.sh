@@ -3,19 +3,8 @@
 # message naming the first (exit 2), and the first goes on untouched; once the first has ended the
 # folder is free again; a lock whose run is gone — its process dead on this host, or another
 # host's heartbeat older than a minute — is taken over with a note.
-set -uo pipefail
-bin=${TESSERA_BIN:?}
-mpiexec=${MPIEXEC:-mpiexec.mpich}
-tmp=$(mktemp -d)
-trap 'pkill -9 -f "$tmp/" 2>/dev/null; rm -rf "$tmp"' EXIT
-failed=0
-fail() {
-  echo "FAIL: $*"
-  failed=1
-}
-
-"$mpiexec" -n 1 "$bin/tessera-data" gen -q -o "$tmp/gs.h5" --samples 64 --size 16 --dims 2 \
-  --steps 5 --seed 1 || exit 1
+# shellcheck source=tests/e2e/fault_common.bash
+source "$(dirname "$0")/fault_common.bash"
 printf '%s\n' '[run]' 'seed = 5' 'steps = 100000000' 'log_every = 100' \
   "output = \"$tmp/run\"" '[data]' "train = \"$tmp/gs.h5:/train\"" 'batch = 8' \
   '[model]' 'input = [1, 16, 16]' \

@@ -10,20 +10,9 @@
 #    restart from the previous stop, the model's set-up, training, a checkpoint — in two streams
 #    side by side. Every one ends with exit 75 and a "stopped by" line, never with an abort, a
 #    crash or a heap-corruption message (the signals used to land on oneDNN's threads).
-set -uo pipefail
-bin=${TESSERA_BIN:?}
-mpiexec=${MPIEXEC:-mpiexec.mpich}
+# shellcheck source=tests/e2e/fault_common.bash
+source "$(dirname "$0")/fault_common.bash"
 storm=${STORM:-200}
-tmp=$(mktemp -d)
-trap 'pkill -9 -f "$tmp/" 2>/dev/null; rm -rf "$tmp"' EXIT
-failed=0
-fail() {
-  echo "FAIL: $*"
-  failed=1
-}
-
-"$mpiexec" -n 1 "$bin/tessera-data" gen -q -o "$tmp/gs.h5" --samples 64 --size 16 --dims 2 \
-  --steps 5 --seed 1 || exit 1
 deck() {  # deck FILE STEPS EVERY
   cat >"$1" <<EOF
 [run]

@@ -169,11 +169,19 @@ echo "USR1 during srun's start-up: $(grep -E '^(stopped by|fashion_mlp.sbatch: t
 # the script's own #SBATCH --signal=B:USR1@120 would send it at once. Both links must be warned by
 # Slurm itself (no scancel here) at least 15 s after they started, checkpoint, exit 75; link 1
 # resubmits, link 2 stops at the cap.
+# `sbatch --wait` returns link 1's exit code: 0, as it handed over to link 2 (Slurm shows it
+# COMPLETED, not FAILED).
 t0=$(date +%s.%N)
-jid=$(SBATCH_SIGNAL=B:USR1@40 sbatch --parsable --time=2 --export=ALL,TESSERA_MAX_LINKS=2 \
-  "$script" run.epochs=1000 run.log_every=100000 run.eval_every=0 run.output=runs/timelimit)
+set +e
+SBATCH_SIGNAL=B:USR1@40 run_bg timeout 200 sbatch --parsable --wait --time=2 \
+  --export=ALL,TESSERA_MAX_LINKS=2 "$script" run.epochs=1000 run.log_every=100000 \
+  run.eval_every=0 run.output=runs/timelimit >"$work/jid"
+code=$?
+set -e
+jid=$(cat "$work/jid")
 log=fashion-mlp.$jid.out
-wait_for 330 "end of the time-limit chain" no_jobs_left || fail "time-limit chain still there"
+((code == 0)) || fail "link 1, which resubmitted, exited $code (Slurm: FAILED), expected 0"
+wait_for 200 "end of the time-limit chain" no_jobs_left || fail "time-limit chain still there"
 [[ $(grep -c '^stopped by SIGUSR1 at step' "$log") -eq 2 ]] || fail "expected 2 stops by USR1"
 grep -q "^fashion_mlp.sbatch: resubmitted as job [0-9]* (link 2 of at most 2)" "$log" ||
   fail "link 1 did not resubmit"

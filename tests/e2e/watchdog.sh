@@ -3,19 +3,8 @@
 # other spinning forever. With run.watchdog_s = 3, the job now ends within the limit plus the time
 # the live ranks take to ask the others: exit 124, the live rank's last collectives printed, and
 # the stopped rank named as the one that did not answer. Tried with each of the two ranks stopped.
-set -uo pipefail
-bin=${TESSERA_BIN:?}
-mpiexec=${MPIEXEC:-mpiexec.mpich}
-tmp=$(mktemp -d)
-trap 'pkill -CONT -f "$tmp/" 2>/dev/null; pkill -9 -f "$tmp/" 2>/dev/null; rm -rf "$tmp"' EXIT
-failed=0
-fail() {
-  echo "FAIL: $*"
-  failed=1
-}
-
-"$mpiexec" -n 1 "$bin/tessera-data" gen -q -o "$tmp/gs.h5" --samples 64 --size 16 --dims 2 \
-  --steps 5 --seed 1 || exit 1
+# shellcheck source=tests/e2e/fault_common.bash
+source "$(dirname "$0")/fault_common.bash"
 printf '%s\n' '[run]' 'seed = 5' 'steps = 100000000' 'log_every = 100' 'watchdog_s = 3' \
   '[data]' "train = \"$tmp/gs.h5:/train\"" 'batch = 8' \
   '[model]' 'input = [1, 16, 16]' \
