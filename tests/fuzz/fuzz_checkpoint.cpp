@@ -17,19 +17,6 @@
 
 namespace {
 
-// The model of tests/fuzz/corpus/checkpoint/*.h5 (tests/fuzz/make_corpus.sh).
-const char* const kDeck = R"(
-[data]
-train = "gs.h5:/train"
-batch = 4
-[model]
-input = [1, 4, 4]
-layers = [ { flatten = {} }, { linear = { out = 3 } }, { relu = {} }, { linear = { out = 2 } } ]
-loss = "mse"
-[optimizer]
-type = "adamw"
-lr = 0.01
-)";
 
 std::unique_ptr<tessera::comm::ProcessGrid> g_grid;
 std::unique_ptr<tessera::nn::Sequential> g_model;
@@ -47,7 +34,8 @@ extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
   MPI_Init(argc, argv);
   Kokkos::initialize();
   std::atexit(finish);
-  const tessera::deck::Deck d = tessera::deck::parse(kDeck, "fuzz_checkpoint.toml");
+  // The model of tests/fuzz/corpus/checkpoint/*.h5, as tests/fuzz/make_corpus.sh wrote them.
+  const tessera::deck::Deck d = tessera::deck::load(TESSERA_FUZZ_CHECKPOINT_MODEL);
   g_grid = std::make_unique<tessera::comm::ProcessGrid>(
       MPI_COMM_WORLD, tessera::comm::GridSpec{1, 1, 1, 1, {1, 1}});
   g_model = tessera::train::build_model(d, tessera::nn::BuildContext(*g_grid));

@@ -45,26 +45,14 @@ PY
 "$bin/tessera-data" import fashion-mnist --source "$tmp/idx" --output "$out/dataset/classes.h5" \
   >/dev/null
 
-# Checkpoints of the fuzz_checkpoint target's model (tests/fuzz/fuzz_checkpoint.cpp): after 2 and
+# Checkpoints of the fuzz_checkpoint target's model (tests/fuzz/checkpoint_model.toml): after 2 and
 # 4 steps (AdamW: two moments per parameter).
-cat >"$tmp/deck.toml" <<DECK
-[run]
-steps = 4
-log_every = 2
-output = "$tmp/run"
-[data]
-train = "$out/dataset/grayscott.h5:/train"
-batch = 4
-[model]
-input = [1, 4, 4]
-layers = [ { flatten = {} }, { linear = { out = 3 } }, { relu = {} }, { linear = { out = 2 } } ]
-loss = "mse"
-[optimizer]
-type = "adamw"
-lr = 0.01
-[checkpoint]
-every_steps = 2
-DECK
-"$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" >/dev/null
+{
+  printf '[run]\nsteps = 4\nlog_every = 2\noutput = "%s"\n' "$tmp/run"
+  cat tests/fuzz/checkpoint_model.toml
+  printf '[checkpoint]\nevery_steps = 2\n'
+} >"$tmp/deck.toml"
+"$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" data.train="$out/dataset/grayscott.h5:/train" \
+  >/dev/null
 cp "$tmp"/run/ckpt/ckpt-*.h5 "$out/checkpoint/"
 ls -l "$out"/* | awk 'NF > 5 { n++; b += $5 } END { printf "corpus: %d files, %d KiB\n", n, b / 1024 }'
