@@ -17,7 +17,6 @@
 
 namespace {
 
-
 std::unique_ptr<tessera::comm::ProcessGrid> g_grid;
 std::unique_ptr<tessera::nn::Sequential> g_model;
 
