@@ -516,6 +516,10 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
     throw input_error(fmt::format("command line: '{}': {}", printable(arg), e.message()));
   }
   const std::vector<std::string> parts = split_key(key);
+  if (parts.empty()) {  // "." or ".." before the "=" (found by fuzzing)
+    throw input_error(
+        fmt::format("command line: '{}' names no key (e.g. optimizer.lr=0.1)", printable(arg)));
+  }
   if (text.empty()) {
     // `key=` with nothing after it removes the key, as if the deck had left it out (data.test= for
     // no evaluation); a key not there is nothing to remove.

@@ -508,6 +508,15 @@ TEST(DatasetVerify, EmptySplitsAndImpossibleShapesAreRefusedBeforeAnyAllocation)
             huge +
                 ":/lm/tokens: shape (1099511627776) needs 1.0 TiB but the file stores 0 bytes "
                 "of it: the file is damaged or incomplete");
+
+  // The opposite: a chunk index claiming 2.7 GiB for x's 512 bytes (found by fuzzing: HDF5 then
+  // allocates a buffer of the claimed size), the fuzzer's input as it was.
+  const std::string claimed = std::string(TESSERA_SOURCE_DIR) +
+                              "/tests/fuzz/corpus/dataset/finding-chunk-storage-beyond-its-shape";
+  EXPECT_EQ(open(claimed + ":/train"),
+            claimed +
+                ":/train/x: shape (8, 1, 4, 4) stores at most 512 bytes, but the file says "
+                "2.7 GiB: the file is damaged");
 }
 
 TEST(DatasetReader, AFileTruncatedWhileReadIsAnErrorNotZeros) {
