@@ -362,6 +362,17 @@ std::string first_nonfinite(double loss, nn::Sequential& model) {
   return "";
 }
 
+// The lowest rank of `comm` whose `found` is not empty speaks for all: its rank and its text on
+// every rank ({-1, ""} when no rank found anything).
+std::pair<int, std::string> lowest_finding(comm::Communicator& comm, const std::string& found) {
+  int speaker = found.empty() ? comm.size() : comm.rank();
+  comm.allreduce(comm::Buffer(&speaker, 1), {comm::ReduceOp::min})->wait();
+  if (speaker == comm.size()) {
+    return {-1, ""};
+  }
+  return {speaker, comm::broadcast_string(comm, found, speaker)};
+}
+
 }  // namespace
 
 std::vector<std::string> check_data(const deck::Deck& d, int share, int shares) {
@@ -830,34 +841,31 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
 }
 
 bool Trainer::nonfinite_step(std::int64_t step, double loss) {
-  // The lowest rank that found a non-finite value speaks for all; the others learn its words.
-  const std::string found = first_nonfinite(loss, *m_model);
-  int speaker = found.empty() ? m_trainer->size() : m_trainer->rank();
-  m_trainer->allreduce(comm::Buffer(&speaker, 1), {comm::ReduceOp::min})->wait();
-  if (speaker == m_trainer->size()) {
+  const auto [speaker, found] = lowest_finding(*m_trainer, first_nonfinite(loss, *m_model));
+  if (speaker < 0) {
     return false;
   }
-  const std::string what = fmt::format("step {}: {} on rank {} is not finite", step + 1,
-                                       comm::broadcast_string(*m_trainer, found, speaker), speaker);
+  const std::string what =
+      fmt::format("step {}: {} on rank {} is not finite", step + 1, found, speaker);
   if (m_deck.run.nonfinite == "skip") {
     // Skipping mends nothing when an earlier update left the weights themselves non-finite: every
     // later step would be skipped. The lowest rank holding one names it, and the run stops.
     std::string weight;
     for (const nn::Parameter* p : m_model->all_parameters()) {
-      if (const Index i = first_nonfinite(p->value); i >= 0 && weight.empty()) {
+      if (const Index i = first_nonfinite(p->value); i >= 0) {
         weight = fmt::format("parameter {} (element {}: {})", p->name, i, p->value.data()[i]);
+        break;
       }
     }
-    int holder = weight.empty() ? m_trainer->size() : m_trainer->rank();
-    m_trainer->allreduce(comm::Buffer(&holder, 1), {comm::ReduceOp::min})->wait();
-    if (holder < m_trainer->size()) {
-      const std::string held = comm::broadcast_string(*m_trainer, weight, holder);
+    // (Not a structured binding: the lambda below uses it, which C++17 does not allow.)
+    const std::pair<int, std::string> holder = lowest_finding(*m_trainer, weight);
+    if (holder.first >= 0) {
       comm::agree(*m_trainer, [&] {
         throw input_error(what + fmt::format("; {} on rank {} is not finite either, left so by "
                                              "an earlier update: skipping steps cannot mend it, "
                                              "the run stops (a lower optimizer.lr or gradient "
                                              "clipping may help)",
-                                             held, holder),
+                                             holder.second, holder.first),
                           m_deck.where("run.nonfinite"));
       });
     }
