@@ -524,14 +524,15 @@ void Dataset::check_stored(size_t element) const {
       most = std::numeric_limits<hsize_t>::max();
     }
   }
-  if (storage_size() > most) {
+  const hsize_t claimed = storage_size();  // H5Dget_storage_size walks a chunk index: once
+  if (claimed > most) {
     throw Error(
         fmt::format("{}: shape {} stores at most {}, but the file says {}: the file is "
                     "damaged",
                     context(), shape_text, byte_size(static_cast<double>(most)),
-                    byte_size(static_cast<double>(storage_size()))));
+                    byte_size(static_cast<double>(claimed))));
   }
-  const hsize_t stored = std::min(storage_size(), file > 0 ? file : storage_size());
+  const hsize_t stored = std::min(claimed, file > 0 ? file : claimed);
   if (bytes > stored) {
     throw Error(
         fmt::format("{}: shape {} needs {} but the file stores {} of it: the file is "
