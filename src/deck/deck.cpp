@@ -660,6 +660,48 @@ nn::LayerSpec parse_layer(const toml::value& e, const std::string& key, const So
   return spec;
 }
 
+// The pipeline's cut against the model's units (its layers, a `repeat` counted as its
+// repetitions).
+void check_stages(const Deck& d) {
+  const int units = static_cast<int>(nn::pipeline_units(d.model.layers).size());
+  const int p = d.parallel.pipeline;
+  const std::vector<int>& stages = d.parallel.stages;
+  if (stages.empty()) {
+    if (p > units) {
+      throw input_error(fmt::format("parallel.pipeline = {} stages for a model of {} layer{} (a "
+                                    "`repeat` counts as its repetitions): every stage needs at "
+                                    "least one",
+                                    p, units, units == 1 ? "" : "s"),
+                        d.where("parallel.pipeline"));
+    }
+    return;
+  }
+  const std::string written = fmt::format("parallel.stages = [{}]", fmt::join(stages, ", "));
+  if (static_cast<int>(stages.size()) != p) {
+    throw input_error(fmt::format("{} gives {} stage{}, parallel.pipeline = {}", written,
+                                  stages.size(), stages.size() == 1 ? "" : "s", p),
+                      d.where("parallel.stages"));
+  }
+  for (size_t s = 0; s < stages.size(); ++s) {
+    if (stages[s] == 0) {
+      throw input_error(fmt::format("{} leaves stage {} empty: every stage needs at least one "
+                                    "layer",
+                                    written, s),
+                        d.where("parallel.stages"));
+    }
+  }
+  long long sum = 0;
+  for (const int n : stages) {
+    sum += n;
+  }
+  if (sum != units) {
+    throw input_error(fmt::format("{} cuts {} layers, the model has {} (a `repeat` counts as its "
+                                  "repetitions; `tessera check` lists them)",
+                                  written, sum, units),
+                      d.where("parallel.stages"));
+  }
+}
+
 void parse_model(Section& s, Deck& d, const Source& src) {
   const std::vector<std::int64_t> input = s.integers("input", std::vector<std::int64_t>{}, 1);
   d.model.context = s.integer("context", 0, 0);
@@ -735,6 +777,7 @@ void parse_model(Section& s, Deck& d, const Source& src) {
                                   out.to_string(), loss_name(d.model.loss)),
                       d.model.layers.back().where);
   }
+  check_stages(d);
 }
 
 void parse_optimizer(Section& s, Deck& d) {
@@ -878,8 +921,16 @@ Deck parse(const std::string& text, const std::string& file,
         "spatial", par.find("spatial"),
         fmt::format("parallel.spatial = [{}] must have 2 or 3 entries", fmt::join(spatial, ", ")));
   }
+  if (const toml::value* v = par.find("stages"); v != nullptr && !v->is_string()) {
+    for (const std::int64_t n : par.integers("stages", std::nullopt, 0)) {
+      d.parallel.stages.push_back(static_cast<int>(std::min<std::int64_t>(n, INT_MAX)));
+    }
+  } else if (v != nullptr) {
+    (void)par.choice("stages", std::string("auto"), {"auto"});
+  }
+  d.parallel.schedule = par.choice("schedule", std::string("1f1b"), {"1f1b", "gpipe"});
   // Axes the later issues bring: refuse clearly rather than ignore.
-  for (const char* axis : {"trainers", "pipeline"}) {
+  for (const char* axis : {"trainers"}) {
     if (par.integer(axis, 1, 1) != 1) {
       throw par.error(
           axis, par.find(axis),
@@ -1106,6 +1157,13 @@ std::string to_toml(const Deck& d) {
       toml_string(d.parallel.reduce), d.parallel.zero, d.parallel.deterministic);
   if (d.parallel.deterministic) {
     o += fmt::format("sample_groups = {}\n", d.parallel.sample_groups);
+  }
+  if (d.parallel.pipeline > 1) {
+    o += fmt::format("stages = {}\nschedule = {}\n",
+                     d.parallel.stages.empty()
+                         ? std::string("\"auto\"")
+                         : fmt::format("[{}]", fmt::join(d.parallel.stages, ", ")),
+                     toml_string(d.parallel.schedule));
   }
   o += "\n";
   o += fmt::format("[data]\ntrain = {}\n", toml_string(d.data.train));

@@ -219,6 +219,19 @@ void TiedHead::bind(Embedding& embedding) {
   m_local_y = {m_input[0], embedding.wte().value.dim(0)};
 }
 
+void TiedHead::hold(std::unique_ptr<Embedding> copy) {
+  TESSERA_CHECK(copy != nullptr, "tied_head '{}': null embedding", name());
+  bind(*copy);
+  m_copy = std::move(copy);
+}
+
+std::vector<Layer*> TiedHead::children() {
+  if (m_copy) {
+    return {m_copy.get()};
+  }
+  return {};
+}
+
 Embedding& TiedHead::embedding() const {
   TESSERA_CHECK(m_embedding != nullptr,
                 "tied_head '{}' is not tied to an embedding: the model needs an embedding before "

@@ -1,5 +1,6 @@
 #include "tessera/nn/factory.hpp"
 
+#include "tessera/core/check.hpp"
 #include "tessera/core/strings.hpp"
 #include "tessera/nn/activation.hpp"
 #include "tessera/nn/attention.hpp"
@@ -416,6 +417,116 @@ std::unique_ptr<Sequential> make_model(const std::vector<LayerSpec>& layers, con
     }
   }
   return model;
+}
+
+std::vector<PipelineUnit> pipeline_units(const std::vector<LayerSpec>& layers) {
+  std::vector<PipelineUnit> units;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    std::int64_t times = 0;
+    if (layers[i].kind == "repeat") {
+      const auto it = layers[i].options.find("times");
+      if (it != layers[i].options.end()) {
+        if (const auto* t = std::get_if<std::int64_t>(&it->second)) {
+          times = *t;
+        }
+      }
+    }
+    if (times < 1) {
+      units.push_back({i, -1});
+      continue;
+    }
+    for (std::int64_t r = 0; r < times; ++r) {
+      units.push_back({i, r});
+    }
+  }
+  return units;
+}
+
+std::unique_ptr<Sequential> make_stage(const std::vector<LayerSpec>& layers,
+                                       const Shape& model_input, const Shape& input,
+                                       const Layout& input_layout, size_t first, size_t end,
+                                       const BuildContext& context,
+                                       const std::function<std::string(size_t)>& name_of) {
+  const std::vector<PipelineUnit> units = pipeline_units(layers);
+  TESSERA_CHECK(first < end && end <= units.size(), "pipeline stage of units [{}, {}) of {}", first,
+                end, units.size());
+  auto stage = std::make_unique<Sequential>("model", input, context);
+  for (size_t u = first; u < end;) {
+    const size_t index = units[u].layer;
+    const LayerSpec& spec = layers[index];
+    const std::string name = name_of(index);
+    std::unique_ptr<Layer> layer;
+    if (units[u].repetition < 0) {
+      layer = make_layer(spec, name, stage->output_shape(), context);
+      ++u;
+    } else {  // this stage's repetitions of a `repeat`, in a `repeat` of the same name
+      Options o(spec, fmt::format("{} '{}'", spec.kind, name));
+      auto part = std::make_unique<Sequential>(name, stage->output_shape(), context, "repeat");
+      for (; u < end && units[u].layer == index; ++u) {
+        part->append(chain_of(o, fmt::format("{}.{}", name, units[u].repetition),
+                              part->output_shape(), context));
+      }
+      layer = std::move(part);
+    }
+    try {
+      auto* head = dynamic_cast<TiedHead*>(layer.get());
+      if (head != nullptr && first_embedding(*stage) == nullptr && first > 0) {
+        // Its embedding is on an earlier stage: the head holds a copy, the trainer keeps the two
+        // equal. The model's first layer is that embedding (on the model's input).
+        if (layers.empty() || layers[0].kind != "embedding" || index == 0) {
+          throw input_error(fmt::format("tied_head '{}' ties the head to the model's embedding, "
+                                        "but on its pipeline stage there is none before it and "
+                                        "the model's first layer is not one",
+                                        name),
+                            spec.where);
+        }
+        std::unique_ptr<Layer> copy = make_layer(layers[0], name_of(0), model_input, context);
+        head->hold(std::unique_ptr<Embedding>(static_cast<Embedding*>(copy.release())));
+      } else {
+        tie_to_model(*layer, *stage);
+      }
+      stage->append(std::move(layer));
+    } catch (const Error& e) {
+      throw input_error(e.message(), e.where().empty() ? spec.where : e.where());
+    }
+  }
+  stage->place_input(input_layout);
+  return stage;
+}
+
+double forward_flops(Layer& layer, const Shape& input) {
+  const std::string kind = layer.kind();
+  const Shape output = layer.output_shape(input);
+  const auto out = static_cast<double>(numel(output));
+  if (kind == "sequential" || kind == "repeat") {
+    double sum = 0.0;
+    Shape at = input;
+    for (Layer* child : layer.children()) {
+      sum += forward_flops(*child, at);
+      at = child->output_shape(at);
+    }
+    return sum;
+  }
+  if (kind == "residual") {
+    return forward_flops(*layer.children().at(0), input) + out;
+  }
+  if (auto* linear = dynamic_cast<Linear*>(&layer)) {
+    return 2.0 * static_cast<double>(numel(input)) * static_cast<double>(linear->out_features());
+  }
+  if (kind == "attention" && input.size() == 2) {
+    // qkv and the projection, then the causal half of the scores and of their product with v.
+    const auto t = static_cast<double>(input[0]);
+    const auto c = static_cast<double>(input[1]);
+    return 2.0 * t * c * 4.0 * c + 2.0 * t * t * c;
+  }
+  if ((kind == "conv2d" || kind == "conv3d") && !layer.parameters().empty() && !output.empty()) {
+    const Shape& w = layer.parameters()[0].layout.global_shape();  // (out, in, k...)
+    return 2.0 * out * static_cast<double>(numel(w)) / static_cast<double>(w[0]);
+  }
+  if (kind == "tied_head" && !input.empty()) {
+    return 2.0 * out * static_cast<double>(input.back());
+  }
+  return out;  // element-wise, normalisation, pooling, a lookup
 }
 
 std::vector<std::string> layer_kinds() {

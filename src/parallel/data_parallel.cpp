@@ -98,6 +98,7 @@ void DataParallel::init(const DataParallelOptions& options) {
     }
   }
   check_same_model();
+  find_tied();
   build_buckets(options.bucket_mb);
   if (options.zero) {
     make_shards();
@@ -109,6 +110,10 @@ void DataParallel::init(const DataParallelOptions& options) {
     m_norm_axes = m_norm_axes | (nontrivial - copy_axes(p->layout));
   }
   m_norm_axes = m_norm_axes - AxisSet{GridAxis::data};
+  if (m_place.size_of(GridAxis::pipeline) > 1) {
+    // The stages hold different parameters — a stage may hold none and must still take part.
+    m_norm_axes = m_norm_axes | AxisSet{GridAxis::pipeline};
+  }
   if (m_scatter) {
     m_norm_axes = m_norm_axes | AxisSet{GridAxis::data};
   }
@@ -146,9 +151,10 @@ DataParallel::~DataParallel() {
 }
 
 void DataParallel::check_same_model() const {
-  // Every rank of the trainer learns the same verdict: the minimum and maximum of the signatures
-  // and counts (names and global shapes: the same on every rank, whatever its blocks).
-  comm::Communicator& all = over(AxisSet::all());
+  // Every rank of a pipeline stage learns the same verdict: the minimum and maximum of the
+  // signatures and counts (names and global shapes: the same on every rank of the stage, whatever
+  // its blocks; the stages hold different layers).
+  comm::Communicator& all = over(AxisSet::all() - AxisSet{GridAxis::pipeline});
   std::uint64_t lo[2] = {model_signature(m_params), m_params.size()};
   std::uint64_t hi[2] = {lo[0], lo[1]};
   all.allreduce(comm::Buffer(lo, 2), {comm::ReduceOp::min})->wait();
@@ -436,6 +442,7 @@ void DataParallel::finish_reduction() {
           grads(i) = s;
         });
     reduce_extra_axes();
+    reduce_tied();
     return;
   }
   if (m_size > 1 && m_shared) {
@@ -450,6 +457,94 @@ void DataParallel::finish_reduction() {
     }
   }
   reduce_extra_axes();
+  reduce_tied();
+}
+
+void DataParallel::find_tied() {
+  if (m_grid == nullptr || m_place.size_of(GridAxis::pipeline) == 1) {
+    return;
+  }
+  // Every stage's parameters (name and local shape); a name several stages hold is a tied weight.
+  comm::Communicator& pipe = m_grid->axis(GridAxis::pipeline);
+  std::string mine;
+  for (const nn::Parameter* p : m_params) {
+    mine += fmt::format("{}\x1f{}\x1e", p->name, fmt::join(p->value.shape(), ","));
+  }
+  const std::vector<std::string> stages = allgather_text(pipe, mine);
+  struct Listed {
+    std::string name;
+    std::string shape;
+    int first = 0;  // the first stage that holds it
+    int holders = 0;
+  };
+  std::vector<Listed> order;  // by first appearance, the same on every rank
+  for (size_t s = 0; s < stages.size(); ++s) {
+    const std::string& text = stages[s];
+    for (size_t at = 0; at < text.size();) {
+      const size_t end = text.find('\x1e', at);
+      const size_t sep = text.find('\x1f', at);
+      TESSERA_CHECK(end != std::string::npos && sep < end, "data parallel: a bad parameter list");
+      const std::string name = text.substr(at, sep - at);
+      auto it = std::find_if(order.begin(), order.end(),
+                             [&name](const Listed& l) { return l.name == name; });
+      if (it == order.end()) {
+        order.push_back({name, text.substr(sep + 1, end - sep - 1), static_cast<int>(s), 0});
+        it = order.end() - 1;
+      }
+      ++it->holders;
+      at = end + 1;
+    }
+  }
+  for (const Listed& l : order) {
+    if (l.holders < 2) {
+      continue;
+    }
+    Tied t;
+    t.name = l.name;
+    for (size_t at = 0; at < l.shape.size();) {
+      size_t end = l.shape.find(',', at);
+      end = end == std::string::npos ? l.shape.size() : end;
+      t.local.push_back(std::stoll(l.shape.substr(at, end - at)));
+      at = end + 1;
+    }
+    for (nn::Parameter* p : m_params) {
+      if (p->name == l.name) {
+        t.mine = p;
+      }
+    }
+    t.copy = t.mine != nullptr && l.first != pipe.rank();
+    m_tied.push_back(std::move(t));
+  }
+  if (!m_tied.empty() && m_options.zero) {
+    throw input_error(fmt::format(
+        "parallel.zero = 1 with a weight tied across pipeline stages ({}) is not available: "
+        "use parallel.zero = 0, or put the tied layers on one stage (parallel.stages)",
+        m_tied.front().name));
+  }
+}
+
+void DataParallel::reduce_tied() {
+  // A weight tied across stages (an embedding and the head that reuses it): each holder has its
+  // own part of the gradient, summed over the stages (the others add zeros), so every copy takes
+  // the same update.
+  if (m_tied.empty()) {
+    return;
+  }
+  settle_shared_grads();
+  comm::Communicator& pipe = m_grid->axis(GridAxis::pipeline);
+  for (const Tied& t : m_tied) {
+    const Tensor g = t.mine != nullptr ? t.mine->grad : Tensor("tied gradient", t.local);
+    pipe.allreduce(g)->wait();
+  }
+}
+
+bool DataParallel::counted(const nn::Parameter* p) const {
+  for (const Tied& t : m_tied) {
+    if (t.mine == p) {
+      return !t.copy;
+    }
+  }
+  return true;
 }
 
 void DataParallel::settle_shared_grads() {
@@ -480,6 +575,25 @@ void DataParallel::reduce_extra_axes() {
   }
 }
 
+std::vector<double> DataParallel::gather_over_pipeline(const std::vector<double>& mine) const {
+  comm::Communicator& pipe = m_grid->axis(GridAxis::pipeline);
+  std::int64_t count = static_cast<std::int64_t>(mine.size());
+  std::vector<std::int64_t> counts(static_cast<size_t>(pipe.size()));
+  pipe.allgather(comm::ConstBuffer(&count, 1), comm::Buffer(counts))->wait();
+  const std::int64_t most =
+      std::max<std::int64_t>(1, *std::max_element(counts.begin(), counts.end()));
+  std::vector<double> padded(mine);
+  padded.resize(static_cast<size_t>(most), 0.0);
+  std::vector<double> all(static_cast<size_t>(most) * counts.size());
+  pipe.allgather(comm::ConstBuffer(padded), comm::Buffer(all))->wait();
+  std::vector<double> out;
+  for (size_t s = 0; s < counts.size(); ++s) {
+    const auto begin = all.begin() + static_cast<std::ptrdiff_t>(s * static_cast<size_t>(most));
+    out.insert(out.end(), begin, begin + counts[s]);
+  }
+  return out;
+}
+
 double DataParallel::clip_grad_norm(double max_norm) {
   TESSERA_CHECK(max_norm > 0.0, "gradient clipping: max_norm = {} must be > 0", max_norm);
   // This rank's share of the sum of squares: the elements it owns among the ranks of the norm's
@@ -487,14 +601,35 @@ double DataParallel::clip_grad_norm(double max_norm) {
   const std::vector<nn::Parameter*>& mine = m_scatter ? m_piece_ptrs : m_params;
   const AxisSet distinct = m_scatter ? AxisSet{GridAxis::data} : AxisSet{};  // pieces: own
   double sum = 0.0;
-  for (const nn::Parameter* p : mine) {
-    if (m_place.first_on((copy_axes(p->layout) - distinct) & m_norm_axes)) {
-      sum += kernels::sum_squares(p->grad);
+  if (m_scatter) {  // ZeRO-1's pieces differ in number between the data ranks
+    for (const nn::Parameter* p : mine) {
+      if (m_place.first_on((copy_axes(p->layout) - distinct) & m_norm_axes)) {
+        sum += kernels::sum_squares(p->grad);
+      }
     }
-  }
-  comm::Communicator& axes = over(m_norm_axes);
-  if (axes.size() > 1) {
-    axes.allreduce(comm::Buffer(&sum, 1))->wait();
+    comm::Communicator& axes = over(m_norm_axes);
+    if (axes.size() > 1) {
+      axes.allreduce(comm::Buffer(&sum, 1))->wait();
+    }
+  } else {
+    // Per parameter, summed over the axes that split it, then added up in model order — across
+    // the pipeline's stages too, so the norm is the same bit for bit however the model is cut.
+    std::vector<double> squares(mine.size(), 0.0);
+    for (size_t i = 0; i < mine.size(); ++i) {
+      if (m_place.first_on(copy_axes(mine[i]->layout) & m_norm_axes) && counted(mine[i])) {
+        squares[i] = kernels::sum_squares(mine[i]->grad);
+      }
+    }
+    comm::Communicator& axes = over(m_norm_axes - AxisSet{GridAxis::pipeline});
+    if (axes.size() > 1 && !squares.empty()) {
+      axes.allreduce(comm::Buffer(squares))->wait();
+    }
+    if (m_norm_axes.contains(GridAxis::pipeline)) {
+      squares = gather_over_pipeline(squares);
+    }
+    for (const double x : squares) {
+      sum += x;
+    }
   }
   const double norm = std::sqrt(sum);
   if (norm > max_norm) {
@@ -538,6 +673,21 @@ void DataParallel::step(optim::Optimizer& optimizer, double lr) {
 StateRegistry DataParallel::registry(optim::Optimizer& optimizer) {
   sync_parameters();
   StateRegistry r = model_registry(m_model, m_place);  // the values live in the arenas now
+  const auto disown_copies = [&] {  // a tied weight's copies are written by its first stage
+    for (const Tied& t : m_tied) {
+      if (!t.copy) {
+        continue;
+      }
+      if (StateEntry* e = r.find(t.name, "")) {
+        e->owner = false;
+      }
+      for (const std::string& state : optimizer.state_names()) {
+        if (StateEntry* e = r.find(t.name, state)) {
+          e->owner = false;
+        }
+      }
+    }
+  };
   // Optimizer state: per parameter in model order, its whole block or this rank's pieces of it.
   std::unordered_map<std::string, std::vector<size_t>> pieces_of;
   for (size_t i = 0; i < m_shards.size(); ++i) {
@@ -561,6 +711,7 @@ StateRegistry DataParallel::registry(optim::Optimizer& optimizer) {
       }
     }
   }
+  disown_copies();
   return r;
 }
 

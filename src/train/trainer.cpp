@@ -242,6 +242,82 @@ std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d,
   return model;  // the deck's parser checked that it ends whole (the loss's need)
 }
 
+namespace {
+// Elements of one sample's activations that `layer`'s leaves output at `place`, its input placed
+// as `in` (what its forward keeps for backward, roughly); `out` receives its output's placement.
+Index activation_elements(nn::Layer& layer, const Layout& in, const GridPlace& place, Layout& out) {
+  const std::string kind = layer.kind();
+  if (kind == "sequential" || kind == "repeat") {
+    Index sum = 0;
+    Layout at = in;
+    for (nn::Layer* child : layer.children()) {
+      Layout next;
+      sum += activation_elements(*child, at, place, next);
+      at = next;
+    }
+    out = layer.place_input(in);
+    return sum;
+  }
+  if (kind == "residual") {
+    Layout body;
+    const Index sum = activation_elements(*layer.children().at(0), in, place, body);
+    out = layer.place_input(in);
+    return sum + numel(out.local_shape(place));
+  }
+  out = layer.place_input(in);
+  return numel(out.local_shape(place));
+}
+}  // namespace
+
+StagePlan plan_stages(const deck::Deck& d, const GridPlace& place) {
+  StagePlan plan;
+  const ShapeOnly shapes;  // the whole model's shapes and placements, no storage
+  const auto model = build_model(d, nn::BuildContext(place));
+  const std::vector<nn::PipelineUnit> units = nn::pipeline_units(d.model.layers);
+  Layout at = Layout::replicated(d.model.input);
+  std::vector<Layout> boundary{at};  // before each unit, then after the last
+  for (const nn::PipelineUnit& u : units) {
+    nn::Layer* layer = &(*model)[u.layer];
+    if (u.repetition >= 0) {
+      layer = layer->children().at(static_cast<size_t>(u.repetition));
+    }
+    plan.unit_names.push_back(layer->name());
+    plan.unit_kinds.push_back((*model)[u.layer].kind());
+    plan.unit_flops.push_back(3.0 * nn::forward_flops(*layer, at.global_shape()));
+    Index params = 0;
+    Index local = 0;
+    for (const nn::Parameter* p : layer->all_parameters()) {
+      params += numel(p->layout.global_shape());
+      local += p->value.numel();
+    }
+    plan.unit_params.push_back(params);
+    plan.unit_local_params.push_back(local);
+    Layout out;
+    plan.unit_activations.push_back(activation_elements(*layer, at, place, out));
+    at = out;
+    boundary.push_back(at);
+  }
+  const int p = d.parallel.pipeline;
+  if (!d.parallel.stages.empty()) {
+    plan.sizes = d.parallel.stages;  // the deck's parser checked them against the units
+  } else {
+    try {
+      plan.sizes = parallel::balance_stages(plan.unit_flops, p);
+    } catch (const Error& e) {
+      throw input_error(e.message(), d.where("parallel.pipeline"));
+    }
+  }
+  size_t first = 0;
+  for (const int n : plan.sizes) {
+    plan.first.push_back(first);
+    plan.inputs.push_back(boundary[first]);
+    first += static_cast<size_t>(n);
+  }
+  plan.first.push_back(first);
+  plan.inputs.push_back(boundary.back());
+  return plan;
+}
+
 optim::ScheduleOptions run_schedule(const deck::Deck& d, Index train_samples) {
   const Index b = d.data.batch;
   const Index per_epoch = d.data.drop_last ? train_samples / b : (train_samples + b - 1) / b;
@@ -401,6 +477,14 @@ std::string grid_key(const deck::Deck& d) {
   return "parallel";
 }
 
+// Samples of one micro-batch (or sample group) of a data rank's share of the batch.
+Index d_micro_size(const deck::Deck& d, const comm::GridSpec& spec) {
+  const Index share = d.data.batch / spec.data;
+  const int parts =
+      d.parallel.deterministic ? d.parallel.sample_groups / spec.data : d.data.micro_batches;
+  return share / std::max(1, parts);
+}
+
 // The grid's error (comm::resolve_grid's words), located in the deck.
 Error located_grid_error(const deck::Deck& d, const Error& e) {
   Error located = input_error(e.message(), d.where(grid_key(d)));
@@ -424,6 +508,21 @@ void check_batch(const deck::Deck& d, const comm::GridSpec& spec) {
                                   "data-parallel rank(s): each rank computes whole groups",
                                   d.parallel.sample_groups, data),
                       d.where("parallel.sample_groups"));
+  }
+  const Index share = d.data.batch / data;
+  const int parts =
+      d.parallel.deterministic ? d.parallel.sample_groups / data : d.data.micro_batches;
+  if (spec.pipeline > 1 && (d.data.batch % data != 0 || share % parts != 0)) {
+    const bool groups = d.parallel.deterministic;
+    throw input_error(
+        fmt::format(
+            "{} = {} does not divide the {} sample(s) of each data-parallel rank's share of "
+            "data.batch = {} ({} data rank(s)){}: the micro-batches of a pipeline must be "
+            "equal",
+            groups ? "parallel.sample_groups per data rank" : "data.micro_batches", parts, share,
+            d.data.batch, data,
+            d.data.batch % data != 0 ? ", which is not the same on every rank" : ""),
+        d.where(groups ? "parallel.sample_groups" : "data.micro_batches"));
   }
   if (d.data.micro_batches > d.data.batch / data) {
     throw input_error(fmt::format("data.micro_batches = {} is more than the {} sample(s) of each "
@@ -474,10 +573,23 @@ void Trainer::build(const comm::GridSpec& spec) {
     if (leader()) {
       deck::check_folders(deck);  // the deck's own mistakes before the data's
     }
-    m_model = build_model(deck, nn::BuildContext(*m_grid));
+    Shape output;
+    if (spec.pipeline > 1) {  // this rank's stage only: it never allocates another's weights
+      const StagePlan plan = plan_stages(deck, m_grid->place());
+      const auto s = static_cast<size_t>(m_grid->place().coord_of(GridAxis::pipeline));
+      nn::BuildContext context(*m_grid);
+      context.with_sequence_parallel(deck.parallel.sequence_parallel);
+      m_model = nn::make_stage(
+          deck.model.layers, deck.model.input, plan.inputs[s].global_shape(), plan.inputs[s],
+          plan.first[s], plan.first[s + 1], context,
+          [&](size_t i) { return fmt::format("{}{}", deck.model.layers[i].kind, i); });
+      output = plan.inputs.back().global_shape();
+    } else {
+      m_model = build_model(deck, nn::BuildContext(*m_grid));
+      output = m_model->output_shape();
+    }
     std::vector<std::string> notes;
-    m_train_info =
-        check_splits(deck, m_model->output_shape(), m_trainer->rank(), m_trainer->size(), notes);
+    m_train_info = check_splits(deck, output, m_trainer->rank(), m_trainer->size(), notes);
     for (size_t i = 0; leader() && i < notes.size(); ++i) {
       m_reporter->warning(notes[i]);
     }
@@ -513,12 +625,16 @@ void Trainer::build(const comm::GridSpec& spec) {
     }
   });
   m_model->initialize(deck.run.seed);
-  m_model->set_needs_input_grad(false);  // the input is data
+  m_pipe = &m_grid->axis(GridAxis::pipeline);
+  m_sums = &m_grid->axes(AxisSet{GridAxis::data, GridAxis::pipeline});
+  m_pipeline = std::make_unique<parallel::Pipeline>(
+      *m_model, m_pipe, m_grid->place(), parallel::schedule_from_name(deck.parallel.schedule));
+  m_model->set_needs_input_grad(!m_pipeline->first());  // the first stage's input is data
   // A model ending split over the tensor axis (a vocabulary-parallel head): its loss is summed
   // over the tensor ranks, which never gather the logits.
   const Layout& out = m_model->output_layout();
   const int last = out.rank() - 1;
-  if (last >= 0 && out.axis_of(last) == GridAxis::tensor &&
+  if (m_pipeline->last() && last >= 0 && out.axis_of(last) == GridAxis::tensor &&
       m_grid->place().size_of(GridAxis::tensor) > 1) {
     m_loss_placement.vocab_axis = &m_grid->axis(GridAxis::tensor);
     m_loss_placement.offset = out.local_offset(m_grid->place())[static_cast<size_t>(last)];
@@ -540,6 +656,20 @@ void Trainer::build(const comm::GridSpec& spec) {
   }
   if (m_trainer->size() > 1) {
     say(fmt::format("grid: {} ranks = {}", m_trainer->size(), comm::to_string(spec)));
+  }
+  if (spec.pipeline > 1) {
+    const StagePlan plan = plan_stages(deck, m_grid->place());
+    std::vector<std::string> cut;
+    for (size_t k = 0; k < plan.sizes.size(); ++k) {
+      cut.push_back(fmt::format("{}..{}", plan.unit_names[plan.first[k]],
+                                plan.unit_names[plan.first[k + 1] - 1]));
+    }
+    say(
+        fmt::format("pipeline: {} stages ({}), {}, {} micro-batches of {} per step; bubble {:.0f}% "
+                    "in theory",
+                    spec.pipeline, fmt::join(cut, " | "), deck.parallel.schedule, m_micro_batches,
+                    d_micro_size(deck, spec),
+                    100.0 * parallel::bubble_fraction(spec.pipeline, m_micro_batches)));
   }
   if (m_data->size() > 1) {
     std::string how = "with MPI's non-blocking allreduce";
@@ -640,8 +770,7 @@ void Trainer::restart() {
     try {
       comm::agree(*m_trainer, [&] {
         try {
-          info = io::load_checkpoint(file, m_dp->registry(*m_optimizer), m_optimizer->kind(),
-                                     *m_trainer);
+          info = io::load_checkpoint(file, state_registry(), m_optimizer->kind(), *m_trainer);
         } catch (const Error& e) {  // name the deck key that led here
           throw input_error(e.message(), m_deck.where("checkpoint.restart"));
         }
@@ -681,6 +810,10 @@ void Trainer::restart() {
                       : ""));
 }
 
+parallel::StateRegistry Trainer::state_registry() {
+  return parallel::gather_stages(m_dp->registry(*m_optimizer), *m_pipe);
+}
+
 void Trainer::save(std::int64_t steps_done, const char* why) {
   const deck::CheckpointConfig& c = m_deck.checkpoint;
   if (m_deck.run.check_replicas > 0) {
@@ -711,8 +844,7 @@ void Trainer::save(std::int64_t steps_done, const char* why) {
   info.zero = m_deck.parallel.zero;
   info.optimizer = m_optimizer->kind();
   info.optimizer_steps = m_optimizer->steps();
-  const io::SaveReport r =
-      io::save_checkpoint(c.dir, info, m_dp->registry(*m_optimizer), *m_trainer, c.keep);
+  const io::SaveReport r = io::save_checkpoint(c.dir, info, state_registry(), *m_trainer, c.keep);
   say(fmt::format("checkpoint: step {} -> {} ({:.1f} MiB in {:.2f} s, {:.0f} MB/s; {})", steps_done,
                   r.file, r.bytes / 1048576.0, r.seconds, r.bytes / std::max(r.seconds, 1e-9) / 1e6,
                   why));
@@ -739,14 +871,19 @@ Evaluation Trainer::evaluate(const std::string& spec) {
   for (std::int64_t b = 0; b < reader->batches_per_epoch(); ++b) {
     const io::Batch batch = reader->next();
     fo.sample_offset = batch.offset;
-    const nn::ForwardResult f = m_model->forward(batch.x, fo);
-    const BatchLoss l = batch_loss(m_deck.model.loss, f.output, batch, m_loss_placement);
+    const Tensor output =
+        m_pipeline->forward(batch.x, static_cast<Index>(batch.ids.size()), fo);  // every stage
+    if (!m_pipeline->last()) {
+      continue;
+    }
+    const BatchLoss l = batch_loss(m_deck.model.loss, output, batch, m_loss_placement);
     sums[0] += l.out.loss * static_cast<double>(batch.global_size);
     sums[1] += l.metric_sum;
     sums[2] += static_cast<double>(batch.ids.size());
   }
-  // Over the data axis: the ranks of one data coordinate computed the same samples.
-  m_data->allreduce(comm::Buffer(sums, 3))->wait();
+  // Over the data axis (the ranks of one data coordinate computed the same samples) and the
+  // pipeline's (the last stage's sums; the others' are zero).
+  m_sums->allreduce(comm::Buffer(sums, 3))->wait();
   Evaluation e;
   e.split = spec;
   e.samples = static_cast<Index>(sums[2]);
@@ -786,33 +923,43 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   const nn::TensorCommClock& tensor_clock = m_model->context().tensor_clock();
   double step_loss = 0.0;
   const double tensor_before = tensor_clock.seconds;
-  nn::ForwardOptions fo;
-  fo.training = true;
-  fo.seed = d.run.seed;
-  fo.step = static_cast<std::uint64_t>(step);
-  for (int m = 0; m < m_micro_batches; ++m) {
-    const Range r = block_range(static_cast<Index>(batch.ids.size()), m_micro_batches, m);
-    m_dp->set_last_micro_batch(m + 1 == m_micro_batches);
-    if (r.count > 0) {
-      io::Batch slice;  // a micro-batch's view; the whole batch needs no copy
-      if (m_micro_batches > 1) {
-        slice = micro_batch(batch, r);
-      }
-      const io::Batch& part = m_micro_batches == 1 ? batch : slice;
-      fo.sample_offset = part.offset;
-      nn::ForwardResult f = m_model->forward(part.x, fo);
-      const BatchLoss l = batch_loss(d.model.loss, f.output, part, m_loss_placement);
-      m_model->backward(l.out.grad, std::move(f.ctx));
-      step_loss += l.out.loss;
-      w.metric += l.metric_sum;
-    }
-    if (d.parallel.deterministic) {
-      m_dp->end_group(m);
-    }
+  // Micro-batch i of this rank's share; through the pipeline's stages (one stage: forward and
+  // backward of each in turn). Only the last stage computes the loss.
+  const int count = m_micro_batches;
+  std::vector<io::Batch> parts(static_cast<size_t>(count));
+  for (int i = 0; i < count; ++i) {
+    const Range r = block_range(static_cast<Index>(batch.ids.size()), count, i);
+    parts[static_cast<size_t>(i)] = count == 1 ? batch : micro_batch(batch, r);
   }
+  parallel::MicroBatches mb;
+  mb.count = count;
+  mb.size = [&](int i) { return static_cast<Index>(parts[static_cast<size_t>(i)].ids.size()); };
+  mb.options = [&](int i) {
+    nn::ForwardOptions fo;
+    fo.training = true;
+    fo.seed = d.run.seed;
+    fo.step = static_cast<std::uint64_t>(step);
+    fo.sample_offset = parts[static_cast<size_t>(i)].offset;
+    return fo;
+  };
+  mb.input = [&](int i) { return parts[static_cast<size_t>(i)].x; };
+  mb.loss = [&](int i, const Tensor& output) {
+    const BatchLoss l =
+        batch_loss(d.model.loss, output, parts[static_cast<size_t>(i)], m_loss_placement);
+    step_loss += l.out.loss;
+    w.metric += l.metric_sum;
+    return l.out.grad;
+  };
+  mb.before_backward = [&](int i) { m_dp->set_last_micro_batch(i + 1 == count); };
+  if (d.parallel.deterministic) {
+    mb.after_backward = [&](int i) { m_dp->end_group(i); };
+  }
+  const parallel::PipelineStats ps = m_pipeline->train(mb);
+  w.idle_s += ps.idle_s;
+  w.peak_saved_bytes = std::max(w.peak_saved_bytes, ps.peak_saved_bytes);
   const double tensor_s = tensor_clock.seconds - tensor_before;
   w.tensor_s += tensor_s;
-  w.compute_s += compute_clock.seconds() - tensor_s;
+  w.compute_s += compute_clock.seconds() - tensor_s - ps.idle_s;
 
   // --- gradient reduction (started during backward: what is left is exposed) ---------------
   const Stopwatch comm_clock;
@@ -835,7 +982,8 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   }
   m_dp->step(*m_optimizer, lr);
   w.compute_s += update_clock.seconds();
-  w.samples += static_cast<double>(batch.ids.size());
+  // The last stage counts the samples (the others' sums carry no loss).
+  w.samples += m_pipeline->last() ? static_cast<double>(batch.ids.size()) : 0.0;
   w.steps += skip ? 0.0 : 1.0;
   return lr;
 }
@@ -951,34 +1099,54 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
   // Losses and samples summed over the data axis (the tensor ranks of one data coordinate
   // computed the same ones).
   double sums[3] = {w.loss, w.metric, w.samples};
-  m_data->allreduce(comm::Buffer(sums, 3))->wait();
+  m_sums->allreduce(comm::Buffer(sums, 3))->wait();  // the last pipeline stage's, over data
   const double elapsed = std::max(1e-9, window_seconds - w.paused_s);
   const double loss = sums[0] / w.steps;
   const double metric = sums[1] / sums[2];
   const double samples_s = sums[2] / elapsed;
-  const double busy = std::max(1e-12, w.compute_s + w.tensor_s + w.comm_s + w.data_s);
+  const double busy = std::max(1e-12, w.compute_s + w.tensor_s + w.idle_s + w.comm_s + w.data_s);
   const double eta = run_seconds / static_cast<double>(step + 1 - m_start_step) *
                      static_cast<double>(m_total_steps - step - 1);
   // With tensor parallelism, the share of the split layers' own collectives ("tensor").
   const std::string tensor = m_grid->place().size_of(GridAxis::tensor) > 1
                                  ? fmt::format("tensor {:2.0f}% ", 100.0 * w.tensor_s / busy)
                                  : std::string();
+  // With pipeline stages, each stage's idle share of the window (the measured bubble) and the
+  // most activation memory its micro-batches held at once.
+  std::string idle;
+  std::string idle_json;
+  if (m_pipe->size() > 1) {
+    const double mine[2] = {w.idle_s / std::max(1e-12, busy), w.peak_saved_bytes};
+    std::vector<double> stages(2 * static_cast<size_t>(m_pipe->size()));
+    m_pipe->allgather(comm::ConstBuffer(mine, 2), comm::Buffer(stages))->wait();
+    std::vector<std::string> shares;
+    std::vector<std::string> fractions;
+    std::vector<std::string> bytes;
+    for (size_t k = 0; k < stages.size(); k += 2) {
+      shares.push_back(fmt::format("{:.0f}%", 100.0 * stages[k]));
+      fractions.push_back(fmt::format("{:.4f}", stages[k]));
+      bytes.push_back(fmt::format("{:.0f}", stages[k + 1]));
+    }
+    idle = fmt::format("idle {} ", fmt::join(shares, "/"));
+    idle_json = fmt::format(R"(, "idle": [{}], "peak_activation_bytes": [{}])",
+                            fmt::join(fractions, ", "), fmt::join(bytes, ", "));
+  }
   say(fmt::format(
       "step {:6d}/{}  epoch {}  loss {:.4f}  {} {}  {} samples/s  compute {:2.0f}% "
-      "{}comm {:2.0f}% data {:2.0f}%  lr {:.3g}  ETA {}",
+      "{}{}comm {:2.0f}% data {:2.0f}%  lr {:.3g}  ETA {}",
       step + 1, m_total_steps, batch.cursor.epoch + 1, loss, classify ? "acc" : "mae",
       classify ? fmt::format("{:5.1f}%", 100.0 * metric) : fmt::format("{:.4g}", metric),
-      rate(samples_s), 100.0 * w.compute_s / busy, tensor, 100.0 * w.comm_s / busy,
+      rate(samples_s), 100.0 * w.compute_s / busy, tensor, idle, 100.0 * w.comm_s / busy,
       100.0 * w.data_s / busy, lr, duration(eta)));
   const auto per_epoch = static_cast<double>(m_train->batches_per_epoch());
   const std::string norm = d.optimizer.clip_grad_norm > 0.0
                                ? fmt::format(R"(, "grad_norm": {})", json_number(w.grad_norm))
                                : "";
   log_line(fmt::format(
-      R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}{}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "tensor_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}, "time": {:.3f}}})",
+      R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}{}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "tensor_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}{}, "time": {:.3f}}})",
       step + 1, static_cast<double>(step + 1) / per_epoch, json_number(loss),
       metric_name(d.model.loss), json_number(metric), norm, samples_s, lr, w.compute_s, w.tensor_s,
-      w.comm_s, w.data_s, run_seconds));
+      w.comm_s, w.data_s, idle_json, run_seconds));
   w = Window();
   return loss;
 }
@@ -1062,6 +1230,59 @@ RunSummary Trainer::run() {
   return summary;
 }
 
+namespace {
+// `tessera check`'s pipeline section: each unit's cost, the stages, each stage's weights and peak
+// activations under the schedule, the bubble.
+std::string describe_stages(const deck::Deck& d, const comm::GridSpec& spec, const GridPlace& place,
+                            int micro_batches, Index micro_batch) {
+  const StagePlan plan = plan_stages(d, place);
+  const parallel::Schedule schedule = parallel::schedule_from_name(d.parallel.schedule);
+  const double mib = 1.0 / (1024.0 * 1024.0);
+  std::string out = fmt::format(
+      "\npipeline: {} stages, schedule {}, {} micro-batches of {}; stages = {} ({})\n",
+      spec.pipeline, d.parallel.schedule, micro_batches, micro_batch,
+      d.parallel.stages.empty() ? "\"auto\"" : fmt::format("[{}]", fmt::join(plan.sizes, ", ")),
+      d.parallel.stages.empty() ? "balanced by the estimated cost" : "as the deck cuts it");
+  out += fmt::format("{:<6} {:<5} {:<20} {:<10} {:>14} {:>12}\n", "stage", "unit", "layer", "type",
+                     "MFLOP/sample", "parameters");
+  for (size_t k = 0; k < plan.sizes.size(); ++k) {
+    for (size_t u = plan.first[k]; u < plan.first[k + 1]; ++u) {
+      out += fmt::format("{:<6} {:<5} {:<20} {:<10} {:>14.2f} {:>12}\n", k, u, plan.unit_names[u],
+                         plan.unit_kinds[u], plan.unit_flops[u] / 1e6, plan.unit_params[u]);
+    }
+  }
+  out += fmt::format("{:<6} {:>14} {:>8} {:>14} {:>10} {:>22}\n", "stage", "MFLOP/sample", "share",
+                     "weights MiB", "in flight", "peak activations MiB");
+  double total = 0.0;
+  for (const double f : plan.unit_flops) {
+    total += f;
+  }
+  for (size_t k = 0; k < plan.sizes.size(); ++k) {
+    double flops = 0.0;
+    Index params = 0;
+    Index acts = 0;
+    for (size_t u = plan.first[k]; u < plan.first[k + 1]; ++u) {
+      flops += plan.unit_flops[u];
+      params += plan.unit_local_params[u];
+      acts += plan.unit_activations[u];
+    }
+    const int live =
+        parallel::peak_in_flight(schedule, spec.pipeline, static_cast<int>(k), micro_batches);
+    // Each unit's outputs and their gradients for every micro-batch in flight.
+    const double peak = 2.0 * static_cast<double>(acts) * static_cast<double>(micro_batch) *
+                        static_cast<double>(live) * 4.0;
+    out += fmt::format("{:<6} {:>14.2f} {:>7.0f}% {:>14.2f} {:>10} {:>22.2f}\n", k, flops / 1e6,
+                       100.0 * flops / std::max(total, 1e-30),
+                       static_cast<double>(params) * 4.0 * mib, live, peak * mib);
+  }
+  out += fmt::format(
+      "bubble (balanced stages, in theory): (p - 1) / (m + p - 1) = {:.1f}% of each "
+      "step idle on every stage\n",
+      100.0 * parallel::bubble_fraction(spec.pipeline, micro_batches));
+  return out;
+}
+}  // namespace
+
 std::string describe(const deck::Deck& d, int world_size) {
   // `tessera check` at N ranks refuses what `tessera run` would.
   const comm::GridSpec spec = resolve_grid(d, world_size);
@@ -1108,6 +1329,9 @@ std::string describe(const deck::Deck& d, int world_size) {
                        to_string(at.global_shape()), n, split ? fmt::format(" {:>14}", local) : "");
   }
   const double mib = 1.0 / (1024.0 * 1024.0);
+  if (spec.pipeline > 1) {
+    out += describe_stages(d, spec, place, static_cast<int>(parts), micro_batch);
+  }
   const double weights = static_cast<double>(local_params) * 4.0;
   const int states =
       d.optimizer.type == deck::OptimizerKind::adamw ? 2 : (d.optimizer.momentum > 0.0 ? 1 : 0);

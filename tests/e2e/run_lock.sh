@@ -14,7 +14,8 @@ printf '%s\n' '[run]' 'seed = 5' 'steps = 100000000' 'log_every = 100' \
 # The first run, on 2 ranks, training.
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/deck.toml" >"$tmp/first.log" 2>&1 &
 first=$!
-for ((i = 0; i < 300; ++i)); do
+# Until it trains (up to 2 minutes: an ASan build on a loaded machine starts slowly).
+for ((i = 0; i < 1200; ++i)); do
   grep -q "^step" "$tmp/first.log" 2>/dev/null && break
   sleep 0.1
 done

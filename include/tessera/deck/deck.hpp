@@ -39,7 +39,11 @@ struct ParallelConfig {
   int trainers = 1;  ///< independent models (population training; later)
   int data = 0;      ///< data-parallel ranks; 0 = the rest of the trainer's ranks
   int tensor = 1;    ///< tensor-parallel ranks (layers with `split` are cut over them)
-  int pipeline = 1;
+  int pipeline = 1;  ///< pipeline stages (parallel::Pipeline)
+  /// Layers per pipeline stage (a `repeat` counts as its repetitions); empty: "auto", balanced by
+  /// the layers' estimated cost.
+  std::vector<int> stages;
+  std::string schedule = "1f1b";  ///< "1f1b" or "gpipe"
   std::vector<int> spatial{1, 1};
   bool sequence_parallel =
       false;                    ///< Megatron-LM's: activations between split regions cut by token

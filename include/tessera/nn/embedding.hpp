@@ -100,6 +100,12 @@ class TiedHead : public Layer {
   const char* kind() const override { return "tied_head"; }
   /// Ties the head to `embedding`, whose dim must be the input's features.
   void bind(Embedding& embedding);
+  /// Ties the head to a copy of an embedding that lives on an earlier pipeline stage, and holds it:
+  /// the copy's parameters, named as the original's, are this layer's children's, so the stage
+  /// updates them; the trainer sums their gradients with the original's over the stages that hold
+  /// them (parallel::DataParallel), which keeps the copies equal.
+  void hold(std::unique_ptr<Embedding> copy);
+  std::vector<Layer*> children() override;
   bool bound() const { return m_embedding != nullptr; }
   /// (T, C) → (T, V).
   Shape output_shape(const Shape& input) const override;
@@ -115,6 +121,7 @@ class TiedHead : public Layer {
 
   Shape m_input;  // (T, C)
   Embedding* m_embedding = nullptr;
+  std::unique_ptr<Embedding> m_copy;  // the embedding of an earlier pipeline stage, copied
   Shape m_local_x;
   Shape m_local_y;
   bool m_sliced = false;

@@ -49,6 +49,32 @@ std::unique_ptr<Sequential> make_model(const std::vector<LayerSpec>& layers, con
 /// Called on each layer of a model before it is added.
 void tie_to_model(Layer& layer, Layer& model);
 
+/// The units a pipeline cuts a model into: its top-level layers, a `repeat` counted as its
+/// repetitions (a transformer's blocks are cut between blocks).
+struct PipelineUnit {
+  size_t layer = 0;              ///< index in the deck's layer list
+  std::int64_t repetition = -1;  ///< the repetition of a `repeat`; -1: the whole layer
+};
+std::vector<PipelineUnit> pipeline_units(const std::vector<LayerSpec>& layers);
+
+/// A pipeline stage: the units [first, end) of `layers` (pipeline_units' order) of a model on
+/// samples of `model_input`, as a chain on samples of global shape `input` placed as
+/// `input_layout` (what the units before it give), named as make_model names them — layer i
+/// `name_of(i)`, repetition r of a `repeat` "<name>.<r>" inside a `repeat` of that name — so that
+/// parameter names, and the checkpoint, do not depend on the cut. Only the stage's layers are
+/// built (allocated, with a grid context). A `tied_head` whose embedding (the model's first
+/// layer) is on an earlier stage holds a copy of it (TiedHead::hold).
+std::unique_ptr<Sequential> make_stage(const std::vector<LayerSpec>& layers,
+                                       const Shape& model_input, const Shape& input,
+                                       const Layout& input_layout, size_t first, size_t end,
+                                       const BuildContext& context,
+                                       const std::function<std::string(size_t)>& name_of);
+
+/// An estimate of the floating-point operations of `layer`'s forward pass on one sample of global
+/// shape `input` (multiply-adds count 2; element-wise work one per output element): the cost
+/// `tessera check` prints and the pipeline's `auto` cut balances (a backward costs about twice).
+double forward_flops(Layer& layer, const Shape& input);
+
 /// Every layer type a deck may name.
 std::vector<std::string> layer_kinds();
 /// The options `kind` accepts (empty for an unknown kind).

@@ -40,6 +40,8 @@ class Sequential final : public Layer {
   Layout place_input(const Layout& input) override;
   const Shape& input_shape() const { return m_input; }
   const Shape& output_shape() const { return m_output; }
+  /// How the chain's input samples are placed on the grid (whole unless place_input said else).
+  const Layout& input_layout() const { return m_input_layout; }
   /// How the chain's output samples are placed on the grid (whole unless its last layer splits).
   const Layout& output_layout() const { return m_output_layout; }
   std::size_t size() const { return m_layers.size(); }

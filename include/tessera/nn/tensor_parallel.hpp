@@ -12,8 +12,9 @@
 // A column-split layer (output features split) enters the region with copy_to; a row-split layer
 // (input features split) leaves it with reduce_from; between the two, activations stay split and
 // nothing is communicated. Layers call enter_forward/enter_backward and leave_forward/
-// leave_backward, which pick the operator. With sequence parallelism (BuildContext::sequence_parallel) the
-// activations outside the regions are split along their tokens (dimension 1 of a batch (N, T,
+// leave_backward, which pick the operator. With sequence parallelism
+// (BuildContext::sequence_parallel) the activations outside the regions are split along their
+// tokens (dimension 1 of a batch (N, T,
 // ...), in equal slices): a region is entered with gather_tokens and left with reduce_scatter,
 // which move the same bytes as the allreduce they replace, and the LayerNorms and element-wise
 // layers between regions work on 1/tensor of the tokens. Every operator does nothing on an axis

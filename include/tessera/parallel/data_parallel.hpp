@@ -174,6 +174,14 @@ class DataParallel {
   /// Before writing the reduced gradients in place: the shared reduction's copies are done.
   void settle_shared_grads();
   void make_shards();
+  /// Finds the parameters several pipeline stages hold (a weight tied across stages).
+  void find_tied();
+  /// Sums the tied weights' gradients over the pipeline axis.
+  void reduce_tied();
+  /// Whether this rank counts `p` in the norm (not a later stage's copy of a tied weight).
+  bool counted(const nn::Parameter* p) const;
+  /// Every pipeline stage's `mine`, concatenated in stage order (collective over the axis).
+  std::vector<double> gather_over_pipeline(const std::vector<double>& mine) const;
   bool reducing() const;
 
   nn::Layer& m_model;
@@ -198,6 +206,13 @@ class DataParallel {
   FloatView m_group_grads;  // (groups_per_rank, arena) deterministic mode: stashed gradients
   FloatView m_all_groups;   // (P · groups_per_rank, arena) deterministic mode: every group
   std::vector<nn::Parameter> m_pieces;  // ZeRO-1: this rank's pieces as parameters
+  struct Tied {
+    std::string name;
+    Shape local;                    // this rank's block
+    nn::Parameter* mine = nullptr;  // null on a stage that does not hold it
+    bool copy = false;              // an earlier stage holds it too
+  };
+  std::vector<Tied> m_tied;  // weights several pipeline stages hold, in the same order everywhere
   std::vector<nn::Parameter*> m_piece_ptrs;
   std::vector<Shard> m_shards;
   std::vector<std::unique_ptr<comm::Work>> m_gathers;  // ZeRO-1: allgathers in flight

@@ -11,6 +11,7 @@
 // it writes the element to a checkpoint and counts it in a norm. A ZeRO-1 piece is this rank's
 // alone on the data axis (the other data ranks hold the other pieces), so its copy axes exclude
 // data.
+#include "tessera/comm/communicator.hpp"
 #include "tessera/core/layout.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/nn/layer.hpp"
@@ -53,13 +54,31 @@ class StateRegistry {
   void add(std::string name, std::string state, StateKind kind, const Layout& layout,
            const Tensor& local, AxisSet copies, Index first = 0);
 
+  /// Registers a tensor of global shape `shape` that another pipeline stage holds: this rank holds
+  /// none of its elements and owns none (a checkpoint still creates it on every rank).
+  void add_elsewhere(std::string name, std::string state, StateKind kind, const Shape& shape);
+  /// Registers a copy of `entry` (registered with this registry's place).
+  void add_entry(const StateEntry& entry);
+
   const std::vector<StateEntry>& entries() const { return m_entries; }
+  /// The entry of `name` (with `state`), or null.
+  StateEntry* find(const std::string& name, const std::string& state);
   const GridPlace& place() const { return m_place; }
 
  private:
   GridPlace m_place;
   std::vector<StateEntry> m_entries;
 };
+
+/// The registry of a whole pipeline: `mine` (this stage's tensors) together with every other
+/// stage's, which this rank holds none of, in the order one rank holding the whole model lists
+/// them (parameters, then buffers, then optimizer state, each in stage order), so that a
+/// checkpoint is the same whatever the cut. Collective over `pipeline` (the pipeline axis); with
+/// one stage, `mine` itself.
+StateRegistry gather_stages(const StateRegistry& mine, comm::Communicator& pipeline);
+
+/// Every rank's `mine`, in rank order (collective over `comm`).
+std::vector<std::string> allgather_text(comm::Communicator& comm, const std::string& mine);
 
 /// The parameters and buffers of `model` at `place` (their whole local blocks): the registry of a
 /// model without an optimizer (tessera generate loads one); DataParallel::registry adds the state.

@@ -17,6 +17,7 @@
 #include "tessera/nn/sequential.hpp"
 #include "tessera/optim/optimizer.hpp"
 #include "tessera/parallel/data_parallel.hpp"
+#include "tessera/parallel/pipeline.hpp"
 #include "tessera/train/reporter.hpp"
 #include "tessera/train/run_lock.hpp"
 
@@ -101,10 +102,15 @@ class Trainer {
     double comm_s = 0.0;
     double tensor_s = 0.0;  // the tensor-parallel layers' collectives, inside forward/backward
     double data_s = 0.0;
-    double paused_s = 0.0;   // checkpoint time inside the window, not counted in samples/s
-    double grad_norm = 0.0;  // the last step's, when clipping
+    double paused_s = 0.0;          // checkpoint time inside the window, not counted in samples/s
+    double idle_s = 0.0;            // pipeline: this stage waiting for its neighbours (the bubble)
+    double peak_saved_bytes = 0.0;  // pipeline: the most activation bytes held at once
+    double grad_norm = 0.0;         // the last step's, when clipping
   };
   void build(const comm::GridSpec& spec);
+  /// Every parameter, buffer and optimizer state tensor of the whole model (the other pipeline
+  /// stages' held elsewhere): what checkpoints write and restarts read.
+  parallel::StateRegistry state_registry();
   /// One optimizer step on `batch`; adds its sums and times to `window`. Returns the rate used.
   double train_step(std::int64_t step, const io::Batch& batch, Window& window);
   // After the gradients' reduction: a non-finite loss or gradient on any rank stops the run
@@ -135,7 +141,10 @@ class Trainer {
   std::unique_ptr<comm::ProcessGrid> m_grid;
   comm::Communicator* m_trainer = nullptr;  // every rank of the trainer (owned by m_grid)
   comm::Communicator* m_data = nullptr;     // the data axis (owned by m_grid)
-  std::unique_ptr<nn::Sequential> m_model;
+  std::unique_ptr<nn::Sequential> m_model;  // this rank's pipeline stage (all of it at pipeline 1)
+  comm::Communicator* m_pipe = nullptr;     // the pipeline axis (owned by m_grid)
+  comm::Communicator* m_sums = nullptr;     // data × pipeline: where losses and counts are summed
+  std::unique_ptr<parallel::Pipeline> m_pipeline;
   std::unique_ptr<optim::Optimizer> m_optimizer;
   std::unique_ptr<io::DatasetReader> m_train;
   io::SplitInfo m_train_info;
@@ -159,6 +168,24 @@ class Trainer {
 /// Errors name the layer's deck location, a layer that cannot take its input's placement too.
 std::unique_ptr<nn::Sequential> build_model(const deck::Deck& deck,
                                             const nn::BuildContext& context = {});
+
+/// How the deck's model is cut into pipeline stages (parallel.pipeline, parallel.stages), seen
+/// from `place` (its tensor coordinate gives the local shapes). The units are the model's layers,
+/// a `repeat` counted as its repetitions.
+struct StagePlan {
+  std::vector<std::string> unit_names;   ///< "linear3", "repeat1.2"
+  std::vector<std::string> unit_kinds;   ///< "linear", "repeat"
+  std::vector<double> unit_flops;        ///< estimated forward + backward FLOPs per sample
+  std::vector<Index> unit_params;        ///< parameters of each unit (global)
+  std::vector<Index> unit_local_params;  ///< and the elements `place` holds
+  /// Elements of one sample's activations each unit's layers keep for backward at `place` (their
+  /// outputs: the estimate `tessera check` uses).
+  std::vector<Index> unit_activations;
+  std::vector<int> sizes;      ///< units per stage
+  std::vector<size_t> first;   ///< each stage's first unit, then the number of units
+  std::vector<Layout> inputs;  ///< each stage's input layout, then the model's output
+};
+StagePlan plan_stages(const deck::Deck& deck, const GridPlace& place);
 
 /// The run's schedule: its length in optimizer steps (run.steps, or run.epochs over a training
 /// split of `train_samples`) and the deck's schedule validated against it. Throws tessera::Error

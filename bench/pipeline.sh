@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# bench/pipeline.sh — pipeline parallelism on two ranks against one rank (issue 14), side by side in
+# one run on inputs/kjv_gpt.toml (the transformer deck; needs data/kjv.h5):
+#   1. speed: `tessera run` on one rank and with parallel.pipeline = 2 on two ranks, both with
+#      M micro-batches (data.micro_batches; default 8), alternated REPEATS times (default 5);
+#      samples/s of the last progress window (steps after the first STEPS/3), medians; the ratio;
+#   2. the bubble: each stage's measured idle share of a step (metrics "idle", last window) at
+#      m = 4, 8, 16 against the schedule's theory (p - 1) / (m + p - 1), 1F1B;
+#   3. memory: the most bytes the saved contexts of a stage held at once (metrics
+#      "peak_activation_bytes") under 1F1B and GPipe at m = 8: 1F1B keeps at most p - s
+#      micro-batches alive on stage s, GPipe all m.
+#
+#   bench/pipeline.sh          environment: BIN (build/bin), MPIEXEC (mpiexec.mpich), STEPS (12),
+#                              REPEATS (5), M (8), DECK (inputs/kjv_gpt.toml)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${BIN:-build/bin}
+mpiexec=${MPIEXEC:-mpiexec.mpich}
+steps=${STEPS:-12}
+repeats=${REPEATS:-5}
+m=${M:-8}
+deck=${DECK:-inputs/kjv_gpt.toml}
+[[ -e data/kjv.h5 ]] || { echo "pipeline bench: data/kjv.h5 is missing: $bin/tessera-data import kjv" >&2; exit 2; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+window=$((steps / 3))
+common=(run.steps="$steps" run.epochs= run.log_every="$window" run.eval_every=0 data.test=
+  checkpoint.every_steps=0 checkpoint.at_end=false optimizer.schedule.warmup_steps=2)
+
+last_record() { grep '"kind": "train"' "$1/metrics.jsonl" | tail -n 1; }
+field() { sed -E "s/.*\"$2\": \[?([^],}]*)\]?.*/\1/" <<<"$1"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+echo "machine: $(nproc) cores; $(lscpu | sed -n 's/^Model name: *//p')"
+echo "deck: $deck, $steps steps, rates of the last window (steps $((steps - window + 1))-$steps)"
+echo
+echo "## 1. speed, $m micro-batches"
+one=() two=()
+for ((r = 1; r <= repeats; ++r)); do
+  "$bin/tessera" run "$deck" "${common[@]}" data.micro_batches="$m" run.output="$tmp/one$r" >/dev/null
+  a=$(field "$(last_record "$tmp/one$r")" samples_per_s)
+  "$mpiexec" -n 2 "$bin/tessera" run "$deck" "${common[@]}" data.micro_batches="$m" \
+    parallel.pipeline=2 run.output="$tmp/two$r" >/dev/null
+  b=$(field "$(last_record "$tmp/two$r")" samples_per_s)
+  printf 'round %d: one rank %7.2f samples/s, pipeline 2 on 2 ranks %7.2f samples/s (%.2fx)\n' \
+    "$r" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN { print b / a }')"
+  one+=("$a") two+=("$b")
+done
+ma=$(median "${one[@]}")
+mb=$(median "${two[@]}")
+printf 'median: one rank %.2f, pipeline 2 %.2f samples/s: %.2fx\n' "$ma" "$mb" \
+  "$(awk -v a="$ma" -v b="$mb" 'BEGIN { print b / a }')"
+
+echo
+echo "## 2. idle share per stage against (p - 1) / (m + p - 1), 1F1B, 2 stages"
+for mm in 4 8 16; do
+  "$mpiexec" -n 2 "$bin/tessera" run "$deck" "${common[@]}" data.micro_batches="$mm" \
+    parallel.pipeline=2 run.output="$tmp/idle$mm" >/dev/null
+  rec=$(last_record "$tmp/idle$mm")
+  idle=$(sed -E 's/.*"idle": \[([^]]*)\].*/\1/' <<<"$rec")
+  awk -v m="$mm" -v idle="$idle" 'BEGIN {
+    theory = 1 / (m + 1); n = split(idle, s, ", ");
+    line = sprintf("m = %2d: theory %5.1f%%; measured", m, 100 * theory);
+    for (i = 1; i <= n; ++i) line = line sprintf(" stage %d %5.1f%% (%+.0f%%)", i - 1, 100 * s[i], 100 * (s[i] - theory) / theory);
+    print line }'
+done
+
+echo
+echo "## 3. peak activation bytes per stage, m = 8"
+for schedule in 1f1b gpipe; do
+  "$mpiexec" -n 2 "$bin/tessera" run "$deck" "${common[@]}" data.micro_batches=8 \
+    parallel.pipeline=2 parallel.schedule="$schedule" run.output="$tmp/mem-$schedule" >/dev/null
+  rec=$(last_record "$tmp/mem-$schedule")
+  bytes=$(sed -E 's/.*"peak_activation_bytes": \[([^]]*)\].*/\1/' <<<"$rec")
+  awk -v s="$schedule" -v b="$bytes" 'BEGIN { n = split(b, x, ", "); line = sprintf("%-5s:", s);
+    for (i = 1; i <= n; ++i) line = line sprintf(" stage %d %8.2f MiB", i - 1, x[i] / 1048576);
+    print line }'
+done
