@@ -5,7 +5,9 @@
 #      M micro-batches (data.micro_batches; default 8), alternated REPEATS times (default 5);
 #      samples/s of the last progress window (steps after the first STEPS/3), medians; the ratio;
 #   2. the bubble: each stage's measured idle share of a step (metrics "idle", last window) at
-#      m = 4, 8, 16 against the schedule's theory (p - 1) / (m + p - 1), 1F1B;
+#      m = 4, 8, 16 against the schedule's theory (p - 1) / (m + p - 1), 1F1B — on the transformer
+#      deck (whose stages differ by the head and the loss) and (2b) on 8 equal blocks, the
+#      balanced stages the theory assumes;
 #   3. memory: the most bytes the saved contexts of a stage held at once (metrics
 #      "peak_activation_bytes") under 1F1B and GPipe at m = 8: 1F1B keeps at most p - s
 #      micro-batches alive on stage s, GPipe all m.
@@ -58,6 +60,41 @@ for mm in 4 8 16; do
     parallel.pipeline=2 run.output="$tmp/idle$mm" >/dev/null
   rec=$(last_record "$tmp/idle$mm")
   idle=$(sed -E 's/.*"idle": \[([^]]*)\].*/\1/' <<<"$rec")
+  awk -v m="$mm" -v idle="$idle" 'BEGIN {
+    theory = 1 / (m + 1); n = split(idle, s, ", ");
+    line = sprintf("m = %2d: theory %5.1f%%; measured", m, 100 * theory);
+    for (i = 1; i <= n; ++i) line = line sprintf(" stage %d %5.1f%% (%+.0f%%)", i - 1, 100 * s[i], 100 * (s[i] - theory) / theory);
+    print line }'
+done
+
+echo
+echo "## 2b. the same on balanced stages: 8 equal blocks (linear 1024 + relu) on 32x32 Gray-Scott fields"
+"$mpiexec" -n 1 "$bin/tessera-data" gen -q -o "$tmp/gs.h5" --samples 1024 --size 32 --dims 2 \
+  --steps 5 --seed 1
+cat >"$tmp/blocks.toml" <<EOF
+[run]
+seed = 1
+steps = 60
+[data]
+train = "$tmp/gs.h5:/train"
+batch = 256
+[model]
+input = [1, 32, 32]
+layers = [
+  { flatten = {} },
+  { repeat = { times = 8, layers = [ { linear = { out = 1024 } }, { relu = {} } ] } },
+  { linear = { out = 2 } },
+]
+loss = "mse"
+[optimizer]
+type = "sgd"
+lr = 0.001
+EOF
+blocks=(run.log_every=20 run.eval_every=0 checkpoint.every_steps=0 checkpoint.at_end=false)
+for mm in 4 8 16; do
+  "$mpiexec" -n 2 "$bin/tessera" run "$tmp/blocks.toml" "${blocks[@]}" data.micro_batches="$mm" \
+    parallel.pipeline=2 run.output="$tmp/blocks$mm" >/dev/null
+  idle=$(sed -E 's/.*"idle": \[([^]]*)\].*/\1/' <<<"$(last_record "$tmp/blocks$mm")")
   awk -v m="$mm" -v idle="$idle" 'BEGIN {
     theory = 1 / (m + 1); n = split(idle, s, ", ");
     line = sprintf("m = %2d: theory %5.1f%%; measured", m, 100 * theory);

@@ -78,6 +78,7 @@ ForwardResult Sequential::forward(const Tensor& x, const ForwardOptions& options
     ForwardResult step = layer->forward(result.output, options);
     result.output = step.output;
     result.ctx.children.push_back(std::move(step.ctx));
+    context().poll();
   }
   return result;
 }
@@ -90,6 +91,7 @@ Tensor Sequential::backward(const Tensor& dy, Context&& ctx) {
   Tensor grad = dy;
   for (std::size_t i = m_layers.size(); i-- > 0;) {
     grad = m_layers[i]->backward(grad, std::move(ctx.children[i]));
+    context().poll();
     if (m_backward_hook) {
       m_backward_hook(*m_layers[i]);
     }

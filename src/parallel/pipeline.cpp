@@ -158,11 +158,19 @@ void Pipeline::send(const Tensor& t, int peer, int tag) {
 }
 
 void Pipeline::progress() {
-  // MPI moves a message only inside MPI calls: test the transfers in flight between actions, and
-  // let the completed ones go (their tensors may be reused by the layers).
+  // MPI moves a message only inside MPI calls: test the transfers in flight, and let the
+  // completed sends go (their tensors may be reused by the layers).
+  if (m_axis == nullptr) {
+    return;
+  }
   m_sends.erase(
       std::remove_if(m_sends.begin(), m_sends.end(), [](Pending& p) { return p.work->test(); }),
       m_sends.end());
+  for (Pending* p : {&m_next_input, &m_next_grad}) {
+    if (p->work && !p->work->is_completed()) {
+      (void)p->work->test();
+    }
+  }
 }
 
 void Pipeline::finish_sends(PipelineStats& stats) {
@@ -184,8 +192,8 @@ PipelineStats Pipeline::train(const MicroBatches& mb) {
   std::vector<double> held(static_cast<size_t>(m), 0.0);
   double live_bytes = 0.0;
   // One receive of each direction posted ahead of the action that consumes it.
-  Pending next_input;
-  Pending next_grad;
+  Pending& next_input = m_next_input;
+  Pending& next_grad = m_next_grad;
   int next_input_micro = 0;
   int next_grad_micro = 0;
   // A micro-batch of no samples (the last batch of an epoch may be short) is the same on every

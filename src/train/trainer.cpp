@@ -630,6 +630,9 @@ void Trainer::build(const comm::GridSpec& spec) {
   m_pipeline = std::make_unique<parallel::Pipeline>(
       *m_model, m_pipe, m_grid->place(), parallel::schedule_from_name(deck.parallel.schedule));
   m_model->set_needs_input_grad(!m_pipeline->first());  // the first stage's input is data
+  if (spec.pipeline > 1) {  // between layers, the transfers to and from the neighbours move on
+    m_model->context().set_poll([this] { m_pipeline->progress(); });
+  }
   // A model ending split over the tensor axis (a vocabulary-parallel head): its loss is summed
   // over the tensor ranks, which never gather the logits.
   const Layout& out = m_model->output_layout();

@@ -8,6 +8,7 @@
 #include "tessera/core/layout.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 namespace tessera::nn {
@@ -63,6 +64,15 @@ class BuildContext {
   }
   /// The tensor-axis communication clock shared by the copies of this context.
   TensorCommClock& tensor_clock() const { return *m_clock; }
+  /// Called by composite layers between their children's forward and backward passes (shared by
+  /// the copies of this context): the pipeline's transfers progress there, since MPI moves a
+  /// message only inside MPI calls. None by default.
+  void poll() const {
+    if (*m_poll) {
+      (*m_poll)();
+    }
+  }
+  void set_poll(std::function<void()> poll) const { *m_poll = std::move(poll); }
 
  private:
   const comm::ProcessGrid* m_grid = nullptr;
@@ -70,6 +80,7 @@ class BuildContext {
   ExecContext m_exec;
   bool m_sequence_parallel = false;
   std::shared_ptr<TensorCommClock> m_clock = std::make_shared<TensorCommClock>();
+  std::shared_ptr<std::function<void()>> m_poll = std::make_shared<std::function<void()>>();
 };
 
 }  // namespace tessera::nn

@@ -99,6 +99,10 @@ class Pipeline {
 
   /// Bytes held by the tensors `ctx` saved (and its children's), each storage once.
   static double saved_bytes(const nn::Context& ctx);
+  /// Progresses the transfers in flight (MPI moves a message only inside MPI calls) and lets the
+  /// completed sends go. The stage's layers call it between their children (BuildContext::poll),
+  /// so a message moves while the stage computes.
+  void progress();
 
  private:
   struct Pending {
@@ -108,7 +112,6 @@ class Pipeline {
   Pending post_recv(const Shape& sample, Index samples, int peer, int tag) const;
   void wait(Pending& p, PipelineStats& stats) const;
   void send(const Tensor& t, int peer, int tag);
-  void progress();
   void finish_sends(PipelineStats& stats);
 
   nn::Sequential& m_stage_layers;
@@ -119,6 +122,8 @@ class Pipeline {
   Shape m_local_in;   // one sample of this stage's input, as this rank holds it
   Shape m_local_out;  // and of its output
   std::vector<Pending> m_sends;
+  Pending m_next_input;  // the receives posted ahead (activations, gradients)
+  Pending m_next_grad;
 };
 
 }  // namespace tessera::parallel
