@@ -968,7 +968,14 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   const Stopwatch comm_clock;
   m_dp->finish_reduction();
   w.comm_s += comm_clock.seconds();
+  // The verdict on non-finite values is the step's first agreement over the trainer: with
+  // pipeline stages, where a stage that finished first waits for the pipeline to drain — the end
+  // of its bubble, counted as idle.
+  const Stopwatch drain_clock;
   const bool skip = nonfinite_step(step, step_loss);
+  if (m_pipe->size() > 1) {
+    w.idle_s += drain_clock.seconds();
+  }
   if (!skip) {
     w.loss += step_loss;
   }
