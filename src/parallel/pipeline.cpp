@@ -191,32 +191,40 @@ PipelineStats Pipeline::train(const MicroBatches& mb) {
   std::vector<char> alive(static_cast<size_t>(m), 0);
   std::vector<double> held(static_cast<size_t>(m), 0.0);
   double live_bytes = 0.0;
-  // One receive of each direction posted ahead of the action that consumes it.
-  Pending& next_input = m_next_input;
-  Pending& next_grad = m_next_grad;
-  int next_input_micro = 0;
-  int next_grad_micro = 0;
-  // A micro-batch of no samples (the last batch of an epoch may be short) is the same on every
-  // stage: nothing computed or sent, only the hooks run.
+  // One receive of each direction posted ahead of the action that consumes it. A micro-batch of
+  // no samples (the last batch of an epoch may be short) is the same on every stage: nothing is
+  // computed or sent for it, only the hooks run.
   const auto empty = [&](int i) { return mb.size(i) == 0; };
-  const auto post_input = [&] {
-    while (next_input_micro < m && empty(next_input_micro)) {
-      ++next_input_micro;
+  struct Inbox {
+    Pending& pending;
+    bool active;  // this stage receives in this direction
+    Shape sample;
+    int peer;
+    int tag;
+    int micro = 0;  // the micro-batch the posted receive is for
+  };
+  Inbox inputs{m_next_input, !first(), m_local_in, m_stage - 1, kActivationTag};
+  Inbox grads{m_next_grad, !last(), m_local_out, m_stage + 1, kGradientTag};
+  const auto post = [&](Inbox& box) {
+    while (box.micro < m && empty(box.micro)) {
+      ++box.micro;
     }
-    if (!first() && next_input_micro < m) {
-      next_input = post_recv(m_local_in, mb.size(next_input_micro), m_stage - 1, kActivationTag);
+    if (box.active && box.micro < m) {
+      box.pending = post_recv(box.sample, mb.size(box.micro), box.peer, box.tag);
     }
   };
-  const auto post_grad = [&] {
-    while (next_grad_micro < m && empty(next_grad_micro)) {
-      ++next_grad_micro;
-    }
-    if (!last() && next_grad_micro < m) {
-      next_grad = post_recv(m_local_out, mb.size(next_grad_micro), m_stage + 1, kGradientTag);
-    }
+  const auto take = [&](Inbox& box, int micro) {
+    TESSERA_CHECK(box.micro == micro, "pipeline: micro-batch {} received before {}", micro,
+                  box.micro);
+    wait(box.pending, stats);
+    const Tensor t = box.pending.tensor;
+    box.pending = Pending();
+    ++box.micro;
+    post(box);
+    return t;
   };
-  post_input();
-  post_grad();
+  post(inputs);
+  post(grads);
   for (const Action& a : actions) {
     const auto i = static_cast<size_t>(a.micro);
     if (empty(a.micro)) {
@@ -229,18 +237,7 @@ PipelineStats Pipeline::train(const MicroBatches& mb) {
       continue;
     }
     if (a.forward) {
-      Tensor x;
-      if (first()) {
-        x = mb.input(a.micro);
-      } else {
-        TESSERA_CHECK(next_input_micro == a.micro, "pipeline: forward {} before {}", a.micro,
-                      next_input_micro);
-        wait(next_input, stats);
-        x = next_input.tensor;
-        next_input = Pending();
-        ++next_input_micro;
-        post_input();
-      }
+      const Tensor x = first() ? mb.input(a.micro) : take(inputs, a.micro);
       nn::ForwardResult f = m_stage_layers.forward(x, mb.options(a.micro));
       held[i] = saved_bytes(f.ctx);
       live_bytes += held[i];
@@ -254,19 +251,8 @@ PipelineStats Pipeline::train(const MicroBatches& mb) {
       }
     } else {
       TESSERA_CHECK(alive[i] != 0, "pipeline: backward {} before its forward", a.micro);
-      Tensor dy;
-      if (last()) {
-        dy = output_grads[i];
-        output_grads[i] = Tensor();
-      } else {
-        TESSERA_CHECK(next_grad_micro == a.micro, "pipeline: backward {} before {}", a.micro,
-                      next_grad_micro);
-        wait(next_grad, stats);
-        dy = next_grad.tensor;
-        next_grad = Pending();
-        ++next_grad_micro;
-        post_grad();
-      }
+      const Tensor dy = last() ? output_grads[i] : take(grads, a.micro);
+      output_grads[i] = Tensor();
       if (mb.before_backward) {
         mb.before_backward(a.micro);
       }
