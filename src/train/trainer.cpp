@@ -1126,20 +1126,23 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
   std::string idle;
   std::string idle_json;
   if (m_pipe->size() > 1) {
-    const double mine[2] = {w.idle_s / std::max(1e-12, busy), w.peak_saved_bytes};
-    std::vector<double> stages(2 * static_cast<size_t>(m_pipe->size()));
-    m_pipe->allgather(comm::ConstBuffer(mine, 2), comm::Buffer(stages))->wait();
+    const double mine[3] = {w.idle_s / std::max(1e-12, busy), w.peak_saved_bytes, w.compute_s};
+    std::vector<double> stages(3 * static_cast<size_t>(m_pipe->size()));
+    m_pipe->allgather(comm::ConstBuffer(mine, 3), comm::Buffer(stages))->wait();
     std::vector<std::string> shares;
     std::vector<std::string> fractions;
     std::vector<std::string> bytes;
-    for (size_t k = 0; k < stages.size(); k += 2) {
+    std::vector<std::string> compute;
+    for (size_t k = 0; k < stages.size(); k += 3) {
       shares.push_back(fmt::format("{:.0f}%", 100.0 * stages[k]));
       fractions.push_back(fmt::format("{:.4f}", stages[k]));
       bytes.push_back(fmt::format("{:.0f}", stages[k + 1]));
+      compute.push_back(fmt::format("{:.4f}", stages[k + 2]));
     }
     idle = fmt::format("idle {} ", fmt::join(shares, "/"));
-    idle_json = fmt::format(R"(, "idle": [{}], "peak_activation_bytes": [{}])",
-                            fmt::join(fractions, ", "), fmt::join(bytes, ", "));
+    idle_json =
+        fmt::format(R"(, "idle": [{}], "peak_activation_bytes": [{}], "stage_compute_s": [{}])",
+                    fmt::join(fractions, ", "), fmt::join(bytes, ", "), fmt::join(compute, ", "));
   }
   say(fmt::format(
       "step {:6d}/{}  epoch {}  loss {:.4f}  {} {}  {} samples/s  compute {:2.0f}% "
