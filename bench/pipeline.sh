@@ -31,6 +31,21 @@ common=(run.steps="$steps" run.epochs= run.log_every="$window" run.eval_every=0 
 
 last_record() { grep '"kind": "train"' "$1/metrics.jsonl" | tail -n 1; }
 field() { sed -E "s/.*\"$2\": \[?([^],}]*)\]?.*/\1/" <<<"$1"; }
+# idle_line M RUN: each stage's idle share of RUN's last window against 1/(M + 1) (p = 2), and the
+# stages' compute seconds over the window.
+idle_line() {
+  local rec idle compute
+  rec=$(last_record "$2")
+  idle=$(sed -E 's/.*"idle": \[([^]]*)\].*/\1/' <<<"$rec")
+  compute=$(sed -E 's/.*"stage_compute_s": \[([^]]*)\].*/\1/' <<<"$rec")
+  awk -v m="$1" -v idle="$idle" -v compute="$compute" 'BEGIN {
+    theory = 1 / (m + 1); n = split(idle, s, ", "); split(compute, c, ", ");
+    line = sprintf("m = %2d: theory %5.1f%%; measured", m, 100 * theory);
+    for (i = 1; i <= n; ++i) line = line sprintf(" stage %d %5.1f%% (%+.0f%%)", i - 1, 100 * s[i], 100 * (s[i] - theory) / theory);
+    line = line "; compute s";
+    for (i = 1; i <= n; ++i) line = line sprintf(" %.2f", c[i]);
+    print line }'
+}
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 echo "machine: $(nproc) cores; $(lscpu | sed -n 's/^Model name: *//p')"
@@ -58,13 +73,7 @@ echo "## 2. idle share per stage against (p - 1) / (m + p - 1), 1F1B, 2 stages"
 for mm in 4 8 16; do
   "$mpiexec" -n 2 "$bin/tessera" run "$deck" "${common[@]}" data.micro_batches="$mm" \
     parallel.pipeline=2 run.output="$tmp/idle$mm" >/dev/null
-  rec=$(last_record "$tmp/idle$mm")
-  idle=$(sed -E 's/.*"idle": \[([^]]*)\].*/\1/' <<<"$rec")
-  awk -v m="$mm" -v idle="$idle" 'BEGIN {
-    theory = 1 / (m + 1); n = split(idle, s, ", ");
-    line = sprintf("m = %2d: theory %5.1f%%; measured", m, 100 * theory);
-    for (i = 1; i <= n; ++i) line = line sprintf(" stage %d %5.1f%% (%+.0f%%)", i - 1, 100 * s[i], 100 * (s[i] - theory) / theory);
-    print line }'
+  idle_line "$mm" "$tmp/idle$mm"
 done
 
 echo
@@ -94,12 +103,7 @@ blocks=(run.log_every=20 run.eval_every=0 checkpoint.every_steps=0 checkpoint.at
 for mm in 4 8 16; do
   "$mpiexec" -n 2 "$bin/tessera" run "$tmp/blocks.toml" "${blocks[@]}" data.micro_batches="$mm" \
     parallel.pipeline=2 run.output="$tmp/blocks$mm" >/dev/null
-  idle=$(sed -E 's/.*"idle": \[([^]]*)\].*/\1/' <<<"$(last_record "$tmp/blocks$mm")")
-  awk -v m="$mm" -v idle="$idle" 'BEGIN {
-    theory = 1 / (m + 1); n = split(idle, s, ", ");
-    line = sprintf("m = %2d: theory %5.1f%%; measured", m, 100 * theory);
-    for (i = 1; i <= n; ++i) line = line sprintf(" stage %d %5.1f%% (%+.0f%%)", i - 1, 100 * s[i], 100 * (s[i] - theory) / theory);
-    print line }'
+  idle_line "$mm" "$tmp/blocks$mm"
 done
 
 echo
