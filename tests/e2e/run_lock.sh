@@ -14,9 +14,11 @@ printf '%s\n' '[run]' 'seed = 5' 'steps = 100000000' 'log_every = 100' \
 # The first run, on 2 ranks, training.
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/deck.toml" >"$tmp/first.log" 2>&1 &
 first=$!
-# Until it trains (up to 2 minutes: an ASan build on a loaded machine starts slowly).
+# Until it trains: its first progress line ("step      1/..."; the resolved deck it prints
+# before, with its "steps = " line, comes before the lock), up to 2 minutes (an ASan build on a
+# loaded machine starts slowly).
 for ((i = 0; i < 1200; ++i)); do
-  grep -q "^step" "$tmp/first.log" 2>/dev/null && break
+  grep -Eq "^step +[0-9]+/" "$tmp/first.log" 2>/dev/null && break
   sleep 0.1
 done
 pid=; host=
