@@ -569,13 +569,14 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world, Reporter* reporter)
 
 void Trainer::build(const comm::GridSpec& spec) {
   const deck::Deck& deck = m_deck;
+  StagePlan plan;  // pipeline > 1: the cut, built once for the stage and the stage line
   comm::agree(*m_trainer, [&] {
     if (leader()) {
       deck::check_folders(deck);  // the deck's own mistakes before the data's
     }
     Shape output;
     if (spec.pipeline > 1) {  // this rank's stage only: it never allocates another's weights
-      const StagePlan plan = plan_stages(deck, m_grid->place());
+      plan = plan_stages(deck, m_grid->place());
       const auto s = static_cast<size_t>(m_grid->place().coord_of(GridAxis::pipeline));
       nn::BuildContext context(*m_grid);
       context.with_sequence_parallel(deck.parallel.sequence_parallel);
@@ -661,7 +662,6 @@ void Trainer::build(const comm::GridSpec& spec) {
     say(fmt::format("grid: {} ranks = {}", m_trainer->size(), comm::to_string(spec)));
   }
   if (spec.pipeline > 1) {
-    const StagePlan plan = plan_stages(deck, m_grid->place());
     std::vector<std::string> cut;
     for (size_t k = 0; k < plan.sizes.size(); ++k) {
       cut.push_back(fmt::format("{}..{}", plan.unit_names[plan.first[k]],
