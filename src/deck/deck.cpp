@@ -906,6 +906,7 @@ Deck parse(const std::string& text, const std::string& file,
   d.run.check_collectives = run.boolean("check_collectives", false);
   d.run.nonfinite = run.choice("nonfinite", "stop", {"stop", "skip"});
   d.run.check_replicas = run.integer("check_replicas", 0, 0);
+  d.run.activation_limit_mb = run.number("activation_limit_mb", 0.0, 0.0, 1e12);
   run.finish();
 
   Section par = top.table("parallel");
@@ -937,15 +938,6 @@ Deck parse(const std::string& text, const std::string& file,
           fmt::format("parallel.{} = {}: only data and tensor parallelism are available in this "
                       "version (set it to 1)",
                       axis, par.integer(axis, 1, 1)));
-    }
-  }
-  for (std::int64_t s : spatial) {
-    if (s != 1) {
-      throw par.error(
-          "spatial", par.find("spatial"),
-          fmt::format("parallel.spatial = [{}]: spatial decomposition is not available in this "
-                      "version (set every entry to 1)",
-                      fmt::join(spatial, ", ")));
     }
   }
   d.parallel.bucket_mb = par.number("bucket_mb", 4.0, 0.0, 1024.0, true);
@@ -1145,10 +1137,10 @@ std::string to_toml(const Deck& d) {
   }
   o += fmt::format(
       "log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\nwatchdog_s = {}\n"
-      "check_collectives = {}\nnonfinite = {}\ncheck_replicas = {}\n\n",
+      "check_collectives = {}\nnonfinite = {}\ncheck_replicas = {}\nactivation_limit_mb = {}\n\n",
       d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads,
       real(d.run.watchdog_s), d.run.check_collectives, toml_string(d.run.nonfinite),
-      d.run.check_replicas);
+      d.run.check_replicas, real(d.run.activation_limit_mb));
   o += fmt::format(
       "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n"
       "sequence_parallel = {}\nbucket_mb = {}\nreduce = {}\nzero = {}\ndeterministic = {}\n",

@@ -661,11 +661,13 @@ DatasetReader::DatasetReader(const std::string& spec, const ReaderOptions& optio
       m_sample_shape[d + 1] = b.extent[d];
     }
   }
-  if (options.expect_sample_shape && *options.expect_sample_shape != m_sample_shape) {
+  // The whole samples' shape (a sub-box is a tile of them).
+  const Shape whole = options.box ? m_info.sample_shape : m_sample_shape;
+  if (options.expect_sample_shape && *options.expect_sample_shape != whole) {
     throw bad(fmt::format(
         "{} are {} but the model takes {}",
         tokens ? fmt::format("windows of context {}", options.context) : std::string("samples"),
-        to_string(m_sample_shape), to_string(*options.expect_sample_shape)));
+        to_string(whole), to_string(*options.expect_sample_shape)));
   }
   if (batches_per_epoch() == 0) {
     throw bad(m_info.samples == 0

@@ -335,7 +335,8 @@ void global_avg_pool_forward(const Tensor& x, const Tensor& y, Index planes, Ind
       });
 }
 
-void global_avg_pool_backward(const Tensor& dy, const Tensor& dx, Index planes, Index plane_size) {
+void global_avg_pool_backward(const Tensor& dy, const Tensor& dx, Index planes, Index plane_size,
+                              Index divisor) {
   TESSERA_CHECK(plane_size >= 1 && dx.numel() == planes * plane_size && dy.numel() == planes,
                 "global_avg_pool_backward: output grad '{}' {} and input grad '{}' {} are not {} "
                 "means and {} planes of {} elements",
@@ -343,7 +344,7 @@ void global_avg_pool_backward(const Tensor& dy, const Tensor& dx, Index planes, 
                 planes, plane_size);
   const FloatView dyv = dy.view();
   const FloatView dxv = dx.view();
-  const float inv_size = 1.0F / static_cast<float>(plane_size);
+  const float inv_size = 1.0F / static_cast<float>(divisor > 0 ? divisor : plane_size);
   Kokkos::parallel_for(
       "kernels::global_avg_pool_backward", Policy(0, dx.numel()),
       KOKKOS_LAMBDA(const Index i) { dxv(i) = dyv(i / plane_size) * inv_size; });

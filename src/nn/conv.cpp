@@ -40,8 +40,8 @@ Shape spatial(const std::array<Index, 3>& a, int ndims) {
 }  // namespace
 
 ConvNd::ConvNd(std::string name, const Shape& input, const ConvOptions& options, int ndims,
-               const char* kind)
-    : Layer(std::move(name)),
+               const char* kind, BuildContext context)
+    : Layer(std::move(name), std::move(context)),
       m_kind(kind),
       m_ndims(ndims),
       m_bias(options.bias),
@@ -109,27 +109,86 @@ ConvNd::ConvNd(std::string name, const Shape& input, const ConvOptions& options,
   if (m_bias) {
     add_parameter("bias", {m_out}, InitSpec::uniform(-bound, bound), /*decay=*/false);  // (out,)
   }
+  m_local_input = m_input;
+  m_local_output = m_output;
+  m_placed = Layout::replicated(m_input);
+  m_output_layout = Layout::replicated(m_output);
+  m_requested = options.backend;
+  configure(m_geom);
+}
+
+void ConvNd::configure(const kernels::ConvGeometry& run) {
+  m_run = run;
   // Blocks of whole samples while one sample's columns fit the budget, else bands of output rows.
-  const Index row_bytes = m_geom.col_rows() * m_geom.output[2] * Index{sizeof(float)};
-  const Index sample_bytes = row_bytes * m_geom.output_rows();
+  const Index row_bytes = m_run.col_rows() * m_run.output[2] * Index{sizeof(float)};
+  const Index sample_bytes = row_bytes * m_run.output_rows();
   if (sample_bytes <= kColumnBytes) {
     m_chunk = kColumnBytes / sample_bytes;
-    m_tile_rows = m_geom.output_rows();
+    m_tile_rows = m_run.output_rows();
   } else {
     m_chunk = 1;
     m_tile_rows = std::max<Index>(1, kColumnBytes / row_bytes);
   }
-  ConvBackend backend = options.backend;
+  ConvBackend backend = m_requested;
   if (backend == ConvBackend::automatic) {
     backend = kernels::dnnl_available() ? ConvBackend::dnnl : ConvBackend::im2col;
   }
   m_backend = backend;
+  m_dnnl.reset();
+  m_col = Tensor();
+  m_output_pool.clear();
+  m_input_grad_pool.clear();
   if (backend == ConvBackend::dnnl) {
-    m_dnnl = std::make_unique<kernels::DnnlConv>(fmt::format("{} '{}'", kind, me), m_geom, m_out,
-                                                 ndims, m_bias);
+    m_dnnl = std::make_unique<kernels::DnnlConv>(fmt::format("{} '{}'", m_kind, name()), m_run,
+                                                 m_out, m_ndims, m_bias);
   } else {
-    m_col = Tensor(me + ".columns", {m_geom.col_rows(), m_chunk * m_tile_rows * m_geom.output[2]});
+    m_col = Tensor(name() + ".columns", {m_run.col_rows(), m_chunk * m_tile_rows * m_run.output[2]});
   }
+}
+
+Layout ConvNd::place_input(const Layout& input) {
+  if (input.global_shape() != m_input) {
+    (void)output_shape(input.global_shape());  // throws, naming both shapes
+  }
+  if (input == m_placed && !m_output_layout.global_shape().empty()) {
+    return m_output_layout;
+  }
+  std::vector<WindowAxis> axes;
+  for (int d = 0; d < m_ndims; ++d) {
+    const auto g = static_cast<size_t>(3 - m_ndims + d);
+    axes.push_back({m_geom.input[g], m_geom.output[g], m_geom.kernel[g], m_geom.stride[g],
+                    m_geom.pad[g], 1});
+  }
+  WindowPlacement placed =
+      place_window(fmt::format("{} '{}'", m_kind, name()), input, axes, m_output, context());
+  m_halo = std::move(placed.halo);
+  m_placed = input;
+  m_output_layout = placed.output;
+  for (Parameter& p : parameters()) {
+    p.partial = AxisSet{GridAxis::data} | placed.split;
+  }
+  if (!m_halo) {
+    m_local_input = m_input;
+    m_local_output = m_output;
+    configure(m_geom);
+    return m_output_layout;
+  }
+  m_local_input = m_halo->local_input();
+  m_local_output = batch_shape(m_out, m_halo->local_output());
+  std::array<Index, 3> window{1, 1, 1};
+  std::array<Index, 3> local_out{1, 1, 1};
+  for (int d = 0; d < m_ndims; ++d) {
+    const auto g = static_cast<size_t>(3 - m_ndims + d);
+    window[g] = m_halo->window()[static_cast<size_t>(d) + 1];
+    local_out[g] = m_halo->local_output()[static_cast<size_t>(d)];
+  }
+  // The window holds the padding: the kernels run it unpadded.
+  const kernels::ConvGeometry run =
+      kernels::ConvGeometry::make(m_geom.channels, window, m_geom.kernel, m_geom.stride, {0, 0, 0});
+  TESSERA_CHECK(run.output == local_out, "{} '{}': window geometry does not give the local output",
+                m_kind, name());
+  configure(run);
+  return m_output_layout;
 }
 
 const char* backend_name(ConvBackend backend) {
@@ -146,7 +205,7 @@ const char* backend_name(ConvBackend backend) {
 
 template <class F>
 void ConvNd::for_each_block(Index n, F&& f) const {
-  const Index rows = m_geom.output_rows();
+  const Index rows = m_run.output_rows();
   for (Index n0 = 0; n0 < n; n0 += m_chunk) {
     for (Index t0 = 0; t0 < rows; t0 += m_tile_rows) {
       f(n0, std::min(m_chunk, n - n0), kernels::OutputRows{t0, std::min(t0 + m_tile_rows, rows)});
@@ -162,9 +221,11 @@ Shape ConvNd::output_shape(const Shape& input) const {
   return m_output;
 }
 
-ForwardResult ConvNd::forward(const Tensor& x, const ForwardOptions& /*options*/) {
-  check_batch(x, m_input, "input");
-  const Shape y_shape = batch_shape(x.dim(0), m_output);  // (N, out, [Do,] Ho, Wo)
+ForwardResult ConvNd::forward(const Tensor& xl, const ForwardOptions& /*options*/) {
+  check_batch(xl, m_local_input, "input");
+  // On a spatial split: this rank's window, its block with the neighbours' halo and the padding.
+  const Tensor x = m_halo ? m_halo->gather(xl, 0.0F) : xl;
+  const Shape y_shape = batch_shape(x.dim(0), m_local_output);  // (N, out, [Do,] Ho, Wo)
   // oneDNN overwrites y: reused storage; im2col accumulates onto a zero y.
   const Tensor y =
       m_dnnl ? m_output_pool.get(name() + ".output", y_shape) : Tensor(name() + ".output", y_shape);
@@ -174,20 +235,20 @@ ForwardResult ConvNd::forward(const Tensor& x, const ForwardOptions& /*options*/
     forward_im2col(x, y);
   }
   Context ctx;
-  ctx.saved = {x};  // (N, C, [D,] H, W)
-  ctx.input_shape = x.shape();
+  ctx.saved = {x};  // (N, C, [D,] H, W), the window on a spatial split
+  ctx.input_shape = xl.shape();
   return {y, std::move(ctx)};
 }
 
 void ConvNd::forward_im2col(const Tensor& x, const Tensor& y) {
   const Index n = x.dim(0);
-  const Index k = m_geom.col_rows();       // K = C·k^d
-  const Index p = m_geom.output_volume();  // P = Do·Ho·Wo
-  const Index wo = m_geom.output[2];
+  const Index k = m_run.col_rows();       // K = C·k^d
+  const Index p = m_run.output_volume();  // P = Do·Ho·Wo
+  const Index wo = m_run.output[2];
   const float* w = parameters()[0].value.data();  // (out, K)
   for_each_block(n, [&](Index n0, Index count, kernels::OutputRows rows) {
     const Index r = rows.size() * wo;                    // columns per sample in this block
-    kernels::im2col(x, m_geom, n0, count, rows, m_col);  // (K, count·r)
+    kernels::im2col(x, m_run, n0, count, rows, m_col);  // (K, count·r)
     for (Index b = 0; b < count; ++b) {
       // y_n[:, t0·Wo : t1·Wo] (out, r; row stride P) = W (out, K) · col_b (K, r). y starts at
       // zero, so add_bias writes the bias and the GEMM accumulates onto it (beta = 1): the bias
@@ -202,9 +263,10 @@ void ConvNd::forward_im2col(const Tensor& x, const Tensor& y) {
 }
 
 Tensor ConvNd::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, m_output, "output grad");
+  check_batch(dy, m_local_output, "output grad");
   const Index n = dy.dim(0);
-  TESSERA_CHECK(ctx.saved.size() == 1 && ctx.saved[0].shape() == batch_shape(n, m_input),
+  const Shape run_input = m_halo ? m_halo->window() : m_local_input;
+  TESSERA_CHECK(ctx.saved.size() == 1 && ctx.saved[0].shape() == batch_shape(n, run_input),
                 "{} '{}': backward context does not match output grad {} (call backward once "
                 "with the context of the forward call that produced it)",
                 m_kind, name(), to_string(dy.shape()));
@@ -221,20 +283,21 @@ Tensor ConvNd::backward(const Tensor& dy, Context&& ctx) {
   } else {
     backward_im2col(x, dy, dx);
   }
-  return dx;
+  // On a spatial split: the halo's gradient goes back to its owners.
+  return m_halo && dx.defined() ? m_halo->scatter(dx) : dx;
 }
 
 void ConvNd::backward_im2col(const Tensor& x, const Tensor& dy, const Tensor& dx) {
   const Index n = dy.dim(0);
-  const Index k = m_geom.col_rows();
-  const Index p = m_geom.output_volume();
-  const Index wo = m_geom.output[2];
+  const Index k = m_run.col_rows();
+  const Index p = m_run.output_volume();
+  const Index wo = m_run.output[2];
   Parameter& w = parameters()[0];  // (out, K)
   const bool input_grad = dx.defined();
   for_each_block(n, [&](Index n0, Index count, kernels::OutputRows rows) {
     const Index r = rows.size() * wo;
     const Index ld = count * r;
-    kernels::im2col(x, m_geom, n0, count, rows, m_col);  // (K, count·r)
+    kernels::im2col(x, m_run, n0, count, rows, m_col);  // (K, count·r)
     for (Index b = 0; b < count; ++b) {
       // Sample by sample, so dy_n and col_b are still in cache for the second GEMM.
       const float* dy_n = dy.data() + (n0 + b) * m_out * p + rows.begin * wo;  // (out, r), ld P
@@ -252,15 +315,17 @@ void ConvNd::backward_im2col(const Tensor& x, const Tensor& dy, const Tensor& dx
       }
     }
     if (input_grad) {
-      kernels::col2im(m_col, m_geom, n0, count, rows, dx);  // dx += fold(dcol)
+      kernels::col2im(m_col, m_run, n0, count, rows, dx);  // dx += fold(dcol)
     }
   });
 }
 
-Conv2d::Conv2d(std::string name, const Shape& input, const ConvOptions& options)
-    : ConvNd(std::move(name), input, options, 2, "conv2d") {}
+Conv2d::Conv2d(std::string name, const Shape& input, const ConvOptions& options,
+               BuildContext context)
+    : ConvNd(std::move(name), input, options, 2, "conv2d", std::move(context)) {}
 
-Conv3d::Conv3d(std::string name, const Shape& input, const ConvOptions& options)
-    : ConvNd(std::move(name), input, options, 3, "conv3d") {}
+Conv3d::Conv3d(std::string name, const Shape& input, const ConvOptions& options,
+               BuildContext context)
+    : ConvNd(std::move(name), input, options, 3, "conv3d", std::move(context)) {}
 
 }  // namespace tessera::nn

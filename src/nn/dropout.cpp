@@ -46,19 +46,39 @@ Shape Dropout::output_shape(const Shape& input) const {
 
 Layout Dropout::place_input(const Layout& input) {
   require_not_partial(input);  // a mask of a sum is not the sum of masks
+  const GridPlace& place = context().place();
+  m_offsets.clear();
+  bool spatial = false;
   for (int d = 1; d < input.rank(); ++d) {
-    if (input.axis_of(d).has_value()) {
+    const std::optional<GridAxis> axis = input.axis_of(d);
+    if (!axis) {
+      continue;
+    }
+    if (*axis != GridAxis::spatial0 && *axis != GridAxis::spatial1 &&
+        *axis != GridAxis::spatial2) {
       throw Error(
-          fmt::format("{} '{}' takes samples split on their first dimension only, but its "
-                      "input is {}",
+          fmt::format("{} '{}' takes samples split on their first dimension or over the spatial "
+                      "axes only, but its input is {}",
                       kind(), name(), input.to_string()));
     }
+    spatial = true;
+  }
+  if (spatial) {
+    // A spatial tile: each element draws the counter of its place in the whole sample.
+    if (input.axis_of(0).has_value()) {
+      throw Error(fmt::format("{} '{}' cannot take a sample split both on its first dimension and "
+                              "spatially: {}",
+                              kind(), name(), input.to_string()));
+    }
+    m_offsets = input.global_indices(place);
+    m_local_input = input.local_shape(place);
+    m_local_offset = 0;
+    return input;
   }
   if (input.rank() >= 1 && input.placement(0).stride != 1) {
     throw Error(fmt::format("{} '{}' cannot take the strided split of its input {}", kind(), name(),
                             input.to_string()));
   }
-  const GridPlace& place = context().place();
   m_local_input = input.local_shape(place);
   m_local_offset =
       input.rank() >= 1 ? input.local_offset(place)[0] * (numel(m_input) / m_input[0]) : 0;
@@ -83,9 +103,15 @@ ForwardResult Dropout::forward(const Tensor& x, const ForwardOptions& options) {
   const auto sample_numel = static_cast<std::uint64_t>(numel(m_input));
   const auto first = static_cast<std::uint64_t>(options.sample_offset) * sample_numel +
                      static_cast<std::uint64_t>(m_local_offset);
-  kernels::dropout_forward(x, y, mask, m_options.p, options.seed,
-                           dropout_stream(name(), options.step), first, numel(m_local_input),
-                           sample_numel);
+  if (m_offsets.empty()) {
+    kernels::dropout_forward(x, y, mask, m_options.p, options.seed,
+                             dropout_stream(name(), options.step), first, numel(m_local_input),
+                             sample_numel);
+  } else {
+    kernels::dropout_forward_indexed(x, y, mask, m_options.p, options.seed,
+                                     dropout_stream(name(), options.step), first, m_offsets,
+                                     sample_numel);
+  }
   ctx.saved.push_back(std::move(mask));
   return {std::move(y), std::move(ctx)};
 }

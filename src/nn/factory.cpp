@@ -12,6 +12,7 @@
 #include "tessera/nn/norm.hpp"
 #include "tessera/nn/pooling.hpp"
 #include "tessera/nn/sequential.hpp"
+#include "tessera/nn/spatial.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -186,16 +187,16 @@ PoolOptions pool_options(Options& o) {
 template <class L>
 Kind pool(std::vector<std::string> opts = {"kernel", "stride", "pad"}) {
   return {std::move(opts),
-          [](Options& o, const std::string& name, const Shape& in, const BuildContext&) {
-            return std::make_unique<L>(name, in, pool_options(o));
+          [](Options& o, const std::string& name, const Shape& in, const BuildContext& ctx) {
+            return std::make_unique<L>(name, in, pool_options(o), ctx);
           }};
 }
 
 template <class L>
 Kind conv() {
   return {{"out", "kernel", "stride", "pad", "bias"},
-          [](Options& o, const std::string& name, const Shape& in, const BuildContext&) {
-            return std::make_unique<L>(name, in, conv_options(o));
+          [](Options& o, const std::string& name, const Shape& in, const BuildContext& ctx) {
+            return std::make_unique<L>(name, in, conv_options(o), ctx);
           }};
 }
 
@@ -214,12 +215,13 @@ Kind activation(kernels::ActivationKind kind, bool slope) {
 
 template <class L>
 Kind batchnorm() {
-  return {{"momentum", "eps"},
-          [](Options& o, const std::string& name, const Shape& in, const BuildContext&) {
+  return {{"momentum", "eps", "sync"},
+          [](Options& o, const std::string& name, const Shape& in, const BuildContext& ctx) {
             BatchNormOptions b;
             b.momentum = static_cast<float>(o.real("momentum", 0.1));
             b.eps = static_cast<float>(o.real("eps", 1e-5));
-            return std::make_unique<L>(name, in, b);
+            b.sync = o.boolean("sync", false);
+            return std::make_unique<L>(name, in, b, ctx);
           }};
 }
 
@@ -267,8 +269,8 @@ const std::map<std::string, Kind>& kinds() {
     t["avgpool2d"] = pool<AvgPool2d>();
     t["avgpool3d"] = pool<AvgPool3d>();
     t["global_avgpool"] = {
-        {}, [](Options&, const std::string& name, const Shape& in, const BuildContext&) {
-          return std::make_unique<GlobalAvgPool>(name, in);
+        {}, [](Options&, const std::string& name, const Shape& in, const BuildContext& ctx) {
+          return std::make_unique<GlobalAvgPool>(name, in, GlobalAvgPoolOptions{}, ctx);
         }};
     t["batchnorm2d"] = batchnorm<BatchNorm2d>();
     t["batchnorm3d"] = batchnorm<BatchNorm3d>();
@@ -407,6 +409,11 @@ std::unique_ptr<Sequential> make_model(const std::vector<LayerSpec>& layers, con
                                        const BuildContext& context,
                                        const std::function<std::string(size_t)>& name_of) {
   auto model = std::make_unique<Sequential>("model", input, context);
+  // On a grid with spatial axes each rank holds its tile of every sample.
+  const Layout tiles = spatial_input_layout(input, context.place());
+  if (!tiles.is_replicated()) {
+    model->place_input(tiles);
+  }
   for (size_t i = 0; i < layers.size(); ++i) {
     auto layer = make_layer(layers[i], name_of(i), model->output_shape(), context);
     try {

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 namespace tessera::nn {
 namespace {
 using Policy = Kokkos::RangePolicy<ExecSpace>;
@@ -28,34 +30,64 @@ struct ChannelGeometry {
   Index s = 0;  // spatial volume
 };
 
-// Batch mean and 1 / sqrt(biased var + eps) per channel (two passes, in double), and the running
-// estimates moved towards the batch with the unbiased variance.
+// Per channel, in double: Σ x when `mean` is null, else Σ (x - mean)². out has C + 1 entries; the
+// last receives the number of values per channel (n · s), so that a reduction over ranks whose
+// blocks differ in size sums the counts too.
+void channel_sums(const FloatView& x, ChannelGeometry g, const DoubleView& mean, bool centred,
+                  const DoubleView& out) {
+  Kokkos::parallel_for(
+      "BatchNorm::channel_sums", Policy(0, g.c + 1), KOKKOS_LAMBDA(const Index c) {
+        if (c == g.c) {
+          out(c) = static_cast<double>(g.n * g.s);
+          return;
+        }
+        const double mu = centred ? mean(c) : 0.0;
+        double sum = 0.0;
+        for (Index n = 0; n < g.n; ++n) {
+          for (Index s = 0; s < g.s; ++s) {
+            const double d = static_cast<double>(x((n * g.c + c) * g.s + s)) - mu;
+            sum += centred ? d * d : d;
+          }
+        }
+        out(c) = sum;
+      });
+}
+
+// Sums `values` over the ranks of `comm` (none: this rank alone), through host memory.
+void sum_over(comm::Communicator* comm, const DoubleView& values) {
+  if (comm == nullptr) {
+    return;
+  }
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), values);
+  comm->allreduce(comm::Buffer(host.data(), static_cast<Index>(host.size())))->wait();
+  Kokkos::deep_copy(values, host);
+}
+
+// Batch mean and 1 / sqrt(biased var + eps) per channel (two passes, in double, over the ranks of
+// `comm` when the batch's values are spread over them), and the running estimates moved towards
+// the batch with the unbiased variance.
 void batch_statistics(const FloatView& x, ChannelGeometry g, float momentum, float eps,
-                      const FloatView& mean, const FloatView& inv_std, const FloatView& run_mean,
-                      const FloatView& run_var) {
-  const auto m = static_cast<double>(g.n * g.s);
+                      comm::Communicator* comm, const FloatView& mean, const FloatView& inv_std,
+                      const FloatView& run_mean, const FloatView& run_var) {
+  const DoubleView sums("BatchNorm::sums", static_cast<size_t>(g.c + 1));
+  const DoubleView mu("BatchNorm::mu", static_cast<size_t>(g.c));
+  channel_sums(x, g, mu, false, sums);
+  sum_over(comm, sums);
+  Kokkos::parallel_for(
+      "BatchNorm::mean", Policy(0, g.c),
+      KOKKOS_LAMBDA(const Index c) { mu(c) = sums(c) / sums(g.c); });
+  channel_sums(x, g, mu, true, sums);
+  sum_over(comm, sums);
   const auto mom = static_cast<double>(momentum);
   const auto e = static_cast<double>(eps);
   Kokkos::parallel_for(
       "BatchNorm::batch_statistics", Policy(0, g.c), KOKKOS_LAMBDA(const Index c) {
-        double sum = 0.0;
-        for (Index n = 0; n < g.n; ++n) {
-          for (Index s = 0; s < g.s; ++s) {
-            sum += static_cast<double>(x((n * g.c + c) * g.s + s));
-          }
-        }
-        const double mu = sum / m;
-        double sq = 0.0;
-        for (Index n = 0; n < g.n; ++n) {
-          for (Index s = 0; s < g.s; ++s) {
-            const double d = static_cast<double>(x((n * g.c + c) * g.s + s)) - mu;
-            sq += d * d;
-          }
-        }
-        const double var = sq / m;
-        mean(c) = static_cast<float>(mu);
+        const double m = sums(g.c);
+        const double var = sums(c) / m;
+        mean(c) = static_cast<float>(mu(c));
         inv_std(c) = static_cast<float>(1.0 / math::sqrt(var + e));
-        run_mean(c) = static_cast<float>((1.0 - mom) * static_cast<double>(run_mean(c)) + mom * mu);
+        run_mean(c) =
+            static_cast<float>((1.0 - mom) * static_cast<double>(run_mean(c)) + mom * mu(c));
         run_var(c) = static_cast<float>((1.0 - mom) * static_cast<double>(run_var(c)) +
                                         mom * var * m / (m - 1.0));
       });
@@ -89,13 +121,17 @@ void batch_normalize(const FloatView& x, ChannelGeometry g, const FloatView& mea
 // dx = weight · inv_std · (dy - f · mean(dy) - f · x_hat · mean(dy · x_hat)), f = 1 when the
 // statistics came from the batch (their derivative enters), 0 in eval mode.
 void batch_norm_backward(const FloatView& dy, const FloatView& x_hat, const FloatView& inv_std,
-                         ChannelGeometry g, bool batch_stats, const FloatView& weight,
-                         const FloatView& dweight, const FloatView& dbias, const FloatView& dx) {
-  const DoubleView mean_dy("BatchNorm::mean_dy", static_cast<size_t>(g.c));
-  const DoubleView mean_dy_xhat("BatchNorm::mean_dy_xhat", static_cast<size_t>(g.c));
-  const double f = batch_stats ? 1.0 / static_cast<double>(g.n * g.s) : 0.0;
+                         ChannelGeometry g, bool batch_stats, comm::Communicator* comm,
+                         const FloatView& weight, const FloatView& dweight, const FloatView& dbias,
+                         const FloatView& dx) {
+  // sums = {Σ dy (C), Σ dy · x_hat (C), values per channel}: this rank's, then over `comm`.
+  const DoubleView sums("BatchNorm::grad_sums", static_cast<size_t>(2 * g.c + 1));
   Kokkos::parallel_for(
-      "BatchNorm::reduce_grads", Policy(0, g.c), KOKKOS_LAMBDA(const Index c) {
+      "BatchNorm::reduce_grads", Policy(0, g.c + 1), KOKKOS_LAMBDA(const Index c) {
+        if (c == g.c) {
+          sums(2 * g.c) = static_cast<double>(g.n * g.s);
+          return;
+        }
         double sum_dy = 0.0;
         double sum_dy_xhat = 0.0;
         for (Index n = 0; n < g.n; ++n) {
@@ -105,16 +141,21 @@ void batch_norm_backward(const FloatView& dy, const FloatView& x_hat, const Floa
             sum_dy_xhat += static_cast<double>(dy(i)) * static_cast<double>(x_hat(i));
           }
         }
+        // This rank's share: the reducer sums the parameter gradients over the ranks.
         dweight(c) += static_cast<float>(sum_dy_xhat);
         dbias(c) += static_cast<float>(sum_dy);
-        mean_dy(c) = f * sum_dy;
-        mean_dy_xhat(c) = f * sum_dy_xhat;
+        sums(c) = sum_dy;
+        sums(g.c + c) = sum_dy_xhat;
       });
+  if (batch_stats) {
+    sum_over(comm, sums);
+  }
   Kokkos::parallel_for(
       "BatchNorm::input_grad", Policy(0, g.n * g.c * g.s), KOKKOS_LAMBDA(const Index i) {
         const Index c = (i / g.s) % g.c;
-        const double inner = static_cast<double>(dy(i)) - mean_dy(c) -
-                             static_cast<double>(x_hat(i)) * mean_dy_xhat(c);
+        const double f = batch_stats ? 1.0 / sums(2 * g.c) : 0.0;
+        const double inner = static_cast<double>(dy(i)) - f * sums(c) -
+                             static_cast<double>(x_hat(i)) * (f * sums(g.c + c));
         dx(i) = static_cast<float>(static_cast<double>(weight(c) * inv_std(c)) * inner);
       });
 }
@@ -204,8 +245,8 @@ void layer_norm_backward(const FloatView& dy, const FloatView& x_hat, const Floa
 // --- BatchNormNd -------------------------------------------------------------------------------
 
 BatchNormNd::BatchNormNd(std::string name, const Shape& input, const BatchNormOptions& options,
-                         const char* kind, int spatial_dims)
-    : Layer(std::move(name)),
+                         const char* kind, int spatial_dims, BuildContext context)
+    : Layer(std::move(name), std::move(context)),
       m_kind(kind),
       m_spatial_dims(spatial_dims),
       m_options(options),
@@ -221,8 +262,41 @@ BatchNormNd::BatchNormNd(std::string name, const Shape& input, const BatchNormOp
   add_parameter("bias", channels, InitSpec::constant(0.0F), /*decay=*/false);
   add_buffer("running_mean", channels, InitSpec::constant(0.0F));
   add_buffer("running_var", channels, InitSpec::constant(1.0F)).value.fill(1.0F);
+  m_local_input = m_input;
+  place_statistics(AxisSet{});
 }
 
+void BatchNormNd::place_statistics(AxisSet split) {
+  // The statistics span the spatial axes the samples are split over, and the data axis with sync.
+  const AxisSet over = split | (m_options.sync ? AxisSet{GridAxis::data} : AxisSet{});
+  m_stats = context().has_grid() ? context().axes(over) : nullptr;
+  for (Parameter& p : parameters()) {
+    p.partial = AxisSet{GridAxis::data} | split;
+  }
+}
+
+Layout BatchNormNd::place_input(const Layout& input) {
+  (void)output_shape(input.global_shape());
+  require_not_partial(input);
+  AxisSet split;
+  for (int d = 0; d < input.rank(); ++d) {
+    const std::optional<GridAxis> axis = input.axis_of(d);
+    if (!axis) {
+      continue;
+    }
+    if (d == 0 || input.placement(d).stride != 1 ||
+        (*axis != GridAxis::spatial0 && *axis != GridAxis::spatial1 &&
+         *axis != GridAxis::spatial2)) {
+      throw Error(fmt::format("{} '{}' takes samples split over the spatial axes only, but its "
+                              "input is {}",
+                              kind(), name(), input.to_string()));
+    }
+    split = split | AxisSet{*axis};
+  }
+  m_local_input = input.local_shape(context().place());
+  place_statistics(split);
+  return input;
+}
 Shape BatchNormNd::output_shape(const Shape& input) const {
   if (input.size() != static_cast<size_t>(m_spatial_dims) + 1 || !all_positive(input)) {
     TESSERA_THROW("{} '{}': input sample shape {} must be {} with every extent >= 1", kind(),
@@ -235,10 +309,10 @@ Shape BatchNormNd::output_shape(const Shape& input) const {
 // input, 1 / sqrt(var + eps) of the statistics used, and 1 when those were the batch's (training)
 // or 0 when they were the running estimates (eval).
 ForwardResult BatchNormNd::forward(const Tensor& x, const ForwardOptions& options) {
-  check_batch(x, m_input, "input");
+  check_batch(x, m_local_input, "input");
   const Index channels = m_input[0];
-  const ChannelGeometry g{x.dim(0), channels, numel(m_input) / channels};
-  if (options.training && g.n * g.s < 2) {
+  const ChannelGeometry g{x.dim(0), channels, numel(m_local_input) / channels};
+  if (options.training && m_stats == nullptr && g.n * g.s < 2) {
     TESSERA_THROW(
         "{} '{}': training needs more than one value per channel to take batch statistics, got "
         "input of shape {}",
@@ -249,7 +323,7 @@ ForwardResult BatchNormNd::forward(const Tensor& x, const ForwardOptions& option
   Tensor inv_std(name() + ".inv_std", {channels});
   const FloatView mean("BatchNorm::mean", static_cast<size_t>(channels));
   if (options.training) {
-    batch_statistics(x.view(), g, m_options.momentum, m_options.eps, mean, inv_std.view(),
+    batch_statistics(x.view(), g, m_options.momentum, m_options.eps, m_stats, mean, inv_std.view(),
                      running_mean().value.view(), running_var().value.view());
   } else {
     running_statistics(running_mean().value.view(), running_var().value.view(), channels,
@@ -265,22 +339,24 @@ ForwardResult BatchNormNd::forward(const Tensor& x, const ForwardOptions& option
 }
 
 Tensor BatchNormNd::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, m_input, "output grad");
-  check_context(dy, ctx, m_input, 3);
+  check_batch(dy, m_local_input, "output grad");
+  check_context(dy, ctx, m_local_input, 3);
   const Index channels = m_input[0];
-  const ChannelGeometry g{dy.dim(0), channels, numel(m_input) / channels};
+  const ChannelGeometry g{dy.dim(0), channels, numel(m_local_input) / channels};
   const bool batch_stats = ctx.saved[2].to_host()[0] != 0.0F;
   Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, C, spatial...)
   batch_norm_backward(dy.view(), ctx.saved[0].view(), ctx.saved[1].view(), g, batch_stats,
-                      weight().value.view(), parameters()[0].grad.view(),
+                      m_stats, weight().value.view(), parameters()[0].grad.view(),
                       parameters()[1].grad.view(), dx.view());
   return dx;
 }
 
-BatchNorm2d::BatchNorm2d(std::string name, const Shape& input, const BatchNormOptions& options)
-    : BatchNormNd(std::move(name), input, options, "batchnorm2d", 2) {}
-BatchNorm3d::BatchNorm3d(std::string name, const Shape& input, const BatchNormOptions& options)
-    : BatchNormNd(std::move(name), input, options, "batchnorm3d", 3) {}
+BatchNorm2d::BatchNorm2d(std::string name, const Shape& input, const BatchNormOptions& options,
+                         BuildContext context)
+    : BatchNormNd(std::move(name), input, options, "batchnorm2d", 2, std::move(context)) {}
+BatchNorm3d::BatchNorm3d(std::string name, const Shape& input, const BatchNormOptions& options,
+                         BuildContext context)
+    : BatchNormNd(std::move(name), input, options, "batchnorm3d", 3, std::move(context)) {}
 
 // --- LayerNorm ---------------------------------------------------------------------------------
 

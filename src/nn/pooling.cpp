@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <limits>
 
 namespace tessera::nn {
 namespace {
@@ -56,8 +57,8 @@ kernels::Dims3 to_dims(const std::vector<Index>& v, int spatial_dims, Index dept
 // --- PoolNd ------------------------------------------------------------------------------------
 
 PoolNd::PoolNd(std::string name, const Shape& input, const PoolOptions& options, const char* kind,
-               int spatial_dims, Mode mode)
-    : Layer(std::move(name)),
+               int spatial_dims, Mode mode, BuildContext context)
+    : Layer(std::move(name), std::move(context)),
       m_kind(kind),
       m_spatial_dims(spatial_dims),
       m_mode(mode),
@@ -82,6 +83,33 @@ PoolNd::PoolNd(std::string name, const Shape& input, const PoolOptions& options,
     }
   }
   m_output = output_shape(input);
+  m_local_input = m_input;
+  m_local_output = m_output;
+  m_placed = Layout::replicated(m_input);
+  m_output_layout = Layout::replicated(m_output);
+}
+
+Layout PoolNd::place_input(const Layout& input) {
+  (void)output_shape(input.global_shape());  // throws unless the sample form fits
+  if (input.global_shape() != m_input) {
+    TESSERA_THROW("{} '{}': input sample shape {} does not fit, expected {}", kind(), name(),
+                  to_string(input.global_shape()), to_string(m_input));
+  }
+  if (input == m_placed) {
+    return m_output_layout;
+  }
+  std::vector<WindowAxis> axes;
+  for (size_t d = 0; d < m_kernel.size(); ++d) {
+    axes.push_back({m_input[d + 1], m_output[d + 1], m_kernel[d], m_stride[d], m_pad[d], 1});
+  }
+  WindowPlacement placed =
+      place_window(fmt::format("{} '{}'", kind(), name()), input, axes, m_output, context());
+  m_halo = std::move(placed.halo);
+  m_placed = input;
+  m_output_layout = placed.output;
+  m_local_input = m_halo ? m_halo->local_input() : m_input;
+  m_local_output = m_halo ? batch_shape(m_input[0], m_halo->local_output()) : m_output;
+  return m_output_layout;
 }
 
 Shape PoolNd::output_shape(const Shape& input) const {
@@ -106,24 +134,29 @@ Shape PoolNd::output_shape(const Shape& input) const {
 kernels::PoolGeometry PoolNd::geometry(Index n) const {
   kernels::PoolGeometry g;
   g.planes = n * m_input[0];
-  g.in = to_dims(m_input, m_spatial_dims, 1);
-  g.out = to_dims(m_output, m_spatial_dims, 1);
+  // On a spatial split the window holds the padding (as -inf or 0): pooled unpadded.
+  g.in = to_dims(m_halo ? m_halo->window() : m_input, m_spatial_dims, 1);
+  g.out = to_dims(m_local_output, m_spatial_dims, 1);
   g.kernel = to_dims(m_kernel, m_spatial_dims, 1);
   g.stride = to_dims(m_stride, m_spatial_dims, 1);
-  g.pad = to_dims(m_pad, m_spatial_dims, 0);
+  g.pad = m_halo ? kernels::Dims3{0, 0, 0} : to_dims(m_pad, m_spatial_dims, 0);
   return g;
 }
 
 // Context: max pooling saves {argmax} (N, C, spatial_out...), the position of each window's
 // maximum within the window (kernels::max_pool_forward); average pooling saves nothing.
-ForwardResult PoolNd::forward(const Tensor& x, const ForwardOptions& /*options*/) {
-  check_batch(x, m_input, "input");
-  const Index n = x.dim(0);
+ForwardResult PoolNd::forward(const Tensor& xl, const ForwardOptions& /*options*/) {
+  check_batch(xl, m_local_input, "input");
+  const Index n = xl.dim(0);
+  // Max pooling ignores padded positions (-inf), average pooling counts them as zeros.
+  const Tensor x = !m_halo ? xl
+                   : m_halo->gather(xl, m_mode == Mode::max ? -std::numeric_limits<float>::infinity()
+                                                            : 0.0F);
   const kernels::PoolGeometry g = geometry(n);
   // The kernels write every element of y, argmax and dx: uninitialised storage.
-  const Tensor y = Tensor::uninitialized(name() + ".output", batch_shape(n, m_output));
+  const Tensor y = Tensor::uninitialized(name() + ".output", batch_shape(n, m_local_output));
   Context ctx;
-  ctx.input_shape = x.shape();
+  ctx.input_shape = x.shape();  // the window on a spatial split
   if (m_mode == Mode::max) {
     const Tensor argmax = Tensor::uninitialized(name() + ".argmax", y.shape());
     kernels::max_pool_forward(x, y, argmax, g);
@@ -135,8 +168,8 @@ ForwardResult PoolNd::forward(const Tensor& x, const ForwardOptions& /*options*/
 }
 
 Tensor PoolNd::backward(const Tensor& dy, Context&& ctx) {
-  check_batch(dy, m_output, "output grad");
-  check_context(dy, ctx, m_input, m_mode == Mode::max ? 1 : 0);
+  check_batch(dy, m_local_output, "output grad");
+  check_context(dy, ctx, m_halo ? m_halo->window() : m_local_input, m_mode == Mode::max ? 1 : 0);
   const kernels::PoolGeometry g = geometry(dy.dim(0));
   const Tensor dx = Tensor::uninitialized(name() + ".input_grad", ctx.input_shape);
   if (m_mode == Mode::max) {
@@ -144,24 +177,51 @@ Tensor PoolNd::backward(const Tensor& dy, Context&& ctx) {
   } else {
     kernels::avg_pool_backward(dy, dx, g);
   }
-  return dx;
+  return m_halo ? m_halo->scatter(dx) : dx;
 }
 
-MaxPool2d::MaxPool2d(std::string name, const Shape& input, const PoolOptions& options)
-    : PoolNd(std::move(name), input, options, "maxpool2d", 2, Mode::max) {}
-MaxPool3d::MaxPool3d(std::string name, const Shape& input, const PoolOptions& options)
-    : PoolNd(std::move(name), input, options, "maxpool3d", 3, Mode::max) {}
-AvgPool2d::AvgPool2d(std::string name, const Shape& input, const PoolOptions& options)
-    : PoolNd(std::move(name), input, options, "avgpool2d", 2, Mode::average) {}
-AvgPool3d::AvgPool3d(std::string name, const Shape& input, const PoolOptions& options)
-    : PoolNd(std::move(name), input, options, "avgpool3d", 3, Mode::average) {}
+MaxPool2d::MaxPool2d(std::string name, const Shape& input, const PoolOptions& options,
+                     BuildContext context)
+    : PoolNd(std::move(name), input, options, "maxpool2d", 2, Mode::max, std::move(context)) {}
+MaxPool3d::MaxPool3d(std::string name, const Shape& input, const PoolOptions& options,
+                     BuildContext context)
+    : PoolNd(std::move(name), input, options, "maxpool3d", 3, Mode::max, std::move(context)) {}
+AvgPool2d::AvgPool2d(std::string name, const Shape& input, const PoolOptions& options,
+                     BuildContext context)
+    : PoolNd(std::move(name), input, options, "avgpool2d", 2, Mode::average, std::move(context)) {}
+AvgPool3d::AvgPool3d(std::string name, const Shape& input, const PoolOptions& options,
+                     BuildContext context)
+    : PoolNd(std::move(name), input, options, "avgpool3d", 3, Mode::average, std::move(context)) {}
 
 // --- GlobalAvgPool -----------------------------------------------------------------------------
 
 GlobalAvgPool::GlobalAvgPool(std::string name, const Shape& input,
-                             const GlobalAvgPoolOptions& /*options*/)
-    : Layer(std::move(name)), m_input(input) {
+                             const GlobalAvgPoolOptions& /*options*/, BuildContext context)
+    : Layer(std::move(name), std::move(context)), m_input(input), m_local_input(input) {
   (void)output_shape(input);
+}
+
+Layout GlobalAvgPool::place_input(const Layout& input) {
+  const Shape out = output_shape(input.global_shape());
+  require_not_partial(input);
+  AxisSet split;
+  for (int d = 0; d < input.rank(); ++d) {
+    const std::optional<GridAxis> axis = input.axis_of(d);
+    if (!axis) {
+      continue;
+    }
+    if (d == 0 || input.placement(d).stride != 1 ||
+        (*axis != GridAxis::spatial0 && *axis != GridAxis::spatial1 &&
+         *axis != GridAxis::spatial2)) {
+      throw Error(fmt::format("{} '{}' takes samples split over the spatial axes only, but its "
+                              "input is {}",
+                              kind(), name(), input.to_string()));
+    }
+    split = split | AxisSet{*axis};
+  }
+  m_local_input = input.local_shape(context().place());
+  m_sum = split.empty() || !context().has_grid() ? nullptr : context().axes(split);
+  return Layout::replicated(out);
 }
 
 Shape GlobalAvgPool::output_shape(const Shape& input) const {
@@ -175,11 +235,30 @@ Shape GlobalAvgPool::output_shape(const Shape& input) const {
 
 // Context: saves nothing; the input shape is enough.
 ForwardResult GlobalAvgPool::forward(const Tensor& x, const ForwardOptions& /*options*/) {
-  check_batch(x, m_input, "input");
+  check_batch(x, m_local_input, "input");
   const Index n = x.dim(0);
   const Index channels = m_input[0];
   Tensor y(name() + ".output", {n, channels});  // (N, C)
-  kernels::global_avg_pool_forward(x, y, n * channels, numel(m_input) / channels);
+  if (m_sum == nullptr) {
+    kernels::global_avg_pool_forward(x, y, n * channels, numel(m_input) / channels);
+  } else {
+    // The blocks' sums (in double) added over the spatial axes, divided by the whole plane.
+    const Index block = numel(m_local_input) / channels;
+    const std::vector<float> xs = x.to_host();
+    std::vector<double> sums(static_cast<size_t>(n * channels), 0.0);
+    for (size_t p = 0; p < sums.size(); ++p) {
+      for (Index j = 0; j < block; ++j) {
+        sums[p] += static_cast<double>(xs[p * static_cast<size_t>(block) + static_cast<size_t>(j)]);
+      }
+    }
+    m_sum->allreduce(comm::Buffer(sums))->wait();
+    const auto whole = static_cast<double>(numel(m_input) / channels);
+    std::vector<float> means(sums.size());
+    for (size_t p = 0; p < sums.size(); ++p) {
+      means[p] = static_cast<float>(sums[p] / whole);
+    }
+    y = Tensor::from_host(name() + ".output", {n, channels}, means);
+  }
   Context ctx;
   ctx.input_shape = x.shape();
   return {y, std::move(ctx)};
@@ -188,9 +267,10 @@ ForwardResult GlobalAvgPool::forward(const Tensor& x, const ForwardOptions& /*op
 Tensor GlobalAvgPool::backward(const Tensor& dy, Context&& ctx) {
   const Index channels = m_input[0];
   check_batch(dy, {channels}, "output grad");
-  check_context(dy, ctx, m_input, 0);
+  check_context(dy, ctx, m_local_input, 0);
   const Tensor dx = Tensor::uninitialized(name() + ".input_grad", ctx.input_shape);
-  kernels::global_avg_pool_backward(dy, dx, dy.dim(0) * channels, numel(m_input) / channels);
+  kernels::global_avg_pool_backward(dy, dx, dy.dim(0) * channels, numel(m_local_input) / channels,
+                                    numel(m_input) / channels);
   return dx;
 }
 

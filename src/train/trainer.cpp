@@ -9,6 +9,7 @@
 #include "tessera/io/checkpoint_format.hpp"
 #include "tessera/kernels/gemm.hpp"
 #include "tessera/nn/loss.hpp"
+#include "tessera/nn/spatial.hpp"
 
 #include <fmt/format.h>
 
@@ -230,12 +231,52 @@ void check_split(const deck::Deck& d, const io::SplitInfo& info, const std::stri
   }
 }
 
+// This rank's tile of every sample, when the model's input is split over the spatial axes.
+std::optional<io::SubBox> sample_box(const nn::Sequential& model, const GridPlace& place) {
+  const Layout& in = model.input_layout();
+  if (in.is_replicated()) {
+    return std::nullopt;
+  }
+  const Shape offset = in.local_offset(place);
+  const Shape extent = in.local_shape(place);
+  return io::SubBox{Shape(offset.begin() + 1, offset.end()), Shape(extent.begin() + 1, extent.end())};
+}
+
+// The spatial split against the model and the rest of the grid (a located, agreed error).
+void check_spatial(const deck::Deck& d, const GridPlace& place) {
+  const AxisSet spatial{GridAxis::spatial0, GridAxis::spatial1, GridAxis::spatial2};
+  if ((place.nontrivial() & spatial).empty()) {
+    return;
+  }
+  const std::string split = fmt::format("parallel.spatial = [{}]", fmt::join(d.parallel.spatial, ", "));
+  for (const GridAxis axis : {GridAxis::pipeline, GridAxis::tensor}) {
+    if (place.size_of(axis) > 1) {
+      throw input_error(fmt::format("{} with parallel.{} = {}: spatial decomposition combines "
+                                    "with data parallelism only in this version",
+                                    split, axis_name(axis), place.size_of(axis)),
+                        d.where("parallel.spatial"));
+    }
+  }
+  if (d.model.context > 0) {
+    throw input_error(fmt::format("{} splits samples in space, but the model reads token windows "
+                                  "(model.context = {})",
+                                  split, d.model.context),
+                      d.where("parallel.spatial"));
+  }
+  try {
+    (void)nn::spatial_input_layout(d.model.input, place);
+  } catch (const Error& e) {
+    throw input_error(fmt::format("{}: {}", split, e.message()), d.where("parallel.spatial"));
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d,
                                             const nn::BuildContext& grid_context) {
   nn::BuildContext context = grid_context;  // shares its tensor-communication clock
   context.with_sequence_parallel(d.parallel.sequence_parallel);
+  check_spatial(d, context.place());
   auto model = nn::make_model(d.model.layers, d.model.input, context, [&](size_t i) {
     return fmt::format("{}{}", d.model.layers[i].kind, i);
   });
@@ -605,6 +646,7 @@ void Trainer::build(const comm::GridSpec& spec) {
     ro.data_size = m_data->size();
     ro.context = deck.model.context;
     ro.expect_sample_shape = deck.model.input;
+    ro.box = sample_box(*m_model, m_grid->place());  // a spatial tile: read only it (hyperslab)
     m_train = std::make_unique<io::DatasetReader>(deck.data.train, ro);
     m_schedule = run_schedule(deck, m_train_info.samples);
     m_total_steps = m_schedule.total_steps;
@@ -866,6 +908,7 @@ Evaluation Trainer::evaluate(const std::string& spec) {
   ro.data_size = m_data->size();
   ro.context = m_deck.model.context;
   ro.expect_sample_shape = m_deck.model.input;
+  ro.box = sample_box(*m_model, m_grid->place());
   std::unique_ptr<io::DatasetReader> reader;
   comm::agree(*m_trainer, [&] { reader = std::make_unique<io::DatasetReader>(spec, ro); });
   double sums[3] = {0.0, 0.0, 0.0};  // loss · global batch, metric sum, samples
@@ -924,8 +967,10 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   w.comm_s += sync_clock.seconds();
   const Stopwatch compute_clock;
   const nn::TensorCommClock& tensor_clock = m_model->context().tensor_clock();
+  const nn::TensorCommClock& halo_clock = m_model->context().halo_clock();
   double step_loss = 0.0;
   const double tensor_before = tensor_clock.seconds;
+  const double halo_before = halo_clock.seconds;
   // Micro-batch i of this rank's share; through the pipeline's stages (one stage: forward and
   // backward of each in turn). Only the last stage computes the loss.
   const int count = m_micro_batches;
@@ -961,8 +1006,10 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   w.idle_s += ps.idle_s;
   w.peak_saved_bytes = std::max(w.peak_saved_bytes, ps.peak_saved_bytes);
   const double tensor_s = tensor_clock.seconds - tensor_before;
+  const double halo_s = halo_clock.seconds - halo_before;
   w.tensor_s += tensor_s;
-  w.compute_s += compute_clock.seconds() - tensor_s - ps.idle_s;
+  w.halo_s += halo_s;
+  w.compute_s += compute_clock.seconds() - tensor_s - halo_s - ps.idle_s;
 
   // --- gradient reduction (started during backward: what is left is exposed) ---------------
   const Stopwatch comm_clock;
@@ -1114,13 +1161,20 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
   const double loss = sums[0] / w.steps;
   const double metric = sums[1] / sums[2];
   const double samples_s = sums[2] / elapsed;
-  const double busy = std::max(1e-12, w.compute_s + w.tensor_s + w.idle_s + w.comm_s + w.data_s);
+  const double busy =
+      std::max(1e-12, w.compute_s + w.tensor_s + w.halo_s + w.idle_s + w.comm_s + w.data_s);
   const double eta = run_seconds / static_cast<double>(step + 1 - m_start_step) *
                      static_cast<double>(m_total_steps - step - 1);
   // With tensor parallelism, the share of the split layers' own collectives ("tensor").
-  const std::string tensor = m_grid->place().size_of(GridAxis::tensor) > 1
-                                 ? fmt::format("tensor {:2.0f}% ", 100.0 * w.tensor_s / busy)
-                                 : std::string();
+  std::string tensor = m_grid->place().size_of(GridAxis::tensor) > 1
+                           ? fmt::format("tensor {:2.0f}% ", 100.0 * w.tensor_s / busy)
+                           : std::string();
+  // With spatial tiles, the share of the halo exchanges and the most activation memory held.
+  const AxisSet spatial_axes{GridAxis::spatial0, GridAxis::spatial1, GridAxis::spatial2};
+  const bool tiled = !(m_grid->place().nontrivial() & spatial_axes).empty();
+  if (tiled) {
+    tensor += fmt::format("halo {:2.0f}% ", 100.0 * w.halo_s / busy);
+  }
   // With pipeline stages, each stage's idle share of the window (the measured bubble) and the
   // most activation memory its micro-batches held at once.
   std::string idle;
@@ -1143,6 +1197,13 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
     idle_json =
         fmt::format(R"(, "idle": [{}], "peak_activation_bytes": [{}], "stage_compute_s": [{}])",
                     fmt::join(fractions, ", "), fmt::join(bytes, ", "), fmt::join(compute, ", "));
+  }
+  if (tiled) {
+    // Every rank's own: the tiles' activations are what a spatial split divides.
+    double largest = w.peak_saved_bytes;
+    m_trainer->allreduce(comm::Buffer(&largest, 1), {comm::ReduceOp::max})->wait();
+    idle_json += fmt::format(R"(, "halo_s": {:.4f}, "peak_activation_bytes_max": {:.0f})", w.halo_s,
+                             largest);
   }
   say(fmt::format(
       "step {:6d}/{}  epoch {}  loss {:.4f}  {} {}  {} samples/s  compute {:2.0f}% "
@@ -1315,7 +1376,9 @@ std::string describe(const deck::Deck& d, int world_size) {
   // The model as the trainer's rank 0 holds it (the first blocks of an uneven split are the
   // largest): its parameters and activations per rank.
   const GridPlace place = comm::grid_place(spec, 0);
-  const bool split = spec.tensor > 1;
+  const AxisSet spatial_axes{GridAxis::spatial0, GridAxis::spatial1, GridAxis::spatial2};
+  const bool tiled = !(place.nontrivial() & spatial_axes).empty();
+  const bool split = spec.tensor > 1 || tiled;
   out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}{}\n", "#", "layer", "type", "output",
                      "parameters", split ? fmt::format(" {:>14}", "on rank 0") : "");
   const ShapeOnly shapes;  // sizes only: nothing is allocated
@@ -1325,7 +1388,11 @@ std::string describe(const deck::Deck& d, int world_size) {
   Index activations = 0;
   out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}\n", "", "input", "",
                      to_string(d.model.input), "");
-  Layout at = Layout::replicated(d.model.input);
+  Layout at = model->input_layout();  // spatial tiles: rank 0's, the largest
+  if (tiled) {
+    out += fmt::format("spatial tiles: rank 0 holds {} of every sample {}\n",
+                       to_string(at.local_shape(place)), to_string(d.model.input));
+  }
   for (size_t i = 0; i < model->size(); ++i) {
     nn::Layer& l = (*model)[i];
     Index n = 0;
@@ -1352,8 +1419,18 @@ std::string describe(const deck::Deck& d, int world_size) {
   const double acts =
       2.0 * static_cast<double>(activations) * static_cast<double>(micro_batch) * 4.0;
   const double batches = static_cast<double>(d.data.prefetch + 1) *
-                         static_cast<double>(numel(d.model.input)) *
+                         static_cast<double>(numel(model->input_layout().local_shape(place))) *
                          static_cast<double>(local_batch) * 4.0;
+  if (d.run.activation_limit_mb > 0.0 && acts * mib > d.run.activation_limit_mb) {
+    throw input_error(
+        fmt::format("the activations of a micro-batch of {} samples {} need {:.1f} MiB per rank "
+                    "(estimate: every layer's output and its gradient), over "
+                    "run.activation_limit_mb = {}; split the samples over more ranks "
+                    "(parallel.spatial) or lower the batch",
+                    micro_batch, to_string(d.model.input), acts * mib,
+                    d.run.activation_limit_mb),
+        d.where("run.activation_limit_mb"));
+  }
   out += fmt::format("\nparameters: {} ({:.2f} MiB as float32)", params,
                      static_cast<double>(params) * 4.0 * mib);
   out += split ? fmt::format("; on tensor rank 0: {} ({:.2f} MiB)\n", local_params, weights * mib)

@@ -33,6 +33,9 @@ struct RunConfig {
   /// Every N steps (and before each checkpoint) compare the data-parallel replicas' parameters,
   /// which must be identical; 0: never.
   std::int64_t check_replicas = 0;
+  /// The most activation memory a rank may need for one micro-batch (MiB, the estimate `tessera
+  /// check` prints); a deck over it is refused before anything is allocated. 0: no limit.
+  double activation_limit_mb = 0.0;
 };
 
 struct ParallelConfig {

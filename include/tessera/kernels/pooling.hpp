@@ -57,7 +57,9 @@ void avg_pool_backward(const Tensor& dy, const Tensor& dx, const PoolGeometry& g
 
 /// y(p) = mean of plane p of x (accumulated in double). x: (planes, plane_size); y: (planes,).
 void global_avg_pool_forward(const Tensor& x, const Tensor& y, Index planes, Index plane_size);
-/// dx(p, i) = dy(p) / plane_size. dx is overwritten.
-void global_avg_pool_backward(const Tensor& dy, const Tensor& dx, Index planes, Index plane_size);
+/// dx(p, i) = dy(p) / plane_size (or / divisor when > 0: the whole plane's size when x held a block
+/// of it). dx is overwritten.
+void global_avg_pool_backward(const Tensor& dy, const Tensor& dx, Index planes, Index plane_size,
+                              Index divisor = 0);
 
 }  // namespace tessera::kernels

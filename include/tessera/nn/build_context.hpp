@@ -23,8 +23,9 @@ struct ExecContext {
 };
 
 /// What the tensor-parallel layers built with one context spent in their collectives on the tensor
-/// axis (nn::TensorRegion): shared by every copy of the context, read by the trainer for its
-/// progress line. One thread (the training loop's) writes it.
+/// axis (nn::TensorRegion), or the spatial layers in their halo exchanges (nn::Halo): shared by
+/// every copy of the context, read by the trainer for its progress line. One thread (the training
+/// loop's) writes it.
 struct TensorCommClock {
   double seconds = 0.0;
   std::int64_t calls = 0;
@@ -64,6 +65,11 @@ class BuildContext {
   }
   /// The tensor-axis communication clock shared by the copies of this context.
   TensorCommClock& tensor_clock() const { return *m_clock; }
+  /// The spatial layers' halo exchanges (nn::Halo), likewise.
+  TensorCommClock& halo_clock() const { return *m_halo_clock; }
+  /// The communicator of the axes in `axes` together (comm::ProcessGrid::axes): throws without a
+  /// grid unless every axis in `axes` has one rank (then nullptr: nothing to reduce over).
+  comm::Communicator* axes(AxisSet axes) const;
   /// Called by composite layers between their children's forward and backward passes (shared by
   /// the copies of this context): the pipeline's transfers progress there, since MPI moves a
   /// message only inside MPI calls. None by default.
@@ -80,6 +86,7 @@ class BuildContext {
   ExecContext m_exec;
   bool m_sequence_parallel = false;
   std::shared_ptr<TensorCommClock> m_clock = std::make_shared<TensorCommClock>();
+  std::shared_ptr<TensorCommClock> m_halo_clock = std::make_shared<TensorCommClock>();
   std::shared_ptr<std::function<void()>> m_poll = std::make_shared<std::function<void()>>();
 };
 

@@ -22,6 +22,7 @@
 #include "tessera/kernels/conv_dnnl.hpp"
 #include "tessera/kernels/im2col.hpp"
 #include "tessera/nn/layer.hpp"
+#include "tessera/nn/spatial.hpp"
 
 #include <memory>
 #include <vector>
@@ -54,6 +55,10 @@ class ConvNd : public Layer {
  public:
   const char* kind() const override { return m_kind; }
   Shape output_shape(const Shape& input) const override;
+  /// Whole samples, or samples split over the grid's spatial axes (nn/spatial.hpp): the output is
+  /// split likewise, each rank computing its block from its input block and a halo from its
+  /// neighbours; the weight's and bias's gradients are then partial over those axes too.
+  Layout place_input(const Layout& input) override;
   /// ctx.saved = {x (N, C, [D,] H, W)}: backward recomputes the columns from x block by block
   /// instead of keeping the whole (C·k^d, N·Do·Ho·Wo) matrix alive between the two passes (im2col;
   /// oneDNN's backward primitives read x directly).
@@ -64,8 +69,11 @@ class ConvNd : public Layer {
   /// The backend this layer runs: ConvBackend::im2col or ConvBackend::dnnl (never automatic).
   ConvBackend backend() const { return m_backend; }
   bool has_bias() const { return m_bias; }
-  /// Extents as a 3-D convolution (a 2-D one has depth 1).
+  /// Extents as a 3-D convolution (a 2-D one has depth 1), of the whole sample.
   const kernels::ConvGeometry& geometry() const { return m_geom; }
+  /// The geometry the kernels run: geometry(), or on a spatial split this rank's window (its block
+  /// and halo, padding included, run unpadded).
+  const kernels::ConvGeometry& local_geometry() const { return m_run; }
   /// Samples per im2col block (im2col backend).
   Index chunk() const { return m_chunk; }
   /// Output rows (of the Do·Ho grid) per im2col block: all of them unless one sample's columns
@@ -78,7 +86,7 @@ class ConvNd : public Layer {
  protected:
   /// `kind` is "conv2d" or "conv3d"; `input` is one sample, (C, H, W) or (C, D, H, W).
   ConvNd(std::string name, const Shape& input, const ConvOptions& options, int ndims,
-         const char* kind);
+         const char* kind, BuildContext context);
 
  private:
   const char* m_kind;
@@ -88,14 +96,23 @@ class ConvNd : public Layer {
   Shape m_input;   // (C, [D,] H, W)
   Shape m_output;  // (out, [Do,] Ho, Wo)
   kernels::ConvGeometry m_geom;
+  kernels::ConvGeometry m_run;  // what the kernels compute: m_geom, or this rank's window
+  Shape m_local_input;          // this rank's block of an input sample (m_input unless split)
+  Shape m_local_output;
+  std::unique_ptr<Halo> m_halo;  // on a spatial split only
+  Layout m_placed;               // the input layout place_input last took
+  Layout m_output_layout;        // and the output layout it gave
   Index m_chunk = 1;
   Index m_tile_rows = 1;
   ConvBackend m_backend = ConvBackend::im2col;
+  ConvBackend m_requested = ConvBackend::automatic;
   Tensor m_col;  // im2col scratch (C·k^d, m_chunk·m_tile_rows·Wo); undefined with oneDNN
   std::unique_ptr<kernels::DnnlConv> m_dnnl;  // oneDNN backend only
   BufferPool m_output_pool;                   // y, reused from step to step (oneDNN backend)
   BufferPool m_input_grad_pool;               // dx (oneDNN backend)
 
+  /// Sizes the kernels' scratch (im2col columns or the oneDNN primitives) for `run`.
+  void configure(const kernels::ConvGeometry& run);
   /// Calls f(first, count, rows) for every block of samples × output rows, in order.
   template <class F>
   void for_each_block(Index n, F&& f) const;
@@ -108,13 +125,15 @@ class ConvNd : public Layer {
 /// 2-D convolution: input (C, H, W), weight (out, C, kh, kw).
 class Conv2d final : public ConvNd {
  public:
-  Conv2d(std::string name, const Shape& input, const ConvOptions& options);
+  Conv2d(std::string name, const Shape& input, const ConvOptions& options,
+         BuildContext context = {});
 };
 
 /// 3-D convolution: input (C, D, H, W), weight (out, C, kd, kh, kw).
 class Conv3d final : public ConvNd {
  public:
-  Conv3d(std::string name, const Shape& input, const ConvOptions& options);
+  Conv3d(std::string name, const Shape& input, const ConvOptions& options,
+         BuildContext context = {});
 };
 
 }  // namespace tessera::nn

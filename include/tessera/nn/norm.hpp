@@ -10,16 +10,24 @@ namespace tessera::nn {
 struct BatchNormOptions {
   float momentum = 0.1F;  ///< weight of the batch statistics in the running estimates, in [0, 1]
   float eps = 1e-5F;      ///< added to the variance, > 0
+  /// Statistics over the data axis's ranks too (PyTorch's SyncBatchNorm): the batch a step sees,
+  /// not this rank's share of it. Off: each data rank normalises with its own samples' statistics
+  /// (DistributedDataParallel's behaviour). The spatial axes are always included.
+  bool sync = false;
 };
 
 /// y = weight · (x - mean) / sqrt(var + eps) + bias per channel, the statistics taken over the
-/// batch and the spatial dimensions in training and from the running estimates in eval mode.
+/// batch and the spatial dimensions in training and from the running estimates in eval mode. On
+/// samples split over the spatial axes the statistics are the whole volume's (sums reduced over
+/// those axes), so a split normalises exactly as one rank does.
 /// Parameters "weight" (C) = 1 and "bias" (C) = 0, no weight decay; buffers "running_mean" (C) = 0
 /// and "running_var" (C) = 1. These constant initial values are also set by the constructor.
 class BatchNormNd : public Layer {
  public:
   const char* kind() const override { return m_kind; }
   Shape output_shape(const Shape& input) const override;
+  /// Whole samples or samples split over the spatial axes.
+  Layout place_input(const Layout& input) override;
   /// options.training: normalise with the batch statistics and update the running estimates
   /// (needs more than one value per channel); otherwise use the running estimates.
   /// ctx.saved = {x_hat (N, C, spatial...), inv_std (C,), batch_stats (1,)}: the normalised
@@ -36,24 +44,31 @@ class BatchNormNd : public Layer {
 
  protected:
   BatchNormNd(std::string name, const Shape& input, const BatchNormOptions& options,
-              const char* kind, int spatial_dims);
+              const char* kind, int spatial_dims, BuildContext context);
 
  private:
   const char* m_kind;
   int m_spatial_dims;
   BatchNormOptions m_options;
-  Shape m_input;  // (C, spatial...)
+  Shape m_input;                            // (C, spatial...)
+  Shape m_local_input;                      // this rank's block of it
+  comm::Communicator* m_stats = nullptr;    // the ranks the statistics span (none: this one)
+
+  /// The parameters' partial axes and the statistics' communicator for samples split over `split`.
+  void place_statistics(AxisSet split);
 };
 
 /// (N, C, H, W) -> (N, C, H, W).
 class BatchNorm2d final : public BatchNormNd {
  public:
-  BatchNorm2d(std::string name, const Shape& input, const BatchNormOptions& options = {});
+  BatchNorm2d(std::string name, const Shape& input, const BatchNormOptions& options = {},
+              BuildContext context = {});
 };
 /// (N, C, D, H, W) -> (N, C, D, H, W).
 class BatchNorm3d final : public BatchNormNd {
  public:
-  BatchNorm3d(std::string name, const Shape& input, const BatchNormOptions& options = {});
+  BatchNorm3d(std::string name, const Shape& input, const BatchNormOptions& options = {},
+              BuildContext context = {});
 };
 
 struct LayerNormOptions {

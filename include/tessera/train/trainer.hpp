@@ -101,6 +101,7 @@ class Trainer {
     double compute_s = 0.0;
     double comm_s = 0.0;
     double tensor_s = 0.0;  // the tensor-parallel layers' collectives, inside forward/backward
+    double halo_s = 0.0;    // the spatial layers' halo exchanges, likewise
     double data_s = 0.0;
     double paused_s = 0.0;          // checkpoint time inside the window, not counted in samples/s
     double idle_s = 0.0;            // pipeline: this stage waiting for its neighbours (the bubble)

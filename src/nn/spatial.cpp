@@ -1,0 +1,363 @@
+#include "tessera/nn/spatial.hpp"
+
+#include "tessera/core/check.hpp"
+#include "tessera/core/timer.hpp"
+#include "tessera/nn/layer.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <memory>
+
+namespace tessera::nn {
+namespace {
+
+constexpr const char* kDimNames2[] = {"H", "W"};
+constexpr const char* kDimNames3[] = {"D", "H", "W"};
+
+// The name of spatial dimension i of a sample with `nd` spatial dimensions.
+const char* dim_name(size_t i, size_t nd) {
+  return nd == 3 ? kDimNames3[i] : kDimNames2[i];
+}
+
+// A box of a (planes, e0, e1, e2) tensor's spatial extents.
+using Extent3 = std::array<Index, 3>;
+
+// Copies (or adds) the box [src_off, src_off + count) of src (planes × src_ext) onto the box at
+// dst_off of dst (planes × dst_ext). Row by row along the last dimension.
+void copy_box(const float* src, const Extent3& src_ext, const Extent3& src_off, float* dst,
+              const Extent3& dst_ext, const Extent3& dst_off, const Extent3& count, Index planes,
+              bool add) {
+  if (count[0] <= 0 || count[1] <= 0 || count[2] <= 0) {
+    return;
+  }
+  const Index src_plane = src_ext[0] * src_ext[1] * src_ext[2];
+  const Index dst_plane = dst_ext[0] * dst_ext[1] * dst_ext[2];
+  for (Index p = 0; p < planes; ++p) {
+    for (Index i = 0; i < count[0]; ++i) {
+      for (Index j = 0; j < count[1]; ++j) {
+        const float* s = src + p * src_plane +
+                         ((src_off[0] + i) * src_ext[1] + src_off[1] + j) * src_ext[2] + src_off[2];
+        float* d = dst + p * dst_plane +
+                   ((dst_off[0] + i) * dst_ext[1] + dst_off[1] + j) * dst_ext[2] + dst_off[2];
+        if (add) {
+          for (Index k = 0; k < count[2]; ++k) {
+            d[k] += s[k];
+          }
+        } else {
+          std::copy(s, s + count[2], d);
+        }
+      }
+    }
+  }
+}
+
+// The last 3 entries of a spatial shape (leading 1s for 2-D).
+Extent3 extent3(const Shape& spatial) {
+  Extent3 e{1, 1, 1};
+  const size_t nd = spatial.size();
+  for (size_t i = 0; i < nd; ++i) {
+    e[3 - nd + i] = spatial[i];
+  }
+  return e;
+}
+
+}  // namespace
+
+GridAxis spatial_axis(int i) {
+  TESSERA_CHECK(i >= 0 && i < 3, "spatial axis {} of 3", i);
+  return static_cast<GridAxis>(static_cast<int>(GridAxis::spatial0) + i);
+}
+
+Layout spatial_input_layout(const Shape& sample, const GridPlace& place) {
+  Layout layout = Layout::replicated(sample);
+  const size_t nd = sample.empty() ? 0 : sample.size() - 1;
+  for (int i = 0; i < 3; ++i) {
+    const int parts = place.size_of(spatial_axis(i));
+    if (parts == 1) {
+      continue;
+    }
+    if (static_cast<size_t>(i) >= nd || nd < 2 || nd > 3) {
+      throw Error(fmt::format(
+          "the grid splits spatial dimension {} over {} ranks, but the model's input samples {} "
+          "have {} spatial dimensions{}",
+          i, parts, to_string(sample), nd,
+          nd == 2 || nd == 3 ? "" : " (spatial decomposition needs (C, H, W) or (C, D, H, W))"));
+    }
+    const Index extent = sample[static_cast<size_t>(i) + 1];
+    if (extent < parts) {
+      throw Error(fmt::format("the grid splits the input's {} extent {} over {} ranks: more ranks "
+                              "than planes (samples {})",
+                              dim_name(static_cast<size_t>(i), nd), extent, parts,
+                              to_string(sample)));
+    }
+    layout.and_split(i + 1, spatial_axis(i));
+  }
+  return layout;
+}
+
+WindowPlacement place_window(const std::string& layer, const Layout& input,
+                             std::vector<WindowAxis> axes, const Shape& output,
+                             const BuildContext& context) {
+  WindowPlacement placed;
+  placed.output = Layout::replicated(output);
+  if (!input.partial_axes().empty()) {
+    throw Error(fmt::format("{}: its input {} is partial; sum it first", layer, input.to_string()));
+  }
+  if (input.is_replicated()) {
+    return placed;
+  }
+  if (input.axis_of(0).has_value()) {
+    throw Error(
+        fmt::format("{} cannot take its input's channels split: {}", layer, input.to_string()));
+  }
+  for (size_t d = 0; d < axes.size(); ++d) {
+    const int dim = static_cast<int>(d) + 1;
+    const std::optional<GridAxis> axis = input.axis_of(dim);
+    if (!axis) {
+      continue;
+    }
+    if (input.placement(dim).stride != 1 ||
+        (*axis != GridAxis::spatial0 && *axis != GridAxis::spatial1 &&
+         *axis != GridAxis::spatial2)) {
+      throw Error(fmt::format("{} takes samples split over the spatial axes only, but its input "
+                              "is {}",
+                              layer, input.to_string()));
+    }
+    axes[d].parts = context.size(*axis);
+    placed.output.and_split(dim, *axis);
+    placed.split = placed.split | AxisSet{*axis};
+  }
+  placed.halo = std::make_unique<Halo>(layer, input, std::move(axes), context);
+  return placed;
+}
+
+Index WindowAxis::need_begin(int part) const {
+  return output(part).offset * stride - pad;
+}
+
+Index WindowAxis::need_end(int part) const {
+  const Range o = output(part);
+  return (o.offset + o.count - 1) * stride - pad + kernel;
+}
+
+Halo::Halo(std::string layer, const Layout& input, std::vector<WindowAxis> axes,
+           const BuildContext& context)
+    : m_layer(std::move(layer)), m_context(&context) {
+  const Shape& global = input.global_shape();
+  const size_t nd = axes.size();
+  TESSERA_CHECK(global.size() == nd + 1 && (nd == 2 || nd == 3),
+                "{}: halo over {} axes for input {}", m_layer, nd, to_string(global));
+  m_channels = global[0];
+  const GridPlace& place = context.place();
+  m_local = input.local_shape(place);
+  m_window = {m_channels};
+  m_local_out.clear();
+  m_buffer = {m_channels};
+  for (size_t i = 0; i < nd; ++i) {
+    const WindowAxis& a = axes[i];
+    const int dim = static_cast<int>(i) + 1;
+    const std::optional<GridAxis> axis = input.axis_of(dim);
+    Dim d;
+    d.axis = axis.value_or(spatial_axis(static_cast<int>(i)));
+    d.parts = axis ? place.size_of(*axis) : 1;
+    d.coord = axis ? place.coord_of(*axis) : 0;
+    TESSERA_CHECK(a.parts == d.parts && a.in == global[i + 1],
+                  "{}: window axis {} of {} parts over extent {}, input {}", m_layer, i, a.parts,
+                  a.in, input.to_string());
+    const char* name = dim_name(i, nd);
+    // Every part's windows checked, so that every rank throws the same error.
+    for (int c = 0; c < d.parts; ++c) {
+      if (a.input(c).count < 1 || a.output(c).count < 1) {
+        throw Error(fmt::format(
+            "{}: its {} extent (input {}, output {}) is split over {} ranks, which leaves some "
+            "with no {}; use fewer ranks along {}",
+            m_layer, name, a.in, a.out, d.parts, a.input(c).count < 1 ? "input" : "output", name));
+      }
+      const Index lo = std::max<Index>(a.need_begin(c), 0);
+      const Index hi = std::min(a.need_end(c), a.in);
+      const bool low_ok = c == 0 || lo >= a.input(c - 1).offset;
+      const bool high_ok =
+          c == d.parts - 1 || hi <= a.input(c + 1).offset + a.input(c + 1).count;
+      if (!low_ok || !high_ok) {
+        throw Error(fmt::format(
+            "{}: kernel {} with stride {} and pad {} is wider than a tile: the outputs of rank {} "
+            "along {} read input planes [{}, {}), past its neighbours' blocks (extent {} over {} "
+            "ranks); use fewer ranks along {} or a larger input",
+            m_layer, a.kernel, a.stride, a.pad, c, name, lo, hi, a.in, d.parts, name));
+      }
+    }
+    const int c = d.coord;
+    d.own = a.input(c);
+    d.need_begin = a.need_begin(c);
+    d.need_end = a.need_end(c);
+    d.begin = std::min(d.own.offset, d.need_begin);
+    d.end = std::max(d.own.offset + d.own.count, d.need_end);
+    auto range = [](Index b, Index e) { return Range{b, std::max<Index>(e - b, 0)}; };
+    const Index own_end = d.own.offset + d.own.count;
+    d.from_low = range(std::max<Index>(d.need_begin, 0), d.own.offset);
+    d.from_high = range(own_end, std::min(d.need_end, a.in));
+    if (c > 0) {
+      d.to_low = range(d.own.offset, std::min(a.need_end(c - 1), a.in));
+    }
+    if (c < d.parts - 1) {
+      d.to_high = range(std::max<Index>(a.need_begin(c + 1), 0), own_end);
+    }
+    m_exchanges = m_exchanges || d.from_low.count > 0 || d.from_high.count > 0 ||
+                  d.to_low.count > 0 || d.to_high.count > 0;
+    m_window_is_buffer = m_window_is_buffer && d.begin == d.need_begin && d.end == d.need_end;
+    m_window.push_back(d.need_end - d.need_begin);
+    m_buffer.push_back(d.end - d.begin);
+    m_local_out.push_back(a.output(c).count);
+    m_dims.push_back(d);
+  }
+}
+
+void Halo::exchange(const Tensor& buffer, size_t d, bool backward) const {
+  const Dim& dim = m_dims[d];
+  if (dim.parts == 1) {
+    return;
+  }
+  const size_t nd = m_dims.size();
+  const size_t e = 3 - nd + d;  // this dimension among the three of Extent3
+  const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
+  const Index planes = buffer.dim(0) * m_channels;
+  // The box of rows [r.offset, r.offset + r.count) along this dimension, whole along the others.
+  auto box = [&](const Range& r, Extent3& off, Extent3& count) {
+    off = {0, 0, 0};
+    count = ext;
+    off[e] = r.offset - dim.begin;
+    count[e] = r.count;
+  };
+  auto pack = [&](const Range& r, bool zero_after) {
+    Extent3 off{};
+    Extent3 count{};
+    box(r, off, count);
+    std::vector<float> out(static_cast<size_t>(planes * count[0] * count[1] * count[2]));
+    copy_box(buffer.data(), ext, off, out.data(), count, {0, 0, 0}, count, planes, false);
+    if (zero_after && !out.empty()) {
+      std::vector<float> zeros(out.size(), 0.0F);
+      copy_box(zeros.data(), count, {0, 0, 0}, buffer.data(), ext, off, count, planes, false);
+    }
+    return out;
+  };
+  auto unpack = [&](const std::vector<float>& in, const Range& r, bool add) {
+    Extent3 off{};
+    Extent3 count{};
+    box(r, off, count);
+    copy_box(in.data(), count, {0, 0, 0}, buffer.data(), ext, off, count, planes, add);
+  };
+  auto size_of = [&](const Range& r) {
+    Extent3 off{};
+    Extent3 count{};
+    box(r, off, count);
+    return static_cast<size_t>(planes * count[0] * count[1] * count[2]);
+  };
+  comm::Communicator& comm = m_context->axis(dim.axis);
+  const int low = dim.coord - 1;
+  const int high = dim.coord + 1;
+  constexpr int kDown = 0;  // a message to the lower neighbour
+  constexpr int kUp = 1;
+  // Forward: receive from_low/from_high, send to_low/to_high. Backward, the adjoint: send the
+  // gradients of from_low/from_high back, add what comes back onto to_low/to_high.
+  const Range recv_low = backward ? dim.to_low : dim.from_low;
+  const Range recv_high = backward ? dim.to_high : dim.from_high;
+  const Range send_low = backward ? dim.from_low : dim.to_low;
+  const Range send_high = backward ? dim.from_high : dim.to_high;
+  std::vector<float> in_low(recv_low.count > 0 ? size_of(recv_low) : 0);
+  std::vector<float> in_high(recv_high.count > 0 ? size_of(recv_high) : 0);
+  std::vector<std::unique_ptr<comm::Work>> work;
+  if (!in_low.empty()) {
+    work.push_back(comm.recv(comm::Buffer(in_low), {low, kUp}));
+  }
+  if (!in_high.empty()) {
+    work.push_back(comm.recv(comm::Buffer(in_high), {high, kDown}));
+  }
+  std::vector<float> out_low;
+  std::vector<float> out_high;
+  if (send_low.count > 0) {
+    out_low = pack(send_low, backward);
+    work.push_back(comm.send(comm::ConstBuffer(out_low), {low, kDown}));
+  }
+  if (send_high.count > 0) {
+    out_high = pack(send_high, backward);
+    work.push_back(comm.send(comm::ConstBuffer(out_high), {high, kUp}));
+  }
+  for (auto& w : work) {
+    w->wait();
+  }
+  if (!in_low.empty()) {
+    unpack(in_low, recv_low, backward);
+  }
+  if (!in_high.empty()) {
+    unpack(in_high, recv_high, backward);
+  }
+}
+
+Tensor Halo::gather(const Tensor& x, float fill) const {
+  const Index n = x.dim(0);
+  TESSERA_CHECK(x.shape() == batch_shape(n, m_local), "{}: halo gather of {}, local input {}",
+                m_layer, to_string(x.shape()), to_string(m_local));
+  const Stopwatch clock;
+  const Shape spatial_local(m_local.begin() + 1, m_local.end());
+  const Shape spatial_buffer(m_buffer.begin() + 1, m_buffer.end());
+  const Extent3 own = extent3(spatial_local);
+  const Extent3 ext = extent3(spatial_buffer);
+  Tensor buffer = Tensor::uninitialized(m_layer + ".halo", batch_shape(n, m_buffer));
+  std::fill(buffer.data(), buffer.data() + buffer.numel(), fill);
+  Extent3 at{0, 0, 0};
+  for (size_t d = 0; d < m_dims.size(); ++d) {
+    at[3 - m_dims.size() + d] = m_dims[d].own.offset - m_dims[d].begin;
+  }
+  copy_box(x.data(), own, {0, 0, 0}, buffer.data(), ext, at, own, n * m_channels, false);
+  for (size_t d = 0; d < m_dims.size(); ++d) {
+    exchange(buffer, d, false);
+  }
+  Tensor out = buffer;
+  if (!m_window_is_buffer) {
+    const Extent3 win = extent3(Shape(m_window.begin() + 1, m_window.end()));
+    Extent3 from{0, 0, 0};
+    for (size_t d = 0; d < m_dims.size(); ++d) {
+      from[3 - m_dims.size() + d] = m_dims[d].need_begin - m_dims[d].begin;
+    }
+    out = Tensor::uninitialized(m_layer + ".window", batch_shape(n, m_window));
+    copy_box(buffer.data(), ext, from, out.data(), win, {0, 0, 0}, win, n * m_channels, false);
+  }
+  m_context->halo_clock().seconds += clock.seconds();
+  m_context->halo_clock().calls += 1;
+  return out;
+}
+
+Tensor Halo::scatter(const Tensor& dwindow) const {
+  const Index n = dwindow.dim(0);
+  TESSERA_CHECK(dwindow.shape() == batch_shape(n, m_window),
+                "{}: halo scatter of {}, window {}", m_layer, to_string(dwindow.shape()),
+                to_string(m_window));
+  const Stopwatch clock;
+  const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
+  Tensor buffer = dwindow;
+  if (!m_window_is_buffer) {
+    const Extent3 win = extent3(Shape(m_window.begin() + 1, m_window.end()));
+    Extent3 at{0, 0, 0};
+    for (size_t d = 0; d < m_dims.size(); ++d) {
+      at[3 - m_dims.size() + d] = m_dims[d].need_begin - m_dims[d].begin;
+    }
+    buffer = Tensor(m_layer + ".halo_grad", batch_shape(n, m_buffer));  // zeros
+    copy_box(dwindow.data(), win, {0, 0, 0}, buffer.data(), ext, at, win, n * m_channels, false);
+  }
+  for (size_t d = m_dims.size(); d-- > 0;) {
+    exchange(buffer, d, true);
+  }
+  const Extent3 own = extent3(Shape(m_local.begin() + 1, m_local.end()));
+  Extent3 from{0, 0, 0};
+  for (size_t d = 0; d < m_dims.size(); ++d) {
+    from[3 - m_dims.size() + d] = m_dims[d].own.offset - m_dims[d].begin;
+  }
+  Tensor dx = Tensor::uninitialized(m_layer + ".input_grad", batch_shape(n, m_local));
+  copy_box(buffer.data(), ext, from, dx.data(), own, {0, 0, 0}, own, n * m_channels, false);
+  m_context->halo_clock().seconds += clock.seconds();
+  m_context->halo_clock().calls += 1;
+  return dx;
+}
+
+}  // namespace tessera::nn
