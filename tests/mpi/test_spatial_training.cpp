@@ -178,6 +178,37 @@ TEST_P(SpatialTraining, SplitsMatchOneRankAfterTenSteps) {
   }
 }
 
+TEST_P(SpatialTraining, CheckpointRestartsOnAnotherSplit) {
+  const int nd = GetParam();
+  const int n = world_size();
+  std::vector<int> along_first(static_cast<size_t>(nd), 1);
+  std::vector<int> along_last(static_cast<size_t>(nd), 1);
+  along_first[0] = n;
+  along_last.back() = n;
+  const std::string first = fmt::format("parallel.spatial=[{}]", fmt::join(along_first, ","));
+  const std::string last = fmt::format("parallel.spatial=[{}]", fmt::join(along_last, ","));
+  // Saved at step 5 of 10 on the split along the first dimension; the checkpoint holds every
+  // tensor at its global shape.
+  const std::string saved = path("saved-" + std::to_string(nd));
+  train::Trainer(deck({first, "checkpoint.every_steps=5", "checkpoint.dir=" + saved}, "saving"),
+                 MPI_COMM_WORLD)
+      .run();
+  const std::string file = saved + "/ckpt-00000005.h5";
+  const std::string me = std::to_string(world_rank());
+  const Trained one = train_and_gather(deck({}, "ref-" + me), MPI_COMM_SELF);
+  // Restarted on one rank and on the split along the last dimension.
+  const Trained alone = train_and_gather(
+      deck({"checkpoint.restart=" + file, "checkpoint.dir=" + path("re-one-" + me)}, "re-one-" + me),
+      MPI_COMM_SELF);
+  const Trained other = train_and_gather(
+      deck({last, "checkpoint.restart=" + file, "checkpoint.dir=" + path("re-last")}, "re-last"),
+      MPI_COMM_WORLD);
+  EXPECT_EQ(alone.summary.steps, 10);
+  EXPECT_EQ(other.summary.steps, 10);
+  expect_close(alone, one, 1e-5, "restarted on one rank from " + first);
+  expect_close(other, one, 1e-5, "restarted with " + last + " from " + first);
+}
+
 std::string dims_name(const ::testing::TestParamInfo<int>& p) {
   return std::to_string(p.param) + "d";
 }
