@@ -1433,7 +1433,7 @@ std::string describe(const deck::Deck& d, int world_size) {
   }
   out += fmt::format("\nparameters: {} ({:.2f} MiB as float32)", params,
                      static_cast<double>(params) * 4.0 * mib);
-  out += split ? fmt::format("; on tensor rank 0: {} ({:.2f} MiB)\n", local_params, weights * mib)
+  out += split ? fmt::format("; on rank 0: {} ({:.2f} MiB)\n", local_params, weights * mib)
                : "\n";
   // Deterministic mode keeps each of its groups' gradients, and every group's while summing.
   double groups = 0.0;
