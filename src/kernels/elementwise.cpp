@@ -299,7 +299,7 @@ void dropout_forward_indexed(const Tensor& x, const Tensor& y, const Tensor& mas
         const float u = gen.uniform(counter);
         const float s = act::dropout_keep(u, p) ? keep_scale : 0.0F;
         m(i) = s;
-        out(i) = in(i) * s;
+        out(i) = in(i)*s;
       });
 }
 

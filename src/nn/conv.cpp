@@ -142,7 +142,8 @@ void ConvNd::configure(const kernels::ConvGeometry& run) {
     m_dnnl = std::make_unique<kernels::DnnlConv>(fmt::format("{} '{}'", m_kind, name()), m_run,
                                                  m_out, m_ndims, m_bias);
   } else {
-    m_col = Tensor(name() + ".columns", {m_run.col_rows(), m_chunk * m_tile_rows * m_run.output[2]});
+    m_col =
+        Tensor(name() + ".columns", {m_run.col_rows(), m_chunk * m_tile_rows * m_run.output[2]});
   }
 }
 
@@ -156,8 +157,8 @@ Layout ConvNd::place_input(const Layout& input) {
   std::vector<WindowAxis> axes;
   for (int d = 0; d < m_ndims; ++d) {
     const auto g = static_cast<size_t>(3 - m_ndims + d);
-    axes.push_back({m_geom.input[g], m_geom.output[g], m_geom.kernel[g], m_geom.stride[g],
-                    m_geom.pad[g], 1});
+    axes.push_back(
+        {m_geom.input[g], m_geom.output[g], m_geom.kernel[g], m_geom.stride[g], m_geom.pad[g], 1});
   }
   WindowPlacement placed =
       place_window(fmt::format("{} '{}'", m_kind, name()), input, axes, m_output, context());
@@ -247,7 +248,7 @@ void ConvNd::forward_im2col(const Tensor& x, const Tensor& y) {
   const Index wo = m_run.output[2];
   const float* w = parameters()[0].value.data();  // (out, K)
   for_each_block(n, [&](Index n0, Index count, kernels::OutputRows rows) {
-    const Index r = rows.size() * wo;                    // columns per sample in this block
+    const Index r = rows.size() * wo;                   // columns per sample in this block
     kernels::im2col(x, m_run, n0, count, rows, m_col);  // (K, count·r)
     for (Index b = 0; b < count; ++b) {
       // y_n[:, t0·Wo : t1·Wo] (out, r; row stride P) = W (out, K) · col_b (K, r). y starts at

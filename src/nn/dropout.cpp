@@ -54,8 +54,7 @@ Layout Dropout::place_input(const Layout& input) {
     if (!axis) {
       continue;
     }
-    if (*axis != GridAxis::spatial0 && *axis != GridAxis::spatial1 &&
-        *axis != GridAxis::spatial2) {
+    if (*axis != GridAxis::spatial0 && *axis != GridAxis::spatial1 && *axis != GridAxis::spatial2) {
       throw Error(
           fmt::format("{} '{}' takes samples split on their first dimension or over the spatial "
                       "axes only, but its input is {}",
@@ -66,9 +65,10 @@ Layout Dropout::place_input(const Layout& input) {
   if (spatial) {
     // A spatial tile: each element draws the counter of its place in the whole sample.
     if (input.axis_of(0).has_value()) {
-      throw Error(fmt::format("{} '{}' cannot take a sample split both on its first dimension and "
-                              "spatially: {}",
-                              kind(), name(), input.to_string()));
+      throw Error(
+          fmt::format("{} '{}' cannot take a sample split both on its first dimension and "
+                      "spatially: {}",
+                      kind(), name(), input.to_string()));
     }
     m_offsets = input.global_indices(place);
     m_local_input = input.local_shape(place);

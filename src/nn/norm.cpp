@@ -287,9 +287,10 @@ Layout BatchNormNd::place_input(const Layout& input) {
     if (d == 0 || input.placement(d).stride != 1 ||
         (*axis != GridAxis::spatial0 && *axis != GridAxis::spatial1 &&
          *axis != GridAxis::spatial2)) {
-      throw Error(fmt::format("{} '{}' takes samples split over the spatial axes only, but its "
-                              "input is {}",
-                              kind(), name(), input.to_string()));
+      throw Error(
+          fmt::format("{} '{}' takes samples split over the spatial axes only, but its "
+                      "input is {}",
+                      kind(), name(), input.to_string()));
     }
     split = split | AxisSet{*axis};
   }
@@ -345,8 +346,8 @@ Tensor BatchNormNd::backward(const Tensor& dy, Context&& ctx) {
   const ChannelGeometry g{dy.dim(0), channels, numel(m_local_input) / channels};
   const bool batch_stats = ctx.saved[2].to_host()[0] != 0.0F;
   Tensor dx(name() + ".input_grad", ctx.input_shape);  // (N, C, spatial...)
-  batch_norm_backward(dy.view(), ctx.saved[0].view(), ctx.saved[1].view(), g, batch_stats,
-                      m_stats, weight().value.view(), parameters()[0].grad.view(),
+  batch_norm_backward(dy.view(), ctx.saved[0].view(), ctx.saved[1].view(), g, batch_stats, m_stats,
+                      weight().value.view(), parameters()[0].grad.view(),
                       parameters()[1].grad.view(), dx.view());
   return dx;
 }

@@ -149,9 +149,10 @@ ForwardResult PoolNd::forward(const Tensor& xl, const ForwardOptions& /*options*
   check_batch(xl, m_local_input, "input");
   const Index n = xl.dim(0);
   // Max pooling ignores padded positions (-inf), average pooling counts them as zeros.
-  const Tensor x = !m_halo ? xl
-                   : m_halo->gather(xl, m_mode == Mode::max ? -std::numeric_limits<float>::infinity()
-                                                            : 0.0F);
+  const Tensor x =
+      !m_halo ? xl
+              : m_halo->gather(
+                    xl, m_mode == Mode::max ? -std::numeric_limits<float>::infinity() : 0.0F);
   const kernels::PoolGeometry g = geometry(n);
   // The kernels write every element of y, argmax and dx: uninitialised storage.
   const Tensor y = Tensor::uninitialized(name() + ".output", batch_shape(n, m_local_output));
@@ -213,9 +214,10 @@ Layout GlobalAvgPool::place_input(const Layout& input) {
     if (d == 0 || input.placement(d).stride != 1 ||
         (*axis != GridAxis::spatial0 && *axis != GridAxis::spatial1 &&
          *axis != GridAxis::spatial2)) {
-      throw Error(fmt::format("{} '{}' takes samples split over the spatial axes only, but its "
-                              "input is {}",
-                              kind(), name(), input.to_string()));
+      throw Error(
+          fmt::format("{} '{}' takes samples split over the spatial axes only, but its "
+                      "input is {}",
+                      kind(), name(), input.to_string()));
     }
     split = split | AxisSet{*axis};
   }

@@ -86,10 +86,10 @@ Layout spatial_input_layout(const Shape& sample, const GridPlace& place) {
     }
     const Index extent = sample[static_cast<size_t>(i) + 1];
     if (extent < parts) {
-      throw Error(fmt::format("the grid splits the input's {} extent {} over {} ranks: more ranks "
-                              "than planes (samples {})",
-                              dim_name(static_cast<size_t>(i), nd), extent, parts,
-                              to_string(sample)));
+      throw Error(
+          fmt::format("the grid splits the input's {} extent {} over {} ranks: more ranks "
+                      "than planes (samples {})",
+                      dim_name(static_cast<size_t>(i), nd), extent, parts, to_string(sample)));
     }
     layout.and_split(i + 1, spatial_axis(i));
   }
@@ -120,9 +120,10 @@ WindowPlacement place_window(const std::string& layer, const Layout& input,
     if (input.placement(dim).stride != 1 ||
         (*axis != GridAxis::spatial0 && *axis != GridAxis::spatial1 &&
          *axis != GridAxis::spatial2)) {
-      throw Error(fmt::format("{} takes samples split over the spatial axes only, but its input "
-                              "is {}",
-                              layer, input.to_string()));
+      throw Error(
+          fmt::format("{} takes samples split over the spatial axes only, but its input "
+                      "is {}",
+                      layer, input.to_string()));
     }
     axes[d].parts = context.size(*axis);
     placed.output.and_split(dim, *axis);
@@ -177,8 +178,7 @@ Halo::Halo(std::string layer, const Layout& input, std::vector<WindowAxis> axes,
       const Index lo = std::max<Index>(a.need_begin(c), 0);
       const Index hi = std::min(a.need_end(c), a.in);
       const bool low_ok = c == 0 || lo >= a.input(c - 1).offset;
-      const bool high_ok =
-          c == d.parts - 1 || hi <= a.input(c + 1).offset + a.input(c + 1).count;
+      const bool high_ok = c == d.parts - 1 || hi <= a.input(c + 1).offset + a.input(c + 1).count;
       if (!low_ok || !high_ok) {
         throw Error(fmt::format(
             "{}: kernel {} with stride {} and pad {} is wider than a tile: the outputs of rank {} "
@@ -330,9 +330,8 @@ Tensor Halo::gather(const Tensor& x, float fill) const {
 
 Tensor Halo::scatter(const Tensor& dwindow) const {
   const Index n = dwindow.dim(0);
-  TESSERA_CHECK(dwindow.shape() == batch_shape(n, m_window),
-                "{}: halo scatter of {}, window {}", m_layer, to_string(dwindow.shape()),
-                to_string(m_window));
+  TESSERA_CHECK(dwindow.shape() == batch_shape(n, m_window), "{}: halo scatter of {}, window {}",
+                m_layer, to_string(dwindow.shape()), to_string(m_window));
   const Stopwatch clock;
   const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
   Tensor buffer = dwindow;

@@ -239,7 +239,8 @@ std::optional<io::SubBox> sample_box(const nn::Sequential& model, const GridPlac
   }
   const Shape offset = in.local_offset(place);
   const Shape extent = in.local_shape(place);
-  return io::SubBox{Shape(offset.begin() + 1, offset.end()), Shape(extent.begin() + 1, extent.end())};
+  return io::SubBox{Shape(offset.begin() + 1, offset.end()),
+                    Shape(extent.begin() + 1, extent.end())};
 }
 
 // The spatial split against the model and the rest of the grid (a located, agreed error).
@@ -248,7 +249,8 @@ void check_spatial(const deck::Deck& d, const GridPlace& place) {
   if ((place.nontrivial() & spatial).empty()) {
     return;
   }
-  const std::string split = fmt::format("parallel.spatial = [{}]", fmt::join(d.parallel.spatial, ", "));
+  const std::string split =
+      fmt::format("parallel.spatial = [{}]", fmt::join(d.parallel.spatial, ", "));
   for (const GridAxis axis : {GridAxis::pipeline, GridAxis::tensor}) {
     if (place.size_of(axis) > 1) {
       throw input_error(fmt::format("{} with parallel.{} = {}: spatial decomposition combines "
@@ -911,7 +913,8 @@ Evaluation Trainer::evaluate(const std::string& spec) {
   ro.box = sample_box(*m_model, m_grid->place());
   std::unique_ptr<io::DatasetReader> reader;
   comm::agree(*m_trainer, [&] { reader = std::make_unique<io::DatasetReader>(spec, ro); });
-  double sums[3] = {0.0, 0.0, 0.0};  // loss · global batch, metric sum, samples
+  // loss · global batch, metric sum, samples; then for regression per target Σt, Σt², Σ(p - t)².
+  std::vector<double> sums(3, 0.0);
   nn::ForwardOptions fo;
   fo.training = false;
   for (std::int64_t b = 0; b < reader->batches_per_epoch(); ++b) {
@@ -926,15 +929,37 @@ Evaluation Trainer::evaluate(const std::string& spec) {
     sums[0] += l.out.loss * static_cast<double>(batch.global_size);
     sums[1] += l.metric_sum;
     sums[2] += static_cast<double>(batch.ids.size());
+    if (m_deck.model.loss == deck::LossKind::mse) {
+      const Index targets = batch.targets.numel() / std::max<Index>(1, batch.targets.dim(0));
+      sums.resize(3 + 3 * static_cast<size_t>(targets), 0.0);
+      const std::vector<float> p = output.to_host();
+      const std::vector<float> t = batch.targets.to_host();
+      for (size_t i = 0; i < t.size(); ++i) {
+        const size_t j = 3 + 3 * (i % static_cast<size_t>(targets));
+        const auto ti = static_cast<double>(t[i]);
+        const double err = static_cast<double>(p[i]) - ti;
+        sums[j] += ti;
+        sums[j + 1] += ti * ti;
+        sums[j + 2] += err * err;
+      }
+    }
+  }
+  if (m_deck.model.loss == deck::LossKind::mse) {
+    // The same length on every rank (a rank without a batch, or not the last stage, has zeros).
+    sums.resize(3 + 3 * static_cast<size_t>(m_train_info.targets), 0.0);
   }
   // Over the data axis (the ranks of one data coordinate computed the same samples) and the
   // pipeline's (the last stage's sums; the others' are zero).
-  m_sums->allreduce(comm::Buffer(sums, 3))->wait();
+  m_sums->allreduce(comm::Buffer(sums))->wait();
   Evaluation e;
   e.split = spec;
   e.samples = static_cast<Index>(sums[2]);
   e.loss = sums[0] / sums[2];
   e.metric = sums[1] / sums[2];
+  for (size_t j = 3; j + 2 < sums.size(); j += 3) {
+    const double spread = sums[j + 1] - sums[j] * sums[j] / sums[2];
+    e.r2.push_back(spread > 0.0 ? 1.0 - sums[j + 2] / spread : std::nan(""));
+  }
   return e;
 }
 
@@ -945,15 +970,23 @@ std::optional<Evaluation> Trainer::eval_and_log(std::int64_t step, double run_se
   }
   const Evaluation e = evaluate(d.data.test);
   const bool classify = d.model.loss == deck::LossKind::softmax_cross_entropy;
+  std::vector<std::string> r2;
+  std::vector<std::string> r2_json;
+  for (double v : e.r2) {
+    r2.push_back(fmt::format("{:.3f}", v));
+    r2_json.push_back(json_number(v));
+  }
   say(fmt::format(
-      "eval  step {}: {} loss {:.4f}, {} {} ({} samples)", step, d.data.test, e.loss,
+      "eval  step {}: {} loss {:.4f}, {} {}{} ({} samples)", step, d.data.test, e.loss,
       metric_name(d.model.loss),
       classify ? fmt::format("{:.2f}%", 100.0 * e.metric) : fmt::format("{:.4g}", e.metric),
-      e.samples));
+      r2.empty() ? "" : fmt::format(", R² {}", fmt::join(r2, " ")), e.samples));
   log_line(fmt::format(
-      R"({{"kind": "eval", "step": {}, "split": {}, "loss": {}, "{}": {}, "samples": {}, "time": {:.3f}}})",
+      R"({{"kind": "eval", "step": {}, "split": {}, "loss": {}, "{}": {}{}, "samples": {}, "time": {:.3f}}})",
       step, json_string(d.data.test), json_number(e.loss), metric_name(d.model.loss),
-      json_number(e.metric), e.samples, run_seconds));
+      json_number(e.metric),
+      r2_json.empty() ? "" : fmt::format(R"(, "r2": [{}])", fmt::join(r2_json, ", ")), e.samples,
+      run_seconds));
   return e;
 }
 
@@ -1427,14 +1460,12 @@ std::string describe(const deck::Deck& d, int world_size) {
                     "(estimate: every layer's output and its gradient), over "
                     "run.activation_limit_mb = {}; split the samples over more ranks "
                     "(parallel.spatial) or lower the batch",
-                    micro_batch, to_string(d.model.input), acts * mib,
-                    d.run.activation_limit_mb),
+                    micro_batch, to_string(d.model.input), acts * mib, d.run.activation_limit_mb),
         d.where("run.activation_limit_mb"));
   }
   out += fmt::format("\nparameters: {} ({:.2f} MiB as float32)", params,
                      static_cast<double>(params) * 4.0 * mib);
-  out += split ? fmt::format("; on rank 0: {} ({:.2f} MiB)\n", local_params, weights * mib)
-               : "\n";
+  out += split ? fmt::format("; on rank 0: {} ({:.2f} MiB)\n", local_params, weights * mib) : "\n";
   // Deterministic mode keeps each of its groups' gradients, and every group's while summing.
   double groups = 0.0;
   if (d.parallel.deterministic) {

@@ -123,8 +123,8 @@ std::vector<std::vector<std::string>> splits(int nd) {
     if (nd == 3) {
       out.push_back({"parallel.spatial=[1,2,2]"});
     }
-    out.push_back({nd == 3 ? "parallel.spatial=[2,1,1]" : "parallel.spatial=[2,1]",
-                   "parallel.data=2"});
+    out.push_back(
+        {nd == 3 ? "parallel.spatial=[2,1,1]" : "parallel.spatial=[2,1]", "parallel.data=2"});
   }
   return out;
 }
@@ -164,8 +164,8 @@ std::string joined(const std::vector<std::string>& v) {
 }  // namespace
 
 TEST_P(SpatialTraining, SplitsMatchOneRankAfterTenSteps) {
-  const Trained one = train_and_gather(deck({}, "one-" + std::to_string(world_rank())),
-                                       MPI_COMM_SELF);
+  const Trained one =
+      train_and_gather(deck({}, "one-" + std::to_string(world_rank())), MPI_COMM_SELF);
   ASSERT_TRUE(std::isfinite(one.summary.loss));
   int k = 0;
   for (const std::vector<std::string>& split : splits(GetParam())) {
@@ -198,7 +198,8 @@ TEST_P(SpatialTraining, CheckpointRestartsOnAnotherSplit) {
   const Trained one = train_and_gather(deck({}, "ref-" + me), MPI_COMM_SELF);
   // Restarted on one rank and on the split along the last dimension.
   const Trained alone = train_and_gather(
-      deck({"checkpoint.restart=" + file, "checkpoint.dir=" + path("re-one-" + me)}, "re-one-" + me),
+      deck({"checkpoint.restart=" + file, "checkpoint.dir=" + path("re-one-" + me)},
+           "re-one-" + me),
       MPI_COMM_SELF);
   const Trained other = train_and_gather(
       deck({last, "checkpoint.restart=" + file, "checkpoint.dir=" + path("re-last")}, "re-last"),

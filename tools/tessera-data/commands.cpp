@@ -504,6 +504,10 @@ double generate_gray_scott(const GenOptions& o) {
     const io::Attributes a = g.attributes();
     a.set("task", std::string("regression"));
     a.set("target_names", std::vector<std::string>{"F", "k"});
+    if (o.unit_targets) {
+      a.set("target_low", std::vector<double>{kFeedLow, kKillLow});
+      a.set("target_high", std::vector<double>{kFeedLow + kFeedRange, kKillLow + kKillRange});
+    }
     a.set("field", std::string("v"));
     a.set("scale", 1.0);
     a.set("mean", std::vector<double>{0.0});
@@ -528,8 +532,13 @@ double generate_gray_scott(const GenOptions& o) {
         const ScopedTimer t(write_seconds);
         x.write(box, io::ElementType::f32, field.data(), true);
       }
-      targets.push_back(p.feed);
-      targets.push_back(p.kill);
+      if (o.unit_targets) {
+        targets.push_back((p.feed - kFeedLow) / kFeedRange);
+        targets.push_back((p.kill - kKillLow) / kKillRange);
+      } else {
+        targets.push_back(p.feed);
+        targets.push_back(p.kill);
+      }
       if (!o.quiet && rank == 0 && ((s + 1) % every == 0 || s + 1 == o.samples)) {
         std::printf("tessera-data gen: %lld/%lld samples, %.1f s\n", static_cast<long long>(s + 1),
                     static_cast<long long>(o.samples), total.seconds());

@@ -44,6 +44,9 @@ struct GenOptions {
   int steps = 200;
   std::uint64_t seed = 1;
   std::string dtype = "float32";  ///< float32 or float16
+  /// Targets (F - 0.02) / 0.04 and (k - 0.045) / 0.02: both in [0, 1], for training (the ranges
+  /// are in the split's @target_low and @target_high).
+  bool unit_targets = false;
   bool quiet = false;
 };
 /// Simulates `samples` Gray–Scott runs, domain-decomposed over every rank, and writes them

@@ -7,7 +7,8 @@ namespace tessera::data {
 GrayScottParameters sample_parameters(std::uint64_t seed, std::int64_t sample) {
   const rng::CounterRng gen(seed, rng::hash_name("gray-scott.parameters"));
   const auto i = static_cast<std::uint64_t>(sample);
-  return {0.02F + 0.04F * gen.uniform(2 * i), 0.045F + 0.02F * gen.uniform(2 * i + 1)};
+  return {kFeedLow + kFeedRange * gen.uniform(2 * i),
+          kKillLow + kKillRange * gen.uniform(2 * i + 1)};
 }
 
 namespace {

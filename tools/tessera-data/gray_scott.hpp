@@ -21,6 +21,12 @@ struct GrayScottOptions {
   int steps = 200;
 };
 
+/// The ranges the parameters are drawn from: F in [kFeedLow, kFeedLow + kFeedRange], k likewise.
+inline constexpr float kFeedLow = 0.02F;
+inline constexpr float kFeedRange = 0.04F;
+inline constexpr float kKillLow = 0.045F;
+inline constexpr float kKillRange = 0.02F;
+
 /// The physical parameters of sample `sample` (F in [0.02, 0.06], k in [0.045, 0.065]).
 GrayScottParameters sample_parameters(std::uint64_t seed, std::int64_t sample);
 

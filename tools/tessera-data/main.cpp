@@ -56,6 +56,8 @@ int main(int argc, char** argv) {
     gen->add_option("--steps", go.steps, "time steps per sample")->capture_default_str();
     gen->add_option("--seed", go.seed, "random seed")->capture_default_str();
     gen->add_option("--dtype", go.dtype, "float32 or float16")->capture_default_str();
+    gen->add_flag("--unit-targets", go.unit_targets,
+                  "targets F and k mapped onto [0, 1] over their ranges (for training)");
     gen->add_flag("--quiet,-q", go.quiet, "no progress lines");
 
     auto* ls = app.add_subcommand("ls", "list groups, datasets, attributes and statistics");

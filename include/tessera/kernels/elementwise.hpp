@@ -10,9 +10,9 @@
 #include <Kokkos_Core.hpp>
 
 #include <cstdint>
-#include <vector>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 namespace tessera::kernels {
 

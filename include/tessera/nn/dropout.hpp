@@ -9,8 +9,8 @@
 
 #include <cstdint>
 #include <string>
-#include <vector>
 #include <string_view>
+#include <vector>
 
 namespace tessera::nn {
 
@@ -44,9 +44,9 @@ class Dropout : public Layer {
   float p() const { return m_options.p; }
 
  private:
-  Shape m_input;             // one sample
-  Shape m_local_input;       // this rank's part of it
-  Index m_local_offset = 0;  // where that part starts in the sample (elements)
+  Shape m_input;                 // one sample
+  Shape m_local_input;           // this rank's part of it
+  Index m_local_offset = 0;      // where that part starts in the sample (elements)
   std::vector<Index> m_offsets;  // a spatial tile: each local element's index in the sample
   DropoutOptions m_options;
 };

@@ -50,9 +50,9 @@ class BatchNormNd : public Layer {
   const char* m_kind;
   int m_spatial_dims;
   BatchNormOptions m_options;
-  Shape m_input;                            // (C, spatial...)
-  Shape m_local_input;                      // this rank's block of it
-  comm::Communicator* m_stats = nullptr;    // the ranks the statistics span (none: this one)
+  Shape m_input;                          // (C, spatial...)
+  Shape m_local_input;                    // this rank's block of it
+  comm::Communicator* m_stats = nullptr;  // the ranks the statistics span (none: this one)
 
   /// The parameters' partial axes and the statistics' communicator for samples split over `split`.
   void place_statistics(AxisSet split);

@@ -53,8 +53,8 @@ class PoolNd : public Layer {
   std::vector<Index> m_kernel;
   std::vector<Index> m_stride;
   std::vector<Index> m_pad;
-  Shape m_input;   // (C, spatial...)
-  Shape m_output;  // (C, spatial_out...)
+  Shape m_input;                 // (C, spatial...)
+  Shape m_output;                // (C, spatial_out...)
   Shape m_local_input;           // this rank's block of m_input
   Shape m_local_output;          // and of m_output
   std::unique_ptr<Halo> m_halo;  // on a spatial split only
@@ -106,9 +106,9 @@ class GlobalAvgPool final : public Layer {
   Tensor backward(const Tensor& dy, Context&& ctx) override;
 
  private:
-  Shape m_input;                          // (C, spatial...)
-  Shape m_local_input;                    // this rank's block of it
-  comm::Communicator* m_sum = nullptr;    // the spatial axes the sample is split over
+  Shape m_input;                        // (C, spatial...)
+  Shape m_local_input;                  // this rank's block of it
+  comm::Communicator* m_sum = nullptr;  // the spatial axes the sample is split over
 };
 
 }  // namespace tessera::nn

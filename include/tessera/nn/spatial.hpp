@@ -82,9 +82,9 @@ class Halo {
     GridAxis axis = GridAxis::spatial0;
     int parts = 1;
     int coord = 0;
-    Range own;           // this rank's input block
-    Index begin = 0;     // buffer range [begin, end): own ∪ needed
-    Index end = 0;       //
+    Range own;             // this rank's input block
+    Index begin = 0;       // buffer range [begin, end): own ∪ needed
+    Index end = 0;         //
     Index need_begin = 0;  // the window, within the buffer range
     Index need_end = 0;
     Range from_low;   // rows received from coord - 1 (global), count 0 if none

@@ -48,6 +48,9 @@ struct Evaluation {
   Index samples = 0;
   double loss = 0.0;
   double metric = 0.0;  ///< accuracy (classification) or MAE (regression)
+  /// Regression: the coefficient of determination of each target over the split,
+  /// 1 - Σ(prediction - target)² / Σ(target - mean target)².
+  std::vector<double> r2;
 };
 
 struct RunSummary {
