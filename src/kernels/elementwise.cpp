@@ -271,21 +271,14 @@ void dropout_forward(const Tensor& x, const Tensor& y, const Tensor& mask, float
 
 void dropout_forward_indexed(const Tensor& x, const Tensor& y, const Tensor& mask, float p,
                              std::uint64_t seed, std::uint64_t stream, std::uint64_t first_counter,
-                             const std::vector<Index>& offsets, std::uint64_t block_stride) {
+                             const IndexView& offsets, std::uint64_t block_stride) {
   check_same_size(x, y, "dropout_forward_indexed");
   check_same_size(x, mask, "dropout_forward_indexed");
   TESSERA_CHECK(p >= 0.0F && p < 1.0F, "dropout_forward_indexed: p = {} must be in [0, 1)", p);
-  const auto b = static_cast<Index>(offsets.size());
+  const auto b = static_cast<Index>(offsets.extent(0));
   TESSERA_CHECK(b >= 1 && x.numel() % b == 0,
                 "dropout_forward_indexed: {} elements are not blocks of {}", x.numel(), b);
-  Kokkos::View<Index*, MemSpace> where("kernels::dropout_offsets", offsets.size());
-  {
-    auto host = Kokkos::create_mirror_view(where);
-    for (size_t i = 0; i < offsets.size(); ++i) {
-      host(i) = offsets[i];
-    }
-    Kokkos::deep_copy(where, host);
-  }
+  const IndexView where = offsets;
   const FloatView in = x.view();
   const FloatView out = y.view();
   const FloatView m = mask.view();

@@ -47,7 +47,7 @@ Shape Dropout::output_shape(const Shape& input) const {
 Layout Dropout::place_input(const Layout& input) {
   require_not_partial(input);  // a mask of a sum is not the sum of masks
   const GridPlace& place = context().place();
-  m_offsets.clear();
+  m_offsets = IndexView();
   bool spatial = false;
   for (int d = 1; d < input.rank(); ++d) {
     const std::optional<GridAxis> axis = input.axis_of(d);
@@ -70,7 +70,13 @@ Layout Dropout::place_input(const Layout& input) {
                       "spatially: {}",
                       kind(), name(), input.to_string()));
     }
-    m_offsets = input.global_indices(place);
+    const std::vector<Index> offsets = input.global_indices(place);
+    m_offsets = IndexView("dropout.offsets", offsets.size());
+    auto host = Kokkos::create_mirror_view(m_offsets);
+    for (size_t i = 0; i < offsets.size(); ++i) {
+      host(i) = offsets[i];
+    }
+    Kokkos::deep_copy(m_offsets, host);
     m_local_input = input.local_shape(place);
     m_local_offset = 0;
     return input;
@@ -103,7 +109,7 @@ ForwardResult Dropout::forward(const Tensor& x, const ForwardOptions& options) {
   const auto sample_numel = static_cast<std::uint64_t>(numel(m_input));
   const auto first = static_cast<std::uint64_t>(options.sample_offset) * sample_numel +
                      static_cast<std::uint64_t>(m_local_offset);
-  if (m_offsets.empty()) {
+  if (m_offsets.extent(0) == 0) {
     kernels::dropout_forward(x, y, mask, m_options.p, options.seed,
                              dropout_stream(name(), options.step), first, numel(m_local_input),
                              sample_numel);

@@ -1231,12 +1231,14 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
         fmt::format(R"(, "idle": [{}], "peak_activation_bytes": [{}], "stage_compute_s": [{}])",
                     fmt::join(fractions, ", "), fmt::join(bytes, ", "), fmt::join(compute, ", "));
   }
-  if (tiled) {
-    // Every rank's own: the tiles' activations are what a spatial split divides.
+  if (m_pipe->size() == 1) {
+    // The most activation bytes any rank held at once (what a spatial split divides).
     double largest = w.peak_saved_bytes;
     m_trainer->allreduce(comm::Buffer(&largest, 1), {comm::ReduceOp::max})->wait();
-    idle_json += fmt::format(R"(, "halo_s": {:.4f}, "peak_activation_bytes_max": {:.0f})", w.halo_s,
-                             largest);
+    idle_json += fmt::format(R"(, "peak_activation_bytes_max": {:.0f})", largest);
+  }
+  if (tiled) {
+    idle_json += fmt::format(R"(, "halo_s": {:.4f})", w.halo_s);
   }
   say(fmt::format(
       "step {:6d}/{}  epoch {}  loss {:.4f}  {} {}  {} samples/s  compute {:2.0f}% "

@@ -24,6 +24,7 @@ using ExecSpace = Kokkos::DefaultExecutionSpace;
 using MemSpace = ExecSpace::memory_space;
 using FloatView = Kokkos::View<float*, MemSpace>;
 using IntView = Kokkos::View<std::int32_t*, MemSpace>;
+using IndexView = Kokkos::View<Index*, MemSpace>;
 
 /// While one lives on a thread, the tensors it constructs hold a shape and no storage (data() is
 /// null): `tessera check` builds a model this way to see its shapes, sizes and memory without

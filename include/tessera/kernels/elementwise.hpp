@@ -53,11 +53,11 @@ void dropout_forward(const Tensor& x, const Tensor& y, const Tensor& mask, float
                      std::uint64_t seed, std::uint64_t stream, std::uint64_t first_counter,
                      Index block = 0, std::uint64_t block_stride = 0);
 /// The same for a rank's block of every sample that is not one contiguous slice (a spatial tile):
-/// x is blocks of offsets.size() elements, block k's first `block_stride` counters after the one
+/// x is blocks of offsets.extent(0) elements, block k's first `block_stride` counters after the one
 /// before, and element i draws counter first_counter + (i / b) · block_stride + offsets[i % b].
 void dropout_forward_indexed(const Tensor& x, const Tensor& y, const Tensor& mask, float p,
                              std::uint64_t seed, std::uint64_t stream, std::uint64_t first_counter,
-                             const std::vector<Index>& offsets, std::uint64_t block_stride);
+                             const IndexView& offsets, std::uint64_t block_stride);
 
 /// The per-element formulas. f(x) forward; *_grad(s, dy) backward, s the saved tensor's element.
 namespace act {

@@ -47,7 +47,7 @@ class Dropout : public Layer {
   Shape m_input;                 // one sample
   Shape m_local_input;           // this rank's part of it
   Index m_local_offset = 0;      // where that part starts in the sample (elements)
-  std::vector<Index> m_offsets;  // a spatial tile: each local element's index in the sample
+  IndexView m_offsets;  // a spatial tile: each local element's index in the sample (else empty)
   DropoutOptions m_options;
 };
 
