@@ -209,6 +209,7 @@ Halo::Halo(std::string layer, const Layout& input, std::vector<WindowAxis> axes,
     m_window.push_back(d.need_end - d.need_begin);
     m_buffer.push_back(d.end - d.begin);
     m_local_out.push_back(a.output(c).count);
+    m_extent.push_back(a.in);
     m_dims.push_back(d);
   }
 }
@@ -304,7 +305,28 @@ Tensor Halo::gather(const Tensor& x, float fill) const {
   const Extent3 own = extent3(spatial_local);
   const Extent3 ext = extent3(spatial_buffer);
   Tensor buffer = Tensor::uninitialized(m_layer + ".halo", batch_shape(n, m_buffer));
-  std::fill(buffer.data(), buffer.data() + buffer.numel(), fill);
+  // Only the padding needs `fill`: every other element of the buffer is this rank's own or comes
+  // from a neighbour (edges and corners through two or three hops). The padding is the slabs of
+  // rows outside [0, extent) along each dimension, whole along the others.
+  const Index planes = n * m_channels;
+  const size_t nd = m_dims.size();
+  std::vector<float> fills;
+  for (size_t d = 0; d < nd; ++d) {
+    const Dim& dim = m_dims[d];
+    const Index extent = m_extent[d];
+    for (const Range r : {Range{dim.begin, std::max<Index>(0, -dim.begin)},
+                          Range{extent, std::max<Index>(0, dim.end - extent)}}) {
+      if (r.count <= 0) {
+        continue;
+      }
+      Extent3 off{0, 0, 0};
+      Extent3 count = ext;
+      off[3 - nd + d] = r.offset - dim.begin;
+      count[3 - nd + d] = r.count;
+      fills.assign(static_cast<size_t>(count[0] * count[1] * count[2] * planes), fill);
+      copy_box(fills.data(), count, {0, 0, 0}, buffer.data(), ext, off, count, planes, false);
+    }
+  }
   Extent3 at{0, 0, 0};
   for (size_t d = 0; d < m_dims.size(); ++d) {
     at[3 - m_dims.size() + d] = m_dims[d].own.offset - m_dims[d].begin;

@@ -520,12 +520,16 @@ std::string grid_key(const deck::Deck& d) {
   return "parallel";
 }
 
+// The micro-batches (or, in deterministic mode, sample groups) a data rank's share of the batch is
+// cut into, on `data` data-parallel ranks.
+int parts_per_rank(const deck::Deck& d, int data) {
+  return d.parallel.deterministic ? d.parallel.sample_groups / data : d.data.micro_batches;
+}
+
 // Samples of one micro-batch (or sample group) of a data rank's share of the batch.
 Index d_micro_size(const deck::Deck& d, const comm::GridSpec& spec) {
   const Index share = d.data.batch / spec.data;
-  const int parts =
-      d.parallel.deterministic ? d.parallel.sample_groups / spec.data : d.data.micro_batches;
-  return share / std::max(1, parts);
+  return share / std::max(1, parts_per_rank(d, spec.data));
 }
 
 // The grid's error (comm::resolve_grid's words), located in the deck.
@@ -553,8 +557,7 @@ void check_batch(const deck::Deck& d, const comm::GridSpec& spec) {
                       d.where("parallel.sample_groups"));
   }
   const Index share = d.data.batch / data;
-  const int parts =
-      d.parallel.deterministic ? d.parallel.sample_groups / data : d.data.micro_batches;
+  const int parts = parts_per_rank(d, data);
   if (spec.pipeline > 1 && (d.data.batch % data != 0 || share % parts != 0)) {
     const bool groups = d.parallel.deterministic;
     throw input_error(
@@ -1399,8 +1402,7 @@ std::string describe(const deck::Deck& d, int world_size) {
   const int data = spec.data;
   const Index local_batch = (d.data.batch + data - 1) / data;
   out += fmt::format("grid: {} ranks = {}\n", world_size, comm::to_string(spec));
-  const Index parts = d.parallel.deterministic ? d.parallel.sample_groups / data
-                                               : static_cast<Index>(d.data.micro_batches);
+  const Index parts = parts_per_rank(d, data);
   const Index micro_batch = (local_batch + parts - 1) / parts;
   out += fmt::format("batch: global {}, per data rank {}", d.data.batch, local_batch);
   if (parts > 1) {

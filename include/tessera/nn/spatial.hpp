@@ -97,6 +97,7 @@ class Halo {
   Index m_channels = 1;
   std::vector<Dim> m_dims;
   Shape m_local, m_window, m_local_out, m_buffer;
+  Shape m_extent;  // the whole input's spatial extents
   bool m_exchanges = false;
   bool m_window_is_buffer = true;
 
