@@ -206,6 +206,9 @@ Halo::Halo(std::string layer, const Layout& input, std::vector<WindowAxis> axes,
     m_exchanges = m_exchanges || d.from_low.count > 0 || d.from_high.count > 0 ||
                   d.to_low.count > 0 || d.to_high.count > 0;
     m_window_is_buffer = m_window_is_buffer && d.begin == d.need_begin && d.end == d.need_end;
+    // (and no neighbour reads from this rank: otherwise it must still send)
+    m_window_is_own = m_window_is_own && d.need_begin == d.own.offset && d.need_end == own_end &&
+                      d.to_low.count == 0 && d.to_high.count == 0;
     m_window.push_back(d.need_end - d.need_begin);
     m_buffer.push_back(d.end - d.begin);
     m_local_out.push_back(a.output(c).count);
@@ -299,6 +302,9 @@ Tensor Halo::gather(const Tensor& x, float fill) const {
   const Index n = x.dim(0);
   TESSERA_CHECK(x.shape() == batch_shape(n, m_local), "{}: halo gather of {}, local input {}",
                 m_layer, to_string(x.shape()), to_string(m_local));
+  if (m_window_is_own) {
+    return x;  // the windows read exactly this rank's block: nothing to copy or exchange
+  }
   const Stopwatch clock;
   const Shape spatial_local(m_local.begin() + 1, m_local.end());
   const Shape spatial_buffer(m_buffer.begin() + 1, m_buffer.end());
@@ -354,6 +360,9 @@ Tensor Halo::scatter(const Tensor& dwindow) const {
   const Index n = dwindow.dim(0);
   TESSERA_CHECK(dwindow.shape() == batch_shape(n, m_window), "{}: halo scatter of {}, window {}",
                 m_layer, to_string(dwindow.shape()), to_string(m_window));
+  if (m_window_is_own) {
+    return dwindow;
+  }
   const Stopwatch clock;
   const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
   Tensor buffer = dwindow;

@@ -71,7 +71,8 @@ class Halo {
   bool exchanges() const { return m_exchanges; }
 
   /// x (N, C, local...) → (N, C, window...): the halo rows from the neighbours, `fill` where the
-  /// window passes the volume's edge. Every rank of the spatial axes calls it together.
+  /// window passes the volume's edge. Every rank of the spatial axes calls it together. x itself
+  /// when the windows read exactly this rank's block (a 2×2 pooling of even tiles).
   Tensor gather(const Tensor& x, float fill) const;
   /// The adjoint: dwindow (N, C, window...) → dx (N, C, local...), the halo rows' gradients sent to
   /// their owners and added there; the padding's dropped.
@@ -100,6 +101,7 @@ class Halo {
   Shape m_extent;  // the whole input's spatial extents
   bool m_exchanges = false;
   bool m_window_is_buffer = true;
+  bool m_window_is_own = true;  // the window is this rank's block (no halo, no padding)
 
   /// Moves the halo rows of dimension `d` forward (received rows overwrite) or backward (sent
   /// back and added).
