@@ -234,8 +234,9 @@ void check_split(const deck::Deck& d, const io::SplitInfo& info, const std::stri
 // This rank's tile of every sample, when the model's input is split over the spatial axes.
 std::optional<io::SubBox> sample_box(const nn::Sequential& model, const GridPlace& place) {
   const Layout& in = model.input_layout();
-  if (in.is_replicated()) {
-    return std::nullopt;
+  const AxisSet spatial{GridAxis::spatial0, GridAxis::spatial1, GridAxis::spatial2};
+  if ((in.split_axes() & spatial).empty()) {
+    return std::nullopt;  // whole samples (a later pipeline stage's input may be split otherwise)
   }
   const Shape offset = in.local_offset(place);
   const Shape extent = in.local_shape(place);
