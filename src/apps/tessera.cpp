@@ -13,10 +13,12 @@
 #include "tessera/core/timer.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/train/generate.hpp"
+#include "tessera/train/population.hpp"
 #include "tessera/train/reporter.hpp"
 #include "tessera/train/trainer.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <mpi.h>
 #include <CLI/CLI.hpp>
 
@@ -44,8 +46,8 @@ std::string read_deck(tessera::comm::Communicator& world, const std::string& pat
 // Every rank parses the same text with its own command-line overrides; then the ranks compare
 // what they got, so a deck override given to some ranks only is an error, not a silent split.
 tessera::deck::Deck load_deck(tessera::comm::Communicator& world, const std::string& path,
-                              const std::vector<std::string>& overrides) {
-  const std::string text = read_deck(world, path);
+                              const std::vector<std::string>& overrides, std::string& text) {
+  text = read_deck(world, path);
   tessera::deck::Deck deck;
   tessera::comm::agree(world, [&] { deck = tessera::deck::parse(text, path, overrides); });
   const std::string resolved = tessera::deck::to_toml(deck);
@@ -114,7 +116,8 @@ int main(int argc, char** argv) {
       return 0;
     }
 
-    const tessera::deck::Deck deck = load_deck(world, deck_path, overrides);
+    std::string text;
+    const tessera::deck::Deck deck = load_deck(world, deck_path, overrides, text);
     if (*check) {
       std::string report;
       std::vector<std::string> notes;
@@ -122,6 +125,10 @@ int main(int argc, char** argv) {
         (void)tessera::train::resolve_grid(deck, world.size());  // the grid first: no file needed
         notes = tessera::train::check_data(deck, world.rank(), world.size());
         report = tessera::train::describe(deck, world.size());
+        for (int k = 0; deck.parallel.trainers > 1 && k < deck.parallel.trainers; ++k) {
+          report += fmt::format("population trainer {}: {}\n", k,
+                                fmt::join(tessera::deck::trainer_overrides(deck, k), " "));
+        }
       });
       for (const std::string& note : notes) {
         out.warning(note);
@@ -133,6 +140,10 @@ int main(int argc, char** argv) {
     out.info(fmt::format("tessera: {} on {} rank{}, output in {}/\n{}", deck.run.name, world.size(),
                          world.size() == 1 ? "" : "s", deck.run.output,
                          tessera::deck::to_toml(deck)));
+    if (deck.parallel.trainers > 1) {
+      return tessera::train::run_population(text, deck_path, overrides, deck, MPI_COMM_WORLD,
+                                            console);
+    }
     tessera::train::Trainer trainer(deck, MPI_COMM_WORLD, &console);
     const tessera::train::RunSummary s = trainer.run();
     if (s.final_eval) {

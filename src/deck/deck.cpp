@@ -1,5 +1,6 @@
 #include "tessera/deck/deck.hpp"
 
+#include "tessera/core/rng.hpp"
 #include "tessera/core/strings.hpp"
 #include "tessera/nn/sequential.hpp"
 
@@ -832,6 +833,244 @@ void parse_optimizer(Section& s, Deck& d) {
   }
 }
 
+
+// The hyper-parameter leaves of [population.hyper], in the deck's order: a table holding one of
+// values, grid, uniform, log_uniform, under its dotted key (quoted or nested tables alike).
+void hyper_leaves(const toml::value& table, const std::string& key, const Source& src,
+                  std::vector<std::pair<std::string, const toml::value*>>& out) {
+  static const std::set<std::string> kHow{"values", "grid", "uniform", "log_uniform"};
+  std::vector<std::pair<std::string, const toml::value*>> items;
+  for (const auto& [k, v] : table.as_table()) {
+    items.emplace_back(k, &v);
+  }
+  std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) {
+    return a.second->location().line() < b.second->location().line();
+  });
+  for (const auto& [k, v] : items) {
+    const std::string full = key + "." + k;
+    if (!v->is_table()) {
+      throw input_error(
+          fmt::format("{} must be a table holding one of values, grid, uniform, log_uniform "
+                      "(optimizer.lr = {{ log_uniform = [1e-3, 1.0] }}), got {} ({})",
+                      full, type_of(*v), show(*v)),
+          src.at(full, v));
+    }
+    bool leaf = false;
+    for (const auto& [name, e] : v->as_table()) {
+      leaf = leaf || kHow.count(name) != 0;
+    }
+    if (leaf) {
+      out.emplace_back(full, v);
+    } else if (v->as_table().empty()) {
+      throw input_error(fmt::format("{} must hold one of values, grid, uniform, log_uniform", full),
+                        src.at(full, v));
+    } else {
+      hyper_leaves(*v, full, src, out);
+    }
+  }
+}
+
+// The resolved value of dotted `key` in `root`, or null.
+const toml::value* find_dotted(const toml::value& root, const std::string& key) {
+  const toml::value* v = &root;
+  size_t start = 0;
+  while (start <= key.size()) {
+    const size_t dot = key.find('.', start);
+    const std::string part = key.substr(start, dot == std::string::npos ? dot : dot - start);
+    if (!v->is_table() || !v->contains(part)) {
+      return nullptr;
+    }
+    v = &v->at(part);
+    if (dot == std::string::npos) {
+      return v;
+    }
+    start = dot + 1;
+  }
+  return nullptr;
+}
+
+// Every dotted key of the resolved deck that holds a value (for "did you mean").
+void dotted_keys(const toml::value& v, const std::string& key, std::vector<std::string>& out) {
+  for (const auto& [k, e] : v.as_table()) {
+    const std::string full = key.empty() ? k : key + "." + k;
+    if (e.is_table()) {
+      dotted_keys(e, full, out);
+    } else {
+      out.push_back(full);
+    }
+  }
+}
+
+void parse_population(Section& s, Deck& d, const Source& src) {
+  PopulationConfig& p = d.population;
+  const int trainers = d.parallel.trainers;
+  p.algorithm = s.choice("algorithm", std::string("independent"), {"independent", "ltfb", "pbt"});
+  const bool tournament = p.algorithm != "independent";
+  p.every = s.integer("every", 0, 1);
+  p.timeout = s.number("timeout", 60.0, 0.0, 1e7, true);
+  p.validation = s.string("validation", std::string());
+  p.average_every = s.integer("average_every", 0, 1);
+  p.combine = s.choice("combine", std::string("none"), {"none", "average", "soup"});
+  p.fraction = s.number("fraction", 0.25, 0.0, 0.5, true);
+  p.seed = static_cast<std::uint64_t>(s.integer("seed", static_cast<std::int64_t>(d.run.seed), 0));
+  if (const toml::value* v = s.find("perturb"); v != nullptr) {
+    p.perturb.clear();
+    if (v->is_array()) {
+      for (const toml::value& e : v->as_array()) {
+        if (e.is_floating() || e.is_integer()) {
+          p.perturb.push_back(e.is_floating() ? e.as_floating()
+                                              : static_cast<double>(e.as_integer()));
+        }
+      }
+    }
+    if (!v->is_array() || p.perturb.size() != v->as_array().size() || p.perturb.empty() ||
+        std::any_of(p.perturb.begin(), p.perturb.end(),
+                    [](double f) { return !(f > 0.0) || !std::isfinite(f); })) {
+      throw s.error("perturb", v,
+                    fmt::format("population.perturb = {} must be a non-empty list of positive "
+                                "factors ([0.8, 1.25])",
+                                show(*v)));
+    }
+  }
+  if (trainers < 2 && (tournament || p.average_every > 0 || p.combine != "none")) {
+    const char* k = tournament ? "algorithm" : p.average_every > 0 ? "average_every" : "combine";
+    throw s.error(k, s.find(k),
+                  fmt::format("population.{} needs two trainers or more; parallel.trainers = {}",
+                              k, trainers));
+  }
+  if (tournament && p.every == 0) {
+    throw s.error("algorithm", s.find("algorithm"),
+                  fmt::format("population.algorithm = \"{}\" needs population.every, the steps "
+                              "between tournaments",
+                              p.algorithm));
+  }
+  if ((tournament || p.combine == "soup") && p.validation.empty()) {
+    const char* k = tournament ? "algorithm" : "combine";
+    throw s.error(k, s.find(k),
+                  fmt::format("population.{} = \"{}\" needs population.validation = "
+                              "\"file.h5:/split\": each trainer scores models on its slice of it",
+                              k, tournament ? p.algorithm : p.combine));
+  }
+  const size_t colon = p.validation.rfind(':');
+  if (!p.validation.empty() &&
+      (colon == std::string::npos || colon == 0 || colon + 1 == p.validation.size())) {
+    throw s.error("validation", s.find("validation"),
+                  fmt::format("population.validation = \"{}\" must be \"file.h5:/split\"",
+                              p.validation));
+  }
+
+  // The hyper-parameters: checked against the resolved deck, so a key is known (defaults too)
+  // and its type is the schema's.
+  const toml::value* hyper = s.find("hyper");
+  if (hyper != nullptr && !hyper->is_table()) {
+    throw s.error("hyper", hyper,
+                  fmt::format("population.hyper must be a table of deck keys, got {}",
+                              type_of(*hyper)));
+  }
+  std::vector<std::pair<std::string, const toml::value*>> leaves;
+  if (hyper != nullptr) {
+    hyper_leaves(*hyper, "population.hyper", src, leaves);
+  }
+  std::istringstream resolved_text(to_toml(d));
+  const toml::value resolved = toml::parse(resolved_text, "resolved deck");
+  std::vector<std::string> known;
+  dotted_keys(resolved, "", known);
+  const std::string prefix = "population.hyper.";
+  size_t grid_points = 1;
+  bool has_grid = false;
+  for (const auto& [full, v] : leaves) {
+    HyperSpec h;
+    h.key = full.substr(prefix.size());
+    h.where = src.at(full, v);
+    auto bad = [&](const std::string& what) { return input_error(full + ": " + what, h.where); };
+    const toml::value* target = find_dotted(resolved, h.key);
+    if (target == nullptr) {
+      const std::string near = closest_match(h.key, known);
+      throw bad(fmt::format("the deck has no key {}{}", h.key,
+                            near.empty() ? "" : " (did you mean " + near + "?)"));
+    }
+    if (!target->is_integer() && !target->is_floating()) {
+      throw bad(fmt::format("{} is {} ({}), not a number: only numeric deck keys can vary", h.key,
+                            type_of(*target), show(*target)));
+    }
+    if (h.key.rfind("parallel.", 0) == 0 || h.key == "run.steps" || h.key == "run.epochs" ||
+        h.key.rfind("population.", 0) == 0) {
+      throw bad(fmt::format("{} cannot vary: every trainer has the same grid and length", h.key));
+    }
+    if (tournament && h.key.rfind("optimizer.", 0) != 0) {
+      throw bad(fmt::format("with population.algorithm = \"{}\" only optimizer keys can vary "
+                            "(they travel with the weights)",
+                            p.algorithm));
+    }
+    h.integer = target->is_integer();
+    std::vector<std::string> given;
+    for (const auto& [name, e] : v->as_table()) {
+      given.push_back(name);
+    }
+    std::sort(given.begin(), given.end());
+    if (given.size() != 1) {
+      throw bad(fmt::format("give one of values, grid, uniform, log_uniform (got {})",
+                            join(given)));
+    }
+    h.how = given[0];
+    const toml::value& list = v->as_table().at(h.how);
+    std::vector<double> xs;
+    if (list.is_array()) {
+      for (const toml::value& e : list.as_array()) {
+        if (e.is_floating() || e.is_integer()) {
+          xs.push_back(e.is_floating() ? e.as_floating() : static_cast<double>(e.as_integer()));
+        }
+      }
+    }
+    if (!list.is_array() || xs.size() != list.as_array().size() || xs.empty() ||
+        std::any_of(xs.begin(), xs.end(), [](double x) { return !std::isfinite(x); })) {
+      throw bad(fmt::format("{} = {} must be a non-empty list of numbers", h.how, show(list)));
+    }
+    if (h.how == "values" || h.how == "grid") {
+      h.values = xs;
+      if (h.how == "values" && xs.size() != static_cast<size_t>(trainers)) {
+        throw bad(fmt::format("values holds {} value{} but parallel.trainers = {} (one per "
+                              "trainer)",
+                              xs.size(), xs.size() == 1 ? "" : "s", trainers));
+      }
+      if (h.how == "grid") {
+        has_grid = true;
+        grid_points *= xs.size();
+      }
+    } else {
+      if (xs.size() != 2) {
+        throw bad(fmt::format("{} = {} must be [low, high]", h.how, show(list)));
+      }
+      h.low = xs[0];
+      h.high = xs[1];
+      if (h.low > h.high) {
+        throw bad(fmt::format("{} = {}: low {} > high {}", h.how, show(list), h.low, h.high));
+      }
+      if (h.how == "log_uniform" && !(h.low > 0.0)) {
+        throw bad(fmt::format("log_uniform = {}: the range must be positive", show(list)));
+      }
+    }
+    p.hyper.push_back(h);
+  }
+  if (has_grid && grid_points != static_cast<size_t>(trainers)) {
+    throw s.error("hyper", hyper,
+                  fmt::format("population.hyper: the grid holds {} points but parallel.trainers = "
+                              "{} (one trainer per point)",
+                              grid_points, trainers));
+  }
+  // Every trainer's deck must be a valid deck: a value out of a key's range is an error now.
+  for (int k = 0; k < trainers; ++k) {
+    for (const HyperSpec& h : p.hyper) {
+      const double x = hyper_value(p, h, k, trainers);
+      if (h.integer && std::abs(x) > 9e15) {
+        throw input_error(
+            fmt::format("population.hyper.{}: trainer {}'s value {} is out of range", h.key, k, x),
+            h.where);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 Deck parse(const std::string& text, const std::string& file,
@@ -877,7 +1116,7 @@ Deck parse(const std::string& text, const std::string& file,
   }
 
   Section top(&root, "", src);
-  top.expect_keys({"run", "parallel", "data", "model", "optimizer", "checkpoint"});
+  top.expect_keys({"run", "parallel", "data", "model", "optimizer", "checkpoint", "population"});
   Section run = top.table("run");
   const std::string stem = std::filesystem::path(file).stem().string();
   d.run.name = run.string("name", stem);
@@ -930,16 +1169,6 @@ Deck parse(const std::string& text, const std::string& file,
     (void)par.choice("stages", std::string("auto"), {"auto"});
   }
   d.parallel.schedule = par.choice("schedule", std::string("1f1b"), {"1f1b", "gpipe"});
-  // Axes the later issues bring: refuse clearly rather than ignore.
-  for (const char* axis : {"trainers"}) {
-    if (par.integer(axis, 1, 1) != 1) {
-      throw par.error(
-          axis, par.find(axis),
-          fmt::format("parallel.{} = {}: only data and tensor parallelism are available in this "
-                      "version (set it to 1)",
-                      axis, par.integer(axis, 1, 1)));
-    }
-  }
   d.parallel.bucket_mb = par.number("bucket_mb", 4.0, 0.0, 1024.0, true);
   d.parallel.reduce = par.choice("reduce", std::string("auto"), {"auto", "mpi", "shared"});
   d.parallel.zero = static_cast<int>(par.integer("zero", 0, 0, 1));
@@ -1022,8 +1251,70 @@ Deck parse(const std::string& text, const std::string& file,
     throw ck.error("dir", ck.find("dir"), "checkpoint.dir must not be empty");
   }
   ck.finish();
+  Section pop = top.table("population");
+  d.population.enabled = top.has("population");
+  d.population.seed = d.run.seed;
+  if (d.population.enabled) {
+    parse_population(pop, d, src);
+  }
+  pop.finish();
   top.finish();
   return d;
+}
+
+double hyper_value(const PopulationConfig& population, const HyperSpec& spec, int trainer,
+                   int trainers) {
+  if (spec.how == "values") {
+    return spec.values.at(static_cast<size_t>(trainer));
+  }
+  if (spec.how == "grid") {
+    // The grid keys in deck order, the first varying slowest (row-major over the points).
+    size_t stride = 1;
+    bool after = false;
+    for (const HyperSpec& h : population.hyper) {
+      if (&h == &spec) {
+        after = true;
+      } else if (after && h.how == "grid") {
+        stride *= h.values.size();
+      }
+    }
+    return spec.values[(static_cast<size_t>(trainer) / stride) % spec.values.size()];
+  }
+  (void)trainers;
+  // 53 random bits from the counter-based stream of (population.seed, key), at the trainer.
+  const rng::CounterRng gen(population.seed, rng::hash_name(spec.key));
+  const rng::Philox4x32 r = gen.bits(static_cast<std::uint64_t>(trainer));
+  const std::uint64_t bits = ((static_cast<std::uint64_t>(r.v[0]) << 32) | r.v[1]) >> 11;
+  const double u = static_cast<double>(bits) * 0x1.0p-53;
+  if (spec.how == "uniform") {
+    return spec.low + u * (spec.high - spec.low);
+  }
+  return std::exp(std::log(spec.low) + u * (std::log(spec.high) - std::log(spec.low)));
+}
+
+std::string hyper_text(const HyperSpec& spec, double value) {
+  if (spec.integer) {
+    return fmt::format("{}", static_cast<std::int64_t>(std::llround(value)));
+  }
+  std::string t = fmt::format("{:.17g}", value);
+  if (t.find_first_of(".eEn") == std::string::npos) {
+    t += ".0";  // a TOML float
+  }
+  return t;
+}
+
+std::vector<std::string> trainer_overrides(const Deck& deck, int trainer) {
+  std::vector<std::string> out;
+  bool seed = false;
+  for (const HyperSpec& h : deck.population.hyper) {
+    out.push_back(h.key + "=" +
+                  hyper_text(h, hyper_value(deck.population, h, trainer, deck.parallel.trainers)));
+    seed = seed || h.key == "run.seed";
+  }
+  if (!seed) {
+    out.push_back(fmt::format("run.seed={}", deck.run.seed + static_cast<std::uint64_t>(trainer)));
+  }
+  return out;
 }
 
 std::string read_text(const std::string& file) {
@@ -1202,6 +1493,26 @@ std::string to_toml(const Deck& d) {
         "at_start = {}\nrestart = {}\n",
         toml_string(c.dir), c.every_steps, real(c.every_seconds), c.keep, c.at_end, c.at_start,
         toml_string(c.restart));
+  }
+  if (d.population.enabled) {
+    const PopulationConfig& p = d.population;
+    o += fmt::format(
+        "\n[population]\nalgorithm = {}\nevery = {}\ntimeout = {}\nvalidation = {}\n"
+        "average_every = {}\ncombine = {}\nfraction = {}\nperturb = [{}]\nseed = {}\n",
+        toml_string(p.algorithm), p.every, real(p.timeout), toml_string(p.validation),
+        p.average_every, toml_string(p.combine), real(p.fraction), fmt::join(p.perturb, ", "),
+        p.seed);
+    if (!p.hyper.empty()) {
+      o += "\n[population.hyper]\n";
+    }
+    for (const HyperSpec& h : p.hyper) {
+      std::vector<std::string> xs;
+      for (double x : h.how == "values" || h.how == "grid" ? h.values
+                                                            : std::vector<double>{h.low, h.high}) {
+        xs.push_back(real(x));
+      }
+      o += fmt::format("{} = {{ {} = [{}] }}\n", toml_string(h.key), h.how, fmt::join(xs, ", "));
+    }
   }
   return o;
 }

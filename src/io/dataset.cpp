@@ -644,6 +644,15 @@ DatasetReader::DatasetReader(const std::string& spec, const ReaderOptions& optio
     throw bad(fmt::format("context = {} is for language_modeling splits; this one is {}",
                           options.context, task_name(m_info.task)));
   }
+  if (options.subset) {
+    const Range r = *options.subset;
+    if (r.offset < 0 || r.count < 1 || r.offset + r.count > m_info.samples || options.cache) {
+      throw bad(fmt::format("samples [{}, {}) are not a part of its {} {}", r.offset,
+                            r.offset + r.count, m_info.samples, tokens ? "windows" : "samples"));
+    }
+    m_first = r.offset;
+    m_info.samples = r.count;
+  }
   m_sample_shape = m_info.sample_shape;
   if (options.box) {
     const size_t spatial = m_info.sample_shape.size() - 1;
@@ -797,6 +806,9 @@ Cursor DatasetReader::advance(Cursor c) const {
 const std::vector<std::int64_t>& DatasetReader::permutation(std::int64_t epoch) {
   if (epoch != m_perm_epoch) {
     m_perm = epoch_permutation(m_info.samples, m_options.seed, epoch, m_options.shuffle);
+    for (std::int64_t& i : m_perm) {
+      i += m_first;  // a subset's samples
+    }
     m_perm_epoch = epoch;
   }
   return m_perm;
@@ -817,7 +829,7 @@ DatasetReader::RawBatch DatasetReader::read_windows(const Cursor& c, float* x) {
   out.global_size = std::min(m_options.batch, m_info.samples - first);
   out.offset = mine.offset;
   out.ids.resize(static_cast<size_t>(mine.count));
-  std::iota(out.ids.begin(), out.ids.end(), first + mine.offset);
+  std::iota(out.ids.begin(), out.ids.end(), m_first + first + mine.offset);
   const auto per = static_cast<size_t>(context);
   if (x == nullptr) {
     out.x.reset(new float[out.ids.size() * per]);  // every element written below

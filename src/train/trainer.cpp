@@ -608,7 +608,8 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world, Reporter* reporter)
   m_watchdog = std::make_unique<comm::watchdog::Scope>(m_trainer->mpi_comm(), deck.run.watchdog_s);
   comm::agree(*m_trainer, [&] {
     check_batch(deck, m_grid->spec());
-    (void)describe(deck, m_trainer->size());  // refuses a model too large for the machine
+    // refuses a model too large for the machine
+    (void)describe(deck, m_trainer->size() * m_grid->trainers());
   });
   kernels::set_blas_threads(deck.run.blas_threads);
   build(m_grid->spec());
@@ -865,8 +866,7 @@ parallel::StateRegistry Trainer::state_registry() {
   return parallel::gather_stages(m_dp->registry(*m_optimizer), *m_pipe);
 }
 
-void Trainer::save(std::int64_t steps_done, const char* why) {
-  const deck::CheckpointConfig& c = m_deck.checkpoint;
+void Trainer::save(std::int64_t steps_done, const char* why, const std::string& dir, int keep) {
   if (m_deck.run.check_replicas > 0) {
     check_replicas(steps_done);  // never a checkpoint of one replica among several that differ
   }
@@ -879,7 +879,7 @@ void Trainer::save(std::int64_t steps_done, const char* why) {
             "step {}: parameter {} holds a non-finite value (element {}: {}) on rank {}: the "
             "checkpoint is not written, {}",
             steps_done, p->name, i, p->value.data()[i], m_trainer->rank(),
-            io::describe_last_good(c.dir)));
+            io::describe_last_good(dir)));
       }
     }
   });
@@ -895,7 +895,7 @@ void Trainer::save(std::int64_t steps_done, const char* why) {
   info.zero = m_deck.parallel.zero;
   info.optimizer = m_optimizer->kind();
   info.optimizer_steps = m_optimizer->steps();
-  const io::SaveReport r = io::save_checkpoint(c.dir, info, state_registry(), *m_trainer, c.keep);
+  const io::SaveReport r = io::save_checkpoint(dir, info, state_registry(), *m_trainer, keep);
   say(fmt::format("checkpoint: step {} -> {} ({:.1f} MiB in {:.2f} s, {:.0f} MB/s; {})", steps_done,
                   r.file, r.bytes / 1048576.0, r.seconds, r.bytes / std::max(r.seconds, 1e-9) / 1e6,
                   why));
@@ -904,9 +904,39 @@ void Trainer::save(std::int64_t steps_done, const char* why) {
       steps_done, json_string(r.file), r.bytes, r.seconds, why));
 }
 
-Evaluation Trainer::evaluate(const std::string& spec) {
+std::vector<Tensor> Trainer::state_tensors(bool optimizer_state) {
+  m_dp->sync_parameters();
+  std::vector<Tensor> out;
+  const parallel::StateRegistry registry = m_dp->registry(*m_optimizer);
+  for (const parallel::StateEntry& e : registry.entries()) {
+    if (optimizer_state || e.kind != parallel::StateKind::optimizer_state) {
+      out.push_back(e.local);
+    }
+  }
+  return out;
+}
+
+void Trainer::save_to(const std::string& dir, const char* why, int keep) {
+  save(m_total_steps, why, dir, keep);
+}
+
+void Trainer::retune(const deck::Deck& deck) {
+  m_deck.optimizer = deck.optimizer;
+  m_deck.locations = deck.locations;
+  m_schedule = run_schedule(m_deck, m_train_info.samples);
+  const deck::OptimizerConfig& o = m_deck.optimizer;
+  if (auto* sgd = dynamic_cast<optim::Sgd*>(m_optimizer.get())) {
+    sgd->set_options(optim::SgdOptions{static_cast<float>(o.momentum), o.nesterov,
+                                       static_cast<float>(o.weight_decay)});
+  } else if (auto* adamw = dynamic_cast<optim::AdamW*>(m_optimizer.get())) {
+    adamw->set_options(optim::AdamWOptions{o.beta1, o.beta2, o.eps, o.weight_decay});
+  }
+}
+
+Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subset) {
   m_dp->sync_parameters();
   io::ReaderOptions ro;
+  ro.subset = subset;
   ro.batch = std::max<Index>(m_deck.data.batch, 256);
   ro.shuffle = false;
   ro.prefetch = 2;
@@ -1277,7 +1307,7 @@ RunSummary Trainer::run() {
   std::int64_t step = m_start_step;
   std::int64_t saved_at = -1;
   if (ck.enabled && ck.at_start && step == 0 && m_total_steps > 0) {
-    save(0, "checkpoint.at_start");  // the initial weights, for post-processing and oracles
+    save(0, "checkpoint.at_start", ck.dir, ck.keep);  // the initial weights, for post-processing and oracles
     since_save.restart();
     window_clock.restart();
   }
@@ -1303,6 +1333,11 @@ RunSummary Trainer::run() {
     if (!last && d.run.eval_every > 0 && (step + 1) % d.run.eval_every == 0) {
       eval_and_log(step + 1, run_clock.seconds());
     }
+    if (m_step_hook) {
+      const Stopwatch hook_clock;
+      m_step_hook(step + 1);
+      window.paused_s += hook_clock.seconds();
+    }
     // --- checkpoints and stop signals, agreed at this step boundary ------------------------
     if (d.run.check_replicas > 0 && (step + 1) % d.run.check_replicas == 0) {
       check_replicas(step + 1);
@@ -1316,7 +1351,8 @@ RunSummary Trainer::run() {
       save(step + 1, agreed.signal != 0 ? signals::name(agreed.signal)
                      : periodic         ? "checkpoint.every_steps"
                      : agreed.save_due  ? "checkpoint.every_seconds"
-                                        : "end of run");
+                                        : "end of run",
+           ck.dir, ck.keep);
       saved_at = step + 1;
       since_save.restart();
       window.paused_s += save_clock.seconds();

@@ -109,6 +109,27 @@ void import_fashion_mnist(const ImportOptions& o) {
     const double mean = sum / n;
     const double stddev = std::sqrt(std::max(0.0, sum2 / n - mean * mean));
 
+    std::vector<Split*> written{&splits[0], &splits[1]};
+    Split validation{"validation", "", "", io::ElementType::u8, {}, {}};
+    if (o.validation > 0) {
+      const std::uint32_t images = splits[0].x.dims[0];
+      if (o.validation >= images) {
+        throw input_error(fmt::format("--validation {} leaves no training image of the {}",
+                                      o.validation, images));
+      }
+      const std::uint32_t keep = images - o.validation;
+      const size_t per = 28 * 28;
+      validation.x.dims = {o.validation, 28, 28};
+      validation.x.values.assign(splits[0].x.values.begin() + keep * per,
+                                 splits[0].x.values.end());
+      validation.y.dims = {o.validation};
+      validation.y.values.assign(splits[0].y.values.begin() + keep, splits[0].y.values.end());
+      splits[0].x.dims[0] = keep;
+      splits[0].x.values.resize(keep * per);
+      splits[0].y.dims[0] = keep;
+      splits[0].y.values.resize(keep);
+      written.push_back(&validation);
+    }
     make_parent_dir(o.output);
     const std::string tmp = partial_name(o.output);
     {
@@ -117,7 +138,8 @@ void import_fashion_mnist(const ImportOptions& o) {
         const io::Group r = f.root();
         write_root_attributes(r, "Fashion-MNIST (Zalando Research), imported from " + o.source,
                               "MIT");
-        for (Split& s : splits) {
+        for (Split* sp : written) {
+          Split& s = *sp;
           const io::Group g = r.create_group(s.name);
           const auto count = static_cast<hsize_t>(s.x.dims[0]);
           const io::Dataset x =
@@ -140,9 +162,11 @@ void import_fashion_mnist(const ImportOptions& o) {
     io::write_checksums(tmp);
     std::filesystem::rename(tmp, o.output);
     std::printf(
-        "tessera-data: wrote %s: train %u, test %u samples of 1x28x28 uint8 (mean %.4f, "
+        "tessera-data: wrote %s: train %u, test %u%s samples of 1x28x28 uint8 (mean %.4f, "
         "std %.4f)\n",
-        o.output.c_str(), splits[0].x.dims[0], splits[1].x.dims[0], mean, stddev);
+        o.output.c_str(), splits[0].x.dims[0], splits[1].x.dims[0],
+        o.validation > 0 ? fmt::format(", validation {}", o.validation).c_str() : "", mean,
+        stddev);
   });
 }
 

@@ -39,7 +39,7 @@ struct RunConfig {
 };
 
 struct ParallelConfig {
-  int trainers = 1;  ///< independent models (population training; later)
+  int trainers = 1;  ///< models trained at once, each a grid of its own ([population])
   int data = 0;      ///< data-parallel ranks; 0 = the rest of the trainer's ranks
   int tensor = 1;    ///< tensor-parallel ranks (layers with `split` are cut over them)
   int pipeline = 1;  ///< pipeline stages (parallel::Pipeline)
@@ -105,6 +105,33 @@ struct CheckpointConfig {
   std::string restart;           ///< "": start fresh; "auto": from dir/latest if any; or a file
 };
 
+/// One hyper-parameter a population varies: a numeric deck key and how each trainer's value is
+/// chosen (docs/population.md).
+struct HyperSpec {
+  std::string key;             ///< the dotted deck key ("optimizer.lr")
+  std::string how;             ///< "values", "grid", "uniform" or "log_uniform"
+  std::vector<double> values;  ///< values: one per trainer; grid: the axis's points
+  double low = 0.0;            ///< uniform, log_uniform: the range
+  double high = 0.0;
+  bool integer = false;  ///< the deck key takes integers: chosen values are rounded
+  DeckLocation where;
+};
+
+/// [population]: absent, a job of several trainers runs them independently with their seeds.
+struct PopulationConfig {
+  bool enabled = false;                    ///< the deck has a [population] section
+  std::string algorithm = "independent";   ///< "independent", "ltfb" or "pbt"
+  std::int64_t every = 0;                  ///< steps between tournaments (ltfb, pbt)
+  double timeout = 60.0;                   ///< seconds an exchange waits for its partner
+  std::string validation;                  ///< "file.h5:/split": each trainer scores on a slice
+  std::int64_t average_every = 0;          ///< average the trainers' models every N steps
+  std::string combine = "none";            ///< at the end: "none", "average" or "soup"
+  double fraction = 0.25;                  ///< pbt: the share that copies (and is copied)
+  std::vector<double> perturb{0.8, 1.25};  ///< pbt: factors a copied value is multiplied by
+  std::uint64_t seed = 0;                  ///< samples the hyper-parameters; default run.seed
+  std::vector<HyperSpec> hyper;            ///< in the deck's order
+};
+
 struct Deck {
   std::string file;  ///< as given on the command line
   RunConfig run;
@@ -113,6 +140,7 @@ struct Deck {
   ModelConfig model;
   OptimizerConfig optimizer;
   CheckpointConfig checkpoint;
+  PopulationConfig population;
   /// Where each dotted key was written ("run.epochs" → file:line), for later, cross-checking
   /// errors (a dataset that does not fit the model names model.input).
   std::map<std::string, DeckLocation> locations;
@@ -136,6 +164,19 @@ std::string read_text(const std::string& file);
 
 /// Reads `file` and parses it (see parse()).
 Deck load(const std::string& file, const std::vector<std::string>& overrides = {});
+
+/// Trainer `trainer`'s hyper-parameters, as `key=value` overrides of the deck (value text that
+/// parses back to the same number), in the order of population.hyper; then its seed
+/// (run.seed + trainer, unless a hyper-parameter sets run.seed).
+std::vector<std::string> trainer_overrides(const Deck& deck, int trainer);
+
+/// The value a hyper-parameter takes for trainer `trainer` of `trainers` (before rounding).
+double hyper_value(const PopulationConfig& population, const HyperSpec& spec, int trainer,
+                   int trainers);
+
+/// `value` as deck text for `spec`'s key: an integer for an integer key, else a real that parses
+/// back to the same double.
+std::string hyper_text(const HyperSpec& spec, double value);
 
 /// The fully resolved deck (defaults included) as TOML: echoed at the start of a run, saved in
 /// the run folder, and a valid deck itself.

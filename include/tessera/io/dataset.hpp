@@ -127,6 +127,9 @@ struct ReaderOptions {
   /// Language modeling: input tokens per window (T). Required there (>= 1, and the stream must
   /// hold at least T + 1 tokens); must stay 0 for x/y splits.
   Index context = 0;
+  /// Read only the samples (windows) [offset, offset + count) of the split, as if they were all
+  /// of it (a trainer's slice of a population's validation split); not with `cache`.
+  std::optional<Range> subset;
 };
 
 /// One rank's share of one global batch. For a language-modeling split a "sample" is a window.
@@ -248,6 +251,7 @@ class DatasetReader {
   FileState m_opened;                        // the file as open_samples() found it
   std::vector<Tensor> m_x_pool;              // batch tensors for reuse (batch_tensor())
   std::int64_t m_perm_epoch = -1;
+  Index m_first = 0;  // ReaderOptions::subset's first sample
   std::vector<std::int64_t> m_perm;
   Cursor m_next;
   double m_wait_seconds = 0.0;

@@ -63,6 +63,8 @@ class Sgd final : public Optimizer {
  public:
   explicit Sgd(const SgdOptions& options);
   const char* kind() const override { return "sgd"; }
+  /// New options from the next step on (the momentum buffers stay).
+  void set_options(const SgdOptions& options) { m_options = options; }
   std::vector<std::string> state_names() const override;
   void step(const std::vector<nn::Parameter*>& params, double lr) override;
 
@@ -74,6 +76,8 @@ class AdamW final : public Optimizer {
  public:
   explicit AdamW(const AdamWOptions& options);
   const char* kind() const override { return "adamw"; }
+  /// New options from the next step on (the moments stay).
+  void set_options(const AdamWOptions& options) { m_options = options; }
   std::vector<std::string> state_names() const override { return {"exp_avg", "exp_avg_sq"}; }
   void step(const std::vector<nn::Parameter*>& params, double lr) override;
 

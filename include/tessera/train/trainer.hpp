@@ -24,6 +24,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -81,8 +82,27 @@ class Trainer {
 
   /// Trains to the end (or to a stop signal) and evaluates.
   RunSummary run();
-  /// Evaluates the model on `spec` ("file:/split"), sharded over the data ranks.
-  Evaluation evaluate(const std::string& spec);
+  /// Evaluates the model on `spec` ("file:/split"), sharded over the data ranks; only its samples
+  /// `subset` when one is given.
+  Evaluation evaluate(const std::string& spec, std::optional<Range> subset = std::nullopt);
+
+  /// Called on every rank of the trainer after each optimizer step (its progress line and
+  /// evaluation done), with the steps taken so far: where a population exchanges models. Its time
+  /// is not counted in the step's speed.
+  void set_step_hook(std::function<void(std::int64_t)> hook) { m_step_hook = std::move(hook); }
+  /// This rank's tensors of the model and optimizer state, in the registry's order (parameters,
+  /// buffers, optimizer state; the optimizer's only with `optimizer_state`): what another trainer
+  /// with the same grid holds at the same place.
+  std::vector<Tensor> state_tensors(bool optimizer_state = true);
+  /// Takes `deck`'s optimizer keys (learning rate, schedule, momentum, ...) from the next step
+  /// on, keeping the optimizer's state and step count: a population's new hyper-parameters.
+  void retune(const deck::Deck& deck);
+  const deck::Deck& deck() const { return m_deck; }
+  /// Writes the model and optimizer state as they are now as a checkpoint into `dir` (the step
+  /// recorded is the run's total; a population's combined model), keeping the newest `keep`.
+  void save_to(const std::string& dir, const char* why, int keep = 1);
+  /// The step a restart resumed from (0: a fresh start).
+  std::int64_t start_step() const { return m_start_step; }
 
   nn::Sequential& model() { return *m_model; }
   parallel::DataParallel& data_parallel() { return *m_dp; }
@@ -130,7 +150,7 @@ class Trainer {
   std::optional<Evaluation> eval_and_log(std::int64_t step, double run_seconds);
   StepAgreement agree_on_step(bool save_due);
   void restart();
-  void save(std::int64_t steps_done, const char* why);
+  void save(std::int64_t steps_done, const char* why, const std::string& dir, int keep);
   // One record of metrics.jsonl (rank 0). A failed write is kept and agreed at the next step
   // boundary (check_writes): every rank stops with its message.
   void log_line(const std::string& json);
@@ -139,7 +159,8 @@ class Trainer {
   bool leader() const { return m_trainer->rank() == 0; }
   void say(const std::string& line) const;
 
-  const deck::Deck m_deck;  // a copy: the trainer outlives any temporary deck it is given
+  deck::Deck m_deck;  // a copy: the trainer outlives any temporary deck it is given
+  std::function<void(std::int64_t)> m_step_hook;  // set_step_hook
   SilentReporter m_silent;
   Reporter* m_reporter = nullptr;
   std::unique_ptr<comm::ProcessGrid> m_grid;

@@ -1,0 +1,791 @@
+#include "tessera/train/population.hpp"
+
+#include "tessera/comm/agree.hpp"
+#include "tessera/comm/communicator.hpp"
+#include "tessera/comm/timed.hpp"
+#include "tessera/core/error.hpp"
+#include "tessera/core/rng.hpp"
+#include "tessera/core/strings.hpp"
+#include "tessera/core/timer.hpp"
+#include "tessera/io/checkpoint.hpp"
+#include "tessera/io/checkpoint_format.hpp"
+#include "tessera/io/dataset.hpp"
+#include "tessera/io/hdf5.hpp"
+#include "tessera/parallel/registry.hpp"
+#include "tessera/train/trainer.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <set>
+#include <sstream>
+
+namespace tessera::train {
+namespace {
+
+std::string toml_quoted(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+    }
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string trainer_folder(const std::string& folder, int trainer) {
+  return fmt::format("{}/trainer-{}", folder, trainer);
+}
+
+// Lines of one trainer, prefixed with its name.
+class PrefixReporter final : public Reporter {
+ public:
+  PrefixReporter(Reporter& out, std::string prefix) : m_out(out), m_prefix(std::move(prefix)) {}
+  void info(const std::string& line) override { m_out.info(m_prefix + line); }
+  void warning(const std::string& line) override { m_out.warning(m_prefix + line); }
+
+ private:
+  Reporter& m_out;
+  std::string m_prefix;
+};
+
+// Higher is better: accuracy for classification (and language models), minus the loss else.
+double score_of(const deck::Deck& d, const Evaluation& e) {
+  return d.model.loss == deck::LossKind::softmax_cross_entropy ? e.metric : -e.loss;
+}
+
+std::string score_text(const deck::Deck& d, double score) {
+  return d.model.loss == deck::LossKind::softmax_cross_entropy
+             ? fmt::format("accuracy {:.2f}%", 100.0 * score)
+             : fmt::format("loss {:.4g}", -score);
+}
+
+// Appends one JSON line (one write: lines of several trainers never interleave).
+void append_line(const std::string& path, const std::string& line) {
+  std::ofstream out(path, std::ios::app);
+  out << line + "\n";
+  out.flush();
+  if (!out) {
+    throw write_error(fmt::format("{}: cannot append to it", path));
+  }
+}
+
+// The population as one trainer sees it: its hyper-parameters, lineage and exchanges.
+class Population {
+ public:
+  Population(const std::string& text, const std::string& file,
+             const std::vector<std::string>& overrides, const deck::Deck& base, int trainer,
+             int per_trainer, MPI_Comm world, Trainer& t, Reporter& out)
+      : m_text(text),
+        m_file(file),
+        m_overrides(overrides),
+        m_base(base),
+        m_pop(base.population),
+        m_k(trainer),
+        m_trainers(base.parallel.trainers),
+        m_per(per_trainer),
+        m_t(t),
+        m_out(out),
+        m_channel(world),
+        m_path(base.run.output + "/population.jsonl") {
+    MPI_Comm across = MPI_COMM_NULL;
+    MPI_Comm_split(world, m_t.grid().trainer().rank(), m_k, &across);
+    m_across = std::make_unique<comm::MpiCommunicator>(across, "trainers");
+    MPI_Comm_free(&across);
+    for (const deck::HyperSpec& h : m_pop.hyper) {
+      m_hyper.push_back(deck::hyper_value(m_pop, h, m_k, m_trainers));
+      if (h.integer) {
+        m_hyper.back() = std::round(m_hyper.back());
+      }
+    }
+    if (!m_pop.validation.empty()) {
+      const auto [vfile, vsplit] = io::split_file_spec(m_pop.validation);
+      comm::agree(m_t.grid().trainer(), [&] {
+        m_validation_samples = io::inspect_split(vfile, vsplit).samples;
+        if (m_validation_samples < m_trainers) {
+          throw input_error(fmt::format("population.validation = \"{}\" holds {} samples: fewer "
+                                        "than the {} trainers (each scores on its slice)",
+                                        m_pop.validation, m_validation_samples, m_trainers),
+                            m_base.where("population.validation"));
+        }
+      });
+    }
+  }
+
+  const std::vector<double>& hyper() const { return m_hyper; }
+  const std::vector<std::string>& lineage() const { return m_lineage; }
+  const std::vector<std::string>& missed() const { return m_missed; }
+  double best() const { return m_best; }
+  int rounds() const { return m_rounds; }
+  int averages() const { return m_averages; }
+
+  // Where a restarted population stands: this trainer's hyper-parameters and lineage at `step`,
+  // from population.jsonl (records after `step` were dropped by the restart).
+  void resume(std::int64_t step) {
+    std::ifstream in(m_path);
+    std::string line;
+    const std::string me = fmt::format("\"trainer\": {},", m_k);
+    while (std::getline(in, line)) {
+      if (line.find("\"kind\": \"state\"") == std::string::npos || line.find(me) == std::string::npos) {
+        continue;
+      }
+      const size_t v = line.find("\"values\": [");
+      const size_t l = line.find("\"lineage\": [");
+      if (v == std::string::npos || l == std::string::npos) {
+        continue;
+      }
+      std::vector<double> values;
+      std::istringstream vs(line.substr(v + 11, line.find(']', v) - v - 11));
+      for (std::string x; std::getline(vs, x, ',');) {
+        values.push_back(std::stod(x));
+      }
+      if (values.size() == m_hyper.size()) {
+        m_hyper = values;
+      }
+      m_lineage.clear();
+      const std::string body = line.substr(l + 12, line.rfind(']') - l - 12);
+      for (size_t p = body.find('"'); p != std::string::npos; p = body.find('"', p)) {
+        const size_t e = body.find('"', p + 1);
+        m_lineage.push_back(body.substr(p + 1, e - p - 1));
+        p = e + 1;
+      }
+      const size_t b = line.find("\"best\": ");
+      if (b != std::string::npos && line.compare(b + 8, 4, "null") != 0) {
+        m_best = std::stod(line.substr(b + 8));
+      }
+    }
+    retune();
+    (void)step;
+  }
+
+  // Records this trainer's state (hyper-parameters, lineage, best score) at `step`.
+  void record_state(std::int64_t step) {
+    if (!leader()) {
+      return;
+    }
+    std::vector<std::string> lineage;
+    for (const std::string& l : m_lineage) {
+      lineage.push_back(toml_quoted(l));
+    }
+    std::vector<std::string> values;
+    for (double x : m_hyper) {
+      values.push_back(fmt::format("{:.17g}", x));
+    }
+    append_line(m_path,
+                fmt::format(R"({{"kind": "state", "trainer": {}, "step": {}, "values": [{}], "best": {}, "lineage": [{}]}})",
+                            m_k, step, fmt::join(values, ", "),
+                            std::isfinite(m_best) ? fmt::format("{:.9g}", m_best) : "null",
+                            fmt::join(lineage, ", ")));
+  }
+
+  std::string hyper_text() const { return hyper_text(m_hyper); }
+  std::string hyper_text(const std::vector<double>& values) const {
+    std::vector<std::string> parts;
+    for (size_t i = 0; i < values.size(); ++i) {
+      parts.push_back(fmt::format("{} {:.4g}", m_pop.hyper[i].key, values[i]));
+    }
+    return parts.empty() ? std::string("(deck)") : join(parts, ", ");
+  }
+
+  void on_step(std::int64_t step, std::int64_t total) {
+    if (m_pop.average_every > 0 && step % m_pop.average_every == 0) {
+      average();
+    }
+    if (m_pop.every > 0 && step % m_pop.every == 0 && step < total) {
+      const std::int64_t round = step / m_pop.every;
+      ++m_rounds;
+      if (m_pop.algorithm == "ltfb") {
+        ltfb(step, round);
+      } else if (m_pop.algorithm == "pbt") {
+        pbt(step, round);
+      }
+      record_state(step);
+    }
+  }
+
+  // Averages the parameters and buffers of every trainer (local SGD), collective over them.
+  void average() {
+    for (Tensor& t : m_t.state_tensors(false)) {
+      m_across->allreduce(comm::Buffer(t))->wait();
+      float* x = t.data();
+      const float inv = 1.0F / static_cast<float>(m_trainers);
+      for (Index i = 0; i < t.numel(); ++i) {
+        x[i] *= inv;
+      }
+    }
+    ++m_averages;
+  }
+
+  // The score of the model as it is on this trainer's slice of population.validation.
+  double score_slice() {
+    const Range slice = block_range(m_validation_samples, m_trainers, m_k);
+    return score_of(m_base, m_t.evaluate(m_pop.validation, slice));
+  }
+
+  // The combination of the trainers' final models, then the leaderboard. Collective over the world.
+  void finish(const RunSummary& summary, comm::Communicator& world, int exit_code) {
+    double final_test = std::nan("");
+    if (summary.final_eval) {
+      final_test = score_of(m_base, *summary.final_eval);
+    }
+    if (!m_pop.validation.empty() && !summary.stopped) {
+      const double v = score_slice();
+      m_best = std::isfinite(m_best) ? std::max(m_best, v) : v;
+    }
+    std::string combined;
+    if (m_pop.combine != "none" && !summary.stopped && exit_code == 0) {
+      combined = combine(final_test);
+    }
+    if (!summary.stopped) {
+      record_state(summary.steps);
+    }
+    // The leaderboard: every trainer leader's line, gathered over the world.
+    std::string mine;
+    if (leader()) {
+      mine = fmt::format(
+          "{}\t{}\t{}\t{}\t{}\t{}", m_k, hyper_text(),
+          std::isfinite(m_best) ? score_text(m_base, m_best) : std::string("-"),
+          std::isfinite(final_test) ? score_text(m_base, final_test) : std::string("-"),
+          m_lineage.empty() ? std::string("own weights") : join(m_lineage, "; "),
+          m_missed.empty() ? std::string("-") : join(m_missed, "; "));
+    }
+    const std::vector<std::string> rows = parallel::allgather_text(world, mine);
+    if (world.rank() != 0) {
+      return;
+    }
+    std::string table = fmt::format(
+        "population: {} trainers, {}{}\n  trainer | hyper-parameters | best validation | test | "
+        "lineage | missed exchanges\n",
+        m_trainers, m_pop.algorithm,
+        m_pop.average_every > 0 ? fmt::format(", averaged every {} steps", m_pop.average_every)
+                                : std::string());
+    for (const std::string& row : rows) {
+      if (row.empty()) {
+        continue;
+      }
+      std::vector<std::string> cells;
+      std::istringstream in(row);
+      for (std::string c; std::getline(in, c, '\t');) {
+        cells.push_back(c);
+      }
+      table += "  " + fmt::format("{}", fmt::join(cells, " | ")) + "\n";
+      append_line(m_path,
+                  fmt::format(R"({{"kind": "leaderboard", "trainer": {}, "hyper": {}, "best": {}, "test": {}, "lineage": {}, "missed": {}}})",
+                              cells.at(0), toml_quoted(cells.at(1)), toml_quoted(cells.at(2)),
+                              toml_quoted(cells.at(3)), toml_quoted(cells.at(4)), toml_quoted(cells.at(5))));
+    }
+    m_out.info(table + combined);
+  }
+
+ private:
+  bool leader() const { return m_t.grid().trainer().rank() == 0; }
+  // The world rank of this rank's counterpart in trainer `j`.
+  int counterpart(int j) const { return j * m_per + m_t.grid().trainer().rank(); }
+  int leader_of(int j) const { return j * m_per; }
+
+  // All ranks of the trainer agree: true only when `ok` holds on every one.
+  bool all(bool ok) {
+    int v = ok ? 1 : 0;
+    m_t.grid().trainer().allreduce(comm::Buffer(&v, 1), {comm::ReduceOp::min})->wait();
+    return v == 1;
+  }
+  template <class T>
+  void bcast(T* values, Index n) {
+    m_t.grid().trainer().broadcast(comm::Buffer(values, n), {0})->wait();
+  }
+
+  // This rank's state (hyper-parameters first, then every tensor) as bytes.
+  std::vector<char> pack() {
+    std::vector<Tensor> tensors = m_t.state_tensors();
+    size_t bytes = m_hyper.size() * sizeof(double);
+    for (const Tensor& t : tensors) {
+      bytes += static_cast<size_t>(t.numel()) * sizeof(float);
+    }
+    std::vector<char> out(bytes);
+    char* p = out.data();
+    std::memcpy(p, m_hyper.data(), m_hyper.size() * sizeof(double));
+    p += m_hyper.size() * sizeof(double);
+    for (const Tensor& t : tensors) {
+      std::memcpy(p, t.data(), static_cast<size_t>(t.numel()) * sizeof(float));
+      p += t.numel() * static_cast<Index>(sizeof(float));
+    }
+    return out;
+  }
+  // Loads `bytes` (pack()'s layout) into the model and optimizer; returns its hyper-parameters.
+  std::vector<double> unpack(const std::vector<char>& bytes) {
+    std::vector<Tensor> tensors = m_t.state_tensors();
+    std::vector<double> hyper(m_hyper.size());
+    const char* p = bytes.data();
+    std::memcpy(hyper.data(), p, hyper.size() * sizeof(double));
+    p += hyper.size() * sizeof(double);
+    for (Tensor& t : tensors) {
+      std::memcpy(t.data(), p, static_cast<size_t>(t.numel()) * sizeof(float));
+      p += t.numel() * static_cast<Index>(sizeof(float));
+    }
+    return hyper;
+  }
+
+  // The trainer's optimizer takes m_hyper's values from the next step on.
+  void retune() {
+    std::vector<std::string> hyper;
+    for (size_t i = 0; i < m_hyper.size(); ++i) {
+      hyper.push_back(m_pop.hyper[i].key + "=" + deck::hyper_text(m_pop.hyper[i], m_hyper[i]));
+    }
+    deck::Deck d;
+    comm::agree(m_t.grid().trainer(), [&] {
+      d = trainer_deck(m_text, m_file, m_overrides, m_base, m_k, hyper);
+    });
+    m_t.retune(d);
+  }
+
+  int tag(std::int64_t round, int kind) const {
+    return static_cast<int>((round % 100000) * 8 + kind);
+  }
+
+  void ltfb(std::int64_t step, std::int64_t round) {
+    // Pairs from a permutation every trainer draws alike from (population.seed, round).
+    std::vector<int> order(static_cast<size_t>(m_trainers));
+    std::iota(order.begin(), order.end(), 0);
+    const rng::CounterRng gen(m_pop.seed, rng::hash_name("ltfb") + static_cast<std::uint64_t>(round));
+    for (size_t i = order.size() - 1; i > 0; --i) {
+      const rng::Philox4x32 r = gen.bits(i);
+      std::swap(order[i], order[r.v[0] % (i + 1)]);
+    }
+    const auto at = static_cast<size_t>(std::find(order.begin(), order.end(), m_k) - order.begin());
+    const size_t mate = at % 2 == 0 ? at + 1 : at - 1;
+    if (mate >= order.size()) {
+      return;  // the odd one out sits this round out
+    }
+    const int partner = order[mate];
+    const double own = score_slice();
+    std::vector<char> mine = pack();
+    std::vector<char> theirs(mine.size());
+    const bool ok = all(m_channel.exchange(counterpart(partner), mine.data(), mine.size(),
+                                           counterpart(partner), theirs.data(), theirs.size(),
+                                           tag(round, 1), m_pop.timeout));
+    if (!ok) {
+      missed(step, partner, "tournament");
+      return;
+    }
+    const std::vector<double> hyper = unpack(theirs);
+    const double other = score_slice();
+    if (other > own) {
+      m_lineage.push_back(fmt::format("step {}: won by trainer {}'s model ({}; {} vs {})", step,
+                                      partner, hyper_text(hyper), score_text(m_base, other),
+                                      score_text(m_base, own)));
+      m_hyper = hyper;
+      retune();
+      say(fmt::format("ltfb step {}: trainer {}'s model scores {} against this one's {}: taken, "
+                      "with {}",
+                      step, partner, score_text(m_base, other), score_text(m_base, own),
+                      hyper_text()));
+    } else {
+      (void)unpack(mine);
+      say(fmt::format("ltfb step {}: kept this model ({} against trainer {}'s {})", step,
+                      score_text(m_base, own), partner, score_text(m_base, other)));
+    }
+    m_best = std::isfinite(m_best) ? std::max(m_best, std::max(own, other)) : std::max(own, other);
+  }
+
+  void pbt(std::int64_t step, std::int64_t round) {
+    const double own = score_slice();
+    m_best = std::isfinite(m_best) ? std::max(m_best, own) : own;
+    // Every leader sends its score to every other, each exchange timed.
+    std::vector<double> scores(static_cast<size_t>(m_trainers), std::nan(""));
+    scores[static_cast<size_t>(m_k)] = own;
+    if (leader()) {
+      for (int j = 0; j < m_trainers; ++j) {
+        if (j == m_k) {
+          continue;
+        }
+        double theirs = 0.0;
+        if (m_channel.exchange(leader_of(j), &own, sizeof own, leader_of(j), &theirs,
+                               sizeof theirs, tag(round, 2), m_pop.timeout)) {
+          scores[static_cast<size_t>(j)] = theirs;
+        } else {
+          missed(step, j, "score exchange");
+        }
+      }
+    }
+    bcast(scores.data(), static_cast<Index>(scores.size()));
+    // Ranked best first among the scores heard (ties: the lower trainer first).
+    std::vector<int> ranked;
+    for (int j = 0; j < m_trainers; ++j) {
+      if (!std::isnan(scores[static_cast<size_t>(j)])) {
+        ranked.push_back(j);
+      }
+    }
+    std::stable_sort(ranked.begin(), ranked.end(), [&](int a, int b) {
+      return scores[static_cast<size_t>(a)] > scores[static_cast<size_t>(b)];
+    });
+    const auto n = static_cast<size_t>(
+        std::max(1.0, std::floor(m_pop.fraction * static_cast<double>(ranked.size()))));
+    if (ranked.size() < 2) {
+      return;
+    }
+    const auto at = static_cast<size_t>(std::find(ranked.begin(), ranked.end(), m_k) - ranked.begin());
+    if (at < n) {  // a donor: to the trainer as far from the bottom as this one is from the top
+      const int to = ranked[ranked.size() - n + at];
+      std::vector<char> mine = pack();
+      if (!all(m_channel.exchange(counterpart(to), mine.data(), mine.size(), -1, nullptr, 0,
+                                  tag(round, 3), m_pop.timeout))) {
+        missed(step, to, "copy to it");
+      }
+    } else if (at >= ranked.size() - n) {
+      const int from = ranked[at - (ranked.size() - n)];
+      std::vector<char> theirs = pack();  // the size of the donor's
+      if (!all(m_channel.exchange(-1, nullptr, 0, counterpart(from), theirs.data(), theirs.size(),
+                                  tag(round, 3), m_pop.timeout))) {
+        missed(step, from, "copy from it");
+        return;
+      }
+      // Exploit: the donor's weights, state and hyper-parameters; explore: each perturbed by one
+      // of population.perturb, drawn from (population.seed, round, trainer), kept in its range.
+      std::vector<double> hyper = unpack(theirs);
+      const std::vector<double> inherited = hyper;
+      const rng::CounterRng gen(m_pop.seed,
+                                rng::hash_name("pbt") + static_cast<std::uint64_t>(round));
+      for (size_t i = 0; i < hyper.size(); ++i) {
+        const deck::HyperSpec& h = m_pop.hyper[i];
+        const rng::Philox4x32 r =
+            gen.bits(static_cast<std::uint64_t>(m_k) * 1024 + static_cast<std::uint64_t>(i));
+        hyper[i] *= m_pop.perturb[r.v[0] % m_pop.perturb.size()];
+        double lo = h.low;
+        double hi = h.high;
+        if (h.how == "values" || h.how == "grid") {
+          lo = *std::min_element(h.values.begin(), h.values.end());
+          hi = *std::max_element(h.values.begin(), h.values.end());
+        }
+        hyper[i] = std::clamp(hyper[i], lo, hi);
+        if (h.integer) {
+          hyper[i] = std::round(hyper[i]);
+        }
+      }
+      m_lineage.push_back(fmt::format("step {}: copied trainer {} ({}; {} vs {}), explored to {}",
+                                      step, from, hyper_text(inherited),
+                                      score_text(m_base, scores[static_cast<size_t>(from)]),
+                                      score_text(m_base, own), hyper_text(hyper)));
+      m_hyper = hyper;
+      retune();
+      say(fmt::format("pbt step {}: {} — copied trainer {} ({}), now {}", step,
+                      score_text(m_base, own), from,
+                      score_text(m_base, scores[static_cast<size_t>(from)]), hyper_text()));
+    }
+  }
+
+  void missed(std::int64_t step, int partner, const char* what) {
+    m_missed.push_back(fmt::format("step {}: trainer {}", step, partner));
+    if (leader()) {
+      m_out.warning(fmt::format("population step {}: trainer {} did not answer within {} s "
+                                "({}): skipped",
+                                step, partner, m_pop.timeout, what));
+      append_line(m_path,
+                  fmt::format(R"({{"kind": "missed", "trainer": {}, "partner": {}, "step": {}, "what": "{}", "timeout": {}}})",
+                              m_k, partner, step, what, m_pop.timeout));
+    }
+  }
+
+  void say(const std::string& line) {
+    if (leader()) {
+      m_out.info(line);
+    }
+  }
+
+  // The score of the model every trainer holds now (the same on all), on the whole split `spec`:
+  // each trainer scores its slice and the slices are summed.
+  double shared_score(const std::string& spec) {
+    const auto [file, split] = io::split_file_spec(spec);
+    Index samples = 0;
+    comm::agree(m_t.grid().trainer(), [&] { samples = io::inspect_split(file, split).samples; });
+    const Range slice = block_range(samples, m_trainers, m_k);
+    const Evaluation e = m_t.evaluate(spec, slice);
+    std::vector<double> sums{e.metric * static_cast<double>(e.samples),
+                             e.loss * static_cast<double>(e.samples),
+                             static_cast<double>(e.samples)};
+    m_across->allreduce(comm::Buffer(sums))->wait();
+    Evaluation all;
+    all.metric = sums[0] / sums[2];
+    all.loss = sums[1] / sums[2];
+    return score_of(m_base, all);
+  }
+
+  // Loads into every trainer the average of the final models of the trainers in `members`.
+  void load_average(const std::vector<std::vector<float>>& finals, const std::vector<int>& members) {
+    std::vector<Tensor> tensors = m_t.state_tensors(false);
+    const bool in = std::find(members.begin(), members.end(), m_k) != members.end();
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      Tensor& t = tensors[i];
+      std::memcpy(t.data(), finals[i].data(), finals[i].size() * sizeof(float));
+      float* x = t.data();
+      if (!in) {
+        std::fill(x, x + t.numel(), 0.0F);
+      }
+      m_across->allreduce(comm::Buffer(t))->wait();
+      const float inv = 1.0F / static_cast<float>(members.size());
+      for (Index j = 0; j < t.numel(); ++j) {
+        x[j] *= inv;
+      }
+    }
+  }
+
+  // population.combine: the uniform average or the greedy soup of the final models, written to
+  // run.output/combined by trainer 0 and scored on data.test. Returns the report's lines.
+  std::string combine(double own_test) {
+    std::vector<std::vector<float>> finals;
+    for (const Tensor& t : m_t.state_tensors(false)) {
+      finals.emplace_back(t.data(), t.data() + t.numel());
+    }
+    // Every trainer's final model scored on the whole validation split (slices summed).
+    std::vector<double> val(static_cast<size_t>(m_trainers), 0.0);
+    std::vector<double> test(static_cast<size_t>(m_trainers), 0.0);
+    for (int j = 0; j < m_trainers; ++j) {
+      load_average(finals, {j});
+      val[static_cast<size_t>(j)] = m_pop.validation.empty() ? 0.0 : shared_score(m_pop.validation);
+    }
+    std::vector<double> tests(static_cast<size_t>(m_trainers), 0.0);
+    tests[static_cast<size_t>(m_k)] = leader() ? own_test : 0.0;
+    m_across->allreduce(comm::Buffer(tests))->wait();  // each trainer's own final test score
+    std::vector<int> members;
+    std::string how;
+    if (m_pop.combine == "average") {
+      members.resize(static_cast<size_t>(m_trainers));
+      std::iota(members.begin(), members.end(), 0);
+      how = "uniform average";
+    } else {
+      std::vector<int> order(static_cast<size_t>(m_trainers));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+        return val[static_cast<size_t>(a)] > val[static_cast<size_t>(b)];
+      });
+      members = {order[0]};
+      double best = val[static_cast<size_t>(order[0])];
+      for (size_t i = 1; i < order.size(); ++i) {
+        std::vector<int> candidate = members;
+        candidate.push_back(order[i]);
+        load_average(finals, candidate);
+        const double s = shared_score(m_pop.validation);
+        if (s >= best) {
+          members = candidate;
+          best = s;
+        }
+      }
+      how = "greedy soup";
+    }
+    load_average(finals, members);
+    std::string lines = fmt::format("combined ({}) of trainers [{}]", how, fmt::join(members, ", "));
+    if (!m_pop.validation.empty()) {
+      lines += ": validation " + score_text(m_base, shared_score(m_pop.validation));
+    }
+    double mean = 0.0;
+    for (int j : members) {
+      mean += tests[static_cast<size_t>(j)];
+    }
+    mean /= static_cast<double>(members.size());
+    if (!m_base.data.test.empty()) {
+      const double s = shared_score(m_base.data.test);
+      lines += fmt::format(", test {} (its ingredients' mean: {})", score_text(m_base, s),
+                           score_text(m_base, mean));
+      if (leader() && m_k == 0) {
+        append_line(m_path,
+                    fmt::format(R"({{"kind": "combined", "how": "{}", "members": [{}], "test": {:.9g}, "ingredients_mean_test": {:.9g}}})",
+                                how, fmt::join(members, ", "), s, mean));
+      }
+    }
+    if (m_k == 0) {
+      m_t.save_to(m_base.run.output + "/combined", "population.combine", 1);
+      lines += fmt::format("\ncombined model: {}/combined/", m_base.run.output);
+    }
+    return lines + "\n";
+  }
+
+  const std::string m_text;
+  const std::string m_file;
+  const std::vector<std::string> m_overrides;
+  const deck::Deck& m_base;
+  const deck::PopulationConfig& m_pop;
+  const int m_k;
+  const int m_trainers;
+  const int m_per;
+  Trainer& m_t;
+  Reporter& m_out;
+  comm::TimedChannel m_channel;
+  std::unique_ptr<comm::MpiCommunicator> m_across;  // this rank's counterparts in every trainer
+  const std::string m_path;
+  Index m_validation_samples = 0;
+  std::vector<double> m_hyper;
+  std::vector<std::string> m_lineage;
+  std::vector<std::string> m_missed;
+  double m_best = std::nan("");
+  int m_rounds = 0;
+  int m_averages = 0;
+};
+
+// With checkpoint.restart = "auto", the newest step at which every trainer has a checkpoint (each
+// trainer then restarts from it, so that they meet at the same step), or -1 for none.
+std::int64_t common_restart_step(const deck::Deck& base, const std::vector<deck::Deck>& decks) {
+  std::set<std::int64_t> common;
+  for (size_t k = 0; k < decks.size(); ++k) {
+    std::set<std::int64_t> steps;
+    for (const std::string& f : io::checkpoints_in(decks[k].checkpoint.dir)) {
+      steps.insert(io::checkpoint_step(std::filesystem::path(f).filename().string()));
+    }
+    if (k == 0) {
+      common = steps;
+    } else {
+      std::set<std::int64_t> both;
+      std::set_intersection(common.begin(), common.end(), steps.begin(), steps.end(),
+                            std::inserter(both, both.begin()));
+      common = both;
+    }
+  }
+  (void)base;
+  return common.empty() ? -1 : *common.rbegin();
+}
+
+// Drops the records of population.jsonl after `step` (a restart replays from there).
+void truncate_records(const std::string& path, std::int64_t step) {
+  std::ifstream in(path);
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    const size_t s = line.find("\"step\": ");
+    if (line.find("\"kind\": \"leaderboard\"") != std::string::npos ||
+        line.find("\"kind\": \"combined\"") != std::string::npos) {
+      continue;
+    }
+    if (s != std::string::npos && std::stoll(line.substr(s + 8)) > step) {
+      continue;
+    }
+    kept += line + "\n";
+  }
+  in.close();
+  std::ofstream out(path, std::ios::trunc);
+  out << kept;
+}
+
+}  // namespace
+
+deck::Deck trainer_deck(const std::string& text, const std::string& file,
+                        const std::vector<std::string>& overrides, const deck::Deck& deck,
+                        int trainer, const std::vector<std::string>& hyper) {
+  std::vector<std::string> all = overrides;
+  for (const std::string& o : deck::trainer_overrides(deck, trainer)) {
+    all.push_back(o);
+  }
+  for (const std::string& o : hyper) {
+    all.push_back(o);
+  }
+  all.push_back("run.output=" + toml_quoted(trainer_folder(deck.run.output, trainer)));
+  if (deck.checkpoint.enabled && deck.locations.count("checkpoint.dir") != 0) {
+    all.push_back("checkpoint.dir=" + toml_quoted(trainer_folder(deck.checkpoint.dir, trainer)));
+  }
+  return deck::parse(text, file, all);
+}
+
+int run_population(const std::string& text, const std::string& file,
+                   const std::vector<std::string>& overrides, const deck::Deck& base,
+                   MPI_Comm world_comm, Reporter& console) {
+  comm::MpiCommunicator world(world_comm, "world");
+  const int trainers = base.parallel.trainers;
+  // The population against the job first (one message on every rank), then every trainer's deck
+  // (every rank checks all of them: a trainer's bad value stops the whole job at once).
+  comm::agree(world, [&] { (void)resolve_grid(base, world.size()); });
+  std::vector<deck::Deck> decks(static_cast<size_t>(trainers));
+  comm::agree(world, [&] {
+    for (int k = 0; k < trainers; ++k) {
+      try {
+        decks[static_cast<size_t>(k)] = trainer_deck(text, file, overrides, base, k);
+      } catch (const Error& e) {
+        throw Error(fmt::format("population trainer {}: {}", k, e.message()), e.where())
+            .with_exit_code(e.exit_code());
+      }
+    }
+  });
+  const int per = world.size() / trainers;
+  const int k = world.rank() / per;
+  // A restart meets at the newest step every trainer has a checkpoint of.
+  std::int64_t resume = -1;
+  if (base.checkpoint.enabled && base.checkpoint.restart == "auto") {
+    comm::agree(world, [&] {
+      if (world.rank() == 0) {
+        resume = common_restart_step(base, decks);
+      }
+    });
+    world.broadcast(comm::Buffer(&resume, 1), {0})->wait();
+    std::vector<std::string> restart{
+        resume < 0 ? std::string("checkpoint.restart=\"\"")
+                   : "checkpoint.restart=" +
+                         toml_quoted(decks[static_cast<size_t>(k)].checkpoint.dir + "/" +
+                                io::checkpoint_file_name(resume))};
+    comm::agree(world, [&] {
+      std::vector<std::string> all = overrides;
+      all.push_back(restart[0]);
+      decks[static_cast<size_t>(k)] = trainer_deck(text, file, all, base, k);
+    });
+  }
+  comm::agree(world, [&] {
+    if (world.rank() == 0) {
+      std::filesystem::create_directories(base.run.output);
+      const std::string path = base.run.output + "/population.jsonl";
+      if (resume > 0) {
+        truncate_records(path, resume);
+      } else {
+        std::ofstream(path, std::ios::trunc).flush();
+      }
+    }
+  });
+  PrefixReporter out(console, fmt::format("[t{}] ", k));
+  std::unique_ptr<Trainer> trainer;
+  comm::agree(world, [&] {
+    trainer = std::make_unique<Trainer>(decks[static_cast<size_t>(k)], world_comm, &out);
+  });
+  Population pop(text, file, overrides, base, k, per, world_comm, *trainer, out);
+  if (trainer->start_step() > 0) {
+    pop.resume(trainer->start_step());
+  } else {
+    pop.record_state(0);
+  }
+  if (world.rank() == 0) {
+    console.info(fmt::format("population: {} trainers of {} rank{} each, {}{}{}", trainers, per,
+                             per == 1 ? "" : "s", base.population.algorithm,
+                             base.population.every > 0
+                                 ? fmt::format(" every {} steps", base.population.every)
+                                 : std::string(),
+                             base.population.average_every > 0
+                                 ? fmt::format(", averaged every {} steps",
+                                               base.population.average_every)
+                                 : std::string()));
+  }
+  out.info(fmt::format("hyper-parameters: {}, seed {}", pop.hyper_text(),
+                       decks[static_cast<size_t>(k)].run.seed));
+  const std::int64_t total = trainer->total_steps();
+  trainer->set_step_hook([&](std::int64_t step) { pop.on_step(step, total); });
+  const RunSummary s = trainer->run();
+  if (s.final_eval && trainer->grid().trainer().rank() == 0) {
+    const auto& e = *s.final_eval;
+    const bool classify = base.model.loss == deck::LossKind::softmax_cross_entropy;
+    out.info(fmt::format(
+        "final: {} steps in {:.1f} s; test loss {:.4f}, test {} {}", s.steps, s.seconds, e.loss,
+        classify ? "accuracy" : "MAE",
+        classify ? fmt::format("{:.2f}%", 100.0 * e.metric) : fmt::format("{:.4g}", e.metric)));
+  }
+  // A stop signal stops every trainer at the same step boundary only within a trainer: the
+  // population agrees on it before anything collective.
+  int stopped = s.stopped ? 1 : 0;
+  world.allreduce(comm::Buffer(&stopped, 1), {comm::ReduceOp::max})->wait();
+  RunSummary agreed = s;
+  agreed.stopped = stopped != 0;
+  pop.finish(agreed, world, stopped != 0 ? kExitStopped : 0);
+  return stopped != 0 ? kExitStopped : 0;
+}
+
+}  // namespace tessera::train
