@@ -765,8 +765,10 @@ int run_population(const std::string& text, const std::string& file,
                                                base.population.average_every)
                                  : std::string()));
   }
-  out.info(fmt::format("hyper-parameters: {}, seed {}", pop.hyper_text(),
-                       decks[static_cast<size_t>(k)].run.seed));
+  if (trainer->grid().trainer().rank() == 0) {
+    out.info(fmt::format("hyper-parameters: {}, seed {}", pop.hyper_text(),
+                         decks[static_cast<size_t>(k)].run.seed));
+  }
   const std::int64_t total = trainer->total_steps();
   trainer->set_step_hook([&](std::int64_t step) { pop.on_step(step, total); });
   const RunSummary s = trainer->run();

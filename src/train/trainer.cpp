@@ -582,6 +582,13 @@ void check_batch(const deck::Deck& d, const comm::GridSpec& spec) {
 }  // namespace
 
 comm::GridSpec resolve_grid(const deck::Deck& d, int world_size) {
+  if (d.parallel.trainers > world_size) {
+    throw input_error(fmt::format("parallel.trainers = {}: a population of {} trainers needs {} "
+                                  "ranks at least (one per trainer), but the job has {}",
+                                  d.parallel.trainers, d.parallel.trainers, d.parallel.trainers,
+                                  world_size),
+                      d.where("parallel.trainers"));
+  }
   comm::GridSpec spec;
   try {
     spec = comm::resolve_grid(grid_spec(d), world_size);

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Population training (issue 17) as a user runs it: `tessera run` with parallel.trainers = 2 and a
+# [population] section, on a small MLP over Fashion-MNIST with a held-out /validation split.
+# - independence: with no tournament, each trainer's final checkpoint equals, bit for bit, the same
+#   deck run alone on its ranks with the trainer's hyper-parameters and seed (those `tessera check`
+#   prints), at 2 ranks (1 per trainer) and 4 (data 2 per trainer);
+# - LTFB with a greedy soup: one tournament line per trainer and round, a leaderboard row per
+#   trainer, population.jsonl records, and the combined checkpoint that verifies;
+# - PBT: the worse trainer copies the better's weights and its learning rate times a perturbation;
+# - a trainer stopped (SIGSTOP) before the tournament it is due at: its partner goes on after
+#   population.timeout, warns naming it, and the population finishes once it is continued, the
+#   leaderboard naming it under missed exchanges;
+# - a trainer's process killed: MPICH's mpiexec ends the whole job (it does by default; see
+#   docs/population.md) within seconds, and checkpoint.restart = "auto" resumes every trainer from
+#   the newest step all of them saved, ending with the leaderboard and lineage of the
+#   uninterrupted run.
+# shellcheck source=tests/e2e/fault_common.bash
+source "$(dirname "$0")/fault_common.bash"
+if [[ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
+  echo "[  SKIPPED ] Debian's dataset-fashion-mnist is not installed (tools/setup.sh installs it)"
+  exit 0
+fi
+"$bin/tessera-data" import fashion-mnist --validation 2000 --output "$tmp/fm.h5" >/dev/null || exit 1
+
+deck() {  # deck HIDDEN STEPS [population lines...]
+  local hidden=$1 steps=$2
+  shift 2
+  printf '%s\n' '[run]' 'seed = 11' "steps = $steps" 'log_every = 10' \
+    '[data]' "train = \"$tmp/fm.h5:/train\"" "test = \"$tmp/fm.h5:/test\"" 'batch = 64' \
+    'cache = true' '[model]' 'input = [1, 28, 28]' \
+    "layers = [ { flatten = {} }, { linear = { out = $hidden } }, { relu = {} }, { linear = { out = 10 } } ]" \
+    'loss = "softmax_cross_entropy"' '[optimizer]' 'type = "sgd"' 'lr = 0.05' 'momentum = 0.9' \
+    '[checkpoint]' 'every_steps = 10' 'keep = 5' "$@"
+}
+
+# --- independence ------------------------------------------------------------------------------
+deck 32 20 '[population]' '[population.hyper]' '"optimizer.lr" = { values = [0.02, 0.1] }' \
+  '"optimizer.momentum" = { uniform = [0.5, 0.9] }' >"$tmp/indep.toml"
+for np in 2 4; do
+  "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/indep.toml" parallel.trainers=2 \
+    run.output="$tmp/indep$np" >"$tmp/indep$np.log" 2>&1 || fail "independent population at $np ranks: exit $?"
+  "$mpiexec" -n "$np" "$bin/tessera" check "$tmp/indep.toml" parallel.trainers=2 >"$tmp/check$np.log" 2>&1 ||
+    fail "tessera check of the population: exit $?"
+  for k in 0 1; do
+    mapfile -t hyper < <(grep "^population trainer $k: " "$tmp/check$np.log" | sed "s/^population trainer $k: //" | tr ' ' '\n')
+    ((${#hyper[@]} == 3)) || fail "tessera check prints trainer $k's overrides: '${hyper[*]}'"
+    deck 32 20 >"$tmp/alone.toml"
+    "$mpiexec" -n $((np / 2)) "$bin/tessera" run "$tmp/alone.toml" "${hyper[@]}" \
+      run.output="$tmp/alone$np-$k" >"$tmp/alone$np-$k.log" 2>&1 || fail "trainer $k alone: exit $?"
+    "$bin/tessera-ckpt" diff "$tmp/indep$np/trainer-$k/ckpt/ckpt-00000020.h5" \
+      "$tmp/alone$np-$k/ckpt/ckpt-00000020.h5" >"$tmp/diff.log" 2>&1 ||
+      { fail "$np ranks: trainer $k differs from its deck run alone"; cat "$tmp/diff.log"; }
+  done
+  grep -q "^\[t1\] hyper-parameters: optimizer.lr 0.1, optimizer.momentum 0\.[5-9][0-9]*, seed 12$" "$tmp/indep$np.log" ||
+    fail "trainer 1's hyper-parameter line is missing"
+done
+echo "independence: each trainer equals its deck run alone, bit for bit, at 2 and 4 ranks"
+
+# --- LTFB with a greedy soup ---------------------------------------------------------------------
+deck 32 30 '[population]' 'algorithm = "ltfb"' 'every = 10' 'timeout = 20' \
+  "validation = \"$tmp/fm.h5:/validation\"" 'combine = "soup"' '[population.hyper]' \
+  '"optimizer.lr" = { log_uniform = [1e-3, 1.0] }' >"$tmp/ltfb.toml"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/ltfb.toml" parallel.trainers=2 run.output="$tmp/ltfb" \
+  >"$tmp/ltfb.log" 2>&1 || fail "ltfb: exit $?"
+for k in 0 1; do
+  (($(grep -c "^\[t$k\] ltfb step \(10\|20\): \(kept this model\|trainer $((1 - k))'s model scores\)" "$tmp/ltfb.log") == 2)) ||
+    fail "ltfb: trainer $k does not report two tournaments"
+  grep -q "^\"kind\": \"leaderboard\", \"trainer\": $k" <(sed 's/^{//' "$tmp/ltfb/population.jsonl") ||
+    fail "ltfb: no leaderboard record of trainer $k"
+  grep -q "^  $k | optimizer.lr [0-9.e-]* | accuracy [0-9.]*% | accuracy [0-9.]*% | " "$tmp/ltfb.log" ||
+    fail "ltfb: no leaderboard row for trainer $k"
+done
+grep -q "^combined (greedy soup) of trainers \[[01, ]*\]: validation accuracy [0-9.]*%, test accuracy [0-9.]*% (its ingredients' mean: accuracy [0-9.]*%)$" "$tmp/ltfb.log" ||
+  fail "ltfb: no combined model line"
+"$bin/tessera-ckpt" verify "$tmp/ltfb/combined/ckpt-00000030.h5" >/dev/null 2>&1 ||
+  fail "ltfb: the combined checkpoint does not verify"
+echo "ltfb: tournaments, leaderboard and the soup checkpoint"
+
+# --- PBT -----------------------------------------------------------------------------------------
+deck 32 20 '[population]' 'algorithm = "pbt"' 'every = 10' 'timeout = 20' 'perturb = [0.8]' \
+  "validation = \"$tmp/fm.h5:/validation\"" '[population.hyper]' \
+  '"optimizer.lr" = { values = [0.0001, 0.05] }' >"$tmp/pbt.toml"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/pbt.toml" parallel.trainers=2 run.output="$tmp/pbt" \
+  >"$tmp/pbt.log" 2>&1 || fail "pbt: exit $?"
+grep -q "^\[t0\] pbt step 10: accuracy [0-9.]*% — copied trainer 1 (accuracy [0-9.]*%), now optimizer.lr 0.04$" "$tmp/pbt.log" ||
+  fail "pbt: trainer 0 (lr 1e-4) did not copy trainer 1 and explore to lr 0.04"
+grep -q '"lr": 0.04,' <(grep '"step": 20,' "$tmp/pbt/trainer-0/metrics.jsonl") ||
+  fail "pbt: trainer 0 does not train with lr 0.04 after the copy"
+echo "pbt: the worse trainer copies the better and explores"
+
+# --- a trainer stopped while a tournament is due ---------------------------------------------
+deck 2048 40 '[population]' 'algorithm = "ltfb"' 'every = 20' 'timeout = 2' \
+  "validation = \"$tmp/fm.h5:/validation\"" >"$tmp/stop.toml"
+sed -i 's/^log_every = 10$/log_every = 1/' "$tmp/stop.toml"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/stop.toml" parallel.trainers=2 run.output="$tmp/stop" \
+  >"$tmp/stop.log" 2>&1 &
+launcher=$!
+for ((i = 0; i < 600; ++i)); do
+  grep -q "^\[t1\] hyper-parameters: " "$tmp/stop.log" 2>/dev/null && break
+  sleep 0.05
+done
+victim=
+for pid in $(pgrep -f "tessera run $tmp/stop.toml"); do
+  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == tessera ]] || continue
+  tr '\0' '\n' <"/proc/$pid/environ" | grep -qx "PMI_RANK=1" && victim=$pid
+done
+if [[ -z $victim ]]; then
+  fail "stop: trainer 1's process not found"
+else
+  kill -STOP "$victim"
+  for ((i = 0; i < 300; ++i)); do
+    grep -q "trainer 1 did not answer within 2 s (tournament): skipped" "$tmp/stop.log" && break
+    sleep 0.1
+  done
+  grep -q "^\[t0\] population step 20: trainer 1 did not answer within 2 s (tournament): skipped$" "$tmp/stop.log" ||
+    fail "stop: trainer 0 did not go on past the stopped trainer"
+  sleep 1
+  kill -CONT "$victim"
+fi
+wait "$launcher" || fail "stop: the population ended with exit $?"
+grep -q "^  0 | .* | step 20: trainer 1$" "$tmp/stop.log" ||
+  fail "stop: the leaderboard does not name the stopped trainer"
+echo "stop: the partner went on after the timeout and the report names trainer 1"
+
+# --- a trainer killed, the population resumed ------------------------------------------------
+deck 1024 40 '[population]' 'algorithm = "ltfb"' 'every = 10' 'timeout = 30' \
+  "validation = \"$tmp/fm.h5:/validation\"" '[population.hyper]' \
+  '"optimizer.lr" = { log_uniform = [1e-3, 0.3] }' >"$tmp/kill.toml"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/kill.toml" parallel.trainers=2 run.output="$tmp/whole" \
+  >"$tmp/whole.log" 2>&1 || fail "kill: the uninterrupted run: exit $?"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/kill.toml" parallel.trainers=2 run.output="$tmp/kill" \
+  >"$tmp/kill.log" 2>&1 &
+launcher=$!
+for ((i = 0; i < 600; ++i)); do
+  [[ -e $tmp/kill/trainer-1/ckpt/ckpt-00000020.h5 && -e $tmp/kill/trainer-0/ckpt/ckpt-00000020.h5 ]] && break
+  sleep 0.05
+done
+start=$SECONDS
+pkill -9 -f "tessera run $tmp/kill.toml parallel.trainers=2 run.output=$tmp/kill" -n
+wait "$launcher"
+rc=$?
+((rc != 0)) || fail "kill: the job exited 0 after a trainer was killed"
+((SECONDS - start <= 20)) || fail "kill: the job took $((SECONDS - start)) s to end after a kill"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/kill.toml" parallel.trainers=2 run.output="$tmp/kill" \
+  checkpoint.restart=auto >"$tmp/resume.log" 2>&1 || fail "kill: the resumed population: exit $?"
+grep -q "^\[t[01]\] restart: from $tmp/kill/trainer-[01]/ckpt/ckpt-000000[23]0.h5" "$tmp/resume.log" ||
+  fail "kill: no restart line"
+board() { grep '"kind": "leaderboard"' "$1"; }
+[[ $(board "$tmp/whole/population.jsonl") == "$(board "$tmp/kill/population.jsonl")" && -n $(board "$tmp/whole/population.jsonl") ]] ||
+  { fail "kill: the resumed population's leaderboard differs from the uninterrupted one"; board "$tmp/whole/population.jsonl"; board "$tmp/kill/population.jsonl"; }
+echo "kill: the job ended (exit $rc); resumed, the leaderboard and lineage equal the uninterrupted run's"
+
+((failed)) && echo "FAILED" || echo "population training: all checks passed"
+exit $failed

@@ -1,0 +1,101 @@
+#!/usr/bin/python3
+"""Plot a Tessera population: every trainer's curves and its hyper-parameter trajectories.
+
+    python3 tools/plot_population.py runs/<name> -o population.png
+
+Reads runs/<name>/trainer-<k>/metrics.jsonl (each trainer's "train" and "eval" records) and
+runs/<name>/population.jsonl (the "state" records a population writes after every round: each
+trainer's hyper-parameters). Draws the training loss of each trainer against the step (top), and
+one panel per hyper-parameter with each trainer's value against the step (a step where a
+trainer copied another's model shows as a jump). One colour per trainer.
+
+Needs Debian's matplotlib (python3-matplotlib). Exit codes: 0 written; 2 bad input.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+
+def fail(message):
+    print(f"plot_population: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def records(path):
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                fail(f"{path}:{number}: not JSON ({e.msg})")
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="the population's run.output folder")
+    parser.add_argument("-o", "--output", default="population.png", help="image to write")
+    args = parser.parse_args()
+    pop_path = os.path.join(args.run, "population.jsonl")
+    if not os.path.isfile(pop_path):
+        fail(f"{pop_path}: no such file (is {args.run} a population's run.output?)")
+    folders = sorted(glob.glob(os.path.join(args.run, "trainer-*")),
+                     key=lambda p: int(re.sub(r".*trainer-", "", p)))
+    if not folders:
+        fail(f"{args.run}: no trainer-<k> folders")
+    states = [r for r in records(pop_path) if r.get("kind") == "state"]
+    # The hyper-parameter names: the leaderboard's or the deck's order is not in the state records;
+    # take them from the first trainer's resolved deck.
+    names = []
+    deck = os.path.join(folders[0], "deck.toml")
+    if os.path.isfile(deck):
+        in_hyper = False
+        with open(deck, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("["):
+                    in_hyper = line.strip() == "[population.hyper]"
+                elif in_hyper and "=" in line:
+                    names.append(line.split("=")[0].strip().strip('"'))
+    count = max([len(s.get("values", [])) for s in states] + [0])
+    names += [f"hyper-parameter {i}" for i in range(len(names), count)]
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1 + count, 1, figsize=(8, 3 * (1 + count)), squeeze=False)
+    for k, folder in enumerate(folders):
+        metrics = os.path.join(folder, "metrics.jsonl")
+        if not os.path.isfile(metrics):
+            continue
+        train = [r for r in records(metrics) if r.get("kind") == "train" and r.get("loss") is not None]
+        axes[0][0].plot([r["step"] for r in train], [r["loss"] for r in train], label=f"trainer {k}")
+        mine = sorted((s for s in states if s.get("trainer") == k), key=lambda s: s["step"])
+        for i in range(count):
+            xs = [s["step"] for s in mine if len(s.get("values", [])) > i]
+            ys = [s["values"][i] for s in mine if len(s.get("values", [])) > i]
+            axes[1 + i][0].step(xs, ys, where="post", label=f"trainer {k}")
+    axes[0][0].set_ylabel("training loss")
+    axes[0][0].legend(fontsize="small")
+    for i in range(count):
+        axes[1 + i][0].set_ylabel(names[i])
+        axes[1 + i][0].set_yscale("log")
+    axes[-1][0].set_xlabel("step")
+    fig.tight_layout()
+    try:
+        fig.savefig(args.output, dpi=100)
+    except OSError as e:
+        fail(f"{args.output}: cannot write it ({e.strerror})")
+    print(f"plot_population: wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
