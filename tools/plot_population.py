@@ -67,7 +67,10 @@ def main():
     count = max([len(s.get("values", [])) for s in states] + [0])
     names += [f"hyper-parameter {i}" for i in range(len(names), count)]
 
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        fail("needs matplotlib: apt-get install python3-matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
