@@ -1280,12 +1280,23 @@ double hyper_value(const PopulationConfig& population, const HyperSpec& spec, in
     }
     return spec.values[(static_cast<size_t>(trainer) / stride) % spec.values.size()];
   }
-  (void)trainers;
-  // 53 random bits from the counter-based stream of (population.seed, key), at the trainer.
+  // Latin hypercube: the range cut into `trainers` equal parts (in log space for log_uniform),
+  // dealt to the trainers in an order drawn per key, and a uniform draw within the part: a small
+  // population covers the range as a grid would, and two keys are not varied in lockstep. Random
+  // numbers from the counter-based stream of (population.seed, key).
   const rng::CounterRng gen(population.seed, rng::hash_name(spec.key));
+  std::vector<int> part(static_cast<size_t>(trainers));
+  for (int i = 0; i < trainers; ++i) {
+    part[static_cast<size_t>(i)] = i;
+  }
+  for (int i = trainers - 1; i > 0; --i) {  // Fisher-Yates, from counters past the draws' own
+    const rng::Philox4x32 r = gen.bits(std::uint64_t{1} << 40 | static_cast<std::uint64_t>(i));
+    std::swap(part[static_cast<size_t>(i)], part[r.v[0] % static_cast<std::uint32_t>(i + 1)]);
+  }
   const rng::Philox4x32 r = gen.bits(static_cast<std::uint64_t>(trainer));
   const std::uint64_t bits = ((static_cast<std::uint64_t>(r.v[0]) << 32) | r.v[1]) >> 11;
-  const double u = static_cast<double>(bits) * 0x1.0p-53;
+  const double u = (part[static_cast<size_t>(trainer)] + static_cast<double>(bits) * 0x1.0p-53) /
+                   static_cast<double>(trainers);
   if (spec.how == "uniform") {
     return spec.low + u * (spec.high - spec.low);
   }

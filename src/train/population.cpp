@@ -198,8 +198,8 @@ class Population {
   }
 
   void on_step(std::int64_t step, std::int64_t total) {
-    if (m_pop.average_every > 0 && step % m_pop.average_every == 0) {
-      average();
+    if (m_pop.average_every > 0 && (step % m_pop.average_every == 0 || step == total)) {
+      average();  // and after the last step: the trainers end with one model
     }
     if (m_pop.every > 0 && step % m_pop.every == 0 && step < total) {
       const std::int64_t round = step / m_pop.every;
@@ -210,6 +210,13 @@ class Population {
         pbt(step, round);
       }
       record_state(step);
+    }
+  }
+
+  // Local SGD starts every trainer from trainer 0's initial model (each keeps its own data order).
+  void common_start() {
+    for (Tensor& t : m_t.state_tensors(false)) {
+      m_across->broadcast(comm::Buffer(t), {0})->wait();
     }
   }
 
@@ -586,19 +593,22 @@ class Population {
     if (!m_pop.validation.empty()) {
       lines += ": validation " + score_text(m_base, shared_score(m_pop.validation));
     }
-    double mean = 0.0;
+    double mean = 0.0;  // of the members' own test scores
     for (int j : members) {
       mean += tests[static_cast<size_t>(j)];
     }
     mean /= static_cast<double>(members.size());
+    const double all =
+        std::accumulate(tests.begin(), tests.end(), 0.0) / static_cast<double>(m_trainers);
     if (!m_base.data.test.empty()) {
       const double s = shared_score(m_base.data.test);
-      lines += fmt::format(", test {} (its ingredients' mean: {})", score_text(m_base, s),
-                           score_text(m_base, mean));
+      lines += fmt::format(", test {} (its ingredients' mean: {}; all trainers' mean: {})",
+                           score_text(m_base, s), score_text(m_base, mean),
+                           score_text(m_base, all));
       if (leader() && m_k == 0) {
         append_line(m_path,
-                    fmt::format(R"({{"kind": "combined", "how": "{}", "members": [{}], "test": {:.9g}, "ingredients_mean_test": {:.9g}}})",
-                                how, fmt::join(members, ", "), s, mean));
+                    fmt::format(R"({{"kind": "combined", "how": "{}", "members": [{}], "test": {:.9g}, "ingredients_mean_test": {:.9g}, "trainers_mean_test": {:.9g}}})",
+                                how, fmt::join(members, ", "), s, mean, all));
       }
     }
     if (m_k == 0) {
@@ -753,6 +763,9 @@ int run_population(const std::string& text, const std::string& file,
     pop.resume(trainer->start_step());
   } else {
     pop.record_state(0);
+    if (base.population.average_every > 0) {
+      pop.common_start();
+    }
   }
   if (world.rank() == 0) {
     console.info(fmt::format("population: {} trainers of {} rank{} each, {}{}{}", trainers, per,

@@ -70,7 +70,7 @@ for k in 0 1; do
   grep -q "^  $k | optimizer.lr [0-9.e-]* | accuracy [0-9.]*% | accuracy [0-9.]*% | " "$tmp/ltfb.log" ||
     fail "ltfb: no leaderboard row for trainer $k"
 done
-grep -q "^combined (greedy soup) of trainers \[[01, ]*\]: validation accuracy [0-9.]*%, test accuracy [0-9.]*% (its ingredients' mean: accuracy [0-9.]*%)$" "$tmp/ltfb.log" ||
+grep -q "^combined (greedy soup) of trainers \[[01, ]*\]: validation accuracy [0-9.]*%, test accuracy [0-9.]*% (its ingredients' mean: accuracy [0-9.]*%; all trainers' mean: accuracy [0-9.]*%)$" "$tmp/ltfb.log" ||
   fail "ltfb: no combined model line"
 "$bin/tessera-ckpt" verify "$tmp/ltfb/combined/ckpt-00000030.h5" >/dev/null 2>&1 ||
   fail "ltfb: the combined checkpoint does not verify"

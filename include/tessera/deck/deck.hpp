@@ -170,7 +170,9 @@ Deck load(const std::string& file, const std::vector<std::string>& overrides = {
 /// (run.seed + trainer, unless a hyper-parameter sets run.seed).
 std::vector<std::string> trainer_overrides(const Deck& deck, int trainer);
 
-/// The value a hyper-parameter takes for trainer `trainer` of `trainers` (before rounding).
+/// The value a hyper-parameter takes for trainer `trainer` of `trainers` (before rounding):
+/// values[trainer]; the grid's point; for uniform and log_uniform a Latin hypercube draw (trainer
+/// k draws within its own of `trainers` equal parts of the range, the parts dealt per key).
 double hyper_value(const PopulationConfig& population, const HyperSpec& spec, int trainer,
                    int trainers);
 

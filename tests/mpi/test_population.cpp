@@ -1,0 +1,183 @@
+// Population training's pieces at any rank count: the hyper-parameters each trainer gets from a
+// [population] section (values, grids, Latin hypercube draws; the same on every rank; text that
+// parses back to the same number), the deck's errors, and comm::TimedChannel, the exchange that
+// gives up on a partner that does not answer.
+#include "tessera/comm/timed.hpp"
+#include "tessera/core/error.hpp"
+#include "tessera/deck/deck.hpp"
+
+#include "support/mpi.hpp"
+
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using tessera::testing::world_rank;
+using tessera::testing::world_size;
+
+std::string deck_text(int trainers, const std::string& population) {
+  return "[run]\nseed = 40\nsteps = 10\n[parallel]\ntrainers = " + std::to_string(trainers) +
+         "\n[data]\ntrain = \"x.h5:/train\"\nbatch = 8\n[model]\ninput = [4]\n"
+         "layers = [ { linear = { out = 2 } } ]\nloss = \"mse\"\n[optimizer]\ntype = \"sgd\"\n"
+         "lr = 0.1\nmomentum = 0.5\n[population]\n" +
+         population;
+}
+
+// The value of `key` in trainer k's overrides ("key=value").
+std::string value_of(const std::vector<std::string>& overrides, const std::string& key) {
+  for (const std::string& o : overrides) {
+    if (o.rfind(key + "=", 0) == 0) {
+      return o.substr(key.size() + 1);
+    }
+  }
+  return "";
+}
+
+TEST(PopulationDeck, ValuesGridsAndSeeds) {
+  const tessera::deck::Deck d = tessera::deck::parse(
+      deck_text(4, "[population.hyper]\n\"optimizer.lr\" = { grid = [0.01, 0.1] }\n"
+                   "\"optimizer.momentum\" = { grid = [0.5, 0.9] }\n"
+                   "\"run.log_every\" = { values = [1, 2, 3, 4] }\n"),
+      "pop.toml");
+  const double lr[] = {0.01, 0.01, 0.1, 0.1};  // the first grid key varies slowest
+  const double momentum[] = {0.5, 0.9, 0.5, 0.9};
+  for (int k = 0; k < 4; ++k) {
+    const std::vector<std::string> o = tessera::deck::trainer_overrides(d, k);
+    EXPECT_EQ(std::stod(value_of(o, "optimizer.lr")), lr[k]);
+    EXPECT_EQ(std::stod(value_of(o, "optimizer.momentum")), momentum[k]);
+    EXPECT_EQ(value_of(o, "run.log_every"), std::to_string(k + 1));  // an integer key: "3"
+    EXPECT_EQ(value_of(o, "run.seed"), std::to_string(40 + k));
+    // The overrides make a valid deck with exactly those values.
+    const tessera::deck::Deck t = tessera::deck::parse(deck_text(4, ""), "pop.toml", o);
+    EXPECT_EQ(t.optimizer.lr, lr[k]);
+    EXPECT_EQ(t.run.seed, static_cast<std::uint64_t>(40 + k));
+  }
+}
+
+TEST(PopulationDeck, LatinHypercubeDrawsCoverTheRange) {
+  // Each trainer draws within its own part of the range: for K trainers, every part is taken
+  // once, for each key; the draws are the same on every rank and parse back exactly.
+  for (int trainers : {2, 4, 7}) {
+    const tessera::deck::Deck d = tessera::deck::parse(
+        deck_text(trainers, "seed = 9\n[population.hyper]\n"
+                            "\"optimizer.lr\" = { log_uniform = [1e-3, 1.0] }\n"
+                            "\"optimizer.momentum\" = { uniform = [0.2, 0.6] }\n"),
+        "pop.toml");
+    std::set<int> lr_parts;
+    std::set<int> momentum_parts;
+    for (int k = 0; k < trainers; ++k) {
+      const std::vector<std::string> o = tessera::deck::trainer_overrides(d, k);
+      const double lr = std::stod(value_of(o, "optimizer.lr"));
+      const double m = std::stod(value_of(o, "optimizer.momentum"));
+      ASSERT_GE(lr, 1e-3);
+      ASSERT_LT(lr, 1.0);
+      ASSERT_GE(m, 0.2);
+      ASSERT_LT(m, 0.6);
+      lr_parts.insert(static_cast<int>(std::floor(trainers * std::log(lr / 1e-3) / std::log(1e3))));
+      momentum_parts.insert(static_cast<int>(std::floor(trainers * (m - 0.2) / 0.4)));
+      EXPECT_EQ(tessera::deck::hyper_value(d.population, d.population.hyper[0], k, trainers), lr);
+      double lo = lr;
+      double hi = lr;
+      MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+      MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+      EXPECT_EQ(lo, hi) << "trainer " << k << "'s draw differs between ranks";
+    }
+    EXPECT_EQ(lr_parts.size(), static_cast<size_t>(trainers));
+    EXPECT_EQ(momentum_parts.size(), static_cast<size_t>(trainers));
+    EXPECT_EQ(*lr_parts.rbegin(), trainers - 1);
+  }
+}
+
+TEST(PopulationDeck, BadInputIsNamed) {
+  const auto expect_error = [](const std::string& population, const std::string& message) {
+    try {
+      (void)tessera::deck::parse(deck_text(2, population), "pop.toml");
+      ADD_FAILURE() << "no error for: " << population;
+    } catch (const tessera::Error& e) {
+      EXPECT_EQ(e.what(), message);
+      EXPECT_EQ(e.exit_code(), 2);
+    }
+  };
+  expect_error("[population.hyper]\n\"optimizer.type\" = { uniform = [0.0, 1.0] }\n",
+               "pop.toml:19: population.hyper.optimizer.type: optimizer.type is a string "
+               "(\"sgd\"), not a number: only numeric deck keys can vary");
+  expect_error("[population.hyper]\n\"optimizer.lr\" = { uniform = [0.5, 0.1] }\n",
+               "pop.toml:19: population.hyper.optimizer.lr: uniform = [0.5, 0.1]: low 0.5 > "
+               "high 0.1");
+  expect_error("[population.hyper]\n\"optimizer.lr\" = { log_uniform = [0.0, 0.1] }\n",
+               "pop.toml:19: population.hyper.optimizer.lr: log_uniform = [0.0, 0.1]: the "
+               "range must be positive");
+  expect_error("[population.hyper]\n\"optimizer.lr\" = { grid = [0.1, 0.2, 0.3] }\n",
+               "pop.toml:18: population.hyper: the grid holds 3 points but parallel.trainers = 2 "
+               "(one trainer per point)");
+  expect_error("[population.hyper]\n\"parallel.data\" = { values = [1, 2] }\n",
+               "pop.toml:19: population.hyper.parallel.data: parallel.data cannot vary: every "
+               "trainer has the same grid and length");
+  expect_error("algorithm = \"pbt\"\nevery = 5\nvalidation = \"v.h5:/validation\"\n"
+               "[population.hyper]\n\"data.batch\" = { values = [4, 8] }\n",
+               "pop.toml:22: population.hyper.data.batch: with population.algorithm = \"pbt\" "
+               "only optimizer keys can vary (they travel with the weights)");
+  expect_error("algorithm = \"ltfb\"\nvalidation = \"v.h5:/validation\"\n",
+               "pop.toml:18: population.algorithm = \"ltfb\" needs population.every, the steps "
+               "between tournaments");
+  expect_error("perturb = [0.8, -1]\n",
+               "pop.toml:18: population.perturb = [0.8, -1] must be a non-empty list of positive "
+               "factors ([0.8, 1.25])");
+}
+
+TEST(TimedChannel, ExchangesWithAPartner) {
+  const int n = world_size();
+  const int r = world_rank();
+  tessera::comm::TimedChannel channel(MPI_COMM_WORLD);
+  const int partner = (r ^ 1) < n ? (r ^ 1) : -1;
+  std::vector<float> mine(1000, static_cast<float>(r));
+  std::vector<float> theirs(1000, -1.0F);
+  const bool ok = channel.exchange(partner, mine.data(), mine.size() * sizeof(float), partner,
+                                   theirs.data(), theirs.size() * sizeof(float), 7, 30.0);
+  EXPECT_TRUE(ok);
+  if (partner >= 0) {
+    EXPECT_EQ(theirs.front(), static_cast<float>(partner));
+    EXPECT_EQ(theirs.back(), static_cast<float>(partner));
+  }
+  EXPECT_EQ(channel.pending_sends(), 0U);
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST(TimedChannel, GivesUpOnAPartnerThatDoesNotAnswer) {
+  const int n = world_size();
+  if (n < 2) {
+    GTEST_SKIP() << "needs two ranks";
+  }
+  const int r = world_rank();
+  tessera::comm::TimedChannel channel(MPI_COMM_WORLD);
+  double mine = 1.5;
+  double theirs = 0.0;
+  if (r == 0) {
+    // Rank 1 sleeps through this exchange: rank 0 gives up after the timeout, not before.
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_FALSE(channel.exchange(1, &mine, sizeof mine, 1, &theirs, sizeof theirs, 3, 0.3));
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_GE(waited, 0.3);
+    EXPECT_LT(waited, 5.0);
+  } else if (r == 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    // A message of the wrong size is no exchange either; rank 0's round-3 message never matches
+    // round 4.
+    double pair[2] = {0.0, 0.0};
+    EXPECT_FALSE(channel.exchange(-1, nullptr, 0, 0, pair, sizeof pair, 3, 5.0));
+    EXPECT_FALSE(channel.exchange(-1, nullptr, 0, 0, &theirs, sizeof theirs, 4, 0.2));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+}  // namespace
