@@ -85,7 +85,7 @@ class Population {
  public:
   Population(const std::string& text, const std::string& file,
              const std::vector<std::string>& overrides, const deck::Deck& base, int trainer,
-             int per_trainer, MPI_Comm world, Trainer& t, Reporter& out)
+             int per_trainer, MPI_Comm world, Trainer& t, Reporter& out, Reporter& console)
       : m_text(text),
         m_file(file),
         m_overrides(overrides),
@@ -96,6 +96,7 @@ class Population {
         m_per(per_trainer),
         m_t(t),
         m_out(out),
+        m_console(console),
         m_channel(world),
         m_path(base.run.output + "/population.jsonl") {
     MPI_Comm across = MPI_COMM_NULL;
@@ -291,7 +292,7 @@ class Population {
                               cells.at(0), toml_quoted(cells.at(1)), toml_quoted(cells.at(2)),
                               toml_quoted(cells.at(3)), toml_quoted(cells.at(4)), toml_quoted(cells.at(5))));
     }
-    m_out.info(table + combined);
+    m_console.info(table + combined);
   }
 
  private:
@@ -387,7 +388,7 @@ class Population {
     const std::vector<double> hyper = unpack(theirs);
     const double other = score_slice();
     if (other > own) {
-      m_lineage.push_back(fmt::format("step {}: won by trainer {}'s model ({}; {} vs {})", step,
+      m_lineage.push_back(fmt::format("step {}: took trainer {}'s model ({}; {} vs {})", step,
                                       partner, hyper_text(hyper), score_text(m_base, other),
                                       score_text(m_base, own)));
       m_hyper = hyper;
@@ -627,7 +628,8 @@ class Population {
   const int m_trainers;
   const int m_per;
   Trainer& m_t;
-  Reporter& m_out;
+  Reporter& m_out;      // this trainer's lines ("[t<k>] ...")
+  Reporter& m_console;  // the population's (the leaderboard)
   comm::TimedChannel m_channel;
   std::unique_ptr<comm::MpiCommunicator> m_across;  // this rank's counterparts in every trainer
   const std::string m_path;
@@ -758,7 +760,7 @@ int run_population(const std::string& text, const std::string& file,
   comm::agree(world, [&] {
     trainer = std::make_unique<Trainer>(decks[static_cast<size_t>(k)], world_comm, &out);
   });
-  Population pop(text, file, overrides, base, k, per, world_comm, *trainer, out);
+  Population pop(text, file, overrides, base, k, per, world_comm, *trainer, out, console);
   if (trainer->start_step() > 0) {
     pop.resume(trainer->start_step());
   } else {
