@@ -710,7 +710,17 @@ int run_population(const std::string& text, const std::string& file,
   const int trainers = base.parallel.trainers;
   // The population against the job first (one message on every rank), then every trainer's deck
   // (every rank checks all of them: a trainer's bad value stops the whole job at once).
-  comm::agree(world, [&] { (void)resolve_grid(base, world.size()); });
+  comm::agree(world, [&] {
+    (void)resolve_grid(base, world.size());
+    const std::string& restart = base.checkpoint.restart;
+    if (base.checkpoint.enabled && !restart.empty() && restart != "auto") {
+      throw input_error(fmt::format("checkpoint.restart = \"{}\": a population restarts with "
+                                    "\"auto\" (each trainer from its own folder, all at the "
+                                    "newest step every trainer saved)",
+                                    restart),
+                        base.where("checkpoint.restart"));
+    }
+  });
   std::vector<deck::Deck> decks(static_cast<size_t>(trainers));
   comm::agree(world, [&] {
     for (int k = 0; k < trainers; ++k) {
