@@ -3,6 +3,7 @@
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/comm/timed.hpp"
+#include "tessera/comm/watchdog.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/rng.hpp"
 #include "tessera/core/strings.hpp"
@@ -26,11 +27,14 @@
 #include <map>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 
 namespace tessera::train {
 namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
 std::string toml_quoted(const std::string& s) {
   std::string out = "\"";
@@ -199,6 +203,7 @@ class Population {
   }
 
   void on_step(std::int64_t step, std::int64_t total) {
+    m_last_step = step;
     if (m_pop.average_every > 0 && (step % m_pop.average_every == 0 || step == total)) {
       average();  // and after the last step: the trainers end with one model
     }
@@ -221,18 +226,35 @@ class Population {
     }
   }
 
-  // Averages the parameters and buffers of every trainer (local SGD), collective over them.
+  // Averages the parameters and buffers of the trainers that have not failed (local SGD),
+  // collective over all of them.
   void average() {
+    float alive = m_failed ? 0.0F : 1.0F;
+    m_across->allreduce(comm::Buffer(&alive, 1))->wait();
     for (Tensor& t : m_t.state_tensors(false)) {
-      m_across->allreduce(comm::Buffer(t))->wait();
       float* x = t.data();
-      const float inv = 1.0F / static_cast<float>(m_trainers);
+      if (m_failed) {
+        std::fill(x, x + t.numel(), 0.0F);
+      }
+      m_across->allreduce(comm::Buffer(t))->wait();
+      const float inv = 1.0F / std::max(alive, 1.0F);
       for (Index i = 0; i < t.numel(); ++i) {
         x[i] *= inv;
       }
     }
     ++m_averages;
   }
+
+  // After this trainer failed at the step after the last one seen: it takes part in the rest of
+  // the population's rounds without training (its score the worst, its model never taken, the
+  // others' never kept), so that no partner waits for it in vain.
+  void serve_after_failure(std::int64_t total) {
+    m_failed = true;
+    for (std::int64_t step = m_last_step + 1; step <= total; ++step) {
+      on_step(step, total);
+    }
+  }
+  void set_start(std::int64_t step) { m_last_step = step; }
 
   // The score of the model as it is on this trainer's slice of population.validation.
   double score_slice() {
@@ -241,20 +263,27 @@ class Population {
   }
 
   // The combination of the trainers' final models, then the leaderboard. Collective over the world.
-  void finish(const RunSummary& summary, comm::Communicator& world, int exit_code) {
+  // `failure`: this trainer's error ("" when it trained to the end); `stopped`: a stop signal
+  // reached some trainer (no combination then: the population resumes later).
+  void finish(const RunSummary& summary, comm::Communicator& world, bool stopped,
+              const std::string& failure) {
     double final_test = std::nan("");
     if (summary.final_eval) {
       final_test = score_of(m_base, *summary.final_eval);
     }
-    if (!m_pop.validation.empty() && !summary.stopped) {
+    std::vector<int> failed(static_cast<size_t>(m_trainers), 0);
+    failed[static_cast<size_t>(m_k)] = failure.empty() ? 0 : 1;
+    m_across->allreduce(comm::Buffer(failed), {comm::ReduceOp::max})->wait();
+    if (!m_pop.validation.empty() && !summary.stopped && failure.empty()) {
       const double v = score_slice();
       m_best = std::isfinite(m_best) ? std::max(m_best, v) : v;
     }
     std::string combined;
-    if (m_pop.combine != "none" && !summary.stopped && exit_code == 0) {
-      combined = combine(final_test);
+    if (m_pop.combine != "none" && !stopped &&
+        std::count(failed.begin(), failed.end(), 0) > 0) {
+      combined = combine(final_test, failed);
     }
-    if (!summary.stopped) {
+    if (!summary.stopped && failure.empty()) {
       record_state(summary.steps);
     }
     // The leaderboard: every trainer leader's line, gathered over the world.
@@ -263,7 +292,9 @@ class Population {
       mine = fmt::format(
           "{}\t{}\t{}\t{}\t{}\t{}", m_k, hyper_text(),
           std::isfinite(m_best) ? score_text(m_base, m_best) : std::string("-"),
-          std::isfinite(final_test) ? score_text(m_base, final_test) : std::string("-"),
+          !failure.empty()           ? "failed: " + failure
+          : std::isfinite(final_test) ? score_text(m_base, final_test)
+                                      : std::string("-"),
           m_lineage.empty() ? std::string("own weights") : join(m_lineage, "; "),
           m_missed.empty() ? std::string("-") : join(m_missed, "; "));
     }
@@ -356,6 +387,10 @@ class Population {
     m_t.retune(d);
   }
 
+  // How long an exchange waits: population.timeout; a failed trainer, which no longer trains,
+  // waits as long as its partner takes to reach the round.
+  double wait_s() const { return m_failed ? 1e9 : m_pop.timeout; }
+
   int tag(std::int64_t round, int kind) const {
     return static_cast<int>((round % 100000) * 8 + kind);
   }
@@ -375,14 +410,17 @@ class Population {
       return;  // the odd one out sits this round out
     }
     const int partner = order[mate];
-    const double own = score_slice();
+    const double own = m_failed ? -kInf : score_slice();
     std::vector<char> mine = pack();
     std::vector<char> theirs(mine.size());
     const bool ok = all(m_channel.exchange(counterpart(partner), mine.data(), mine.size(),
                                            counterpart(partner), theirs.data(), theirs.size(),
-                                           tag(round, 1), m_pop.timeout));
+                                           tag(round, 1), wait_s()));
     if (!ok) {
       missed(step, partner, "tournament");
+      return;
+    }
+    if (m_failed) {
       return;
     }
     const std::vector<double> hyper = unpack(theirs);
@@ -406,8 +444,10 @@ class Population {
   }
 
   void pbt(std::int64_t step, std::int64_t round) {
-    const double own = score_slice();
-    m_best = std::isfinite(m_best) ? std::max(m_best, own) : own;
+    const double own = m_failed ? -kInf : score_slice();
+    if (!m_failed) {
+      m_best = std::isfinite(m_best) ? std::max(m_best, own) : own;
+    }
     // Every leader sends its score to every other, each exchange timed.
     std::vector<double> scores(static_cast<size_t>(m_trainers), std::nan(""));
     scores[static_cast<size_t>(m_k)] = own;
@@ -418,7 +458,7 @@ class Population {
         }
         double theirs = 0.0;
         if (m_channel.exchange(leader_of(j), &own, sizeof own, leader_of(j), &theirs,
-                               sizeof theirs, tag(round, 2), m_pop.timeout)) {
+                               sizeof theirs, tag(round, 2), wait_s())) {
           scores[static_cast<size_t>(j)] = theirs;
         } else {
           missed(step, j, "score exchange");
@@ -446,15 +486,18 @@ class Population {
       const int to = ranked[ranked.size() - n + at];
       std::vector<char> mine = pack();
       if (!all(m_channel.exchange(counterpart(to), mine.data(), mine.size(), -1, nullptr, 0,
-                                  tag(round, 3), m_pop.timeout))) {
+                                  tag(round, 3), wait_s()))) {
         missed(step, to, "copy to it");
       }
     } else if (at >= ranked.size() - n) {
       const int from = ranked[at - (ranked.size() - n)];
       std::vector<char> theirs = pack();  // the size of the donor's
       if (!all(m_channel.exchange(-1, nullptr, 0, counterpart(from), theirs.data(), theirs.size(),
-                                  tag(round, 3), m_pop.timeout))) {
+                                  tag(round, 3), wait_s()))) {
         missed(step, from, "copy from it");
+        return;
+      }
+      if (m_failed) {
         return;
       }
       // Exploit: the donor's weights, state and hyper-parameters; explore: each perturbed by one
@@ -548,30 +591,36 @@ class Population {
 
   // population.combine: the uniform average or the greedy soup of the final models, written to
   // run.output/combined by trainer 0 and scored on data.test. Returns the report's lines.
-  std::string combine(double own_test) {
+  // `failed`: the trainers that failed (left out).
+  std::string combine(double own_test, const std::vector<int>& failed) {
     std::vector<std::vector<float>> finals;
     for (const Tensor& t : m_t.state_tensors(false)) {
       finals.emplace_back(t.data(), t.data() + t.numel());
     }
+    std::vector<int> ok;  // the trainers that trained to the end
+    for (int j = 0; j < m_trainers; ++j) {
+      if (failed[static_cast<size_t>(j)] == 0) {
+        ok.push_back(j);
+      }
+    }
     // Every trainer's final model scored on the whole validation split (slices summed).
     std::vector<double> val(static_cast<size_t>(m_trainers), 0.0);
-    std::vector<double> test(static_cast<size_t>(m_trainers), 0.0);
-    for (int j = 0; j < m_trainers; ++j) {
-      load_average(finals, {j});
-      val[static_cast<size_t>(j)] = m_pop.validation.empty() ? 0.0 : shared_score(m_pop.validation);
+    for (int j = 0; j < m_trainers && !m_pop.validation.empty(); ++j) {
+      if (failed[static_cast<size_t>(j)] == 0) {
+        load_average(finals, {j});
+        val[static_cast<size_t>(j)] = shared_score(m_pop.validation);
+      }
     }
     std::vector<double> tests(static_cast<size_t>(m_trainers), 0.0);
-    tests[static_cast<size_t>(m_k)] = leader() ? own_test : 0.0;
+    tests[static_cast<size_t>(m_k)] = std::isfinite(own_test) ? own_test : 0.0;
     m_across->allreduce(comm::Buffer(tests))->wait();  // each trainer's own final test score
     std::vector<int> members;
     std::string how;
     if (m_pop.combine == "average") {
-      members.resize(static_cast<size_t>(m_trainers));
-      std::iota(members.begin(), members.end(), 0);
+      members = ok;
       how = "uniform average";
     } else {
-      std::vector<int> order(static_cast<size_t>(m_trainers));
-      std::iota(order.begin(), order.end(), 0);
+      std::vector<int> order = ok;
       std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
         return val[static_cast<size_t>(a)] > val[static_cast<size_t>(b)];
       });
@@ -599,8 +648,10 @@ class Population {
       mean += tests[static_cast<size_t>(j)];
     }
     mean /= static_cast<double>(members.size());
-    const double all =
-        std::accumulate(tests.begin(), tests.end(), 0.0) / static_cast<double>(m_trainers);
+    double all = 0.0;  // of every trainer that trained to the end
+    for (int j : ok) {
+      all += tests[static_cast<size_t>(j)] / static_cast<double>(ok.size());
+    }
     if (!m_base.data.test.empty()) {
       const double s = shared_score(m_base.data.test);
       lines += fmt::format(", test {} (its ingredients' mean: {}; all trainers' mean: {})",
@@ -640,6 +691,8 @@ class Population {
   double m_best = std::nan("");
   int m_rounds = 0;
   int m_averages = 0;
+  bool m_failed = false;         // serve_after_failure
+  std::int64_t m_last_step = 0;  // the last step on_step saw
 };
 
 // With checkpoint.restart = "auto", the newest step at which every trainer has a checkpoint (each
@@ -771,6 +824,7 @@ int run_population(const std::string& text, const std::string& file,
     trainer = std::make_unique<Trainer>(decks[static_cast<size_t>(k)], world_comm, &out);
   });
   Population pop(text, file, overrides, base, k, per, world_comm, *trainer, out, console);
+  pop.set_start(trainer->start_step());
   if (trainer->start_step() > 0) {
     pop.resume(trainer->start_step());
   } else {
@@ -796,7 +850,28 @@ int run_population(const std::string& text, const std::string& file,
   }
   const std::int64_t total = trainer->total_steps();
   trainer->set_step_hook([&](std::int64_t step) { pop.on_step(step, total); });
-  const RunSummary s = trainer->run();
+  // A trainer that fails (a non-finite loss with run.nonfinite = "stop", a write error: errors
+  // its ranks agreed on) stops; the others go on, skipping it at their exchanges, and it is
+  // reported. An error of one rank alone still ends the job (main() aborts).
+  RunSummary s;
+  std::string failure;
+  std::optional<Error> error;
+  try {
+    s = trainer->run();
+  } catch (const Error& e) {
+    if (!e.on_all_ranks()) {
+      throw;
+    }
+    failure = e.what();
+    error = e;
+    if (trainer->grid().trainer().rank() == 0) {
+      out.warning(fmt::format("error: {}; this trainer stops training, the others go on", e.what()));
+    }
+    pop.serve_after_failure(total);
+  }
+  // From here the trainers wait for the slowest (and a failed one for all the others): a wait
+  // the watchdog would take for a hang. Exchanges were timed; the end is not.
+  comm::watchdog::stop();
   if (s.final_eval && trainer->grid().trainer().rank() == 0) {
     const auto& e = *s.final_eval;
     const bool classify = base.model.loss == deck::LossKind::softmax_cross_entropy;
@@ -811,7 +886,12 @@ int run_population(const std::string& text, const std::string& file,
   world.allreduce(comm::Buffer(&stopped, 1), {comm::ReduceOp::max})->wait();
   RunSummary agreed = s;
   agreed.stopped = stopped != 0;
-  pop.finish(agreed, world, stopped != 0 ? kExitStopped : 0);
+  pop.finish(agreed, world, stopped != 0, failure);
+  int failed = failure.empty() ? 0 : 1;
+  world.allreduce(comm::Buffer(&failed, 1))->wait();
+  if (failed == world.size() && error) {
+    throw error->mark_on_all_ranks();  // every trainer failed: the job did too
+  }
   return stopped != 0 ? kExitStopped : 0;
 }
 

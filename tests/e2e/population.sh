@@ -7,6 +7,8 @@
 # - LTFB with a greedy soup: one tournament line per trainer and round, a leaderboard row per
 #   trainer, population.jsonl records, and the combined checkpoint that verifies;
 # - PBT: the worse trainer copies the better's weights and its learning rate times a perturbation;
+# - a trainer whose loss diverges (run.nonfinite = "stop") fails alone: reported, left out of the
+#   soup, and its partner trains on without waiting for it;
 # - a trainer stopped (SIGSTOP) before the tournament it is due at: its partner goes on after
 #   population.timeout, warns naming it, and the population finishes once it is continued, the
 #   leaderboard naming it under missed exchanges;
@@ -87,6 +89,22 @@ grep -q "^\[t0\] pbt step 10: accuracy [0-9.]*% — copied trainer 1 (accuracy [
 grep -q '"lr": 0.04,' <(grep '"step": 20,' "$tmp/pbt/trainer-0/metrics.jsonl") ||
   fail "pbt: trainer 0 does not train with lr 0.04 after the copy"
 echo "pbt: the worse trainer copies the better and explores"
+
+# --- a trainer that diverges ------------------------------------------------------------------
+deck 32 30 '[population]' 'algorithm = "ltfb"' 'every = 10' 'timeout = 60' \
+  "validation = \"$tmp/fm.h5:/validation\"" 'combine = "soup"' '[population.hyper]' \
+  '"optimizer.lr" = { values = [0.05, 500.0] }' >"$tmp/diverge.toml"
+start=$SECONDS
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/diverge.toml" parallel.trainers=2 run.output="$tmp/diverge" \
+  >"$tmp/diverge.log" 2>&1 || fail "diverge: exit $?"
+((SECONDS - start < 50)) || fail "diverge: $((SECONDS - start)) s: trainer 0 waited for the failed trainer"
+grep -q "^\[t1\] error: .*: step [0-9]*: the loss (-\?nan) on rank 0 is not finite; .*; this trainer stops training, the others go on$" "$tmp/diverge.log" ||
+  fail "diverge: trainer 1's failure is not reported"
+grep -q "^  1 | optimizer.lr 500 | - | failed: .*: step [0-9]*: the loss (-\?nan) on rank 0 is not finite" "$tmp/diverge.log" ||
+  fail "diverge: the leaderboard does not show trainer 1 failed"
+grep -q "^\[t0\] ltfb step 20: kept this model" "$tmp/diverge.log" || fail "diverge: trainer 0 stopped meeting"
+grep -q "^combined (greedy soup) of trainers \[0\]: " "$tmp/diverge.log" || fail "diverge: the soup takes the failed trainer"
+echo "diverge: the failed trainer is reported and left out; the other trains on without waiting"
 
 # --- a trainer stopped while a tournament is due ---------------------------------------------
 deck 2048 40 '[population]' 'algorithm = "ltfb"' 'every = 20' 'timeout = 2' \
