@@ -132,6 +132,15 @@ class MpiWork final : public Work {
 
 }  // namespace
 
+std::unique_ptr<MpiCommunicator> MpiCommunicator::split(MPI_Comm comm, int color, int key,
+                                                        std::string name) {
+  MPI_Comm part = MPI_COMM_NULL;
+  TESSERA_MPI_CHECK(MPI_Comm_split(comm, color, key, &part));
+  auto out = std::make_unique<MpiCommunicator>(part, std::move(name));
+  MPI_Comm_free(&part);
+  return out;
+}
+
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name)
     : Communicator(std::move(name), rank_of(comm), size_of(comm)) {
   TESSERA_MPI_CHECK(MPI_Comm_dup(comm, &m_comm));

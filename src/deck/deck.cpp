@@ -833,7 +833,6 @@ void parse_optimizer(Section& s, Deck& d) {
   }
 }
 
-
 // The hyper-parameter leaves of [population.hyper], in the deck's order: a table holding one of
 // values, grid, uniform, log_uniform, under its dotted key (quoted or nested tables alike).
 void hyper_leaves(const toml::value& table, const std::string& key, const Source& src,
@@ -935,8 +934,8 @@ void parse_population(Section& s, Deck& d, const Source& src) {
   if (trainers < 2 && (tournament || p.average_every > 0 || p.combine != "none")) {
     const char* k = tournament ? "algorithm" : p.average_every > 0 ? "average_every" : "combine";
     throw s.error(k, s.find(k),
-                  fmt::format("population.{} needs two trainers or more; parallel.trainers = {}",
-                              k, trainers));
+                  fmt::format("population.{} needs two trainers or more; parallel.trainers = {}", k,
+                              trainers));
   }
   if (tournament && p.every == 0) {
     throw s.error("algorithm", s.find("algorithm"),
@@ -954,18 +953,18 @@ void parse_population(Section& s, Deck& d, const Source& src) {
   const size_t colon = p.validation.rfind(':');
   if (!p.validation.empty() &&
       (colon == std::string::npos || colon == 0 || colon + 1 == p.validation.size())) {
-    throw s.error("validation", s.find("validation"),
-                  fmt::format("population.validation = \"{}\" must be \"file.h5:/split\"",
-                              p.validation));
+    throw s.error(
+        "validation", s.find("validation"),
+        fmt::format("population.validation = \"{}\" must be \"file.h5:/split\"", p.validation));
   }
 
   // The hyper-parameters: checked against the resolved deck, so a key is known (defaults too)
   // and its type is the schema's.
   const toml::value* hyper = s.find("hyper");
   if (hyper != nullptr && !hyper->is_table()) {
-    throw s.error("hyper", hyper,
-                  fmt::format("population.hyper must be a table of deck keys, got {}",
-                              type_of(*hyper)));
+    throw s.error(
+        "hyper", hyper,
+        fmt::format("population.hyper must be a table of deck keys, got {}", type_of(*hyper)));
   }
   std::vector<std::pair<std::string, const toml::value*>> leaves;
   if (hyper != nullptr) {
@@ -998,9 +997,10 @@ void parse_population(Section& s, Deck& d, const Source& src) {
       throw bad(fmt::format("{} cannot vary: every trainer has the same grid and length", h.key));
     }
     if (tournament && h.key.rfind("optimizer.", 0) != 0) {
-      throw bad(fmt::format("with population.algorithm = \"{}\" only optimizer keys can vary "
-                            "(they travel with the weights)",
-                            p.algorithm));
+      throw bad(
+          fmt::format("with population.algorithm = \"{}\" only optimizer keys can vary "
+                      "(they travel with the weights)",
+                      p.algorithm));
     }
     h.integer = target->is_integer();
     std::vector<std::string> given;
@@ -1009,8 +1009,8 @@ void parse_population(Section& s, Deck& d, const Source& src) {
     }
     std::sort(given.begin(), given.end());
     if (given.size() != 1) {
-      throw bad(fmt::format("give one of values, grid, uniform, log_uniform (got {})",
-                            join(given)));
+      throw bad(
+          fmt::format("give one of values, grid, uniform, log_uniform (got {})", join(given)));
     }
     h.how = given[0];
     const toml::value& list = v->as_table().at(h.how);
@@ -1029,9 +1029,10 @@ void parse_population(Section& s, Deck& d, const Source& src) {
     if (h.how == "values" || h.how == "grid") {
       h.values = xs;
       if (h.how == "values" && xs.size() != static_cast<size_t>(trainers)) {
-        throw bad(fmt::format("values holds {} value{} but parallel.trainers = {} (one per "
-                              "trainer)",
-                              xs.size(), xs.size() == 1 ? "" : "s", trainers));
+        throw bad(
+            fmt::format("values holds {} value{} but parallel.trainers = {} (one per "
+                        "trainer)",
+                        xs.size(), xs.size() == 1 ? "" : "s", trainers));
       }
       if (h.how == "grid") {
         has_grid = true;
@@ -1506,20 +1507,20 @@ std::string to_toml(const Deck& d) {
         toml_string(c.restart));
   }
   if (d.population.enabled) {
-    const PopulationConfig& p = d.population;
+    const PopulationConfig& pop = d.population;
     o += fmt::format(
         "\n[population]\nalgorithm = {}\nevery = {}\ntimeout = {}\nvalidation = {}\n"
         "average_every = {}\ncombine = {}\nfraction = {}\nperturb = [{}]\nseed = {}\n",
-        toml_string(p.algorithm), p.every, real(p.timeout), toml_string(p.validation),
-        p.average_every, toml_string(p.combine), real(p.fraction), fmt::join(p.perturb, ", "),
-        p.seed);
-    if (!p.hyper.empty()) {
+        toml_string(pop.algorithm), pop.every, real(pop.timeout), toml_string(pop.validation),
+        pop.average_every, toml_string(pop.combine), real(pop.fraction), fmt::join(pop.perturb, ", "),
+        pop.seed);
+    if (!pop.hyper.empty()) {
       o += "\n[population.hyper]\n";
     }
-    for (const HyperSpec& h : p.hyper) {
+    for (const HyperSpec& h : pop.hyper) {
       std::vector<std::string> xs;
-      for (double x : h.how == "values" || h.how == "grid" ? h.values
-                                                            : std::vector<double>{h.low, h.high}) {
+      for (double x :
+           h.how == "values" || h.how == "grid" ? h.values : std::vector<double>{h.low, h.high}) {
         xs.push_back(real(x));
       }
       o += fmt::format("{} = {{ {} = [{}] }}\n", toml_string(h.key), h.how, fmt::join(xs, ", "));

@@ -103,10 +103,7 @@ class Population {
         m_console(console),
         m_channel(world),
         m_path(base.run.output + "/population.jsonl") {
-    MPI_Comm across = MPI_COMM_NULL;
-    MPI_Comm_split(world, m_t.grid().trainer().rank(), m_k, &across);
-    m_across = std::make_unique<comm::MpiCommunicator>(across, "trainers");
-    MPI_Comm_free(&across);
+    m_across = comm::MpiCommunicator::split(world, m_t.grid().trainer().rank(), m_k, "trainers");
     for (const deck::HyperSpec& h : m_pop.hyper) {
       m_hyper.push_back(deck::hyper_value(m_pop, h, m_k, m_trainers));
       if (h.integer) {
@@ -141,7 +138,8 @@ class Population {
     std::string line;
     const std::string me = fmt::format("\"trainer\": {},", m_k);
     while (std::getline(in, line)) {
-      if (line.find("\"kind\": \"state\"") == std::string::npos || line.find(me) == std::string::npos) {
+      if (line.find("\"kind\": \"state\"") == std::string::npos ||
+          line.find(me) == std::string::npos) {
         continue;
       }
       const size_t v = line.find("\"values\": [");
@@ -186,11 +184,13 @@ class Population {
     for (double x : m_hyper) {
       values.push_back(fmt::format("{:.17g}", x));
     }
-    append_line(m_path,
-                fmt::format(R"({{"kind": "state", "trainer": {}, "step": {}, "values": [{}], "best": {}, "lineage": [{}]}})",
-                            m_k, step, fmt::join(values, ", "),
-                            std::isfinite(m_best) ? fmt::format("{:.9g}", m_best) : "null",
-                            fmt::join(lineage, ", ")));
+    append_line(
+        m_path,
+        fmt::format(
+            R"({{"kind": "state", "trainer": {}, "step": {}, "values": [{}], "best": {}, "lineage": [{}]}})",
+            m_k, step, fmt::join(values, ", "),
+            std::isfinite(m_best) ? fmt::format("{:.9g}", m_best) : "null",
+            fmt::join(lineage, ", ")));
   }
 
   std::string hyper_text() const { return hyper_text(m_hyper); }
@@ -279,8 +279,7 @@ class Population {
       m_best = std::isfinite(m_best) ? std::max(m_best, v) : v;
     }
     std::string combined;
-    if (m_pop.combine != "none" && !stopped &&
-        std::count(failed.begin(), failed.end(), 0) > 0) {
+    if (m_pop.combine != "none" && !stopped && std::count(failed.begin(), failed.end(), 0) > 0) {
       combined = combine(final_test, failed);
     }
     if (!summary.stopped && failure.empty()) {
@@ -289,14 +288,13 @@ class Population {
     // The leaderboard: every trainer leader's line, gathered over the world.
     std::string mine;
     if (leader()) {
-      mine = fmt::format(
-          "{}\t{}\t{}\t{}\t{}\t{}", m_k, hyper_text(),
-          std::isfinite(m_best) ? score_text(m_base, m_best) : std::string("-"),
-          !failure.empty()           ? "failed: " + failure
-          : std::isfinite(final_test) ? score_text(m_base, final_test)
-                                      : std::string("-"),
-          m_lineage.empty() ? std::string("own weights") : join(m_lineage, "; "),
-          m_missed.empty() ? std::string("-") : join(m_missed, "; "));
+      mine = fmt::format("{}\t{}\t{}\t{}\t{}\t{}", m_k, hyper_text(),
+                         std::isfinite(m_best) ? score_text(m_base, m_best) : std::string("-"),
+                         !failure.empty()            ? "failed: " + failure
+                         : std::isfinite(final_test) ? score_text(m_base, final_test)
+                                                     : std::string("-"),
+                         m_lineage.empty() ? std::string("own weights") : join(m_lineage, "; "),
+                         m_missed.empty() ? std::string("-") : join(m_missed, "; "));
     }
     const std::vector<std::string> rows = parallel::allgather_text(world, mine);
     if (world.rank() != 0) {
@@ -318,10 +316,12 @@ class Population {
         cells.push_back(c);
       }
       table += "  " + fmt::format("{}", fmt::join(cells, " | ")) + "\n";
-      append_line(m_path,
-                  fmt::format(R"({{"kind": "leaderboard", "trainer": {}, "hyper": {}, "best": {}, "test": {}, "lineage": {}, "missed": {}}})",
-                              cells.at(0), toml_quoted(cells.at(1)), toml_quoted(cells.at(2)),
-                              toml_quoted(cells.at(3)), toml_quoted(cells.at(4)), toml_quoted(cells.at(5))));
+      append_line(
+          m_path,
+          fmt::format(
+              R"({{"kind": "leaderboard", "trainer": {}, "hyper": {}, "best": {}, "test": {}, "lineage": {}, "missed": {}}})",
+              cells.at(0), toml_quoted(cells.at(1)), toml_quoted(cells.at(2)),
+              toml_quoted(cells.at(3)), toml_quoted(cells.at(4)), toml_quoted(cells.at(5))));
     }
     m_console.info(table + combined);
   }
@@ -381,9 +381,8 @@ class Population {
       hyper.push_back(m_pop.hyper[i].key + "=" + deck::hyper_text(m_pop.hyper[i], m_hyper[i]));
     }
     deck::Deck d;
-    comm::agree(m_t.grid().trainer(), [&] {
-      d = trainer_deck(m_text, m_file, m_overrides, m_base, m_k, hyper);
-    });
+    comm::agree(m_t.grid().trainer(),
+                [&] { d = trainer_deck(m_text, m_file, m_overrides, m_base, m_k, hyper); });
     m_t.retune(d);
   }
 
@@ -399,7 +398,8 @@ class Population {
     // Pairs from a permutation every trainer draws alike from (population.seed, round).
     std::vector<int> order(static_cast<size_t>(m_trainers));
     std::iota(order.begin(), order.end(), 0);
-    const rng::CounterRng gen(m_pop.seed, rng::hash_name("ltfb") + static_cast<std::uint64_t>(round));
+    const rng::CounterRng gen(m_pop.seed,
+                              rng::hash_name("ltfb") + static_cast<std::uint64_t>(round));
     for (size_t i = order.size() - 1; i > 0; --i) {
       const rng::Philox4x32 r = gen.bits(i);
       std::swap(order[i], order[r.v[0] % (i + 1)]);
@@ -413,9 +413,9 @@ class Population {
     const double own = m_failed ? -kInf : score_slice();
     std::vector<char> mine = pack();
     std::vector<char> theirs(mine.size());
-    const bool ok = all(m_channel.exchange(counterpart(partner), mine.data(), mine.size(),
-                                           counterpart(partner), theirs.data(), theirs.size(),
-                                           tag(round, 1), wait_s()));
+    const bool ok =
+        all(m_channel.exchange(counterpart(partner), mine.data(), mine.size(), counterpart(partner),
+                               theirs.data(), theirs.size(), tag(round, 1), wait_s()));
     if (!ok) {
       missed(step, partner, "tournament");
       return;
@@ -431,10 +431,10 @@ class Population {
                                       score_text(m_base, own)));
       m_hyper = hyper;
       retune();
-      say(fmt::format("ltfb step {}: trainer {}'s model scores {} against this one's {}: taken, "
-                      "with {}",
-                      step, partner, score_text(m_base, other), score_text(m_base, own),
-                      hyper_text()));
+      say(fmt::format(
+          "ltfb step {}: trainer {}'s model scores {} against this one's {}: taken, "
+          "with {}",
+          step, partner, score_text(m_base, other), score_text(m_base, own), hyper_text()));
     } else {
       (void)unpack(mine);
       say(fmt::format("ltfb step {}: kept this model ({} against trainer {}'s {})", step,
@@ -457,8 +457,8 @@ class Population {
           continue;
         }
         double theirs = 0.0;
-        if (m_channel.exchange(leader_of(j), &own, sizeof own, leader_of(j), &theirs,
-                               sizeof theirs, tag(round, 2), wait_s())) {
+        if (m_channel.exchange(leader_of(j), &own, sizeof own, leader_of(j), &theirs, sizeof theirs,
+                               tag(round, 2), wait_s())) {
           scores[static_cast<size_t>(j)] = theirs;
         } else {
           missed(step, j, "score exchange");
@@ -481,7 +481,8 @@ class Population {
     if (ranked.size() < 2) {
       return;
     }
-    const auto at = static_cast<size_t>(std::find(ranked.begin(), ranked.end(), m_k) - ranked.begin());
+    const auto at =
+        static_cast<size_t>(std::find(ranked.begin(), ranked.end(), m_k) - ranked.begin());
     if (at < n) {  // a donor: to the trainer as far from the bottom as this one is from the top
       const int to = ranked[ranked.size() - n + at];
       std::vector<char> mine = pack();
@@ -537,12 +538,15 @@ class Population {
   void missed(std::int64_t step, int partner, const char* what) {
     m_missed.push_back(fmt::format("step {}: trainer {}", step, partner));
     if (leader()) {
-      m_out.warning(fmt::format("population step {}: trainer {} did not answer within {} s "
-                                "({}): skipped",
-                                step, partner, m_pop.timeout, what));
-      append_line(m_path,
-                  fmt::format(R"({{"kind": "missed", "trainer": {}, "partner": {}, "step": {}, "what": "{}", "timeout": {}}})",
-                              m_k, partner, step, what, m_pop.timeout));
+      m_out.warning(
+          fmt::format("population step {}: trainer {} did not answer within {} s "
+                      "({}): skipped",
+                      step, partner, m_pop.timeout, what));
+      append_line(
+          m_path,
+          fmt::format(
+              R"({{"kind": "missed", "trainer": {}, "partner": {}, "step": {}, "what": "{}", "timeout": {}}})",
+              m_k, partner, step, what, m_pop.timeout));
     }
   }
 
@@ -571,7 +575,8 @@ class Population {
   }
 
   // Loads into every trainer the average of the final models of the trainers in `members`.
-  void load_average(const std::vector<std::vector<float>>& finals, const std::vector<int>& members) {
+  void load_average(const std::vector<std::vector<float>>& finals,
+                    const std::vector<int>& members) {
     std::vector<Tensor> tensors = m_t.state_tensors(false);
     const bool in = std::find(members.begin(), members.end(), m_k) != members.end();
     for (size_t i = 0; i < tensors.size(); ++i) {
@@ -639,7 +644,8 @@ class Population {
       how = "greedy soup";
     }
     load_average(finals, members);
-    std::string lines = fmt::format("combined ({}) of trainers [{}]", how, fmt::join(members, ", "));
+    std::string lines =
+        fmt::format("combined ({}) of trainers [{}]", how, fmt::join(members, ", "));
     if (!m_pop.validation.empty()) {
       lines += ": validation " + score_text(m_base, shared_score(m_pop.validation));
     }
@@ -654,13 +660,15 @@ class Population {
     }
     if (!m_base.data.test.empty()) {
       const double s = shared_score(m_base.data.test);
-      lines += fmt::format(", test {} (its ingredients' mean: {}; all trainers' mean: {})",
-                           score_text(m_base, s), score_text(m_base, mean),
-                           score_text(m_base, all));
+      lines +=
+          fmt::format(", test {} (its ingredients' mean: {}; all trainers' mean: {})",
+                      score_text(m_base, s), score_text(m_base, mean), score_text(m_base, all));
       if (leader() && m_k == 0) {
-        append_line(m_path,
-                    fmt::format(R"({{"kind": "combined", "how": "{}", "members": [{}], "test": {:.9g}, "ingredients_mean_test": {:.9g}, "trainers_mean_test": {:.9g}}})",
-                                how, fmt::join(members, ", "), s, mean, all));
+        append_line(
+            m_path,
+            fmt::format(
+                R"({{"kind": "combined", "how": "{}", "members": [{}], "test": {:.9g}, "ingredients_mean_test": {:.9g}, "trainers_mean_test": {:.9g}}})",
+                how, fmt::join(members, ", "), s, mean, all));
       }
     }
     if (m_k == 0) {
@@ -797,10 +805,10 @@ int run_population(const std::string& text, const std::string& file,
     });
     world.broadcast(comm::Buffer(&resume, 1), {0})->wait();
     std::vector<std::string> restart{
-        resume < 0 ? std::string("checkpoint.restart=\"\"")
-                   : "checkpoint.restart=" +
-                         toml_quoted(decks[static_cast<size_t>(k)].checkpoint.dir + "/" +
-                                io::checkpoint_file_name(resume))};
+        resume < 0
+            ? std::string("checkpoint.restart=\"\"")
+            : "checkpoint.restart=" + toml_quoted(decks[static_cast<size_t>(k)].checkpoint.dir +
+                                                  "/" + io::checkpoint_file_name(resume))};
     comm::agree(world, [&] {
       std::vector<std::string> all = overrides;
       all.push_back(restart[0]);
@@ -834,15 +842,14 @@ int run_population(const std::string& text, const std::string& file,
     }
   }
   if (world.rank() == 0) {
-    console.info(fmt::format("population: {} trainers of {} rank{} each, {}{}{}", trainers, per,
-                             per == 1 ? "" : "s", base.population.algorithm,
-                             base.population.every > 0
-                                 ? fmt::format(" every {} steps", base.population.every)
-                                 : std::string(),
-                             base.population.average_every > 0
-                                 ? fmt::format(", averaged every {} steps",
-                                               base.population.average_every)
-                                 : std::string()));
+    console.info(fmt::format(
+        "population: {} trainers of {} rank{} each, {}{}{}", trainers, per, per == 1 ? "" : "s",
+        base.population.algorithm,
+        base.population.every > 0 ? fmt::format(" every {} steps", base.population.every)
+                                  : std::string(),
+        base.population.average_every > 0
+            ? fmt::format(", averaged every {} steps", base.population.average_every)
+            : std::string()));
   }
   if (trainer->grid().trainer().rank() == 0) {
     out.info(fmt::format("hyper-parameters: {}, seed {}", pop.hyper_text(),
@@ -865,7 +872,8 @@ int run_population(const std::string& text, const std::string& file,
     failure = e.what();
     error = e;
     if (trainer->grid().trainer().rank() == 0) {
-      out.warning(fmt::format("error: {}; this trainer stops training, the others go on", e.what()));
+      out.warning(
+          fmt::format("error: {}; this trainer stops training, the others go on", e.what()));
     }
     pop.serve_after_failure(total);
   }

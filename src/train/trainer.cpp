@@ -583,11 +583,11 @@ void check_batch(const deck::Deck& d, const comm::GridSpec& spec) {
 
 comm::GridSpec resolve_grid(const deck::Deck& d, int world_size) {
   if (d.parallel.trainers > world_size) {
-    throw input_error(fmt::format("parallel.trainers = {}: a population of {} trainers needs {} "
-                                  "ranks at least (one per trainer), but the job has {}",
-                                  d.parallel.trainers, d.parallel.trainers, d.parallel.trainers,
-                                  world_size),
-                      d.where("parallel.trainers"));
+    throw input_error(
+        fmt::format("parallel.trainers = {}: a population of {} trainers needs {} "
+                    "ranks at least (one per trainer), but the job has {}",
+                    d.parallel.trainers, d.parallel.trainers, d.parallel.trainers, world_size),
+        d.where("parallel.trainers"));
   }
   comm::GridSpec spec;
   try {
@@ -1314,7 +1314,8 @@ RunSummary Trainer::run() {
   std::int64_t step = m_start_step;
   std::int64_t saved_at = -1;
   if (ck.enabled && ck.at_start && step == 0 && m_total_steps > 0) {
-    save(0, "checkpoint.at_start", ck.dir, ck.keep);  // the initial weights, for post-processing and oracles
+    save(0, "checkpoint.at_start", ck.dir,
+         ck.keep);  // the initial weights, for post-processing and oracles
     since_save.restart();
     window_clock.restart();
   }
@@ -1355,10 +1356,11 @@ RunSummary Trainer::run() {
     const bool periodic = ck.enabled && ck.every_steps > 0 && (step + 1) % ck.every_steps == 0;
     if (ck.enabled && (periodic || agreed.save_due || agreed.signal != 0 || (last && ck.at_end))) {
       const Stopwatch save_clock;
-      save(step + 1, agreed.signal != 0 ? signals::name(agreed.signal)
-                     : periodic         ? "checkpoint.every_steps"
-                     : agreed.save_due  ? "checkpoint.every_seconds"
-                                        : "end of run",
+      save(step + 1,
+           agreed.signal != 0 ? signals::name(agreed.signal)
+           : periodic         ? "checkpoint.every_steps"
+           : agreed.save_due  ? "checkpoint.every_seconds"
+                              : "end of run",
            ck.dir, ck.keep);
       saved_at = step + 1;
       since_save.restart();

@@ -44,9 +44,10 @@ std::string value_of(const std::vector<std::string>& overrides, const std::strin
 
 TEST(PopulationDeck, ValuesGridsAndSeeds) {
   const tessera::deck::Deck d = tessera::deck::parse(
-      deck_text(4, "[population.hyper]\n\"optimizer.lr\" = { grid = [0.01, 0.1] }\n"
-                   "\"optimizer.momentum\" = { grid = [0.5, 0.9] }\n"
-                   "\"run.log_every\" = { values = [1, 2, 3, 4] }\n"),
+      deck_text(4,
+                "[population.hyper]\n\"optimizer.lr\" = { grid = [0.01, 0.1] }\n"
+                "\"optimizer.momentum\" = { grid = [0.5, 0.9] }\n"
+                "\"run.log_every\" = { values = [1, 2, 3, 4] }\n"),
       "pop.toml");
   const double lr[] = {0.01, 0.01, 0.1, 0.1};  // the first grid key varies slowest
   const double momentum[] = {0.5, 0.9, 0.5, 0.9};
@@ -67,11 +68,12 @@ TEST(PopulationDeck, LatinHypercubeDrawsCoverTheRange) {
   // Each trainer draws within its own part of the range: for K trainers, every part is taken
   // once, for each key; the draws are the same on every rank and parse back exactly.
   for (int trainers : {2, 4, 7}) {
-    const tessera::deck::Deck d = tessera::deck::parse(
-        deck_text(trainers, "seed = 9\n[population.hyper]\n"
-                            "\"optimizer.lr\" = { log_uniform = [1e-3, 1.0] }\n"
-                            "\"optimizer.momentum\" = { uniform = [0.2, 0.6] }\n"),
-        "pop.toml");
+    const tessera::deck::Deck d =
+        tessera::deck::parse(deck_text(trainers,
+                                       "seed = 9\n[population.hyper]\n"
+                                       "\"optimizer.lr\" = { log_uniform = [1e-3, 1.0] }\n"
+                                       "\"optimizer.momentum\" = { uniform = [0.2, 0.6] }\n"),
+                             "pop.toml");
     std::set<int> lr_parts;
     std::set<int> momentum_parts;
     for (int k = 0; k < trainers; ++k) {
@@ -122,10 +124,11 @@ TEST(PopulationDeck, BadInputIsNamed) {
   expect_error("[population.hyper]\n\"parallel.data\" = { values = [1, 2] }\n",
                "pop.toml:19: population.hyper.parallel.data: parallel.data cannot vary: every "
                "trainer has the same grid and length");
-  expect_error("algorithm = \"pbt\"\nevery = 5\nvalidation = \"v.h5:/validation\"\n"
-               "[population.hyper]\n\"data.batch\" = { values = [4, 8] }\n",
-               "pop.toml:22: population.hyper.data.batch: with population.algorithm = \"pbt\" "
-               "only optimizer keys can vary (they travel with the weights)");
+  expect_error(
+      "algorithm = \"pbt\"\nevery = 5\nvalidation = \"v.h5:/validation\"\n"
+      "[population.hyper]\n\"data.batch\" = { values = [4, 8] }\n",
+      "pop.toml:22: population.hyper.data.batch: with population.algorithm = \"pbt\" "
+      "only optimizer keys can vary (they travel with the weights)");
   expect_error("algorithm = \"ltfb\"\nvalidation = \"v.h5:/validation\"\n",
                "pop.toml:18: population.algorithm = \"ltfb\" needs population.every, the steps "
                "between tournaments");

@@ -120,8 +120,7 @@ void import_fashion_mnist(const ImportOptions& o) {
       const std::uint32_t keep = images - o.validation;
       const size_t per = 28 * 28;
       validation.x.dims = {o.validation, 28, 28};
-      validation.x.values.assign(splits[0].x.values.begin() + keep * per,
-                                 splits[0].x.values.end());
+      validation.x.values.assign(splits[0].x.values.begin() + keep * per, splits[0].x.values.end());
       validation.y.dims = {o.validation};
       validation.y.values.assign(splits[0].y.values.begin() + keep, splits[0].y.values.end());
       splits[0].x.dims[0] = keep;
@@ -165,8 +164,7 @@ void import_fashion_mnist(const ImportOptions& o) {
         "tessera-data: wrote %s: train %u, test %u%s samples of 1x28x28 uint8 (mean %.4f, "
         "std %.4f)\n",
         o.output.c_str(), splits[0].x.dims[0], splits[1].x.dims[0],
-        o.validation > 0 ? fmt::format(", validation {}", o.validation).c_str() : "", mean,
-        stddev);
+        o.validation > 0 ? fmt::format(", validation {}", o.validation).c_str() : "", mean, stddev);
   });
 }
 

@@ -13,7 +13,8 @@ struct ImportOptions {
   /// The last `validation` training images go to /validation instead of /train (0: none).
   std::uint32_t validation = 0;
 };
-/// Fashion-MNIST IDX files → train/test (and validation) splits. Rank 0 does the work; all ranks agree on errors.
+/// Fashion-MNIST IDX files → train/test (and validation) splits. Rank 0 does the work; all ranks
+/// agree on errors.
 void import_fashion_mnist(const ImportOptions& options);
 
 /// Text is cut into blocks of this many bytes before the blocks are dealt to train and validation.

@@ -30,9 +30,10 @@ int main(int argc, char** argv) {
     fashion->add_option("--source", io.source, "folder holding the IDX files")
         ->capture_default_str();
     fashion->add_option("--output,-o", io.output, "HDF5 file to write")->capture_default_str();
-    fashion->add_option("--validation", io.validation,
-                        "hold out the last N training images as /validation (a population's "
-                        "scoring split)")
+    fashion
+        ->add_option("--validation", io.validation,
+                     "hold out the last N training images as /validation (a population's "
+                     "scoring split)")
         ->capture_default_str();
     auto* text = import->add_subcommand(
         "text", "text files as one byte-level token stream, split into train and validation");

@@ -221,6 +221,10 @@ class MpiCommunicator final : public Communicator {
  public:
   /// Collective over `comm` (MPI_Comm_dup). `comm` stays the caller's.
   MpiCommunicator(MPI_Comm comm, std::string name);
+  /// The ranks of `comm` that pass the same `color`, ranked by `key` (MPI_Comm_split); collective
+  /// over `comm`.
+  static std::unique_ptr<MpiCommunicator> split(MPI_Comm comm, int color, int key,
+                                                std::string name);
   ~MpiCommunicator() override;
 
   const char* backend() const override { return "mpi"; }
