@@ -117,11 +117,7 @@ for ((i = 0; i < 600; ++i)); do
   grep -q "^\[t1\] hyper-parameters: " "$tmp/stop.log" 2>/dev/null && break
   sleep 0.05
 done
-victim=
-for pid in $(pgrep -f "tessera run $tmp/stop.toml"); do
-  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == tessera ]] || continue
-  tr '\0' '\n' <"/proc/$pid/environ" | grep -qx "PMI_RANK=1" && victim=$pid
-done
+victim=$(rank_pid "tessera run $tmp/stop.toml" 1)
 if [[ -z $victim ]]; then
   fail "stop: trainer 1's process not found"
 else
@@ -136,7 +132,7 @@ else
   kill -CONT "$victim"
 fi
 wait "$launcher" || fail "stop: the population ended with exit $?"
-grep -q "^  0 | .* | step 20: trainer 1$" "$tmp/stop.log" ||
+grep -q '"kind": "leaderboard", "trainer": 0, .*"missed": "step 20: trainer 1"}$' "$tmp/stop/population.jsonl" ||
   fail "stop: the leaderboard does not name the stopped trainer"
 echo "stop: the partner went on after the timeout and the report names trainer 1"
 
