@@ -47,6 +47,13 @@ std::string toml_quoted(const std::string& s) {
   return out + "\"";
 }
 
+// memcpy that takes an empty range (no hyper-parameters: a null data()) as nothing to do.
+void copy_bytes(void* to, const void* from, size_t bytes) {
+  if (bytes > 0) {
+    std::memcpy(to, from, bytes);
+  }
+}
+
 std::string trainer_folder(const std::string& folder, int trainer) {
   return fmt::format("{}/trainer-{}", folder, trainer);
 }
@@ -352,10 +359,10 @@ class Population {
     }
     std::vector<char> out(bytes);
     char* p = out.data();
-    std::memcpy(p, m_hyper.data(), m_hyper.size() * sizeof(double));
+    copy_bytes(p, m_hyper.data(), m_hyper.size() * sizeof(double));
     p += m_hyper.size() * sizeof(double);
     for (const Tensor& t : tensors) {
-      std::memcpy(p, t.data(), static_cast<size_t>(t.numel()) * sizeof(float));
+      copy_bytes(p, t.data(), static_cast<size_t>(t.numel()) * sizeof(float));
       p += t.numel() * static_cast<Index>(sizeof(float));
     }
     return out;
@@ -365,10 +372,10 @@ class Population {
     std::vector<Tensor> tensors = m_t.state_tensors();
     std::vector<double> hyper(m_hyper.size());
     const char* p = bytes.data();
-    std::memcpy(hyper.data(), p, hyper.size() * sizeof(double));
+    copy_bytes(hyper.data(), p, hyper.size() * sizeof(double));
     p += hyper.size() * sizeof(double);
     for (Tensor& t : tensors) {
-      std::memcpy(t.data(), p, static_cast<size_t>(t.numel()) * sizeof(float));
+      copy_bytes(t.data(), p, static_cast<size_t>(t.numel()) * sizeof(float));
       p += t.numel() * static_cast<Index>(sizeof(float));
     }
     return hyper;
@@ -581,7 +588,7 @@ class Population {
     const bool in = std::find(members.begin(), members.end(), m_k) != members.end();
     for (size_t i = 0; i < tensors.size(); ++i) {
       Tensor& t = tensors[i];
-      std::memcpy(t.data(), finals[i].data(), finals[i].size() * sizeof(float));
+      copy_bytes(t.data(), finals[i].data(), finals[i].size() * sizeof(float));
       float* x = t.data();
       if (!in) {
         std::fill(x, x + t.numel(), 0.0F);
