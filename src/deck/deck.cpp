@@ -905,10 +905,10 @@ void parse_population(Section& s, Deck& d, const Source& src) {
   const int trainers = d.parallel.trainers;
   p.algorithm = s.choice("algorithm", std::string("independent"), {"independent", "ltfb", "pbt"});
   const bool tournament = p.algorithm != "independent";
-  p.every = s.integer("every", 0, 1);
+  p.every = s.integer("every", 0, 0);
   p.timeout = s.number("timeout", 60.0, 0.0, 1e7, true);
   p.validation = s.string("validation", std::string());
-  p.average_every = s.integer("average_every", 0, 1);
+  p.average_every = s.integer("average_every", 0, 0);
   p.combine = s.choice("combine", std::string("none"), {"none", "average", "soup"});
   p.fraction = s.number("fraction", 0.25, 0.0, 0.5, true);
   p.seed = static_cast<std::uint64_t>(s.integer("seed", static_cast<std::int64_t>(d.run.seed), 0));
