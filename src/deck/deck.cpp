@@ -1251,6 +1251,13 @@ Deck parse(const std::string& text, const std::string& file,
   if (d.checkpoint.dir.empty()) {
     throw ck.error("dir", ck.find("dir"), "checkpoint.dir must not be empty");
   }
+  if (d.parallel.trainers > 1 && !d.checkpoint.restart.empty() && d.checkpoint.restart != "auto") {
+    throw ck.error("restart", ck.find("restart"),
+                   fmt::format("checkpoint.restart = \"{}\": a population restarts with \"auto\" "
+                               "(each trainer from its own folder, all at the newest step every "
+                               "trainer saved)",
+                               d.checkpoint.restart));
+  }
   ck.finish();
   Section pop = top.table("population");
   d.population.enabled = top.has("population");
@@ -1512,8 +1519,8 @@ std::string to_toml(const Deck& d) {
         "\n[population]\nalgorithm = {}\nevery = {}\ntimeout = {}\nvalidation = {}\n"
         "average_every = {}\ncombine = {}\nfraction = {}\nperturb = [{}]\nseed = {}\n",
         toml_string(pop.algorithm), pop.every, real(pop.timeout), toml_string(pop.validation),
-        pop.average_every, toml_string(pop.combine), real(pop.fraction), fmt::join(pop.perturb, ", "),
-        pop.seed);
+        pop.average_every, toml_string(pop.combine), real(pop.fraction),
+        fmt::join(pop.perturb, ", "), pop.seed);
     if (!pop.hyper.empty()) {
       o += "\n[population.hyper]\n";
     }

@@ -778,17 +778,7 @@ int run_population(const std::string& text, const std::string& file,
   const int trainers = base.parallel.trainers;
   // The population against the job first (one message on every rank), then every trainer's deck
   // (every rank checks all of them: a trainer's bad value stops the whole job at once).
-  comm::agree(world, [&] {
-    (void)resolve_grid(base, world.size());
-    const std::string& restart = base.checkpoint.restart;
-    if (base.checkpoint.enabled && !restart.empty() && restart != "auto") {
-      throw input_error(fmt::format("checkpoint.restart = \"{}\": a population restarts with "
-                                    "\"auto\" (each trainer from its own folder, all at the "
-                                    "newest step every trainer saved)",
-                                    restart),
-                        base.where("checkpoint.restart"));
-    }
-  });
+  comm::agree(world, [&] { (void)resolve_grid(base, world.size()); });
   std::vector<deck::Deck> decks(static_cast<size_t>(trainers));
   comm::agree(world, [&] {
     for (int k = 0; k < trainers; ++k) {
@@ -811,16 +801,9 @@ int run_population(const std::string& text, const std::string& file,
       }
     });
     world.broadcast(comm::Buffer(&resume, 1), {0})->wait();
-    std::vector<std::string> restart{
-        resume < 0
-            ? std::string("checkpoint.restart=\"\"")
-            : "checkpoint.restart=" + toml_quoted(decks[static_cast<size_t>(k)].checkpoint.dir +
-                                                  "/" + io::checkpoint_file_name(resume))};
-    comm::agree(world, [&] {
-      std::vector<std::string> all = overrides;
-      all.push_back(restart[0]);
-      decks[static_cast<size_t>(k)] = trainer_deck(text, file, all, base, k);
-    });
+    // Set on the parsed deck: a deck's text may not name a file for a population.
+    deck::CheckpointConfig& c = decks[static_cast<size_t>(k)].checkpoint;
+    c.restart = resume < 0 ? std::string() : c.dir + "/" + io::checkpoint_file_name(resume);
   }
   comm::agree(world, [&] {
     if (world.rank() == 0) {
