@@ -131,22 +131,26 @@ class Population {
     }
   }
 
-  const std::vector<double>& hyper() const { return m_hyper; }
-  const std::vector<std::string>& lineage() const { return m_lineage; }
-  const std::vector<std::string>& missed() const { return m_missed; }
-  double best() const { return m_best; }
-  int rounds() const { return m_rounds; }
-  int averages() const { return m_averages; }
-
-  // Where a restarted population stands: this trainer's hyper-parameters and lineage at `step`,
-  // from population.jsonl (records after `step` were dropped by the restart).
-  void resume(std::int64_t step) {
+  // Where a restarted population stands: this trainer's hyper-parameters, lineage, best score
+  // and missed exchanges, from population.jsonl (the restart dropped the records after its step).
+  void resume() {
     std::ifstream in(m_path);
     std::string line;
     const std::string me = fmt::format("\"trainer\": {},", m_k);
     while (std::getline(in, line)) {
-      if (line.find("\"kind\": \"state\"") == std::string::npos ||
-          line.find(me) == std::string::npos) {
+      if (line.find(me) == std::string::npos) {
+        continue;
+      }
+      if (line.find("\"kind\": \"missed\"") != std::string::npos) {
+        const size_t p = line.find("\"partner\": ");
+        const size_t t = line.find("\"step\": ");
+        if (p != std::string::npos && t != std::string::npos) {
+          m_missed.push_back(fmt::format("step {}: trainer {}", std::stoll(line.substr(t + 8)),
+                                         std::stoi(line.substr(p + 11))));
+        }
+        continue;
+      }
+      if (line.find("\"kind\": \"state\"") == std::string::npos) {
         continue;
       }
       const size_t v = line.find("\"values\": [");
@@ -175,7 +179,6 @@ class Population {
       }
     }
     retune();
-    (void)step;
   }
 
   // Records this trainer's state (hyper-parameters, lineage, best score) at `step`.
@@ -216,7 +219,6 @@ class Population {
     }
     if (m_pop.every > 0 && step % m_pop.every == 0 && step < total) {
       const std::int64_t round = step / m_pop.every;
-      ++m_rounds;
       if (m_pop.algorithm == "ltfb") {
         ltfb(step, round);
       } else if (m_pop.algorithm == "pbt") {
@@ -249,7 +251,6 @@ class Population {
         x[i] *= inv;
       }
     }
-    ++m_averages;
   }
 
   // After this trainer failed at the step after the last one seen: it takes part in the rest of
@@ -704,8 +705,6 @@ class Population {
   std::vector<std::string> m_lineage;
   std::vector<std::string> m_missed;
   double m_best = std::nan("");
-  int m_rounds = 0;
-  int m_averages = 0;
   bool m_failed = false;         // serve_after_failure
   std::int64_t m_last_step = 0;  // the last step on_step saw
 };
@@ -824,7 +823,7 @@ int run_population(const std::string& text, const std::string& file,
   Population pop(text, file, overrides, base, k, per, world_comm, *trainer, out, console);
   pop.set_start(trainer->start_step());
   if (trainer->start_step() > 0) {
-    pop.resume(trainer->start_step());
+    pop.resume();
   } else {
     pop.record_state(0);
     if (base.population.average_every > 0) {
