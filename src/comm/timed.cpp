@@ -12,7 +12,6 @@ namespace tessera::comm {
 TimedChannel::TimedChannel(MPI_Comm comm) {
   MPI_Comm_dup(comm, &m_comm);
   MPI_Comm_set_errhandler(m_comm, MPI_ERRORS_RETURN);
-  MPI_Comm_rank(m_comm, &m_rank);
   MPI_Comm_size(m_comm, &m_size);
 }
 

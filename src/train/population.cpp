@@ -12,8 +12,11 @@
 #include "tessera/io/checkpoint_format.hpp"
 #include "tessera/io/dataset.hpp"
 #include "tessera/io/hdf5.hpp"
+#include "tessera/nn/factory.hpp"
 #include "tessera/parallel/registry.hpp"
 #include "tessera/train/trainer.hpp"
+
+#include "records.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -35,17 +38,6 @@ namespace tessera::train {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-std::string toml_quoted(const std::string& s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-    }
-    out += c;
-  }
-  return out + "\"";
-}
 
 // memcpy that takes an empty range (no hyper-parameters: a null data()) as nothing to do.
 void copy_bytes(void* to, const void* from, size_t bytes) {
@@ -83,12 +75,7 @@ std::string score_text(const deck::Deck& d, double score) {
 
 // Appends one JSON line (one write: lines of several trainers never interleave).
 void append_line(const std::string& path, const std::string& line) {
-  std::ofstream out(path, std::ios::app);
-  out << line + "\n";
-  out.flush();
-  if (!out) {
-    throw write_error(fmt::format("{}: cannot append to it", path));
-  }
+  write_text(path, line + "\n", std::ios::app);
 }
 
 // The population as one trainer sees it: its hyper-parameters, lineage and exchanges.
@@ -188,7 +175,7 @@ class Population {
     }
     std::vector<std::string> lineage;
     for (const std::string& l : m_lineage) {
-      lineage.push_back(toml_quoted(l));
+      lineage.push_back(json_string(l));
     }
     std::vector<std::string> values;
     for (double x : m_hyper) {
@@ -328,8 +315,8 @@ class Population {
           m_path,
           fmt::format(
               R"({{"kind": "leaderboard", "trainer": {}, "hyper": {}, "best": {}, "test": {}, "lineage": {}, "missed": {}}})",
-              cells.at(0), toml_quoted(cells.at(1)), toml_quoted(cells.at(2)),
-              toml_quoted(cells.at(3)), toml_quoted(cells.at(4)), toml_quoted(cells.at(5))));
+              cells.at(0), json_string(cells.at(1)), json_string(cells.at(2)),
+              json_string(cells.at(3)), json_string(cells.at(4)), json_string(cells.at(5))));
     }
     m_console.info(table + combined);
   }
@@ -567,10 +554,12 @@ class Population {
   // The score of the model every trainer holds now (the same on all), on the whole split `spec`:
   // each trainer scores its slice and the slices are summed.
   double shared_score(const std::string& spec) {
-    const auto [file, split] = io::split_file_spec(spec);
-    Index samples = 0;
-    comm::agree(m_t.grid().trainer(), [&] { samples = io::inspect_split(file, split).samples; });
-    const Range slice = block_range(samples, m_trainers, m_k);
+    if (m_samples.count(spec) == 0) {  // the greedy soup scores many candidates on one split
+      const auto [file, split] = io::split_file_spec(spec);
+      comm::agree(m_t.grid().trainer(),
+                  [&] { m_samples[spec] = io::inspect_split(file, split).samples; });
+    }
+    const Range slice = block_range(m_samples[spec], m_trainers, m_k);
     const Evaluation e = m_t.evaluate(spec, slice);
     std::vector<double> sums{e.metric * static_cast<double>(e.samples),
                              e.loss * static_cast<double>(e.samples),
@@ -701,6 +690,7 @@ class Population {
   std::unique_ptr<comm::MpiCommunicator> m_across;  // this rank's counterparts in every trainer
   const std::string m_path;
   Index m_validation_samples = 0;
+  std::map<std::string, Index> m_samples;  // shared_score: samples of each split scored
   std::vector<double> m_hyper;
   std::vector<std::string> m_lineage;
   std::vector<std::string> m_missed;
@@ -763,9 +753,11 @@ deck::Deck trainer_deck(const std::string& text, const std::string& file,
   for (const std::string& o : hyper) {
     all.push_back(o);
   }
-  all.push_back("run.output=" + toml_quoted(trainer_folder(deck.run.output, trainer)));
+  all.push_back("run.output=" +
+                nn::to_toml(nn::OptionValue(trainer_folder(deck.run.output, trainer))));
   if (deck.checkpoint.enabled && deck.locations.count("checkpoint.dir") != 0) {
-    all.push_back("checkpoint.dir=" + toml_quoted(trainer_folder(deck.checkpoint.dir, trainer)));
+    all.push_back("checkpoint.dir=" +
+                  nn::to_toml(nn::OptionValue(trainer_folder(deck.checkpoint.dir, trainer))));
   }
   return deck::parse(text, file, all);
 }

@@ -1,5 +1,7 @@
 #include "tessera/train/trainer.hpp"
 
+#include "records.hpp"
+
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/comm/watchdog.hpp"
@@ -39,13 +41,19 @@ std::string rate(double samples_per_s) {
                               : fmt::format("{:.0f}", samples_per_s);
 }
 
+// The deck's optimizer keys as each optimizer's options (at the start, and when retuned).
+optim::SgdOptions sgd_options(const deck::OptimizerConfig& o) {
+  return {static_cast<float>(o.momentum), o.nesterov, static_cast<float>(o.weight_decay)};
+}
+optim::AdamWOptions adamw_options(const deck::OptimizerConfig& o) {
+  return {o.beta1, o.beta2, o.eps, o.weight_decay};
+}
+
 std::unique_ptr<optim::Optimizer> make_optimizer(const deck::OptimizerConfig& o) {
   if (o.type == deck::OptimizerKind::sgd) {
-    return std::make_unique<optim::Sgd>(optim::SgdOptions{
-        static_cast<float>(o.momentum), o.nesterov, static_cast<float>(o.weight_decay)});
+    return std::make_unique<optim::Sgd>(sgd_options(o));
   }
-  return std::make_unique<optim::AdamW>(
-      optim::AdamWOptions{o.beta1, o.beta2, o.eps, o.weight_decay});
+  return std::make_unique<optim::AdamW>(adamw_options(o));
 }
 
 comm::GridSpec grid_spec(const deck::Deck& d) {
@@ -123,42 +131,6 @@ BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Ba
     }
   }
   return r;
-}
-
-// JSON has no NaN or infinity: a diverged loss is written as null, so every line stays JSON.
-std::string json_number(double x) {
-  return std::isfinite(x) ? fmt::format("{:.6g}", x) : "null";
-}
-
-// Writes `text` to `path` (truncating or appending) and reports a failure — a full disk, a folder
-// it may not write — as a write_error naming the file and the system's reason.
-void write_text(const std::string& path, const std::string& text, std::ios::openmode mode) {
-  errno = 0;
-  std::ofstream out(path, std::ios::binary | mode);
-  if (out) {
-    out << text;
-    out.flush();
-  }
-  if (!out) {
-    throw write_error(fmt::format("cannot write {} ({})", path,
-                                  errno != 0 ? std::strerror(errno) : "an I/O error"));
-  }
-  out.close();
-  if (!out) {
-    throw write_error(fmt::format("cannot write {} ({})", path,
-                                  errno != 0 ? std::strerror(errno) : "an I/O error"));
-  }
-}
-
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-    }
-    out += c;
-  }
-  return out + "\"";
 }
 
 const char* metric_name(deck::LossKind kind) {
@@ -931,12 +903,10 @@ void Trainer::retune(const deck::Deck& deck) {
   m_deck.optimizer = deck.optimizer;
   m_deck.locations = deck.locations;
   m_schedule = run_schedule(m_deck, m_train_info.samples);
-  const deck::OptimizerConfig& o = m_deck.optimizer;
   if (auto* sgd = dynamic_cast<optim::Sgd*>(m_optimizer.get())) {
-    sgd->set_options(optim::SgdOptions{static_cast<float>(o.momentum), o.nesterov,
-                                       static_cast<float>(o.weight_decay)});
+    sgd->set_options(sgd_options(m_deck.optimizer));
   } else if (auto* adamw = dynamic_cast<optim::AdamW*>(m_optimizer.get())) {
-    adamw->set_options(optim::AdamWOptions{o.beta1, o.beta2, o.eps, o.weight_decay});
+    adamw->set_options(adamw_options(m_deck.optimizer));
   }
 }
 
@@ -1314,8 +1284,8 @@ RunSummary Trainer::run() {
   std::int64_t step = m_start_step;
   std::int64_t saved_at = -1;
   if (ck.enabled && ck.at_start && step == 0 && m_total_steps > 0) {
-    save(0, "checkpoint.at_start", ck.dir,
-         ck.keep);  // the initial weights, for post-processing and oracles
+    // The initial weights, for post-processing and oracles.
+    save(0, "checkpoint.at_start", ck.dir, ck.keep);
     since_save.restart();
     window_clock.restart();
   }

@@ -28,9 +28,6 @@ class TimedChannel {
   TimedChannel(const TimedChannel&) = delete;
   TimedChannel& operator=(const TimedChannel&) = delete;
 
-  int rank() const { return m_rank; }
-  int size() const { return m_size; }
-
   /// Sends `send_bytes` bytes at `send` to rank `to` (none when `to` < 0) and receives exactly
   /// `recv_bytes` bytes into `recv` from rank `from` (none when `from` < 0), both under `tag`
   /// (>= 0). True when both completed within `timeout_s` seconds; false when one did not, or the
@@ -50,7 +47,6 @@ class TimedChannel {
   void reap();
 
   MPI_Comm m_comm = MPI_COMM_NULL;
-  int m_rank = 0;
   int m_size = 1;
   std::list<PendingSend> m_sends;  // a list: a pending send's bytes never move
 };

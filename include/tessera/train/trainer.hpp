@@ -97,7 +97,6 @@ class Trainer {
   /// Takes `deck`'s optimizer keys (learning rate, schedule, momentum, ...) from the next step
   /// on, keeping the optimizer's state and step count: a population's new hyper-parameters.
   void retune(const deck::Deck& deck);
-  const deck::Deck& deck() const { return m_deck; }
   /// Writes the model and optimizer state as they are now as a checkpoint into `dir` (the step
   /// recorded is the run's total; a population's combined model), keeping the newest `keep`.
   void save_to(const std::string& dir, const char* why, int keep = 1);
