@@ -9,6 +9,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <mutex>
@@ -69,7 +70,12 @@ class Watchdog {
   }
 
   ~Watchdog() {
-    m_stop = true;
+    {
+      // Wakes the loop at once: a sleeping watchdog would hold every run's end up to a period.
+      std::lock_guard<std::mutex> lock(m_wake_mutex);
+      m_stop = true;
+    }
+    m_wake.notify_all();
     m_thread.join();
     int finalized = 0;
     MPI_Finalized(&finalized);
@@ -90,8 +96,13 @@ class Watchdog {
       MPI_Irecv(ask.data(), 3, MPI_INT64_T, MPI_ANY_SOURCE, kTagAsk, m_comm, &pending);
     }
     const auto period = std::chrono::duration<double>(std::clamp(m_limit / 20, 0.02, 0.5));
-    while (!m_stop) {
-      std::this_thread::sleep_for(period);
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(m_wake_mutex);
+        if (m_wake.wait_for(lock, period, [this] { return m_stop.load(); })) {
+          break;
+        }
+      }
       if (m_talk) {
         answer_asks(ask, pending);
       }
@@ -250,6 +261,8 @@ class Watchdog {
   double m_limit;
   std::atomic<bool> m_first{true};
   std::atomic<bool> m_stop{false};
+  std::mutex m_wake_mutex;
+  std::condition_variable m_wake;
   std::thread m_thread;
 };
 

@@ -2,27 +2,26 @@
 # The checkpoint-restart chain of jobs/slurm/fashion_mlp.sbatch under a real Slurm
 # (tools/slurm_local.sh), on 2 ranks, the MLP deck with 3 epochs (1407 steps):
 #
-# 1. Slurm's own warning: a batch shell with --time=1 --signal=B:USR1@60 gets SIGUSR1 from
-#    slurmctld before its time limit.
-# 2. A reference run, uninterrupted, through the same script.
-# 3. The chain: the job is signalled three times; each time tessera checkpoints and exits 75, the
+# 1. A reference run, uninterrupted, through the same script.
+# 2. The chain: the job is signalled three times; each time tessera checkpoints and exits 75, the
 #    script resubmits itself (dependency afterany on itself, the same log file appended to) and
 #    the next link resumes from `latest`; the fourth link finishes and exits 0, and nothing more is
 #    submitted. The final checkpoint equals the reference's bit for bit (tessera-ckpt diff; same
 #    deck, same rank count) and so do the final test loss and accuracy.
-# 4. The cap: with TESSERA_MAX_LINKS=1 the signalled job does not resubmit and exits 75.
-# 5. A job cancelled by hand (scancel: SIGTERM) is not resubmitted.
-# 6. A SIGUSR1 while srun is starting the step (before tessera has set its handlers) stops the
+# 3. The cap: with TESSERA_MAX_LINKS=1 the signalled job does not resubmit and exits 75.
+# 4. A job cancelled by hand (scancel: SIGTERM) is not resubmitted.
+# 5. A SIGUSR1 while srun is starting the step (before tessera has set its handlers) stops the
 #    link and the chain goes on.
-# 7. Slurm's own time-limit warning, no scancel: the user's --signal (given as SBATCH_SIGNAL) is
-#    kept in every link — each is warned at the user's lead time, not the script's.
+# 6. Slurm's own time-limit warning (the signal a real chain gets), no scancel: the user's
+#    --signal (given as SBATCH_SIGNAL) is kept in every link — each is warned at the user's lead
+#    time, not the script's.
 #
 # How the signal is delivered: `scancel --batch --signal=USR1 JOB`, at moments the test chooses —
 # what --signal=B:USR1@120 makes slurmctld do before the time limit (SIGUSR1 to the batch shell
 # only). Real time limits would make this test slow and its timing random: --time counts in
 # minutes, and slurmctld sends the warning at its periodic time-limit check (every 30 s), so each
-# link would take up to a minute and stop at an unknown step. Step 1 checks the real warning once,
-# with a sleeping job. Each link is signalled once its "restart:" line is in the log: by then every
+# link would take up to a minute and stop at an unknown step. Part 6 checks the real warning, on
+# two links. Each link is signalled once its "restart:" line is in the log: by then every
 # rank has installed its signal handlers (the line follows collective calls), and the link still
 # has most of its steps ahead (at about 1000 steps/s on an idle machine, the 0.1-0.3 s until the
 # signal lands cost 100-300 of the 1407 steps per link).
@@ -35,21 +34,7 @@ script=$root/jobs/slurm/fashion_mlp.sbatch
 overrides=(run.epochs=3 run.log_every=100 run.eval_every=0)
 total=1407
 
-# --- 1. the time-limit warning from slurmctld itself -----------------------------------------
-cat >"$work/warn.sh" <<'EOF'
-#!/bin/bash
-trap 'echo "USR1 after $SECONDS s"; kill "$pid"' USR1
-sleep 90 &
-pid=$!
-wait "$pid"
-EOF
-t0=$(date +%s.%N)
-sbatch --quiet --time=1 --signal=B:USR1@60 --output="$work/warn.out" "$work/warn.sh"
-wait_for 80 "SIGUSR1 from Slurm's time-limit warning" grep -q '^USR1 after' "$work/warn.out"
-echo "--signal=B:USR1@60 with --time=1: $(cat "$work/warn.out") (seen after $(since "$t0") s)"
-wait_for 20 "end of the warned job" no_jobs_left
-
-# --- 2. the reference: one uninterrupted run -------------------------------------------------
+# --- 1. the reference: one uninterrupted run -------------------------------------------------
 t0=$(date +%s.%N)
 set +e
 run_bg timeout 600 sbatch --parsable --wait "$script" "${overrides[@]}" run.output=runs/ref \
@@ -62,7 +47,7 @@ ref_log=fashion-mlp.$jid.out
 ref_final=$(grep '^final: ' "$ref_log")
 echo "reference (job $jid, $(since "$t0") s): $ref_final"
 
-# --- 3. the chain ------------------------------------------------------------------------------
+# --- 2. the chain ------------------------------------------------------------------------------
 # The number of "restart:" lines in a log: one per link that has started training.
 restarts() {
   local n
@@ -119,7 +104,7 @@ run_bg "$bin/tessera-ckpt" diff "runs/ref/ckpt/$ckpt" "runs/chain/ckpt/$ckpt" >"
 grep -E '^verdict' "$work/diff.txt" || true
 echo "chain: 4 links, 3 resubmissions, final model equal to the uninterrupted run's"
 
-# --- 4. the cap ------------------------------------------------------------------------------
+# --- 3. the cap ------------------------------------------------------------------------------
 jid=$(sbatch --parsable --export=ALL,TESSERA_MAX_LINKS=1 "$script" "${overrides[@]}" run.output=runs/cap)
 log=fashion-mlp.$jid.out
 wait_for 300 "the capped job training" at_least_restarts "$log" 1 || fail "no restart line"
@@ -132,7 +117,7 @@ if grep -q 'resubmitted' "$log"; then fail "the capped job resubmitted"; fi
 [[ -f runs/cap/ckpt/latest ]] || fail "the capped job left no checkpoint"
 echo "cap: TESSERA_MAX_LINKS=1 stops the chain after one link (exit 75, checkpoint kept)"
 
-# --- 5. cancelled by hand --------------------------------------------------------------------
+# --- 4. cancelled by hand --------------------------------------------------------------------
 jid=$(sbatch --parsable "$script" "${overrides[@]}" run.output=runs/cancel)
 log=fashion-mlp.$jid.out
 wait_for 300 "the job to cancel training" at_least_restarts "$log" 1 || fail "no restart line"
@@ -143,7 +128,7 @@ echo "scancel: the job ended without resubmitting"
 
 cap2_line='^fashion_mlp.sbatch: link 2 is the last the cap allows \(TESSERA_MAX_LINKS=2\)'
 
-# --- 6. a signal while srun starts the step --------------------------------------------------
+# --- 5. a signal while srun starts the step --------------------------------------------------
 # SIGUSR1 as soon as the link's first line is in its log: the shell has just started srun, whose
 # tasks have not set their handlers yet. The chain goes on: the step stops at its first step
 # boundary (or dies of the signal before tessera took it, which counts as stopped), and link 2,
@@ -167,7 +152,7 @@ grep -qE "$cap2_line" "$log" || fail "link 2 did not stop at the cap"
 echo "USR1 during srun's start-up: $(grep -E '^(stopped by|fashion_mlp.sbatch: the step ended)' \
   "$log" | head -1)"
 
-# --- 7. Slurm's own time limit drives the chain, with the user's --signal in every link -------
+# --- 6. Slurm's own time limit drives the chain, with the user's --signal in every link -------
 # The user's --signal=B:USR1@40 through sbatch's environment (SBATCH_SIGNAL), --time=2: Slurm
 # sends the warning 40-100 s before the limit ("up to 60 s early"), 20-80 s after a link starts;
 # the script's own #SBATCH --signal=B:USR1@120 would send it at once. Both links must be warned by
