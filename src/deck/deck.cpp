@@ -910,6 +910,7 @@ void parse_population(Section& s, Deck& d, const Source& src) {
   p.validation = s.string("validation", std::string());
   p.average_every = s.integer("average_every", 0, 0);
   p.combine = s.choice("combine", std::string("none"), {"none", "average", "soup"});
+  p.recalibrate = s.integer("recalibrate", 0, 0);
   p.fraction = s.number("fraction", 0.25, 0.0, 0.5, true);
   p.seed = static_cast<std::uint64_t>(s.integer("seed", static_cast<std::int64_t>(d.run.seed), 0));
   if (const toml::value* v = s.find("perturb"); v != nullptr) {
@@ -942,6 +943,13 @@ void parse_population(Section& s, Deck& d, const Source& src) {
                   fmt::format("population.algorithm = \"{}\" needs population.every, the steps "
                               "between tournaments",
                               p.algorithm));
+  }
+  if (p.recalibrate > 0 && p.combine == "none") {
+    throw s.error("recalibrate", s.find("recalibrate"),
+                  fmt::format("population.recalibrate = {} re-estimates the BatchNorm statistics "
+                              "of a combined model: it needs population.combine = \"average\" or "
+                              "\"soup\"",
+                              p.recalibrate));
   }
   if ((tournament || p.combine == "soup") && p.validation.empty()) {
     const char* k = tournament ? "algorithm" : "combine";
@@ -1517,9 +1525,10 @@ std::string to_toml(const Deck& d) {
     const PopulationConfig& pop = d.population;
     o += fmt::format(
         "\n[population]\nalgorithm = {}\nevery = {}\ntimeout = {}\nvalidation = {}\n"
-        "average_every = {}\ncombine = {}\nfraction = {}\nperturb = [{}]\nseed = {}\n",
+        "average_every = {}\ncombine = {}\nrecalibrate = {}\nfraction = {}\nperturb = [{}]\n"
+        "seed = {}\n",
         toml_string(pop.algorithm), pop.every, real(pop.timeout), toml_string(pop.validation),
-        pop.average_every, toml_string(pop.combine), real(pop.fraction),
+        pop.average_every, toml_string(pop.combine), pop.recalibrate, real(pop.fraction),
         fmt::join(pop.perturb, ", "), pop.seed);
     if (!pop.hyper.empty()) {
       o += "\n[population.hyper]\n";

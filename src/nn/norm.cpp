@@ -324,7 +324,9 @@ ForwardResult BatchNormNd::forward(const Tensor& x, const ForwardOptions& option
   Tensor inv_std(name() + ".inv_std", {channels});
   const FloatView mean("BatchNorm::mean", static_cast<size_t>(channels));
   if (options.training) {
-    batch_statistics(x.view(), g, m_options.momentum, m_options.eps, m_stats, mean, inv_std.view(),
+    const float momentum =
+        options.stats_momentum >= 0.0F ? options.stats_momentum : m_options.momentum;
+    batch_statistics(x.view(), g, momentum, m_options.eps, m_stats, mean, inv_std.view(),
                      running_mean().value.view(), running_var().value.view());
   } else {
     running_statistics(running_mean().value.view(), running_var().value.view(), channels,

@@ -660,6 +660,10 @@ void DataParallel::step(optim::Optimizer& optimizer, double lr) {
       }
     }
   }
+  average_buffers();
+}
+
+void DataParallel::average_buffers() {
   // Running statistics are averaged over their partial axes (each data rank saw its own samples).
   for (const nn::Parameter* b : m_buffers) {
     comm::Communicator& axes = over(b->partial);

@@ -591,6 +591,38 @@ class Population {
     }
   }
 
+  // load_average, then (population.recalibrate) the BatchNorm statistics re-estimated for the
+  // averaged weights: what every combined model, and every candidate of the soup, is scored as.
+  // The trainers in `ok` (those that trained to the end) estimate, each on its own sample of the
+  // training split (its seed), and their estimates are averaged; a failed trainer only takes the
+  // average. Returns the training samples the statistics were re-estimated on (0: none).
+  Index load_combination(const std::vector<std::vector<float>>& finals,
+                         const std::vector<int>& members, const std::vector<int>& ok) {
+    load_average(finals, members);
+    if (m_pop.recalibrate <= 0) {
+      return 0;
+    }
+    const bool estimates = std::find(ok.begin(), ok.end(), m_k) != ok.end();
+    std::vector<double> samples{
+        estimates ? static_cast<double>(m_t.recalibrate_norms(m_pop.recalibrate)) : 0.0};
+    m_across->allreduce(comm::Buffer(samples))->wait();
+    if (samples[0] == 0.0) {
+      return 0;  // no BatchNorm in the model
+    }
+    const float inv = 1.0F / static_cast<float>(ok.size());
+    for (Tensor& t : m_t.buffer_tensors()) {
+      float* x = t.data();
+      if (!estimates) {
+        std::fill(x, x + t.numel(), 0.0F);
+      }
+      m_across->allreduce(comm::Buffer(t))->wait();
+      for (Index j = 0; j < t.numel(); ++j) {
+        x[j] *= inv;
+      }
+    }
+    return static_cast<Index>(samples[0]);
+  }
+
   // population.combine: the uniform average or the greedy soup of the final models, written to
   // run.output/combined by trainer 0 and scored on data.test. Returns the report's lines.
   // `failed`: the trainers that failed (left out).
@@ -609,7 +641,7 @@ class Population {
     std::vector<double> val(static_cast<size_t>(m_trainers), 0.0);
     for (int j = 0; j < m_trainers && !m_pop.validation.empty(); ++j) {
       if (failed[static_cast<size_t>(j)] == 0) {
-        load_average(finals, {j});
+        load_combination(finals, {j}, ok);
         val[static_cast<size_t>(j)] = shared_score(m_pop.validation);
       }
     }
@@ -631,7 +663,7 @@ class Population {
       for (size_t i = 1; i < order.size(); ++i) {
         std::vector<int> candidate = members;
         candidate.push_back(order[i]);
-        load_average(finals, candidate);
+        load_combination(finals, candidate, ok);
         const double s = shared_score(m_pop.validation);
         if (s >= best) {
           members = candidate;
@@ -640,9 +672,13 @@ class Population {
       }
       how = "greedy soup";
     }
-    load_average(finals, members);
+    const Index recalibrated = load_combination(finals, members, ok);
     std::string lines =
         fmt::format("combined ({}) of trainers [{}]", how, fmt::join(members, ", "));
+    if (recalibrated > 0) {
+      lines +=
+          fmt::format(" (BatchNorm statistics re-estimated on {} training samples)", recalibrated);
+    }
     if (!m_pop.validation.empty()) {
       lines += ": validation " + score_text(m_base, shared_score(m_pop.validation));
     }

@@ -895,6 +895,52 @@ std::vector<Tensor> Trainer::state_tensors(bool optimizer_state) {
   return out;
 }
 
+std::vector<Tensor> Trainer::buffer_tensors() {
+  std::vector<Tensor> out;
+  const parallel::StateRegistry registry = m_dp->registry(*m_optimizer);
+  for (const parallel::StateEntry& e : registry.entries()) {
+    if (e.kind == parallel::StateKind::buffer) {
+      out.push_back(e.local);
+    }
+  }
+  return out;
+}
+
+Index Trainer::recalibrate_norms(std::int64_t batches) {
+  if (!m_dp->has_buffers() || batches <= 0) {
+    return 0;
+  }
+  m_dp->sync_parameters();
+  io::ReaderOptions ro;
+  ro.batch = m_deck.data.batch;
+  ro.seed = m_deck.run.seed;  // a shuffled sample of the training split, the same every call
+  ro.shuffle = true;
+  ro.prefetch = 2;
+  ro.data_rank = m_data->rank();
+  ro.data_size = m_data->size();
+  ro.context = m_deck.model.context;
+  ro.expect_sample_shape = m_deck.model.input;
+  ro.box = sample_box(*m_model, m_grid->place());
+  std::unique_ptr<io::DatasetReader> reader;
+  comm::agree(*m_trainer,
+              [&] { reader = std::make_unique<io::DatasetReader>(m_deck.data.train, ro); });
+  const std::int64_t n = std::min<std::int64_t>(batches, reader->batches_per_epoch());
+  nn::ForwardOptions fo;
+  fo.training = true;
+  fo.seed = m_deck.run.seed;
+  Index samples = 0;
+  for (std::int64_t b = 0; b < n; ++b) {
+    const io::Batch batch = reader->next();
+    fo.sample_offset = batch.offset;
+    fo.step = static_cast<std::uint64_t>(b);
+    fo.stats_momentum = 1.0F / static_cast<float>(b + 1);
+    (void)m_pipeline->forward(batch.x, static_cast<Index>(batch.ids.size()), fo);
+    samples += batch.global_size;
+  }
+  m_dp->average_buffers();
+  return samples;
+}
+
 void Trainer::save_to(const std::string& dir, const char* why, int keep) {
   save(m_total_steps, why, dir, keep);
 }

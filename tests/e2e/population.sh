@@ -91,9 +91,10 @@ grep -q '"lr": 0.04,' <(grep '"step": 20,' "$tmp/pbt/trainer-0/metrics.jsonl") |
 echo "pbt: the worse trainer copies the better and explores"
 
 # --- a trainer that diverges ------------------------------------------------------------------
+# (recalibrate: the failed trainer takes part in the soup's collectives without estimating.)
 deck 32 30 '[population]' 'algorithm = "ltfb"' 'every = 10' 'timeout = 60' \
-  "validation = \"$tmp/fm.h5:/validation\"" 'combine = "soup"' '[population.hyper]' \
-  '"optimizer.lr" = { values = [0.05, 500.0] }' >"$tmp/diverge.toml"
+  "validation = \"$tmp/fm.h5:/validation\"" 'combine = "soup"' 'recalibrate = 5' \
+  '[population.hyper]' '"optimizer.lr" = { values = [0.05, 500.0] }' >"$tmp/diverge.toml"
 start=$SECONDS
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/diverge.toml" parallel.trainers=2 run.output="$tmp/diverge" \
   >"$tmp/diverge.log" 2>&1 || fail "diverge: exit $?"

@@ -1,12 +1,16 @@
 // Population training's pieces at any rank count: the hyper-parameters each trainer gets from a
 // [population] section (values, grids, Latin hypercube draws; the same on every rank; text that
-// parses back to the same number), the deck's errors, and comm::TimedChannel, the exchange that
-// gives up on a partner that does not answer.
+// parses back to the same number), the deck's errors, comm::TimedChannel, the exchange that
+// gives up on a partner that does not answer, and the re-estimation of a combined model's
+// BatchNorm statistics.
 #include "tessera/comm/timed.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/deck/deck.hpp"
+#include "tessera/io/dataset.hpp"
+#include "tessera/train/trainer.hpp"
 
 #include "support/mpi.hpp"
+#include "support/tiny_training.hpp"
 
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -181,6 +185,58 @@ TEST(TimedChannel, GivesUpOnAPartnerThatDoesNotAnswer) {
     EXPECT_FALSE(channel.exchange(-1, nullptr, 0, 0, &theirs, sizeof theirs, 4, 0.2));
   }
   MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// population.recalibrate: Trainer::recalibrate_norms(n) leaves in BatchNorm's running estimates
+// the plain average of the statistics of the first n training batches (mean, unbiased variance)
+// — computed here from the samples themselves, the same at every rank count (the statistics are
+// synchronised over the data ranks: each batch's are the whole global batch's).
+TEST(Recalibration, RunningStatisticsAreTheAverageOfTheFirstBatches) {
+  tessera::testing::SharedTempDir dir("tessera-recal-test");
+  const std::string data = dir.path() + "/ds.h5";
+  tessera::testing::write_tiny_dataset(data);  // 40 samples of 1x4x4
+  const std::string text =
+      "[run]\nseed = 11\nsteps = 1\n[data]\ntrain = \"" + data +
+      ":/train\"\nbatch = 8\n[model]\ninput = [1, 4, 4]\nlayers = [ { batchnorm2d = { sync = true "
+      "} }, { flatten = {} }, { linear = { out = 3 } } ]\nloss = \"softmax_cross_entropy\"\n"
+      "[optimizer]\ntype = \"sgd\"\nlr = 0.1\n";
+  const tessera::deck::Deck d = tessera::deck::parse(
+      text, "recal.toml", {"run.output=" + dir.path() + "/run" + std::to_string(world_size())});
+  tessera::train::Trainer t(d, MPI_COMM_WORLD);
+  EXPECT_EQ(t.recalibrate_norms(3), 24);  // 3 batches of 8
+  const std::vector<tessera::Tensor> buffers = t.buffer_tensors();
+  ASSERT_EQ(buffers.size(), 2U);  // running_mean, running_var of the one channel
+  const float mean = buffers[0].to_host()[0];
+  const float var = buffers[1].to_host()[0];
+
+  // The same batches, read whole on this rank: the reader's order is the seed's, not the ranks'.
+  tessera::io::ReaderOptions ro;
+  ro.batch = 8;
+  ro.seed = 11;
+  ro.shuffle = true;
+  ro.prefetch = 0;
+  tessera::io::DatasetReader reader(data + ":/train", ro);
+  double mean_sum = 0.0;
+  double var_sum = 0.0;
+  for (int b = 0; b < 3; ++b) {
+    const std::vector<float> x = reader.next().x.to_host();
+    ASSERT_EQ(x.size(), 8U * 16U);
+    double m = 0.0;
+    for (float v : x) {
+      m += static_cast<double>(v);
+    }
+    m /= static_cast<double>(x.size());
+    double ss = 0.0;
+    for (float v : x) {
+      ss += (static_cast<double>(v) - m) * (static_cast<double>(v) - m);
+    }
+    mean_sum += m;
+    var_sum += ss / static_cast<double>(x.size() - 1);
+  }
+  EXPECT_NEAR(mean, mean_sum / 3.0, 1e-6);
+  EXPECT_NEAR(var, var_sum / 3.0, 1e-6);
+  // More batches than an epoch holds: one epoch (5 batches of 8).
+  EXPECT_EQ(t.recalibrate_norms(100), 40);
 }
 
 }  // namespace

@@ -119,13 +119,16 @@ struct HyperSpec {
 
 /// [population]: absent, a job of several trainers runs them independently with their seeds.
 struct PopulationConfig {
-  bool enabled = false;                    ///< the deck has a [population] section
-  std::string algorithm = "independent";   ///< "independent", "ltfb" or "pbt"
-  std::int64_t every = 0;                  ///< steps between tournaments (ltfb, pbt)
-  double timeout = 60.0;                   ///< seconds an exchange waits for its partner
-  std::string validation;                  ///< "file.h5:/split": each trainer scores on a slice
-  std::int64_t average_every = 0;          ///< average the trainers' models every N steps
-  std::string combine = "none";            ///< at the end: "none", "average" or "soup"
+  bool enabled = false;                   ///< the deck has a [population] section
+  std::string algorithm = "independent";  ///< "independent", "ltfb" or "pbt"
+  std::int64_t every = 0;                 ///< steps between tournaments (ltfb, pbt)
+  double timeout = 60.0;                  ///< seconds an exchange waits for its partner
+  std::string validation;                 ///< "file.h5:/split": each trainer scores on a slice
+  std::int64_t average_every = 0;         ///< average the trainers' models every N steps
+  std::string combine = "none";           ///< at the end: "none", "average" or "soup"
+  /// combine: training batches through which a combined model re-estimates its BatchNorm running
+  /// statistics (averaged weights do not fit averaged statistics); 0: keep the averages
+  std::int64_t recalibrate = 0;
   double fraction = 0.25;                  ///< pbt: the share that copies (and is copied)
   std::vector<double> perturb{0.8, 1.25};  ///< pbt: factors a copied value is multiplied by
   std::uint64_t seed = 0;                  ///< samples the hyper-parameters; default run.seed

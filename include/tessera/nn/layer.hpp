@@ -62,6 +62,10 @@ struct ForwardOptions {
   std::uint64_t seed = 0;   ///< run seed (dropout masks)
   std::uint64_t step = 0;   ///< optimizer step: a new dropout mask every step
   Index sample_offset = 0;  ///< global index of this rank's first sample in the global batch
+  /// Training only: when >= 0, BatchNorm moves its running estimates by this fraction instead of
+  /// its own momentum (1 / (n + 1) for batch n gives their plain average over the batches:
+  /// re-estimating the statistics of a model whose weights were averaged).
+  float stats_momentum = -1.0F;
 };
 
 /// What a forward pass keeps for its backward pass. Each layer documents what `saved` holds.

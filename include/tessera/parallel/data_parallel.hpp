@@ -119,6 +119,11 @@ class DataParallel {
   /// pieces, then starts the allgather of the values), and averages the buffers (BatchNorm's
   /// running statistics) over the data axis.
   void step(optim::Optimizer& optimizer, double lr);
+  /// Averages the buffers (BatchNorm's running statistics) over the axes where the ranks saw
+  /// different samples (part of step(); alone after forward passes that only update statistics).
+  void average_buffers();
+  /// Whether the model has buffers (running statistics) at all.
+  bool has_buffers() const { return !m_buffers.empty(); }
   /// Waits until every rank holds the updated parameters (before evaluation or reading them).
   void sync_parameters();
   /// Every parameter, buffer and state tensor of `optimizer` (created where missing, zero-filled)

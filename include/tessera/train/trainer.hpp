@@ -94,6 +94,13 @@ class Trainer {
   /// buffers, optimizer state; the optimizer's only with `optimizer_state`): what another trainer
   /// with the same grid holds at the same place.
   std::vector<Tensor> state_tensors(bool optimizer_state = true);
+  /// This rank's buffers (BatchNorm's running statistics), in the registry's order.
+  std::vector<Tensor> buffer_tensors();
+  /// Re-estimates the BatchNorm running statistics of the current weights: the plain average of
+  /// the statistics of the first `batches` training batches (forward passes in training mode, no
+  /// update; PyTorch's swa_utils.update_bn), averaged over the data axis. What a model whose
+  /// weights were averaged needs. Returns the samples seen (0: the model has no statistics).
+  Index recalibrate_norms(std::int64_t batches);
   /// Takes `deck`'s optimizer keys (learning rate, schedule, momentum, ...) from the next step
   /// on, keeping the optimizer's state and step count: a population's new hyper-parameters.
   void retune(const deck::Deck& deck);
