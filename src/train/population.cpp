@@ -125,15 +125,15 @@ class Population {
     std::string line;
     const std::string me = fmt::format("\"trainer\": {},", m_k);
     while (std::getline(in, line)) {
-      if (line.find(me) == std::string::npos) {
+      if (!whole_record(line) || line.find(me) == std::string::npos) {
         continue;
       }
       if (line.find("\"kind\": \"missed\"") != std::string::npos) {
-        const size_t p = line.find("\"partner\": ");
-        const size_t t = line.find("\"step\": ");
-        if (p != std::string::npos && t != std::string::npos) {
-          m_missed.push_back(fmt::format("step {}: trainer {}", std::stoll(line.substr(t + 8)),
-                                         std::stoi(line.substr(p + 11))));
+        const std::optional<double> partner = record_number(line, "partner");
+        const std::optional<double> step = record_number(line, "step");
+        if (partner && step) {
+          m_missed.push_back(fmt::format("step {}: trainer {}", static_cast<std::int64_t>(*step),
+                                         static_cast<int>(*partner)));
         }
         continue;
       }
@@ -146,9 +146,15 @@ class Population {
         continue;
       }
       std::vector<double> values;
+      bool numbers = true;
       std::istringstream vs(line.substr(v + 11, line.find(']', v) - v - 11));
       for (std::string x; std::getline(vs, x, ',');) {
-        values.push_back(std::stod(x));
+        char* end = nullptr;
+        values.push_back(std::strtod(x.c_str(), &end));
+        numbers = numbers && end != x.c_str();
+      }
+      if (!numbers) {
+        continue;  // a damaged record: the one before stands
       }
       if (values.size() == m_hyper.size()) {
         m_hyper = values;
@@ -157,12 +163,14 @@ class Population {
       const std::string body = line.substr(l + 12, line.rfind(']') - l - 12);
       for (size_t p = body.find('"'); p != std::string::npos; p = body.find('"', p)) {
         const size_t e = body.find('"', p + 1);
+        if (e == std::string::npos) {
+          break;
+        }
         m_lineage.push_back(body.substr(p + 1, e - p - 1));
         p = e + 1;
       }
-      const size_t b = line.find("\"best\": ");
-      if (b != std::string::npos && line.compare(b + 8, 4, "null") != 0) {
-        m_best = std::stod(line.substr(b + 8));
+      if (const std::optional<double> best = record_number(line, "best")) {
+        m_best = *best;
       }
     }
     retune();
@@ -757,24 +765,31 @@ std::int64_t common_restart_step(const deck::Deck& base, const std::vector<deck:
   return common.empty() ? -1 : *common.rbegin();
 }
 
-// Drops the records of population.jsonl after `step` (a restart replays from there).
-void truncate_records(const std::string& path, std::int64_t step) {
+// Keeps the records of population.jsonl up to `step`, a restart's: the later ones and the end's
+// (leaderboard, combined) go, and so does a line that is not a whole record (a kill in mid-write).
+// Returns the number of such damaged lines.
+int truncate_records(const std::string& path, std::int64_t step) {
   std::ifstream in(path);
   std::string kept;
+  int damaged = 0;
   for (std::string line; std::getline(in, line);) {
-    const size_t s = line.find("\"step\": ");
+    if (!whole_record(line)) {
+      damaged += line.empty() ? 0 : 1;
+      continue;
+    }
     if (line.find("\"kind\": \"leaderboard\"") != std::string::npos ||
         line.find("\"kind\": \"combined\"") != std::string::npos) {
       continue;
     }
-    if (s != std::string::npos && std::stoll(line.substr(s + 8)) > step) {
+    const std::optional<double> s = record_number(line, "step");
+    if (s && *s > static_cast<double>(step)) {
       continue;
     }
     kept += line + "\n";
   }
   in.close();
-  std::ofstream out(path, std::ios::trunc);
-  out << kept;
+  write_text(path, kept, std::ios::trunc);
+  return damaged;
 }
 
 }  // namespace
@@ -832,17 +847,24 @@ int run_population(const std::string& text, const std::string& file,
     deck::CheckpointConfig& c = decks[static_cast<size_t>(k)].checkpoint;
     c.restart = resume < 0 ? std::string() : c.dir + "/" + io::checkpoint_file_name(resume);
   }
+  int damaged = 0;
   comm::agree(world, [&] {
     if (world.rank() == 0) {
       std::filesystem::create_directories(base.run.output);
       const std::string path = base.run.output + "/population.jsonl";
       if (resume > 0) {
-        truncate_records(path, resume);
+        damaged = truncate_records(path, resume);
       } else {
-        std::ofstream(path, std::ios::trunc).flush();
+        write_text(path, "", std::ios::trunc);
       }
     }
   });
+  if (damaged > 0) {
+    console.info(
+        fmt::format("population: {} damaged line{} of {}/population.jsonl dropped (a "
+                    "record cut short, as by a kill in mid-write)",
+                    damaged, damaged == 1 ? "" : "s", base.run.output));
+  }
   PrefixReporter out(console, fmt::format("[t{}] ", k));
   std::unique_ptr<Trainer> trainer;
   comm::agree(world, [&] {

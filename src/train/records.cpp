@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
@@ -42,6 +43,25 @@ std::string json_string(const std::string& s) {
     out += c;
   }
   return out + "\"";
+}
+
+bool whole_record(const std::string& line) {
+  return line.size() >= 2 && line.front() == '{' && line.back() == '}';
+}
+
+std::optional<double> record_number(const std::string& line, const std::string& key) {
+  const std::string tag = "\"" + key + "\": ";
+  const size_t at = line.find(tag);
+  if (at == std::string::npos) {
+    return std::nullopt;
+  }
+  const char* begin = line.c_str() + at + tag.size();
+  char* end = nullptr;
+  const double x = std::strtod(begin, &end);
+  if (end == begin || !std::isfinite(x)) {
+    return std::nullopt;
+  }
+  return x;
 }
 
 }  // namespace tessera::train

@@ -156,10 +156,14 @@ wait "$launcher"
 rc=$?
 ((rc != 0)) || fail "kill: the job exited 0 after a trainer was killed"
 ((SECONDS - start <= 20)) || fail "kill: the job took $((SECONDS - start)) s to end after a kill"
+# A record cut short, as a kill in mid-write leaves it: the restart drops it and says so.
+printf '{"kind": "state", "trainer": 1, "step": 2' >>"$tmp/kill/population.jsonl"
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/kill.toml" parallel.trainers=2 run.output="$tmp/kill" \
   checkpoint.restart=auto >"$tmp/resume.log" 2>&1 || fail "kill: the resumed population: exit $?"
 grep -q "^\[t[01]\] restart: from $tmp/kill/trainer-[01]/ckpt/ckpt-000000[23]0.h5" "$tmp/resume.log" ||
   fail "kill: no restart line"
+grep -q "^population: 1 damaged line of $tmp/kill/population.jsonl dropped (a record cut short, as by a kill in mid-write)$" "$tmp/resume.log" ||
+  fail "kill: the half-written record was not reported"
 board() { grep '"kind": "leaderboard"' "$1"; }
 [[ $(board "$tmp/whole/population.jsonl") == "$(board "$tmp/kill/population.jsonl")" && -n $(board "$tmp/whole/population.jsonl") ]] ||
   { fail "kill: the resumed population's leaderboard differs from the uninterrupted one"; board "$tmp/whole/population.jsonl"; board "$tmp/kill/population.jsonl"; }
