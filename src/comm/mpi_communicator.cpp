@@ -312,4 +312,13 @@ std::string broadcast_string(Communicator& comm, std::string text, int root) {
   return text;
 }
 
+std::vector<std::string> allgather_text(Communicator& comm, const std::string& mine) {
+  std::vector<std::string> out;
+  for (const std::vector<char>& text :
+       allgather_varying(comm, std::vector<char>(mine.begin(), mine.end()))) {
+    out.emplace_back(text.begin(), text.end());
+  }
+  return out;
+}
+
 }  // namespace tessera::comm

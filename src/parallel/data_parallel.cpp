@@ -470,7 +470,7 @@ void DataParallel::find_tied() {
   for (const nn::Parameter* p : m_params) {
     mine += fmt::format("{}\x1f{}\x1e", p->name, fmt::join(p->value.shape(), ","));
   }
-  const std::vector<std::string> stages = allgather_text(pipe, mine);
+  const std::vector<std::string> stages = comm::allgather_text(pipe, mine);
   struct Listed {
     std::string name;
     std::string shape;
@@ -576,20 +576,10 @@ void DataParallel::reduce_extra_axes() {
 }
 
 std::vector<double> DataParallel::gather_over_pipeline(const std::vector<double>& mine) const {
-  comm::Communicator& pipe = m_grid->axis(GridAxis::pipeline);
-  std::int64_t count = static_cast<std::int64_t>(mine.size());
-  std::vector<std::int64_t> counts(static_cast<size_t>(pipe.size()));
-  pipe.allgather(comm::ConstBuffer(&count, 1), comm::Buffer(counts))->wait();
-  const std::int64_t most =
-      std::max<std::int64_t>(1, *std::max_element(counts.begin(), counts.end()));
-  std::vector<double> padded(mine);
-  padded.resize(static_cast<size_t>(most), 0.0);
-  std::vector<double> all(static_cast<size_t>(most) * counts.size());
-  pipe.allgather(comm::ConstBuffer(padded), comm::Buffer(all))->wait();
   std::vector<double> out;
-  for (size_t s = 0; s < counts.size(); ++s) {
-    const auto begin = all.begin() + static_cast<std::ptrdiff_t>(s * static_cast<size_t>(most));
-    out.insert(out.end(), begin, begin + counts[s]);
+  for (const std::vector<double>& stage :
+       comm::allgather_varying(m_grid->axis(GridAxis::pipeline), mine)) {
+    out.insert(out.end(), stage.begin(), stage.end());
   }
   return out;
 }

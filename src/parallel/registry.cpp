@@ -138,30 +138,11 @@ std::vector<Described> parse_entries(const std::string& text) {
 }
 }  // namespace
 
-std::vector<std::string> allgather_text(comm::Communicator& comm, const std::string& mine) {
-  std::int64_t length = static_cast<std::int64_t>(mine.size());
-  std::vector<std::int64_t> lengths(static_cast<size_t>(comm.size()));
-  comm.allgather(comm::ConstBuffer(&length, 1), comm::Buffer(lengths))->wait();
-  const std::int64_t longest =
-      std::max<std::int64_t>(1, *std::max_element(lengths.begin(), lengths.end()));
-  std::string padded = mine;
-  padded.resize(static_cast<size_t>(longest), '\0');
-  std::string all(static_cast<size_t>(longest) * lengths.size(), '\0');
-  comm.allgather(comm::ConstBuffer(padded.data(), longest),
-                 comm::Buffer(all.data(), static_cast<Index>(all.size())))
-      ->wait();
-  std::vector<std::string> out;
-  for (size_t r = 0; r < lengths.size(); ++r) {
-    out.push_back(all.substr(r * static_cast<size_t>(longest), static_cast<size_t>(lengths[r])));
-  }
-  return out;
-}
-
 StateRegistry gather_stages(const StateRegistry& mine, comm::Communicator& pipeline) {
   if (pipeline.size() == 1) {
     return mine;
   }
-  const std::vector<std::string> texts = allgather_text(pipeline, describe_entries(mine));
+  const std::vector<std::string> texts = comm::allgather_text(pipeline, describe_entries(mine));
   std::vector<std::vector<Described>> stages;
   for (const std::string& t : texts) {
     stages.push_back(parse_entries(t));

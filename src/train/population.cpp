@@ -299,7 +299,7 @@ class Population {
                          m_lineage.empty() ? std::string("own weights") : join(m_lineage, "; "),
                          m_missed.empty() ? std::string("-") : join(m_missed, "; "));
     }
-    const std::vector<std::string> rows = parallel::allgather_text(world, mine);
+    const std::vector<std::string> rows = comm::allgather_text(world, mine);
     if (world.rank() != 0) {
       return;
     }

@@ -906,6 +906,19 @@ std::vector<Tensor> Trainer::buffer_tensors() {
   return out;
 }
 
+std::unique_ptr<io::DatasetReader> Trainer::open_reader(const std::string& spec,
+                                                        io::ReaderOptions ro) {
+  ro.prefetch = 2;
+  ro.data_rank = m_data->rank();  // the ranks of one data coordinate read the same samples
+  ro.data_size = m_data->size();
+  ro.context = m_deck.model.context;
+  ro.expect_sample_shape = m_deck.model.input;
+  ro.box = sample_box(*m_model, m_grid->place());  // a spatial tile: read only it (hyperslab)
+  std::unique_ptr<io::DatasetReader> reader;
+  comm::agree(*m_trainer, [&] { reader = std::make_unique<io::DatasetReader>(spec, ro); });
+  return reader;
+}
+
 Index Trainer::recalibrate_norms(std::int64_t batches) {
   if (!m_dp->has_buffers() || batches <= 0) {
     return 0;
@@ -915,15 +928,7 @@ Index Trainer::recalibrate_norms(std::int64_t batches) {
   ro.batch = m_deck.data.batch;
   ro.seed = m_deck.run.seed;  // a shuffled sample of the training split, the same every call
   ro.shuffle = true;
-  ro.prefetch = 2;
-  ro.data_rank = m_data->rank();
-  ro.data_size = m_data->size();
-  ro.context = m_deck.model.context;
-  ro.expect_sample_shape = m_deck.model.input;
-  ro.box = sample_box(*m_model, m_grid->place());
-  std::unique_ptr<io::DatasetReader> reader;
-  comm::agree(*m_trainer,
-              [&] { reader = std::make_unique<io::DatasetReader>(m_deck.data.train, ro); });
+  const std::unique_ptr<io::DatasetReader> reader = open_reader(m_deck.data.train, ro);
   const std::int64_t n = std::min<std::int64_t>(batches, reader->batches_per_epoch());
   nn::ForwardOptions fo;
   fo.training = true;
@@ -962,14 +967,7 @@ Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subse
   ro.subset = subset;
   ro.batch = std::max<Index>(m_deck.data.batch, 256);
   ro.shuffle = false;
-  ro.prefetch = 2;
-  ro.data_rank = m_data->rank();
-  ro.data_size = m_data->size();
-  ro.context = m_deck.model.context;
-  ro.expect_sample_shape = m_deck.model.input;
-  ro.box = sample_box(*m_model, m_grid->place());
-  std::unique_ptr<io::DatasetReader> reader;
-  comm::agree(*m_trainer, [&] { reader = std::make_unique<io::DatasetReader>(spec, ro); });
+  const std::unique_ptr<io::DatasetReader> reader = open_reader(spec, ro);
   // loss · global batch, metric sum, samples; then for regression per target Σt, Σt², Σ(p - t)².
   std::vector<double> sums(3, 0.0);
   nn::ForwardOptions fo;

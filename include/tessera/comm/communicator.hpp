@@ -30,6 +30,7 @@
 #include <mpi.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -258,6 +259,32 @@ int size_of(MPI_Comm comm);
 
 /// `text` of rank `root` on every rank of `comm` (its length, then its bytes).
 std::string broadcast_string(Communicator& comm, std::string text, int root = 0);
+
+/// Every rank's `mine`, whatever its length, on every rank of `comm` in rank order (the lengths,
+/// then the values padded to the longest). Collective over `comm`.
+template <typename T>
+std::vector<std::vector<T>> allgather_varying(Communicator& comm, const std::vector<T>& mine) {
+  std::int64_t count = static_cast<std::int64_t>(mine.size());
+  std::vector<std::int64_t> counts(static_cast<size_t>(comm.size()));
+  comm.allgather(ConstBuffer(&count, 1), Buffer(counts))->wait();
+  std::int64_t most = 1;
+  for (std::int64_t c : counts) {
+    most = c > most ? c : most;
+  }
+  std::vector<T> padded(mine);
+  padded.resize(static_cast<size_t>(most), T());
+  std::vector<T> all(static_cast<size_t>(most) * counts.size());
+  comm.allgather(ConstBuffer(padded), Buffer(all))->wait();
+  std::vector<std::vector<T>> out;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    const auto begin = all.begin() + static_cast<std::ptrdiff_t>(r * static_cast<size_t>(most));
+    out.emplace_back(begin, begin + counts[r]);
+  }
+  return out;
+}
+
+/// Every rank's `mine`, in rank order (collective over `comm`).
+std::vector<std::string> allgather_text(Communicator& comm, const std::string& mine);
 
 /// Ends the whole job with exit `code` (MPI_Abort on MPI_COMM_WORLD), after giving the launcher
 /// half a second to forward what this rank last printed: MPI_Abort makes it kill every process and

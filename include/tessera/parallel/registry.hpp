@@ -77,9 +77,6 @@ class StateRegistry {
 /// one stage, `mine` itself.
 StateRegistry gather_stages(const StateRegistry& mine, comm::Communicator& pipeline);
 
-/// Every rank's `mine`, in rank order (collective over `comm`).
-std::vector<std::string> allgather_text(comm::Communicator& comm, const std::string& mine);
-
 /// The parameters and buffers of `model` at `place` (their whole local blocks): the registry of a
 /// model without an optimizer (tessera generate loads one); DataParallel::registry adds the state.
 StateRegistry model_registry(nn::Layer& model, const GridPlace& place);

@@ -117,6 +117,10 @@ class Trainer {
   std::int64_t total_steps() const { return m_total_steps; }
 
  private:
+  // A reader of `spec` beside the training one (evaluation, re-estimation): `ro` with this rank's
+  // share of the data axis, its spatial box and the model's input filled in; opened on every rank
+  // of the trainer together (one error on all).
+  std::unique_ptr<io::DatasetReader> open_reader(const std::string& spec, io::ReaderOptions ro);
   struct StepAgreement {
     int signal = 0;         // a stop signal reached some rank
     bool save_due = false;  // rank 0's clock says a timed checkpoint is due
