@@ -6,7 +6,6 @@
 #include "tessera/core/check.hpp"
 
 #include <fmt/format.h>
-#include <sched.h>
 
 #include <climits>
 #include <cstdint>
@@ -50,27 +49,6 @@ MPI_Op mpi_op(ReduceOp op) {
   TESSERA_THROW("MPI backend: no MPI_Op for reduction {}", static_cast<int>(op));
 }
 
-// MPI_Wait, but giving the core away while the request is pending: MPICH's ch4:ucx spins inside
-// MPI_Wait without ever yielding, so ranks that share cores (more ranks than cores, or a rank
-// beside its own helper threads) steal each other's time slices while they wait. After a short
-// spin this polls with sched_yield between tests — free on a core of its own (nothing else is
-// runnable), and on a shared core the rank being waited for runs at once. (4 ranks on 2 cores:
-// tests/mpi/test_spatial_training 17.0 s -> 6.9 s, test_checkpoint 48 s -> 37 s, the rest of the
-// latter spent in MPI's own blocking calls: HDF5's collective I/O, MPI_Allreduce.)
-int wait_yielding(MPI_Request* request, MPI_Status* status) {
-  constexpr int kSpins = 200;
-  for (int i = 0;; ++i) {
-    int flag = 0;
-    const int code = MPI_Test(request, &flag, status);
-    if (flag != 0 || code != MPI_SUCCESS) {
-      return code;
-    }
-    if (i >= kSpins) {
-      sched_yield();
-    }
-  }
-}
-
 class MpiWork final : public Work {
  public:
   /// `what` names the operation for errors ("allreduce on communicator 'data' (rank 0 of 2)").
@@ -89,7 +67,7 @@ class MpiWork final : public Work {
     MPI_Finalized(&finalized);
     if (m_request != MPI_REQUEST_NULL && !finalized && std::uncaught_exceptions() <= m_unwinding) {
       watchdog::Blocked blocked(m_seq);
-      if (wait_yielding(&m_request, MPI_STATUS_IGNORE) == MPI_SUCCESS && m_then) {
+      if (MPI_Wait(&m_request, MPI_STATUS_IGNORE) == MPI_SUCCESS && m_then) {
         m_then();
       }
     }
@@ -103,7 +81,7 @@ class MpiWork final : public Work {
     int code = MPI_SUCCESS;
     {
       watchdog::Blocked blocked(m_seq);
-      code = wait_yielding(&m_request, &status);
+      code = MPI_Wait(&m_request, &status);
     }
     finish(code, status);
   }
