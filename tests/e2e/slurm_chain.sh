@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checkpoint-restart chain of jobs/slurm/fashion_mlp.sbatch under a real Slurm
-# (tools/slurm_local.sh), on 2 ranks, the MLP deck with 3 epochs (1407 steps):
+# (tools/slurm_local.sh), on 2 ranks, the MLP deck with 15 epochs (7035 steps):
 #
 # 1. A reference run, uninterrupted, through the same script.
 # 2. The chain: the job is signalled three times; each time tessera checkpoints and exits 75, the
@@ -23,16 +23,17 @@
 # link would take up to a minute and stop at an unknown step. Part 6 checks the real warning, on
 # two links. Each link is signalled once its "restart:" line is in the log: by then every
 # rank has installed its signal handlers (the line follows collective calls), and the link still
-# has most of its steps ahead (at about 1000 steps/s on an idle machine, the 0.1-0.3 s until the
-# signal lands cost 100-300 of the 1407 steps per link).
+# has most of its steps ahead: at about 1000 steps/s on an idle machine the signal lands 20-1000
+# steps into a link (measured), so three links stopped early leave the fourth at least 4000 of the
+# 7035 steps. (With 1407 steps, 3 epochs, a third link once finished before its signal landed.)
 #
 # Skips with a message where Slurm is not installed (see slurm_common.bash).
 # shellcheck source=tests/e2e/slurm_common.bash
 source "$(dirname "$0")/slurm_common.bash"
 
 script=$root/jobs/slurm/fashion_mlp.sbatch
-overrides=(run.epochs=3 run.log_every=100 run.eval_every=0)
-total=1407
+overrides=(run.epochs=15 run.log_every=100 run.eval_every=0)
+total=7035
 
 # --- 1. the reference: one uninterrupted run -------------------------------------------------
 t0=$(date +%s.%N)
@@ -82,7 +83,7 @@ fail() {
   fail "expected 4 links in one log"
 [[ $(grep -c '^fashion_mlp.sbatch: resubmitted as job [0-9]* (link [2-4] of at most 5)' "$log") -eq 3 ]] ||
   fail "expected 3 resubmissions"
-[[ $(grep -c '^stopped by SIGUSR1 at step [0-9]* of 1407' "$log") -eq 3 ]] ||
+[[ $(grep -c "^stopped by SIGUSR1 at step [0-9]* of $total" "$log") -eq 3 ]] ||
   fail "expected 3 stops by SIGUSR1"
 codes=$(sed -nE 's/^fashion_mlp.sbatch: tessera exited with code ([0-9]+) .*/\1/p' "$log" | tr '\n' ' ')
 [[ $codes == "75 75 75 0 " ]] || fail "exit codes of the links: $codes, expected 75 75 75 0"
