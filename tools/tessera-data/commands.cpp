@@ -506,6 +506,7 @@ double generate_gray_scott(const GenOptions& o) {
   const std::string tmp = partial_name(o.output);
   io::File f = io::File::create(tmp, MPI_COMM_WORLD);
   double write_seconds = 0.0;
+  std::int64_t redrawn_total = 0;
   {
     const io::Group r = f.root();
     write_root_attributes(r,
@@ -546,9 +547,24 @@ double generate_gray_scott(const GenOptions& o) {
     std::vector<float> targets;
     const Stopwatch total;
     const std::int64_t every = std::max<std::int64_t>(1, o.samples / 10);
+    std::int64_t redrawn = 0;
     for (std::int64_t s = 0; s < o.samples; ++s) {
-      const GrayScottParameters p = sample_parameters(o.seed, s);
-      const std::vector<float> field = simulate(grid, o.seed, s, p, sim);
+      // A run that dies out is drawn again (kExtinct): the maximum over the whole volume decides,
+      // the same on every rank.
+      GrayScottParameters p;
+      std::vector<float> field;
+      for (int draw = 0;; ++draw) {
+        TESSERA_CHECK(draw < kMaxDraws,
+                      "tessera-data gen: sample {}: {} draws of (F, k) all died out", s, draw);
+        p = sample_parameters(o.seed, s, draw);
+        field = simulate(grid, o.seed, s, p, sim);
+        float peak = field.empty() ? 0.0F : *std::max_element(field.begin(), field.end());
+        world.allreduce(comm::Buffer(&peak, 1), {comm::ReduceOp::max})->wait();
+        if (peak >= kExtinct) {
+          break;
+        }
+        ++redrawn;
+      }
       box.offset[0] = static_cast<hsize_t>(s);
       {
         const ScopedTimer t(write_seconds);
@@ -567,6 +583,8 @@ double generate_gray_scott(const GenOptions& o) {
         std::fflush(stdout);
       }
     }
+    a.set("redrawn", redrawn);
+    redrawn_total = redrawn;
     const ScopedTimer t(write_seconds);
     // The targets are small: rank 0 writes them, the others take part with empty selections.
     const io::Box ybox = rank == 0 ? io::Box{{0, 0}, {n, 2}} : io::Box{{0, 0}, {0, 0}};
@@ -594,10 +612,13 @@ double generate_gray_scott(const GenOptions& o) {
   if (rank == 0) {
     std::filesystem::rename(tmp, o.output);
     if (!o.quiet) {
-      std::printf("tessera-data gen: wrote %s: %lld samples of %s %s on a %s rank grid\n",
-                  o.output.c_str(), static_cast<long long>(o.samples),
-                  fmt::format("{}", fmt::join(extent, "x")).c_str(), o.dtype.c_str(),
-                  fmt::format("{}", fmt::join(grid.dims(), "x")).c_str());
+      std::printf(
+          "tessera-data gen: wrote %s: %lld samples of %s %s on a %s rank grid (%lld runs that "
+          "died out drawn again)\n",
+          o.output.c_str(), static_cast<long long>(o.samples),
+          fmt::format("{}", fmt::join(extent, "x")).c_str(), o.dtype.c_str(),
+          fmt::format("{}", fmt::join(grid.dims(), "x")).c_str(),
+          static_cast<long long>(redrawn_total));
     }
   }
   world.barrier()->wait();

@@ -4,8 +4,9 @@
 
 namespace tessera::data {
 
-GrayScottParameters sample_parameters(std::uint64_t seed, std::int64_t sample) {
-  const rng::CounterRng gen(seed, rng::hash_name("gray-scott.parameters"));
+GrayScottParameters sample_parameters(std::uint64_t seed, std::int64_t sample, int draw) {
+  const rng::CounterRng gen(
+      seed, rng::hash_name("gray-scott.parameters") + static_cast<std::uint64_t>(draw));
   const auto i = static_cast<std::uint64_t>(sample);
   return {kFeedLow + kFeedRange * gen.uniform(2 * i),
           kKillLow + kKillRange * gen.uniform(2 * i + 1)};

@@ -27,8 +27,17 @@ inline constexpr float kFeedRange = 0.04F;
 inline constexpr float kKillLow = 0.045F;
 inline constexpr float kKillRange = 0.02F;
 
-/// The physical parameters of sample `sample` (F in [0.02, 0.06], k in [0.045, 0.065]).
-GrayScottParameters sample_parameters(std::uint64_t seed, std::int64_t sample);
+/// The physical parameters of sample `sample` (F in [0.02, 0.06], k in [0.045, 0.065]); `draw`
+/// numbers the independent draws a sample may need (0 first, see kExtinct).
+GrayScottParameters sample_parameters(std::uint64_t seed, std::int64_t sample, int draw = 0);
+
+/// A run whose final v is below this everywhere has died out to the trivial state (u = 1, v = 0):
+/// its field is the same for every (F, k) that kills the pattern, so nothing can read them back
+/// from it. tessera-data gen draws such a sample's parameters again (draw 1, 2, ...), at most
+/// kMaxDraws times in all. (Of 256 runs of 32³ over 500 steps, 32 died out, with v at most 2e-7;
+/// every other run kept v above 0.19 somewhere.)
+inline constexpr float kExtinct = 1e-3F;
+inline constexpr int kMaxDraws = 64;
 
 /// Runs one sample on this rank's block of `grid` and returns the final v field of the block
 /// (row-major over the local extent, no ghosts).
