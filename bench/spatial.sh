@@ -2,9 +2,10 @@
 # bench/spatial.sh — spatial decomposition on two ranks against one rank (issue 15), side by side in
 # one run, on the 3-D CNN of inputs/grayscott3d.toml at SIZE³ per sample (default 128; Gray-Scott
 # volumes made here with tessera-data gen):
-#   1. speed: `tessera run` on one rank and with parallel.spatial = [2,1,1] on two ranks,
+#   1. speed: `tessera run` on one rank and with parallel.spatial = [2,1,1] on two ranks, with the
+#      convolutions' interior overlapping the halo exchange and without (TESSERA_HALO_OVERLAP=0),
 #      alternated REPEATS times (default 5); samples/s of the last progress window, medians; the
-#      ratio; the halo exchanges' share of the step (metrics "halo_s");
+#      ratios; the halo exchanges' share of the step (metrics "halo_s") in both;
 #   2. memory: the most activation bytes a rank held at once (metrics
 #      "peak_activation_bytes_max") on one rank and on the splits [2,1,1], [4,1,1], [2,2,1] (4
 #      ranks oversubscribe this machine: memory only), against 1/N;
@@ -46,25 +47,37 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 
 echo "machine: $(nproc) cores; $(lscpu | sed -n 's/^Model name: *//p')"
 echo "deck: $deck at ${size}^3, batch $batch, $steps steps, rates of the last window (steps $((steps - window + 1))-$steps)"
 echo
-echo "## 1. speed: one rank against spatial [2,1,1] on two ranks"
-one=() two=() halo=()
+echo "## 1. speed: one rank against spatial [2,1,1] on two ranks, with and without the overlap"
+# share RUN: the halo's share of the last window's step, in %.
+share() {
+  local rec
+  rec=$(last_record "$1")
+  awk -v h="$(field "$rec" halo_s)" -v c="$(field "$rec" compute_s)" -v m="$(field "$rec" comm_s)" \
+    -v d="$(field "$rec" data_s)" 'BEGIN { print 100 * h / (h + c + m + d) }'
+}
+one=() two=() halo=() plain=() plain_halo=()
 for ((r = 1; r <= repeats; ++r)); do
   "$bin/tessera" run "$deck" "${common[@]}" run.output="$tmp/one$r" >/dev/null
   a=$(rate "$tmp/one$r")
   "$mpiexec" -n 2 "$bin/tessera" run "$deck" "${common[@]}" parallel.spatial="[2,1,1]" \
     parallel.data=1 run.output="$tmp/two$r" >/dev/null
-  rec=$(last_record "$tmp/two$r")
   b=$(rate "$tmp/two$r")
-  h=$(awk -v h="$(field "$rec" halo_s)" -v c="$(field "$rec" compute_s)" -v m="$(field "$rec" comm_s)" \
-    -v d="$(field "$rec" data_s)" 'BEGIN { print 100 * h / (h + c + m + d) }')
-  printf 'round %d: one rank %6.3f samples/s, spatial [2,1,1] %6.3f samples/s (%.2fx), halo %.1f%% of the step\n' \
-    "$r" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN { print b / a }')" "$h"
-  one+=("$a") two+=("$b") halo+=("$h")
+  h=$(share "$tmp/two$r")
+  TESSERA_HALO_OVERLAP=0 "$mpiexec" -n 2 "$bin/tessera" run "$deck" "${common[@]}" \
+    parallel.spatial="[2,1,1]" parallel.data=1 run.output="$tmp/plain$r" >/dev/null
+  c=$(rate "$tmp/plain$r")
+  hc=$(share "$tmp/plain$r")
+  printf 'round %d: one rank %6.3f samples/s; [2,1,1] %6.3f (%.2fx, halo %.1f%% of the step); without overlap %6.3f (%.2fx, halo %.1f%%)\n' \
+    "$r" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN { print b / a }')" "$h" \
+    "$c" "$(awk -v a="$a" -v b="$c" 'BEGIN { print b / a }')" "$hc"
+  one+=("$a") two+=("$b") halo+=("$h") plain+=("$c") plain_halo+=("$hc")
 done
 ma=$(median "${one[@]}")
 mb=$(median "${two[@]}")
-printf 'median: one rank %.3f, spatial [2,1,1] %.3f samples/s: %.2fx; halo %.1f%% of the step\n' \
-  "$ma" "$mb" "$(awk -v a="$ma" -v b="$mb" 'BEGIN { print b / a }')" "$(median "${halo[@]}")"
+mc=$(median "${plain[@]}")
+printf 'median: one rank %.3f samples/s; [2,1,1] %.3f: %.2fx, halo %.1f%% of the step; without overlap %.3f: %.2fx, halo %.1f%%\n' \
+  "$ma" "$mb" "$(awk -v a="$ma" -v b="$mb" 'BEGIN { print b / a }')" "$(median "${halo[@]}")" \
+  "$mc" "$(awk -v a="$ma" -v b="$mc" 'BEGIN { print b / a }')" "$(median "${plain_halo[@]}")"
 
 echo
 echo "## 2. peak activation bytes held by a rank (saved contexts), against 1/N"

@@ -130,6 +130,20 @@ struct Bound {
 void set_handle(const memory& m, const Tensor& t) {
   m.set_data_handle(t.data());
 }
+void set_handle(const memory& m, const float* data) {
+  m.set_data_handle(const_cast<float*>(data));  // oneDNN's handles are not const
+}
+
+/// The strides of a plain (N, channels, spatial...) tensor whose samples have extents `outer`
+/// (the last `ndims` of them).
+memory::dims plain_strides(Index channels, const std::array<Index, 3>& outer, int ndims) {
+  const Index plane = outer[1] * outer[2];
+  const Index sample = outer[0] * plane;
+  if (ndims == 2) {
+    return {channels * plane, plane, outer[2], 1};
+  }
+  return {channels * sample, sample, plane, outer[2], 1};
+}
 
 }  // namespace
 
@@ -233,6 +247,13 @@ struct DnnlConv::Impl {
     const memory::dims strides = spatial(g.stride);
     const memory::dims pad = spatial(g.pad);  // both sides, as the layer pads
     const memory::desc src_plain(src, f32, act), dst_plain(dst, f32, act);
+    // The caller's x, dx and y, dy: the plain layouts, or boxes of larger tensors.
+    const bool view = options.input_outer[2] > 0;
+    const memory::desc src_user =
+        view ? memory::desc(src, f32, plain_strides(g.channels, options.input_outer, ndims))
+             : src_plain;
+    const memory::desc dst_user =
+        view ? memory::desc(dst, f32, plain_strides(out, options.output_outer, ndims)) : dst_plain;
     const memory::desc w_plain(weights, f32, wts), b_plain({out}, f32, Tag::a);
     const memory::desc src_any(src, f32, Tag::any), dst_any(dst, f32, Tag::any);
     const memory::desc w_any(weights, f32, Tag::any);
@@ -284,11 +305,11 @@ struct DnnlConv::Impl {
 
     // The caller's tensors: no storage of their own, a handle set on every call.
     auto user = [&](const memory::desc& md) { return memory(md, eng, DNNL_MEMORY_NONE); };
-    p.x = user(src_plain);
+    p.x = user(src_user);
     p.w = user(w_plain);
-    p.y = user(dst_plain);
-    p.dy = user(dst_plain);
-    p.dx = user(src_plain);
+    p.y = user(dst_user);
+    p.dy = user(dst_user);
+    p.dx = user(src_user);
     p.dw = user(w_plain);
     if (bias) {
       p.b = user(b_plain);
@@ -310,7 +331,9 @@ struct DnnlConv::Impl {
     p.dy_shared = p.bwd_data_pd.diff_dst_desc() == p.bw_dy.inner.get_desc();
     p.bd_dy = p.dy_shared ? Bound{p.dy, p.bw_dy.inner, std::nullopt}
                           : Bound::input(p.dy, p.bwd_data_pd.diff_dst_desc());
-    p.bd_dx = Bound::output(p.dx, p.bwd_data_pd.diff_src_desc());
+    p.bd_dx = options.accumulate_input_grad
+                  ? Bound::accumulated(p.dx, p.bwd_data_pd.diff_src_desc())
+                  : Bound::output(p.dx, p.bwd_data_pd.diff_src_desc());
     return p;
   }
 
@@ -376,6 +399,13 @@ void DnnlConv::forward(const Tensor& x, const Tensor& w, const Tensor& bias, con
   Impl& m = *m_impl;
   const Index n = m.check_input_and_weight(x, w);
   m.check(y, "output", m.output_shape(n));
+  forward_view(n, x.data(), w, bias, y.data());
+}
+
+void DnnlConv::forward_view(Index n, const float* x, const Tensor& w, const Tensor& bias,
+                            float* y) {
+  Impl& m = *m_impl;
+  m.check(w, "weight", m.weight_shape());
   if (m.bias) {
     m.check(bias, "bias", {m.out});
   }
@@ -410,10 +440,17 @@ void DnnlConv::backward(const Tensor& x, const Tensor& w, const Tensor& dy, cons
   Impl& m = *m_impl;
   const Index n = m.check_input_and_weight(x, w);
   m.check(dy, "output grad", m.output_shape(n));
-  m.check(dw, "weight grad", m.weight_shape());
   if (dx.defined()) {
     m.check(dx, "input grad", m.input_shape(n));
   }
+  backward_view(n, x.data(), w, dy.data(), dx.defined() ? dx.data() : nullptr, dw, db);
+}
+
+void DnnlConv::backward_view(Index n, const float* x, const Tensor& w, const float* dy, float* dx,
+                             const Tensor& dw, const Tensor& db) {
+  Impl& m = *m_impl;
+  m.check(w, "weight", m.weight_shape());
+  m.check(dw, "weight grad", m.weight_shape());
   TESSERA_CHECK(db.defined() == m.bias,
                 "{}: oneDNN convolution: bias grad is {} but the "
                 "convolution has {} bias",
@@ -433,7 +470,7 @@ void DnnlConv::backward(const Tensor& x, const Tensor& w, const Tensor& dy, cons
         p.bwd_weights->args.emplace(DNNL_ARG_DIFF_BIAS, p.bw_db.inner);
       }
     }
-    if (dx.defined() && !p.bwd_data) {
+    if (dx != nullptr && !p.bwd_data) {
       p.bwd_data = Step{dnnl::convolution_backward_data(p.bwd_data_pd),
                         {{DNNL_ARG_DIFF_DST, p.bd_dy.inner},
                          {DNNL_ARG_WEIGHTS, p.bd_w.inner},
@@ -448,7 +485,7 @@ void DnnlConv::backward(const Tensor& x, const Tensor& w, const Tensor& dy, cons
       set_handle(p.db, db);
     }
     p.bw_dy.run_reorder();
-    if (dx.defined()) {
+    if (dx != nullptr) {
       // Backward data first: dy (just reordered) is still in cache.
       set_handle(p.dx, dx);
       p.bd_dy.run_reorder();

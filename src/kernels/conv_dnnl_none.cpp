@@ -38,6 +38,13 @@ void DnnlConv::forward(const Tensor& /*x*/, const Tensor& /*w*/, const Tensor& /
 void DnnlConv::backward(const Tensor& /*x*/, const Tensor& /*w*/, const Tensor& /*dy*/,
                         const Tensor& /*dx*/, const Tensor& /*dw*/, const Tensor& /*db*/) {}
 
+void DnnlConv::forward_view(Index /*n*/, const float* /*x*/, const Tensor& /*w*/,
+                            const Tensor& /*bias*/, float* /*y*/) {}
+
+void DnnlConv::backward_view(Index /*n*/, const float* /*x*/, const Tensor& /*w*/,
+                             const float* /*dy*/, float* /*dx*/, const Tensor& /*dw*/,
+                             const Tensor& /*db*/) {}
+
 std::string DnnlConv::describe(Index /*n*/) {
   return "oneDNN not in this build\n";
 }

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 namespace tessera::nn {
 namespace {
@@ -119,6 +121,7 @@ ConvNd::ConvNd(std::string name, const Shape& input, const ConvOptions& options,
 
 void ConvNd::configure(const kernels::ConvGeometry& run) {
   m_run = run;
+  m_pieces.clear();  // plan_pieces() cuts them again where they apply
   // Blocks of whole samples while one sample's columns fit the budget, else bands of output rows.
   const Index row_bytes = m_run.col_rows() * m_run.output[2] * Index{sizeof(float)};
   const Index sample_bytes = row_bytes * m_run.output_rows();
@@ -189,7 +192,94 @@ Layout ConvNd::place_input(const Layout& input) {
   TESSERA_CHECK(run.output == local_out, "{} '{}': window geometry does not give the local output",
                 m_kind, name());
   configure(run);
+  plan_pieces();
   return m_output_layout;
+}
+
+void ConvNd::plan_pieces() {
+  m_pieces.clear();
+  // TESSERA_HALO_OVERLAP=0 turns the overlap off, for measuring what it hides (bench/spatial.sh).
+  static const bool enabled = [] {
+    const char* v = std::getenv("TESSERA_HALO_OVERLAP");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  if (!enabled || m_backend != ConvBackend::dnnl || !m_halo || !m_halo->overlaps()) {
+    return;
+  }
+  const auto g = static_cast<size_t>(3 - m_ndims + m_halo->overlap_dim());
+  const Index s = m_run.stride[g];
+  const Index k = m_run.kernel[g];
+  const Index out = m_run.output[g];
+  const Range low = m_halo->pending_low();
+  const Range high = m_halo->pending_high();
+  // Output row j reads window rows [j·s, j·s + k): the interior [j0, j1) reads none of them.
+  const Index j0 = low.count > 0 ? (low.offset + low.count + s - 1) / s : 0;
+  Index j1 = out;
+  if (high.count > 0) {
+    j1 = high.offset - k < 0 ? 0 : (high.offset - k) / s + 1;
+  }
+  j1 = std::min(j1, out);
+  if (j1 <= j0) {
+    return;  // every output reads a halo row: nothing to overlap
+  }
+  auto add = [&](Index begin, Index end, bool interior) {
+    if (end <= begin) {
+      return;
+    }
+    std::array<Index, 3> input = m_run.input;
+    input[g] = (end - 1) * s + k - begin * s;
+    const kernels::ConvGeometry piece =
+        kernels::ConvGeometry::make(m_run.channels, input, m_run.kernel, m_run.stride, {0, 0, 0});
+    TESSERA_CHECK(piece.output[g] == end - begin, "{} '{}': piece [{}, {}) gives {} rows", m_kind,
+                  name(), begin, end, piece.output[g]);
+    kernels::DnnlOptions options;
+    options.input_outer = m_run.input;
+    options.output_outer = m_run.output;
+    options.accumulate_input_grad = true;
+    Piece p;
+    p.out_begin = begin;
+    p.out_count = end - begin;
+    p.interior = interior;
+    p.conv = std::make_unique<kernels::DnnlConv>(
+        fmt::format("{} '{}' (output rows [{}, {}))", m_kind, name(), begin, end), piece, m_out,
+        m_ndims, m_bias, options);
+    m_pieces.push_back(std::move(p));
+  };
+  add(j0, j1, true);
+  add(0, j0, false);
+  add(j1, out, false);
+  m_piece_axis = g;
+  if (m_pieces.size() == 1) {
+    m_pieces.clear();  // nothing to receive (this rank only sends): gather() does that
+  }
+}
+
+namespace {
+// Elements between consecutive rows of dimension `g` of a (.., D, H, W) sample.
+Index row_stride(const std::array<Index, 3>& extent, size_t g) {
+  Index stride = 1;
+  for (size_t d = g + 1; d < 3; ++d) {
+    stride *= extent[d];
+  }
+  return stride;
+}
+}  // namespace
+
+void ConvNd::piece_forward(const Piece& p, const Tensor& x, const Tensor& y) {
+  const size_t g = m_piece_axis;
+  const Index in_row = row_stride(m_run.input, g);
+  const Index out_row = row_stride(m_run.output, g);
+  p.conv->forward_view(x.dim(0), x.data() + p.out_begin * m_run.stride[g] * in_row, weight().value,
+                       m_bias ? bias().value : Tensor(), y.data() + p.out_begin * out_row);
+}
+
+void ConvNd::piece_backward(const Piece& p, const Tensor& x, const Tensor& dy, const Tensor& dx) {
+  const size_t g = m_piece_axis;
+  const Index in_offset = p.out_begin * m_run.stride[g] * row_stride(m_run.input, g);
+  const Index out_offset = p.out_begin * row_stride(m_run.output, g);
+  p.conv->backward_view(x.dim(0), x.data() + in_offset, weight().value, dy.data() + out_offset,
+                        dx.defined() ? dx.data() + in_offset : nullptr, weight().grad,
+                        m_bias ? bias().grad : Tensor());
 }
 
 const char* backend_name(ConvBackend backend) {
@@ -224,6 +314,20 @@ Shape ConvNd::output_shape(const Shape& input) const {
 
 ForwardResult ConvNd::forward(const Tensor& xl, const ForwardOptions& /*options*/) {
   check_batch(xl, m_local_input, "input");
+  if (!m_pieces.empty()) {
+    // The interior while the halo rows travel, then the boundary rows.
+    Halo::InFlight flight = m_halo->begin_gather(xl, 0.0F);
+    const Tensor y = m_output_pool.get(name() + ".output", batch_shape(xl.dim(0), m_local_output));
+    piece_forward(m_pieces.front(), flight.buffer, y);
+    const Tensor x = m_halo->finish_gather(std::move(flight));
+    for (size_t i = 1; i < m_pieces.size(); ++i) {
+      piece_forward(m_pieces[i], x, y);
+    }
+    Context ctx;
+    ctx.saved = {x};
+    ctx.input_shape = xl.shape();
+    return {y, std::move(ctx)};
+  }
   // On a spatial split: this rank's window, its block with the neighbours' halo and the padding.
   const Tensor x = m_halo ? m_halo->gather(xl, 0.0F) : xl;
   const Shape y_shape = batch_shape(x.dim(0), m_local_output);  // (N, out, [Do,] Ho, Wo)
@@ -272,6 +376,21 @@ Tensor ConvNd::backward(const Tensor& dy, Context&& ctx) {
                 "with the context of the forward call that produced it)",
                 m_kind, name(), to_string(dy.shape()));
   const Tensor& x = ctx.saved[0];  // (N, C, [D,] H, W)
+  if (!m_pieces.empty()) {
+    // The boundary rows first, so that the halo's gradients travel while the interior runs. The
+    // pieces' input gradients overlap: they accumulate onto a zero dx.
+    const Tensor dx = needs_input_grad() ? Tensor(name() + ".input_grad", x.shape()) : Tensor();
+    for (size_t i = 1; i < m_pieces.size(); ++i) {
+      piece_backward(m_pieces[i], x, dy, dx);
+    }
+    if (!dx.defined()) {
+      piece_backward(m_pieces.front(), x, dy, dx);
+      return dx;
+    }
+    Halo::InFlight flight = m_halo->begin_scatter(dx);
+    piece_backward(m_pieces.front(), x, dy, dx);
+    return m_halo->finish_scatter(std::move(flight));
+  }
   // No input gradient for a first layer on data: the backends skip that work.
   // oneDNN overwrites dx: reused storage; col2im accumulates onto a zero dx.
   Tensor dx;

@@ -215,47 +215,65 @@ Halo::Halo(std::string layer, const Layout& input, std::vector<WindowAxis> axes,
     m_extent.push_back(a.in);
     m_dims.push_back(d);
   }
+  int split = -1;
+  int splits = 0;
+  for (size_t i = 0; i < nd; ++i) {
+    if (m_dims[i].parts > 1) {
+      ++splits;
+      split = static_cast<int>(i);
+    }
+  }
+  if (splits == 1 && m_exchanges && m_window_is_buffer && !m_window_is_own) {
+    const Dim& d = m_dims[static_cast<size_t>(split)];
+    m_overlap_dim = split;
+    m_pending_low = {d.from_low.offset - d.begin, d.from_low.count};
+    m_pending_high = {d.from_high.offset - d.begin, d.from_high.count};
+  }
 }
 
 void Halo::exchange(const Tensor& buffer, size_t d, bool backward) const {
-  const Dim& dim = m_dims[d];
-  if (dim.parts == 1) {
+  if (m_dims[d].parts == 1) {
     return;
   }
+  Transfer t = start_exchange(buffer, d, backward);
+  finish_exchange(buffer, t);
+}
+
+namespace {
+// The box of rows `r` of dimension e (of the three of Extent3) of a buffer of extents `ext` whose
+// dimension e starts at global row `begin`, whole along the others.
+void row_box(const Extent3& ext, size_t e, Index begin, const Range& r, Extent3& off,
+             Extent3& count) {
+  off = {0, 0, 0};
+  count = ext;
+  off[e] = r.offset - begin;
+  count[e] = r.count;
+}
+}  // namespace
+
+Halo::Transfer Halo::start_exchange(const Tensor& buffer, size_t d, bool backward) const {
+  const Dim& dim = m_dims[d];
   const size_t nd = m_dims.size();
   const size_t e = 3 - nd + d;  // this dimension among the three of Extent3
   const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
   const Index planes = buffer.dim(0) * m_channels;
-  // The box of rows [r.offset, r.offset + r.count) along this dimension, whole along the others.
-  auto box = [&](const Range& r, Extent3& off, Extent3& count) {
-    off = {0, 0, 0};
-    count = ext;
-    off[e] = r.offset - dim.begin;
-    count[e] = r.count;
-  };
-  auto pack = [&](const Range& r, bool zero_after) {
-    Extent3 off{};
-    Extent3 count{};
-    box(r, off, count);
-    std::vector<float> out(static_cast<size_t>(planes * count[0] * count[1] * count[2]));
-    copy_box(buffer.data(), ext, off, out.data(), count, {0, 0, 0}, count, planes, false);
-    if (zero_after && !out.empty()) {
-      std::vector<float> zeros(out.size(), 0.0F);
-      copy_box(zeros.data(), count, {0, 0, 0}, buffer.data(), ext, off, count, planes, false);
-    }
-    return out;
-  };
-  auto unpack = [&](const std::vector<float>& in, const Range& r, bool add) {
-    Extent3 off{};
-    Extent3 count{};
-    box(r, off, count);
-    copy_box(in.data(), count, {0, 0, 0}, buffer.data(), ext, off, count, planes, add);
-  };
   auto size_of = [&](const Range& r) {
     Extent3 off{};
     Extent3 count{};
-    box(r, off, count);
+    row_box(ext, e, dim.begin, r, off, count);
     return static_cast<size_t>(planes * count[0] * count[1] * count[2]);
+  };
+  // Packs rows r of the buffer (and zeroes them there: backward, their gradient now travels).
+  auto pack = [&](const Range& r, std::vector<float>& out) {
+    Extent3 off{};
+    Extent3 count{};
+    row_box(ext, e, dim.begin, r, off, count);
+    out.resize(size_of(r));
+    copy_box(buffer.data(), ext, off, out.data(), count, {0, 0, 0}, count, planes, false);
+    if (backward && !out.empty()) {
+      const std::vector<float> zeros(out.size(), 0.0F);
+      copy_box(zeros.data(), count, {0, 0, 0}, buffer.data(), ext, off, count, planes, false);
+    }
   };
   comm::Communicator& comm = m_context->axis(dim.axis);
   const int low = dim.coord - 1;
@@ -264,48 +282,64 @@ void Halo::exchange(const Tensor& buffer, size_t d, bool backward) const {
   constexpr int kUp = 1;
   // Forward: receive from_low/from_high, send to_low/to_high. Backward, the adjoint: send the
   // gradients of from_low/from_high back, add what comes back onto to_low/to_high.
-  const Range recv_low = backward ? dim.to_low : dim.from_low;
-  const Range recv_high = backward ? dim.to_high : dim.from_high;
+  Transfer t;
+  t.dim = d;
+  t.backward = backward;
+  t.recv_low = backward ? dim.to_low : dim.from_low;
+  t.recv_high = backward ? dim.to_high : dim.from_high;
   const Range send_low = backward ? dim.from_low : dim.to_low;
   const Range send_high = backward ? dim.from_high : dim.to_high;
-  std::vector<float> in_low(recv_low.count > 0 ? size_of(recv_low) : 0);
-  std::vector<float> in_high(recv_high.count > 0 ? size_of(recv_high) : 0);
-  std::vector<std::unique_ptr<comm::Work>> work;
-  if (!in_low.empty()) {
-    work.push_back(comm.recv(comm::Buffer(in_low), {low, kUp}));
+  if (t.recv_low.count > 0) {
+    t.in_low.resize(size_of(t.recv_low));
+    t.work.push_back(comm.recv(comm::Buffer(t.in_low), {low, kUp}));
   }
-  if (!in_high.empty()) {
-    work.push_back(comm.recv(comm::Buffer(in_high), {high, kDown}));
+  if (t.recv_high.count > 0) {
+    t.in_high.resize(size_of(t.recv_high));
+    t.work.push_back(comm.recv(comm::Buffer(t.in_high), {high, kDown}));
   }
-  std::vector<float> out_low;
-  std::vector<float> out_high;
   if (send_low.count > 0) {
-    out_low = pack(send_low, backward);
-    work.push_back(comm.send(comm::ConstBuffer(out_low), {low, kDown}));
+    pack(send_low, t.out_low);
+    t.work.push_back(comm.send(comm::ConstBuffer(t.out_low), {low, kDown}));
   }
   if (send_high.count > 0) {
-    out_high = pack(send_high, backward);
-    work.push_back(comm.send(comm::ConstBuffer(out_high), {high, kUp}));
+    pack(send_high, t.out_high);
+    t.work.push_back(comm.send(comm::ConstBuffer(t.out_high), {high, kUp}));
   }
-  for (auto& w : work) {
+  return t;
+}
+
+void Halo::finish_exchange(const Tensor& buffer, Transfer& t) const {
+  const Dim& dim = m_dims[t.dim];
+  const size_t e = 3 - m_dims.size() + t.dim;
+  const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
+  const Index planes = buffer.dim(0) * m_channels;
+  for (auto& w : t.work) {
     w->wait();
   }
-  if (!in_low.empty()) {
-    unpack(in_low, recv_low, backward);
+  // Received rows overwrite (forward) or are added (backward: gradients from the neighbours).
+  auto unpack = [&](const std::vector<float>& in, const Range& r) {
+    Extent3 off{};
+    Extent3 count{};
+    row_box(ext, e, dim.begin, r, off, count);
+    copy_box(in.data(), count, {0, 0, 0}, buffer.data(), ext, off, count, planes, t.backward);
+  };
+  if (!t.in_low.empty()) {
+    unpack(t.in_low, t.recv_low);
   }
-  if (!in_high.empty()) {
-    unpack(in_high, recv_high, backward);
+  if (!t.in_high.empty()) {
+    unpack(t.in_high, t.recv_high);
   }
 }
 
-Tensor Halo::gather(const Tensor& x, float fill) const {
+void Halo::count(double seconds) const {
+  m_context->halo_clock().seconds += seconds;
+  m_context->halo_clock().calls += 1;
+}
+
+Tensor Halo::fill_buffer(const Tensor& x, float fill) const {
   const Index n = x.dim(0);
   TESSERA_CHECK(x.shape() == batch_shape(n, m_local), "{}: halo gather of {}, local input {}",
                 m_layer, to_string(x.shape()), to_string(m_local));
-  if (m_window_is_own) {
-    return x;  // the windows read exactly this rank's block: nothing to copy or exchange
-  }
-  const Stopwatch clock;
   const Shape spatial_local(m_local.begin() + 1, m_local.end());
   const Shape spatial_buffer(m_buffer.begin() + 1, m_buffer.end());
   const Extent3 own = extent3(spatial_local);
@@ -334,15 +368,42 @@ Tensor Halo::gather(const Tensor& x, float fill) const {
     }
   }
   Extent3 at{0, 0, 0};
-  for (size_t d = 0; d < m_dims.size(); ++d) {
-    at[3 - m_dims.size() + d] = m_dims[d].own.offset - m_dims[d].begin;
+  for (size_t d = 0; d < nd; ++d) {
+    at[3 - nd + d] = m_dims[d].own.offset - m_dims[d].begin;
   }
-  copy_box(x.data(), own, {0, 0, 0}, buffer.data(), ext, at, own, n * m_channels, false);
+  copy_box(x.data(), own, {0, 0, 0}, buffer.data(), ext, at, own, planes, false);
+  return buffer;
+}
+
+Tensor Halo::own_block(const Tensor& buffer) const {
+  const Index n = buffer.dim(0);
+  const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
+  const Extent3 own = extent3(Shape(m_local.begin() + 1, m_local.end()));
+  Extent3 from{0, 0, 0};
+  for (size_t d = 0; d < m_dims.size(); ++d) {
+    from[3 - m_dims.size() + d] = m_dims[d].own.offset - m_dims[d].begin;
+  }
+  Tensor dx = Tensor::uninitialized(m_layer + ".input_grad", batch_shape(n, m_local));
+  copy_box(buffer.data(), ext, from, dx.data(), own, {0, 0, 0}, own, n * m_channels, false);
+  return dx;
+}
+
+Tensor Halo::gather(const Tensor& x, float fill) const {
+  if (m_window_is_own) {
+    TESSERA_CHECK(x.shape() == batch_shape(x.dim(0), m_local),
+                  "{}: halo gather of {}, local input {}", m_layer, to_string(x.shape()),
+                  to_string(m_local));
+    return x;  // the windows read exactly this rank's block: nothing to copy or exchange
+  }
+  const Stopwatch clock;
+  const Index n = x.dim(0);
+  Tensor buffer = fill_buffer(x, fill);
   for (size_t d = 0; d < m_dims.size(); ++d) {
     exchange(buffer, d, false);
   }
   Tensor out = buffer;
   if (!m_window_is_buffer) {
+    const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
     const Extent3 win = extent3(Shape(m_window.begin() + 1, m_window.end()));
     Extent3 from{0, 0, 0};
     for (size_t d = 0; d < m_dims.size(); ++d) {
@@ -351,8 +412,7 @@ Tensor Halo::gather(const Tensor& x, float fill) const {
     out = Tensor::uninitialized(m_layer + ".window", batch_shape(n, m_window));
     copy_box(buffer.data(), ext, from, out.data(), win, {0, 0, 0}, win, n * m_channels, false);
   }
-  m_context->halo_clock().seconds += clock.seconds();
-  m_context->halo_clock().calls += 1;
+  count(clock.seconds());
   return out;
 }
 
@@ -364,9 +424,9 @@ Tensor Halo::scatter(const Tensor& dwindow) const {
     return dwindow;
   }
   const Stopwatch clock;
-  const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
   Tensor buffer = dwindow;
   if (!m_window_is_buffer) {
+    const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
     const Extent3 win = extent3(Shape(m_window.begin() + 1, m_window.end()));
     Extent3 at{0, 0, 0};
     for (size_t d = 0; d < m_dims.size(); ++d) {
@@ -378,15 +438,46 @@ Tensor Halo::scatter(const Tensor& dwindow) const {
   for (size_t d = m_dims.size(); d-- > 0;) {
     exchange(buffer, d, true);
   }
-  const Extent3 own = extent3(Shape(m_local.begin() + 1, m_local.end()));
-  Extent3 from{0, 0, 0};
-  for (size_t d = 0; d < m_dims.size(); ++d) {
-    from[3 - m_dims.size() + d] = m_dims[d].own.offset - m_dims[d].begin;
-  }
-  Tensor dx = Tensor::uninitialized(m_layer + ".input_grad", batch_shape(n, m_local));
-  copy_box(buffer.data(), ext, from, dx.data(), own, {0, 0, 0}, own, n * m_channels, false);
+  Tensor dx = own_block(buffer);
+  count(clock.seconds());
+  return dx;
+}
+
+Halo::InFlight Halo::begin_gather(const Tensor& x, float fill) const {
+  TESSERA_CHECK(overlaps(), "{}: begin_gather without an overlappable split", m_layer);
+  const Stopwatch clock;
+  InFlight f;
+  f.buffer = fill_buffer(x, fill);  // the window (m_window_is_buffer)
+  f.transfer = start_exchange(f.buffer, static_cast<size_t>(m_overlap_dim), false);
+  count(clock.seconds());
+  return f;
+}
+
+Tensor Halo::finish_gather(InFlight&& f) const {
+  const Stopwatch clock;
+  finish_exchange(f.buffer, f.transfer);
+  m_context->halo_clock().seconds += clock.seconds();  // one call, counted by begin_gather
+  return std::move(f.buffer);
+}
+
+Halo::InFlight Halo::begin_scatter(const Tensor& dwindow) const {
+  TESSERA_CHECK(overlaps(), "{}: begin_scatter without an overlappable split", m_layer);
+  const Index n = dwindow.dim(0);
+  TESSERA_CHECK(dwindow.shape() == batch_shape(n, m_window), "{}: halo scatter of {}, window {}",
+                m_layer, to_string(dwindow.shape()), to_string(m_window));
+  const Stopwatch clock;
+  InFlight f;
+  f.buffer = dwindow;
+  f.transfer = start_exchange(f.buffer, static_cast<size_t>(m_overlap_dim), true);
+  count(clock.seconds());
+  return f;
+}
+
+Tensor Halo::finish_scatter(InFlight&& f) const {
+  const Stopwatch clock;
+  finish_exchange(f.buffer, f.transfer);
+  Tensor dx = own_block(f.buffer);
   m_context->halo_clock().seconds += clock.seconds();
-  m_context->halo_clock().calls += 1;
   return dx;
 }
 

@@ -361,14 +361,19 @@ std::unique_ptr<nn::Layer> expect_matches_one_rank(const LayerCase& c,
 }
 
 // Every case of `cases(sample, split)` on every split of the world's ranks, for each sample.
+// `checked` sees each split layer that was compared.
 void run_cases(
     const std::vector<Shape>& samples,
-    const std::function<std::vector<LayerCase>(const Shape&, const std::vector<int>&)>& cases) {
+    const std::function<std::vector<LayerCase>(const Shape&, const std::vector<int>&)>& cases,
+    const std::function<void(nn::Layer&)>& checked = {}) {
   for (const Shape& sample : samples) {
     for (const std::vector<int>& split : splits(sample.size() - 1)) {
       const comm::ProcessGrid& grid = grid_of(split);
       for (const LayerCase& c : cases(sample, split)) {
-        (void)expect_matches_one_rank(c, split, grid);
+        std::unique_ptr<nn::Layer> layer = expect_matches_one_rank(c, split, grid);
+        if (layer && checked) {
+          checked(*layer);
+        }
       }
     }
   }
@@ -379,7 +384,8 @@ void run_cases(
 TEST_F(SpatialTest, HaloGatherMatchesGlobalPaddedWindow) {
   constexpr float kFill = -2.5F;  // outside [-1, 1), the inputs' range
   int compared = 0;
-  int exchanged = 0;  // cases where this rank received rows from a neighbour
+  int exchanged = 0;   // cases where this rank received rows from a neighbour
+  int overlapped = 0;  // cases where this rank's halo comes in two halves (Halo::overlaps)
   for (const Shape& sample : {kRoomy3, kTight3, kRoomy2, kTight2}) {
     const size_t nd = sample.size() - 1;
     const Shape shape = nn::batch_shape(kBatch, sample);
@@ -485,6 +491,21 @@ TEST_F(SpatialTest, HaloGatherMatchesGlobalPaddedWindow) {
           }
         }
         EXPECT_EQ(wrong, 0) << what << ": scatter elements that differ, of " << dx.size();
+
+        // The same in two halves (begin_*, finish_*), where this rank's halo allows it: the same
+        // messages as gather and scatter, so a rank that cannot (its window is not its block plus
+        // halo rows) answers with those.
+        const bool halves = halo->overlaps();
+        overlapped += halves ? 1 : 0;
+        const Tensor w_tensor = Tensor::from_host("w", window.count, w);
+        const Tensor gathered = halves ? halo->finish_gather(halo->begin_gather(x_local, kFill))
+                                       : halo->gather(x_local, kFill);
+        const Tensor scattered =
+            halves ? halo->finish_scatter(halo->begin_scatter(w_tensor)) : halo->scatter(w_tensor);
+        if (halves) {
+          expect_same(gathered.to_host(), gathered_want, what + ": begin/finish_gather");
+          expect_same(scattered.to_host(), dx, what + ": begin/finish_scatter");
+        }
       }
     }
   }
@@ -492,31 +513,42 @@ TEST_F(SpatialTest, HaloGatherMatchesGlobalPaddedWindow) {
   EXPECT_GT(compared, 0);
   if (world_size() > 1) {
     EXPECT_GT(exchanged, 0);
+    EXPECT_GT(overlapped, 0);
   }
 }
 
 TEST_F(SpatialTest, ConvMatchesOneRank) {
+  // Layers that computed their interior while the halo travelled (oneDNN: ConvNd's pieces).
+  int overlapped = 0;
+  auto count_overlapped = [&](nn::Layer& layer) {
+    overlapped += dynamic_cast<nn::ConvNd&>(layer).overlaps_halo() ? 1 : 0;
+  };
   for (const nn::ConvBackend backend : {nn::ConvBackend::automatic, nn::ConvBackend::im2col}) {
-    run_cases({kRoomy3, kTight3, kRoomy2, kTight2},
-              [&](const Shape& sample, const std::vector<int>& split) {
-                std::vector<LayerCase> cases;
-                for (const WindowConfig& w : kConfigs) {
-                  const nn::ConvOptions o{3, {w.kernel}, {w.stride}, {w.pad}, true, backend};
-                  LayerCase c;
-                  c.what = fmt::format("conv {} ({}) on {}", config_text(w),
-                                       nn::backend_name(backend), to_string(sample));
-                  c.sample = sample;
-                  c.make = [sample, o](nn::BuildContext context) -> std::unique_ptr<nn::Layer> {
-                    if (sample.size() == 4) {
-                      return std::make_unique<nn::Conv3d>("conv", sample, o, std::move(context));
-                    }
-                    return std::make_unique<nn::Conv2d>("conv", sample, o, std::move(context));
-                  };
-                  c.refused = refusal(sample, w, split);
-                  cases.push_back(std::move(c));
-                }
-                return cases;
-              });
+    run_cases(
+        {kRoomy3, kTight3, kRoomy2, kTight2},
+        [&](const Shape& sample, const std::vector<int>& split) {
+          std::vector<LayerCase> cases;
+          for (const WindowConfig& w : kConfigs) {
+            const nn::ConvOptions o{3, {w.kernel}, {w.stride}, {w.pad}, true, backend};
+            LayerCase c;
+            c.what = fmt::format("conv {} ({}) on {}", config_text(w), nn::backend_name(backend),
+                                 to_string(sample));
+            c.sample = sample;
+            c.make = [sample, o](nn::BuildContext context) -> std::unique_ptr<nn::Layer> {
+              if (sample.size() == 4) {
+                return std::make_unique<nn::Conv3d>("conv", sample, o, std::move(context));
+              }
+              return std::make_unique<nn::Conv2d>("conv", sample, o, std::move(context));
+            };
+            c.refused = refusal(sample, w, split);
+            cases.push_back(std::move(c));
+          }
+          return cases;
+        },
+        count_overlapped);
+  }
+  if (world_size() > 1 && kernels::dnnl_available()) {
+    EXPECT_GT(overlapped, 0) << "no split layer overlapped its halo exchange";
   }
 }
 

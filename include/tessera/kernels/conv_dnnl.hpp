@@ -17,6 +17,7 @@
 #include "tessera/core/tensor.hpp"
 #include "tessera/kernels/im2col.hpp"
 
+#include <array>
 #include <memory>
 #include <string>
 
@@ -59,6 +60,15 @@ struct DnnlOptions {
   /// error is a few times direct's (about 1e-6 relative in float). false: direct everywhere. The
   /// backward-weights primitive is always direct (faster than oneDNN's Winograd one measured).
   bool auto_algorithm = true;
+  /// The convolution runs on boxes of larger tensors (the pieces of a spatially split layer that
+  /// overlaps its halo exchange, nn/conv.hpp): x and dx lie in tensors whose samples have the
+  /// spatial extents `input_outer` (D, H, W), y and dy in tensors of `output_outer`; all zero
+  /// (the default): the tensors are exactly the geometry's. Use forward_view / backward_view.
+  std::array<Index, 3> input_outer{0, 0, 0};
+  std::array<Index, 3> output_outer{0, 0, 0};
+  /// backward adds the input gradient onto dx instead of overwriting it (pieces whose inputs
+  /// overlap).
+  bool accumulate_input_grad = false;
 };
 
 /// One convolution (shapes fixed but for the batch size), executed with oneDNN.
@@ -87,6 +97,13 @@ class DnnlConv {
   /// dy is reordered once when backward-data and backward-weights want it in one format.
   void backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx,
                 const Tensor& dw, const Tensor& db);
+
+  /// forward and backward on boxes of larger tensors (DnnlOptions::input_outer, output_outer):
+  /// each pointer is the box's first element, n the batch size; dx may be null (no input
+  /// gradient). Shapes are the caller's to get right.
+  void forward_view(Index n, const float* x, const Tensor& w, const Tensor& bias, float* y);
+  void backward_view(Index n, const float* x, const Tensor& w, const float* dy, float* dx,
+                     const Tensor& dw, const Tensor& db);
 
   /// The implementations oneDNN chose for batch size n ("jit:avx512_core" ...) and the formats,
   /// one line per primitive: for benchmarks and logs. Builds the plan for n if needed.

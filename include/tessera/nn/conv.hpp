@@ -74,6 +74,9 @@ class ConvNd : public Layer {
   /// The geometry the kernels run: geometry(), or on a spatial split this rank's window (its block
   /// and halo, padding included, run unpadded).
   const kernels::ConvGeometry& local_geometry() const { return m_run; }
+  /// Whether this rank computes its interior while the halo travels (a split along one
+  /// dimension, oneDNN backend, an interior that reads no neighbour's row).
+  bool overlaps_halo() const { return !m_pieces.empty(); }
   /// Samples per im2col block (im2col backend).
   Index chunk() const { return m_chunk; }
   /// Output rows (of the Do·Ho grid) per im2col block: all of them unless one sample's columns
@@ -110,6 +113,27 @@ class ConvNd : public Layer {
   std::unique_ptr<kernels::DnnlConv> m_dnnl;  // oneDNN backend only
   BufferPool m_output_pool;                   // y, reused from step to step (oneDNN backend)
   BufferPool m_input_grad_pool;               // dx (oneDNN backend)
+
+  /// On a spatial split whose halo exchange can overlap (Halo::overlaps(), oneDNN backend): the
+  /// output rows along the split dimension cut into the interior, whose windows read no row a
+  /// neighbour sends, and the boundary rows below and above it, each piece a convolution of its
+  /// own on its box of the window (DnnlOptions::input_outer). Forward computes the interior while
+  /// the halo rows travel; backward computes the boundary first and sends its gradients back
+  /// while it computes the interior.
+  struct Piece {
+    Index out_begin = 0;  // output rows [out_begin, out_begin + out_count) along the split
+    Index out_count = 0;  // dimension, reading window rows from out_begin · stride on
+    bool interior = false;
+    std::unique_ptr<kernels::DnnlConv> conv;
+  };
+  std::vector<Piece> m_pieces;  // the interior first; empty: no overlap
+  size_t m_piece_axis = 0;      // the split dimension among the three of ConvGeometry
+
+  /// Cuts m_run into m_pieces where the halo allows it.
+  void plan_pieces();
+  /// Runs piece `p` forward from window x into y, or backward (dx null: no input gradient).
+  void piece_forward(const Piece& p, const Tensor& x, const Tensor& y);
+  void piece_backward(const Piece& p, const Tensor& x, const Tensor& dy, const Tensor& dx);
 
   /// Sizes the kernels' scratch (im2col columns or the oneDNN primitives) for `run`.
   void configure(const kernels::ConvGeometry& run);

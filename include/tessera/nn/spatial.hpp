@@ -14,6 +14,7 @@
 // The exchange is dimension by dimension, each message carrying the rows already received along
 // the dimensions before it (edges and corners travel through two or three hops, as in a stencil
 // code's ghost exchange), with non-blocking send/recv on that dimension's axis communicator.
+#include "tessera/comm/communicator.hpp"
 #include "tessera/core/layout.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/nn/build_context.hpp"
@@ -78,6 +79,46 @@ class Halo {
   /// their owners and added there; the padding's dropped.
   Tensor scatter(const Tensor& dwindow) const;
 
+  // --- Overlap: the exchange in flight while the layer computes what needs none of it ----------
+  // When the input is split along one spatial dimension only and the window is this rank's block
+  // plus halo rows and padding (overlaps()), gather and scatter come in two halves: begin_* posts
+  // the messages and returns, finish_* waits for them and completes the result. In between, the
+  // layer computes the outputs whose windows read none of the pending rows (the interior);
+  // backward, the outputs whose windows do read them go first, so that their gradients can leave.
+
+  /// Whether gather/scatter can be split as above.
+  bool overlaps() const { return m_overlap_dim >= 0; }
+  /// The split spatial dimension (0 for the first of (D, H, W) or (H, W)); only when overlaps().
+  int overlap_dim() const { return m_overlap_dim; }
+  /// The window's rows along overlap_dim() that come from the lower and the upper neighbour, in
+  /// window coordinates (count 0 where none).
+  Range pending_low() const { return m_pending_low; }
+  Range pending_high() const { return m_pending_high; }
+
+  /// One dimension's messages in flight.
+  struct Transfer {
+    size_t dim = 0;
+    bool backward = false;
+    Range recv_low, recv_high;
+    std::vector<float> in_low, in_high, out_low, out_high;
+    std::vector<std::unique_ptr<comm::Work>> work;
+  };
+  /// A gather or scatter begun and not finished.
+  struct InFlight {
+    Tensor buffer;  ///< gather: the window, its pending rows not yet filled; scatter: dwindow
+    Transfer transfer;
+  };
+  /// gather(x, fill)'s first half: the window with this rank's rows and the padding in place, the
+  /// halo rows' messages posted. Only when overlaps().
+  InFlight begin_gather(const Tensor& x, float fill) const;
+  /// Waits for the halo rows and returns the whole window.
+  Tensor finish_gather(InFlight&& flight) const;
+  /// scatter(dwindow)'s first half: the gradients of the pending rows (complete in dwindow by
+  /// now) sent to their owners, the neighbours' gradients of this rank's rows posted for.
+  InFlight begin_scatter(const Tensor& dwindow) const;
+  /// Waits, adds the neighbours' gradients and returns dx (N, C, local...).
+  Tensor finish_scatter(InFlight&& flight) const;
+
  private:
   struct Dim {
     GridAxis axis = GridAxis::spatial0;
@@ -102,10 +143,21 @@ class Halo {
   bool m_exchanges = false;
   bool m_window_is_buffer = true;
   bool m_window_is_own = true;  // the window is this rank's block (no halo, no padding)
+  int m_overlap_dim = -1;
+  Range m_pending_low, m_pending_high;
 
   /// Moves the halo rows of dimension `d` forward (received rows overwrite) or backward (sent
   /// back and added).
   void exchange(const Tensor& buffer, size_t d, bool backward) const;
+  /// exchange() in two halves: post the messages, then wait and unpack.
+  Transfer start_exchange(const Tensor& buffer, size_t d, bool backward) const;
+  void finish_exchange(const Tensor& buffer, Transfer& t) const;
+  /// gather's first part: a buffer with the padding filled and this rank's block copied in.
+  Tensor fill_buffer(const Tensor& x, float fill) const;
+  /// scatter's last part: this rank's block of the buffer.
+  Tensor own_block(const Tensor& buffer) const;
+  /// Adds the halo seconds since `clock` started to the context's clock.
+  void count(double seconds) const;
 };
 
 /// What a window layer's place_input works out: the halo (none when the input is whole) and the
