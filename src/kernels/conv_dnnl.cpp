@@ -503,6 +503,14 @@ void DnnlConv::backward_view(Index n, const float* x, const Tensor& w, const flo
   });
 }
 
+bool DnnlConv::plain_activations(Index n) {
+  Impl& m = *m_impl;
+  const Impl::Plan& p = m.plan(n);
+  const memory::desc& src = p.fwd_pd.src_desc();
+  return src ==
+         memory::desc(src.dims(), memory::data_type::f32, m.ndims == 2 ? Tag::nchw : Tag::ncdhw);
+}
+
 std::string DnnlConv::describe(Index n) {
   Impl& m = *m_impl;
   const Impl::Plan& p = m.plan(n);

@@ -45,6 +45,10 @@ void DnnlConv::backward_view(Index /*n*/, const float* /*x*/, const Tensor& /*w*
                              const float* /*dy*/, float* /*dx*/, const Tensor& /*dw*/,
                              const Tensor& /*db*/) {}
 
+bool DnnlConv::plain_activations(Index /*n*/) {
+  return false;
+}
+
 std::string DnnlConv::describe(Index /*n*/) {
   return "oneDNN not in this build\n";
 }

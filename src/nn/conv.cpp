@@ -254,6 +254,12 @@ void ConvNd::plan_pieces() {
   }
 }
 
+bool ConvNd::overlapped(Index n) const {
+  // Not where oneDNN keeps the activations plain (a first layer's few channels): its plain kernels
+  // take dense tensors only, and copying each piece's output out would cost more than the wait.
+  return !m_pieces.empty() && !m_dnnl->plain_activations(n);
+}
+
 namespace {
 // Elements between consecutive rows of dimension `g` of a (.., D, H, W) sample.
 Index row_stride(const std::array<Index, 3>& extent, size_t g) {
@@ -314,7 +320,7 @@ Shape ConvNd::output_shape(const Shape& input) const {
 
 ForwardResult ConvNd::forward(const Tensor& xl, const ForwardOptions& /*options*/) {
   check_batch(xl, m_local_input, "input");
-  if (!m_pieces.empty()) {
+  if (overlapped(xl.dim(0))) {
     // The interior while the halo rows travel, then the boundary rows.
     Halo::InFlight flight = m_halo->begin_gather(xl, 0.0F);
     const Tensor y = m_output_pool.get(name() + ".output", batch_shape(xl.dim(0), m_local_output));
@@ -376,7 +382,7 @@ Tensor ConvNd::backward(const Tensor& dy, Context&& ctx) {
                 "with the context of the forward call that produced it)",
                 m_kind, name(), to_string(dy.shape()));
   const Tensor& x = ctx.saved[0];  // (N, C, [D,] H, W)
-  if (!m_pieces.empty()) {
+  if (overlapped(n)) {
     // The boundary rows first, so that the halo's gradients travel while the interior runs. The
     // pieces' input gradients overlap: they accumulate onto a zero dx.
     const Tensor dx = needs_input_grad() ? Tensor(name() + ".input_grad", x.shape()) : Tensor();

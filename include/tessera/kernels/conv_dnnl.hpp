@@ -105,6 +105,12 @@ class DnnlConv {
   void backward_view(Index n, const float* x, const Tensor& w, const float* dy, float* dx,
                      const Tensor& dw, const Tensor& db);
 
+  /// Whether the primitives for batch size n run on the plain layouts (DnnlFormat::plain, or
+  /// automatic with few input channels). Boxes of larger tensors (forward_view) then cost a copy
+  /// each way, since oneDNN's plain kernels take dense tensors only (its reference kernel, many
+  /// times slower, would take the strides). Builds the plan for n if needed.
+  bool plain_activations(Index n);
+
   /// The implementations oneDNN chose for batch size n ("jit:avx512_core" ...) and the formats,
   /// one line per primitive: for benchmarks and logs. Builds the plan for n if needed.
   std::string describe(Index n);

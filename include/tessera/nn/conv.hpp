@@ -74,9 +74,10 @@ class ConvNd : public Layer {
   /// The geometry the kernels run: geometry(), or on a spatial split this rank's window (its block
   /// and halo, padding included, run unpadded).
   const kernels::ConvGeometry& local_geometry() const { return m_run; }
-  /// Whether this rank computes its interior while the halo travels (a split along one
-  /// dimension, oneDNN backend, an interior that reads no neighbour's row).
-  bool overlaps_halo() const { return !m_pieces.empty(); }
+  /// Whether this rank computes its interior while the halo travels for a batch of n (a split
+  /// along one dimension, oneDNN backend on its blocked layouts, an interior that reads no
+  /// neighbour's row).
+  bool overlaps_halo(Index n) const { return overlapped(n); }
   /// Samples per im2col block (im2col backend).
   Index chunk() const { return m_chunk; }
   /// Output rows (of the Do·Ho grid) per im2col block: all of them unless one sample's columns
@@ -131,6 +132,8 @@ class ConvNd : public Layer {
 
   /// Cuts m_run into m_pieces where the halo allows it.
   void plan_pieces();
+  /// Whether a batch of n runs in pieces (m_pieces, and oneDNN not on its plain layouts).
+  bool overlapped(Index n) const;
   /// Runs piece `p` forward from window x into y, or backward (dx null: no input gradient).
   void piece_forward(const Piece& p, const Tensor& x, const Tensor& y);
   void piece_backward(const Piece& p, const Tensor& x, const Tensor& dy, const Tensor& dx);
