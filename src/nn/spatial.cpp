@@ -313,6 +313,9 @@ void Halo::finish_exchange(const Tensor& buffer, Transfer& t) const {
   const size_t e = 3 - m_dims.size() + t.dim;
   const Extent3 ext = extent3(Shape(m_buffer.begin() + 1, m_buffer.end()));
   const Index planes = buffer.dim(0) * m_channels;
+  if (t.progress) {
+    t.progress->stop();
+  }
   for (auto& w : t.work) {
     w->wait();
   }
@@ -443,12 +446,21 @@ Tensor Halo::scatter(const Tensor& dwindow) const {
   return dx;
 }
 
+void Halo::progress(Transfer& t) {
+  std::vector<comm::Work*> work;
+  for (auto& w : t.work) {
+    work.push_back(w.get());
+  }
+  t.progress = std::make_unique<comm::BackgroundProgress>(std::move(work));
+}
+
 Halo::InFlight Halo::begin_gather(const Tensor& x, float fill) const {
   TESSERA_CHECK(overlaps(), "{}: begin_gather without an overlappable split", m_layer);
   const Stopwatch clock;
   InFlight f;
   f.buffer = fill_buffer(x, fill);  // the window (m_window_is_buffer)
   f.transfer = start_exchange(f.buffer, static_cast<size_t>(m_overlap_dim), false);
+  progress(f.transfer);
   count(clock.seconds());
   return f;
 }
@@ -469,6 +481,7 @@ Halo::InFlight Halo::begin_scatter(const Tensor& dwindow) const {
   InFlight f;
   f.buffer = dwindow;
   f.transfer = start_exchange(f.buffer, static_cast<size_t>(m_overlap_dim), true);
+  progress(f.transfer);
   count(clock.seconds());
   return f;
 }

@@ -3,6 +3,7 @@
 // messages for bad arguments. Few collectives per test: ranks beyond the cores are oversubscribed.
 #include "support/communicator_test.hpp"
 #include "tessera/comm/communicator.hpp"
+#include "tessera/comm/progress.hpp"
 #include "tessera/comm/watchdog.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
@@ -10,7 +11,9 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace tessera;
@@ -209,6 +212,34 @@ TEST_F(CommunicatorTest, TestProgressesAnAllreduceWhileTheRankComputes) {
   for (int i = 0; i < n; i += 997) {
     ASSERT_EQ(v[static_cast<size_t>(i)], expected) << i << " after " << polls << " polls";
   }
+}
+
+TEST_F(CommunicatorTest, BackgroundProgressCompletesTransfersWhileTheRankMakesNoMpiCall) {
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  ASSERT_EQ(level, MPI_THREAD_MULTIPLE) << "the MPI tests run as tessera does (support/mpi_main)";
+  // 4 MiB around a ring: far above any eager limit, so a send completes only after its receiver
+  // has taken part. This thread makes no MPI call on them: the helper thread must move them.
+  const int next = (rank + 1) % size;
+  const int previous = (rank + size - 1) % size;
+  constexpr size_t n = size_t{1} << 20;
+  const std::vector<float> out(n, static_cast<float>(rank));
+  std::vector<float> in(n, -1.0F);
+  auto received = comm.recv(in, {previous, 9});
+  auto sent = comm.send(out, {next, 9});
+  bool done = false;
+  for (int round = 0; round < 600 && !done; ++round) {  // 30 s at most, then fail (not hang)
+    BackgroundProgress progress({received.get(), sent.get()});
+    ASSERT_TRUE(progress.active());
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    progress.stop();  // joins: what the helper did is visible here
+    done = received->is_completed() && sent->is_completed();
+  }
+  EXPECT_TRUE(done) << "the helper thread did not complete the transfers";
+  received->wait();
+  sent->wait();
+  EXPECT_EQ(in[0], static_cast<float>(previous));
+  EXPECT_EQ(in[n - 1], static_cast<float>(previous));
 }
 
 TEST_F(CommunicatorTest, OutstandingWorksCompleteInAnyOrder) {

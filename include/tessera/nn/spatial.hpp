@@ -15,6 +15,7 @@
 // the dimensions before it (edges and corners travel through two or three hops, as in a stencil
 // code's ghost exchange), with non-blocking send/recv on that dimension's axis communicator.
 #include "tessera/comm/communicator.hpp"
+#include "tessera/comm/progress.hpp"
 #include "tessera/core/layout.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/nn/build_context.hpp"
@@ -102,6 +103,8 @@ class Halo {
     Range recv_low, recv_high;
     std::vector<float> in_low, in_high, out_low, out_high;
     std::vector<std::unique_ptr<comm::Work>> work;
+    /// Moves the messages while the layer computes (begin_gather / begin_scatter only).
+    std::unique_ptr<comm::BackgroundProgress> progress;
   };
   /// A gather or scatter begun and not finished.
   struct InFlight {
@@ -156,8 +159,10 @@ class Halo {
   Tensor fill_buffer(const Tensor& x, float fill) const;
   /// scatter's last part: this rank's block of the buffer.
   Tensor own_block(const Tensor& buffer) const;
-  /// Adds the halo seconds since `clock` started to the context's clock.
+  /// Adds `seconds` of halo time (one call) to the context's clock.
   void count(double seconds) const;
+  /// Starts moving t's messages from a helper thread (comm/progress.hpp).
+  static void progress(Transfer& t);
 };
 
 /// What a window layer's place_input works out: the halo (none when the input is whole) and the
