@@ -28,8 +28,10 @@ if [[ ! $redrawn -gt 0 ]]; then
   echo "FAIL: no run drawn again (@redrawn '$redrawn')" >&2
   exit 1
 fi
+# (The first DATA block is the dataset's; the attributes' follow. awk reads to the end: an early
+# exit would kill h5dump with SIGPIPE, which pipefail reports.)
 h5dump -d /train/x -y -w 0 -m %.9g "$dir/redraw.1.h5" |
-  awk '/DATA \{/ { on = 1; next } on && /\}/ { exit } on' | tr -d ', ' | awk -v n=64 -v samples=3 '
+  awk '/DATA \{/ && !seen { on = 1; seen = 1; next } on && /\}/ { on = 0 } on' | tr -d ', ' | awk -v n=64 -v samples=3 '
     { s = int((NR - 1) / n); if (NR % n == 1 || $1 > m[s]) m[s] = $1 }
     END {
       if (NR != samples * n) { print "FAIL: read " NR " values, expected " samples * n; exit 1 }
