@@ -446,21 +446,22 @@ Tensor Halo::scatter(const Tensor& dwindow) const {
   return dx;
 }
 
-void Halo::progress(Transfer& t) {
+Halo::InFlight Halo::start_overlapped(Tensor buffer, bool backward) const {
+  InFlight f;
+  f.buffer = std::move(buffer);
+  f.transfer = start_exchange(f.buffer, static_cast<size_t>(m_overlap_dim), backward);
   std::vector<comm::Work*> work;
-  for (auto& w : t.work) {
+  for (auto& w : f.transfer.work) {
     work.push_back(w.get());
   }
-  t.progress = std::make_unique<comm::BackgroundProgress>(std::move(work));
+  f.transfer.progress = std::make_unique<comm::BackgroundProgress>(std::move(work));
+  return f;
 }
 
 Halo::InFlight Halo::begin_gather(const Tensor& x, float fill) const {
   TESSERA_CHECK(overlaps(), "{}: begin_gather without an overlappable split", m_layer);
   const Stopwatch clock;
-  InFlight f;
-  f.buffer = fill_buffer(x, fill);  // the window (m_window_is_buffer)
-  f.transfer = start_exchange(f.buffer, static_cast<size_t>(m_overlap_dim), false);
-  progress(f.transfer);
+  InFlight f = start_overlapped(fill_buffer(x, fill), false);  // the window (m_window_is_buffer)
   count(clock.seconds());
   return f;
 }
@@ -478,10 +479,7 @@ Halo::InFlight Halo::begin_scatter(const Tensor& dwindow) const {
   TESSERA_CHECK(dwindow.shape() == batch_shape(n, m_window), "{}: halo scatter of {}, window {}",
                 m_layer, to_string(dwindow.shape()), to_string(m_window));
   const Stopwatch clock;
-  InFlight f;
-  f.buffer = dwindow;
-  f.transfer = start_exchange(f.buffer, static_cast<size_t>(m_overlap_dim), true);
-  progress(f.transfer);
+  InFlight f = start_overlapped(dwindow, true);
   count(clock.seconds());
   return f;
 }

@@ -161,8 +161,9 @@ class Halo {
   Tensor own_block(const Tensor& buffer) const;
   /// Adds `seconds` of halo time (one call) to the context's clock.
   void count(double seconds) const;
-  /// Starts moving t's messages from a helper thread (comm/progress.hpp).
-  static void progress(Transfer& t);
+  /// begin_gather's and begin_scatter's exchange along the overlap dimension, its messages moved
+  /// from a helper thread (comm/progress.hpp) while the caller computes.
+  InFlight start_overlapped(Tensor buffer, bool backward) const;
 };
 
 /// What a window layer's place_input works out: the halo (none when the input is whole) and the
