@@ -222,7 +222,7 @@ void ConvNd::plan_pieces() {
   if (j1 <= j0) {
     return;  // every output reads a halo row: nothing to overlap
   }
-  auto add = [&](Index begin, Index end, bool interior) {
+  auto add = [&](Index begin, Index end) {
     if (end <= begin) {
       return;
     }
@@ -238,16 +238,14 @@ void ConvNd::plan_pieces() {
     options.accumulate_input_grad = true;
     Piece p;
     p.out_begin = begin;
-    p.out_count = end - begin;
-    p.interior = interior;
     p.conv = std::make_unique<kernels::DnnlConv>(
         fmt::format("{} '{}' (output rows [{}, {}))", m_kind, name(), begin, end), piece, m_out,
         m_ndims, m_bias, options);
     m_pieces.push_back(std::move(p));
   };
-  add(j0, j1, true);
-  add(0, j0, false);
-  add(j1, out, false);
+  add(j0, j1);  // the interior first
+  add(0, j0);
+  add(j1, out);
   m_piece_axis = g;
   if (m_pieces.size() == 1) {
     m_pieces.clear();  // nothing to receive (this rank only sends): gather() does that

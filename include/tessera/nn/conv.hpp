@@ -122,9 +122,8 @@ class ConvNd : public Layer {
   /// the halo rows travel; backward computes the boundary first and sends its gradients back
   /// while it computes the interior.
   struct Piece {
-    Index out_begin = 0;  // output rows [out_begin, out_begin + out_count) along the split
-    Index out_count = 0;  // dimension, reading window rows from out_begin · stride on
-    bool interior = false;
+    Index out_begin = 0;  // its first output row along the split dimension (it reads window
+                          // rows from out_begin · stride on; its DnnlConv knows how many)
     std::unique_ptr<kernels::DnnlConv> conv;
   };
   std::vector<Piece> m_pieces;  // the interior first; empty: no overlap
