@@ -506,7 +506,7 @@ double generate_gray_scott(const GenOptions& o) {
   const std::string tmp = partial_name(o.output);
   io::File f = io::File::create(tmp, MPI_COMM_WORLD);
   double write_seconds = 0.0;
-  std::int64_t redrawn_total = 0;
+  std::int64_t redrawn = 0;  // runs that died out and were drawn again
   {
     const io::Group r = f.root();
     write_root_attributes(r,
@@ -547,7 +547,6 @@ double generate_gray_scott(const GenOptions& o) {
     std::vector<float> targets;
     const Stopwatch total;
     const std::int64_t every = std::max<std::int64_t>(1, o.samples / 10);
-    std::int64_t redrawn = 0;
     for (std::int64_t s = 0; s < o.samples; ++s) {
       // A run that dies out is drawn again (kExtinct): the maximum over the whole volume decides,
       // the same on every rank.
@@ -584,7 +583,6 @@ double generate_gray_scott(const GenOptions& o) {
       }
     }
     a.set("redrawn", redrawn);
-    redrawn_total = redrawn;
     const ScopedTimer t(write_seconds);
     // The targets are small: rank 0 writes them, the others take part with empty selections.
     const io::Box ybox = rank == 0 ? io::Box{{0, 0}, {n, 2}} : io::Box{{0, 0}, {0, 0}};
@@ -617,8 +615,7 @@ double generate_gray_scott(const GenOptions& o) {
           "died out drawn again)\n",
           o.output.c_str(), static_cast<long long>(o.samples),
           fmt::format("{}", fmt::join(extent, "x")).c_str(), o.dtype.c_str(),
-          fmt::format("{}", fmt::join(grid.dims(), "x")).c_str(),
-          static_cast<long long>(redrawn_total));
+          fmt::format("{}", fmt::join(grid.dims(), "x")).c_str(), static_cast<long long>(redrawn));
     }
   }
   world.barrier()->wait();
