@@ -78,6 +78,63 @@ double bubble_fraction(int stages, int micro_batches) {
   return static_cast<double>(stages - 1) / static_cast<double>(micro_batches + stages - 1);
 }
 
+std::vector<double> idle_fractions(Schedule schedule, const std::vector<double>& forward,
+                                   const std::vector<double>& backward, int micro_batches) {
+  const int p = static_cast<int>(forward.size());
+  TESSERA_CHECK(p >= 1 && backward.size() == forward.size() && micro_batches >= 1,
+                "pipeline simulation: {} forward and {} backward costs, {} micro-batches", p,
+                backward.size(), micro_batches);
+  std::vector<std::vector<Action>> lists;
+  for (int s = 0; s < p; ++s) {
+    lists.push_back(schedule_actions(schedule, p, s, micro_batches));
+  }
+  // end[s][2 i + backward]: when stage s finished that action (< 0: not yet).
+  std::vector<std::vector<double>> end(
+      static_cast<size_t>(p), std::vector<double>(2 * static_cast<size_t>(micro_batches), -1.0));
+  const auto finished = [&](int s, bool fwd, int i) {
+    return end[static_cast<size_t>(s)][2 * static_cast<size_t>(i) + (fwd ? 0 : 1)];
+  };
+  std::vector<size_t> next(static_cast<size_t>(p), 0);
+  std::vector<double> clock(static_cast<size_t>(p), 0.0);
+  std::vector<double> busy(static_cast<size_t>(p), 0.0);
+  for (bool moved = true; moved;) {
+    moved = false;
+    for (int s = 0; s < p; ++s) {
+      const auto k = static_cast<size_t>(s);
+      // Run this stage's actions while their inputs have arrived.
+      while (next[k] < lists[k].size()) {
+        const Action a = lists[k][next[k]];
+        const int from = a.forward ? s - 1 : s + 1;
+        double ready = clock[k];
+        if (from >= 0 && from < p) {
+          const double arrived = finished(from, a.forward, a.micro);
+          if (arrived < 0.0) {
+            break;
+          }
+          ready = std::max(ready, arrived);
+        }
+        const double cost = a.forward ? forward[k] : backward[k];
+        clock[k] = ready + cost;
+        busy[k] += cost;
+        end[k][2 * static_cast<size_t>(a.micro) + (a.forward ? 0 : 1)] = clock[k];
+        ++next[k];
+        moved = true;
+      }
+    }
+  }
+  for (int s = 0; s < p; ++s) {
+    TESSERA_CHECK(next[static_cast<size_t>(s)] == lists[static_cast<size_t>(s)].size(),
+                  "pipeline simulation: stage {} of {} never finished its {} micro-batches", s, p,
+                  micro_batches);
+  }
+  const double makespan = *std::max_element(clock.begin(), clock.end());
+  std::vector<double> idle;
+  for (int s = 0; s < p; ++s) {
+    idle.push_back(makespan > 0.0 ? (makespan - busy[static_cast<size_t>(s)]) / makespan : 0.0);
+  }
+  return idle;
+}
+
 std::vector<int> balance_stages(const std::vector<double>& costs, int stages) {
   const int n = static_cast<int>(costs.size());
   if (stages < 1 || n < stages) {
@@ -139,7 +196,8 @@ double Pipeline::saved_bytes(const nn::Context& ctx) {
 
 Pipeline::Pending Pipeline::post_recv(const Shape& sample, Index samples, int peer, int tag) const {
   Pending p;
-  p.tensor = Tensor("pipeline recv", nn::batch_shape(samples, sample));
+  // The receive writes every element: no zero fill.
+  p.tensor = Tensor::uninitialized("pipeline recv", nn::batch_shape(samples, sample));
   p.work = m_axis->recv(comm::Buffer(p.tensor), {peer, tag});
   return p;
 }

@@ -21,63 +21,6 @@ using parallel::Action;
 using parallel::Schedule;
 
 namespace {
-// Runs the stages' action lists as a discrete-event simulation: a forward takes `f`, a backward
-// `b` time units; a stage's forward of micro-batch i waits for the previous stage's forward of i,
-// its backward of i for the next stage's backward of i. Returns each stage's idle time over the
-// step's length (the makespan), or -1 when the schedule deadlocks.
-std::vector<double> simulate(Schedule schedule, int p, int m, double f, double b) {
-  std::vector<std::vector<Action>> lists;
-  for (int s = 0; s < p; ++s) {
-    lists.push_back(parallel::schedule_actions(schedule, p, s, m));
-  }
-  std::map<std::tuple<int, bool, int>, double> done;  // (stage, forward, micro) -> end time
-  std::vector<size_t> next(static_cast<size_t>(p), 0);
-  std::vector<double> clock(static_cast<size_t>(p), 0.0);
-  std::vector<double> busy(static_cast<size_t>(p), 0.0);
-  size_t remaining = static_cast<size_t>(2 * m * p);
-  while (remaining > 0) {
-    bool moved = false;
-    for (int s = 0; s < p; ++s) {
-      const auto k = static_cast<size_t>(s);
-      if (next[k] == lists[k].size()) {
-        continue;
-      }
-      const Action a = lists[k][next[k]];
-      double ready = clock[k];
-      if (a.forward && s > 0) {
-        const auto it = done.find({s - 1, true, a.micro});
-        if (it == done.end()) {
-          continue;
-        }
-        ready = std::max(ready, it->second);
-      }
-      if (!a.forward && s + 1 < p) {
-        const auto it = done.find({s + 1, false, a.micro});
-        if (it == done.end()) {
-          continue;
-        }
-        ready = std::max(ready, it->second);
-      }
-      const double cost = a.forward ? f : b;
-      clock[k] = ready + cost;
-      busy[k] += cost;
-      done[{s, a.forward, a.micro}] = clock[k];
-      ++next[k];
-      --remaining;
-      moved = true;
-    }
-    if (!moved) {
-      return std::vector<double>(static_cast<size_t>(p), -1.0);
-    }
-  }
-  const double makespan = *std::max_element(clock.begin(), clock.end());
-  std::vector<double> idle;
-  for (int s = 0; s < p; ++s) {
-    idle.push_back((makespan - busy[static_cast<size_t>(s)]) / makespan);
-  }
-  return idle;
-}
-
 nn::LayerSpec spec(const std::string& kind, std::map<std::string, nn::OptionValue> options = {}) {
   return nn::LayerSpec{kind, std::move(options), DeckLocation{"d.toml", 3, "model.layers"}, {}};
 }
@@ -135,11 +78,14 @@ TEST(PipelineSchedule, PeakActivationsArePMinusSForOneFOneBAndMForGPipe) {
 
 TEST(PipelineSchedule, SimulatedBubbleIsTheFormulaOnBalancedStages) {
   // Balanced stages, a backward twice a forward: both schedules idle (p-1)/(m+p-1) of the step on
-  // every stage, and neither deadlocks.
+  // every stage, and neither deadlocks (idle_fractions checks that every action ran).
   for (const Schedule schedule : {Schedule::gpipe, Schedule::one_f_one_b}) {
-    for (int p : {2, 3, 4}) {
+    for (int p : {1, 2, 3, 4}) {
       for (int m : {1, 4, 8, 16}) {
-        const std::vector<double> idle = simulate(schedule, p, m, 1.0, 2.0);
+        const std::vector<double> idle =
+            parallel::idle_fractions(schedule, std::vector<double>(static_cast<size_t>(p), 1.0),
+                                     std::vector<double>(static_cast<size_t>(p), 2.0), m);
+        ASSERT_EQ(idle.size(), static_cast<size_t>(p));
         for (int s = 0; s < p; ++s) {
           EXPECT_NEAR(idle[static_cast<size_t>(s)], parallel::bubble_fraction(p, m), 1e-12)
               << parallel::schedule_name(schedule) << " p " << p << " m " << m << " stage " << s;
@@ -148,6 +94,49 @@ TEST(PipelineSchedule, SimulatedBubbleIsTheFormulaOnBalancedStages) {
     }
   }
   EXPECT_DOUBLE_EQ(parallel::bubble_fraction(2, 8), 1.0 / 9.0);
+}
+
+TEST(PipelineSchedule, UnequalStagesIdleAsTheirTimelinesSay) {
+  // Two stages, two micro-batches; stage 0 takes 2 forward and 4 backward, stage 1 half of that.
+  // 1F1B, by hand: stage 0 runs F0 [0, 2], F1 [2, 4], B0 [5, 9] (after stage 1's B0 [3, 5]),
+  // B1 [9, 13]; stage 1 F0 [2, 3], B0 [3, 5], F1 [5, 6], B1 [6, 8]. The step is 13 long: stage 0
+  // idles 1 of it, stage 1 7.
+  const std::vector<double> f{2.0, 1.0};
+  const std::vector<double> b{4.0, 2.0};
+  const std::vector<double> one = parallel::idle_fractions(Schedule::one_f_one_b, f, b, 2);
+  EXPECT_NEAR(one[0], 1.0 / 13.0, 1e-12);
+  EXPECT_NEAR(one[1], 7.0 / 13.0, 1e-12);
+  // GPipe: stage 1 runs F0 [2, 3], F1 [4, 5], B0 [5, 7], B1 [7, 9]; stage 0 F0, F1, then
+  // B0 [7, 11], B1 [11, 15]: 15 long, idle 3 and 9.
+  const std::vector<double> gpipe = parallel::idle_fractions(Schedule::gpipe, f, b, 2);
+  EXPECT_NEAR(gpipe[0], 3.0 / 15.0, 1e-12);
+  EXPECT_NEAR(gpipe[1], 9.0 / 15.0, 1e-12);
+  // Where the last stage is the slowest (and for GPipe always, a backward twice its forward), a
+  // step is the flow shop's sum_s t_s + (m - 1) max_s t_s, t_s = f_s + b_s: every micro-batch
+  // through every stage, then one more per time of the slowest.
+  for (const Schedule schedule : {Schedule::gpipe, Schedule::one_f_one_b}) {
+    for (const std::vector<double>& t :
+         {std::vector<double>{1.0, 1.04}, std::vector<double>{1.0, 1.2},
+          std::vector<double>{1.0, 0.8, 1.3}, std::vector<double>{0.7, 1.0, 0.9, 1.1}}) {
+      for (int m : {1, 4, 8, 16}) {
+        std::vector<double> fw;
+        std::vector<double> bw;
+        double sum = 0.0;
+        for (const double x : t) {
+          fw.push_back(x / 3.0);
+          bw.push_back(2.0 * x / 3.0);
+          sum += x;
+        }
+        const double step = sum + (m - 1) * *std::max_element(t.begin(), t.end());
+        const std::vector<double> idle = parallel::idle_fractions(schedule, fw, bw, m);
+        for (size_t s = 0; s < t.size(); ++s) {
+          EXPECT_NEAR(idle[s], 1.0 - m * t[s] / step, 1e-12)
+              << parallel::schedule_name(schedule) << " stages " << t.size() << " m " << m
+              << " stage " << s;
+        }
+      }
+    }
+  }
 }
 
 TEST(PipelineBalance, TheLargestPartIsAsSmallAsBruteForceFinds) {

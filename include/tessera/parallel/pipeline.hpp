@@ -52,6 +52,15 @@ int peak_in_flight(Schedule schedule, int stages, int stage, int micro_batches);
 /// The bubble of a balanced pipeline: (p - 1) / (m + p - 1) of a step idle on every stage.
 double bubble_fraction(int stages, int micro_batches);
 
+/// Each stage's idle share of a step under `schedule` when stage s takes `forward[s]` for a
+/// micro-batch's forward and `backward[s]` for its backward (any unit): the schedule's actions run
+/// as a discrete-event simulation, each action as soon as its stage is free and its input (the
+/// previous stage's forward, the next stage's backward) has arrived; transfers cost nothing.
+/// Balanced stages give bubble_fraction() on every stage; with unequal stages the faster ones
+/// also wait for the slowest, every micro-batch.
+std::vector<double> idle_fractions(Schedule schedule, const std::vector<double>& forward,
+                                   const std::vector<double>& backward, int micro_batches);
+
 /// Cuts `costs` (one per unit, in order) into `stages` consecutive non-empty parts whose largest
 /// sum is as small as it can be (ties: the earlier cut). Returns each part's number of units.
 /// Throws tessera::Error when there are fewer units than stages.
