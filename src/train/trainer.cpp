@@ -1045,6 +1045,39 @@ std::optional<Evaluation> Trainer::eval_and_log(std::int64_t step, double run_se
   return e;
 }
 
+std::vector<double> Trainer::predicted_idle(const std::vector<double>& schedule_s,
+                                            const std::vector<double>& working_s,
+                                            double steps) const {
+  // Stage s spent schedule_s[s] in its forwards and backwards over `steps` steps of m
+  // micro-batches: t_s per micro-batch, taken as a forward of t_s / 3 and a backward of 2 t_s / 3.
+  // The schedule's simulation on those costs gives each stage's idle time per step; it replaces
+  // the measured idle beside the same work (working_s: the window without its idle time).
+  const int m = m_micro_batches;
+  const size_t p = schedule_s.size();
+  std::vector<double> forward(p);
+  std::vector<double> backward(p);
+  size_t slowest = 0;
+  for (size_t s = 0; s < p; ++s) {
+    const double t = schedule_s[s] / std::max(1.0, steps) / m;
+    forward[s] = t / 3.0;
+    backward[s] = 2.0 * t / 3.0;
+    slowest = schedule_s[s] > schedule_s[slowest] ? s : slowest;
+  }
+  std::vector<double> shares(p, 0.0);
+  if (schedule_s[slowest] <= 0.0) {
+    return shares;
+  }
+  const std::vector<double> idle =
+      parallel::idle_fractions(m_pipeline->schedule(), forward, backward, m);
+  // The step's length, from the slowest stage (busy m t of it).
+  const double step = m * (forward[slowest] + backward[slowest]) / (1.0 - idle[slowest]);
+  for (size_t s = 0; s < p; ++s) {
+    const double waits = steps * (step - m * (forward[s] + backward[s]));
+    shares[s] = waits / std::max(1e-12, working_s[s] + waits);
+  }
+  return shares;
+}
+
 double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w) {
   const deck::Deck& d = m_deck;
   // --- forward, loss, backward ------------------------------------------------------------
@@ -1098,6 +1131,7 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   w.tensor_s += tensor_s;
   w.halo_s += halo_s;
   w.compute_s += compute_clock.seconds() - tensor_s - halo_s - ps.idle_s;
+  w.schedule_s += compute_clock.seconds() - ps.idle_s;
 
   // --- gradient reduction (started during backward: what is left is exposed) ---------------
   const Stopwatch comm_clock;
@@ -1268,23 +1302,40 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
   std::string idle;
   std::string idle_json;
   if (m_pipe->size() > 1) {
-    const double mine[3] = {w.idle_s / std::max(1e-12, busy), w.peak_saved_bytes, w.compute_s};
-    std::vector<double> stages(3 * static_cast<size_t>(m_pipe->size()));
-    m_pipe->allgather(comm::ConstBuffer(mine, 3), comm::Buffer(stages))->wait();
+    constexpr size_t kFields = 5;
+    const double mine[kFields] = {w.idle_s / std::max(1e-12, busy), w.peak_saved_bytes, w.compute_s,
+                                  w.schedule_s, busy - w.idle_s};
+    std::vector<double> stages(kFields * static_cast<size_t>(m_pipe->size()));
+    m_pipe->allgather(comm::ConstBuffer(mine, kFields), comm::Buffer(stages))->wait();
+    std::vector<double> schedule_s;
+    std::vector<double> working_s;
     std::vector<std::string> shares;
     std::vector<std::string> fractions;
     std::vector<std::string> bytes;
     std::vector<std::string> compute;
-    for (size_t k = 0; k < stages.size(); k += 3) {
+    std::vector<std::string> in_schedule;
+    for (size_t k = 0; k < stages.size(); k += kFields) {
       shares.push_back(fmt::format("{:.0f}%", 100.0 * stages[k]));
       fractions.push_back(fmt::format("{:.4f}", stages[k]));
       bytes.push_back(fmt::format("{:.0f}", stages[k + 1]));
       compute.push_back(fmt::format("{:.4f}", stages[k + 2]));
+      schedule_s.push_back(stages[k + 3]);
+      in_schedule.push_back(fmt::format("{:.4f}", stages[k + 3]));
+      working_s.push_back(stages[k + 4]);
     }
-    idle = fmt::format("idle {} ", fmt::join(shares, "/"));
-    idle_json =
-        fmt::format(R"(, "idle": [{}], "peak_activation_bytes": [{}], "stage_compute_s": [{}])",
-                    fmt::join(fractions, ", "), fmt::join(bytes, ", "), fmt::join(compute, ", "));
+    // What the schedule itself makes each stage wait, given how long the stages computed.
+    std::vector<std::string> predicted_shares;
+    std::vector<std::string> predicted_fractions;
+    for (const double share : predicted_idle(schedule_s, working_s, w.steps)) {
+      predicted_shares.push_back(fmt::format("{:.0f}%", 100.0 * share));
+      predicted_fractions.push_back(fmt::format("{:.4f}", share));
+    }
+    idle = fmt::format("idle {} (schedule {}) ", fmt::join(shares, "/"),
+                       fmt::join(predicted_shares, "/"));
+    idle_json = fmt::format(
+        R"(, "idle": [{}], "idle_predicted": [{}], "peak_activation_bytes": [{}], "stage_compute_s": [{}], "stage_schedule_s": [{}])",
+        fmt::join(fractions, ", "), fmt::join(predicted_fractions, ", "), fmt::join(bytes, ", "),
+        fmt::join(compute, ", "), fmt::join(in_schedule, ", "));
   }
   if (m_pipe->size() == 1) {
     // The most activation bytes any rank held at once (what a spatial split divides).
@@ -1423,18 +1474,30 @@ std::string describe_stages(const deck::Deck& d, const comm::GridSpec& spec, con
                          plan.unit_kinds[u], plan.unit_flops[u] / 1e6, plan.unit_params[u]);
     }
   }
-  out += fmt::format("{:<6} {:>14} {:>8} {:>14} {:>10} {:>22}\n", "stage", "MFLOP/sample", "share",
-                     "weights MiB", "in flight", "peak activations MiB");
+  out += fmt::format("{:<6} {:>14} {:>8} {:>14} {:>10} {:>22} {:>12}\n", "stage", "MFLOP/sample",
+                     "share", "weights MiB", "in flight", "peak activations MiB", "idle (est.)");
   double total = 0.0;
   for (const double f : plan.unit_flops) {
     total += f;
   }
+  // The schedule simulated on the stages' estimated costs (a backward twice its forward).
+  std::vector<double> forward(plan.sizes.size(), 0.0);
   for (size_t k = 0; k < plan.sizes.size(); ++k) {
-    double flops = 0.0;
+    for (size_t u = plan.first[k]; u < plan.first[k + 1]; ++u) {
+      forward[k] += plan.unit_flops[u];
+    }
+  }
+  std::vector<double> backward;
+  for (const double f : forward) {
+    backward.push_back(2.0 * f);
+  }
+  const std::vector<double> idle =
+      parallel::idle_fractions(schedule, forward, backward, micro_batches);
+  for (size_t k = 0; k < plan.sizes.size(); ++k) {
+    const double flops = forward[k];
     Index params = 0;
     Index acts = 0;
     for (size_t u = plan.first[k]; u < plan.first[k + 1]; ++u) {
-      flops += plan.unit_flops[u];
       params += plan.unit_local_params[u];
       acts += plan.unit_activations[u];
     }
@@ -1443,13 +1506,14 @@ std::string describe_stages(const deck::Deck& d, const comm::GridSpec& spec, con
     // Each unit's outputs and their gradients for every micro-batch in flight.
     const double peak = 2.0 * static_cast<double>(acts) * static_cast<double>(micro_batch) *
                         static_cast<double>(live) * 4.0;
-    out += fmt::format("{:<6} {:>14.2f} {:>7.0f}% {:>14.2f} {:>10} {:>22.2f}\n", k, flops / 1e6,
-                       100.0 * flops / std::max(total, 1e-30),
-                       static_cast<double>(params) * 4.0 * mib, live, peak * mib);
+    out += fmt::format("{:<6} {:>14.2f} {:>7.0f}% {:>14.2f} {:>10} {:>22.2f} {:>11.1f}%\n", k,
+                       flops / 1e6, 100.0 * flops / std::max(total, 1e-30),
+                       static_cast<double>(params) * 4.0 * mib, live, peak * mib, 100.0 * idle[k]);
   }
   out += fmt::format(
       "bubble (balanced stages, in theory): (p - 1) / (m + p - 1) = {:.1f}% of each "
-      "step idle on every stage\n",
+      "step idle on every stage; \"idle (est.)\": the schedule on these stages' estimated costs "
+      "(a faster stage also waits for the slowest, every micro-batch)\n",
       100.0 * parallel::bubble_fraction(spec.pipeline, micro_batches));
   return out;
 }

@@ -8,8 +8,9 @@
 #   (tessera-ckpt diff), and so does the printed loss;
 # - GPipe and 1F1B give the same checkpoint bit for bit, and a pure pipeline equals one rank bit
 #   for bit (each stage computes what one rank computes, in the same order);
-# - one progress line per window with each stage's idle share ("idle NN%/NN%") and metrics records
-#   with "idle" and "peak_activation_bytes" per stage; the grid and stage lines from rank 0 only;
+# - one progress line per window with each stage's idle share and the schedule's prediction for the
+#   stages' measured compute ("idle NN%/NN% (schedule NN%/NN%)") and metrics records with "idle",
+#   "idle_predicted" and "peak_activation_bytes" per stage; the grid and stage lines from rank 0 only;
 # - restarts across pipeline sizes and stage cuts without conversion, bit for bit in
 #   deterministic mode, with gradient clipping: the checkpoint of step 5 written at pipeline 2
 #   resumes at pipeline 1, 4, another cut and data × pipeline 2 × 2 and ends where the
@@ -160,9 +161,18 @@ log=$dir/mlp-p2.log
 grep -qE '^pipeline: 2 stages \(flatten0\.\.linear[0-9] \| [a-z]+[0-9]\.\.linear5\), 1f1b, 4 micro-batches of 8 per step; bubble 20% in theory$' "$log" ||
   fail "no stage line: $(grep '^pipeline' "$log")"
 [[ $(grep -c '^step ' "$log") -eq 3 ]] || fail "progress lines: want 3 (steps 1, 5, 10)"
-grep -qE '^step +10/10 .* idle +[0-9]+%/[0-9]+% comm' "$log" || fail "no idle shares per stage"
-grep -qE '"idle": \[[0-9.]+, [0-9.]+\], "peak_activation_bytes": \[[0-9]+, [0-9]+\]' \
-  "$dir/mlp-p2/metrics.jsonl" || fail "no idle or peak_activation_bytes per stage in the metrics"
+grep -qE '^step +10/10 .* idle +[0-9]+%/[0-9]+% \(schedule [0-9]+%/[0-9]+%\) comm' "$log" ||
+  fail "no idle shares per stage"
+rec=$(grep '"kind": "train"' "$dir/mlp-p2/metrics.jsonl" | tail -n 1)
+grep -qE '"idle": \[[0-9.]+, [0-9.]+\], "idle_predicted": \[[0-9.]+, [0-9.]+\], "peak_activation_bytes": \[[0-9]+, [0-9]+\], "stage_compute_s": \[[0-9.]+, [0-9.]+\], "stage_schedule_s": \[[0-9.]+, [0-9.]+\]' \
+  <<<"$rec" || fail "no idle, idle_predicted or peak_activation_bytes per stage in the metrics"
+# The schedule's prediction for the stages' time in their forwards and backwards: below 1 on both;
+# the stage that took longer waits the less (in 1F1B the faster one waits for it every micro-batch).
+pred=$(sed -E 's/.*"idle_predicted": \[([^]]*)\].*/\1/' <<<"$rec")
+work=$(sed -E 's/.*"stage_schedule_s": \[([^]]*)\].*/\1/' <<<"$rec")
+awk -v p="$pred" -v c="$work" 'BEGIN { split(p, x, ", "); split(c, t, ", ");
+  ok = x[1] >= 0 && x[1] < 1 && x[2] >= 0 && x[2] < 1 && (t[1] > t[2]) == (x[1] < x[2]);
+  exit ok ? 0 : 1 }' || fail "idle_predicted [$pred] does not fit the stages' compute [$work]"
 [[ $(find "$dir/mlp-p2" -name metrics.jsonl | wc -l) -eq 1 ]] || fail "metrics files: want 1"
 "$bin/tessera-ckpt" verify "$(ckpt mlp-p2 10)" >/dev/null || fail "verify of a pipelined checkpoint"
 grep -qx 'grid: 4 ranks = trainers 1 × data 1 × pipeline 4 × tensor 1 × spatial \[1, 1\]' \

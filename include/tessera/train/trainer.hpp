@@ -138,6 +138,7 @@ class Trainer {
     double data_s = 0.0;
     double paused_s = 0.0;          // checkpoint time inside the window, not counted in samples/s
     double idle_s = 0.0;            // pipeline: this stage waiting for its neighbours (the bubble)
+    double schedule_s = 0.0;        // pipeline: this stage's forwards and backwards in the schedule
     double peak_saved_bytes = 0.0;  // pipeline: the most activation bytes held at once
     double grad_norm = 0.0;         // the last step's, when clipping
   };
@@ -147,6 +148,11 @@ class Trainer {
   parallel::StateRegistry state_registry();
   /// One optimizer step on `batch`; adds its sums and times to `window`. Returns the rate used.
   double train_step(std::int64_t step, const io::Batch& batch, Window& window);
+  /// Pipeline: each stage's idle share of a window that 1F1B or GPipe would give stages computing
+  /// `schedule_s` (seconds in their forwards and backwards over `steps` steps) beside the window's
+  /// other work `working_s` — the bubble of these stages, without the transfers' cost.
+  std::vector<double> predicted_idle(const std::vector<double>& schedule_s,
+                                     const std::vector<double>& working_s, double steps) const;
   // After the gradients' reduction: a non-finite loss or gradient on any rank stops the run
   // (every rank, naming the step, tensor and rank) or, with run.nonfinite = "skip", returns true.
   bool nonfinite_step(std::int64_t step, double loss);
