@@ -6,8 +6,10 @@
 #      samples/s of the last progress window (steps after the first STEPS/3), medians; the ratio;
 #   2. the bubble: each stage's measured idle share of a step (metrics "idle", last window) at
 #      m = 4, 8, 16 against the schedule's theory (p - 1) / (m + p - 1), 1F1B — on the transformer
-#      deck (whose stages differ by the head and the loss) and (2b) on 8 equal blocks, the
-#      balanced stages the theory assumes;
+#      deck (whose stages differ by the head and the loss) and (2b) on 8 equal blocks, beside the
+#      share the schedule alone gives stages of the measured costs (metrics "idle_predicted");
+#      (2c) the schedule alone on stages of equal, known cost (tessera-bench-pipeline:
+#      busy-waiting layers, real transfers) — the balanced stages the theory assumes;
 #   3. memory: the most bytes the saved contexts of a stage held at once (metrics
 #      "peak_activation_bytes") under 1F1B and GPipe at m = 8: 1F1B keeps at most p - s
 #      micro-batches alive on stage s, GPipe all m.
@@ -31,19 +33,24 @@ common=(run.steps="$steps" run.epochs= run.log_every="$window" run.eval_every=0 
 
 last_record() { grep '"kind": "train"' "$1/metrics.jsonl" | tail -n 1; }
 field() { sed -E "s/.*\"$2\": \[?([^],}]*)\]?.*/\1/" <<<"$1"; }
-# idle_line M RUN: each stage's idle share of RUN's last window against 1/(M + 1) (p = 2), and the
-# stages' compute seconds over the window.
+# idle_line M RUN: each stage's idle share of RUN's last window against 1/(M + 1) (p = 2), the
+# stages' compute seconds over the window, and the share the schedule alone gives stages that
+# compute that long (metrics "idle_predicted": the trainer's simulation of the schedule on each
+# stage's measured time in its forwards and backwards; equal stages give 1/(M + 1)).
 idle_line() {
-  local rec idle compute
+  local rec idle compute pred
   rec=$(last_record "$2")
   idle=$(sed -E 's/.*"idle": \[([^]]*)\].*/\1/' <<<"$rec")
   compute=$(sed -E 's/.*"stage_compute_s": \[([^]]*)\].*/\1/' <<<"$rec")
-  awk -v m="$1" -v idle="$idle" -v compute="$compute" 'BEGIN {
-    theory = 1 / (m + 1); n = split(idle, s, ", "); split(compute, c, ", ");
+  pred=$(sed -E 's/.*"idle_predicted": \[([^]]*)\].*/\1/' <<<"$rec")
+  awk -v m="$1" -v idle="$idle" -v compute="$compute" -v pred="$pred" 'BEGIN {
+    theory = 1 / (m + 1); n = split(idle, s, ", "); split(compute, c, ", "); split(pred, q, ", ");
     line = sprintf("m = %2d: theory %5.1f%%; measured", m, 100 * theory);
     for (i = 1; i <= n; ++i) line = line sprintf(" stage %d %5.1f%% (%+.0f%%)", i - 1, 100 * s[i], 100 * (s[i] - theory) / theory);
     line = line "; compute s";
     for (i = 1; i <= n; ++i) line = line sprintf(" %.2f", c[i]);
+    line = line "; schedule on these stages";
+    for (i = 1; i <= n; ++i) line = line sprintf(" %5.1f%%", 100 * q[i]);
     print line }'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -105,6 +112,14 @@ for mm in 4 8 16; do
     parallel.pipeline=2 run.output="$tmp/blocks$mm" >/dev/null
   idle_line "$mm" "$tmp/blocks$mm"
 done
+
+echo
+echo "## 2c. the schedule alone: stages of equal, known cost (busy-waiting layers), real transfers"
+echo "(tessera-bench-pipeline; the first: 2 + 4 ms and 128 KiB per micro-batch; the second: the"
+echo "transformer deck's stage at m = 8, about 20 + 40 ms, and its 512 KiB activations)"
+"$mpiexec" -n 2 "$bin/tessera-bench-pipeline" --micro 4,8,16 --steps 20
+"$mpiexec" -n 2 "$bin/tessera-bench-pipeline" --micro 4,8,16 --steps 10 --forward-ms 20 \
+  --backward-ms 40 --floats 131072
 
 echo
 echo "## 3. peak activation bytes per stage, m = 8"
