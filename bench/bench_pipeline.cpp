@@ -18,6 +18,7 @@
 // transfers on its critical path.
 #include "app_main.hpp"
 #include "tessera/comm/communicator.hpp"
+#include "tessera/core/error.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/nn/sequential.hpp"
 #include "tessera/parallel/pipeline.hpp"
@@ -97,6 +98,10 @@ int run(int argc, char** argv) {
   }
   comm::MpiCommunicator axis(MPI_COMM_WORLD, "pipeline");
   const int p = axis.size();
+  if (p < 2) {  // the same on every rank
+    throw input_error("run it on 2 or more ranks (mpiexec -n 2 ...): one rank is one stage")
+        .mark_on_all_ranks();
+  }
   const int s = axis.rank();
   const GridPlace place = GridPlace::single().with(GridAxis::pipeline, p, s);
   nn::Sequential stage("stage", Shape{floats});
