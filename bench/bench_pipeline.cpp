@@ -17,6 +17,7 @@
 // Where the stages' compute is equal, what the schedule adds beyond the theory is the cost of the
 // transfers on its critical path.
 #include "app_main.hpp"
+#include "median.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/timer.hpp"
@@ -26,13 +27,13 @@
 #include <fmt/format.h>
 #include <mpi.h>
 
-#include <algorithm>
 #include <chrono>
 #include <optional>
 #include <string>
 #include <vector>
 
 using namespace tessera;
+using tessera::bench::median;
 
 namespace {
 
@@ -63,12 +64,6 @@ class Spin final : public nn::Layer {
   double m_forward_s;
   double m_backward_s;
 };
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 int run(int argc, char** argv) {
   std::vector<int> micro{4, 8, 16};

@@ -18,6 +18,7 @@
 //                  cache            whole split in memory at open, prefetch = 0
 //                  cache+prefetch2  whole split in memory at open, prefetch = 2
 #include "app_main.hpp"
+#include "median.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/timer.hpp"
@@ -42,6 +43,7 @@
 namespace {
 using tessera::Index;
 using tessera::Tensor;
+using tessera::bench::median;
 using tessera::kernels::ActivationKind;
 using tessera::kernels::Trans;
 
@@ -229,12 +231,6 @@ std::string load_average() {
   std::ifstream in("/proc/loadavg");
   std::string one;
   return in >> one ? one : std::string("?");
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t m = v.size() / 2;
-  return v.size() % 2 == 1 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
 }  // namespace
