@@ -1130,8 +1130,9 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   const double halo_s = halo_clock.seconds - halo_before;
   w.tensor_s += tensor_s;
   w.halo_s += halo_s;
-  w.compute_s += compute_clock.seconds() - tensor_s - halo_s - ps.idle_s;
-  w.schedule_s += compute_clock.seconds() - ps.idle_s;
+  const double in_schedule = compute_clock.seconds() - ps.idle_s;  // forwards and backwards
+  w.schedule_s += in_schedule;
+  w.compute_s += in_schedule - tensor_s - halo_s;
 
   // --- gradient reduction (started during backward: what is left is exposed) ---------------
   const Stopwatch comm_clock;
