@@ -912,6 +912,7 @@ void parse_population(Section& s, Deck& d, const Source& src) {
   p.combine = s.choice("combine", std::string("none"), {"none", "average", "soup"});
   p.recalibrate = s.integer("recalibrate", 0, 0);
   p.fraction = s.number("fraction", 0.25, 0.0, 0.5, true);
+  p.resample = s.number("resample", 0.25, 0.0, 1.0);
   p.seed = static_cast<std::uint64_t>(s.integer("seed", static_cast<std::int64_t>(d.run.seed), 0));
   if (const toml::value* v = s.find("perturb"); v != nullptr) {
     p.perturb.clear();
@@ -1319,6 +1320,31 @@ double hyper_value(const PopulationConfig& population, const HyperSpec& spec, in
   return std::exp(std::log(spec.low) + u * (std::log(spec.high) - std::log(spec.low)));
 }
 
+double explore_value(const PopulationConfig& population, const HyperSpec& spec, double value,
+                     const std::uint32_t (&bits)[4]) {
+  const bool listed = spec.how == "values" || spec.how == "grid";
+  const double lo = listed ? *std::min_element(spec.values.begin(), spec.values.end()) : spec.low;
+  const double hi = listed ? *std::max_element(spec.values.begin(), spec.values.end()) : spec.high;
+  const double pick = bits[0] * 0x1.0p-32;  // in [0, 1)
+  double x = 0.0;
+  if (pick < population.resample) {
+    const double u =
+        static_cast<double>((static_cast<std::uint64_t>(bits[1]) << 32 | bits[2]) >> 11) *
+        0x1.0p-53;
+    if (listed) {
+      x = spec.values[std::min(spec.values.size() - 1,
+                               static_cast<size_t>(u * static_cast<double>(spec.values.size())))];
+    } else if (spec.how == "uniform") {
+      x = lo + u * (hi - lo);
+    } else {
+      x = std::exp(std::log(lo) + u * (std::log(hi) - std::log(lo)));
+    }
+  } else {
+    x = std::clamp(value * population.perturb[bits[3] % population.perturb.size()], lo, hi);
+  }
+  return spec.integer ? std::round(x) : x;
+}
+
 std::string hyper_text(const HyperSpec& spec, double value) {
   if (spec.integer) {
     return fmt::format("{}", static_cast<std::int64_t>(std::llround(value)));
@@ -1526,10 +1552,10 @@ std::string to_toml(const Deck& d) {
     o += fmt::format(
         "\n[population]\nalgorithm = {}\nevery = {}\ntimeout = {}\nvalidation = {}\n"
         "average_every = {}\ncombine = {}\nrecalibrate = {}\nfraction = {}\nperturb = [{}]\n"
-        "seed = {}\n",
+        "resample = {}\nseed = {}\n",
         toml_string(pop.algorithm), pop.every, real(pop.timeout), toml_string(pop.validation),
         pop.average_every, toml_string(pop.combine), pop.recalibrate, real(pop.fraction),
-        fmt::join(pop.perturb, ", "), pop.seed);
+        fmt::join(pop.perturb, ", "), real(pop.resample), pop.seed);
     if (!pop.hyper.empty()) {
       o += "\n[population.hyper]\n";
     }

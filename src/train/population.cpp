@@ -259,11 +259,22 @@ class Population {
   }
   void set_start(std::int64_t step) { m_last_step = step; }
 
-  // The score of the model as it is on this trainer's slice of population.validation.
+  // The score of the model as it is on this trainer's slice of population.validation (LTFB: both
+  // models of a pair are scored on the same slice, so the comparison is fair).
   double score_slice() {
     const Range slice = block_range(m_validation_samples, m_trainers, m_k);
     return score_of(m_base, m_t.evaluate(m_pop.validation, slice));
   }
+
+  // The score of the model as it is on the whole of population.validation (PBT ranks trainers by
+  // their scores: on slices of their own, an easier slice would outrank a better model).
+  double score_whole() {
+    return score_of(m_base, m_t.evaluate(m_pop.validation, Range{0, m_validation_samples}));
+  }
+
+  // The score a trainer is ranked by, in rounds and on the leaderboard: on its slice under LTFB
+  // (where a pair compares two models on one slice), on the whole split otherwise.
+  double score_own() { return m_pop.algorithm == "ltfb" ? score_slice() : score_whole(); }
 
   // The combination of the trainers' final models, then the leaderboard. Collective over the world.
   // `failure`: this trainer's error ("" when it trained to the end); `stopped`: a stop signal
@@ -278,7 +289,7 @@ class Population {
     failed[static_cast<size_t>(m_k)] = failure.empty() ? 0 : 1;
     m_across->allreduce(comm::Buffer(failed), {comm::ReduceOp::max})->wait();
     if (!m_pop.validation.empty() && !summary.stopped && failure.empty()) {
-      const double v = score_slice();
+      const double v = score_own();
       m_best = std::isfinite(m_best) ? std::max(m_best, v) : v;
     }
     std::string combined;
@@ -447,7 +458,7 @@ class Population {
   }
 
   void pbt(std::int64_t step, std::int64_t round) {
-    const double own = m_failed ? -kInf : score_slice();
+    const double own = m_failed ? -kInf : score_own();
     if (!m_failed) {
       m_best = std::isfinite(m_best) ? std::max(m_best, own) : own;
     }
@@ -504,27 +515,18 @@ class Population {
       if (m_failed) {
         return;
       }
-      // Exploit: the donor's weights, state and hyper-parameters; explore: each perturbed by one
-      // of population.perturb, drawn from (population.seed, round, trainer), kept in its range.
+      // Exploit: the donor's weights, state and hyper-parameters; explore: each drawn anew from
+      // its range with probability population.resample, else multiplied by one of
+      // population.perturb and kept in its range (Ray Tune's PBT); random numbers from
+      // (population.seed, round, trainer, key).
       std::vector<double> hyper = unpack(theirs);
       const std::vector<double> inherited = hyper;
       const rng::CounterRng gen(m_pop.seed,
                                 rng::hash_name("pbt") + static_cast<std::uint64_t>(round));
       for (size_t i = 0; i < hyper.size(); ++i) {
-        const deck::HyperSpec& h = m_pop.hyper[i];
         const rng::Philox4x32 r =
             gen.bits(static_cast<std::uint64_t>(m_k) * 1024 + static_cast<std::uint64_t>(i));
-        hyper[i] *= m_pop.perturb[r.v[0] % m_pop.perturb.size()];
-        double lo = h.low;
-        double hi = h.high;
-        if (h.how == "values" || h.how == "grid") {
-          lo = *std::min_element(h.values.begin(), h.values.end());
-          hi = *std::max_element(h.values.begin(), h.values.end());
-        }
-        hyper[i] = std::clamp(hyper[i], lo, hi);
-        if (h.integer) {
-          hyper[i] = std::round(hyper[i]);
-        }
+        hyper[i] = deck::explore_value(m_pop, m_pop.hyper[i], hyper[i], r.v);
       }
       m_lineage.push_back(fmt::format("step {}: copied trainer {} ({}; {} vs {}), explored to {}",
                                       step, from, hyper_text(inherited),

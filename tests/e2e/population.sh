@@ -79,7 +79,7 @@ grep -q "^combined (greedy soup) of trainers \[[01, ]*\]: validation accuracy [0
 echo "ltfb: tournaments, leaderboard and the soup checkpoint"
 
 # --- PBT -----------------------------------------------------------------------------------------
-deck 32 20 '[population]' 'algorithm = "pbt"' 'every = 10' 'timeout = 20' 'perturb = [0.8]' \
+deck 32 20 '[population]' 'algorithm = "pbt"' 'every = 10' 'timeout = 20' 'perturb = [0.8]' 'resample = 0' \
   "validation = \"$tmp/fm.h5:/validation\"" '[population.hyper]' \
   '"optimizer.lr" = { values = [0.0001, 0.05] }' >"$tmp/pbt.toml"
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/pbt.toml" parallel.trainers=2 run.output="$tmp/pbt" \
@@ -88,7 +88,16 @@ grep -q "^\[t0\] pbt step 10: accuracy [0-9.]*% — copied trainer 1 (accuracy [
   fail "pbt: trainer 0 (lr 1e-4) did not copy trainer 1 and explore to lr 0.04"
 grep -q '"lr": 0.04,' <(grep '"step": 20,' "$tmp/pbt/trainer-0/metrics.jsonl") ||
   fail "pbt: trainer 0 does not train with lr 0.04 after the copy"
-echo "pbt: the worse trainer copies the better and explores"
+# PBT ranks trainers by their scores on the whole validation split (on slices of their own, an
+# easier slice would outrank a better model): trainer 1's score at step 10 is its step-10
+# checkpoint's accuracy on all of /validation, as a run of its own evaluates it.
+score=$(sed -n 's/^\[t0\] pbt step 10: .* copied trainer 1 (accuracy \([0-9.]*\)%).*/\1/p' "$tmp/pbt.log")
+"$bin/tessera" run "$tmp/alone.toml" checkpoint.restart="$tmp/pbt/trainer-1/ckpt/ckpt-00000010.h5" \
+  run.steps=10 data.test="$tmp/fm.h5:/validation" run.output="$tmp/pbt-score" >"$tmp/pbt-score.log" 2>&1 ||
+  fail "pbt: scoring trainer 1's checkpoint alone: exit $?"
+grep -q "^eval  step 10: $tmp/fm.h5:/validation loss [0-9.]*, accuracy $score% (2000 samples)$" "$tmp/pbt-score.log" ||
+  fail "pbt: trainer 1's score $score% is not its accuracy on the whole validation split: $(grep '^eval' "$tmp/pbt-score.log")"
+echo "pbt: the worse trainer copies the better and explores; scores on the whole validation split"
 
 # --- a trainer that diverges ------------------------------------------------------------------
 # (recalibrate: the failed trainer takes part in the soup's collectives without estimating.)

@@ -5,6 +5,7 @@
 // BatchNorm statistics.
 #include "tessera/comm/timed.hpp"
 #include "tessera/core/error.hpp"
+#include "tessera/core/rng.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/io/dataset.hpp"
 #include "tessera/train/trainer.hpp"
@@ -103,6 +104,67 @@ TEST(PopulationDeck, LatinHypercubeDrawsCoverTheRange) {
   }
 }
 
+TEST(PopulationDeck, PbtExploresByPerturbingOrByDrawingAnew) {
+  // Ray Tune's explore step: with probability `resample` a fresh draw from the key's whole range
+  // (log-uniform: uniform in log space), else the copied value times one of `perturb`, clamped.
+  const tessera::deck::Deck d = tessera::deck::parse(
+      deck_text(2,
+                "algorithm = \"pbt\"\nevery = 5\nvalidation = \"v.h5:/validation\"\n"
+                "perturb = [0.8, 1.25]\nresample = 0.25\n[population.hyper]\n"
+                "\"optimizer.lr\" = { log_uniform = [1e-3, 1.0] }\n"
+                "\"optimizer.momentum\" = { values = [0.5, 0.9] }\n"
+                "\"optimizer.weight_decay\" = { uniform = [0.0, 4.0] }\n"),
+      "pop.toml");
+  const tessera::deck::PopulationConfig& pop = d.population;
+  EXPECT_EQ(pop.resample, 0.25);
+  const tessera::deck::HyperSpec& lr = pop.hyper[0];
+  const tessera::deck::HyperSpec& momentum = pop.hyper[1];
+  // Perturbed: the first word at or above resample * 2^32, the last picks the factor.
+  const std::uint32_t keep0[4] = {0x40000000U, 0, 0, 0};  // 0.25: not below resample
+  const std::uint32_t keep1[4] = {0xFFFFFFFFU, 0, 0, 1};
+  EXPECT_DOUBLE_EQ(tessera::deck::explore_value(pop, lr, 0.05, keep0), 0.04);
+  EXPECT_DOUBLE_EQ(tessera::deck::explore_value(pop, lr, 0.05, keep1), 0.0625);
+  EXPECT_EQ(tessera::deck::explore_value(pop, lr, 1.1e-3, keep0), 1e-3);  // clamped to the range
+  EXPECT_EQ(tessera::deck::explore_value(pop, lr, 0.9, keep1), 1.0);
+  EXPECT_EQ(tessera::deck::explore_value(pop, momentum, 0.9, keep1), 0.9);  // [0.5, 0.9]
+  // Drawn anew: the lowest and highest draws are the range's ends.
+  const std::uint32_t low[4] = {0, 0, 0, 1};
+  const std::uint32_t high[4] = {0x3FFFFFFFU, 0xFFFFFFFFU, 0xFFFFFFFFU, 1};
+  EXPECT_DOUBLE_EQ(tessera::deck::explore_value(pop, lr, 0.05, low), 1e-3);
+  EXPECT_NEAR(tessera::deck::explore_value(pop, lr, 0.05, high), 1.0, 1e-12);
+  EXPECT_EQ(tessera::deck::explore_value(pop, momentum, 0.9, low), 0.5);
+  // Over many draws from Philox words: a quarter drawn anew (neither 0.8 nor 1.25 times the
+  // copied value), those spread log-uniformly (a third per decade); the uniform key's mean 2.
+  const tessera::rng::CounterRng gen(7, 11);
+  const int n = 40000;
+  int fresh = 0;
+  int decade[3] = {0, 0, 0};
+  double sum = 0.0;
+  int uniform_fresh = 0;
+  for (int i = 0; i < n; ++i) {
+    const tessera::rng::Philox4x32 r = gen.bits(static_cast<std::uint64_t>(i));
+    const double x = tessera::deck::explore_value(pop, lr, 0.01, r.v);
+    ASSERT_GE(x, 1e-3);
+    ASSERT_LE(x, 1.0);
+    if (x != 0.01 * 0.8 && x != 0.01 * 1.25) {
+      ++fresh;
+      ++decade[std::min(2, static_cast<int>(std::floor(std::log10(x / 1e-3))))];
+    }
+    const double w = tessera::deck::explore_value(pop, pop.hyper[2], 1.0, r.v);
+    if (w != 0.8 && w != 1.25) {
+      ++uniform_fresh;
+      sum += w;
+    }
+  }
+  const double share = static_cast<double>(fresh) / n;
+  EXPECT_NEAR(share, 0.25, 4 * std::sqrt(0.25 * 0.75 / n));
+  EXPECT_EQ(uniform_fresh, fresh);  // the same words pick alike for every key
+  for (const int c : decade) {
+    EXPECT_NEAR(static_cast<double>(c) / fresh, 1.0 / 3.0, 4 * std::sqrt(2.0 / 9.0 / fresh));
+  }
+  EXPECT_NEAR(sum / uniform_fresh, 2.0, 4 * std::sqrt(4.0 / 3.0 / uniform_fresh));
+}
+
 TEST(PopulationDeck, BadInputIsNamed) {
   const auto expect_error = [](const std::string& population, const std::string& message) {
     try {
@@ -136,6 +198,7 @@ TEST(PopulationDeck, BadInputIsNamed) {
   expect_error("algorithm = \"ltfb\"\nvalidation = \"v.h5:/validation\"\n",
                "pop.toml:18: population.algorithm = \"ltfb\" needs population.every, the steps "
                "between tournaments");
+  expect_error("resample = 1.5\n", "pop.toml:18: population.resample = 1.5 must be in [0, 1]");
   expect_error("perturb = [0.8, -1]\n",
                "pop.toml:18: population.perturb = [0.8, -1] must be a non-empty list of positive "
                "factors ([0.8, 1.25])");

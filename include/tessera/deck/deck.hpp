@@ -131,8 +131,9 @@ struct PopulationConfig {
   std::int64_t recalibrate = 0;
   double fraction = 0.25;                  ///< pbt: the share that copies (and is copied)
   std::vector<double> perturb{0.8, 1.25};  ///< pbt: factors a copied value is multiplied by
-  std::uint64_t seed = 0;                  ///< samples the hyper-parameters; default run.seed
-  std::vector<HyperSpec> hyper;            ///< in the deck's order
+  double resample = 0.25;        ///< pbt: probability a copied value is drawn anew from its range
+  std::uint64_t seed = 0;        ///< samples the hyper-parameters; default run.seed
+  std::vector<HyperSpec> hyper;  ///< in the deck's order
 };
 
 struct Deck {
@@ -178,6 +179,13 @@ std::vector<std::string> trainer_overrides(const Deck& deck, int trainer);
 /// k draws within its own of `trainers` equal parts of the range, the parts dealt per key).
 double hyper_value(const PopulationConfig& population, const HyperSpec& spec, int trainer,
                    int trainers);
+
+/// PBT's explore step for a value copied from a better trainer: with probability
+/// population.resample a fresh draw from `spec`'s range (uniform, log-uniform in log space, or one
+/// of its values), else `value` times one of population.perturb, clamped to the range; rounded for
+/// an integer key. `bits`: four random words (the first picks, the next two draw).
+double explore_value(const PopulationConfig& population, const HyperSpec& spec, double value,
+                     const std::uint32_t (&bits)[4]);
 
 /// `value` as deck text for `spec`'s key: an integer for an integer key, else a real that parses
 /// back to the same double.
