@@ -12,6 +12,8 @@
 #          (data 1), then on 1 rank (tensor 1), TP_STEPS steps each; the share of the step the
 #          tensor-parallel collectives took (tensor_s in metrics.jsonl, "tensor NN%" in the
 #          progress line). SEQUENCE=true adds parallel.sequence_parallel to both.
+# PRECISION=bf16 runs both in bfloat16 matrix products: Tessera's run.precision = "bf16",
+# PyTorch's forward under torch.autocast("cpu", bfloat16) (fp32 weights in both).
 # Prints every run, then medians and ratios. Environment: TESSERA (build/bin/tessera), PYTHON
 # (/usr/bin/python3 with python3-torch and python3-h5py), ROUNDS (5), STEPS (60), TP_STEPS (40),
 # LOG_EVERY (20), WHAT ("speed tensor"), OUT (a new folder under /tmp). Needs data/kjv.h5.
@@ -27,6 +29,12 @@ TP_STEPS=${TP_STEPS:-40}
 LOG_EVERY=${LOG_EVERY:-20}
 WHAT=${WHAT:-"speed tensor"}
 SEQUENCE=${SEQUENCE:-false}
+PRECISION=${PRECISION:-fp32}
+case $PRECISION in
+fp32) torch_precision=() ;;
+bf16) torch_precision=(--bf16) ;;
+*) echo "gpt_compare: PRECISION=$PRECISION: fp32 or bf16" >&2; exit 2 ;;
+esac
 MPIEXEC=${MPIEXEC:-mpiexec.mpich}
 OUT=${OUT:-$(mktemp -d /tmp/tessera-gpt.XXXXXX)}
 [[ -f data/kjv.h5 ]] || { echo "gpt_compare: data/kjv.h5 missing (tessera-data import kjv)" >&2; exit 2; }
@@ -36,7 +44,8 @@ export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 csv=$OUT/results.csv
 echo "round,what,peer,tokens_per_s,tensor_pct" >"$csv"
 common=(run.steps="$STEPS" run.log_every="$LOG_EVERY" run.eval_every=0 data.test= run.blas_threads=1
-  checkpoint.every_steps=0 checkpoint.at_end=false optimizer.schedule.warmup_steps=10)
+  checkpoint.every_steps=0 checkpoint.at_end=false optimizer.schedule.warmup_steps=10
+  run.precision="$PRECISION")
 wide=("model.layers[0].embedding.dim=512" "model.layers[1].repeat.layers[0].residual.layers[1].attention.heads=8"
   "model.layers[1].repeat.layers[1].residual.layers[1].linear.out=2048"
   "model.layers[1].repeat.layers[1].residual.layers[3].linear.out=512")
@@ -51,7 +60,7 @@ for ((round = 1; round <= ROUNDS; ++round)); do
     echo "$round,speed,tessera,$tok," >>"$csv"
     log=$OUT/torch-r$round.log
     "$PYTHON" bench/peers/gpt_torch.py --steps "$STEPS" --threads 1 --skip "$LOG_EVERY" \
-      --log-every "$LOG_EVERY" --warmup 10 --no-eval >"$log" 2>&1
+      --log-every "$LOG_EVERY" --warmup 10 --no-eval "${torch_precision[@]}" >"$log" 2>&1
     tok=$("$PYTHON" -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["tokens_per_s"], 1))' "$log")
     echo "round $round  speed   pytorch  $tok tokens/s"
     echo "$round,speed,pytorch,$tok," >>"$csv"

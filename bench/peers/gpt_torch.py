@@ -164,6 +164,8 @@ def main():
     a.add_argument("--skip", type=int, default=20, help="steps excluded from tokens/s")
     a.add_argument("--init", default="", help="Tessera's step-0 checkpoint (checkpoint.at_start)")
     a.add_argument("--no-eval", action="store_true")
+    a.add_argument("--bf16", action="store_true",
+                   help="the forward (and so its backward) under torch.autocast('cpu', bfloat16)")
     a.add_argument("--output", default="", help="also write DIR/metrics.jsonl")
     o = a.parse_args()
     torch.set_num_threads(o.threads)
@@ -201,8 +203,9 @@ def main():
         y = torch.from_numpy(np.stack([train[s + 1:s + o.context + 1] for s in starts]).astype(np.int64))
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, o.lr, o.warmup, o.steps, o.min_lr)
-        logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, vocab), y.view(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=o.bf16):
+            logits = model(x)
+            loss = F.cross_entropy(logits.view(-1, vocab), y.view(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if o.clip > 0:
@@ -226,6 +229,7 @@ def main():
     if val is not None:
         record({"kind": "eval", "step": o.steps, "loss": val})
     print(json.dumps({"summary": True, "torch": torch.__version__, "threads": o.threads,
+                      "precision": "bf16" if o.bf16 else "fp32",
                       "steps": o.steps, "tokens_per_s": tokens / timed if timed > 0 else 0.0,
                       "val_loss": val}), flush=True)
 

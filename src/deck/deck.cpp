@@ -1151,6 +1151,7 @@ Deck parse(const std::string& text, const std::string& file,
                     "run.output must not be empty (leave it out for runs/<run.name>)");
   }
   d.run.blas_threads = static_cast<int>(run.integer("blas_threads", 1, 1, 256));
+  d.run.precision = run.choice("precision", "fp32", {"fp32", "bf16"});
   d.run.watchdog_s = run.number("watchdog_s", 300.0, 0.0, 1e7, false);
   d.run.check_collectives = run.boolean("check_collectives", false);
   d.run.nonfinite = run.choice("nonfinite", "stop", {"stop", "skip"});
@@ -1480,11 +1481,12 @@ std::string to_toml(const Deck& d) {
     o += fmt::format("epochs = {}\n", d.run.epochs);
   }
   o += fmt::format(
-      "log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\nwatchdog_s = {}\n"
-      "check_collectives = {}\nnonfinite = {}\ncheck_replicas = {}\nactivation_limit_mb = {}\n\n",
+      "log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\nprecision = {}\n"
+      "watchdog_s = {}\ncheck_collectives = {}\nnonfinite = {}\ncheck_replicas = {}\n"
+      "activation_limit_mb = {}\n\n",
       d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads,
-      real(d.run.watchdog_s), d.run.check_collectives, toml_string(d.run.nonfinite),
-      d.run.check_replicas, real(d.run.activation_limit_mb));
+      toml_string(d.run.precision), real(d.run.watchdog_s), d.run.check_collectives,
+      toml_string(d.run.nonfinite), d.run.check_replicas, real(d.run.activation_limit_mb));
   o += fmt::format(
       "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n"
       "sequence_parallel = {}\nbucket_mb = {}\nreduce = {}\nzero = {}\ndeterministic = {}\n",

@@ -25,9 +25,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -155,19 +157,77 @@ void set_dnnl_threads(int threads) {
   omp_set_num_threads(std::max(1, threads));
 }
 
-bool dnnl_gemm(bool trans_a, bool trans_b, Index m, Index n, Index k, float alpha, const float* a,
-               Index lda, const float* b, Index ldb, float beta, float* c, Index ldc) {
+namespace {
+/// oneDNN's GEMMs, unless the environment sets TESSERA_HOST_GEMM=openblas (the tests run both).
+bool gemm_enabled() {
   static const bool use = [] {
     const char* choice = std::getenv("TESSERA_HOST_GEMM");
     return choice == nullptr || std::string(choice) != "openblas";
   }();
-  if (!use) {
+  return use;
+}
+}  // namespace
+
+bool dnnl_gemm(bool trans_a, bool trans_b, Index m, Index n, Index k, float alpha, const float* a,
+               Index lda, const float* b, Index ldb, float beta, float* c, Index ldc) {
+  if (!gemm_enabled()) {
     return false;
   }
   const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha,
                                           a, lda, b, ldb, beta, c, ldc);
   TESSERA_CHECK(status == dnnl_success, "dnnl_sgemm failed with status {} (m {}, n {}, k {})",
                 static_cast<int>(status), m, n, k);
+  return true;
+}
+
+bool dnnl_gemm_bf16(bool trans_a, bool trans_b, Index m, Index n, Index k, float alpha,
+                    const std::uint16_t* a, const std::uint16_t* b, float beta, float* c,
+                    Index ldc) {
+  if (!gemm_enabled()) {
+    return false;
+  }
+  using dt = memory::data_type;
+  const memory::desc src({m, k}, dt::bf16, trans_a ? memory::dims{1, m} : memory::dims{k, 1});
+  const memory::desc weights({k, n}, dt::bf16, trans_b ? memory::dims{1, k} : memory::dims{n, 1});
+  const memory::desc dst({m, n}, dt::f32, memory::dims{ldc, 1});
+  // One matmul primitive per (transposes, m, n, k, ldc, alpha, beta): its JIT kernel is
+  // specialised to them. An empty one records a shape oneDNN has no bf16 kernel for here.
+  using Key = std::tuple<bool, bool, Index, Index, Index, Index, float, float>;
+  static std::map<Key, std::optional<dnnl::matmul>> cache;
+  static std::mutex mutex;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto [at, fresh] = cache.try_emplace(Key{trans_a, trans_b, m, n, k, ldc, alpha, beta});
+  if (fresh) {
+    dnnl::primitive_attr attr;
+    if (alpha != 1.0F) {
+      attr.set_output_scales(0, {alpha});
+    }
+    if (beta != 0.0F) {
+      dnnl::post_ops post;
+      post.append_sum(beta);
+      attr.set_post_ops(post);
+    }
+    try {
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, weights, dst), attr,
+                                            runtime().engine);
+      at->second.emplace(pd);
+    } catch (const dnnl::error&) {
+      // unimplemented for this CPU: kernels::gemm's fp32 fallback
+    }
+  }
+  if (!at->second) {
+    return false;
+  }
+  const dnnl::engine& engine = runtime().engine;
+  // NOLINTBEGIN(cppcoreguidelines-pro-type-const-cast): oneDNN's handles are void*; inputs are read
+  const memory src_mem(src, engine, const_cast<std::uint16_t*>(a));
+  const memory weights_mem(weights, engine, const_cast<std::uint16_t*>(b));
+  // NOLINTEND(cppcoreguidelines-pro-type-const-cast)
+  const memory dst_mem(dst, engine, c);
+  at->second->execute(
+      runtime().stream,
+      {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, weights_mem}, {DNNL_ARG_DST, dst_mem}});
+  runtime().stream.wait();
   return true;
 }
 

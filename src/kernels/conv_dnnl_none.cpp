@@ -18,6 +18,12 @@ bool dnnl_gemm(bool /*trans_a*/, bool /*trans_b*/, Index /*m*/, Index /*n*/, Ind
   return false;
 }
 
+bool dnnl_gemm_bf16(bool /*trans_a*/, bool /*trans_b*/, Index /*m*/, Index /*n*/, Index /*k*/,
+                    float /*alpha*/, const std::uint16_t* /*a*/, const std::uint16_t* /*b*/,
+                    float /*beta*/, float* /*c*/, Index /*ldc*/) {
+  return false;
+}
+
 struct DnnlConv::Impl {};
 
 DnnlConv::DnnlConv(std::string what, const ConvGeometry& /*g*/, Index /*out_channels*/,

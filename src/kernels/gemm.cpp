@@ -1,9 +1,15 @@
 #include "tessera/kernels/gemm.hpp"
 
 #include "tessera/core/check.hpp"
+#include "tessera/core/clones.hpp"
 #include "tessera/kernels/conv_dnnl.hpp"
 
 #include <cblas.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <vector>
 
 // OpenBLAS's own thread control; declared here because Debian's cblas.h for the generic BLAS
 // alternative does not carry it.
@@ -14,15 +20,43 @@ namespace {
 CBLAS_TRANSPOSE to_cblas(Trans t) {
   return t == Trans::yes ? CblasTrans : CblasNoTrans;
 }
-}  // namespace
 
-void gemm(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, const float* a,
-          Index lda, const float* b, Index ldb, float beta, float* c, Index ldc) {
-  static_assert(Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible,
-                "device-memory GEMM goes through kernels/cuda (cuBLAS)");
-  if (m == 0 || n == 0) {
-    return;
+std::atomic<MatmulPrecision> g_precision{MatmulPrecision::fp32};
+
+/// The bfloat16 nearest to the float with these bits (ties to even; a NaN stays a quiet NaN);
+/// branch-free, so that the loops below vectorise.
+inline std::uint16_t bf16_of_bits(std::uint32_t bits) {
+  const std::uint32_t rounded = (bits + 0x7FFFU + ((bits >> 16) & 1U)) >> 16;
+  const std::uint32_t nan = (bits >> 16) | 0x40U;
+  return static_cast<std::uint16_t>((bits & 0x7FFFFFFFU) > 0x7F800000U ? nan : rounded);
+}
+
+TESSERA_CLONES_AVX512
+void round_row(const float* x, Index n, std::uint16_t* out) {
+  for (Index j = 0; j < n; ++j) {
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, x + j, sizeof bits);
+    out[j] = bf16_of_bits(bits);
   }
+}
+
+/// X (rows×cols as stored, row stride ld) as a dense row-major bfloat16 matrix.
+void pack_bf16(Index rows, Index cols, const float* x, Index ld, std::vector<std::uint16_t>& out) {
+  out.resize(static_cast<size_t>(rows * cols));
+  for (Index i = 0; i < rows; ++i) {
+    round_row(x + i * ld, cols, out.data() + i * cols);
+  }
+}
+
+float from_bf16(std::uint16_t h) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
+  float x = 0.0F;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+void gemm_fp32(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, const float* a,
+               Index lda, const float* b, Index ldb, float beta, float* c, Index ldc) {
   // oneDNN's sgemm where the build has it (AVX-512 here), else OpenBLAS
   // (src/kernels/conv_dnnl*.cpp).
   if (dnnl_gemm(trans_a == Trans::yes, trans_b == Trans::yes, m, n, k, alpha, a, lda, b, ldb, beta,
@@ -32,6 +66,59 @@ void gemm(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, 
   cblas_sgemm(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), static_cast<int>(m),
               static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
               static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+}
+
+void gemm_bf16(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, const float* a,
+               Index lda, const float* b, Index ldb, float beta, float* c, Index ldc) {
+  // A and B rounded as they are stored (dense, row strides k or m and n or k): the matmul reads
+  // them transposed where op() says so.
+  thread_local std::vector<std::uint16_t> a16;
+  thread_local std::vector<std::uint16_t> b16;
+  const bool ta = trans_a == Trans::yes;
+  const bool tb = trans_b == Trans::yes;
+  pack_bf16(ta ? k : m, ta ? m : k, a, lda, a16);
+  pack_bf16(tb ? n : k, tb ? k : n, b, ldb, b16);
+  if (dnnl_gemm_bf16(ta, tb, m, n, k, alpha, a16.data(), b16.data(), beta, c, ldc)) {
+    return;
+  }
+  // No bf16 matmul here: the rounded values, multiplied and accumulated in fp32.
+  thread_local std::vector<float> a32;
+  thread_local std::vector<float> b32;
+  a32.resize(a16.size());
+  b32.resize(b16.size());
+  std::transform(a16.begin(), a16.end(), a32.begin(), from_bf16);
+  std::transform(b16.begin(), b16.end(), b32.begin(), from_bf16);
+  gemm_fp32(trans_a, trans_b, m, n, k, alpha, a32.data(), ta ? m : k, b32.data(), tb ? k : n, beta,
+            c, ldc);
+}
+}  // namespace
+
+void set_matmul_precision(MatmulPrecision precision) {
+  g_precision = precision;
+}
+
+MatmulPrecision matmul_precision() {
+  return g_precision;
+}
+
+std::uint16_t to_bf16(float x) {
+  std::uint32_t bits = 0;
+  std::memcpy(&bits, &x, sizeof bits);
+  return bf16_of_bits(bits);
+}
+
+void gemm(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, const float* a,
+          Index lda, const float* b, Index ldb, float beta, float* c, Index ldc) {
+  static_assert(Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible,
+                "device-memory GEMM goes through kernels/cuda (cuBLAS)");
+  if (m == 0 || n == 0) {
+    return;
+  }
+  if (k > 0 && g_precision == MatmulPrecision::bf16) {
+    gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  } else {
+    gemm_fp32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
 }
 
 void matmul(const Tensor& a, Trans trans_a, const Tensor& b, Trans trans_b, const Tensor& c,

@@ -591,6 +591,8 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world, Reporter* reporter)
     (void)describe(deck, m_trainer->size() * m_grid->trainers());
   });
   kernels::set_blas_threads(deck.run.blas_threads);
+  kernels::set_matmul_precision(deck.run.precision == "bf16" ? kernels::MatmulPrecision::bf16
+                                                             : kernels::MatmulPrecision::fp32);
   build(m_grid->spec());
 }
 

@@ -5,8 +5,9 @@
 # validation loss far below the uniform guess ln 256 = 5.55 nats per byte, one checkpoint holding
 # whole matrices (tessera-ckpt ls: qkv (96, 32), the vocabulary's 256 rows); `tessera generate`
 # prints the prompt and its continuation, byte for byte the same on 1 and 2 ranks; the tensor-2
-# checkpoint restarts on one rank; bad generate arguments exit 2 with one "error: " line; --help
-# is the program's page alone.
+# checkpoint restarts on one rank; run.precision = "bf16" trains within 2% of fp32's loss, on 1
+# rank and as tensor = 2; bad generate arguments exit 2 with one "error: " line; --help is the
+# program's page alone.
 set -euo pipefail
 bin=${TESSERA_BIN:?}
 mpiexec=${MPIEXEC:-mpiexec.mpich}
@@ -82,6 +83,27 @@ timeout 120 "$mpiexec" -n 1 "$bin/tessera" run lm.toml run.steps=40 run.output=o
   "checkpoint.restart=$ckpt" >restart.log 2>&1 || { cat restart.log; fail "restart on one rank failed"; }
 grep -q '^step     40/40 ' restart.log || fail "the restart on one rank did not reach step 40"
 echo "the tensor-2 checkpoint restarts on one rank"
+
+# run.precision = "bf16": the matrix products on bfloat16 inputs (fp32 accumulation, fp32
+# weights): the training follows fp32's closely but not bit for bit, on 1 rank and as tensor = 2.
+for p in fp32 bf16; do
+  timeout 120 "$mpiexec" -n 1 "$bin/tessera" run lm.toml run.precision=$p run.output=p-$p \
+    >p-$p.log 2>&1 || { cat p-$p.log; fail "run.precision = $p failed"; }
+done
+timeout 120 "$mpiexec" -n 2 "$bin/tessera" run lm.toml run.precision=bf16 parallel.tensor=2 \
+  run.output=p-bf16-t2 >p-bf16-t2.log 2>&1 || { cat p-bf16-t2.log; fail "bf16 as tensor = 2 failed"; }
+val() { sed -n 's/^eval  step 30: .* loss \([0-9.]*\),.*/\1/p' "$1"; }
+l32=$(val p-fp32.log)
+l16=$(val p-bf16.log)
+l16t=$(val p-bf16-t2.log)
+[[ -n $l32 && -n $l16 && -n $l16t ]] || fail "no evaluation lines: '$l32' '$l16' '$l16t'"
+awk -v a="$l32" -v b="$l16" -v c="$l16t" 'BEGIN { d = a - b; e = b - c
+  exit !(d < 0.02 * a && -d < 0.02 * a && e < 0.01 * b && -e < 0.01 * b) }' ||
+  fail "validation loss fp32 $l32, bf16 $l16, bf16 tensor 2 $l16t: want within 2% (and 1%)"
+cmp -s <(grep '"loss"' p-fp32/metrics.jsonl | sed 's/"time.*//') \
+  <(grep '"loss"' p-bf16/metrics.jsonl | sed 's/"time.*//') &&
+  fail "bf16 trained exactly as fp32: the precision setting did nothing"
+echo "bf16: validation loss $l16 (tensor 2: $l16t) against fp32's $l32"
 
 for n in 1 2; do
   set +e

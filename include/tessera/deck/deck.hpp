@@ -20,12 +20,15 @@ namespace tessera::deck {
 struct RunConfig {
   std::string name;  ///< default: the deck file's stem
   std::uint64_t seed = 0;
-  std::int64_t epochs = 1;         ///< training length in epochs, unless steps is set
-  std::int64_t steps = 0;          ///< training length in optimizer steps (0: from epochs)
-  std::int64_t log_every = 50;     ///< progress line every N steps (and at the last)
-  std::int64_t eval_every = 0;     ///< evaluate every N steps (0: only at the end)
-  std::string output;              ///< run folder; default "runs/<name>"
-  int blas_threads = 1;            ///< BLAS threads per rank
+  std::int64_t epochs = 1;      ///< training length in epochs, unless steps is set
+  std::int64_t steps = 0;       ///< training length in optimizer steps (0: from epochs)
+  std::int64_t log_every = 50;  ///< progress line every N steps (and at the last)
+  std::int64_t eval_every = 0;  ///< evaluate every N steps (0: only at the end)
+  std::string output;           ///< run folder; default "runs/<name>"
+  int blas_threads = 1;         ///< BLAS threads per rank
+  /// "fp32", or "bf16": matrix products with bfloat16 inputs and fp32 accumulation (the tensors,
+  /// weights and optimizer state stay fp32)
+  std::string precision = "fp32";
   double watchdog_s = 300;         ///< a rank blocked in communication longer ends the job (0: off)
   bool check_collectives = false;  ///< debug: compare each collective's signature across ranks
   std::string nonfinite =

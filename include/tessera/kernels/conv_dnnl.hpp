@@ -18,6 +18,7 @@
 #include "tessera/kernels/im2col.hpp"
 
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -36,6 +37,16 @@ void set_dnnl_threads(int threads);
 /// TESSERA_HOST_GEMM=openblas; kernels::gemm then calls OpenBLAS.
 bool dnnl_gemm(bool trans_a, bool trans_b, Index m, Index n, Index k, float alpha, const float* a,
                Index lda, const float* b, Index ldb, float beta, float* c, Index ldc);
+
+/// Row-major C = alpha·op(A)·op(B) + beta·C with A and B dense bfloat16 as stored (A m×k, or k×m
+/// when trans_a; B k×n, or n×k when trans_b), C fp32 (row stride ldc): oneDNN's matmul with bf16
+/// inputs and fp32 accumulation (AVX-512 BF16 instructions where the CPU has them). One primitive
+/// per shape, transposes, alpha and beta, kept for the process. Returns false, doing nothing, in a
+/// build without oneDNN, where oneDNN has no bf16 matmul for this CPU, or under
+/// TESSERA_HOST_GEMM=openblas; kernels::gemm then multiplies the bf16 values in fp32.
+bool dnnl_gemm_bf16(bool trans_a, bool trans_b, Index m, Index n, Index k, float alpha,
+                    const std::uint16_t* a, const std::uint16_t* b, float beta, float* c,
+                    Index ldc);
 
 /// Memory formats of the primitives.
 enum class DnnlFormat {

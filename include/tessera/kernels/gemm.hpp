@@ -3,14 +3,29 @@
 // tensors. Host memory goes to CBLAS (OpenBLAS); device memory to cuBLAS (kernels/cuda/).
 #include "tessera/core/tensor.hpp"
 
+#include <cstdint>
 #include <string>
 
 namespace tessera::kernels {
 
 enum class Trans { no, yes };
 
+/// The precision of the process's matrix products (run.precision; PyTorch's
+/// torch.set_float32_matmul_precision): fp32, or bf16 — A and B rounded to bfloat16 (to nearest,
+/// ties to even), the products accumulated and C written in fp32. The tensors, and everything
+/// else, stay fp32: bf16 is the precision of the multiplications only (as under PyTorch's autocast,
+/// with fp32 weights).
+enum class MatmulPrecision { fp32, bf16 };
+void set_matmul_precision(MatmulPrecision precision);
+MatmulPrecision matmul_precision();
+
+/// `x` rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as its 16 bits.
+std::uint16_t to_bf16(float x);
+
 /// C (m×n) = alpha · op(A) · op(B) + beta · C, all row-major; op(A) is m×k, op(B) is k×n;
-/// lda/ldb/ldc are the row strides (in elements) of A, B, C as stored.
+/// lda/ldb/ldc are the row strides (in elements) of A, B, C as stored. In the bf16 matmul
+/// precision, A and B are rounded to bfloat16 first (oneDNN's bf16 matmul where the build and the
+/// CPU have it; else the rounded values multiplied in fp32).
 void gemm(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, const float* a,
           Index lda, const float* b, Index ldb, float beta, float* c, Index ldc);
 
