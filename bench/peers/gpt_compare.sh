@@ -13,7 +13,8 @@
 #          tensor-parallel collectives took (tensor_s in metrics.jsonl, "tensor NN%" in the
 #          progress line). SEQUENCE=true adds parallel.sequence_parallel to both.
 # PRECISION=bf16 runs both in bfloat16 matrix products: Tessera's run.precision = "bf16",
-# PyTorch's forward under torch.autocast("cpu", bfloat16) (fp32 weights in both).
+# PyTorch's forward under torch.autocast("cpu", bfloat16) (fp32 weights in both);
+# PRECISION="fp32 bf16" runs the speed pair in each precision, all four alternated in every round.
 # Prints every run, then medians and ratios. Environment: TESSERA (build/bin/tessera), PYTHON
 # (/usr/bin/python3 with python3-torch and python3-h5py), ROUNDS (5), STEPS (60), TP_STEPS (40),
 # LOG_EVERY (20), WHAT ("speed tensor"), OUT (a new folder under /tmp). Needs data/kjv.h5.
@@ -30,11 +31,9 @@ LOG_EVERY=${LOG_EVERY:-20}
 WHAT=${WHAT:-"speed tensor"}
 SEQUENCE=${SEQUENCE:-false}
 PRECISION=${PRECISION:-fp32}
-case $PRECISION in
-fp32) torch_precision=() ;;
-bf16) torch_precision=(--bf16) ;;
-*) echo "gpt_compare: PRECISION=$PRECISION: fp32 or bf16" >&2; exit 2 ;;
-esac
+for p in $PRECISION; do
+  [[ $p == fp32 || $p == bf16 ]] || { echo "gpt_compare: PRECISION=$PRECISION: fp32, bf16 or both" >&2; exit 2; }
+done
 MPIEXEC=${MPIEXEC:-mpiexec.mpich}
 OUT=${OUT:-$(mktemp -d /tmp/tessera-gpt.XXXXXX)}
 [[ -f data/kjv.h5 ]] || { echo "gpt_compare: data/kjv.h5 missing (tessera-data import kjv)" >&2; exit 2; }
@@ -44,26 +43,30 @@ export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 csv=$OUT/results.csv
 echo "round,what,peer,tokens_per_s,tensor_pct" >"$csv"
 common=(run.steps="$STEPS" run.log_every="$LOG_EVERY" run.eval_every=0 data.test= run.blas_threads=1
-  checkpoint.every_steps=0 checkpoint.at_end=false optimizer.schedule.warmup_steps=10
-  run.precision="$PRECISION")
+  checkpoint.every_steps=0 checkpoint.at_end=false optimizer.schedule.warmup_steps=10)
 wide=("model.layers[0].embedding.dim=512" "model.layers[1].repeat.layers[0].residual.layers[1].attention.heads=8"
   "model.layers[1].repeat.layers[1].residual.layers[1].linear.out=2048"
   "model.layers[1].repeat.layers[1].residual.layers[3].linear.out=512")
 for ((round = 1; round <= ROUNDS; ++round)); do
   if [[ $WHAT == *speed* ]]; then
-    dir=$OUT/tessera-r$round
-    "$MPIEXEC" -n 1 "$TESSERA" run inputs/kjv_gpt.toml "${common[@]}" data.prefetch=0 \
-      run.output="$dir" >"$dir.log" 2>&1
-    rate=$(peers_tessera_rate "$dir/metrics.jsonl" 32 "$LOG_EVERY")
-    tok=$("$PYTHON" -c "print(round($rate * 128, 1))")
-    echo "round $round  speed   tessera  $tok tokens/s"
-    echo "$round,speed,tessera,$tok," >>"$csv"
-    log=$OUT/torch-r$round.log
-    "$PYTHON" bench/peers/gpt_torch.py --steps "$STEPS" --threads 1 --skip "$LOG_EVERY" \
-      --log-every "$LOG_EVERY" --warmup 10 --no-eval "${torch_precision[@]}" >"$log" 2>&1
-    tok=$("$PYTHON" -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["tokens_per_s"], 1))' "$log")
-    echo "round $round  speed   pytorch  $tok tokens/s"
-    echo "$round,speed,pytorch,$tok," >>"$csv"
+    for p in $PRECISION; do
+      suffix=$([[ $p == fp32 ]] && echo "" || echo "-$p")
+      torch_precision=()
+      [[ $p == bf16 ]] && torch_precision=(--bf16)
+      dir=$OUT/tessera$suffix-r$round
+      "$MPIEXEC" -n 1 "$TESSERA" run inputs/kjv_gpt.toml "${common[@]}" data.prefetch=0 \
+        run.precision="$p" run.output="$dir" >"$dir.log" 2>&1
+      rate=$(peers_tessera_rate "$dir/metrics.jsonl" 32 "$LOG_EVERY")
+      tok=$("$PYTHON" -c "print(round($rate * 128, 1))")
+      echo "round $round  speed   tessera$suffix  $tok tokens/s"
+      echo "$round,speed,tessera$suffix,$tok," >>"$csv"
+      log=$OUT/torch$suffix-r$round.log
+      "$PYTHON" bench/peers/gpt_torch.py --steps "$STEPS" --threads 1 --skip "$LOG_EVERY" \
+        --log-every "$LOG_EVERY" --warmup 10 --no-eval "${torch_precision[@]}" >"$log" 2>&1
+      tok=$("$PYTHON" -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["tokens_per_s"], 1))' "$log")
+      echo "round $round  speed   pytorch$suffix  $tok tokens/s"
+      echo "$round,speed,pytorch$suffix,$tok," >>"$csv"
+    done
   fi
   if [[ $WHAT == *tensor* ]]; then
     for n in 2 1; do
@@ -87,9 +90,14 @@ for r in rows:
     med.setdefault((r["what"], r["peer"]), []).append(float(r["tokens_per_s"]))
 for k, v in med.items():
     print(f"{k[0]:<7} {k[1]:<8} median {statistics.median(v):10.1f} tokens/s over {len(v)} rounds")
-if ("speed", "tessera") in med and ("speed", "pytorch") in med:
-    print("speed: Tessera / PyTorch = %.3f" % (statistics.median(med[("speed", "tessera")]) /
-                                              statistics.median(med[("speed", "pytorch")])))
+def ratio(a, b):
+    return statistics.median(med[("speed", a)]) / statistics.median(med[("speed", b)])
+for suffix, name in (("", "speed"), ("-bf16", "speed bf16")):
+    if ("speed", "tessera" + suffix) in med and ("speed", "pytorch" + suffix) in med:
+        print("%s: Tessera / PyTorch = %.3f" % (name, ratio("tessera" + suffix, "pytorch" + suffix)))
+for peer in ("tessera", "pytorch"):
+    if ("speed", peer) in med and ("speed", peer + "-bf16") in med:
+        print("%s: bf16 / fp32 = %.3f" % (peer, ratio(peer + "-bf16", peer)))
 if ("tensor", "tensor2") in med and ("tensor", "tensor1") in med:
     print("tensor: 2 ranks / 1 rank = %.3f" % (statistics.median(med[("tensor", "tensor2")]) /
                                               statistics.median(med[("tensor", "tensor1")])))
