@@ -166,13 +166,18 @@ grep -qE '^step +10/10 .* idle +[0-9]+%/[0-9]+% \(schedule [0-9]+%/[0-9]+%\) com
 rec=$(grep '"kind": "train"' "$dir/mlp-p2/metrics.jsonl" | tail -n 1)
 grep -qE '"idle": \[[0-9.]+, [0-9.]+\], "idle_predicted": \[[0-9.]+, [0-9.]+\], "peak_activation_bytes": \[[0-9]+, [0-9]+\], "stage_compute_s": \[[0-9.]+, [0-9.]+\], "stage_schedule_s": \[[0-9.]+, [0-9.]+\]' \
   <<<"$rec" || fail "no idle, idle_predicted or peak_activation_bytes per stage in the metrics"
-# The schedule's prediction for the stages' time in their forwards and backwards: below 1 on both;
-# the stage that took longer waits the less (in 1F1B the faster one waits for it every micro-batch).
+# The schedule's prediction for the stages' time in their forwards and backwards: a share in
+# [0, 1) on both, from stage times above zero. (Which stage waits more is not checked here: the
+# share is the predicted wait over the stage's whole working time, which holds the optimizer,
+# loss and data as well; on this tiny MLP those outweigh the schedule's 1 ms, and the order of the
+# shares need not follow the order of the schedule times — CI saw [0.016, 0.047] beside
+# [0.0008, 0.0009] s. unit_pipeline checks the simulation's waits against timelines worked by
+# hand.)
 pred=$(sed -E 's/.*"idle_predicted": \[([^]]*)\].*/\1/' <<<"$rec")
 work=$(sed -E 's/.*"stage_schedule_s": \[([^]]*)\].*/\1/' <<<"$rec")
 awk -v p="$pred" -v c="$work" 'BEGIN { split(p, x, ", "); split(c, t, ", ");
-  ok = x[1] >= 0 && x[1] < 1 && x[2] >= 0 && x[2] < 1 && (t[1] > t[2]) == (x[1] < x[2]);
-  exit ok ? 0 : 1 }' || fail "idle_predicted [$pred] does not fit the stages' compute [$work]"
+  ok = x[1] >= 0 && x[1] < 1 && x[2] >= 0 && x[2] < 1 && t[1] > 0 && t[2] > 0;
+  exit ok ? 0 : 1 }' || fail "idle_predicted [$pred] is not a share, or stage_schedule_s [$work] not times"
 [[ $(find "$dir/mlp-p2" -name metrics.jsonl | wc -l) -eq 1 ]] || fail "metrics files: want 1"
 "$bin/tessera-ckpt" verify "$(ckpt mlp-p2 10)" >/dev/null || fail "verify of a pipelined checkpoint"
 grep -qx 'grid: 4 ranks = trainers 1 × data 1 × pipeline 4 × tensor 1 × spatial \[1, 1\]' \
