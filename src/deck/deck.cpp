@@ -1280,6 +1280,21 @@ Deck parse(const std::string& text, const std::string& file,
   return d;
 }
 
+namespace {
+// A double in [0, 1) from the top 53 of the 64 bits of two random words.
+double unit_interval(std::uint32_t high, std::uint32_t low) {
+  return static_cast<double>(((static_cast<std::uint64_t>(high) << 32) | low) >> 11) * 0x1.0p-53;
+}
+
+// The point a fraction u in [0, 1) along a uniform range, or a log-uniform one in log space.
+double point_in_range(const HyperSpec& spec, double u) {
+  if (spec.how == "uniform") {
+    return spec.low + u * (spec.high - spec.low);
+  }
+  return std::exp(std::log(spec.low) + u * (std::log(spec.high) - std::log(spec.low)));
+}
+}  // namespace
+
 double hyper_value(const PopulationConfig& population, const HyperSpec& spec, int trainer,
                    int trainers) {
   if (spec.how == "values") {
@@ -1312,13 +1327,9 @@ double hyper_value(const PopulationConfig& population, const HyperSpec& spec, in
     std::swap(part[static_cast<size_t>(i)], part[r.v[0] % static_cast<std::uint32_t>(i + 1)]);
   }
   const rng::Philox4x32 r = gen.bits(static_cast<std::uint64_t>(trainer));
-  const std::uint64_t bits = ((static_cast<std::uint64_t>(r.v[0]) << 32) | r.v[1]) >> 11;
-  const double u = (part[static_cast<size_t>(trainer)] + static_cast<double>(bits) * 0x1.0p-53) /
+  const double u = (part[static_cast<size_t>(trainer)] + unit_interval(r.v[0], r.v[1])) /
                    static_cast<double>(trainers);
-  if (spec.how == "uniform") {
-    return spec.low + u * (spec.high - spec.low);
-  }
-  return std::exp(std::log(spec.low) + u * (std::log(spec.high) - std::log(spec.low)));
+  return point_in_range(spec, u);
 }
 
 double explore_value(const PopulationConfig& population, const HyperSpec& spec, double value,
@@ -1329,16 +1340,12 @@ double explore_value(const PopulationConfig& population, const HyperSpec& spec, 
   const double pick = bits[0] * 0x1.0p-32;  // in [0, 1)
   double x = 0.0;
   if (pick < population.resample) {
-    const double u =
-        static_cast<double>((static_cast<std::uint64_t>(bits[1]) << 32 | bits[2]) >> 11) *
-        0x1.0p-53;
+    const double u = unit_interval(bits[1], bits[2]);
     if (listed) {
       x = spec.values[std::min(spec.values.size() - 1,
                                static_cast<size_t>(u * static_cast<double>(spec.values.size())))];
-    } else if (spec.how == "uniform") {
-      x = lo + u * (hi - lo);
     } else {
-      x = std::exp(std::log(lo) + u * (std::log(hi) - std::log(lo)));
+      x = point_in_range(spec, u);
     }
   } else {
     x = std::clamp(value * population.perturb[bits[3] % population.perturb.size()], lo, hi);

@@ -97,6 +97,11 @@ void set_matmul_precision(MatmulPrecision precision) {
   g_precision = precision;
 }
 
+MatmulPrecision matmul_precision_named(const std::string& name) {
+  TESSERA_CHECK(name == "fp32" || name == "bf16", "matmul precision \"{}\": fp32 or bf16", name);
+  return name == "bf16" ? MatmulPrecision::bf16 : MatmulPrecision::fp32;
+}
+
 MatmulPrecision matmul_precision() {
   return g_precision;
 }

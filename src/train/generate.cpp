@@ -117,8 +117,7 @@ std::string generate(const std::string& file, const GenerateOptions& o, MPI_Comm
   // tensor ranks (which need not divide the context) without it: the parameters are the same.
   d.parallel.sequence_parallel = false;
   kernels::set_blas_threads(d.run.blas_threads);  // as the run did: oneDNN's OpenMP threads too
-  kernels::set_matmul_precision(d.run.precision == "bf16" ? kernels::MatmulPrecision::bf16
-                                                          : kernels::MatmulPrecision::fp32);
+  kernels::set_matmul_precision(kernels::matmul_precision_named(d.run.precision));
   comm::ProcessGrid grid(world, {1, 1, 1, ranks, {1, 1}});
   std::unique_ptr<nn::Sequential> model;
   comm::agree(grid.trainer(), [&] { model = build_model(d, nn::BuildContext(grid)); });

@@ -591,8 +591,7 @@ Trainer::Trainer(const deck::Deck& deck, MPI_Comm world, Reporter* reporter)
     (void)describe(deck, m_trainer->size() * m_grid->trainers());
   });
   kernels::set_blas_threads(deck.run.blas_threads);
-  kernels::set_matmul_precision(deck.run.precision == "bf16" ? kernels::MatmulPrecision::bf16
-                                                             : kernels::MatmulPrecision::fp32);
+  kernels::set_matmul_precision(kernels::matmul_precision_named(deck.run.precision));
   build(m_grid->spec());
 }
 

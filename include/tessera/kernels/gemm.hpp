@@ -17,6 +17,8 @@ enum class Trans { no, yes };
 /// with fp32 weights).
 enum class MatmulPrecision { fp32, bf16 };
 void set_matmul_precision(MatmulPrecision precision);
+/// run.precision's value ("fp32" or "bf16", as the deck checked it) as a MatmulPrecision.
+MatmulPrecision matmul_precision_named(const std::string& name);
 MatmulPrecision matmul_precision();
 
 /// `x` rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as its 16 bits.
