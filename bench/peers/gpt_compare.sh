@@ -7,7 +7,8 @@
 #
 # speed    for each round: Tessera (1 rank, run.blas_threads=1, data.prefetch=0) then PyTorch
 #          (bench/peers/gpt_torch.py --threads 1), STEPS steps of the deck's model, batch and
-#          optimizer; steady state after the first LOG_EVERY steps; tokens/s = samples/s · 128.
+#          optimizer; steady state after the first LOG_EVERY steps; tokens/s = samples/s · 128;
+#          model FLOPs utilisation of both against the peak Tessera's run measured (mfu_pct).
 # tensor   for each round: the deck widened (dim 512, MLP 2048, 8 heads) on 2 ranks as tensor = 2
 #          (data 1), then on 1 rank (tensor 1), TP_STEPS steps each; the share of the step the
 #          tensor-parallel collectives took (tensor_s in metrics.jsonl, "tensor NN%" in the
@@ -41,7 +42,18 @@ OUT=${OUT:-$(mktemp -d /tmp/tessera-gpt.XXXXXX)}
 mkdir -p "$OUT"
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 csv=$OUT/results.csv
-echo "round,what,peer,tokens_per_s,tensor_pct" >"$csv"
+echo "round,what,peer,tokens_per_s,tensor_pct,mfu_pct" >"$csv"
+# mfu_pct METRICS TOKENS_PER_S: model FLOPs utilisation (%) of TOKENS_PER_S tokens per second of
+# this model, with the FLOPs per sample (128 tokens) and the peak (a GEMM in the round's precision,
+# measured at the start of that Tessera run) of the "flops" record of Tessera's METRICS: the same
+# count and peak for both peers of a round.
+mfu_pct() {
+  "$PYTHON" - "$1" "$2" <<'EOF'
+import json, sys
+f = [r for r in map(json.loads, filter(str.strip, open(sys.argv[1]))) if r.get("kind") == "flops"][0]
+print(f"{100 * float(sys.argv[2]) / 128 * f['per_sample'] / f['peak']:.1f}")
+EOF
+}
 common=(run.steps="$STEPS" run.log_every="$LOG_EVERY" run.eval_every=0 data.test= run.blas_threads=1
   checkpoint.every_steps=0 checkpoint.at_end=false optimizer.schedule.warmup_steps=10)
 wide=("model.layers[0].embedding.dim=512" "model.layers[1].repeat.layers[0].residual.layers[1].attention.heads=8"
@@ -58,14 +70,16 @@ for ((round = 1; round <= ROUNDS; ++round)); do
         run.precision="$p" run.output="$dir" >"$dir.log" 2>&1
       rate=$(peers_tessera_rate "$dir/metrics.jsonl" 32 "$LOG_EVERY")
       tok=$("$PYTHON" -c "print(round($rate * 128, 1))")
-      echo "round $round  speed   tessera$suffix  $tok tokens/s"
-      echo "$round,speed,tessera$suffix,$tok," >>"$csv"
+      mfu=$(mfu_pct "$dir/metrics.jsonl" "$tok")
+      echo "round $round  speed   tessera$suffix  $tok tokens/s  mfu $mfu%"
+      echo "$round,speed,tessera$suffix,$tok,,$mfu" >>"$csv"
       log=$OUT/torch$suffix-r$round.log
       "$PYTHON" bench/peers/gpt_torch.py --steps "$STEPS" --threads 1 --skip "$LOG_EVERY" \
         --log-every "$LOG_EVERY" --warmup 10 --no-eval "${torch_precision[@]}" >"$log" 2>&1
       tok=$("$PYTHON" -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["tokens_per_s"], 1))' "$log")
-      echo "round $round  speed   pytorch$suffix  $tok tokens/s"
-      echo "$round,speed,pytorch$suffix,$tok," >>"$csv"
+      mfu=$(mfu_pct "$dir/metrics.jsonl" "$tok")
+      echo "round $round  speed   pytorch$suffix  $tok tokens/s  mfu $mfu%"
+      echo "$round,speed,pytorch$suffix,$tok,,$mfu" >>"$csv"
     done
   fi
   if [[ $WHAT == *tensor* ]]; then
@@ -86,10 +100,14 @@ done
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 med = {}
+mfu = {}
 for r in rows:
     med.setdefault((r["what"], r["peer"]), []).append(float(r["tokens_per_s"]))
+    if r.get("mfu_pct"):
+        mfu.setdefault((r["what"], r["peer"]), []).append(float(r["mfu_pct"]))
 for k, v in med.items():
-    print(f"{k[0]:<7} {k[1]:<8} median {statistics.median(v):10.1f} tokens/s over {len(v)} rounds")
+    m = f", mfu median {statistics.median(mfu[k]):.1f}%" if k in mfu else ""
+    print(f"{k[0]:<7} {k[1]:<8} median {statistics.median(v):10.1f} tokens/s over {len(v)} rounds{m}")
 def ratio(a, b):
     return statistics.median(med[("speed", a)]) / statistics.median(med[("speed", b)])
 for suffix, name in (("", "speed"), ("-bf16", "speed bf16")):

@@ -1157,6 +1157,7 @@ Deck parse(const std::string& text, const std::string& file,
   d.run.nonfinite = run.choice("nonfinite", "stop", {"stop", "skip"});
   d.run.check_replicas = run.integer("check_replicas", 0, 0);
   d.run.activation_limit_mb = run.number("activation_limit_mb", 0.0, 0.0, 1e12);
+  d.run.peak_tflops = run.number("peak_tflops", 0.0, 0.0, 1e6);
   run.finish();
 
   Section par = top.table("parallel");
@@ -1490,10 +1491,11 @@ std::string to_toml(const Deck& d) {
   o += fmt::format(
       "log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\nprecision = {}\n"
       "watchdog_s = {}\ncheck_collectives = {}\nnonfinite = {}\ncheck_replicas = {}\n"
-      "activation_limit_mb = {}\n\n",
+      "activation_limit_mb = {}\npeak_tflops = {}\n\n",
       d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads,
       toml_string(d.run.precision), real(d.run.watchdog_s), d.run.check_collectives,
-      toml_string(d.run.nonfinite), d.run.check_replicas, real(d.run.activation_limit_mb));
+      toml_string(d.run.nonfinite), d.run.check_replicas, real(d.run.activation_limit_mb),
+      real(d.run.peak_tflops));
   o += fmt::format(
       "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n"
       "sequence_parallel = {}\nbucket_mb = {}\nreduce = {}\nzero = {}\ndeterministic = {}\n",

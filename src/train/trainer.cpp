@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 namespace tessera::train {
 namespace {
@@ -39,6 +40,17 @@ std::string duration(double seconds) {
 std::string rate(double samples_per_s) {
   return samples_per_s >= 1e4 ? fmt::format("{:.1f}k", samples_per_s / 1e3)
                               : fmt::format("{:.0f}", samples_per_s);
+}
+
+// "1.412 MFLOP", "581.3 GFLOP", "18.6 TFLOP" (`unit` after the prefix: "FLOP" or "FLOP/s").
+std::string flops_text(double flops, const char* unit = "FLOP") {
+  const char* prefixes[] = {"", "k", "M", "G", "T", "P"};
+  size_t p = 0;
+  while (p + 1 < std::size(prefixes) && std::abs(flops) >= 1000.0) {
+    flops /= 1000.0;
+    ++p;
+  }
+  return fmt::format("{:.4g} {}{}", flops, prefixes[p], unit);
 }
 
 // The deck's optimizer keys as each optimizer's options (at the start, and when retuned).
@@ -655,6 +667,12 @@ void Trainer::build(const comm::GridSpec& spec) {
     }
   });
   m_model->initialize(deck.run.seed);
+  if (spec.pipeline == 1) {
+    plan = plan_stages(deck, m_grid->place());
+  }
+  for (const double f : plan.unit_flops) {
+    m_flops_per_sample += f;
+  }
   m_pipe = &m_grid->axis(GridAxis::pipeline);
   m_sums = &m_grid->axes(AxisSet{GridAxis::data, GridAxis::pipeline});
   m_pipeline = std::make_unique<parallel::Pipeline>(
@@ -840,6 +858,27 @@ void Trainer::restart() {
                                     "run.output or checkpoint.restart=\"\" starts afresh)",
                                     m_total_steps)
                       : ""));
+}
+
+void Trainer::measure_peak() {
+  const bool measured = m_deck.run.peak_tflops <= 0.0;
+  double peak = m_deck.run.peak_tflops * 1e12;
+  if (measured) {
+    m_trainer->barrier()->wait();  // every rank's at once: the cores shared as in training
+    peak = kernels::measure_gemm_flops();
+  }
+  m_trainer->allreduce(comm::Buffer(&peak, 1))->wait();
+  m_peak_flops = peak;
+  const int ranks = m_trainer->size();
+  say(fmt::format(
+      "model: {} per sample (forward and backward); peak {} for {} rank{} ({})",
+      flops_text(m_flops_per_sample), flops_text(peak, "FLOP/s"), ranks, ranks == 1 ? "" : "s",
+      measured ? fmt::format("a {} GEMM of 1024³ measured on each; run.peak_tflops sets it",
+                             m_deck.run.precision)
+               : "run.peak_tflops per rank"));
+  log_line(fmt::format(
+      R"({{"kind": "flops", "per_sample": {:.6g}, "peak": {:.6g}, "ranks": {}, "how": "{}"}})",
+      m_flops_per_sample, peak, ranks, measured ? "measured" : "run.peak_tflops"));
 }
 
 parallel::StateRegistry Trainer::state_registry() {
@@ -1285,6 +1324,9 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
   const double loss = sums[0] / w.steps;
   const double metric = sums[1] / sums[2];
   const double samples_s = sums[2] / elapsed;
+  // Model FLOPs utilisation: the model's FLOPs at this rate over the ranks' peak (PaLM's MFU).
+  const double model_flops_s = samples_s * m_flops_per_sample;
+  const double mfu = model_flops_s / std::max(m_peak_flops, 1e-30);
   const double busy =
       std::max(1e-12, w.compute_s + w.tensor_s + w.halo_s + w.idle_s + w.comm_s + w.data_s);
   const double eta = run_seconds / static_cast<double>(step + 1 - m_start_step) *
@@ -1349,21 +1391,21 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
     idle_json += fmt::format(R"(, "halo_s": {:.4f})", w.halo_s);
   }
   say(fmt::format(
-      "step {:6d}/{}  epoch {}  loss {:.4f}  {} {}  {} samples/s  compute {:2.0f}% "
+      "step {:6d}/{}  epoch {}  loss {:.4f}  {} {}  {} samples/s  mfu {:2.0f}%  compute {:2.0f}% "
       "{}{}comm {:2.0f}% data {:2.0f}%  lr {:.3g}  ETA {}",
       step + 1, m_total_steps, batch.cursor.epoch + 1, loss, classify ? "acc" : "mae",
       classify ? fmt::format("{:5.1f}%", 100.0 * metric) : fmt::format("{:.4g}", metric),
-      rate(samples_s), 100.0 * w.compute_s / busy, tensor, idle, 100.0 * w.comm_s / busy,
-      100.0 * w.data_s / busy, lr, duration(eta)));
+      rate(samples_s), 100.0 * mfu, 100.0 * w.compute_s / busy, tensor, idle,
+      100.0 * w.comm_s / busy, 100.0 * w.data_s / busy, lr, duration(eta)));
   const auto per_epoch = static_cast<double>(m_train->batches_per_epoch());
   const std::string norm = d.optimizer.clip_grad_norm > 0.0
                                ? fmt::format(R"(, "grad_norm": {})", json_number(w.grad_norm))
                                : "";
   log_line(fmt::format(
-      R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}{}, "samples_per_s": {:.1f}, "lr": {:.6g}, "compute_s": {:.4f}, "tensor_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}{}, "time": {:.3f}}})",
+      R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}{}, "samples_per_s": {:.1f}, "model_flops_per_s": {:.6g}, "mfu": {:.6g}, "lr": {:.6g}, "compute_s": {:.4f}, "tensor_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}{}, "time": {:.3f}}})",
       step + 1, static_cast<double>(step + 1) / per_epoch, json_number(loss),
-      metric_name(d.model.loss), json_number(metric), norm, samples_s, lr, w.compute_s, w.tensor_s,
-      w.comm_s, w.data_s, idle_json, run_seconds));
+      metric_name(d.model.loss), json_number(metric), norm, samples_s, model_flops_s, mfu, lr,
+      w.compute_s, w.tensor_s, w.comm_s, w.data_s, idle_json, run_seconds));
   w = Window();
   return loss;
 }
@@ -1384,6 +1426,10 @@ RunSummary Trainer::run() {
     // The initial weights, for post-processing and oracles.
     save(0, "checkpoint.at_start", ck.dir, ck.keep);
     since_save.restart();
+    window_clock.restart();
+  }
+  if (step < m_total_steps) {
+    measure_peak();
     window_clock.restart();
   }
   for (; step < m_total_steps; ++step) {
@@ -1596,6 +1642,13 @@ std::string describe(const deck::Deck& d, int world_size) {
   out += fmt::format("\nparameters: {} ({:.2f} MiB as float32)", params,
                      static_cast<double>(params) * 4.0 * mib);
   out += split ? fmt::format("; on rank 0: {} ({:.2f} MiB)\n", local_params, weights * mib) : "\n";
+  double flops = 0.0;  // what the progress line's mfu counts
+  for (const double f : plan_stages(d, place).unit_flops) {
+    flops += f;
+  }
+  out += fmt::format("model FLOPs: {} per sample, forward and backward ({} per step of {})\n",
+                     flops_text(flops), flops_text(flops * static_cast<double>(d.data.batch)),
+                     d.data.batch);
   // Deterministic mode keeps each of its groups' gradients, and every group's while summing.
   double groups = 0.0;
   if (d.parallel.deterministic) {

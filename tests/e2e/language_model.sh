@@ -6,7 +6,8 @@
 # whole matrices (tessera-ckpt ls: qkv (96, 32), the vocabulary's 256 rows); `tessera generate`
 # prints the prompt and its continuation, byte for byte the same on 1 and 2 ranks; the tensor-2
 # checkpoint restarts on one rank; run.precision = "bf16" trains within 2% of fp32's loss, on 1
-# rank and as tensor = 2; bad generate arguments exit 2 with one "error: " line; --help is the
+# rank and as tensor = 2; the model FLOPs per sample match llm.c's count and mfu is the model's
+# FLOP rate over the peak (measured, or run.peak_tflops); bad generate arguments exit 2 with one "error: " line; --help is the
 # program's page alone.
 set -euo pipefail
 bin=${TESSERA_BIN:?}
@@ -109,6 +110,42 @@ t32=$(trajectory p-fp32/metrics.jsonl)
 [[ $t32 != "$(trajectory p-bf16/metrics.jsonl)" ]] ||
   fail "bf16 trained exactly as fp32: the precision setting did nothing"
 echo "bf16: validation loss $l16 (tensor 2: $l16t) against fp32's $l32"
+
+# Model FLOPs utilisation: the "flops" record's FLOPs per sample against llm.c's count for this
+# GPT (per token, forward and backward: 6 x the matrix products' parameters, the head's V x C
+# among them, plus 6 L T C for the causal attention products; Tessera also counts one FLOP per
+# element-wise output, about 1% here), the same for the whole model as tensor = 2; every train
+# record's model_flops_per_s = samples_per_s x that, and mfu = model_flops_per_s / peak, where the
+# peak is measured (1 rank) or run.peak_tflops x ranks (0.5 x 2 below).
+timeout 120 "$mpiexec" -n 2 "$bin/tessera" run lm.toml parallel.tensor=2 run.peak_tflops=0.5 \
+  run.output=mfu-t2 >mfu-t2.log 2>&1 || { cat mfu-t2.log; fail "run.peak_tflops as tensor = 2 failed"; }
+grep -q '^step     30/30 .* samples/s  mfu  *[0-9]*%  compute' mfu-t2.log || fail "no 'mfu NN%' in the progress line"
+/usr/bin/python3 - p-fp32/metrics.jsonl mfu-t2/metrics.jsonl <<'PY' || fail "model FLOPs or mfu wrong"
+import json, sys
+T, L, C, H, V = 32, 2, 32, 64, 256  # lm.toml: context, blocks, width, MLP width, vocabulary
+per_token = 6 * (L * (3 * C * C + C * C + 2 * C * H) + C * V) + 6 * L * T * C
+want = per_token * T
+runs = []
+for path in sys.argv[1:]:
+    records = [json.loads(line) for line in open(path)]
+    flops = [r for r in records if r["kind"] == "flops"]
+    assert len(flops) == 1, f"{path}: {len(flops)} flops records"
+    f = flops[0]
+    assert abs(f["per_sample"] / want - 1) < 0.02, f"{path}: {f['per_sample']} FLOPs per sample, llm.c's count {want}"
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 4, f"{path}: {len(train)} train records"
+    for r in train:
+        # samples_per_s is printed to 0.1, model_flops_per_s to 6 digits
+        assert abs(r["model_flops_per_s"] - r["samples_per_s"] * f["per_sample"]) <= 0.05 * f["per_sample"] + 1e-5 * r["model_flops_per_s"], r
+        assert abs(r["mfu"] - r["model_flops_per_s"] / f["peak"]) <= 1e-4 * r["mfu"], r
+    runs.append(f)
+one, t2 = runs
+assert one["how"] == "measured" and one["ranks"] == 1 and one["peak"] > 1e8, one
+assert t2["how"] == "run.peak_tflops" and t2["ranks"] == 2 and t2["peak"] == 1e12, t2
+assert one["per_sample"] == t2["per_sample"], (one, t2)
+print(f"model FLOPs: {one['per_sample']:.0f} per sample (llm.c's count {want}); peak measured "
+      f"{one['peak'] / 1e9:.1f} GFLOP/s on one rank")
+PY
 
 for n in 1 2; do
   set +e

@@ -117,11 +117,12 @@ grep -q "^combined (greedy soup) of trainers \[0\]: " "$tmp/diverge.log" || fail
 echo "diverge: the failed trainer is reported and left out; the other trains on without waiting"
 
 # --- a trainer stopped while a tournament is due ---------------------------------------------
-deck 2048 40 '[population]' 'algorithm = "ltfb"' 'every = 20' 'timeout = 2' \
+# The tournament is 200 steps in (a second or more of training after the hyper-parameters line,
+# where the victim is stopped): at 20 steps in, a loaded machine let the victim reach it first.
+deck 2048 400 '[population]' 'algorithm = "ltfb"' 'every = 200' 'timeout = 2' \
   "validation = \"$tmp/fm.h5:/validation\"" >"$tmp/stop.toml"
-sed -i 's/^log_every = 10$/log_every = 1/' "$tmp/stop.toml"
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/stop.toml" parallel.trainers=2 run.output="$tmp/stop" \
-  >"$tmp/stop.log" 2>&1 &
+  checkpoint.every_steps=100 >"$tmp/stop.log" 2>&1 &
 launcher=$!
 for ((i = 0; i < 600; ++i)); do
   grep -q "^\[t1\] hyper-parameters: " "$tmp/stop.log" 2>/dev/null && break
@@ -136,13 +137,13 @@ else
     grep -q "trainer 1 did not answer within 2 s (tournament): skipped" "$tmp/stop.log" && break
     sleep 0.1
   done
-  grep -q "^\[t0\] population step 20: trainer 1 did not answer within 2 s (tournament): skipped$" "$tmp/stop.log" ||
+  grep -q "^\[t0\] population step 200: trainer 1 did not answer within 2 s (tournament): skipped$" "$tmp/stop.log" ||
     fail "stop: trainer 0 did not go on past the stopped trainer"
   sleep 1
   kill -CONT "$victim"
 fi
 wait "$launcher" || fail "stop: the population ended with exit $?"
-grep -q '"kind": "leaderboard", "trainer": 0, .*"missed": "step 20: trainer 1"}$' "$tmp/stop/population.jsonl" ||
+grep -q '"kind": "leaderboard", "trainer": 0, .*"missed": "step 200: trainer 1"}$' "$tmp/stop/population.jsonl" ||
   fail "stop: the leaderboard does not name the stopped trainer"
 echo "stop: the partner went on after the timeout and the report names trainer 1"
 

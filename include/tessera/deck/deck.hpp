@@ -39,6 +39,9 @@ struct RunConfig {
   /// The most activation memory a rank may need for one micro-batch (MiB, the estimate `tessera
   /// check` prints); a deck over it is refused before anything is allocated. 0: no limit.
   double activation_limit_mb = 0.0;
+  /// One rank's peak in TFLOP/s, what model FLOPs utilisation (mfu) is reported against; 0: a
+  /// GEMM in the run's precision measured on every rank at the start (kernels::measure_gemm_flops).
+  double peak_tflops = 0.0;
 };
 
 struct ParallelConfig {

@@ -40,4 +40,11 @@ void matmul(const Tensor& a, Trans trans_a, const Tensor& b, Trans trans_b, cons
 /// of oneDNN's host convolutions (its OpenMP runtime); 1 for one thread per MPI rank.
 void set_blas_threads(int threads);
 
+/// The rate of this process's GEMM, in FLOP/s: the fastest of `repeats` products of two n×n
+/// matrices (2n³ FLOPs each, after one untimed warm-up) in the current matmul precision, on the
+/// BLAS threads set. The peak a CPU rank's model FLOPs utilisation is measured against
+/// (train::Trainer): what the machine's fastest kernel reaches, its clock and vector units
+/// included, without a table of CPUs.
+double measure_gemm_flops(Index n = 1024, int repeats = 5);
+
 }  // namespace tessera::kernels

@@ -164,6 +164,10 @@ class Trainer {
   double report_progress(std::int64_t step, const io::Batch& batch, double lr, Window& window,
                          double window_seconds, double run_seconds);
   std::optional<Evaluation> eval_and_log(std::int64_t step, double run_seconds);
+  /// The peak model FLOPs utilisation is reported against: the sum over the trainer's ranks of
+  /// run.peak_tflops, or of a GEMM measured on each (all at once, as they will train); said and
+  /// logged with the model's FLOPs per sample.
+  void measure_peak();
   StepAgreement agree_on_step(bool save_due);
   void restart();
   void save(std::int64_t steps_done, const char* why, const std::string& dir, int keep);
@@ -203,6 +207,8 @@ class Trainer {
   std::unique_ptr<parallel::DataParallel> m_dp;  // gradient reduction, ZeRO-1, determinism
   LossPlacement m_loss_placement;
   int m_micro_batches = 1;  // per rank per step: data.micro_batches, or the deterministic groups
+  double m_flops_per_sample = 0.0;  // the whole model's forward and backward (plan_stages)
+  double m_peak_flops = 0.0;        // FLOP/s of all the trainer's ranks (measure_peak)
 };
 
 /// The deck's model at `context`'s place (each rank allocates its blocks; initialise() fills them).
