@@ -248,14 +248,23 @@ class Population {
     }
   }
 
-  // After this trainer failed at the step after the last one seen: it takes part in the rest of
-  // the population's rounds without training (its score the worst, its model never taken, the
-  // others' never kept), so that no partner waits for it in vain.
-  void serve_after_failure(std::int64_t total) {
+  // After this trainer failed (`failure`, agreed by its ranks) at the step after the last one
+  // seen: it takes part in the population's rounds without training (its score the worst, its
+  // model never taken), so that no partner waits for it in vain, until a round hands it a
+  // healthy trainer's model — LTFB: its partner's; PBT: a donor's, the failed being the worst —
+  // with that model's optimizer state and hyper-parameters (PBT explores them as for any copy).
+  // Returns the step it was so revived at, from which the caller trains it on, or `total` when no
+  // round came (local SGD's averages never revive: they hold no optimizer state).
+  std::int64_t serve_after_failure(std::int64_t total, const std::string& failure) {
     m_failed = true;
+    m_failure = failure;
     for (std::int64_t step = m_last_step + 1; step <= total; ++step) {
       on_step(step, total);
+      if (!m_failed) {
+        return step;
+      }
     }
+    return total;
   }
   void set_start(std::int64_t step) { m_last_step = step; }
 
@@ -357,10 +366,11 @@ class Population {
     m_t.grid().trainer().broadcast(comm::Buffer(values, n), {0})->wait();
   }
 
-  // This rank's state (hyper-parameters first, then every tensor) as bytes.
+  // This rank's state as bytes: the hyper-parameters, whether this trainer has failed (1.0) or
+  // not (0.0), then every tensor.
   std::vector<char> pack() {
     std::vector<Tensor> tensors = m_t.state_tensors();
-    size_t bytes = m_hyper.size() * sizeof(double);
+    size_t bytes = (m_hyper.size() + 1) * sizeof(double);
     for (const Tensor& t : tensors) {
       bytes += static_cast<size_t>(t.numel()) * sizeof(float);
     }
@@ -368,11 +378,20 @@ class Population {
     char* p = out.data();
     copy_bytes(p, m_hyper.data(), m_hyper.size() * sizeof(double));
     p += m_hyper.size() * sizeof(double);
+    const double failed = m_failed ? 1.0 : 0.0;
+    copy_bytes(p, &failed, sizeof failed);
+    p += sizeof failed;
     for (const Tensor& t : tensors) {
       copy_bytes(p, t.data(), static_cast<size_t>(t.numel()) * sizeof(float));
       p += t.numel() * static_cast<Index>(sizeof(float));
     }
     return out;
+  }
+  // Whether the trainer that packed `bytes` had failed.
+  bool packed_failed(const std::vector<char>& bytes) const {
+    double failed = 0.0;
+    copy_bytes(&failed, bytes.data() + m_hyper.size() * sizeof(double), sizeof failed);
+    return failed != 0.0;
   }
   // Loads `bytes` (pack()'s layout) into the model and optimizer; returns its hyper-parameters.
   std::vector<double> unpack(const std::vector<char>& bytes) {
@@ -380,7 +399,7 @@ class Population {
     std::vector<double> hyper(m_hyper.size());
     const char* p = bytes.data();
     copy_bytes(hyper.data(), p, hyper.size() * sizeof(double));
-    p += hyper.size() * sizeof(double);
+    p += (hyper.size() + 1) * sizeof(double);
     for (Tensor& t : tensors) {
       copy_bytes(t.data(), p, static_cast<size_t>(t.numel()) * sizeof(float));
       p += t.numel() * static_cast<Index>(sizeof(float));
@@ -434,7 +453,16 @@ class Population {
       missed(step, partner, "tournament");
       return;
     }
+    const bool partner_failed = packed_failed(theirs);  // the same on all its ranks
     if (m_failed) {
+      if (!partner_failed) {  // the partner's model, healthy, whatever it scores
+        revive(step, partner, unpack(theirs), {});
+      }
+      return;
+    }
+    if (partner_failed) {
+      say(fmt::format("ltfb step {}: kept this model (trainer {} has failed)", step, partner));
+      m_best = std::isfinite(m_best) ? std::max(m_best, own) : own;
       return;
     }
     const std::vector<double> hyper = unpack(theirs);
@@ -512,8 +540,8 @@ class Population {
         missed(step, from, "copy from it");
         return;
       }
-      if (m_failed) {
-        return;
+      if (m_failed && !std::isfinite(scores[static_cast<size_t>(from)])) {
+        return;  // every trainer ranked above this one has failed too
       }
       // Exploit: the donor's weights, state and hyper-parameters; explore: each drawn anew from
       // its range with probability population.resample, else multiplied by one of
@@ -528,6 +556,10 @@ class Population {
             gen.bits(static_cast<std::uint64_t>(m_k) * 1024 + static_cast<std::uint64_t>(i));
         hyper[i] = deck::explore_value(m_pop, m_pop.hyper[i], hyper[i], r.v);
       }
+      if (m_failed) {
+        revive(step, from, hyper, inherited);
+        return;
+      }
       m_lineage.push_back(fmt::format("step {}: copied trainer {} ({}; {} vs {}), explored to {}",
                                       step, from, hyper_text(inherited),
                                       score_text(m_base, scores[static_cast<size_t>(from)]),
@@ -538,6 +570,26 @@ class Population {
                       score_text(m_base, own), from,
                       score_text(m_base, scores[static_cast<size_t>(from)]), hyper_text()));
     }
+  }
+
+  // A failed trainer takes `hyper` with the model and optimizer state just unpacked from trainer
+  // `from` (`inherited`: the donor's hyper-parameters before PBT explored; empty under LTFB) and
+  // trains again from `step` on.
+  void revive(std::int64_t step, int from, const std::vector<double>& hyper,
+              const std::vector<double>& inherited) {
+    const std::string explored = inherited.empty()
+                                     ? std::string()
+                                     : fmt::format(" ({}), explored to", hyper_text(inherited));
+    m_lineage.push_back(
+        fmt::format("step {}: revived with trainer {}'s model{} {} (this trainer "
+                    "had failed: {})",
+                    step, from, explored, hyper_text(hyper), m_failure));
+    m_hyper = hyper;
+    m_failed = false;
+    m_failure.clear();
+    retune();
+    say(fmt::format("{} step {}: revived with trainer {}'s model{} {}; trains on", m_pop.algorithm,
+                    step, from, explored, hyper_text()));
   }
 
   void missed(std::int64_t step, int partner, const char* what) {
@@ -741,7 +793,8 @@ class Population {
   std::vector<std::string> m_lineage;
   std::vector<std::string> m_missed;
   double m_best = std::nan("");
-  bool m_failed = false;         // serve_after_failure
+  bool m_failed = false;         // serve_after_failure, until revived
+  std::string m_failure;         // why it failed (the lineage's revival entry)
   std::int64_t m_last_step = 0;  // the last step on_step saw
 };
 
@@ -901,22 +954,35 @@ int run_population(const std::string& text, const std::string& file,
   // A trainer that fails (a non-finite loss with run.nonfinite = "stop", a write error: errors
   // its ranks agreed on) stops; the others go on, skipping it at their exchanges, and it is
   // reported. An error of one rank alone still ends the job (main() aborts).
+  // Under LTFB and PBT a round may hand it a healthy model: it trains on from there.
   RunSummary s;
   std::string failure;
   std::optional<Error> error;
-  try {
-    s = trainer->run();
-  } catch (const Error& e) {
-    if (!e.on_all_ranks()) {
-      throw;
+  const bool revivable = base.population.every > 0 && (base.population.algorithm == "ltfb" ||
+                                                       base.population.algorithm == "pbt");
+  for (;;) {
+    try {
+      s = trainer->run();
+      failure.clear();
+      error.reset();
+      break;
+    } catch (const Error& e) {
+      if (!e.on_all_ranks()) {
+        throw;
+      }
+      failure = e.what();
+      error = e;
+      if (trainer->grid().trainer().rank() == 0) {
+        out.warning(
+            fmt::format("error: {}; this trainer stops training{}, the others go on", e.what(),
+                        revivable ? " until a round gives it a healthy trainer's model" : ""));
+      }
+      const std::int64_t revived = pop.serve_after_failure(total, failure);
+      if (revived >= total) {
+        break;
+      }
+      trainer->resume_at(revived);
     }
-    failure = e.what();
-    error = e;
-    if (trainer->grid().trainer().rank() == 0) {
-      out.warning(
-          fmt::format("error: {}; this trainer stops training, the others go on", e.what()));
-    }
-    pop.serve_after_failure(total);
   }
   // From here the trainers wait for the slowest (and a failed one for all the others): a wait
   // the watchdog would take for a hang. Exchanges were timed; the end is not.

@@ -5,6 +5,7 @@
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/comm/watchdog.hpp"
+#include "tessera/core/check.hpp"
 #include "tessera/core/signals.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/io/checkpoint.hpp"
@@ -858,6 +859,13 @@ void Trainer::restart() {
                                     "run.output or checkpoint.restart=\"\" starts afresh)",
                                     m_total_steps)
                       : ""));
+}
+
+void Trainer::resume_at(std::int64_t step) {
+  TESSERA_CHECK(step >= 0 && step < m_total_steps, "resume_at: step {} outside the run's {} steps",
+                step, m_total_steps);
+  m_start_step = step;
+  m_optimizer->set_steps(step);
 }
 
 void Trainer::measure_peak() {

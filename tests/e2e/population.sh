@@ -8,7 +8,8 @@
 #   trainer, population.jsonl records, and the combined checkpoint that verifies;
 # - PBT: the worse trainer copies the better's weights and its learning rate times a perturbation;
 # - a trainer whose loss diverges (run.nonfinite = "stop") fails alone: reported, left out of the
-#   soup, and its partner trains on without waiting for it;
+#   soup, and its partner trains on without waiting for it; under LTFB and PBT the next round
+#   revives it with its partner's (donor's) model, and it trains to the end;
 # - a trainer stopped (SIGSTOP) before the tournament it is due at: its partner goes on after
 #   population.timeout, warns naming it, and the population finishes once it is continued, the
 #   leaderboard naming it under missed exchanges;
@@ -100,8 +101,9 @@ grep -q "^eval  step 10: $tmp/fm.h5:/validation loss [0-9.]*, accuracy $score% (
 echo "pbt: the worse trainer copies the better and explores; scores on the whole validation split"
 
 # --- a trainer that diverges ------------------------------------------------------------------
-# (recalibrate: the failed trainer takes part in the soup's collectives without estimating.)
-deck 32 30 '[population]' 'algorithm = "ltfb"' 'every = 10' 'timeout = 60' \
+# Independent trainers: the failed one stays failed, reported and left out of the soup
+# (recalibrate: it takes part in the soup's collectives without estimating).
+deck 32 30 '[population]' 'algorithm = "independent"' \
   "validation = \"$tmp/fm.h5:/validation\"" 'combine = "soup"' 'recalibrate = 5' \
   '[population.hyper]' '"optimizer.lr" = { values = [0.05, 500.0] }' >"$tmp/diverge.toml"
 start=$SECONDS
@@ -112,9 +114,36 @@ grep -q "^\[t1\] error: .*: step [0-9]*: the loss (-\?nan) on rank 0 is not fini
   fail "diverge: trainer 1's failure is not reported"
 grep -q "^  1 | optimizer.lr 500 | - | failed: .*: step [0-9]*: the loss (-\?nan) on rank 0 is not finite" "$tmp/diverge.log" ||
   fail "diverge: the leaderboard does not show trainer 1 failed"
-grep -q "^\[t0\] ltfb step 20: kept this model" "$tmp/diverge.log" || fail "diverge: trainer 0 stopped meeting"
+grep -q "^\[t0\] final: 30 steps" "$tmp/diverge.log" || fail "diverge: trainer 0 did not train to the end"
 grep -q "^combined (greedy soup) of trainers \[0\]: " "$tmp/diverge.log" || fail "diverge: the soup takes the failed trainer"
 echo "diverge: the failed trainer is reported and left out; the other trains on without waiting"
+
+# LTFB and PBT: the next round hands the failed trainer its partner's (the donor's) healthy model
+# and optimizer state; it trains on to the end, the revival in its lineage, and joins the soup's
+# candidates.
+for alg in ltfb pbt; do
+  deck 32 30 '[population]' "algorithm = \"$alg\"" 'every = 10' 'timeout = 60' \
+    "validation = \"$tmp/fm.h5:/validation\"" 'combine = "soup"' \
+    '[population.hyper]' '"optimizer.lr" = { values = [0.05, 500.0] }' >"$tmp/revive-$alg.toml"
+  "$mpiexec" -n 2 "$bin/tessera" run "$tmp/revive-$alg.toml" parallel.trainers=2 \
+    run.output="$tmp/revive-$alg" >"$tmp/revive-$alg.log" 2>&1 || fail "revive $alg: exit $?"
+  grep -q "^\[t1\] error: .*: step [1-9]: the loss (-\?nan) on rank 0 is not finite; .*; this trainer stops training until a round gives it a healthy trainer's model, the others go on$" "$tmp/revive-$alg.log" ||
+    fail "revive $alg: trainer 1's failure before step 10 is not reported"
+  if [[ $alg == ltfb ]]; then
+    revived="revived with trainer 0's model optimizer.lr 0.05"
+  else  # the donor's 0.05 explored: x 0.8 or x 1.25, or drawn anew from the deck's values
+    revived="revived with trainer 0's model (optimizer.lr 0.05), explored to optimizer.lr [0-9.e+-]*"
+  fi
+  grep -q "^\[t1\] $alg step 10: $revived; trains on$" "$tmp/revive-$alg.log" ||
+    fail "revive $alg: trainer 1 not revived at step 10"
+  grep -q "^  1 | optimizer.lr [0-9.e+-]* | accuracy [0-9.]*% | accuracy [0-9.]*% | step 10: $revived (this trainer had failed: .*not finite.*)" "$tmp/revive-$alg.log" ||
+    fail "revive $alg: the leaderboard does not show trainer 1 revived and trained to the end"
+  grep -q '"kind": "train", "step": 30, .*"loss": [0-9]' "$tmp/revive-$alg/trainer-1/metrics.jsonl" ||
+    fail "revive $alg: trainer 1 has no finite training loss at step 30"
+  "$bin/tessera-ckpt" verify "$tmp/revive-$alg/trainer-1/ckpt/ckpt-00000030.h5" >/dev/null ||
+    fail "revive $alg: trainer 1's final checkpoint is missing or damaged"
+done
+echo "revive: under LTFB and PBT the failed trainer takes a healthy model at the next round and trains to the end"
 
 # --- a trainer stopped while a tournament is due ---------------------------------------------
 # The tournament is 200 steps in (a second or more of training after the hyper-parameters line,

@@ -107,6 +107,10 @@ class Trainer {
   /// Writes the model and optimizer state as they are now as a checkpoint into `dir` (the step
   /// recorded is the run's total; a population's combined model), keeping the newest `keep`.
   void save_to(const std::string& dir, const char* why, int keep = 1);
+  /// After run() failed with an error its ranks agreed on: the next run() trains on from `step`
+  /// (the optimizer's step count set to it) with the state the caller has loaded into the model
+  /// and optimizer — a population's failed trainer given another's model (train/population.cpp).
+  void resume_at(std::int64_t step);
   /// The step a restart resumed from (0: a fresh start).
   std::int64_t start_step() const { return m_start_step; }
 
