@@ -6,7 +6,19 @@
 namespace tessera {
 namespace {
 constexpr int kMaxRank = 8;
-}
+
+// Per dimension: local extent of one segment, segment length and this rank's offset inside a
+// segment (one segment unless the dimension is split with a stride), and the global row-major
+// stride. Local index j of a dimension is global (j / extent) · segment + offset + j % extent.
+// At namespace scope: a device lambda may not capture a type local to a function (nvcc).
+struct ShardGeometry {
+  Index local[kMaxRank];
+  Index extent[kMaxRank];
+  Index segment[kMaxRank];
+  Index offset[kMaxRank];
+  Index stride[kMaxRank];
+};
+}  // namespace
 
 void init_shard(const Tensor& local, const Layout& layout, const GridPlace& place,
                 std::uint64_t seed, const std::string& name, const InitSpec& spec) {
@@ -16,16 +28,7 @@ void init_shard(const Tensor& local, const Layout& layout, const GridPlace& plac
   const int rank = layout.rank();
   TESSERA_CHECK(rank <= kMaxRank, "parameter '{}': rank {} exceeds {}", name, rank, kMaxRank);
 
-  // Per dimension: local extent of one segment, segment length and this rank's offset inside a
-  // segment (one segment unless the dimension is split with a stride), and the global row-major
-  // stride. Local index j of a dimension is global (j / extent) · segment + offset + j % extent.
-  struct Geometry {
-    Index local[kMaxRank];
-    Index extent[kMaxRank];
-    Index segment[kMaxRank];
-    Index offset[kMaxRank];
-    Index stride[kMaxRank];
-  } g{};
+  ShardGeometry g{};
   const std::vector<Block> blocks = layout.blocks(place);
   Index stride = 1;
   for (int d = rank - 1; d >= 0; --d) {

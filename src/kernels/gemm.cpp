@@ -3,6 +3,9 @@
 #include "tessera/core/check.hpp"
 #include "tessera/core/clones.hpp"
 #include "tessera/kernels/conv_dnnl.hpp"
+#if defined(KOKKOS_ENABLE_CUDA)
+#include "tessera/kernels/cuda/gemm.hpp"
+#endif
 
 #include <cblas.h>
 
@@ -115,16 +118,26 @@ std::uint16_t to_bf16(float x) {
 
 void gemm(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, const float* a,
           Index lda, const float* b, Index ldb, float beta, float* c, Index ldc) {
-  static_assert(Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible,
-                "device-memory GEMM goes through kernels/cuda (cuBLAS)");
   if (m == 0 || n == 0) {
     return;
   }
+#if defined(KOKKOS_ENABLE_CUDA)
+  // A CUDA build of Kokkos keeps the tensors in device memory: their products go to cuBLAS, on
+  // the stream of Kokkos's default execution space (one stream for both: no fence between them).
+  TESSERA_CHECK(g_precision == MatmulPrecision::fp32,
+                "run.precision = \"bf16\" on device memory is not built yet (cuBLAS's bf16 GEMM)");
+  static const cuda::CublasHandle handle(Kokkos::DefaultExecutionSpace().cuda_stream());
+  const auto op = [](Trans t) { return t == Trans::yes ? cuda::Trans::yes : cuda::Trans::no; };
+  cuda::gemm(handle, op(trans_a), op(trans_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+#else
+  static_assert(Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible,
+                "device-memory GEMM goes through kernels/cuda (cuBLAS)");
   if (k > 0 && g_precision == MatmulPrecision::bf16) {
     gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   } else {
     gemm_fp32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
+#endif
 }
 
 void matmul(const Tensor& a, Trans trans_a, const Tensor& b, Trans trans_b, const Tensor& c,
@@ -151,19 +164,27 @@ void set_blas_threads(int threads) {
 double measure_gemm_flops(Index n, int repeats) {
   TESSERA_CHECK(n > 0 && repeats > 0, "measure_gemm_flops: n = {} and repeats = {} must be > 0", n,
                 repeats);
-  const auto size = static_cast<size_t>(n) * static_cast<size_t>(n);
-  std::vector<float> a(size);
-  std::vector<float> b(size);
-  std::vector<float> c(size, 0.0F);
-  for (size_t i = 0; i < size; ++i) {  // small exact values: no denormals, no overflow
-    a[i] = static_cast<float>(i % 7) * 0.125F;
-    b[i] = static_cast<float>(i % 5) * 0.25F;
-  }
-  gemm(Trans::no, Trans::no, n, n, n, 1.0F, a.data(), n, b.data(), n, 0.0F, c.data(), n);
+  // Tensors' memory (the device's in a CUDA build), small exact values: no denormals, no overflow.
+  const Tensor a = Tensor::uninitialized("measure_gemm_flops::a", {n, n});
+  const Tensor b = Tensor::uninitialized("measure_gemm_flops::b", {n, n});
+  const Tensor c("measure_gemm_flops::c", {n, n});
+  const FloatView av = a.view();
+  const FloatView bv = b.view();
+  Kokkos::parallel_for(
+      "measure_gemm_flops::fill", Kokkos::RangePolicy<ExecSpace>(0, n * n),
+      KOKKOS_LAMBDA(const Index i) {
+        av(i) = static_cast<float>(i % 7) * 0.125F;
+        bv(i) = static_cast<float>(i % 5) * 0.25F;
+      });
+  const auto product = [&] {
+    gemm(Trans::no, Trans::no, n, n, n, 1.0F, a.data(), n, b.data(), n, 0.0F, c.data(), n);
+    Kokkos::fence();
+  };
+  product();
   double best = 1e30;  // the fastest product: the least disturbed by whatever else runs
   for (int r = 0; r < repeats; ++r) {
     const auto start = std::chrono::steady_clock::now();
-    gemm(Trans::no, Trans::no, n, n, n, 1.0F, a.data(), n, b.data(), n, 0.0F, c.data(), n);
+    product();
     best = std::min(
         best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }

@@ -79,11 +79,8 @@ void softmax_rows(const char* op, const char* label, const Tensor& x, const Tens
         const auto shift = static_cast<float>(row_log_sum_exp_shifted(in, base, cols, m));
         for (Index j = 0; j < cols; ++j) {
           const float logp = in(base + j) - m - shift;
-          if constexpr (kLog) {
-            out(base + j) = logp;
-          } else {
-            out(base + j) = math::exp(logp);
-          }
+          // Not `if constexpr`: nvcc refuses a device lambda's first capture inside one.
+          out(base + j) = kLog ? logp : math::exp(logp);
         }
       });
 }

@@ -27,6 +27,34 @@ KOKKOS_INLINE_FUNCTION Index local_row(float id, Range block) {
 }
 }  // namespace
 
+namespace detail {
+// Throws, naming the first bad id, unless every id of x (samples of `tokens` ids) is an integer in
+// [0, vocab). A free function: nvcc refuses a device lambda in a private member function.
+void check_embedding_ids(const Tensor& x, Index vocab, Index tokens, const std::string& name) {
+  const FloatView ids = x.view();
+  const Index count = x.numel();
+  Index first_bad = 0;  // Min's reducer starts from its identity, the largest Index: none bad
+  Kokkos::parallel_reduce(
+      "Embedding::check_ids", Policy(0, count),
+      KOKKOS_LAMBDA(const Index i, Index& bad) {
+        if (!valid_id(ids(i), vocab) && i < bad) {
+          bad = i;
+        }
+      },
+      Kokkos::Min<Index>(first_bad));
+  if (first_bad >= count) {
+    return;
+  }
+  float id = 0.0F;
+  Kokkos::deep_copy(Kokkos::View<float, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(&id),
+                    Kokkos::subview(ids, first_bad));
+  TESSERA_THROW(
+      "embedding '{}': token id {} at sample {}, position {} is not an integer in [0, {}) "
+      "(option vocab)",
+      name, id, first_bad / tokens, first_bad % tokens, vocab);
+}
+}  // namespace detail
+
 Embedding::Embedding(std::string name, const Shape& input, const EmbeddingOptions& options,
                      BuildContext context)
     : Layer(std::move(name), std::move(context)),
@@ -91,34 +119,9 @@ Layout Embedding::place_input(const Layout& input) {
   return layout;
 }
 
-void Embedding::check_ids(const Tensor& x) const {
-  const FloatView ids = x.view();
-  const Index count = x.numel();
-  const Index vocab = m_vocab;
-  Index first_bad = 0;  // Min's reducer starts from its identity, the largest Index: none bad
-  Kokkos::parallel_reduce(
-      "Embedding::check_ids", Policy(0, count),
-      KOKKOS_LAMBDA(const Index i, Index& bad) {
-        if (!valid_id(ids(i), vocab) && i < bad) {
-          bad = i;
-        }
-      },
-      Kokkos::Min<Index>(first_bad));
-  if (first_bad >= count) {
-    return;
-  }
-  float id = 0.0F;
-  Kokkos::deep_copy(Kokkos::View<float, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(&id),
-                    Kokkos::subview(ids, first_bad));
-  TESSERA_THROW(
-      "embedding '{}': token id {} at sample {}, position {} is not an integer in [0, {}) "
-      "(option vocab)",
-      name(), id, first_bad / m_tokens, first_bad % m_tokens, m_vocab);
-}
-
 ForwardResult Embedding::forward(const Tensor& x, const ForwardOptions& /*options*/) {
   check_batch(x, {m_tokens}, "input");
-  check_ids(x);
+  detail::check_embedding_ids(x, m_vocab, m_tokens, name());
   const Tensor y = m_output.get(name() + ".output", {x.dim(0), m_tokens, m_dim});  // (N, T, C)
   const FloatView ids = x.view();                                                  // (N, T)
   const FloatView out = y.view();

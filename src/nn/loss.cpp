@@ -10,6 +10,29 @@
 #include <vector>
 
 namespace tessera::nn {
+namespace detail {
+// Throws naming the first sample whose label is outside [0, classes) (the rare error path). Not in
+// the anonymous namespace: nvcc cannot name a device lambda's reduction there (its host stub
+// fails to compile).
+[[noreturn]] void throw_first_bad_label(const IntView& labels, Index n, Index classes) {
+  Index first_bad = std::numeric_limits<Index>::max();
+  Kokkos::parallel_reduce(
+      "softmax_cross_entropy::check_labels", Kokkos::RangePolicy<ExecSpace>(0, n),
+      KOKKOS_LAMBDA(const Index i, Index& acc) {
+        const Index c = labels(i);
+        if ((c < 0 || c >= classes) && i < acc) {
+          acc = i;
+        }
+      },
+      Kokkos::Min<Index>(first_bad));
+  std::int32_t value = 0;
+  Kokkos::deep_copy(value, Kokkos::subview(labels, first_bad));
+  throw Error(
+      fmt::format("softmax_cross_entropy: sample {} has label {}, expected a class in [0, {})",
+                  first_bad, value, classes));
+}
+}  // namespace detail
+
 namespace {
 using Policy = Kokkos::RangePolicy<ExecSpace>;
 
@@ -47,25 +70,6 @@ KOKKOS_INLINE_FUNCTION double cross_entropy_row(const FloatView& x, const FloatV
   }
   hit = arg == label;
   return static_cast<double>(m) + math::log(s) - static_cast<double>(x(base + label));
-}
-
-// Throws naming the first sample whose label is outside [0, classes) (the rare error path).
-[[noreturn]] void throw_first_bad_label(const IntView& labels, Index n, Index classes) {
-  Index first_bad = std::numeric_limits<Index>::max();
-  Kokkos::parallel_reduce(
-      "softmax_cross_entropy::check_labels", Policy(0, n),
-      KOKKOS_LAMBDA(const Index i, Index& acc) {
-        const Index c = labels(i);
-        if ((c < 0 || c >= classes) && i < acc) {
-          acc = i;
-        }
-      },
-      Kokkos::Min<Index>(first_bad));
-  std::int32_t value = 0;
-  Kokkos::deep_copy(value, Kokkos::subview(labels, first_bad));
-  throw Error(
-      fmt::format("softmax_cross_entropy: sample {} has label {}, expected a class in [0, {})",
-                  first_bad, value, classes));
 }
 
 // Every row in one pass: sums {loss, correct, labels out of range} (an array reduction).
@@ -116,7 +120,7 @@ LossOutput softmax_cross_entropy(const Tensor& logits, const IntView& labels, In
       CrossEntropyRows{3, logits.view(), out.grad.view(), labels, classes, scale},
       Kokkos::View<double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(totals, 3));
   if (totals[2] > 0.0) {
-    throw_first_bad_label(labels, n, classes);
+    detail::throw_first_bad_label(labels, n, classes);
   }
   out.loss = totals[0] / static_cast<double>(global_batch);
   out.correct = static_cast<Index>(totals[1]);
@@ -197,7 +201,7 @@ LossOutput vocab_parallel_cross_entropy(const Tensor& logits, const IntView& lab
       },
       bad);
   if (bad > 0) {
-    throw_first_bad_label(labels, n, classes);
+    detail::throw_first_bad_label(labels, n, classes);
   }
   auto sums_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sums);
   axis.allreduce(comm::Buffer(sums_host.data(), 2 * n))->wait();

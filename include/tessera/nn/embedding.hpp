@@ -68,9 +68,6 @@ class Embedding : public Layer {
   Parameter& wpe() { return parameters()[1]; }
 
  private:
-  /// Throws, naming the first bad id, unless every id of x is an integer in [0, V).
-  void check_ids(const Tensor& x) const;
-
   Index m_tokens = 0;     // T
   Index m_vocab = 0;      // V, whole
   Index m_dim = 0;        // C
