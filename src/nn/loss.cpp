@@ -1,20 +1,22 @@
 #include "tessera/nn/loss.hpp"
 
+#include "tessera/core/check.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/math.hpp"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
 namespace tessera::nn {
 namespace detail {
-// Throws naming the first sample whose label is outside [0, classes) (the rare error path). Not in
-// the anonymous namespace: nvcc cannot name a device lambda's reduction there (its host stub
-// fails to compile).
-[[noreturn]] void throw_first_bad_label(const IntView& labels, Index n, Index classes) {
+// The first sample whose label is outside [0, classes), n if none. Not in the anonymous namespace
+// nor inside a [[noreturn]] function: nvcc cannot name a device lambda's reduction there (its host
+// stub fails to compile).
+Index first_bad_label(const IntView& labels, Index n, Index classes) {
   Index first_bad = std::numeric_limits<Index>::max();
   Kokkos::parallel_reduce(
       "softmax_cross_entropy::check_labels", Kokkos::RangePolicy<ExecSpace>(0, n),
@@ -25,6 +27,13 @@ namespace detail {
         }
       },
       Kokkos::Min<Index>(first_bad));
+  return std::min(first_bad, n);
+}
+
+// Throws naming the first sample whose label is outside [0, classes) (the rare error path).
+[[noreturn]] void throw_first_bad_label(const IntView& labels, Index n, Index classes) {
+  const Index first_bad = first_bad_label(labels, n, classes);
+  TESSERA_CHECK(first_bad < n, "softmax_cross_entropy: no label out of range among {}", n);
   std::int32_t value = 0;
   Kokkos::deep_copy(value, Kokkos::subview(labels, first_bad));
   throw Error(
