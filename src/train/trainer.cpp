@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <numeric>
 
 namespace tessera::train {
 namespace {
@@ -52,6 +53,12 @@ std::string flops_text(double flops, const char* unit = "FLOP") {
     ++p;
   }
   return fmt::format("{:.4g} {}{}", flops, prefixes[p], unit);
+}
+
+// The whole model's FLOPs per sample, forward and backward, from its stage plan: what `tessera
+// check` prints and the progress line's mfu counts.
+double model_flops(const StagePlan& plan) {
+  return std::accumulate(plan.unit_flops.begin(), plan.unit_flops.end(), 0.0);
 }
 
 // The deck's optimizer keys as each optimizer's options (at the start, and when retuned).
@@ -671,9 +678,7 @@ void Trainer::build(const comm::GridSpec& spec) {
   if (spec.pipeline == 1) {
     plan = plan_stages(deck, m_grid->place());
   }
-  for (const double f : plan.unit_flops) {
-    m_flops_per_sample += f;
-  }
+  m_flops_per_sample = model_flops(plan);
   m_pipe = &m_grid->axis(GridAxis::pipeline);
   m_sums = &m_grid->axes(AxisSet{GridAxis::data, GridAxis::pipeline});
   m_pipeline = std::make_unique<parallel::Pipeline>(
@@ -1436,7 +1441,7 @@ RunSummary Trainer::run() {
     since_save.restart();
     window_clock.restart();
   }
-  if (step < m_total_steps) {
+  if (step < m_total_steps && m_peak_flops <= 0.0) {  // once: a revived trainer runs again
     measure_peak();
     window_clock.restart();
   }
@@ -1650,10 +1655,7 @@ std::string describe(const deck::Deck& d, int world_size) {
   out += fmt::format("\nparameters: {} ({:.2f} MiB as float32)", params,
                      static_cast<double>(params) * 4.0 * mib);
   out += split ? fmt::format("; on rank 0: {} ({:.2f} MiB)\n", local_params, weights * mib) : "\n";
-  double flops = 0.0;  // what the progress line's mfu counts
-  for (const double f : plan_stages(d, place).unit_flops) {
-    flops += f;
-  }
+  const double flops = model_flops(plan_stages(d, place));
   out += fmt::format("model FLOPs: {} per sample, forward and backward ({} per step of {})\n",
                      flops_text(flops), flops_text(flops * static_cast<double>(d.data.batch)),
                      d.data.batch);

@@ -170,7 +170,8 @@ class Trainer {
   std::optional<Evaluation> eval_and_log(std::int64_t step, double run_seconds);
   /// The peak model FLOPs utilisation is reported against: the sum over the trainer's ranks of
   /// run.peak_tflops, or of a GEMM measured on each (all at once, as they will train); said and
-  /// logged with the model's FLOPs per sample.
+  /// logged with the model's FLOPs per sample. Once per trainer (run() calls it at its first
+  /// start, not when a population's revived trainer runs again).
   void measure_peak();
   StepAgreement agree_on_step(bool save_due);
   void restart();
