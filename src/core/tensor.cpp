@@ -169,6 +169,36 @@ void Tensor::copy_from_host(const std::vector<float>& values) const {
   Kokkos::deep_copy(m_view, host);
 }
 
+Tensor::HostView Tensor::host_view() const {
+  return Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m_view);
+}
+
+Tensor::HostView Tensor::host_staging() const {
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) {
+    return m_view;
+  } else {  // (Kokkos 3's create_mirror_view takes no WithoutInitializing)
+    return HostView(Kokkos::view_alloc(m_label + " (host)", Kokkos::WithoutInitializing),
+                    static_cast<std::size_t>(m_numel));
+  }
+}
+
+void Tensor::store(const HostView& values) const {
+  TESSERA_CHECK(static_cast<Index>(values.extent(0)) == m_numel,
+                "tensor '{}' of shape {}: {} host values stored, {} expected", m_label,
+                to_string(m_shape), values.extent(0), m_numel);
+  if (values.data() != m_view.data()) {
+    Kokkos::deep_copy(m_view, values);
+  }
+}
+
+float Tensor::at(Index i) const {
+  TESSERA_CHECK(i >= 0 && i < m_numel, "tensor '{}' of shape {} has no element {}", m_label,
+                to_string(m_shape), i);
+  float value = 0.0F;
+  Kokkos::deep_copy(value, Kokkos::subview(m_view, i));
+  return value;
+}
+
 void Tensor::copy_from(const Tensor& other) const {
   TESSERA_CHECK(other.numel() == m_numel, "copy into tensor '{}' {} from '{}' {}: sizes differ",
                 m_label, to_string(m_shape), other.label(), to_string(other.shape()));

@@ -1,5 +1,6 @@
 #include "tessera/deck/deck.hpp"
 
+#include "tessera/core/device.hpp"
 #include "tessera/core/rng.hpp"
 #include "tessera/core/strings.hpp"
 #include "tessera/nn/sequential.hpp"
@@ -1152,6 +1153,11 @@ Deck parse(const std::string& text, const std::string& file,
   }
   d.run.blas_threads = static_cast<int>(run.integer("blas_threads", 1, 1, 256));
   d.run.precision = run.choice("precision", "fp32", {"fp32", "bf16"});
+  d.run.device = run.choice("device", std::string(build_device()), {"cpu", "cuda"});
+  if (const std::string why = device_mismatch(d.run.device); !why.empty()) {
+    throw run.error("device", run.find("device"),
+                    fmt::format("run.device = \"{}\": {}", d.run.device, why));
+  }
   d.run.watchdog_s = run.number("watchdog_s", 300.0, 0.0, 1e7, false);
   d.run.check_collectives = run.boolean("check_collectives", false);
   d.run.nonfinite = run.choice("nonfinite", "stop", {"stop", "skip"});
@@ -1490,12 +1496,12 @@ std::string to_toml(const Deck& d) {
   }
   o += fmt::format(
       "log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\nprecision = {}\n"
-      "watchdog_s = {}\ncheck_collectives = {}\nnonfinite = {}\ncheck_replicas = {}\n"
-      "activation_limit_mb = {}\npeak_tflops = {}\n\n",
+      "device = {}\nwatchdog_s = {}\ncheck_collectives = {}\nnonfinite = {}\n"
+      "check_replicas = {}\nactivation_limit_mb = {}\npeak_tflops = {}\n\n",
       d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads,
-      toml_string(d.run.precision), real(d.run.watchdog_s), d.run.check_collectives,
-      toml_string(d.run.nonfinite), d.run.check_replicas, real(d.run.activation_limit_mb),
-      real(d.run.peak_tflops));
+      toml_string(d.run.precision), toml_string(d.run.device), real(d.run.watchdog_s),
+      d.run.check_collectives, toml_string(d.run.nonfinite), d.run.check_replicas,
+      real(d.run.activation_limit_mb), real(d.run.peak_tflops));
   o += fmt::format(
       "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n"
       "sequence_parallel = {}\nbucket_mb = {}\nreduce = {}\nzero = {}\ndeterministic = {}\n",

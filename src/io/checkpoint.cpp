@@ -72,10 +72,6 @@ std::string dataset_path(const parallel::StateEntry& e) {
   return e.state.empty() ? model_path(e.name) : optimizer_path(e.name, e.state);
 }
 
-// Whether tensors live in host memory (a Serial or OpenMP build of Kokkos), so that HDF5 can write
-// their storage in place.
-constexpr bool kHostStorage = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
-
 Box file_box(const Block& b) {
   return {std::vector<hsize_t>(b.global_offset.begin(), b.global_offset.end()),
           std::vector<hsize_t>(b.count.begin(), b.count.end())};
@@ -130,25 +126,6 @@ bool contiguous(const Block& b, const Shape& local) {
     inner_whole = inner_whole && b.count[d] == local[d];
   }
   return true;
-}
-
-// An entry's values in host memory: its own storage, or a host copy in a device build.
-struct HostValues {
-  std::vector<float> copy;
-  float* data = nullptr;
-};
-HostValues host_values(const parallel::StateEntry& e, bool fill) {
-  HostValues h;
-  if (!e.local.defined()) {
-    return h;
-  }
-  if (kHostStorage) {
-    h.data = e.local.data();
-  } else {
-    h.copy = fill ? e.local.to_host() : std::vector<float>(static_cast<size_t>(e.local.numel()));
-    h.data = h.copy.data();
-  }
-  return h;
 }
 
 // Block `b` of entry `e` in box order: a pointer into `values` (the entry's elements [e.first,
@@ -318,9 +295,10 @@ SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                                            std::vector<hsize_t>(shape.begin(), shape.end())));
           if (e.owner && !e.blocks.empty()) {
             const Shape local = e.layout.local_shape(state.place());
-            const HostValues values = host_values(e, true);
+            // The tensor's own storage on the host, a host copy of it in a CUDA build.
+            const Tensor::HostView values = e.local.host_view();
             for (const Block& b : e.blocks) {
-              const float* box = block_values(e, local, b, values.data, scratch);
+              const float* box = block_values(e, local, b, values.data(), scratch);
               ds->write(file_box(b), ElementType::f32, box, false);
               sum += block_checksum(e, local, b, box);
             }
@@ -562,11 +540,12 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
         continue;
       }
       const Shape local = e.layout.local_shape(state.place());
-      HostValues values = host_values(e, false);
+      // Read into the tensor's storage on the host, into a host copy of it in a CUDA build.
+      const Tensor::HostView values = e.local.host_view();
       for (const Block& b : e.blocks) {
         // In place where the block is contiguous in the rank's storage, else through `scratch`.
         const bool direct = contiguous(b, local);
-        float* box = direct ? values.data + (flat_index(b.local_offset, local) - e.first)
+        float* box = direct ? values.data() + (flat_index(b.local_offset, local) - e.first)
                             : (scratch.resize(static_cast<size_t>(numel(b.count))), scratch.data());
         ds.read(file_box(b), ElementType::f32, box);
         if (e.owner) {
@@ -577,12 +556,10 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
           }
         }
         if (!direct) {
-          scatter_block(e, local, b, box, values.data);
+          scatter_block(e, local, b, box, values.data());
         }
       }
-      if (!kHostStorage) {
-        e.local.copy_from_host(values.copy);
-      }
+      e.local.store(values);
     }
   });
   comm.allreduce(comm::Buffer(sums))->wait();

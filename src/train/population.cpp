@@ -12,6 +12,7 @@
 #include "tessera/io/checkpoint_format.hpp"
 #include "tessera/io/dataset.hpp"
 #include "tessera/io/hdf5.hpp"
+#include "tessera/kernels/reduce.hpp"
 #include "tessera/nn/factory.hpp"
 #include "tessera/parallel/registry.hpp"
 #include "tessera/train/trainer.hpp"
@@ -236,15 +237,11 @@ class Population {
     float alive = m_failed ? 0.0F : 1.0F;
     m_across->allreduce(comm::Buffer(&alive, 1))->wait();
     for (Tensor& t : m_t.state_tensors(false)) {
-      float* x = t.data();
       if (m_failed) {
-        std::fill(x, x + t.numel(), 0.0F);
+        t.zero();
       }
       m_across->allreduce(comm::Buffer(t))->wait();
-      const float inv = 1.0F / std::max(alive, 1.0F);
-      for (Index i = 0; i < t.numel(); ++i) {
-        x[i] *= inv;
-      }
+      kernels::scale(1.0F / std::max(alive, 1.0F), t);
     }
   }
 
@@ -382,7 +379,7 @@ class Population {
     copy_bytes(p, &failed, sizeof failed);
     p += sizeof failed;
     for (const Tensor& t : tensors) {
-      copy_bytes(p, t.data(), static_cast<size_t>(t.numel()) * sizeof(float));
+      copy_bytes(p, t.host_view().data(), static_cast<size_t>(t.numel()) * sizeof(float));
       p += t.numel() * static_cast<Index>(sizeof(float));
     }
     return out;
@@ -401,7 +398,9 @@ class Population {
     copy_bytes(hyper.data(), p, hyper.size() * sizeof(double));
     p += (hyper.size() + 1) * sizeof(double);
     for (Tensor& t : tensors) {
-      copy_bytes(t.data(), p, static_cast<size_t>(t.numel()) * sizeof(float));
+      const Tensor::HostView h = t.host_staging();
+      copy_bytes(h.data(), p, static_cast<size_t>(t.numel()) * sizeof(float));
+      t.store(h);
       p += t.numel() * static_cast<Index>(sizeof(float));
     }
     return hyper;
@@ -640,16 +639,13 @@ class Population {
     const bool in = std::find(members.begin(), members.end(), m_k) != members.end();
     for (size_t i = 0; i < tensors.size(); ++i) {
       Tensor& t = tensors[i];
-      copy_bytes(t.data(), finals[i].data(), finals[i].size() * sizeof(float));
-      float* x = t.data();
-      if (!in) {
-        std::fill(x, x + t.numel(), 0.0F);
+      if (in) {
+        t.copy_from_host(finals[i]);
+      } else {
+        t.zero();
       }
       m_across->allreduce(comm::Buffer(t))->wait();
-      const float inv = 1.0F / static_cast<float>(members.size());
-      for (Index j = 0; j < t.numel(); ++j) {
-        x[j] *= inv;
-      }
+      kernels::scale(1.0F / static_cast<float>(members.size()), t);
     }
   }
 
@@ -673,14 +669,11 @@ class Population {
     }
     const float inv = 1.0F / static_cast<float>(ok.size());
     for (Tensor& t : m_t.buffer_tensors()) {
-      float* x = t.data();
       if (!estimates) {
-        std::fill(x, x + t.numel(), 0.0F);
+        t.zero();
       }
       m_across->allreduce(comm::Buffer(t))->wait();
-      for (Index j = 0; j < t.numel(); ++j) {
-        x[j] *= inv;
-      }
+      kernels::scale(inv, t);
     }
     return static_cast<Index>(samples[0]);
   }
@@ -691,7 +684,7 @@ class Population {
   std::string combine(double own_test, const std::vector<int>& failed) {
     std::vector<std::vector<float>> finals;
     for (const Tensor& t : m_t.state_tensors(false)) {
-      finals.emplace_back(t.data(), t.data() + t.numel());
+      finals.push_back(t.to_host());
     }
     std::vector<int> ok;  // the trainers that trained to the end
     for (int j = 0; j < m_trainers; ++j) {

@@ -6,11 +6,13 @@
 #include "tessera/comm/communicator.hpp"
 #include "tessera/comm/watchdog.hpp"
 #include "tessera/core/check.hpp"
+#include "tessera/core/device.hpp"
 #include "tessera/core/signals.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/io/checkpoint.hpp"
 #include "tessera/io/checkpoint_format.hpp"
 #include "tessera/kernels/gemm.hpp"
+#include "tessera/kernels/reduce.hpp"
 #include "tessera/nn/loss.hpp"
 #include "tessera/nn/spatial.hpp"
 
@@ -439,25 +441,6 @@ io::SplitInfo check_splits(const deck::Deck& d, const Shape& output, int share, 
 
 namespace {
 
-// The index of the first Inf or NaN of `t`, or -1. An exponent of all ones is Inf or NaN: an OR
-// over the bits vectorizes; only a tensor that has one is searched again.
-Index first_nonfinite(const Tensor& t) {
-  const auto* bits = reinterpret_cast<const std::uint32_t*>(t.data());
-  const Index n = t.numel();
-  std::uint32_t any = 0;
-  for (Index i = 0; i < n; ++i) {
-    any |= static_cast<std::uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
-  }
-  if (any == 0) {
-    return -1;
-  }
-  Index i = 0;
-  while (std::isfinite(t.data()[i])) {
-    ++i;
-  }
-  return i;
-}
-
 // The first non-finite value among the loss and this rank's parameter gradients ("" when all are
 // finite).
 std::string first_nonfinite(double loss, nn::Sequential& model) {
@@ -466,8 +449,8 @@ std::string first_nonfinite(double loss, nn::Sequential& model) {
   }
   for (const nn::Parameter* p : model.all_parameters()) {
     if (p->grad.defined()) {
-      if (const Index i = first_nonfinite(p->grad); i >= 0) {
-        return fmt::format("the gradient of {} (element {}: {})", p->name, i, p->grad.data()[i]);
+      if (const Index i = kernels::first_nonfinite(p->grad); i >= 0) {
+        return fmt::format("the gradient of {} (element {}: {})", p->name, i, p->grad.at(i));
       }
     }
   }
@@ -883,6 +866,13 @@ void Trainer::measure_peak() {
   m_trainer->allreduce(comm::Buffer(&peak, 1))->wait();
   m_peak_flops = peak;
   const int ranks = m_trainer->size();
+  const std::string device = device_description();  // rank 0's: a GPU per rank has its own index
+  say(fmt::format(
+      "device: {}{}", device,
+      ranks == 1 ? std::string()
+      : std::string(build_device()) == "cuda"
+          ? fmt::format(" on rank 0; a GPU per rank, by node-local rank ({} ranks)", ranks)
+          : fmt::format(", on each of {} ranks", ranks)));
   say(fmt::format(
       "model: {} per sample (forward and backward); peak {} for {} rank{} ({})",
       flops_text(m_flops_per_sample), flops_text(peak, "FLOP/s"), ranks, ranks == 1 ? "" : "s",
@@ -890,8 +880,10 @@ void Trainer::measure_peak() {
                              m_deck.run.precision)
                : "run.peak_tflops per rank"));
   log_line(fmt::format(
-      R"({{"kind": "flops", "per_sample": {:.6g}, "peak": {:.6g}, "ranks": {}, "how": "{}"}})",
-      m_flops_per_sample, peak, ranks, measured ? "measured" : "run.peak_tflops"));
+      R"({{"kind": "flops", "per_sample": {:.6g}, "peak": {:.6g}, "ranks": {}, "how": "{}", )"
+      R"("device": {}}})",
+      m_flops_per_sample, peak, ranks, measured ? "measured" : "run.peak_tflops",
+      json_string(device)));
 }
 
 parallel::StateRegistry Trainer::state_registry() {
@@ -906,11 +898,11 @@ void Trainer::save(std::int64_t steps_done, const char* why, const std::string& 
   // (the previous checkpoint and `latest` stay as they are).
   comm::agree(*m_trainer, [&] {
     for (const nn::Parameter* p : m_model->all_parameters()) {
-      if (const Index i = first_nonfinite(p->value); i >= 0) {
+      if (const Index i = kernels::first_nonfinite(p->value); i >= 0) {
         throw input_error(fmt::format(
             "step {}: parameter {} holds a non-finite value (element {}: {}) on rank {}: the "
             "checkpoint is not written, {}",
-            steps_done, p->name, i, p->value.data()[i], m_trainer->rank(),
+            steps_done, p->name, i, p->value.at(i), m_trainer->rank(),
             io::describe_last_good(dir)));
       }
     }
@@ -1233,8 +1225,8 @@ bool Trainer::nonfinite_step(std::int64_t step, double loss) {
     // later step would be skipped. The lowest rank holding one names it, and the run stops.
     std::string weight;
     for (const nn::Parameter* p : m_model->all_parameters()) {
-      if (const Index i = first_nonfinite(p->value); i >= 0) {
-        weight = fmt::format("parameter {} (element {}: {})", p->name, i, p->value.data()[i]);
+      if (const Index i = kernels::first_nonfinite(p->value); i >= 0) {
+        weight = fmt::format("parameter {} (element {}: {})", p->name, i, p->value.at(i));
         break;
       }
     }
@@ -1277,7 +1269,7 @@ void Trainer::check_replicas(std::int64_t steps) {
   const std::vector<nn::Parameter*> params = m_model->all_parameters();
   std::vector<std::uint64_t> low(params.size()), high(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    low[i] = io::checksum_partial(params[i]->value.data(), 0, params[i]->value.numel());
+    low[i] = io::checksum_partial(params[i]->value.host_view().data(), 0, params[i]->value.numel());
   }
   high = low;
   data.allreduce(comm::Buffer(low), {comm::ReduceOp::min})->wait();
@@ -1294,15 +1286,16 @@ void Trainer::check_replicas(std::int64_t steps) {
   const Tensor& mine = params[bad]->value;
   Tensor first = mine.clone("replica check");
   data.broadcast(comm::Buffer(first), {0})->wait();
+  const Tensor::HostView a = mine.host_view();
+  const Tensor::HostView b = first.host_view();
   double largest = 0.0;
   for (Index i = 0; i < mine.numel(); ++i) {
-    largest = std::max(largest, std::fabs(double(mine.data()[i]) - double(first.data()[i])));
+    largest = std::max(largest, std::fabs(double(a(i)) - double(b(i))));
   }
   data.allreduce(comm::Buffer(&largest, 1), {comm::ReduceOp::max})->wait();
   const std::int64_t same =
-      std::memcmp(mine.data(), first.data(), sizeof(float) * static_cast<size_t>(mine.numel())) == 0
-          ? 1
-          : 0;
+      std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<size_t>(mine.numel())) == 0 ? 1
+                                                                                              : 0;
   std::vector<std::int64_t> mark(static_cast<size_t>(data.size()));
   const std::int64_t me = same ? -1 : m_trainer->rank();
   data.allgather(comm::ConstBuffer(&me, 1), comm::Buffer(mark))->wait();

@@ -65,7 +65,25 @@ class Tensor {
 
   /// The flat storage (numel() elements, row-major).
   const FloatView& view() const { return m_view; }
+  /// The storage's address, in the memory space of the build (a GPU's in a CUDA build): for
+  /// kernels, BLAS/cuBLAS and communication buffers. Host code reads and writes values through
+  /// host_view() / host_staging() + store(), at(), to_host() or copy_from_host().
   float* data() const { return m_view.data(); }
+
+  /// Host memory holding this tensor's values (flat, numel() elements).
+  using HostView = FloatView::HostMirror;
+  /// The values where the host can read them: the tensor's own storage when the host can address
+  /// it (every host build: no copy), else a host copy made now (a CUDA build). Writing into it
+  /// changes the tensor only in the first case: pass it to store() after writing.
+  HostView host_view() const;
+  /// Host memory to write this tensor's values into and then hand to store(): its own storage
+  /// when the host can address it, else an uninitialised host buffer of numel() elements.
+  HostView host_staging() const;
+  /// Makes `values` (from host_view() or host_staging() of this tensor, written on the host) the
+  /// tensor's values: nothing to copy when they are its storage.
+  void store(const HostView& values) const;
+  /// Element `i` of the flat storage, copied to the host: for messages, not for loops.
+  float at(Index i) const;
 
   /// A tensor of `shape` over elements [offset, offset + numel(shape)) of `storage`, shared, not
   /// copied: how parameters and gradients live in one contiguous arena (parallel::DataParallel).

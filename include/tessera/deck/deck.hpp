@@ -29,6 +29,9 @@ struct RunConfig {
   /// "fp32", or "bf16": matrix products with bfloat16 inputs and fp32 accumulation (the tensors,
   /// weights and optimizer state stay fp32)
   std::string precision = "fp32";
+  /// "cpu" or "cuda": where the tensors live and the kernels run; default, and the only value a
+  /// build accepts: the build's own (tessera::build_device)
+  std::string device;
   double watchdog_s = 300;         ///< a rank blocked in communication longer ends the job (0: off)
   bool check_collectives = false;  ///< debug: compare each collective's signature across ranks
   std::string nonfinite =

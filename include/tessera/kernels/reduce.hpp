@@ -13,6 +13,8 @@ double dot(const Tensor& x, const Tensor& y);
 double sum_squares(const Tensor& x);
 /// max |x_i| (0 for an empty tensor).
 double max_abs(const Tensor& x);
+/// The index of the first Inf or NaN of `x`, or -1 when every value is finite.
+Index first_nonfinite(const Tensor& x);
 
 /// y += alpha · x (same numel).
 void axpy(float alpha, const Tensor& x, const Tensor& y);

@@ -97,9 +97,9 @@ class TensorRegion {
   // and, with more than one tensor rank, move (the communication).
   bool m_sequence_layout = false;
   bool m_sequence = false;
-  BufferPool m_gathered;      // (N, T, ...) outputs of gather_tokens
-  BufferPool m_scattered;     // (N, T/size, ...) outputs of reduce_scatter_tokens
-  std::vector<float> m_pack;  // the rank-major order MPI's allgather and reduce-scatter use
+  BufferPool m_gathered;   // (N, T, ...) outputs of gather_tokens
+  BufferPool m_scattered;  // (N, T/size, ...) outputs of reduce_scatter_tokens
+  BufferPool m_packs;      // the rank-major order MPI's allgather and reduce-scatter use
 };
 
 }  // namespace tessera::nn
