@@ -13,7 +13,15 @@ set_property(CACHE TESSERA_WITH_DNNL PROPERTY STRINGS AUTO ON OFF)
 
 set(TESSERA_HAVE_DNNL FALSE)
 set(_dnnl_why "TESSERA_WITH_DNNL=OFF")
-if(NOT TESSERA_WITH_DNNL STREQUAL "OFF")
+if(Kokkos_ENABLE_CUDA)
+  # The tensors live in GPU memory, which oneDNN's CPU primitives cannot read: the convolutions are
+  # im2col (a Kokkos kernel) + GEMM (cuBLAS) there.
+  set(_dnnl_why "the tensors live in GPU memory, a CUDA build of Kokkos")
+  if(TESSERA_WITH_DNNL STREQUAL "ON")
+    message(FATAL_ERROR "TESSERA_WITH_DNNL=ON with a CUDA build of Kokkos: ${_dnnl_why}, which "
+                        "oneDNN's CPU convolutions cannot read")
+  endif()
+elseif(NOT TESSERA_WITH_DNNL STREQUAL "OFF")
   set(_dnnl_why "oneDNN not found (Debian: libdnnl-dev)")
   # Debian's dnnl-config.cmake requires OpenCL's development files (find_package(OpenCL REQUIRED),
   # a fatal error when missing), which libdnnl-dev only recommends: use the config when they are
@@ -73,6 +81,10 @@ if(TESSERA_HAVE_DNNL)
   string(STRIP "oneDNN ${dnnl_VERSION}" _dnnl_name)
   set(TESSERA_HOST_CONV "${_dnnl_name} (${_dnnl_runtime} threading runtime, ${_dnnl_where})")
 else()
-  set(TESSERA_HOST_CONV "im2col + OpenBLAS (${_dnnl_why})")
+  if(Kokkos_ENABLE_CUDA)
+    set(TESSERA_HOST_CONV "im2col + cuBLAS (${_dnnl_why})")
+  else()
+    set(TESSERA_HOST_CONV "im2col + OpenBLAS (${_dnnl_why})")
+  endif()
 endif()
 message(STATUS "Tessera host convolution: ${TESSERA_HOST_CONV}")

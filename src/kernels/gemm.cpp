@@ -124,11 +124,10 @@ void gemm(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, 
 #if defined(KOKKOS_ENABLE_CUDA)
   // A CUDA build of Kokkos keeps the tensors in device memory: their products go to cuBLAS, on
   // the stream of Kokkos's default execution space (one stream for both: no fence between them).
-  TESSERA_CHECK(g_precision == MatmulPrecision::fp32,
-                "run.precision = \"bf16\" on device memory is not built yet (cuBLAS's bf16 GEMM)");
   static const cuda::CublasHandle handle(Kokkos::DefaultExecutionSpace().cuda_stream());
   const auto op = [](Trans t) { return t == Trans::yes ? cuda::Trans::yes : cuda::Trans::no; };
-  cuda::gemm(handle, op(trans_a), op(trans_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  cuda::gemm(handle, op(trans_a), op(trans_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+             g_precision == MatmulPrecision::bf16 ? cuda::Precision::bf16 : cuda::Precision::fp32);
 #else
   static_assert(Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible,
                 "device-memory GEMM goes through kernels/cuda (cuBLAS)");

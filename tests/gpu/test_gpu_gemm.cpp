@@ -10,6 +10,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +33,16 @@ struct GemmCase {
   float alpha;
   float beta;
 };
+
+// x rounded to bfloat16 (to nearest, ties to even), as an fp32 value: what a bf16 product reads.
+float round_bf16(float x) {
+  std::uint32_t bits = 0;
+  std::memcpy(&bits, &x, sizeof bits);
+  bits += 0x7fffU + ((bits >> 16) & 1U);
+  bits &= 0xffff0000U;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
 
 // C = alpha op(A) op(B) + beta C on the host, in double; row-major with leading dimensions.
 std::vector<float> reference_gemm(const GemmCase& g, const std::vector<float>& a, Index lda,
@@ -54,7 +66,10 @@ std::vector<float> reference_gemm(const GemmCase& g, const std::vector<float>& a
   return c;
 }
 
-void run_case(const CublasHandle& handle, const GemmCase& g) {
+// bf16: the reference multiplies the operands rounded to bfloat16, so that only the order of the
+// fp32 accumulation separates it from the device's.
+void run_case(const CublasHandle& handle, const GemmCase& g,
+              Precision precision = Precision::fp32) {
   // Stored shapes: A is m×k (or k×m when transposed), B is k×n (or n×k), C is m×n.
   const Index a_rows = g.ta == Trans::no ? g.m : g.k;
   const Index a_cols = g.ta == Trans::no ? g.k : g.m;
@@ -66,16 +81,25 @@ void run_case(const CublasHandle& handle, const GemmCase& g) {
   const auto a = random_values(static_cast<std::size_t>(a_rows * lda), 1);
   const auto b = random_values(static_cast<std::size_t>(b_rows * ldb), 2);
   const auto c0 = random_values(static_cast<std::size_t>(g.m * ldc), 3);
-  const auto expected = reference_gemm(g, a, lda, b, ldb, c0, ldc);
+  auto rounded = [&](std::vector<float> v) {
+    if (precision == Precision::bf16) {
+      for (float& x : v) {
+        x = round_bf16(x);
+      }
+    }
+    return v;
+  };
+  const auto expected = reference_gemm(g, rounded(a), lda, rounded(b), ldb, c0, ldc);
 
   DeviceBuffer<float> da(a);
   DeviceBuffer<float> db(b);
   DeviceBuffer<float> dc(c0);
   gemm(handle, g.ta, g.tb, g.m, g.n, g.k, g.alpha, da.data(), lda, db.data(), ldb, g.beta,
-       dc.data(), ldc);
+       dc.data(), ldc, precision);
   const std::vector<float> got = dc.to_host();
 
-  const std::string what = std::string("trans_a = ") + (g.ta == Trans::yes ? "yes" : "no") +
+  const std::string what = std::string(precision == Precision::bf16 ? "bf16, " : "fp32, ") +
+                           "trans_a = " + (g.ta == Trans::yes ? "yes" : "no") +
                            ", trans_b = " + (g.tb == Trans::yes ? "yes" : "no") +
                            ", m n k = " + std::to_string(g.m) + " " + std::to_string(g.n) + " " +
                            std::to_string(g.k);
@@ -103,6 +127,18 @@ TEST_F(CudaGemm, AllTransposeCombinationsMatchNaiveLoops) {
       run_case(handle, {ta, tb, 5, 7, 3, 2, 1.0F, 0.0F});       // small, padded rows
       run_case(handle, {ta, tb, 67, 45, 129, 3, 1.5F, -0.5F});  // beyond one tile, beta ≠ 0
       run_case(handle, {ta, tb, 1, 33, 17, 0, 0.5F, 1.0F});     // a row vector, packed
+    }
+  }
+}
+
+// run.precision = "bf16" on the device: the operands rounded to bfloat16 (to nearest, ties to
+// even, as PyTorch's autocast rounds them) and the products accumulated in fp32.
+TEST_F(CudaGemm, Bf16RoundsBothOperandsAndAccumulatesInFp32) {
+  CublasHandle handle;
+  for (const Trans ta : {Trans::no, Trans::yes}) {
+    for (const Trans tb : {Trans::no, Trans::yes}) {
+      run_case(handle, {ta, tb, 67, 45, 129, 3, 1.5F, -0.5F}, Precision::bf16);
+      run_case(handle, {ta, tb, 256, 128, 512, 0, 1.0F, 0.0F}, Precision::bf16);
     }
   }
 }

@@ -45,7 +45,7 @@ int to_int(Index value, const char* what) {
 
 void gemm(const CublasHandle& handle, Trans trans_a, Trans trans_b, Index m, Index n, Index k,
           float alpha, const float* a, Index lda, const float* b, Index ldb, float beta, float* c,
-          Index ldc) {
+          Index ldc, Precision precision) {
   const std::string shapes = "op(A) " + dims(m, k) + ", op(B) " + dims(k, n) + ", C " + dims(m, n);
   if (m < 0 || n < 0 || k < 0) {
     throw Error("cuda::gemm: negative size (m = " + std::to_string(m) +
@@ -69,6 +69,14 @@ void gemm(const CublasHandle& handle, Trans trans_a, Trans trans_b, Index m, Ind
   }
   if (c == nullptr || (k > 0 && (a == nullptr || b == nullptr))) {
     throw Error("cuda::gemm: null device pointer (a, b or c); " + shapes);
+  }
+  if (precision == Precision::bf16) {
+    TESSERA_CUBLAS_CHECK(cublasGemmEx(handle.get(), to_cublas(trans_b), to_cublas(trans_a),
+                                      to_int(n, "n"), to_int(m, "m"), to_int(k, "k"), &alpha, b,
+                                      CUDA_R_32F, to_int(ldb, "ldb"), a, CUDA_R_32F,
+                                      to_int(lda, "lda"), &beta, c, CUDA_R_32F, to_int(ldc, "ldc"),
+                                      CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
+    return;
   }
   TESSERA_CUBLAS_CHECK(cublasSgemm(handle.get(), to_cublas(trans_b), to_cublas(trans_a),
                                    to_int(n, "n"), to_int(m, "m"), to_int(k, "k"), &alpha, b,
