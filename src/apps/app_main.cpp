@@ -73,6 +73,7 @@ int run_main(int argc, char** argv, const std::function<int(int, char**)>& body)
   int code = 0;
   {
     Kokkos::ScopeGuard kokkos(kokkos_argc, kokkos_args.data());
+    comm::enable_device_staging();  // a CUDA build: MPI takes tensors through host copies
     try {
       code = body(static_cast<int>(program_args.size()) - 1, program_args.data());
     } catch (const Error& e) {

@@ -12,10 +12,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -42,6 +44,104 @@ const char* memory_name(Memory memory) {
 
 namespace {
 
+DeviceCopies g_copies;  // set_device_copies: none until a CUDA build's start-up sets them
+
+// Device buffers of one operation on a host backend, copied to host memory: the host copies stand
+// in for them, and those the operation writes are copied back once it completes.
+class Staging {
+ public:
+  // A buffer the operation reads (copied in) and, when `writes`, writes (copied back).
+  template <class B>
+  B in(const B& b, bool writes) {
+    B host = b;
+    host.data = add(b.data, bytes(b), true, writes);
+    host.memory = Memory::host;
+    return host;
+  }
+  // A buffer the operation only writes (its values are not copied in).
+  Buffer out(const Buffer& b) {
+    Buffer host = b;
+    host.data = add(b.data, bytes(b), false, true);
+    host.memory = Memory::host;
+    return host;
+  }
+  bool empty() const { return m_copies.empty(); }
+  // Copies the written buffers back to the device.
+  void copy_back() {
+    for (Copy& c : m_copies) {
+      if (c.back && !c.host.empty()) {
+        g_copies.to_device(c.device, c.host.data(), c.host.size());
+      }
+    }
+  }
+
+ private:
+  struct Copy {
+    void* device;
+    std::vector<std::byte> host;
+    bool back;
+  };
+  template <class B>
+  static std::size_t bytes(const B& b) {
+    return static_cast<std::size_t>(b.count) * dtype_bytes(b.dtype);
+  }
+  void* add(const void* device, std::size_t n, bool copy_in, bool back) {
+    Copy c{const_cast<void*>(device), std::vector<std::byte>(n), back};
+    if (copy_in && n > 0) {
+      g_copies.to_host(c.host.data(), device, n);
+    }
+    m_copies.push_back(std::move(c));
+    return m_copies.back().host.data();  // a vector's storage stays put when the vector moves
+  }
+  std::vector<Copy> m_copies;
+};
+
+// The Work of a staged operation: the backend's, then the copies back to the device.
+class StagedWork final : public Work {
+ public:
+  StagedWork(std::unique_ptr<Work> inner, Staging staging)
+      : m_inner(std::move(inner)), m_staging(std::move(staging)) {}
+  ~StagedWork() override {
+    // As every Work: a pending operation is waited for, unless an exception unwinds past it.
+    if (!m_done && std::uncaught_exceptions() <= m_unwinding) {
+      try {
+        wait();
+      } catch (...) {  // NOLINT(bugprone-empty-catch): a destructor reports nothing
+      }
+    }
+  }
+  void wait() override {
+    if (!m_done) {
+      m_inner->wait();
+      finish();
+    }
+  }
+  bool test() override {
+    if (!m_done && m_inner->test()) {
+      finish();
+    }
+    return m_done;
+  }
+  bool is_completed() const override { return m_done; }
+
+ private:
+  void finish() {
+    m_done = true;
+    m_staging.copy_back();
+  }
+  std::unique_ptr<Work> m_inner;
+  Staging m_staging;
+  bool m_done = false;
+  int m_unwinding = std::uncaught_exceptions();
+};
+
+std::unique_ptr<Work> staged(std::unique_ptr<Work> work, Staging staging) {
+  if (staging.empty()) {
+    return work;
+  }
+  return std::make_unique<StagedWork>(std::move(work), std::move(staging));
+}
+
 // [begin, end) of a buffer's bytes, as integers (pointers of unrelated arrays do not compare).
 template <class B>
 std::pair<std::uintptr_t, std::uintptr_t> byte_range(const B& b) {
@@ -61,6 +161,10 @@ bool overlap(const A& a, const B& b) {
 ConstBuffer::ConstBuffer(const Buffer& buffer)
     : data(buffer.data), count(buffer.count), dtype(buffer.dtype), memory(buffer.memory) {}
 
+void set_device_copies(DeviceCopies copies) {
+  g_copies = std::move(copies);
+}
+
 Communicator::Communicator(std::string name, int rank, int size)
     : m_name(std::move(name)), m_rank(rank), m_size(size) {}
 
@@ -76,10 +180,15 @@ void Communicator::check_buffer(const char* op, const char* role, const B& buffe
   if (buffer.data == nullptr && buffer.count > 0) {
     TESSERA_THROW("{}: {} buffer is null but has {} elements", context(op), role, buffer.count);
   }
-  if (buffer.memory != memory()) {
+  if (buffer.memory != memory() && !stages(buffer.memory)) {
     TESSERA_THROW("{}: {} buffer is in {} memory, but the {} backend takes {} memory", context(op),
                   role, memory_name(buffer.memory), backend(), memory_name(memory()));
   }
+}
+
+bool Communicator::stages(Memory buffer) const {
+  return buffer == Memory::device && memory() == Memory::host && g_copies.to_host &&
+         g_copies.to_device;
 }
 
 void Communicator::check_rank(const char* op, const char* role, int rank) const {
@@ -102,7 +211,9 @@ void Communicator::check_pair(const char* op, const ConstBuffer& input,
 std::unique_ptr<Work> Communicator::allreduce(Buffer buffer, const AllreduceOptions& options) {
   check_buffer("allreduce", "the", buffer);
   launch("allreduce", buffer.count, buffer.dtype);
-  return do_allreduce(buffer, options);
+  Staging s;
+  const Buffer b = stages(buffer.memory) ? s.in(buffer, true) : buffer;
+  return staged(do_allreduce(b, options), std::move(s));
 }
 
 void Communicator::check_blocks(const char* op, const ConstBuffer& whole, const char* whole_name,
@@ -127,7 +238,11 @@ std::unique_ptr<Work> Communicator::reduce_scatter(ConstBuffer input, Buffer out
   check_pair("reduce_scatter", input, output);
   check_blocks("reduce_scatter", input, "input", output, "output");
   launch("reduce_scatter", input.count, input.dtype);
-  return do_reduce_scatter(input, output, options);
+  // Staged, the in-place form becomes two host buffers: the result lands in `output` all the same.
+  Staging s;
+  const ConstBuffer in = stages(input.memory) ? s.in(input, false) : input;
+  const Buffer out = stages(output.memory) ? s.out(output) : output;
+  return staged(do_reduce_scatter(in, out, options), std::move(s));
 }
 
 std::unique_ptr<Work> Communicator::allgather(ConstBuffer input, Buffer output,
@@ -135,14 +250,19 @@ std::unique_ptr<Work> Communicator::allgather(ConstBuffer input, Buffer output,
   check_pair("allgather", input, output);
   check_blocks("allgather", output, "output", input, "input");
   launch("allgather", output.count, input.dtype);
-  return do_allgather(input, output, options);
+  Staging s;
+  const ConstBuffer in = stages(input.memory) ? s.in(input, false) : input;
+  const Buffer out = stages(output.memory) ? s.out(output) : output;
+  return staged(do_allgather(in, out, options), std::move(s));
 }
 
 std::unique_ptr<Work> Communicator::broadcast(Buffer buffer, const BroadcastOptions& options) {
   check_buffer("broadcast", "the", buffer);
   check_rank("broadcast", "root", options.root);
   launch("broadcast", buffer.count, buffer.dtype, options.root);
-  return do_broadcast(buffer, options);
+  Staging s;
+  const Buffer b = stages(buffer.memory) ? s.in(buffer, true) : buffer;
+  return staged(do_broadcast(b, options), std::move(s));
 }
 
 std::unique_ptr<Work> Communicator::send(ConstBuffer buffer, const SendOptions& options) {
@@ -152,7 +272,9 @@ std::unique_ptr<Work> Communicator::send(ConstBuffer buffer, const SendOptions& 
     TESSERA_THROW("{}: tag {} is negative", context("send"), options.tag);
   }
   launch("send", buffer.count, buffer.dtype, options.peer, false);
-  return do_send(buffer, options);
+  Staging s;
+  const ConstBuffer b = stages(buffer.memory) ? s.in(buffer, false) : buffer;
+  return staged(do_send(b, options), std::move(s));
 }
 
 std::unique_ptr<Work> Communicator::recv(Buffer buffer, const RecvOptions& options) {
@@ -162,7 +284,9 @@ std::unique_ptr<Work> Communicator::recv(Buffer buffer, const RecvOptions& optio
     TESSERA_THROW("{}: tag {} is negative", context("recv"), options.tag);
   }
   launch("recv", buffer.count, buffer.dtype, options.peer, false);
-  return do_recv(buffer, options);
+  Staging s;
+  const Buffer b = stages(buffer.memory) ? s.out(buffer) : buffer;
+  return staged(do_recv(b, options), std::move(s));
 }
 
 std::unique_ptr<Work> Communicator::barrier(const BarrierOptions& options) {

@@ -12,6 +12,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -283,6 +284,102 @@ TEST_F(CommunicatorTest, ARecvOfAShorterMessageFailsOnCompletion) {
             }),
             from + " with tag 3: received 3 elements, expected 5");
   sent->wait();
+}
+
+// Device buffers on the MPI backend through host copies (set_device_copies, as a CUDA build sets
+// them at start). Here "device" buffers are host memory flagged Memory::device, and the copies
+// are counted memcpys: every collective's result as on host buffers, each buffer copied in when
+// the operation starts (those it reads) and back only when it completes (those it writes).
+TEST_F(CommunicatorTest, DeviceBuffersGoThroughHostCopiesWhenStagingIsSet) {
+  struct Reset {
+    ~Reset() { set_device_copies({}); }  // the other tests see device buffers refused
+  } reset;
+  int to_host = 0;
+  int to_device = 0;
+  set_device_copies({[&](void* host, const void* device, std::size_t bytes) {
+                       ++to_host;
+                       std::memcpy(host, device, bytes);
+                     },
+                     [&](void* device, const void* host, std::size_t bytes) {
+                       ++to_device;
+                       std::memcpy(device, host, bytes);
+                     }});
+  constexpr int n = 5;
+  std::vector<float> sum(n);
+  for (int i = 0; i < n; ++i) {
+    sum[static_cast<size_t>(i)] = sum_term(rank, i);
+  }
+  const std::vector<float> mine = sum;
+  auto work = comm.allreduce({sum.data(), n, Memory::device});
+  EXPECT_EQ(sum, mine);  // the reduction lands in the host copy; back on completion only
+  EXPECT_EQ(to_host, 1);
+  EXPECT_EQ(to_device, 0);
+  work->wait();
+  EXPECT_EQ(to_device, 1);
+  for (int i = 0; i < n; ++i) {
+    EXPECT_EQ(sum[static_cast<size_t>(i)], allreduce_sum(size, i)) << i;
+  }
+
+  // reduce_scatter and allgather in place (the block inside the whole), staged as two buffers.
+  constexpr int count = 3;
+  std::vector<float> blocks(static_cast<size_t>(size * count));
+  for (int j = 0; j < size * count; ++j) {
+    blocks[static_cast<size_t>(j)] = scatter_term(rank, j);
+  }
+  comm.reduce_scatter({blocks.data(), size * count, Memory::device},
+                      {blocks.data() + rank * count, count, Memory::device})
+      ->wait();
+  for (int k = 0; k < count; ++k) {
+    const int j = rank * count + k;
+    EXPECT_EQ(blocks[static_cast<size_t>(j)], scatter_sum(size, j));
+  }
+  std::vector<float> gathered(static_cast<size_t>(size * count), -1.0F);
+  for (int k = 0; k < count; ++k) {
+    gathered[static_cast<size_t>(rank * count + k)] = static_cast<float>(10 * rank + k);
+  }
+  comm.allgather({gathered.data() + rank * count, count, Memory::device},
+                 {gathered.data(), size * count, Memory::device})
+      ->wait();
+  for (int r = 0; r < size; ++r) {
+    for (int k = 0; k < count; ++k) {
+      EXPECT_EQ(gathered[static_cast<size_t>(r * count + k)], static_cast<float>(10 * r + k));
+    }
+  }
+  // A host input into a device output: only the output is copied (back).
+  const std::vector<float> one{static_cast<float>(rank)};
+  std::vector<float> ranks(static_cast<size_t>(size), -1.0F);
+  const int host_before = to_host;
+  comm.allgather(one, {ranks.data(), size, Memory::device})->wait();
+  EXPECT_EQ(to_host, host_before);  // an output alone is not copied in
+  for (int r = 0; r < size; ++r) {
+    EXPECT_EQ(ranks[static_cast<size_t>(r)], static_cast<float>(r));
+  }
+
+  std::vector<float> root(4, -1.0F);
+  if (rank == size - 1) {
+    root = {1.0F, 2.0F, 3.0F, 4.0F};
+  }
+  comm.broadcast({root.data(), 4, Memory::device}, {size - 1})->wait();
+  EXPECT_EQ(root, (std::vector<float>{1.0F, 2.0F, 3.0F, 4.0F}));
+
+  // A ring of sends and receives, the receive completed through test().
+  const int next = (rank + 1) % size;
+  const int previous = (rank + size - 1) % size;
+  std::vector<float> out{static_cast<float>(rank), static_cast<float>(100 + rank)};
+  std::vector<float> in(2, -1.0F);
+  auto received = comm.recv({in.data(), 2, Memory::device}, {previous, 3});
+  auto sent = comm.send({out.data(), 2, Memory::device}, {next, 3});
+  while (!received->test()) {
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  sent->wait();
+  EXPECT_TRUE(received->is_completed());
+  EXPECT_EQ(in,
+            (std::vector<float>{static_cast<float>(previous), static_cast<float>(100 + previous)}));
+  // In all: allreduce 1 in 1 back, reduce_scatter 1 + 1, allgather in place 1 + 1, the mixed
+  // allgather 0 + 1, broadcast 1 + 1, send 1 + 0, recv 0 + 1.
+  EXPECT_EQ(to_host, 5);
+  EXPECT_EQ(to_device, 6);
 }
 
 TEST_F(CommunicatorTest, BadArgumentsAreRefusedBeforeAnythingStarts) {

@@ -11,6 +11,9 @@
 //
 // Backends:
 // - MpiCommunicator (below): host memory, MPI's non-blocking collectives (MPI_Iallreduce, ...).
+//   Device buffers too where device copies are set (set_device_copies: a CUDA build's tensors),
+//   through host copies made by this base class — in before the operation starts, back when its
+//   Work completes — as over an MPI that is not CUDA-aware.
 // - NcclCommunicator (comm/nccl_communicator.hpp, library tessera_comm_nccl, built with
 //   TESSERA_ENABLE_CUDA where NCCL is found): device memory. It implements the same private do_*
 //   hooks with ncclAllReduce, ncclReduceScatter, ncclAllGather, ncclBroadcast, ncclSend/ncclRecv
@@ -31,6 +34,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +52,22 @@ const char* reduce_op_name(ReduceOp op);
 /// Where a buffer's memory lives. A backend works on one kind (Communicator::memory()).
 enum class Memory { host, device };
 const char* memory_name(Memory memory);
+
+/// Copies between device and host memory (each blocking: the copy is complete, and work queued
+/// before it on the device has finished, when it returns).
+struct DeviceCopies {
+  std::function<void(void* host, const void* device, std::size_t bytes)> to_host;
+  std::function<void(void* device, const void* host, std::size_t bytes)> to_device;
+};
+/// With copies set, a host-memory backend (MPI) takes device buffers too, through host copies, as
+/// codes do over an MPI that is not CUDA-aware ("staging"): each device buffer is copied to host
+/// memory when the operation starts (those it reads) and back when it completes (those it
+/// writes). Without them (the default) a device buffer is refused. A CUDA build sets them at start
+/// (enable_device_staging); an empty DeviceCopies unsets them.
+void set_device_copies(DeviceCopies copies);
+/// Sets Kokkos's copies between its default memory space and the host when that space is not the
+/// host's (a CUDA build); nothing in a host build. In comm/tensor_buffer.cpp (it needs Kokkos).
+void enable_device_staging();
 
 /// A contiguous buffer a collective reads and writes: pointer, element count, element type and
 /// memory. Made implicitly from (pointer, count), a std::vector or a Tensor (host or device memory,
@@ -202,6 +222,8 @@ class Communicator {
 
   template <class B>
   void check_buffer(const char* op, const char* role, const B& buffer) const;
+  /// Whether a buffer in `buffer` memory goes through host copies here (set_device_copies).
+  bool stages(Memory buffer) const;
   /// Both buffers of a two-buffer collective checked, and of one element type.
   void check_pair(const char* op, const ConstBuffer& input, const Buffer& output) const;
   void check_rank(const char* op, const char* role, int rank) const;
