@@ -120,6 +120,8 @@ echo "bf16: validation loss $l16 (tensor 2: $l16t) against fp32's $l32"
 timeout 120 "$mpiexec" -n 2 "$bin/tessera" run lm.toml parallel.tensor=2 run.peak_tflops=0.5 \
   run.output=mfu-t2 >mfu-t2.log 2>&1 || { cat mfu-t2.log; fail "run.peak_tflops as tensor = 2 failed"; }
 grep -q '^step     30/30 .* samples/s  mfu  *[0-9]*%  compute' mfu-t2.log || fail "no 'mfu NN%' in the progress line"
+# The device: the host build's, named on the output (both ranks) and in the "flops" record.
+grep -qx 'device: cpu (Kokkos [A-Za-z]*.*), on each of 2 ranks' mfu-t2.log || fail "no device line"
 /usr/bin/python3 - p-fp32/metrics.jsonl mfu-t2/metrics.jsonl <<'PY' || fail "model FLOPs or mfu wrong"
 import json, sys
 T, L, C, H, V = 32, 2, 32, 64, 256  # lm.toml: context, blocks, width, MLP width, vocabulary
@@ -143,6 +145,7 @@ one, t2 = runs
 assert one["how"] == "measured" and one["ranks"] == 1 and one["peak"] > 1e8, one
 assert t2["how"] == "run.peak_tflops" and t2["ranks"] == 2 and t2["peak"] == 1e12, t2
 assert one["per_sample"] == t2["per_sample"], (one, t2)
+assert one["device"] == t2["device"] and one["device"].startswith("cpu (Kokkos "), one
 print(f"model FLOPs: {one['per_sample']:.0f} per sample (llm.c's count {want}); peak measured "
       f"{one['peak'] / 1e9:.1f} GFLOP/s on one rank")
 PY
