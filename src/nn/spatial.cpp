@@ -23,35 +23,6 @@ const char* dim_name(size_t i, size_t nd) {
 // A box of a (planes, e0, e1, e2) tensor's spatial extents.
 using Extent3 = std::array<Index, 3>;
 
-// Copies (or adds) the box [src_off, src_off + count) of src (planes × src_ext) onto the box at
-// dst_off of dst (planes × dst_ext). Row by row along the last dimension.
-void copy_box(const float* src, const Extent3& src_ext, const Extent3& src_off, float* dst,
-              const Extent3& dst_ext, const Extent3& dst_off, const Extent3& count, Index planes,
-              bool add) {
-  if (count[0] <= 0 || count[1] <= 0 || count[2] <= 0) {
-    return;
-  }
-  const Index src_plane = src_ext[0] * src_ext[1] * src_ext[2];
-  const Index dst_plane = dst_ext[0] * dst_ext[1] * dst_ext[2];
-  for (Index p = 0; p < planes; ++p) {
-    for (Index i = 0; i < count[0]; ++i) {
-      for (Index j = 0; j < count[1]; ++j) {
-        const float* s = src + p * src_plane +
-                         ((src_off[0] + i) * src_ext[1] + src_off[1] + j) * src_ext[2] + src_off[2];
-        float* d = dst + p * dst_plane +
-                   ((dst_off[0] + i) * dst_ext[1] + dst_off[1] + j) * dst_ext[2] + dst_off[2];
-        if (add) {
-          for (Index k = 0; k < count[2]; ++k) {
-            d[k] += s[k];
-          }
-        } else {
-          std::copy(s, s + count[2], d);
-        }
-      }
-    }
-  }
-}
-
 // The last 3 entries of a spatial shape (leading 1s for 2-D).
 Extent3 extent3(const Shape& spatial) {
   Extent3 e{1, 1, 1};
@@ -63,6 +34,73 @@ Extent3 extent3(const Shape& spatial) {
 }
 
 }  // namespace
+
+namespace detail {
+// Kokkos kernels over a box of a (planes, e0, e1, e2) tensor: one index per row along the last
+// dimension, a loop along it — wherever the tensors live, and on the host as fast as the row
+// copies they replace (the inner loops vectorize). Outside the anonymous namespace, their extents
+// as scalars: nvcc's rules for extended lambdas.
+
+// Copies (or adds) the box [src_off, src_off + count) of src (planes × src_ext) onto the box at
+// dst_off of dst (planes × dst_ext).
+void copy_box(const FloatView& src, const Extent3& src_ext, const Extent3& src_off,
+              const FloatView& dst, const Extent3& dst_ext, const Extent3& dst_off,
+              const Extent3& count, Index planes, bool add) {
+  if (count[0] <= 0 || count[1] <= 0 || count[2] <= 0 || planes <= 0) {
+    return;
+  }
+  const Index c0 = count[0], c1 = count[1], c2 = count[2];
+  const Index s1 = src_ext[1], s2 = src_ext[2], d1 = dst_ext[1], d2 = dst_ext[2];
+  const Index src_plane = src_ext[0] * s1 * s2;
+  const Index dst_plane = dst_ext[0] * d1 * d2;
+  const Index so0 = src_off[0], so1 = src_off[1], so2 = src_off[2];
+  const Index do0 = dst_off[0], do1 = dst_off[1], do2 = dst_off[2];
+  const float* const from = src.data();
+  float* const to = dst.data();
+  Kokkos::parallel_for(
+      "nn::halo_copy_box", Kokkos::RangePolicy<ExecSpace>(0, planes * c0 * c1),
+      KOKKOS_LAMBDA(const Index row) {
+        const Index j = row % c1;
+        const Index i = (row / c1) % c0;
+        const Index p = row / (c1 * c0);
+        const float* s = from + p * src_plane + ((so0 + i) * s1 + so1 + j) * s2 + so2;
+        float* d = to + p * dst_plane + ((do0 + i) * d1 + do1 + j) * d2 + do2;
+        if (add) {
+          for (Index k = 0; k < c2; ++k) {
+            d[k] += s[k];
+          }
+        } else {
+          for (Index k = 0; k < c2; ++k) {
+            d[k] = s[k];
+          }
+        }
+      });
+}
+
+// Sets the box [off, off + count) of dst (planes × ext) to `value`.
+void fill_box(const FloatView& dst, const Extent3& ext, const Extent3& off, const Extent3& count,
+              Index planes, float value) {
+  if (count[0] <= 0 || count[1] <= 0 || count[2] <= 0 || planes <= 0) {
+    return;
+  }
+  const Index c0 = count[0], c1 = count[1], c2 = count[2];
+  const Index e1 = ext[1], e2 = ext[2];
+  const Index plane = ext[0] * e1 * e2;
+  const Index o0 = off[0], o1 = off[1], o2 = off[2];
+  float* const to = dst.data();
+  Kokkos::parallel_for(
+      "nn::halo_fill_box", Kokkos::RangePolicy<ExecSpace>(0, planes * c0 * c1),
+      KOKKOS_LAMBDA(const Index row) {
+        const Index j = row % c1;
+        const Index i = (row / c1) % c0;
+        const Index p = row / (c1 * c0);
+        float* d = to + p * plane + ((o0 + i) * e1 + o1 + j) * e2 + o2;
+        for (Index k = 0; k < c2; ++k) {
+          d[k] = value;
+        }
+      });
+}
+}  // namespace detail
 
 GridAxis spatial_axis(int i) {
   TESSERA_CHECK(i >= 0 && i < 3, "spatial axis {} of 3", i);
@@ -261,18 +299,17 @@ Halo::Transfer Halo::start_exchange(const Tensor& buffer, size_t d, bool backwar
     Extent3 off{};
     Extent3 count{};
     row_box(ext, e, dim.begin, r, off, count);
-    return static_cast<size_t>(planes * count[0] * count[1] * count[2]);
+    return planes * count[0] * count[1] * count[2];
   };
   // Packs rows r of the buffer (and zeroes them there: backward, their gradient now travels).
-  auto pack = [&](const Range& r, std::vector<float>& out) {
+  auto pack = [&](const Range& r, Tensor& out) {
     Extent3 off{};
     Extent3 count{};
     row_box(ext, e, dim.begin, r, off, count);
-    out.resize(size_of(r));
-    copy_box(buffer.data(), ext, off, out.data(), count, {0, 0, 0}, count, planes, false);
-    if (backward && !out.empty()) {
-      const std::vector<float> zeros(out.size(), 0.0F);
-      copy_box(zeros.data(), count, {0, 0, 0}, buffer.data(), ext, off, count, planes, false);
+    out = Tensor::uninitialized(m_layer + ".halo_send", {size_of(r)});
+    detail::copy_box(buffer.view(), ext, off, out.view(), count, {0, 0, 0}, count, planes, false);
+    if (backward) {
+      detail::fill_box(buffer.view(), ext, off, count, planes, 0.0F);
     }
   };
   comm::Communicator& comm = m_context->axis(dim.axis);
@@ -290,20 +327,20 @@ Halo::Transfer Halo::start_exchange(const Tensor& buffer, size_t d, bool backwar
   const Range send_low = backward ? dim.from_low : dim.to_low;
   const Range send_high = backward ? dim.from_high : dim.to_high;
   if (t.recv_low.count > 0) {
-    t.in_low.resize(size_of(t.recv_low));
-    t.work.push_back(comm.recv(comm::Buffer(t.in_low), {low, kUp}));
+    t.in_low = Tensor::uninitialized(m_layer + ".halo_recv", {size_of(t.recv_low)});
+    t.work.push_back(comm.recv(t.in_low, {low, kUp}));
   }
   if (t.recv_high.count > 0) {
-    t.in_high.resize(size_of(t.recv_high));
-    t.work.push_back(comm.recv(comm::Buffer(t.in_high), {high, kDown}));
+    t.in_high = Tensor::uninitialized(m_layer + ".halo_recv", {size_of(t.recv_high)});
+    t.work.push_back(comm.recv(t.in_high, {high, kDown}));
   }
   if (send_low.count > 0) {
     pack(send_low, t.out_low);
-    t.work.push_back(comm.send(comm::ConstBuffer(t.out_low), {low, kDown}));
+    t.work.push_back(comm.send(t.out_low, {low, kDown}));
   }
   if (send_high.count > 0) {
     pack(send_high, t.out_high);
-    t.work.push_back(comm.send(comm::ConstBuffer(t.out_high), {high, kUp}));
+    t.work.push_back(comm.send(t.out_high, {high, kUp}));
   }
   return t;
 }
@@ -320,16 +357,17 @@ void Halo::finish_exchange(const Tensor& buffer, Transfer& t) const {
     w->wait();
   }
   // Received rows overwrite (forward) or are added (backward: gradients from the neighbours).
-  auto unpack = [&](const std::vector<float>& in, const Range& r) {
+  auto unpack = [&](const Tensor& in, const Range& r) {
     Extent3 off{};
     Extent3 count{};
     row_box(ext, e, dim.begin, r, off, count);
-    copy_box(in.data(), count, {0, 0, 0}, buffer.data(), ext, off, count, planes, t.backward);
+    detail::copy_box(in.view(), count, {0, 0, 0}, buffer.view(), ext, off, count, planes,
+                     t.backward);
   };
-  if (!t.in_low.empty()) {
+  if (t.in_low.numel() > 0) {
     unpack(t.in_low, t.recv_low);
   }
-  if (!t.in_high.empty()) {
+  if (t.in_high.numel() > 0) {
     unpack(t.in_high, t.recv_high);
   }
 }
@@ -353,7 +391,6 @@ Tensor Halo::fill_buffer(const Tensor& x, float fill) const {
   // rows outside [0, extent) along each dimension, whole along the others.
   const Index planes = n * m_channels;
   const size_t nd = m_dims.size();
-  std::vector<float> fills;
   for (size_t d = 0; d < nd; ++d) {
     const Dim& dim = m_dims[d];
     const Index extent = m_extent[d];
@@ -366,15 +403,14 @@ Tensor Halo::fill_buffer(const Tensor& x, float fill) const {
       Extent3 count = ext;
       off[3 - nd + d] = r.offset - dim.begin;
       count[3 - nd + d] = r.count;
-      fills.assign(static_cast<size_t>(count[0] * count[1] * count[2] * planes), fill);
-      copy_box(fills.data(), count, {0, 0, 0}, buffer.data(), ext, off, count, planes, false);
+      detail::fill_box(buffer.view(), ext, off, count, planes, fill);
     }
   }
   Extent3 at{0, 0, 0};
   for (size_t d = 0; d < nd; ++d) {
     at[3 - nd + d] = m_dims[d].own.offset - m_dims[d].begin;
   }
-  copy_box(x.data(), own, {0, 0, 0}, buffer.data(), ext, at, own, planes, false);
+  detail::copy_box(x.view(), own, {0, 0, 0}, buffer.view(), ext, at, own, planes, false);
   return buffer;
 }
 
@@ -387,7 +423,7 @@ Tensor Halo::own_block(const Tensor& buffer) const {
     from[3 - m_dims.size() + d] = m_dims[d].own.offset - m_dims[d].begin;
   }
   Tensor dx = Tensor::uninitialized(m_layer + ".input_grad", batch_shape(n, m_local));
-  copy_box(buffer.data(), ext, from, dx.data(), own, {0, 0, 0}, own, n * m_channels, false);
+  detail::copy_box(buffer.view(), ext, from, dx.view(), own, {0, 0, 0}, own, n * m_channels, false);
   return dx;
 }
 
@@ -413,7 +449,8 @@ Tensor Halo::gather(const Tensor& x, float fill) const {
       from[3 - m_dims.size() + d] = m_dims[d].need_begin - m_dims[d].begin;
     }
     out = Tensor::uninitialized(m_layer + ".window", batch_shape(n, m_window));
-    copy_box(buffer.data(), ext, from, out.data(), win, {0, 0, 0}, win, n * m_channels, false);
+    detail::copy_box(buffer.view(), ext, from, out.view(), win, {0, 0, 0}, win, n * m_channels,
+                     false);
   }
   count(clock.seconds());
   return out;
@@ -436,7 +473,8 @@ Tensor Halo::scatter(const Tensor& dwindow) const {
       at[3 - m_dims.size() + d] = m_dims[d].need_begin - m_dims[d].begin;
     }
     buffer = Tensor(m_layer + ".halo_grad", batch_shape(n, m_buffer));  // zeros
-    copy_box(dwindow.data(), win, {0, 0, 0}, buffer.data(), ext, at, win, n * m_channels, false);
+    detail::copy_box(dwindow.view(), win, {0, 0, 0}, buffer.view(), ext, at, win, n * m_channels,
+                     false);
   }
   for (size_t d = m_dims.size(); d-- > 0;) {
     exchange(buffer, d, true);

@@ -101,7 +101,7 @@ class Halo {
     size_t dim = 0;
     bool backward = false;
     Range recv_low, recv_high;
-    std::vector<float> in_low, in_high, out_low, out_high;
+    Tensor in_low, in_high, out_low, out_high;  // received and sent rows, where tensors live
     std::vector<std::unique_ptr<comm::Work>> work;
     /// Moves the messages while the layer computes (begin_gather / begin_scatter only).
     std::unique_ptr<comm::BackgroundProgress> progress;
