@@ -38,39 +38,51 @@ Extent3 extent3(const Shape& spatial) {
 namespace detail {
 // Kokkos kernels over a box of a (planes, e0, e1, e2) tensor: one index per row along the last
 // dimension, a loop along it — wherever the tensors live, and on the host as fast as the row
-// copies they replace (the inner loops vectorize). Outside the anonymous namespace, their extents
-// as scalars: nvcc's rules for extended lambdas.
+// copies they replace (the inner loops vectorize). Outside the anonymous namespace, their
+// geometry captured as a plain struct: nvcc's rules for extended lambdas.
+
+// The rows of the box [off, off + count) of a (planes × ext) tensor: row r (plane p, rows i, j of
+// the box's first two dimensions) starts at start(r) and runs count[2] elements.
+struct BoxRows {
+  Index c0, c1, plane, e1, e2, o0, o1, o2;
+  KOKKOS_INLINE_FUNCTION Index start(Index row) const {
+    const Index j = row % c1;
+    const Index i = (row / c1) % c0;
+    const Index p = row / (c1 * c0);
+    return p * plane + ((o0 + i) * e1 + o1 + j) * e2 + o2;
+  }
+};
+BoxRows box_rows(const Extent3& ext, const Extent3& off, const Extent3& count) {
+  return {count[0], count[1], ext[0] * ext[1] * ext[2], ext[1], ext[2], off[0], off[1], off[2]};
+}
+bool empty_box(const Extent3& count, Index planes) {
+  return count[0] <= 0 || count[1] <= 0 || count[2] <= 0 || planes <= 0;
+}
 
 // Copies (or adds) the box [src_off, src_off + count) of src (planes × src_ext) onto the box at
 // dst_off of dst (planes × dst_ext).
 void copy_box(const FloatView& src, const Extent3& src_ext, const Extent3& src_off,
               const FloatView& dst, const Extent3& dst_ext, const Extent3& dst_off,
               const Extent3& count, Index planes, bool add) {
-  if (count[0] <= 0 || count[1] <= 0 || count[2] <= 0 || planes <= 0) {
+  if (empty_box(count, planes)) {
     return;
   }
-  const Index c0 = count[0], c1 = count[1], c2 = count[2];
-  const Index s1 = src_ext[1], s2 = src_ext[2], d1 = dst_ext[1], d2 = dst_ext[2];
-  const Index src_plane = src_ext[0] * s1 * s2;
-  const Index dst_plane = dst_ext[0] * d1 * d2;
-  const Index so0 = src_off[0], so1 = src_off[1], so2 = src_off[2];
-  const Index do0 = dst_off[0], do1 = dst_off[1], do2 = dst_off[2];
-  const float* const from = src.data();
-  float* const to = dst.data();
+  const BoxRows from = box_rows(src_ext, src_off, count);
+  const BoxRows to = box_rows(dst_ext, dst_off, count);
+  const Index n = count[2];
+  const float* const s0 = src.data();
+  float* const d0 = dst.data();
   Kokkos::parallel_for(
-      "nn::halo_copy_box", Kokkos::RangePolicy<ExecSpace>(0, planes * c0 * c1),
+      "nn::halo_copy_box", Kokkos::RangePolicy<ExecSpace>(0, planes * count[0] * count[1]),
       KOKKOS_LAMBDA(const Index row) {
-        const Index j = row % c1;
-        const Index i = (row / c1) % c0;
-        const Index p = row / (c1 * c0);
-        const float* s = from + p * src_plane + ((so0 + i) * s1 + so1 + j) * s2 + so2;
-        float* d = to + p * dst_plane + ((do0 + i) * d1 + do1 + j) * d2 + do2;
+        const float* s = s0 + from.start(row);
+        float* d = d0 + to.start(row);
         if (add) {
-          for (Index k = 0; k < c2; ++k) {
+          for (Index k = 0; k < n; ++k) {
             d[k] += s[k];
           }
         } else {
-          for (Index k = 0; k < c2; ++k) {
+          for (Index k = 0; k < n; ++k) {
             d[k] = s[k];
           }
         }
@@ -80,22 +92,17 @@ void copy_box(const FloatView& src, const Extent3& src_ext, const Extent3& src_o
 // Sets the box [off, off + count) of dst (planes × ext) to `value`.
 void fill_box(const FloatView& dst, const Extent3& ext, const Extent3& off, const Extent3& count,
               Index planes, float value) {
-  if (count[0] <= 0 || count[1] <= 0 || count[2] <= 0 || planes <= 0) {
+  if (empty_box(count, planes)) {
     return;
   }
-  const Index c0 = count[0], c1 = count[1], c2 = count[2];
-  const Index e1 = ext[1], e2 = ext[2];
-  const Index plane = ext[0] * e1 * e2;
-  const Index o0 = off[0], o1 = off[1], o2 = off[2];
-  float* const to = dst.data();
+  const BoxRows to = box_rows(ext, off, count);
+  const Index n = count[2];
+  float* const d0 = dst.data();
   Kokkos::parallel_for(
-      "nn::halo_fill_box", Kokkos::RangePolicy<ExecSpace>(0, planes * c0 * c1),
+      "nn::halo_fill_box", Kokkos::RangePolicy<ExecSpace>(0, planes * count[0] * count[1]),
       KOKKOS_LAMBDA(const Index row) {
-        const Index j = row % c1;
-        const Index i = (row / c1) % c0;
-        const Index p = row / (c1 * c0);
-        float* d = to + p * plane + ((o0 + i) * e1 + o1 + j) * e2 + o2;
-        for (Index k = 0; k < c2; ++k) {
+        float* d = d0 + to.start(row);
+        for (Index k = 0; k < n; ++k) {
           d[k] = value;
         }
       });
