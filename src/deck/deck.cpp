@@ -912,6 +912,8 @@ void parse_population(Section& s, Deck& d, const Source& src) {
   p.average_every = s.integer("average_every", 0, 0);
   p.combine = s.choice("combine", std::string("none"), {"none", "average", "soup"});
   p.recalibrate = s.integer("recalibrate", 0, 0);
+  p.significance = s.number("significance", 2.0, 0.0, kInf);
+  p.score_average = s.choice("score", std::string("model"), {"model", "average"}) == "average";
   p.fraction = s.number("fraction", 0.25, 0.0, 0.5, true);
   p.resample = s.number("resample", 0.25, 0.0, 1.0);
   p.seed = static_cast<std::uint64_t>(s.integer("seed", static_cast<std::int64_t>(d.run.seed), 0));
@@ -1568,10 +1570,11 @@ std::string to_toml(const Deck& d) {
     const PopulationConfig& pop = d.population;
     o += fmt::format(
         "\n[population]\nalgorithm = {}\nevery = {}\ntimeout = {}\nvalidation = {}\n"
-        "average_every = {}\ncombine = {}\nrecalibrate = {}\nfraction = {}\nperturb = [{}]\n"
-        "resample = {}\nseed = {}\n",
+        "average_every = {}\ncombine = {}\nrecalibrate = {}\nsignificance = {}\nscore = {}\n"
+        "fraction = {}\nperturb = [{}]\nresample = {}\nseed = {}\n",
         toml_string(pop.algorithm), pop.every, real(pop.timeout), toml_string(pop.validation),
-        pop.average_every, toml_string(pop.combine), pop.recalibrate, real(pop.fraction),
+        pop.average_every, toml_string(pop.combine), pop.recalibrate, real(pop.significance),
+        toml_string(pop.score_average ? "average" : "model"), real(pop.fraction),
         fmt::join(pop.perturb, ", "), real(pop.resample), pop.seed);
     if (!pop.hyper.empty()) {
       o += "\n[population.hyper]\n";

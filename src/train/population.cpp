@@ -213,6 +213,9 @@ class Population {
     if (m_pop.average_every > 0 && (step % m_pop.average_every == 0 || step == total)) {
       average();  // and after the last step: the trainers end with one model
     }
+    if (m_pop.score_average && !m_failed) {
+      accumulate();
+    }
     if (m_pop.every > 0 && step % m_pop.every == 0 && step < total) {
       const std::int64_t round = step / m_pop.every;
       if (m_pop.algorithm == "ltfb") {
@@ -221,6 +224,7 @@ class Population {
         pbt(step, round);
       }
       record_state(step);
+      m_window_steps = 0;  // the next round scores the weights of the steps after this one
     }
   }
 
@@ -265,22 +269,77 @@ class Population {
   }
   void set_start(std::int64_t step) { m_last_step = step; }
 
+  // population.score = "average": adds this step's weights and buffers to the window's sums.
+  void accumulate() {
+    const std::vector<Tensor> w = m_t.state_tensors(false);
+    if (m_window.empty()) {
+      for (const Tensor& t : w) {
+        m_window.push_back(Tensor::uninitialized("population::window", t.shape()));
+      }
+    }
+    for (size_t i = 0; i < w.size(); ++i) {
+      if (m_window_steps == 0) {
+        m_window[i].copy_from(w[i]);
+      } else {
+        kernels::axpy(1.0F, w[i], m_window[i]);
+      }
+    }
+    ++m_window_steps;
+  }
+
+  // The window's sums divided by its steps: the window then holds the average (of one step).
+  // Without a step in it (a failed trainer), the model as it is.
+  void window_average() {
+    if (m_window_steps == 1) {
+      return;
+    }
+    if (m_window_steps == 0) {
+      accumulate();
+      return;
+    }
+    for (Tensor& t : m_window) {
+      kernels::scale(1.0F / static_cast<float>(m_window_steps), t);
+    }
+    m_window_steps = 1;
+  }
+
+  // `score`, run on the average of the weights (and buffers) since the last round when
+  // population.score = "average", else on the model as it is.
+  template <class Scorer>
+  Score round_score(Scorer score) {
+    if (!m_pop.score_average) {
+      return score();
+    }
+    window_average();
+    std::vector<Tensor> w = m_t.state_tensors(false);
+    std::vector<Tensor> kept;
+    for (size_t i = 0; i < w.size(); ++i) {
+      kept.push_back(w[i].clone("population::kept"));
+      w[i].copy_from(m_window[i]);
+    }
+    const Score s = score();
+    for (size_t i = 0; i < w.size(); ++i) {
+      w[i].copy_from(kept[i]);
+    }
+    return s;
+  }
+
   // The score of the model as it is on this trainer's slice of population.validation (LTFB: both
   // models of a pair are scored on the same slice, so the comparison is fair).
-  double score_slice() {
+  Score score_slice() {
     const Range slice = block_range(m_validation_samples, m_trainers, m_k);
-    return score_of(m_base, m_t.evaluate(m_pop.validation, slice));
+    return validation_score(m_base, m_t.evaluate(m_pop.validation, slice));
   }
 
   // The score of the model as it is on the whole of population.validation (PBT ranks trainers by
   // their scores: on slices of their own, an easier slice would outrank a better model).
-  double score_whole() {
-    return score_of(m_base, m_t.evaluate(m_pop.validation, Range{0, m_validation_samples}));
+  Score score_whole() {
+    return validation_score(m_base, m_t.evaluate(m_pop.validation, Range{0, m_validation_samples}));
   }
 
   // The score a trainer is ranked by, in rounds and on the leaderboard: on its slice under LTFB
   // (where a pair compares two models on one slice), on the whole split otherwise.
-  double score_own() { return m_pop.algorithm == "ltfb" ? score_slice() : score_whole(); }
+  Score score_own() { return m_pop.algorithm == "ltfb" ? score_slice() : score_whole(); }
 
   // The combination of the trainers' final models, then the leaderboard. Collective over the world.
   // `failure`: this trainer's error ("" when it trained to the end); `stopped`: a stop signal
@@ -295,7 +354,7 @@ class Population {
     failed[static_cast<size_t>(m_k)] = failure.empty() ? 0 : 1;
     m_across->allreduce(comm::Buffer(failed), {comm::ReduceOp::max})->wait();
     if (!m_pop.validation.empty() && !summary.stopped && failure.empty()) {
-      const double v = score_own();
+      const double v = score_own().value;
       m_best = std::isfinite(m_best) ? std::max(m_best, v) : v;
     }
     std::string combined;
@@ -364,9 +423,17 @@ class Population {
   }
 
   // This rank's state as bytes: the hyper-parameters, whether this trainer has failed (1.0) or
-  // not (0.0), then every tensor.
-  std::vector<char> pack() {
+  // not (0.0), then every tensor (with population.score = "average", the window's average last).
+  std::vector<Tensor> packed_tensors() {
     std::vector<Tensor> tensors = m_t.state_tensors();
+    if (m_pop.score_average) {
+      window_average();
+      tensors.insert(tensors.end(), m_window.begin(), m_window.end());
+    }
+    return tensors;
+  }
+  std::vector<char> pack() {
+    std::vector<Tensor> tensors = packed_tensors();
     size_t bytes = (m_hyper.size() + 1) * sizeof(double);
     for (const Tensor& t : tensors) {
       bytes += static_cast<size_t>(t.numel()) * sizeof(float);
@@ -392,7 +459,7 @@ class Population {
   }
   // Loads `bytes` (pack()'s layout) into the model and optimizer; returns its hyper-parameters.
   std::vector<double> unpack(const std::vector<char>& bytes) {
-    std::vector<Tensor> tensors = m_t.state_tensors();
+    std::vector<Tensor> tensors = packed_tensors();
     std::vector<double> hyper(m_hyper.size());
     const char* p = bytes.data();
     copy_bytes(hyper.data(), p, hyper.size() * sizeof(double));
@@ -442,7 +509,7 @@ class Population {
       return;  // the odd one out sits this round out
     }
     const int partner = order[mate];
-    const double own = m_failed ? -kInf : score_slice();
+    const Score own = m_failed ? Score{-kInf, 0.0} : round_score([&] { return score_slice(); });
     std::vector<char> mine = pack();
     std::vector<char> theirs(mine.size());
     const bool ok =
@@ -461,52 +528,74 @@ class Population {
     }
     if (partner_failed) {
       say(fmt::format("ltfb step {}: kept this model (trainer {} has failed)", step, partner));
-      m_best = std::isfinite(m_best) ? std::max(m_best, own) : own;
+      m_best = std::isfinite(m_best) ? std::max(m_best, own.value) : own.value;
       return;
     }
     const std::vector<double> hyper = unpack(theirs);
-    const double other = score_slice();
-    if (other > own) {
+    const Score other = round_score([&] { return score_slice(); });
+    if (beats(other, own, m_pop.significance)) {
       m_lineage.push_back(fmt::format("step {}: took trainer {}'s model ({}; {} vs {})", step,
-                                      partner, hyper_text(hyper), score_text(m_base, other),
-                                      score_text(m_base, own)));
+                                      partner, hyper_text(hyper), score_text(m_base, other.value),
+                                      score_text(m_base, own.value)));
       m_hyper = hyper;
       retune();
-      say(fmt::format(
-          "ltfb step {}: trainer {}'s model scores {} against this one's {}: taken, "
-          "with {}",
-          step, partner, score_text(m_base, other), score_text(m_base, own), hyper_text()));
+      say(
+          fmt::format("ltfb step {}: trainer {}'s model scores {} against this one's {}: taken, "
+                      "with {}",
+                      step, partner, score_text(m_base, other.value), score_text(m_base, own.value),
+                      hyper_text()));
     } else {
       (void)unpack(mine);
-      say(fmt::format("ltfb step {}: kept this model ({} against trainer {}'s {})", step,
-                      score_text(m_base, own), partner, score_text(m_base, other)));
+      say(fmt::format("ltfb step {}: kept this model ({} against trainer {}'s {}{})", step,
+                      score_text(m_base, own.value), partner, score_text(m_base, other.value),
+                      not_significant(other, own)));
     }
-    m_best = std::isfinite(m_best) ? std::max(m_best, std::max(own, other)) : std::max(own, other);
+    const double best = std::max(own.value, other.value);
+    m_best = std::isfinite(m_best) ? std::max(m_best, best) : best;
+  }
+
+  // When `better` scored higher than `kept` but not by population.significance standard errors:
+  // ": N standard errors above it, population.significance = z" for the line of a kept model.
+  std::string not_significant(const Score& better, const Score& kept) const {
+    if (!(better.value > kept.value)) {
+      return std::string();
+    }
+    return fmt::format(": {:.1f} standard errors above it, population.significance = {:g}",
+                       (better.value - kept.value) / std::hypot(better.error, kept.error),
+                       m_pop.significance);
   }
 
   void pbt(std::int64_t step, std::int64_t round) {
-    const double own = m_failed ? -kInf : score_own();
+    const Score own = m_failed ? Score{-kInf, 0.0} : round_score([&] { return score_whole(); });
     if (!m_failed) {
-      m_best = std::isfinite(m_best) ? std::max(m_best, own) : own;
+      m_best = std::isfinite(m_best) ? std::max(m_best, own.value) : own.value;
     }
-    // Every leader sends its score to every other, each exchange timed.
+    // Every leader sends its score and its standard error to every other, each exchange timed.
     std::vector<double> scores(static_cast<size_t>(m_trainers), std::nan(""));
-    scores[static_cast<size_t>(m_k)] = own;
+    std::vector<double> errors(static_cast<size_t>(m_trainers), 0.0);
+    scores[static_cast<size_t>(m_k)] = own.value;
+    errors[static_cast<size_t>(m_k)] = own.error;
     if (leader()) {
       for (int j = 0; j < m_trainers; ++j) {
         if (j == m_k) {
           continue;
         }
-        double theirs = 0.0;
-        if (m_channel.exchange(leader_of(j), &own, sizeof own, leader_of(j), &theirs, sizeof theirs,
+        const double mine[2] = {own.value, own.error};
+        double theirs[2] = {0.0, 0.0};
+        if (m_channel.exchange(leader_of(j), mine, sizeof mine, leader_of(j), theirs, sizeof theirs,
                                tag(round, 2), wait_s())) {
-          scores[static_cast<size_t>(j)] = theirs;
+          scores[static_cast<size_t>(j)] = theirs[0];
+          errors[static_cast<size_t>(j)] = theirs[1];
         } else {
           missed(step, j, "score exchange");
         }
       }
     }
     bcast(scores.data(), static_cast<Index>(scores.size()));
+    bcast(errors.data(), static_cast<Index>(errors.size()));
+    const auto score = [&](int j) {
+      return Score{scores[static_cast<size_t>(j)], errors[static_cast<size_t>(j)]};
+    };
     // Ranked best first among the scores heard (ties: the lower trainer first).
     std::vector<int> ranked;
     for (int j = 0; j < m_trainers; ++j) {
@@ -524,8 +613,14 @@ class Population {
     }
     const auto at =
         static_cast<size_t>(std::find(ranked.begin(), ranked.end(), m_k) - ranked.begin());
+    // The donor ranked i-th from the top copies to the trainer i-th from the bottom when its score
+    // is population.significance standard errors above that trainer's: both sides decide alike (a
+    // failed trainer scores -inf: every healthy one beats it, no failed one does).
     if (at < n) {  // a donor: to the trainer as far from the bottom as this one is from the top
       const int to = ranked[ranked.size() - n + at];
+      if (!beats(score(m_k), score(to), m_pop.significance)) {
+        return;
+      }
       std::vector<char> mine = pack();
       if (!all(m_channel.exchange(counterpart(to), mine.data(), mine.size(), -1, nullptr, 0,
                                   tag(round, 3), wait_s()))) {
@@ -533,14 +628,20 @@ class Population {
       }
     } else if (at >= ranked.size() - n) {
       const int from = ranked[at - (ranked.size() - n)];
+      if (!beats(score(from), score(m_k), m_pop.significance)) {
+        if (!m_failed) {
+          say(fmt::format("pbt step {}: kept this model ({} against trainer {}'s {}{})", step,
+                          score_text(m_base, own.value), from,
+                          score_text(m_base, scores[static_cast<size_t>(from)]),
+                          not_significant(score(from), own)));
+        }
+        return;
+      }
       std::vector<char> theirs = pack();  // the size of the donor's
       if (!all(m_channel.exchange(-1, nullptr, 0, counterpart(from), theirs.data(), theirs.size(),
                                   tag(round, 3), wait_s()))) {
         missed(step, from, "copy from it");
         return;
-      }
-      if (m_failed && !std::isfinite(scores[static_cast<size_t>(from)])) {
-        return;  // every trainer ranked above this one has failed too
       }
       // Exploit: the donor's weights, state and hyper-parameters; explore: each drawn anew from
       // its range with probability population.resample, else multiplied by one of
@@ -562,11 +663,11 @@ class Population {
       m_lineage.push_back(fmt::format("step {}: copied trainer {} ({}; {} vs {}), explored to {}",
                                       step, from, hyper_text(inherited),
                                       score_text(m_base, scores[static_cast<size_t>(from)]),
-                                      score_text(m_base, own), hyper_text(hyper)));
+                                      score_text(m_base, own.value), hyper_text(hyper)));
       m_hyper = hyper;
       retune();
       say(fmt::format("pbt step {}: {} — copied trainer {} ({}), now {}", step,
-                      score_text(m_base, own), from,
+                      score_text(m_base, own.value), from,
                       score_text(m_base, scores[static_cast<size_t>(from)]), hyper_text()));
     }
   }
@@ -789,6 +890,10 @@ class Population {
   bool m_failed = false;         // serve_after_failure, until revived
   std::string m_failure;         // why it failed (the lineage's revival entry)
   std::int64_t m_last_step = 0;  // the last step on_step saw
+  // population.score = "average": the sums of the weights and buffers of the steps since the last
+  // round (or their average, when m_window_steps is 1 after window_average).
+  std::vector<Tensor> m_window;
+  std::int64_t m_window_steps = 0;
 };
 
 // With checkpoint.restart = "auto", the newest step at which every trainer has a checkpoint (each
@@ -841,6 +946,22 @@ int truncate_records(const std::string& path, std::int64_t step) {
 }
 
 }  // namespace
+
+Score validation_score(const deck::Deck& d, const Evaluation& e) {
+  double variance = 0.0;
+  double n = static_cast<double>(e.samples);
+  if (d.model.loss == deck::LossKind::softmax_cross_entropy) {
+    variance = e.metric * (1.0 - e.metric);
+    n = e.scored;
+  } else if (std::isfinite(e.loss_sq)) {
+    variance = e.loss_sq - e.loss * e.loss;
+  }
+  return {score_of(d, e), n > 0.0 && variance > 0.0 ? std::sqrt(variance / n) : 0.0};
+}
+
+bool beats(const Score& a, const Score& b, double z) {
+  return a.value - b.value > z * std::hypot(a.error, b.error);
+}
 
 deck::Deck trainer_deck(const std::string& text, const std::string& file,
                         const std::vector<std::string>& overrides, const deck::Deck& deck,

@@ -115,10 +115,14 @@ io::Batch micro_batch(const io::Batch& b, const Range& r) {
 
 // Loss and metric of one batch: for classification the metric counts correct samples (a language
 // model: the fraction of a sample's tokens predicted right), for regression it sums absolute
-// errors.
+// errors. `scored`: what the metric averages over on this rank (samples, or a language model's
+// tokens); `loss_sq_sum` (regression): the sum of each sample's loss squared, for the spread of the
+// loss over samples.
 struct BatchLoss {
   nn::LossOutput out;
   double metric_sum = 0.0;
+  double scored = 0.0;
+  double loss_sq_sum = 0.0;
 };
 
 BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Batch& b,
@@ -139,6 +143,7 @@ BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Ba
                                         b.global_size * tokens);
     }
     r.metric_sum = static_cast<double>(r.out.correct) / static_cast<double>(tokens);
+    r.scored = static_cast<double>(n * tokens);
     if (tokens > 1) {
       r.out.grad = r.out.grad.reshaped(prediction.shape());
     }
@@ -146,11 +151,19 @@ BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Ba
     r.out = nn::mean_squared_error(prediction, b.targets, b.global_size);
     const std::vector<float> p = prediction.to_host();
     const std::vector<float> t = b.targets.to_host();
-    const double per_sample =
-        static_cast<double>(b.targets.numel() / std::max<Index>(1, b.targets.dim(0)));
-    for (size_t i = 0; i < p.size(); ++i) {
-      r.metric_sum += std::fabs(static_cast<double>(p[i]) - static_cast<double>(t[i])) / per_sample;
+    const auto per_sample =
+        static_cast<size_t>(b.targets.numel() / std::max<Index>(1, b.targets.dim(0)));
+    const auto count = static_cast<double>(per_sample);
+    for (size_t s = 0; s * per_sample < p.size(); ++s) {
+      double squares = 0.0;  // this sample's loss · per_sample
+      for (size_t i = s * per_sample; i < (s + 1) * per_sample; ++i) {
+        const double d = static_cast<double>(p[i]) - static_cast<double>(t[i]);
+        r.metric_sum += std::fabs(d) / count;
+        squares += d * d;
+      }
+      r.loss_sq_sum += (squares / count) * (squares / count);
     }
+    r.scored = static_cast<double>(p.size() / std::max<size_t>(1, per_sample));
   }
   return r;
 }
@@ -1013,8 +1026,10 @@ Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subse
   ro.batch = std::max<Index>(m_deck.data.batch, 256);
   ro.shuffle = false;
   const std::unique_ptr<io::DatasetReader> reader = open_reader(spec, ro);
-  // loss · global batch, metric sum, samples; then for regression per target Σt, Σt², Σ(p - t)².
-  std::vector<double> sums(3, 0.0);
+  // loss · global batch, metric sum, samples, what the metric averages over, Σ of each sample's
+  // loss squared (regression); then for regression per target Σt, Σt², Σ(p - t)².
+  constexpr size_t kFixed = 5;
+  std::vector<double> sums(kFixed, 0.0);
   nn::ForwardOptions fo;
   fo.training = false;
   for (std::int64_t b = 0; b < reader->batches_per_epoch(); ++b) {
@@ -1029,13 +1044,15 @@ Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subse
     sums[0] += l.out.loss * static_cast<double>(batch.global_size);
     sums[1] += l.metric_sum;
     sums[2] += static_cast<double>(batch.ids.size());
+    sums[3] += l.scored;
+    sums[4] += l.loss_sq_sum;
     if (m_deck.model.loss == deck::LossKind::mse) {
       const Index targets = batch.targets.numel() / std::max<Index>(1, batch.targets.dim(0));
-      sums.resize(3 + 3 * static_cast<size_t>(targets), 0.0);
+      sums.resize(kFixed + 3 * static_cast<size_t>(targets), 0.0);
       const std::vector<float> p = output.to_host();
       const std::vector<float> t = batch.targets.to_host();
       for (size_t i = 0; i < t.size(); ++i) {
-        const size_t j = 3 + 3 * (i % static_cast<size_t>(targets));
+        const size_t j = kFixed + 3 * (i % static_cast<size_t>(targets));
         const auto ti = static_cast<double>(t[i]);
         const double err = static_cast<double>(p[i]) - ti;
         sums[j] += ti;
@@ -1046,7 +1063,7 @@ Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subse
   }
   if (m_deck.model.loss == deck::LossKind::mse) {
     // The same length on every rank (a rank without a batch, or not the last stage, has zeros).
-    sums.resize(3 + 3 * static_cast<size_t>(m_train_info.targets), 0.0);
+    sums.resize(kFixed + 3 * static_cast<size_t>(m_train_info.targets), 0.0);
   }
   // Over the data axis (the ranks of one data coordinate computed the same samples) and the
   // pipeline's (the last stage's sums; the others' are zero).
@@ -1056,7 +1073,11 @@ Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subse
   e.samples = static_cast<Index>(sums[2]);
   e.loss = sums[0] / sums[2];
   e.metric = sums[1] / sums[2];
-  for (size_t j = 3; j + 2 < sums.size(); j += 3) {
+  e.scored = sums[3];
+  if (m_deck.model.loss == deck::LossKind::mse) {
+    e.loss_sq = sums[4] / sums[2];
+  }
+  for (size_t j = kFixed; j + 2 < sums.size(); j += 3) {
     const double spread = sums[j + 1] - sums[j] * sums[j] / sums[2];
     e.r2.push_back(spread > 0.0 ? 1.0 - sums[j + 2] / spread : std::nan(""));
   }

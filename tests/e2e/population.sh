@@ -6,7 +6,10 @@
 #   prints), at 2 ranks (1 per trainer) and 4 (data 2 per trainer);
 # - LTFB with a greedy soup: one tournament line per trainer and round, a leaderboard row per
 #   trainer, population.jsonl records, and the combined checkpoint that verifies;
-# - PBT: the worse trainer copies the better's weights and its learning rate times a perturbation;
+# - PBT: the worse trainer copies the better's weights and its learning rate times a perturbation,
+#   and with population.significance = 1000 keeps its own, saying by how many standard errors the
+#   better model led; with population.score = "average" the score is that of the weights averaged
+#   over the steps since the last round (checked against tessera-ckpt average);
 # - a trainer whose loss diverges (run.nonfinite = "stop") fails alone: reported, left out of the
 #   soup, and its partner trains on without waiting for it; under LTFB and PBT the next round
 #   revives it with its partner's (donor's) model, and it trains to the end;
@@ -99,6 +102,43 @@ score=$(sed -n 's/^\[t0\] pbt step 10: .* copied trainer 1 (accuracy \([0-9.]*\)
 grep -q "^eval  step 10: $tmp/fm.h5:/validation loss [0-9.]*, accuracy $score% (2000 samples)$" "$tmp/pbt-score.log" ||
   fail "pbt: trainer 1's score $score% is not its accuracy on the whole validation split: $(grep '^eval' "$tmp/pbt-score.log")"
 echo "pbt: the worse trainer copies the better and explores; scores on the whole validation split"
+
+# population.significance: a model is taken only when its score is that many standard errors of
+# the difference above the other's (the accuracies' sqrt(p (1 - p) / n), n = 2000 here). At 1000
+# nothing is copied, and the line says by how many standard errors the better model led, which is
+# recomputed here from the two printed accuracies.
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/pbt.toml" parallel.trainers=2 population.significance=1000 \
+  run.output="$tmp/pbt-kept" >"$tmp/pbt-kept.log" 2>&1 || fail "pbt, significance 1000: exit $?"
+line=$(grep "^\[t0\] pbt step 10: " "$tmp/pbt-kept.log")
+[[ $line =~ ^\[t0\]\ pbt\ step\ 10:\ kept\ this\ model\ \(accuracy\ ([0-9.]+)%\ against\ trainer\ 1\'s\ accuracy\ ([0-9.]+)%:\ ([0-9.]+)\ standard\ errors\ above\ it,\ population.significance\ =\ 1000\)$ ]] ||
+  fail "pbt, significance 1000: trainer 0 does not keep its model: '$line'"
+awk -v x="${BASH_REMATCH[1]}" -v y="${BASH_REMATCH[2]}" -v z="${BASH_REMATCH[3]}" 'BEGIN {
+  x /= 100; y /= 100; e = (y - x) / sqrt((x * (1 - x) + y * (1 - y)) / 2000)
+  exit !(z > 2 && (z - e) ^ 2 < (0.01 * e + 0.1) ^ 2) }' ||
+  fail "pbt, significance 1000: $line: not the standard errors of the two accuracies over 2000 samples"
+! grep -q "copied trainer" "$tmp/pbt-kept.log" || fail "pbt, significance 1000: a model was copied"
+grep -q '"lr": 0.0001,' <(grep '"step": 20,' "$tmp/pbt-kept/trainer-0/metrics.jsonl") ||
+  fail "pbt, significance 1000: trainer 0 does not keep its lr 1e-4"
+echo "pbt: population.significance keeps a model that leads by fewer standard errors, and says by how many"
+
+# population.score = "average": a round scores the average of each trainer's weights over the
+# steps since the last round. Trainer 1's score at step 10 is the accuracy on /validation of the
+# mean of its checkpoints of steps 1 to 10, averaged here by tessera-ckpt and scored by a run of
+# its own.
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/pbt.toml" parallel.trainers=2 population.score=average \
+  checkpoint.every_steps=1 checkpoint.keep=20 run.output="$tmp/pbt-avg" >"$tmp/pbt-avg.log" 2>&1 ||
+  fail "pbt, score average: exit $?"
+score=$(sed -n 's/^\[t0\] pbt step 10: .* copied trainer 1 (accuracy \([0-9.]*\)%).*/\1/p' "$tmp/pbt-avg.log")
+[[ -n $score ]] || fail "pbt, score average: trainer 0 did not copy trainer 1 at step 10"
+# (step 10's first: the average takes its step from its first file, so the run only evaluates it)
+"$bin/tessera-ckpt" average "$tmp"/pbt-avg/trainer-1/ckpt/ckpt-000000{10,01,02,03,04,05,06,07,08,09}.h5 \
+  -o "$tmp/window.h5" >/dev/null || fail "pbt, score average: tessera-ckpt average: exit $?"
+"$bin/tessera" run "$tmp/alone.toml" checkpoint.restart="$tmp/window.h5" run.steps=10 \
+  data.test="$tmp/fm.h5:/validation" run.output="$tmp/window-score" >"$tmp/window-score.log" 2>&1 ||
+  fail "pbt, score average: scoring the averaged checkpoint: exit $?"
+grep -q "^eval  step 10: $tmp/fm.h5:/validation loss [0-9.]*, accuracy $score% (2000 samples)$" "$tmp/window-score.log" ||
+  fail "pbt, score average: trainer 1's score $score% is not the accuracy of its steps 1-10 averaged: $(grep '^eval' "$tmp/window-score.log")"
+echo "pbt: population.score = \"average\" scores the average of the weights since the last round"
 
 # --- a trainer that diverges ------------------------------------------------------------------
 # Independent trainers: the failed one stays failed, reported and left out of the soup

@@ -1,17 +1,20 @@
 // Population training's pieces at any rank count: the hyper-parameters each trainer gets from a
 // [population] section (values, grids, Latin hypercube draws; the same on every rank; text that
 // parses back to the same number), the deck's errors, comm::TimedChannel, the exchange that
-// gives up on a partner that does not answer, and the re-estimation of a combined model's
-// BatchNorm statistics.
+// gives up on a partner that does not answer, the re-estimation of a combined model's
+// BatchNorm statistics, and the scores' standard errors that LTFB and PBT test differences with.
 #include "tessera/comm/timed.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/rng.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/io/dataset.hpp"
+#include "tessera/io/hdf5.hpp"
+#include "tessera/train/population.hpp"
 #include "tessera/train/trainer.hpp"
 
 #include "support/mpi.hpp"
 #include "support/tiny_training.hpp"
+#include "support/trained.hpp"
 
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -19,6 +22,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <set>
 #include <string>
 #include <thread>
@@ -300,6 +304,117 @@ TEST(Recalibration, RunningStatisticsAreTheAverageOfTheFirstBatches) {
   EXPECT_NEAR(var, var_sum / 3.0, 1e-6);
   // More batches than an epoch holds: one epoch (5 batches of 8).
   EXPECT_EQ(t.recalibrate_norms(100), 40);
+}
+
+// A validation score's standard error (population.significance): Trainer::evaluate returns what
+// it needs — the samples an accuracy averages over, and for a loss the mean of each sample's loss
+// squared — checked against the losses of every sample computed here from the model's weights, at
+// every rank count (the samples are split over the data ranks); then the test on two scores.
+TEST(PopulationScore, StandardErrorsOfAccuracyAndLoss) {
+  tessera::testing::SharedTempDir dir("tessera-score-test");
+  const std::string data = dir.path() + "/reg.h5";
+  constexpr size_t kSamples = 30;
+  constexpr size_t kFeatures = 4;
+  constexpr size_t kTargets = 2;
+  std::vector<float> x(kSamples * kFeatures);
+  std::vector<float> y(kSamples * kTargets);
+  const tessera::rng::CounterRng gen(3, 8);
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = gen.uniform(i) - 0.5F;
+  }
+  for (size_t i = 0; i < y.size(); ++i) {
+    y[i] = 2.0F * gen.uniform(1000 + i) - 1.0F;
+  }
+  if (world_rank() == 0) {
+    tessera::io::File f = tessera::io::File::create(data, MPI_COMM_SELF);
+    {
+      const tessera::io::Group root = f.root();
+      root.attributes().set("format", std::string(tessera::io::kDatasetFormat));
+      root.attributes().set("format_version", tessera::io::kDatasetVersion);
+      const tessera::io::Group g = root.create_group("train");
+      g.attributes().set("task", std::string("regression"));
+      g.create_dataset("x", tessera::io::ElementType::f32, {kSamples, 1, 2, 2})  // 4 features
+          .write({{0, 0, 0, 0}, {kSamples, 1, 2, 2}}, tessera::io::ElementType::f32, x.data(),
+                 false);
+      g.create_dataset("y", tessera::io::ElementType::f32, {kSamples, kTargets})
+          .write({{0, 0}, {kSamples, kTargets}}, tessera::io::ElementType::f32, y.data(), false);
+    }
+    f.close();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  const std::string text =
+      "[run]\nseed = 5\nsteps = 1\n[data]\ntrain = \"" + data +
+      ":/train\"\nbatch = 12\n[model]\ninput = [1, 2, 2]\nlayers = [ { flatten = {} "
+      "}, { linear = { out = 2 } } ]\nloss = \"mse\"\n[optimizer]\ntype = \"sgd\"\nlr = 0.1\n";
+  const tessera::deck::Deck d = tessera::deck::parse(
+      text, "score.toml", {"run.output=" + dir.path() + "/run" + std::to_string(world_size())});
+  tessera::train::Trainer t(d, MPI_COMM_WORLD);
+  const tessera::testing::Trained model = tessera::testing::gathered(t);
+  ASSERT_EQ(model.parameters.size(), 2U);  // weight (2, 4), bias (2)
+  const std::vector<float>& w = model.parameters[0];
+  const std::vector<float>& b = model.parameters[1];
+  double sum = 0.0;
+  double squares = 0.0;
+  std::vector<double> losses;
+  for (size_t s = 0; s < kSamples; ++s) {
+    double loss = 0.0;  // the sample's: its targets' mean squared error
+    for (size_t o = 0; o < kTargets; ++o) {
+      double p = static_cast<double>(b[o]);
+      for (size_t i = 0; i < kFeatures; ++i) {
+        p += static_cast<double>(w[o * kFeatures + i]) * static_cast<double>(x[s * kFeatures + i]);
+      }
+      const double e = p - static_cast<double>(y[s * kTargets + o]);
+      loss += e * e / static_cast<double>(kTargets);
+    }
+    losses.push_back(loss);
+    sum += loss;
+    squares += loss * loss;
+  }
+  const double mean = sum / kSamples;
+  double spread = 0.0;  // two passes: Σ (loss - mean)²
+  for (double l : losses) {
+    spread += (l - mean) * (l - mean);
+  }
+  const tessera::train::Evaluation e = t.evaluate(data + ":/train");
+  EXPECT_EQ(e.samples, static_cast<tessera::Index>(kSamples));
+  EXPECT_EQ(e.scored, static_cast<double>(kSamples));
+  EXPECT_NEAR(e.loss, mean, 1e-6 * mean);
+  EXPECT_NEAR(e.loss_sq, squares / kSamples, 1e-6 * squares / kSamples);
+  const tessera::train::Score loss_score = tessera::train::validation_score(d, e);
+  EXPECT_NEAR(loss_score.value, -mean, 1e-6 * mean);
+  const double error = std::sqrt(spread / kSamples / kSamples);
+  EXPECT_NEAR(loss_score.error, error, 1e-4 * error);
+
+  // Classification: an accuracy p over n samples has the standard error sqrt(p (1 - p) / n).
+  const std::string tiny = dir.path() + "/tiny.h5";
+  tessera::testing::write_tiny_dataset(tiny);  // 40 samples in 3 classes
+  const tessera::deck::Deck c = tessera::deck::parse(
+      "[run]\nseed = 5\nsteps = 1\n[data]\ntrain = \"" + tiny +
+          ":/train\"\nbatch = 8\n[model]\ninput = [1, 4, 4]\nlayers = [ { flatten = {} }, { "
+          "linear = { out = 3 } } ]\nloss = \"softmax_cross_entropy\"\n[optimizer]\ntype = "
+          "\"sgd\"\nlr = 0.1\n",
+      "class.toml", {"run.output=" + dir.path() + "/class" + std::to_string(world_size())});
+  tessera::train::Trainer ct(c, MPI_COMM_WORLD);
+  const tessera::train::Evaluation a = ct.evaluate(tiny + ":/train");
+  EXPECT_EQ(a.scored, 40.0);
+  EXPECT_TRUE(std::isnan(a.loss_sq));
+  const tessera::train::Score accuracy = tessera::train::validation_score(c, a);
+  EXPECT_EQ(accuracy.value, a.metric);
+  EXPECT_NEAR(accuracy.error, std::sqrt(a.metric * (1.0 - a.metric) / 40.0), 1e-12);
+
+  // 0.90 ± 0.003 against 0.89 ± 0.004: 0.01 apart, 2 standard errors of the difference (0.005).
+  const tessera::train::Score high{0.90, 0.003};
+  const tessera::train::Score low{0.89, 0.004};
+  EXPECT_TRUE(tessera::train::beats(high, low, 0.0));
+  EXPECT_TRUE(tessera::train::beats(high, low, 1.9));
+  EXPECT_FALSE(tessera::train::beats(high, low, 2.1));
+  EXPECT_FALSE(tessera::train::beats(low, high, 0.0));
+  EXPECT_FALSE(tessera::train::beats(high, high, 0.0));  // a tie keeps a model
+  // A failed trainer scores -inf: any healthy score beats it at any z, and no failed one does.
+  const tessera::train::Score failed{-std::numeric_limits<double>::infinity(), 0.0};
+  EXPECT_TRUE(tessera::train::beats(low, failed, 1e6));
+  EXPECT_FALSE(tessera::train::beats(failed, failed, 0.0));
+  EXPECT_FALSE(tessera::train::beats(failed, low, 0.0));
 }
 
 }  // namespace

@@ -138,6 +138,12 @@ struct PopulationConfig {
   /// combine: training batches through which a combined model re-estimates its BatchNorm running
   /// statistics (averaged weights do not fit averaged statistics); 0: keep the averages
   std::int64_t recalibrate = 0;
+  /// ltfb, pbt: standard errors of the difference by which another model's validation score must
+  /// beat this one's for it to be taken (0: any higher score)
+  double significance = 2.0;
+  /// ltfb, pbt: a round scores the average of each model's weights over the steps since the last
+  /// round (population.score = "average") instead of the model as it is ("model")
+  bool score_average = false;
   double fraction = 0.25;                  ///< pbt: the share that copies (and is copied)
   std::vector<double> perturb{0.8, 1.25};  ///< pbt: factors a copied value is multiplied by
   double resample = 0.25;        ///< pbt: probability a copied value is drawn anew from its range

@@ -7,10 +7,13 @@
 // - `ltfb`: every population.every steps the trainers pair up (a permutation drawn from the
 //   round), exchange model, optimizer state and hyper-parameters, score both models on their own
 //   slice of population.validation, and each keeps the better (LBANN's LTFB tournament).
-// - `pbt`: every population.every steps each trainer scores its model on its slice and sends the
-//   score to every other; the worst `fraction` copy the weights, state and hyper-parameters of the
-//   best `fraction` (exploit) and multiply each hyper-parameter by a factor of population.perturb
-//   (explore).
+// - `pbt`: every population.every steps each trainer scores its model on the whole of
+//   population.validation and sends the score to every other; the worst `fraction` copy the
+//   weights, state and hyper-parameters of the best `fraction` (exploit) and explore each
+//   hyper-parameter (drawn anew, or multiplied by a factor of population.perturb).
+// - Under both a model is taken only when its score beats the other's by population.significance
+//   standard errors (PBT's t-test selection, Jaderberg et al. 2017): rankings that noise or a
+//   learning rate's early lead decide do not spread.
 // - population.average_every: the trainers' parameters and buffers are averaged (local SGD).
 // - population.combine: at the end the trainers' final models are combined into one checkpoint in
 //   run.output/combined: their uniform average, or a greedy soup (ingredients added best first,
@@ -36,6 +39,23 @@ namespace tessera::train {
 int run_population(const std::string& text, const std::string& file,
                    const std::vector<std::string>& overrides, const deck::Deck& deck,
                    MPI_Comm world, Reporter& console);
+
+struct Evaluation;
+
+/// A validation score (higher is better: accuracy, or minus the loss) and its standard error: of
+/// an accuracy p over n scored samples (a language model's tokens), sqrt(p (1 - p) / n); of a
+/// loss, the standard deviation of the samples' losses over sqrt(samples).
+struct Score {
+  double value = 0.0;
+  double error = 0.0;
+};
+Score validation_score(const deck::Deck& deck, const Evaluation& e);
+
+/// Whether `a` beats `b` by more than `z` standard errors of their difference,
+/// sqrt(a.error² + b.error²) (z = 0: a higher score). The two are taken as independent, which two
+/// models scored on the same samples are not (their difference varies less): the test errs on the
+/// side of keeping a model. population.significance is `z` for LTFB and PBT.
+bool beats(const Score& a, const Score& b, double z);
 
 /// The deck of trainer `trainer`: `text` with `overrides`, then the trainer's seed and
 /// hyper-parameters (`hyper`: key=value, replacing the deck's choice when given) and its folders.

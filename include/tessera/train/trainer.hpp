@@ -23,6 +23,7 @@
 
 #include <mpi.h>
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,6 +50,11 @@ struct Evaluation {
   Index samples = 0;
   double loss = 0.0;
   double metric = 0.0;  ///< accuracy (classification) or MAE (regression)
+  /// What the metric averages over: the samples, or a language model's tokens.
+  double scored = 0.0;
+  /// Regression: the mean over samples of each sample's loss squared (the loss's spread over
+  /// samples is loss_sq - loss²); NaN for classification.
+  double loss_sq = std::nan("");
   /// Regression: the coefficient of determination of each target over the split,
   /// 1 - Σ(prediction - target)² / Σ(target - mean target)².
   std::vector<double> r2;
