@@ -213,8 +213,8 @@ class Population {
     if (m_pop.average_every > 0 && (step % m_pop.average_every == 0 || step == total)) {
       average();  // and after the last step: the trainers end with one model
     }
-    if (m_pop.score_average && !m_failed) {
-      accumulate();
+    if (m_pop.score_average && m_pop.algorithm != "independent" && !m_failed) {
+      accumulate();  // the rounds' averages
     }
     if (m_pop.every > 0 && step % m_pop.every == 0 && step < total) {
       const std::int64_t round = step / m_pop.every;
