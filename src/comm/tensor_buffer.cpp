@@ -7,8 +7,7 @@ namespace tessera::comm {
 namespace {
 
 constexpr Memory tensor_memory() {
-  return Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible ? Memory::host
-                                                                             : Memory::device;
+  return kHostTensors ? Memory::host : Memory::device;
 }
 
 }  // namespace

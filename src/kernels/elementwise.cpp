@@ -118,8 +118,6 @@ void gelu_backward_host(const float* x, const float* dy, float* dx, Index n) {
   }
 }
 
-constexpr bool kHostTensors = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
-
 // y_i = f(x_i).
 template <class F>
 void map_unary(const char* label, const Tensor& x, const Tensor& y, F f) {

@@ -129,8 +129,7 @@ void gemm(Trans trans_a, Trans trans_b, Index m, Index n, Index k, float alpha, 
   cuda::gemm(handle, op(trans_a), op(trans_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
              g_precision == MatmulPrecision::bf16 ? cuda::Precision::bf16 : cuda::Precision::fp32);
 #else
-  static_assert(Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible,
-                "device-memory GEMM goes through kernels/cuda (cuBLAS)");
+  static_assert(kHostTensors, "device-memory GEMM goes through kernels/cuda (cuBLAS)");
   if (k > 0 && g_precision == MatmulPrecision::bf16) {
     gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   } else {

@@ -22,6 +22,10 @@ std::string to_string(const Shape& shape);
 
 using ExecSpace = Kokkos::DefaultExecutionSpace;
 using MemSpace = ExecSpace::memory_space;
+/// Whether the host can address tensor memory: true in a host build, false where tensors live
+/// in device memory (a CUDA build), where host code goes through host copies (Tensor::host_view).
+inline constexpr bool kHostTensors =
+    Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 using FloatView = Kokkos::View<float*, MemSpace>;
 using IntView = Kokkos::View<std::int32_t*, MemSpace>;
 using IndexView = Kokkos::View<Index*, MemSpace>;
