@@ -8,7 +8,6 @@
 #include "tessera/core/rng.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/io/dataset.hpp"
-#include "tessera/io/hdf5.hpp"
 #include "tessera/train/population.hpp"
 #include "tessera/train/trainer.hpp"
 
@@ -325,23 +324,7 @@ TEST(PopulationScore, StandardErrorsOfAccuracyAndLoss) {
   for (size_t i = 0; i < y.size(); ++i) {
     y[i] = 2.0F * gen.uniform(1000 + i) - 1.0F;
   }
-  if (world_rank() == 0) {
-    tessera::io::File f = tessera::io::File::create(data, MPI_COMM_SELF);
-    {
-      const tessera::io::Group root = f.root();
-      root.attributes().set("format", std::string(tessera::io::kDatasetFormat));
-      root.attributes().set("format_version", tessera::io::kDatasetVersion);
-      const tessera::io::Group g = root.create_group("train");
-      g.attributes().set("task", std::string("regression"));
-      g.create_dataset("x", tessera::io::ElementType::f32, {kSamples, 1, 2, 2})  // 4 features
-          .write({{0, 0, 0, 0}, {kSamples, 1, 2, 2}}, tessera::io::ElementType::f32, x.data(),
-                 false);
-      g.create_dataset("y", tessera::io::ElementType::f32, {kSamples, kTargets})
-          .write({{0, 0}, {kSamples, kTargets}}, tessera::io::ElementType::f32, y.data(), false);
-    }
-    f.close();
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
+  tessera::testing::write_regression_split(data, {1, 2, 2}, x, kTargets, y);  // 4 features
   const std::string text =
       "[run]\nseed = 5\nsteps = 1\n[data]\ntrain = \"" + data +
       ":/train\"\nbatch = 12\n[model]\ninput = [1, 2, 2]\nlayers = [ { flatten = {} "

@@ -36,47 +36,26 @@ const Shape kImage{1, 11, 10};
 // A regression split /train of 24 random samples of `shape` with 2 targets (their mean and the
 // mean of their first half), written by rank 0.
 void write_volumes(const std::string& path, const Shape& shape) {
-  if (world_rank() == 0) {
-    const hsize_t n = 24;
-    const auto size = static_cast<size_t>(numel(shape));
-    std::vector<float> x(n * size);
-    std::vector<float> y(n * 2);
-    const rng::CounterRng gen(9, 4);
-    for (size_t i = 0; i < x.size(); ++i) {
-      x[i] = gen.uniform(i) - 0.5F;
-    }
-    for (size_t s = 0; s < n; ++s) {
-      double all = 0.0;
-      double half = 0.0;
-      for (size_t j = 0; j < size; ++j) {
-        const auto v = static_cast<double>(x[s * size + j]);
-        all += v;
-        half += j < size / 2 ? v : 0.0;
-      }
-      y[2 * s] = static_cast<float>(10.0 * all / static_cast<double>(size));
-      y[2 * s + 1] = static_cast<float>(10.0 * half / static_cast<double>(size / 2));
-    }
-    std::vector<hsize_t> dims{n};
-    std::vector<hsize_t> zero{0};
-    for (Index e : shape) {
-      dims.push_back(static_cast<hsize_t>(e));
-      zero.push_back(0);
-    }
-    io::File f = io::File::create(path, MPI_COMM_SELF);
-    {
-      const io::Group root = f.root();
-      root.attributes().set("format", std::string(io::kDatasetFormat));
-      root.attributes().set("format_version", io::kDatasetVersion);
-      const io::Group g = root.create_group("train");
-      g.attributes().set("task", std::string("regression"));
-      g.create_dataset("x", io::ElementType::f32, dims)
-          .write({zero, dims}, io::ElementType::f32, x.data(), false);
-      g.create_dataset("y", io::ElementType::f32, {n, 2})
-          .write({{0, 0}, {n, 2}}, io::ElementType::f32, y.data(), false);
-    }
-    f.close();
+  const size_t n = 24;
+  const auto size = static_cast<size_t>(numel(shape));
+  std::vector<float> x(n * size);
+  std::vector<float> y(n * 2);
+  const rng::CounterRng gen(9, 4);
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = gen.uniform(i) - 0.5F;
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  for (size_t s = 0; s < n; ++s) {
+    double all = 0.0;
+    double half = 0.0;
+    for (size_t j = 0; j < size; ++j) {
+      const auto v = static_cast<double>(x[s * size + j]);
+      all += v;
+      half += j < size / 2 ? v : 0.0;
+    }
+    y[2 * s] = static_cast<float>(10.0 * all / static_cast<double>(size));
+    y[2 * s + 1] = static_cast<float>(10.0 * half / static_cast<double>(size / 2));
+  }
+  tessera::testing::write_regression_split(path, shape, x, 2, y);
 }
 
 // The deck for samples of `shape` (2 or 3 spatial dimensions).

@@ -75,6 +75,35 @@ inline void write_tiny_dataset(const std::string& path) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
+/// A regression split /train, written by rank 0: `x` holds the samples of shape `sample` (C, H,
+/// W...) one after another, `y` each sample's `targets` targets.
+inline void write_regression_split(const std::string& path, const Shape& sample,
+                                   const std::vector<float>& x, hsize_t targets,
+                                   const std::vector<float>& y) {
+  if (world_rank() == 0) {
+    const hsize_t n = y.size() / targets;
+    std::vector<hsize_t> dims{n};
+    for (Index e : sample) {
+      dims.push_back(static_cast<hsize_t>(e));
+    }
+    const std::vector<hsize_t> zero(dims.size(), 0);
+    io::File f = io::File::create(path, MPI_COMM_SELF);
+    {
+      const io::Group root = f.root();
+      root.attributes().set("format", std::string(io::kDatasetFormat));
+      root.attributes().set("format_version", io::kDatasetVersion);
+      const io::Group g = root.create_group("train");
+      g.attributes().set("task", std::string("regression"));
+      g.create_dataset("x", io::ElementType::f32, dims)
+          .write({zero, dims}, io::ElementType::f32, x.data(), false);
+      g.create_dataset("y", io::ElementType::f32, {n, targets})
+          .write({{0, 0}, {n, targets}}, io::ElementType::f32, y.data(), false);
+    }
+    f.close();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
 /// A language-modeling split /train (and /validation) of byte tokens, a short text repeated to
 /// `bytes` bytes, with vocabulary `vocab` (the text's bytes folded below it), written by rank 0.
 inline void write_tiny_tokens(const std::string& path, hsize_t bytes = 4096,
