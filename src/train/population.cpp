@@ -354,8 +354,7 @@ class Population {
     failed[static_cast<size_t>(m_k)] = failure.empty() ? 0 : 1;
     m_across->allreduce(comm::Buffer(failed), {comm::ReduceOp::max})->wait();
     if (!m_pop.validation.empty() && !summary.stopped && failure.empty()) {
-      const double v = score_own().value;
-      m_best = std::isfinite(m_best) ? std::max(m_best, v) : v;
+      raise_best(score_own().value);
     }
     std::string combined;
     if (m_pop.combine != "none" && !stopped && std::count(failed.begin(), failed.end(), 0) > 0) {
@@ -528,7 +527,7 @@ class Population {
     }
     if (partner_failed) {
       say(fmt::format("ltfb step {}: kept this model (trainer {} has failed)", step, partner));
-      m_best = std::isfinite(m_best) ? std::max(m_best, own.value) : own.value;
+      raise_best(own.value);
       return;
     }
     const std::vector<double> hyper = unpack(theirs);
@@ -550,8 +549,12 @@ class Population {
                       score_text(m_base, own.value), partner, score_text(m_base, other.value),
                       not_significant(other, own)));
     }
-    const double best = std::max(own.value, other.value);
-    m_best = std::isfinite(m_best) ? std::max(m_best, best) : best;
+    raise_best(std::max(own.value, other.value));
+  }
+
+  // The best validation score this trainer has seen (the leaderboard's), raised to `score`.
+  void raise_best(double score) {
+    m_best = std::isfinite(m_best) ? std::max(m_best, score) : score;
   }
 
   // When `better` scored higher than `kept` but not by population.significance standard errors:
@@ -568,7 +571,7 @@ class Population {
   void pbt(std::int64_t step, std::int64_t round) {
     const Score own = m_failed ? Score{-kInf, 0.0} : round_score([&] { return score_whole(); });
     if (!m_failed) {
-      m_best = std::isfinite(m_best) ? std::max(m_best, own.value) : own.value;
+      raise_best(own.value);
     }
     // Every leader sends its score and its standard error to every other, each exchange timed.
     std::vector<double> scores(static_cast<size_t>(m_trainers), std::nan(""));
