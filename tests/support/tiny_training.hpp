@@ -44,6 +44,18 @@ class SharedTempDir {
   std::string m_path;
 };
 
+/// The group of split `name` with @task `task` in the new file `f`, whose root it marks as a
+/// Tessera dataset (format and version).
+inline io::Group dataset_split(const io::File& f, const std::string& name,
+                               const std::string& task) {
+  const io::Group root = f.root();
+  root.attributes().set("format", std::string(io::kDatasetFormat));
+  root.attributes().set("format_version", io::kDatasetVersion);
+  io::Group g = root.create_group(name);
+  g.attributes().set("task", task);
+  return g;
+}
+
 /// A classification split /train of 40 random 1×4×4 samples in 3 classes, written by rank 0.
 inline void write_tiny_dataset(const std::string& path) {
   if (world_rank() == 0) {
@@ -60,11 +72,7 @@ inline void write_tiny_dataset(const std::string& path) {
     }
     io::File f = io::File::create(path, MPI_COMM_SELF);
     {
-      const io::Group root = f.root();
-      root.attributes().set("format", std::string(io::kDatasetFormat));
-      root.attributes().set("format_version", io::kDatasetVersion);
-      const io::Group g = root.create_group("train");
-      g.attributes().set("task", std::string("classification"));
+      const io::Group g = dataset_split(f, "train", "classification");
       g.create_dataset("x", io::ElementType::f32, {n, 1, 4, 4})
           .write({{0, 0, 0, 0}, {n, 1, 4, 4}}, io::ElementType::f32, x.data(), false);
       g.create_dataset("y", io::ElementType::i32, {n})
@@ -89,11 +97,7 @@ inline void write_regression_split(const std::string& path, const Shape& sample,
     const std::vector<hsize_t> zero(dims.size(), 0);
     io::File f = io::File::create(path, MPI_COMM_SELF);
     {
-      const io::Group root = f.root();
-      root.attributes().set("format", std::string(io::kDatasetFormat));
-      root.attributes().set("format_version", io::kDatasetVersion);
-      const io::Group g = root.create_group("train");
-      g.attributes().set("task", std::string("regression"));
+      const io::Group g = dataset_split(f, "train", "regression");
       g.create_dataset("x", io::ElementType::f32, dims)
           .write({zero, dims}, io::ElementType::f32, x.data(), false);
       g.create_dataset("y", io::ElementType::f32, {n, targets})
