@@ -3,6 +3,7 @@
 #include "tessera/comm/communicator.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/signals.hpp"
+#include "tessera/core/strings.hpp"
 #include "tessera/io/hdf5.hpp"
 
 #include <malloc.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -26,6 +28,22 @@ int world_rank() {
 }
 
 std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv) {
+  // A first word that is no subcommand: CLI11 would say only "A subcommand is required".
+  if (argc > 1 && argv[1][0] != '-') {
+    std::vector<std::string> names;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      names.push_back(sub->get_name());
+    }
+    if (!names.empty() && std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+      if (world_rank() == 0) {
+        const std::string near = closest_match(argv[1], names);
+        std::fprintf(stderr, "error: unknown subcommand '%s'%s; the subcommands are %s (--help)\n",
+                     argv[1], near.empty() ? "" : (" (did you mean '" + near + "'?)").c_str(),
+                     join(names).c_str());
+      }
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

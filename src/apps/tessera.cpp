@@ -101,7 +101,9 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     generate->add_option("--top-k", go.top_k, "sample among the k most likely bytes (0: all)")
         ->capture_default_str();
-    generate->add_option("--seed", go.seed, "the sampling stream")->capture_default_str();
+    generate->add_option("--seed", go.seed, "the sampling stream")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
     if (const auto code = tessera::apps::parse_command_line(app, ac, av)) {
       return *code;
     }
@@ -125,11 +127,17 @@ int main(int argc, char** argv) {
         (void)tessera::train::resolve_grid(deck, world.size());  // the grid first: no file needed
         notes = tessera::train::check_data(deck, world.rank(), world.size());
         report = tessera::train::describe(deck, world.size());
+        if (deck.parallel.trainers > 1) {  // each trainer's values in their keys' ranges
+          (void)tessera::train::trainer_decks(text, deck_path, overrides, deck);
+        }
         for (int k = 0; deck.parallel.trainers > 1 && k < deck.parallel.trainers; ++k) {
           report += fmt::format("population trainer {}: {}\n", k,
                                 fmt::join(tessera::deck::trainer_overrides(deck, k), " "));
         }
       });
+      for (const std::string& note : deck.notes) {
+        out.warning(note);
+      }
       for (const std::string& note : notes) {
         out.warning(note);
       }
@@ -140,6 +148,9 @@ int main(int argc, char** argv) {
     out.info(fmt::format("tessera: {} on {} rank{}, output in {}/\n{}", deck.run.name, world.size(),
                          world.size() == 1 ? "" : "s", deck.run.output,
                          tessera::deck::to_toml(deck)));
+    for (const std::string& note : deck.notes) {
+      out.warning(note);
+    }
     if (deck.parallel.trainers > 1) {
       return tessera::train::run_population(text, deck_path, overrides, deck, MPI_COMM_WORLD,
                                             console);

@@ -22,6 +22,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <vector>
 
 namespace tessera::deck {
 
@@ -230,6 +231,7 @@ struct Source {
   std::set<std::string> overridden;  // dotted keys set on the command line
   std::set<std::string> created;     // tables that only an override made
   std::map<std::string, DeckLocation>* locations;
+  std::set<std::string>* asked;  // dotted keys the parse looked for, there or not (the schema)
 
   DeckLocation at(const std::string& key, const toml::value* v) const {
     // Set by an override, or a table an override made (runn.epochs=3 makes [runn]).
@@ -252,6 +254,7 @@ class Section {
 
   const toml::value* find(const std::string& k) {
     m_known.insert(k);
+    m_src.asked->insert(key(k));
     if (m_table == nullptr || !m_table->contains(k)) {
       return nullptr;
     }
@@ -259,7 +262,10 @@ class Section {
     (*m_src.locations)[key(k)] = m_src.at(key(k), v);
     return v;
   }
-  bool has(const std::string& k) const { return m_table != nullptr && m_table->contains(k); }
+  bool has(const std::string& k) const {
+    m_src.asked->insert(key(k));
+    return m_table != nullptr && m_table->contains(k);
+  }
 
   Error error(const std::string& k, const toml::value* v, const std::string& what) const {
     return input_error(what, m_src.at(key(k), v));
@@ -465,10 +471,20 @@ class Section {
 // "a.b[2].c" → {"a", "b", "[2]", "c"}.
 std::vector<std::string> split_key(const std::string& key) {
   std::vector<std::string> parts;
+  if (key.find_first_not_of('.') == std::string::npos) {
+    return parts;  // "." or "..": no key at all (the caller says so)
+  }
   std::string cur;
   for (size_t i = 0; i < key.size(); ++i) {
     const char c = key[i];
     if (c == '.') {
+      // "a..b", ".a", "a." name no key part between, before or after the dot ("a[0].b" has one)
+      if (cur.empty() && (i == 0 || key[i - 1] != ']')) {
+        throw input_error(fmt::format("command line: override key '{}' has an empty part", key));
+      }
+      if (i + 1 == key.size()) {
+        throw input_error(fmt::format("command line: override key '{}' ends in '.'", key));
+      }
       if (!cur.empty()) {
         parts.push_back(cur);
       }
@@ -500,8 +516,10 @@ std::vector<std::string> split_key(const std::string& key) {
   return parts;
 }
 
+// Applies one key=value override. A `key=` that removes a key the deck does not hold is added to
+// `absent` (checked against the schema after the parse: a misspelt key is no key to remove).
 void apply_override(toml::value& root, const std::string& arg, std::set<std::string>& keys,
-                    std::set<std::string>& created) {
+                    std::set<std::string>& created, std::vector<std::string>& absent) {
   const size_t eq = arg.find('=');
   if (eq == std::string::npos || eq == 0) {
     throw input_error(
@@ -526,6 +544,7 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
     // `key=` with nothing after it removes the key, as if the deck had left it out (data.test= for
     // no evaluation); a key not there is nothing to remove.
     toml::value* node = &root;
+    bool removed = false;
     if (parts.back()[0] == '[') {
       throw input_error(fmt::format(
           "command line: '{}': a list element cannot be removed (override the whole list)", arg));
@@ -542,9 +561,13 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
         break;
       } else if (i + 1 == parts.size()) {
         node->as_table().erase(p);
+        removed = true;
       } else {
         node = &node->as_table()[p];
       }
+    }
+    if (!removed) {
+      absent.push_back(key);
     }
     keys.insert(key);
     return;
@@ -706,7 +729,7 @@ void check_stages(const Deck& d) {
 
 void parse_model(Section& s, Deck& d, const Source& src) {
   const std::vector<std::int64_t> input = s.integers("input", std::vector<std::int64_t>{}, 1);
-  d.model.context = s.integer("context", 0, 0);
+  d.model.context = s.integer("context", 0, 1);
   if (d.model.context > 0 && input.empty()) {
     d.model.input = {d.model.context};  // a language model's sample: its context of tokens
   } else if (input.empty()) {
@@ -936,11 +959,34 @@ void parse_population(Section& s, Deck& d, const Source& src) {
                                 show(*v)));
     }
   }
-  if (trainers < 2 && (tournament || p.average_every > 0 || p.combine != "none")) {
-    const char* k = tournament ? "algorithm" : p.average_every > 0 ? "average_every" : "combine";
-    throw s.error(k, s.find(k),
+  if (trainers < 2) {  // nothing of the section would be used: refused, not ignored
+    const std::string k = tournament            ? "algorithm"
+                          : p.average_every > 0 ? "average_every"
+                          : p.combine != "none" ? "combine"
+                          : s.has("hyper")      ? "hyper"
+                                                : "";
+    throw k.empty()
+        ? input_error(fmt::format("a [population] section needs parallel.trainers = 2 or more; "
+                                  "parallel.trainers = {}",
+                                  trainers),
+                      d.where("parallel.trainers"))
+        : s.error(k, s.find(k),
                   fmt::format("population.{} needs two trainers or more; parallel.trainers = {}", k,
                               trainers));
+  }
+  // Keys only some algorithms read: given to another, said (one deck serves every algorithm
+  // through population.algorithm=... on the command line, so not refused).
+  for (const auto& [k, pbt_only] :
+       {std::pair{"every", false}, std::pair{"significance", false}, std::pair{"score", false},
+        std::pair{"fraction", true}, std::pair{"perturb", true}, std::pair{"resample", true}}) {
+    if (s.has(k) && (pbt_only ? p.algorithm != "pbt" : !tournament)) {
+      d.notes.push_back(
+          Error(fmt::format("population.{} is not used by population.algorithm = \"{}\" ({} "
+                            "only): ignored",
+                            k, p.algorithm, pbt_only ? "pbt" : "ltfb and pbt"),
+                src.at(s.key(k), s.find(k)))
+              .what());
+    }
   }
   if (tournament && p.every == 0) {
     throw s.error("algorithm", s.find("algorithm"),
@@ -989,11 +1035,16 @@ void parse_population(Section& s, Deck& d, const Source& src) {
   const std::string prefix = "population.hyper.";
   size_t grid_points = 1;
   bool has_grid = false;
+  std::map<std::string, DeckLocation> seen;  // a key written twice ("a.b" and a = { b = ... })
   for (const auto& [full, v] : leaves) {
     HyperSpec h;
     h.key = full.substr(prefix.size());
     h.where = src.at(full, v);
     auto bad = [&](const std::string& what) { return input_error(full + ": " + what, h.where); };
+    if (const auto [it, first] = seen.emplace(h.key, h.where); !first) {
+      throw bad(fmt::format("{} is given twice (also at {}:{})", h.key, it->second.file,
+                            it->second.line));
+    }
     const toml::value* target = find_dotted(resolved, h.key);
     if (target == nullptr) {
       const std::string near = closest_match(h.key, known);
@@ -1111,9 +1162,11 @@ Deck parse(const std::string& text, const std::string& file,
     throw input_error("TOML syntax error: " + what,
                       {file, static_cast<int>(e.location().line()), ""});
   }
-  Source src{file, {}, {}, &d.locations};
+  std::set<std::string> asked;
+  Source src{file, {}, {}, &d.locations, &asked};
+  std::vector<std::string> absent;  // key= overrides of keys the deck does not hold
   for (const std::string& o : overrides) {
-    apply_override(root, o, src.overridden, src.created);
+    apply_override(root, o, src.overridden, src.created, absent);
   }
   check_values(root, "", file);
   // run.epochs and run.steps are two ways to say one thing: overriding one replaces the other.
@@ -1142,7 +1195,7 @@ Deck parse(const std::string& text, const std::string& file,
   }
   d.run.seed = static_cast<std::uint64_t>(run.integer("seed", 0, 0));
   d.run.epochs = run.integer("epochs", 1, 1);
-  d.run.steps = run.integer("steps", 0, 0);
+  d.run.steps = run.integer("steps", 0, 1);
   if (run.has("epochs") && run.has("steps")) {
     throw run.error("steps", run.find("steps"), "run.epochs and run.steps both given: set one");
   }
@@ -1286,6 +1339,32 @@ Deck parse(const std::string& text, const std::string& file,
   }
   pop.finish();
   top.finish();
+  // Entry i of parallel.spatial splits the samples' spatial dimension i: a list of another length
+  // would split other dimensions than it says (a 3-entry list on (C, H, W) samples).
+  const std::vector<int>& tiles = d.parallel.spatial;
+  const size_t dims = d.model.input.size() >= 3 ? d.model.input.size() - 1 : 0;
+  if (dims > 0 && tiles.size() != dims &&
+      std::any_of(tiles.begin(), tiles.end(), [](int t) { return t > 1; })) {
+    throw input_error(
+        fmt::format("parallel.spatial = [{}] has {} entries, but the samples "
+                    "(model.input = [{}]) have {} spatial dimensions: give {}",
+                    fmt::join(tiles, ", "), tiles.size(), fmt::join(d.model.input, ", "), dims,
+                    dims == 2 ? "[py, pz] (H, W)" : "[px, py, pz] (D, H, W)"),
+        d.where("parallel.spatial"));
+  }
+  // A key= of a key the deck leaves out is fine (data.test= on a deck without data.test); of a key
+  // no deck has, it is a misspelling. Keys inside lists (layers) and population.hyper's own are
+  // not looked up by name: left to their own checks.
+  for (const std::string& key : absent) {
+    const bool population = key.rfind("population.", 0) == 0;
+    if (asked.count(key) == 0 && key.find('[') == std::string::npos &&
+        key.rfind("population.hyper.", 0) != 0 && !(population && !d.population.enabled)) {
+      const std::string near = closest_match(key, {asked.begin(), asked.end()});
+      throw input_error(
+          fmt::format("command line: '{}=' removes {}, a key this deck does not read{}", key, key,
+                      near.empty() ? "" : " (did you mean " + near + "?)"));
+    }
+  }
   return d;
 }
 
@@ -1396,14 +1475,38 @@ std::string read_text(const std::string& file) {
   if (std::filesystem::is_directory(status)) {
     throw input_error(fmt::format("{}: cannot read the deck: it is a folder, not a file", file));
   }
+  if (std::filesystem::is_character_file(status) || std::filesystem::is_block_file(status)) {
+    throw input_error(fmt::format("{}: cannot read the deck: it is a device, not a file", file));
+  }
+  // A file or a pipe (a shell's <(...)); read in pieces up to a bound no deck comes near, so that
+  // an endless stream is refused instead of read forever.
+  constexpr std::streamsize kMaxDeckBytes = std::streamsize{16} << 20;
   errno = 0;
   std::ifstream in(file, std::ios::binary);
-  std::ostringstream text;
-  if (!in || !(text << in.rdbuf()) || in.bad()) {
+  if (!in) {
     throw input_error(
         fmt::format("{}: cannot read the deck: {}", file, std::strerror(errno != 0 ? errno : EIO)));
   }
-  return text.str();
+  std::string text;
+  std::vector<char> piece(std::size_t{1} << 16);
+  while (in) {
+    in.read(piece.data(), static_cast<std::streamsize>(piece.size()));
+    text.append(piece.data(), static_cast<size_t>(in.gcount()));
+    if (static_cast<std::streamsize>(text.size()) > kMaxDeckBytes) {
+      throw input_error(
+          fmt::format("{}: cannot read the deck: it is larger than {} MiB, which no "
+                      "deck is",
+                      file, kMaxDeckBytes >> 20));
+    }
+  }
+  if (in.bad()) {
+    throw input_error(
+        fmt::format("{}: cannot read the deck: {}", file, std::strerror(errno != 0 ? errno : EIO)));
+  }
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
+    throw input_error(fmt::format("{}: the deck is empty", file));
+  }
+  return text;
 }
 
 namespace {
@@ -1441,11 +1544,21 @@ void check_folder(const Deck& d, const std::string& key, const std::string& path
     }
     deepest = so_far;
   }
-  if (::access(deepest.c_str(), W_OK | X_OK) != 0) {
+  const auto refuse = [&](int error) {
     fail(whole
-             ? fmt::format("is not writable ({})", std::strerror(errno))
-             : fmt::format("cannot be created in {}: {}", deepest.string(), std::strerror(errno)));
+             ? fmt::format("is not writable ({})", std::strerror(error))
+             : fmt::format("cannot be created in {}: {}", deepest.string(), std::strerror(error)));
+  };
+  if (::access(deepest.c_str(), W_OK | X_OK) != 0) {
+    refuse(errno);
   }
+  // access() answers from the permission bits, and yes to root everywhere: a folder of /proc or
+  // /sys, or a read-only mount's, passes it. Creating (and removing) a folder there tells.
+  std::string probe = (deepest / ".tessera-probe-XXXXXX").string();
+  if (::mkdtemp(probe.data()) == nullptr) {
+    refuse(errno);
+  }
+  ::rmdir(probe.c_str());
 }
 }  // namespace
 

@@ -388,6 +388,20 @@ Embedding* first_embedding(Layer& layer) {
   }
   return nullptr;
 }
+
+// An embedding looks its input up as token ids: the model's own input, so it must be the model's
+// first layer (`index` 0, not inside a composite). Anything before it would hand it values that
+// are no token ids (a LayerNorm's or tanh's outputs).
+void require_embedding_first(Layer& layer, size_t index, const LayerSpec& spec) {
+  Embedding* e = first_embedding(layer);
+  if (e != nullptr && (index > 0 || e != &layer)) {
+    throw input_error(
+        fmt::format("embedding '{}' looks up the model's input token ids: it must be the "
+                    "model's first layer, not inside another layer or after one",
+                    e->name()),
+        spec.where);
+  }
+}
 }  // namespace
 
 void tie_to_model(Layer& layer, Layer& model) {
@@ -416,6 +430,7 @@ std::unique_ptr<Sequential> make_model(const std::vector<LayerSpec>& layers, con
   }
   for (size_t i = 0; i < layers.size(); ++i) {
     auto layer = make_layer(layers[i], name_of(i), model->output_shape(), context);
+    require_embedding_first(*layer, i, layers[i]);
     try {
       tie_to_model(*layer, *model);
       model->add(std::move(layer));
@@ -475,6 +490,7 @@ std::unique_ptr<Sequential> make_stage(const std::vector<LayerSpec>& layers,
       }
       layer = std::move(part);
     }
+    require_embedding_first(*layer, index, spec);
     try {
       auto* head = dynamic_cast<TiedHead*>(layer.get());
       if (head != nullptr && first_embedding(*stage) == nullptr && first > 0) {

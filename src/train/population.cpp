@@ -108,7 +108,7 @@ class Population {
     if (!m_pop.validation.empty()) {
       const auto [vfile, vsplit] = io::split_file_spec(m_pop.validation);
       comm::agree(m_t.grid().trainer(), [&] {
-        m_validation_samples = io::inspect_split(vfile, vsplit).samples;
+        m_validation_samples = split_samples(vfile, vsplit);
         if (m_validation_samples < m_trainers) {
           throw input_error(fmt::format("population.validation = \"{}\" holds {} samples: fewer "
                                         "than the {} trainers (each scores on its slice)",
@@ -117,6 +117,14 @@ class Population {
         }
       });
     }
+  }
+
+  // The samples of a split a trainer's slice is cut from: a token stream's are its windows.
+  Index split_samples(const std::string& file, const std::string& split) const {
+    const io::SplitInfo info = io::inspect_split(file, split);
+    return info.task == io::Task::language_modeling
+               ? io::token_windows(info.tokens, m_base.model.context)
+               : info.samples;
   }
 
   // Where a restarted population stands: this trainer's hyper-parameters, lineage, best score
@@ -721,8 +729,7 @@ class Population {
   double shared_score(const std::string& spec) {
     if (m_samples.count(spec) == 0) {  // the greedy soup scores many candidates on one split
       const auto [file, split] = io::split_file_spec(spec);
-      comm::agree(m_t.grid().trainer(),
-                  [&] { m_samples[spec] = io::inspect_split(file, split).samples; });
+      comm::agree(m_t.grid().trainer(), [&] { m_samples[spec] = split_samples(file, split); });
     }
     const Range slice = block_range(m_samples[spec], m_trainers, m_k);
     const Evaluation e = m_t.evaluate(spec, slice);
@@ -982,7 +989,32 @@ deck::Deck trainer_deck(const std::string& text, const std::string& file,
     all.push_back("checkpoint.dir=" +
                   nn::to_toml(nn::OptionValue(trainer_folder(deck.checkpoint.dir, trainer))));
   }
-  return deck::parse(text, file, all);
+  try {
+    return deck::parse(text, file, all);
+  } catch (const Error& e) {
+    // A value of population.hyper the key's own range refuses: where the deck chose it.
+    for (const deck::HyperSpec& h : deck.population.hyper) {
+      if (h.key == e.where().key && e.where().file == "command line") {
+        throw Error(e.message(), h.where).with_exit_code(e.exit_code());
+      }
+    }
+    throw;
+  }
+}
+
+std::vector<deck::Deck> trainer_decks(const std::string& text, const std::string& file,
+                                      const std::vector<std::string>& overrides,
+                                      const deck::Deck& base) {
+  std::vector<deck::Deck> decks(static_cast<size_t>(base.parallel.trainers));
+  for (int k = 0; k < base.parallel.trainers; ++k) {
+    try {
+      decks[static_cast<size_t>(k)] = trainer_deck(text, file, overrides, base, k);
+    } catch (const Error& e) {
+      throw Error(fmt::format("population trainer {}: {}", k, e.message()), e.where())
+          .with_exit_code(e.exit_code());
+    }
+  }
+  return decks;
 }
 
 int run_population(const std::string& text, const std::string& file,
@@ -993,17 +1025,8 @@ int run_population(const std::string& text, const std::string& file,
   // The population against the job first (one message on every rank), then every trainer's deck
   // (every rank checks all of them: a trainer's bad value stops the whole job at once).
   comm::agree(world, [&] { (void)resolve_grid(base, world.size()); });
-  std::vector<deck::Deck> decks(static_cast<size_t>(trainers));
-  comm::agree(world, [&] {
-    for (int k = 0; k < trainers; ++k) {
-      try {
-        decks[static_cast<size_t>(k)] = trainer_deck(text, file, overrides, base, k);
-      } catch (const Error& e) {
-        throw Error(fmt::format("population trainer {}: {}", k, e.message()), e.where())
-            .with_exit_code(e.exit_code());
-      }
-    }
-  });
+  std::vector<deck::Deck> decks;
+  comm::agree(world, [&] { decks = trainer_decks(text, file, overrides, base); });
   const int per = world.size() / trainers;
   const int k = world.rank() / per;
   // A restart meets at the newest step every trainer has a checkpoint of.

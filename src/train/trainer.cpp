@@ -11,6 +11,7 @@
 #include "tessera/core/timer.hpp"
 #include "tessera/io/checkpoint.hpp"
 #include "tessera/io/checkpoint_format.hpp"
+#include "tessera/io/checkpoint_reader.hpp"
 #include "tessera/kernels/gemm.hpp"
 #include "tessera/kernels/reduce.hpp"
 #include "tessera/nn/loss.hpp"
@@ -25,6 +26,7 @@
 #include <fstream>
 #include <iterator>
 #include <numeric>
+#include <optional>
 
 namespace tessera::train {
 namespace {
@@ -172,6 +174,18 @@ const char* metric_name(deck::LossKind kind) {
   return kind == deck::LossKind::softmax_cross_entropy ? "accuracy" : "mae";
 }
 
+// The vocab option of the model's first layer when it is an embedding (the factory refuses one
+// anywhere else); nothing otherwise.
+std::optional<std::int64_t> first_embedding_vocab(const deck::Deck& d) {
+  if (d.model.layers.empty() || d.model.layers[0].kind != "embedding") {
+    return std::nullopt;
+  }
+  const auto& options = d.model.layers[0].options;
+  const auto it = options.find("vocab");
+  const auto* vocab = it == options.end() ? nullptr : std::get_if<std::int64_t>(&it->second);
+  return vocab != nullptr ? std::optional<std::int64_t>(*vocab) : std::nullopt;
+}
+
 // Checks that a split fits the deck's model and loss; errors name the deck keys.
 void check_split(const deck::Deck& d, const io::SplitInfo& info, const std::string& key,
                  const Shape& output) {
@@ -197,6 +211,13 @@ void check_split(const deck::Deck& d, const io::SplitInfo& info, const std::stri
                                     info.split, info.tokens),
                         d.where("model.context"));
     }
+    if (const auto vocab = first_embedding_vocab(d); vocab && *vocab < info.vocab) {
+      throw input_error(fmt::format("the embedding's vocab = {} is smaller than the vocabulary of "
+                                    "{} = \"{}:{}\" ({} tokens): its ids would fall outside the "
+                                    "table",
+                                    *vocab, key, info.file, info.split, info.vocab),
+                        d.model.layers[0].where);
+    }
     if (output != Shape{d.model.context, info.vocab}) {
       throw input_error(
           fmt::format("the model ends in {} per sample, but a language model over "
@@ -205,6 +226,12 @@ void check_split(const deck::Deck& d, const io::SplitInfo& info, const std::stri
           d.where(fmt::format("model.layers[{}]", d.model.layers.size() - 1)));
     }
     return;
+  }
+  if (first_embedding_vocab(d)) {
+    throw input_error(fmt::format("the model's first layer is an embedding, which looks up token "
+                                  "ids, but {} = \"{}:{}\" is a {} split",
+                                  key, info.file, info.split, io::task_name(info.task)),
+                      d.model.layers[0].where);
   }
   if (d.model.context > 0) {
     throw input_error(
@@ -387,7 +414,7 @@ optim::ScheduleOptions run_schedule(const deck::Deck& d, Index train_samples) {
                                   d.run.epochs, per_epoch),
                       d.where("run.epochs"));
   }
-  if (s.kind == optim::ScheduleKind::cosine && s.warmup_steps >= s.total_steps) {
+  if (s.warmup_steps >= s.total_steps) {  // it would never reach optimizer.lr
     throw input_error(
         fmt::format("optimizer.schedule.warmup_steps = {} is not below the run's {} steps",
                     s.warmup_steps, s.total_steps),
@@ -405,8 +432,11 @@ namespace {
 io::SplitInfo check_splits(const deck::Deck& d, const Shape& output, int share, int shares,
                            std::vector<std::string>& notes) {
   io::SplitInfo train;
-  for (const auto& [key, spec] : {std::pair<std::string, std::string>{"data.train", d.data.train},
-                                  std::pair<std::string, std::string>{"data.test", d.data.test}}) {
+  for (const auto& [key, spec] :
+       {std::pair<std::string, std::string>{"data.train", d.data.train},
+        std::pair<std::string, std::string>{"data.test", d.data.test},
+        std::pair<std::string, std::string>{"population.validation",
+                                            d.population.enabled ? d.population.validation : ""}}) {
     if (spec.empty()) {
       continue;
     }
@@ -483,6 +513,67 @@ std::pair<int, std::string> lowest_finding(comm::Communicator& comm, const std::
 
 }  // namespace
 
+namespace {
+// parallel.zero = 1 does not shard a weight tied across pipeline stages (an embedding on the first
+// stage and a tied_head on a later one; parallel::DataParallel refuses it too, unlocated).
+void check_zero_ties(const deck::Deck& d, const StagePlan& plan) {
+  if (d.parallel.zero == 0 || plan.first.size() < 3) {
+    return;  // no sharding, or one stage
+  }
+  for (size_t u = plan.first[1]; u < plan.unit_kinds.size(); ++u) {
+    if (plan.unit_kinds[u] == "tied_head") {
+      throw input_error(
+          fmt::format("parallel.zero = 1 with a weight tied across pipeline stages ({}.wte, "
+                      "which {} reuses on a later stage) is not available: use parallel.zero = 0, "
+                      "or put the tied layers on one stage (parallel.stages)",
+                      plan.unit_names[0], plan.unit_names[u]),
+          d.where("parallel.zero"));
+    }
+  }
+}
+
+// tessera check's look at checkpoint.restart: the file a run would restart from is a checkpoint
+// of this format holding every parameter of the model at its global shape (a run's restart then
+// verifies everything else: the optimizer, buffers, checksums).
+void check_restart(const deck::Deck& d, nn::Layer& model) {
+  const deck::CheckpointConfig& c = d.checkpoint;
+  if (!c.enabled || c.restart.empty() || d.parallel.trainers > 1) {
+    return;  // a population's trainers restart from their own folders, each checked by its run
+  }
+  try {
+    const std::string file = io::resolve_restart(c.restart, c.dir);
+    if (file.empty()) {
+      return;  // restart = "auto" and nothing saved yet: the run starts at step 0
+    }
+    const io::File f = io::open_checkpoint(file);
+    io::require_checkpoint(f);
+    std::map<std::string, std::vector<hsize_t>> stored;
+    for (const io::TensorEntry& e : io::checkpoint_tensors(f)) {
+      if (io::is_model_tensor(e)) {
+        stored[e.parameter_name()] = e.shape;
+      }
+    }
+    std::vector<std::string> problems;
+    for (const nn::Parameter* p : model.all_parameters()) {
+      const Shape& shape = p->layout.global_shape();
+      const auto it = stored.find(p->name);
+      if (it == stored.end()) {
+        problems.push_back(fmt::format("it has no parameter {}", p->name));
+      } else if (const Shape theirs(it->second.begin(), it->second.end()); theirs != shape) {
+        problems.push_back(fmt::format("its {} is {}, the model's is {}", p->name,
+                                       to_string(theirs), to_string(shape)));
+      }
+    }
+    if (!problems.empty()) {
+      throw input_error(fmt::format("checkpoint {} does not fit the deck's model: {}", file,
+                                    fmt::join(problems, "; ")));
+    }
+  } catch (const Error& e) {
+    throw input_error(e.message(), d.where("checkpoint.restart"));
+  }
+}
+}  // namespace
+
 std::vector<std::string> check_data(const deck::Deck& d, int share, int shares) {
   deck::check_folders(d);
   // The model at tensor rank 0's place of a one-data-rank grid: shapes and splits as any rank's.
@@ -491,8 +582,12 @@ std::vector<std::string> check_data(const deck::Deck& d, int share, int shares) 
   spec.trainers = 1;
   const ShapeOnly shapes;  // sizes only: a deck too large for this machine is refused, not built
   std::vector<std::string> notes;
-  (void)check_splits(d, build_model(d, nn::BuildContext(comm::grid_place(spec, 0)))->output_shape(),
-                     share, shares, notes);
+  const auto model = build_model(d, nn::BuildContext(comm::grid_place(spec, 0)));
+  (void)check_splits(d, model->output_shape(), share, shares, notes);
+  check_restart(d, *model);
+  if (d.parallel.zero > 0 && spec.pipeline > 1) {
+    check_zero_ties(d, plan_stages(d, comm::grid_place(spec, 0)));
+  }
   return notes;
 }
 
@@ -621,6 +716,7 @@ void Trainer::build(const comm::GridSpec& spec) {
     Shape output;
     if (spec.pipeline > 1) {  // this rank's stage only: it never allocates another's weights
       plan = plan_stages(deck, m_grid->place());
+      check_zero_ties(deck, plan);
       const auto s = static_cast<size_t>(m_grid->place().coord_of(GridAxis::pipeline));
       nn::BuildContext context(*m_grid);
       context.with_sequence_parallel(deck.parallel.sequence_parallel);

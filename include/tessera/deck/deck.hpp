@@ -163,6 +163,9 @@ struct Deck {
   /// Where each dotted key was written ("run.epochs" → file:line), for later, cross-checking
   /// errors (a dataset that does not fit the model names model.input).
   std::map<std::string, DeckLocation> locations;
+  /// Warnings of the parse, each with its location: keys given that this deck does not use
+  /// (population.fraction under LTFB). `tessera check` and `tessera run` print them.
+  std::vector<std::string> notes;
 
   DeckLocation where(const std::string& key) const;
 };

@@ -63,4 +63,10 @@ deck::Deck trainer_deck(const std::string& text, const std::string& file,
                         const std::vector<std::string>& overrides, const deck::Deck& deck,
                         int trainer, const std::vector<std::string>& hyper = {});
 
+/// Every trainer's deck (trainer_deck), an error naming the trainer ("population trainer 2: ...")
+/// and, for a hyper-parameter value out of its key's range, where population.hyper chose it.
+std::vector<deck::Deck> trainer_decks(const std::string& text, const std::string& file,
+                                      const std::vector<std::string>& overrides,
+                                      const deck::Deck& base);
+
 }  // namespace tessera::train
