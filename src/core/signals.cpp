@@ -31,7 +31,8 @@ static_assert(std::atomic<int>::is_always_lock_free, "record() runs in a signal 
 // Async-signal-safe: it also runs as a handler (below).
 void record(int sig) {
   int expected = 0;
-  if (!g_signal.compare_exchange_strong(expected, sig) && sig == SIGINT && expected == SIGINT) {
+  // A SIGINT after any stop request (Ctrl-C twice, or after a scheduler's SIGTERM) stops now.
+  if (!g_signal.compare_exchange_strong(expected, sig) && sig == SIGINT) {
     static const char message[] = "second SIGINT: stopping now, without a checkpoint\n";
     (void)!write(STDERR_FILENO, message, sizeof message - 1);
     _exit(130);

@@ -203,7 +203,7 @@ SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
       std::error_code ec;
       fs::create_directories(dir, ec);
       if (ec) {
-        throw Error(
+        throw write_error(
             fmt::format("checkpoint.dir = \"{}\": cannot create it: {}", dir, ec.message()));
       }
     }
@@ -392,6 +392,14 @@ std::string resolve_restart(const std::string& restart, const std::string& dir, 
     return restart;
   }
   const std::string marker = dir + "/" + kLatestMarker;
+  try {
+    refuse_special_file(marker);
+    if (std::error_code ec; fs::is_directory(marker, ec)) {
+      throw input_error(marker + ": is a folder, not a file");
+    }
+  } catch (const Error& e) {
+    throw input_error("checkpoint.restart = \"auto\": " + e.message());
+  }
   std::ifstream in(marker);
   if (!in) {
     // latest lost (deleted, or a copy of the folder without it): starting afresh would overwrite

@@ -210,6 +210,7 @@ File open_checkpoint(const std::string& path) {
   if (fs::is_directory(status)) {
     throw input_error(fmt::format("{}: is a folder, not a checkpoint file", path));
   }
+  refuse_special_file(path);
   {
     std::ifstream probe(path, std::ios::binary);
     if (!probe) {
@@ -339,6 +340,27 @@ std::vector<std::string> root_attribute_problems(const Group& root) {
       problems.push_back(fmt::format(
           "root attribute optimizer = \"{}\" is not \"sgd\" or \"adamw\"", printable(optimizer)));
     }
+  }
+  // The counters against one another (each valid alone): a run's step never passes its length,
+  // and every epoch the data cursor has begun took a step at least.
+  const auto counter = [&](const char* name) -> std::optional<std::int64_t> {
+    const AttrInfo info = attribute_info(root.id(), name);
+    if (info.type != AttrType::int64 || info.values != 1) {
+      return std::nullopt;
+    }
+    return attributes.get_int(name);
+  };
+  const auto step = counter("step");
+  const auto total = counter("total_steps");
+  const auto epoch = counter("cursor_epoch");
+  if (step && total && *step >= 0 && *step > *total) {
+    problems.push_back(
+        fmt::format("root attribute step = {} is beyond total_steps = {}", *step, *total));
+  }
+  if (step && epoch && *step >= 0 && *epoch > *step) {
+    problems.push_back(fmt::format(
+        "root attribute cursor_epoch = {} is beyond step = {}: every epoch takes a step at least",
+        *epoch, *step));
   }
   return problems;
 }

@@ -4,6 +4,7 @@
 #include "tessera/core/clones.hpp"
 #include "tessera/core/layout.hpp"
 #include "tessera/core/rng.hpp"
+#include "tessera/core/strings.hpp"
 #include "tessera/core/timer.hpp"
 
 #include <fmt/ranges.h>
@@ -325,7 +326,7 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
     }
     if (task != "classification" && task != "regression") {
       throw fail(fmt::format("task = \"{}\" is not classification, regression or language_modeling",
-                             task));
+                             printable(task)));
     }
     for (const char* name : {"x", "y"}) {
       if (!g.has(name)) {

@@ -12,7 +12,7 @@
 # regression split /train of 4 samples (1, 16, 16) with 2 targets; fashion.h5: Fashion-MNIST;
 # text.h5: a token stream /train; damaged copies of them made by data_fixture, $DATA_FIXTURE:
 # gs-nan.h5, gs-inf.h5, empty.h5, fashion-label-train.h5, fashion-label-test.h5,
-# fashion-damaged.h5, each described where it is made) and
+# fashion-damaged.h5, each described where it is made; the FIFOs fifo.h5, fifo-run/ckpt/latest) and
 # $NP the number of ranks, $MEM this machine's memory ("23.5 GiB").
 set -uo pipefail
 bin=${TESSERA_BIN:?}
@@ -26,6 +26,10 @@ trap 'rm -rf "$tmp"' EXIT
 # text.h5: a byte-token split /train of a short sentence repeated to 128 KiB.
 yes "In the beginning God created the heaven and the earth." | head -c 131072 >"$tmp/text.txt"
 "$bin/tessera-data" import text "$tmp/text.txt" --output "$tmp/text.h5" --validation 0 >/dev/null
+# FIFOs where a checkpoint and a checkpoint folder's latest should be (opening one would wait for
+# a writer forever): fifo.h5, fifo-run/ckpt/latest.
+mkfifo "$tmp/fifo.h5"
+mkdir -p "$tmp/fifo-run/ckpt" && mkfifo "$tmp/fifo-run/ckpt/latest"
 have_fashion=1
 if ! "$bin/tessera-data" import fashion-mnist --output "$tmp/fashion.h5" >"$tmp/import.log" 2>&1; then
   have_fashion=0

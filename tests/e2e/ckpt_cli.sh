@@ -50,6 +50,8 @@ expect_error() {
 }
 
 head -c 5000 good.h5 >truncated.h5
+mkfifo fifo.h5
+mkdir -p fifo-run/ckpt && cp run/ckpt/ckpt-00000100.h5 fifo-run/ckpt/ && mkfifo fifo-run/ckpt/latest
 echo "not a checkpoint" >text.h5
 size=$(stat -c %s good.h5)
 hex='0x[0-9a-f]{16}'
@@ -113,12 +115,30 @@ for n in 1 2 3; do
 (numpy)"
   run "$n" export damaged.h5 -o "damaged$n.npz"
   expect "export damaged at $n" 2 "error: damaged.h5: /model/linear1/weight: checksum $hex does \
-not match the stored $hex: the checkpoint is damaged, nothing exported \(tessera-ckpt verify \
+not match the stored $hex: the checkpoint does not verify, nothing exported \(tessera-ckpt verify \
 damaged.h5\)"
   if [[ -e "damaged$n.npz" || -e ".damaged$n.npz.partial" ]]; then
     echo "FAIL export damaged at $n: left a file behind"
     failed=$((failed + 1))
   fi
+  # A NaN whose checksum agrees: verify fails it, so export and average take nothing of it (they
+  # would otherwise write it out as a fresh, checksummed file).
+  run "$n" export nan.h5 -o "nan$n.npz"
+  expect "export non-finite at $n" 2 "error: nan.h5: /model/linear1/weight: .*not finite.*: the \
+checkpoint does not verify, nothing exported \(tessera-ckpt verify nan.h5\)"
+  run "$n" average good.h5 nan.h5 -o "avg/nan$n.h5"
+  expect "average non-finite at $n" 2 "error: nan.h5: /model/linear1/weight: .*not finite.*: the \
+checkpoint does not verify, nothing written \(tessera-ckpt verify nan.h5\)"
+  if [[ -e "nan$n.npz" || -e "avg/nan$n.h5" ]]; then
+    echo "FAIL non-finite input at $n: export or average left a file behind"
+    failed=$((failed + 1))
+  fi
+  # A FIFO where a checkpoint or latest should be: refused at once (opening it would wait for a
+  # writer forever).
+  run "$n" verify fifo.h5
+  expect_error "verify FIFO at $n" "fifo.h5: is a FIFO (named pipe), not a file"
+  run "$n" ls fifo-run/ckpt
+  expect_error "ls FIFO latest at $n" "fifo-run/ckpt/latest: is a FIFO (named pipe), not a file"
   run "$n"
   if [[ $code -ne 2 ]]; then
     echo "FAIL no subcommand at $n: exit $code (want 2)"

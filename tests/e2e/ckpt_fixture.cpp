@@ -3,6 +3,7 @@
 //   DIR/good.h5       SGD with momentum, seed 1, step 100      DIR/same.h5   the same tensors
 //   DIR/other.h5      seed 2 (every tensor differs)            DIR/adamw.h5  AdamW state
 //   DIR/damaged.h5    good.h5 with one element of /model/linear1/weight changed after its checksum
+//   DIR/nan.h5        good.h5 with a NaN in /model/linear1/weight, its checksum agreeing
 //   DIR/v2.h5         format_version 2
 //   DIR/run/ckpt/     ckpt-00000100.h5, ckpt-00000200.h5, latest → the second, and
 //                     .ckpt-00000300.h5.partial (a save in progress)
@@ -10,6 +11,7 @@
 
 #include <mpi.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -35,6 +37,11 @@ int main(int argc, char** argv) {
   w.checksum = t::fixture_checksum(w.values);
   w.values[5] += 1.0F;
   t::write_fixture(dir + "/damaged.h5", damaged);
+  t::FixtureCheckpoint nan = t::make_fixture(1);  // a NaN its checksum agrees with
+  t::FixtureTensor& v = nan.tensor("/model/linear1/weight");
+  v.values[3] = std::nanf("");
+  v.checksum = t::fixture_checksum(v.values);
+  t::write_fixture(dir + "/nan.h5", nan);
   t::FixtureCheckpoint v2 = t::make_fixture(1);
   v2.root["format_version"] = std::int64_t{2};
   t::write_fixture(dir + "/v2.h5", v2);

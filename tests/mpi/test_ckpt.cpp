@@ -883,7 +883,8 @@ TEST_F(CkptTest, ExportWritesTheModelTensorsAsH5AndNpz) {
   EXPECT_EQ(input_error_of([&] { ckpt::export_model(MPI_COMM_WORLD, g, path("bad.npz")); }),
             g + ": /model/linear2/weight: checksum " + fixture_checksum(w.values) +
                 " does not match the stored " + stored +
-                ": the checkpoint is damaged, nothing exported (tessera-ckpt verify " + g + ")");
+                ": the checkpoint does not verify, nothing exported (tessera-ckpt verify " + g +
+                ")");
   MPI_Barrier(MPI_COMM_WORLD);
   EXPECT_FALSE(fs::exists(path("bad.npz")));
   EXPECT_FALSE(fs::exists(path(".bad.npz.partial")));
@@ -939,14 +940,17 @@ TEST_F(CkptTest, AverageWritesTheMeanAsAVerifiedCheckpoint) {
 
   // Inputs that do not match, or are damaged: one message, nothing written.
   FixtureCheckpoint shaped = make_fixture(2);
-  shaped.tensor("/model/linear2/weight").shape = {4, 2};
+  shaped.tensor("/model/linear2/weight").shape = {4, 2};  // and its state: it verifies
+  shaped.tensor("/optimizer/linear2/weight/momentum").shape = {4, 2};
   FixtureCheckpoint fewer = make_fixture(2);
-  fewer.remove("/model/norm/running_mean");
+  fewer.remove("/model/norm/running_mean");  // and counted so: each file verifies alone
+  fewer.root["tensors"] = std::int64_t{8};
   FixtureCheckpoint more = make_fixture(2);
+  more.root["tensors"] = std::int64_t{10};
   more.tensors.push_back({"/model/extra/weight",
                           {2},
                           {1.0F, 2.0F},
-                          "parameter",
+                          "buffer",
                           std::nullopt,
                           true,
                           tessera::io::ElementType::f32});
@@ -979,7 +983,8 @@ TEST_F(CkptTest, AverageWritesTheMeanAsAVerifiedCheckpoint) {
             }),
             fdm + ": /model/linear1/bias: checksum " + fixture_checksum(w.values) +
                 " does not match the stored " + stored +
-                ": the checkpoint is damaged, nothing written (tessera-ckpt verify " + fdm + ")");
+                ": the checkpoint does not verify, nothing written (tessera-ckpt verify " + fdm +
+                ")");
   MPI_Barrier(MPI_COMM_WORLD);
   EXPECT_FALSE(fs::exists(out));
   EXPECT_FALSE(fs::exists(path(".bad-avg.h5.partial")));

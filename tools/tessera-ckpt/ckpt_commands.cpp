@@ -292,6 +292,7 @@ std::string list_folder(const std::string& dir) {
   std::string latest;
   const fs::path latest_path = fs::path(dir) / io::kLatestMarker;
   bool have_latest = false;
+  io::refuse_special_file(latest_path.string());
   if (std::ifstream in(latest_path); in) {
     have_latest = true;
     std::getline(in, latest);
@@ -689,6 +690,31 @@ FileVerdict verify_file(MPI_Comm comm, const std::string& file) {
   return v;
 }
 
+namespace {
+// export and average take only checkpoints verify passes: a file with a non-finite value, or a
+// tensor without a readable checksum, would otherwise come out as a fresh, checksummed file.
+// Collective over `comm`; `what`: "exported", "written".
+void require_verified(MPI_Comm comm, const std::string& file, const char* what) {
+  // Not a checkpoint of this format at all: said as a restart says it.
+  comm::agree(comm, [&] { require_checkpoint(open_checkpoint(file)); });
+  const FileVerdict v = verify_file(comm, file);  // the same verdict on every rank
+  comm::agree(comm, [&] {
+    if (!v.unreadable.empty()) {
+      throw input_error(v.unreadable);
+    }
+    if (!v.problems.empty()) {
+      throw input_error(fmt::format(
+          "{}: {}{}: the checkpoint does not verify, nothing {} (tessera-ckpt verify {})", file,
+          v.problems.front(),
+          v.problems.size() == 1 ? std::string()
+                                 : fmt::format(" (and {} more problem{})", v.problems.size() - 1,
+                                               v.problems.size() == 2 ? "" : "s"),
+          what, file));
+    }
+  });
+}
+}  // namespace
+
 Outcome verify(MPI_Comm comm, const std::vector<std::string>& files) {
   Outcome o;
   const bool root = rank_of(comm) == 0;
@@ -945,15 +971,18 @@ Outcome diff(MPI_Comm comm, const std::string& a, const std::string& b, double t
 Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& out,
                      bool force_zip64) {
   Outcome o;
+  const std::string ext = fs::path(out).extension().string();
+  const bool npz = ext == ".npz";
   comm::agree(comm, [&] {
-    if (rank_of(comm) != 0) {
-      return;
-    }
-    const std::string ext = fs::path(out).extension().string();
-    const bool npz = ext == ".npz";
     if (!npz && ext != ".h5" && ext != ".hdf5") {
       throw input_error(
           fmt::format("export: {}: the output must end in .h5 (HDF5) or .npz (numpy)", out));
+    }
+  });
+  require_verified(comm, file, "exported");
+  comm::agree(comm, [&] {
+    if (rank_of(comm) != 0) {
+      return;
     }
     const io::File f = open_checkpoint(file);
     require_checkpoint(f);
@@ -1048,6 +1077,11 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
     if (k_inputs < 2) {
       throw input_error(fmt::format("average: needs two checkpoints or more, {} given", k_inputs));
     }
+  });
+  for (const std::string& input : inputs) {
+    require_verified(comm, input, "written");
+  }
+  comm::agree(comm, [&] {
     for (std::size_t i = 0; i < k_inputs; ++i) {
       files[i].emplace(open_checkpoint(inputs[i]));
       require_checkpoint(*files[i]);

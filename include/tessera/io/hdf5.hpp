@@ -185,6 +185,11 @@ class Group {
   std::string m_path;
 };
 
+/// Throws input_error("PATH: is a FIFO (named pipe), not a file"; a device, a socket) when `path`
+/// exists and, after symbolic links, is not a regular file or a folder: opening a FIFO would wait
+/// for a writer that may never come. Every file Tessera opens to read is checked so first.
+void refuse_special_file(const std::string& path);
+
 class File {
  public:
   /// Creates (truncates) `path` collectively over `comm` with MPI-IO.
