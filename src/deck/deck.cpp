@@ -5,6 +5,7 @@
 #include "tessera/core/strings.hpp"
 #include "tessera/nn/sequential.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <unistd.h>
@@ -1479,30 +1480,38 @@ std::string read_text(const std::string& file) {
     throw input_error(fmt::format("{}: cannot read the deck: it is a device, not a file", file));
   }
   // A file or a pipe (a shell's <(...)); read in pieces up to a bound no deck comes near, so that
-  // an endless stream is refused instead of read forever.
-  constexpr std::streamsize kMaxDeckBytes = std::streamsize{16} << 20;
-  errno = 0;
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    throw input_error(
-        fmt::format("{}: cannot read the deck: {}", file, std::strerror(errno != 0 ? errno : EIO)));
+  // an endless stream is refused instead of read forever. Opened without blocking: a named pipe
+  // no writer has open would otherwise block the open itself; read, it then gives end of file.
+  constexpr size_t kMaxDeckBytes = size_t{16} << 20;
+  const int fd = ::open(file.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    throw input_error(fmt::format("{}: cannot read the deck: {}", file, std::strerror(errno)));
   }
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);  // a connected pipe: wait for its text
   std::string text;
-  std::vector<char> piece(std::size_t{1} << 16);
-  while (in) {
-    in.read(piece.data(), static_cast<std::streamsize>(piece.size()));
-    text.append(piece.data(), static_cast<size_t>(in.gcount()));
-    if (static_cast<std::streamsize>(text.size()) > kMaxDeckBytes) {
+  std::vector<char> piece(size_t{1} << 16);
+  for (;;) {
+    const ssize_t n = ::read(fd, piece.data(), piece.size());
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      const int error = errno;
+      ::close(fd);
+      throw input_error(fmt::format("{}: cannot read the deck: {}", file, std::strerror(error)));
+    }
+    if (n == 0) {
+      break;
+    }
+    text.append(piece.data(), static_cast<size_t>(n));
+    if (text.size() > kMaxDeckBytes) {
+      ::close(fd);
       throw input_error(
-          fmt::format("{}: cannot read the deck: it is larger than {} MiB, which no "
-                      "deck is",
-                      file, kMaxDeckBytes >> 20));
+          fmt::format("{}: cannot read the deck: it is larger than {} MiB, which no deck is", file,
+                      kMaxDeckBytes >> 20));
     }
   }
-  if (in.bad()) {
-    throw input_error(
-        fmt::format("{}: cannot read the deck: {}", file, std::strerror(errno != 0 ? errno : EIO)));
-  }
+  ::close(fd);
   if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
     throw input_error(fmt::format("{}: the deck is empty", file));
   }

@@ -202,6 +202,23 @@ done
 rm -rf "$odd"
 one_off "100 000 nested lists, a NUL byte, a non-UTF-8 override, check at 1, 2 ranks" $result
 
+# Decks that are no text file: empty, a named pipe no one writes to (opening it used to block),
+# a device that never ends; and a subcommand that does not exist.
+odd=$(mktemp -d)
+: >"$odd/empty.toml"
+mkfifo "$odd/fifo.toml"
+result=0
+for n in 1 2; do
+  run_case "$n" check "$odd/empty.toml" "$odd/empty.toml: the deck is empty" || result=1
+  run_case "$n" check "$odd/fifo.toml" "$odd/fifo.toml: the deck is empty" || result=1
+  run_case "$n" check /dev/zero "/dev/zero: cannot read the deck: it is a device, not a file" ||
+    result=1
+  run_case "$n" frob inputs/fashion_mlp.toml "unknown subcommand 'frob'; the subcommands are run, \
+check, generate (--help)" || result=1
+done
+rm -rf "$odd"
+one_off "an empty deck, a FIFO, a device, an unknown subcommand at 1, 2 ranks" $result
+
 # An override given to one rank only: the ranks' decks differ, and they say so together.
 out=$(timeout -k 10 60 "$mpiexec" -n 1 "$bin/tessera" check inputs/fashion_mlp.toml : \
   -n 1 "$bin/tessera" check inputs/fashion_mlp.toml optimizer.lr=0.2 2>&1 </dev/null)
