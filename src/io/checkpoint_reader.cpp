@@ -22,22 +22,6 @@ namespace {
 
 using Lock = std::lock_guard<std::recursive_mutex>;
 
-// Every description on HDF5's error stack, outermost first; clears the stack.
-std::vector<std::string> hdf5_error_stack() {
-  std::vector<std::string> out;
-  H5Ewalk2(
-      H5E_DEFAULT, H5E_WALK_DOWNWARD,
-      [](unsigned /*n*/, const H5E_error2_t* err, void* data) -> herr_t {
-        if (err->desc != nullptr) {
-          static_cast<std::vector<std::string>*>(data)->emplace_back(err->desc);
-        }
-        return 0;
-      },
-      &out);
-  H5Eclear2(H5E_DEFAULT);
-  return out;
-}
-
 enum class ObjectType { group, dataset, other };
 
 ObjectType object_type(const Group& group, const std::string& name) {
@@ -225,7 +209,7 @@ File open_checkpoint(const std::string& path) {
     }
     const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     if (id < 0) {
-      const std::vector<std::string> stack = hdf5_error_stack();
+      const std::vector<std::string> stack = detail::hdf5_error_stack();
       static const std::regex truncated("truncated file: eof = ([0-9]+),.*stored_eof = ([0-9]+)");
       for (const std::string& desc : stack) {
         std::smatch m;

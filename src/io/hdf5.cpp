@@ -56,36 +56,42 @@ std::string root_cause(const std::string& innermost) {
 
 }  // namespace
 
-std::string hdf5_reason() {
+std::vector<std::string> hdf5_error_stack() {
   const std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
-  std::vector<std::string> stack;  // the API call's entry first, the innermost failure last
+  std::vector<std::string> stack;
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &stack);
   H5Eclear2(H5E_DEFAULT);
+  return stack;
+}
+
+namespace {
+// The API call's entry and, when the innermost failure says more, what the system said.
+std::string reason_of(const std::vector<std::string>& stack) {
   if (stack.empty()) {
     return "";
   }
   const std::string cause = root_cause(stack.back());
   return cause.empty() || cause == stack.front() ? stack.front() : stack.front() + ": " + cause;
 }
+}  // namespace
+
+std::string hdf5_reason() {
+  return reason_of(hdf5_error_stack());
+}
 
 void throw_hdf5(const char* call, const std::string& context) {
+  const std::vector<std::string> stack = hdf5_error_stack();
   // A file whose metadata is damaged (a flipped byte, a cut) fails deep in HDF5 with words like
   // these: bad input, exit code 2, said so, not an internal error naming HDF5's API.
-  std::vector<std::string> stack;
-  {
-    const std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &stack);
-  }
   for (const std::string& desc : stack) {
     for (const char* sign : {"checksum", "bad object header", "signature", "truncated",
                              "addr overflow", "address overflow", "corrupt", "bad version"}) {
       if (desc.find(sign) != std::string::npos) {
-        hdf5_reason();  // clears the stack
         throw input_error(fmt::format("{}: damaged: HDF5 cannot read it ({})", context, desc));
       }
     }
   }
-  const std::string reason = hdf5_reason();
+  const std::string reason = reason_of(stack);
   throw Error(fmt::format("{}: {} failed{}", context, call,
                           reason.empty() ? "" : fmt::format(" ({})", reason)));
 }

@@ -27,7 +27,10 @@ std::recursive_mutex& hdf5_mutex();
 void close_library();
 
 namespace detail {
-/// The innermost message of HDF5's error stack ("unable to open file"), or "".
+/// Every description on HDF5's error stack, the API call's entry first, the innermost failure
+/// last; clears the stack.
+std::vector<std::string> hdf5_error_stack();
+/// The innermost message of HDF5's error stack ("unable to open file"), or ""; clears the stack.
 std::string hdf5_reason();
 [[noreturn]] void throw_hdf5(const char* call, const std::string& context);
 }  // namespace detail
