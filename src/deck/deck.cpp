@@ -1215,8 +1215,16 @@ Deck parse(const std::string& text, const std::string& file,
                     fmt::format("run.device = \"{}\": {}", d.run.device, why));
   }
   d.run.watchdog_s = run.number("watchdog_s", 300.0, 0.0, 1e7, false);
+  if (d.run.watchdog_s > 0.0 && d.run.watchdog_s < 1.0) {
+    // A limit below a second ends healthy jobs at their first slow collective.
+    throw run.error("watchdog_s", run.find("watchdog_s"),
+                    fmt::format("run.watchdog_s = {} must be 0 (off) or at least 1 (seconds a rank "
+                                "may wait in one collective)",
+                                show(*run.find("watchdog_s"))));
+  }
   d.run.check_collectives = run.boolean("check_collectives", false);
   d.run.nonfinite = run.choice("nonfinite", "stop", {"stop", "skip"});
+  d.run.skip_limit = run.integer("skip_limit", 10, 1);
   d.run.check_replicas = run.integer("check_replicas", 0, 0);
   d.run.activation_limit_mb = run.number("activation_limit_mb", 0.0, 0.0, 1e12);
   d.run.peak_tflops = run.number("peak_tflops", 0.0, 0.0, 1e6);
@@ -1620,11 +1628,11 @@ std::string to_toml(const Deck& d) {
   }
   o += fmt::format(
       "log_every = {}\neval_every = {}\noutput = {}\nblas_threads = {}\nprecision = {}\n"
-      "device = {}\nwatchdog_s = {}\ncheck_collectives = {}\nnonfinite = {}\n"
+      "device = {}\nwatchdog_s = {}\ncheck_collectives = {}\nnonfinite = {}\nskip_limit = {}\n"
       "check_replicas = {}\nactivation_limit_mb = {}\npeak_tflops = {}\n\n",
       d.run.log_every, d.run.eval_every, toml_string(d.run.output), d.run.blas_threads,
       toml_string(d.run.precision), toml_string(d.run.device), real(d.run.watchdog_s),
-      d.run.check_collectives, toml_string(d.run.nonfinite), d.run.check_replicas,
+      d.run.check_collectives, toml_string(d.run.nonfinite), d.run.skip_limit, d.run.check_replicas,
       real(d.run.activation_limit_mb), real(d.run.peak_tflops));
   o += fmt::format(
       "[parallel]\ntrainers = {}\ndata = {}\ntensor = {}\npipeline = {}\nspatial = [{}]\n"

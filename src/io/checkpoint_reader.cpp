@@ -209,19 +209,7 @@ File open_checkpoint(const std::string& path) {
     }
     const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     if (id < 0) {
-      const std::vector<std::string> stack = detail::hdf5_error_stack();
-      static const std::regex truncated("truncated file: eof = ([0-9]+),.*stored_eof = ([0-9]+)");
-      for (const std::string& desc : stack) {
-        std::smatch m;
-        if (std::regex_search(desc, m, truncated)) {
-          throw input_error(
-              fmt::format("{}: truncated: the file has {} bytes, its HDF5 "
-                          "superblock says {}",
-                          path, m[1].str(), m[2].str()));
-        }
-      }
-      throw input_error(fmt::format("{}: truncated or damaged: HDF5 cannot read it ({})", path,
-                                    stack.empty() ? "no reason given" : stack.back()));
+      throw input_error(fmt::format("{}: {}", path, detail::open_failure()));
     }
     H5Fclose(id);
   }

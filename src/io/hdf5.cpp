@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <regex>
 
 namespace tessera::io {
 
@@ -94,6 +95,19 @@ void throw_hdf5(const char* call, const std::string& context) {
   const std::string reason = reason_of(stack);
   throw Error(fmt::format("{}: {} failed{}", context, call,
                           reason.empty() ? "" : fmt::format(" ({})", reason)));
+}
+std::string open_failure() {
+  const std::vector<std::string> stack = hdf5_error_stack();
+  static const std::regex truncated("truncated file: eof = ([0-9]+),.*stored_eof = ([0-9]+)");
+  for (const std::string& desc : stack) {
+    std::smatch m;
+    if (std::regex_search(desc, m, truncated)) {
+      return fmt::format("truncated: the file has {} bytes, its HDF5 superblock says {}",
+                         m[1].str(), m[2].str());
+    }
+  }
+  return fmt::format("truncated or damaged: HDF5 cannot read it ({})",
+                     stack.empty() ? "no reason given" : stack.back());
 }
 }  // namespace detail
 
@@ -863,9 +877,7 @@ Handle open_with(const std::string& path, hid_t fapl, unsigned flags) {
   }
   const hid_t id = H5Fopen(path.c_str(), flags, fapl);
   if (id < 0) {
-    const std::string reason = detail::hdf5_reason();
-    throw Error(fmt::format("{}: cannot open as HDF5 ({})", path,
-                            reason.empty() ? "unknown reason" : reason));
+    throw Error(fmt::format("{}: {}", path, detail::open_failure()));
   }
   return Handle(id, H5Fclose);
 }

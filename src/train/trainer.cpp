@@ -1333,10 +1333,23 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
 bool Trainer::nonfinite_step(std::int64_t step, double loss) {
   const auto [speaker, found] = lowest_finding(*m_trainer, first_nonfinite(loss, *m_model));
   if (speaker < 0) {
+    m_skipped_in_row = 0;
     return false;
   }
   const std::string what =
       fmt::format("step {}: {} on rank {} is not finite", step + 1, found, speaker);
+  if (m_deck.run.nonfinite == "skip" && m_skipped_in_row >= m_deck.run.skip_limit) {
+    // Every step skipped for a while: the run is not recovering, and would end "successfully"
+    // having trained nothing since.
+    comm::agree(*m_trainer, [&] {
+      throw input_error(what + fmt::format("; the {} steps before it were skipped too "
+                                           "(run.skip_limit = {}): the run is not recovering and "
+                                           "stops (a lower optimizer.lr or gradient clipping may "
+                                           "help)",
+                                           m_skipped_in_row, m_deck.run.skip_limit),
+                        m_deck.where("run.nonfinite"));
+    });
+  }
   if (m_deck.run.nonfinite == "skip") {
     // Skipping mends nothing when an earlier update left the weights themselves non-finite: every
     // later step would be skipped. The lowest rank holding one names it, and the run stops.
@@ -1365,6 +1378,7 @@ bool Trainer::nonfinite_step(std::int64_t step, double loss) {
     log_line(
         fmt::format(R"({{"kind": "skip", "step": {}, "why": {}}})", step + 1, json_string(what)));
     ++m_skipped;
+    ++m_skipped_in_row;
     return true;
   }
   comm::agree(*m_trainer, [&] {

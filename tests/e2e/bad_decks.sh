@@ -219,6 +219,21 @@ done
 rm -rf "$odd"
 one_off "an empty deck, a FIFO, a device, an unknown subcommand at 1, 2 ranks" $result
 
+# A dataset cut short (a copy that did not finish): its sizes, not HDF5's "unable to open file".
+odd=$(mktemp -d)
+head -c 3000 "$tmp/gs.h5" >"$odd/gs-cut.h5"
+size=$(stat -c %s "$tmp/gs.h5")
+printf '%s\n' '[data]' "train = \"$odd/gs-cut.h5:/train\"" 'batch = 4' '[model]' \
+  'input = [1, 16, 16]' 'layers = [ { flatten = {} }, { linear = { out = 2 } } ]' 'loss = "mse"' \
+  '[optimizer]' 'type = "sgd"' 'lr = 0.1' >"$odd/deck.toml"
+result=0
+for n in 1 2; do
+  run_case "$n" check "$odd/deck.toml" "$odd/deck.toml:2: data.train: $odd/gs-cut.h5: truncated: \
+the file has 3000 bytes, its HDF5 superblock says $size" || result=1
+done
+rm -rf "$odd"
+one_off "a truncated dataset, check at 1, 2 ranks" $result
+
 # An override given to one rank only: the ranks' decks differ, and they say so together.
 out=$(timeout -k 10 60 "$mpiexec" -n 1 "$bin/tessera" check inputs/fashion_mlp.toml : \
   -n 1 "$bin/tessera" check inputs/fashion_mlp.toml optimizer.lr=0.2 2>&1 </dev/null)

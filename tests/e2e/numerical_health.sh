@@ -4,7 +4,8 @@
 #   - run.nonfinite = "stop" (the default): one message naming the step, the tensor and the rank,
 #     exit 2 on every rank, before the update; `latest` stays at the last good checkpoint (step 1);
 #   - "skip": every later step is skipped (a "skip" record each in metrics.jsonl, a warning each)
-#     and the run ends;
+#     and the run ends, when run.skip_limit allows 19 in a row; at the default limit (10) the
+#     step after ten skipped ones stops the run (exit 2): it is not recovering;
 #   - at lr = 3e38 the first update itself overflows the weights to infinity: with "skip" the next
 #     step stops the run naming the weight (skipping would skip every later step), and a
 #     checkpoint due right after such an update is refused (exit 2) instead of being written and
@@ -33,15 +34,28 @@ for np in 1 2; do
     fail "stop at $np ranks: latest is not the step-1 checkpoint"
   [[ ! -e $out/stop/ckpt/ckpt-00000002.h5 ]] || fail "stop at $np ranks: step 2 was checkpointed"
 
-  # --- skip, no checkpoints: the run ends ---
+  # --- skip, no checkpoints, a limit the 19 skipped steps stay within: the run ends ---
   "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/skip" \
-    run.nonfinite='"skip"' checkpoint.every_steps=0 checkpoint.at_end=false >"$tmp/log" 2>&1
+    run.nonfinite='"skip"' run.skip_limit=19 checkpoint.every_steps=0 checkpoint.at_end=false \
+    >"$tmp/log" 2>&1
   rc=$?
   skips=$(grep -c '"kind": "skip"' "$out/skip/metrics.jsonl")
   warnings=$(grep -c "the step is skipped" "$tmp/log")
   echo "$np rank(s), skip: exit $rc, $skips skip records, $warnings warnings"
   ((rc == 0)) || fail "skip at $np ranks: exit $rc ($(grep error: "$tmp/log"))"
   ((skips == 19 && warnings >= 1)) || fail "skip at $np ranks: expected steps 2-20 skipped"
+
+  # --- skip at the default limit: steps 2-11 skipped, step 12 stops the run ---
+  "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/skiplimit" \
+    run.nonfinite='"skip"' checkpoint.every_steps=0 checkpoint.at_end=false >"$tmp/log" 2>&1
+  rc=$?
+  skips=$(grep -c '"kind": "skip"' "$out/skiplimit/metrics.jsonl")
+  message=$(grep "^error:" "$tmp/log")
+  echo "$np rank(s), skip at the default limit: exit $rc, $skips skip records: $message"
+  ((rc == 2 && skips == 10)) || fail "skip limit at $np ranks: exit $rc, $skips skips (expected 2, 10)"
+  [[ $(grep -c "^error:" "$tmp/log") == 1 ]] || fail "skip limit at $np ranks: not exactly one error line"
+  [[ $message =~ ^error:\ command\ line:\ step\ 12:\ the\ (loss|gradient\ of\ [a-z0-9_.]+)\ .*on\ rank\ 0\ is\ not\ finite\;\ the\ 10\ steps\ before\ it\ were\ skipped\ too\ \(run.skip_limit\ =\ 10\):\ the\ run\ is\ not\ recovering\ and\ stops ]] ||
+    fail "skip limit at $np ranks: message"
 
   # --- skip, but an update left the weights infinite: skipping cannot mend them, the run stops ---
   "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/skipinf" \

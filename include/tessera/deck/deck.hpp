@@ -36,6 +36,8 @@ struct RunConfig {
   bool check_collectives = false;  ///< debug: compare each collective's signature across ranks
   std::string nonfinite =
       "stop";  ///< a non-finite loss or gradient: "stop" the run or "skip" the step
+  /// With nonfinite = "skip": the most steps skipped in a row; one more stops the run.
+  std::int64_t skip_limit = 10;
   /// Every N steps (and before each checkpoint) compare the data-parallel replicas' parameters,
   /// which must be identical; 0: never.
   std::int64_t check_replicas = 0;

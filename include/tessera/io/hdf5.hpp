@@ -33,6 +33,10 @@ std::vector<std::string> hdf5_error_stack();
 /// The innermost message of HDF5's error stack ("unable to open file"), or ""; clears the stack.
 std::string hdf5_reason();
 [[noreturn]] void throw_hdf5(const char* call, const std::string& context);
+/// Why H5Fopen of an existing HDF5 file failed, from HDF5's error stack (clears it): "truncated:
+/// the file has N bytes, its HDF5 superblock says M" for a cut file, else "truncated or damaged:
+/// HDF5 cannot read it (<innermost reason>)".
+std::string open_failure();
 }  // namespace detail
 
 /// Owns one HDF5 identifier and closes it with the matching function.

@@ -210,6 +210,7 @@ class Trainer {
   std::string m_resumed_from;     // the checkpoint file this run resumed from ("": none)
   std::string m_metrics_path;
   std::int64_t m_skipped = 0;            // steps skipped for non-finite values
+  std::int64_t m_skipped_in_row = 0;     // of them, the latest run of consecutive steps
   std::int64_t m_replicas_checked = -1;  // the step of the last replica check
   std::string m_write_failure;           // rank 0: the first write to run.output that failed
   std::unique_ptr<comm::watchdog::Scope> m_watchdog;
