@@ -894,17 +894,36 @@ void hyper_leaves(const toml::value& table, const std::string& key, const Source
   }
 }
 
-// The resolved value of dotted `key` in `root`, or null.
+// The resolved value of dotted `key` in `root`, or null. A part may index a list, as an override
+// does: "model.layers[5].linear.out".
 const toml::value* find_dotted(const toml::value& root, const std::string& key) {
   const toml::value* v = &root;
   size_t start = 0;
   while (start <= key.size()) {
     const size_t dot = key.find('.', start);
-    const std::string part = key.substr(start, dot == std::string::npos ? dot : dot - start);
+    std::string part = key.substr(start, dot == std::string::npos ? dot : dot - start);
+    std::vector<size_t> indices;
+    while (!part.empty() && part.back() == ']') {
+      const size_t open = part.rfind('[');
+      const std::string digits =
+          open == std::string::npos ? "" : part.substr(open + 1, part.size() - open - 2);
+      if (digits.empty() || digits.size() > 9 ||
+          !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        return nullptr;
+      }
+      indices.insert(indices.begin(), std::stoul(digits));
+      part.erase(open);
+    }
     if (!v->is_table() || !v->contains(part)) {
       return nullptr;
     }
     v = &v->at(part);
+    for (const size_t i : indices) {
+      if (!v->is_array() || i >= v->as_array().size()) {
+        return nullptr;
+      }
+      v = &v->as_array()[i];
+    }
     if (dot == std::string::npos) {
       return v;
     }
@@ -913,16 +932,32 @@ const toml::value* find_dotted(const toml::value& root, const std::string& key) 
   return nullptr;
 }
 
-// Every dotted key of the resolved deck that holds a value (for "did you mean").
+// Every dotted key of the resolved deck that holds a value (for "did you mean"); the tables in a
+// list by index ("model.layers[5].linear.out").
 void dotted_keys(const toml::value& v, const std::string& key, std::vector<std::string>& out) {
   for (const auto& [k, e] : v.as_table()) {
     const std::string full = key.empty() ? k : key + "." + k;
     if (e.is_table()) {
       dotted_keys(e, full, out);
+    } else if (e.is_array() && !e.as_array().empty() &&
+               std::all_of(e.as_array().begin(), e.as_array().end(),
+                           [](const toml::value& x) { return x.is_table(); })) {
+      for (size_t i = 0; i < e.as_array().size(); ++i) {
+        dotted_keys(e.as_array()[i], fmt::format("{}[{}]", full, i), out);
+      }
     } else {
       out.push_back(full);
     }
   }
+}
+
+// Layer options a trainer may vary without changing its parameters' shapes: models that differ
+// only in these can still be averaged.
+bool shape_neutral(const std::string& key) {
+  const std::string last = key.substr(key.rfind('.') + 1);
+  return key.rfind("model.", 0) != 0 ||
+         (key.find('[') != std::string::npos &&
+          (last == "p" || last == "eps" || last == "momentum" || last == "negative_slope"));
 }
 
 void parse_population(Section& s, Deck& d, const Source& src) {
@@ -1065,6 +1100,14 @@ void parse_population(Section& s, Deck& d, const Source& src) {
           fmt::format("with population.algorithm = \"{}\" only optimizer keys can vary "
                       "(they travel with the weights)",
                       p.algorithm));
+    }
+    if (!shape_neutral(h.key) && (p.average_every > 0 || p.combine != "none")) {
+      throw bad(fmt::format(
+          "{} changes the model's shapes, but {} averages the trainers' weights, which must "
+          "have one shape: vary it with population.combine = \"none\" and no average_every",
+          h.key,
+          p.average_every > 0 ? fmt::format("population.average_every = {}", p.average_every)
+                              : fmt::format("population.combine = \"{}\"", p.combine)));
     }
     h.integer = target->is_integer();
     std::vector<std::string> given;

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <set>
 
@@ -66,6 +67,12 @@ class Options {
       return {*i};
     }
     if (const auto* list = std::get_if<std::vector<std::int64_t>>(v)) {
+      if (list->empty()) {
+        throw error(
+            fmt::format("option '{}' is an empty list: give one value, or one per "
+                        "spatial dimension",
+                        key));
+      }
       return {list->begin(), list->end()};
     }
     throw error(fmt::format("option '{}' must be an integer or a list of integers, got {}", key,
@@ -80,6 +87,11 @@ class Options {
     if (const auto* d = std::get_if<double>(v)) {
       if (!std::isfinite(*d)) {
         throw error(fmt::format("option {} = {} must be a finite number", key, *d));
+      }
+      // Layers keep their options in float: a larger value would become infinity there.
+      if (std::abs(*d) > static_cast<double>(std::numeric_limits<float>::max())) {
+        throw error(fmt::format("option {} = {} is beyond a float's range (±{:g})", key, *d,
+                                static_cast<double>(std::numeric_limits<float>::max())));
       }
       return *d;
     }

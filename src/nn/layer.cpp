@@ -97,6 +97,19 @@ void Layer::require_not_partial(const Layout& input) const {
   }
 }
 
+void Layer::forward_empty(const ForwardOptions& options) {
+  for (Layer* child : children()) {
+    child->forward_empty(options);
+  }
+}
+
+void Layer::backward_empty() {
+  const std::vector<Layer*> list = children();
+  for (auto it = list.rbegin(); it != list.rend(); ++it) {
+    (*it)->backward_empty();
+  }
+}
+
 void Layer::zero_grad() {
   for (Parameter* p : all_parameters()) {
     p->grad.zero();

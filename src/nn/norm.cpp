@@ -73,9 +73,11 @@ void batch_statistics(const FloatView& x, ChannelGeometry g, float momentum, flo
   const DoubleView mu("BatchNorm::mu", static_cast<size_t>(g.c));
   channel_sums(x, g, mu, false, sums);
   sum_over(comm, sums);
+  // No values at all (a micro-batch empty on every rank it spans): nothing to estimate, the
+  // running statistics stay.
   Kokkos::parallel_for(
       "BatchNorm::mean", Policy(0, g.c),
-      KOKKOS_LAMBDA(const Index c) { mu(c) = sums(c) / sums(g.c); });
+      KOKKOS_LAMBDA(const Index c) { mu(c) = sums(g.c) > 0.0 ? sums(c) / sums(g.c) : 0.0; });
   channel_sums(x, g, mu, true, sums);
   sum_over(comm, sums);
   const auto mom = static_cast<double>(momentum);
@@ -83,6 +85,9 @@ void batch_statistics(const FloatView& x, ChannelGeometry g, float momentum, flo
   Kokkos::parallel_for(
       "BatchNorm::batch_statistics", Policy(0, g.c), KOKKOS_LAMBDA(const Index c) {
         const double m = sums(g.c);
+        if (!(m > 0.0)) {
+          return;
+        }
         const double var = sums(c) / m;
         mean(c) = static_cast<float>(mu(c));
         inv_std(c) = static_cast<float>(1.0 / math::sqrt(var + e));
@@ -352,6 +357,36 @@ Tensor BatchNormNd::backward(const Tensor& dy, Context&& ctx) {
                       weight().value.view(), parameters()[0].grad.view(),
                       parameters()[1].grad.view(), dx.view());
   return dx;
+}
+
+void BatchNormNd::forward_empty(const ForwardOptions& options) {
+  // Only the data axis (sync) holds ranks with other samples; a spatial split's tiles are empty
+  // together and skip the layer together.
+  if (!options.training || !m_options.sync || m_stats == nullptr) {
+    return;
+  }
+  const Index channels = m_input[0];
+  const ChannelGeometry g{0, channels, numel(m_local_input) / channels};
+  const float momentum =
+      options.stats_momentum >= 0.0F ? options.stats_momentum : m_options.momentum;
+  const FloatView mean("BatchNorm::mean", static_cast<size_t>(channels));
+  const FloatView inv_std("BatchNorm::inv_std", static_cast<size_t>(channels));
+  // The same two reductions as forward(), this rank's sums zero; the running estimates move
+  // with the other ranks' statistics, as every rank's do under SyncBatchNorm.
+  batch_statistics(FloatView(), g, momentum, m_options.eps, m_stats, mean, inv_std,
+                   running_mean().value.view(), running_var().value.view());
+}
+
+void BatchNormNd::backward_empty() {
+  if (!m_options.sync || m_stats == nullptr) {
+    return;
+  }
+  const Index channels = m_input[0];
+  const ChannelGeometry g{0, channels, numel(m_local_input) / channels};
+  // The reduction of backward(), this rank adding nothing to the sums or to the gradients.
+  batch_norm_backward(FloatView(), FloatView(), FloatView(), g, true, m_stats,
+                      weight().value.view(), parameters()[0].grad.view(),
+                      parameters()[1].grad.view(), FloatView());
 }
 
 BatchNorm2d::BatchNorm2d(std::string name, const Shape& input, const BatchNormOptions& options,

@@ -102,6 +102,19 @@ Tensor Sequential::backward(const Tensor& dy, Context&& ctx) {
   return grad;
 }
 
+void Sequential::backward_empty() {
+  for (std::size_t i = m_layers.size(); i-- > 0;) {
+    m_layers[i]->backward_empty();
+    context().poll();
+    if (m_backward_hook) {
+      m_backward_hook(*m_layers[i]);
+    }
+    if (!m_layers[i]->needs_input_grad()) {
+      return;
+    }
+  }
+}
+
 std::vector<Layer*> Sequential::children() {
   std::vector<Layer*> out;
   for (auto& l : m_layers) {

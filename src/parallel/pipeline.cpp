@@ -251,7 +251,8 @@ PipelineStats Pipeline::train(const MicroBatches& mb) {
   double live_bytes = 0.0;
   // One receive of each direction posted ahead of the action that consumes it. A micro-batch of
   // no samples (the last batch of an epoch may be short) is the same on every stage: nothing is
-  // computed or sent for it, only the hooks run.
+  // computed or sent for it; the layers take part in the collectives they share with data ranks
+  // that hold samples (forward_empty, backward_empty) and the hooks run.
   const auto empty = [&](int i) { return mb.size(i) == 0; };
   struct Inbox {
     Pending& pending;
@@ -286,10 +287,15 @@ PipelineStats Pipeline::train(const MicroBatches& mb) {
   for (const Action& a : actions) {
     const auto i = static_cast<size_t>(a.micro);
     if (empty(a.micro)) {
-      if (!a.forward && mb.before_backward) {
+      if (a.forward) {
+        m_stage_layers.forward_empty(mb.options(a.micro));
+        continue;
+      }
+      if (mb.before_backward) {
         mb.before_backward(a.micro);
       }
-      if (!a.forward && mb.after_backward) {
+      m_stage_layers.backward_empty();
+      if (mb.after_backward) {
         mb.after_backward(a.micro);
       }
       continue;

@@ -993,8 +993,12 @@ deck::Deck trainer_deck(const std::string& text, const std::string& file,
     return deck::parse(text, file, all);
   } catch (const Error& e) {
     // A value of population.hyper the key's own range refuses: where the deck chose it.
+    // (A layer's option is refused naming the layer: model.layers[5] for
+    // model.layers[5].linear.out.)
+    const std::string& at = e.where().key;
     for (const deck::HyperSpec& h : deck.population.hyper) {
-      if (h.key == e.where().key && e.where().file == "command line") {
+      if (e.where().file == "command line" && !at.empty() &&
+          (h.key == at || h.key.rfind(at + ".", 0) == 0)) {
         throw Error(e.message(), h.where).with_exit_code(e.exit_code());
       }
     }

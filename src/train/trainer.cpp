@@ -99,7 +99,7 @@ io::Batch micro_batch(const io::Batch& b, const Range& r) {
   part.ids.assign(b.ids.begin() + r.offset, b.ids.begin() + r.offset + r.count);
   const auto rows = [&r](const Tensor& t) {
     Shape s = t.shape();
-    const Index per_sample = t.numel() / s[0];
+    const Index per_sample = s[0] > 0 ? t.numel() / s[0] : 0;  // an empty share: no samples
     s[0] = r.count;
     return Tensor::alias(t.label(), t.view(), r.offset * per_sample, std::move(s));
   };

@@ -62,6 +62,24 @@ for np in 2 4; do
 done
 echo "independence: each trainer equals its deck run alone, bit for bit, at 2 and 4 ranks"
 
+# --- architectures: a layer's width varied per trainer (a key inside model.layers) -------------
+deck 32 20 '[population]' '[population.hyper]' '"model.layers[1].linear.out" = { values = [16, 48] }' \
+  >"$tmp/arch.toml"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/arch.toml" parallel.trainers=2 run.output="$tmp/arch" \
+  >"$tmp/arch.log" 2>&1 || fail "a population of two widths: exit $?"
+for k in 0 1; do
+  width=$((k == 0 ? 16 : 48))
+  deck "$width" 20 >"$tmp/arch-alone.toml"
+  "$mpiexec" -n 1 "$bin/tessera" run "$tmp/arch-alone.toml" run.seed=$((11 + k)) \
+    run.output="$tmp/arch-alone$k" >"$tmp/arch-alone$k.log" 2>&1 || fail "width $width alone: exit $?"
+  "$bin/tessera-ckpt" diff "$tmp/arch/trainer-$k/ckpt/ckpt-00000020.h5" \
+    "$tmp/arch-alone$k/ckpt/ckpt-00000020.h5" >"$tmp/diff.log" 2>&1 ||
+    { fail "trainer $k (width $width) differs from its deck run alone"; cat "$tmp/diff.log"; }
+done
+grep -q "^  1 | model.layers\[1\].linear.out 48 | " "$tmp/arch.log" ||
+  fail "the leaderboard does not name trainer 1's width"
+echo "architectures: trainers of widths 16 and 48 each equal their deck run alone, bit for bit"
+
 # --- LTFB with a greedy soup ---------------------------------------------------------------------
 deck 32 30 '[population]' 'algorithm = "ltfb"' 'every = 10' 'timeout = 20' \
   "validation = \"$tmp/fm.h5:/validation\"" 'combine = "soup"' '[population.hyper]' \

@@ -108,6 +108,15 @@ class Layer {
   virtual ForwardResult forward(const Tensor& x, const ForwardOptions& options) = 0;
   /// dy: (N, output...). Accumulates parameter gradients, returns dL/dx of shape (N, input...).
   virtual Tensor backward(const Tensor& dy, Context&& ctx) = 0;
+  /// A training micro-batch of no samples on this rank (the last, short batch of an epoch may
+  /// leave a data rank none) while other ranks of a communicator the layer reduces over hold
+  /// some: takes part in the collectives forward() and backward() would run, adding nothing, so
+  /// that no rank waits for it (SyncBatchNorm's statistics over the data axis). Collectives over
+  /// ranks that hold the same samples (tensor, spatial) need nothing: those ranks are empty
+  /// together. By default a composite passes them to its children(), forward in order, backward
+  /// in reverse; a plain layer has none.
+  virtual void forward_empty(const ForwardOptions& options);
+  virtual void backward_empty();
 
   /// This layer's own parameters (a composite layer's live in its children()).
   std::vector<Parameter>& parameters() { return m_parameters; }

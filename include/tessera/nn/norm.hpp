@@ -34,6 +34,8 @@ class BatchNormNd : public Layer {
   /// input, 1 / sqrt(var + eps) of the statistics used, and 1 if those were the batch's, else 0.
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
   Tensor backward(const Tensor& dy, Context&& ctx) override;
+  void forward_empty(const ForwardOptions& options) override;
+  void backward_empty() override;
 
   int spatial_dims() const { return m_spatial_dims; }
   const BatchNormOptions& options() const { return m_options; }

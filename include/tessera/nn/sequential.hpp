@@ -55,6 +55,9 @@ class Sequential final : public Layer {
   /// Context: one child context per layer.
   ForwardResult forward(const Tensor& x, const ForwardOptions& options) override;
   Tensor backward(const Tensor& dy, Context&& ctx) override;
+  /// As backward(): the layers in reverse, each followed by the backward hook, down to the first
+  /// layer that needs no input gradient.
+  void backward_empty() override;
   std::vector<Layer*> children() override;
   /// A chain whose input needs no gradient passes that on to its first layers, up to and including
   /// the first one with parameters; backward() stops there.
