@@ -960,6 +960,25 @@ bool shape_neutral(const std::string& key) {
           (last == "p" || last == "eps" || last == "momentum" || last == "negative_slope"));
 }
 
+// Deterministic mode takes BatchNorm's statistics per sample group, the same groups at any data
+// size; SyncBatchNorm's span the data axis's ranks, whose number would change them.
+void refuse_sync_batchnorm(const std::vector<nn::LayerSpec>& layers) {
+  for (const nn::LayerSpec& l : layers) {
+    const auto sync = l.options.find("sync");
+    if ((l.kind == "batchnorm2d" || l.kind == "batchnorm3d") && sync != l.options.end() &&
+        std::holds_alternative<bool>(sync->second) && std::get<bool>(sync->second)) {
+      throw input_error(
+          fmt::format("{} '{}': sync = true with parallel.deterministic = true: deterministic "
+                      "mode takes the statistics per sample group, the same at any data size, "
+                      "and a synchronised BatchNorm's over the data axis's ranks would change "
+                      "with their number (use sync = false)",
+                      l.kind, l.where.key),
+          l.where);
+    }
+    refuse_sync_batchnorm(l.layers);
+  }
+}
+
 void parse_population(Section& s, Deck& d, const Source& src) {
   PopulationConfig& p = d.population;
   const int trainers = d.parallel.trainers;
@@ -1354,6 +1373,9 @@ Deck parse(const std::string& text, const std::string& file,
     throw input_error("section [model] is required", {file, 0, "model"});
   }
   parse_model(model, d, src);
+  if (d.parallel.deterministic) {
+    refuse_sync_batchnorm(d.model.layers);
+  }
   model.finish();
 
   Section opt = top.table("optimizer");
@@ -1659,6 +1681,20 @@ std::string layer_toml(const nn::LayerSpec& l, const std::string& indent) {
 }
 
 }  // namespace
+
+std::optional<std::int64_t> integer_in(const std::string& text, const std::string& key) {
+  try {
+    std::istringstream in(text);
+    const toml::value root = toml::parse(in, "deck");
+    const toml::value* v = find_dotted(root, key);
+    if (v != nullptr && v->is_integer()) {
+      return v->as_integer();
+    }
+  } catch (const std::exception&) {
+    // not a deck: nothing known
+  }
+  return std::nullopt;
+}
 
 std::string to_toml(const Deck& d) {
   std::string o;

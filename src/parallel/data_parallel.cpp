@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <type_traits>
 
 namespace tessera::parallel {
@@ -629,7 +630,7 @@ double DataParallel::clip_grad_norm(double max_norm) {
   return norm;
 }
 
-void DataParallel::step(optim::Optimizer& optimizer, double lr) {
+void DataParallel::step(optim::Optimizer& optimizer, double lr, double samples) {
   if (!m_options.zero) {
     optimizer.step(m_params, lr);
   } else {
@@ -650,17 +651,35 @@ void DataParallel::step(optim::Optimizer& optimizer, double lr) {
       }
     }
   }
-  average_buffers();
+  average_buffers(samples);
 }
 
-void DataParallel::average_buffers() {
+void DataParallel::average_buffers(double samples) {
   // Running statistics are averaged over their partial axes (each data rank saw its own samples).
+  std::map<const comm::Communicator*, double> totals;  // the samples over each set of axes
   for (const nn::Parameter* b : m_buffers) {
     comm::Communicator& axes = over(b->partial);
-    if (axes.size() > 1) {
+    if (axes.size() <= 1) {
+      continue;
+    }
+    if (samples < 0.0) {
       axes.allreduce(b->value)->wait();
       kernels::scale(1.0F / static_cast<float>(axes.size()), b->value);
+      continue;
     }
+    auto total = totals.find(&axes);
+    if (total == totals.end()) {
+      double sum = samples;
+      axes.allreduce(comm::Buffer(&sum, 1))->wait();
+      total = totals.emplace(&axes, sum).first;
+    }
+    if (!(total->second > 0.0)) {
+      continue;  // no rank saw a sample: the statistics did not move
+    }
+    // Σ n_r · b_r / Σ n_r (the scaling by n_r exact for the equal shares of power-of-two sizes).
+    kernels::scale(static_cast<float>(samples), b->value);
+    axes.allreduce(b->value)->wait();
+    kernels::scale(static_cast<float>(1.0 / total->second), b->value);
   }
 }
 

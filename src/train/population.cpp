@@ -907,24 +907,44 @@ class Population {
 };
 
 // With checkpoint.restart = "auto", the newest step at which every trainer has a checkpoint (each
-// trainer then restarts from it, so that they meet at the same step), or -1 for none.
-std::int64_t common_restart_step(const deck::Deck& base, const std::vector<deck::Deck>& decks) {
+// trainer then restarts from it, so that they meet at the same step), or -1 when no trainer has
+// one (a fresh start). Trainers that saved but share no step cannot resume together: an error,
+// before anything is overwritten (starting again from step 0 would lose their progress).
+std::int64_t common_restart_step(const std::vector<deck::Deck>& decks) {
   std::set<std::int64_t> common;
+  std::vector<std::set<std::int64_t>> saved(decks.size());
+  bool any = false;
   for (size_t k = 0; k < decks.size(); ++k) {
-    std::set<std::int64_t> steps;
     for (const std::string& f : io::checkpoints_in(decks[k].checkpoint.dir)) {
-      steps.insert(io::checkpoint_step(std::filesystem::path(f).filename().string()));
+      saved[k].insert(io::checkpoint_step(std::filesystem::path(f).filename().string()));
     }
+    any = any || !saved[k].empty();
     if (k == 0) {
-      common = steps;
+      common = saved[k];
     } else {
       std::set<std::int64_t> both;
-      std::set_intersection(common.begin(), common.end(), steps.begin(), steps.end(),
+      std::set_intersection(common.begin(), common.end(), saved[k].begin(), saved[k].end(),
                             std::inserter(both, both.begin()));
       common = both;
     }
   }
-  (void)base;
+  if (common.empty() && any) {
+    std::vector<std::string> each;
+    for (size_t k = 0; k < decks.size(); ++k) {
+      const std::set<std::int64_t>& s = saved[k];
+      each.push_back(s.empty()       ? fmt::format("trainer {} none", k)
+                     : s.size() <= 4 ? fmt::format("trainer {} step{} {}", k,
+                                                   s.size() == 1 ? "" : "s", fmt::join(s, ", "))
+                                     : fmt::format("trainer {} steps {} to {} ({} checkpoints)", k,
+                                                   *s.begin(), *s.rbegin(), s.size()));
+    }
+    throw input_error(fmt::format(
+        "checkpoint.restart = \"auto\": the trainers' checkpoints share no step ({}), so the "
+        "population cannot resume together; nothing was changed. A larger checkpoint.keep keeps "
+        "a step in common after a crash; to start again from step 0, use another run.output "
+        "(or remove the trainers' checkpoints)",
+        fmt::join(each, "; ")));
+  }
   return common.empty() ? -1 : *common.rbegin();
 }
 
@@ -1038,7 +1058,7 @@ int run_population(const std::string& text, const std::string& file,
   if (base.checkpoint.enabled && base.checkpoint.restart == "auto") {
     comm::agree(world, [&] {
       if (world.rank() == 0) {
-        resume = common_restart_step(base, decks);
+        resume = common_restart_step(decks);
       }
     });
     world.broadcast(comm::Buffer(&resume, 1), {0})->wait();

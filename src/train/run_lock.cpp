@@ -36,6 +36,23 @@ struct Holder {
   double age_s = 0.0;  // since the last heartbeat
 };
 
+// Whether process `pid` of this host has ended: no such process, or one that is dying — a zombie
+// or exiting (a rank killed a moment ago, not yet reaped).
+bool process_gone(long pid) {
+  if (pid <= 0) {
+    return false;
+  }
+  if (kill(static_cast<pid_t>(pid), 0) != 0) {
+    return errno == ESRCH;
+  }
+  std::ifstream stat_file(fmt::format("/proc/{}/stat", pid));
+  std::string line;
+  std::getline(stat_file, line);
+  const size_t paren = line.rfind(')');  // "pid (comm) S ...": the state follows the name
+  return paren != std::string::npos && paren + 2 < line.size() &&
+         (line[paren + 2] == 'Z' || line[paren + 2] == 'X');
+}
+
 bool read_holder(const std::string& path, Holder& h) {
   std::ifstream in(path);
   if (!in) {
@@ -55,7 +72,8 @@ bool read_holder(const std::string& path, Holder& h) {
 
 }  // namespace
 
-RunLock::RunLock(const std::string& folder, std::string* note) : m_path(folder + "/.lock") {
+RunLock::RunLock(const std::string& folder, const std::string& key, std::string* note)
+    : m_path(folder + "/.lock") {
   const std::string host = this_host();
   for (int attempt = 0; attempt < 2; ++attempt) {
     const int fd = open(m_path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
@@ -83,26 +101,26 @@ RunLock::RunLock(const std::string& folder, std::string* note) : m_path(folder +
       continue;  // removed meanwhile: try again
     }
     const bool same_host = h.host == host;
-    const bool gone =
-        same_host && h.pid > 0 && kill(static_cast<pid_t>(h.pid), 0) != 0 && errno == ESRCH;
+    const bool gone = same_host && process_gone(h.pid);
     const bool stale = gone || (!same_host && h.age_s > kStaleSeconds);
     if (!stale) {
       throw input_error(fmt::format(
-          "run.output = \"{}\" is in use by another run (process {} on {}, since {}; lock {}); "
-          "give this run another run.output (or run.name), or wait for that one to end{}",
-          folder, h.pid, h.host, h.since, m_path,
+          "{} = \"{}\" is in use by another run (process {} on {}, since {}; lock {}); "
+          "give this run another {}, or wait for that one to end{}",
+          key, folder, h.pid, h.host, h.since, m_path,
+          key == "run.output" ? "run.output (or run.name)" : key,
           same_host ? ""
                     : " (a lock whose run died is taken over once its heartbeat is a minute old)"));
     }
     if (note != nullptr) {
       *note = fmt::format(
-          "run.output: taking over the lock of a run that is gone (process {} on {}, "
+          "{}: taking over the lock of a run that is gone (process {} on {}, "
           "since {})",
-          h.pid, h.host, h.since);
+          key, h.pid, h.host, h.since);
     }
     std::remove(m_path.c_str());
   }
-  throw input_error(fmt::format("run.output = \"{}\": cannot take its lock {}", folder, m_path));
+  throw input_error(fmt::format("{} = \"{}\": cannot take its lock {}", key, folder, m_path));
 }
 
 RunLock::~RunLock() {

@@ -758,9 +758,27 @@ void Trainer::build(const comm::GridSpec& spec) {
             deck.where("run.output"));
       }
       std::string note;
-      m_lock = std::make_unique<RunLock>(deck.run.output, &note);  // one run per folder
+      m_lock =
+          std::make_unique<RunLock>(deck.run.output, "run.output", &note);  // one run per folder
       if (!note.empty()) {
         m_reporter->warning(note);
+      }
+      // A checkpoint folder elsewhere is locked too: two runs sharing one would prune and
+      // overwrite each other's checkpoints.
+      const std::string& dir = deck.checkpoint.dir;
+      if (deck.checkpoint.enabled && std::filesystem::weakly_canonical(dir, ec) !=
+                                         std::filesystem::weakly_canonical(deck.run.output, ec)) {
+        std::filesystem::create_directories(dir, ec);
+        if (ec) {
+          throw write_error(
+              fmt::format("checkpoint.dir = \"{}\" cannot be created: {}", dir, ec.message()),
+              deck.where("checkpoint.dir"));
+        }
+        note.clear();
+        m_ckpt_lock = std::make_unique<RunLock>(dir, "checkpoint.dir", &note);
+        if (!note.empty()) {
+          m_reporter->warning(note);
+        }
       }
       write_text(deck.run.output + "/deck.toml", deck::to_toml(deck), std::ios::trunc);
       m_metrics_path = deck.run.output + "/metrics.jsonl";
@@ -880,6 +898,9 @@ void Trainer::check_writes() {
 Trainer::StepAgreement Trainer::agree_on_step(bool save_due) {
   // Signals reach the ranks at slightly different times, and rank 0's clock decides the timed
   // checkpoints: one allreduce over the whole trainer agrees on both at the step boundary.
+  if (m_ckpt_lock) {
+    m_ckpt_lock->heartbeat();
+  }
   if (m_lock) {
     m_lock->heartbeat();
   }
@@ -935,6 +956,28 @@ void Trainer::restart() {
     }
   }
   m_resumed_from = file;
+  // Another data.batch than the checkpoint's run: its cursor counts batches of the old size. The
+  // epoch's position in samples (the permutation does not depend on the batch) goes on in
+  // batches of the new size, from the batch that holds it.
+  if (const std::optional<std::int64_t> saved = deck::integer_in(info.deck, "data.batch");
+      saved && *saved > 0 && *saved != m_deck.data.batch && info.cursor.batch > 0 &&
+      info.cursor.batch < m_train_info.samples / *saved + 1) {
+    const std::int64_t position =
+        std::min<std::int64_t>(info.cursor.batch * *saved, m_train_info.samples);
+    const io::Cursor moved{info.cursor.epoch, position / m_deck.data.batch};
+    const std::int64_t again = position % m_deck.data.batch;
+    info.cursor =
+        moved.batch < m_train->batches_per_epoch() ? moved : io::Cursor{moved.epoch + 1, 0};
+    if (leader()) {
+      m_reporter->warning(fmt::format(
+          "restart: data.batch = {}, the checkpoint's run used {}: its epoch was {} samples in; "
+          "training goes on from batch {} of {}{}",
+          m_deck.data.batch, *saved, position, info.cursor.batch, m_deck.data.batch,
+          again > 0 && info.cursor.batch == moved.batch
+              ? fmt::format(" ({} sample{} of the epoch read again)", again, again == 1 ? "" : "s")
+              : ""));
+    }
+  }
   comm::agree(*m_trainer, [&] {
     const std::int64_t batches = m_train->batches_per_epoch();
     if (info.cursor.batch >= batches) {
@@ -1322,7 +1365,8 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
   if (skip) {
     m_dp->zero_grads();
   }
-  m_dp->step(*m_optimizer, lr);
+  // (Running statistics averaged by the samples each rank normalised: an empty share has no say.)
+  m_dp->step(*m_optimizer, lr, static_cast<double>(batch.ids.size()));
   w.compute_s += update_clock.seconds();
   // The last stage counts the samples (the others' sums carry no loss).
   w.samples += m_pipeline->last() ? static_cast<double>(batch.ids.size()) : 0.0;

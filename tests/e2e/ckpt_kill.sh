@@ -61,6 +61,11 @@ for ((t = 1; t <= trials; ++t)); do
   pkill -9 -f "$bin/tessera run $tmp/kill.toml"
   kill -9 "$launcher" 2>/dev/null
   { wait "$launcher"; } 2>/dev/null
+  # Until the killed ranks are gone (a rank still exiting holds its folders' locks).
+  for ((i = 0; i < 100; ++i)); do
+    pgrep -f "$bin/tessera run $tmp/kill.toml" >/dev/null || break
+    sleep 0.1
+  done
 
   done_steps=$(last_done)
   if [[ ! -f $tmp/run/ckpt/latest ]]; then

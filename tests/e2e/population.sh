@@ -62,6 +62,21 @@ for np in 2 4; do
 done
 echo "independence: each trainer equals its deck run alone, bit for bit, at 2 and 4 ranks"
 
+# --- a restart whose trainers share no checkpoint step: refused, nothing changed ---------------
+cp -r "$tmp/indep2" "$tmp/nocommon"
+rm "$tmp/nocommon/trainer-0/ckpt/ckpt-00000010.h5" "$tmp/nocommon/trainer-1/ckpt/ckpt-00000020.h5"
+echo ckpt-00000010.h5 >"$tmp/nocommon/trainer-1/ckpt/latest"
+before=$(cd "$tmp/nocommon" && find . -type f -exec md5sum {} + | sort)
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/indep.toml" parallel.trainers=2 run.output="$tmp/nocommon" \
+  checkpoint.restart=auto >"$tmp/nocommon.log" 2>&1
+rc=$?
+((rc == 2)) || fail "a restart without a common step: exit $rc, expected 2"
+grep -qxF 'error: checkpoint.restart = "auto": the trainers'"'"' checkpoints share no step (trainer 0 step 20; trainer 1 step 10), so the population cannot resume together; nothing was changed. A larger checkpoint.keep keeps a step in common after a crash; to start again from step 0, use another run.output (or remove the trainers'"'"' checkpoints)' "$tmp/nocommon.log" ||
+  { fail "a restart without a common step: message"; grep error "$tmp/nocommon.log"; }
+[[ $(cd "$tmp/nocommon" && find . -type f -exec md5sum {} + | sort) == "$before" ]] ||
+  fail "a refused restart changed the population's files"
+echo "restart: trainers without a common checkpoint step are refused, nothing changed"
+
 # --- architectures: a layer's width varied per trainer (a key inside model.layers) -------------
 deck 32 20 '[population]' '[population.hyper]' '"model.layers[1].linear.out" = { values = [16, 48] }' \
   >"$tmp/arch.toml"

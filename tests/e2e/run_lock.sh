@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One run per run.output (issue 18): a second run into the folder of a live one is refused with one
-# message naming the first (exit 2), and the first goes on untouched; once the first has ended the
+# message naming the first (exit 2), and so is one into its checkpoint.dir (elsewhere), and the
+# first goes on untouched; once the first has ended the
 # folder is free again; a lock whose run is gone — its process dead on this host, or another
 # host's heartbeat older than a minute — is taken over with a note.
 # shellcheck source=tests/e2e/fault_common.bash
@@ -12,7 +13,7 @@ printf '%s\n' '[run]' 'seed = 5' 'steps = 100000000' 'log_every = 100' \
   'loss = "mse"' '[optimizer]' 'type = "sgd"' 'lr = 0.01' >"$tmp/deck.toml"
 
 # The first run, on 2 ranks, training.
-"$mpiexec" -n 2 "$bin/tessera" run "$tmp/deck.toml" >"$tmp/first.log" 2>&1 &
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/deck.toml" checkpoint.dir="$tmp/shared" >"$tmp/first.log" 2>&1 &
 first=$!
 # Until it trains: its first progress line ("step      1/..."; the resolved deck it prints
 # before, with its "steps = " line, comes before the lock), up to 2 minutes (an ASan build on a
@@ -31,12 +32,22 @@ for np in 1 2; do
   grep -qx "error: run.output = \"$tmp/run\" is in use by another run (process $pid on $host, since [0-9-]* [0-9:]* UTC; lock $tmp/run/.lock); give this run another run.output (or run.name), or wait for that one to end" \
     "$tmp/second.log" || fail "the second run on $np ranks: message"
 done
+# Another run.output, but the first run's checkpoint folder: refused too (the two would prune and
+# overwrite each other's checkpoints).
+"$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" run.steps=10 run.output="$tmp/other" \
+  checkpoint.dir="$tmp/shared" >"$tmp/second.log" 2>&1
+rc=$?
+echo "a second run into the first's checkpoint.dir: exit $rc: $(grep "^error:" "$tmp/second.log")"
+((rc == 2)) || fail "a second run into the first's checkpoint.dir: exit $rc, expected 2"
+grep -qx "error: checkpoint.dir = \"$tmp/shared\" is in use by another run (process $pid on $host, since [0-9-]* [0-9:]* UTC; lock $tmp/shared/.lock); give this run another checkpoint.dir, or wait for that one to end" \
+  "$tmp/second.log" || fail "a second run into the first's checkpoint.dir: message"
 kill -0 "$first" 2>/dev/null || fail "the first run did not survive the second's attempt"
 kill -TERM "$first"
 wait "$first"
 rc=$?
 ((rc == 75)) || fail "the first run: exit $rc after SIGTERM, expected 75"
-[[ ! -e $tmp/run/.lock ]] || fail "the lock outlived its run"
+[[ ! -e $tmp/run/.lock && ! -e $tmp/shared/.lock ]] || fail "a lock outlived its run"
+ls "$tmp/shared"/ckpt-*.h5 >/dev/null 2>&1 || fail "the stopped run saved no checkpoint in checkpoint.dir"
 
 # Free again.
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/deck.toml" run.steps=10 >"$tmp/third.log" 2>&1 ||

@@ -117,11 +117,15 @@ class DataParallel {
   void zero_grads();
   /// Updates the parameters with `optimizer` at learning rate `lr` (under ZeRO-1, this rank's
   /// pieces, then starts the allgather of the values), and averages the buffers (BatchNorm's
-  /// running statistics) over the data axis.
-  void step(optim::Optimizer& optimizer, double lr);
+  /// running statistics) over the data axis, each rank weighted by `samples`, those of the step's
+  /// batch it computed (< 0: equally).
+  void step(optim::Optimizer& optimizer, double lr, double samples = -1.0);
   /// Averages the buffers (BatchNorm's running statistics) over the axes where the ranks saw
-  /// different samples (part of step(); alone after forward passes that only update statistics).
-  void average_buffers();
+  /// different samples (part of step(); alone after forward passes that only update statistics):
+  /// weighted by `samples`, this rank's samples (one small allreduce sums them), so that a rank
+  /// whose share of a short last batch was empty, its statistics not moved, has no say; < 0:
+  /// every rank equally.
+  void average_buffers(double samples = -1.0);
   /// Whether the model has buffers (running statistics) at all.
   bool has_buffers() const { return !m_buffers.empty(); }
   /// Waits until every rank holds the updated parameters (before evaluation or reading them).

@@ -1,6 +1,7 @@
 #pragma once
-// The run folder's lock: one run at a time writes into a `run.output`. Two runs into one folder
-// used to interleave their metrics and die on each other's partial checkpoints.
+// The run folder's lock: one run at a time writes into a `run.output` (and into a `checkpoint.dir`
+// of its own elsewhere). Two runs into one folder used to interleave their metrics and die on each
+// other's partial checkpoints; two sharing a checkpoint folder pruned each other's checkpoints.
 //
 // Rank 0 of the trainer creates RUN_OUTPUT/.lock (O_CREAT | O_EXCL) holding "pid host start", and
 // touches it every 10 s while the run lives (heartbeat); the destructor removes it. A lock that
@@ -16,9 +17,10 @@ class RunLock {
   /// A heartbeat older than this marks another host's lock stale.
   static constexpr double kStaleSeconds = 60.0;
 
-  /// Takes the lock of `folder` (which exists) or throws input_error naming the run that holds it.
-  /// `note` receives a line when a stale lock was taken over.
-  RunLock(const std::string& folder, std::string* note);
+  /// Takes the lock of `folder` (which exists) or throws input_error naming the run that holds it
+  /// and the deck key `key` that chose the folder ("run.output", "checkpoint.dir"). `note`
+  /// receives a line when a stale lock was taken over.
+  RunLock(const std::string& folder, const std::string& key, std::string* note);
   ~RunLock();
   RunLock(const RunLock&) = delete;
   RunLock& operator=(const RunLock&) = delete;
