@@ -1,6 +1,9 @@
 #include "tessera/core/strings.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <iterator>
 #include <numeric>
 
 namespace tessera {
@@ -92,6 +95,21 @@ std::string printable(const std::string& text) {
     }
   }
   return out;
+}
+
+std::string human_bytes(double bytes) {
+  if (bytes < 1024.0) {
+    return fmt::format("{:.0f} B", bytes);
+  }
+  constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
+  double value = bytes / 1024.0;
+  std::size_t unit = 0;
+  while (value >= 1024.0 && unit + 1 < std::size(kUnits)) {
+    value /= 1024.0;
+    ++unit;
+  }
+  return unit == 0 ? fmt::format("{:.1f} {}", value, kUnits[unit])
+                   : fmt::format("{:.2f} {}", value, kUnits[unit]);
 }
 
 }  // namespace tessera

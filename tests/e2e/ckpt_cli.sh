@@ -113,6 +113,38 @@ for n in 1 2 3; do
   run "$n" export good.h5 -o w.pt
   expect_error "export extension at $n" "export: w.pt: the output must end in .h5 (HDF5) or .npz \
 (numpy)"
+  # The output is checked before anything is read or written: not an input (nor another spelling
+  # or a hard link of one), not a folder, not empty; average writes .h5. Nothing is left behind.
+  cp good.h5 in.h5 && ln -f in.h5 in-link.h5
+  run "$n" export in.h5 -o in.h5
+  expect_error "export over its input at $n" "in.h5: is also an input; -o must name another file"
+  run "$n" export in.h5 -o ./in.h5
+  expect_error "export over its input respelled at $n" \
+    "./in.h5: is the input in.h5; -o must name another file"
+  run "$n" export in.h5 -o in-link.h5
+  expect_error "export over a hard link of its input at $n" \
+    "in-link.h5: is the input in.h5; -o must name another file"
+  run "$n" average good.h5 in.h5 -o in.h5
+  expect_error "average over an input at $n" "in.h5: is also an input; -o must name another file"
+  run "$n" average good.h5 other.h5 -o ""
+  expect_error "average -o '' at $n" '-o "": an empty name; -o takes a file name'
+  run "$n" export good.h5 -o ""
+  expect_error "export -o '' at $n" '-o "": an empty name; -o takes a file name'
+  run "$n" average good.h5 other.h5 -o .
+  expect_error "average -o . at $n" ".: is a folder; -o takes a file name"
+  run "$n" average good.h5 other.h5 -o newdir/
+  expect_error "average -o newdir/ at $n" "newdir/: names a folder; -o takes a file name"
+  run "$n" average good.h5 other.h5 -o avg.npz
+  expect_error "average extension at $n" "average: avg.npz: the output must end in .h5 (HDF5)"
+  if ! cmp -s good.h5 in.h5 || [[ -e newdir || -e avg.npz ]] || compgen -G '.*.partial' >/dev/null; then
+    echo "FAIL refused outputs at $n: an input changed or a file was left behind"
+    failed=$((failed + 1))
+  fi
+  # diff --tolerance: a finite number >= 0.
+  run "$n" diff good.h5 other.h5 --tolerance -1
+  expect_error "diff --tolerance -1 at $n" "--tolerance -1: must be a finite number >= 0"
+  run "$n" diff good.h5 other.h5 --tolerance inf
+  expect_error "diff --tolerance inf at $n" "--tolerance inf: must be a finite number >= 0"
   run "$n" export damaged.h5 -o "damaged$n.npz"
   expect "export damaged at $n" 2 "error: damaged.h5: /model/linear1/weight: checksum $hex does \
 not match the stored $hex: the checkpoint does not verify, nothing exported \(tessera-ckpt verify \

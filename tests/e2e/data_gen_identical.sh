@@ -1,11 +1,30 @@
 #!/usr/bin/env bash
 # tessera-data gen writes byte-identical files at 1, 2 and 4 ranks for the same seed (2-D and 3-D,
-# float32 and float16), and a bad command line exits 2 with one message, at 1 and 2 ranks.
+# float32 and float16), and a bad command line (a bad split name, a sample over 4 GiB, an output
+# that names a folder, a dataset larger than the free space) exits 2 with one message, leaving no
+# file, at 1 and 2 ranks.
 set -euo pipefail
 bin=${TESSERA_BIN:?}/tessera-data
 mpiexec=${MPIEXEC:-mpiexec.mpich}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
+
+# expect_error N MESSAGE ARGS...: tessera-data ARGS at N ranks exits 2 with exactly the line
+# "error: MESSAGE".
+expect_error() {
+  local n=$1 message=$2 out code
+  shift 2
+  set +e
+  out=$(timeout 60 "$mpiexec" -n "$n" "$bin" "$@" 2>&1)
+  code=$?
+  set -e
+  if [[ $code -ne 2 || "$out" != "error: $message" ]]; then
+    echo "FAIL at $n ranks: tessera-data $*" >&2
+    echo "  want (exit 2): error: $message" >&2
+    echo "  got (exit $code): $out" >&2
+    exit 1
+  fi
+}
 
 check_identical() {  # args: label, gen arguments...
   local label=$1
@@ -56,6 +75,33 @@ for n in 1 2; do
   set -e
   if [[ $code -ne 2 || "$out" != "error: tessera-data gen: --dims 4 must be 2 or 3" ]]; then
     echo "FAIL at $n ranks: exit $code, output: $out" >&2
+    exit 1
+  fi
+  # A split that is no plain name, a sample over HDF5's 4 GiB chunk limit, an output that names
+  # a folder, a dataset larger than the disk's free space: refused before anything is written.
+  mkdir -p "$dir/folder"
+  split_rule='must be a plain group name like "train" (not empty, not ".", no '"'/'"')'
+  expect_error $n "tessera-data gen: --split \"\": $split_rule" gen -q -o "$dir/bad.h5" --split ""
+  expect_error $n "tessera-data gen: --split \"/\": $split_rule" gen -q -o "$dir/bad.h5" --split /
+  expect_error $n "tessera-data gen: --size 100000 --dims 3: one sample is 3.55 PiB of float32, but HDF5 stores a sample as one chunk, which must be under 4 GiB; give a smaller --size" \
+    gen -q -o "$dir/bad.h5" -s 100000 -d 3
+  expect_error $n "tessera-data gen: --size 60000 --dims 2: one sample is 13.41 GiB of float32, but HDF5 stores a sample as one chunk, which must be under 4 GiB; give a smaller --size" \
+    gen -q -o "$dir/bad.h5" -s 60000 -d 2
+  expect_error $n '-o "": an empty name; -o takes a file name' gen -q -o ""
+  expect_error $n "$dir/folder: is a folder; -o takes a file name" gen -q -o "$dir/folder"
+  expect_error $n "$dir/newdir/: names a folder; -o takes a file name" gen -q -o "$dir/newdir/"
+  set +e
+  out=$("$mpiexec" -n $n "$bin" gen -q -o "$dir/big.h5" -n 2000000000 -s 64 -d 3 2>&1)
+  code=$?
+  set -e
+  want="error: tessera-data gen: no space left on device for $dir/big.h5: $dir has [0-9.]+ [KMGTP]?i?B free, the dataset needs 1.88 PiB; nothing was written"
+  if [[ $code -ne 2 || ! "$out" =~ ^$want$ ]]; then
+    echo "FAIL at $n ranks: gen of 1.88 PiB: exit $code, output: $out" >&2
+    exit 1
+  fi
+  if [[ -e "$dir/bad.h5" || -e "$dir/big.h5" || -e "$dir/newdir" ]] ||
+    compgen -G "$dir/*.partial" >/dev/null || [[ -n $(ls -A "$dir/folder") ]]; then
+    echo "FAIL at $n ranks: a refused gen left a file behind: $(ls -A "$dir")" >&2
     exit 1
   fi
   set +e

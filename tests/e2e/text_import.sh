@@ -109,6 +109,30 @@ for n in 1 2; do
   expect_error $n "tessera-data import kjv: the \`bible\` program is not installed (apt-get install bible-kjv; tools/setup.sh installs it)" \
     env PATH=/nonexistent "$bin" import kjv -o "$dir/bad.h5"
   test ! -e "$dir/bad.h5" || fail "a refused import left $dir/bad.h5"
+  # The output is checked before anything is written: not an input (nor another spelling or a
+  # hard link of one), not a folder, not empty.
+  cp "$dir/a.txt" "$dir/self.txt"
+  ln -f "$dir/self.txt" "$dir/self-link.txt"
+  mkdir -p "$dir/folder"
+  expect_error $n "$dir/self.txt: is also an input; -o must name another file" \
+    "$bin" import text "$dir/self.txt" -o "$dir/self.txt"
+  expect_error $n "$dir/./self.txt: is the input $dir/self.txt; -o must name another file" \
+    "$bin" import text "$dir/b.txt" "$dir/self.txt" -o "$dir/./self.txt"
+  expect_error $n "$dir/self-link.txt: is the input $dir/self.txt; -o must name another file" \
+    "$bin" import text "$dir/self.txt" -o "$dir/self-link.txt"
+  cmp -s "$dir/a.txt" "$dir/self.txt" || fail "import text over its input changed the input"
+  for command in "import text $dir/a.txt" "import fashion-mnist"; do
+    # shellcheck disable=SC2086  # $command is words
+    expect_error $n '-o "": an empty name; -o takes a file name' "$bin" $command -o ""
+    # shellcheck disable=SC2086
+    expect_error $n "$dir/folder: is a folder; -o takes a file name" "$bin" $command -o "$dir/folder"
+    # shellcheck disable=SC2086
+    expect_error $n "$dir/newdir/: names a folder; -o takes a file name" \
+      "$bin" $command -o "$dir/newdir/"
+  done
+  test ! -e "$dir/newdir" || fail "a refused import made $dir/newdir"
+  [[ -z $(ls -A "$dir/folder") ]] || fail "a refused import wrote into $dir/folder"
+  ! compgen -G "$dir/*.partial" >/dev/null || fail "a refused import left a .partial file"
 done
 echo "bad input: exit 2 with one message at 1 and 2 ranks"
 

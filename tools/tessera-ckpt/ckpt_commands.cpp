@@ -7,6 +7,7 @@
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/io/checkpoint_format.hpp"
+#include "tessera/io/output_file.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -248,23 +249,6 @@ io::File open_on_all(MPI_Comm comm, const std::string& path) {
 std::string partial_path(const std::string& out) {
   const fs::path p(out);
   return (p.parent_path() / ("." + p.filename().string() + ".partial")).string();
-}
-
-// Checks, on rank 0 inside an agree phase, that `out` can be written: not a folder, and its
-// folder exists (made when missing).
-void prepare_output(const std::string& out) {
-  std::error_code ec;
-  if (fs::is_directory(out, ec)) {
-    throw input_error(fmt::format("{}: is a folder; -o takes a file name", out));
-  }
-  const fs::path parent = fs::path(out).parent_path();
-  if (!parent.empty() && !fs::exists(parent, ec)) {
-    fs::create_directories(parent, ec);
-    if (ec) {
-      throw input_error(
-          fmt::format("{}: cannot create the folder {} ({})", out, parent.string(), ec.message()));
-    }
-  }
 }
 
 // --- ls ----------------------------------------------------------------------------------------
@@ -746,8 +730,8 @@ Outcome verify(MPI_Comm comm, const std::vector<std::string>& files) {
 
 DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance) {
   comm::agree(comm, [&] {
-    if (!(tolerance >= 0.0)) {
-      throw input_error(fmt::format("diff: --tolerance {} must be >= 0", tolerance));
+    if (!(std::isfinite(tolerance) && tolerance >= 0.0)) {
+      throw input_error(fmt::format("--tolerance {}: must be a finite number >= 0", tolerance));
     }
   });
   const io::File fa = open_on_all(comm, a);
@@ -974,6 +958,9 @@ Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& 
   const std::string ext = fs::path(out).extension().string();
   const bool npz = ext == ".npz";
   comm::agree(comm, [&] {
+    if (rank_of(comm) == 0) {
+      io::check_output_file(out, {file});
+    }
     if (!npz && ext != ".h5" && ext != ".hdf5") {
       throw input_error(
           fmt::format("export: {}: the output must end in .h5 (HDF5) or .npz (numpy)", out));
@@ -1001,7 +988,7 @@ Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& 
     }
     const io::Group src = f.root();
     const auto step = root_int(src, "step");
-    prepare_output(out);
+    io::make_output_folder(out);
     const std::string tmp = partial_path(out);
     try {
       std::optional<io::File> h5;
@@ -1077,6 +1064,13 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
     if (k_inputs < 2) {
       throw input_error(fmt::format("average: needs two checkpoints or more, {} given", k_inputs));
     }
+    if (rank == 0) {
+      io::check_output_file(out, inputs);
+    }
+    const std::string ext = fs::path(out).extension().string();
+    if (ext != ".h5" && ext != ".hdf5") {
+      throw input_error(fmt::format("average: {}: the output must end in .h5 (HDF5)", out));
+    }
   });
   for (const std::string& input : inputs) {
     require_verified(comm, input, "written");
@@ -1131,7 +1125,7 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
       }
     }
     if (rank == 0) {
-      prepare_output(out);
+      io::make_output_folder(out);
     }
   });
 

@@ -74,12 +74,14 @@ DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b,
 Outcome diff(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance);
 
 /// `export FILE -o OUT`: the /model tensors into OUT (.h5: plain HDF5, datasets named like the
-/// parameters; .npz: numpy's archive). Rank 0 does the work. `force_zip64` is for tests.
+/// parameters; .npz: numpy's archive). OUT is not FILE (io::check_output_file). Rank 0 does the
+/// work. `force_zip64` is for tests.
 Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& out,
                      bool force_zip64 = false);
 
 /// `average A B ... -o OUT`: the element-wise mean of the /model tensors as a checkpoint whose
-/// metadata and optimizer state are copied from the first input.
+/// metadata and optimizer state are copied from the first input. OUT ends in .h5 or .hdf5 and is
+/// none of the inputs (io::check_output_file).
 Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std::string& out);
 
 }  // namespace tessera::ckpt

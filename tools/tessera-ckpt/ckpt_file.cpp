@@ -33,20 +33,6 @@ std::vector<Piece> split_elements(const std::vector<std::int64_t>& sizes, int ra
   return out;
 }
 
-std::string human_bytes(std::int64_t bytes) {
-  const auto b = static_cast<double>(bytes);
-  if (bytes < 1024) {
-    return fmt::format("{} B", bytes);
-  }
-  if (bytes < (std::int64_t{1} << 20)) {
-    return fmt::format("{:.1f} KiB", b / 1024.0);
-  }
-  if (bytes < (std::int64_t{1} << 30)) {
-    return fmt::format("{:.2f} MiB", b / 1048576.0);
-  }
-  return fmt::format("{:.2f} GiB", b / 1073741824.0);
-}
-
 std::string shape_text(const std::vector<hsize_t>& shape) {
   return fmt::format("({})", fmt::join(shape, ", "));
 }

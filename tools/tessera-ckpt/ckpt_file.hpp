@@ -47,8 +47,6 @@ struct Piece {
 /// equal length: the pieces of range `rank`, in order. Every element lies in exactly one range.
 std::vector<Piece> split_elements(const std::vector<std::int64_t>& sizes, int rank, int ranks);
 
-/// "48 B", "1.5 KiB", "3.25 MiB", "1.00 GiB".
-std::string human_bytes(std::int64_t bytes);
 /// "(4, 3)".
 std::string shape_text(const std::vector<hsize_t>& shape);
 

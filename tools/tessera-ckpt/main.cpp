@@ -5,7 +5,7 @@
 //   tessera-ckpt verify FILE...              recompute every checksum, check completeness
 //   tessera-ckpt diff A B [--tolerance REL]  compare tensor by tensor
 //   tessera-ckpt export FILE -o OUT.h5|.npz  the model's weights alone
-//   tessera-ckpt average A B ... -o OUT      element-wise mean of the model tensors
+//   tessera-ckpt average A B ... -o OUT.h5   element-wise mean of the model tensors
 //   tessera-ckpt deck FILE                   the embedded deck, to re-run it
 //   mpiexec -n N tessera-ckpt verify|diff|average ...   the elements spread over N ranks
 //
@@ -49,8 +49,7 @@ int main(int argc, char** argv) {
     diff->add_option("b", b, "second checkpoint (B)")->required();
     diff->add_option("--tolerance", tolerance,
                      "largest max|A-B| / max|B| per tensor that counts as equal (0: bit for bit)")
-        ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->capture_default_str();  // checked by diff: a finite number >= 0
 
     std::string file;
     std::string out;
@@ -62,7 +61,7 @@ int main(int argc, char** argv) {
     auto* avg = app.add_subcommand(
         "average", "element-wise mean of the model tensors of checkpoints, as a checkpoint");
     avg->add_option("inputs", inputs, "checkpoint files (two or more)")->required();
-    avg->add_option("--output,-o", out, "checkpoint file to write")->required();
+    avg->add_option("--output,-o", out, "checkpoint file to write, ending in .h5")->required();
 
     auto* dk = app.add_subcommand("deck", "print the embedded deck (tessera-ckpt deck F > d.toml)");
     dk->add_option("file", file, "checkpoint file")->required();

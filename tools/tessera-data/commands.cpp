@@ -10,6 +10,7 @@
 #include "tessera/core/timer.hpp"
 #include "tessera/io/dataset.hpp"
 #include "tessera/io/hdf5.hpp"
+#include "tessera/io/output_file.hpp"
 
 #include <fcntl.h>
 #include <fmt/ranges.h>
@@ -34,17 +35,21 @@ namespace {
 
 using comm::rank_of;
 
-void make_parent_dir(const std::string& path) {
-  const auto parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty()) {
-    std::filesystem::create_directories(parent);
-  }
-}
-
 // Writes to `path`.partial and renames into place once complete, so that a file that exists
 // under its name is always whole.
 std::string partial_name(const std::string& path) {
   return path + ".partial";
+}
+
+// Runs `write`, which writes `tmp`; when it fails, removes `tmp` (nothing half-written is left).
+void removing_on_failure(const std::string& tmp, const std::function<void()>& write) {
+  try {
+    write();
+  } catch (...) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    throw;
+  }
 }
 
 const std::vector<std::string> kFashionClasses{"T-shirt/top", "Trouser",   "Pullover", "Dress",
@@ -77,6 +82,12 @@ void import_fashion_mnist(const ImportOptions& o) {
     if (!root) {
       return;
     }
+    std::vector<std::string> inputs;
+    for (const Split& s : splits) {
+      inputs.push_back(o.source + "/" + s.images);
+      inputs.push_back(o.source + "/" + s.labels);
+    }
+    io::check_output_file(o.output, inputs);
     for (Split& s : splits) {
       const std::string ipath = o.source + "/" + s.images;
       const std::string lpath = o.source + "/" + s.labels;
@@ -129,9 +140,9 @@ void import_fashion_mnist(const ImportOptions& o) {
       splits[0].y.values.resize(keep);
       written.push_back(&validation);
     }
-    make_parent_dir(o.output);
+    io::make_output_folder(o.output);
     const std::string tmp = partial_name(o.output);
-    {
+    removing_on_failure(tmp, [&] {
       io::File f = io::File::create(tmp, MPI_COMM_SELF);
       {
         const io::Group r = f.root();
@@ -157,9 +168,9 @@ void import_fashion_mnist(const ImportOptions& o) {
         }
       }
       f.close();
-    }
-    io::write_checksums(tmp);
-    std::filesystem::rename(tmp, o.output);
+      io::write_checksums(tmp);
+      std::filesystem::rename(tmp, o.output);
+    });
     std::printf(
         "tessera-data: wrote %s: train %u, test %u%s samples of 1x28x28 uint8 (mean %.4f, "
         "std %.4f)\n",
@@ -268,9 +279,9 @@ TokenSplits split_blocks(const std::vector<std::uint8_t>& text, double fraction,
 // Writes the splits (vocab 256, tokenizer "bytes") to `output` via its partial name.
 void write_token_file(const std::string& output, const TokenSplits& s, const std::string& source,
                       const std::string& licence) {
-  make_parent_dir(output);
+  io::make_output_folder(output);
   const std::string tmp = partial_name(output);
-  {
+  removing_on_failure(tmp, [&] {
     io::File f = io::File::create(tmp, MPI_COMM_SELF);
     {
       const io::Group r = f.root();
@@ -293,14 +304,15 @@ void write_token_file(const std::string& output, const TokenSplits& s, const std
       }
     }
     f.close();
-  }
-  io::write_checksums(tmp);
-  std::filesystem::rename(tmp, output);
+    io::write_checksums(tmp);
+    std::filesystem::rename(tmp, output);
+  });
 }
 
-// Checks --validation (every rank: it is the command line), then on rank 0 gets the text from
-// `read`, splits it, writes `output` and prints one line.
+// Checks --validation (every rank: it is the command line), then on rank 0 checks `output` (none
+// of `inputs`), gets the text from `read`, splits it, writes `output` and prints one line.
 void import_bytes(const std::string& who, double fraction, const std::string& output,
+                  const std::vector<std::string>& inputs,
                   const std::function<std::vector<std::uint8_t>()>& read,
                   const std::function<std::string()>& source, const std::string& licence) {
   TokenSplits s;
@@ -311,6 +323,7 @@ void import_bytes(const std::string& who, double fraction, const std::string& ou
     if (rank_of(MPI_COMM_WORLD) != 0) {
       return;
     }
+    io::check_output_file(output, inputs);
     s = split_blocks(read(), fraction, who);
     write_token_file(output, s, source(), licence);
   });
@@ -420,7 +433,7 @@ std::string joined(const std::vector<std::string>& v) {
 void import_text(const TextImportOptions& o) {
   const std::string who = "tessera-data import text";
   import_bytes(
-      who, o.validation, o.output,
+      who, o.validation, o.output, o.files,
       [&] {
         std::vector<std::uint8_t> text = read_files(o.files, who);
         if (text.empty()) {
@@ -443,7 +456,7 @@ void import_kjv(const KjvImportOptions& o) {
   const std::vector<std::string> args{"Gen1:1-Rev22:21"};
   std::string version;
   import_bytes(
-      who, o.validation, o.output,
+      who, o.validation, o.output, {},
       [&] {
         const std::string bible = find_program("bible");
         if (bible.empty()) {
@@ -478,137 +491,188 @@ void import_kjv(const KjvImportOptions& o) {
       "public domain");
 }
 
+namespace {
+// Checks gen's command line (every rank) and, on the root rank, its output: a name that is no
+// folder, on a file system with room for the dataset. Makes the output's folder. Returns the
+// samples' element type.
+io::ElementType check_gen_options(const GenOptions& o, bool root) {
+  auto bad = [](const std::string& what) { return input_error("tessera-data gen: " + what); };
+  if (o.dims != 2 && o.dims != 3) {
+    throw bad(fmt::format("--dims {} must be 2 or 3", o.dims));
+  }
+  if (o.samples < 1 || o.size < 4 || o.steps < 0) {
+    throw bad(fmt::format("--samples {} must be >= 1, --size {} >= 4, --steps {} >= 0", o.samples,
+                          o.size, o.steps));
+  }
+  io::ElementType type = io::ElementType::f32;
+  if (o.dtype == "float16") {
+    type = io::ElementType::f16;
+  } else if (o.dtype != "float32") {
+    throw bad(fmt::format("--dtype {} must be float32 or float16", o.dtype));
+  }
+  if (o.split.empty() || o.split == "." || o.split.find('/') != std::string::npos) {
+    throw bad(
+        fmt::format("--split \"{}\": must be a plain group name like \"train\" (not empty, not "
+                    "\".\", no '/')",
+                    printable(o.split)));
+  }
+  // HDF5 stores each sample as one chunk, and a chunk must be under 4 GiB.
+  const double sample_bytes =
+      std::pow(static_cast<double>(o.size), o.dims) * (type == io::ElementType::f16 ? 2.0 : 4.0);
+  if (sample_bytes >= 4294967296.0) {
+    throw bad(fmt::format(
+        "--size {} --dims {}: one sample is {} of {}, but HDF5 stores a sample as one chunk, "
+        "which must be under 4 GiB; give a smaller --size",
+        o.size, o.dims, human_bytes(sample_bytes), o.dtype));
+  }
+  if (root) {
+    io::check_output_file(o.output);
+    // Room for it: the samples and targets, and HDF5's metadata (a generous 1 MiB + 1%).
+    const double needed =
+        (static_cast<double>(o.samples) * (sample_bytes + 8.0)) * 1.01 + 1048576.0;
+    const io::FreeSpace space = io::free_space_for(o.output);
+    if (static_cast<double>(space.bytes) < needed) {
+      throw bad(fmt::format(
+          "no space left on device for {}: {} has {} free, the dataset needs {}; nothing was "
+          "written",
+          o.output, space.folder, human_bytes(static_cast<double>(space.bytes)),
+          human_bytes(needed)));
+    }
+    io::make_output_folder(o.output);
+  }
+  return type;
+}
+}  // namespace
+
 double generate_gray_scott(const GenOptions& o) {
   comm::MpiCommunicator world(MPI_COMM_WORLD, "world");
   const int rank = world.rank();
   io::ElementType type = io::ElementType::f32;
   std::vector<Index> extent;
-  comm::agree(MPI_COMM_WORLD, [&] {
-    auto bad = [](const std::string& what) { return input_error("tessera-data gen: " + what); };
-    if (o.dims != 2 && o.dims != 3) {
-      throw bad(fmt::format("--dims {} must be 2 or 3", o.dims));
-    }
-    if (o.samples < 1 || o.size < 4 || o.steps < 0) {
-      throw bad(fmt::format("--samples {} must be >= 1, --size {} >= 4, --steps {} >= 0", o.samples,
-                            o.size, o.steps));
-    }
-    if (o.dtype == "float16") {
-      type = io::ElementType::f16;
-    } else if (o.dtype != "float32") {
-      throw bad(fmt::format("--dtype {} must be float32 or float16", o.dtype));
-    }
-    if (rank == 0) {
-      make_parent_dir(o.output);
-    }
-  });
+  comm::agree(MPI_COMM_WORLD, [&] { type = check_gen_options(o, rank == 0); });
   extent.assign(static_cast<size_t>(o.dims), o.size);
   const comm::CartesianGrid grid(MPI_COMM_WORLD, extent, true);
   const std::string tmp = partial_name(o.output);
-  io::File f = io::File::create(tmp, MPI_COMM_WORLD);
   double write_seconds = 0.0;
   std::int64_t redrawn = 0;  // runs that died out and were drawn again
-  {
-    const io::Group r = f.root();
-    write_root_attributes(r,
-                          fmt::format("tessera-data gen: Gray-Scott reaction-diffusion, {}-D "
-                                      "grid {}, {} steps, seed {}",
-                                      o.dims, o.size, o.steps, o.seed),
-                          "CC0-1.0 (generated data)");
-    const io::Group g = r.create_group(o.split);
-    const auto n = static_cast<hsize_t>(o.samples);
-    std::vector<hsize_t> xshape{n, 1};
-    std::vector<hsize_t> chunk{1, 1};
-    for (Index e : extent) {
-      xshape.push_back(static_cast<hsize_t>(e));
-      chunk.push_back(static_cast<hsize_t>(e));
-    }
-    const io::Dataset x = g.create_dataset("x", type, xshape, chunk);
-    const io::Dataset y = g.create_dataset("y", io::ElementType::f32, {n, 2});
-    const io::Attributes a = g.attributes();
-    a.set("task", std::string("regression"));
-    a.set("target_names", std::vector<std::string>{"F", "k"});
-    if (o.unit_targets) {
-      a.set("target_low", std::vector<double>{kFeedLow, kKillLow});
-      a.set("target_high", std::vector<double>{kFeedLow + kFeedRange, kKillLow + kKillRange});
-    }
-    a.set("field", std::string("v"));
-    a.set("scale", 1.0);
-    a.set("mean", std::vector<double>{0.0});
-    a.set("std", std::vector<double>{1.0});
-    a.set("steps", static_cast<std::int64_t>(o.steps));
-    a.set("seed", static_cast<std::int64_t>(o.seed));
-
-    const GrayScottOptions sim{0.16F, 0.08F, o.steps};
-    io::Box box{{0, 0}, {1, 1}};
-    for (size_t d = 0; d < extent.size(); ++d) {
-      box.offset.push_back(static_cast<hsize_t>(grid.local_offset()[d]));
-      box.count.push_back(static_cast<hsize_t>(grid.local_extent()[d]));
-    }
-    std::vector<float> targets;
-    const Stopwatch total;
-    const std::int64_t every = std::max<std::int64_t>(1, o.samples / 10);
-    for (std::int64_t s = 0; s < o.samples; ++s) {
-      // A run that dies out is drawn again (kExtinct): the maximum over the whole volume decides,
-      // the same on every rank.
-      GrayScottParameters p;
-      std::vector<float> field;
-      for (int draw = 0;; ++draw) {
-        TESSERA_CHECK(draw < kMaxDraws,
-                      "tessera-data gen: sample {}: {} draws of (F, k) all died out", s, draw);
-        p = sample_parameters(o.seed, s, draw);
-        field = simulate(grid, o.seed, s, p, sim);
-        float peak = field.empty() ? 0.0F : *std::max_element(field.begin(), field.end());
-        world.allreduce(comm::Buffer(&peak, 1), {comm::ReduceOp::max})->wait();
-        if (peak >= kExtinct) {
-          break;
-        }
-        ++redrawn;
+  std::unique_ptr<io::File> f;
+  try {
+    f = std::make_unique<io::File>(io::File::create(tmp, MPI_COMM_WORLD));
+    {
+      const io::Group r = f->root();
+      write_root_attributes(r,
+                            fmt::format("tessera-data gen: Gray-Scott reaction-diffusion, {}-D "
+                                        "grid {}, {} steps, seed {}",
+                                        o.dims, o.size, o.steps, o.seed),
+                            "CC0-1.0 (generated data)");
+      const io::Group g = r.create_group(o.split);
+      const auto n = static_cast<hsize_t>(o.samples);
+      std::vector<hsize_t> xshape{n, 1};
+      std::vector<hsize_t> chunk{1, 1};
+      for (Index e : extent) {
+        xshape.push_back(static_cast<hsize_t>(e));
+        chunk.push_back(static_cast<hsize_t>(e));
       }
-      box.offset[0] = static_cast<hsize_t>(s);
-      {
-        const ScopedTimer t(write_seconds);
-        x.write(box, io::ElementType::f32, field.data(), true);
-      }
+      const io::Dataset x = g.create_dataset("x", type, xshape, chunk);
+      const io::Dataset y = g.create_dataset("y", io::ElementType::f32, {n, 2});
+      const io::Attributes a = g.attributes();
+      a.set("task", std::string("regression"));
+      a.set("target_names", std::vector<std::string>{"F", "k"});
       if (o.unit_targets) {
-        targets.push_back((p.feed - kFeedLow) / kFeedRange);
-        targets.push_back((p.kill - kKillLow) / kKillRange);
-      } else {
-        targets.push_back(p.feed);
-        targets.push_back(p.kill);
+        a.set("target_low", std::vector<double>{kFeedLow, kKillLow});
+        a.set("target_high", std::vector<double>{kFeedLow + kFeedRange, kKillLow + kKillRange});
       }
-      if (!o.quiet && rank == 0 && ((s + 1) % every == 0 || s + 1 == o.samples)) {
-        std::printf("tessera-data gen: %lld/%lld samples, %.1f s\n", static_cast<long long>(s + 1),
-                    static_cast<long long>(o.samples), total.seconds());
-        std::fflush(stdout);
+      a.set("field", std::string("v"));
+      a.set("scale", 1.0);
+      a.set("mean", std::vector<double>{0.0});
+      a.set("std", std::vector<double>{1.0});
+      a.set("steps", static_cast<std::int64_t>(o.steps));
+      a.set("seed", static_cast<std::int64_t>(o.seed));
+
+      const GrayScottOptions sim{0.16F, 0.08F, o.steps};
+      io::Box box{{0, 0}, {1, 1}};
+      for (size_t d = 0; d < extent.size(); ++d) {
+        box.offset.push_back(static_cast<hsize_t>(grid.local_offset()[d]));
+        box.count.push_back(static_cast<hsize_t>(grid.local_extent()[d]));
       }
+      std::vector<float> targets;
+      const Stopwatch total;
+      const std::int64_t every = std::max<std::int64_t>(1, o.samples / 10);
+      for (std::int64_t s = 0; s < o.samples; ++s) {
+        // A run that dies out is drawn again (kExtinct): the maximum over the whole volume decides,
+        // the same on every rank.
+        GrayScottParameters p;
+        std::vector<float> field;
+        for (int draw = 0;; ++draw) {
+          TESSERA_CHECK(draw < kMaxDraws,
+                        "tessera-data gen: sample {}: {} draws of (F, k) all died out", s, draw);
+          p = sample_parameters(o.seed, s, draw);
+          field = simulate(grid, o.seed, s, p, sim);
+          float peak = field.empty() ? 0.0F : *std::max_element(field.begin(), field.end());
+          world.allreduce(comm::Buffer(&peak, 1), {comm::ReduceOp::max})->wait();
+          if (peak >= kExtinct) {
+            break;
+          }
+          ++redrawn;
+        }
+        box.offset[0] = static_cast<hsize_t>(s);
+        {
+          const ScopedTimer t(write_seconds);
+          x.write(box, io::ElementType::f32, field.data(), true);
+        }
+        if (o.unit_targets) {
+          targets.push_back((p.feed - kFeedLow) / kFeedRange);
+          targets.push_back((p.kill - kKillLow) / kKillRange);
+        } else {
+          targets.push_back(p.feed);
+          targets.push_back(p.kill);
+        }
+        if (!o.quiet && rank == 0 && ((s + 1) % every == 0 || s + 1 == o.samples)) {
+          std::printf("tessera-data gen: %lld/%lld samples, %.1f s\n",
+                      static_cast<long long>(s + 1), static_cast<long long>(o.samples),
+                      total.seconds());
+          std::fflush(stdout);
+        }
+      }
+      a.set("redrawn", redrawn);
+      const ScopedTimer t(write_seconds);
+      // The targets are small: rank 0 writes them, the others take part with empty selections.
+      const io::Box ybox = rank == 0 ? io::Box{{0, 0}, {n, 2}} : io::Box{{0, 0}, {0, 0}};
+      y.write(ybox, io::ElementType::f32, targets.data(), true);
     }
-    a.set("redrawn", redrawn);
-    const ScopedTimer t(write_seconds);
-    // The targets are small: rank 0 writes them, the others take part with empty selections.
-    const io::Box ybox = rank == 0 ? io::Box{{0, 0}, {n, 2}} : io::Box{{0, 0}, {0, 0}};
-    y.write(ybox, io::ElementType::f32, targets.data(), true);
-  }
-  {
-    // Until the data is on the disk, as `dd conv=fdatasync` measures it.
-    const ScopedTimer t(write_seconds);
-    f.close();
+    {
+      // Until the data is on the disk, as `dd conv=fdatasync` measures it.
+      const ScopedTimer t(write_seconds);
+      f->close();
+      if (rank == 0) {
+        const int fd = ::open(tmp.c_str(), O_RDONLY);
+        if (fd >= 0) {
+          ::fdatasync(fd);
+          ::close(fd);
+        }
+      }
+      world.barrier()->wait();
+    }
+    // The checksums from what the file holds, by rank 0 alone (the file is closed everywhere).
+    comm::agree(MPI_COMM_WORLD, [&] {
+      if (rank == 0) {
+        io::write_checksums(tmp);
+      }
+    });
     if (rank == 0) {
-      const int fd = ::open(tmp.c_str(), O_RDONLY);
-      if (fd >= 0) {
-        ::fdatasync(fd);
-        ::close(fd);
-      }
+      std::filesystem::rename(tmp, o.output);
     }
-    world.barrier()->wait();
+  } catch (...) {
+    // Nothing half-written is left. Closing the file is collective: a rank that failed alone
+    // leaves its handle open (main() aborts the job) rather than wait for the others forever.
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    if (world.size() > 1) {
+      static_cast<void>(f.release());
+    }
+    throw;
   }
-  // The checksums from what the file holds, by rank 0 alone (the file is closed everywhere).
-  comm::agree(MPI_COMM_WORLD, [&] {
-    if (rank == 0) {
-      io::write_checksums(tmp);
-    }
-  });
   if (rank == 0) {
-    std::filesystem::rename(tmp, o.output);
     if (!o.quiet) {
       std::printf(
           "tessera-data gen: wrote %s: %lld samples of %s %s on a %s rank grid (%lld runs that "

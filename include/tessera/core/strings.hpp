@@ -20,4 +20,7 @@ std::size_t utf8_length(const std::string& text, std::size_t i);
 /// from a file or the command line must not drive the terminal).
 std::string printable(const std::string& text);
 
+/// "48 B", "1.5 KiB", "3.25 MiB", "1.00 GiB", "2.50 TiB", "1.91 PiB".
+std::string human_bytes(double bytes);
+
 }  // namespace tessera
