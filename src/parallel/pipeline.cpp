@@ -345,6 +345,12 @@ Tensor Pipeline::forward(const Tensor& x, Index samples, const nn::ForwardOption
                          PipelineStats* stats) {
   PipelineStats local;
   PipelineStats& s = stats != nullptr ? *stats : local;
+  if (samples == 0 && options.training) {
+    // No samples on this data rank (every stage alike): only the collectives the layers share
+    // with ranks that have some (SyncBatchNorm's), as in train().
+    m_stage_layers.forward_empty(options);
+    return Tensor();
+  }
   Tensor in = x;
   if (!first()) {
     Pending p = post_recv(m_local_in, samples, m_stage - 1, kActivationTag);

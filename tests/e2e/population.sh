@@ -39,6 +39,18 @@ deck() {  # deck HIDDEN STEPS [population lines...]
     '[checkpoint]' 'every_steps = 10' 'keep = 5' "$@"
 }
 
+# equals_alone POP K NP LABEL DECK OVERRIDES...: DECK run alone on NP ranks with OVERRIDES (into
+# $tmp/LABEL) ends with the checkpoint of trainer K of the population in $tmp/POP, bit for bit.
+equals_alone() {
+  local pop=$1 k=$2 np=$3 label=$4 deck=$5
+  shift 5
+  "$mpiexec" -n "$np" "$bin/tessera" run "$deck" "$@" run.output="$tmp/$label" \
+    >"$tmp/$label.log" 2>&1 || { fail "$label: trainer $k's deck alone: exit $?"; return; }
+  "$bin/tessera-ckpt" diff "$tmp/$pop/trainer-$k/ckpt/ckpt-00000020.h5" \
+    "$tmp/$label/ckpt/ckpt-00000020.h5" >"$tmp/diff.log" 2>&1 ||
+    { fail "$label: trainer $k differs from its deck run alone"; cat "$tmp/diff.log"; }
+}
+
 # --- independence ------------------------------------------------------------------------------
 deck 32 20 '[population]' '[population.hyper]' '"optimizer.lr" = { values = [0.02, 0.1] }' \
   '"optimizer.momentum" = { uniform = [0.5, 0.9] }' >"$tmp/indep.toml"
@@ -51,11 +63,7 @@ for np in 2 4; do
     mapfile -t hyper < <(grep "^population trainer $k: " "$tmp/check$np.log" | sed "s/^population trainer $k: //" | tr ' ' '\n')
     ((${#hyper[@]} == 3)) || fail "tessera check prints trainer $k's overrides: '${hyper[*]}'"
     deck 32 20 >"$tmp/alone.toml"
-    "$mpiexec" -n $((np / 2)) "$bin/tessera" run "$tmp/alone.toml" "${hyper[@]}" \
-      run.output="$tmp/alone$np-$k" >"$tmp/alone$np-$k.log" 2>&1 || fail "trainer $k alone: exit $?"
-    "$bin/tessera-ckpt" diff "$tmp/indep$np/trainer-$k/ckpt/ckpt-00000020.h5" \
-      "$tmp/alone$np-$k/ckpt/ckpt-00000020.h5" >"$tmp/diff.log" 2>&1 ||
-      { fail "$np ranks: trainer $k differs from its deck run alone"; cat "$tmp/diff.log"; }
+    equals_alone "indep$np" "$k" $((np / 2)) "alone$np-$k" "$tmp/alone.toml" "${hyper[@]}"
   done
   grep -q "^\[t1\] hyper-parameters: optimizer.lr 0.1, optimizer.momentum 0\.[5-9][0-9]*, seed 12$" "$tmp/indep$np.log" ||
     fail "trainer 1's hyper-parameter line is missing"
@@ -85,11 +93,7 @@ deck 32 20 '[population]' '[population.hyper]' '"model.layers[1].linear.out" = {
 for k in 0 1; do
   width=$((k == 0 ? 16 : 48))
   deck "$width" 20 >"$tmp/arch-alone.toml"
-  "$mpiexec" -n 1 "$bin/tessera" run "$tmp/arch-alone.toml" run.seed=$((11 + k)) \
-    run.output="$tmp/arch-alone$k" >"$tmp/arch-alone$k.log" 2>&1 || fail "width $width alone: exit $?"
-  "$bin/tessera-ckpt" diff "$tmp/arch/trainer-$k/ckpt/ckpt-00000020.h5" \
-    "$tmp/arch-alone$k/ckpt/ckpt-00000020.h5" >"$tmp/diff.log" 2>&1 ||
-    { fail "trainer $k (width $width) differs from its deck run alone"; cat "$tmp/diff.log"; }
+  equals_alone arch "$k" 1 "arch-alone$k" "$tmp/arch-alone.toml" run.seed=$((11 + k))
 done
 grep -q "^  1 | model.layers\[1\].linear.out 48 | " "$tmp/arch.log" ||
   fail "the leaderboard does not name trainer 1's width"

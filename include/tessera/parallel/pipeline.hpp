@@ -102,7 +102,9 @@ class Pipeline {
   /// One step's forwards and backwards over `mb` (parameter gradients accumulate in the layers).
   PipelineStats train(const MicroBatches& mb);
   /// A forward pass of a whole batch of `samples` through every stage (evaluation): the first
-  /// stage gives `x`, the last returns the model's output (the others an undefined tensor).
+  /// stage gives `x`, the last returns the model's output (the others an undefined tensor). In
+  /// training mode (re-estimating BatchNorm's statistics) a batch of no samples on this data rank
+  /// only takes part in the layers' collectives and returns an undefined tensor.
   Tensor forward(const Tensor& x, Index samples, const nn::ForwardOptions& options,
                  PipelineStats* stats = nullptr);
 
