@@ -642,16 +642,21 @@ void check_batch(const deck::Deck& d, const comm::GridSpec& spec) {
   }
   const Index share = d.data.batch / data;
   const int parts = parts_per_rank(d, data);
-  if (spec.pipeline > 1 && (d.data.batch % data != 0 || share % parts != 0)) {
+  if (spec.pipeline > 1 && d.data.batch % data != 0) {
+    throw input_error(
+        fmt::format("data.batch = {} is not a multiple of the {} data-parallel ranks (shares of {} "
+                    "and {} samples): the micro-batches of a pipeline must be equal on every rank",
+                    d.data.batch, data, share + 1, share),
+        d.where("data.batch"));
+  }
+  if (spec.pipeline > 1 && share % parts != 0) {
     const bool groups = d.parallel.deterministic;
     throw input_error(
-        fmt::format(
-            "{} = {} does not divide the {} sample(s) of each data-parallel rank's share of "
-            "data.batch = {} ({} data rank(s)){}: the micro-batches of a pipeline must be "
-            "equal",
-            groups ? "parallel.sample_groups per data rank" : "data.micro_batches", parts, share,
-            d.data.batch, data,
-            d.data.batch % data != 0 ? ", which is not the same on every rank" : ""),
+        fmt::format("{} = {} does not divide the {} sample(s) of each data-parallel rank's share "
+                    "of data.batch = {} ({} data rank(s)): the micro-batches of a pipeline must "
+                    "be equal",
+                    groups ? "parallel.sample_groups per data rank" : "data.micro_batches", parts,
+                    share, d.data.batch, data),
         d.where(groups ? "parallel.sample_groups" : "data.micro_batches"));
   }
   if (d.data.micro_batches > d.data.batch / data) {

@@ -54,7 +54,10 @@ int main(int argc, char** argv) {
     auto* gen = app.add_subcommand("gen", "simulate a Gray-Scott dataset in parallel (mpiexec)");
     tessera::data::GenOptions go;
     gen->add_option("--output,-o", go.output, "HDF5 file to write")->capture_default_str();
-    gen->add_option("--split", go.split, "group to write the samples into")->capture_default_str();
+    gen->add_option(
+           "--split", go.split,
+           "group to write the samples into (the file -o is written anew: one split per file)")
+        ->capture_default_str();
     gen->add_option("--samples,-n", go.samples, "number of samples")->capture_default_str();
     gen->add_option("--size,-s", go.size, "grid points per dimension")->capture_default_str();
     gen->add_option("--dims,-d", go.dims, "2 or 3 spatial dimensions")->capture_default_str();
