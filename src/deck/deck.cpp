@@ -895,41 +895,29 @@ void hyper_leaves(const toml::value& table, const std::string& key, const Source
 }
 
 // The resolved value of dotted `key` in `root`, or null. A part may index a list, as an override
-// does: "model.layers[5].linear.out".
+// does ("model.layers[5].linear.out"): the key is split as an override's (split_key).
 const toml::value* find_dotted(const toml::value& root, const std::string& key) {
-  const toml::value* v = &root;
-  size_t start = 0;
-  while (start <= key.size()) {
-    const size_t dot = key.find('.', start);
-    std::string part = key.substr(start, dot == std::string::npos ? dot : dot - start);
-    std::vector<size_t> indices;
-    while (!part.empty() && part.back() == ']') {
-      const size_t open = part.rfind('[');
-      const std::string digits =
-          open == std::string::npos ? "" : part.substr(open + 1, part.size() - open - 2);
-      if (digits.empty() || digits.size() > 9 ||
-          !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-        return nullptr;
-      }
-      indices.insert(indices.begin(), std::stoul(digits));
-      part.erase(open);
-    }
-    if (!v->is_table() || !v->contains(part)) {
-      return nullptr;
-    }
-    v = &v->at(part);
-    for (const size_t i : indices) {
-      if (!v->is_array() || i >= v->as_array().size()) {
-        return nullptr;
-      }
-      v = &v->as_array()[i];
-    }
-    if (dot == std::string::npos) {
-      return v;
-    }
-    start = dot + 1;
+  std::vector<std::string> parts;
+  try {
+    parts = split_key(key);
+  } catch (const Error&) {
+    return nullptr;  // no key an override could name either
   }
-  return nullptr;
+  const toml::value* v = &root;
+  for (const std::string& p : parts) {
+    if (p[0] == '[') {
+      const size_t index = std::strtoul(p.c_str() + 1, nullptr, 10);
+      if (!v->is_array() || index >= v->as_array().size()) {
+        return nullptr;
+      }
+      v = &v->as_array()[index];
+    } else if (!v->is_table() || !v->contains(p)) {
+      return nullptr;
+    } else {
+      v = &v->at(p);
+    }
+  }
+  return parts.empty() ? nullptr : v;
 }
 
 // Every dotted key of the resolved deck that holds a value (for "did you mean"); the tables in a
