@@ -157,16 +157,8 @@ int main(int argc, char** argv) {
     }
     tessera::train::Trainer trainer(deck, MPI_COMM_WORLD, &console);
     const tessera::train::RunSummary s = trainer.run();
-    if (s.final_eval) {
-      const auto& e = *s.final_eval;
-      const bool classify = deck.model.loss == tessera::deck::LossKind::softmax_cross_entropy;
-      out.info(fmt::format(
-          "final: {} steps in {:.1f} s; test loss {:.4f}, test {} {}", s.steps, s.seconds, e.loss,
-          classify ? "accuracy" : "MAE",
-          classify ? fmt::format("{:.2f}%", 100.0 * e.metric) : fmt::format("{:.4g}", e.metric)));
-    } else if (!s.stopped) {
-      out.info(fmt::format("final: {} steps in {:.1f} s (no data.test to evaluate)", s.steps,
-                           s.seconds));
+    if (s.final_eval || !s.stopped) {
+      out.info(tessera::train::final_line(s, deck.model.loss));
     }
     return s.stopped ? tessera::train::kExitStopped : 0;
   });

@@ -7,10 +7,10 @@
 #include "tessera/core/timer.hpp"
 #include "tessera/io/checkpoint_reader.hpp"
 #include "tessera/io/hdf5.hpp"
+#include "tessera/io/output_file.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -231,26 +231,25 @@ SaveReport save_checkpoint(const std::string& dir, const CheckpointInfo& info,
     comm.allreduce(comm::Buffer(&failed, 1), {comm::ReduceOp::max})->wait();
     return failed != 0;
   };
-  // Room for it first: the tensors' bytes and HDF5's metadata (a generous 1 MiB + 1%), on the
-  // file system rank 0 sees (one file: every rank writes into the same one).
-  double needed = 0;
+  // Room for it first: the tensors' bytes and HDF5's metadata, on the file system rank 0 sees (one
+  // file: every rank writes into the same one).
+  double payload = 0;
   for (const parallel::StateEntry& e : all) {
-    needed += static_cast<double>(numel(e.layout.global_shape())) * 4.0;
+    payload += static_cast<double>(numel(e.layout.global_shape())) * 4.0;
   }
-  needed = needed * 1.01 + 1048576.0;
+  const double needed = hdf5_bytes_needed(payload);
   comm::agree(comm, [&] {
-    struct statvfs fs_info {};
     // TESSERA_TEST_NO_SPACE_CHECK=1 (tests only) skips it, to meet a disk that fills mid-write.
-    if (rank == 0 && std::getenv("TESSERA_TEST_NO_SPACE_CHECK") == nullptr &&
-        statvfs(dir.c_str(), &fs_info) == 0) {
-      const double free_bytes =
-          static_cast<double>(fs_info.f_bavail) * static_cast<double>(fs_info.f_frsize);
-      if (free_bytes < needed) {
-        throw write_error(fmt::format(
-            "checkpoint: no space left on device for {}: {} has {:.1f} MiB free, the checkpoint "
-            "needs {:.1f} MiB; nothing was written, {}",
-            report.file, dir, free_bytes / 1048576.0, needed / 1048576.0, describe_last_good(dir)));
-      }
+    if (rank != 0 || std::getenv("TESSERA_TEST_NO_SPACE_CHECK") != nullptr) {
+      return;
+    }
+    const FreeSpace space = free_space_for(partial);
+    const double free_bytes = static_cast<double>(space.bytes);
+    if (free_bytes < needed) {
+      throw write_error(fmt::format(
+          "checkpoint: no space left on device for {}: {} has {:.1f} MiB free, the checkpoint "
+          "needs {:.1f} MiB; nothing was written, {}",
+          report.file, dir, free_bytes / 1048576.0, needed / 1048576.0, describe_last_good(dir)));
     }
   });
   std::optional<File> f;

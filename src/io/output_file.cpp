@@ -59,4 +59,8 @@ FreeSpace free_space_for(const std::string& out) {
   return {ec ? static_cast<std::uintmax_t>(-1) : info.available, folder.string()};
 }
 
+double hdf5_bytes_needed(double payload) {
+  return payload * 1.01 + 1048576.0;
+}
+
 }  // namespace tessera::io

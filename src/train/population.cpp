@@ -1152,12 +1152,7 @@ int run_population(const std::string& text, const std::string& file,
   // the watchdog would take for a hang. Exchanges were timed; the end is not.
   comm::watchdog::stop();
   if (s.final_eval && trainer->grid().trainer().rank() == 0) {
-    const auto& e = *s.final_eval;
-    const bool classify = base.model.loss == deck::LossKind::softmax_cross_entropy;
-    out.info(fmt::format(
-        "final: {} steps in {:.1f} s; test loss {:.4f}, test {} {}", s.steps, s.seconds, e.loss,
-        classify ? "accuracy" : "MAE",
-        classify ? fmt::format("{:.2f}%", 100.0 * e.metric) : fmt::format("{:.4g}", e.metric)));
+    out.info(final_line(s, base.model.loss));
   }
   // A stop signal stops every trainer at the same step boundary only within a trainer: the
   // population agrees on it before anything collective.

@@ -320,6 +320,24 @@ std::unique_ptr<nn::Sequential> build_model(const deck::Deck& d,
   return model;  // the deck's parser checked that it ends whole (the loss's need)
 }
 
+std::string final_line(const RunSummary& s, deck::LossKind loss) {
+  std::string line = fmt::format("final: {} steps in {:.1f} s", s.steps, s.seconds);
+  if (s.final_eval) {
+    const Evaluation& e = *s.final_eval;
+    const bool classify = loss == deck::LossKind::softmax_cross_entropy;
+    line += fmt::format(
+        "; test loss {:.4f}, test {} {}", e.loss, classify ? "accuracy" : "MAE",
+        classify ? fmt::format("{:.2f}%", 100.0 * e.metric) : fmt::format("{:.4g}", e.metric));
+  } else {
+    line += " (no data.test to evaluate)";
+  }
+  if (s.skipped > 0) {
+    line += fmt::format("; {} step{} skipped (run.nonfinite = \"skip\")", s.skipped,
+                        s.skipped == 1 ? "" : "s");
+  }
+  return line;
+}
+
 namespace {
 // Elements of one sample's activations that `layer`'s leaves output at `place`, its input placed
 // as `in` (what its forward keeps for backward, roughly); `out` receives its output's placement.
@@ -755,35 +773,31 @@ void Trainer::build(const comm::GridSpec& spec) {
     m_schedule = run_schedule(deck, m_train_info.samples);
     m_total_steps = m_schedule.total_steps;
     if (leader()) {
-      std::error_code ec;
-      std::filesystem::create_directories(deck.run.output, ec);
-      if (ec) {
-        throw write_error(
-            fmt::format("run.output = \"{}\" cannot be created: {}", deck.run.output, ec.message()),
-            deck.where("run.output"));
-      }
-      std::string note;
-      m_lock =
-          std::make_unique<RunLock>(deck.run.output, "run.output", &note);  // one run per folder
-      if (!note.empty()) {
-        m_reporter->warning(note);
-      }
-      // A checkpoint folder elsewhere is locked too: two runs sharing one would prune and
-      // overwrite each other's checkpoints.
-      const std::string& dir = deck.checkpoint.dir;
-      if (deck.checkpoint.enabled && std::filesystem::weakly_canonical(dir, ec) !=
-                                         std::filesystem::weakly_canonical(deck.run.output, ec)) {
-        std::filesystem::create_directories(dir, ec);
+      // A folder this run writes: made, and locked to this run (a warning when it takes over the
+      // lock of a run that is gone).
+      const auto lock_folder = [&](const std::string& folder, const std::string& key) {
+        std::error_code ec;
+        std::filesystem::create_directories(folder, ec);
         if (ec) {
           throw write_error(
-              fmt::format("checkpoint.dir = \"{}\" cannot be created: {}", dir, ec.message()),
-              deck.where("checkpoint.dir"));
+              fmt::format("{} = \"{}\" cannot be created: {}", key, folder, ec.message()),
+              deck.where(key));
         }
-        note.clear();
-        m_ckpt_lock = std::make_unique<RunLock>(dir, "checkpoint.dir", &note);
+        std::string note;
+        auto lock = std::make_unique<RunLock>(folder, key, &note);
         if (!note.empty()) {
           m_reporter->warning(note);
         }
+        return lock;
+      };
+      m_lock = lock_folder(deck.run.output, "run.output");  // one run per folder
+      // A checkpoint folder elsewhere is locked too: two runs sharing one would prune and
+      // overwrite each other's checkpoints.
+      std::error_code ec;
+      const std::string& dir = deck.checkpoint.dir;
+      if (deck.checkpoint.enabled && std::filesystem::weakly_canonical(dir, ec) !=
+                                         std::filesystem::weakly_canonical(deck.run.output, ec)) {
+        m_ckpt_lock = lock_folder(dir, "checkpoint.dir");
       }
       write_text(deck.run.output + "/deck.toml", deck::to_toml(deck), std::ios::trunc);
       m_metrics_path = deck.run.output + "/metrics.jsonl";
@@ -963,12 +977,12 @@ void Trainer::restart() {
   m_resumed_from = file;
   // Another data.batch than the checkpoint's run: its cursor counts batches of the old size. The
   // epoch's position in samples (the permutation does not depend on the batch) goes on in
-  // batches of the new size, from the batch that holds it.
+  // batches of the new size, from the batch that holds it. (A cursor beyond the old epoch is
+  // left as it is, for the check below to refuse.)
   if (const std::optional<std::int64_t> saved = deck::integer_in(info.deck, "data.batch");
       saved && *saved > 0 && *saved != m_deck.data.batch && info.cursor.batch > 0 &&
-      info.cursor.batch < m_train_info.samples / *saved + 1) {
-    const std::int64_t position =
-        std::min<std::int64_t>(info.cursor.batch * *saved, m_train_info.samples);
+      info.cursor.batch <= m_train_info.samples / *saved) {
+    const std::int64_t position = info.cursor.batch * *saved;  // <= the epoch's samples
     const io::Cursor moved{info.cursor.epoch, position / m_deck.data.batch};
     const std::int64_t again = position % m_deck.data.batch;
     info.cursor =
@@ -1684,6 +1698,7 @@ RunSummary Trainer::run() {
   check_writes();  // the last records too
   summary.steps = step;
   summary.seconds = run_clock.seconds();
+  summary.skipped = m_skipped;
   return summary;
 }
 

@@ -9,22 +9,8 @@ mpiexec=${MPIEXEC:-mpiexec.mpich}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 
-# expect_error N MESSAGE ARGS...: tessera-data ARGS at N ranks exits 2 with exactly the line
-# "error: MESSAGE".
-expect_error() {
-  local n=$1 message=$2 out code
-  shift 2
-  set +e
-  out=$(timeout 60 "$mpiexec" -n "$n" "$bin" "$@" 2>&1)
-  code=$?
-  set -e
-  if [[ $code -ne 2 || "$out" != "error: $message" ]]; then
-    echo "FAIL at $n ranks: tessera-data $*" >&2
-    echo "  want (exit 2): error: $message" >&2
-    echo "  got (exit $code): $out" >&2
-    exit 1
-  fi
-}
+# expect_error N MESSAGE COMMAND...: exit 2 and exactly the line "error: MESSAGE" at N ranks.
+source "$(dirname "$0")/expect_error.bash"
 
 check_identical() {  # args: label, gen arguments...
   local label=$1
@@ -81,15 +67,15 @@ for n in 1 2; do
   # a folder, a dataset larger than the disk's free space: refused before anything is written.
   mkdir -p "$dir/folder"
   split_rule='must be a plain group name like "train" (not empty, not ".", no '"'/'"')'
-  expect_error $n "tessera-data gen: --split \"\": $split_rule" gen -q -o "$dir/bad.h5" --split ""
-  expect_error $n "tessera-data gen: --split \"/\": $split_rule" gen -q -o "$dir/bad.h5" --split /
+  expect_error $n "tessera-data gen: --split \"\": $split_rule" "$bin" gen -q -o "$dir/bad.h5" --split ""
+  expect_error $n "tessera-data gen: --split \"/\": $split_rule" "$bin" gen -q -o "$dir/bad.h5" --split /
   expect_error $n "tessera-data gen: --size 100000 --dims 3: one sample is 3.55 PiB of float32, but HDF5 stores a sample as one chunk, which must be under 4 GiB; give a smaller --size" \
-    gen -q -o "$dir/bad.h5" -s 100000 -d 3
+    "$bin" gen -q -o "$dir/bad.h5" -s 100000 -d 3
   expect_error $n "tessera-data gen: --size 60000 --dims 2: one sample is 13.41 GiB of float32, but HDF5 stores a sample as one chunk, which must be under 4 GiB; give a smaller --size" \
-    gen -q -o "$dir/bad.h5" -s 60000 -d 2
-  expect_error $n '-o "": an empty name; -o takes a file name' gen -q -o ""
-  expect_error $n "$dir/folder: is a folder; -o takes a file name" gen -q -o "$dir/folder"
-  expect_error $n "$dir/newdir/: names a folder; -o takes a file name" gen -q -o "$dir/newdir/"
+    "$bin" gen -q -o "$dir/bad.h5" -s 60000 -d 2
+  expect_error $n '-o "": an empty name; -o takes a file name' "$bin" gen -q -o ""
+  expect_error $n "$dir/folder: is a folder; -o takes a file name" "$bin" gen -q -o "$dir/folder"
+  expect_error $n "$dir/newdir/: names a folder; -o takes a file name" "$bin" gen -q -o "$dir/newdir/"
   set +e
   out=$("$mpiexec" -n $n "$bin" gen -q -o "$dir/big.h5" -n 2000000000 -s 64 -d 3 2>&1)
   code=$?

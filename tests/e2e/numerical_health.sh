@@ -44,6 +44,8 @@ for np in 1 2; do
   echo "$np rank(s), skip: exit $rc, $skips skip records, $warnings warnings"
   ((rc == 0)) || fail "skip at $np ranks: exit $rc ($(grep error: "$tmp/log"))"
   ((skips == 19 && warnings >= 1)) || fail "skip at $np ranks: expected steps 2-20 skipped"
+  grep -q '^final: 20 steps in .*; 19 steps skipped (run.nonfinite = "skip")$' "$tmp/log" ||
+    fail "skip at $np ranks: the final line does not count the skipped steps"
 
   # --- skip at the default limit: steps 2-11 skipped, step 12 stops the run ---
   "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/skiplimit" \

@@ -36,21 +36,7 @@ tokens_of() {
 }
 
 # expect_error N MESSAGE COMMAND...: exit 2 and exactly the line "error: MESSAGE" at N ranks.
-expect_error() {
-  local n=$1 message=$2 out code
-  shift 2
-  set +e
-  out=$(timeout 60 "$mpiexec" -n "$n" "$@" 2>&1)
-  code=$?
-  set -e
-  if [[ $code -ne 2 || "$out" != "error: $message" ]]; then
-    echo "FAIL at $n ranks: $*" >&2
-    echo "  want (exit 2): error: $message" >&2
-    echo "  got (exit $code):" >&2
-    sed 's/^/    /' <<<"$out" >&2
-    exit 1
-  fi
-}
+source "$(dirname "$0")/expect_error.bash"
 
 # Two files, 658895 bytes together: 10 whole blocks and one of 3535 bytes.
 seq 1 60000 >"$dir/a.txt"

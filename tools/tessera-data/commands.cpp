@@ -527,9 +527,9 @@ io::ElementType check_gen_options(const GenOptions& o, bool root) {
   }
   if (root) {
     io::check_output_file(o.output);
-    // Room for it: the samples and targets, and HDF5's metadata (a generous 1 MiB + 1%).
+    // Room for it: the samples and targets, and HDF5's metadata.
     const double needed =
-        (static_cast<double>(o.samples) * (sample_bytes + 8.0)) * 1.01 + 1048576.0;
+        io::hdf5_bytes_needed(static_cast<double>(o.samples) * (sample_bytes + 8.0));
     const io::FreeSpace space = io::free_space_for(o.output);
     if (static_cast<double>(space.bytes) < needed) {
       throw bad(fmt::format(

@@ -27,4 +27,8 @@ struct FreeSpace {
 };
 FreeSpace free_space_for(const std::string& out);
 
+/// The bytes an HDF5 file holding `payload` bytes of data needs on disk, with a generous margin
+/// for its metadata (1 % + 1 MiB): the one estimate every writer checks the free space against.
+double hdf5_bytes_needed(double payload);
+
 }  // namespace tessera::io

@@ -73,7 +73,13 @@ struct RunSummary {
   /// > 0 only; else 0).
   double grad_norm = 0.0;
   std::optional<Evaluation> final_eval;
+  /// Steps skipped in this job for non-finite values (run.nonfinite = "skip").
+  std::int64_t skipped = 0;
 };
+
+/// The line a run ends with: "final: N steps in S s; test loss L, test accuracy A%" (MAE for a
+/// regression), "(no data.test to evaluate)" without a test split, and the steps skipped.
+std::string final_line(const RunSummary& s, deck::LossKind loss);
 
 class Trainer {
  public:
@@ -209,7 +215,7 @@ class Trainer {
   std::int64_t m_start_step = 0;  // > 0 after a restart from a checkpoint
   std::string m_resumed_from;     // the checkpoint file this run resumed from ("": none)
   std::string m_metrics_path;
-  std::int64_t m_skipped = 0;            // steps skipped for non-finite values
+  std::int64_t m_skipped = 0;            // steps skipped for non-finite values in this job
   std::int64_t m_skipped_in_row = 0;     // of them, the latest run of consecutive steps
   std::int64_t m_replicas_checked = -1;  // the step of the last replica check
   std::string m_write_failure;           // rank 0: the first write to run.output that failed
