@@ -146,7 +146,7 @@ BatchLoss batch_loss(deck::LossKind kind, const Tensor& prediction, const io::Ba
     }
     r.metric_sum = static_cast<double>(r.out.correct) / static_cast<double>(tokens);
     r.scored = static_cast<double>(n * tokens);
-    if (tokens > 1) {
+    if (prediction.rank() == 3) {  // (N, T, V), a context of 1 too
       r.out.grad = r.out.grad.reshaped(prediction.shape());
     }
   } else {

@@ -150,6 +150,26 @@ print(f"model FLOPs: {one['per_sample']:.0f} per sample (llm.c's count {want}); 
       f"{one['peak'] / 1e9:.1f} GFLOP/s on one rank")
 PY
 
+# A context of one token (a bigram model; attention sees only itself): the output is (N, 1, V),
+# trained as any other context, the same at 1 and 2 data ranks and 2 tensor ranks.
+for g in 1 d2 t2; do
+  n=${g#?}
+  [[ $g == 1 ]] && n=1
+  over=()
+  [[ $g == t2 ]] && over=(parallel.tensor=2)
+  timeout 120 "$mpiexec" -n $n "$bin/tessera" run lm.toml model.context=1 run.steps=6 \
+    run.log_every=3 checkpoint.every_steps=0 run.output=c1-$g "${over[@]}" >c1-$g.log 2>&1 ||
+    { cat c1-$g.log; fail "model.context = 1 ($g) failed"; }
+done
+t1=$(trajectory c1-1/metrics.jsonl)
+[[ $(wc -l <<<"$t1") == 3 ]] || fail "model.context = 1: no loss trajectory: '$t1'"
+for g in d2 t2; do
+  diff <(awk '{ printf "%s %.5f\n", $1, $2 }' <<<"$t1") \
+    <(trajectory c1-$g/metrics.jsonl | awk '{ printf "%s %.5f\n", $1, $2 }') >/dev/null ||
+    fail "model.context = 1: $g trained otherwise than 1 rank"
+done
+echo "model.context = 1: trains, the same on 1 rank, 2 data ranks and 2 tensor ranks"
+
 for n in 1 2; do
   set +e
   out=$(timeout 60 "$mpiexec" -n $n "$bin/tessera" generate "$ckpt" --prompt "" --tokens 5 2>&1)
