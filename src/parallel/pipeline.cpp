@@ -345,9 +345,10 @@ Tensor Pipeline::forward(const Tensor& x, Index samples, const nn::ForwardOption
                          PipelineStats* stats) {
   PipelineStats local;
   PipelineStats& s = stats != nullptr ? *stats : local;
-  if (samples == 0 && options.training) {
-    // No samples on this data rank (every stage alike): only the collectives the layers share
-    // with ranks that have some (SyncBatchNorm's), as in train().
+  if (samples == 0) {
+    // No samples on this data rank (every stage alike; an evaluation's last batch may leave a
+    // rank none): only the collectives the layers share with ranks that have some (SyncBatchNorm's
+    // in training), as in train().
     m_stage_layers.forward_empty(options);
     return Tensor();
   }

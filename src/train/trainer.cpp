@@ -14,6 +14,7 @@
 #include "tessera/io/checkpoint_reader.hpp"
 #include "tessera/kernels/gemm.hpp"
 #include "tessera/kernels/reduce.hpp"
+#include "tessera/nn/attention.hpp"
 #include "tessera/nn/loss.hpp"
 #include "tessera/nn/spatial.hpp"
 
@@ -339,16 +340,20 @@ std::string final_line(const RunSummary& s, deck::LossKind loss) {
 }
 
 namespace {
-// Elements of one sample's activations that `layer`'s leaves output at `place`, its input placed
-// as `in` (what its forward keeps for backward, roughly); `out` receives its output's placement.
-Index activation_elements(nn::Layer& layer, const Layout& in, const GridPlace& place, Layout& out) {
+// Elements of one sample's activations that `layer` keeps for its backward at `place`, its input
+// placed as `in`: every leaf's output (composites: their leaves', a residual its sum too), and what
+// attention keeps beside it (q/k/v, the heads' output, each row's log-sum-exp, and the whole input
+// it gathered from token slices); `out` receives its output's placement, `largest` the most
+// elements of one sample any of its leaves outputs (the size of a gradient passed back).
+Index activation_elements(nn::Layer& layer, const Layout& in, const GridPlace& place, Layout& out,
+                          Index& largest) {
   const std::string kind = layer.kind();
   if (kind == "sequential" || kind == "repeat") {
     Index sum = 0;
     Layout at = in;
     for (nn::Layer* child : layer.children()) {
       Layout next;
-      sum += activation_elements(*child, at, place, next);
+      sum += activation_elements(*child, at, place, next, largest);
       at = next;
     }
     out = layer.place_input(in);
@@ -356,12 +361,22 @@ Index activation_elements(nn::Layer& layer, const Layout& in, const GridPlace& p
   }
   if (kind == "residual") {
     Layout body;
-    const Index sum = activation_elements(*layer.children().at(0), in, place, body);
+    const Index sum = activation_elements(*layer.children().at(0), in, place, body, largest);
     out = layer.place_input(in);
     return sum + numel(out.local_shape(place));
   }
   out = layer.place_input(in);
-  return numel(out.local_shape(place));
+  const Index output = numel(out.local_shape(place));
+  largest = std::max(largest, std::max(output, numel(in.local_shape(place))));
+  Index sum = output;
+  if (const auto* a = dynamic_cast<const nn::CausalSelfAttention*>(&layer)) {
+    const Index local_features = a->local_heads() * a->head_dim();
+    sum += a->tokens() * (4 * local_features + a->local_heads());
+    if (a->split() && numel(in.local_shape(place)) < a->tokens() * a->features()) {
+      sum += a->tokens() * a->features();  // the input gathered from its token slices
+    }
+  }
+  return sum;
 }
 }  // namespace
 
@@ -370,8 +385,8 @@ StagePlan plan_stages(const deck::Deck& d, const GridPlace& place) {
   const ShapeOnly shapes;  // the whole model's shapes and placements, no storage
   const auto model = build_model(d, nn::BuildContext(place));
   const std::vector<nn::PipelineUnit> units = nn::pipeline_units(d.model.layers);
-  Layout at = Layout::replicated(d.model.input);
-  std::vector<Layout> boundary{at};  // before each unit, then after the last
+  Layout at = model->input_layout();  // spatial tiles: rank 0's, the largest
+  std::vector<Layout> boundary{at};   // before each unit, then after the last
   for (const nn::PipelineUnit& u : units) {
     nn::Layer* layer = &(*model)[u.layer];
     if (u.repetition >= 0) {
@@ -389,7 +404,9 @@ StagePlan plan_stages(const deck::Deck& d, const GridPlace& place) {
     plan.unit_params.push_back(params);
     plan.unit_local_params.push_back(local);
     Layout out;
-    plan.unit_activations.push_back(activation_elements(*layer, at, place, out));
+    Index largest = 0;
+    plan.unit_activations.push_back(activation_elements(*layer, at, place, out, largest));
+    plan.unit_largest.push_back(largest);
     at = out;
     boundary.push_back(at);
   }
@@ -1181,7 +1198,12 @@ Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subse
   m_dp->sync_parameters();
   io::ReaderOptions ro;
   ro.subset = subset;
-  ro.batch = std::max<Index>(m_deck.data.batch, 256);
+  // In batches of the training's micro-batch on every data rank: the layers' buffers of that shape
+  // serve the evaluation too, and its activations take no more memory than training's (a larger
+  // batch multiplied a language model's by up to 256 / batch: 13 GB for a GPT-2 small window).
+  const int data = m_data->size();
+  const Index share = std::max<Index>(1, m_deck.data.batch / data);
+  ro.batch = std::max<Index>(1, share / std::max(1, parts_per_rank(m_deck, data))) * data;
   ro.shuffle = false;
   const std::unique_ptr<io::DatasetReader> reader = open_reader(spec, ro);
   // loss · global batch, metric sum, samples, what the metric averages over, Σ of each sample's
@@ -1195,8 +1217,8 @@ Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subse
     fo.sample_offset = batch.offset;
     const Tensor output =
         m_pipeline->forward(batch.x, static_cast<Index>(batch.ids.size()), fo);  // every stage
-    if (!m_pipeline->last()) {
-      continue;
+    if (!m_pipeline->last() || batch.ids.empty()) {
+      continue;  // (a data rank's share of the last batch may be empty)
     }
     const BatchLoss l = batch_loss(m_deck.model.loss, output, batch, m_loss_placement);
     sums[0] += l.out.loss * static_cast<double>(batch.global_size);
@@ -1703,11 +1725,53 @@ RunSummary Trainer::run() {
 }
 
 namespace {
+// Activation bytes a rank holds at most for units [first, end) of the plan: what their layers keep
+// for backward for each of `live` micro-batches of `micro_batch` samples, and the two largest
+// gradients a backward passes at once (a layer's output gradient in, its input gradient out).
+struct ActivationBytes {
+  double kept = 0.0;
+  double gradients = 0.0;
+  double total() const { return kept + gradients; }
+};
+ActivationBytes activation_bytes(const StagePlan& plan, size_t first, size_t end, int live,
+                                 Index micro_batch) {
+  Index kept = 0;
+  Index largest = 0;
+  for (size_t u = first; u < end; ++u) {
+    kept += plan.unit_activations[u];
+    largest = std::max(largest, plan.unit_largest[u]);
+  }
+  const double bytes = static_cast<double>(micro_batch) * 4.0;
+  return {static_cast<double>(kept) * live * bytes, 2.0 * static_cast<double>(largest) * bytes};
+}
+
+// A pipeline stage's share of the memory: the parameter elements its rank holds, and the most
+// activation bytes its micro-batches in flight hold at once under the schedule.
+struct StageMemory {
+  Index params = 0;
+  int live = 0;
+  ActivationBytes peak;
+};
+std::vector<StageMemory> stage_memory(const deck::Deck& d, const StagePlan& plan, int stages,
+                                      int micro_batches, Index micro_batch) {
+  const parallel::Schedule schedule = parallel::schedule_from_name(d.parallel.schedule);
+  std::vector<StageMemory> memory;
+  for (size_t k = 0; k < plan.sizes.size(); ++k) {
+    StageMemory m;
+    for (size_t u = plan.first[k]; u < plan.first[k + 1]; ++u) {
+      m.params += plan.unit_local_params[u];
+    }
+    m.live = parallel::peak_in_flight(schedule, stages, static_cast<int>(k), micro_batches);
+    m.peak = activation_bytes(plan, plan.first[k], plan.first[k + 1], m.live, micro_batch);
+    memory.push_back(m);
+  }
+  return memory;
+}
+
 // `tessera check`'s pipeline section: each unit's cost, the stages, each stage's weights and peak
 // activations under the schedule, the bubble.
-std::string describe_stages(const deck::Deck& d, const comm::GridSpec& spec, const GridPlace& place,
+std::string describe_stages(const deck::Deck& d, const comm::GridSpec& spec, const StagePlan& plan,
                             int micro_batches, Index micro_batch) {
-  const StagePlan plan = plan_stages(d, place);
   const parallel::Schedule schedule = parallel::schedule_from_name(d.parallel.schedule);
   const double mib = 1.0 / (1024.0 * 1024.0);
   std::string out = fmt::format(
@@ -1742,22 +1806,14 @@ std::string describe_stages(const deck::Deck& d, const comm::GridSpec& spec, con
   }
   const std::vector<double> idle =
       parallel::idle_fractions(schedule, forward, backward, micro_batches);
+  const std::vector<StageMemory> memory =
+      stage_memory(d, plan, spec.pipeline, micro_batches, micro_batch);
   for (size_t k = 0; k < plan.sizes.size(); ++k) {
     const double flops = forward[k];
-    Index params = 0;
-    Index acts = 0;
-    for (size_t u = plan.first[k]; u < plan.first[k + 1]; ++u) {
-      params += plan.unit_local_params[u];
-      acts += plan.unit_activations[u];
-    }
-    const int live =
-        parallel::peak_in_flight(schedule, spec.pipeline, static_cast<int>(k), micro_batches);
-    // Each unit's outputs and their gradients for every micro-batch in flight.
-    const double peak = 2.0 * static_cast<double>(acts) * static_cast<double>(micro_batch) *
-                        static_cast<double>(live) * 4.0;
     out += fmt::format("{:<6} {:>14.2f} {:>7.0f}% {:>14.2f} {:>10} {:>22.2f} {:>11.1f}%\n", k,
                        flops / 1e6, 100.0 * flops / std::max(total, 1e-30),
-                       static_cast<double>(params) * 4.0 * mib, live, peak * mib, 100.0 * idle[k]);
+                       static_cast<double>(memory[k].params) * 4.0 * mib, memory[k].live,
+                       memory[k].peak.total() * mib, 100.0 * idle[k]);
   }
   out += fmt::format(
       "bubble (balanced stages, in theory): (p - 1) / (m + p - 1) = {:.1f}% of each "
@@ -1795,7 +1851,6 @@ std::string describe(const deck::Deck& d, int world_size) {
   const auto model = build_model(d, nn::BuildContext(place));
   Index params = 0;
   Index local_params = 0;
-  Index activations = 0;
   out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}\n", "", "input", "",
                      to_string(d.model.input), "");
   Layout at = model->input_layout();  // spatial tiles: rank 0's, the largest
@@ -1814,27 +1869,40 @@ std::string describe(const deck::Deck& d, int world_size) {
     params += n;
     local_params += local;
     at = l.place_input(at);
-    activations += numel(at.local_shape(place));
     out += fmt::format("{:<4} {:<16} {:<14} {:>18} {:>12}{}\n", i, l.name(), l.kind(),
                        to_string(at.global_shape()), n, split ? fmt::format(" {:>14}", local) : "");
   }
   const double mib = 1.0 / (1024.0 * 1024.0);
+  const StagePlan plan = plan_stages(d, place);
+  // What every layer (nested ones too) keeps for backward for a micro-batch, and the gradients in
+  // flight: on a pipeline, the largest stage's parameters and the most its micro-batches hold.
+  double weights = static_cast<double>(local_params) * 4.0;
+  ActivationBytes activations =
+      activation_bytes(plan, 0, plan.unit_activations.size(), 1, micro_batch);
   if (spec.pipeline > 1) {
-    out += describe_stages(d, spec, place, static_cast<int>(parts), micro_batch);
+    out += describe_stages(d, spec, plan, static_cast<int>(parts), micro_batch);
+    weights = 0.0;
+    activations = {};
+    for (const StageMemory& m :
+         stage_memory(d, plan, spec.pipeline, static_cast<int>(parts), micro_batch)) {
+      weights = std::max(weights, static_cast<double>(m.params) * 4.0);
+      if (m.peak.total() > activations.total()) {
+        activations = m.peak;
+      }
+    }
   }
-  const double weights = static_cast<double>(local_params) * 4.0;
+  const double acts = activations.total();
   const int states =
       d.optimizer.type == deck::OptimizerKind::adamw ? 2 : (d.optimizer.momentum > 0.0 ? 1 : 0);
-  // Every layer's output and its gradient for a micro-batch, plus the input batches in flight.
-  const double acts =
-      2.0 * static_cast<double>(activations) * static_cast<double>(micro_batch) * 4.0;
+  // The input batches in flight.
   const double batches = static_cast<double>(d.data.prefetch + 1) *
                          static_cast<double>(numel(model->input_layout().local_shape(place))) *
                          static_cast<double>(local_batch) * 4.0;
   if (d.run.activation_limit_mb > 0.0 && acts * mib > d.run.activation_limit_mb) {
     throw input_error(
         fmt::format("the activations of a micro-batch of {} samples {} need {:.1f} MiB per rank "
-                    "(estimate: every layer's output and its gradient), over "
+                    "(estimate: what every layer keeps for its backward, and the gradients passed "
+                    "back), over "
                     "run.activation_limit_mb = {}; split the samples over more ranks "
                     "(parallel.spatial) or lower the batch",
                     micro_batch, to_string(d.model.input), acts * mib, d.run.activation_limit_mb),
@@ -1843,7 +1911,7 @@ std::string describe(const deck::Deck& d, int world_size) {
   out += fmt::format("\nparameters: {} ({:.2f} MiB as float32)", params,
                      static_cast<double>(params) * 4.0 * mib);
   out += split ? fmt::format("; on rank 0: {} ({:.2f} MiB)\n", local_params, weights * mib) : "\n";
-  const double flops = model_flops(plan_stages(d, place));
+  const double flops = model_flops(plan);
   out += fmt::format("model FLOPs: {} per sample, forward and backward ({} per step of {})\n",
                      flops_text(flops), flops_text(flops * static_cast<double>(d.data.batch)),
                      d.data.batch);
@@ -1862,8 +1930,11 @@ std::string describe(const deck::Deck& d, int world_size) {
     if (groups > 0.0) {
       line += fmt::format(" + group gradients {:.1f}", groups * mib);
     }
-    return line +
-           fmt::format(" + activations {:.1f} + input batches {:.1f}", acts * mib, batches * mib);
+    return line + fmt::format(
+                      " + activations {:.1f} ({:.1f} kept for backward, {:.1f} gradients) + input "
+                      "batches {:.1f}",
+                      acts * mib, activations.kept * mib, activations.gradients * mib,
+                      batches * mib);
   };
   const int zero = d.parallel.zero;
   out += fmt::format("memory per rank (estimate), parallel.zero = {} (this deck): {}\n", zero,

@@ -7,6 +7,9 @@
 #   - SyncBatchNorm (batchnorm2d sync = true): the empty rank takes part in the statistics'
 #     reductions with nothing to add (it skipped them, and its partner waited for ever), and its
 #     running statistics follow the global batch's, as every rank's do.
+# And an evaluation whose last batch leaves a data rank none (61 test samples in batches of 6 at
+# 2 and 3 ranks, data.batch = 7: a last batch of one sample; it ended the run with "input has
+# shape (0, 1, 16, 16)", exit 1): the same test loss as at 1 rank, every sample counted once.
 # shellcheck source=tests/e2e/fault_common.bash
 source "$(dirname "$0")/fault_common.bash"
 deck() {  # deck LAYERS
@@ -37,5 +40,23 @@ same_as_one_rank() {  # same_as_one_rank LABEL DECK OVERRIDES...
 }
 same_as_one_rank micro "$tmp/mlp.toml" data.micro_batches=2
 same_as_one_rank syncbn "$tmp/syncbn.toml"
+"$bin/tessera-data" gen -q -o "$tmp/test61.h5" --samples 61 --size 16 --dims 2 --steps 50 \
+  --seed 3 --unit-targets || fail "gen of the test split"
+for np in 1 2 3; do
+  timeout -k 5 120 "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/syncbn.toml" run.steps=2 \
+    data.test="$tmp/test61.h5:/train" run.output="$tmp/eval-$np" >"$tmp/eval-$np.log" 2>&1 ||
+    { fail "evaluation at $np ranks: exit $?"; tail -n 3 "$tmp/eval-$np.log"; continue; }
+  record=$(grep '"kind": "eval"' "$tmp/eval-$np/metrics.jsonl")
+  [[ $record =~ \"loss\":\ ([0-9.e-]+),.*\"samples\":\ 61, ]] ||
+    { fail "evaluation at $np ranks: '$record'"; continue; }
+  eval_loss[np]=${BASH_REMATCH[1]}
+done
+if [[ -n ${eval_loss[1]:-} ]]; then
+  for np in 2 3; do
+    awk -v a="${eval_loss[1]}" -v b="${eval_loss[np]:-nan}" 'BEGIN { d = a - b; exit !(d < 1e-5 * a && -d < 1e-5 * a) }' ||
+      fail "evaluation at $np ranks: test loss ${eval_loss[np]:-none}, 1 rank ${eval_loss[1]}"
+  done
+  echo "evaluation with an empty share: test loss ${eval_loss[*]} at 1, 2, 3 ranks (61 samples)"
+fi
 ((failed)) && echo "FAILED" || echo "a data rank with no samples trains on with the others"
 exit $failed
