@@ -343,17 +343,15 @@ namespace {
 // Elements of one sample's activations that `layer` keeps for its backward at `place`, its input
 // placed as `in`: every leaf's output (composites: their leaves', a residual its sum too), and what
 // attention keeps beside it (q/k/v, the heads' output, each row's log-sum-exp, and the whole input
-// it gathered from token slices); `out` receives its output's placement, `largest` the most
-// elements of one sample any of its leaves outputs (the size of a gradient passed back).
-Index activation_elements(nn::Layer& layer, const Layout& in, const GridPlace& place, Layout& out,
-                          Index& largest) {
+// it gathered from token slices); `out` receives its output's placement.
+Index activation_elements(nn::Layer& layer, const Layout& in, const GridPlace& place, Layout& out) {
   const std::string kind = layer.kind();
   if (kind == "sequential" || kind == "repeat") {
     Index sum = 0;
     Layout at = in;
     for (nn::Layer* child : layer.children()) {
       Layout next;
-      sum += activation_elements(*child, at, place, next, largest);
+      sum += activation_elements(*child, at, place, next);
       at = next;
     }
     out = layer.place_input(in);
@@ -361,14 +359,12 @@ Index activation_elements(nn::Layer& layer, const Layout& in, const GridPlace& p
   }
   if (kind == "residual") {
     Layout body;
-    const Index sum = activation_elements(*layer.children().at(0), in, place, body, largest);
+    const Index sum = activation_elements(*layer.children().at(0), in, place, body);
     out = layer.place_input(in);
     return sum + numel(out.local_shape(place));
   }
   out = layer.place_input(in);
-  const Index output = numel(out.local_shape(place));
-  largest = std::max(largest, std::max(output, numel(in.local_shape(place))));
-  Index sum = output;
+  Index sum = numel(out.local_shape(place));
   if (const auto* a = dynamic_cast<const nn::CausalSelfAttention*>(&layer)) {
     const Index local_features = a->local_heads() * a->head_dim();
     sum += a->tokens() * (4 * local_features + a->local_heads());
@@ -404,9 +400,7 @@ StagePlan plan_stages(const deck::Deck& d, const GridPlace& place) {
     plan.unit_params.push_back(params);
     plan.unit_local_params.push_back(local);
     Layout out;
-    Index largest = 0;
-    plan.unit_activations.push_back(activation_elements(*layer, at, place, out, largest));
-    plan.unit_largest.push_back(largest);
+    plan.unit_activations.push_back(activation_elements(*layer, at, place, out));
     at = out;
     boundary.push_back(at);
   }
@@ -1726,8 +1720,8 @@ RunSummary Trainer::run() {
 
 namespace {
 // Activation bytes a rank holds at most for units [first, end) of the plan: what their layers keep
-// for backward for each of `live` micro-batches of `micro_batch` samples, and the two largest
-// gradients a backward passes at once (a layer's output gradient in, its input gradient out).
+// for backward for each of `live` micro-batches of `micro_batch` samples, and the gradients of one
+// micro-batch's backward (each layer holds its own gradient buffers, as its output buffers).
 struct ActivationBytes {
   double kept = 0.0;
   double gradients = 0.0;
@@ -1736,13 +1730,11 @@ struct ActivationBytes {
 ActivationBytes activation_bytes(const StagePlan& plan, size_t first, size_t end, int live,
                                  Index micro_batch) {
   Index kept = 0;
-  Index largest = 0;
   for (size_t u = first; u < end; ++u) {
     kept += plan.unit_activations[u];
-    largest = std::max(largest, plan.unit_largest[u]);
   }
-  const double bytes = static_cast<double>(micro_batch) * 4.0;
-  return {static_cast<double>(kept) * live * bytes, 2.0 * static_cast<double>(largest) * bytes};
+  const double bytes = static_cast<double>(kept) * static_cast<double>(micro_batch) * 4.0;
+  return {bytes * live, bytes};
 }
 
 // A pipeline stage's share of the memory: the parameter elements its rank holds, and the most
@@ -1874,8 +1866,8 @@ std::string describe(const deck::Deck& d, int world_size) {
   }
   const double mib = 1.0 / (1024.0 * 1024.0);
   const StagePlan plan = plan_stages(d, place);
-  // What every layer (nested ones too) keeps for backward for a micro-batch, and the gradients in
-  // flight: on a pipeline, the largest stage's parameters and the most its micro-batches hold.
+  // What every layer (nested ones too) keeps for backward for a micro-batch, and its gradients: on
+  // a pipeline, the largest stage's parameters and the most its micro-batches in flight hold.
   double weights = static_cast<double>(local_params) * 4.0;
   ActivationBytes activations =
       activation_bytes(plan, 0, plan.unit_activations.size(), 1, micro_batch);
@@ -1901,8 +1893,7 @@ std::string describe(const deck::Deck& d, int world_size) {
   if (d.run.activation_limit_mb > 0.0 && acts * mib > d.run.activation_limit_mb) {
     throw input_error(
         fmt::format("the activations of a micro-batch of {} samples {} need {:.1f} MiB per rank "
-                    "(estimate: what every layer keeps for its backward, and the gradients passed "
-                    "back), over "
+                    "(estimate: what every layer keeps for its backward, and its gradients), over "
                     "run.activation_limit_mb = {}; split the samples over more ranks "
                     "(parallel.spatial) or lower the batch",
                     micro_batch, to_string(d.model.input), acts * mib, d.run.activation_limit_mb),

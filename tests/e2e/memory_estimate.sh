@@ -2,8 +2,8 @@
 # `tessera check`'s activation memory per rank against what a run measures (metrics.jsonl's
 # peak_activation_bytes_max, or peak_activation_bytes per pipeline stage: the bytes of the saved
 # forward contexts a rank held at once). The estimate's part "kept for backward" counts every
-# layer's output, nested layers (repeat, residual) and attention's q/k/v included (the gradients
-# passed back come on top, and are not measured): it must cover the measured peak and stay within
+# layer's output, nested layers (repeat, residual) and attention's q/k/v included (its gradients
+# come on top, and are not measured): it must cover the measured peak and stay within
 # 2.5 times it, and grow as the measured peak grows, for
 # - a GPT whose blocks are a `repeat` (1 block and 3 blocks: the estimate grows with them),
 #   and the same as tensor = 2 with sequence parallelism on 2 ranks;
@@ -146,7 +146,7 @@ awk -v a="${est_cnn:-0}" -v b="${est_cnns2:-0}" 'BEGIN { exit !(a > 0 && b > 0.4
 timeout 120 "$mpiexec" -n 2 "$bin/tessera" check mlp.toml >mlp.check 2>&1 || fail "mlp: check failed"
 timeout 300 "$mpiexec" -n 2 "$bin/tessera" run mlp.toml run.output=mlp >mlp.log 2>&1 ||
   fail "mlp: run failed: $(tail -n 2 mlp.log)"
-# The table's peak includes the gradients passed back (not measured): within 3x here.
+# The table's peak includes one micro-batch's gradients (not measured): within 3x here.
 mapfile -t stages < <(awk '/^stage +MFLOP\/sample +share/ { on = 1; next } on && /^[0-9]+ / { print $6 } on && !/^[0-9]+ / { on = 0 }' mlp.check)
 peaks=$(sed -n 's/.*"peak_activation_bytes": \[\([0-9, ]*\)\].*/\1/p' mlp/metrics.jsonl | tail -n 1)
 IFS=', ' read -r -a measured <<<"$peaks"

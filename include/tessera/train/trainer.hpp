@@ -247,8 +247,6 @@ struct StagePlan {
   /// Elements of one sample's activations each unit's layers keep for backward at `place` (their
   /// outputs, and attention's q/k/v: the estimate `tessera check` uses).
   std::vector<Index> unit_activations;
-  /// The most elements of one sample a layer of each unit takes in or outputs (a gradient's size).
-  std::vector<Index> unit_largest;
   std::vector<int> sizes;      ///< units per stage
   std::vector<size_t> first;   ///< each stage's first unit, then the number of units
   std::vector<Layout> inputs;  ///< each stage's input layout, then the model's output
