@@ -1188,7 +1188,7 @@ void Trainer::retune(const deck::Deck& deck) {
   }
 }
 
-Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subset) {
+Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subset, bool stoppable) {
   m_dp->sync_parameters();
   io::ReaderOptions ro;
   ro.subset = subset;
@@ -1207,6 +1207,17 @@ Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subse
   nn::ForwardOptions fo;
   fo.training = false;
   for (std::int64_t b = 0; b < reader->batches_per_epoch(); ++b) {
+    if (stoppable) {
+      int signal = signals::stop_signal();
+      m_trainer->allreduce(comm::Buffer(&signal, 1), {comm::ReduceOp::max})->wait();
+      if (signal != 0) {
+        signals::note_stop_signal(signal);
+        Evaluation stopped;
+        stopped.split = spec;
+        stopped.stopped_by = signal;
+        return stopped;
+      }
+    }
     const io::Batch batch = reader->next();
     fo.sample_offset = batch.offset;
     const Tensor output =
@@ -1263,7 +1274,10 @@ std::optional<Evaluation> Trainer::eval_and_log(std::int64_t step, double run_se
   if (d.data.test.empty()) {
     return std::nullopt;
   }
-  const Evaluation e = evaluate(d.data.test);
+  const Evaluation e = evaluate(d.data.test, std::nullopt, /*stoppable=*/true);
+  if (e.stopped_by != 0) {
+    return e;  // nothing to report: the caller stops the run
+  }
   const bool classify = d.model.loss == deck::LossKind::softmax_cross_entropy;
   std::vector<std::string> r2;
   std::vector<std::string> r2_json;
@@ -1668,7 +1682,7 @@ RunSummary Trainer::run() {
       window_clock.restart();
     }
     if (!last && d.run.eval_every > 0 && (step + 1) % d.run.eval_every == 0) {
-      eval_and_log(step + 1, run_clock.seconds());
+      eval_and_log(step + 1, run_clock.seconds());  // a signal during it: the boundary below stops
     }
     if (m_step_hook) {
       const Stopwatch hook_clock;
@@ -1710,6 +1724,18 @@ RunSummary Trainer::run() {
   m_dp->sync_parameters();
   if (!summary.stopped) {
     summary.final_eval = eval_and_log(step, run_clock.seconds());
+    if (summary.final_eval && summary.final_eval->stopped_by != 0) {
+      summary.stopped = true;
+      summary.signal = summary.final_eval->stopped_by;
+      summary.final_eval.reset();
+      say(fmt::format("stopped by {} during the final evaluation, after step {} of {}{}",
+                      signals::name(summary.signal), step, m_total_steps,
+                      saved_at == step ? " (its checkpoint is saved: restart with "
+                                         "checkpoint.restart = \"auto\" to evaluate)"
+                                       : ""));
+      log_line(fmt::format(R"({{"kind": "stop", "step": {}, "signal": "{}", "time": {:.3f}}})",
+                           step, signals::name(summary.signal), run_clock.seconds()));
+    }
   }
   check_writes();  // the last records too
   summary.steps = step;

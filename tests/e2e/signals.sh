@@ -10,6 +10,10 @@
 #    restart from the previous stop, the model's set-up, training, a checkpoint — in two streams
 #    side by side. Every one ends with exit 75 and a "stopped by" line, never with an abort, a
 #    crash or a heap-corruption message (the signals used to land on oneDNN's threads).
+# 3. A signal before or during the final evaluation (a one-step run, signalled as soon as its
+#    handlers are set, at 1 rank and to one of 2 ranks): exit 75, "stopped by SIGTERM during the
+#    final evaluation", a "stop" record and no "eval" one (it was ignored: a long evaluation
+#    outlasted the scheduler's grace period); the restart with "auto" evaluates and exits 0.
 # shellcheck source=tests/e2e/fault_common.bash
 source "$(dirname "$0")/fault_common.bash"
 storm=${STORM:-200}
@@ -122,6 +126,36 @@ stream 2 || fail "storm stream 2"
 wait "$first" || fail "storm stream 1"
 echo "storm: $storm SIGTERMs and $storm SIGUSR1s in $((SECONDS - start)) s:" \
   "$( ((failed)) && echo "some FAILED" || echo "every one exit 75, no abort")"
+
+# --- 3. a signal before the final evaluation ---------------------------------------------------
+deck "$tmp/final.toml" 1 1
+for np in 1 2; do
+  out=$tmp/final$np
+  "$mpiexec" -n $np "$bin/tessera" run "$tmp/final.toml" data.test="$tmp/gs.h5:/train" \
+    run.output="$out" >"$out.log" 2>&1 &
+  launcher=$!
+  pid=""
+  for ((i = 0; i < 2000; ++i)); do
+    pid=$(rank_pid "run.output=$out" $((np - 1)))
+    mask=$([[ -n $pid ]] && awk '/^SigBlk/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+    [[ -n $mask ]] && (((16#$mask & 0x4202) == 0x4202)) && break
+    sleep 0.002
+  done
+  kill -TERM "$pid" 2>/dev/null
+  wait "$launcher"
+  rc=$?
+  if ((rc != 75)) || ! grep -q '^stopped by SIGTERM during the final evaluation, after step 1 of 1' "$out.log" ||
+    ! grep -q '"kind": "stop", "step": 1' "$out/metrics.jsonl" || grep -q '"kind": "eval"' "$out/metrics.jsonl"; then
+    fail "SIGTERM before the final evaluation at $np rank(s): exit $rc: $(tail -n 2 "$out.log")"
+    continue
+  fi
+  "$mpiexec" -n $np "$bin/tessera" run "$tmp/final.toml" data.test="$tmp/gs.h5:/train" \
+    run.output="$out" >"$out-again.log" 2>&1 ||
+    { fail "the restart after a stopped evaluation at $np rank(s): $(tail -n 2 "$out-again.log")"; continue; }
+  grep -q '^eval  step 1: .*(64 samples)$' "$out-again.log" ||
+    fail "the restart at $np rank(s) did not evaluate: $(tail -n 2 "$out-again.log")"
+  echo "$np rank(s): SIGTERM before the final evaluation: exit 75, the restart evaluates"
+done
 
 ((failed)) && echo "FAILED" || echo "all signal tests passed"
 exit $failed

@@ -58,6 +58,8 @@ struct Evaluation {
   /// Regression: the coefficient of determination of each target over the split,
   /// 1 - Σ(prediction - target)² / Σ(target - mean target)².
   std::vector<double> r2;
+  /// A stoppable evaluation ended early by this stop signal (agreed by every rank); 0: complete.
+  int stopped_by = 0;
 };
 
 struct RunSummary {
@@ -96,7 +98,11 @@ class Trainer {
   RunSummary run();
   /// Evaluates the model on `spec` ("file:/split"), sharded over the data ranks; only its samples
   /// `subset` when one is given.
-  Evaluation evaluate(const std::string& spec, std::optional<Range> subset = std::nullopt);
+  /// `stoppable`: every batch, the ranks agree on a stop signal (SIGTERM, SIGINT, SIGUSR1) and
+  /// end early on one (Evaluation::stopped_by): a long evaluation does not outlast a scheduler's
+  /// grace period.
+  Evaluation evaluate(const std::string& spec, std::optional<Range> subset = std::nullopt,
+                      bool stoppable = false);
 
   /// Called on every rank of the trainer after each optimizer step (its progress line and
   /// evaluation done), with the steps taken so far: where a population exchanges models. Its time
