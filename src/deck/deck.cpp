@@ -1670,18 +1670,30 @@ std::string layer_toml(const nn::LayerSpec& l, const std::string& indent) {
 
 }  // namespace
 
-std::optional<std::int64_t> integer_in(const std::string& text, const std::string& key) {
+namespace {
+// The value of dotted `key` in deck text `text`, when it parses and holds the key.
+std::optional<toml::value> value_in(const std::string& text, const std::string& key) {
   try {
     std::istringstream in(text);
     const toml::value root = toml::parse(in, "deck");
-    const toml::value* v = find_dotted(root, key);
-    if (v != nullptr && v->is_integer()) {
-      return v->as_integer();
+    if (const toml::value* v = find_dotted(root, key)) {
+      return *v;
     }
   } catch (const std::exception&) {
     // not a deck: nothing known
   }
   return std::nullopt;
+}
+}  // namespace
+
+std::optional<std::int64_t> integer_in(const std::string& text, const std::string& key) {
+  const std::optional<toml::value> v = value_in(text, key);
+  return v && v->is_integer() ? std::optional<std::int64_t>(v->as_integer()) : std::nullopt;
+}
+
+std::optional<std::string> string_in(const std::string& text, const std::string& key) {
+  const std::optional<toml::value> v = value_in(text, key);
+  return v && v->is_string() ? std::optional<std::string>(v->as_string().str) : std::nullopt;
 }
 
 std::string to_toml(const Deck& d) {

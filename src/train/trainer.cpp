@@ -1008,6 +1008,21 @@ void Trainer::restart() {
               : ""));
     }
   }
+  // Another seed or training split than the checkpoint's run: allowed (fine-tuning, a new order),
+  // but the run is no longer the one the checkpoint's would have been: said.
+  if (leader() && info.seed != m_deck.run.seed) {
+    m_reporter->warning(fmt::format(
+        "restart: run.seed = {}, the checkpoint's run used {}: the order of the samples, the "
+        "dropout masks and all else drawn from here on follow the new seed",
+        m_deck.run.seed, info.seed));
+  }
+  if (const std::optional<std::string> saved = deck::string_in(info.deck, "data.train");
+      leader() && saved && *saved != m_deck.data.train) {
+    m_reporter->warning(fmt::format(
+        "restart: data.train = \"{}\", the checkpoint's run trained on \"{}\": its data cursor "
+        "(epoch {}, batch {}) goes on in the new split",
+        m_deck.data.train, *saved, info.cursor.epoch, info.cursor.batch));
+  }
   comm::agree(*m_trainer, [&] {
     const std::int64_t batches = m_train->batches_per_epoch();
     if (info.cursor.batch >= batches) {

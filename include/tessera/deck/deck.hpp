@@ -218,5 +218,7 @@ std::string to_toml(const Deck& deck);
 /// The integer at dotted `key` ("data.batch") of a deck's text (a checkpoint's embedded deck), or
 /// nothing when the text does not parse or holds no integer there.
 std::optional<std::int64_t> integer_in(const std::string& text, const std::string& key);
+/// The same for a string value.
+std::optional<std::string> string_in(const std::string& text, const std::string& key);
 
 }  // namespace tessera::deck
