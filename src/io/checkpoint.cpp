@@ -534,6 +534,7 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
   const std::vector<parallel::StateEntry>& all = state.entries();
   std::vector<std::uint64_t> sums(all.size(), 0);
   std::vector<std::uint64_t> nonfinite(all.size(), 0);  // NaN or infinite elements (owners count)
+  std::vector<std::uint64_t> negative(all.size(), 0);   // below zero (owners count)
   std::vector<std::uint64_t> stored(all.size(), 0);
   comm::agree(comm, [&] {
     const Group root = f->root();
@@ -560,6 +561,7 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
           const Index n = numel(b.count);
           for (Index k = 0; k < n; ++k) {
             nonfinite[i] += std::isfinite(box[k]) ? 0 : 1;
+            negative[i] += box[k] < 0.0F ? 1 : 0;
           }
         }
         if (!direct) {
@@ -571,10 +573,13 @@ CheckpointInfo load_checkpoint(const std::string& file, const parallel::StateReg
   });
   comm.allreduce(comm::Buffer(sums))->wait();
   comm.allreduce(comm::Buffer(nonfinite))->wait();
+  comm.allreduce(comm::Buffer(negative))->wait();
   comm::agree(comm, [&] {
     std::vector<std::string> problems;
     for (size_t i = 0; i < all.size(); ++i) {
-      if (std::string p = data_problem(dataset_path(all[i]), sums[i], stored[i], nonfinite[i]);
+      const std::string path = dataset_path(all[i]);
+      if (std::string p = data_problem(path, sums[i], stored[i], nonfinite[i],
+                                       nonnegative_tensor(path) ? negative[i] : 0);
           !p.empty()) {
         problems.push_back(std::move(p));
       }

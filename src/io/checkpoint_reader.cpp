@@ -407,8 +407,16 @@ std::vector<std::string> tensor_problems(const TensorEntry& e,
   return p;
 }
 
+bool nonnegative_tensor(const std::string& path) {
+  const auto ends_with = [&](const std::string& tail) {
+    return path.size() >= tail.size() &&
+           path.compare(path.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  return ends_with("/exp_avg_sq") || ends_with("/running_var");
+}
+
 std::string data_problem(const std::string& path, std::uint64_t computed, std::uint64_t stored,
-                         std::uint64_t nonfinite) {
+                         std::uint64_t nonfinite, std::uint64_t negative) {
   if (computed != stored) {
     return fmt::format("{}: checksum {} does not match the stored {}", printable(path),
                        checksum_string(computed), checksum_string(stored));
@@ -418,6 +426,10 @@ std::string data_problem(const std::string& path, std::uint64_t computed, std::u
     // else, or by a run that diverged before that check.
     return fmt::format("{}: {} value{} not finite (NaN or infinite)", printable(path), nonfinite,
                        nonfinite == 1 ? " is" : "s are");
+  }
+  if (negative > 0) {
+    return fmt::format("{}: {} value{} negative, but it holds variances", printable(path), negative,
+                       negative == 1 ? " is" : "s are");
   }
   return "";
 }

@@ -401,6 +401,16 @@ TEST_F(CkptTest, VerifyNamesEachProblemExactly) {
        {"/model/norm/running_mean: attribute 'kind' is missing or not a string (\"parameter\" "
         "or \"buffer\")"}},
   };
+  // A variance below zero (AdamW's exp_avg_sq; BatchNorm's running_var alike) under a valid
+  // checksum: the next step would turn it into NaN.
+  {
+    FixtureCheckpoint c = make_fixture(1, "adamw");
+    c.tensor("/optimizer/linear2/weight/exp_avg_sq").values[0] = -0.5F;
+    c.tensor("/optimizer/linear2/weight/exp_avg_sq").values[3] = -1e-30F;
+    const ckpt::FileVerdict v = ckpt::verify_file(MPI_COMM_WORLD, write("negative.h5", c));
+    EXPECT_EQ(v.problems, std::vector<std::string>{"/optimizer/linear2/weight/exp_avg_sq: 2 "
+                                                   "values are negative, but it holds variances"});
+  }
   for (const Case& k : cases) {
     FixtureCheckpoint c = make_fixture();
     k.damage(c);

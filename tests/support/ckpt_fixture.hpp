@@ -69,7 +69,8 @@ inline std::string fixture_deck(const std::string& optimizer, double momentum) {
 /// A checkpoint of a 3 → 4 → 2 MLP with a norm buffer: linear1.weight (4, 3), linear1.bias (4),
 /// linear2.weight (2, 4), linear2.bias (2), norm.running_mean (4) (a buffer), and the optimizer
 /// state `optimizer` ("sgd" with momentum > 0: momentum; "adamw": exp_avg, exp_avg_sq) of each
-/// parameter. Values are a deterministic function of `seed` and the element index.
+/// parameter. Values are a deterministic function of `seed` and the element index (exp_avg_sq's
+/// squared).
 inline FixtureCheckpoint make_fixture(std::int64_t seed = 1, const std::string& optimizer = "sgd",
                                       double momentum = 0.9, std::int64_t step = 100) {
   FixtureCheckpoint c;
@@ -113,8 +114,14 @@ inline FixtureCheckpoint make_fixture(std::int64_t seed = 1, const std::string& 
       continue;
     }
     for (const std::string& s : states) {
-      c.tensors.push_back({io::optimizer_path(p.name, s), p.shape, values(p.shape), "",
-                           std::nullopt, true, io::ElementType::f32});
+      std::vector<float> v = values(p.shape);
+      if (s == "exp_avg_sq") {  // a variance: never negative
+        for (float& x : v) {
+          x *= x;
+        }
+      }
+      c.tensors.push_back({io::optimizer_path(p.name, s), p.shape, v, "", std::nullopt, true,
+                           io::ElementType::f32});
     }
   }
   c.root = {{"format", std::string(io::kCheckpointFormat)},

@@ -531,6 +531,7 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
   const int ranks = size_of(comm);
   std::vector<std::uint64_t> sums(check.size(), 0);
   std::vector<std::uint64_t> nonfinite(check.size(), 0);  // NaN or infinite elements
+  std::vector<std::uint64_t> negative(check.size(), 0);   // below zero (io::nonnegative_tensor)
   std::vector<int> failed(check.size(), ranks);  // the lowest rank that could not read, or ranks
   std::vector<std::string> why(check.size());
   std::vector<float> buffer;
@@ -546,6 +547,7 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
         sums[piece.tensor] += io::checksum_partial(buffer.data(), at, n);
         for (const float x : buffer) {
           nonfinite[piece.tensor] += std::isfinite(x) ? 0 : 1;
+          negative[piece.tensor] += x < 0.0F ? 1 : 0;
         }
       }
     } catch (const Error& err) {
@@ -555,6 +557,7 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
   }
   reduce_all(comm, sums, comm::ReduceOp::sum);
   reduce_all(comm, nonfinite, comm::ReduceOp::sum);
+  reduce_all(comm, negative, comm::ReduceOp::sum);
   reduce_all(comm, failed, comm::ReduceOp::min);
   for (std::size_t k = 0; k < check.size(); ++k) {
     const TensorEntry& e = s.tensors[check[k]];
@@ -563,7 +566,8 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
       why[k] = broadcast_string(comm, why[k], failed[k]);
       s.problems[check[k]].push_back(
           fmt::format("{}: cannot read the data ({})", printable(e.path), printable(why[k])));
-    } else if (std::string p = io::data_problem(e.path, sums[k], stored, nonfinite[k]);
+    } else if (std::string p = io::data_problem(e.path, sums[k], stored, nonfinite[k],
+                                                io::nonnegative_tensor(e.path) ? negative[k] : 0);
                !p.empty()) {
       s.problems[check[k]].push_back(std::move(p));
     }

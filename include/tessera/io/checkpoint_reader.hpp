@@ -96,10 +96,16 @@ std::vector<std::string> root_problems(const Group& root, const std::vector<Tens
 /// "parameter" or "buffer". `stored` receives the parsed checksum (nullopt when there is none).
 std::vector<std::string> tensor_problems(const TensorEntry& e,
                                          std::optional<std::uint64_t>& stored);
+/// Whether the tensor at dataset `path` holds a variance, which cannot be negative: AdamW's
+/// exp_avg_sq, BatchNorm's running_var (a negative one turns the next step's update or the
+/// evaluation into NaN).
+bool nonnegative_tensor(const std::string& path);
+
 /// The problem of a tensor's data, "" when there is none: the checksum recomputed over it
-/// (`computed`) differs from the stored one, or it holds `nonfinite` NaN or infinite values.
+/// (`computed`) differs from the stored one, it holds `nonfinite` NaN or infinite values, or
+/// `negative` values below zero where nonnegative_tensor(path).
 std::string data_problem(const std::string& path, std::uint64_t computed, std::uint64_t stored,
-                         std::uint64_t nonfinite);
+                         std::uint64_t nonfinite, std::uint64_t negative = 0);
 
 /// Reads the row-major elements [first, first + count) of `dataset` (of `shape`) as float32 into
 /// `out`.
