@@ -1,5 +1,7 @@
 #include "tessera/nn/layer.hpp"
 
+#include "split_advice.hpp"
+
 #include "tessera/core/check.hpp"
 
 #include <fmt/ranges.h>
@@ -80,13 +82,10 @@ Layout Layer::place_input(const Layout& input) {
 
 void Layer::require_whole(const Layout& input) const {
   if (!input.is_replicated()) {
-    const AxisSet spatial{GridAxis::spatial0, GridAxis::spatial1, GridAxis::spatial2};
-    const bool tiles = !(input.split_axes() & spatial).empty();
-    throw Error(fmt::format(
-        "{} '{}' needs whole samples, but its input is {}; end the split before it ({})", kind(),
-        m_name, input.to_string(),
-        tiles ? "a global_avgpool joins the spatial tiles"
-              : "a linear with split = \"input\" joins the tensor axis's blocks"));
+    throw Error(
+        fmt::format("{} '{}' needs whole samples, but its input is {}; end the split "
+                    "before it ({})",
+                    kind(), m_name, input.to_string(), detail::join_advice(input)));
   }
 }
 

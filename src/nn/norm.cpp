@@ -1,5 +1,7 @@
 #include "tessera/nn/norm.hpp"
 
+#include "split_advice.hpp"
+
 #include "tessera/core/check.hpp"
 #include "tessera/core/math.hpp"
 
@@ -423,10 +425,15 @@ Layout LayerNorm::place_input(const Layout& input) {
   (void)output_shape(input.global_shape());
   const int features = input.rank() - 1;
   if (!input.partial_axes().empty() || input.axis_of(features).has_value()) {
+    const AxisSet spatial{GridAxis::spatial0, GridAxis::spatial1, GridAxis::spatial2};
+    const std::optional<GridAxis> axis = input.axis_of(features);
     throw Error(fmt::format(
-        "{} '{}' normalises rows of {} whole features, but its input is {}; end the split "
-        "before it (a linear with split = \"input\" joins the tensor axis's blocks)",
-        kind(), name(), m_input.back(), input.to_string()));
+        "{} '{}' normalises rows of {} whole features, but its input is {}; {}", kind(), name(),
+        m_input.back(), input.to_string(),
+        axis && spatial.contains(*axis)
+            ? "split the samples along another dimension (parallel.spatial), or end the tiles "
+              "before it (a global_avgpool joins them)"
+            : "end the split before it (" + detail::join_advice(input) + ")"));
   }
   for (Parameter& p : parameters()) {  // each rank saw its rows only: summed over their axes too
     p.partial = AxisSet{GridAxis::data} | input.split_axes();
