@@ -767,6 +767,9 @@ Dataset Group::open_dataset(const std::string& name) const {
   if (!has(name)) {
     throw Error(fmt::format("{}:{}: dataset not found", m_file, path));
   }
+  if (is_group(name)) {  // H5Dopen2 would say only "unable to open dataset"
+    throw input_error(fmt::format("{}:{}: is a group, not a dataset", m_file, path));
+  }
   return Dataset(
       Handle(TESSERA_H5(H5Dopen2(id(), name.c_str(), H5P_DEFAULT), m_file + ":" + path), H5Dclose),
       m_file, path);

@@ -61,6 +61,7 @@ struct FileSpec {
   bool format_attribute = true;
   std::int64_t version = io::kDatasetVersion;
   bool with_y = true;
+  bool y_is_group = false;  // "y" a group instead of a dataset
 };
 
 // Rank 0 writes a classification split "/train"; every rank waits for it.
@@ -91,7 +92,9 @@ void write_dataset(const std::string& path, const FileSpec& spec = {}) {
         xd.write({std::vector<hsize_t>(shape.size(), 0), shape}, io::ElementType::f32, x.data(),
                  false);
       }
-      if (spec.with_y) {
+      if (spec.y_is_group) {
+        g.create_group("y");
+      } else if (spec.with_y) {
         std::vector<std::int32_t> y(static_cast<size_t>(spec.labels));
         for (Index n = 0; n < spec.labels; ++n) {
           y[static_cast<size_t>(n)] = static_cast<std::int32_t>(n % 5);
@@ -299,6 +302,12 @@ TEST(DatasetReader, BadFilesGiveOneClearErrorOnEveryRank) {
   spec.with_y = false;
   write_dataset(no_y, spec);
   EXPECT_EQ(open(no_y + ":/train"), no_y + ":/train: dataset 'y' is missing");
+
+  const std::string y_group = dir.file("y_group.h5");
+  spec = {};
+  spec.y_is_group = true;
+  write_dataset(y_group, spec);
+  EXPECT_EQ(open(y_group + ":/train"), y_group + ":/train/y: is a group, not a dataset");
 
   const std::string short_y = dir.file("short_y.h5");
   spec = {};
