@@ -874,6 +874,9 @@ Handle open_with(const std::string& path, hid_t fapl, unsigned flags) {
     throw Error(fmt::format("{}: no such file", path));
   }
   refuse_special_file(path);
+  if (std::filesystem::is_directory(path, ec)) {
+    throw input_error(fmt::format("{}: is a folder, not a file", path));
+  }
   if (H5Fis_hdf5(path.c_str()) <= 0) {
     H5Eclear2(H5E_DEFAULT);
     throw Error(fmt::format("{}: not an HDF5 file (or truncated)", path));

@@ -292,6 +292,12 @@ TEST(DatasetReader, BadFilesGiveOneClearErrorOnEveryRank) {
   }
   MPI_Barrier(MPI_COMM_WORLD);
   EXPECT_EQ(open(text + ":/train"), text + ": not an HDF5 file (or truncated)");
+  const std::string folder = dir.file("folder.h5");
+  if (world_rank() == 0) {
+    std::filesystem::create_directories(folder);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT_EQ(open(folder + ":/train"), folder + ": is a folder, not a file");
 
   const std::string good = dir.file("good.h5");
   write_dataset(good);
