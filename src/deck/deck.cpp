@@ -519,15 +519,28 @@ std::vector<std::string> split_key(const std::string& key) {
 
 // Applies one key=value override. A `key=` that removes a key the deck does not hold is added to
 // `absent` (checked against the schema after the parse: a misspelt key is no key to remove).
+// The text without the spaces and tabs around it ('run.steps = 3' is run.steps=3).
+std::string trimmed(const std::string& text) {
+  const size_t first = text.find_first_not_of(" \t");
+  return first == std::string::npos ? std::string()
+                                    : text.substr(first, text.find_last_not_of(" \t") - first + 1);
+}
+
+// The key of override `arg` ("" when it has no '=').
+std::string override_key(const std::string& arg) {
+  const size_t eq = arg.find('=');
+  return eq == std::string::npos ? std::string() : trimmed(arg.substr(0, eq));
+}
+
 void apply_override(toml::value& root, const std::string& arg, std::set<std::string>& keys,
                     std::set<std::string>& created, std::vector<std::string>& absent) {
   const size_t eq = arg.find('=');
-  if (eq == std::string::npos || eq == 0) {
+  const std::string key = override_key(arg);
+  if (eq == std::string::npos || key.empty()) {
     throw input_error(
         fmt::format("command line: '{}' is not key=value (e.g. optimizer.lr=0.1)", arg));
   }
-  const std::string key = arg.substr(0, eq);
-  const std::string text = arg.substr(eq + 1);
+  const std::string text = trimmed(arg.substr(eq + 1));
   try {
     // toml11 reads past the end of its buffer on some bytes that are not UTF-8 (found by fuzzing):
     // the same checks as a deck's text, before it parses anything.
@@ -578,7 +591,15 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
     std::istringstream in("v = " + text);
     value = toml::parse(in, "command line").at("v");
   } catch (const std::exception&) {
-    value = toml::value(text);  // a bare word is a string: optimizer.type=adamw
+    // A bare word is a string (optimizer.type=adamw); what starts like a table, a list or a
+    // quoted string and does not parse is a mistake, not a string.
+    if (text[0] == '{' || text[0] == '[' || text[0] == '"' || text[0] == '\'') {
+      throw input_error(fmt::format(
+          "command line: '{}': the value is not valid TOML; write it as in a deck (e.g. "
+          "model.layers[1]={{ linear = {{ out = 8 }} }}, parallel.spatial=[2,1,1])",
+          printable(arg)));
+    }
+    value = toml::value(text);
   }
   toml::value* node = &root;
   std::string path;
@@ -1216,8 +1237,18 @@ Deck parse(const std::string& text, const std::string& file,
   std::set<std::string> asked;
   Source src{file, {}, {}, &d.locations, &asked};
   std::vector<std::string> absent;  // key= overrides of keys the deck does not hold
+  std::map<std::string, std::string> last_override;  // of each key
   for (const std::string& o : overrides) {
     apply_override(root, o, src.overridden, src.created, absent);
+    const std::string key = override_key(o);
+    if (const auto before = last_override.find(key);
+        before != last_override.end() && before->second != o) {
+      d.notes.push_back(
+          fmt::format("command line: {} is given twice ('{}', then '{}'): the last "
+                      "is used",
+                      key, printable(before->second), printable(o)));
+    }
+    last_override[key] = o;
   }
   check_values(root, "", file);
   // run.epochs and run.steps are two ways to say one thing: overriding one replaces the other.
