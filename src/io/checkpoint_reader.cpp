@@ -52,9 +52,26 @@ TensorEntry inspect(const Group& group, const std::string& name) {
     for (hsize_t n : e.shape) {
       e.elements *= static_cast<std::int64_t>(n);
     }
+    std::size_t element = 0;
     {
       const Lock lock(hdf5_mutex());
       e.storage_bytes = static_cast<std::int64_t>(H5Dget_storage_size(d.id()));
+      const Handle type(H5Dget_type(d.id()), H5Tclose);
+      element = type.id() < 0 ? 0 : H5Tget_size(type.id());
+      H5Eclear2(H5E_DEFAULT);
+    }
+    if (e.type && element > 0) {
+      // A shape the file does not hold (a chunked dataset never written, a truncated one) would
+      // be read as fill values: a 2^38-element tensor is a TiB of them. Refused before any read,
+      // as the dataset reader refuses it; the message without the "file:/path" the entry has.
+      try {
+        d.check_stored(element);
+      } catch (const Error& err) {
+        const std::string prefix = d.context() + ": ";
+        const std::string& m = err.message();
+        e.error = m.compare(0, prefix.size(), prefix) == 0 ? m.substr(prefix.size()) : m;
+        return e;
+      }
     }
     const Attributes a = d.attributes();
     if (attribute_info(d.id(), "kind").type == AttrType::string) {

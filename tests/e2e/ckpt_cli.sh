@@ -171,6 +171,38 @@ checkpoint does not verify, nothing written \(tessera-ckpt verify nan.h5\)"
   expect_error "verify FIFO at $n" "fifo.h5: is a FIFO (named pipe), not a file"
   run "$n" ls fifo-run/ckpt
   expect_error "ls FIFO latest at $n" "fifo-run/ckpt/latest: is a FIFO (named pipe), not a file"
+  # A tensor the file does not store (chunked, never written: 2^38 float32 read as a TiB of fill
+  # values) is refused at once by every command, on every rank.
+  huge="/model/linear9/weight: cannot be read (shape (274877906944) needs 1.0 TiB but the file \
+stores 0 bytes of it: the file is damaged or incomplete)"
+  huge_re=$(sed 's/[().]/\\&/g' <<<"$huge")
+  start=$SECONDS
+  run "$n" verify huge.h5
+  expect "verify huge at $n" 1 "huge.h5: $huge_re"
+  expect "verify huge summary at $n" 1 "huge.h5: FAILED \(2 problems\)"
+  run "$n" export huge.h5 -o "huge$n.npz"
+  expect_error "export huge at $n" "huge.h5: $huge (and 1 more problem): the checkpoint does not \
+verify, nothing exported (tessera-ckpt verify huge.h5)"
+  run "$n" average good.h5 huge.h5 -o "avg/huge$n.h5"
+  expect_error "average huge at $n" "huge.h5: $huge (and 1 more problem): the checkpoint does not \
+verify, nothing written (tessera-ckpt verify huge.h5)"
+  run "$n" diff good.h5 huge.h5
+  expect_error "diff huge at $n" "huge.h5: $huge"
+  run "$n" ls huge.h5
+  expect "ls huge at $n" 0 "      weight +\(cannot be read: shape \(274877906944\) needs 1\.0 TiB .*\)"
+  if ((SECONDS - start > 30)); then
+    echo "FAIL huge at $n: $((SECONDS - start)) s for five commands (want seconds)"
+    failed=$((failed + 1))
+  fi
+  if [[ -e "huge$n.npz" || -e "avg/huge$n.h5" ]] || compgen -G '.*.partial' >/dev/null ||
+    compgen -G 'avg/.*.partial' >/dev/null; then
+    echo "FAIL huge at $n: export or average left a file behind"
+    failed=$((failed + 1))
+  fi
+  # ls of a folder: each checkpoint's step is its step attribute, not its name's.
+  run "$n" ls renamed
+  expect "ls renamed at $n" 0 " 200  ckpt-00000500\.h5 .*  its step attribute is 200, its name says \
+500 \(renamed\?\)"
   run "$n"
   if [[ $code -ne 2 ]]; then
     echo "FAIL no subcommand at $n: exit $code (want 2)"

@@ -255,9 +255,12 @@ std::string partial_path(const std::string& out) {
 
 std::string list_folder(const std::string& dir) {
   struct Item {
-    std::int64_t step;
+    std::int64_t step;  // the file's step attribute; the name's where it has none (or is partial)
     std::string name;
     bool partial;
+    std::int64_t named = -1;  // the step of the file's name
+    std::string time;         // `created`
+    std::string unreadable;   // why the file cannot be opened
   };
   static const std::regex partial_pattern("\\.ckpt-([0-9]{8,})\\.h5\\.partial");
   std::vector<Item> items;
@@ -265,13 +268,26 @@ std::string list_folder(const std::string& dir) {
     const std::string name = entry.path().filename().string();
     std::smatch m;
     if (const std::int64_t step = io::checkpoint_step(name); step >= 0) {
-      items.push_back({step, name, false});
+      // The step is the file's own (a renamed or copied file keeps it), not its name's.
+      Item item{step, name, false, step, "?", ""};
+      try {
+        const io::File f = open_checkpoint(entry.path().string());
+        item.time = printable(root_string(f.root(), "created"));
+        item.step = root_int(f.root(), "step").value_or(step);
+      } catch (const Error& e) {
+        item.unreadable = e.message();
+      }
+      items.push_back(std::move(item));
     } else if (std::regex_match(name, m, partial_pattern)) {
-      items.push_back({std::stoll(m[1].str()), name, true});
+      const std::int64_t named = std::stoll(m[1].str());
+      items.push_back({named, name, true, named, modified_utc(entry.path().string()), ""});
     }
   }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
-    return a.step != b.step ? a.step < b.step : a.partial < b.partial;
+    if (a.step != b.step) {
+      return a.step < b.step;
+    }
+    return a.partial != b.partial ? a.partial < b.partial : a.name < b.name;
   });
   std::string latest;
   const fs::path latest_path = fs::path(dir) / io::kLatestMarker;
@@ -304,18 +320,16 @@ std::string list_folder(const std::string& dir) {
     const std::string path = (fs::path(dir) / item.name).string();
     std::error_code ec;
     const auto bytes = static_cast<std::int64_t>(fs::file_size(path, ec));
-    std::string time;
+    const std::string& time = item.time;
     std::string note;
     if (item.partial) {
-      time = modified_utc(path);
       note = "incomplete (being written, or left by a crash): never read";
     } else {
-      try {
-        const io::File f = open_checkpoint(path);
-        time = printable(root_string(f.root(), "created"));
-      } catch (const Error& e) {
-        time = "?";
-        note = "unreadable: " + printable(e.message());
+      if (!item.unreadable.empty()) {
+        note = "unreadable: " + printable(item.unreadable);
+      } else if (item.step != item.named) {
+        note = fmt::format("its step attribute is {}, its name says {} (renamed?)", item.step,
+                           item.named);
       }
       if (item.name == latest) {
         latest_found = true;
