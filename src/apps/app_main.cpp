@@ -6,12 +6,15 @@
 #include "tessera/core/strings.hpp"
 #include "tessera/io/hdf5.hpp"
 
+#include <fmt/format.h>
 #include <malloc.h>
 #include <mpi.h>
 #include <unistd.h>
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -53,6 +56,21 @@ std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv) {
     return e.get_exit_code() == 0 ? 0 : 2;
   }
   return std::nullopt;
+}
+
+CLI::Validator uint64_value() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        std::uint64_t value = 0;
+        const char* end = text.data() + text.size();
+        const auto [at, ec] = std::from_chars(text.data(), end, value);
+        if (text.empty() || ec != std::errc() || at != end) {
+          return fmt::format("{} is not an integer in [0, {}]", text.empty() ? "\"\"" : text,
+                             std::numeric_limits<std::uint64_t>::max());
+        }
+        return {};
+      },
+      "UINT64");
 }
 
 namespace {

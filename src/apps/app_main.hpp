@@ -20,6 +20,12 @@ int run_main(int argc, char** argv, const std::function<int(int, char**)>& body)
 /// 0 for --help); std::nullopt when parsing succeeded.
 std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv);
 
+/// A check for an option read into a std::uint64_t (a seed): a decimal integer in
+/// [0, 18446744073709551615]. CLI11 alone takes -1 as 2^64 - 1 and clamps 2^64 to the largest
+/// value; NonNegativeNumber prints its range as a 309-digit double. Refused: "--seed: -1 is not an
+/// integer in [0, 18446744073709551615]" (exit code 2).
+CLI::Validator uint64_value();
+
 /// This process's rank in MPI_COMM_WORLD.
 int world_rank();
 

@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
     generate->add_option("--top-k", go.top_k, "sample among the k most likely bytes (0: all)")
         ->capture_default_str();
     generate->add_option("--seed", go.seed, "the sampling stream")
-        ->check(CLI::NonNegativeNumber)
+        ->check(tessera::apps::uint64_value())
         ->capture_default_str();
     if (const auto code = tessera::apps::parse_command_line(app, ac, av)) {
       return *code;

@@ -73,6 +73,11 @@ for n in 1 2; do
     "$bin" gen -q -o "$dir/bad.h5" -s 100000 -d 3
   expect_error $n "tessera-data gen: --size 60000 --dims 2: one sample is 13.41 GiB of float32, but HDF5 stores a sample as one chunk, which must be under 4 GiB; give a smaller --size" \
     "$bin" gen -q -o "$dir/bad.h5" -s 60000 -d 2
+  # Only the options out of their range are named.
+  expect_error $n "tessera-data gen: --size 2 must be >= 4" \
+    "$bin" gen -q -o "$dir/bad.h5" --size 2 --samples 2
+  expect_error $n "tessera-data gen: --samples 0 must be >= 1, --steps -1 must be >= 0" \
+    "$bin" gen -q -o "$dir/bad.h5" --samples 0 --steps -1
   expect_error $n '-o "": an empty name; -o takes a file name' "$bin" gen -q -o ""
   expect_error $n "$dir/folder: is a folder; -o takes a file name" "$bin" gen -q -o "$dir/folder"
   expect_error $n "$dir/newdir/: names a folder; -o takes a file name" "$bin" gen -q -o "$dir/newdir/"

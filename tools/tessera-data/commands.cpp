@@ -29,6 +29,7 @@
 #include <limits>
 #include <memory>
 #include <set>
+#include <tuple>
 
 namespace tessera::data {
 namespace {
@@ -500,9 +501,18 @@ io::ElementType check_gen_options(const GenOptions& o, bool root) {
   if (o.dims != 2 && o.dims != 3) {
     throw bad(fmt::format("--dims {} must be 2 or 3", o.dims));
   }
-  if (o.samples < 1 || o.size < 4 || o.steps < 0) {
-    throw bad(fmt::format("--samples {} must be >= 1, --size {} >= 4, --steps {} >= 0", o.samples,
-                          o.size, o.steps));
+  // Each option out of its range, and only those.
+  std::vector<std::string> limits;
+  for (const auto& [name, value, least] :
+       {std::tuple<const char*, std::int64_t, std::int64_t>{"--samples", o.samples, 1},
+        {"--size", o.size, 4},
+        {"--steps", o.steps, 0}}) {
+    if (value < least) {
+      limits.push_back(fmt::format("{} {} must be >= {}", name, value, least));
+    }
+  }
+  if (!limits.empty()) {
+    throw bad(fmt::format("{}", fmt::join(limits, ", ")));
   }
   io::ElementType type = io::ElementType::f32;
   if (o.dtype == "float16") {

@@ -62,7 +62,9 @@ int main(int argc, char** argv) {
     gen->add_option("--size,-s", go.size, "grid points per dimension")->capture_default_str();
     gen->add_option("--dims,-d", go.dims, "2 or 3 spatial dimensions")->capture_default_str();
     gen->add_option("--steps", go.steps, "time steps per sample")->capture_default_str();
-    gen->add_option("--seed", go.seed, "random seed")->capture_default_str();
+    gen->add_option("--seed", go.seed, "random seed")
+        ->check(tessera::apps::uint64_value())
+        ->capture_default_str();
     gen->add_option("--dtype", go.dtype, "float32 or float16")->capture_default_str();
     gen->add_flag("--unit-targets", go.unit_targets,
                   "targets F and k mapped onto [0, 1] over their ranges (for training)");
