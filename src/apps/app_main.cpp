@@ -1,5 +1,6 @@
 #include "app_main.hpp"
 
+#include "tessera/comm/agree.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/signals.hpp"
@@ -74,6 +75,9 @@ CLI::Validator uint64_value() {
 }
 
 namespace {
+// Set by run_tool_main: a stop signal makes the exit code non-zero.
+bool g_tool = false;
+
 [[noreturn]] void abort_job(const std::string& what, int code) {
   char host[256] = "unknown";
   gethostname(host, sizeof host - 1);
@@ -125,9 +129,37 @@ int run_main(int argc, char** argv, const std::function<int(int, char**)>& body)
     }
   }
   io::close_library();  // before MPI_Finalize: a file that failed to close still needs MPI-IO
+  const int rank = world_rank();
   MPI_Finalize();
+  if (g_tool && code == 0 && signals::stop_signal() != 0) {
+    // The signal came after the tool's last agreement (during the shutdown): too late to tell the
+    // other ranks, not too late to say it. Rank 0 alone says it, as it says everything.
+    if (rank == 0) {
+      std::fprintf(stderr,
+                   "error: stopped by %s: it came as the command finished; what it wrote is "
+                   "complete\n",
+                   signals::name(signals::stop_signal()));
+    }
+    code = signals::kExitStopped;
+  }
   signals::relay_exit_status(code);
   return code;
+}
+
+int run_tool_main(int argc, char** argv, const std::function<int(int, char**)>& body) {
+  signals::defer_stop_signals();  // before MPI_Init starts a thread
+  g_tool = true;
+  return run_main(argc, argv, [&body](int ac, char** av) {
+    const int code = body(ac, av);
+    // A signal that no check of the command saw (it came as the command finished, or to a rank
+    // that was waiting for another): the work is complete, but a signalled tool never says 0.
+    comm::agree(MPI_COMM_WORLD, [&] {
+      if (code == 0) {
+        signals::throw_if_stopped("it came as the command finished; what it wrote is complete");
+      }
+    });
+    return code;
+  });
 }
 
 }  // namespace tessera::apps

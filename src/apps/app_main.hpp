@@ -15,6 +15,12 @@ namespace tessera::apps {
 /// Runs `body` (which returns the exit code) inside MPI_Init/Kokkos::initialize.
 int run_main(int argc, char** argv, const std::function<int(int, char**)>& body);
 
+/// run_main for the tools (tessera-ckpt, tessera-data): takes the stop signals (SIGINT, SIGTERM,
+/// SIGUSR1) as requests (core/signals.hpp) that the commands check at the boundaries of their work,
+/// and after `body` returns 0 agrees over the ranks whether any rank got one: a signalled tool
+/// exits with signals::kExitStopped and one line, never 0. Call first thing in main().
+int run_tool_main(int argc, char** argv, const std::function<int(int, char**)>& body);
+
 /// Parses the command line on every rank (all ranks see the same one). On a mistake, or --help,
 /// rank 0 prints CLI11's message and every rank gets the exit code to return (2 for a mistake,
 /// 0 for --help); std::nullopt when parsing succeeded.

@@ -1,5 +1,9 @@
 #include "tessera/core/signals.hpp"
 
+#include "tessera/core/error.hpp"
+
+#include <fmt/format.h>
+
 #include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -84,6 +88,12 @@ int stop_signal() {
 void note_stop_signal(int sig) {
   int expected = 0;
   g_signal.compare_exchange_strong(expected, sig);  // not record(): this is no second Ctrl-C
+}
+
+void throw_if_stopped(const std::string& what) {
+  if (const int sig = g_signal.load(); sig != 0) {
+    throw Error(fmt::format("stopped by {}: {}", name(sig), what)).with_exit_code(kExitStopped);
+  }
 }
 
 const char* name(int sig) {

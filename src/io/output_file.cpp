@@ -2,7 +2,12 @@
 
 #include "tessera/core/error.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <filesystem>
 #include <system_error>
@@ -33,6 +38,15 @@ void check_output_file(const std::string& out, const std::vector<std::string>& i
                        : fmt::format("{}: is the input {}; -o must name another file", out, input));
     }
   }
+}
+
+void create_partial(const std::string& out, const std::string& partial) {
+  const int fd = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0) {
+    const int err = errno;
+    throw input_error(fmt::format("{}: cannot create the file ({})", out, std::strerror(err)));
+  }
+  ::close(fd);
 }
 
 void make_output_folder(const std::string& out) {

@@ -199,6 +199,16 @@ verify, nothing written (tessera-ckpt verify huge.h5)"
     echo "FAIL huge at $n: export or average left a file behind"
     failed=$((failed + 1))
   fi
+  # An output that cannot be created: named as the user gave it, with the system's reason.
+  run "$n" export good.h5 -o /proc/w.npz
+  expect_error "export into /proc at $n" "/proc/w.npz: cannot create the file (No such file or \
+directory)"
+  run "$n" export good.h5 -o /proc/w.h5
+  expect_error "export .h5 into /proc at $n" "/proc/w.h5: cannot create the file (No such file or \
+directory)"
+  run "$n" average good.h5 other.h5 -o /proc/a.h5
+  expect_error "average into /proc at $n" "/proc/a.h5: cannot create the file (No such file or \
+directory)"
   # ls of a folder: each checkpoint's step is its step attribute, not its name's.
   run "$n" ls renamed
   expect "ls renamed at $n" 0 " 200  ckpt-00000500\.h5 .*  its step attribute is 200, its name says \

@@ -116,6 +116,13 @@ for n in 1 2; do
     expect_error $n "$dir/newdir/: names a folder; -o takes a file name" \
       "$bin" $command -o "$dir/newdir/"
   done
+  # An output that cannot be created: named as given (not as its .partial), with the reason.
+  expect_error $n "/proc/t.h5: cannot create the file (No such file or directory)" \
+    "$bin" import text "$dir/a.txt" -o /proc/t.h5 --validation 0
+  if [[ -r /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
+    expect_error $n "/proc/fm.h5: cannot create the file (No such file or directory)" \
+      "$bin" import fashion-mnist -o /proc/fm.h5
+  fi
   test ! -e "$dir/newdir" || fail "a refused import made $dir/newdir"
   [[ -z $(ls -A "$dir/folder") ]] || fail "a refused import wrote into $dir/folder"
   ! compgen -G "$dir/*.partial" >/dev/null || fail "a refused import left a .partial file"

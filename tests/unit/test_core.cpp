@@ -4,6 +4,7 @@
 #include "tessera/core/init.hpp"
 #include "tessera/core/layout.hpp"
 #include "tessera/core/rng.hpp"
+#include "tessera/core/signals.hpp"
 #include "tessera/core/strings.hpp"
 #include "tessera/core/tensor.hpp"
 
@@ -12,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <numeric>
 
@@ -411,4 +413,21 @@ TEST(Strings, ClosestMatchForMisspellings) {
   EXPECT_EQ(closest_match("padding", keys), "");  // too far from "pad"
   EXPECT_EQ(closest_match("xyz", keys), "");
   EXPECT_EQ(join({"a", "b", "c"}), "a, b, c");
+}
+
+// The tools' check at the boundaries of their work: nothing before a stop signal, then an Error
+// with the stopped exit code (75, never 0) naming the signal and what it left undone.
+TEST(Signals, ThrowIfStoppedNamesTheSignalWithTheStoppedExitCode) {
+  ASSERT_EQ(tessera::signals::stop_signal(), 0);
+  EXPECT_NO_THROW(tessera::signals::throw_if_stopped("nothing written to w.npz"));
+  tessera::signals::note_stop_signal(SIGTERM);
+  tessera::signals::note_stop_signal(SIGINT);  // the first one stays
+  try {
+    tessera::signals::throw_if_stopped("nothing written to w.npz");
+    FAIL() << "no throw after SIGTERM";
+  } catch (const tessera::Error& e) {
+    EXPECT_EQ(e.message(), "stopped by SIGTERM: nothing written to w.npz");
+    EXPECT_EQ(e.exit_code(), tessera::signals::kExitStopped);
+    EXPECT_EQ(tessera::signals::kExitStopped, 75);
+  }
 }

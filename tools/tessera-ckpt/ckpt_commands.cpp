@@ -6,6 +6,7 @@
 #include "npz.hpp"
 #include "tessera/comm/agree.hpp"
 #include "tessera/comm/communicator.hpp"
+#include "tessera/core/signals.hpp"
 #include "tessera/io/checkpoint_format.hpp"
 #include "tessera/io/output_file.hpp"
 
@@ -20,6 +21,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -249,6 +251,28 @@ io::File open_on_all(MPI_Comm comm, const std::string& path) {
 std::string partial_path(const std::string& out) {
   const fs::path p(out);
   return (p.parent_path() / ("." + p.filename().string() + ".partial")).string();
+}
+
+// Renames `tmp` (written completely) to `out` on rank 0: the command's commit. A stop signal that
+// any rank got before it removes `tmp` instead, and every rank throws (exit code 75): a stopped
+// command leaves nothing half-written and never reports success.
+void commit_output(MPI_Comm comm, const std::string& tmp, const std::string& out) {
+  const bool root = rank_of(comm) == 0;
+  try {
+    comm::agree(comm,
+                [&] { signals::throw_if_stopped(fmt::format("nothing written to {}", out)); });
+  } catch (const Error&) {
+    if (root) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+    }
+    throw;
+  }
+  comm::agree(comm, [&] {
+    if (root) {
+      fs::rename(tmp, out);
+    }
+  });
 }
 
 // --- ls ----------------------------------------------------------------------------------------
@@ -552,9 +576,13 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
   const io::Group root = f.root();
   for (const Piece& piece : split_elements(sizes, rank, ranks)) {
     const TensorEntry& e = s.tensors[check[piece.tensor]];
+    if (signals::stop_signal() != 0) {
+      break;  // said by every rank together below
+    }
     try {
       const io::Dataset d = root.open_dataset(e.path.substr(1));
-      for (std::int64_t at = piece.first; at < piece.first + piece.count; at += kBlockElements) {
+      for (std::int64_t at = piece.first;
+           at < piece.first + piece.count && signals::stop_signal() == 0; at += kBlockElements) {
         const std::int64_t n = std::min(kBlockElements, piece.first + piece.count - at);
         buffer.resize(static_cast<std::size_t>(n));
         read_range(d, e.shape, at, n, buffer.data());
@@ -569,6 +597,8 @@ void check_data(MPI_Comm comm, const io::File& f, Survey& s) {
       why[piece.tensor] = err.message();
     }
   }
+  // A stop signal on any rank stops every rank here, before the checksums are judged.
+  comm::agree(comm, [] { signals::throw_if_stopped("the checksums were not all computed"); });
   reduce_all(comm, sums, comm::ReduceOp::sum);
   reduce_all(comm, nonfinite, comm::ReduceOp::sum);
   reduce_all(comm, negative, comm::ReduceOp::sum);
@@ -693,6 +723,26 @@ FileVerdict verify_file(MPI_Comm comm, const std::string& file) {
 }
 
 namespace {
+// Runs `step`; a stop signal during it is said as `what` ("stopped by SIGTERM: <what>"), for a
+// step of a command whose stop means more than the step's own words (export's verification:
+// "nothing written to OUT").
+void saying_if_stopped(const std::string& what, const std::function<void()>& step) {
+  try {
+    step();
+  } catch (const Error& e) {
+    if (e.exit_code() != signals::kExitStopped) {
+      throw;
+    }
+    const std::string& m = e.message();
+    Error again(m.substr(0, m.find(": ")) + ": " + what);
+    again.with_exit_code(signals::kExitStopped);
+    if (e.on_all_ranks()) {
+      again.mark_on_all_ranks();
+    }
+    throw again;
+  }
+}
+
 // export and average take only checkpoints verify passes: a file with a non-finite value, or a
 // tensor without a readable checksum, would otherwise come out as a fresh, checksummed file.
 // Collective over `comm`; `what`: "exported", "written".
@@ -844,6 +894,7 @@ DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b,
       double& mb = max_b[piece.tensor];
       std::int64_t& diffs = differing[piece.tensor];
       for (std::int64_t at = piece.first; at < piece.first + piece.count; at += kBlockElements) {
+        signals::throw_if_stopped("the comparison did not finish");
         const std::int64_t count = std::min(kBlockElements, piece.first + piece.count - at);
         va.resize(static_cast<std::size_t>(count));
         vb.resize(static_cast<std::size_t>(count));
@@ -984,7 +1035,9 @@ Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& 
           fmt::format("export: {}: the output must end in .h5 (HDF5) or .npz (numpy)", out));
     }
   });
-  require_verified(comm, file, "exported");
+  saying_if_stopped(fmt::format("nothing written to {}", out),
+                    [&] { require_verified(comm, file, "exported"); });
+  const std::string tmp = partial_path(out);
   comm::agree(comm, [&] {
     if (rank_of(comm) != 0) {
       return;
@@ -1007,7 +1060,7 @@ Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& 
     const io::Group src = f.root();
     const auto step = root_int(src, "step");
     io::make_output_folder(out);
-    const std::string tmp = partial_path(out);
+    io::create_partial(out, tmp);
     try {
       std::optional<io::File> h5;
       std::optional<ZipWriter> zip;
@@ -1027,6 +1080,7 @@ Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& 
       std::vector<float> values;
       std::int64_t bytes = 0;
       for (const TensorEntry& e : model) {
+        signals::throw_if_stopped(fmt::format("nothing written to {}", out));
         values.resize(static_cast<std::size_t>(e.elements));
         read_range(src.open_dataset(e.path.substr(1)), e.shape, 0, e.elements, values.data());
         const std::uint64_t sum = io::checksum_partial(values.data(), 0, e.elements);
@@ -1057,7 +1111,6 @@ Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& 
       } else {
         h5->close();
       }
-      fs::rename(tmp, out);
       o.out =
           fmt::format("exported {} tensors ({}) of {}{} to {}\n", model.size(), human_bytes(bytes),
                       file, step ? fmt::format(" (step {})", *step) : std::string(), out);
@@ -1067,6 +1120,7 @@ Outcome export_model(MPI_Comm comm, const std::string& file, const std::string& 
       throw;
     }
   });
+  commit_output(comm, tmp, out);
   return o;
 }
 
@@ -1090,9 +1144,11 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
       throw input_error(fmt::format("average: {}: the output must end in .h5 (HDF5)", out));
     }
   });
-  for (const std::string& input : inputs) {
-    require_verified(comm, input, "written");
-  }
+  saying_if_stopped(fmt::format("nothing written to {}", out), [&] {
+    for (const std::string& input : inputs) {
+      require_verified(comm, input, "written");
+    }
+  });
   comm::agree(comm, [&] {
     for (std::size_t i = 0; i < k_inputs; ++i) {
       files[i].emplace(open_checkpoint(inputs[i]));
@@ -1142,12 +1198,15 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
             inputs[i], theirs.begin()->first, inputs[0]));
       }
     }
-    if (rank == 0) {
-      io::make_output_folder(out);
-    }
   });
 
   const std::string tmp = partial_path(out);
+  comm::agree(comm, [&] {
+    if (rank == 0) {
+      io::make_output_folder(out);
+      io::create_partial(out, tmp);
+    }
+  });
   const std::string created = broadcast_string(comm, rank == 0 ? utc_now() : std::string());
   std::vector<TensorEntry> outputs = model[0];
   outputs.insert(outputs.end(), optimizer.begin(), optimizer.end());
@@ -1166,6 +1225,10 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
     try {
       dst = std::make_unique<io::File>(io::File::create(tmp, comm));
     } catch (const Error& e) {
+      if (rank == 0) {
+        std::error_code ec;
+        fs::remove(tmp, ec);
+      }
       throw input_error(e.message());
     }
   });
@@ -1201,6 +1264,7 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
           sources.push_back(files[i]->root().open_dataset(e.path.substr(1)));
         }
         for (std::int64_t at = piece.first; at < piece.first + piece.count; at += kBlockElements) {
+          signals::throw_if_stopped(fmt::format("nothing written to {}", out));
           const std::int64_t n = std::min(kBlockElements, piece.first + piece.count - at);
           const auto un = static_cast<std::size_t>(n);
           in.resize(un);
@@ -1267,11 +1331,7 @@ Outcome average(MPI_Comm comm, const std::vector<std::string>& inputs, const std
     static_cast<void>(dst.release());
     throw;
   }
-  comm::agree(comm, [&] {
-    if (rank == 0) {
-      fs::rename(tmp, out);
-    }
-  });
+  commit_output(comm, tmp, out);
   Outcome o;
   if (rank == 0) {
     o.out = fmt::format(

@@ -10,7 +10,8 @@
 //   mpiexec -n N tessera-ckpt verify|diff|average ...   the elements spread over N ranks
 //
 // Exit codes: 0 OK / equal; 1 verification failed / files differ; 2 bad input (a file missing,
-// not HDF5, truncated, not a checkpoint; a bad command line).
+// not HDF5, truncated, not a checkpoint; a bad command line); 75 stopped by SIGINT, SIGTERM or
+// SIGUSR1 (the partial output removed).
 #include "app_main.hpp"
 #include "ckpt_commands.hpp"
 
@@ -20,13 +21,14 @@
 #include <cstdio>
 
 int main(int argc, char** argv) {
-  return tessera::apps::run_main(argc, argv, [](int ac, char** av) {
+  return tessera::apps::run_tool_main(argc, argv, [](int ac, char** av) {
     namespace ckpt = tessera::ckpt;
     CLI::App app{"tessera-ckpt: list, verify, compare, export and average Tessera checkpoints"};
     app.footer(
         "Exit codes: 0 OK (verified, or equal within tolerance); 1 verification failed or the "
         "files differ; 2 bad input (missing, not HDF5, truncated, not a checkpoint, bad command "
-        "line).\nverify, diff and average spread the tensors' elements over the ranks of "
+        "line); 75 stopped by a signal, nothing written.\nverify, diff and average spread the "
+        "tensors' elements over the ranks of "
         "mpiexec -n N.");
     app.require_subcommand(1);
 

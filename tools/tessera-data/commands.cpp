@@ -6,6 +6,7 @@
 #include "tessera/comm/cartesian.hpp"
 #include "tessera/comm/communicator.hpp"
 #include "tessera/core/check.hpp"
+#include "tessera/core/signals.hpp"
 #include "tessera/core/strings.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/io/dataset.hpp"
@@ -42,9 +43,17 @@ std::string partial_name(const std::string& path) {
   return path + ".partial";
 }
 
-// Runs `write`, which writes `tmp`; when it fails, removes `tmp` (nothing half-written is left).
-void removing_on_failure(const std::string& tmp, const std::function<void()>& write) {
+// "nothing written to OUT": what a stop signal leaves (signals::throw_if_stopped).
+std::string nothing_written(const std::string& out) {
+  return fmt::format("nothing written to {}", out);
+}
+
+// Runs `write`, which writes `tmp` (created here: a name that cannot be written is refused naming
+// `out`); when it fails or is stopped, removes `tmp` (nothing half-written is left).
+void removing_on_failure(const std::string& out, const std::string& tmp,
+                         const std::function<void()>& write) {
   try {
+    io::create_partial(out, tmp);
     write();
   } catch (...) {
     std::error_code ec;
@@ -92,6 +101,7 @@ void import_fashion_mnist(const ImportOptions& o) {
     for (Split& s : splits) {
       const std::string ipath = o.source + "/" + s.images;
       const std::string lpath = o.source + "/" + s.labels;
+      signals::throw_if_stopped(nothing_written(o.output));
       s.x = read_idx(ipath, 3);
       s.y = read_idx(lpath, 1);
       if (s.x.dims[0] != s.y.dims[0]) {
@@ -143,13 +153,14 @@ void import_fashion_mnist(const ImportOptions& o) {
     }
     io::make_output_folder(o.output);
     const std::string tmp = partial_name(o.output);
-    removing_on_failure(tmp, [&] {
+    removing_on_failure(o.output, tmp, [&] {
       io::File f = io::File::create(tmp, MPI_COMM_SELF);
       {
         const io::Group r = f.root();
         write_root_attributes(r, "Fashion-MNIST (Zalando Research), imported from " + o.source,
                               "MIT");
         for (Split* sp : written) {
+          signals::throw_if_stopped(nothing_written(o.output));
           Split& s = *sp;
           const io::Group g = r.create_group(s.name);
           const auto count = static_cast<hsize_t>(s.x.dims[0]);
@@ -169,7 +180,9 @@ void import_fashion_mnist(const ImportOptions& o) {
         }
       }
       f.close();
+      signals::throw_if_stopped(nothing_written(o.output));
       io::write_checksums(tmp);
+      signals::throw_if_stopped(nothing_written(o.output));
       std::filesystem::rename(tmp, o.output);
     });
     std::printf(
@@ -282,7 +295,7 @@ void write_token_file(const std::string& output, const TokenSplits& s, const std
                       const std::string& licence) {
   io::make_output_folder(output);
   const std::string tmp = partial_name(output);
-  removing_on_failure(tmp, [&] {
+  removing_on_failure(output, tmp, [&] {
     io::File f = io::File::create(tmp, MPI_COMM_SELF);
     {
       const io::Group r = f.root();
@@ -305,7 +318,9 @@ void write_token_file(const std::string& output, const TokenSplits& s, const std
       }
     }
     f.close();
+    signals::throw_if_stopped(nothing_written(output));
     io::write_checksums(tmp);
+    signals::throw_if_stopped(nothing_written(output));
     std::filesystem::rename(tmp, output);
   });
 }
@@ -326,6 +341,7 @@ void import_bytes(const std::string& who, double fraction, const std::string& ou
     }
     io::check_output_file(output, inputs);
     s = split_blocks(read(), fraction, who);
+    signals::throw_if_stopped(nothing_written(output));
     write_token_file(output, s, source(), licence);
   });
   if (rank_of(MPI_COMM_WORLD) == 0) {
@@ -567,6 +583,11 @@ double generate_gray_scott(const GenOptions& o) {
   std::int64_t redrawn = 0;  // runs that died out and were drawn again
   std::unique_ptr<io::File> f;
   try {
+    comm::agree(MPI_COMM_WORLD, [&] {
+      if (rank == 0) {
+        io::create_partial(o.output, tmp);
+      }
+    });
     f = std::make_unique<io::File>(io::File::create(tmp, MPI_COMM_WORLD));
     {
       const io::Group r = f->root();
@@ -630,6 +651,8 @@ double generate_gray_scott(const GenOptions& o) {
           const ScopedTimer t(write_seconds);
           x.write(box, io::ElementType::f32, field.data(), true);
         }
+        // A stop signal on any rank stops every rank between two samples.
+        comm::agree(MPI_COMM_WORLD, [&] { signals::throw_if_stopped(nothing_written(o.output)); });
         if (o.unit_targets) {
           targets.push_back((p.feed - kFeedLow) / kFeedRange);
           targets.push_back((p.kill - kKillLow) / kKillRange);
@@ -669,17 +692,28 @@ double generate_gray_scott(const GenOptions& o) {
         io::write_checksums(tmp);
       }
     });
+    comm::agree(MPI_COMM_WORLD, [&] { signals::throw_if_stopped(nothing_written(o.output)); });
     if (rank == 0) {
       std::filesystem::rename(tmp, o.output);
     }
   } catch (...) {
-    // Nothing half-written is left. Closing the file is collective: a rank that failed alone
-    // leaves its handle open (main() aborts the job) rather than wait for the others forever.
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    if (world.size() > 1) {
+    // Nothing half-written is left. Closing the file is collective: every rank closes it after an
+    // error they all hold (a stop signal, said by comm::agree); a rank that failed alone leaves its
+    // handle open (main() aborts the job) rather than wait for the others forever.
+    bool together = world.size() == 1;
+    try {
+      throw;
+    } catch (const Error& e) {
+      together = together || e.on_all_ranks();
+    } catch (...) {
+    }
+    if (together) {
+      f.reset();
+    } else {
       static_cast<void>(f.release());
     }
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
     throw;
   }
   if (rank == 0) {
@@ -871,9 +905,12 @@ void add_checksums(const std::string& path) {
       (void)io::verify_split(io::inspect_split(path, split), {});
     }
     const std::string tmp = partial_name(path);
-    std::filesystem::copy_file(path, tmp, std::filesystem::copy_options::overwrite_existing);
-    io::write_checksums(tmp);
-    std::filesystem::rename(tmp, path);
+    removing_on_failure(path, tmp, [&] {
+      std::filesystem::copy_file(path, tmp, std::filesystem::copy_options::overwrite_existing);
+      io::write_checksums(tmp);
+      signals::throw_if_stopped(fmt::format("{} left as it was", path));
+      std::filesystem::rename(tmp, path);
+    });
     std::printf("tessera-data: added checksums to %s (%zu split%s)\n", path.c_str(), splits.size(),
                 splits.size() == 1 ? "" : "s");
   });

@@ -7,6 +7,9 @@
 //                                 [--seed K] [--dtype float32|float16] [--split NAME]
 //   tessera-data ls FILE [--no-stats]
 //   tessera-data checksum FILE
+//
+// Exit codes: 0 done; 2 bad input (a file, an option); 75 stopped by SIGINT, SIGTERM or SIGUSR1
+// (the partial output removed); 1 anything else.
 #include "app_main.hpp"
 #include "commands.hpp"
 #include "tessera/comm/communicator.hpp"
@@ -18,7 +21,7 @@
 #include <cstdio>
 
 int main(int argc, char** argv) {
-  return tessera::apps::run_main(argc, argv, [](int ac, char** av) {
+  return tessera::apps::run_tool_main(argc, argv, [](int ac, char** av) {
     CLI::App app{"tessera-data: import, generate and list Tessera datasets (HDF5)"};
     app.require_subcommand(1);
 

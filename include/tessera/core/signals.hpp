@@ -13,8 +13,17 @@
 //
 // A second SIGINT while a stop is pending ends the process at once (exit 130), as an impatient
 // Ctrl-C expects. Programs that do not call `defer_stop_signals()` keep the default actions.
+//
+// tessera run stops at a step boundary; the tools (tessera-ckpt, tessera-data) call
+// `throw_if_stopped` at the boundaries of their work and before they rename their output into
+// place, so a stopped tool removes its partial file and exits with kExitStopped, never 0.
+#include <string>
 
 namespace tessera::signals {
+
+/// The exit code of a program stopped by a stop signal before it finished (docs/deck-reference.md,
+/// "Exit codes"): run it again.
+inline constexpr int kExitStopped = 75;
 
 /// Blocks SIGINT, SIGTERM and SIGUSR1 in the calling thread (its later threads inherit the mask)
 /// and starts the thread that records them. Call once, first thing in main().
@@ -26,6 +35,11 @@ int stop_signal();
 /// Records `sig` as if it had arrived (the trainer's agreement: another rank got it), unless a
 /// signal was recorded already.
 void note_stop_signal(int sig);
+
+/// Throws tessera::Error (exit code kExitStopped) "stopped by SIGTERM: <what>" when a stop signal
+/// has arrived; does nothing otherwise. Not collective: call it inside comm::agree where other
+/// ranks must leave too.
+void throw_if_stopped(const std::string& what);
 
 /// "SIGTERM", "SIGUSR1", "SIGINT" or "a signal".
 const char* name(int sig);

@@ -16,6 +16,12 @@ namespace tessera::io {
 /// together.
 void check_output_file(const std::string& out, const std::vector<std::string>& inputs = {});
 
+/// Creates `partial`, the name `out` is written under until it is complete, as an empty file (or
+/// empties it). Throws input_error naming `out` — the name the user gave, not `partial` — with the
+/// system's reason ("w.npz: cannot create the file (Permission denied)"). Call it before a writer
+/// (HDF5, MPI-IO, a stream) opens `partial`: their own messages name `partial` or lack the reason.
+void create_partial(const std::string& out, const std::string& partial);
+
 /// Makes the folder of `out` when it is missing; throws input_error when it cannot.
 void make_output_folder(const std::string& out);
 
