@@ -12,6 +12,7 @@
 #include "tessera/comm/communicator.hpp"
 #include "tessera/comm/process_grid.hpp"
 #include "tessera/comm/watchdog.hpp"
+#include "tessera/core/signals.hpp"
 #include "tessera/deck/deck.hpp"
 #include "tessera/io/dataset.hpp"
 #include "tessera/nn/sequential.hpp"
@@ -34,8 +35,8 @@
 namespace tessera::train {
 
 /// Exit code of a run stopped early by SIGINT, SIGTERM or SIGUSR1 (EX_TEMPFAIL): job scripts
-/// resubmit on it.
-inline constexpr int kExitStopped = 75;
+/// resubmit on it. The tools' too.
+inline constexpr int kExitStopped = signals::kExitStopped;
 
 /// Where a classification loss's classes live: whole on every rank, or split over the tensor
 /// axis (a vocabulary-parallel LM head: this rank holds classes [offset, offset + local)).
