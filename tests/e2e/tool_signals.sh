@@ -60,7 +60,7 @@ for ((i = 1; i <= runs; ++i)); do
   stopped "average at 2 ranks, run $i" TERM $((100 + RANDOM % 400)) out/avg.h5 2 \
     "$bin/tessera-ckpt" average big.h5 big2.h5 -o out/avg.h5
   stopped "gen at 2 ranks, run $i" TERM $((100 + RANDOM % 400)) out/gs.h5 2 \
-    "$bin/tessera-data" gen -o out/gs.h5 --samples 64 --size 64 --steps 400 -q
+    "$bin/tessera-data" gen -o out/gs.h5 --samples 1024 --size 64 --steps 400 -q
 done
 for sig in TERM INT; do
   stopped "export at 1 rank" "$sig" 200 out/w.h5 1 "$bin/tessera-ckpt" export big.h5 -o out/w.h5
