@@ -54,6 +54,10 @@ lr = 0.001
 every_steps = 0
 at_end = false
 DECK
+# The regression decks' optimizer, and no checkpoints.
+sgd_tail() {
+  printf '%s\n' '[optimizer]' 'type = "sgd"' 'lr = 0.01' '[checkpoint]' 'every_steps = 0' 'at_end = false'
+}
 cat >cnn3d.toml <<'DECK'
 [run]
 steps = 2
@@ -69,13 +73,8 @@ layers = [
   { linear = { out = 2 } },
 ]
 loss = "mse"
-[optimizer]
-type = "sgd"
-lr = 0.01
-[checkpoint]
-every_steps = 0
-at_end = false
 DECK
+sgd_tail >>cnn3d.toml
 cat >mlp.toml <<'DECK'
 [run]
 steps = 2
@@ -93,13 +92,8 @@ layers = [
   { relu = {} }, { linear = { out = 128 } }, { relu = {} }, { linear = { out = 2 } },
 ]
 loss = "mse"
-[optimizer]
-type = "sgd"
-lr = 0.01
-[checkpoint]
-every_steps = 0
-at_end = false
 DECK
+sgd_tail >>mlp.toml
 
 # within LABEL ESTIMATE_MIB MEASURED_BYTES [FACTOR]: measured <= estimate <= FACTOR (2.5) x measured.
 within() {
