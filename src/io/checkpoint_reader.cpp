@@ -130,8 +130,16 @@ const char* attr_type_name(AttrType t) {
 AttrInfo attribute_info(hid_t object, const std::string& name) {
   const Lock lock(hdf5_mutex());
   AttrInfo info;
-  if (H5Aexists(object, name.c_str()) <= 0) {
+  const htri_t exists = H5Aexists(object, name.c_str());
+  if (exists < 0) {  // the attributes' storage cannot be read: damage, not a missing attribute
     H5Eclear2(H5E_DEFAULT);
+    // "attribute 'NAME' of /group": the object's path as HDF5 names it (the caller names the file).
+    std::string path(1024, '\0');
+    path.resize(static_cast<size_t>(std::max<ssize_t>(0, H5Iget_name(object, path.data(), 1024))));
+    H5Aexists(object, name.c_str());  // again, for the error stack
+    detail::throw_hdf5("H5Aexists", fmt::format("attribute '{}' of {}", name, path));
+  }
+  if (exists == 0) {
     return info;
   }
   const Handle attr(H5Aopen(object, name.c_str(), H5P_DEFAULT), H5Aclose);
@@ -246,9 +254,32 @@ std::vector<TensorEntry> list_tensors(const File& file) {
   return out;
 }
 
+namespace {
+herr_t read_attribute_info(hid_t object, const char* name, const H5A_info_t* /*info*/,
+                           void* /*data*/) {
+  H5A_info_t info;
+  return H5Aget_info_by_name(object, ".", name, &info, H5P_DEFAULT) < 0 ? -1 : 0;
+}
+}  // namespace
+
 std::string format_problem(const File& file) {
   const Group root = file.root();
-  const AttrInfo format = attribute_info(root.id(), "format");
+  AttrInfo format;
+  try {
+    // Every root attribute's name and header read once: damage to their storage is said here,
+    // where every reader of a checkpoint looks first (the callers name the file).
+    {
+      const Lock lock(hdf5_mutex());
+      hsize_t at = 0;
+      if (H5Aiterate2(root.id(), H5_INDEX_NAME, H5_ITER_INC, &at, read_attribute_info, nullptr) <
+          0) {
+        detail::throw_hdf5("H5Aiterate2", "the root attributes");
+      }
+    }
+    format = attribute_info(root.id(), "format");
+  } catch (const Error& e) {
+    return e.message();
+  }
   if (format.type == AttrType::missing) {
     return "not a Tessera checkpoint (no root attribute 'format')";
   }

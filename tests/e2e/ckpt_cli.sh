@@ -53,6 +53,12 @@ head -c 5000 good.h5 >truncated.h5
 mkfifo fifo.h5
 mkdir -p fifo-run/ckpt && cp run/ckpt/ckpt-00000100.h5 fifo-run/ckpt/ && mkfifo fifo-run/ckpt/latest
 echo "not a checkpoint" >text.h5
+# attrs.h5: one bit flipped in the root attributes' storage (inside the text "tessera-checkpoint"):
+# damaged metadata, not a missing attribute.
+python3 -c 'import sys
+data = bytearray(open("good.h5", "rb").read())
+data[data.find(b"tessera-checkpoint") + 3] ^= 1
+open("attrs.h5", "wb").write(data)'
 size=$(stat -c %s good.h5)
 hex='0x[0-9a-f]{16}'
 
@@ -74,6 +80,12 @@ for n in 1 2 3; do
   run "$n" verify truncated.h5
   expect_error "verify truncated at $n" \
     "truncated.h5: truncated: the file has 5000 bytes, its HDF5 superblock says $size"
+  damaged_attrs="attrs.h5: the root attributes: damaged: HDF5 cannot read it \(incorrect metadata \
+checksum after all read attempts\)"
+  run "$n" verify attrs.h5
+  expect "verify damaged attributes at $n" 1 "$damaged_attrs"
+  run "$n" ls attrs.h5
+  expect "ls damaged attributes at $n" 2 "error: $damaged_attrs"
 
   # diff: 0, 1, 2.
   run "$n" diff good.h5 same.h5

@@ -374,8 +374,11 @@ std::string list_folder(const std::string& dir) {
 std::string list_file(const std::string& path) {
   const io::File f = open_checkpoint(path);
   const io::Group root = f.root();
+  const std::string problem = format_problem(f);  // first: it says when the attributes are damaged
+  if (problem.find(": damaged: ") != std::string::npos) {
+    throw input_error(fmt::format("{}: {}", path, problem));
+  }
   const AttrInfo format = attribute_info(root.id(), "format");
-  const std::string problem = format_problem(f);
   if (format.type != AttrType::string || root_string(root, "format") != io::kCheckpointFormat) {
     throw input_error(fmt::format("{}: {}", path, problem));
   }
