@@ -245,14 +245,18 @@ one_off "override on rank 1 only, check at 2 ranks" $?
 # Overrides as people type them: spaces around '=' are the same override; a key given twice
 # keeps the last, with one line saying so (not an error); a value that starts like a TOML table
 # and does not parse is refused (bad deck 197), not taken as a string.
-out=$(timeout -k 10 60 "$bin/tessera" check inputs/fashion_mlp.toml optimizer.schedule=constant \
-  'run.steps = 3' run.steps=5 2>&1 </dev/null)
+odd=$(mktemp -d)
+printf '%s\n' '[data]' "train = \"$tmp/gs.h5:/train\"" 'batch = 4' '[model]' \
+  'input = [1, 16, 16]' 'layers = [ { flatten = {} }, { linear = { out = 2 } } ]' 'loss = "mse"' \
+  '[optimizer]' 'type = "sgd"' 'lr = 0.1' >"$odd/deck.toml"
+out=$(timeout -k 10 60 "$bin/tessera" check "$odd/deck.toml" 'run.steps = 3' run.steps=5 2>&1 </dev/null)
 code=$?
 result=0
 [[ $code == 0 ]] || { echo "    spaces and a repeated key: exit $code: $(grep error <<<"$out")"; result=1; }
 grep -qx "steps = 5" <<<"$out" || { echo "    the last override did not win"; result=1; }
 [[ $(grep -c "^command line: run.steps is given twice ('run.steps = 3', then 'run.steps=5'): the last is used$" <<<"$out") == 1 ]] ||
   { echo "    no one line about the repeated key"; result=1; }
+rm -rf "$odd"
 one_off "overrides with spaces, a key given twice" $result
 
 echo "bad decks: $passed passed, $failed failed, $skipped skipped ($((SECONDS - start)) s)"
