@@ -3,8 +3,9 @@
 # chain of stopped runs ends bit for bit where an uninterrupted run ends.
 #
 # 1. SIGTERM to mpiexec (what a scheduler does), 2 ranks, at random moments, until the run is
-#    done: every stopped link exits 75 through MPICH's mpiexec (whose proxy used to report 0 for
-#    most of them), and the final checkpoint equals an uninterrupted run's bit for bit.
+#    done (300 to 1200 ms after each link's first progress line): every stopped link exits 75
+#    through MPICH's mpiexec (whose proxy used to report 0 for most of them), and the final
+#    checkpoint equals an uninterrupted run's bit for bit.
 # 2. A storm: STORM (default 200) SIGTERMs and as many SIGUSR1s, each to a one-rank run right after
 #    it starts (once it has set up its signal handling) or a random moment later — during the
 #    restart from the previous stop, the model's set-up, training, a checkpoint — in two streams
@@ -57,9 +58,17 @@ deck "$tmp/chain.toml" "$chain_steps" $((chain_steps / 8))
 RANDOM=11
 stops=0
 for ((link = 1; link <= chain_links; ++link)); do
+  : >"$tmp/link.log"  # empty before the link starts: the wait below reads it
   "$mpiexec" -n 2 "$bin/tessera" run "$tmp/chain.toml" run.output="$tmp/chain" \
     >"$tmp/link.log" 2>&1 &
   launcher=$!
+  # From the link's first progress line (its step 1): a loaded machine's slow start-up would
+  # otherwise take the whole delay, and every link stop at its first step.
+  for ((i = 0; i < 3000; ++i)); do
+    grep -q '^step ' "$tmp/link.log" 2>/dev/null && break
+    kill -0 "$launcher" 2>/dev/null || break
+    sleep 0.01
+  done
   ms=$((300 + RANDOM % 900))
   sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
   kill -TERM "$launcher" 2>/dev/null
