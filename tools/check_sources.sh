@@ -8,6 +8,12 @@
 #      MPI_Comm and calls no MPI function. Applies to src/ and tools/.
 #   2. no printing from src/ outside the reporter (src/train/reporter.cpp) and main()'s error line
 #      (src/apps/app_main.cpp): library code throws or hands its words to the program's Reporter.
+#   3. no HDF5 call in src/ outside the library lock: the HDF5 that Debian ships is not built
+#      thread-safe, and a dataset reader's thread reads beside the main thread's checkpoint I/O
+#      (an unlocked H5Pget_layout in a restart crashed 1 run in 5). Each call is wrapped in
+#      TESSERA_H5(...), or its function holds hdf5_mutex() (TESSERA_H5_LOCK) before it; a callback
+#      that HDF5 calls under the caller's lock says "hdf5_mutex() held" in a comment (code that
+#      runs before main: "no hdf5_mutex() needed").
 # Prints every offending line as FILE:LINE: TEXT and exits 1; exits 0 when there is none.
 set -uo pipefail
 root=${1:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -33,5 +39,29 @@ if [[ -n $printing ]]; then
   sed 's/^/  /' <<<"$printing"
   status=1
 fi
-[[ $status -eq 0 ]] && echo "check_sources: OK (MPI only in src/comm/, printing only through the reporter)"
+# A function starts and ends at column 0 (namespaces are not indented); inside it a lock line
+# (TESSERA_H5_LOCK or hdf5_mutex()) covers the raw calls after it.
+unlocked=$(find src -name '*.cpp' -o -name '*.hpp' -o -name '*.cu' | sort | xargs awk '
+  FNR == 1 { locked = 0; wrapped = 0 }
+  /^[^[:space:]#\/]/ { locked = 0 }
+  /\/\/.*hdf5_mutex\(\) (held|needed)/ { locked = 1 }
+  /^[[:space:]]*\/\// { next }
+  {
+    line = $0
+    sub(/\/\/.*/, "", line)
+    if (line ~ /TESSERA_H5_LOCK|hdf5_mutex\(\)/) { locked = 1 }
+    if (wrapped) { sub(/^[[:space:]]*H5[A-Za-z0-9_]*\(/, "", line) }
+    gsub(/TESSERA_H5\([[:space:]]*H5[A-Za-z0-9_]*\(/, "", line)
+    wrapped = ($0 ~ /TESSERA_H5\([[:space:]]*$/)
+    if (!locked && line ~ /(^|[^A-Za-z0-9_])H5[A-Za-z][A-Za-z0-9_]*[[:space:]]*\(/) {
+      print FILENAME ":" FNR ":" $0
+    }
+  }')
+if [[ -n $unlocked ]]; then
+  echo "check_sources: HDF5 called outside its lock (wrap in TESSERA_H5 or hold hdf5_mutex()):"
+  sed 's/^/  /' <<<"$unlocked"
+  status=1
+fi
+[[ $status -eq 0 ]] &&
+  echo "check_sources: OK (MPI only in src/comm/, printing only through the reporter, HDF5 under its lock)"
 exit $status

@@ -257,6 +257,7 @@ std::vector<TensorEntry> list_tensors(const File& file) {
 namespace {
 herr_t read_attribute_info(hid_t object, const char* name, const H5A_info_t* /*info*/,
                            void* /*data*/) {
+  // Called by H5Aiterate2, with hdf5_mutex() held by its caller.
   H5A_info_t info;
   return H5Aget_info_by_name(object, ".", name, &info, H5P_DEFAULT) < 0 ? -1 : 0;
 }

@@ -117,7 +117,7 @@ namespace {
 // HDF5 1.10's clean-up crash in H5F__close_cb; close_library() does it when that is safe.
 std::atomic<bool> g_abandoned_file{false};
 struct SilenceHdf5 {
-  SilenceHdf5() {
+  SilenceHdf5() {  // before main, on one thread: no hdf5_mutex() needed
     H5dont_atexit();
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   }
@@ -451,6 +451,7 @@ namespace {
 // Refuses an attribute read as numbers that holds none (a string, a compound): HDF5 would fail to
 // convert with words about its own API.
 void require_numbers(hid_t attr, const std::string& ctx) {
+  TESSERA_H5_LOCK;
   const Handle type(TESSERA_H5(H5Aget_type(attr), ctx), H5Tclose);
   const H5T_class_t c = H5Tget_class(type.id());
   if (c != H5T_INTEGER && c != H5T_FLOAT) {
@@ -547,6 +548,7 @@ bool Dataset::filtered() const {
 }
 
 void Dataset::check_stored(size_t element) const {
+  TESSERA_H5_LOCK;  // H5Pget_layout and H5Pget_chunk below: a reader's thread reads beside it
   const std::vector<hsize_t> dims = shape();
   hsize_t bytes = element;
   bool overflow = false;
