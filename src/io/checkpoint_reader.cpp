@@ -132,12 +132,12 @@ AttrInfo attribute_info(hid_t object, const std::string& name) {
   AttrInfo info;
   const htri_t exists = H5Aexists(object, name.c_str());
   if (exists < 0) {  // the attributes' storage cannot be read: damage, not a missing attribute
-    H5Eclear2(H5E_DEFAULT);
+    const std::vector<std::string> stack = detail::hdf5_error_stack();
     // "attribute 'NAME' of /group": the object's path as HDF5 names it (the caller names the file).
     std::string path(1024, '\0');
     path.resize(static_cast<size_t>(std::max<ssize_t>(0, H5Iget_name(object, path.data(), 1024))));
-    H5Aexists(object, name.c_str());  // again, for the error stack
-    detail::throw_hdf5("H5Aexists", fmt::format("attribute '{}' of {}", name, path));
+    H5Eclear2(H5E_DEFAULT);
+    detail::throw_hdf5("H5Aexists", fmt::format("attribute '{}' of {}", name, path), stack);
   }
   if (exists == 0) {
     return info;

@@ -81,7 +81,11 @@ std::string hdf5_reason() {
 }
 
 void throw_hdf5(const char* call, const std::string& context) {
-  const std::vector<std::string> stack = hdf5_error_stack();
+  throw_hdf5(call, context, hdf5_error_stack());
+}
+
+void throw_hdf5(const char* call, const std::string& context,
+                const std::vector<std::string>& stack) {
   // A file whose metadata is damaged (a flipped byte, a cut) fails deep in HDF5 with words like
   // these: bad input, exit code 2, said so, not an internal error naming HDF5's API.
   for (const std::string& desc : stack) {

@@ -32,7 +32,12 @@ namespace detail {
 std::vector<std::string> hdf5_error_stack();
 /// The innermost message of HDF5's error stack ("unable to open file"), or ""; clears the stack.
 std::string hdf5_reason();
+/// Throws for a failed `call` on `context` from HDF5's error stack (clears it): input_error for
+/// damage HDF5 recognised (a checksum, a bad header), else Error naming the call and its reason.
 [[noreturn]] void throw_hdf5(const char* call, const std::string& context);
+/// The same from a stack read before (hdf5_error_stack()), when other HDF5 calls came between.
+[[noreturn]] void throw_hdf5(const char* call, const std::string& context,
+                             const std::vector<std::string>& stack);
 /// Why H5Fopen of an existing HDF5 file failed, from HDF5's error stack (clears it): "truncated:
 /// the file has N bytes, its HDF5 superblock says M" for a cut file, else "truncated or damaged:
 /// HDF5 cannot read it (<innermost reason>)".
