@@ -1446,6 +1446,30 @@ bool Trainer::nonfinite_step(std::int64_t step, double loss) {
   }
   const std::string what =
       fmt::format("step {}: {} on rank {} is not finite", step + 1, found, speaker);
+  // An update that left the weights themselves non-finite (this step's loss and gradients follow
+  // from them): skipping steps cannot mend it, and a stop names the weight, not the loss. The
+  // lowest rank holding one names it.
+  std::string weight;
+  for (const nn::Parameter* p : m_model->all_parameters()) {
+    if (const Index i = kernels::first_nonfinite(p->value); i >= 0) {
+      weight = fmt::format("parameter {} (element {}: {})", p->name, i, p->value.at(i));
+      break;
+    }
+  }
+  // (Not a structured binding: the lambda below uses it, which C++17 does not allow.)
+  const std::pair<int, std::string> holder = lowest_finding(*m_trainer, weight);
+  if (holder.first >= 0) {
+    const bool skipping = m_deck.run.nonfinite == "skip";
+    comm::agree(*m_trainer, [&] {
+      throw input_error(
+          what + fmt::format("; {} on rank {} is not finite either, left so by {} update: {}the "
+                             "run stops (a lower optimizer.lr or gradient clipping may help)",
+                             holder.second, holder.first,
+                             skipping ? "an earlier" : fmt::format("step {}'s", step),
+                             skipping ? "skipping steps cannot mend it, " : ""),
+          m_deck.where("run.nonfinite"));
+    });
+  }
   if (m_deck.run.nonfinite == "skip" && m_skipped_in_row >= m_deck.run.skip_limit) {
     // Every step skipped for a while: the run is not recovering, and would end "successfully"
     // having trained nothing since.
@@ -1459,27 +1483,6 @@ bool Trainer::nonfinite_step(std::int64_t step, double loss) {
     });
   }
   if (m_deck.run.nonfinite == "skip") {
-    // Skipping mends nothing when an earlier update left the weights themselves non-finite: every
-    // later step would be skipped. The lowest rank holding one names it, and the run stops.
-    std::string weight;
-    for (const nn::Parameter* p : m_model->all_parameters()) {
-      if (const Index i = kernels::first_nonfinite(p->value); i >= 0) {
-        weight = fmt::format("parameter {} (element {}: {})", p->name, i, p->value.at(i));
-        break;
-      }
-    }
-    // (Not a structured binding: the lambda below uses it, which C++17 does not allow.)
-    const std::pair<int, std::string> holder = lowest_finding(*m_trainer, weight);
-    if (holder.first >= 0) {
-      comm::agree(*m_trainer, [&] {
-        throw input_error(what + fmt::format("; {} on rank {} is not finite either, left so by "
-                                             "an earlier update: skipping steps cannot mend it, "
-                                             "the run stops (a lower optimizer.lr or gradient "
-                                             "clipping may help)",
-                                             holder.second, holder.first),
-                          m_deck.where("run.nonfinite"));
-      });
-    }
     if (leader()) {
       m_reporter->warning(what + ": the step is skipped (run.nonfinite = \"skip\")");
     }

@@ -6,8 +6,9 @@
 #   - "skip": every later step is skipped (a "skip" record each in metrics.jsonl, a warning each)
 #     and the run ends, when run.skip_limit allows 19 in a row; at the default limit (10) the
 #     step after ten skipped ones stops the run (exit 2): it is not recovering;
-#   - at lr = 3e38 the first update itself overflows the weights to infinity: with "skip" the next
-#     step stops the run naming the weight (skipping would skip every later step), and a
+#   - at lr = 3e38 the first update itself overflows the weights to infinity: the next step stops
+#     the run naming the weight and the update that left it so ("stop"; with "skip" too: skipping
+#     would skip every later step), and a
 #     checkpoint due right after such an update is refused (exit 2) instead of being written and
 #     marked good.
 # shellcheck source=tests/e2e/fault_common.bash
@@ -69,6 +70,17 @@ for np in 1 2; do
   [[ $message =~ ^error:\ command\ line:\ step\ 2:\ the\ loss\ .*\ on\ rank\ 0\ is\ not\ finite\;\ parameter\ [a-z0-9_.]+\ \(element\ [0-9]+:\ -?inf\)\ on\ rank\ 0\ is\ not\ finite\ either,\ left\ so\ by\ an\ earlier\ update:\ skipping\ steps\ cannot\ mend\ it ]] ||
     fail "skip with infinite weights at $np ranks: message"
   ls "$out/skipinf/ckpt"/*.h5 >/dev/null 2>&1 && fail "skip with infinite weights at $np ranks: a checkpoint was written"
+
+  # --- stop, and an update left the weights infinite: the message names the weight ---
+  "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/stopinf" \
+    optimizer.lr=3e38 checkpoint.every_steps=0 checkpoint.at_end=false >"$tmp/log" 2>&1
+  rc=$?
+  message=$(grep "^error:" "$tmp/log")
+  echo "$np rank(s), stop with infinite weights: exit $rc: $message"
+  ((rc == 2)) || fail "stop with infinite weights at $np ranks: exit $rc, expected 2"
+  [[ $message =~ ^error:\ .*step\ 2:\ the\ loss\ .*\ on\ rank\ 0\ is\ not\ finite\;\ parameter\ [a-z0-9_.]+\ \(element\ [0-9]+:\ -?inf\)\ on\ rank\ 0\ is\ not\ finite\ either,\ left\ so\ by\ step\ 1\'s\ update:\ the\ run\ stops\ \(a\ lower\ optimizer.lr ]] ||
+    fail "stop with infinite weights at $np ranks: message"
+  grep -q 'run.nonfinite = "skip"' "$tmp/log" && fail "stop with infinite weights: suggests skip"
 
   # --- the last update overflows the weights: the checkpoint at the end is refused ---
   "$mpiexec" -n "$np" "$bin/tessera" run "$tmp/deck.toml" run.output="$out/lastinf" \
