@@ -116,8 +116,12 @@ class StagedWork final : public Work {
       finish();
     }
   }
+  // Only the thread that started the operation copies back: a test from another (the halo
+  // exchange's progress thread, comm/progress.hpp) drives the transfer, and the copy back waits
+  // for the owner's test or wait. Kokkos's copies and kernels on one instance are not safe from
+  // two host threads at once, and a copy's fence would wait for the kernels the overlap hides.
   bool test() override {
-    if (!m_done && m_inner->test()) {
+    if (!m_done && m_inner->test() && std::this_thread::get_id() == m_owner) {
       finish();
     }
     return m_done;
@@ -133,6 +137,7 @@ class StagedWork final : public Work {
   Staging m_staging;
   bool m_done = false;
   int m_unwinding = std::uncaught_exceptions();
+  std::thread::id m_owner = std::this_thread::get_id();
 };
 
 std::unique_ptr<Work> staged(std::unique_ptr<Work> work, Staging staging) {

@@ -296,12 +296,14 @@ TEST_F(CommunicatorTest, DeviceBuffersGoThroughHostCopiesWhenStagingIsSet) {
   } reset;
   int to_host = 0;
   int to_device = 0;
+  std::thread::id copied_back_on;
   set_device_copies({[&](void* host, const void* device, std::size_t bytes) {
                        ++to_host;
                        std::memcpy(host, device, bytes);
                      },
                      [&](void* device, const void* host, std::size_t bytes) {
                        ++to_device;
+                       copied_back_on = std::this_thread::get_id();
                        std::memcpy(device, host, bytes);
                      }});
   constexpr int n = 5;
@@ -319,6 +321,23 @@ TEST_F(CommunicatorTest, DeviceBuffersGoThroughHostCopiesWhenStagingIsSet) {
   for (int i = 0; i < n; ++i) {
     EXPECT_EQ(sum[static_cast<size_t>(i)], allreduce_sum(size, i)) << i;
   }
+  // Tested from another thread (a halo exchange's progress thread), a staged operation completes
+  // its transfer but copies back only on the thread that started it.
+  sum = mine;
+  work = comm.allreduce({sum.data(), n, Memory::device});
+  bool tested = true;
+  std::thread([&] {
+    for (int k = 0; k < 1000 && tested; ++k) {
+      tested = work->test();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }).join();
+  EXPECT_FALSE(tested);
+  EXPECT_EQ(to_device, 1);
+  work->wait();
+  EXPECT_EQ(to_device, 2);
+  EXPECT_EQ(copied_back_on, std::this_thread::get_id());
+  EXPECT_EQ(sum[0], allreduce_sum(size, 0));
 
   // reduce_scatter and allgather in place (the block inside the whole), staged as two buffers.
   constexpr int count = 3;
@@ -376,10 +395,10 @@ TEST_F(CommunicatorTest, DeviceBuffersGoThroughHostCopiesWhenStagingIsSet) {
   EXPECT_TRUE(received->is_completed());
   EXPECT_EQ(in,
             (std::vector<float>{static_cast<float>(previous), static_cast<float>(100 + previous)}));
-  // In all: allreduce 1 in 1 back, reduce_scatter 1 + 1, allgather in place 1 + 1, the mixed
-  // allgather 0 + 1, broadcast 1 + 1, send 1 + 0, recv 0 + 1.
-  EXPECT_EQ(to_host, 5);
-  EXPECT_EQ(to_device, 6);
+  // In all: two allreduces 1 in 1 back each, reduce_scatter 1 + 1, allgather in place 1 + 1, the
+  // mixed allgather 0 + 1, broadcast 1 + 1, send 1 + 0, recv 0 + 1.
+  EXPECT_EQ(to_host, 6);
+  EXPECT_EQ(to_device, 7);
 }
 
 TEST_F(CommunicatorTest, BadArgumentsAreRefusedBeforeAnythingStarts) {
