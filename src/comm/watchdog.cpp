@@ -172,8 +172,11 @@ class Watchdog {
   // Asks every other rank where it is; returns the verdict (who did not answer, who is behind).
   std::string ask_everyone(std::uint64_t seq, double blocked, std::array<std::int64_t, 3>& ask,
                            MPI_Request& pending) {
-    const std::array<std::int64_t, 3> question{m_rank, static_cast<std::int64_t>(seq),
-                                               static_cast<std::int64_t>(blocked * 1e3)};
+    // The question and the answer live in the watchdog, not on this frame: the job is aborted
+    // with the last receive still posted and the sends not waited for, and a late answer must
+    // not land in whatever stack the abort's printing and sleeping use by then.
+    std::array<std::int64_t, 3>& question = m_question;
+    question = {m_rank, static_cast<std::int64_t>(seq), static_cast<std::int64_t>(blocked * 1e3)};
     std::vector<MPI_Request> sends;
     for (int r = 0; r < m_size; ++r) {
       if (r != m_rank) {
@@ -188,7 +191,8 @@ class Watchdog {
     const double grace = std::clamp(m_limit / 2, 1.0, 10.0);
     const double deadline = now() + grace;
     int left = m_size - 1;
-    std::array<std::int64_t, kAnswerInts> answer{};
+    std::array<std::int64_t, kAnswerInts>& answer = m_answer;
+    answer = {};
     MPI_Request receive = MPI_REQUEST_NULL;
     MPI_Irecv(answer.data(), kAnswerInts, MPI_INT64_T, MPI_ANY_SOURCE, kTagAnswer, m_comm,
               &receive);
@@ -261,6 +265,8 @@ class Watchdog {
   double m_limit;
   std::atomic<bool> m_first{true};
   std::atomic<bool> m_stop{false};
+  std::array<std::int64_t, 3> m_question{};  // ask_everyone's buffers (see there)
+  std::array<std::int64_t, kAnswerInts> m_answer{};
   std::mutex m_wake_mutex;
   std::condition_variable m_wake;
   std::thread m_thread;
