@@ -1029,6 +1029,7 @@ void DatasetReader::start_worker() {
   m_fetch = m_next;
   m_stop = false;
   m_queue.clear();
+  m_error = nullptr;  // an error of the worker before a seek was about batches not wanted now
   if (m_options.prefetch > 0) {
     m_thread = std::thread([this] { worker(); });
   }
