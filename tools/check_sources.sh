@@ -11,7 +11,9 @@
 #   3. no HDF5 call in src/ outside the library lock: the HDF5 that Debian ships is not built
 #      thread-safe, and a dataset reader's thread reads beside the main thread's checkpoint I/O
 #      (an unlocked H5Pget_layout in a restart crashed 1 run in 5). Each call is wrapped in
-#      TESSERA_H5(...), or its function holds hdf5_mutex() (TESSERA_H5_LOCK) before it; a callback
+#      TESSERA_H5(...), or its function (or block) holds hdf5_mutex() (TESSERA_H5_LOCK) before it —
+#      HDF5's predefined classes and types (H5P_FILE_ACCESS, H5T_NATIVE_FLOAT) count as calls: each
+#      expands to H5open() and a library global; a callback
 #      that HDF5 calls under the caller's lock says "hdf5_mutex() held" in a comment (code that
 #      runs before main: "no hdf5_mutex() needed").
 # Prints every offending line as FILE:LINE: TEXT and exits 1; exits 0 when there is none.
@@ -42,18 +44,25 @@ fi
 # A function starts and ends at column 0 (namespaces are not indented); inside it a lock line
 # (TESSERA_H5_LOCK or hdf5_mutex()) covers the raw calls after it.
 unlocked=$(find src -name '*.cpp' -o -name '*.hpp' -o -name '*.cu' | sort | xargs awk '
-  FNR == 1 { locked = 0; wrapped = 0 }
+  function indent(text) { match(text, /^[[:space:]]*/); return RLENGTH }
+  FNR == 1 { locked = 0; inwrap = 0 }
   /^[^[:space:]#\/]/ { locked = 0 }
-  /\/\/.*hdf5_mutex\(\) (held|needed)/ { locked = 1 }
+  locked && /^[[:space:]]*}/ && indent($0) < lock_indent { locked = 0 }
+  /\/\/.*hdf5_mutex\(\) (held|needed)/ { locked = 1; lock_indent = indent($0) }
   /^[[:space:]]*\/\// { next }
   {
     line = $0
     sub(/\/\/.*/, "", line)
-    if (line ~ /TESSERA_H5_LOCK|hdf5_mutex\(\)/) { locked = 1 }
-    if (wrapped) { sub(/^[[:space:]]*H5[A-Za-z0-9_]*\(/, "", line) }
-    gsub(/TESSERA_H5\([[:space:]]*H5[A-Za-z0-9_]*\(/, "", line)
-    wrapped = ($0 ~ /TESSERA_H5\([[:space:]]*$/)
-    if (!locked && line ~ /(^|[^A-Za-z0-9_])H5[A-Za-z][A-Za-z0-9_]*[[:space:]]*\(/) {
+    if (line ~ /TESSERA_H5_LOCK|hdf5_mutex\(\)/) { locked = 1; lock_indent = indent(line) }
+    was_wrapped = inwrap
+    if (line ~ /;[[:space:]]*$/) { inwrap = 0 }
+    if (was_wrapped) { next }
+    if (sub(/TESSERA_H5\(.*/, "", line) && $0 !~ /;[[:space:]]*(\/\/.*)?$/) { inwrap = 1 }
+    # A call, or a predefined class or type (H5P_FILE_ACCESS, H5T_NATIVE_FLOAT): each expands to
+    # H5open() and a library global.
+    gsub(/H5P_DEFAULT/, "", line)
+    if (!locked && (line ~ /(^|[^A-Za-z0-9_])H5[A-Za-z][A-Za-z0-9_]*[[:space:]]*\(/ ||
+                    line ~ /(^|[^A-Za-z0-9_])(H5P_[A-Z_]+|H5T_(NATIVE|STD|IEEE)_[A-Z0-9_]+|H5T_C_S1)/)) {
       print FILENAME ":" FNR ":" $0
     }
   }')

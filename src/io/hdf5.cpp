@@ -142,7 +142,38 @@ const SilenceHdf5 kSilence;
 // For functions that call HDF5 directly.
 #define TESSERA_H5_LOCK const std::lock_guard<std::recursive_mutex> _lock(hdf5_mutex())
 
-Handle plist(hid_t cls) {
+// A property list of a class named by an enum: HDF5's class names (H5P_FILE_ACCESS) expand to a
+// library call and a global, read under the lock here, not at the caller.
+enum class PropertyList {
+  file_access,
+  file_create,
+  dataset_create,
+  dataset_xfer,
+  group_create,
+  link_create
+};
+Handle plist(PropertyList kind) {
+  TESSERA_H5_LOCK;
+  hid_t cls = H5P_FILE_ACCESS;
+  switch (kind) {
+    case PropertyList::file_access:
+      break;
+    case PropertyList::file_create:
+      cls = H5P_FILE_CREATE;
+      break;
+    case PropertyList::dataset_create:
+      cls = H5P_DATASET_CREATE;
+      break;
+    case PropertyList::dataset_xfer:
+      cls = H5P_DATASET_XFER;
+      break;
+    case PropertyList::group_create:
+      cls = H5P_GROUP_CREATE;
+      break;
+    case PropertyList::link_create:
+      cls = H5P_LINK_CREATE;
+      break;
+  }
   return Handle(TESSERA_H5(H5Pcreate(cls), "HDF5"), H5Pclose);
 }
 
@@ -244,6 +275,7 @@ hid_t half_type() {
 }  // namespace
 
 hid_t file_type(ElementType t) {
+  TESSERA_H5_LOCK;  // the predefined types expand to H5open() and a library global
   switch (t) {
     case ElementType::u8:
       return H5T_STD_U8LE;
@@ -262,6 +294,7 @@ hid_t file_type(ElementType t) {
 }
 
 hid_t memory_type(ElementType t) {
+  TESSERA_H5_LOCK;  // as file_type
   switch (t) {
     case ElementType::u8:
       return H5T_NATIVE_UINT8;
@@ -355,10 +388,12 @@ void Attributes::set(const std::string& name, const std::string& value) const {
 }
 
 void Attributes::set(const std::string& name, std::int64_t value) const {
+  TESSERA_H5_LOCK;  // H5T_NATIVE_*: see file_type
   write_raw(name, H5T_NATIVE_INT64, {}, &value);
 }
 
 void Attributes::set(const std::string& name, double value) const {
+  TESSERA_H5_LOCK;  // H5T_NATIVE_*: see file_type
   write_raw(name, H5T_NATIVE_DOUBLE, {}, &value);
 }
 
@@ -383,10 +418,12 @@ void Attributes::set(const std::string& name, const std::vector<std::string>& va
 }
 
 void Attributes::set(const std::string& name, const std::vector<double>& values) const {
+  TESSERA_H5_LOCK;  // H5T_NATIVE_*: see file_type
   write_raw(name, H5T_NATIVE_DOUBLE, {values.size()}, values.data());
 }
 
 void Attributes::set(const std::string& name, const std::vector<std::int64_t>& values) const {
+  TESSERA_H5_LOCK;  // H5T_NATIVE_*: see file_type
   write_raw(name, H5T_NATIVE_INT64, {values.size()}, values.data());
 }
 
@@ -634,7 +671,7 @@ void Dataset::write(const Box& box, ElementType t, const void* data, bool collec
                                    box.count.data(), nullptr),
                context());
   }
-  const Handle xfer = plist(H5P_DATASET_XFER);
+  const Handle xfer = plist(PropertyList::dataset_xfer);
   if (collective) {
     TESSERA_H5(H5Pset_dxpl_mpio(xfer.id(), H5FD_MPIO_COLLECTIVE), context());
   }
@@ -676,7 +713,7 @@ void Dataset::read_boxes(const std::vector<Box>& boxes, ElementType t, void* out
   // boxes against a flat buffer goes element by element (~70 ns each) and over every chunk of the
   // union's bounding box, many times slower than the reads themselves.
   const Handle file_space(TESSERA_H5(H5Dget_space(id()), context()), H5Sclose);
-  const Handle xfer = plist(H5P_DATASET_XFER);
+  const Handle xfer = plist(PropertyList::dataset_xfer);
   const size_t element = [&] {
     TESSERA_H5_LOCK;
     return H5Tget_size(memory_type(t));
@@ -758,9 +795,9 @@ Group Group::open_group(const std::string& name) const {
 
 Group Group::create_group(const std::string& name) const {
   const std::string path = child_path(m_path, name);
-  const Handle lcpl = plist(H5P_LINK_CREATE);
+  const Handle lcpl = plist(PropertyList::link_create);
   TESSERA_H5(H5Pset_create_intermediate_group(lcpl.id(), 1), path);
-  const Handle gcpl = plist(H5P_GROUP_CREATE);
+  const Handle gcpl = plist(PropertyList::group_create);
   TESSERA_H5(H5Pset_obj_track_times(gcpl.id(), 0), path);
   return Group(Handle(TESSERA_H5(H5Gcreate2(id(), name.c_str(), lcpl.id(), gcpl.id(), H5P_DEFAULT),
                                  m_file + ":" + path),
@@ -786,14 +823,14 @@ Dataset Group::create_dataset(const std::string& name, ElementType t,
                               const std::vector<hsize_t>& chunk) const {
   const std::string path = child_path(m_path, name);
   const Handle space = dataspace(shape);
-  const Handle dcpl = plist(H5P_DATASET_CREATE);
+  const Handle dcpl = plist(PropertyList::dataset_create);
   TESSERA_H5(H5Pset_obj_track_times(dcpl.id(), 0), path);
   if (!chunk.empty()) {
     TESSERA_H5(H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()), path);
   }
   TESSERA_H5(H5Pset_alloc_time(dcpl.id(), H5D_ALLOC_TIME_EARLY), path);
   TESSERA_H5(H5Pset_fill_time(dcpl.id(), H5D_FILL_TIME_NEVER), path);
-  const Handle lcpl = plist(H5P_LINK_CREATE);
+  const Handle lcpl = plist(PropertyList::link_create);
   TESSERA_H5(H5Pset_create_intermediate_group(lcpl.id(), 1), path);
   return Dataset(Handle(TESSERA_H5(H5Dcreate2(id(), name.c_str(), file_type(t), space.id(),
                                               lcpl.id(), dcpl.id(), H5P_DEFAULT),
@@ -842,7 +879,7 @@ void close_library() {
 
 File File::create(const std::string& path, MPI_Comm comm) {
   TESSERA_H5_LOCK;
-  const Handle fapl = plist(H5P_FILE_ACCESS);
+  const Handle fapl = plist(PropertyList::file_access);
   TESSERA_H5(H5Pset_fapl_mpio(fapl.id(), comm, MPI_INFO_NULL), path);
   // The 1.8 file format at least: its superblock, object headers and indexes carry checksums that
   // HDF5 verifies on reading, so damaged metadata is an error ("incorrect metadata checksum")
@@ -850,7 +887,7 @@ File File::create(const std::string& path, MPI_Comm comm) {
   // on some damaged ones). Readable by HDF5 1.8 and later (h5py, h5dump).
   TESSERA_H5(H5Pset_libver_bounds(fapl.id(), H5F_LIBVER_V18, H5F_LIBVER_LATEST), path);
   // No object times anywhere, the root group included: the same content gives the same bytes.
-  const Handle fcpl = plist(H5P_FILE_CREATE);
+  const Handle fcpl = plist(PropertyList::file_create);
   TESSERA_H5(H5Pset_obj_track_times(fcpl.id(), 0), path);
   const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.id(), fapl.id());
   if (id < 0) {
@@ -896,7 +933,7 @@ Handle open_with(const std::string& path, hid_t fapl, unsigned flags) {
 }  // namespace
 
 File File::open_parallel(const std::string& path, MPI_Comm comm) {
-  const Handle fapl = plist(H5P_FILE_ACCESS);
+  const Handle fapl = plist(PropertyList::file_access);
   TESSERA_H5(H5Pset_fapl_mpio(fapl.id(), comm, MPI_INFO_NULL), path);
   return File(open_with(path, fapl.id(), H5F_ACC_RDONLY), path, true);
 }
