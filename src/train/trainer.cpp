@@ -562,8 +562,10 @@ void check_zero_ties(const deck::Deck& d, const StagePlan& plan) {
 }
 
 // tessera check's look at checkpoint.restart: the file a run would restart from is a checkpoint
-// of this format holding every parameter of the model at its global shape (a run's restart then
-// verifies everything else: the optimizer, buffers, checksums).
+// of this format whose metadata is sound (the root attributes, each tensor's type, checksum
+// attribute and kind: the checks tessera-ckpt verify and a restart make, worded the same), of the
+// deck's optimizer, holding every parameter of the model at its global shape. A run's restart
+// then reads the data: checksums, non-finite values, the optimizer's and buffers' tensors.
 void check_restart(const deck::Deck& d, nn::Layer& model) {
   const deck::CheckpointConfig& c = d.checkpoint;
   if (!c.enabled || c.restart.empty() || d.parallel.trainers > 1) {
@@ -576,13 +578,26 @@ void check_restart(const deck::Deck& d, nn::Layer& model) {
     }
     const io::File f = io::open_checkpoint(file);
     io::require_checkpoint(f);
+    const std::vector<io::TensorEntry> tensors = io::checkpoint_tensors(f);
+    std::vector<std::string> problems = io::root_problems(f.root(), tensors);
+    if (problems.empty()) {
+      const std::string theirs = f.root().attributes().get_string("optimizer");
+      const char* ours = d.optimizer.type == deck::OptimizerKind::adamw ? "adamw" : "sgd";
+      if (theirs != ours) {
+        problems.push_back(fmt::format(
+            "it holds the state of optimizer \"{}\", the deck asks for \"{}\"", theirs, ours));
+      }
+    }
     std::map<std::string, std::vector<hsize_t>> stored;
-    for (const io::TensorEntry& e : io::checkpoint_tensors(f)) {
+    for (const io::TensorEntry& e : tensors) {
+      std::optional<std::uint64_t> checksum;
+      for (std::string& p : io::tensor_problems(e, checksum)) {
+        problems.push_back(std::move(p));
+      }
       if (io::is_model_tensor(e)) {
         stored[e.parameter_name()] = e.shape;
       }
     }
-    std::vector<std::string> problems;
     for (const nn::Parameter* p : model.all_parameters()) {
       const Shape& shape = p->layout.global_shape();
       const auto it = stored.find(p->name);
@@ -594,8 +609,8 @@ void check_restart(const deck::Deck& d, nn::Layer& model) {
       }
     }
     if (!problems.empty()) {
-      throw input_error(fmt::format("checkpoint {} does not fit the deck's model: {}", file,
-                                    fmt::join(problems, "; ")));
+      throw input_error(
+          fmt::format("checkpoint {} does not fit this deck: {}", file, fmt::join(problems, "; ")));
     }
   } catch (const Error& e) {
     throw input_error(e.message(), d.where("checkpoint.restart"));

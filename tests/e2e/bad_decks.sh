@@ -259,6 +259,29 @@ grep -qx "steps = 5" <<<"$out" || { echo "    the last override did not win"; re
 rm -rf "$odd"
 one_off "overrides with spaces, a key given twice" $result
 
+# tessera check on a checkpoint.restart that does not fit the deck: the optimizer and every shape
+# that differs in one line, as a restart would refuse them; the checkpoint of the same deck is OK.
+odd=$(mktemp -d)
+printf '%s\n' '[run]' 'steps = 2' '[data]' "train = \"$tmp/gs.h5:/train\"" 'batch = 4' '[model]' \
+  'input = [1, 16, 16]' \
+  'layers = [ { flatten = {} }, { linear = { out = 4 } }, { relu = {} }, { linear = { out = 2 } } ]' \
+  'loss = "mse"' '[optimizer]' 'type = "sgd"' 'lr = 0.1' '[checkpoint]' 'every_steps = 2' >"$odd/deck.toml"
+result=0
+timeout -k 10 60 "$bin/tessera" run "$odd/deck.toml" run.output="$odd/run" >"$odd/run.log" 2>&1 </dev/null ||
+  { echo "    the run that makes the checkpoint: exit $?"; result=1; }
+ckpt=$odd/run/ckpt/ckpt-00000002.h5
+for n in 1 2; do
+  run_case "$n" check "$odd/deck.toml" "command line: checkpoint $ckpt does not fit this deck: it \
+holds the state of optimizer \"sgd\", the deck asks for \"adamw\"; its linear1.weight is (4, 256), \
+the model's is (5, 256); its linear1.bias is (4,), the model's is (5,); its linear3.weight is (2, 4), \
+the model's is (2, 5)" checkpoint.restart="$ckpt" optimizer.type='"adamw"' 'model.layers[1].linear.out=5' ||
+    result=1
+done
+out=$(timeout -k 10 60 "$bin/tessera" check "$odd/deck.toml" checkpoint.restart="$ckpt" 2>&1 </dev/null) ||
+  { echo "    the checkpoint of the same deck: $(grep error <<<"$out")"; result=1; }
+rm -rf "$odd"
+one_off "check: a checkpoint.restart of another optimizer and shapes, at 1, 2 ranks" $result
+
 echo "bad decks: $passed passed, $failed failed, $skipped skipped ($((SECONDS - start)) s)"
 if [[ ${#decks[@]} -lt 30 ]]; then
   echo "FAIL: only ${#decks[@]} decks in tests/decks (expected at least 30)"
