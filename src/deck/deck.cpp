@@ -1722,6 +1722,11 @@ std::optional<std::int64_t> integer_in(const std::string& text, const std::strin
   return v && v->is_integer() ? std::optional<std::int64_t>(v->as_integer()) : std::nullopt;
 }
 
+std::optional<bool> boolean_in(const std::string& text, const std::string& key) {
+  const std::optional<toml::value> v = value_in(text, key);
+  return v && v->is_boolean() ? std::optional<bool>(v->as_boolean()) : std::nullopt;
+}
+
 std::optional<std::string> string_in(const std::string& text, const std::string& key) {
   const std::optional<toml::value> v = value_in(text, key);
   return v && v->is_string() ? std::optional<std::string>(v->as_string().str) : std::nullopt;

@@ -8,6 +8,7 @@
 #include "tessera/core/check.hpp"
 #include "tessera/core/device.hpp"
 #include "tessera/core/signals.hpp"
+#include "tessera/core/strings.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/io/checkpoint.hpp"
 #include "tessera/io/checkpoint_format.hpp"
@@ -1038,22 +1039,65 @@ void Trainer::restart() {
         "(epoch {}, batch {}) goes on in the new split",
         m_deck.data.train, *saved, info.cursor.epoch, info.cursor.batch));
   }
+  const std::int64_t batches = m_train->batches_per_epoch();
+  // data.drop_last = true where the checkpoint's run kept the short last batch: a cursor at that
+  // batch, which this run drops, goes on at the next epoch.
+  const std::optional<bool> saved_drop = deck::boolean_in(info.deck, "data.drop_last");
+  const bool drop_changed = saved_drop && *saved_drop != m_deck.data.drop_last;
+  if (drop_changed && m_deck.data.drop_last && info.cursor.batch == batches) {
+    info.cursor = io::Cursor{info.cursor.epoch + 1, 0};
+    if (leader()) {
+      m_reporter->warning(
+          fmt::format("restart: data.drop_last = true, the checkpoint's run kept the short last "
+                      "batch, where its cursor was: training goes on from epoch {}",
+                      info.cursor.epoch + 1));
+    }
+  }
   comm::agree(*m_trainer, [&] {
-    const std::int64_t batches = m_train->batches_per_epoch();
     if (info.cursor.batch >= batches) {
       throw input_error(
           fmt::format("checkpoint: {}: its data cursor (epoch {}, batch {}) is outside an epoch of "
-                      "data.train, which has {} batches of {} (was it written with another "
-                      "dataset or batch?)",
-                      file, info.cursor.epoch, info.cursor.batch, batches, m_deck.data.batch),
+                      "data.train, which has {} batches of {}{} (was it written with another "
+                      "dataset, batch or drop_last?)",
+                      file, info.cursor.epoch, info.cursor.batch, batches, m_deck.data.batch,
+                      m_deck.data.drop_last ? ", the short last one dropped" : ""),
           m_deck.where("checkpoint.restart"));
     }
   });
+  // run.epochs counts epochs, not steps: the run ends where the data cursor ends its last epoch.
+  // With another batch (or drop_last) than the checkpoint's run, the steps left are not the
+  // difference of the two runs' step counts.
+  if (m_deck.run.steps <= 0) {
+    const std::int64_t epochs_left =
+        std::max<std::int64_t>(0, m_deck.run.epochs - info.cursor.epoch);
+    const std::int64_t total =
+        info.step + std::max<std::int64_t>(0, epochs_left * batches - info.cursor.batch);
+    if (total != m_total_steps) {
+      m_total_steps = total;
+      m_schedule.total_steps = total;
+    }
+  }
+  // Another length than the checkpoint's run's (run.steps changed, or run.epochs of other
+  // batches): a cosine schedule decays over the new length from here on.
+  if (leader() && info.total_steps != m_total_steps &&
+      m_schedule.kind == optim::ScheduleKind::cosine && info.step < m_total_steps) {
+    optim::ScheduleOptions theirs = m_schedule;
+    theirs.total_steps = info.total_steps;
+    const bool comparable = info.total_steps > theirs.warmup_steps && info.step < info.total_steps;
+    m_reporter->warning(fmt::format(
+        "restart: the run has {} steps, the checkpoint's run {}: the cosine learning-rate "
+        "schedule decays over the new length from here on (step {}: lr {:.4g}{})",
+        m_total_steps, info.total_steps, info.step + 1, optim::learning_rate(m_schedule, info.step),
+        comparable ? fmt::format(", where the checkpoint's run had {:.4g}",
+                                 optim::learning_rate(theirs, info.step))
+                   : ""));
+  }
   m_optimizer->set_steps(info.optimizer_steps);
   m_start_step = info.step;
   m_train->seek(info.cursor);
-  say(fmt::format("restart: from {} at step {} (saved on {} rank{}, data {}, zero {}){}", file,
-                  info.step, info.ranks, info.ranks == 1 ? "" : "s", info.data_size, info.zero,
+  say(fmt::format("restart: from {} at step {} (saved on {} rank{}: {}, zero {}){}", file,
+                  info.step, info.ranks, info.ranks == 1 ? "" : "s", printable(info.grid),
+                  info.zero,
                   info.step >= m_total_steps
                       ? fmt::format("; the run has {} steps: nothing is left to train (another "
                                     "run.output or checkpoint.restart=\"\" starts afresh)",
@@ -1210,7 +1254,9 @@ void Trainer::save_to(const std::string& dir, const char* why, int keep) {
 void Trainer::retune(const deck::Deck& deck) {
   m_deck.optimizer = deck.optimizer;
   m_deck.locations = deck.locations;
+  const std::int64_t total = m_schedule.total_steps;  // a restart may have set it (run.epochs)
   m_schedule = run_schedule(m_deck, m_train_info.samples);
+  m_schedule.total_steps = total;
   if (auto* sgd = dynamic_cast<optim::Sgd*>(m_optimizer.get())) {
     sgd->set_options(sgd_options(m_deck.optimizer));
   } else if (auto* adamw = dynamic_cast<optim::AdamW*>(m_optimizer.get())) {

@@ -5,6 +5,9 @@
 # 2 steps of 16 leave the epoch 32 samples in: batch 4 of 8 continues exactly there, batch 2 of 12
 # reads 8 samples again, and batch 48 starts at its batch 0 (32 samples again). A restart with
 # another run.seed or data.train is said too (one line each), and one with neither says nothing.
+# With run.epochs, another batch changes how many steps are left; data.drop_last set on a restart
+# whose cursor is at the dropped short batch goes on at the next epoch; a cosine schedule over
+# another run.steps says how its learning rate moves.
 # shellcheck source=tests/e2e/fault_common.bash
 source "$(dirname "$0")/fault_common.bash"
 printf '%s\n' '[run]' 'seed = 3' 'steps = 2' 'log_every = 1' \
@@ -42,5 +45,52 @@ rm -rf "$tmp/again"
   checkpoint.restart="$tmp/first/ckpt/ckpt-00000002.h5" >"$tmp/again.log" 2>&1 || fail "the same deck: exit $?"
 [[ $(grep -c "^restart: " "$tmp/again.log") == 1 ]] || fail "the same deck: $(grep '^restart: ' "$tmp/again.log")"
 echo "another seed and split: a line each; the same deck: only the restart's own line"
+
+# run.epochs counts epochs: a restart with another batch ends where the cursor ends the last epoch
+# (2 epochs of 64 from 32 samples in: batch 8 leaves 4 + 8 steps after the 2 done, batch 12 reads
+# 8 samples again and leaves 4 + 6), not at 2 epochs of the new batch's steps.
+for case in "8 14" "12 12"; do
+  read -r batch total <<<"$case"
+  rm -rf "$tmp/again"
+  "$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/again" run.steps= run.epochs=2 \
+    data.batch="$batch" checkpoint.restart="$tmp/first/ckpt/ckpt-00000002.h5" >"$tmp/again.log" 2>&1 ||
+    fail "epochs, batch $batch: exit $?"
+  grep -q "^final: $total steps in " "$tmp/again.log" ||
+    fail "epochs, batch $batch: want $total steps, got: $(grep '^final:' "$tmp/again.log")"
+  [[ $(grep -c '"kind": "train"' "$tmp/again/metrics.jsonl") == $((total - 2)) ]] ||
+    fail "epochs, batch $batch: $((total - 2)) steps trained after the restart"
+done
+echo "run.epochs = 2 after 32 samples: 14 steps in all at batch 8, 12 at batch 12"
+
+# data.drop_last = true where the checkpoint's run kept the short last batch (64 = 24 + 24 + 16)
+# and stopped before it: the restart goes on at the next epoch, with a line saying so.
+rm -rf "$tmp/dl" "$tmp/again"
+"$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/dl" data.batch=24 >"$tmp/dl.log" 2>&1 ||
+  fail "drop_last: the first run: exit $?"
+"$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/again" data.batch=24 \
+  data.drop_last=true run.steps=4 checkpoint.restart="$tmp/dl/ckpt/ckpt-00000002.h5" >"$tmp/again.log" 2>&1 ||
+  fail "drop_last: exit $? ($(grep error "$tmp/again.log"))"
+grep -qxF "restart: data.drop_last = true, the checkpoint's run kept the short last batch, where its cursor was: training goes on from epoch 2" "$tmp/again.log" ||
+  fail "drop_last: the warning"
+grep -q '"kind": "train", "step": 3, "epoch": 1.5,' "$tmp/again/metrics.jsonl" ||  # the first of 2 batches
+  fail "drop_last: step 3 is not the first of epoch 2"
+echo "drop_last set on a restart at the short last batch: the next epoch"
+
+# Another length with a cosine schedule: the decay follows the new length, said with the learning
+# rate of the next step against the one the checkpoint's run used there (its metrics).
+cosine='optimizer.schedule={ type = "cosine", min_lr = 0.001 }'
+rm -rf "$tmp/cos" "$tmp/again"
+"$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/cos" run.steps=4 \
+  checkpoint.every_steps=2 "$cosine" >"$tmp/cos.log" 2>&1 || fail "cosine: the first run: exit $?"
+"$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/again" run.steps=6 "$cosine" \
+  checkpoint.restart="$tmp/cos/ckpt/ckpt-00000002.h5" >"$tmp/again.log" 2>&1 || fail "cosine: exit $?"
+lr_of() { grep '"kind": "train", "step": 3,' "$1" | sed -E 's/.*"lr": ([^,]+),.*/\1/' | xargs printf '%.4g'; }
+ours=$(lr_of "$tmp/again/metrics.jsonl")
+theirs=$(lr_of "$tmp/cos/metrics.jsonl")
+want="restart: the run has 6 steps, the checkpoint's run 4: the cosine learning-rate schedule decays over the new length from here on (step 3: lr $ours, where the checkpoint's run had $theirs)"
+grep -qxF "$want" "$tmp/again.log" ||
+  { fail "cosine: the warning"; echo "    want: $want"; grep '^restart:' "$tmp/again.log" | sed 's/^/    got:  /'; }
+[[ $ours != "$theirs" ]] || fail "cosine: the same learning rate at step 3 ($ours)"
+echo "a cosine run lengthened on restart: step 3 at lr $ours instead of $theirs, said"
 ((failed)) && echo "FAILED" || echo "a restart with another batch goes on from the epoch's position in samples"
 exit $failed

@@ -112,7 +112,7 @@ for grid in "1 parallel.tensor=1" "4 parallel.tensor=4"; do
   read -r n over <<<"$grid"
   run "$dir/re$n.log" "$n" run "$dir/tp.toml" run.output="$dir/re$n" "$over" \
     checkpoint.restart="$dir/grid/ckpt/ckpt-00000005.h5" || fail "restart on $n: exit $?"
-  grep -q '^restart: from .*ckpt-00000005.h5 at step 5 (saved on 4 ranks, data 2' "$dir/re$n.log" ||
+  grep -q '^restart: from .*ckpt-00000005.h5 at step 5 (saved on 4 ranks: trainers 1 × data 2 × pipeline 1 × tensor 2' "$dir/re$n.log" ||
     fail "restart on $n: no restart line"
   out=$("$bin/tessera-ckpt" diff "$ckpt" "$dir/re$n/ckpt/ckpt-00000010.h5" --tolerance 1e-5 2>&1) ||
     fail "restart on $n ($over) vs 2 × 2: $(tail -n 3 <<<"$out")"

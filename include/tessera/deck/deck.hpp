@@ -220,5 +220,7 @@ std::string to_toml(const Deck& deck);
 std::optional<std::int64_t> integer_in(const std::string& text, const std::string& key);
 /// The same for a string value.
 std::optional<std::string> string_in(const std::string& text, const std::string& key);
+/// The same for a boolean value.
+std::optional<bool> boolean_in(const std::string& text, const std::string& key);
 
 }  // namespace tessera::deck
