@@ -7,7 +7,9 @@
 Draws a 2 x 2 grid: training loss and accuracy (or MAE, for regression runs) against the step (top
 row) and against wall time since the start of the run (bottom row). Lines are the "train" records
 (means over each log window); markers joined by a dashed line are the "eval" records. Each run has
-one colour and is labelled with its folder name, so several runs overlay on the same axes.
+one colour and is labelled with its folder name, so several runs overlay on the same axes. A
+resumed run's "restart" record supersedes the records of later steps written before it (a run
+killed between checkpoints trained them again), and its times continue the earlier segment's.
 
 Needs Debian's matplotlib (apt-get install python3-matplotlib), i.e. /usr/bin/python3; run with
 another python3 (pyenv) it re-executes itself under /usr/bin/python3. Renders with Agg (no display).
@@ -86,6 +88,7 @@ def load(path, label):
         fail(f"{path}: is a directory with no metrics.jsonl")
     except (OSError, UnicodeDecodeError) as e:
         fail(f"{path}: cannot read: {e}")
+    offset = 0.0  # seconds before the current segment (a resumed run starts its clock again)
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
@@ -99,6 +102,17 @@ def load(path, label):
         if not isinstance(record, dict):
             fail(f"{path}:{number}: not a JSON object")
         kind = record.get("kind")
+        if kind == "restart":
+            # A resumed run: the steps after its checkpoint's were trained again, and the records
+            # of the run that was stopped or killed beyond it are superseded. Its clock starts
+            # at 0: its times continue from the last record kept.
+            step = record.get("step")
+            if isinstance(step, bool) or not isinstance(step, (int, float)):
+                fail(f"{path}:{number}: restart record has a non-numeric step ({step!r})")
+            run.train = [p for p in run.train if p["step"] <= step]
+            run.eval = [p for p in run.eval if p["step"] <= step]
+            offset = max([p["time"] for p in run.train + run.eval] + [0.0])
+            continue
         if kind not in ("train", "eval"):
             continue  # "stop" and kinds added later are not plotted
         missing = [k for k in REQUIRED if k not in record]
@@ -118,7 +132,7 @@ def load(path, label):
         elif run.metric != metric:
             fail(f"{path}:{number}: {kind} record has {metric} "
                  f"but earlier records have {run.metric}")
-        point = {"step": values["step"], "time": values["time"], "loss": values["loss"],
+        point = {"step": values["step"], "time": offset + values["time"], "loss": values["loss"],
                  "metric": values[metric]}
         if kind == "train":
             run.train.append(point)

@@ -92,5 +92,32 @@ grep -qxF "$want" "$tmp/again.log" ||
   { fail "cosine: the warning"; echo "    want: $want"; grep '^restart:' "$tmp/again.log" | sed 's/^/    got:  /'; }
 [[ $ours != "$theirs" ]] || fail "cosine: the same learning rate at step 3 ($ours)"
 echo "a cosine run lengthened on restart: step 3 at lr $ours instead of $theirs, said"
+
+# A run resumed in its own folder after losing its newest checkpoint (killed between two saves):
+# metrics.jsonl holds steps 3-4 twice, a "restart" record between; tools/plot_metrics.py keeps the
+# later ones, and their times continue the first segment's.
+rm -rf "$tmp/lost"
+"$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/lost" run.steps=4 \
+  checkpoint.every_steps=2 >"$tmp/lost.log" 2>&1 || fail "lost: the first run: exit $?"
+rm -f "$tmp/lost/ckpt/ckpt-00000004.h5" "$tmp/lost/ckpt/latest"
+"$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/lost" run.steps=4 \
+  checkpoint.every_steps=2 checkpoint.restart=auto >"$tmp/lost.log" 2>&1 || fail "lost: the resumed run: exit $?"
+[[ $(grep -c '"kind": "train", "step": 3,' "$tmp/lost/metrics.jsonl") == 2 ]] ||
+  fail "lost: metrics.jsonl does not hold step 3 twice"
+if [[ -x /usr/bin/python3 ]]; then
+  steps=$(/usr/bin/python3 - "$(dirname "$0")/../../tools/plot_metrics.py" "$tmp/lost/metrics.jsonl" <<'PY'
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("plot_metrics", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+run = module.load(sys.argv[2], "lost")
+times = [p["time"] for p in run.train]
+assert times == sorted(times), times
+print(" ".join(str(int(p["step"])) for p in run.train))
+PY
+  )
+  [[ $steps == "1 2 3 4" ]] || fail "lost: plot_metrics reads the steps $steps, want 1 2 3 4 (times rising)"
+  echo "a resumed run's repeated steps: plot_metrics keeps the later ($steps)"
+fi
 ((failed)) && echo "FAILED" || echo "a restart with another batch goes on from the epoch's position in samples"
 exit $failed
