@@ -96,6 +96,14 @@ checksum after all read attempts\)"
   run "$n" diff good.h5 other.h5 --tolerance 0.5
   expect "diff other within 0.5 at $n" 0 \
     "verdict: equal within relative tolerance 0.5: 9 tensors \(9 not bit for bit\)"
+  run "$n" diff good.h5 other.h5 --atol 100
+  expect "diff other within absolute 100 at $n" 0 \
+    "verdict: equal within absolute tolerance 100: 9 tensors \(9 not bit for bit\)"
+  run "$n" diff good.h5 other.h5 --tolerance 1e-9 --atol 100
+  expect "diff other within both at $n" 0 \
+    "diff A = good.h5, B = other.h5 \(relative tolerance 1e-09 of max \|B\| plus absolute tolerance 100\)"
+  run "$n" diff good.h5 other.h5 --atol -1
+  expect_error "diff negative atol at $n" "--atol -1: must be a finite number >= 0"
   run "$n" diff good.h5 missing.h5
   expect_error "diff missing at $n" "missing.h5: no such file"
   run "$n" diff good.h5 v2.h5

@@ -701,6 +701,20 @@ TEST_F(CkptTest, DiffMeasuresEveryTensorAndDecidesOnDataAlone) {
     EXPECT_EQ(by.at("/model/linear1/bias")->status, S::equal);
     EXPECT_EQ(by.at("/model/linear1/bias")->max_abs, 0.0);
   }
+  // An absolute allowance: within when max |A-B| <= atol + tolerance * max |B|.
+  using S = ckpt::TensorDiff::Status;
+  const auto weight_status = [&](double tolerance, double atol) {
+    for (const auto& d : ckpt::diff_files(MPI_COMM_WORLD, fa, fc, tolerance, atol).tensors) {
+      if (d.path == "/model/linear1/weight") {
+        return d.status;
+      }
+    }
+    return S::only_a;
+  };
+  EXPECT_EQ(weight_status(0.0, max_abs), S::within);
+  EXPECT_EQ(weight_status(0.0, max_abs * 0.99), S::differs);
+  EXPECT_EQ(weight_status(0.5 * max_abs / max_b, 0.51 * max_abs), S::within);
+  EXPECT_EQ(weight_status(0.5 * max_abs / max_b, 0.49 * max_abs), S::differs);
   // Only the changed tensor, within a tolerance: equal within tolerance, exit 0.
   FixtureCheckpoint d = make_fixture(1);
   d.tensor("/model/linear1/weight").values[2] += 1e-4F;

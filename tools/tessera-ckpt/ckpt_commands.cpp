@@ -799,10 +799,14 @@ Outcome verify(MPI_Comm comm, const std::vector<std::string>& files) {
 
 // --- diff --------------------------------------------------------------------------------------
 
-DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance) {
+DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance,
+                      double atol) {
   comm::agree(comm, [&] {
     if (!(std::isfinite(tolerance) && tolerance >= 0.0)) {
       throw input_error(fmt::format("--tolerance {}: must be a finite number >= 0", tolerance));
+    }
+    if (!(std::isfinite(atol) && atol >= 0.0)) {
+      throw input_error(fmt::format("--atol {}: must be a finite number >= 0", atol));
     }
   });
   const io::File fa = open_on_all(comm, a);
@@ -932,7 +936,7 @@ DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b,
                                : (d.max_abs == 0.0 ? 0.0 : std::numeric_limits<double>::infinity());
     if (d.differing == 0) {
       d.status = TensorDiff::Status::equal;
-    } else if (tolerance > 0.0 && d.max_rel <= tolerance) {
+    } else if ((tolerance > 0.0 || atol > 0.0) && d.max_abs <= atol + tolerance * max_b[k]) {
       d.status = TensorDiff::Status::within;
     } else {
       d.status = TensorDiff::Status::differs;
@@ -946,16 +950,26 @@ DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b,
   return r;
 }
 
-Outcome diff(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance) {
-  const DiffResult r = diff_files(comm, a, b, tolerance);
+Outcome diff(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance,
+             double atol) {
+  const DiffResult r = diff_files(comm, a, b, tolerance, atol);
   Outcome o;
   o.exit_code = r.equal ? kExitOk : kExitFailed;
   if (rank_of(comm) != 0) {
     return o;
   }
-  const std::string rule = tolerance > 0.0
-                               ? fmt::format("relative tolerance {:g} of max |B|", tolerance)
-                               : std::string("bit for bit");
+  // "relative tolerance 1e-05 [of max |B|] plus absolute tolerance 1e-07", in the header (with
+  // what the relative part is of) and the verdict.
+  const auto rule_text = [&](bool of_what) {
+    std::string text = tolerance > 0.0 ? fmt::format("relative tolerance {:g}{}", tolerance,
+                                                     of_what ? " of max |B|" : "")
+                                       : "";
+    if (atol > 0.0) {
+      text += fmt::format("{}absolute tolerance {:g}", text.empty() ? "" : " plus ", atol);
+    }
+    return text.empty() ? std::string("bit for bit") : text;
+  };
+  const std::string rule = rule_text(true);
   o.out = fmt::format("diff A = {}, B = {} ({})\n", a, b, rule);
   if (!r.metadata.empty()) {
     o.out += "metadata that differs (A | B; not part of the verdict):\n";
@@ -996,11 +1010,9 @@ Outcome diff(MPI_Comm comm, const std::string& a, const std::string& b, double t
   o.out += table(rows, {false, false, true, true, true, false});
   const std::size_t total = r.tensors.size();
   if (r.equal) {
-    o.out += tolerance > 0.0
-                 ? fmt::format(
-                       "verdict: equal within relative tolerance {:g}: {} tensors ({} not "
-                       "bit for bit)\n",
-                       tolerance, total, within)
+    o.out += tolerance > 0.0 || atol > 0.0
+                 ? fmt::format("verdict: equal within {}: {} tensors ({} not bit for bit)\n",
+                               rule_text(false), total, within)
                  : fmt::format("verdict: equal: {} tensors, bit for bit\n", total);
   } else {
     std::vector<std::string> why;

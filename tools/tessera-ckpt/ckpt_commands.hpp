@@ -68,10 +68,15 @@ struct DiffResult {
   std::vector<TensorDiff> tensors;    ///< every tensor of either file, by path
   bool equal = true;                  ///< the verdict: tensor data alone decides
 };
-/// Compares every tensor of `a` and `b`; `tolerance` bounds max_rel (0: bit for bit).
-DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance);
-/// `diff A B [--tolerance REL]`: a table and a verdict line; exit code 0 (equal) or 1.
-Outcome diff(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance);
+/// Compares every tensor of `a` and `b`: one is within when max_abs <= `atol` + `tolerance` ·
+/// max |b| (both 0: bit for bit). The absolute part serves a tensor that holds rounding noise
+/// only (a parameter whose gradient is zero: a bias before BatchNorm), which no relative
+/// tolerance of its own tiny maximum admits.
+DiffResult diff_files(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance,
+                      double atol = 0.0);
+/// `diff A B [--tolerance REL] [--atol ABS]`: a table and a verdict line; exit code 0 (equal) or 1.
+Outcome diff(MPI_Comm comm, const std::string& a, const std::string& b, double tolerance,
+             double atol = 0.0);
 
 /// `export FILE -o OUT`: the /model tensors into OUT (.h5: plain HDF5, datasets named like the
 /// parameters; .npz: numpy's archive). OUT is not FILE (io::check_output_file). Rank 0 does the

@@ -3,7 +3,7 @@
 //
 //   tessera-ckpt ls PATH                     a checkpoint's metadata and tensors, or a folder's
 //   tessera-ckpt verify FILE...              recompute every checksum, check completeness
-//   tessera-ckpt diff A B [--tolerance REL]  compare tensor by tensor
+//   tessera-ckpt diff A B [--tolerance REL] [--atol ABS]  compare tensor by tensor
 //   tessera-ckpt export FILE -o OUT.h5|.npz  the model's weights alone
 //   tessera-ckpt average A B ... -o OUT.h5   element-wise mean of the model tensors
 //   tessera-ckpt deck FILE                   the embedded deck, to re-run it
@@ -52,6 +52,11 @@ int main(int argc, char** argv) {
     diff->add_option("--tolerance", tolerance,
                      "largest max|A-B| / max|B| per tensor that counts as equal (0: bit for bit)")
         ->capture_default_str();  // checked by diff: a finite number >= 0
+    double atol = 0.0;
+    diff->add_option("--atol", atol,
+                     "an absolute allowance added: a tensor is equal when max|A-B| <= atol + "
+                     "tolerance * max|B| (for tensors of rounding noise: zero-gradient parameters)")
+        ->capture_default_str();
 
     std::string file;
     std::string out;
@@ -77,7 +82,7 @@ int main(int argc, char** argv) {
     } else if (*verify) {
       o = ckpt::verify(MPI_COMM_WORLD, files);
     } else if (*diff) {
-      o = ckpt::diff(MPI_COMM_WORLD, a, b, tolerance);
+      o = ckpt::diff(MPI_COMM_WORLD, a, b, tolerance, atol);
     } else if (*exp) {
       o = ckpt::export_model(MPI_COMM_WORLD, file, out);
     } else if (*avg) {
