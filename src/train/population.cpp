@@ -948,6 +948,60 @@ std::int64_t common_restart_step(const std::vector<deck::Deck>& decks) {
   return common.empty() ? -1 : *common.rbegin();
 }
 
+// The first record of population.jsonl: what the population is. A restart resumes the trainers
+// and hyper-parameter keys it was saved with: the state records hold the values by position.
+std::string population_record(const deck::Deck& d) {
+  std::vector<std::string> keys;
+  for (const deck::HyperSpec& h : d.population.hyper) {
+    keys.push_back(json_string(h.key));
+  }
+  return fmt::format(R"({{"kind": "population", "trainers": {}, "hyper": [{}], "algorithm": {}}})",
+                     d.parallel.trainers, fmt::join(keys, ", "),
+                     json_string(d.population.algorithm));
+}
+
+// "3 trainers varying "optimizer.lr"" from a population record's text (its trainers and hyper).
+std::string population_identity(const std::string& record) {
+  const size_t t = record.find("\"trainers\": ");
+  const size_t a = record.find(", \"algorithm\": ");
+  if (t == std::string::npos || a == std::string::npos || a < t) {
+    return "";
+  }
+  return record.substr(t, a - t);
+}
+
+// A restart of the population whose population.jsonl at `path` was written by another one (other
+// trainers or hyper-parameter keys): an error, before anything is changed. Another algorithm is
+// allowed: a warning (the returned text).
+std::string check_same_population(const std::string& path, const deck::Deck& d) {
+  std::ifstream in(path);
+  std::string saved;
+  for (std::string line; std::getline(in, line);) {
+    if (whole_record(line) && line.find(R"("kind": "population")") != std::string::npos) {
+      saved = line;
+      break;
+    }
+  }
+  if (saved.empty()) {
+    return "";  // written before the record existed: nothing to compare
+  }
+  const std::string ours = population_record(d);
+  if (population_identity(saved) != population_identity(ours)) {
+    throw input_error(fmt::format(
+        "checkpoint.restart = \"auto\": {} was written by a population of {}; this deck's is "
+        "{}: a population resumes with the trainers and hyper-parameter keys it was saved with "
+        "(the trainers' states hold the values in that order); nothing was changed. Another "
+        "run.output starts a new population",
+        path, population_identity(saved), population_identity(ours)));
+  }
+  if (saved != ours) {
+    return fmt::format("population: {} was written with {}; this run goes on with {}", path,
+                       saved.substr(saved.find("\"algorithm\"")),
+                       ours.substr(ours.find("\"algorithm\"")));
+  }
+  return "";
+}
+
 // Keeps the records of population.jsonl up to `step`, a restart's: the later ones and the end's
 // (leaderboard, combined) go, and so does a line that is not a whole record (a kill in mid-write).
 // Returns the number of such damaged lines.
@@ -1055,10 +1109,20 @@ int run_population(const std::string& text, const std::string& file,
   const int k = world.rank() / per;
   // A restart meets at the newest step every trainer has a checkpoint of.
   std::int64_t resume = -1;
+  std::string changed;  // another algorithm than the restarted population's: a warning
   if (base.checkpoint.enabled && base.checkpoint.restart == "auto") {
     comm::agree(world, [&] {
       if (world.rank() == 0) {
-        resume = common_restart_step(decks);
+        const std::string path = base.run.output + "/population.jsonl";
+        try {
+          resume = common_restart_step(decks);
+        } catch (const Error&) {
+          (void)check_same_population(path, base);  // more trainers than saved: said so
+          throw;
+        }
+        if (resume > 0) {
+          changed = check_same_population(path, base);
+        }
       }
     });
     world.broadcast(comm::Buffer(&resume, 1), {0})->wait();
@@ -1074,10 +1138,13 @@ int run_population(const std::string& text, const std::string& file,
       if (resume > 0) {
         damaged = truncate_records(path, resume);
       } else {
-        write_text(path, "", std::ios::trunc);
+        write_text(path, population_record(base) + "\n", std::ios::trunc);
       }
     }
   });
+  if (!changed.empty()) {
+    console.warning(changed);
+  }
   if (damaged > 0) {
     console.info(
         fmt::format("population: {} damaged line{} of {}/population.jsonl dropped (a "

@@ -285,5 +285,18 @@ board() { grep '"kind": "leaderboard"' "$1"; }
   { fail "kill: the resumed population's leaderboard differs from the uninterrupted one"; board "$tmp/whole/population.jsonl"; board "$tmp/kill/population.jsonl"; }
 echo "kill: the job ended (exit $rc); resumed, the leaderboard and lineage equal the uninterrupted run's"
 
+# A restart of a population with other hyper-parameter keys: its trainers' states hold values by
+# position, so the momentum would take the saved learning rates. Refused, nothing changed.
+sed 's/^"optimizer.lr" = .*/"optimizer.momentum" = { values = [0.5, 0.6] }/' "$tmp/kill.toml" >"$tmp/other.toml"
+cp "$tmp/whole/population.jsonl" "$tmp/whole.jsonl"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/other.toml" parallel.trainers=2 run.output="$tmp/whole" \
+  run.steps=50 checkpoint.restart=auto >"$tmp/other.log" 2>&1
+rc=$?
+want="error: checkpoint.restart = \"auto\": $tmp/whole/population.jsonl was written by a population of \"trainers\": 2, \"hyper\": [\"optimizer.lr\"]; this deck's is \"trainers\": 2, \"hyper\": [\"optimizer.momentum\"]: a population resumes with the trainers and hyper-parameter keys it was saved with (the trainers' states hold the values in that order); nothing was changed. Another run.output starts a new population"
+((rc == 2)) && [[ $(grep -c '^error:' "$tmp/other.log") == 1 ]] && grep -qxF "$want" "$tmp/other.log" ||
+  { fail "other hyper-parameter keys: exit $rc, want 2 and: $want"; grep -v '^[a-z_]* = \|^\[' "$tmp/other.log" | tail -n 3; }
+cmp -s "$tmp/whole.jsonl" "$tmp/whole/population.jsonl" || fail "other hyper-parameter keys: population.jsonl changed"
+echo "a restart with other hyper-parameter keys: refused, nothing changed"
+
 ((failed)) && echo "FAILED" || echo "population training: all checks passed"
 exit $failed
