@@ -60,6 +60,15 @@ class Watchdog {
     MPI_Comm_dup(comm, &m_comm);
     MPI_Comm_rank(m_comm, &m_rank);
     MPI_Comm_size(m_comm, &m_size);
+    // The job's rank names the process; a population's trainer also its rank in the trainer,
+    // which the diagnosis's other numbers count in.
+    int world_rank = 0;
+    int world_size = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+    m_label = world_size == m_size
+                  ? fmt::format("rank {}", m_rank)
+                  : fmt::format("rank {} (rank {} of its trainer)", world_rank, m_rank);
     int level = MPI_THREAD_SINGLE;
     MPI_Query_thread(&level);
     m_talk = level == MPI_THREAD_MULTIPLE && m_size > 1;  // one rank: nobody to ask
@@ -96,6 +105,7 @@ class Watchdog {
       MPI_Irecv(ask.data(), 3, MPI_INT64_T, MPI_ANY_SOURCE, kTagAsk, m_comm, &pending);
     }
     const auto period = std::chrono::duration<double>(std::clamp(m_limit / 20, 0.02, 0.5));
+    double last = now();
     while (true) {
       {
         std::unique_lock<std::mutex> lock(m_wake_mutex);
@@ -103,6 +113,16 @@ class Watchdog {
           break;
         }
       }
+      // Woken far later than asked: this process was itself stopped (SIGSTOP, a debugger) or
+      // not scheduled. That time is not a peer's hang: a wait in progress counts from now.
+      const double t = now();
+      if (t - last > std::max(2.0, 10 * period.count())) {
+        double since = g_blocked_since.load();
+        if (since > 0) {
+          g_blocked_since.compare_exchange_strong(since, t);
+        }
+      }
+      last = t;
       if (m_talk) {
         answer_asks(ask, pending);
       }
@@ -130,9 +150,9 @@ class Watchdog {
       const double since = g_blocked_since.load();
       const double blocked = since > 0 ? now() - since : 0.0;
       print(
-          fmt::format("rank {} on {}: watchdog (asked by rank {}, blocked {:.1f} s in collective "
+          fmt::format("{} on {}: watchdog (asked by rank {}, blocked {:.1f} s in collective "
                       "#{}): this rank is {} at step {}; its last collectives:\n{}",
-                      m_rank, m_host, asker, static_cast<double>(ask[2]) / 1e3, ask[1],
+                      m_label, m_host, asker, static_cast<double>(ask[2]) / 1e3, ask[1],
                       since > 0 ? fmt::format("blocked {:.1f} s waiting for collective #{}",
                                               blocked, g_blocked_seq.load())
                                 : fmt::format("not blocked in communication (computing, after "
@@ -153,9 +173,9 @@ class Watchdog {
   [[noreturn]] void fire(double blocked, std::array<std::int64_t, 3>& ask, MPI_Request& pending) {
     const std::uint64_t seq = g_blocked_seq.load();
     std::string text = fmt::format(
-        "rank {} on {}: watchdog: blocked {:.1f} s (limit {:.0f} s, run.watchdog_s{}) waiting for "
+        "{} on {}: watchdog: blocked {:.1f} s (limit {:.0f} s, run.watchdog_s{}) waiting for "
         "collective #{} at step {}; its last collectives:\n{}",
-        m_rank, m_host, blocked, limit(), m_first ? " × 3 before the first step ends" : "", seq,
+        m_label, m_host, blocked, limit(), m_first ? " × 3 before the first step ends" : "", seq,
         g_step.load(), recent());
     print(text);
     std::string verdict;
@@ -164,7 +184,7 @@ class Watchdog {
     } else if (m_size > 1) {
       verdict = "(MPI gives no MPI_THREAD_MULTIPLE: the other ranks cannot be asked)";
     }
-    print(fmt::format("rank {}: watchdog: {}ending the job (exit code {})", m_rank,
+    print(fmt::format("{}: watchdog: {}ending the job (exit code {})", m_label,
                       verdict.empty() ? "" : verdict + "; ", kExitWatchdog));
     abort_job(kExitWatchdog);  // waits for the launcher to forward the lines above
   }
@@ -260,6 +280,7 @@ class Watchdog {
   MPI_Comm m_comm = MPI_COMM_NULL;
   int m_rank = 0;
   int m_size = 1;
+  std::string m_label;  // "rank 3", or "rank 3 (rank 1 of its trainer)" in a population
   bool m_talk = false;
   std::string m_host;
   double m_limit;
