@@ -1053,10 +1053,11 @@ void parse_population(Section& s, Deck& d, const Source& src) {
     }
   }
   if (tournament && p.every == 0) {
-    throw s.error("algorithm", s.find("algorithm"),
-                  fmt::format("population.algorithm = \"{}\" needs population.every, the steps "
+    const bool given = s.find("every") != nullptr;
+    throw s.error(given ? "every" : "algorithm", s.find(given ? "every" : "algorithm"),
+                  fmt::format("population.algorithm = \"{}\" needs population.every{}, the steps "
                               "between tournaments",
-                              p.algorithm));
+                              p.algorithm, given ? " >= 1 (it is 0)" : ""));
   }
   if (p.recalibrate > 0 && p.combine == "none") {
     throw s.error("recalibrate", s.find("recalibrate"),
