@@ -1104,7 +1104,19 @@ int run_population(const std::string& text, const std::string& file,
   // (every rank checks all of them: a trainer's bad value stops the whole job at once).
   comm::agree(world, [&] { (void)resolve_grid(base, world.size()); });
   std::vector<deck::Deck> decks;
-  comm::agree(world, [&] { decks = trainer_decks(text, file, overrides, base); });
+  comm::agree(world, [&] {
+    decks = trainer_decks(text, file, overrides, base);
+    // The validation split before anything is written (the trainers open it after their folders).
+    if (!base.population.validation.empty()) {
+      const auto [vfile, vsplit] = io::split_file_spec(base.population.validation);
+      try {
+        (void)io::inspect_split(vfile, vsplit);
+      } catch (const Error& e) {
+        throw input_error(fmt::format("population.validation: {}", e.message()),
+                          base.where("population.validation"));
+      }
+    }
+  });
   const int per = world.size() / trainers;
   const int k = world.rank() / per;
   // A restart meets at the newest step every trainer has a checkpoint of.
