@@ -562,6 +562,29 @@ void check_zero_ties(const deck::Deck& d, const StagePlan& plan) {
   }
 }
 
+// The resolved deck a run saves in its folder. A population's trainer saves the deck that trains
+// it alone (its hyper-parameters and seed, no [population], one trainer), into a folder of its own
+// so that a run of it leaves the trainer's files as they are.
+std::string standalone_deck_text(const deck::Deck& d) {
+  if (d.parallel.trainers <= 1) {
+    return deck::to_toml(d);
+  }
+  deck::Deck alone = d;
+  alone.parallel.trainers = 1;
+  alone.population = deck::PopulationConfig{};
+  alone.run.output = d.run.output + "/alone";
+  if (d.checkpoint.dir == d.run.output + "/ckpt") {
+    alone.checkpoint.dir = alone.run.output + "/ckpt";
+  }
+  alone.checkpoint.restart.clear();
+  return fmt::format(
+      "# A trainer of the population in {}: this deck trains it alone, with its hyper-parameters\n"
+      "# and seed (what it does with the tournament off), on as many ranks as it had; its run\n"
+      "# goes to {}.\n{}",
+      std::filesystem::path(d.run.output).parent_path().string(), alone.run.output,
+      deck::to_toml(alone));
+}
+
 // tessera check's look at checkpoint.restart: the file a run would restart from is a checkpoint
 // of this format whose metadata is sound (the root attributes, each tensor's type, checksum
 // attribute and kind: the checks tessera-ckpt verify and a restart make, worded the same), of the
@@ -826,7 +849,7 @@ void Trainer::build(const comm::GridSpec& spec) {
                                          std::filesystem::weakly_canonical(deck.run.output, ec)) {
         m_ckpt_lock = lock_folder(dir, "checkpoint.dir");
       }
-      write_text(deck.run.output + "/deck.toml", deck::to_toml(deck), std::ios::trunc);
+      write_text(deck.run.output + "/deck.toml", standalone_deck_text(deck), std::ios::trunc);
       m_metrics_path = deck.run.output + "/metrics.jsonl";
     }
   });

@@ -68,6 +68,12 @@ for np in 2 4; do
   grep -q "^\[t1\] hyper-parameters: optimizer.lr 0.1, optimizer.momentum 0\.[5-9][0-9]*, seed 12$" "$tmp/indep$np.log" ||
     fail "trainer 1's hyper-parameter line is missing"
 done
+# A trainer's own deck.toml trains it alone, into trainer-K/alone/.
+"$mpiexec" -n 1 "$bin/tessera" run "$tmp/indep2/trainer-1/deck.toml" >"$tmp/own.log" 2>&1 ||
+  fail "trainer 1's deck.toml alone: exit $?"
+"$bin/tessera-ckpt" diff "$tmp/indep2/trainer-1/ckpt/ckpt-00000020.h5" \
+  "$tmp/indep2/trainer-1/alone/ckpt/ckpt-00000020.h5" >"$tmp/diff.log" 2>&1 ||
+  { fail "trainer 1 differs from its own deck.toml run alone"; cat "$tmp/diff.log"; }
 echo "independence: each trainer equals its deck run alone, bit for bit, at 2 and 4 ranks"
 
 # --- a restart whose trainers share no checkpoint step: refused, nothing changed ---------------
