@@ -1168,6 +1168,22 @@ int run_population(const std::string& text, const std::string& file,
   comm::agree(world, [&] {
     trainer = std::make_unique<Trainer>(decks[static_cast<size_t>(k)], world_comm, &out);
   });
+  // Rounds the run's length never reaches: said, not silently skipped.
+  const std::int64_t total = trainer->total_steps();
+  const bool tournament = base.population.algorithm == "ltfb" || base.population.algorithm == "pbt";
+  if (world.rank() == 0 && tournament && base.population.every >= total) {
+    console.warning(
+        fmt::format("population.every = {} is not below the run's {} steps: no {} "
+                    "round will happen",
+                    base.population.every, total, base.population.algorithm));
+  }
+  if (world.rank() == 0 && base.population.average_every > 0 &&
+      base.population.average_every >= total) {
+    console.warning(
+        fmt::format("population.average_every = {} is not below the run's {} steps: "
+                    "the trainers are averaged only at the end",
+                    base.population.average_every, total));
+  }
   Population pop(text, file, overrides, base, k, per, world_comm, *trainer, out, console);
   pop.set_start(trainer->start_step());
   if (trainer->start_step() > 0) {
@@ -1192,7 +1208,6 @@ int run_population(const std::string& text, const std::string& file,
     out.info(fmt::format("hyper-parameters: {}, seed {}", pop.hyper_text(),
                          decks[static_cast<size_t>(k)].run.seed));
   }
-  const std::int64_t total = trainer->total_steps();
   trainer->set_step_hook([&](std::int64_t step) { pop.on_step(step, total); });
   // A trainer that fails (a non-finite loss with run.nonfinite = "stop", a write error: errors
   // its ranks agreed on) stops; the others go on, skipping it at their exchanges, and it is
