@@ -173,13 +173,23 @@ Tensor::HostView Tensor::host_view() const {
   return Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m_view);
 }
 
-Tensor::HostView Tensor::host_staging() const {
+namespace {
+// The tensor's own view where the host can address it, else a new host buffer. A template: in a
+// non-template function `if constexpr` still compiles the discarded branch, and a CUDA build's
+// device view does not convert to a host view (the CUDA build of the whole program failed here).
+template <class View>
+Tensor::HostView staging_of(const View& view, const std::string& label, Index numel) {
   if constexpr (kHostTensors) {
-    return m_view;
+    return view;
   } else {  // (Kokkos 3's create_mirror_view takes no WithoutInitializing)
-    return HostView(Kokkos::view_alloc(m_label + " (host)", Kokkos::WithoutInitializing),
-                    static_cast<std::size_t>(m_numel));
+    return Tensor::HostView(Kokkos::view_alloc(label + " (host)", Kokkos::WithoutInitializing),
+                            static_cast<std::size_t>(numel));
   }
+}
+}  // namespace
+
+Tensor::HostView Tensor::host_staging() const {
+  return staging_of(m_view, m_label, m_numel);
 }
 
 void Tensor::store(const HostView& values) const {
