@@ -1,13 +1,15 @@
 #!/usr/bin/python3
 """Plot a Tessera population: every trainer's curves and its hyper-parameter trajectories.
 
-    python3 tools/plot_population.py runs/<name> -o population.png
+    python3 tools/plot_population.py runs/<name> [-o runs/<name>/population.png]
 
 Reads runs/<name>/trainer-<k>/metrics.jsonl (each trainer's "train" and "eval" records) and
 runs/<name>/population.jsonl (the "state" records a population writes after every round: each
 trainer's hyper-parameters). Draws the training loss of each trainer against the step (top), and
 one panel per hyper-parameter with each trainer's value against the step (a step where a
-trainer copied another's model shows as a jump). One colour per trainer.
+trainer copied another's model shows as a jump; on a log scale where a hyper-parameter's values
+are positive and span more than a factor of 10). One colour per trainer. The image goes into the
+run folder unless -o names another file.
 
 Needs Debian's matplotlib (python3-matplotlib). Exit codes: 0 written; 2 bad input.
 """
@@ -42,8 +44,10 @@ def records(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="the population's run.output folder")
-    parser.add_argument("-o", "--output", default="population.png", help="image to write")
+    parser.add_argument("-o", "--output", help="image to write (default: RUN/population.png)")
     args = parser.parse_args()
+    if args.output is None:
+        args.output = os.path.join(args.run, "population.png")
     pop_path = os.path.join(args.run, "population.jsonl")
     if not os.path.isfile(pop_path):
         fail(f"{pop_path}: no such file (is {args.run} a population's run.output?)")
@@ -51,19 +55,15 @@ def main():
                      key=lambda p: int(re.sub(r".*trainer-", "", p)))
     if not folders:
         fail(f"{args.run}: no trainer-<k> folders")
-    states = [r for r in records(pop_path) if r.get("kind") == "state"]
-    # The hyper-parameter names: the leaderboard's or the deck's order is not in the state records;
-    # take them from the first trainer's resolved deck.
+    everything = records(pop_path)
+    states = [r for r in everything if r.get("kind") == "state"]
+    # The hyper-parameters' names: the first record of population.jsonl (a population's, as
+    # Tessera writes it since it records them).
     names = []
-    deck = os.path.join(folders[0], "deck.toml")
-    if os.path.isfile(deck):
-        in_hyper = False
-        with open(deck, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("["):
-                    in_hyper = line.strip() == "[population.hyper]"
-                elif in_hyper and "=" in line:
-                    names.append(line.split("=")[0].strip().strip('"'))
+    for r in everything:
+        if r.get("kind") == "population":
+            names = [str(n) for n in r.get("hyper", [])]
+            break
     count = max([len(s.get("values", [])) for s in states] + [0])
     names += [f"hyper-parameter {i}" for i in range(len(names), count)]
 
@@ -90,7 +90,9 @@ def main():
     axes[0][0].legend(fontsize="small")
     for i in range(count):
         axes[1 + i][0].set_ylabel(names[i])
-        axes[1 + i][0].set_yscale("log")
+        values = [s["values"][i] for s in states if len(s.get("values", [])) > i]
+        if values and min(values) > 0 and max(values) > 10 * min(values):
+            axes[1 + i][0].set_yscale("log")
     axes[-1][0].set_xlabel("step")
     fig.tight_layout()
     try:

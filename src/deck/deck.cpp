@@ -1101,7 +1101,9 @@ void parse_population(Section& s, Deck& d, const Source& src) {
   size_t grid_points = 1;
   bool has_grid = false;
   std::map<std::string, DeckLocation> seen;  // a key written twice ("a.b" and a = { b = ... })
-  for (const auto& [full, v] : leaves) {
+  for (const auto& leaf : leaves) {
+    const std::string& full = leaf.first;  // not a structured binding: the lambdas below use it
+    const toml::value* v = leaf.second;
     HyperSpec h;
     h.key = full.substr(prefix.size());
     h.where = src.at(full, v);
@@ -1702,34 +1704,39 @@ std::string layer_toml(const nn::LayerSpec& l, const std::string& indent) {
 
 }  // namespace
 
-namespace {
-// The value of dotted `key` in deck text `text`, when it parses and holds the key.
-std::optional<toml::value> value_in(const std::string& text, const std::string& key) {
+struct DeckText::Root {
+  std::optional<toml::value> value;  // nothing when the text does not parse
+};
+
+DeckText::DeckText(const std::string& text) : m_root(std::make_unique<Root>()) {
   try {
     std::istringstream in(text);
-    const toml::value root = toml::parse(in, "deck");
-    if (const toml::value* v = find_dotted(root, key)) {
-      return *v;
-    }
+    m_root->value = toml::parse(in, "deck");
   } catch (const std::exception&) {
     // not a deck: nothing known
   }
-  return std::nullopt;
+}
+
+DeckText::~DeckText() = default;
+
+namespace {
+const toml::value* value_at(const std::optional<toml::value>& root, const std::string& key) {
+  return root ? find_dotted(*root, key) : nullptr;
 }
 }  // namespace
 
-std::optional<std::int64_t> integer_in(const std::string& text, const std::string& key) {
-  const std::optional<toml::value> v = value_in(text, key);
+std::optional<std::int64_t> DeckText::integer(const std::string& key) const {
+  const toml::value* v = value_at(m_root->value, key);
   return v && v->is_integer() ? std::optional<std::int64_t>(v->as_integer()) : std::nullopt;
 }
 
-std::optional<bool> boolean_in(const std::string& text, const std::string& key) {
-  const std::optional<toml::value> v = value_in(text, key);
+std::optional<bool> DeckText::boolean(const std::string& key) const {
+  const toml::value* v = value_at(m_root->value, key);
   return v && v->is_boolean() ? std::optional<bool>(v->as_boolean()) : std::nullopt;
 }
 
-std::optional<std::string> string_in(const std::string& text, const std::string& key) {
-  const std::optional<toml::value> v = value_in(text, key);
+std::optional<std::string> DeckText::string(const std::string& key) const {
+  const toml::value* v = value_at(m_root->value, key);
   return v && v->is_string() ? std::optional<std::string>(v->as_string().str) : std::nullopt;
 }
 

@@ -430,19 +430,17 @@ std::string resolve_restart(const std::string& restart, const std::string& dir, 
   return file;
 }
 
-namespace {
-
-// The problems of a checkpoint's metadata and tensor list against `state` and `optimizer`, the
-// same on every rank (they read the same file). Fills `info` from the root attributes.
-std::vector<std::string> check_contents(const File& f, const parallel::StateRegistry& state,
-                                        const std::string& optimizer, CheckpointInfo& info) {
+CheckpointHeader read_header(const File& f, const std::vector<TensorEntry>& tensors,
+                             const std::string& optimizer) {
   const Group root = f.root();
-  const Attributes a = root.attributes();
+  CheckpointHeader header;
   // Types and ranges first: every value read below is then one of the right kind.
-  std::vector<std::string> problems = root_attribute_problems(root);
-  if (!problems.empty()) {
-    return problems;
+  header.problems = root_attribute_problems(root);
+  if (!header.problems.empty()) {
+    return header;
   }
+  const Attributes a = root.attributes();
+  CheckpointInfo& info = header.info.emplace();
   info.step = a.get_int("step");
   info.total_steps = a.get_int("total_steps");
   info.cursor = {a.get_int("cursor_epoch"), a.get_int("cursor_batch")};
@@ -455,16 +453,30 @@ std::vector<std::string> check_contents(const File& f, const parallel::StateRegi
   info.optimizer = a.get_string("optimizer");
   info.optimizer_steps = a.get_int("optimizer_steps");
   if (!optimizer.empty() && info.optimizer != optimizer) {
-    problems.push_back(
-        fmt::format("it holds the state of optimizer \"{}\", the deck asks for "
-                    "\"{}\"",
+    header.problems.push_back(
+        fmt::format("it holds the state of optimizer \"{}\", the deck asks for \"{}\"",
                     info.optimizer, optimizer));
   }
   // The checks that need no model are the ones tessera-ckpt verify makes, worded the same.
-  std::vector<TensorEntry> tensors = checkpoint_tensors(f);
   for (std::string& p : root_problems(root, tensors)) {
-    problems.push_back(std::move(p));  // the root attributes are sound: `tensors` disagrees
+    header.problems.push_back(std::move(p));  // the root attributes are sound: `tensors` disagrees
   }
+  return header;
+}
+
+namespace {
+
+// The problems of a checkpoint's metadata and tensor list against `state` and `optimizer`, the
+// same on every rank (they read the same file). Fills `info` from the root attributes.
+std::vector<std::string> check_contents(const File& f, const parallel::StateRegistry& state,
+                                        const std::string& optimizer, CheckpointInfo& info) {
+  std::vector<TensorEntry> tensors = checkpoint_tensors(f);
+  CheckpointHeader header = read_header(f, tensors, optimizer);
+  if (!header.info) {
+    return header.problems;  // the root attributes are unsound: nothing below can be judged
+  }
+  info = *header.info;
+  std::vector<std::string> problems = std::move(header.problems);
   std::map<std::string, TensorEntry> stored;
   for (TensorEntry& t : tensors) {
     stored[t.path] = std::move(t);

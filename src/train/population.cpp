@@ -106,25 +106,8 @@ class Population {
       }
     }
     if (!m_pop.validation.empty()) {
-      const auto [vfile, vsplit] = io::split_file_spec(m_pop.validation);
-      comm::agree(m_t.grid().trainer(), [&] {
-        m_validation_samples = split_samples(vfile, vsplit);
-        if (m_validation_samples < m_trainers) {
-          throw input_error(fmt::format("population.validation = \"{}\" holds {} samples: fewer "
-                                        "than the {} trainers (each scores on its slice)",
-                                        m_pop.validation, m_validation_samples, m_trainers),
-                            m_base.where("population.validation"));
-        }
-      });
+      m_validation_samples = m_t.split("population.validation").samples;  // >= the trainers
     }
-  }
-
-  // The samples of a split a trainer's slice is cut from: a token stream's are its windows.
-  Index split_samples(const std::string& file, const std::string& split) const {
-    const io::SplitInfo info = io::inspect_split(file, split);
-    return info.task == io::Task::language_modeling
-               ? io::token_windows(info.tokens, m_base.model.context)
-               : info.samples;
   }
 
   // Where a restarted population stands: this trainer's hyper-parameters, lineage, best score
@@ -724,14 +707,10 @@ class Population {
     }
   }
 
-  // The score of the model every trainer holds now (the same on all), on the whole split `spec`:
-  // each trainer scores its slice and the slices are summed.
-  double shared_score(const std::string& spec) {
-    if (m_samples.count(spec) == 0) {  // the greedy soup scores many candidates on one split
-      const auto [file, split] = io::split_file_spec(spec);
-      comm::agree(m_t.grid().trainer(), [&] { m_samples[spec] = split_samples(file, split); });
-    }
-    const Range slice = block_range(m_samples[spec], m_trainers, m_k);
+  // The score of the model every trainer holds now (the same on all), on the whole split `spec` of
+  // `samples` samples: each trainer scores its slice and the slices are summed.
+  double shared_score(const std::string& spec, Index samples) {
+    const Range slice = block_range(samples, m_trainers, m_k);
     const Evaluation e = m_t.evaluate(spec, slice);
     std::vector<double> sums{e.metric * static_cast<double>(e.samples),
                              e.loss * static_cast<double>(e.samples),
@@ -808,7 +787,7 @@ class Population {
     for (int j = 0; j < m_trainers && !m_pop.validation.empty(); ++j) {
       if (failed[static_cast<size_t>(j)] == 0) {
         load_combination(finals, {j}, ok);
-        val[static_cast<size_t>(j)] = shared_score(m_pop.validation);
+        val[static_cast<size_t>(j)] = shared_score(m_pop.validation, m_validation_samples);
       }
     }
     std::vector<double> tests(static_cast<size_t>(m_trainers), 0.0);
@@ -830,7 +809,7 @@ class Population {
         std::vector<int> candidate = members;
         candidate.push_back(order[i]);
         load_combination(finals, candidate, ok);
-        const double s = shared_score(m_pop.validation);
+        const double s = shared_score(m_pop.validation, m_validation_samples);
         if (s >= best) {
           members = candidate;
           best = s;
@@ -846,7 +825,8 @@ class Population {
           fmt::format(" (BatchNorm statistics re-estimated on {} training samples)", recalibrated);
     }
     if (!m_pop.validation.empty()) {
-      lines += ": validation " + score_text(m_base, shared_score(m_pop.validation));
+      lines += ": validation " +
+               score_text(m_base, shared_score(m_pop.validation, m_validation_samples));
     }
     double mean = 0.0;  // of the members' own test scores
     for (int j : members) {
@@ -858,7 +838,7 @@ class Population {
       all += tests[static_cast<size_t>(j)] / static_cast<double>(ok.size());
     }
     if (!m_base.data.test.empty()) {
-      const double s = shared_score(m_base.data.test);
+      const double s = shared_score(m_base.data.test, m_t.split("data.test").samples);
       lines +=
           fmt::format(", test {} (its ingredients' mean: {}; all trainers' mean: {})",
                       score_text(m_base, s), score_text(m_base, mean), score_text(m_base, all));
@@ -892,7 +872,6 @@ class Population {
   std::unique_ptr<comm::MpiCommunicator> m_across;  // this rank's counterparts in every trainer
   const std::string m_path;
   Index m_validation_samples = 0;
-  std::map<std::string, Index> m_samples;  // shared_score: samples of each split scored
   std::vector<double> m_hyper;
   std::vector<std::string> m_lineage;
   std::vector<std::string> m_missed;
@@ -1080,6 +1059,31 @@ deck::Deck trainer_deck(const std::string& text, const std::string& file,
   }
 }
 
+namespace {
+// Trainers given the same hyper-parameters and seed (a list of run.seed values repeating one, a
+// grid repeating a point) train the same model: "" when there are none, else a warning naming them.
+std::string twin_trainers(const deck::Deck& base) {
+  std::vector<std::string> twins;
+  std::vector<std::vector<std::string>> settings;
+  for (int k = 0; k < base.parallel.trainers; ++k) {
+    settings.push_back(deck::trainer_overrides(base, k));
+    for (int j = 0; j < k; ++j) {
+      if (settings[static_cast<size_t>(j)] == settings.back()) {
+        twins.push_back(fmt::format("{} and {} ({})", j, k, fmt::join(settings.back(), ", ")));
+        break;  // named with the first of its twins
+      }
+    }
+  }
+  if (twins.empty()) {
+    return "";
+  }
+  return fmt::format(
+      "population: trainers {} are given the same hyper-parameters and seed: they "
+      "train the same model",
+      fmt::join(twins, "; "));
+}
+}  // namespace
+
 std::vector<deck::Deck> trainer_decks(const std::string& text, const std::string& file,
                                       const std::vector<std::string>& overrides,
                                       const deck::Deck& base) {
@@ -1156,6 +1160,11 @@ int run_population(const std::string& text, const std::string& file,
   });
   if (!changed.empty()) {
     console.warning(changed);
+  }
+  if (world.rank() == 0) {
+    if (const std::string twins = twin_trainers(base); !twins.empty()) {
+      console.warning(twins);
+    }
   }
   if (damaged > 0) {
     console.info(

@@ -457,11 +457,12 @@ optim::ScheduleOptions run_schedule(const deck::Deck& d, Index train_samples) {
 namespace {
 // Inspects the deck's splits against a model with `output` outputs (see check_data), verifies
 // share `share` of `shares` of their data (io::verify_split: the caller agrees on the verdict),
-// adds a note to `notes` for each split without checksums, and returns what the training split
-// holds.
-io::SplitInfo check_splits(const deck::Deck& d, const Shape& output, int share, int shares,
-                           std::vector<std::string>& notes) {
-  io::SplitInfo train;
+// adds a note to `notes` for each split without checksums, and returns what each split holds, by
+// its deck key (a token stream's samples are its windows of model.context).
+std::map<std::string, io::SplitInfo> check_splits(const deck::Deck& d, const Shape& output,
+                                                  int share, int shares,
+                                                  std::vector<std::string>& notes) {
+  std::map<std::string, io::SplitInfo> splits;
   for (const auto& [key, spec] :
        {std::pair<std::string, std::string>{"data.train", d.data.train},
         std::pair<std::string, std::string>{"data.test", d.data.test},
@@ -505,10 +506,16 @@ io::SplitInfo check_splits(const deck::Deck& d, const Shape& output, int share, 
     }
     if (key == "data.train") {
       (void)run_schedule(d, info.samples);  // the run's length fits its schedule
-      train = info;
     }
+    if (key == "population.validation" && info.samples < d.parallel.trainers) {
+      throw input_error(fmt::format("population.validation = \"{}\" holds {} samples: fewer "
+                                    "than the {} trainers (each scores on its slice)",
+                                    spec, info.samples, d.parallel.trainers),
+                        d.where(key));
+    }
+    splits[key] = std::move(info);
   }
-  return train;
+  return splits;
 }
 }  // namespace
 
@@ -603,15 +610,10 @@ void check_restart(const deck::Deck& d, nn::Layer& model) {
     const io::File f = io::open_checkpoint(file);
     io::require_checkpoint(f);
     const std::vector<io::TensorEntry> tensors = io::checkpoint_tensors(f);
-    std::vector<std::string> problems = io::root_problems(f.root(), tensors);
-    if (problems.empty()) {
-      const std::string theirs = f.root().attributes().get_string("optimizer");
-      const char* ours = d.optimizer.type == deck::OptimizerKind::adamw ? "adamw" : "sgd";
-      if (theirs != ours) {
-        problems.push_back(fmt::format(
-            "it holds the state of optimizer \"{}\", the deck asks for \"{}\"", theirs, ours));
-      }
-    }
+    std::vector<std::string> problems =
+        io::read_header(f, tensors,
+                        d.optimizer.type == deck::OptimizerKind::adamw ? "adamw" : "sgd")
+            .problems;
     std::map<std::string, std::vector<hsize_t>> stored;
     for (const io::TensorEntry& e : tensors) {
       std::optional<std::uint64_t> checksum;
@@ -803,7 +805,7 @@ void Trainer::build(const comm::GridSpec& spec) {
       output = m_model->output_shape();
     }
     std::vector<std::string> notes;
-    m_train_info = check_splits(deck, output, m_trainer->rank(), m_trainer->size(), notes);
+    m_splits = check_splits(deck, output, m_trainer->rank(), m_trainer->size(), notes);
     for (size_t i = 0; leader() && i < notes.size(); ++i) {
       m_reporter->warning(notes[i]);
     }
@@ -820,8 +822,7 @@ void Trainer::build(const comm::GridSpec& spec) {
     ro.expect_sample_shape = deck.model.input;
     ro.box = sample_box(*m_model, m_grid->place());  // a spatial tile: read only it (hyperslab)
     m_train = std::make_unique<io::DatasetReader>(deck.data.train, ro);
-    m_schedule = run_schedule(deck, m_train_info.samples);
-    m_total_steps = m_schedule.total_steps;
+    m_schedule = run_schedule(deck, train_split().samples);
     if (leader()) {
       // A folder this run writes: made, and locked to this run (a warning when it takes over the
       // lock of a run that is gone).
@@ -849,7 +850,6 @@ void Trainer::build(const comm::GridSpec& spec) {
                                          std::filesystem::weakly_canonical(deck.run.output, ec)) {
         m_ckpt_lock = lock_folder(dir, "checkpoint.dir");
       }
-      write_text(deck.run.output + "/deck.toml", standalone_deck_text(deck), std::ios::trunc);
       m_metrics_path = deck.run.output + "/metrics.jsonl";
     }
   });
@@ -926,9 +926,16 @@ void Trainer::build(const comm::GridSpec& spec) {
   if (deck.checkpoint.enabled && !deck.checkpoint.restart.empty()) {
     restart();
   }
-  if (leader() && m_start_step == 0) {
-    write_text(m_metrics_path, "", std::ios::trunc);  // a restarted run appends to its metrics
-  }
+  // The folder's deck and metrics once a restart is accepted: a refused one leaves those of the run
+  // it would have resumed as they were.
+  comm::agree(*m_trainer, [&] {
+    if (leader()) {
+      write_text(deck.run.output + "/deck.toml", standalone_deck_text(deck), std::ios::trunc);
+      if (m_start_step == 0) {
+        write_text(m_metrics_path, "", std::ios::trunc);  // a restarted run appends to its metrics
+      }
+    }
+  });
   if (m_start_step > 0) {
     log_line(fmt::format(R"({{"kind": "restart", "step": {}}})", m_start_step));
   }
@@ -1025,13 +1032,14 @@ void Trainer::restart() {
     }
   }
   m_resumed_from = file;
+  const deck::DeckText saved_deck(info.deck);  // the checkpoint's run's deck
   // Another data.batch than the checkpoint's run: its cursor counts batches of the old size. The
   // epoch's position in samples (the permutation does not depend on the batch) goes on in
   // batches of the new size, from the batch that holds it. (A cursor beyond the old epoch is
   // left as it is, for the check below to refuse.)
-  if (const std::optional<std::int64_t> saved = deck::integer_in(info.deck, "data.batch");
+  if (const std::optional<std::int64_t> saved = saved_deck.integer("data.batch");
       saved && *saved > 0 && *saved != m_deck.data.batch && info.cursor.batch > 0 &&
-      info.cursor.batch <= m_train_info.samples / *saved) {
+      info.cursor.batch <= train_split().samples / *saved) {
     const std::int64_t position = info.cursor.batch * *saved;  // <= the epoch's samples
     const io::Cursor moved{info.cursor.epoch, position / m_deck.data.batch};
     const std::int64_t again = position % m_deck.data.batch;
@@ -1055,7 +1063,7 @@ void Trainer::restart() {
         "dropout masks and all else drawn from here on follow the new seed",
         m_deck.run.seed, info.seed));
   }
-  if (const std::optional<std::string> saved = deck::string_in(info.deck, "data.train");
+  if (const std::optional<std::string> saved = saved_deck.string("data.train");
       leader() && saved && *saved != m_deck.data.train) {
     m_reporter->warning(fmt::format(
         "restart: data.train = \"{}\", the checkpoint's run trained on \"{}\": its data cursor "
@@ -1065,7 +1073,7 @@ void Trainer::restart() {
   const std::int64_t batches = m_train->batches_per_epoch();
   // data.drop_last = true where the checkpoint's run kept the short last batch: a cursor at that
   // batch, which this run drops, goes on at the next epoch.
-  const std::optional<bool> saved_drop = deck::boolean_in(info.deck, "data.drop_last");
+  const std::optional<bool> saved_drop = saved_deck.boolean("data.drop_last");
   const bool drop_changed = saved_drop && *saved_drop != m_deck.data.drop_last;
   if (drop_changed && m_deck.data.drop_last && info.cursor.batch == batches) {
     info.cursor = io::Cursor{info.cursor.epoch + 1, 0};
@@ -1093,24 +1101,20 @@ void Trainer::restart() {
   if (m_deck.run.steps <= 0) {
     const std::int64_t epochs_left =
         std::max<std::int64_t>(0, m_deck.run.epochs - info.cursor.epoch);
-    const std::int64_t total =
+    m_schedule.total_steps =
         info.step + std::max<std::int64_t>(0, epochs_left * batches - info.cursor.batch);
-    if (total != m_total_steps) {
-      m_total_steps = total;
-      m_schedule.total_steps = total;
-    }
   }
   // Another length than the checkpoint's run's (run.steps changed, or run.epochs of other
   // batches): a cosine schedule decays over the new length from here on.
-  if (leader() && info.total_steps != m_total_steps &&
-      m_schedule.kind == optim::ScheduleKind::cosine && info.step < m_total_steps) {
+  if (leader() && info.total_steps != total_steps() &&
+      m_schedule.kind == optim::ScheduleKind::cosine && info.step < total_steps()) {
     optim::ScheduleOptions theirs = m_schedule;
     theirs.total_steps = info.total_steps;
     const bool comparable = info.total_steps > theirs.warmup_steps && info.step < info.total_steps;
     m_reporter->warning(fmt::format(
         "restart: the run has {} steps, the checkpoint's run {}: the cosine learning-rate "
         "schedule decays over the new length from here on (step {}: lr {:.4g}{})",
-        m_total_steps, info.total_steps, info.step + 1, optim::learning_rate(m_schedule, info.step),
+        total_steps(), info.total_steps, info.step + 1, optim::learning_rate(m_schedule, info.step),
         comparable ? fmt::format(", where the checkpoint's run had {:.4g}",
                                  optim::learning_rate(theirs, info.step))
                    : ""));
@@ -1121,16 +1125,22 @@ void Trainer::restart() {
   say(fmt::format("restart: from {} at step {} (saved on {} rank{}: {}, zero {}){}", file,
                   info.step, info.ranks, info.ranks == 1 ? "" : "s", printable(info.grid),
                   info.zero,
-                  info.step >= m_total_steps
+                  info.step >= total_steps()
                       ? fmt::format("; the run has {} steps: nothing is left to train (another "
                                     "run.output or checkpoint.restart=\"\" starts afresh)",
-                                    m_total_steps)
+                                    total_steps())
                       : ""));
 }
 
+const io::SplitInfo& Trainer::split(const std::string& key) const {
+  const auto it = m_splits.find(key);
+  TESSERA_CHECK(it != m_splits.end(), "split: the deck names no split under {}", key);
+  return it->second;
+}
+
 void Trainer::resume_at(std::int64_t step) {
-  TESSERA_CHECK(step >= 0 && step < m_total_steps, "resume_at: step {} outside the run's {} steps",
-                step, m_total_steps);
+  TESSERA_CHECK(step >= 0 && step < total_steps(), "resume_at: step {} outside the run's {} steps",
+                step, total_steps());
   m_start_step = step;
   m_optimizer->set_steps(step);
 }
@@ -1188,7 +1198,7 @@ void Trainer::save(std::int64_t steps_done, const char* why, const std::string& 
   });
   io::CheckpointInfo info;
   info.step = steps_done;
-  info.total_steps = m_total_steps;
+  info.total_steps = total_steps();
   info.cursor = m_train->cursor();
   info.seed = m_deck.run.seed;
   info.deck = deck::to_toml(m_deck);
@@ -1271,14 +1281,14 @@ Index Trainer::recalibrate_norms(std::int64_t batches) {
 }
 
 void Trainer::save_to(const std::string& dir, const char* why, int keep) {
-  save(m_total_steps, why, dir, keep);
+  save(total_steps(), why, dir, keep);
 }
 
 void Trainer::retune(const deck::Deck& deck) {
   m_deck.optimizer = deck.optimizer;
   m_deck.locations = deck.locations;
   const std::int64_t total = m_schedule.total_steps;  // a restart may have set it (run.epochs)
-  m_schedule = run_schedule(m_deck, m_train_info.samples);
+  m_schedule = run_schedule(m_deck, train_split().samples);
   m_schedule.total_steps = total;
   if (auto* sgd = dynamic_cast<optim::Sgd*>(m_optimizer.get())) {
     sgd->set_options(sgd_options(m_deck.optimizer));
@@ -1347,7 +1357,7 @@ Evaluation Trainer::evaluate(const std::string& spec, std::optional<Range> subse
   }
   if (m_deck.model.loss == deck::LossKind::mse) {
     // The same length on every rank (a rank without a batch, or not the last stage, has zeros).
-    sums.resize(kFixed + 3 * static_cast<size_t>(m_train_info.targets), 0.0);
+    sums.resize(kFixed + 3 * static_cast<size_t>(train_split().targets), 0.0);
   }
   // Over the data axis (the ranks of one data coordinate computed the same samples) and the
   // pipeline's (the last stage's sums; the others' are zero).
@@ -1662,7 +1672,7 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
   const double busy =
       std::max(1e-12, w.compute_s + w.tensor_s + w.halo_s + w.idle_s + w.comm_s + w.data_s);
   const double eta = run_seconds / static_cast<double>(step + 1 - m_start_step) *
-                     static_cast<double>(m_total_steps - step - 1);
+                     static_cast<double>(total_steps() - step - 1);
   // With tensor parallelism, the share of the split layers' own collectives ("tensor").
   std::string tensor = m_grid->place().size_of(GridAxis::tensor) > 1
                            ? fmt::format("tensor {:2.0f}% ", 100.0 * w.tensor_s / busy)
@@ -1725,7 +1735,7 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
   say(fmt::format(
       "step {:6d}/{}  epoch {}  loss {:.4f}  {} {}  {} samples/s  mfu {:2.0f}%  compute {:2.0f}% "
       "{}{}comm {:2.0f}% data {:2.0f}%  lr {:.3g}  ETA {}",
-      step + 1, m_total_steps, batch.cursor.epoch + 1, loss, classify ? "acc" : "mae",
+      step + 1, total_steps(), batch.cursor.epoch + 1, loss, classify ? "acc" : "mae",
       classify ? fmt::format("{:5.1f}%", 100.0 * metric) : fmt::format("{:.4g}", metric),
       rate(samples_s), 100.0 * mfu, 100.0 * w.compute_s / busy, tensor, idle,
       100.0 * w.comm_s / busy, 100.0 * w.data_s / busy, lr, duration(eta)));
@@ -1746,7 +1756,7 @@ RunSummary Trainer::run() {
   const deck::Deck& d = m_deck;
   const deck::CheckpointConfig& ck = d.checkpoint;
   RunSummary summary;
-  summary.total_steps = m_total_steps;
+  summary.total_steps = total_steps();
   summary.loss = std::nan("");
   Window window;
   Stopwatch window_clock;
@@ -1754,18 +1764,18 @@ RunSummary Trainer::run() {
   Stopwatch since_save;
   std::int64_t step = m_start_step;
   std::int64_t saved_at = -1;
-  if (ck.enabled && ck.at_start && step == 0 && m_total_steps > 0) {
+  if (ck.enabled && ck.at_start && step == 0 && total_steps() > 0) {
     // The initial weights, for post-processing and oracles.
     save(0, "checkpoint.at_start", ck.dir, ck.keep);
     since_save.restart();
     window_clock.restart();
   }
-  if (step < m_total_steps && m_peak_flops <= 0.0) {  // once: a revived trainer runs again
+  if (step < total_steps() && m_peak_flops <= 0.0) {  // once: a revived trainer runs again
     measure_peak();
     window_clock.restart();
   }
-  for (; step < m_total_steps; ++step) {
-    const bool last = step + 1 == m_total_steps;
+  for (; step < total_steps(); ++step) {
+    const bool last = step + 1 == total_steps();
     comm::watchdog::set_step(step);
     // --- data, then one optimizer step ------------------------------------------------------
     const double waited_before = m_train->wait_seconds();
@@ -1816,7 +1826,7 @@ RunSummary Trainer::run() {
       summary.signal = agreed.signal;
       ++step;
       say(fmt::format("stopped by {} at step {} of {} (a step boundary on every rank){}",
-                      signals::name(summary.signal), step, m_total_steps,
+                      signals::name(summary.signal), step, total_steps(),
                       saved_at == step ? "; restart with checkpoint.restart = \"auto\"" : ""));
       log_line(fmt::format(R"({{"kind": "stop", "step": {}, "signal": "{}", "time": {:.3f}}})",
                            step, signals::name(summary.signal), run_clock.seconds()));
@@ -1831,7 +1841,7 @@ RunSummary Trainer::run() {
       summary.signal = summary.final_eval->stopped_by;
       summary.final_eval.reset();
       say(fmt::format("stopped by {} during the final evaluation, after step {} of {}{}",
-                      signals::name(summary.signal), step, m_total_steps,
+                      signals::name(summary.signal), step, total_steps(),
                       saved_at == step ? " (its checkpoint is saved: restart with "
                                          "checkpoint.restart = \"auto\" to evaluate)"
                                        : ""));

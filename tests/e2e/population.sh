@@ -76,6 +76,19 @@ done
   { fail "trainer 1 differs from its own deck.toml run alone"; cat "$tmp/diff.log"; }
 echo "independence: each trainer equals its deck run alone, bit for bit, at 2 and 4 ranks"
 
+# Two trainers given the same hyper-parameters and seed: said once, and they do train the same model.
+deck 8 10 '[population]' '[population.hyper]' '"optimizer.lr" = { values = [0.1, 0.1] }' \
+  '"run.seed" = { values = [5, 5] }' >"$tmp/twins.toml"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/twins.toml" parallel.trainers=2 run.output="$tmp/twins" \
+  >"$tmp/twins.log" 2>&1 || fail "twin trainers: exit $?"
+want="population: trainers 0 and 1 (optimizer.lr=0.10000000000000001, run.seed=5) are given the same hyper-parameters and seed: they train the same model"
+[[ $(grep -cxF "$want" "$tmp/twins.log") == 1 ]] ||
+  { fail "twin trainers: the warning"; grep -i "same\|warning" "$tmp/twins.log"; }
+"$bin/tessera-ckpt" diff "$tmp/twins/trainer-0/ckpt/ckpt-00000010.h5" \
+  "$tmp/twins/trainer-1/ckpt/ckpt-00000010.h5" >"$tmp/diff.log" 2>&1 ||
+  { fail "twin trainers differ"; cat "$tmp/diff.log"; }
+echo "twin trainers: said once, and equal bit for bit"
+
 # --- a restart whose trainers share no checkpoint step: refused, nothing changed ---------------
 cp -r "$tmp/indep2" "$tmp/nocommon"
 rm "$tmp/nocommon/trainer-0/ckpt/ckpt-00000010.h5" "$tmp/nocommon/trainer-1/ckpt/ckpt-00000020.h5"

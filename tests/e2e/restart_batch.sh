@@ -119,5 +119,18 @@ PY
   [[ $steps == "1 2 3 4" ]] || fail "lost: plot_metrics reads the steps $steps, want 1 2 3 4 (times rising)"
   echo "a resumed run's repeated steps: plot_metrics keeps the later ($steps)"
 fi
+# A refused restart in the run's own folder (another optimizer than the checkpoint's) leaves the
+# folder's deck.toml and metrics.jsonl as the run it would have resumed wrote them.
+cp "$tmp/first/deck.toml" "$tmp/deck.before"
+cp "$tmp/first/metrics.jsonl" "$tmp/metrics.before"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/first" run.steps=3 \
+  optimizer.type=adamw checkpoint.restart=auto >"$tmp/refused.log" 2>&1
+code=$?
+[[ $code == 2 ]] || fail "refused restart: exit $code, want 2"
+grep -q 'it holds the state of optimizer "sgd", the deck asks for "adamw"' "$tmp/refused.log" ||
+  fail "refused restart: $(grep error "$tmp/refused.log" | head -1)"
+cmp -s "$tmp/deck.before" "$tmp/first/deck.toml" || fail "refused restart: deck.toml was rewritten"
+cmp -s "$tmp/metrics.before" "$tmp/first/metrics.jsonl" || fail "refused restart: metrics.jsonl changed"
+echo "a refused restart: exit 2, the folder's deck.toml and metrics.jsonl unchanged"
 ((failed)) && echo "FAILED" || echo "a restart with another batch goes on from the epoch's position in samples"
 exit $failed

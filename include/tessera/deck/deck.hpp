@@ -12,6 +12,8 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -215,12 +217,23 @@ std::string hyper_text(const HyperSpec& spec, double value);
 /// the run folder, and a valid deck itself.
 std::string to_toml(const Deck& deck);
 
-/// The integer at dotted `key` ("data.batch") of a deck's text (a checkpoint's embedded deck), or
-/// nothing when the text does not parse or holds no integer there.
-std::optional<std::int64_t> integer_in(const std::string& text, const std::string& key);
-/// The same for a string value.
-std::optional<std::string> string_in(const std::string& text, const std::string& key);
-/// The same for a boolean value.
-std::optional<bool> boolean_in(const std::string& text, const std::string& key);
+/// A deck's text parsed once (a checkpoint's embedded deck), to read values at dotted keys
+/// ("data.batch"). Each reader gives nothing when the text does not parse or holds no value of
+/// that type there.
+class DeckText {
+ public:
+  explicit DeckText(const std::string& text);
+  ~DeckText();
+  DeckText(const DeckText&) = delete;
+  DeckText& operator=(const DeckText&) = delete;
+
+  std::optional<std::int64_t> integer(const std::string& key) const;
+  std::optional<std::string> string(const std::string& key) const;
+  std::optional<bool> boolean(const std::string& key) const;
+
+ private:
+  struct Root;
+  std::unique_ptr<Root> m_root;
+};
 
 }  // namespace tessera::deck

@@ -12,10 +12,12 @@
 // partial sums add up to the same value whatever the decomposition.
 #include "tessera/comm/communicator.hpp"
 #include "tessera/io/checkpoint_format.hpp"
+#include "tessera/io/checkpoint_reader.hpp"
 #include "tessera/io/dataset.hpp"
 #include "tessera/parallel/registry.hpp"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace tessera::io {
@@ -34,6 +36,19 @@ struct CheckpointInfo {
   std::string optimizer;             ///< "sgd", "adamw"
   std::int64_t optimizer_steps = 0;  ///< the optimizer's step count (Adam's bias correction)
 };
+
+/// A checkpoint's root read and judged: the checks that need no model, worded as
+/// `tessera-ckpt verify` words them.
+struct CheckpointHeader {
+  std::optional<CheckpointInfo> info;  ///< the root attributes; nullopt when they are unsound
+  std::vector<std::string> problems;   ///< the root's problems, none when it is sound
+};
+
+/// Reads `f`'s root attributes and judges them (root_problems against `tensors`, the file's
+/// checkpoint_tensors()) and, when they are sound, the optimizer whose state the file holds
+/// against `optimizer` ("" accepts any). A restart and `tessera check` use it.
+CheckpointHeader read_header(const File& f, const std::vector<TensorEntry>& tensors,
+                             const std::string& optimizer);
 
 /// What a save did, for the progress output.
 struct SaveReport {

@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -137,7 +138,10 @@ class Trainer {
   parallel::DataParallel& data_parallel() { return *m_dp; }
   optim::Optimizer& optimizer() { return *m_optimizer; }
   const comm::ProcessGrid& grid() const { return *m_grid; }
-  std::int64_t total_steps() const { return m_total_steps; }
+  std::int64_t total_steps() const { return m_schedule.total_steps; }  // the run's length
+  /// What the split under deck key `key` holds (data.train, data.test, population.validation; a
+  /// token stream's samples are its windows). The key must name a split of the deck.
+  const io::SplitInfo& split(const std::string& key) const;
 
  private:
   // A reader of `spec` beside the training one (evaluation, re-estimation): `ro` with this rank's
@@ -216,9 +220,9 @@ class Trainer {
   std::unique_ptr<parallel::Pipeline> m_pipeline;
   std::unique_ptr<optim::Optimizer> m_optimizer;
   std::unique_ptr<io::DatasetReader> m_train;
-  io::SplitInfo m_train_info;
+  std::map<std::string, io::SplitInfo> m_splits;  // the deck's splits by key (check_splits)
+  const io::SplitInfo& train_split() const { return split("data.train"); }
   optim::ScheduleOptions m_schedule;
-  std::int64_t m_total_steps = 0;
   std::int64_t m_start_step = 0;  // > 0 after a restart from a checkpoint
   std::string m_resumed_from;     // the checkpoint file this run resumed from ("": none)
   std::string m_metrics_path;
