@@ -17,6 +17,7 @@
 #include "tessera/kernels/reduce.hpp"
 #include "tessera/nn/attention.hpp"
 #include "tessera/nn/loss.hpp"
+#include "tessera/nn/norm.hpp"
 #include "tessera/nn/spatial.hpp"
 
 #include <fmt/format.h>
@@ -642,6 +643,81 @@ void check_restart(const deck::Deck& d, nn::Layer& model) {
     throw input_error(e.message(), d.where("checkpoint.restart"));
   }
 }
+
+int parts_per_rank(const deck::Deck& d, int data);  // below
+
+// Every BatchNorm of `layer` (its children's too), in model order.
+void batch_norms(nn::Layer& layer, std::vector<const nn::BatchNormNd*>& out) {
+  if (const auto* bn = dynamic_cast<const nn::BatchNormNd*>(&layer)) {
+    out.push_back(bn);
+  }
+  for (nn::Layer* child : layer.children()) {
+    batch_norms(*child, out);
+  }
+}
+
+// A BatchNorm in training takes its statistics over the values of each channel in a micro-batch
+// (sample group) of a data rank's share (of every data rank's micro-batch i, with sync), and needs
+// more than one: a batch that leaves some micro-batch a single sample of a 1 x 1 map fails in the
+// middle of the run. Refused here, for every batch of an epoch of `samples` samples on `data` data
+// ranks, before anything trains.
+void check_batch_norms(const deck::Deck& d, nn::Layer& model, Index samples, int data) {
+  std::vector<const nn::BatchNormNd*> norms;
+  batch_norms(model, norms);
+  if (norms.empty() || samples <= 0) {
+    return;
+  }
+  const int parts = std::max(1, parts_per_rank(d, data));
+  const Index full = samples >= d.data.batch ? d.data.batch : 0;     // 0: no whole batch
+  const Index last = d.data.drop_last ? 0 : samples % d.data.batch;  // 0: no short one
+  for (const bool sync : {false, true}) {
+    // The fewest samples (> 0) the statistics of one normalisation span, over the epoch's batches.
+    Index fewest = 0;
+    Index in_batch = 0;
+    for (const Index b : {full, last}) {
+      for (int i = 0; i < parts && b > 0; ++i) {
+        Index across = 0;  // micro-batch i over the data ranks
+        for (int r = 0; r < data; ++r) {
+          const Index n = block_range(block_range(b, data, r).count, parts, i).count;
+          across += n;
+          if (!sync && n > 0 && (fewest == 0 || n < fewest)) {
+            fewest = n;
+            in_batch = b;
+          }
+        }
+        if (sync && across > 0 && (fewest == 0 || across < fewest)) {
+          fewest = across;
+          in_batch = b;
+        }
+      }
+    }
+    for (const nn::BatchNormNd* bn : norms) {
+      const Shape& in = bn->input_sample();
+      const Index per_sample = in.empty() ? 0 : numel(in) / in[0];
+      if (bn->options().sync != sync || fewest == 0 || fewest * per_sample > 1) {
+        continue;
+      }
+      const bool short_last = in_batch == last && last != full;
+      const char* holder = parts > 1
+                               ? (d.parallel.deterministic ? "a sample group" : "a micro-batch")
+                           : data > 1 && !sync ? "a data rank's share"
+                                               : "the batch";
+      throw input_error(
+          fmt::format("{} '{}' (input {}) would take its batch statistics over 1 value per "
+                      "channel: {} leaves {} 1 sample{}; training needs more than one ({})",
+                      bn->kind(), bn->name(), to_string(in),
+                      short_last ? fmt::format("the short last batch of each epoch ({} of {} "
+                                               "samples at data.batch = {})",
+                                               last, samples, d.data.batch)
+                                 : fmt::format("data.batch = {}", d.data.batch),
+                      holder, data > 1 ? fmt::format(" on {} data ranks", data) : "",
+                      short_last ? "data.drop_last = true or another data.batch avoids it"
+                                 : "a larger data.batch, or fewer data ranks or micro-batches, "
+                                   "avoids it"),
+          d.where("data.batch"));
+    }
+  }
+}
 }  // namespace
 
 std::vector<std::string> check_data(const deck::Deck& d, int share, int shares) {
@@ -653,7 +729,8 @@ std::vector<std::string> check_data(const deck::Deck& d, int share, int shares) 
   const ShapeOnly shapes;  // sizes only: a deck too large for this machine is refused, not built
   std::vector<std::string> notes;
   const auto model = build_model(d, nn::BuildContext(comm::grid_place(spec, 0)));
-  (void)check_splits(d, model->output_shape(), share, shares, notes);
+  const auto splits = check_splits(d, model->output_shape(), share, shares, notes);
+  check_batch_norms(d, *model, splits.at("data.train").samples, resolve_grid(d, shares).data);
   check_restart(d, *model);
   if (d.parallel.zero > 0 && spec.pipeline > 1) {
     check_zero_ties(d, plan_stages(d, comm::grid_place(spec, 0)));
@@ -806,6 +883,7 @@ void Trainer::build(const comm::GridSpec& spec) {
     }
     std::vector<std::string> notes;
     m_splits = check_splits(deck, output, m_trainer->rank(), m_trainer->size(), notes);
+    check_batch_norms(deck, *m_model, train_split().samples, m_data->size());
     for (size_t i = 0; leader() && i < notes.size(); ++i) {
       m_reporter->warning(notes[i]);
     }

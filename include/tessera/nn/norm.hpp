@@ -39,6 +39,8 @@ class BatchNormNd : public Layer {
 
   int spatial_dims() const { return m_spatial_dims; }
   const BatchNormOptions& options() const { return m_options; }
+  /// The global input sample shape (C, spatial...) once placed.
+  const Shape& input_sample() const { return m_input; }
   const Parameter& weight() const { return parameters()[0]; }
   const Parameter& bias() const { return parameters()[1]; }
   const Parameter& running_mean() const { return buffers()[0]; }
