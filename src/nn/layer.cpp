@@ -102,6 +102,12 @@ void Layer::forward_empty(const ForwardOptions& options) {
   }
 }
 
+void Layer::commit_statistics(comm::Communicator& across) {
+  for (Layer* child : children()) {
+    child->commit_statistics(across);
+  }
+}
+
 void Layer::backward_empty() {
   const std::vector<Layer*> list = children();
   for (auto it = list.rbegin(); it != list.rend(); ++it) {

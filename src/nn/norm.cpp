@@ -65,12 +65,20 @@ void sum_over(comm::Communicator* comm, const DoubleView& values) {
   Kokkos::deep_copy(values, host);
 }
 
+// The running estimates moved towards a batch's mean and unbiased variance: the one formula of
+// forward() and commit_statistics().
+KOKKOS_INLINE_FUNCTION float moved(float estimate, double momentum, double batch) {
+  return static_cast<float>((1.0 - momentum) * static_cast<double>(estimate) + momentum * batch);
+}
+
 // Batch mean and 1 / sqrt(biased var + eps) per channel (two passes, in double, over the ranks of
 // `comm` when the batch's values are spread over them), and the running estimates moved towards
-// the batch with the unbiased variance.
+// the batch with the unbiased variance — or, where `kept` is given (2 C + 1 values), the values
+// per channel, the mean and the unbiased variance written there instead, for a later update.
 void batch_statistics(const FloatView& x, ChannelGeometry g, float momentum, float eps,
                       comm::Communicator* comm, const FloatView& mean, const FloatView& inv_std,
-                      const FloatView& run_mean, const FloatView& run_var) {
+                      const FloatView& run_mean, const FloatView& run_var,
+                      const DoubleView& kept = {}) {
   const DoubleView sums("BatchNorm::sums", static_cast<size_t>(g.c + 1));
   const DoubleView mu("BatchNorm::mu", static_cast<size_t>(g.c));
   channel_sums(x, g, mu, false, sums);
@@ -84,19 +92,26 @@ void batch_statistics(const FloatView& x, ChannelGeometry g, float momentum, flo
   sum_over(comm, sums);
   const auto mom = static_cast<double>(momentum);
   const auto e = static_cast<double>(eps);
+  const bool keep = kept.extent(0) > 0;
   Kokkos::parallel_for(
       "BatchNorm::batch_statistics", Policy(0, g.c), KOKKOS_LAMBDA(const Index c) {
         const double m = sums(g.c);
+        if (keep && c == 0) {
+          kept(0) = m;
+        }
         if (!(m > 0.0)) {
           return;
         }
         const double var = sums(c) / m;
         mean(c) = static_cast<float>(mu(c));
         inv_std(c) = static_cast<float>(1.0 / math::sqrt(var + e));
-        run_mean(c) =
-            static_cast<float>((1.0 - mom) * static_cast<double>(run_mean(c)) + mom * mu(c));
-        run_var(c) = static_cast<float>((1.0 - mom) * static_cast<double>(run_var(c)) +
-                                        mom * var * m / (m - 1.0));
+        if (keep) {
+          kept(1 + c) = mu(c);
+          kept(1 + g.c + c) = var * m / (m - 1.0);
+        } else {
+          run_mean(c) = moved(run_mean(c), mom, mu(c));
+          run_var(c) = moved(run_var(c), mom, var * m / (m - 1.0));
+        }
       });
 }
 
@@ -333,8 +348,16 @@ ForwardResult BatchNormNd::forward(const Tensor& x, const ForwardOptions& option
   if (options.training) {
     const float momentum =
         options.stats_momentum >= 0.0F ? options.stats_momentum : m_options.momentum;
+    const DoubleView kept =
+        options.defer_stats ? DoubleView("BatchNorm::kept", static_cast<size_t>(2 * channels + 1))
+                            : DoubleView();
     batch_statistics(x.view(), g, momentum, m_options.eps, m_stats, mean, inv_std.view(),
-                     running_mean().value.view(), running_var().value.view());
+                     running_mean().value.view(), running_var().value.view(), kept);
+    if (options.defer_stats) {
+      const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), kept);
+      m_kept.push_back(static_cast<double>(momentum));
+      m_kept.insert(m_kept.end(), host.data(), host.data() + host.size());
+    }
   } else {
     running_statistics(running_mean().value.view(), running_var().value.view(), channels,
                        m_options.eps, mean, inv_std.view());
@@ -377,6 +400,38 @@ void BatchNormNd::forward_empty(const ForwardOptions& options) {
   // with the other ranks' statistics, as every rank's do under SyncBatchNorm.
   batch_statistics(FloatView(), g, momentum, m_options.eps, m_stats, mean, inv_std,
                    running_mean().value.view(), running_var().value.view());
+}
+
+void BatchNormNd::commit_statistics(comm::Communicator& across) {
+  // Every rank's kept batches in rank order (in deterministic mode: the global order of the sample
+  // groups), applied in turn as forward() would have, on every rank alike.
+  const std::vector<std::vector<double>> all = comm::allgather_varying(across, m_kept);
+  m_kept.clear();
+  const auto c = static_cast<size_t>(m_input[0]);
+  auto run_mean =
+      Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), running_mean().value.view());
+  auto run_var =
+      Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), running_var().value.view());
+  bool moved_any = false;
+  for (const std::vector<double>& rank : all) {
+    TESSERA_CHECK(rank.size() % (2 * c + 2) == 0, "{} '{}': kept statistics of {} values", kind(),
+                  name(), rank.size());
+    for (size_t at = 0; at < rank.size(); at += 2 * c + 2) {
+      const double momentum = rank[at];
+      if (!(rank[at + 1] > 0.0)) {
+        continue;  // an empty batch: nothing to estimate
+      }
+      for (size_t k = 0; k < c; ++k) {
+        run_mean(k) = moved(run_mean(k), momentum, rank[at + 2 + k]);
+        run_var(k) = moved(run_var(k), momentum, rank[at + 2 + c + k]);
+      }
+      moved_any = true;
+    }
+  }
+  if (moved_any) {
+    Kokkos::deep_copy(running_mean().value.view(), run_mean);
+    Kokkos::deep_copy(running_var().value.view(), run_var);
+  }
 }
 
 void BatchNormNd::backward_empty() {

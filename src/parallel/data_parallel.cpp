@@ -651,7 +651,13 @@ void DataParallel::step(optim::Optimizer& optimizer, double lr, double samples) 
       }
     }
   }
-  average_buffers(samples);
+  if (m_options.groups_per_rank > 0) {
+    // Deterministic mode: the sample groups' batch statistics, kept by their forwards, move the
+    // running estimates in the global order of the groups, as on one rank.
+    m_model.commit_statistics(m_comm);
+  } else {
+    average_buffers(samples);
+  }
 }
 
 void DataParallel::average_buffers(double samples) {

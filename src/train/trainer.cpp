@@ -1550,6 +1550,7 @@ double Trainer::train_step(std::int64_t step, const io::Batch& batch, Window& w)
     fo.seed = d.run.seed;
     fo.step = static_cast<std::uint64_t>(step);
     fo.sample_offset = parts[static_cast<size_t>(i)].offset;
+    fo.defer_stats = d.parallel.deterministic;  // committed in group order by m_dp->step()
     return fo;
   };
   mb.input = [&](int i) { return parts[static_cast<size_t>(i)].x; };

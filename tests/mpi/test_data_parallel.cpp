@@ -38,14 +38,17 @@ class DataParallelTest : public ::testing::Test {
     std::vector<std::vector<float>> parallel;  // every parameter after the run on every rank
     std::vector<std::vector<float>> single;    // the same deck on this rank alone
     std::vector<std::string> names;
+    std::vector<std::vector<float>> parallel_buffers;  // every buffer, as the parameters
+    std::vector<std::vector<float>> single_buffers;
+    std::vector<std::string> buffer_names;
     std::vector<parallel::Shard> shards;  // ZeRO-1: this rank's pieces in the parallel run
     bool shared = false;                  // the parallel run reduced through shared memory
     int nodes = 0;                        // ... over this many nodes (more than one: hierarchical)
   };
 
   // Trains the deck (with `optimizer` and `overrides`) on every rank and on this rank alone.
-  Runs run(const std::string& optimizer, const std::vector<std::string>& overrides) {
-    std::string deck_text = kTinyDeck;
+  Runs run(const std::string& optimizer, const std::vector<std::string>& overrides,
+           std::string deck_text = kTinyDeck) {
     if (optimizer == "adamw") {  // momentum is an sgd key
       deck_text.replace(deck_text.find("momentum = 0.9\n"), 15, "");
     }
@@ -70,6 +73,13 @@ class DataParallelTest : public ::testing::Test {
     }
     for (const nn::Parameter* p : single.model().all_parameters()) {
       r.single.push_back(p->value.to_host());
+    }
+    for (const nn::Parameter* b : parallel.model().all_buffers()) {
+      r.parallel_buffers.push_back(b->value.to_host());
+      r.buffer_names.push_back(b->name);
+    }
+    for (const nn::Parameter* b : single.model().all_buffers()) {
+      r.single_buffers.push_back(b->value.to_host());
     }
     r.shards = parallel.data_parallel().shards();
     r.shared = parallel.data_parallel().shared_reduction();
@@ -164,6 +174,36 @@ TEST_F(DataParallelTest, DeterministicModeIsBitIdenticalToOneRank) {
             << world_size() << " ranks (max relative "
             << relative_difference(r.parallel[i], r.single[i]) << ")";
       }
+    }
+  }
+}
+
+TEST_F(DataParallelTest, DeterministicModeRunningStatisticsAreBitIdenticalToOneRank) {
+  // BatchNorm after the convolution: each sample group (2 samples, 32 values per channel) takes
+  // its own batch statistics, and the running estimates move once per group in the global order
+  // of the groups — on one rank as on 2, 3 or 4 (batch 12: 6 groups of 2 samples; at 4 ranks 12
+  // groups of 1).
+  std::string deck = kTinyDeck;
+  const std::string conv = "{ conv2d = { out = 3, kernel = 3, pad = 1 } },";
+  deck.replace(deck.find(conv), conv.size(), conv + " { batchnorm2d = { momentum = 0.3 } },");
+  const std::string groups = world_size() == 4 ? "12" : "6";
+  for (const std::string zero : {"0", "1"}) {
+    const Runs r = run("sgd",
+                       {"parallel.deterministic=true", "parallel.sample_groups=" + groups,
+                        "data.drop_last=true", "parallel.zero=" + zero},
+                       deck);
+    ASSERT_EQ(r.parallel_buffers.size(), 2U);  // running_mean, running_var
+    ASSERT_EQ(r.single_buffers.size(), 2U);
+    for (size_t i = 0; i < r.parallel_buffers.size(); ++i) {
+      EXPECT_EQ(r.parallel_buffers[i], r.single_buffers[i])
+          << "zero = " << zero << ": " << r.buffer_names[i] << " differs at " << world_size()
+          << " ranks (max relative "
+          << relative_difference(r.parallel_buffers[i], r.single_buffers[i]) << ")";
+      EXPECT_NE(r.single_buffers[i], std::vector<float>(3, i == 0 ? 0.0F : 1.0F))
+          << r.buffer_names[i] << " never moved";
+    }
+    for (size_t i = 0; i < r.parallel.size(); ++i) {
+      EXPECT_EQ(r.parallel[i], r.single[i]) << "zero = " << zero << ": " << r.names[i];
     }
   }
 }

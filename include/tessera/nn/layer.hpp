@@ -66,6 +66,10 @@ struct ForwardOptions {
   /// its own momentum (1 / (n + 1) for batch n gives their plain average over the batches:
   /// re-estimating the statistics of a model whose weights were averaged).
   float stats_momentum = -1.0F;
+  /// Training only: BatchNorm keeps this forward's batch statistics instead of moving its running
+  /// estimates; commit_statistics() moves them, every kept batch in turn (deterministic mode: in
+  /// the global order of the sample groups, whatever the data size).
+  bool defer_stats = false;
 };
 
 /// What a forward pass keeps for its backward pass. Each layer documents what `saved` holds.
@@ -117,6 +121,12 @@ class Layer {
   /// in reverse; a plain layer has none.
   virtual void forward_empty(const ForwardOptions& options);
   virtual void backward_empty();
+  /// Moves the running estimates by the batch statistics that forwards with
+  /// ForwardOptions::defer_stats kept, on every rank of `across` (the data axis) in rank order and
+  /// each rank's in the order of its forwards: one update per kept batch, the same on every rank.
+  /// Collective over `across`. By default a composite passes it to its children(), in order; a
+  /// plain layer keeps nothing.
+  virtual void commit_statistics(comm::Communicator& across);
 
   /// This layer's own parameters (a composite layer's live in its children()).
   std::vector<Parameter>& parameters() { return m_parameters; }

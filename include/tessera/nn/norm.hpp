@@ -36,6 +36,7 @@ class BatchNormNd : public Layer {
   Tensor backward(const Tensor& dy, Context&& ctx) override;
   void forward_empty(const ForwardOptions& options) override;
   void backward_empty() override;
+  void commit_statistics(comm::Communicator& across) override;
 
   int spatial_dims() const { return m_spatial_dims; }
   const BatchNormOptions& options() const { return m_options; }
@@ -57,6 +58,10 @@ class BatchNormNd : public Layer {
   Shape m_input;                          // (C, spatial...)
   Shape m_local_input;                    // this rank's block of it
   comm::Communicator* m_stats = nullptr;  // the ranks the statistics span (none: this one)
+  // Batch statistics kept by forwards with defer_stats, for commit_statistics(): per batch the
+  // momentum, the values per channel (0: an empty batch), then the mean and the unbiased variance
+  // of each channel.
+  std::vector<double> m_kept;
 
   /// The parameters' partial axes and the statistics' communicator for samples split over `split`.
   void place_statistics(AxisSet split);

@@ -118,7 +118,9 @@ class DataParallel {
   /// Updates the parameters with `optimizer` at learning rate `lr` (under ZeRO-1, this rank's
   /// pieces, then starts the allgather of the values), and averages the buffers (BatchNorm's
   /// running statistics) over the data axis, each rank weighted by `samples`, those of the step's
-  /// batch it computed (< 0: equally).
+  /// batch it computed (< 0: equally). In deterministic mode (groups_per_rank > 0) the forwards
+  /// kept their batch statistics (ForwardOptions::defer_stats) and the model commits them over the
+  /// data axis instead, in the global order of the sample groups: bit for bit as on one rank.
   void step(optim::Optimizer& optimizer, double lr, double samples = -1.0);
   /// Averages the buffers (BatchNorm's running statistics) over the axes where the ranks saw
   /// different samples (part of step(); alone after forward passes that only update statistics):
