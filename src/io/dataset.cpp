@@ -197,14 +197,25 @@ void inspect_tokens(const Group& g, SplitInfo& info, TokenStream* keep) {
   if (!g.has("tokens")) {
     throw fail("dataset 'tokens' is missing");
   }
+  if (const std::string link = g.link_problem("tokens"); !link.empty()) {
+    throw fail("'tokens' " + link);
+  }
   const Dataset tokens = g.open_dataset("tokens");
+  if (const std::string filter = tokens.unavailable_filter(); !filter.empty()) {
+    throw fail(
+        fmt::format("'tokens' is stored through HDF5 filter {}, which this HDF5 library "
+                    "cannot decode: rewrite it uncompressed or with gzip (h5repack -f "
+                    "GZIP=4 IN OUT)",
+                    filter));
+  }
   const std::vector<hsize_t> shape = tokens.shape();
   if (shape.size() != 1) {
     throw fail(fmt::format("tokens has rank {}, expected (N,) token ids", shape.size()));
   }
   const auto type = tokens.element_type();
   if (!type || (*type != ElementType::u8 && *type != ElementType::i32)) {
-    throw fail("tokens must be uint8 or int32 token ids");
+    throw fail(
+        fmt::format("tokens must be uint8 or int32 token ids (it is {})", tokens.type_name()));
   }
   info.x_type = *type;
   tokens.check_stored(*type == ElementType::u8 ? 1 : 4);  // before the stream is read whole
@@ -308,7 +319,17 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
                       file, version, kDatasetVersion));
     }
     const std::string group = split.empty() || split == "/" ? "" : split.substr(split[0] == '/');
-    if (group.empty() || !root.has(group) || !root.is_group(group)) {
+    if (!group.empty() && root.has(group)) {
+      if (const std::string link = root.link_problem(group); !link.empty()) {
+        throw fail("the split " + link);
+      }
+      if (!root.is_group(group)) {
+        throw fail(
+            "is a dataset, not a group (a split is a group holding x and y, or tokens: "
+            "docs/dataset-format.md)");
+      }
+    }
+    if (group.empty() || !root.has(group)) {
       throw fail("split not found (the file holds: " + [&] {
         std::string names;
         for (const auto& m : root.members()) {
@@ -332,9 +353,21 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
       if (!g.has(name)) {
         throw fail(fmt::format("dataset '{}' is missing", name));
       }
+      if (const std::string link = g.link_problem(name); !link.empty()) {
+        throw fail(fmt::format("'{}' {}", name, link));
+      }
     }
     const Dataset x = g.open_dataset("x");
     const Dataset y = g.open_dataset("y");
+    for (const Dataset* d : {&x, &y}) {
+      if (const std::string filter = d->unavailable_filter(); !filter.empty()) {
+        throw fail(
+            fmt::format("'{}' is stored through HDF5 filter {}, which this HDF5 library "
+                        "cannot decode: rewrite it uncompressed or with gzip (h5repack -f "
+                        "GZIP=4 IN OUT)",
+                        d == &x ? "x" : "y", filter));
+      }
+    }
     const std::vector<hsize_t> xs = x.shape();
     const std::vector<hsize_t> ys = y.shape();
     if (xs.size() != 4 && xs.size() != 5) {
@@ -342,7 +375,7 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
     }
     const auto xt = x.element_type();
     if (!xt || (*xt != ElementType::u8 && *xt != ElementType::f16 && *xt != ElementType::f32)) {
-      throw fail("x must be uint8, float16 or float32");
+      throw fail(fmt::format("x must be uint8, float16 or float32 (it is {})", x.type_name()));
     }
     info.x_type = *xt;
     if (std::find(xs.begin() + 1, xs.end(), hsize_t{0}) != xs.end()) {
@@ -357,7 +390,9 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
     if (task == "classification") {
       info.task = Task::classification;
       if (ys.size() != 1 || yt != ElementType::i32) {
-        throw fail("a classification split needs y as (N,) int32 labels");
+        throw fail(
+            fmt::format("a classification split needs y as (N,) int32 labels (it is ({}) {})",
+                        fmt::join(ys, ", "), y.type_name()));
       }
       if (attrs.has("classes")) {
         info.classes = attrs.get_strings("classes");
@@ -365,7 +400,9 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
     } else {
       info.task = Task::regression;
       if (ys.size() != 2 || yt != ElementType::f32) {
-        throw fail("a regression split needs y as (N, T) float32 targets");
+        throw fail(
+            fmt::format("a regression split needs y as (N, T) float32 targets (it is ({}) {})",
+                        fmt::join(ys, ", "), y.type_name()));
       }
       info.targets = static_cast<Index>(ys[1]);
     }

@@ -2,6 +2,7 @@
 
 #include "tessera/core/check.hpp"
 #include "tessera/core/layout.hpp"
+#include "tessera/core/strings.hpp"
 
 #include <fmt/ranges.h>
 
@@ -96,8 +97,11 @@ void throw_hdf5(const char* call, const std::string& context,
       }
     }
   }
+  // The function's name, not the call's source text (its arguments are Tessera's variables).
+  const std::string text(call);
+  const std::string function = text.substr(0, text.find('('));
   const std::string reason = reason_of(stack);
-  throw Error(fmt::format("{}: {} failed{}", context, call,
+  throw Error(fmt::format("{}: HDF5's {} failed{}", context, function,
                           reason.empty() ? "" : fmt::format(" ({})", reason)));
 }
 std::string open_failure() {
@@ -578,6 +582,55 @@ std::optional<ElementType> Dataset::element_type() const {
   return element_type_of(type.id());
 }
 
+std::string Dataset::type_name() const {
+  const Handle type(TESSERA_H5(H5Dget_type(id()), context()), H5Tclose);
+  TESSERA_H5_LOCK;
+  const size_t bits = 8 * H5Tget_size(type.id());
+  switch (H5Tget_class(type.id())) {
+    case H5T_INTEGER:
+      return fmt::format("{}int{}", H5Tget_sign(type.id()) == H5T_SGN_NONE ? "u" : "", bits);
+    case H5T_FLOAT:
+      return fmt::format("float{}", bits);
+    case H5T_STRING:
+      return "string";
+    case H5T_COMPOUND:
+      return "compound";
+    case H5T_ENUM:
+      return "enum";
+    case H5T_ARRAY:
+      return "array";
+    case H5T_VLEN:
+      return "variable-length";
+    case H5T_BITFIELD:
+      return "bitfield";
+    case H5T_OPAQUE:
+      return "opaque";
+    case H5T_REFERENCE:
+      return "reference";
+    default:
+      return "of an unknown class";
+  }
+}
+
+std::string Dataset::unavailable_filter() const {
+  const Handle dcpl(TESSERA_H5(H5Dget_create_plist(id()), context()), H5Pclose);
+  TESSERA_H5_LOCK;
+  const int filters = H5Pget_nfilters(dcpl.id());
+  for (int i = 0; i < filters; ++i) {
+    unsigned flags = 0;
+    size_t values = 0;
+    char name[64] = {};
+    unsigned config = 0;
+    const H5Z_filter_t filter = H5Pget_filter2(dcpl.id(), static_cast<unsigned>(i), &flags, &values,
+                                               nullptr, sizeof(name), name, &config);
+    if (filter >= 0 && H5Zfilter_avail(filter) <= 0) {
+      const std::string text = printable(std::string(name, strnlen(name, sizeof(name))));
+      return fmt::format("{} (filter {})", text.empty() ? "unnamed" : text, filter);
+    }
+  }
+  return "";
+}
+
 hsize_t Dataset::storage_size() const {
   TESSERA_H5_LOCK;
   return H5Dget_storage_size(id());  // 0 also on error: nothing stored that can be read
@@ -859,6 +912,46 @@ bool Group::is_group(const std::string& name) const {
   TESSERA_H5(H5Oget_info_by_name2(id(), name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT),
              m_file + ":" + child_path(m_path, name));
   return info.type == H5O_TYPE_GROUP;
+}
+
+std::string Group::link_problem(const std::string& name) const {
+  TESSERA_H5_LOCK;
+  const htri_t exists = H5Oexists_by_name(id(), name.c_str(), H5P_DEFAULT);
+  if (exists > 0) {
+    return "";
+  }
+  H5L_info_t info;
+  if (H5Lget_info(id(), name.c_str(), &info, H5P_DEFAULT) < 0) {
+    return "cannot be followed";
+  }
+  std::string target;
+  if ((info.type == H5L_TYPE_SOFT || info.type == H5L_TYPE_EXTERNAL) && info.u.val_size > 0 &&
+      info.u.val_size <= 4096) {
+    std::vector<char> value(info.u.val_size, '\0');
+    if (H5Lget_val(id(), name.c_str(), value.data(), value.size(), H5P_DEFAULT) >= 0) {
+      if (info.type == H5L_TYPE_SOFT) {
+        target = std::string(value.data(), strnlen(value.data(), value.size()));
+      } else {
+        unsigned flags = 0;
+        const char* file = nullptr;
+        const char* path = nullptr;
+        if (H5Lunpack_elink_val(value.data(), value.size(), &flags, &file, &path) >= 0 &&
+            file != nullptr && path != nullptr) {
+          target = std::string(file) + ":" + path;
+        }
+      }
+    }
+  }
+  if (info.type == H5L_TYPE_SOFT) {
+    return fmt::format("is a soft link to '{}', which leads nowhere", printable(target));
+  }
+  if (info.type == H5L_TYPE_EXTERNAL) {
+    return fmt::format(
+        "is an external link to '{}', which cannot be followed (a missing file, or "
+        "a link that leads to itself)",
+        printable(target));
+  }
+  return "leads to no object HDF5 can open";
 }
 
 std::uint64_t Group::address_of(const std::string& name) const {

@@ -303,6 +303,28 @@ TEST(DatasetReader, BadFilesGiveOneClearErrorOnEveryRank) {
   write_dataset(good);
   EXPECT_EQ(open(good + ":/valid"), good + ":/valid: split not found (the file holds: /train)");
 
+  // A split that is a dataset, a split and an x that are soft links leading nowhere.
+  const std::string linked = dir.file("linked.h5");
+  write_dataset(linked);
+  if (world_rank() == 0) {
+    const io::File f = io::File::open_serial_rw(linked);
+    f.root().create_dataset("flat", io::ElementType::f32, {4});
+    ASSERT_GE(H5Lcreate_soft("/nowhere", f.root().id(), "gone", H5P_DEFAULT, H5P_DEFAULT), 0);
+    ASSERT_GE(
+        H5Lmove(f.root().id(), "train/x", f.root().id(), "train/x0", H5P_DEFAULT, H5P_DEFAULT), 0);
+    ASSERT_GE(H5Lcreate_soft("/train/missing", f.root().id(), "train/x", H5P_DEFAULT, H5P_DEFAULT),
+              0);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT_EQ(open(linked + ":/flat"),
+            linked +
+                ":/flat: is a dataset, not a group (a split is a group holding x and y, or "
+                "tokens: docs/dataset-format.md)");
+  EXPECT_EQ(open(linked + ":/gone"),
+            linked + ":/gone: the split is a soft link to '/nowhere', which leads nowhere");
+  EXPECT_EQ(open(linked + ":/train"),
+            linked + ":/train: 'x' is a soft link to '/train/missing', which leads nowhere");
+
   const std::string no_y = dir.file("no_y.h5");
   FileSpec spec;
   spec.with_y = false;

@@ -387,7 +387,7 @@ TEST(TokenSplit, BadStreamsAndOptionsGiveOneClearErrorOnEveryRank) {
     g.create_dataset("tokens", io::ElementType::f32, {20})
         .write({{0}, {20}}, io::ElementType::f32, t.data(), false);
   });
-  EXPECT_EQ(open(p, options(4, 8)), at + "tokens must be uint8 or int32 token ids");
+  EXPECT_EQ(open(p, options(4, 8)), at + "tokens must be uint8 or int32 token ids (it is float32)");
 
   write_tokens(p, {65}, io::ElementType::u8, 256);
   EXPECT_EQ(open(p, options(4, 8)),

@@ -132,6 +132,12 @@ class Dataset {
   std::vector<hsize_t> shape() const;
   /// Element type as stored, if Tessera knows it.
   std::optional<ElementType> element_type() const;
+  /// The stored element type in words ("int64", "uint16", "float64", "string", "compound"), for
+  /// messages about a type Tessera does not take.
+  std::string type_name() const;
+  /// The first filter of the dataset's chunks that this HDF5 library cannot decode, as
+  /// "NAME (filter ID)" ("lzf (filter 32000)"); "" when every filter is available or there is none.
+  std::string unavailable_filter() const;
   /// Bytes of the file the dataset's elements occupy (H5Dget_storage_size).
   hsize_t storage_size() const;
   /// Whether the dataset's chunks pass through filters (compression): then storage_size() may be
@@ -186,6 +192,10 @@ class Group {
   /// Names of the members (groups and datasets), sorted.
   std::vector<std::string> members() const;
   bool is_group(const std::string& name) const;
+  /// Why member `name` (which has() found) leads to no object: "" when it does, else "is a soft
+  /// link to 'PATH', which leads nowhere" or "is an external link to 'FILE:PATH', which cannot be
+  /// followed" (a missing file, a link to itself).
+  std::string link_problem(const std::string& name) const;
   /// The file address of the object that member `name` links to ("." for this group): two links
   /// to one object give one address, so a walk of the file can visit each group once (a damaged
   /// file may link a group to its own ancestor).
