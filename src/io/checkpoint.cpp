@@ -414,13 +414,19 @@ std::string resolve_restart(const std::string& restart, const std::string& dir, 
     }
     return files.front();
   }
-  std::string name;
-  std::getline(in, name);
+  const LatestMarker latest = read_latest(in);
+  const std::string& name = latest.name;
+  if (!latest.clean) {
+    throw input_error(
+        fmt::format("checkpoint.restart = \"auto\": {} holds more than the one line naming a "
+                    "checkpoint file (it starts \"{}\")",
+                    marker, quoted_excerpt(name)));
+  }
   if (checkpoint_step(name) < 0) {
     throw input_error(
         fmt::format("checkpoint.restart = \"auto\": {} holds \"{}\", not the name of "
                     "a checkpoint file",
-                    marker, printable(name)));
+                    marker, quoted_excerpt(name)));
   }
   const std::string file = dir + "/" + name;
   if (!fs::exists(file)) {

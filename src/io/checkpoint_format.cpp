@@ -1,6 +1,7 @@
 #include "tessera/io/checkpoint_format.hpp"
 
 #include "tessera/core/clones.hpp"
+#include "tessera/core/strings.hpp"
 
 #include <fmt/format.h>
 
@@ -67,6 +68,24 @@ std::uint64_t checksum_partial(const float* values, std::int64_t first, std::int
 
 std::string checksum_string(std::uint64_t checksum) {
   return fmt::format("0x{:016x}", checksum);
+}
+
+LatestMarker read_latest(std::istream& in) {
+  constexpr std::streamsize kMost = 4096;
+  std::string text(static_cast<size_t>(kMost) + 1, '\0');
+  in.read(text.data(), kMost + 1);
+  text.resize(static_cast<size_t>(in.gcount()));
+  LatestMarker m;
+  const size_t end = text.find('\n');
+  m.name = text.substr(0, end);
+  m.clean = text.size() <= static_cast<size_t>(kMost) &&
+            (end == std::string::npos || end + 1 == text.size());
+  return m;
+}
+
+std::string quoted_excerpt(const std::string& text) {
+  constexpr size_t kMost = 200;
+  return text.size() <= kMost ? printable(text) : printable(text.substr(0, kMost)) + "...";
 }
 
 }  // namespace tessera::io

@@ -319,6 +319,34 @@ TEST_F(CheckpointTest, LatestHoldingControlBytesIsPrintedEscaped) {
                 "/latest holds \"\\x1b[31m\\x07\", not the name of a checkpoint file");
 }
 
+TEST_F(CheckpointTest, LatestOfMoreThanOneShortLineIsRefusedQuotingItsStart) {
+  const std::string d = dir("long");
+  train(deck(d, {}), MPI_COMM_WORLD);
+  const auto refused = [&](const std::string& text) {
+    if (world_rank() == 0) {
+      std::ofstream(d + "/latest", std::ios::trunc) << text;
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    return build_error(deck(d, {"checkpoint.restart=auto"}));
+  };
+  const std::string more = "checkpoint.restart = \"auto\": " + d +
+                           "/latest holds more than the one line naming a checkpoint file (it "
+                           "starts \"";
+  // A second line: refused, not the first line taken silently.
+  EXPECT_EQ(refused("ckpt-00000006.h5\nckpt-00000003.h5\n"), more + "ckpt-00000006.h5\")");
+  // 10 MB of one line: read to 4 KiB, quoted to 200 characters.
+  EXPECT_EQ(refused(std::string(10'000'000, 'a')), more + std::string(200, 'a') + "...\")");
+  // The one line with or without its newline: resumed.
+  for (const char* text : {"ckpt-00000006.h5\n", "ckpt-00000006.h5"}) {
+    if (world_rank() == 0) {
+      std::ofstream(d + "/latest", std::ios::trunc) << text;
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    train::Trainer t(deck(d, {"checkpoint.restart=auto"}), MPI_COMM_WORLD);
+    EXPECT_EQ(t.start_step(), 6) << text;
+  }
+}
+
 TEST_F(CheckpointTest, BadCheckpointsAreRefusedOnEveryRankWithEveryProblem) {
   const std::string good_dir = dir("good");
   train(deck(good_dir, {}), MPI_COMM_WORLD);

@@ -317,9 +317,12 @@ std::string list_folder(const std::string& dir) {
   const fs::path latest_path = fs::path(dir) / io::kLatestMarker;
   bool have_latest = false;
   io::refuse_special_file(latest_path.string());
+  bool latest_clean = true;
   if (std::ifstream in(latest_path); in) {
     have_latest = true;
-    std::getline(in, latest);
+    const io::LatestMarker marker = io::read_latest(in);
+    latest = marker.name;
+    latest_clean = marker.clean;
     while (!latest.empty() && std::isspace(static_cast<unsigned char>(latest.back())) != 0) {
       latest.pop_back();
     }
@@ -332,9 +335,10 @@ std::string list_folder(const std::string& dir) {
     out += fmt::format(", {} incomplete", incomplete);
   }
   // `latest` and every value below come from files: printed escaped (printable).
-  out += have_latest
-             ? fmt::format("; latest names {}\n", latest.empty() ? "nothing" : printable(latest))
-             : "; no 'latest' file\n";
+  out += have_latest ? fmt::format("; latest names {}{}\n",
+                                   latest.empty() ? "nothing" : io::quoted_excerpt(latest),
+                                   latest_clean ? "" : " (and holds more than that one line)")
+                     : "; no 'latest' file\n";
   if (items.empty()) {
     return out;
   }

@@ -2,6 +2,7 @@
 // The checkpoint format's names and its checksum (docs/checkpoint-format.md), shared by the
 // trainer's writer and reader and by the tessera-ckpt tool, which never builds a model.
 #include <cstdint>
+#include <istream>
 #include <string>
 
 namespace tessera::io {
@@ -29,5 +30,15 @@ std::string optimizer_path(const std::string& parameter, const std::string& stat
 std::uint64_t checksum_partial(const float* values, std::int64_t first, std::int64_t count);
 /// "0x0123456789abcdef".
 std::string checksum_string(std::uint64_t checksum);
+
+/// What a `latest` marker holds, read from `in` (at most 4 KiB: a marker is one short line):
+/// `name` its first line; `clean` whether that was all (one line, its newline optional).
+struct LatestMarker {
+  std::string name;
+  bool clean = true;
+};
+LatestMarker read_latest(std::istream& in);
+/// `text` escaped (printable) and cut to 200 characters, for messages quoting a file's text.
+std::string quoted_excerpt(const std::string& text);
 
 }  // namespace tessera::io
