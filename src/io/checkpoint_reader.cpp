@@ -310,7 +310,6 @@ std::string format_problem(const File& file) {
 }
 
 const std::vector<RootAttribute>& root_attributes() {
-  constexpr std::int64_t kAny = std::numeric_limits<std::int64_t>::min();
   static const std::vector<RootAttribute> all{{"format", AttrType::string},
                                               {"format_version", AttrType::int64, 1},
                                               {"tessera_version", AttrType::string},
@@ -319,7 +318,7 @@ const std::vector<RootAttribute>& root_attributes() {
                                               {"total_steps", AttrType::int64},
                                               {"cursor_epoch", AttrType::int64},
                                               {"cursor_batch", AttrType::int64},
-                                              {"rng_seed", AttrType::int64, kAny},
+                                              {"rng_seed", AttrType::int64},
                                               {"optimizer", AttrType::string},
                                               {"optimizer_steps", AttrType::int64},
                                               {"deck", AttrType::string},

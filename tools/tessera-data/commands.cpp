@@ -740,17 +740,23 @@ void print_attributes(const io::Attributes& a, const std::string& indent) {
     std::string value;
     try {
       const auto strings = a.get_strings(name);
-      value = strings.size() == 1 ? "\"" + strings[0] + "\""
-                                  : fmt::format("[{}]", fmt::join(strings, ", "));
+      // Text from the file: printed escaped (a control byte never reaches the terminal).
+      std::vector<std::string> shown;
+      for (const std::string& text : strings) {
+        shown.push_back(printable(text));
+      }
+      value =
+          shown.size() == 1 ? "\"" + shown[0] + "\"" : fmt::format("[{}]", fmt::join(shown, ", "));
     } catch (const Error&) {
       const auto v = a.get_doubles(name);
       if (name == io::kChecksum) {  // one per block of rows: their count says enough
-        std::printf("%s@%s = [%zu CRC-32 values]\n", indent.c_str(), name.c_str(), v.size());
+        std::printf("%s@%s = [%zu CRC-32 values]\n", indent.c_str(), printable(name).c_str(),
+                    v.size());
         continue;
       }
       value = v.size() == 1 ? fmt::format("{:g}", v[0]) : fmt::format("[{:g}]", fmt::join(v, ", "));
     }
-    std::printf("%s@%s = %s\n", indent.c_str(), name.c_str(), value.c_str());
+    std::printf("%s@%s = %s\n", indent.c_str(), printable(name).c_str(), value.c_str());
   }
 }
 
@@ -854,15 +860,16 @@ void list_group(const io::Group& g, const std::string& file, bool statistics, in
                     printable(child.path()).c_str());
         continue;
       }
-      std::printf("%s  %s/\n", indent.c_str(), child.path().c_str());
+      std::printf("%s  %s/\n", indent.c_str(), printable(child.path()).c_str());
       list_group(child, file, false, depth + 1, seen);
-      if (statistics && child.has("x") && child.has("y")) {
-        print_statistics(child, file);
-      } else if (statistics && child.has("tokens")) {
-        print_token_statistics(child, file);
-      }
       if (statistics && (child.has("tokens") || (child.has("x") && child.has("y")))) {
+        // The split's task decides which statistics (a token split may hold an x and y too).
         const io::SplitInfo info = io::inspect_split(file, child.path());
+        if (info.task == io::Task::language_modeling) {
+          print_token_statistics(child, file);
+        } else {
+          print_statistics(child, file);
+        }
         const double seconds = io::verify_split(info, {});
         std::printf("    %s\n", info.checksummed
                                     ? fmt::format("checksums: verified ({:.2f} s)", seconds).c_str()
@@ -872,8 +879,9 @@ void list_group(const io::Group& g, const std::string& file, bool statistics, in
     } else {
       const io::Dataset d = g.open_dataset(m);
       const auto t = d.element_type();
-      std::printf("%s  %s %s %s\n", indent.c_str(), d.path().c_str(),
-                  shape_string(d.shape()).c_str(), t ? io::element_type_name(*t) : "other");
+      std::printf("%s  %s %s %s\n", indent.c_str(), printable(d.path()).c_str(),
+                  shape_string(d.shape()).c_str(),
+                  t ? io::element_type_name(*t) : d.type_name().c_str());
       print_attributes(d.attributes(), indent + "    ");
     }
   }
