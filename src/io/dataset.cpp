@@ -59,6 +59,26 @@ Error split_error(const SplitInfo& info, const std::string& what) {
   return input_error(fmt::format("{}:{}: {}", info.file, info.split, what));
 }
 
+// Member `name` of split group `g` opened as a data set the split can read: missing, a link that
+// leads nowhere, or chunks stored through a filter this HDF5 cannot decode are said (for files of
+// other tools: h5py's LZF), not met at the first read as HDF5's failure.
+Dataset open_member(const Group& g, const SplitInfo& info, const std::string& name) {
+  if (!g.has(name)) {
+    throw split_error(info, fmt::format("dataset '{}' is missing", name));
+  }
+  if (const std::string link = g.link_problem(name); !link.empty()) {
+    throw split_error(info, fmt::format("'{}' {}", name, link));
+  }
+  Dataset d = g.open_dataset(name);
+  if (const std::string filter = d.unavailable_filter(); !filter.empty()) {
+    throw split_error(info, fmt::format("'{}' is stored through HDF5 filter {}, which this HDF5 "
+                                        "library cannot decode: rewrite it uncompressed or with "
+                                        "gzip (h5repack -f GZIP=4 IN OUT)",
+                                        name, filter));
+  }
+  return d;
+}
+
 // "samples 4, 17, 40 and 2 more", for messages about a batch's reads.
 std::string samples_text(const std::vector<std::int64_t>& ids) {
   std::vector<std::int64_t> sorted(ids);
@@ -194,20 +214,7 @@ std::pair<Index, std::int64_t> token_outside(const std::vector<T>& stream, Index
 void inspect_tokens(const Group& g, SplitInfo& info, TokenStream* keep) {
   auto fail = [&](const std::string& what) { return split_error(info, what); };
   info.task = Task::language_modeling;
-  if (!g.has("tokens")) {
-    throw fail("dataset 'tokens' is missing");
-  }
-  if (const std::string link = g.link_problem("tokens"); !link.empty()) {
-    throw fail("'tokens' " + link);
-  }
-  const Dataset tokens = g.open_dataset("tokens");
-  if (const std::string filter = tokens.unavailable_filter(); !filter.empty()) {
-    throw fail(
-        fmt::format("'tokens' is stored through HDF5 filter {}, which this HDF5 library "
-                    "cannot decode: rewrite it uncompressed or with gzip (h5repack -f "
-                    "GZIP=4 IN OUT)",
-                    filter));
-  }
+  const Dataset tokens = open_member(g, info, "tokens");
   const std::vector<hsize_t> shape = tokens.shape();
   if (shape.size() != 1) {
     throw fail(fmt::format("tokens has rank {}, expected (N,) token ids", shape.size()));
@@ -349,25 +356,8 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
       throw fail(fmt::format("task = \"{}\" is not classification, regression or language_modeling",
                              printable(task)));
     }
-    for (const char* name : {"x", "y"}) {
-      if (!g.has(name)) {
-        throw fail(fmt::format("dataset '{}' is missing", name));
-      }
-      if (const std::string link = g.link_problem(name); !link.empty()) {
-        throw fail(fmt::format("'{}' {}", name, link));
-      }
-    }
-    const Dataset x = g.open_dataset("x");
-    const Dataset y = g.open_dataset("y");
-    for (const Dataset* d : {&x, &y}) {
-      if (const std::string filter = d->unavailable_filter(); !filter.empty()) {
-        throw fail(
-            fmt::format("'{}' is stored through HDF5 filter {}, which this HDF5 library "
-                        "cannot decode: rewrite it uncompressed or with gzip (h5repack -f "
-                        "GZIP=4 IN OUT)",
-                        d == &x ? "x" : "y", filter));
-      }
-    }
+    const Dataset x = open_member(g, info, "x");
+    const Dataset y = open_member(g, info, "y");
     const std::vector<hsize_t> xs = x.shape();
     const std::vector<hsize_t> ys = y.shape();
     if (xs.size() != 4 && xs.size() != 5) {
