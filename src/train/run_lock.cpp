@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -72,8 +73,27 @@ bool read_holder(const std::string& path, Holder& h) {
 
 }  // namespace
 
-RunLock::RunLock(const std::string& folder, const std::string& key, std::string* note)
+RunLock::RunLock(const std::string& folder, const std::string& key, std::string* note,
+                 DeckLocation where)
     : m_path(folder + "/.lock") {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path at = fs::absolute(folder, ec).lexically_normal();
+  if (!ec && at.has_parent_path() && at.filename().empty()) {
+    at = at.parent_path();  // "runs/a/": the folder is runs/a
+  }
+  m_folder = at.string();
+  for (fs::path p = at; !ec && !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+    m_made = p.string();  // the outermost folder missing so far
+    if (p == p.parent_path()) {
+      break;
+    }
+  }
+  fs::create_directories(folder, ec);
+  if (ec) {
+    throw write_error(fmt::format("{} = \"{}\" cannot be created: {}", key, folder, ec.message()),
+                      where);
+  }
   const std::string host = this_host();
   for (int attempt = 0; attempt < 2; ++attempt) {
     const int fd = open(m_path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
@@ -125,6 +145,16 @@ RunLock::RunLock(const std::string& folder, const std::string& key, std::string*
 
 RunLock::~RunLock() {
   std::remove(m_path.c_str());
+  if (m_made.empty()) {
+    return;
+  }
+  // The folders the constructor made, innermost first, while they are empty (remove() refuses a
+  // folder that is not).
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  for (fs::path p = m_folder; fs::remove(p, ec) && !ec && p.string() != m_made;
+       p = p.parent_path()) {
+  }
 }
 
 void RunLock::heartbeat() {

@@ -903,17 +903,11 @@ void Trainer::build(const comm::GridSpec& spec) {
     m_schedule = run_schedule(deck, train_split().samples);
     if (leader()) {
       // A folder this run writes: made, and locked to this run (a warning when it takes over the
-      // lock of a run that is gone).
+      // lock of a run that is gone). Folders made here and still empty when the trainer ends (a
+      // refused restart) are removed again.
       const auto lock_folder = [&](const std::string& folder, const std::string& key) {
-        std::error_code ec;
-        std::filesystem::create_directories(folder, ec);
-        if (ec) {
-          throw write_error(
-              fmt::format("{} = \"{}\" cannot be created: {}", key, folder, ec.message()),
-              deck.where(key));
-        }
         std::string note;
-        auto lock = std::make_unique<RunLock>(folder, key, &note);
+        auto lock = std::make_unique<RunLock>(folder, key, &note, deck.where(key));
         if (!note.empty()) {
           m_reporter->warning(note);
         }

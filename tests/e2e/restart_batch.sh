@@ -132,5 +132,16 @@ grep -q 'it holds the state of optimizer "sgd", the deck asks for "adamw"' "$tmp
 cmp -s "$tmp/deck.before" "$tmp/first/deck.toml" || fail "refused restart: deck.toml was rewritten"
 cmp -s "$tmp/metrics.before" "$tmp/first/metrics.jsonl" || fail "refused restart: metrics.jsonl changed"
 echo "a refused restart: exit 2, the folder's deck.toml and metrics.jsonl unchanged"
+# Refused into folders that did not exist (run.output two levels deep, a checkpoint.dir apart):
+# the folders the run made to take its locks are gone again; a folder that existed stays.
+mkdir "$tmp/kept"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/new/run/" run.steps=3 \
+  checkpoint.dir="$tmp/kept/ckpt/a" optimizer.type=adamw \
+  checkpoint.restart="$tmp/first/ckpt/ckpt-00000002.h5" >"$tmp/refused.log" 2>&1
+code=$?
+[[ $code == 2 ]] || fail "refused restart into new folders: exit $code, want 2"
+[[ ! -e $tmp/new && ! -e $tmp/kept/ckpt && -d $tmp/kept ]] ||
+  fail "refused restart into new folders: left $(cd "$tmp" && find new kept 2>/dev/null | tr '\n' ' ')"
+echo "a refused restart into new folders: they are removed again, the one that existed kept"
 ((failed)) && echo "FAILED" || echo "a restart with another batch goes on from the epoch's position in samples"
 exit $failed

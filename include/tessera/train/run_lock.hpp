@@ -8,6 +8,12 @@
 // exists is the first run's, and a second run is refused naming it — unless it is stale: its
 // process is gone (same host), or its heartbeat is older than kStaleSeconds (another host: a job
 // killed without a chance to remove it). A stale lock is taken over, with a note.
+//
+// The lock makes the folder (and its missing parents) when it does not exist, and the destructor
+// removes again those of them that are still empty: a run refused after taking its lock (a restart
+// whose checkpoint does not fit) leaves no empty folders behind.
+#include "tessera/core/error.hpp"
+
 #include <string>
 
 namespace tessera::train {
@@ -17,10 +23,12 @@ class RunLock {
   /// A heartbeat older than this marks another host's lock stale.
   static constexpr double kStaleSeconds = 60.0;
 
-  /// Takes the lock of `folder` (which exists) or throws input_error naming the run that holds it
-  /// and the deck key `key` that chose the folder ("run.output", "checkpoint.dir"). `note`
-  /// receives a line when a stale lock was taken over.
-  RunLock(const std::string& folder, const std::string& key, std::string* note);
+  /// Makes `folder` (with its missing parents; write_error at `where` when it cannot) and takes
+  /// its lock, or throws input_error naming the run that holds it and the deck key `key` that
+  /// chose the folder ("run.output", "checkpoint.dir"). `note` receives a line when a stale lock
+  /// was taken over.
+  RunLock(const std::string& folder, const std::string& key, std::string* note,
+          DeckLocation where = {});
   ~RunLock();
   RunLock(const RunLock&) = delete;
   RunLock& operator=(const RunLock&) = delete;
@@ -30,6 +38,8 @@ class RunLock {
 
  private:
   std::string m_path;
+  std::string m_folder;  // absolute
+  std::string m_made;    // the outermost folder the constructor made, "" when it made none
   double m_last_touch = 0.0;
 };
 

@@ -230,10 +230,10 @@ class Trainer {
   std::int64_t m_skipped_in_row = 0;     // of them, the latest run of consecutive steps
   std::int64_t m_replicas_checked = -1;  // the step of the last replica check
   std::string m_write_failure;           // rank 0: the first write to run.output that failed
-  std::unique_ptr<comm::watchdog::Scope> m_watchdog;
-  std::unique_ptr<RunLock> m_ckpt_lock;  // rank 0: checkpoint.dir's, when not run.output
-  std::unique_ptr<RunLock> m_lock;       // rank 0: run.output's lock (train/run_lock.hpp)  // this
-                                         // trainer's (comm/watchdog.hpp)
+  std::unique_ptr<comm::watchdog::Scope> m_watchdog;  // this trainer's (comm/watchdog.hpp)
+  std::unique_ptr<RunLock> m_lock;  // rank 0: run.output's lock (train/run_lock.hpp)
+  // rank 0: checkpoint.dir's, when not run.output; released first (it may lie in run.output)
+  std::unique_ptr<RunLock> m_ckpt_lock;
   std::unique_ptr<parallel::DataParallel> m_dp;  // gradient reduction, ZeRO-1, determinism
   LossPlacement m_loss_placement;
   int m_micro_batches = 1;  // per rank per step: data.micro_batches, or the deterministic groups
