@@ -231,7 +231,9 @@ void inspect_tokens(const Group& g, SplitInfo& info, TokenStream* keep) {
     throw fail(fmt::format("tokens holds {} token(s), a language_modeling split needs at least 2",
                            info.tokens));
   }
-  info.checksummed = read_checksums(tokens, shape[0]).has_value();
+  if (!read_checksums(tokens, shape[0])) {
+    info.without_checksums = {"tokens"};
+  }
   const Attributes attrs = g.attributes();
   if (!attrs.has("vocab")) {
     throw fail("attribute 'vocab' is missing (the vocabulary size: token ids are in [0, vocab))");
@@ -403,9 +405,12 @@ SplitInfo inspect(const std::string& file, const std::string& split, TokenStream
     if (info.samples == 0) {
       throw fail("the split is empty: x and y hold 0 samples");
     }
-    const bool x_sums = read_checksums(x, xs[0]).has_value();
-    const bool y_sums = read_checksums(y, ys[0]).has_value();
-    info.checksummed = x_sums && y_sums;
+    if (!read_checksums(x, xs[0])) {
+      info.without_checksums.push_back("x");
+    }
+    if (!read_checksums(y, ys[0])) {
+      info.without_checksums.push_back("y");
+    }
     const auto channels = static_cast<size_t>(xs[1]);
     info.scale = attrs.has("scale") ? attrs.get_double("scale") : 1.0;
     info.mean = attrs.has("mean") ? attrs.get_doubles("mean") : std::vector<double>(channels, 0.0);

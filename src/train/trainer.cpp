@@ -486,7 +486,13 @@ std::map<std::string, io::SplitInfo> check_splits(const deck::Deck& d, const Sha
     } catch (const Error& e) {
       throw input_error(fmt::format("{}: {}", key, e.message()), d.where(key));
     }
-    if (!info.checksummed) {
+    if (info.without_checksums.size() == 1 && info.task != io::Task::language_modeling) {
+      const std::string& name = info.without_checksums[0];  // x or y; the other one has them
+      notes.push_back(fmt::format(
+          "note: {} = \"{}\": its {} has no checksums while its {} has (was {} rewritten by "
+          "another tool?), so {}'s bytes are not verified: `tessera-data checksum {}` adds them",
+          key, spec, name, name == "x" ? "y" : "x", name, name, info.file));
+    } else if (!info.checksummed()) {
       notes.push_back(
           fmt::format("note: {} = \"{}\" has no checksums (written by an older tessera-data), "
                       "so its bytes are not verified: `tessera-data checksum {}` adds them",

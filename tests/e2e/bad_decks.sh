@@ -234,6 +234,31 @@ done
 rm -rf "$odd"
 one_off "a truncated dataset, check at 1, 2 ranks" $result
 
+# A split whose y was rewritten without checksums (x keeps its own): accepted with a note that
+# names y, and x is still verified (a changed sample is refused).
+odd=$(mktemp -d)
+damage gs.h5 gs-ysum.h5 "unsum y"
+damage gs.h5 gs-ysum-x.h5 "unsum y" "set /train/x 529 0.5" # sample 2, element 17
+printf '%s\n' '[data]' 'batch = 4' '[model]' 'input = [1, 16, 16]' \
+  'layers = [ { flatten = {} }, { linear = { out = 2 } } ]' 'loss = "mse"' \
+  '[optimizer]' 'type = "sgd"' 'lr = 0.1' >"$odd/deck.toml"
+result=0
+for n in 1 2; do
+  out=$(timeout -k 10 60 "$mpiexec" -n "$n" "$bin/tessera" check "$odd/deck.toml" \
+    data.train="$tmp/gs-ysum.h5:/train" 2>&1 </dev/null)
+  code=$?
+  note="note: data.train = \"$tmp/gs-ysum.h5:/train\": its y has no checksums while its x has (was \
+y rewritten by another tool?), so y's bytes are not verified: \`tessera-data checksum $tmp/gs-ysum.h5\` \
+adds them"
+  [[ $code == 0 && $(grep -cxF "$note" <<<"$out") == 1 ]] ||
+    { echo "    at $n ranks: exit $code, want 0 and one line: $note"; sed 's/^/    got:  /' <<<"$out" | tail -n 5; result=1; }
+  run_case "$n" check "$odd/deck.toml" "command line: data.train: $tmp/gs-ysum-x.h5:/train: x of \
+samples [0, 4) do not match their checksum (crc32): the file is damaged or was changed after it was \
+written" data.train="$tmp/gs-ysum-x.h5:/train" || result=1
+done
+rm -rf "$odd"
+one_off "y without checksums: a note naming y; x verified, at 1, 2 ranks" $result
+
 # An override given to one rank only: the ranks' decks differ, and they say so together.
 out=$(timeout -k 10 60 "$mpiexec" -n 1 "$bin/tessera" check inputs/fashion_mlp.toml : \
   -n 1 "$bin/tessera" check inputs/fashion_mlp.toml optimizer.lr=0.2 2>&1 </dev/null)

@@ -2,7 +2,8 @@
 //   data_fixture set FILE DATASET INDEX VALUE   element INDEX (row-major) of DATASET ("/train/y")
 //                                                becomes VALUE ("nan", "inf" and integers too),
 //                                                converted to the stored type; checksums untouched
-//   data_fixture unsum FILE                     removes every checksum (a file from before them)
+//   data_fixture unsum FILE [NAME]              removes every checksum (a file from before them),
+//                                                or only those of the data sets called NAME ("y")
 //   data_fixture empty FILE                     writes a classification split /train of 0 samples
 //                                                of (1, 28, 28)
 #include "tessera/io/dataset.hpp"
@@ -33,13 +34,16 @@ void set(const std::string& file, const std::string& dataset, hsize_t index, dou
   f.close();
 }
 
-void unsum(const std::string& file) {
+void unsum(const std::string& file, const std::string& only) {
   io::File f = io::File::open_serial_rw(file);
   {
     const io::Group root = f.root();
     for (const std::string& split : root.members()) {
       const io::Group g = root.open_group(split);
       for (const std::string& name : g.members()) {
+        if (!only.empty() && name != only) {
+          continue;
+        }
         const io::Dataset d = g.open_dataset(name);
         const std::lock_guard<std::recursive_mutex> lock(io::hdf5_mutex());
         for (const char* a : {io::kChecksum, io::kChecksumRows}) {
@@ -75,13 +79,14 @@ int main(int argc, char** argv) {
   try {
     if (a.size() == 5 && a[0] == "set") {
       set(a[1], a[2], std::stoull(a[3]), std::strtod(a[4].c_str(), nullptr));
-    } else if (a.size() == 2 && a[0] == "unsum") {
-      unsum(a[1]);
+    } else if ((a.size() == 2 || a.size() == 3) && a[0] == "unsum") {
+      unsum(a[1], a.size() == 3 ? a[2] : "");
     } else if (a.size() == 2 && a[0] == "empty") {
       empty(a[1]);
     } else {
-      std::fprintf(stderr,
-                   "usage: data_fixture set FILE DATASET INDEX VALUE | unsum FILE | empty FILE\n");
+      std::fprintf(
+          stderr,
+          "usage: data_fixture set FILE DATASET INDEX VALUE | unsum FILE [NAME] | empty FILE\n");
       code = 2;
     }
   } catch (const std::exception& e) {

@@ -427,14 +427,16 @@ TEST(DatasetVerify, ChecksumsFindDamageInAnyRanksShare) {
   const TempDir dir;
   const std::string plain = dir.file("plain.h5");
   write_dataset(plain);
-  EXPECT_FALSE(io::inspect_split(plain, "/train").checksummed);  // accepted, unverified
+  EXPECT_FALSE(io::inspect_split(plain, "/train").checksummed());  // accepted, unverified
+  EXPECT_EQ(io::inspect_split(plain, "/train").without_checksums,
+            (std::vector<std::string>{"x", "y"}));
   EXPECT_EQ(verified(plain, "/train", 5), "");
 
   const std::string summed = dir.file("summed.h5");
   write_dataset(summed);
   add_checksums(summed);
   const io::SplitInfo info = io::inspect_split(summed, "/train");
-  EXPECT_TRUE(info.checksummed);
+  EXPECT_TRUE(info.checksummed());
   EXPECT_EQ(verified(summed, "/train", 5), "");
   {
     io::DatasetReader r(summed + ":/train", options(8));
@@ -447,6 +449,28 @@ TEST(DatasetVerify, ChecksumsFindDamageInAnyRanksShare) {
             summed +
                 ":/train: x of samples [0, 37) do not match their checksum (crc32): the file "
                 "is damaged or was changed after it was written");
+}
+
+TEST(DatasetVerify, ASplitWhoseYLostItsChecksumsStillVerifiesX) {
+  const TempDir dir;
+  const std::string path = dir.file("y-rewritten.h5");
+  write_dataset(path);
+  add_checksums(path);
+  rewrite(path, [](const io::Group& root) {  // y rewritten by a tool that keeps no checksums
+    const io::Dataset y = root.open_dataset("train/y");
+    const std::lock_guard<std::recursive_mutex> lock(io::hdf5_mutex());
+    ASSERT_GE(H5Adelete(y.id(), io::kChecksum), 0);
+    ASSERT_GE(H5Adelete(y.id(), io::kChecksumRows), 0);
+  });
+  const io::SplitInfo info = io::inspect_split(path, "/train");
+  EXPECT_FALSE(info.checksummed());
+  EXPECT_EQ(info.without_checksums, std::vector<std::string>{"y"});
+  EXPECT_EQ(verified(path, "/train", 5), "");
+  set_x(path, 3, 0, 2.5F);
+  EXPECT_EQ(verified(path, "/train", 5),
+            path +
+                ":/train: x of samples [0, 37) do not match their checksum (crc32): the file is "
+                "damaged or was changed after it was written");
 }
 
 TEST(DatasetVerify, LabelsOutsideTheClassesAreRefusedNamingTheSample) {

@@ -181,7 +181,7 @@ TEST(ImportFashionMnist, DamagedFilesGiveOneClearError) {
   MPI_Barrier(MPI_COMM_WORLD);
   try {
     const tessera::io::SplitInfo info = tessera::io::inspect_split(dir + "/out.h5", "/train");
-    EXPECT_TRUE(info.checksummed);
+    EXPECT_TRUE(info.checksummed());
     EXPECT_EQ(info.samples, 3);
     (void)tessera::io::verify_split(info, {10, world_rank(), world_size()});
   } catch (const tessera::Error& e) {

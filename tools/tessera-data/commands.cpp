@@ -871,10 +871,17 @@ void list_group(const io::Group& g, const std::string& file, bool statistics, in
           print_statistics(child, file);
         }
         const double seconds = io::verify_split(info, {});
-        std::printf("    %s\n", info.checksummed
-                                    ? fmt::format("checksums: verified ({:.2f} s)", seconds).c_str()
-                                    : "checksums: none (a file from before tessera-data wrote "
-                                      "them): unverified");
+        std::string sums = fmt::format("checksums: verified ({:.2f} s)", seconds);
+        if (info.without_checksums.size() == 1 && info.task != io::Task::language_modeling) {
+          const std::string& name = info.without_checksums[0];
+          sums = fmt::format(
+              "checksums: {} verified ({:.2f} s); {} has none (rewritten by another "
+              "tool?): unverified",
+              name == "x" ? "y" : "x", seconds, name);
+        } else if (!info.checksummed()) {
+          sums = "checksums: none (a file from before tessera-data wrote them): unverified";
+        }
+        std::printf("    %s\n", sums.c_str());
       }
     } else {
       const io::Dataset d = g.open_dataset(m);

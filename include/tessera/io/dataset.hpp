@@ -60,9 +60,11 @@ struct SplitInfo {
   Index tokens = 0;               ///< language modeling: length of the token stream (>= 2)
   Index vocab = 0;                ///< language modeling: token ids are in [0, vocab)
   std::string tokenizer;          ///< language modeling: @tokenizer ("bytes"), "" if absent
-  /// Every data set of the split (x and y, or tokens) carries checksums (@crc32, @crc32_rows); a
-  /// file written before they were added has none and is read unverified.
-  bool checksummed = false;
+  /// The data sets of the split (x, y, tokens) that carry no checksums (@crc32, @crc32_rows): all
+  /// of them in a file written before they were added, which is read unverified; one of x and y
+  /// when the other was rewritten by another tool. Those that carry them are verified.
+  std::vector<std::string> without_checksums;
+  bool checksummed() const { return without_checksums.empty(); }
 };
 
 /// Opens and validates `file`'s split `split`: format attribute and version; for samples, x and y
