@@ -1740,6 +1740,63 @@ std::optional<std::string> DeckText::string(const std::string& key) const {
   return v && v->is_string() ? std::optional<std::string>(v->as_string().str) : std::nullopt;
 }
 
+namespace {
+// A value as a deck would write it, short: numbers and booleans as they are, strings quoted.
+std::string short_value(const toml::value* v) {
+  if (v == nullptr) {
+    return "(none)";
+  }
+  if (v->is_floating()) {
+    return fmt::format("{}", v->as_floating());
+  }
+  if (v->is_integer()) {
+    return fmt::format("{}", v->as_integer());
+  }
+  if (v->is_boolean()) {
+    return v->as_boolean() ? "true" : "false";
+  }
+  if (v->is_string()) {
+    return toml_string(v->as_string().str);
+  }
+  std::string text = toml::format(*v, 0);
+  text.erase(std::remove(text.begin(), text.end(), '\n'), text.end());
+  return text.size() > 40 ? std::string(v->is_array() ? "(another list)" : "(another table)")
+                          : text;
+}
+}  // namespace
+
+std::vector<std::string> DeckText::changed(const DeckText& now,
+                                           const std::vector<std::string>& under) const {
+  const std::optional<toml::value>& a = m_root->value;
+  const std::optional<toml::value>& b = now.m_root->value;
+  if (!a || !b || !a->is_table() || !b->is_table()) {
+    return {};
+  }
+  std::vector<std::string> keys;
+  dotted_keys(*a, "", keys);
+  dotted_keys(*b, "", keys);
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  std::vector<std::string> out;
+  for (const std::string& key : keys) {
+    const bool wanted = std::any_of(under.begin(), under.end(), [&](const std::string& u) {
+      return key == u || key.rfind(u + ".", 0) == 0 || key.rfind(u + "[", 0) == 0;
+    });
+    const toml::value* x = find_dotted(*a, key);
+    const toml::value* y = find_dotted(*b, key);
+    const bool same =
+        x != nullptr && y != nullptr && (x->is_floating() || x->is_integer()) &&
+                (y->is_floating() || y->is_integer())
+            ? (x->is_floating() ? x->as_floating() : static_cast<double>(x->as_integer())) ==
+                  (y->is_floating() ? y->as_floating() : static_cast<double>(y->as_integer()))
+            : (x != nullptr && y != nullptr && *x == *y);
+    if (wanted && !same) {
+      out.push_back(fmt::format("{} = {} → {}", key, short_value(x), short_value(y)));
+    }
+  }
+  return out;
+}
+
 std::string to_toml(const Deck& d) {
   std::string o;
   o += fmt::format("# Resolved from {} (defaults and command-line overrides applied).\n", d.file);

@@ -618,9 +618,7 @@ void check_restart(const deck::Deck& d, nn::Layer& model) {
     io::require_checkpoint(f);
     const std::vector<io::TensorEntry> tensors = io::checkpoint_tensors(f);
     std::vector<std::string> problems =
-        io::read_header(f, tensors,
-                        d.optimizer.type == deck::OptimizerKind::adamw ? "adamw" : "sgd")
-            .problems;
+        io::read_header(f, tensors, make_optimizer(d.optimizer)->kind()).problems;
     std::map<std::string, std::vector<hsize_t>> stored;
     for (const io::TensorEntry& e : tensors) {
       std::optional<std::uint64_t> checksum;
@@ -1148,6 +1146,19 @@ void Trainer::restart() {
         "(epoch {}, batch {}) goes on in the new split",
         m_deck.data.train, *saved, info.cursor.epoch, info.cursor.batch));
   }
+  // Other optimizer, schedule or model settings (a new learning rate, warm-up, dropout): allowed
+  // (fine-tuning), and said in one line. (A population's trainers restart with the hyper-parameters
+  // of their lineage, which their own restart replays.)
+  if (leader() && m_deck.parallel.trainers == 1) {
+    const std::vector<std::string> changed = saved_deck.changed(
+        deck::DeckText(deck::to_toml(m_deck)), {"optimizer", "model", "data.shuffle"});
+    if (!changed.empty()) {
+      m_reporter->warning(
+          fmt::format("restart: the deck changes what the checkpoint's run "
+                      "trained with: {}; training goes on with the deck's values",
+                      fmt::join(changed, ", ")));
+    }
+  }
   const std::int64_t batches = m_train->batches_per_epoch();
   // data.drop_last = true where the checkpoint's run kept the short last batch: a cursor at that
   // batch, which this run drops, goes on at the next epoch.
@@ -1200,14 +1211,20 @@ void Trainer::restart() {
   m_optimizer->set_steps(info.optimizer_steps);
   m_start_step = info.step;
   m_train->seek(info.cursor);
-  say(fmt::format("restart: from {} at step {} (saved on {} rank{}: {}, zero {}){}", file,
-                  info.step, info.ranks, info.ranks == 1 ? "" : "s", printable(info.grid),
-                  info.zero,
-                  info.step >= total_steps()
-                      ? fmt::format("; the run has {} steps: nothing is left to train (another "
-                                    "run.output or checkpoint.restart=\"\" starts afresh)",
-                                    total_steps())
-                      : ""));
+  say(fmt::format(
+      "restart: from {} at step {} (saved on {} rank{}: {}, zero {}){}", file, info.step,
+      info.ranks, info.ranks == 1 ? "" : "s", printable(info.grid), info.zero,
+      info.step > total_steps()
+          ? fmt::format("; it is past the run's {} step{}: nothing is left to train "
+                        "(the model stays at step {}; a run.steps above {} trains on "
+                        "from it, another run.output or checkpoint.restart=\"\" "
+                        "starts afresh)",
+                        total_steps(), total_steps() == 1 ? "" : "s", info.step, info.step)
+      : info.step == total_steps()
+          ? fmt::format("; the run has {} steps: nothing is left to train (another "
+                        "run.output or checkpoint.restart=\"\" starts afresh)",
+                        total_steps())
+          : ""));
 }
 
 const io::SplitInfo& Trainer::split(const std::string& key) const {
@@ -1824,9 +1841,12 @@ double Trainer::report_progress(std::int64_t step, const io::Batch& batch, doubl
                                : "";
   log_line(fmt::format(
       R"({{"kind": "train", "step": {}, "epoch": {}, "loss": {}, "{}": {}{}, "samples_per_s": {:.1f}, "model_flops_per_s": {:.6g}, "mfu": {:.6g}, "lr": {:.6g}, "compute_s": {:.4f}, "tensor_s": {:.4f}, "comm_s": {:.4f}, "data_s": {:.4f}{}, "time": {:.3f}}})",
-      step + 1, static_cast<double>(step + 1) / per_epoch, json_number(loss),
-      metric_name(d.model.loss), json_number(metric), norm, samples_s, model_flops_s, mfu, lr,
-      w.compute_s, w.tensor_s, w.comm_s, w.data_s, idle_json, run_seconds));
+      step + 1,
+      // Where the data cursor is after this batch (a restart with another data.batch moved it).
+      static_cast<double>(batch.cursor.epoch) +
+          static_cast<double>(batch.cursor.batch + 1) / per_epoch,
+      json_number(loss), metric_name(d.model.loss), json_number(metric), norm, samples_s,
+      model_flops_s, mfu, lr, w.compute_s, w.tensor_s, w.comm_s, w.data_s, idle_json, run_seconds));
   w = Window();
   return loss;
 }

@@ -28,6 +28,9 @@ for case in "8 4 " "12 2  (8 samples of the epoch read again)" "48 0  (32 sample
     want="restart: data.batch = $batch, the checkpoint's run used 16: its epoch was 32 samples in; training goes on from batch $next of $batch${rest:+ $rest}"
     grep -qxF "$want" "$tmp/again.log" ||
       { fail "batch $batch at $np ranks: the warning"; grep "^restart:" "$tmp/again.log"; }
+    # metrics.jsonl's epoch is where the cursor is: batch 4 of 8 read, 5/8 of epoch 0 (not 3/8).
+    [[ $batch != 8 ]] || grep -q '"kind": "train", "step": 3, "epoch": 0.625,' "$tmp/again/metrics.jsonl" ||
+      fail "batch 8 at $np ranks: step 3's epoch: $(grep -o '"step": 3, "epoch": [^,]*' "$tmp/again/metrics.jsonl")"
   done
   echo "batch 16 -> $batch: goes on from batch $next${rest:+ $rest}"
 done
@@ -45,6 +48,22 @@ rm -rf "$tmp/again"
   checkpoint.restart="$tmp/first/ckpt/ckpt-00000002.h5" >"$tmp/again.log" 2>&1 || fail "the same deck: exit $?"
 [[ $(grep -c "^restart: " "$tmp/again.log") == 1 ]] || fail "the same deck: $(grep '^restart: ' "$tmp/again.log")"
 echo "another seed and split: a line each; the same deck: only the restart's own line"
+# Another learning rate, warm-up and sample order than the checkpoint's run:
+# one line naming each key with both values.
+rm -rf "$tmp/again"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/again" run.steps=3 \
+  optimizer.lr=0.02 optimizer.schedule.warmup_steps=1 data.shuffle=true \
+  checkpoint.restart="$tmp/first/ckpt/ckpt-00000002.h5" >"$tmp/again.log" 2>&1 || fail "changed keys: exit $?"
+grep -qxF "restart: the deck changes what the checkpoint's run trained with: data.shuffle = false → true, optimizer.lr = 0.01 → 0.02, optimizer.schedule.warmup_steps = 0 → 1; training goes on with the deck's values" "$tmp/again.log" ||
+  fail "changed keys: $(grep '^restart: the deck' "$tmp/again.log")"
+echo "another lr, warm-up and shuffle: one line naming each"
+# A checkpoint past the run's end: said, nothing trained, the model stays at its step.
+rm -rf "$tmp/again"
+"$mpiexec" -n 1 "$bin/tessera" run "$tmp/deck.toml" run.output="$tmp/again" run.steps=1 \
+  checkpoint.restart="$tmp/first/ckpt/ckpt-00000002.h5" >"$tmp/again.log" 2>&1 || fail "past the end: exit $?"
+grep -qF "at step 2 (saved on 1 rank: trainers 1 × data 1 × pipeline 1 × tensor 1 × spatial [1, 1], zero 0); it is past the run's 1 step: nothing is left to train (the model stays at step 2; a run.steps above 2 trains on from it" "$tmp/again.log" ||
+  fail "past the end: $(grep '^restart:' "$tmp/again.log")"
+echo "a checkpoint past the run's end: said"
 
 # run.epochs counts epochs: a restart with another batch ends where the cursor ends the last epoch
 # (2 epochs of 64 from 32 samples in: batch 8 leaves 4 + 8 steps after the 2 done, batch 12 reads

@@ -231,6 +231,13 @@ class DeckText {
   std::optional<std::string> string(const std::string& key) const;
   std::optional<bool> boolean(const std::string& key) const;
 
+  /// The keys at or under any of `under` ("optimizer", "data.shuffle") whose values differ
+  /// between this deck and `now`, each as "key = old → new" (a value missing from one side is
+  /// "(none)", a list or table longer than 40 characters "(another list)"), in key order.
+  /// Nothing when either text is not TOML.
+  std::vector<std::string> changed(const DeckText& now,
+                                   const std::vector<std::string>& under) const;
+
  private:
   struct Root;
   std::unique_ptr<Root> m_root;
