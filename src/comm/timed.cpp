@@ -1,6 +1,7 @@
 #include "tessera/comm/timed.hpp"
 
 #include "tessera/core/check.hpp"
+#include "tessera/core/signals.hpp"
 
 #include <chrono>
 #include <climits>
@@ -79,7 +80,7 @@ bool TimedChannel::exchange(int to, const void* send, size_t send_bytes, int fro
   bool sent = sreq == nullptr;
   MPI_Status status;
   auto pause = std::chrono::microseconds(20);
-  while (ok && !(received && sent) && Clock::now() < deadline) {
+  while (ok && !(received && sent) && Clock::now() < deadline && signals::stop_signal() == 0) {
     int done = 0;
     if (!received) {
       ok = MPI_Test(&rreq, &done, &status) == MPI_SUCCESS;

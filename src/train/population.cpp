@@ -6,6 +6,7 @@
 #include "tessera/comm/watchdog.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/rng.hpp"
+#include "tessera/core/signals.hpp"
 #include "tessera/core/strings.hpp"
 #include "tessera/core/timer.hpp"
 #include "tessera/io/checkpoint.hpp"
@@ -540,7 +541,7 @@ class Population {
                       score_text(m_base, own.value), partner, score_text(m_base, other.value),
                       not_significant(other, own)));
     }
-    raise_best(std::max(own.value, other.value));
+    raise_best(beats(other, own, m_pop.significance) ? other.value : own.value);  // the one held
   }
 
   // The best validation score this trainer has seen (the leaderboard's), raised to `score`.
@@ -687,6 +688,13 @@ class Population {
   }
 
   void missed(std::int64_t step, int partner, const char* what) {
+    if (signals::stop_signal() != 0) {  // the job is stopping: no fault of the partner's
+      say(
+          fmt::format("population step {}: the exchange with trainer {} ({}) is left: {} stops "
+                      "the job",
+                      step, partner, what, signals::name(signals::stop_signal())));
+      return;
+    }
     m_missed.push_back(fmt::format("step {}: trainer {}", step, partner));
     if (leader()) {
       m_out.warning(
@@ -954,6 +962,14 @@ std::string population_identity(const std::string& record) {
 // allowed: a warning (the returned text).
 std::string check_same_population(const std::string& path, const deck::Deck& d) {
   std::ifstream in(path);
+  if (!in) {
+    throw input_error(fmt::format(
+        "checkpoint.restart = \"auto\": the trainers have checkpoints, but {} cannot be read "
+        "({}): it holds their hyper-parameters and lineage, without which they would resume with "
+        "their first values; nothing was changed. Restore it, or start a new population in "
+        "another run.output",
+        path, std::filesystem::exists(path) ? "not readable" : "missing"));
+  }
   std::string saved;
   for (std::string line; std::getline(in, line);) {
     if (whole_record(line) && line.find(R"("kind": "population")") != std::string::npos) {
@@ -974,9 +990,16 @@ std::string check_same_population(const std::string& path, const deck::Deck& d) 
         path, population_identity(saved), population_identity(ours)));
   }
   if (saved != ours) {
+    // From "algorithm" to the record's end, without its closing brace.
+    const auto settings = [](const std::string& record) {
+      std::string tail = record.substr(record.find("\"algorithm\""));
+      if (!tail.empty() && tail.back() == '}') {
+        tail.pop_back();
+      }
+      return tail;
+    };
     return fmt::format("population: {} was written with {}; this run goes on with {}", path,
-                       saved.substr(saved.find("\"algorithm\"")),
-                       ours.substr(ours.find("\"algorithm\"")));
+                       settings(saved), settings(ours));
   }
   return "";
 }
@@ -1204,14 +1227,15 @@ int run_population(const std::string& text, const std::string& file,
     }
   }
   if (world.rank() == 0) {
-    console.info(fmt::format(
-        "population: {} trainers of {} rank{} each, {}{}{}", trainers, per, per == 1 ? "" : "s",
-        base.population.algorithm,
-        base.population.every > 0 ? fmt::format(" every {} steps", base.population.every)
-                                  : std::string(),
-        base.population.average_every > 0
-            ? fmt::format(", averaged every {} steps", base.population.average_every)
-            : std::string()));
+    console.info(
+        fmt::format("population: {} trainers of {} rank{} each, {}{}{}", trainers, per,
+                    per == 1 ? "" : "s", base.population.algorithm,
+                    tournament && base.population.every > 0
+                        ? fmt::format(" every {} steps", base.population.every)
+                        : std::string(),
+                    base.population.average_every > 0
+                        ? fmt::format(", averaged every {} steps", base.population.average_every)
+                        : std::string()));
   }
   if (trainer->grid().trainer().rank() == 0) {
     out.info(fmt::format("hyper-parameters: {}, seed {}", pop.hyper_text(),

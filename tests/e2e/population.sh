@@ -317,5 +317,17 @@ want="error: checkpoint.restart = \"auto\": $tmp/whole/population.jsonl was writ
 cmp -s "$tmp/whole.jsonl" "$tmp/whole/population.jsonl" || fail "other hyper-parameter keys: population.jsonl changed"
 echo "a restart with other hyper-parameter keys: refused, nothing changed"
 
+# A restart whose population.jsonl is gone: its trainers would resume with their first
+# hyper-parameters and no lineage. Refused, nothing changed.
+mv "$tmp/whole/population.jsonl" "$tmp/whole.jsonl"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/kill.toml" parallel.trainers=2 run.output="$tmp/whole" \
+  run.steps=50 checkpoint.restart=auto >"$tmp/nojsonl.log" 2>&1
+rc=$?
+want="error: checkpoint.restart = \"auto\": the trainers have checkpoints, but $tmp/whole/population.jsonl cannot be read (missing): it holds their hyper-parameters and lineage, without which they would resume with their first values; nothing was changed. Restore it, or start a new population in another run.output"
+((rc == 2)) && [[ $(grep -c '^error:' "$tmp/nojsonl.log") == 1 ]] && grep -qxF "$want" "$tmp/nojsonl.log" ||
+  { fail "no population.jsonl: exit $rc, want 2 and: $want"; grep error "$tmp/nojsonl.log" | tail -n 3; }
+[[ ! -e $tmp/whole/population.jsonl ]] || fail "no population.jsonl: one was written"
+echo "a restart without population.jsonl: refused, nothing changed"
+
 ((failed)) && echo "FAILED" || echo "population training: all checks passed"
 exit $failed

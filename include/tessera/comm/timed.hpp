@@ -32,6 +32,8 @@ class TimedChannel {
   /// `recv_bytes` bytes into `recv` from rank `from` (none when `from` < 0), both under `tag`
   /// (>= 0). True when both completed within `timeout_s` seconds; false when one did not, or the
   /// peer is gone, or the message received has another size (then `recv` holds nothing usable).
+  /// A stop signal (core/signals.hpp) ends the wait at once, as a timeout does: a job told to stop
+  /// does not wait out the timeout for a partner that stopped too.
   bool exchange(int to, const void* send, size_t send_bytes, int from, void* recv,
                 size_t recv_bytes, int tag, double timeout_s);
 
