@@ -220,6 +220,9 @@ class Population {
     }
   }
 
+  // The stop signal the population agreed on at `step`'s average; 0 at a step without one.
+  int stop_at(std::int64_t step) const { return m_stop_at.first == step ? m_stop_at.second : 0; }
+
   // Local SGD starts every trainer from trainer 0's initial model (each keeps its own data order).
   void common_start() {
     for (Tensor& t : m_t.state_tensors(false)) {
@@ -232,6 +235,15 @@ class Population {
   void average() {
     float alive = m_failed ? 0.0F : 1.0F;
     m_across->allreduce(comm::Buffer(&alive, 1))->wait();
+    // A stop signal any rank has received by now stops every trainer after this average, at the
+    // same step (its counterparts in the other trainers, then its own trainer's ranks, agree).
+    int stop = signals::stop_signal();
+    m_across->allreduce(comm::Buffer(&stop, 1), {comm::ReduceOp::max})->wait();
+    m_t.grid().trainer().allreduce(comm::Buffer(&stop, 1), {comm::ReduceOp::max})->wait();
+    if (stop != 0) {
+      signals::note_stop_signal(stop);
+    }
+    m_stop_at = {m_last_step, stop};
     for (Tensor& t : m_t.state_tensors(false)) {
       if (m_failed) {
         t.zero();
@@ -255,6 +267,9 @@ class Population {
       on_step(step, total);
       if (!m_failed) {
         return step;
+      }
+      if (stop_at(step) != 0) {
+        return total;  // the population stops here (averages): it serves no further
       }
     }
     return total;
@@ -887,6 +902,8 @@ class Population {
   bool m_failed = false;         // serve_after_failure, until revived
   std::string m_failure;         // why it failed (the lineage's revival entry)
   std::int64_t m_last_step = 0;  // the last step on_step saw
+  // The step of the last average and the stop signal the job agreed on there (average_every).
+  std::pair<std::int64_t, int> m_stop_at{-1, 0};
   // population.score = "average": the sums of the weights and buffers of the steps since the last
   // round (or their average, when m_window_steps is 1 after window_average).
   std::vector<Tensor> m_window;
@@ -1242,6 +1259,12 @@ int run_population(const std::string& text, const std::string& file,
                          decks[static_cast<size_t>(k)].run.seed));
   }
   trainer->set_step_hook([&](std::int64_t step) { pop.on_step(step, total); });
+  if (base.population.average_every > 0) {
+    // Averages are collective over the trainers: a trainer that stopped between two would leave
+    // the others waiting in the next. A stop signal waits for the next average, where the whole
+    // population agrees on it and stops at one step (one checkpoint step in common).
+    trainer->set_stop_rule([&](std::int64_t step) { return pop.stop_at(step); });
+  }
   // A trainer that fails (a non-finite loss with run.nonfinite = "stop", a write error: errors
   // its ranks agreed on) stops; the others go on, skipping it at their exchanges, and it is
   // reported. An error of one rank alone still ends the job (main() aborts).

@@ -1906,7 +1906,10 @@ RunSummary Trainer::run() {
     }
     const bool timed =
         ck.enabled && ck.every_seconds > 0.0 && since_save.seconds() >= ck.every_seconds;
-    const StepAgreement agreed = last ? StepAgreement{0, false} : agree_on_step(timed);
+    StepAgreement agreed = last ? StepAgreement{0, false} : agree_on_step(timed);
+    if (m_stop_rule && !last) {
+      agreed.signal = m_stop_rule(step + 1);  // the population's decision, the same everywhere
+    }
     const bool periodic = ck.enabled && ck.every_steps > 0 && (step + 1) % ck.every_steps == 0;
     if (ck.enabled && (periodic || agreed.save_due || agreed.signal != 0 || (last && ck.at_end))) {
       const Stopwatch save_clock;

@@ -19,7 +19,9 @@
 # - a trainer's process killed: MPICH's mpiexec ends the whole job (it does by default; see
 #   docs/population.md) within seconds, and checkpoint.restart = "auto" resumes every trainer from
 #   the newest step all of them saved, ending with the leaderboard and lineage of the
-#   uninterrupted run.
+#   uninterrupted run;
+# - local SGD stopped by SIGTERM: every trainer at the same average's step, resumed to the
+#   uninterrupted run's leaderboard; a resume without population.jsonl refused.
 # shellcheck source=tests/e2e/fault_common.bash
 source "$(dirname "$0")/fault_common.bash"
 if [[ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
@@ -316,6 +318,34 @@ want="error: checkpoint.restart = \"auto\": $tmp/whole/population.jsonl was writ
   { fail "other hyper-parameter keys: exit $rc, want 2 and: $want"; grep -v '^[a-z_]* = \|^\[' "$tmp/other.log" | tail -n 3; }
 cmp -s "$tmp/whole.jsonl" "$tmp/whole/population.jsonl" || fail "other hyper-parameter keys: population.jsonl changed"
 echo "a restart with other hyper-parameter keys: refused, nothing changed"
+
+# --- local SGD stopped by SIGTERM: every trainer at one average's step, resumed as if never ---
+# Averages are collective over the trainers: a trainer that stopped between two left the others
+# waiting in the next (until the watchdog). A signal now waits for the next average, where the
+# population agrees on it: one stop step for all (a checkpoint step in common), exit 75.
+deck 256 200 '[population]' 'average_every = 20' '[population.hyper]' \
+  '"optimizer.lr" = { values = [0.01, 0.05] }' >"$tmp/avg.toml"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/avg.toml" parallel.trainers=2 run.output="$tmp/avg-whole" \
+  >"$tmp/avg-whole.log" 2>&1 || fail "local SGD: the uninterrupted run: exit $?"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/avg.toml" parallel.trainers=2 run.output="$tmp/avg" \
+  run.watchdog_s=60 >"$tmp/avg.log" 2>&1 &
+launcher=$!
+for ((i = 0; i < 1200; ++i)); do
+  grep -q "^\[t0\] step *50/" "$tmp/avg.log" 2>/dev/null && break
+  sleep 0.05
+done
+kill -TERM "$launcher"
+wait "$launcher"
+rc=$?
+((rc == 75)) || fail "local SGD stopped: exit $rc, want 75"
+stops=$(grep -o "^\[t[01]\] stopped by SIGTERM at step [0-9]*" "$tmp/avg.log" | grep -o "[0-9]*$" | sort -u)
+[[ $(grep -c "stopped by SIGTERM at step" "$tmp/avg.log") == 2 && $(wc -w <<<"$stops") == 1 && $((stops % 20)) == 0 ]] ||
+  fail "local SGD stopped: the trainers stopped at steps '$stops', want one multiple of 20"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/avg.toml" parallel.trainers=2 run.output="$tmp/avg" \
+  checkpoint.restart=auto >"$tmp/avg-resume.log" 2>&1 || fail "local SGD resumed: exit $?"
+[[ $(board "$tmp/avg-whole/population.jsonl") == "$(board "$tmp/avg/population.jsonl")" && -n $(board "$tmp/avg/population.jsonl") ]] ||
+  { fail "local SGD: the resumed population's leaderboard differs"; board "$tmp/avg-whole/population.jsonl"; board "$tmp/avg/population.jsonl"; }
+echo "local SGD stopped by SIGTERM: both trainers at step $stops (exit 75); resumed, the leaderboard of the uninterrupted run"
 
 # A restart whose population.jsonl is gone: its trainers would resume with their first
 # hyper-parameters and no lineage. Refused, nothing changed.

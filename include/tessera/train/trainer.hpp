@@ -110,6 +110,11 @@ class Trainer {
   /// evaluation done), with the steps taken so far: where a population exchanges models. Its time
   /// is not counted in the step's speed.
   void set_step_hook(std::function<void(std::int64_t)> hook) { m_step_hook = std::move(hook); }
+  /// Where a stop signal is decided by more than this trainer (a population that averages its
+  /// trainers): called at each step boundary after the step hook, it returns the signal to stop
+  /// on at that step, agreed by every rank of the job (0: none, or not a step to decide at — a
+  /// signal received waits for the next). Unset, a signal stops at the next step boundary.
+  void set_stop_rule(std::function<int(std::int64_t)> rule) { m_stop_rule = std::move(rule); }
   /// This rank's tensors of the model and optimizer state, in the registry's order (parameters,
   /// buffers, optimizer state; the optimizer's only with `optimizer_state`): what another trainer
   /// with the same grid holds at the same place.
@@ -209,6 +214,7 @@ class Trainer {
 
   deck::Deck m_deck;  // a copy: the trainer outlives any temporary deck it is given
   std::function<void(std::int64_t)> m_step_hook;  // set_step_hook
+  std::function<int(std::int64_t)> m_stop_rule;   // set_stop_rule
   SilentReporter m_silent;
   Reporter* m_reporter = nullptr;
   std::unique_ptr<comm::ProcessGrid> m_grid;
