@@ -1741,6 +1741,17 @@ std::optional<std::string> DeckText::string(const std::string& key) const {
 }
 
 namespace {
+// An integer or float as a double (3 and 3.0 are the same value); nothing for any other value.
+std::optional<double> number(const toml::value* v) {
+  if (v != nullptr && v->is_floating()) {
+    return v->as_floating();
+  }
+  if (v != nullptr && v->is_integer()) {
+    return static_cast<double>(v->as_integer());
+  }
+  return std::nullopt;
+}
+
 // A value as a deck would write it, short: numbers and booleans as they are, strings quoted.
 std::string short_value(const toml::value* v) {
   if (v == nullptr) {
@@ -1784,12 +1795,8 @@ std::vector<std::string> DeckText::changed(const DeckText& now,
     });
     const toml::value* x = find_dotted(*a, key);
     const toml::value* y = find_dotted(*b, key);
-    const bool same =
-        x != nullptr && y != nullptr && (x->is_floating() || x->is_integer()) &&
-                (y->is_floating() || y->is_integer())
-            ? (x->is_floating() ? x->as_floating() : static_cast<double>(x->as_integer())) ==
-                  (y->is_floating() ? y->as_floating() : static_cast<double>(y->as_integer()))
-            : (x != nullptr && y != nullptr && *x == *y);
+    const bool same = number(x) && number(y) ? *number(x) == *number(y)
+                                             : x != nullptr && y != nullptr && *x == *y;
     if (wanted && !same) {
       out.push_back(fmt::format("{} = {} → {}", key, short_value(x), short_value(y)));
     }

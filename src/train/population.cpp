@@ -539,7 +539,8 @@ class Population {
     }
     const std::vector<double> hyper = unpack(theirs);
     const Score other = round_score([&] { return score_slice(); });
-    if (beats(other, own, m_pop.significance)) {
+    const bool take = beats(other, own, m_pop.significance);
+    if (take) {
       m_lineage.push_back(fmt::format("step {}: took trainer {}'s model ({}; {} vs {})", step,
                                       partner, hyper_text(hyper), score_text(m_base, other.value),
                                       score_text(m_base, own.value)));
@@ -556,7 +557,7 @@ class Population {
                       score_text(m_base, own.value), partner, score_text(m_base, other.value),
                       not_significant(other, own)));
     }
-    raise_best(beats(other, own, m_pop.significance) ? other.value : own.value);  // the one held
+    raise_best(take ? other.value : own.value);  // the model it holds
   }
 
   // The best validation score this trainer has seen (the leaderboard's), raised to `score`.

@@ -486,8 +486,7 @@ std::map<std::string, io::SplitInfo> check_splits(const deck::Deck& d, const Sha
     } catch (const Error& e) {
       throw input_error(fmt::format("{}: {}", key, e.message()), d.where(key));
     }
-    if (info.without_checksums.size() == 1 && info.task != io::Task::language_modeling) {
-      const std::string& name = info.without_checksums[0];  // x or y; the other one has them
+    if (const std::string name = info.lone_unchecked(); !name.empty()) {
       notes.push_back(fmt::format(
           "note: {} = \"{}\": its {} has no checksums while its {} has (was {} rewritten by "
           "another tool?), so {}'s bytes are not verified: `tessera-data checksum {}` adds them",

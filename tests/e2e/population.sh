@@ -41,6 +41,15 @@ deck() {  # deck HIDDEN STEPS [population lines...]
     '[checkpoint]' 'every_steps = 10' 'keep = 5' "$@"
 }
 
+# await_line FILE PATTERN TRIES: waits (TRIES × 0.05 s at most) for a line of FILE matching PATTERN.
+await_line() {
+  local i
+  for ((i = 0; i < $3; ++i)); do
+    grep -q "$2" "$1" 2>/dev/null && return
+    sleep 0.05
+  done
+}
+
 # equals_alone POP K NP LABEL DECK OVERRIDES...: DECK run alone on NP ranks with OVERRIDES (into
 # $tmp/LABEL) ends with the checkpoint of trainer K of the population in $tmp/POP, bit for bit.
 equals_alone() {
@@ -251,10 +260,7 @@ deck 2048 400 '[population]' 'algorithm = "ltfb"' 'every = 200' 'timeout = 2' \
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/stop.toml" parallel.trainers=2 run.output="$tmp/stop" \
   checkpoint.every_steps=100 >"$tmp/stop.log" 2>&1 &
 launcher=$!
-for ((i = 0; i < 600; ++i)); do
-  grep -q "^\[t1\] hyper-parameters: " "$tmp/stop.log" 2>/dev/null && break
-  sleep 0.05
-done
+await_line "$tmp/stop.log" "^\[t1\] hyper-parameters: " 600
 victim=$(rank_pid "tessera run $tmp/stop.toml" 1)
 if [[ -z $victim ]]; then
   fail "stop: trainer 1's process not found"
@@ -330,10 +336,7 @@ deck 256 200 '[population]' 'average_every = 20' '[population.hyper]' \
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/avg.toml" parallel.trainers=2 run.output="$tmp/avg" \
   run.watchdog_s=60 >"$tmp/avg.log" 2>&1 &
 launcher=$!
-for ((i = 0; i < 1200; ++i)); do
-  grep -q "^\[t0\] step *50/" "$tmp/avg.log" 2>/dev/null && break
-  sleep 0.05
-done
+await_line "$tmp/avg.log" "^\[t0\] step *50/" 1200
 kill -TERM "$launcher"
 wait "$launcher"
 rc=$?

@@ -872,8 +872,7 @@ void list_group(const io::Group& g, const std::string& file, bool statistics, in
         }
         const double seconds = io::verify_split(info, {});
         std::string sums = fmt::format("checksums: verified ({:.2f} s)", seconds);
-        if (info.without_checksums.size() == 1 && info.task != io::Task::language_modeling) {
-          const std::string& name = info.without_checksums[0];
+        if (const std::string name = info.lone_unchecked(); !name.empty()) {
           sums = fmt::format(
               "checksums: {} verified ({:.2f} s); {} has none (rewritten by another "
               "tool?): unverified",

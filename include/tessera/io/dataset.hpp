@@ -65,6 +65,11 @@ struct SplitInfo {
   /// when the other was rewritten by another tool. Those that carry them are verified.
   std::vector<std::string> without_checksums;
   bool checksummed() const { return without_checksums.empty(); }
+  /// "x" or "y" when that one alone carries no checksums (the other does); "" otherwise.
+  std::string lone_unchecked() const {
+    return without_checksums.size() == 1 && task != Task::language_modeling ? without_checksums[0]
+                                                                            : std::string();
+  }
 };
 
 /// Opens and validates `file`'s split `split`: format attribute and version; for samples, x and y
