@@ -3,6 +3,7 @@
 #include "tessera/core/check.hpp"
 #include "tessera/core/signals.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstring>
@@ -46,6 +47,38 @@ size_t TimedChannel::pending_sends() {
   return m_sends.size();
 }
 
+int TimedChannel::drain(double timeout_s) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+  int discarded = 0;
+  std::vector<char> scratch;
+  for (;;) {
+    for (;;) {
+      int found = 0;
+      MPI_Message message = MPI_MESSAGE_NULL;
+      MPI_Status status;
+      if (MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, m_comm, &found, &message, &status) !=
+              MPI_SUCCESS ||
+          found == 0) {
+        break;
+      }
+      int count = 0;
+      MPI_Get_count(&status, MPI_BYTE, &count);
+      scratch.resize(static_cast<size_t>(std::max(count, 1)));
+      MPI_Mrecv(scratch.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE);
+      ++discarded;
+    }
+    reap();
+    // Any rank with a send in flight, any rank past the deadline: the same answer everywhere.
+    int state[2] = {m_sends.empty() ? 0 : 1, Clock::now() >= deadline ? 1 : 0};
+    if (MPI_Allreduce(MPI_IN_PLACE, state, 2, MPI_INT, MPI_MAX, m_comm) != MPI_SUCCESS ||
+        state[0] == 0 || state[1] != 0) {
+      return discarded;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 bool TimedChannel::exchange(int to, const void* send, size_t send_bytes, int from, void* recv,
                             size_t recv_bytes, int tag, double timeout_s) {
   TESSERA_CHECK(tag >= 0 && send_bytes <= INT_MAX && recv_bytes <= INT_MAX,
@@ -80,7 +113,8 @@ bool TimedChannel::exchange(int to, const void* send, size_t send_bytes, int fro
   bool sent = sreq == nullptr;
   MPI_Status status;
   auto pause = std::chrono::microseconds(20);
-  while (ok && !(received && sent) && Clock::now() < deadline && signals::stop_signal() == 0) {
+  while (ok && !(received && sent) && Clock::now() < deadline &&
+         !(m_leave_on_stop && signals::stop_signal() != 0)) {
     int done = 0;
     if (!received) {
       ok = MPI_Test(&rreq, &done, &status) == MPI_SUCCESS;

@@ -1422,8 +1422,8 @@ Deck parse(const std::string& text, const std::string& file,
   if (d.parallel.trainers > 1 && !d.checkpoint.restart.empty() && d.checkpoint.restart != "auto") {
     throw ck.error("restart", ck.find("restart"),
                    fmt::format("checkpoint.restart = \"{}\": a population restarts with \"auto\" "
-                               "(each trainer from its own folder, all at the newest step every "
-                               "trainer saved)",
+                               "(each trainer from its own folder, at its newest checkpoint "
+                               "between the same two of the population's meetings)",
                                d.checkpoint.restart));
   }
   ck.finish();

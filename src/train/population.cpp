@@ -100,6 +100,9 @@ class Population {
         m_channel(world),
         m_path(base.run.output + "/population.jsonl") {
     m_across = comm::MpiCommunicator::split(world, m_t.grid().trainer().rank(), m_k, "trainers");
+    // With averages a stop waits for the next one (set_stop_rule): until then the partner of a
+    // round trains on and comes to it, so a round is not left for a stop signal.
+    m_channel.set_leave_on_stop(m_pop.average_every == 0);
     for (const deck::HyperSpec& h : m_pop.hyper) {
       m_hyper.push_back(deck::hyper_value(m_pop, h, m_k, m_trainers));
       if (h.integer) {
@@ -165,6 +168,9 @@ class Population {
       if (const std::optional<double> best = record_number(line, "best")) {
         m_best = *best;
       }
+      if (const std::optional<double> step = record_number(line, "step")) {
+        m_state_step = static_cast<std::int64_t>(*step);
+      }
     }
     retune();
   }
@@ -209,16 +215,54 @@ class Population {
       accumulate();  // the rounds' averages
     }
     if (m_pop.every > 0 && step % m_pop.every == 0 && step < total) {
-      const std::int64_t round = step / m_pop.every;
-      if (m_pop.algorithm == "ltfb") {
-        ltfb(step, round);
-      } else if (m_pop.algorithm == "pbt") {
-        pbt(step, round);
+      if (hold_round(step)) {
+        record_state(step);
       }
-      record_state(step);
       m_window_steps = 0;  // the next round scores the weights of the steps after this one
     }
   }
+
+  // The LTFB or PBT round at `step` (a multiple of population.every). False when this trainer
+  // left it for a stop signal (the same on all its ranks): the round is not complete.
+  bool hold_round(std::int64_t step) {
+    m_left = false;
+    if (m_pop.algorithm == "ltfb") {
+      ltfb(step, step / m_pop.every);
+    } else if (m_pop.algorithm == "pbt") {
+      pbt(step, step / m_pop.every);
+    }
+    int left = m_left ? 1 : 0;  // PBT's scores: only the leader exchanges them
+    m_t.grid().trainer().allreduce(comm::Buffer(&left, 1), {comm::ReduceOp::max})->wait();
+    return left == 0;
+  }
+
+  // A restart from the checkpoint a stop signal wrote at a round's step after this trainer had
+  // left the round (no state record at the step): the round is held now, before training on —
+  // its partners resume before the round (resume_steps) and meet it there. The checkpoint is
+  // then written again with the round's outcome, before the state record that marks it as after
+  // the round. False when a stop signal leaves the round again: the trainer trains no further.
+  bool finish_left_round(std::int64_t total) {
+    const std::int64_t step = m_last_step;
+    const bool rounds = m_pop.algorithm == "ltfb" || m_pop.algorithm == "pbt";
+    if (!rounds || m_pop.every <= 0 || step <= 0 || step % m_pop.every != 0 || step >= total ||
+        m_state_step >= step) {
+      return true;
+    }
+    say(
+        fmt::format("{} step {}: this trainer's checkpoint was saved as it left the round for a "
+                    "stop signal: the round is held now",
+                    m_pop.algorithm, step));
+    if (!hold_round(step)) {
+      return false;
+    }
+    m_t.save_again("the round held on resuming");
+    record_state(step);
+    return true;
+  }
+
+  // Messages of exchanges a trainer left or gave up on, still in flight: taken and discarded, so
+  // that none is left unmatched at the job's end. Collective over the world.
+  void drain() { (void)m_channel.drain(10.0); }
 
   // The stop signal the population agreed on at `step`'s average; 0 at a step without one.
   int stop_at(std::int64_t step) const { return m_stop_at.first == step ? m_stop_at.second : 0; }
@@ -704,7 +748,10 @@ class Population {
   }
 
   void missed(std::int64_t step, int partner, const char* what) {
-    if (signals::stop_signal() != 0) {  // the job is stopping: no fault of the partner's
+    if (signals::stop_signal() != 0 && m_pop.average_every == 0) {
+      // The job is stopping, no fault of the partner's. The round is not complete: no state
+      // record at its step, so that a restart does not take the stop's checkpoint as after it.
+      m_left = true;
       say(
           fmt::format("population step {}: the exchange with trainer {} ({}) is left: {} stops "
                       "the job",
@@ -900,9 +947,11 @@ class Population {
   std::vector<std::string> m_lineage;
   std::vector<std::string> m_missed;
   double m_best = std::nan("");
-  bool m_failed = false;         // serve_after_failure, until revived
-  std::string m_failure;         // why it failed (the lineage's revival entry)
-  std::int64_t m_last_step = 0;  // the last step on_step saw
+  bool m_failed = false;           // serve_after_failure, until revived
+  bool m_left = false;             // this round's exchange was left for a stop signal
+  std::int64_t m_state_step = -1;  // the step of the last state record resume() read
+  std::string m_failure;           // why it failed (the lineage's revival entry)
+  std::int64_t m_last_step = 0;    // the last step on_step saw
   // The step of the last average and the stop signal the job agreed on there (average_every).
   std::pair<std::int64_t, int> m_stop_at{-1, 0};
   // population.score = "average": the sums of the weights and buffers of the steps since the last
@@ -911,46 +960,52 @@ class Population {
   std::int64_t m_window_steps = 0;
 };
 
-// With checkpoint.restart = "auto", the newest step at which every trainer has a checkpoint (each
-// trainer then restarts from it, so that they meet at the same step), or -1 when no trainer has
-// one (a fresh start). Trainers that saved but share no step cannot resume together: an error,
-// before anything is overwritten (starting again from step 0 would lose their progress).
-std::int64_t common_restart_step(const std::vector<deck::Deck>& decks) {
-  std::set<std::int64_t> common;
-  std::vector<std::set<std::int64_t>> saved(decks.size());
-  bool any = false;
+// What a population's restart finds on disk: each trainer's checkpoints (with the length of the
+// run that saved each, read from its root; 0 when the file cannot say) and the steps of its state
+// records in population.jsonl at `path`.
+std::vector<SavedTrainer> saved_trainers(const std::vector<deck::Deck>& decks,
+                                         const std::string& path) {
+  std::vector<SavedTrainer> saved(decks.size());
   for (size_t k = 0; k < decks.size(); ++k) {
+    // Checkpoints newer than the one `latest` names are of a future a restart abandoned (steps
+    // trained again since, from an older one): not this trainer's state.
+    std::int64_t latest = std::numeric_limits<std::int64_t>::max();
+    try {
+      const std::string file = io::resolve_restart("auto", decks[k].checkpoint.dir);
+      if (!file.empty()) {
+        latest = io::checkpoint_step(std::filesystem::path(file).filename().string());
+      }
+    } catch (const Error&) {
+      // a damaged marker: every checkpoint counts
+    }
     for (const std::string& f : io::checkpoints_in(decks[k].checkpoint.dir)) {
-      saved[k].insert(io::checkpoint_step(std::filesystem::path(f).filename().string()));
-    }
-    any = any || !saved[k].empty();
-    if (k == 0) {
-      common = saved[k];
-    } else {
-      std::set<std::int64_t> both;
-      std::set_intersection(common.begin(), common.end(), saved[k].begin(), saved[k].end(),
-                            std::inserter(both, both.begin()));
-      common = both;
+      const std::int64_t step = io::checkpoint_step(std::filesystem::path(f).filename().string());
+      if (step > latest) {
+        continue;
+      }
+      std::int64_t total = 0;
+      try {
+        const io::File file = io::open_checkpoint(f);
+        const io::CheckpointHeader h = io::read_header(file, io::checkpoint_tensors(file), "");
+        total = h.info ? h.info->total_steps : 0;
+      } catch (const Error&) {
+        // the restart itself says what is wrong with the file
+      }
+      saved[k].checkpoints[step] = total;
     }
   }
-  if (common.empty() && any) {
-    std::vector<std::string> each;
-    for (size_t k = 0; k < decks.size(); ++k) {
-      const std::set<std::int64_t>& s = saved[k];
-      each.push_back(s.empty()       ? fmt::format("trainer {} none", k)
-                     : s.size() <= 4 ? fmt::format("trainer {} step{} {}", k,
-                                                   s.size() == 1 ? "" : "s", fmt::join(s, ", "))
-                                     : fmt::format("trainer {} steps {} to {} ({} checkpoints)", k,
-                                                   *s.begin(), *s.rbegin(), s.size()));
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (!whole_record(line) || line.find(R"("kind": "state")") == std::string::npos) {
+      continue;
     }
-    throw input_error(fmt::format(
-        "checkpoint.restart = \"auto\": the trainers' checkpoints share no step ({}), so the "
-        "population cannot resume together; nothing was changed. A larger checkpoint.keep keeps "
-        "a step in common after a crash; to start again from step 0, use another run.output "
-        "(or remove the trainers' checkpoints)",
-        fmt::join(each, "; ")));
+    const std::optional<double> k = record_number(line, "trainer");
+    const std::optional<double> step = record_number(line, "step");
+    if (k && step && *k >= 0 && *k < static_cast<double>(saved.size())) {
+      saved[static_cast<size_t>(*k)].states.insert(static_cast<std::int64_t>(*step));
+    }
   }
-  return common.empty() ? -1 : *common.rbegin();
+  return saved;
 }
 
 // The first record of population.jsonl: what the population is. A restart resumes the trainers
@@ -1022,10 +1077,11 @@ std::string check_same_population(const std::string& path, const deck::Deck& d) 
   return "";
 }
 
-// Keeps the records of population.jsonl up to `step`, a restart's: the later ones and the end's
-// (leaderboard, combined) go, and so does a line that is not a whole record (a kill in mid-write).
-// Returns the number of such damaged lines.
-int truncate_records(const std::string& path, std::int64_t step) {
+// Keeps each trainer's records of population.jsonl up to its restart's step (`steps`, -1 for a
+// trainer that starts afresh: none of its records): the later ones and the end's (leaderboard,
+// combined) go, and so does a line that is not a whole record (a kill in mid-write). Returns the
+// number of such damaged lines.
+int truncate_records(const std::string& path, const std::vector<std::int64_t>& steps) {
   std::ifstream in(path);
   std::string kept;
   int damaged = 0;
@@ -1038,8 +1094,10 @@ int truncate_records(const std::string& path, std::int64_t step) {
         line.find("\"kind\": \"combined\"") != std::string::npos) {
       continue;
     }
+    const std::optional<double> k = record_number(line, "trainer");
     const std::optional<double> s = record_number(line, "step");
-    if (s && *s > static_cast<double>(step)) {
+    if (k && s && *k >= 0 && *k < static_cast<double>(steps.size()) &&
+        *s > static_cast<double>(steps[static_cast<size_t>(*k)])) {
       continue;
     }
     kept += line + "\n";
@@ -1065,6 +1123,92 @@ Score validation_score(const deck::Deck& d, const Evaluation& e) {
 
 bool beats(const Score& a, const Score& b, double z) {
   return a.value - b.value > z * std::hypot(a.error, b.error);
+}
+
+std::vector<std::int64_t> resume_steps(const deck::PopulationConfig& pop,
+                                       const std::vector<SavedTrainer>& saved) {
+  const std::int64_t every =
+      (pop.algorithm == "ltfb" || pop.algorithm == "pbt") ? pop.every : std::int64_t{0};
+  const std::int64_t average = pop.average_every;
+  // The meetings a trainer has been through when it saved at `step` of a run of `total` steps
+  // (rounds at the multiples of `every` below the total; averages at those of `average` and at
+  // the end). A checkpoint at a round's step whose round the trainer left for a stop signal (no
+  // state record there) is before that round: the trainer holds it on resuming.
+  using Stretch = std::pair<std::int64_t, std::int64_t>;
+  const auto stretch = [&](const SavedTrainer& t, std::int64_t step, std::int64_t total) {
+    const bool end = total > 0 && step >= total;
+    Stretch at{0, 0};
+    if (every > 0) {
+      at.first = end ? (total - 1) / every : step / every;
+      if (!end && step > 0 && step % every == 0 && t.states.count(step) == 0) {
+        at.first -= 1;  // saved as it left the round for a stop: it holds the round on resuming
+      }
+    }
+    if (average > 0) {
+      at.second = end ? (total - 1) / average + 1 : step / average;
+    }
+    return at;
+  };
+  // Per trainer, the newest step of each stretch it saved in (-1: afresh, for a trainer that saved
+  // nothing — with averages only beside others that did not either: a fresh start is collective).
+  std::vector<std::map<Stretch, std::int64_t>> newest(saved.size());
+  bool any = false;
+  for (size_t k = 0; k < saved.size(); ++k) {
+    for (const auto& [step, total] : saved[k].checkpoints) {
+      const auto at = newest[k].emplace(stretch(saved[k], step, total), step).first;
+      at->second = std::max(at->second, step);
+      any = true;
+    }
+    if (saved[k].checkpoints.empty()) {
+      newest[k][Stretch{0, average > 0 ? -1 : 0}] = -1;
+    }
+  }
+  std::vector<std::int64_t> steps(saved.size(), -1);
+  if (!any) {
+    return steps;
+  }
+  if (every == 0 && average == 0) {  // independent trainers: each its own newest
+    for (size_t k = 0; k < saved.size(); ++k) {
+      steps[k] = newest[k].empty() ? -1 : newest[k].rbegin()->second;
+    }
+    return steps;
+  }
+  // The newest stretch every trainer saved in.
+  for (auto it = newest[0].rbegin(); it != newest[0].rend(); ++it) {
+    const bool everyone = std::all_of(newest.begin(), newest.end(),
+                                      [&](const auto& n) { return n.count(it->first) != 0; });
+    if (everyone) {
+      for (size_t k = 0; k < saved.size(); ++k) {
+        steps[k] = newest[k].at(it->first);
+      }
+      return steps;
+    }
+  }
+  std::vector<std::string> each;
+  for (size_t k = 0; k < saved.size(); ++k) {
+    std::vector<std::int64_t> s;
+    for (const auto& c : saved[k].checkpoints) {
+      s.push_back(c.first);
+    }
+    each.push_back(s.empty()       ? fmt::format("trainer {} none", k)
+                   : s.size() <= 4 ? fmt::format("trainer {} step{} {}", k,
+                                                 s.size() == 1 ? "" : "s", fmt::join(s, ", "))
+                                   : fmt::format("trainer {} steps {} to {} ({} checkpoints)", k,
+                                                 s.front(), s.back(), s.size()));
+  }
+  std::vector<std::string> meetings;
+  if (every > 0) {
+    meetings.push_back(fmt::format("{} rounds every {} steps", pop.algorithm, every));
+  }
+  if (average > 0) {
+    meetings.push_back(fmt::format("averages every {} steps", average));
+  }
+  throw input_error(fmt::format(
+      "checkpoint.restart = \"auto\": the trainers' checkpoints ({}) share no stretch between "
+      "two of the population's meetings ({}), from which they could resume together; nothing "
+      "was changed. A larger checkpoint.keep keeps one in common after a crash; to start again "
+      "from step 0, use another run.output (or remove the trainers' checkpoints)",
+      fmt::join(each, "; "), fmt::join(meetings, ", ")));
 }
 
 deck::Deck trainer_deck(const std::string& text, const std::string& file,
@@ -1164,41 +1308,59 @@ int run_population(const std::string& text, const std::string& file,
   });
   const int per = world.size() / trainers;
   const int k = world.rank() / per;
-  // A restart meets at the newest step every trainer has a checkpoint of.
-  std::int64_t resume = -1;
+  // A restart: each trainer from its newest checkpoint between the same two meetings
+  // (resume_steps); -1 where it starts afresh.
+  std::vector<std::int64_t> resume(static_cast<size_t>(trainers), -1);
   std::string changed;  // another algorithm than the restarted population's: a warning
+  const std::string path = base.run.output + "/population.jsonl";
   if (base.checkpoint.enabled && base.checkpoint.restart == "auto") {
     comm::agree(world, [&] {
       if (world.rank() == 0) {
-        const std::string path = base.run.output + "/population.jsonl";
         try {
-          resume = common_restart_step(decks);
+          resume = resume_steps(base.population, saved_trainers(decks, path));
         } catch (const Error&) {
           (void)check_same_population(path, base);  // more trainers than saved: said so
           throw;
         }
-        if (resume > 0) {
+        if (std::any_of(resume.begin(), resume.end(), [](std::int64_t s) { return s >= 0; })) {
           changed = check_same_population(path, base);
         }
       }
     });
-    world.broadcast(comm::Buffer(&resume, 1), {0})->wait();
+    world.broadcast(comm::Buffer(resume.data(), static_cast<Index>(resume.size())), {0})->wait();
     // Set on the parsed deck: a deck's text may not name a file for a population.
     deck::CheckpointConfig& c = decks[static_cast<size_t>(k)].checkpoint;
-    c.restart = resume < 0 ? std::string() : c.dir + "/" + io::checkpoint_file_name(resume);
+    const std::int64_t mine = resume[static_cast<size_t>(k)];
+    c.restart = mine < 0 ? std::string() : c.dir + "/" + io::checkpoint_file_name(mine);
   }
+  const bool resumed =
+      std::any_of(resume.begin(), resume.end(), [](std::int64_t s) { return s >= 0; });
   int damaged = 0;
   comm::agree(world, [&] {
     if (world.rank() == 0) {
       std::filesystem::create_directories(base.run.output);
-      const std::string path = base.run.output + "/population.jsonl";
-      if (resume > 0) {
+      if (resumed) {
         damaged = truncate_records(path, resume);
       } else {
         write_text(path, population_record(base) + "\n", std::ios::trunc);
       }
     }
   });
+  if (world.rank() == 0 && resumed &&
+      std::adjacent_find(resume.begin(), resume.end(), std::not_equal_to<>()) != resume.end()) {
+    std::vector<std::string> each;
+    for (int j = 0; j < trainers; ++j) {
+      const std::int64_t step = resume[static_cast<size_t>(j)];
+      each.push_back(step < 0 ? fmt::format("trainer {} afresh (it saved nothing)", j)
+                              : fmt::format("trainer {} at step {}", j, step));
+    }
+    console.info(fmt::format(
+        "population: the trainers resume from their own newest checkpoints{}: {}",
+        base.population.algorithm == "independent" && base.population.average_every == 0
+            ? " (independent trainers need no step in common)"
+            : " (between the same two of the population's meetings, where each trains alone)",
+        fmt::join(each, ", ")));
+  }
   if (!changed.empty()) {
     console.warning(changed);
   }
@@ -1271,11 +1433,22 @@ int run_population(const std::string& text, const std::string& file,
   // reported. An error of one rank alone still ends the job (main() aborts).
   // Under LTFB and PBT a round may hand it a healthy model: it trains on from there.
   RunSummary s;
+  if (trainer->start_step() > 0 && !pop.finish_left_round(total)) {
+    s.stopped = true;  // a stop signal left the round again: saved as it was
+    s.signal = signals::stop_signal();
+    s.steps = trainer->start_step();
+    if (trainer->grid().trainer().rank() == 0) {
+      out.info(
+          fmt::format("stopped by {} at step {}, in the round again; its checkpoint stays as "
+                      "it was (restart with checkpoint.restart = \"auto\")",
+                      signals::name(s.signal), s.steps));
+    }
+  }
   std::string failure;
   std::optional<Error> error;
   const bool revivable = base.population.every > 0 && (base.population.algorithm == "ltfb" ||
                                                        base.population.algorithm == "pbt");
-  for (;;) {
+  while (!s.stopped) {
     try {
       s = trainer->run();
       failure.clear();
@@ -1312,6 +1485,7 @@ int run_population(const std::string& text, const std::string& file,
   RunSummary agreed = s;
   agreed.stopped = stopped != 0;
   pop.finish(agreed, world, stopped != 0, failure);
+  pop.drain();
   int failed = failure.empty() ? 0 : 1;
   world.allreduce(comm::Buffer(&failed, 1))->wait();
   if (failed == world.size() && error) {

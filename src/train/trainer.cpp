@@ -1378,6 +1378,12 @@ void Trainer::save_to(const std::string& dir, const char* why, int keep) {
   save(total_steps(), why, dir, keep);
 }
 
+void Trainer::save_again(const char* why) {
+  TESSERA_CHECK(m_start_step > 0 && m_deck.checkpoint.enabled,
+                "save_again: the run did not resume from a checkpoint");
+  save(m_start_step, why, m_deck.checkpoint.dir, m_deck.checkpoint.keep);
+}
+
 void Trainer::retune(const deck::Deck& deck) {
   m_deck.optimizer = deck.optimizer;
   m_deck.locations = deck.locations;

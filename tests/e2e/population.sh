@@ -18,8 +18,12 @@
 #   leaderboard naming it under missed exchanges;
 # - a trainer's process killed: MPICH's mpiexec ends the whole job (it does by default; see
 #   docs/population.md) within seconds, and checkpoint.restart = "auto" resumes every trainer from
-#   the newest step all of them saved, ending with the leaderboard and lineage of the
-#   uninterrupted run;
+#   its newest checkpoint after the same round, ending with the leaderboard and lineage of the
+#   uninterrupted run; trainers without checkpoints between the same two rounds are refused, and
+#   independent trainers that stopped at different steps resume each from its own, bit for bit;
+# - a stop signal while a trainer waits at a round: it leaves the round (no state record), and
+#   resumed it holds the round first: the uninterrupted run's leaderboard, and no send of the
+#   left round is left unmatched at the job's end (UCX's warnings);
 # - local SGD stopped by SIGTERM: every trainer at the same average's step, resumed to the
 #   uninterrupted run's leaderboard; a resume without population.jsonl refused.
 # shellcheck source=tests/e2e/fault_common.bash
@@ -100,20 +104,23 @@ want="population: trainers 0 and 1 (optimizer.lr=0.10000000000000001, run.seed=5
   { fail "twin trainers differ"; cat "$tmp/diff.log"; }
 echo "twin trainers: said once, and equal bit for bit"
 
-# --- a restart whose trainers share no checkpoint step: refused, nothing changed ---------------
-cp -r "$tmp/indep2" "$tmp/nocommon"
-rm "$tmp/nocommon/trainer-0/ckpt/ckpt-00000010.h5" "$tmp/nocommon/trainer-1/ckpt/ckpt-00000020.h5"
-echo ckpt-00000010.h5 >"$tmp/nocommon/trainer-1/ckpt/latest"
-before=$(cd "$tmp/nocommon" && find . -type f -exec md5sum {} + | sort)
-"$mpiexec" -n 2 "$bin/tessera" run "$tmp/indep.toml" parallel.trainers=2 run.output="$tmp/nocommon" \
-  checkpoint.restart=auto >"$tmp/nocommon.log" 2>&1
-rc=$?
-((rc == 2)) || fail "a restart without a common step: exit $rc, expected 2"
-grep -qxF 'error: checkpoint.restart = "auto": the trainers'"'"' checkpoints share no step (trainer 0 step 20; trainer 1 step 10), so the population cannot resume together; nothing was changed. A larger checkpoint.keep keeps a step in common after a crash; to start again from step 0, use another run.output (or remove the trainers'"'"' checkpoints)' "$tmp/nocommon.log" ||
-  { fail "a restart without a common step: message"; grep error "$tmp/nocommon.log"; }
-[[ $(cd "$tmp/nocommon" && find . -type f -exec md5sum {} + | sort) == "$before" ]] ||
-  fail "a refused restart changed the population's files"
-echo "restart: trainers without a common checkpoint step are refused, nothing changed"
+# --- independent trainers that stopped at different steps resume each from its own ------------
+# (a small checkpoint.keep, trainers that drifted apart: trainer 0 kept only step 20, trainer 1
+# only step 10). They never meet: trainer 1 trains on from 10 to the uninterrupted run's model.
+cp -r "$tmp/indep2" "$tmp/drift"
+rm "$tmp/drift/trainer-0/ckpt/ckpt-00000010.h5" "$tmp/drift/trainer-1/ckpt/ckpt-00000020.h5"
+echo ckpt-00000010.h5 >"$tmp/drift/trainer-1/ckpt/latest"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/indep.toml" parallel.trainers=2 run.output="$tmp/drift" \
+  checkpoint.restart=auto >"$tmp/drift.log" 2>&1 || fail "independent trainers at steps 20 and 10: exit $?"
+grep -qxF "population: the trainers resume from their own newest checkpoints (independent trainers need no step in common): trainer 0 at step 20, trainer 1 at step 10" "$tmp/drift.log" ||
+  { fail "independent trainers at steps 20 and 10: the resume line"; grep "^population" "$tmp/drift.log"; }
+"$bin/tessera-ckpt" diff "$tmp/indep2/trainer-1/ckpt/ckpt-00000020.h5" \
+  "$tmp/drift/trainer-1/ckpt/ckpt-00000020.h5" >"$tmp/diff.log" 2>&1 ||
+  { fail "independent trainer 1 resumed from step 10 differs from the uninterrupted run"; cat "$tmp/diff.log"; }
+board() { grep '"kind": "leaderboard"' "$1"; }
+[[ $(board "$tmp/indep2/population.jsonl") == "$(board "$tmp/drift/population.jsonl")" && -n $(board "$tmp/drift/population.jsonl") ]] ||
+  fail "independent trainers resumed at steps 20 and 10: the leaderboard differs"
+echo "restart: independent trainers at steps 20 and 10 resume each from its own, bit for bit"
 
 # --- architectures: a layer's width varied per trainer (a key inside model.layers) -------------
 deck 32 20 '[population]' '[population.hyper]' '"model.layers[1].linear.out" = { values = [16, 48] }' \
@@ -307,10 +314,70 @@ grep -q "^\[t[01]\] restart: from $tmp/kill/trainer-[01]/ckpt/ckpt-000000[23]0.h
   fail "kill: no restart line"
 grep -q "^population: 1 damaged line of $tmp/kill/population.jsonl dropped (a record cut short, as by a kill in mid-write)$" "$tmp/resume.log" ||
   fail "kill: the half-written record was not reported"
-board() { grep '"kind": "leaderboard"' "$1"; }
 [[ $(board "$tmp/whole/population.jsonl") == "$(board "$tmp/kill/population.jsonl")" && -n $(board "$tmp/whole/population.jsonl") ]] ||
   { fail "kill: the resumed population's leaderboard differs from the uninterrupted one"; board "$tmp/whole/population.jsonl"; board "$tmp/kill/population.jsonl"; }
 echo "kill: the job ended (exit $rc); resumed, the leaderboard and lineage equal the uninterrupted run's"
+
+# LTFB trainers meet every 10 steps: they resume from checkpoints between the same two rounds.
+# Trainer 0 kept steps 30 and 40 (after round 30), trainer 1 only step 10: refused, nothing
+# changed (starting again would lose their progress).
+cp -r "$tmp/whole" "$tmp/nocommon"
+rm "$tmp/nocommon/trainer-0/ckpt/ckpt-000000"[12]"0.h5" "$tmp/nocommon/trainer-1/ckpt/ckpt-000000"[234]"0.h5"
+echo ckpt-00000010.h5 >"$tmp/nocommon/trainer-1/ckpt/latest"
+before=$(cd "$tmp/nocommon" && find . -type f -exec md5sum {} + | sort)
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/kill.toml" parallel.trainers=2 run.output="$tmp/nocommon" \
+  checkpoint.restart=auto >"$tmp/nocommon.log" 2>&1
+rc=$?
+want='error: checkpoint.restart = "auto": the trainers'"'"' checkpoints (trainer 0 steps 30, 40; trainer 1 step 10) share no stretch between two of the population'"'"'s meetings (ltfb rounds every 10 steps), from which they could resume together; nothing was changed. A larger checkpoint.keep keeps one in common after a crash; to start again from step 0, use another run.output (or remove the trainers'"'"' checkpoints)'
+((rc == 2)) && [[ $(grep -c '^error:' "$tmp/nocommon.log") == 1 ]] && grep -qxF "$want" "$tmp/nocommon.log" ||
+  { fail "a restart without a common stretch: exit $rc, want 2 and: $want"; grep error "$tmp/nocommon.log"; }
+[[ $(cd "$tmp/nocommon" && find . -type f -exec md5sum {} + | sort) == "$before" ]] ||
+  fail "a refused restart changed the population's files"
+echo "restart: LTFB trainers without checkpoints between the same two rounds are refused, nothing changed"
+
+# --- a stop signal while a trainer waits at a round: it leaves the round, and holds it resumed --
+# Trainer 1 is stopped (SIGSTOP) before round 150; trainer 0 waits for it there when the job is
+# told to stop (SIGTERM): it leaves the round and saves step 150 without the round's state
+# record; trainer 1, continued, stops at its own early step. Resumed, trainer 0 holds round 150
+# before training on and trainer 1 meets it there: the uninterrupted run's leaderboard.
+deck 1024 300 '[population]' 'algorithm = "ltfb"' 'every = 150' 'timeout = 60' \
+  "validation = \"$tmp/fm.h5:/validation\"" '[population.hyper]' \
+  '"optimizer.lr" = { values = [0.01, 0.1] }' >"$tmp/left.toml"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/left.toml" parallel.trainers=2 run.output="$tmp/left-whole" \
+  >"$tmp/left-whole.log" 2>&1 || fail "left round: the uninterrupted run: exit $?"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/left.toml" parallel.trainers=2 run.output="$tmp/left" \
+  >"$tmp/left.log" 2>&1 &
+launcher=$!
+await_line "$tmp/left.log" "^\[t1\] hyper-parameters: " 600
+victim=$(rank_pid "tessera run $tmp/left.toml" 1)
+if [[ -z $victim ]]; then
+  fail "left round: trainer 1's process not found"
+else
+  kill -STOP "$victim"
+  await_line "$tmp/left.log" "^\[t0\] step *150/" 1200
+  sleep 0.5
+  kill -TERM "$launcher"
+  sleep 0.2
+  kill -CONT "$victim"
+fi
+wait "$launcher"
+rc=$?
+((rc == 75)) || fail "left round: exit $rc, want 75"
+grep -qxF "[t0] population step 150: the exchange with trainer 1 (tournament) is left: SIGTERM stops the job" "$tmp/left.log" ||
+  fail "left round: trainer 0 did not leave the round"
+! grep -q '"trainer": 0, "step": 150' "$tmp/left/population.jsonl" ||
+  fail "left round: a state record of the round trainer 0 left"
+"$mpiexec" -n 2 "$bin/tessera" run "$tmp/left.toml" parallel.trainers=2 run.output="$tmp/left" \
+  checkpoint.restart=auto >"$tmp/left-resume.log" 2>&1 || fail "left round resumed: exit $?"
+grep -q "^population: the trainers resume from their own newest checkpoints (between the same two of the population's meetings, where each trains alone): trainer 0 at step 150, trainer 1 at step [0-9]*$" "$tmp/left-resume.log" ||
+  { fail "left round resumed: the resume line"; grep "^population\|stopped" "$tmp/left.log" "$tmp/left-resume.log"; }
+! grep -q "was not matched\|not returned to mpool" "$tmp/left.log" ||
+  fail "left round: a send of the left round was left unmatched at the end (UCX warns)"
+grep -qxF "[t0] ltfb step 150: this trainer's checkpoint was saved as it left the round for a stop signal: the round is held now" "$tmp/left-resume.log" ||
+  fail "left round resumed: trainer 0 did not hold the round"
+[[ $(board "$tmp/left-whole/population.jsonl") == "$(board "$tmp/left/population.jsonl")" && -n $(board "$tmp/left/population.jsonl") ]] ||
+  { fail "left round resumed: the leaderboard differs from the uninterrupted run's"; board "$tmp/left-whole/population.jsonl"; board "$tmp/left/population.jsonl"; }
+echo "stop in a round: trainer 0 left round 150 (exit 75); resumed, it held the round: the uninterrupted run's leaderboard"
 
 # A restart of a population with other hyper-parameter keys: its trainers' states hold values by
 # position, so the momentum would take the saved learning rates. Refused, nothing changed.

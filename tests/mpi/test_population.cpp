@@ -2,7 +2,8 @@
 // [population] section (values, grids, Latin hypercube draws; the same on every rank; text that
 // parses back to the same number), the deck's errors, comm::TimedChannel, the exchange that
 // gives up on a partner that does not answer, the re-estimation of a combined model's
-// BatchNorm statistics, and the scores' standard errors that LTFB and PBT test differences with.
+// BatchNorm statistics, the scores' standard errors that LTFB and PBT test differences with, and
+// the steps a restarted population's trainers resume from.
 #include "tessera/comm/timed.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/rng.hpp"
@@ -22,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
@@ -207,6 +209,71 @@ TEST(PopulationDeck, BadInputIsNamed) {
                "factors ([0.8, 1.25])");
 }
 
+// checkpoint.restart = "auto" for a population: trainers between the same two meetings (rounds,
+// averages) resume each from its own newest checkpoint there; independent ones from their own
+// newest; trainers that saved but share no stretch are refused, naming their steps.
+tessera::train::SavedTrainer saved(std::map<std::int64_t, std::int64_t> checkpoints,
+                                   std::set<std::int64_t> states) {
+  return {std::move(checkpoints), std::move(states)};
+}
+
+TEST(PopulationRestart, EachTrainerFromItsNewestCheckpointBetweenTheSameMeetings) {
+  using tessera::train::resume_steps;
+  using Steps = std::vector<std::int64_t>;
+  tessera::deck::PopulationConfig independent;
+  // Independent trainers that drifted apart (t0 at 121, t1 at 71): each from its own newest; one
+  // that saved nothing starts afresh; nobody saved: a fresh start.
+  EXPECT_EQ(resume_steps(independent, {saved({{100, 200}, {121, 200}}, {0}),
+                                       saved({{71, 200}}, {0}), saved({}, {0})}),
+            (Steps{121, 71, -1}));
+  EXPECT_EQ(resume_steps(independent, {saved({}, {}), saved({}, {})}), (Steps{-1, -1}));
+
+  tessera::deck::PopulationConfig ltfb;
+  ltfb.algorithm = "ltfb";
+  ltfb.every = 20;
+  const std::set<std::int64_t> rounds{0, 20, 40, 60};
+  // Both after round 60, before round 80: each from its own newest.
+  EXPECT_EQ(resume_steps(ltfb, {saved({{75, 100}}, rounds), saved({{60, 100}, {71, 100}}, rounds)}),
+            (Steps{75, 71}));
+  // t0 saved past round 80 too (at 80 and 85), t1 did not: both from before round 80.
+  EXPECT_EQ(resume_steps(ltfb, {saved({{70, 100}, {80, 100}, {85, 100}}, {0, 20, 40, 60, 80}),
+                                saved({{65, 100}, {78, 100}}, rounds)}),
+            (Steps{70, 78}));
+  // A checkpoint at round 80's step without a state record there: saved as t0 left the round for
+  // a stop signal; it holds the round on resuming, so it counts as before it.
+  EXPECT_EQ(resume_steps(ltfb, {saved({{80, 100}}, rounds), saved({{78, 100}}, rounds)}),
+            (Steps{80, 78}));
+  // The end of a 100-step run is no round: its checkpoint is with those after round 80.
+  EXPECT_EQ(resume_steps(ltfb, {saved({{100, 100}}, {0, 20, 40, 60, 80}),
+                                saved({{95, 100}}, {0, 20, 40, 60, 80})}),
+            (Steps{100, 95}));
+  // A trainer that saved nothing and one that saved before the first round: both start there.
+  EXPECT_EQ(resume_steps(ltfb, {saved({{10, 100}}, {0}), saved({}, {0})}), (Steps{10, -1}));
+  // No stretch in common: refused, each trainer's steps named.
+  try {
+    (void)resume_steps(ltfb, {saved({{30, 100}, {35, 100}}, rounds), saved({{10, 100}}, rounds)});
+    ADD_FAILURE() << "no stretch in common was accepted";
+  } catch (const tessera::Error& e) {
+    EXPECT_EQ(e.exit_code(), 2);
+    EXPECT_EQ(std::string(e.message()),
+              "checkpoint.restart = \"auto\": the trainers' checkpoints (trainer 0 steps 30, 35; "
+              "trainer 1 step 10) share no stretch between two of the population's meetings (ltfb "
+              "rounds every 20 steps), from which they could resume together; nothing was changed. "
+              "A larger checkpoint.keep keeps one in common after a crash; to start again from "
+              "step 0, use another run.output (or remove the trainers' checkpoints)");
+  }
+
+  // Local SGD: averages every 20 steps and at the end (of 50 steps here).
+  tessera::deck::PopulationConfig local;
+  local.average_every = 20;
+  EXPECT_EQ(resume_steps(local, {saved({{40, 50}, {45, 50}}, {0}), saved({{42, 50}}, {0})}),
+            (Steps{45, 42}));
+  EXPECT_EQ(resume_steps(local, {saved({{45, 50}, {50, 50}}, {0}), saved({{50, 50}}, {0})}),
+            (Steps{50, 50}));
+  // A fresh start is collective (every trainer from trainer 0's model): not beside a resume.
+  EXPECT_THROW((void)resume_steps(local, {saved({{10, 50}}, {0}), saved({}, {0})}), tessera::Error);
+}
+
 TEST(TimedChannel, ExchangesWithAPartner) {
   const int n = world_size();
   const int r = world_rank();
@@ -251,6 +318,32 @@ TEST(TimedChannel, GivesUpOnAPartnerThatDoesNotAnswer) {
     EXPECT_FALSE(channel.exchange(-1, nullptr, 0, 0, &theirs, sizeof theirs, 4, 0.2));
   }
   MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// Messages no exchange took — rank 0's 1 MiB model to an exchange rank 1 never held (a
+// rendezvous send, in flight until taken), rank 1's 16-byte score to one rank 0 never held (sent
+// eagerly) — are taken and discarded by drain(), collective: no send is left in flight at the end.
+TEST(TimedChannel, DrainTakesWhatNoExchangeTook) {
+  const int n = world_size();
+  if (n < 2) {
+    GTEST_SKIP() << "needs two ranks";
+  }
+  const int r = world_rank();
+  tessera::comm::TimedChannel channel(MPI_COMM_WORLD);
+  std::vector<char> model(1 << 20, 'm');
+  double score[2] = {0.5, 0.01};
+  if (r == 0) {
+    EXPECT_FALSE(channel.exchange(1, model.data(), model.size(), -1, nullptr, 0, 11, 0.05));
+    EXPECT_EQ(channel.pending_sends(), 1U);  // nobody received it
+  } else if (r == 1) {
+    (void)channel.exchange(0, score, sizeof score, -1, nullptr, 0, 12, 0.05);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  const int discarded = channel.drain(10.0);
+  EXPECT_EQ(discarded, r < 2 ? 1 : 0);
+  EXPECT_EQ(channel.pending_sends(), 0U);
+  // Nothing is left to take: a second drain finds nothing.
+  EXPECT_EQ(channel.drain(10.0), 0);
 }
 
 // population.recalibrate: Trainer::recalibrate_norms(n) leaves in BatchNorm's running estimates

@@ -27,6 +27,9 @@
 
 #include <mpi.h>
 
+#include <cstdint>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -68,5 +71,26 @@ deck::Deck trainer_deck(const std::string& text, const std::string& file,
 std::vector<deck::Deck> trainer_decks(const std::string& text, const std::string& file,
                                       const std::vector<std::string>& overrides,
                                       const deck::Deck& base);
+
+/// One trainer's saved state as a population's restart sees it: the steps of its checkpoints, each
+/// with the length of the run that wrote it (0 when it could not be read), and the steps of its
+/// state records in population.jsonl (a trainer records its state after every round it completed;
+/// a round left because of a stop signal has none, though the stop's checkpoint is at its step).
+struct SavedTrainer {
+  std::map<std::int64_t, std::int64_t> checkpoints;  ///< step → the saving run's total steps
+  std::set<std::int64_t> states;
+};
+
+/// checkpoint.restart = "auto" for a population: the step each trainer resumes from (-1: it starts
+/// afresh, having saved nothing). Trainers meet at rounds (ltfb, pbt: every population.every
+/// steps) and averages (population.average_every); between two meetings each trains alone, so each
+/// resumes from its own newest checkpoint of the newest stretch between meetings in which every
+/// trainer has one — trainers that stopped at different steps resume exactly. Independent trainers
+/// never meet: each resumes from its newest checkpoint, one without any starts afresh. A
+/// checkpoint at a round's step counts as after the round only when the trainer's state record
+/// says it completed it. Throws input_error (exit code 2) when trainers that saved share no
+/// stretch, naming each trainer's steps: starting again would lose their progress.
+std::vector<std::int64_t> resume_steps(const deck::PopulationConfig& population,
+                                       const std::vector<SavedTrainer>& saved);
 
 }  // namespace tessera::train

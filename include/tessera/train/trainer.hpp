@@ -132,6 +132,10 @@ class Trainer {
   /// Writes the model and optimizer state as they are now as a checkpoint into `dir` (the step
   /// recorded is the run's total; a population's combined model), keeping the newest `keep`.
   void save_to(const std::string& dir, const char* why, int keep = 1);
+  /// Writes the model and optimizer state as they are now as the checkpoint of the step the run
+  /// resumed from (replacing that file; `latest` names it), into checkpoint.dir: a population's
+  /// round held on resuming (train/population.cpp). Before run().
+  void save_again(const char* why);
   /// After run() failed with an error its ranks agreed on: the next run() trains on from `step`
   /// (the optimizer's step count set to it) with the state the caller has loaded into the model
   /// and optimizer — a population's failed trainer given another's model (train/population.cpp).
