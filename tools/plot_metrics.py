@@ -9,7 +9,8 @@ row) and against wall time since the start of the run (bottom row). Lines are th
 (means over each log window); markers joined by a dashed line are the "eval" records. Each run has
 one colour and is labelled with its folder name, so several runs overlay on the same axes. A
 resumed run's "restart" record supersedes the records of later steps written before it (a run
-killed between checkpoints trained them again), and its times continue the earlier segment's.
+killed between checkpoints trained them again), and its times continue the earlier segment's. A
+record a kill cut short in mid-write is skipped, with a note.
 
 Needs Debian's matplotlib (apt-get install python3-matplotlib), i.e. /usr/bin/python3; run with
 another python3 (pyenv) it re-executes itself under /usr/bin/python3. Renders with Agg (no display).
@@ -98,6 +99,11 @@ def load(path, label):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
+            if line.startswith("{") and not line.endswith("}"):
+                # A record a kill cut short in mid-write (Tessera's own reading drops it too).
+                print(f"{PROG}: note: {path}:{number}: a record cut short (as by a kill in "
+                      "mid-write): skipped", file=sys.stderr)
+                continue
             fail(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})")
         if not isinstance(record, dict):
             fail(f"{path}:{number}: not a JSON object")
@@ -124,6 +130,8 @@ def load(path, label):
         values = {}
         for key in REQUIRED + (metric,):
             value = record[key]
+            if value is None and key != "step":
+                value = math.nan  # JSON has no NaN: Tessera writes a diverged value as null
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 fail(f"{path}:{number}: {kind} record has a non-numeric {key} ({value!r})")
             values[key] = float(value)

@@ -3,9 +3,11 @@
 
     python3 tools/plot_population.py runs/<name> [-o runs/<name>/population.png]
 
-Reads runs/<name>/trainer-<k>/metrics.jsonl (each trainer's "train" and "eval" records) and
-runs/<name>/population.jsonl (the "state" records a population writes after every round: each
-trainer's hyper-parameters). Draws the training loss of each trainer against the step (top), and
+Reads runs/<name>/trainer-<k>/metrics.jsonl (each trainer's "train" records, as
+tools/plot_metrics.py reads them: a resumed trainer's "restart" record supersedes the records of
+the steps it trained again) and runs/<name>/population.jsonl (the "state" records a population
+writes after every round: each trainer's hyper-parameters). A record a kill cut short in
+mid-write is skipped, with a note, as Tessera's restart drops it. Draws the training loss of each trainer against the step (top), and
 one panel per hyper-parameter with each trainer's value against the step (a step where a
 trainer copied another's model shows as a jump; on a log scale where a hyper-parameter's values
 are positive and span more than a factor of 10). One colour per trainer. The image goes into the
@@ -16,6 +18,7 @@ Needs Debian's matplotlib (python3-matplotlib). Exit codes: 0 written; 2 bad inp
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -37,8 +40,37 @@ def records(path):
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError as e:
+                if line.startswith("{") and not line.endswith("}"):
+                    print(f"plot_population: note: {path}:{number}: a record cut short (as by a "
+                          "kill in mid-write): skipped", file=sys.stderr)
+                    continue
                 fail(f"{path}:{number}: not JSON ({e.msg})")
     return out
+
+
+def plot_metrics():
+    """tools/plot_metrics.py beside this file, as a module: its reading of metrics.jsonl."""
+    spec = importlib.util.spec_from_file_location(
+        "plot_metrics", os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot_metrics.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def training_curve(folder):
+    """A trainer's (step, training loss) points, a restart's superseded ones left out; [] when its
+    folder has no metrics.jsonl."""
+    metrics = os.path.join(folder, "metrics.jsonl")
+    if not os.path.isfile(metrics):
+        return []
+    run = plot_metrics().load(metrics, os.path.basename(folder))
+    return [(p["step"], p["loss"]) for p in run.train if p["loss"] == p["loss"]]  # not NaN
+
+
+def states(everything, trainer):
+    """Trainer `trainer`'s state records, by step."""
+    return sorted((s for s in everything if s.get("kind") == "state" and s.get("trainer") == trainer),
+                  key=lambda s: s["step"])
 
 
 def main():
@@ -56,7 +88,7 @@ def main():
     if not folders:
         fail(f"{args.run}: no trainer-<k> folders")
     everything = records(pop_path)
-    states = [r for r in everything if r.get("kind") == "state"]
+    all_states = [r for r in everything if r.get("kind") == "state"]
     # The hyper-parameters' names: the first record of population.jsonl (a population's, as
     # Tessera writes it since it records them).
     names = []
@@ -64,7 +96,7 @@ def main():
         if r.get("kind") == "population":
             names = [str(n) for n in r.get("hyper", [])]
             break
-    count = max([len(s.get("values", [])) for s in states] + [0])
+    count = max([len(s.get("values", [])) for s in all_states] + [0])
     names += [f"hyper-parameter {i}" for i in range(len(names), count)]
 
     try:
@@ -76,12 +108,11 @@ def main():
 
     fig, axes = plt.subplots(1 + count, 1, figsize=(8, 3 * (1 + count)), squeeze=False)
     for k, folder in enumerate(folders):
-        metrics = os.path.join(folder, "metrics.jsonl")
-        if not os.path.isfile(metrics):
+        curve = training_curve(folder)
+        if not curve:
             continue
-        train = [r for r in records(metrics) if r.get("kind") == "train" and r.get("loss") is not None]
-        axes[0][0].plot([r["step"] for r in train], [r["loss"] for r in train], label=f"trainer {k}")
-        mine = sorted((s for s in states if s.get("trainer") == k), key=lambda s: s["step"])
+        axes[0][0].plot([x for x, _ in curve], [y for _, y in curve], label=f"trainer {k}")
+        mine = states(everything, k)
         for i in range(count):
             xs = [s["step"] for s in mine if len(s.get("values", [])) > i]
             ys = [s["values"][i] for s in mine if len(s.get("values", [])) > i]
@@ -90,7 +121,7 @@ def main():
     axes[0][0].legend(fontsize="small")
     for i in range(count):
         axes[1 + i][0].set_ylabel(names[i])
-        values = [s["values"][i] for s in states if len(s.get("values", [])) > i]
+        values = [s["values"][i] for s in all_states if len(s.get("values", [])) > i]
         if values and min(values) > 0 and max(values) > 10 * min(values):
             axes[1 + i][0].set_yscale("log")
     axes[-1][0].set_xlabel("step")

@@ -317,6 +317,41 @@ grep -q "^population: 1 damaged line of $tmp/kill/population.jsonl dropped (a re
 [[ $(board "$tmp/whole/population.jsonl") == "$(board "$tmp/kill/population.jsonl")" && -n $(board "$tmp/whole/population.jsonl") ]] ||
   { fail "kill: the resumed population's leaderboard differs from the uninterrupted one"; board "$tmp/whole/population.jsonl"; board "$tmp/kill/population.jsonl"; }
 echo "kill: the job ended (exit $rc); resumed, the leaderboard and lineage equal the uninterrupted run's"
+# tools/plot_population.py reads the resumed trainers' curves as the uninterrupted run's: the
+# records a restart superseded (steps trained again) left out; a record cut short is skipped.
+if [[ -x /usr/bin/python3 ]]; then
+  cp "$tmp/kill/population.jsonl" "$tmp/cut.jsonl"
+  printf '{"kind": "state", "trainer": 1, "step": 4' >>"$tmp/cut.jsonl"
+  curves=$(/usr/bin/python3 - "$(dirname "$0")/../../tools/plot_population.py" "$tmp" 2>"$tmp/plot.err" <<'PY'
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("plot_population", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+tmp = sys.argv[2]
+for k in (0, 1):
+    resumed = module.training_curve(f"{tmp}/kill/trainer-{k}")
+    whole = module.training_curve(f"{tmp}/whole/trainer-{k}")
+    steps = [s for s, _ in resumed]
+    assert resumed == whole and steps == sorted(set(steps)) and steps, (k, resumed, whole)
+    with open(f"{tmp}/kill/trainer-{k}/metrics.jsonl") as f:
+        assert sum('"kind": "restart"' in line for line in f) == 1, k
+# A diverged window's loss is written as null (JSON has no NaN): left out, not refused.
+import os
+os.makedirs(f"{tmp}/nan-trainer", exist_ok=True)
+with open(f"{tmp}/nan-trainer/metrics.jsonl", "w") as f:
+    f.write('{"kind": "train", "step": 1, "loss": 2.5, "accuracy": 0.1, "time": 0.1}\n')
+    f.write('{"kind": "train", "step": 2, "loss": null, "accuracy": null, "time": 0.2}\n')
+assert module.training_curve(f"{tmp}/nan-trainer") == [(1.0, 2.5)], "a null loss"
+records = module.records(f"{tmp}/cut.jsonl")
+assert records == module.records(f"{tmp}/kill/population.jsonl"), "the cut-short record"
+print("same")
+PY
+  )
+  [[ $curves == same ]] || { fail "plot_population: the resumed curves differ from the uninterrupted run's"; cat "$tmp/plot.err"; }
+  grep -qxF "plot_population: note: $tmp/cut.jsonl:$(wc -l <"$tmp/cut.jsonl" | awk '{print $1 + 1}'): a record cut short (as by a kill in mid-write): skipped" "$tmp/plot.err" ||
+    { fail "plot_population: the note on a record cut short"; cat "$tmp/plot.err"; }
+  echo "plot_population: the resumed trainers' curves are the uninterrupted run's; a record cut short skipped"
+fi
 
 # LTFB trainers meet every 10 steps: they resume from checkpoints between the same two rounds.
 # Trainer 0 kept steps 30 and 40 (after round 30), trainer 1 only step 10: refused, nothing
