@@ -1423,7 +1423,7 @@ Deck parse(const std::string& text, const std::string& file,
     throw ck.error("restart", ck.find("restart"),
                    fmt::format("checkpoint.restart = \"{}\": a population restarts with \"auto\" "
                                "(each trainer from its own folder, at its newest checkpoint "
-                               "between the same two of the population's meetings)",
+                               "consistent with the population's rounds and averages)",
                                d.checkpoint.restart));
   }
   ck.finish();

@@ -239,8 +239,9 @@ class Population {
   // A restart from the checkpoint a stop signal wrote at a round's step after this trainer had
   // left the round (no state record at the step): the round is held now, before training on —
   // its partners resume before the round (resume_steps) and meet it there. The checkpoint is
-  // then written again with the round's outcome, before the state record that marks it as after
-  // the round. False when a stop signal leaves the round again: the trainer trains no further.
+  // then written again with the round's outcome, between a "held" record and the state record
+  // that marks it as after the round. False when a stop signal leaves the round again: the
+  // trainer trains no further.
   bool finish_left_round(std::int64_t total) {
     const std::int64_t step = m_last_step;
     const bool rounds = m_pop.algorithm == "ltfb" || m_pop.algorithm == "pbt";
@@ -254,6 +255,12 @@ class Population {
                     m_pop.algorithm, step));
     if (!hold_round(step)) {
       return false;
+    }
+    // While the checkpoint is rewritten it is of no known side of the round: a "held" record
+    // first, so that a restart after a kill in between takes neither (resume_steps).
+    if (leader()) {
+      append_line(m_path,
+                  fmt::format(R"({{"kind": "held", "trainer": {}, "step": {}}})", m_k, step));
     }
     m_t.save_again("the round held on resuming");
     record_state(step);
@@ -544,21 +551,10 @@ class Population {
   }
 
   void ltfb(std::int64_t step, std::int64_t round) {
-    // Pairs from a permutation every trainer draws alike from (population.seed, round).
-    std::vector<int> order(static_cast<size_t>(m_trainers));
-    std::iota(order.begin(), order.end(), 0);
-    const rng::CounterRng gen(m_pop.seed,
-                              rng::hash_name("ltfb") + static_cast<std::uint64_t>(round));
-    for (size_t i = order.size() - 1; i > 0; --i) {
-      const rng::Philox4x32 r = gen.bits(i);
-      std::swap(order[i], order[r.v[0] % (i + 1)]);
-    }
-    const auto at = static_cast<size_t>(std::find(order.begin(), order.end(), m_k) - order.begin());
-    const size_t mate = at % 2 == 0 ? at + 1 : at - 1;
-    if (mate >= order.size()) {
+    const int partner = ltfb_partners(m_pop, m_trainers, round)[static_cast<size_t>(m_k)];
+    if (partner < 0) {
       return;  // the odd one out sits this round out
     }
-    const int partner = order[mate];
     const Score own = m_failed ? Score{-kInf, 0.0} : round_score([&] { return score_slice(); });
     std::vector<char> mine = pack();
     std::vector<char> theirs(mine.size());
@@ -996,13 +992,15 @@ std::vector<SavedTrainer> saved_trainers(const std::vector<deck::Deck>& decks,
   }
   std::ifstream in(path);
   for (std::string line; std::getline(in, line);) {
-    if (!whole_record(line) || line.find(R"("kind": "state")") == std::string::npos) {
+    const bool state = line.find(R"("kind": "state")") != std::string::npos;
+    if (!whole_record(line) || (!state && line.find(R"("kind": "held")") == std::string::npos)) {
       continue;
     }
     const std::optional<double> k = record_number(line, "trainer");
     const std::optional<double> step = record_number(line, "step");
     if (k && step && *k >= 0 && *k < static_cast<double>(saved.size())) {
-      saved[static_cast<size_t>(*k)].states.insert(static_cast<std::int64_t>(*step));
+      SavedTrainer& t = saved[static_cast<size_t>(*k)];
+      (state ? t.states : t.held).insert(static_cast<std::int64_t>(*step));
     }
   }
   return saved;
@@ -1125,90 +1123,183 @@ bool beats(const Score& a, const Score& b, double z) {
   return a.value - b.value > z * std::hypot(a.error, b.error);
 }
 
+std::vector<int> ltfb_partners(const deck::PopulationConfig& population, int trainers,
+                               std::int64_t round) {
+  // A permutation every trainer draws alike from (population.seed, round), paired in order.
+  std::vector<int> order(static_cast<size_t>(trainers));
+  std::iota(order.begin(), order.end(), 0);
+  const rng::CounterRng gen(population.seed,
+                            rng::hash_name("ltfb") + static_cast<std::uint64_t>(round));
+  for (size_t i = order.size() - 1; i > 0; --i) {
+    const rng::Philox4x32 r = gen.bits(i);
+    std::swap(order[i], order[r.v[0] % (i + 1)]);
+  }
+  std::vector<int> partner(order.size(), -1);
+  for (size_t at = 0; at + 1 < order.size(); at += 2) {
+    partner[static_cast<size_t>(order[at])] = order[at + 1];
+    partner[static_cast<size_t>(order[at + 1])] = order[at];
+  }
+  return partner;
+}
+
 std::vector<std::int64_t> resume_steps(const deck::PopulationConfig& pop,
                                        const std::vector<SavedTrainer>& saved) {
-  const std::int64_t every =
-      (pop.algorithm == "ltfb" || pop.algorithm == "pbt") ? pop.every : std::int64_t{0};
+  const auto trainers = static_cast<int>(saved.size());
+  const bool tournament = pop.algorithm == "ltfb" || pop.algorithm == "pbt";
+  const std::int64_t every = tournament ? pop.every : std::int64_t{0};
   const std::int64_t average = pop.average_every;
-  // The meetings a trainer has been through when it saved at `step` of a run of `total` steps
-  // (rounds at the multiples of `every` below the total; averages at those of `average` and at
-  // the end). A checkpoint at a round's step whose round the trainer left for a stop signal (no
-  // state record there) is before that round: the trainer holds it on resuming.
-  using Stretch = std::pair<std::int64_t, std::int64_t>;
-  const auto stretch = [&](const SavedTrainer& t, std::int64_t step, std::int64_t total) {
-    const bool end = total > 0 && step >= total;
-    Stretch at{0, 0};
-    if (every > 0) {
-      at.first = end ? (total - 1) / every : step / every;
-      if (!end && step > 0 && step % every == 0 && t.states.count(step) == 0) {
-        at.first -= 1;  // saved as it left the round for a stop: it holds the round on resuming
-      }
-    }
-    if (average > 0) {
-      at.second = end ? (total - 1) / average + 1 : step / average;
-    }
-    return at;
+  // A checkpoint as the population's meetings see it: the rounds and averages the trainer had
+  // been through when it saved (rounds at the multiples of `every` below the run's total, a
+  // round at the checkpoint's own step only when the trainer's state record says it completed
+  // it; averages at the multiples of `average` below the total and at the end).
+  struct Point {
+    std::int64_t step = -1;  // -1: afresh (the trainer saved nothing)
+    std::int64_t rounds = 0;
+    std::int64_t averages = 0;
   };
-  // Per trainer, the newest step of each stretch it saved in (-1: afresh, for a trainer that saved
-  // nothing — with averages only beside others that did not either: a fresh start is collective).
-  std::vector<std::map<Stretch, std::int64_t>> newest(saved.size());
+  std::vector<std::vector<Point>> points(saved.size());  // per trainer, newest first
   bool any = false;
   for (size_t k = 0; k < saved.size(); ++k) {
-    for (const auto& [step, total] : saved[k].checkpoints) {
-      const auto at = newest[k].emplace(stretch(saved[k], step, total), step).first;
-      at->second = std::max(at->second, step);
+    const SavedTrainer& t = saved[k];
+    for (auto it = t.checkpoints.rbegin(); it != t.checkpoints.rend(); ++it) {
+      const auto [step, total] = *it;
       any = true;
+      const bool end = total > 0 && step >= total;
+      const bool at_round = every > 0 && !end && step > 0 && step % every == 0;
+      if (at_round && t.held.count(step) != 0 && t.states.count(step) == 0) {
+        continue;  // rewritten after a round held on resuming, its state record never written
+      }
+      Point p{step, 0, 0};
+      if (every > 0 && step > 0) {
+        p.rounds =
+            (end ? total - 1 : step - 1) / every + (at_round && t.states.count(step) ? 1 : 0);
+      }
+      if (average > 0) {
+        p.averages = end ? (total - 1) / average + 1 : step / average;
+      }
+      points[k].push_back(p);
     }
-    if (saved[k].checkpoints.empty()) {
-      newest[k][Stretch{0, average > 0 ? -1 : 0}] = -1;
+    if (t.checkpoints.empty()) {  // a fresh start with averages is collective: not beside a resume
+      points[k].push_back(Point{-1, 0, average > 0 ? -1 : 0});
     }
   }
   std::vector<std::int64_t> steps(saved.size(), -1);
   if (!any) {
     return steps;
   }
-  if (every == 0 && average == 0) {  // independent trainers: each its own newest
+  const auto refuse = [&](const std::string& why) {
+    std::vector<std::string> each;
     for (size_t k = 0; k < saved.size(); ++k) {
-      steps[k] = newest[k].empty() ? -1 : newest[k].rbegin()->second;
+      std::vector<std::int64_t> s;
+      for (const auto& c : saved[k].checkpoints) {
+        s.push_back(c.first);
+      }
+      each.push_back(s.empty()       ? fmt::format("trainer {} none", k)
+                     : s.size() <= 4 ? fmt::format("trainer {} step{} {}", k,
+                                                   s.size() == 1 ? "" : "s", fmt::join(s, ", "))
+                                     : fmt::format("trainer {} steps {} to {} ({} checkpoints)", k,
+                                                   s.front(), s.back(), s.size()));
+    }
+    return input_error(fmt::format(
+        "checkpoint.restart = \"auto\": the trainers' checkpoints ({}) hold no state from which "
+        "the population can resume together: {}; nothing was changed. A larger checkpoint.keep "
+        "keeps one after a crash; to start again from step 0, use another run.output (or remove "
+        "the trainers' checkpoints)",
+        fmt::join(each, "; "), why));
+  };
+  for (int k = 0; k < trainers; ++k) {
+    if (points[static_cast<size_t>(k)].empty()) {
+      throw refuse(
+          fmt::format("trainer {}'s only checkpoints were being rewritten after a round "
+                      "held on resuming when the job ended",
+                      k));
+    }
+  }
+  if (every == 0 && average == 0) {  // independent trainers never meet: each its own newest
+    for (size_t k = 0; k < saved.size(); ++k) {
+      steps[k] = points[k].front().step;
     }
     return steps;
   }
-  // The newest stretch every trainer saved in.
-  for (auto it = newest[0].rbegin(); it != newest[0].rend(); ++it) {
-    const bool everyone = std::all_of(newest.begin(), newest.end(),
-                                      [&](const auto& n) { return n.count(it->first) != 0; });
-    if (everyone) {
-      for (size_t k = 0; k < saved.size(); ++k) {
-        steps[k] = newest[k].at(it->first);
+  // Trainers that met at a round or an average resume on the same side of it. From every
+  // trainer's newest checkpoint, one that is past a meeting a fellow is before goes back to its
+  // newest before it, until none is (each step back forced: the newest such state there is).
+  std::vector<size_t> at(saved.size(), 0);
+  const auto now = [&](int k) -> const Point& {
+    return points[static_cast<size_t>(k)][at[static_cast<size_t>(k)]];
+  };
+  // Trainer j back to its newest checkpoint with `before` true, because of trainer i.
+  const auto back = [&](int j, int i, const auto& before, const std::string& meeting) {
+    std::vector<Point>& p = points[static_cast<size_t>(j)];
+    size_t& a = at[static_cast<size_t>(j)];
+    while (a < p.size() && !before(p[a])) {
+      ++a;
+    }
+    if (a == p.size()) {
+      throw refuse(fmt::format(
+          "trainer {} has none before the {}, which trainer {}'s {} is before (trainers that met "
+          "there resume on the same side of it)",
+          j, meeting, i,
+          now(i).step < 0 ? std::string("fresh start")
+                          : fmt::format("newest usable one, step {},", now(i).step)));
+    }
+  };
+  for (bool changed = true; changed;) {
+    changed = false;
+    std::int64_t rounds = 0;
+    for (int k = 0; k < trainers; ++k) {
+      rounds = std::max(rounds, now(k).rounds);
+    }
+    for (std::int64_t r = 1; r <= rounds; ++r) {
+      std::vector<std::vector<int>> groups;  // who met at round r
+      if (pop.algorithm == "ltfb") {
+        const std::vector<int> partner = ltfb_partners(pop, trainers, r);
+        for (int k = 0; k < trainers; ++k) {
+          if (partner[static_cast<size_t>(k)] > k) {
+            groups.push_back({k, partner[static_cast<size_t>(k)]});
+          }
+        }
+      } else {
+        groups.emplace_back(static_cast<size_t>(trainers));
+        std::iota(groups.back().begin(), groups.back().end(), 0);
       }
-      return steps;
+      for (const std::vector<int>& g : groups) {
+        const auto behind =
+            std::find_if(g.begin(), g.end(), [&](int k) { return now(k).rounds < r; });
+        if (behind == g.end()) {
+          continue;
+        }
+        for (int j : g) {
+          if (now(j).rounds >= r) {
+            back(
+                j, *behind, [&](const Point& p) { return p.rounds < r; },
+                fmt::format("{} round at step {}", pop.algorithm, r * every));
+            changed = true;
+          }
+        }
+      }
+    }
+    if (average > 0) {
+      int fewest = 0;
+      for (int k = 1; k < trainers; ++k) {
+        fewest = now(k).averages < now(fewest).averages ? k : fewest;
+      }
+      const std::int64_t done = now(fewest).averages;
+      for (int j = 0; j < trainers; ++j) {
+        if (now(j).averages > done) {
+          back(
+              j, fewest, [&](const Point& p) { return p.averages <= done; },
+              done < 0 ? std::string("common start")
+                       : fmt::format("average at step {}", (done + 1) * average));
+          changed = true;
+        }
+      }
     }
   }
-  std::vector<std::string> each;
-  for (size_t k = 0; k < saved.size(); ++k) {
-    std::vector<std::int64_t> s;
-    for (const auto& c : saved[k].checkpoints) {
-      s.push_back(c.first);
-    }
-    each.push_back(s.empty()       ? fmt::format("trainer {} none", k)
-                   : s.size() <= 4 ? fmt::format("trainer {} step{} {}", k,
-                                                 s.size() == 1 ? "" : "s", fmt::join(s, ", "))
-                                   : fmt::format("trainer {} steps {} to {} ({} checkpoints)", k,
-                                                 s.front(), s.back(), s.size()));
+  for (int k = 0; k < trainers; ++k) {
+    steps[static_cast<size_t>(k)] = now(k).step;
   }
-  std::vector<std::string> meetings;
-  if (every > 0) {
-    meetings.push_back(fmt::format("{} rounds every {} steps", pop.algorithm, every));
-  }
-  if (average > 0) {
-    meetings.push_back(fmt::format("averages every {} steps", average));
-  }
-  throw input_error(fmt::format(
-      "checkpoint.restart = \"auto\": the trainers' checkpoints ({}) share no stretch between "
-      "two of the population's meetings ({}), from which they could resume together; nothing "
-      "was changed. A larger checkpoint.keep keeps one in common after a crash; to start again "
-      "from step 0, use another run.output (or remove the trainers' checkpoints)",
-      fmt::join(each, "; "), fmt::join(meetings, ", ")));
+  return steps;
 }
 
 deck::Deck trainer_deck(const std::string& text, const std::string& file,
@@ -1358,7 +1449,7 @@ int run_population(const std::string& text, const std::string& file,
         "population: the trainers resume from their own newest checkpoints{}: {}",
         base.population.algorithm == "independent" && base.population.average_every == 0
             ? " (independent trainers need no step in common)"
-            : " (between the same two of the population's meetings, where each trains alone)",
+            : " (each on the same side of every round and average as the trainers it met there)",
         fmt::join(each, ", ")));
   }
   if (!changed.empty()) {

@@ -353,9 +353,9 @@ PY
   echo "plot_population: the resumed trainers' curves are the uninterrupted run's; a record cut short skipped"
 fi
 
-# LTFB trainers meet every 10 steps: they resume from checkpoints between the same two rounds.
-# Trainer 0 kept steps 30 and 40 (after round 30), trainer 1 only step 10: refused, nothing
-# changed (starting again would lose their progress).
+# LTFB trainers meet every 10 steps: partners resume on the same side of each round they met at.
+# Trainer 0 kept steps 30 and 40 (after round 20), trainer 1 only step 10 (before it): refused,
+# nothing changed (starting again would lose their progress).
 cp -r "$tmp/whole" "$tmp/nocommon"
 rm "$tmp/nocommon/trainer-0/ckpt/ckpt-000000"[12]"0.h5" "$tmp/nocommon/trainer-1/ckpt/ckpt-000000"[234]"0.h5"
 echo ckpt-00000010.h5 >"$tmp/nocommon/trainer-1/ckpt/latest"
@@ -363,12 +363,12 @@ before=$(cd "$tmp/nocommon" && find . -type f -exec md5sum {} + | sort)
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/kill.toml" parallel.trainers=2 run.output="$tmp/nocommon" \
   checkpoint.restart=auto >"$tmp/nocommon.log" 2>&1
 rc=$?
-want='error: checkpoint.restart = "auto": the trainers'"'"' checkpoints (trainer 0 steps 30, 40; trainer 1 step 10) share no stretch between two of the population'"'"'s meetings (ltfb rounds every 10 steps), from which they could resume together; nothing was changed. A larger checkpoint.keep keeps one in common after a crash; to start again from step 0, use another run.output (or remove the trainers'"'"' checkpoints)'
+want='error: checkpoint.restart = "auto": the trainers'"'"' checkpoints (trainer 0 steps 30, 40; trainer 1 step 10) hold no state from which the population can resume together: trainer 0 has none before the ltfb round at step 20, which trainer 1'"'"'s newest usable one, step 10, is before (trainers that met there resume on the same side of it); nothing was changed. A larger checkpoint.keep keeps one after a crash; to start again from step 0, use another run.output (or remove the trainers'"'"' checkpoints)'
 ((rc == 2)) && [[ $(grep -c '^error:' "$tmp/nocommon.log") == 1 ]] && grep -qxF "$want" "$tmp/nocommon.log" ||
   { fail "a restart without a common stretch: exit $rc, want 2 and: $want"; grep error "$tmp/nocommon.log"; }
 [[ $(cd "$tmp/nocommon" && find . -type f -exec md5sum {} + | sort) == "$before" ]] ||
   fail "a refused restart changed the population's files"
-echo "restart: LTFB trainers without checkpoints between the same two rounds are refused, nothing changed"
+echo "restart: LTFB partners without checkpoints on the same side of a round are refused, nothing changed"
 
 # --- a stop signal while a trainer waits at a round: it leaves the round, and holds it resumed --
 # Trainer 1 is stopped (SIGSTOP) before round 150; trainer 0 waits for it there when the job is
@@ -404,7 +404,7 @@ grep -qxF "[t0] population step 150: the exchange with trainer 1 (tournament) is
   fail "left round: a state record of the round trainer 0 left"
 "$mpiexec" -n 2 "$bin/tessera" run "$tmp/left.toml" parallel.trainers=2 run.output="$tmp/left" \
   checkpoint.restart=auto >"$tmp/left-resume.log" 2>&1 || fail "left round resumed: exit $?"
-grep -q "^population: the trainers resume from their own newest checkpoints (between the same two of the population's meetings, where each trains alone): trainer 0 at step 150, trainer 1 at step [0-9]*$" "$tmp/left-resume.log" ||
+grep -q "^population: the trainers resume from their own newest checkpoints (each on the same side of every round and average as the trainers it met there): trainer 0 at step 150, trainer 1 at step [0-9]*$" "$tmp/left-resume.log" ||
   { fail "left round resumed: the resume line"; grep "^population\|stopped" "$tmp/left.log" "$tmp/left-resume.log"; }
 ! grep -q "was not matched\|not returned to mpool" "$tmp/left.log" ||
   fail "left round: a send of the left round was left unmatched at the end (UCX warns)"

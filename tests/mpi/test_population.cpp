@@ -19,11 +19,13 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <set>
 #include <string>
 #include <thread>
@@ -209,15 +211,16 @@ TEST(PopulationDeck, BadInputIsNamed) {
                "factors ([0.8, 1.25])");
 }
 
-// checkpoint.restart = "auto" for a population: trainers between the same two meetings (rounds,
-// averages) resume each from its own newest checkpoint there; independent ones from their own
-// newest; trainers that saved but share no stretch are refused, naming their steps.
+// checkpoint.restart = "auto" for a population: each trainer from its newest checkpoint on the
+// same side of every meeting (an LTFB pair's round, a PBT round, an average) as its fellows there;
+// independent ones from their own newest; no such state: refused, naming the steps and meeting.
 tessera::train::SavedTrainer saved(std::map<std::int64_t, std::int64_t> checkpoints,
-                                   std::set<std::int64_t> states) {
-  return {std::move(checkpoints), std::move(states)};
+                                   std::set<std::int64_t> states,
+                                   std::set<std::int64_t> held = {}) {
+  return {std::move(checkpoints), std::move(states), std::move(held)};
 }
 
-TEST(PopulationRestart, EachTrainerFromItsNewestCheckpointBetweenTheSameMeetings) {
+TEST(PopulationRestart, EachTrainerFromItsNewestCheckpointConsistentWithTheMeetings) {
   using tessera::train::resume_steps;
   using Steps = std::vector<std::int64_t>;
   tessera::deck::PopulationConfig independent;
@@ -249,19 +252,84 @@ TEST(PopulationRestart, EachTrainerFromItsNewestCheckpointBetweenTheSameMeetings
             (Steps{100, 95}));
   // A trainer that saved nothing and one that saved before the first round: both start there.
   EXPECT_EQ(resume_steps(ltfb, {saved({{10, 100}}, {0}), saved({}, {0})}), (Steps{10, -1}));
-  // No stretch in common: refused, each trainer's steps named.
+  // Trainer 0 is past round 20 in all its checkpoints, trainer 1 before it: refused, each
+  // trainer's steps and the round named.
   try {
     (void)resume_steps(ltfb, {saved({{30, 100}, {35, 100}}, rounds), saved({{10, 100}}, rounds)});
-    ADD_FAILURE() << "no stretch in common was accepted";
+    ADD_FAILURE() << "trainers on two sides of a round they met at were accepted";
   } catch (const tessera::Error& e) {
     EXPECT_EQ(e.exit_code(), 2);
     EXPECT_EQ(std::string(e.message()),
               "checkpoint.restart = \"auto\": the trainers' checkpoints (trainer 0 steps 30, 35; "
-              "trainer 1 step 10) share no stretch between two of the population's meetings (ltfb "
-              "rounds every 20 steps), from which they could resume together; nothing was changed. "
-              "A larger checkpoint.keep keeps one in common after a crash; to start again from "
-              "step 0, use another run.output (or remove the trainers' checkpoints)");
+              "trainer 1 step 10) hold no state from which the population can resume together: "
+              "trainer 0 has none before the ltfb round at step 20, which trainer 1's newest "
+              "usable one, step 10, is before (trainers that met there resume on the same side "
+              "of it); nothing was changed. A larger checkpoint.keep keeps one after a crash; to "
+              "start again from step 0, use another run.output (or remove the trainers' "
+              "checkpoints)");
   }
+  // A checkpoint rewritten after a round held on resuming, killed before its state record (a
+  // "held" record, no state record): of no known side of the round, not used.
+  EXPECT_EQ(
+      resume_steps(ltfb, {saved({{75, 100}, {80, 100}}, rounds, {80}), saved({{78, 100}}, rounds)}),
+      (Steps{75, 78}));
+  EXPECT_EQ(resume_steps(ltfb, {saved({{75, 100}, {80, 100}}, {0, 20, 40, 60, 80}, {80}),
+                                saved({{82, 100}}, {0, 20, 40, 60, 80})}),
+            (Steps{80, 82}));
+
+  // Four LTFB trainers meet in pairs: a pair held back before round 20 (one waiting at it, its
+  // checkpoint saved as it left) does not hold back the other pair, past it, unless the other
+  // pair met one of them at a later round.
+  const std::vector<int> pairs = tessera::train::ltfb_partners(ltfb, 4, 1);
+  const int a0 = 0;
+  const int a1 = pairs[0];
+  std::vector<int> others;
+  for (int k = 0; k < 4; ++k) {
+    EXPECT_EQ(pairs[static_cast<size_t>(pairs[static_cast<size_t>(k)])], k);  // pairs
+    if (k != a0 && k != a1) {
+      others.push_back(k);
+    }
+  }
+  std::vector<tessera::train::SavedTrainer> four(4);
+  four[static_cast<size_t>(a0)] = saved({{15, 100}}, {0});
+  four[static_cast<size_t>(a1)] = saved({{10, 100}, {20, 100}}, {0});  // left round 20
+  for (int k : others) {
+    four[static_cast<size_t>(k)] = saved({{20, 100}, {30, 100}}, {0, 20});
+  }
+  Steps want(4, 30);
+  want[static_cast<size_t>(a0)] = 15;
+  want[static_cast<size_t>(a1)] = 20;
+  EXPECT_EQ(resume_steps(ltfb, four), want);
+  // Round 40's pairs: once the other pair is past it too, each of them that met trainer a0 or a1
+  // there goes back before it, and so does its round-40 partner if it was past it.
+  const std::vector<int> next = tessera::train::ltfb_partners(ltfb, 4, 2);
+  for (int k : others) {
+    four[static_cast<size_t>(k)] = saved({{30, 100}, {45, 100}}, {0, 20});
+  }
+  const bool crossed = next[static_cast<size_t>(others[0])] != others[1];
+  for (int k : others) {
+    want[static_cast<size_t>(k)] = crossed ? 30 : 45;
+  }
+  EXPECT_EQ(resume_steps(ltfb, four), want);
+  // PBT: every trainer meets every other at each round.
+  tessera::deck::PopulationConfig pbt = ltfb;
+  pbt.algorithm = "pbt";
+  four[static_cast<size_t>(a0)] = saved({{15, 100}}, {0});
+  four[static_cast<size_t>(a1)] = saved({{10, 100}, {20, 100}}, {0});
+  for (int k : others) {
+    four[static_cast<size_t>(k)] = saved({{18, 100}, {30, 100}}, {0, 20});
+    want[static_cast<size_t>(k)] = 18;
+  }
+  EXPECT_EQ(resume_steps(pbt, four), want);
+  // Three LTFB trainers: one sits each round out and meets nobody there.
+  const std::vector<int> three = tessera::train::ltfb_partners(ltfb, 3, 1);
+  const auto out = static_cast<size_t>(std::find(three.begin(), three.end(), -1) - three.begin());
+  ASSERT_LT(out, 3U);
+  std::vector<tessera::train::SavedTrainer> trio(3, saved({{15, 100}}, {0}));
+  trio[out] = saved({{25, 100}}, {0});
+  Steps solo(3, 15);
+  solo[out] = 25;
+  EXPECT_EQ(resume_steps(ltfb, trio), solo);
 
   // Local SGD: averages every 20 steps and at the end (of 50 steps here).
   tessera::deck::PopulationConfig local;

@@ -72,24 +72,34 @@ std::vector<deck::Deck> trainer_decks(const std::string& text, const std::string
                                       const std::vector<std::string>& overrides,
                                       const deck::Deck& base);
 
+/// The partner of every trainer at LTFB round `round` (-1: it sits the round out): pairs from a
+/// permutation every trainer draws alike from (population.seed, round).
+std::vector<int> ltfb_partners(const deck::PopulationConfig& population, int trainers,
+                               std::int64_t round);
+
 /// One trainer's saved state as a population's restart sees it: the steps of its checkpoints, each
-/// with the length of the run that wrote it (0 when it could not be read), and the steps of its
-/// state records in population.jsonl (a trainer records its state after every round it completed;
-/// a round left because of a stop signal has none, though the stop's checkpoint is at its step).
+/// with the length of the run that wrote it (0 when it could not be read), the steps of its state
+/// records in population.jsonl (a trainer records its state after every round it completed; a
+/// round left because of a stop signal has none, though the stop's checkpoint is at its step), and
+/// of its "held" records (a checkpoint rewritten after a round held on resuming).
 struct SavedTrainer {
   std::map<std::int64_t, std::int64_t> checkpoints;  ///< step → the saving run's total steps
   std::set<std::int64_t> states;
+  std::set<std::int64_t> held;
 };
 
 /// checkpoint.restart = "auto" for a population: the step each trainer resumes from (-1: it starts
-/// afresh, having saved nothing). Trainers meet at rounds (ltfb, pbt: every population.every
-/// steps) and averages (population.average_every); between two meetings each trains alone, so each
-/// resumes from its own newest checkpoint of the newest stretch between meetings in which every
-/// trainer has one — trainers that stopped at different steps resume exactly. Independent trainers
-/// never meet: each resumes from its newest checkpoint, one without any starts afresh. A
-/// checkpoint at a round's step counts as after the round only when the trainer's state record
-/// says it completed it. Throws input_error (exit code 2) when trainers that saved share no
-/// stretch, naming each trainer's steps: starting again would lose their progress.
+/// afresh, having saved nothing). Trainers meet at rounds (ltfb: in pairs; pbt: all; every
+/// population.every steps) and averages (all; population.average_every); between meetings each
+/// trains alone. Each trainer starts at its newest checkpoint, and one that is past a meeting a
+/// fellow of that meeting is before goes back to its newest checkpoint before it, until none is:
+/// the newest state of the population that is consistent, from which trainers that stopped at
+/// different steps resume exactly. Independent trainers never meet: each resumes from its newest
+/// checkpoint, one without any starts afresh. A checkpoint at a round's step is after the round
+/// only when the trainer's state record says it completed it (else the trainer holds the round on
+/// resuming); one with a "held" record and no state record is not used. Throws input_error (exit
+/// code 2) when there is no such state, naming each trainer's steps and the meeting: starting
+/// again would lose their progress.
 std::vector<std::int64_t> resume_steps(const deck::PopulationConfig& population,
                                        const std::vector<SavedTrainer>& saved);
 
