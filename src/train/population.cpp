@@ -958,7 +958,7 @@ class Population {
 
 // What a population's restart finds on disk: each trainer's checkpoints (with the length of the
 // run that saved each, read from its root; 0 when the file cannot say) and the steps of its state
-// records in population.jsonl at `path`.
+// and "held" records in population.jsonl at `path`.
 std::vector<SavedTrainer> saved_trainers(const std::vector<deck::Deck>& decks,
                                          const std::string& path) {
   std::vector<SavedTrainer> saved(decks.size());
