@@ -235,11 +235,20 @@ struct Source {
   std::set<std::string>* asked;  // dotted keys the parse looked for, there or not (the schema)
 
   DeckLocation at(const std::string& key, const toml::value* v) const {
+    // A value knows where it was read: an override's, or the deck's text where the deck wrote it,
+    // whatever an override made beside it under the same dotted name
+    // (population.hyper.optimizer.lr.values=... beside the deck's "optimizer.lr" = {...}).
+    if (v != nullptr && v->location().file_name() == "command line") {
+      return {"command line", 0, key};
+    }
+    const int line = v != nullptr ? static_cast<int>(v->location().line()) : 0;
+    if (line > 0 && v->location().file_name() == file) {
+      return {file, line, key};
+    }
     // Set by an override, or a table an override made (runn.epochs=3 makes [runn]).
     if (overridden.count(key) != 0 || created.count(key) != 0) {
       return {"command line", 0, key};
     }
-    const int line = v != nullptr ? static_cast<int>(v->location().line()) : 0;
     return {file, line, key};
   }
 };
@@ -469,7 +478,7 @@ class Section {
   std::set<std::string> m_known;
 };
 
-// "a.b[2].c" → {"a", "b", "[2]", "c"}.
+// "a.b[2].c" → {"a", "b", "[2]", "c"}; a quoted part is one key: 'a."b.c"' → {"a", "b.c"}.
 std::vector<std::string> split_key(const std::string& key) {
   std::vector<std::string> parts;
   if (key.find_first_not_of('.') == std::string::npos) {
@@ -478,6 +487,28 @@ std::vector<std::string> split_key(const std::string& key) {
   std::string cur;
   for (size_t i = 0; i < key.size(); ++i) {
     const char c = key[i];
+    if ((c == '"' || c == '\'') && cur.empty() && (i == 0 || key[i - 1] == '.')) {
+      // A quoted part, as TOML writes a key with a dot in it: population.hyper."optimizer.lr".
+      const size_t close = key.find(c, i + 1);
+      if (close == std::string::npos) {
+        throw input_error(fmt::format("command line: override key '{}' has an unclosed {}", key,
+                                      c == '"' ? "'\"'" : "\"'\""));
+      }
+      if (close == i + 1 ||
+          (close + 1 < key.size() && key[close + 1] != '.' && key[close + 1] != '[')) {
+        throw input_error(fmt::format("command line: override key '{}': {} is not a key part", key,
+                                      key.substr(i, close - i + 1)));
+      }
+      parts.push_back(key.substr(i + 1, close - i - 1));
+      i = close;
+      if (i + 1 < key.size() && key[i + 1] == '.') {
+        ++i;  // the dot after the quoted part
+        if (i + 1 == key.size()) {
+          throw input_error(fmt::format("command line: override key '{}' ends in '.'", key));
+        }
+      }
+      continue;
+    }
     if (c == '.') {
       // "a..b", ".a", "a." name no key part between, before or after the dot ("a[0].b" has one)
       if (cur.empty() && (i == 0 || key[i - 1] != ']')) {
@@ -634,6 +665,7 @@ void apply_override(toml::value& root, const std::string& arg, std::set<std::str
     }
   }
   keys.insert(key);
+  keys.insert(path);  // the dotted name, a quoted part without its quotes
 }
 
 nn::OptionValue option_value(const toml::value& v, const std::string& key, const DeckLocation& at) {
@@ -1109,8 +1141,17 @@ void parse_population(Section& s, Deck& d, const Source& src) {
     h.where = src.at(full, v);
     auto bad = [&](const std::string& what) { return input_error(full + ": " + what, h.where); };
     if (const auto [it, first] = seen.emplace(h.key, h.where); !first) {
-      throw bad(fmt::format("{} is given twice (also at {}:{})", h.key, it->second.file,
-                            it->second.line));
+      const DeckLocation& other = it->second;
+      const bool command_line = other.file == "command line" || h.where.file == "command line";
+      throw bad(fmt::format(
+          "{} is given twice (also {}){}", h.key,
+          other.file == "command line" ? std::string("on the command line")
+                                       : fmt::format("at {}:{}", other.file, other.line),
+          command_line ? fmt::format(": an override names a deck's entry as the deck writes it "
+                                     "(quoted: population.hyper.\"{}\".values=[...]; nested: "
+                                     "population.hyper.{}.values=[...])",
+                                     h.key, h.key)
+                       : std::string()));
     }
     const toml::value* target = find_dotted(resolved, h.key);
     if (target == nullptr) {

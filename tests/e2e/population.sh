@@ -83,6 +83,12 @@ for np in 2 4; do
   grep -q "^\[t1\] hyper-parameters: optimizer.lr 0.1, optimizer.momentum 0\.[5-9][0-9]*, seed 12$" "$tmp/indep$np.log" ||
     fail "trainer 1's hyper-parameter line is missing"
 done
+# A deck's quoted hyper-parameter key, overridden on the command line as the deck writes it.
+"$mpiexec" -n 2 "$bin/tessera" check "$tmp/indep.toml" parallel.trainers=2 \
+  'population.hyper."optimizer.lr".values=[0.25,0.5]' >"$tmp/quoted.log" 2>&1 ||
+  fail "tessera check with a quoted override: exit $?"
+grep -q "^population trainer 1: optimizer.lr=0.5 optimizer.momentum=" "$tmp/quoted.log" ||
+  { fail "a quoted override of population.hyper: trainer 1's values"; grep "^population\|error" "$tmp/quoted.log"; }
 # A trainer's own deck.toml trains it alone, into trainer-K/alone/.
 "$mpiexec" -n 1 "$bin/tessera" run "$tmp/indep2/trainer-1/deck.toml" >"$tmp/own.log" 2>&1 ||
   fail "trainer 1's deck.toml alone: exit $?"
