@@ -1399,9 +1399,12 @@ int run_population(const std::string& text, const std::string& file,
   });
   const int per = world.size() / trainers;
   const int k = world.rank() / per;
-  // A restart: each trainer from its newest checkpoint between the same two meetings
+  // A restart: each trainer from its newest checkpoint consistent with the population's meetings
   // (resume_steps); -1 where it starts afresh.
   std::vector<std::int64_t> resume(static_cast<size_t>(trainers), -1);
+  const auto any_resumes = [&] {
+    return std::any_of(resume.begin(), resume.end(), [](std::int64_t s) { return s >= 0; });
+  };
   std::string changed;  // another algorithm than the restarted population's: a warning
   const std::string path = base.run.output + "/population.jsonl";
   if (base.checkpoint.enabled && base.checkpoint.restart == "auto") {
@@ -1413,7 +1416,7 @@ int run_population(const std::string& text, const std::string& file,
           (void)check_same_population(path, base);  // more trainers than saved: said so
           throw;
         }
-        if (std::any_of(resume.begin(), resume.end(), [](std::int64_t s) { return s >= 0; })) {
+        if (any_resumes()) {
           changed = check_same_population(path, base);
         }
       }
@@ -1424,8 +1427,7 @@ int run_population(const std::string& text, const std::string& file,
     const std::int64_t mine = resume[static_cast<size_t>(k)];
     c.restart = mine < 0 ? std::string() : c.dir + "/" + io::checkpoint_file_name(mine);
   }
-  const bool resumed =
-      std::any_of(resume.begin(), resume.end(), [](std::int64_t s) { return s >= 0; });
+  const bool resumed = any_resumes();
   int damaged = 0;
   comm::agree(world, [&] {
     if (world.rank() == 0) {

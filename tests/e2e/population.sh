@@ -19,7 +19,7 @@
 # - a trainer's process killed: MPICH's mpiexec ends the whole job (it does by default; see
 #   docs/population.md) within seconds, and checkpoint.restart = "auto" resumes every trainer from
 #   its newest checkpoint after the same round, ending with the leaderboard and lineage of the
-#   uninterrupted run; trainers without checkpoints between the same two rounds are refused, and
+#   uninterrupted run; partners without checkpoints on the same side of a round are refused, and
 #   independent trainers that stopped at different steps resume each from its own, bit for bit;
 # - a stop signal while a trainer waits at a round: it leaves the round (no state record), and
 #   resumed it holds the round first: the uninterrupted run's leaderboard, and no send of the
@@ -371,7 +371,7 @@ before=$(cd "$tmp/nocommon" && find . -type f -exec md5sum {} + | sort)
 rc=$?
 want='error: checkpoint.restart = "auto": the trainers'"'"' checkpoints (trainer 0 steps 30, 40; trainer 1 step 10) hold no state from which the population can resume together: trainer 0 has none before the ltfb round at step 20, which trainer 1'"'"'s newest usable one, step 10, is before (trainers that met there resume on the same side of it); nothing was changed. A larger checkpoint.keep keeps one after a crash; to start again from step 0, use another run.output (or remove the trainers'"'"' checkpoints)'
 ((rc == 2)) && [[ $(grep -c '^error:' "$tmp/nocommon.log") == 1 ]] && grep -qxF "$want" "$tmp/nocommon.log" ||
-  { fail "a restart without a common stretch: exit $rc, want 2 and: $want"; grep error "$tmp/nocommon.log"; }
+  { fail "a restart without a consistent state: exit $rc, want 2 and: $want"; grep error "$tmp/nocommon.log"; }
 [[ $(cd "$tmp/nocommon" && find . -type f -exec md5sum {} + | sort) == "$before" ]] ||
   fail "a refused restart changed the population's files"
 echo "restart: LTFB partners without checkpoints on the same side of a round are refused, nothing changed"
